@@ -1,0 +1,208 @@
+"""A content-addressed blob store on local disk.
+
+Layout under ``root``::
+
+    blobs/sha256/<2 hex>/<64 hex>     committed blobs, named by their digest
+    blobs/sha256/<2 hex>/<64 hex>.<k> sidecars (e.g. ``.torrent``) derived from the blob
+    incoming/<random>                 blobs being written
+
+A blob becomes visible only through ``BlobWriter.commit``: the bytes are hashed
+as they stream in, fsynced, and renamed into place only if the digest matches.
+``rename`` is atomic on one filesystem, so a reader sees either no file or the
+whole verified file, and two writers of the same digest end with one correct
+file (the second rename replaces identical bytes). Whatever is left in
+``incoming/`` after a crash is unreachable and removed on the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from krill.digests import Digest
+
+log = logging.getLogger(__name__)
+
+
+class DigestMismatchError(ValueError):
+    """The bytes written do not hash to the digest the caller promised."""
+
+    def __init__(self, expected: Digest, actual: Digest) -> None:
+        super().__init__(f"content digest {actual} does not match the expected {expected}")
+        self.expected = expected
+        self.actual = actual
+
+
+class SizeMismatchError(ValueError):
+    """The bytes written are not as many as the caller promised."""
+
+
+class BlobWriter:
+    """Streams bytes into a temporary file while hashing them.
+
+    Use ``commit`` to verify and publish, ``abort`` to throw away; a writer
+    that is neither committed nor aborted leaves a temp file that the next
+    ``BlobStore`` start removes.
+    """
+
+    def __init__(self, store: BlobStore, path: Path) -> None:
+        self._store = store
+        self.path = path
+        self._file = open(path, "wb")
+        self._hasher = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._file.write(data)
+        self._hasher.update(data)
+        self.size += len(data)
+
+    def digest(self) -> Digest:
+        """The digest of what has been written so far."""
+        return Digest.from_hasher(self._hasher)
+
+    def commit(self, expected: Digest | None = None, expected_size: int | None = None) -> Digest:
+        """Verify, fsync and publish; return the digest. Raises on mismatch (and aborts)."""
+        actual = self.digest()
+        try:
+            if expected is not None and actual != expected:
+                raise DigestMismatchError(expected, actual)
+            if expected_size is not None and self.size != expected_size:
+                raise SizeMismatchError(
+                    f"received {self.size} bytes where {expected_size} were declared"
+                )
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self.closed = True
+            self._store._publish(self.path, actual)
+        except BaseException:
+            self.abort()
+            raise
+        return actual
+
+    def abort(self) -> None:
+        """Discard what was written. Safe to call more than once."""
+        if not self._file.closed:
+            self._file.close()
+        self.closed = True
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.closed:
+            self.abort()
+
+
+class BlobStore:
+    """Content-addressed blobs on one filesystem."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self._blobs = self.root / "blobs" / "sha256"
+        self._incoming = self.root / "incoming"
+        self._blobs.mkdir(parents=True, exist_ok=True)
+        self._clear_incoming()
+
+    def _clear_incoming(self) -> None:
+        """Remove writes interrupted by a crash; they were never visible."""
+        if self._incoming.exists():
+            leftovers = list(self._incoming.iterdir())
+            if leftovers:
+                log.info("blobstore.cleanup removed=%d dir=%s", len(leftovers), self._incoming)
+            shutil.rmtree(self._incoming)
+        self._incoming.mkdir(parents=True)
+
+    def path(self, digest: Digest) -> Path:
+        """Where a blob with this digest lives (whether or not it exists)."""
+        return self._blobs / digest.hex[:2] / digest.hex
+
+    def sidecar_path(self, digest: Digest, kind: str) -> Path:
+        """Where a file derived from this blob (``kind`` like 'torrent') lives."""
+        if not kind.isalnum():
+            raise ValueError(f"sidecar kind must be alphanumeric, got {kind!r}")
+        return self._blobs / digest.hex[:2] / f"{digest.hex}.{kind}"
+
+    def has(self, digest: Digest) -> bool:
+        return self.path(digest).is_file()
+
+    def size(self, digest: Digest) -> int | None:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def writer(self) -> BlobWriter:
+        """Start writing a new blob; its digest is decided at commit."""
+        return BlobWriter(self, self.incoming_path())
+
+    def incoming_path(self) -> Path:
+        """A fresh temporary path on the store's filesystem (for tools that write files)."""
+        return self._incoming / secrets.token_hex(16)
+
+    def put_bytes(self, data: bytes, expected: Digest | None = None) -> Digest:
+        with self.writer() as w:
+            w.write(data)
+            return w.commit(expected)
+
+    def adopt_file(self, path: Path, expected: Digest | None = None) -> Digest:
+        """Verify a finished file (hashing it) and move it into the store."""
+        with open(path, "rb") as f:
+            hasher = hashlib.sha256()
+            while chunk := f.read(1 << 20):
+                hasher.update(chunk)
+            os.fsync(f.fileno())
+        actual = Digest.from_hasher(hasher)
+        if expected is not None and actual != expected:
+            path.unlink(missing_ok=True)
+            raise DigestMismatchError(expected, actual)
+        self._publish(path, actual)
+        return actual
+
+    def read_bytes(self, digest: Digest) -> bytes:
+        """Whole blob in memory: for manifests and configs only, never layers."""
+        return self.path(digest).read_bytes()
+
+    def delete(self, digest: Digest) -> bool:
+        path = self.path(digest)
+        for sidecar in path.parent.glob(f"{digest.hex}.*"):
+            sidecar.unlink(missing_ok=True)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def digests(self) -> Iterator[Digest]:
+        """Every committed blob (sidecars excluded)."""
+        for shard in sorted(self._blobs.iterdir()):
+            if not shard.is_dir():
+                continue
+            for entry in sorted(shard.iterdir()):
+                if len(entry.name) == 64 and "." not in entry.name:
+                    yield Digest("sha256", entry.name)
+
+    def _publish(self, tmp: Path, digest: Digest) -> None:
+        final = self.path(digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable: fsync the directory that holds the new name."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,118 @@
+"""The distribution spec's error codes, as exceptions that render themselves.
+
+Raise ``RegistryError`` anywhere in a handler; ``error_middleware`` turns it
+(and aiohttp's own HTTP errors) into the spec's JSON body with the matching
+status, so clients like containerd and skopeo show the user a real reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+# code -> (HTTP status, message)
+CODES: dict[str, tuple[int, str]] = {
+    "BLOB_UNKNOWN": (404, "blob unknown to registry"),
+    "BLOB_UPLOAD_INVALID": (400, "blob upload invalid"),
+    "BLOB_UPLOAD_UNKNOWN": (404, "blob upload unknown to registry"),
+    "DIGEST_INVALID": (400, "provided digest did not match uploaded content"),
+    "MANIFEST_BLOB_UNKNOWN": (400, "manifest references a manifest or blob unknown to registry"),
+    "MANIFEST_INVALID": (400, "manifest invalid"),
+    "MANIFEST_UNKNOWN": (404, "manifest unknown to registry"),
+    "NAME_INVALID": (400, "invalid repository name"),
+    "NAME_UNKNOWN": (404, "repository name not known to registry"),
+    "SIZE_INVALID": (400, "provided length did not match content length"),
+    "UNAUTHORIZED": (401, "authentication required"),
+    "DENIED": (403, "requested access to the resource is denied"),
+    "UNSUPPORTED": (405, "the operation is unsupported"),
+    "TOOMANYREQUESTS": (429, "too many requests"),
+    "RANGE_INVALID": (416, "requested range not satisfiable"),
+    "UNAVAILABLE": (503, "service unavailable"),
+}
+
+
+class RegistryError(Exception):
+    """An error the client should see as the spec's JSON body."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str | None = None,
+        *,
+        status: int | None = None,
+        detail: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        default_status, default_message = CODES[code]
+        self.code = code
+        self.status = status or default_status
+        self.message = message or default_message
+        self.detail = detail
+        self.headers = headers or {}
+        super().__init__(f"{code}: {self.message}")
+
+    def response(self, *, head: bool = False) -> web.Response:
+        return error_response(
+            self.code, self.message, status=self.status, detail=self.detail,
+            headers=self.headers, head=head,
+        )
+
+
+def error_response(
+    code: str,
+    message: str,
+    *,
+    status: int,
+    detail: Any = None,
+    headers: dict[str, str] | None = None,
+    head: bool = False,
+) -> web.Response:
+    entry: dict[str, Any] = {"code": code, "message": message}
+    if detail is not None:
+        entry["detail"] = detail
+    body = json.dumps({"errors": [entry]}).encode()
+    all_headers = {"Docker-Distribution-API-Version": "registry/2.0", **(headers or {})}
+    return web.Response(
+        status=status,
+        body=None if head else body,
+        content_type="application/json",
+        headers=all_headers,
+    )
+
+
+_HTTP_STATUS_CODES = {
+    400: "UNSUPPORTED",
+    404: "NAME_UNKNOWN",
+    405: "UNSUPPORTED",
+    413: "SIZE_INVALID",
+}
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Render RegistryError and aiohttp's HTTP errors as the spec's JSON."""
+    head = request.method == "HEAD"
+    try:
+        return await handler(request)
+    except RegistryError as exc:
+        log.info(
+            "request.error method=%s path=%s code=%s status=%d",
+            request.method, request.path, exc.code, exc.status,
+        )
+        return exc.response(head=head)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_STATUS_CODES.get(exc.status, "UNSUPPORTED")
+        return error_response(
+            code, exc.reason or CODES[code][1], status=exc.status,
+            headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"}, head=head,
+        )

@@ -1,0 +1,58 @@
+# Shared set-up for scripts/*: idempotent installs of what Krill needs.
+# Source it; it defines functions and changes nothing by itself.
+
+KRILL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VENV="${KRILL_VENV:-$KRILL_ROOT/.venv}"
+
+log() { printf '%s\n' "[krill] $*" >&2; }
+
+# ensure_debs CMD:PACKAGE ...  installs PACKAGE when CMD is not on PATH.
+ensure_debs() {
+  local missing=() pair cmd pkg
+  for pair in "$@"; do
+    cmd="${pair%%:*}"; pkg="${pair#*:}"
+    command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/usr/bin/$cmd" ] || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    log "missing Debian packages: ${missing[*]} (run as root, or apt-get install them)"
+    return 1
+  fi
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# ensure_venv EXTRA  creates .venv and installs krill (editable) with [EXTRA] when
+# pyproject.toml changed since the last install.
+ensure_venv() {
+  local extra="${1:-}" spec="." stamp
+  [ -n "$extra" ] && spec=".[$extra]"
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating $VENV"
+    python3 -m venv "$VENV"
+  fi
+  stamp="$VENV/.krill-installed-$(sha256sum "$KRILL_ROOT/pyproject.toml" | cut -c1-16)-${extra:-base}"
+  if [ ! -f "$stamp" ]; then
+    log "installing krill into $VENV ($spec)"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$KRILL_ROOT$([ -n "$extra" ] && echo "[$extra]")"
+    rm -f "$VENV"/.krill-installed-*
+    touch "$stamp"
+  fi
+}
+
+# The real components tests, demo and benchmarks run against.
+KRILL_DEBS=(
+  docker-registry:docker-registry
+  skopeo:skopeo
+  containerd:containerd
+  ctr:containerd
+  redis-server:redis-server
+  xdelta3:xdelta3
+  bsdiff:bsdiff
+  zstd:zstd
+  casync:casync
+  ip:iproute2
+  tc:iproute2
+)

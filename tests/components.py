@@ -1,0 +1,132 @@
+"""Start the real components tests run against: docker-registry, skopeo, redis.
+
+Every server binds to 127.0.0.1 on a free port and is stopped by its fixture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+SKOPEO_FLAGS = ("--src-tls-verify=false", "--dest-tls-verify=false")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``url`` until it answers any HTTP status; fail with the process's output if it died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open within {timeout}s")
+
+
+@contextlib.contextmanager
+def docker_registry(root: Path, port: int | None = None) -> Iterator[str]:
+    """A real CNCF distribution registry on loopback; yields its base URL."""
+    port = port or free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, delete: {{enabled: true}}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n"
+    )
+    with _process(["docker-registry", "serve", str(config)], root / "registry.log") as proc:
+        wait_http(f"http://127.0.0.1:{port}/v2/", proc=proc)
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def redis_server(root: Path, port: int | None = None) -> Iterator[str]:
+    """A real redis-server on loopback without persistence; yields its URL."""
+    port = port or free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        "redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+        "--appendonly", "no", "--dir", str(root),
+    ]
+    with _process(cmd, root / "redis.log"):
+        wait_port(port)
+        yield f"redis://127.0.0.1:{port}/0"
+
+
+@contextlib.contextmanager
+def _process(cmd: Sequence[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def krill_command(*args: str) -> list[str]:
+    """Run the krill CLI from this checkout's interpreter."""
+    return [sys.executable, "-m", "krill.cli", *args]
+
+
+@contextlib.contextmanager
+def krill_process(
+    args: Sequence[str], log_path: Path, health_url: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``krill ARGS`` as a real process until the block ends."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(krill_command(*args), stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_http(health_url, proc=proc)
+        yield proc
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def skopeo(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run skopeo; raise with its stderr when it fails."""
+    proc = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"skopeo {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc

@@ -1,0 +1,32 @@
+"""Repository names and tags follow the distribution spec's grammar."""
+
+from __future__ import annotations
+
+import pytest
+
+from krill.names import InvalidNameError, validate_name, validate_tag
+
+
+@pytest.mark.parametrize("name", ["library/alpine", "a", "my-org/my_app/x.y", "a__b", "a--b/c"])
+def test_valid_names(name: str) -> None:
+    assert validate_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["..", "a/../b", "%2e%2e", "Upper/case", "a//b", "/a", "a/", "-a", "a_", "a" * 256, "a b"],
+)
+def test_invalid_names(name: str) -> None:
+    with pytest.raises(InvalidNameError):
+        validate_name(name)
+
+
+@pytest.mark.parametrize("tag", ["latest", "v1.2.3", "_x", "A" * 128])
+def test_valid_tags(tag: str) -> None:
+    assert validate_tag(tag) == tag
+
+
+@pytest.mark.parametrize("tag", ["", ".x", "-x", "a/b", "A" * 129, "sha256:abc"])
+def test_invalid_tags(tag: str) -> None:
+    with pytest.raises(InvalidNameError):
+        validate_tag(tag)
