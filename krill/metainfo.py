@@ -1,0 +1,140 @@
+"""Deterministic BitTorrent metainfo (v1 .torrent) for a blob.
+
+Every origin must derive the *same* infohash for the same blob, otherwise
+origins and agents that met the blob separately would sit in different
+swarms. So the torrent holds nothing that varies: no creation date, no
+creator, no announce URL (trackers are configured per deployment and handed
+to libtorrent separately), no private flag. The info dictionary is exactly
+``{length, name, piece length, pieces}`` with ``name`` = the digest's hex,
+bencoded with sorted keys.
+
+Piece-length policy (``piece_length_for``): the smallest power of two that
+keeps the blob at or under ``TARGET_PIECES`` pieces, clamped to
+[``MIN_PIECE_LENGTH``, ``MAX_PIECE_LENGTH``]. Why:
+
+* Small pieces let a peer re-share data sooner (a piece is shareable only
+  once it is complete and hash-checked), which is what makes a herd of
+  nodes feed each other instead of all waiting on the origin, and they make
+  streaming (in-order verified prefix) advance in small steps.
+* Too many pieces cost metainfo size (20 bytes each), bitfield and HAVE
+  traffic and per-piece bookkeeping; ~2048 pieces keeps a 1 GiB layer's
+  metainfo at 40 KB.
+* 64 KiB is the floor (four 16 KiB request blocks per piece, so a piece is
+  still pipelined); 16 MiB is the ceiling so huge layers stay downloadable
+  with bounded per-piece memory and re-fetch cost on a hash failure.
+
+This is part of the wire identity of a blob: changing it changes every
+infohash, so it must only change together across all origins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import aiohttp
+
+from krill import bencode
+from krill.digests import Digest
+
+MIN_PIECE_LENGTH = 64 * 1024
+MAX_PIECE_LENGTH = 16 * 1024 * 1024
+TARGET_PIECES = 2048
+
+METAINFO_PATH = "/krill/v1/metainfo/"
+METAINFO_CONTENT_TYPE = "application/x-bittorrent"
+MAX_METAINFO_BYTES = 1 << 20  # 16 MiB pieces: even a 32 GiB blob needs only 40 KB
+
+
+class MetainfoError(Exception):
+    """Metainfo that cannot be fetched or does not describe the blob asked for."""
+
+
+def piece_length_for(size: int) -> int:
+    """The piece length every origin uses for a blob of ``size`` bytes (see module doc)."""
+    if size < 0:
+        raise ValueError(f"blob size must not be negative, got {size}")
+    length = MIN_PIECE_LENGTH
+    while length < MAX_PIECE_LENGTH and length * TARGET_PIECES < size:
+        length *= 2
+    return length
+
+
+def make_metainfo(path: Path, digest: Digest) -> bytes:
+    """Hash the blob at ``path`` into pieces and return the bencoded torrent.
+
+    Reads the file once, in piece-sized chunks (memory stays bounded). The
+    caller is responsible for ``path`` holding the blob named by ``digest``
+    (the blob store guarantees that for committed blobs).
+    """
+    size = path.stat().st_size
+    piece_length = piece_length_for(size)
+    hashes = []
+    with open(path, "rb") as f:
+        while chunk := f.read(piece_length):
+            hashes.append(hashlib.sha1(chunk).digest())
+    info = {
+        "length": size,
+        "name": digest.hex,
+        "piece length": piece_length,
+        "pieces": b"".join(hashes),
+    }
+    return bencode.encode({"info": info})
+
+
+def info_hash(metainfo: bytes) -> str:
+    """The hex v1 infohash: sha1 of the bencoded info dictionary."""
+    return hashlib.sha1(bencode.encode(_info_dict(metainfo))).hexdigest()
+
+
+def blob_size(metainfo: bytes) -> int:
+    """The blob length the metainfo describes."""
+    return int(_info_dict(metainfo)[b"length"])
+
+
+def check_metainfo(metainfo: bytes, digest: Digest) -> None:
+    """Raise MetainfoError unless ``metainfo`` is a single-file torrent named for ``digest``."""
+    info = _info_dict(metainfo)
+    name = info.get(b"name")
+    if name != digest.hex.encode():
+        raise MetainfoError(f"metainfo names {name!r}, not the requested blob {digest}")
+    length, piece_length = info.get(b"length"), info.get(b"piece length")
+    pieces = info.get(b"pieces", b"")
+    if not isinstance(length, int) or not isinstance(piece_length, int) or piece_length <= 0:
+        raise MetainfoError(f"metainfo for {digest} lacks a length or piece length")
+    expected_pieces = (length + piece_length - 1) // piece_length
+    if not isinstance(pieces, bytes) or len(pieces) != 20 * expected_pieces:
+        raise MetainfoError(f"metainfo for {digest} has the wrong number of piece hashes")
+
+
+def _info_dict(metainfo: bytes) -> dict[bytes, object]:
+    try:
+        decoded = bencode.decode(metainfo)
+    except bencode.BencodeError as exc:
+        raise MetainfoError(f"metainfo is not bencoded: {exc}") from None
+    if not isinstance(decoded, dict) or not isinstance(decoded.get(b"info"), dict):
+        raise MetainfoError("metainfo has no info dictionary")
+    return decoded[b"info"]
+
+
+async def fetch_metainfo(
+    session: aiohttp.ClientSession, base_url: str, digest: Digest
+) -> bytes:
+    """GET ``{base_url}/krill/v1/metainfo/<digest>`` (origin or tracker) and check it.
+
+    Raises MetainfoError with the server's status and message when it fails,
+    so the caller can say which server lacked the blob.
+    """
+    url = base_url.rstrip("/") + METAINFO_PATH + str(digest)
+    try:
+        async with session.get(url) as response:
+            body = await response.content.read(MAX_METAINFO_BYTES + 1)
+            if response.status != 200:
+                detail = body[:200].decode(errors="replace")
+                raise MetainfoError(f"GET {url} answered {response.status}: {detail}")
+    except aiohttp.ClientError as exc:
+        raise MetainfoError(f"GET {url} failed: {exc}") from exc
+    if len(body) > MAX_METAINFO_BYTES:
+        raise MetainfoError(f"GET {url} returned more than {MAX_METAINFO_BYTES} bytes")
+    check_metainfo(body, digest)
+    return body

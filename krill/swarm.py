@@ -1,0 +1,609 @@
+"""The swarm engine: one libtorrent session per process, seeding and downloading blobs.
+
+Used by the origin (``seed``: serve committed blobs from the store in place)
+and by the agent (``download``: fetch a blob through the swarm into the
+store, then keep seeding it). The guarantees:
+
+* **Verified before visible.** A download is written under the store's
+  ``incoming/`` area; only after libtorrent has every piece *and* the whole
+  file's sha256 matches the digest is it published into the store
+  (``BlobStore.adopt_file``: hash, fsync, atomic rename). Partial or corrupt
+  data never appears at a store path.
+* **Streaming of verified bytes.** ``Download.available`` is the length of
+  the contiguous prefix whose pieces have passed their SHA-1 piece hash.
+  Pieces are picked rarest-first (best for a herd: peers hold different
+  pieces and can trade), and when a reader waits for an offset the engine
+  puts piece deadlines on a window of pieces from there, so a streaming
+  reader gets its next bytes first without making every peer download in
+  the same order.
+* **Single flight.** Concurrent ``download`` calls for one digest share one
+  ``Download``; a blob already in the store returns a finished one at once.
+* **Seeding in place.** ``seed`` adds the torrent with ``save_path`` = the
+  blob's shard directory and name = the digest hex, so libtorrent's file is
+  the store file itself, in seed mode (no re-hash of a file the store has
+  verified). Torrents with no peers for ``seed_ttl`` seconds are dropped.
+
+libtorrent is blocking C++ with an alert queue. One task pumps alerts
+(``wait_for_alert`` runs in a worker thread so the event loop never blocks)
+and dispatches them to the ``Download`` objects.
+
+Deviations from the written contract, all additive: ``SwarmSettings.origin``
+(peer id prefix ``-KO`` so the tracker hands origins out first) and a few
+tuning fields; ``SwarmEngine.fetch_stats()`` (fresh session counters; ``stats()``
+returns the last ones, refreshed every second); ``Download.digest``,
+``Download.store_path`` and ``Download.open()`` (opens the partial file, or the
+store file once the blob has been published, so a reader never races the
+move).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import libtorrent as lt
+
+from krill.blobstore import BlobStore, DigestMismatchError
+from krill.digests import Digest
+from krill.metainfo import MetainfoError, check_metainfo
+
+log = logging.getLogger(__name__)
+
+ORIGIN_PEER_ID_PREFIX = "-KO"  # the tracker hands peers with this prefix out first
+AGENT_PEER_ID_PREFIX = "-KA"
+_PEER_ID_VERSION = "0100-"
+
+# How often the pump asks libtorrent for session counters and torrent states.
+_TICK_SECONDS = 1.0
+# How long one wait_for_alert call blocks its worker thread (bounds shutdown latency).
+_ALERT_WAIT_MS = 200
+
+
+@dataclass
+class SwarmSettings:
+    tracker_url: str  # announce URL, e.g. http://127.0.0.1:7000/announce
+    listen_host: str = "127.0.0.1"
+    peer_port: int = 0  # 0 = pick a free port
+    upload_rate_limit: int = 0  # bytes/s, 0 = unlimited
+    download_rate_limit: int = 0
+    seed_ttl: float = 600.0  # drop a torrent with no peers for this long
+    origin: bool = False  # announce as an origin (peer id -KO...), which trackers favour
+    # Pieces ahead of a streaming reader that get a deadline (see module doc).
+    stream_window_pieces: int = 16
+    # Peers unchoked at once. A cluster has no free riders to punish and links are
+    # fast, so unchoke generously: more parallel uploads keep every link busy.
+    unchoke_slots: int = 16
+    # True: libtorrent's BEP 16 super-seeding (an origin offers each piece to one peer
+    # at a time so peers must trade): lowest origin egress, slower start.
+    super_seeding: bool = False
+
+
+@dataclass(frozen=True)
+class SwarmStats:
+    """Session totals since the engine started (libtorrent's session counters)."""
+
+    uploaded: int  # payload bytes sent to peers
+    downloaded: int  # payload bytes received from peers
+    torrents: int = 0
+
+
+class DownloadFailed(Exception):
+    """The blob could not be fetched and verified; nothing was published."""
+
+
+class Download:
+    """One blob being fetched through the swarm (shared by every caller asking for it)."""
+
+    def __init__(
+        self, digest: Digest, size: int, piece_length: int, partial_path: Path
+    ) -> None:
+        self.digest = digest
+        self.size = size
+        self.piece_length = piece_length
+        self.partial_path = partial_path
+        self.store_path: Path | None = None
+        self.available = 0
+        self._num_pieces = max(1, (size + piece_length - 1) // piece_length)
+        self._have = bytearray(self._num_pieces)
+        self._next_missing = 0
+        self._progress = asyncio.Event()
+        self._done: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
+        self._done.add_done_callback(_consume_exception)
+        self._engine: SwarmEngine | None = None
+        self._info_hash = ""
+        self._deadlined_until = 0
+
+    @classmethod
+    def finished(cls, digest: Digest, path: Path, piece_length: int) -> Download:
+        """A download that is already complete (the blob was in the store)."""
+        done = cls(digest, path.stat().st_size, piece_length, path)
+        done._finish(path)
+        return done
+
+    @property
+    def done(self) -> bool:
+        return self._done.done()
+
+    async def wait_available(self, offset: int) -> int:
+        """Wait until more than ``offset`` verified bytes exist (or the blob is complete).
+
+        Returns ``available``. Raises DownloadFailed if the download fails.
+        """
+        while self.available <= offset and not self._done.done():
+            if self._engine is not None:
+                self._engine._prioritise(self, offset)
+            event = self._progress
+            await event.wait()
+        if self._done.done() and self._done.exception() is not None:
+            raise self._done.exception()  # type: ignore[misc]
+        return self.available
+
+    async def wait_done(self) -> Path:
+        """Wait until the blob is verified and in the store; return its store path."""
+        return await asyncio.shield(self._done)
+
+    def open(self) -> BinaryIO:
+        """Open the data for reading: the store file once published, else the partial file.
+
+        Keep the returned file open while streaming: the partial file is moved into
+        the store when the download completes, and an open file follows the move.
+        """
+        for path in (self.store_path, self.partial_path, self.store_path):
+            if path is None:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                return open(path, "rb")
+        if self._done.done() and self._done.exception() is not None:
+            raise self._done.exception()  # type: ignore[misc]
+        raise DownloadFailed(f"data of {self.digest} is neither being written nor stored")
+
+    def cancel(self) -> None:
+        """Stop the download for every caller sharing it; waiters get DownloadFailed."""
+        if self._done.done():
+            return
+        self._fail(DownloadFailed(f"download of {self.digest} was cancelled"))
+        if self._engine is not None:
+            self._engine._cancel(self)
+
+    # ---- called by the engine ----
+
+    def _on_piece(self, index: int) -> None:
+        if not 0 <= index < self._num_pieces or self._have[index]:
+            return
+        self._have[index] = 1
+        while self._next_missing < self._num_pieces and self._have[self._next_missing]:
+            self._next_missing += 1
+        available = min(self.size, self._next_missing * self.piece_length)
+        if available != self.available:
+            self.available = available
+            self._wake()
+
+    def _finish(self, store_path: Path) -> None:
+        self.store_path = store_path
+        self.available = self.size
+        if not self._done.done():
+            self._done.set_result(store_path)
+        self._wake()
+
+    def _fail(self, exc: DownloadFailed) -> None:
+        if not self._done.done():
+            self._done.set_exception(exc)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+
+def _consume_exception(future: asyncio.Future[Path]) -> None:
+    """Mark a failure as seen, so a download nobody awaited does not log 'never retrieved'."""
+    if not future.cancelled():
+        future.exception()
+
+
+@dataclass
+class _Torrent:
+    handle: lt.torrent_handle
+    digest: Digest
+    metainfo: bytes
+    download: Download | None  # None when seeding a stored blob
+    last_active: float
+
+
+def session_settings(settings: SwarmSettings) -> dict[str, Any]:
+    """libtorrent settings for a data-centre swarm; each says why it is set."""
+    prefix = ORIGIN_PEER_ID_PREFIX if settings.origin else AGENT_PEER_ID_PREFIX
+    alerts = (
+        lt.alert.category_t.error_notification
+        | lt.alert.category_t.status_notification  # finished, removed, hash failed, state updates
+        | lt.alert.category_t.storage_notification  # file errors
+        | lt.alert.category_t.piece_progress_notification  # piece_finished: streaming prefix
+        | lt.alert.category_t.tracker_notification  # tracker errors show up in our logs
+        | lt.alert.category_t.stats_notification  # session counters
+    )
+    return {
+        "listen_interfaces": f"{settings.listen_host}:{settings.peer_port}",
+        "peer_fingerprint": prefix + _PEER_ID_VERSION,
+        "alert_mask": int(alerts),
+        "alert_queue_size": 100_000,  # a 64 MiB blob alone makes 1024 piece alerts
+        # Peers are found through our tracker only: no public DHT, no multicast
+        # discovery, no router port mapping in a data centre.
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        # TCP only: uTP's delay-based congestion control yields to other traffic,
+        # which is right on home links and wrong on a cluster fabric, and it costs CPU.
+        "enable_outgoing_utp": False,
+        "enable_incoming_utp": False,
+        "enable_outgoing_tcp": True,
+        "enable_incoming_tcp": True,
+        # Several peers can share one IP (containers behind one node IP; on loopback
+        # every peer is 127.0.0.1 and peers differ only by port).
+        "allow_multiple_connections_per_ip": True,
+        # Our tracker lives on a private address; SSRF mitigation exists for the public
+        # internet and would refuse tracker URLs and peers on local networks.
+        "ssrf_mitigation": False,
+        # Announce to every tracker we are given (several trackers share state via
+        # Redis, but any one of them may be down) and honour short intervals: a
+        # cluster swarm lives for seconds, not days.
+        "announce_to_all_trackers": True,
+        "announce_to_all_tiers": True,
+        "min_announce_interval": 5,
+        "tracker_completion_timeout": 10,
+        "tracker_receive_timeout": 5,
+        "stop_tracker_timeout": 1,  # don't hang shutdown on a 'stopped' announce
+        # Large send buffers keep a fast link full: the watermark is how much
+        # libtorrent queues per peer before asking the disk for more.
+        "send_buffer_watermark": 8 * 1024 * 1024,
+        "send_buffer_low_watermark": 1024 * 1024,
+        "send_buffer_watermark_factor": 150,
+        # Deep request pipelines for a high bandwidth-delay product.
+        "max_out_request_queue": 1500,
+        "max_allowed_in_request_queue": 2000,
+        "request_queue_time": 2,
+        # Cluster peers answer fast or are gone: fail connects and stalls quickly.
+        "peer_connect_timeout": 3,
+        "request_timeout": 10,
+        "piece_timeout": 10,
+        "inactivity_timeout": 120,
+        # Unchoke generously and fairly (see SwarmSettings.unchoke_slots); seeds
+        # round-robin so every downloader gets a share and can pass pieces on.
+        "choking_algorithm": int(lt.choking_algorithm_t.fixed_slots_choker),
+        "unchoke_slots_limit": settings.unchoke_slots,
+        "seed_choking_algorithm": int(lt.seed_choking_algorithm_t.round_robin),
+        "unchoke_interval": 5,
+        "optimistic_unchoke_interval": 5,
+        "connections_limit": 500,
+        "max_peerlist_size": 4000,
+        "torrent_connect_boost": 50,  # connect to every handed-out peer at once
+        "connection_speed": 200,
+        "smooth_connects": False,
+        # Never queue torrents: each blob someone waits for must run now.
+        "active_downloads": -1,
+        "active_seeds": -1,
+        "active_limit": -1,
+        "dont_count_slow_torrents": False,
+        # A seed serving many peers reads each piece once into cache and suggests it.
+        "suggest_mode": int(lt.suggest_mode_t.suggest_read_cache),
+        "upload_rate_limit": settings.upload_rate_limit,
+        "download_rate_limit": settings.download_rate_limit,
+        # Rate limits apply to local (LAN) peers too; in a cluster every peer is local.
+        "ignore_limits_on_local_network": False,
+        "close_redundant_connections": True,  # seeds drop seed-to-seed connections
+    }
+
+
+class SwarmEngine:
+    """One libtorrent session, its alert pump, and the torrents it seeds or downloads."""
+
+    def __init__(self, settings: SwarmSettings, store: BlobStore) -> None:
+        self.settings = settings
+        self.store = store
+        self._session: lt.session | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._torrents: dict[str, _Torrent] = {}  # by hex infohash
+        self._downloads: dict[Digest, Download] = {}
+        self._removals: dict[str, asyncio.Future[None]] = {}
+        self._stats_waiters: list[asyncio.Future[SwarmStats]] = []
+        self._stats = SwarmStats(0, 0)
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def __aenter__(self) -> SwarmEngine:
+        params = session_settings(self.settings)
+        self._session = await asyncio.to_thread(lt.session, params)
+        self._stopping = False
+        self._pump_task = asyncio.create_task(self._pump(), name="swarm-alert-pump")
+        log.info(
+            "swarm.started listen=%s:%d tracker=%s origin=%s",
+            self.settings.listen_host, self.peer_port, self.settings.tracker_url,
+            self.settings.origin,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for download in list(self._downloads.values()):
+            download._fail(DownloadFailed(f"swarm engine stopped before {download.digest}"))
+        for task in list(self._background):
+            task.cancel()
+        self._stopping = True
+        if self._pump_task is not None:
+            await self._pump_task  # exits within one alert wait; never cancelled mid-call
+        if self._session is not None:
+            for torrent in list(self._torrents.values()):
+                self._session.remove_torrent(torrent.handle)
+            self._torrents.clear()
+            # Destroying the session joins libtorrent's threads: drop the last
+            # reference in a worker thread, not on the event loop.
+            holder = [self._session]
+            self._session = None
+            await asyncio.to_thread(holder.clear)
+        for torrent_dir in {d.partial_path.parent for d in self._downloads.values()}:
+            shutil.rmtree(torrent_dir, ignore_errors=True)
+        self._downloads.clear()
+        log.info("swarm.stopped")
+
+    @property
+    def peer_port(self) -> int:
+        return int(self._require_session().listen_port())
+
+    def stats(self) -> SwarmStats:
+        """The session counters as of the last pump tick (at most ~1 s old)."""
+        return self._stats
+
+    async def fetch_stats(self) -> SwarmStats:
+        """Ask libtorrent for fresh session counters."""
+        future: asyncio.Future[SwarmStats] = asyncio.get_running_loop().create_future()
+        self._stats_waiters.append(future)
+        self._require_session().post_session_stats()
+        async with asyncio.timeout(10):
+            return await future
+
+    # ---- seeding ----
+
+    async def seed(self, digest: Digest, metainfo: bytes) -> None:
+        """Seed a committed blob from its store file in place (no copy, no re-hash)."""
+        info_hash, ti = _torrent_info(metainfo, digest)
+        existing = self._torrents.get(info_hash)
+        if existing is not None:
+            existing.last_active = time.monotonic()
+            return
+        path = self.store.path(digest)
+        if not path.is_file():
+            raise FileNotFoundError(f"cannot seed {digest}: it is not in the store at {path}")
+        params = self._torrent_params(ti, path.parent)
+        # seed_mode: trust the store's verification instead of re-reading the file.
+        params.flags |= lt.torrent_flags.seed_mode
+        if self.settings.super_seeding:
+            params.flags |= lt.torrent_flags.super_seeding
+        handle = self._require_session().add_torrent(params)
+        self._torrents[info_hash] = _Torrent(handle, digest, metainfo, None, time.monotonic())
+        log.info("swarm.seeding digest=%s info_hash=%s path=%s", digest, info_hash, path)
+
+    # ---- downloading ----
+
+    async def download(self, digest: Digest, metainfo: bytes) -> Download:
+        """Start (or join) fetching ``digest`` through the swarm; returns at once."""
+        ongoing = self._downloads.get(digest)
+        if ongoing is not None and not ongoing.done:
+            return ongoing
+        info_hash, ti = _torrent_info(metainfo, digest)
+        piece_length = int(ti.piece_length())
+        if self.store.has(digest):
+            return Download.finished(digest, self.store.path(digest), piece_length)
+        torrent_dir = self.store.incoming_path()
+        torrent_dir.mkdir()
+        download = Download(digest, int(ti.total_size()), piece_length, torrent_dir / digest.hex)
+        download._engine = self
+        download._info_hash = info_hash
+        params = self._torrent_params(ti, torrent_dir)
+        handle = self._require_session().add_torrent(params)
+        self._torrents[info_hash] = _Torrent(handle, digest, metainfo, download, time.monotonic())
+        self._downloads[digest] = download
+        log.info(
+            "swarm.download_started digest=%s info_hash=%s size=%d piece_length=%d",
+            digest, info_hash, download.size, piece_length,
+        )
+        if download.size == 0:
+            self._spawn(self._publish(info_hash))
+        return download
+
+    def _torrent_params(self, ti: lt.torrent_info, save_path: Path) -> lt.add_torrent_params:
+        params = lt.add_torrent_params()
+        params.ti = ti
+        params.save_path = str(save_path)
+        params.trackers = [self.settings.tracker_url]
+        # Not auto-managed: libtorrent's queue would hold back torrents someone waits on.
+        params.flags &= ~lt.torrent_flags.auto_managed
+        params.flags &= ~lt.torrent_flags.paused
+        params.flags |= lt.torrent_flags.disable_dht | lt.torrent_flags.disable_lsd
+        params.storage_mode = lt.storage_mode_t.storage_mode_sparse
+        return params
+
+    def _prioritise(self, download: Download, offset: int) -> None:
+        """Give the pieces just ahead of a streaming reader deadlines (soonest first)."""
+        first = offset // download.piece_length
+        last = min(download._num_pieces, first + self.settings.stream_window_pieces)
+        start = max(first, download._deadlined_until)
+        if start >= last:
+            return
+        torrent = self._torrents.get(download._info_hash)
+        if torrent is None:
+            return
+        for index in range(start, last):
+            if not download._have[index]:
+                torrent.handle.set_piece_deadline(index, 100 * (index - first))
+        download._deadlined_until = last
+
+    def _cancel(self, download: Download) -> None:
+        info_hash = download._info_hash
+        torrent = self._torrents.get(info_hash)
+        self._downloads.pop(download.digest, None)
+        if torrent is not None:
+            self._spawn(self._remove_and_clean(info_hash, download.partial_path.parent))
+
+    async def _remove_and_clean(self, info_hash: str, torrent_dir: Path) -> None:
+        await self._remove(info_hash)
+        await asyncio.to_thread(shutil.rmtree, torrent_dir, True)
+
+    async def _publish(self, info_hash: str) -> None:
+        """libtorrent has every piece: verify the whole file, publish it, seed it from the store."""
+        torrent = self._torrents.get(info_hash)
+        if torrent is None or torrent.download is None:
+            return
+        download = torrent.download
+        await self._remove(info_hash)  # closes libtorrent's files before the move
+        try:
+            await asyncio.to_thread(self.store.adopt_file, download.partial_path, download.digest)
+        except (DigestMismatchError, OSError) as exc:
+            log.error("swarm.verify_failed digest=%s error=%s", download.digest, exc)
+            download._fail(DownloadFailed(f"downloaded {download.digest} failed to verify: {exc}"))
+            return
+        finally:
+            self._downloads.pop(download.digest, None)
+            await asyncio.to_thread(shutil.rmtree, download.partial_path.parent, True)
+        download._finish(self.store.path(download.digest))
+        log.info("swarm.download_done digest=%s size=%d", download.digest, download.size)
+        if not self._stopping:
+            await self.seed(download.digest, torrent.metainfo)
+
+    async def _remove(self, info_hash: str) -> None:
+        torrent = self._torrents.pop(info_hash, None)
+        if torrent is None or self._session is None:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._removals[info_hash] = future
+        self._session.remove_torrent(torrent.handle)
+        try:
+            async with asyncio.timeout(10):
+                await future
+        except TimeoutError:
+            log.warning("swarm.remove_timeout info_hash=%s", info_hash)
+        finally:
+            self._removals.pop(info_hash, None)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ---- the alert pump ----
+
+    async def _pump(self) -> None:
+        session = self._require_session()
+        next_tick = 0.0
+        while not self._stopping:
+            await asyncio.to_thread(session.wait_for_alert, _ALERT_WAIT_MS)
+            for alert in session.pop_alerts():
+                try:
+                    self._dispatch(alert)
+                except Exception:
+                    log.exception("swarm.alert_error alert=%s", type(alert).__name__)
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + _TICK_SECONDS
+                session.post_session_stats()
+                session.post_torrent_updates()
+                self._expire_idle_seeds(now)
+        # Drain what is left so nothing waits on an alert that will never be read.
+        for alert in session.pop_alerts():
+            with contextlib.suppress(Exception):
+                self._dispatch(alert)
+
+    def _dispatch(self, alert: lt.alert) -> None:
+        if isinstance(alert, lt.piece_finished_alert):
+            torrent = self._torrent_of(alert)
+            if torrent is not None and torrent.download is not None:
+                torrent.download._on_piece(int(alert.piece_index))
+        elif isinstance(alert, lt.torrent_finished_alert):
+            info_hash = _alert_info_hash(alert)
+            torrent = self._torrents.get(info_hash)
+            if torrent is not None and torrent.download is not None:
+                self._spawn(self._publish(info_hash))
+        elif isinstance(alert, lt.torrent_removed_alert):
+            future = self._removals.get(_alert_info_hash(alert))
+            if future is not None and not future.done():
+                future.set_result(None)
+        elif isinstance(alert, lt.state_update_alert):
+            self._note_activity(alert.status)
+        elif isinstance(alert, lt.session_stats_alert):
+            self._note_stats(alert.values)
+        elif isinstance(alert, lt.hash_failed_alert):
+            log.warning("swarm.hash_failed torrent=%s piece=%d",
+                        alert.torrent_name, alert.piece_index)
+        elif isinstance(alert, (lt.torrent_error_alert, lt.file_error_alert)):
+            self._fail_torrent(alert)
+        elif isinstance(alert, lt.tracker_error_alert):
+            log.warning("swarm.tracker_error %s", alert.message())
+        elif isinstance(alert, lt.listen_failed_alert):
+            log.error("swarm.listen_failed %s", alert.message())
+
+    def _torrent_of(self, alert: lt.torrent_alert) -> _Torrent | None:
+        return self._torrents.get(_alert_info_hash(alert))
+
+    def _fail_torrent(self, alert: lt.torrent_alert) -> None:
+        log.error("swarm.torrent_error %s", alert.message())
+        info_hash = _alert_info_hash(alert)
+        torrent = self._torrents.get(info_hash)
+        if torrent is None:
+            return
+        if torrent.download is not None:
+            download = torrent.download
+            download._fail(DownloadFailed(f"swarm download of {download.digest} failed: "
+                                          f"{alert.message()}"))
+            self._downloads.pop(download.digest, None)
+            self._spawn(self._remove_and_clean(info_hash, download.partial_path.parent))
+        else:
+            self._spawn(self._remove(info_hash))
+
+    def _note_activity(self, statuses: list[lt.torrent_status]) -> None:
+        now = time.monotonic()
+        for status in statuses:
+            torrent = self._torrents.get(str(status.info_hashes.v1))
+            if torrent is not None and status.num_peers > 0:
+                torrent.last_active = now
+
+    def _note_stats(self, values: dict[str, int]) -> None:
+        self._stats = SwarmStats(
+            uploaded=int(values.get("net.sent_payload_bytes", 0)),
+            downloaded=int(values.get("net.recv_payload_bytes", 0)),
+            torrents=len(self._torrents),
+        )
+        waiters, self._stats_waiters = self._stats_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(self._stats)
+
+    def _expire_idle_seeds(self, now: float) -> None:
+        for info_hash, torrent in list(self._torrents.items()):
+            if torrent.download is None and now - torrent.last_active > self.settings.seed_ttl:
+                log.info("swarm.seed_expired digest=%s", torrent.digest)
+                self._spawn(self._remove(info_hash))
+
+    def _require_session(self) -> lt.session:
+        if self._session is None:
+            raise RuntimeError("SwarmEngine is not running; use 'async with SwarmEngine(...)'")
+        return self._session
+
+
+def _torrent_info(metainfo: bytes, digest: Digest) -> tuple[str, lt.torrent_info]:
+    try:
+        check_metainfo(metainfo, digest)
+        ti = lt.torrent_info(lt.bdecode(metainfo))
+    except (MetainfoError, RuntimeError) as exc:
+        raise DownloadFailed(f"unusable metainfo for {digest}: {exc}") from None
+    return str(ti.info_hashes().v1), ti
+
+
+def _alert_info_hash(alert: lt.torrent_alert) -> str:
+    if isinstance(alert, lt.torrent_removed_alert):
+        return str(alert.info_hashes.v1)
+    return str(alert.handle.info_hashes().v1)
+

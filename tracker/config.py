@@ -1,0 +1,43 @@
+"""The tracker's typed configuration (defaults < TOML file < KRILL_TRACKER_* env < flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from krill.config import ConfigError, parse_hostport
+
+
+@dataclass
+class TrackerConfig:
+    # Where to listen, HOST:PORT.
+    listen: str = "127.0.0.1:7000"
+    # redis://host:port/db; when set, peers live in Redis so trackers behind one address share
+    # them and a tracker restart loses nothing. Unset: in memory (peers re-announce after restart).
+    redis: str | None = None
+    # Origin base URLs the metainfo endpoint fetches from, tried in order.
+    origin: list[str] = field(default_factory=list)
+    # Seconds between a client's announces. Short because cluster swarms are short-lived and a
+    # new peer should learn about others quickly; a tracker answer is cheap.
+    interval: int = 30
+    # Clients must not announce more often than this (libtorrent honours it).
+    min_interval: int = 5
+    # A peer that has not announced for this long is dropped (3 missed intervals).
+    peer_ttl: int = 90
+    # Peers handed out when the client does not say; and the cap whatever it asks for.
+    default_numwant: int = 50
+    max_numwant: int = 200
+    # Metainfo documents kept in memory (each is ~20 bytes per piece, at most ~40 KB).
+    metainfo_cache_entries: int = 4096
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        parse_hostport(self.listen)
+        for name in ("interval", "min_interval", "peer_ttl", "default_numwant", "max_numwant"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.peer_ttl < self.interval:
+            raise ConfigError(
+                f"peer_ttl ({self.peer_ttl}s) must be at least the announce interval "
+                f"({self.interval}s), or peers expire between their announces"
+            )
+        self.origin = [url.rstrip("/") for url in self.origin]

@@ -1,0 +1,135 @@
+"""Where the tracker keeps who is in which swarm: in memory, or in Redis.
+
+Both stores hold, per infohash, one entry per peer address (ip, port) with
+whether it is a seeder, whether it is an origin, and when it expires. On
+loopback every peer has the same IP, so the address includes the port.
+
+The Redis store lets several trackers behind one address share one view and
+survive restarts: each swarm is a Redis hash ``krill:tracker:<infohash hex>``
+mapping ``ip|port`` to ``expires|seeder|origin``. Expired fields are removed
+lazily when the swarm is read, and the whole key carries a Redis TTL so a
+swarm nobody announces to any more disappears by itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEntry:
+    ip: str
+    port: int
+    seeder: bool
+    origin: bool
+    expires: float
+
+
+class PeerStore(Protocol):
+    async def upsert(self, info_hash: bytes, entry: PeerEntry, ttl: int) -> None: ...
+    async def remove(self, info_hash: bytes, ip: str, port: int) -> None: ...
+    async def peers(self, info_hash: bytes) -> list[PeerEntry]: ...
+    async def swarm_count(self) -> int: ...
+    async def close(self) -> None: ...
+
+
+class MemoryPeerStore:
+    """Peers in a dict; lost on restart (clients re-announce within one interval)."""
+
+    def __init__(self) -> None:
+        self._swarms: dict[bytes, dict[tuple[str, int], PeerEntry]] = {}
+
+    async def upsert(self, info_hash: bytes, entry: PeerEntry, ttl: int) -> None:
+        self._swarms.setdefault(info_hash, {})[(entry.ip, entry.port)] = entry
+
+    async def remove(self, info_hash: bytes, ip: str, port: int) -> None:
+        swarm = self._swarms.get(info_hash)
+        if swarm is not None:
+            swarm.pop((ip, port), None)
+            if not swarm:
+                del self._swarms[info_hash]
+
+    async def peers(self, info_hash: bytes) -> list[PeerEntry]:
+        swarm = self._swarms.get(info_hash)
+        if swarm is None:
+            return []
+        now = time.time()
+        for key in [k for k, e in swarm.items() if e.expires <= now]:
+            del swarm[key]
+        if not swarm:
+            del self._swarms[info_hash]
+        return list(swarm.values())
+
+    async def swarm_count(self) -> int:
+        return len(self._swarms)
+
+    async def close(self) -> None:
+        self._swarms.clear()
+
+
+class RedisPeerStore:
+    """Peers in Redis, shared by every tracker pointed at the same database."""
+
+    PREFIX = "krill:tracker:"
+
+    def __init__(self, url: str) -> None:
+        self._redis = aioredis.Redis.from_url(url)
+
+    async def upsert(self, info_hash: bytes, entry: PeerEntry, ttl: int) -> None:
+        key = self._key(info_hash)
+        value = f"{entry.expires:.3f}|{int(entry.seeder)}|{int(entry.origin)}"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, _field(entry.ip, entry.port), value)
+            pipe.expire(key, ttl * 2)
+            await pipe.execute()
+
+    async def remove(self, info_hash: bytes, ip: str, port: int) -> None:
+        await self._redis.hdel(self._key(info_hash), _field(ip, port))
+
+    async def peers(self, info_hash: bytes) -> list[PeerEntry]:
+        key = self._key(info_hash)
+        raw = await self._redis.hgetall(key)
+        now = time.time()
+        live, expired = [], []
+        for field, value in raw.items():
+            entry = _parse_entry(field, value)
+            if entry is None or entry.expires <= now:
+                expired.append(field)
+            else:
+                live.append(entry)
+        if expired:
+            await self._redis.hdel(key, *expired)
+        return live
+
+    async def swarm_count(self) -> int:
+        count = 0
+        async for _ in self._redis.scan_iter(match=self.PREFIX + "*", count=1000):
+            count += 1
+        return count
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    def _key(self, info_hash: bytes) -> str:
+        return self.PREFIX + info_hash.hex()
+
+
+def _field(ip: str, port: int) -> str:
+    # "|" never occurs in an IPv4 or IPv6 literal, unlike ":".
+    return f"{ip}|{port}"
+
+
+def _parse_entry(field: bytes, value: bytes) -> PeerEntry | None:
+    try:
+        ip, port = field.decode().rsplit("|", 1)
+        expires, seeder, origin = value.decode().split("|")
+        return PeerEntry(ip, int(port), seeder == "1", origin == "1", float(expires))
+    except ValueError:
+        return None  # written by something else; treat as expired and clean it up
