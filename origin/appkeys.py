@@ -1,0 +1,33 @@
+"""Typed keys for what the origin app holds, so other modules can add routes to it.
+
+A module that extends the origin (seeding, deltas) gets the app from
+``origin.server.create_app(config)`` and reads these, e.g.
+``request.app[STORE].path(digest)`` or ``app[TAG_MOVED].append(hook)``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from krill.blobstore import BlobStore
+
+if TYPE_CHECKING:
+    from origin.config import OriginConfig
+    from origin.metrics import OriginMetrics
+    from origin.pullthrough import PullThrough
+    from origin.repositories import Repositories
+    from origin.tagging import TagMovedHook
+    from origin.taghistory import TagHistory
+    from origin.uploads import UploadSessions
+
+CONFIG: web.AppKey[OriginConfig] = web.AppKey("krill_origin_config")
+STORE = web.AppKey("krill_origin_store", BlobStore)
+REPOSITORIES: web.AppKey[Repositories] = web.AppKey("krill_origin_repositories")
+TAG_HISTORY: web.AppKey[TagHistory] = web.AppKey("krill_origin_tag_history")
+TAG_MOVED: web.AppKey[list[TagMovedHook]] = web.AppKey("krill_origin_tag_moved")
+UPLOADS: web.AppKey[UploadSessions] = web.AppKey("krill_origin_uploads")
+METRICS: web.AppKey[OriginMetrics] = web.AppKey("krill_origin_metrics")
+# None unless the origin mirrors an upstream registry.
+PULL_THROUGH: web.AppKey[PullThrough | None] = web.AppKey("krill_origin_pull_through")

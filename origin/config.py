@@ -1,0 +1,87 @@
+"""The origin's settings: one typed dataclass filled from file, env and flags.
+
+``load_origin_config`` applies ``krill.config.load_config`` with the
+``KRILL_ORIGIN_`` prefix, so ``KRILL_ORIGIN_UPSTREAM=https://...`` or a TOML
+file with ``upstream = "https://..."`` set the same field as ``--upstream``.
+Upstream credentials are kept out of ``repr`` so they never reach a log line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from krill.config import ConfigError, load_config, parse_hostport
+from krill.oci import MAX_MANIFEST_BYTES
+
+ENV_PREFIX = "KRILL_ORIGIN_"
+
+
+@dataclass
+class OriginConfig:
+    """Everything ``krill origin`` can be told."""
+
+    listen: str = "127.0.0.1:5000"
+    data: Path = Path("/var/lib/krill/origin")
+    # Pull-through: the registry to mirror (e.g. https://registry-1.docker.io).
+    upstream: str | None = None
+    # A file holding "username:password" (one line) for the upstream registry.
+    upstream_credentials: Path | None = None
+    # Or the same from the environment (KRILL_ORIGIN_UPSTREAM_USERNAME/_PASSWORD).
+    upstream_username: str | None = field(default=None, repr=False)
+    upstream_password: str | None = field(default=None, repr=False)
+    # Seconds a tag resolved upstream is served before it is resolved again.
+    tag_ttl: float = 60.0
+    # Seconds an upstream request may take before the client gets UNAVAILABLE.
+    upstream_timeout: float = 300.0
+    log_level: str = "info"
+    max_manifest_size: int = MAX_MANIFEST_BYTES
+    # Upload sessions idle this long are discarded (their temp file removed).
+    upload_idle_timeout: float = 3600.0
+    # Reserved for the swarm (seeding) work; unused by the registry itself.
+    tracker: str | None = None
+    peer_port: int = 0
+    seed_ttl: float = 600.0
+
+    def __post_init__(self) -> None:
+        parse_hostport(self.listen)
+        if self.upstream is not None and not self.upstream.startswith(("http://", "https://")):
+            raise ConfigError(f"upstream must be an http:// or https:// URL, got {self.upstream!r}")
+        if self.max_manifest_size <= 0:
+            raise ConfigError("max_manifest_size must be positive")
+        if self.tag_ttl < 0:
+            raise ConfigError("tag_ttl must be zero or more seconds")
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return parse_hostport(self.listen)
+
+    def upstream_auth(self) -> tuple[str, str] | None:
+        """Upstream (username, password) from the credentials file or env, if any."""
+        if self.upstream_credentials is not None:
+            return _read_credentials(self.upstream_credentials)
+        if self.upstream_username is not None:
+            return self.upstream_username, self.upstream_password or ""
+        return None
+
+
+def _read_credentials(path: Path) -> tuple[str, str]:
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read upstream credentials file {path}: {exc.strerror}") from None
+    username, sep, password = text.partition(":")
+    if not sep or not username:
+        raise ConfigError(f"upstream credentials file {path} must hold 'username:password'")
+    return username, password
+
+
+def load_origin_config(
+    file: str | os.PathLike[str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> OriginConfig:
+    return load_config(OriginConfig, file=file, env_prefix=ENV_PREFIX, flags=flags, environ=environ)

@@ -1,0 +1,30 @@
+"""Prometheus metrics of one origin app (its own registry, so apps in one process don't clash)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+
+class OriginMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "krill_origin_requests",
+            "HTTP requests answered, by method, route kind and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.bytes_served = Counter(
+            "krill_origin_bytes_served",
+            "Blob bytes sent to clients (response bodies of blob GETs).",
+            registry=self.registry,
+        )
+        self.upstream_fetches = Counter(
+            "krill_origin_upstream_fetches",
+            "Requests made to the upstream registry, by kind (manifest, blob, blob_head).",
+            ["kind"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,55 @@
+"""Turn client-supplied path parts into validated values, or the spec's error.
+
+Every handler goes through these before a name, tag or digest is used, so
+bad input is refused with ``NAME_INVALID``/``DIGEST_INVALID``/``MANIFEST_INVALID``
+before it can reach a path.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from krill.digests import Digest, DigestError, is_digest
+from krill.names import InvalidNameError, validate_name, validate_tag
+from krill.registry_errors import RegistryError
+
+API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+
+def repo_name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    try:
+        return validate_name(name)
+    except InvalidNameError as exc:
+        raise RegistryError("NAME_INVALID", str(exc), detail={"name": name[:300]}) from None
+
+
+def parse_digest(text: str | None, *, what: str = "digest") -> Digest:
+    if not text:
+        raise RegistryError("DIGEST_INVALID", f"a {what} is required (sha256:<64 hex>)")
+    try:
+        return Digest.parse(text)
+    except DigestError as exc:
+        raise RegistryError("DIGEST_INVALID", str(exc)) from None
+
+
+def parse_reference(text: str) -> Digest | str:
+    """A manifest reference: a digest (has ':') or a tag."""
+    if is_digest(text):
+        return parse_digest(text)
+    try:
+        return validate_tag(text)
+    except InvalidNameError as exc:
+        raise RegistryError("MANIFEST_INVALID", str(exc), detail={"tag": text[:200]}) from None
+
+
+def parse_count(request: web.Request) -> int | None:
+    """The ``n`` query parameter of list endpoints (None when absent)."""
+    text = request.query.get("n")
+    if text is None or text == "":
+        return None
+    if not text.isdigit():
+        raise RegistryError(
+            "UNSUPPORTED", f"n must be a non-negative integer, got {text[:40]!r}", status=400
+        )
+    return int(text)

@@ -1,0 +1,139 @@
+"""Which blobs, manifests and tags each repository has, on disk next to the blob store.
+
+Bytes live once in the content-addressed ``BlobStore``; a repository only
+holds links to them, as a real registry does::
+
+    repositories/<name>/_layers/<hex>      blob linked into the repository (empty file)
+    repositories/<name>/_manifests/<hex>   manifest in the repository (holds its media type)
+    repositories/<name>/_tags/<tag>        holds the manifest digest the tag points to
+
+Per-repository membership means a blob pushed to ``a/app`` is not served as
+``b/app``'s until it is pushed or mounted there; the bytes are shared, so a
+mount or a second push costs nothing. Names and tags are validated before
+they become paths (the spec's grammar cannot produce ``..``, and components
+never start with ``_``, so links cannot collide with repositories).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from krill.digests import Digest, DigestError
+from krill.names import validate_name, validate_tag
+
+_LAYERS = "_layers"
+_MANIFESTS = "_manifests"
+_TAGS = "_tags"
+
+
+class Repositories:
+    """Links from repositories to blobs, manifests and tags."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def dir(self, repo: str) -> Path:
+        """The repository's directory (the name is validated first)."""
+        return self.root / validate_name(repo)
+
+    def exists(self, repo: str) -> bool:
+        return any((self.dir(repo) / kind).is_dir() for kind in (_LAYERS, _MANIFESTS, _TAGS))
+
+    # blobs
+
+    def link_blob(self, repo: str, digest: Digest) -> None:
+        path = self.dir(repo) / _LAYERS / digest.hex
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+
+    def has_blob(self, repo: str, digest: Digest) -> bool:
+        return (self.dir(repo) / _LAYERS / digest.hex).exists()
+
+    def unlink_blob(self, repo: str, digest: Digest) -> bool:
+        try:
+            (self.dir(repo) / _LAYERS / digest.hex).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    # manifests
+
+    def link_manifest(self, repo: str, digest: Digest, media_type: str) -> None:
+        _write_atomic(self.dir(repo) / _MANIFESTS / digest.hex, media_type.encode())
+
+    def manifest_media_type(self, repo: str, digest: Digest) -> str | None:
+        """The stored media type, or None when the manifest is not in the repository."""
+        try:
+            return (self.dir(repo) / _MANIFESTS / digest.hex).read_text()
+        except FileNotFoundError:
+            return None
+
+    def unlink_manifest(self, repo: str, digest: Digest) -> bool:
+        try:
+            (self.dir(repo) / _MANIFESTS / digest.hex).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    # tags
+
+    def get_tag(self, repo: str, tag: str) -> Digest | None:
+        try:
+            text = (self.dir(repo) / _TAGS / validate_tag(tag)).read_text().strip()
+        except FileNotFoundError:
+            return None
+        try:
+            return Digest.parse(text)
+        except DigestError:
+            return None
+
+    def set_tag(self, repo: str, tag: str, digest: Digest) -> Digest | None:
+        """Point ``tag`` at ``digest``; return what it pointed at before (or None)."""
+        old = self.get_tag(repo, tag)
+        if old != digest:
+            _write_atomic(self.dir(repo) / _TAGS / validate_tag(tag), str(digest).encode())
+        return old
+
+    def delete_tag(self, repo: str, tag: str) -> Digest | None:
+        old = self.get_tag(repo, tag)
+        if old is not None:
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir(repo) / _TAGS / validate_tag(tag)).unlink()
+        return old
+
+    def tags(self, repo: str) -> list[str]:
+        tags_dir = self.dir(repo) / _TAGS
+        if not tags_dir.is_dir():
+            return []
+        return sorted(p.name for p in tags_dir.iterdir() if not p.name.startswith("."))
+
+    def tags_pointing_to(self, repo: str, digest: Digest) -> list[str]:
+        return [t for t in self.tags(repo) if self.get_tag(repo, t) == digest]
+
+    # catalog
+
+    def names(self) -> Iterator[str]:
+        """Every repository, in lexical order."""
+        found: list[str] = []
+        for dirpath, dirnames, _ in os.walk(self.root):
+            if any(d in (_LAYERS, _MANIFESTS, _TAGS) for d in dirnames):
+                found.append(Path(dirpath).relative_to(self.root).as_posix())
+            dirnames[:] = [d for d in dirnames if not d.startswith("_")]
+        yield from sorted(found)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so a reader sees the old or the new content, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

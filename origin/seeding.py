@@ -1,0 +1,97 @@
+"""Origin seeding: serve each blob's metainfo and seed the blob into the swarm.
+
+``install_seeding`` adds to an origin's aiohttp app:
+
+* ``GET /krill/v1/metainfo/<digest>``: the blob's deterministic torrent
+  (``krill.metainfo.make_metainfo``), generated once per blob and kept as
+  the blob's ``.torrent`` sidecar in the store. The first request for a
+  blob's metainfo also starts seeding it: asking for metainfo is what a
+  node does right before joining the swarm, so the origin is there when
+  the first peer arrives, and blobs nobody pulls cost no torrent.
+* a cleanup context running one ``SwarmEngine`` (origin mode) for the app's
+  lifetime; it announces to the tracker and drops torrents idle for
+  ``settings.seed_ttl``.
+
+Pieces are read from the store file in place (see ``SwarmEngine.seed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from krill.blobstore import BlobStore
+from krill.digests import Digest, DigestError
+from krill.metainfo import METAINFO_CONTENT_TYPE, make_metainfo
+from krill.registry_errors import RegistryError
+from krill.swarm import SwarmEngine, SwarmSettings
+
+log = logging.getLogger(__name__)
+
+SWARM_ENGINE_KEY = web.AppKey("swarm_engine", SwarmEngine)
+_METAINFO_KEY = web.AppKey("metainfo_sidecars", "MetainfoSidecars")
+
+
+class MetainfoSidecars:
+    """Metainfo per blob, made once and stored beside it; concurrent misses share the work."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+        self._inflight: dict[Digest, asyncio.Task[bytes]] = {}
+
+    async def get(self, digest: Digest) -> bytes:
+        task = self._inflight.get(digest)
+        if task is None:
+            task = asyncio.create_task(asyncio.to_thread(self._load_or_make, digest))
+            self._inflight[digest] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(digest, None))
+        return await asyncio.shield(task)
+
+    def _load_or_make(self, digest: Digest) -> bytes:
+        sidecar = self._store.sidecar_path(digest, "torrent")
+        try:
+            return sidecar.read_bytes()
+        except FileNotFoundError:
+            pass
+        metainfo = make_metainfo(self._store.path(digest), digest)
+        # Write-then-rename: a reader sees no sidecar or a whole one, never half.
+        tmp = sidecar.with_name(f"{sidecar.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(metainfo)
+        os.replace(tmp, sidecar)
+        log.info("origin.metainfo_made digest=%s bytes=%d", digest, len(metainfo))
+        return metainfo
+
+
+def install_seeding(app: web.Application, store: BlobStore, settings: SwarmSettings) -> None:
+    """Add the metainfo route and a SwarmEngine (origin mode) living as long as ``app``."""
+    settings = dataclasses.replace(settings, origin=True)
+    app[_METAINFO_KEY] = MetainfoSidecars(store)
+
+    async def swarm_engine(app: web.Application) -> AsyncIterator[None]:
+        async with SwarmEngine(settings, store) as engine:
+            app[SWARM_ENGINE_KEY] = engine
+            yield
+
+    app.cleanup_ctx.append(swarm_engine)
+    app.router.add_get("/krill/v1/metainfo/{digest}", _handle_metainfo)
+
+
+async def _handle_metainfo(request: web.Request) -> web.Response:
+    try:
+        digest = Digest.parse(request.match_info["digest"])
+    except DigestError as exc:
+        return RegistryError("DIGEST_INVALID", str(exc)).response()
+    engine = request.app[SWARM_ENGINE_KEY]
+    if not engine.store.has(digest):
+        return RegistryError("BLOB_UNKNOWN", f"no blob {digest} on this origin").response()
+    try:
+        metainfo = await request.app[_METAINFO_KEY].get(digest)
+    except FileNotFoundError:  # deleted between the check and the hashing
+        return RegistryError("BLOB_UNKNOWN", f"no blob {digest} on this origin").response()
+    await engine.seed(digest, metainfo)
+    return web.Response(body=metainfo, content_type=METAINFO_CONTENT_TYPE)
