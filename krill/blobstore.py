@@ -64,6 +64,10 @@ class BlobWriter:
         self._hasher.update(data)
         self.size += len(data)
 
+    def flush(self) -> None:
+        """Push buffered bytes to the file, so readers of ``path`` see all written so far."""
+        self._file.flush()
+
     def digest(self) -> Digest:
         """The digest of what has been written so far."""
         return Digest.from_hasher(self._hasher)

@@ -1,0 +1,296 @@
+"""The node cache: which blobs this node keeps, within a disk budget.
+
+Blobs live in a ``krill.blobstore.BlobStore`` (the same store the swarm engine
+downloads into and seeds from). This module keeps an index beside it
+(``index.json``: size, when added, when last used) and decides what to evict:
+
+* When the cached bytes pass ``high`` x budget, least-recently-used blobs go
+  until they are under ``low`` x budget (two watermarks, so one eviction pass
+  frees real room instead of running on every insert).
+* A blob unused for ``max_age`` seconds goes whatever the usage.
+* Pinned blobs (being served, being downloaded, or still seeding) never go.
+
+The index survives restarts, but a file on disk is only trusted once checked:
+on start every indexed blob is size-checked at once and sha256-hashed by a
+background thread; a blob that was not yet hashed is hashed before it is
+served (``ensure_verified``), and a damaged one is deleted and reported as
+missing so it is fetched again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from krill.blobstore import BlobStore
+from krill.digests import Digest, DigestError, sha256_file
+
+log = logging.getLogger(__name__)
+
+INDEX_VERSION = 1
+
+
+@dataclass
+class CacheEntry:
+    size: int
+    added: float
+    last_used: float
+    verified: bool = False
+    # Seeding keeps a blob pinned until then (the swarm reads it in place).
+    pinned_until: float = 0.0
+
+
+@dataclass(frozen=True)
+class CacheLimits:
+    budget: int
+    high: float = 0.90
+    low: float = 0.75
+    max_age: float = 14 * 24 * 3600.0
+
+
+class NodeCache:
+    """Index, pins and eviction policy over one ``BlobStore``."""
+
+    def __init__(
+        self,
+        store: BlobStore,
+        limits: CacheLimits,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_evict: Callable[[Digest, str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.limits = limits
+        self._clock = clock
+        self._on_evict = on_evict
+        self._index_path = store.root / "index.json"
+        self._entries: dict[Digest, CacheEntry] = {}
+        self._pins: dict[Digest, int] = {}
+        self._lock = threading.Lock()
+        self._verify_locks: dict[Digest, asyncio.Lock] = {}
+        self._dirty = False
+
+    # ---- start-up -------------------------------------------------------
+
+    def load(self) -> None:
+        """Read the index and reconcile it with the store; size-check every blob.
+
+        Blobs in the store but not in the index (the agent died between commit
+        and index save) are adopted, unverified; index entries whose file is
+        missing or has the wrong size are dropped.
+        """
+        recorded = self._read_index()
+        now = self._clock()
+        on_disk = set(self.store.digests())
+        for digest in on_disk:
+            size = self.store.size(digest)
+            entry = recorded.get(digest)
+            if size is None:
+                continue
+            if entry is not None and entry.size != size:
+                log.warning(
+                    "cache.damaged digest=%s reason=size recorded=%d found=%d",
+                    digest,
+                    entry.size,
+                    size,
+                )
+                self._drop_file(digest, "damaged")
+                continue
+            if entry is None:
+                entry = CacheEntry(size=size, added=now, last_used=now)
+            entry.verified = False
+            entry.pinned_until = 0.0
+            self._entries[digest] = entry
+        for digest in set(recorded) - on_disk:
+            log.info("cache.missing digest=%s", digest)
+        self._dirty = True
+        self.save()
+        log.info("cache.loaded blobs=%d bytes=%d", len(self._entries), self.usage)
+
+    def verify_all(self) -> list[Digest]:
+        """Hash every not-yet-verified blob (blocking; run in a thread). Returns the damaged."""
+        damaged = []
+        for digest in list(self._entries):
+            if not self.verify(digest):
+                damaged.append(digest)
+        return damaged
+
+    def verify(self, digest: Digest) -> bool:
+        """Hash one blob if needed; drop it when its bytes no longer match. Blocking."""
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return False
+            if entry.verified:
+                return True
+        path = self.store.path(digest)
+        try:
+            actual = sha256_file(str(path))
+        except FileNotFoundError:
+            actual = None
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return False
+            if actual == digest:
+                entry.verified = True
+                return True
+        log.warning("cache.damaged digest=%s reason=sha256 found=%s", digest, actual)
+        self._drop_file(digest, "damaged")
+        return False
+
+    async def ensure_verified(self, digest: Digest) -> bool:
+        """True when the blob is cached and its bytes are known good; hash it now if needed."""
+        entry = self._entries.get(digest)
+        if entry is None:
+            return False
+        if entry.verified:
+            return True
+        lock = self._verify_locks.setdefault(digest, asyncio.Lock())
+        async with lock:
+            ok = await asyncio.to_thread(self.verify, digest)
+        self._verify_locks.pop(digest, None)
+        return ok
+
+    # ---- lookups and updates ---------------------------------------------
+
+    def has(self, digest: Digest) -> bool:
+        return digest in self._entries
+
+    def entry(self, digest: Digest) -> CacheEntry | None:
+        return self._entries.get(digest)
+
+    def path(self, digest: Digest) -> Path:
+        return self.store.path(digest)
+
+    @property
+    def usage(self) -> int:
+        return sum(e.size for e in self._entries.values())
+
+    def touch(self, digest: Digest) -> None:
+        """Record a use (for LRU)."""
+        entry = self._entries.get(digest)
+        if entry is not None:
+            entry.last_used = self._clock()
+            self._dirty = True
+
+    def add(self, digest: Digest, *, pin_for: float = 0.0) -> list[Digest]:
+        """Index a blob just committed to the store (verified by the writer); may evict others."""
+        size = self.store.size(digest)
+        if size is None:
+            raise FileNotFoundError(f"blob {digest} is not in the store")
+        now = self._clock()
+        with self._lock:
+            self._entries[digest] = CacheEntry(
+                size=size,
+                added=now,
+                last_used=now,
+                verified=True,
+                pinned_until=now + pin_for if pin_for else 0.0,
+            )
+        self._dirty = True
+        evicted = self.enforce_limits()
+        self.save()
+        return evicted
+
+    @contextlib.contextmanager
+    def pinned(self, digest: Digest) -> Iterator[None]:
+        """Keep ``digest`` out of eviction while the block runs (nestable)."""
+        self._pins[digest] = self._pins.get(digest, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._pins[digest] - 1
+            if left:
+                self._pins[digest] = left
+            else:
+                del self._pins[digest]
+
+    def is_pinned(self, digest: Digest) -> bool:
+        entry = self._entries.get(digest)
+        seeding = entry is not None and entry.pinned_until > self._clock()
+        return digest in self._pins or seeding
+
+    # ---- eviction -------------------------------------------------------
+
+    def enforce_limits(self) -> list[Digest]:
+        """Drop expired blobs, then LRU blobs past the high watermark down to the low one."""
+        evicted = self._expire()
+        high = self.limits.budget * self.limits.high
+        low = self.limits.budget * self.limits.low
+        usage = self.usage
+        if usage <= high:
+            return evicted
+        for digest, entry in sorted(self._entries.items(), key=lambda kv: kv[1].last_used):
+            if usage <= low:
+                break
+            if self.is_pinned(digest):
+                continue
+            self._drop_file(digest, "lru")
+            usage -= entry.size
+            evicted.append(digest)
+        if usage > low:
+            log.warning("cache.over_budget bytes=%d low=%d pinned=%d", usage, low, len(self._pins))
+        return evicted
+
+    def _expire(self) -> list[Digest]:
+        cutoff = self._clock() - self.limits.max_age
+        old = [
+            d for d, e in self._entries.items() if e.last_used < cutoff and not self.is_pinned(d)
+        ]
+        for digest in old:
+            self._drop_file(digest, "age")
+        return old
+
+    def _drop_file(self, digest: Digest, reason: str) -> None:
+        with self._lock:
+            self._entries.pop(digest, None)
+        self.store.delete(digest)
+        self._dirty = True
+        log.info("cache.evict digest=%s reason=%s", digest, reason)
+        if self._on_evict is not None:
+            self._on_evict(digest, reason)
+
+    # ---- persistence ----------------------------------------------------
+
+    def save(self) -> None:
+        """Write the index atomically (temp file + rename) when it changed."""
+        if not self._dirty:
+            return
+        doc = {
+            "version": INDEX_VERSION,
+            "blobs": {
+                str(d): {"size": e.size, "added": e.added, "last_used": e.last_used}
+                for d, e in self._entries.items()
+            },
+        }
+        tmp = self._index_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self._index_path)
+        self._dirty = False
+
+    def _read_index(self) -> dict[Digest, CacheEntry]:
+        try:
+            doc = json.loads(self._index_path.read_text())
+            blobs = doc["blobs"]
+            out = {}
+            for key, value in blobs.items():
+                out[Digest.parse(key)] = CacheEntry(
+                    size=int(value["size"]),
+                    added=float(value["added"]),
+                    last_used=float(value["last_used"]),
+                )
+            return out
+        except FileNotFoundError:
+            return {}
+        except (ValueError, KeyError, TypeError, AttributeError, DigestError) as exc:
+            log.warning("cache.index_unreadable path=%s error=%s", self._index_path, exc)
+            return {}

@@ -1,0 +1,108 @@
+"""The agent's settings: one typed dataclass, filled by ``krill.config.load_config``.
+
+Environment variables use the prefix ``KRILL_AGENT_`` (``KRILL_AGENT_SWARM_DEADLINE=3``);
+a TOML file given with ``--config`` uses the field names as keys.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from krill.config import ConfigError, parse_hostport
+
+GiB = 1024**3
+
+_MACHINE_TO_GOARCH = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv7l": "arm",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
+
+
+def node_architecture() -> str:
+    """This machine's architecture in the OCI/Go spelling used by image indexes."""
+    machine = platform.machine().lower()
+    return _MACHINE_TO_GOARCH.get(machine, machine)
+
+
+@dataclass
+class AgentConfig:
+    """Everything the agent can be told; defaults suit one node next to containerd."""
+
+    # Control API (health, blobs, preheat, metrics).
+    listen: str = "127.0.0.1:7400"
+    # The pull-only registry endpoint containerd is pointed at (loopback by default:
+    # only this node's containerd should use it).
+    registry_listen: str = "127.0.0.1:7401"
+    data: Path = Path("/var/lib/krill/agent")
+    # Tracker base URL (announce is <tracker>/announce, metainfo <tracker>/krill/v1/metainfo/...).
+    tracker: str = ""
+    origin: str = ""
+    peer_port: int = 0
+    peer_host: str = "127.0.0.1"
+    # Seconds the swarm gets to deliver its first verified bytes before the agent
+    # falls back to plain HTTP from the origin.
+    swarm_deadline: float = 5.0
+    # Seconds to connect to / hear back from the origin before answering 503, so
+    # containerd moves on to the upstream server in hosts.toml quickly.
+    origin_timeout: float = 5.0
+    # Times the HTTP fallback resumes a broken origin transfer with a Range request.
+    origin_resume_attempts: int = 5
+    use_swarm: bool = True
+    upload_rate_limit: int = 0
+    download_rate_limit: int = 0
+    seed_ttl: float = 600.0
+    # Node cache: a disk budget; evict LRU unpinned blobs from the high watermark
+    # down to the low one; blobs unused for cache_max_age seconds go too.
+    cache_budget: int = 20 * GiB
+    cache_high_watermark: float = 0.90
+    cache_low_watermark: float = 0.75
+    cache_max_age: float = 14 * 24 * 3600.0
+    cache_check_interval: float = 60.0
+    # Seconds a tag -> digest answer from the origin is reused; digests are immutable.
+    tag_ttl: float = 30.0
+    # Upstream registry host (containerd's ?ns=) -> origin repository prefix.
+    # "" maps to the origin's own repositories. Unlisted hosts use the default rule
+    # (see agent.namespaces).
+    namespaces: dict[str, str] = field(default_factory=dict)
+    # Platform preheat pulls when not asked for all (defaults to this machine's).
+    platform_os: str = "linux"
+    platform_architecture: str = field(default_factory=node_architecture)
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        parse_hostport(self.listen)
+        parse_hostport(self.registry_listen)
+        if not 0 < self.cache_low_watermark < self.cache_high_watermark <= 1:
+            raise ConfigError(
+                "cache watermarks must satisfy 0 < cache_low_watermark < "
+                f"cache_high_watermark <= 1 (got {self.cache_low_watermark}, "
+                f"{self.cache_high_watermark})"
+            )
+        if self.cache_budget <= 0:
+            raise ConfigError(f"cache_budget must be positive bytes, got {self.cache_budget}")
+        if self.swarm_deadline <= 0 or self.origin_timeout <= 0:
+            raise ConfigError("swarm_deadline and origin_timeout must be positive seconds")
+        for name in ("tracker", "origin"):
+            url = getattr(self, name)
+            if url and not url.startswith(("http://", "https://")):
+                raise ConfigError(f"--{name} must be an http(s) URL, got {url!r}")
+            setattr(self, name, url.rstrip("/"))
+
+    @property
+    def announce_url(self) -> str:
+        """The tracker's announce URL, derived from its base URL."""
+        if self.tracker.endswith("/announce"):
+            return self.tracker
+        return f"{self.tracker}/announce"
+
+    @property
+    def tracker_base(self) -> str:
+        return self.tracker.removesuffix("/announce")

@@ -1,0 +1,188 @@
+"""Getting a blob onto this node: cache first, then the swarm, then the origin over HTTP.
+
+``BlobFetcher.open`` answers with either a ``CachedBlob`` (a verified file) or
+an ``InflightBlob`` (a committed ``Transfer`` that can be streamed as it
+grows). Every digest has at most one transfer at a time (single-flight): a
+hundred concurrent requests for one layer share one download.
+
+Source choice, per blob: the swarm gets ``swarm_deadline`` seconds to deliver
+its first verified bytes (metainfo lookup included). If it cannot (tracker
+down, no peers, no metainfo) the swarm download is cancelled and the origin's
+HTTP API is asked instead; if that fails too the caller gets
+``SourceUnavailable`` at once, which the endpoint turns into a 503 so
+containerd moves on to the next host in ``hosts.toml``. Nothing here waits
+past the deadline without bytes to show for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.cache import NodeCache
+from agent.sources import BlobNotFound, BlobSource, SourceUnavailable, Transfer, TransferFailed
+from krill.digests import Digest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CachedBlob:
+    digest: Digest
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True)
+class InflightBlob:
+    digest: Digest
+    transfer: Transfer
+    source: str
+
+    @property
+    def size(self) -> int:
+        return self.transfer.size
+
+
+class BlobFetcher:
+    """Cache lookups, single-flight transfers and the swarm -> origin fallback."""
+
+    def __init__(
+        self,
+        cache: NodeCache,
+        *,
+        swarm: BlobSource | None,
+        origin: BlobSource | None,
+        swarm_deadline: float,
+        seed_ttl: float = 0.0,
+        on_event: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.cache = cache
+        self._swarm = swarm
+        self._origin = origin
+        self._deadline = swarm_deadline
+        self._seed_ttl = seed_ttl
+        self._on_event = on_event or (lambda event, label: None)
+        self._inflight: dict[Digest, asyncio.Future[InflightBlob]] = {}
+        self._finishers: set[asyncio.Task[None]] = set()
+
+    async def open(self, digest: Digest, repository: str | None) -> CachedBlob | InflightBlob:
+        """A servable view of the blob; raises SourceUnavailable when no source has it now."""
+        cached = await self.cached(digest)
+        if cached is not None:
+            self._on_event("cache", "hit")
+            return cached
+        self._on_event("cache", "miss")
+        future = self._inflight.get(digest)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._inflight[digest] = future
+            try:
+                blob = await self._commit_source(digest, repository)
+            except BaseException as exc:
+                self._inflight.pop(digest, None)
+                if not future.done():
+                    shared = (
+                        exc if isinstance(exc, SourceUnavailable) else SourceUnavailable(repr(exc))
+                    )
+                    future.set_exception(shared)
+                    future.exception()
+                raise
+            future.set_result(blob)
+            self._finish_later(blob)
+            return blob
+        return await asyncio.shield(future)
+
+    async def cached(self, digest: Digest) -> CachedBlob | None:
+        if not await self.cache.ensure_verified(digest):
+            return None
+        entry = self.cache.entry(digest)
+        if entry is None:
+            return None
+        self.cache.touch(digest)
+        return CachedBlob(digest, self.cache.path(digest), entry.size)
+
+    async def ensure(self, digest: Digest, repository: str | None) -> int:
+        """Make the blob cached on this node (for preheat); returns its size."""
+        blob = await self.open(digest, repository)
+        if isinstance(blob, InflightBlob):
+            with self.cache.pinned(digest):
+                await blob.transfer.wait_done()
+                await self._wait_indexed(digest)
+        return blob.size
+
+    @contextlib.contextmanager
+    def pinned(self, digest: Digest) -> Iterator[None]:
+        with self.cache.pinned(digest):
+            yield
+
+    async def _wait_indexed(self, digest: Digest) -> None:
+        future = self._inflight.get(digest)
+        while future is not None and not self.cache.has(digest):
+            await asyncio.sleep(0.01)
+            future = self._inflight.get(digest)
+
+    async def _commit_source(self, digest: Digest, repository: str | None) -> InflightBlob:
+        errors: list[str] = []
+        if self._swarm is not None:
+            try:
+                return await self._try_swarm(digest, repository)
+            except (SourceUnavailable, TransferFailed, TimeoutError) as exc:
+                reason = "deadline" if isinstance(exc, TimeoutError) else "unavailable"
+                errors.append(f"swarm: {exc or 'no bytes within the deadline'}")
+                log.info("fetch.fallback digest=%s reason=%s error=%s", digest, reason, exc)
+                self._on_event("fallback", reason)
+        if self._origin is not None:
+            try:
+                transfer = await self._origin.start(digest, repository)
+                return InflightBlob(digest, transfer, self._origin.name)
+            except BlobNotFound:
+                self._on_event("fallback", "failed")
+                raise
+            except SourceUnavailable as exc:
+                errors.append(f"origin: {exc}")
+        self._on_event("fallback", "failed")
+        raise SourceUnavailable("; ".join(errors) or "no blob source configured")
+
+    async def _try_swarm(self, digest: Digest, repository: str | None) -> InflightBlob:
+        assert self._swarm is not None
+        transfer: Transfer | None = None
+        try:
+            async with asyncio.timeout(self._deadline):
+                transfer = await self._swarm.start(digest, repository)
+                await transfer.wait_available(0)
+        except BaseException:
+            if transfer is not None:
+                transfer.cancel()
+            raise
+        return InflightBlob(digest, transfer, self._swarm.name)
+
+    def _finish_later(self, blob: InflightBlob) -> None:
+        task = asyncio.create_task(self._finish(blob), name=f"finish-{blob.digest.hex[:12]}")
+        self._finishers.add(task)
+        task.add_done_callback(self._finishers.discard)
+
+    async def _finish(self, blob: InflightBlob) -> None:
+        """Index the blob once its transfer commits; forget the transfer either way."""
+        try:
+            with self.cache.pinned(blob.digest):
+                await blob.transfer.wait_done()
+                pin_for = self._seed_ttl if blob.source == "swarm" else 0.0
+                self.cache.add(blob.digest, pin_for=pin_for)
+            log.info("fetch.done digest=%s source=%s bytes=%d", blob.digest, blob.source, blob.size)
+        except TransferFailed as exc:
+            log.warning("fetch.failed digest=%s source=%s error=%s", blob.digest, blob.source, exc)
+        finally:
+            self._inflight.pop(blob.digest, None)
+
+    async def close(self) -> None:
+        for task in list(self._finishers):
+            task.cancel()
+        for future in list(self._inflight.values()):
+            if future.done() and not future.cancelled() and future.exception() is None:
+                future.result().transfer.cancel()
+        await asyncio.gather(*self._finishers, return_exceptions=True)

@@ -1,0 +1,85 @@
+"""The agent's Prometheus metrics, on a registry of its own (one per agent instance).
+
+``bytes_served`` says where the bytes clients received came from (cache,
+swarm, origin HTTP fallback); ``swarm_payload_bytes`` is libtorrent's own
+count of peer traffic (the origin's seed counts as a peer there);
+``origin_http_bytes`` is what the fallback pulled from the origin directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.bytes_served = Counter(
+            "krill_agent_served_bytes",
+            "Blob bytes sent to clients, by where they came from",
+            ["source"],
+            registry=self.registry,
+        )
+        self.origin_http_bytes = Counter(
+            "krill_agent_origin_http_bytes",
+            "Bytes fetched from the origin by the HTTP fallback",
+            registry=self.registry,
+        )
+        self.swarm_bytes = Gauge(
+            "krill_agent_swarm_payload_bytes",
+            "Payload bytes exchanged with swarm peers",
+            ["direction"],
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "krill_agent_fallbacks",
+            "Blob fetches where the swarm gave way to HTTP",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.cache = Counter(
+            "krill_agent_cache_lookups",
+            "Blob lookups in the node cache",
+            ["result"],
+            registry=self.registry,
+        )
+        self.evictions = Counter(
+            "krill_agent_cache_evictions",
+            "Blobs removed from the node cache",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.cache_bytes = Gauge(
+            "krill_agent_cache_bytes", "Bytes held in the node cache", registry=self.registry
+        )
+        self.delta_hits = Counter(
+            "krill_agent_delta_hits",
+            "Layers rebuilt from a delta instead of downloaded",
+            registry=self.registry,
+        )
+
+    def event(self, kind: str, label: str) -> None:
+        """Hook for BlobFetcher: ('cache', 'hit'|'miss'), ('fallback', reason)."""
+        if kind == "cache":
+            self.cache.labels(label).inc()
+        elif kind == "fallback":
+            self.fallbacks.labels(label).inc()
+
+    def evicted(self, digest: Any, reason: str) -> None:
+        self.evictions.labels(reason).inc()
+
+    def served(self, source: str, count: int) -> None:
+        self.bytes_served.labels(source).inc(count)
+
+    def update_swarm(self, stats: Any) -> None:
+        """Copy the engine's session totals (attribute names per krill.swarm.SwarmStats)."""
+        for direction in ("uploaded", "downloaded"):
+            value = getattr(stats, f"payload_{direction}", None)
+            if value is None:
+                value = getattr(stats, direction, 0)
+            self.swarm_bytes.labels(direction).set(value)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,160 @@
+"""One agent's working parts, wired together and started/stopped as a unit.
+
+``AgentNode`` owns the HTTP client session, the blob store and node cache,
+the swarm engine (when ``krill.swarm`` is available and a tracker is set),
+the fetcher and the manifest cache. Both HTTP apps (registry endpoint and
+control API) are thin layers over it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from agent.cache import CacheLimits, NodeCache
+from agent.config import AgentConfig
+from agent.fetcher import BlobFetcher
+from agent.manifests import ManifestCache
+from agent.metrics import AgentMetrics
+from agent.namespaces import NamespaceMap
+from agent.sources import OriginHttpSource
+from krill.blobstore import BlobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentNode:
+    config: AgentConfig
+    session: aiohttp.ClientSession
+    cache: NodeCache
+    fetcher: BlobFetcher
+    manifests: ManifestCache
+    namespaces: NamespaceMap
+    metrics: AgentMetrics
+    swarm: Any | None
+
+    def refresh_metrics(self) -> None:
+        self.metrics.cache_bytes.set(self.cache.usage)
+        if self.swarm is not None:
+            self.metrics.update_swarm(self.swarm.stats())
+
+
+@contextlib.asynccontextmanager
+async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
+    """Start everything the agent needs; stop it all when the block ends."""
+    config.data.mkdir(parents=True, exist_ok=True)
+    metrics = AgentMetrics()
+    store = BlobStore(config.data / "blobs")
+    cache = NodeCache(
+        store,
+        CacheLimits(
+            budget=config.cache_budget,
+            high=config.cache_high_watermark,
+            low=config.cache_low_watermark,
+            max_age=config.cache_max_age,
+        ),
+        on_evict=metrics.evicted,
+    )
+    cache.load()
+    connector = aiohttp.TCPConnector(limit=256)
+    async with (
+        aiohttp.ClientSession(connector=connector, auto_decompress=False) as session,
+        contextlib.AsyncExitStack() as stack,
+        asyncio.TaskGroup() as tasks,
+    ):
+        engine = await _start_swarm(config, store, stack)
+        swarm_source = None
+        if engine is not None:
+            from agent.swarm_source import SwarmSource
+
+            swarm_source = SwarmSource(engine, session, [config.tracker_base, config.origin])
+        origin_source = OriginHttpSource(
+            session,
+            config.origin,
+            store,
+            timeout=config.origin_timeout,
+            resume_attempts=config.origin_resume_attempts,
+            on_bytes=metrics.origin_http_bytes.inc,
+        )
+        fetcher = BlobFetcher(
+            cache,
+            swarm=swarm_source,
+            origin=origin_source,
+            swarm_deadline=config.swarm_deadline,
+            seed_ttl=config.seed_ttl,
+            on_event=metrics.event,
+        )
+        manifests = ManifestCache(
+            session,
+            config.origin,
+            BlobStore(config.data / "manifests"),
+            tag_ttl=config.tag_ttl,
+            timeout=config.origin_timeout,
+        )
+        node = AgentNode(
+            config,
+            session,
+            cache,
+            fetcher,
+            manifests,
+            NamespaceMap(config.origin, config.namespaces),
+            metrics,
+            engine,
+        )
+        verifier = tasks.create_task(_verify_cache(cache), name="cache-verify")
+        housekeeper = tasks.create_task(_housekeeping(node), name="cache-housekeeping")
+        try:
+            yield node
+        finally:
+            verifier.cancel()
+            housekeeper.cancel()
+            await fetcher.close()
+            cache.save()
+
+
+async def _start_swarm(
+    config: AgentConfig, store: BlobStore, stack: contextlib.AsyncExitStack
+) -> Any | None:
+    if not (config.use_swarm and config.tracker):
+        log.info("agent.swarm_disabled reason=%s", "no tracker" if config.use_swarm else "setting")
+        return None
+    try:
+        from krill.swarm import SwarmEngine, SwarmSettings
+    except ModuleNotFoundError as exc:
+        if exc.name != "krill.swarm":
+            raise
+        log.warning("agent.swarm_unavailable reason=krill.swarm missing; HTTP fallback only")
+        return None
+    settings = SwarmSettings(
+        tracker_url=config.announce_url,
+        listen_host=config.peer_host,
+        peer_port=config.peer_port,
+        upload_rate_limit=config.upload_rate_limit,
+        download_rate_limit=config.download_rate_limit,
+        seed_ttl=config.seed_ttl,
+    )
+    engine = await stack.enter_async_context(SwarmEngine(settings, store))
+    log.info("agent.swarm_started peer_port=%d tracker=%s", engine.peer_port, config.announce_url)
+    return engine
+
+
+async def _verify_cache(cache: NodeCache) -> None:
+    """Hash every cached blob once after start, off the event loop."""
+    damaged = await asyncio.to_thread(cache.verify_all)
+    cache.save()
+    log.info("cache.verified damaged=%d", len(damaged))
+
+
+async def _housekeeping(node: AgentNode) -> None:
+    """Apply the age limit and watermarks now and then; persist LRU times."""
+    while True:
+        await asyncio.sleep(node.config.cache_check_interval)
+        node.cache.enforce_limits()
+        node.cache.save()

@@ -1,0 +1,235 @@
+"""Where blob bytes come from: one interface, two implementations.
+
+A ``BlobSource`` starts a ``Transfer`` for a digest. A transfer writes the blob
+into the node's store and exposes how much of it may be read already:
+``available`` bytes from offset 0 are safe to serve, ``wait_available`` waits
+for more, ``wait_done`` returns the committed, sha256-verified file. The swarm
+engine's ``krill.swarm.Download`` has exactly this shape (bytes are piece-hash
+verified before they count as available); ``OriginHttpTransfer`` below is the
+fallback that fetches from the origin's registry API with Range resume.
+
+The HTTP transfer holds back its last byte until the whole blob has hashed to
+the digest, so a client streaming from it can never receive a complete but
+wrong body: a mismatch fails the transfer and the serving side aborts the
+connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Protocol
+
+import aiohttp
+
+from krill.blobstore import BlobStore, BlobWriter, DigestMismatchError, SizeMismatchError
+from krill.digests import Digest
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+
+
+class SourceUnavailable(Exception):
+    """This source cannot deliver the blob now (down, unknown blob, no peers)."""
+
+
+class BlobNotFound(SourceUnavailable):
+    """The origin says it does not have the blob (404)."""
+
+
+class TransferFailed(Exception):
+    """A committed transfer broke; its bytes must not be served as a whole blob."""
+
+
+class Transfer(Protocol):
+    size: int
+    partial_path: Path
+    available: int
+
+    async def wait_available(self, offset: int) -> int: ...
+
+    async def wait_done(self) -> Path: ...
+
+    def cancel(self) -> None: ...
+
+
+class BlobSource(Protocol):
+    """Starts transfers; ``name`` labels metrics and logs ('swarm', 'origin')."""
+
+    name: str
+
+    async def start(self, digest: Digest, repository: str | None) -> Transfer:
+        """Begin fetching; raise SourceUnavailable quickly when this source cannot."""
+        ...
+
+
+class OriginHttpSource:
+    """Fetches blobs from the origin's pull API: ``GET /v2/<repo>/blobs/<digest>``."""
+
+    name = "origin"
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        origin_url: str,
+        store: BlobStore,
+        *,
+        timeout: float,
+        resume_attempts: int = 5,
+        on_bytes: callable | None = None,  # type: ignore[valid-type]
+    ) -> None:
+        self._session = session
+        self._origin = origin_url.rstrip("/")
+        self._store = store
+        self._timeout = timeout
+        self._resume_attempts = resume_attempts
+        self._on_bytes = on_bytes
+
+    async def start(self, digest: Digest, repository: str | None) -> OriginHttpTransfer:
+        if not self._origin:
+            raise SourceUnavailable("no origin configured")
+        if repository is None:
+            raise SourceUnavailable("HTTP fallback needs a repository name to ask the origin")
+        url = f"{self._origin}/v2/{repository}/blobs/{digest}"
+        response = await self._open(url, offset=0)
+        size = _content_length(response)
+        transfer = OriginHttpTransfer(self, url, digest, size, self._store.writer(), response)
+        transfer.begin()
+        return transfer
+
+    async def _open(self, url: str, offset: int) -> aiohttp.ClientResponse:
+        """Send the GET (with Range when resuming); raise SourceUnavailable on any failure."""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self._timeout,
+            sock_connect=self._timeout,
+            sock_read=max(self._timeout, 30.0),
+        )
+        try:
+            async with asyncio.timeout(self._timeout):
+                response = await self._session.get(url, headers=headers, timeout=timeout)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise SourceUnavailable(f"origin unreachable for {url}: {exc!r}") from None
+        expected = 206 if offset else 200
+        if response.status == 404:
+            response.release()
+            raise BlobNotFound(f"origin has no blob at {url}")
+        if response.status != expected:
+            response.release()
+            raise SourceUnavailable(f"origin answered {response.status} for {url}")
+        return response
+
+
+def _content_length(response: aiohttp.ClientResponse) -> int:
+    length = response.content_length
+    if length is None:
+        response.release()
+        raise SourceUnavailable("origin sent a blob without Content-Length")
+    return length
+
+
+class OriginHttpTransfer:
+    """One blob streaming from the origin into the store, resuming with Range on breaks."""
+
+    def __init__(
+        self,
+        source: OriginHttpSource,
+        url: str,
+        digest: Digest,
+        size: int,
+        writer: BlobWriter,
+        response: aiohttp.ClientResponse,
+    ) -> None:
+        self._source = source
+        self._url = url
+        self.digest = digest
+        self.size = size
+        self._writer = writer
+        self._response: aiohttp.ClientResponse | None = response
+        self.partial_path = writer.path
+        self.available = 0
+        self._changed = asyncio.Event()
+        self._done: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
+        self._task: asyncio.Task[None] | None = None
+
+    def begin(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"origin-fetch-{self.digest.hex[:12]}")
+
+    async def wait_available(self, offset: int) -> int:
+        while True:
+            if self._done.done():
+                self._done.result()  # raises TransferFailed
+                return self.available
+            if self.available > offset:
+                return self.available
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def wait_done(self) -> Path:
+        return await asyncio.shield(self._done)
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        try:
+            await self._copy_with_resume()
+            digest = await asyncio.to_thread(self._writer.commit, self.digest, self.size)
+            self.available = self.size
+            self._done.set_result(self._source._store.path(digest))
+            log.info("origin_fetch.done digest=%s bytes=%d", self.digest, self.size)
+        except asyncio.CancelledError:
+            self._writer.abort()
+            self._fail(TransferFailed("fetch from origin cancelled"))
+            raise
+        except (DigestMismatchError, SizeMismatchError, SourceUnavailable) as exc:
+            log.warning("origin_fetch.failed digest=%s error=%s", self.digest, exc)
+            self._writer.abort()
+            self._fail(TransferFailed(str(exc)))
+        finally:
+            if self._response is not None:
+                self._response.release()
+            self._changed.set()
+
+    def _fail(self, exc: Exception) -> None:
+        if not self._done.done():
+            self._done.set_exception(exc)
+            self._done.exception()  # mark retrieved: readers may never call wait_done
+
+    async def _copy_with_resume(self) -> None:
+        attempts = 0
+        while self._writer.size < self.size:
+            if self._response is None:
+                attempts += 1
+                if attempts > self._source._resume_attempts:
+                    raise SourceUnavailable(
+                        f"origin transfer broke {attempts - 1} times at byte {self._writer.size}"
+                    )
+                log.info("origin_fetch.resume digest=%s offset=%d", self.digest, self._writer.size)
+                await asyncio.sleep(min(0.2 * attempts, 2.0))
+                with contextlib.suppress(SourceUnavailable):
+                    self._response = await self._source._open(self._url, self._writer.size)
+                continue
+            try:
+                async for chunk in self._response.content.iter_chunked(CHUNK):
+                    await self._append(chunk)
+                    if self._writer.size > self.size:
+                        raise SizeMismatchError("origin sent more bytes than it declared")
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                log.info("origin_fetch.broken digest=%s error=%r", self.digest, exc)
+            self._response.release()
+            self._response = None
+
+    async def _append(self, chunk: bytes) -> None:
+        self._writer.write(chunk)
+        self._writer.flush()
+        if self._source._on_bytes is not None:
+            self._source._on_bytes(len(chunk))
+        # The final byte becomes available only after the digest verified (see module doc).
+        self.available = min(self._writer.size, self.size - 1)
+        self._changed.set()

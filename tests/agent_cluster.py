@@ -1,0 +1,149 @@
+"""Real Krill processes for the agent tests: origin, tracker, agents, all on loopback.
+
+Each context manager starts ``python -m krill.cli ...`` with its own data
+directory and free ports, waits for health, and stops it at the end. Images
+are built in-process (``tests.imagebuild``) and pushed with skopeo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests import imagebuild
+from tests.components import SKOPEO_FLAGS, free_port, krill_process, skopeo
+
+
+@dataclass
+class Agent:
+    api: str  # control API base URL
+    registry: str  # registry endpoint base URL
+    registry_hostport: str
+    data: Path
+    process: Any
+
+    def metrics(self) -> dict[str, float]:
+        return read_metrics(self.api)
+
+
+def read_metrics(base_url: str) -> dict[str, float]:
+    """Prometheus text -> {'name{labels}': value} (comments dropped)."""
+    text = urllib.request.urlopen(f"{base_url}/metrics", timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+@contextlib.contextmanager
+def origin_process(root: Path, *extra: str, port: int | None = None) -> Iterator[str]:
+    port = port or free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    args = ["origin", "--listen", f"127.0.0.1:{port}", "--data", str(root / "data"), *extra]
+    url = f"http://127.0.0.1:{port}"
+    with krill_process(args, root / "origin.log", f"{url}/v2/"):
+        yield url
+
+
+@contextlib.contextmanager
+def tracker_process(root: Path, origin: str, port: int | None = None) -> Iterator[str]:
+    port = port or free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    args = ["tracker", "--listen", f"127.0.0.1:{port}", "--origin", origin]
+    url = f"http://127.0.0.1:{port}"
+    with krill_process(args, root / "tracker.log", f"{url}/health"):
+        yield url
+
+
+@contextlib.contextmanager
+def agent_process(
+    root: Path,
+    origin: str,
+    tracker: str | None = None,
+    *,
+    settings: dict[str, Any] | None = None,
+    registry_port: int | None = None,
+) -> Iterator[Agent]:
+    """An agent; ``settings`` go into its TOML config file."""
+    root.mkdir(parents=True, exist_ok=True)
+    api_port, reg_port = free_port(), registry_port or free_port()
+    config = root / "agent.toml"
+    config.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in (settings or {}).items()))
+    args = [
+        "agent",
+        "--listen",
+        f"127.0.0.1:{api_port}",
+        "--registry-listen",
+        f"127.0.0.1:{reg_port}",
+        "--data",
+        str(root / "data"),
+        "--origin",
+        origin,
+        "--config",
+        str(config),
+        "--log-level",
+        "debug",
+    ]
+    if tracker:
+        args += ["--tracker", tracker]
+    api = f"http://127.0.0.1:{api_port}"
+    with krill_process(args, root / "agent.log", f"{api}/health") as proc:
+        yield Agent(
+            api, f"http://127.0.0.1:{reg_port}", f"127.0.0.1:{reg_port}", root / "data", proc
+        )
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f'"{k}" = {_toml(v)}' for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
+@dataclass
+class PushedImage:
+    layout: Path
+    top: imagebuild.Blob
+    images: list[imagebuild.Image]
+
+    @property
+    def digests(self) -> set[str]:
+        return imagebuild.read_oci_layout_digests(self.layout)
+
+
+def build_layout(
+    root: Path, seed: int, *, platforms: tuple[str, ...] = ("amd64",), layer_size: int = 32 * 1024
+) -> PushedImage:
+    """An OCI layout with one image per platform (an index when more than one)."""
+    images = [
+        imagebuild.build_image(
+            [
+                imagebuild.random_files(seed * 10 + i, count=2, size=layer_size),
+                imagebuild.random_files(seed * 10 + i + 5, count=1, size=layer_size),
+            ],
+            architecture=arch,
+        )
+        for i, arch in enumerate(platforms)
+    ]
+    top = imagebuild.build_index(images) if len(images) > 1 else images[0].manifest
+    layout = imagebuild.write_oci_layout(root, top, images, "latest")
+    return PushedImage(layout, top, images)
+
+
+def push(image: PushedImage, registry: str, reference: str) -> None:
+    """skopeo copy the layout to ``registry`` (a base URL) as ``reference`` (name:tag)."""
+    host = registry.removeprefix("http://")
+    skopeo(
+        "copy",
+        "--all",
+        "--preserve-digests",
+        *SKOPEO_FLAGS,
+        f"oci:{image.layout}:latest",
+        f"docker://{host}/{reference}",
+    )

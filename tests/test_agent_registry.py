@@ -1,0 +1,190 @@
+"""The agent's registry endpoint against a real origin: pulls, Range, bad input, pushes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.agent_cluster import Agent, agent_process, build_layout, origin_process, push
+from tests.components import SKOPEO_FLAGS, skopeo
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Agent, Path]]:
+    """An origin holding team/app:1 (amd64+arm64 index), and an agent without a tracker."""
+    root = tmp_path_factory.mktemp("agent-registry")
+    with origin_process(root / "origin") as origin:
+        image = build_layout(root / "layout", seed=1, platforms=("amd64", "arm64"))
+        push(image, origin, "team/app:1")
+        with agent_process(root / "agent", origin) as agent:
+            yield origin, agent, image.layout
+
+
+def request(
+    url: str, method: str = "GET", headers: dict[str, str] | None = None, data: bytes | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, method=method, headers=headers or {}, data=data)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def error_code(body: bytes) -> str:
+    return json.loads(body)["errors"][0]["code"]
+
+
+def test_skopeo_copy_through_agent_gives_identical_digests(cluster, tmp_path: Path) -> None:
+    _, agent, layout = cluster
+    out = tmp_path / "out"
+    skopeo(
+        "copy",
+        "--all",
+        "--preserve-digests",
+        *SKOPEO_FLAGS,
+        f"docker://{agent.registry_hostport}/team/app:1",
+        f"oci:{out}:latest",
+    )
+    from tests.imagebuild import read_oci_layout_digests
+
+    assert read_oci_layout_digests(out) == read_oci_layout_digests(layout)
+
+
+def test_manifest_bytes_exactly_as_origin_has_them(cluster) -> None:
+    origin, agent, _ = cluster
+    accept = {"Accept": "application/vnd.oci.image.index.v1+json"}
+    status, _headers, body = request(f"{origin}/v2/team/app/manifests/1", headers=accept)
+    assert status == 200
+    status, agent_headers, agent_body = request(
+        f"{agent.registry}/v2/team/app/manifests/1", headers=accept
+    )
+    assert status == 200
+    assert agent_body == body
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    assert agent_headers["Docker-Content-Digest"] == digest
+    assert agent_headers["Content-Type"] == "application/vnd.oci.image.index.v1+json"
+    status, head_headers, head_body = request(
+        f"{agent.registry}/v2/team/app/manifests/{digest}", method="HEAD"
+    )
+    assert status == 200 and head_body == b""
+    assert int(head_headers["Content-Length"]) == len(body)
+
+
+def _first_layer(cluster) -> tuple[str, bytes]:
+    origin, _, _ = cluster
+    _, _, index = request(f"{origin}/v2/team/app/manifests/1")
+    child = json.loads(index)["manifests"][0]["digest"]
+    _, _, manifest = request(f"{origin}/v2/team/app/manifests/{child}")
+    layer = json.loads(manifest)["layers"][0]["digest"]
+    _, _, data = request(f"{origin}/v2/team/app/blobs/{layer}")
+    return layer, data
+
+
+def test_blob_get_head_and_range(cluster) -> None:
+    _, agent, _ = cluster
+    digest, data = _first_layer(cluster)
+    url = f"{agent.registry}/v2/team/app/blobs/{digest}"
+    status, headers, body = request(url)
+    assert status == 200 and body == data
+    assert headers["Docker-Content-Digest"] == digest
+    status, headers, body = request(url, method="HEAD")
+    assert status == 200 and int(headers["Content-Length"]) == len(data)
+    status, headers, body = request(url, headers={"Range": "bytes=100-"})
+    assert status == 206 and body == data[100:]
+    assert headers["Content-Range"] == f"bytes 100-{len(data) - 1}/{len(data)}"
+    status, _, body = request(url, headers={"Range": "bytes=10-19"})
+    assert status == 206 and body == data[10:20]
+    status, _, body = request(url, headers={"Range": "bytes=-7"})
+    assert status == 206 and body == data[-7:]
+
+
+def test_range_on_a_blob_not_yet_cached_resumes_correctly(cluster, tmp_path: Path) -> None:
+    _, agent, _ = cluster
+    origin = cluster[0]
+    _, _, index = request(f"{origin}/v2/team/app/manifests/1")
+    child = json.loads(index)["manifests"][1]["digest"]
+    _, _, manifest = request(f"{origin}/v2/team/app/manifests/{child}")
+    layer = json.loads(manifest)["layers"][1]["digest"]
+    _, _, data = request(f"{origin}/v2/team/app/blobs/{layer}")
+    url = f"{agent.registry}/v2/team/app/blobs/{layer}"
+    status, _, tail = request(url, headers={"Range": f"bytes={len(data) // 2}-"})
+    assert status == 206
+    status, _, head = request(url, headers={"Range": f"bytes=0-{len(data) // 2 - 1}"})
+    assert status == 206
+    assert head + tail == data
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["bytes=abc", "bytes=5-2", "items=0-1", "bytes=0-1,4-5", "bytes=99999999-", "bytes=-0"],
+)
+def test_malformed_or_unsatisfiable_range_is_416(cluster, header: str) -> None:
+    _, agent, _ = cluster
+    digest, data = _first_layer(cluster)
+    status, headers, body = request(
+        f"{agent.registry}/v2/team/app/blobs/{digest}", headers={"Range": header}
+    )
+    assert status == 416
+    assert error_code(body) == "RANGE_INVALID"
+    assert headers["Content-Range"] == f"bytes */{len(data)}"
+
+
+def test_bad_input_gets_the_spec_errors(cluster) -> None:
+    _, agent, _ = cluster
+    base = f"{agent.registry}/v2"
+    status, _, body = request(f"{base}/Team/App/manifests/1")
+    assert (status, error_code(body)) == (400, "NAME_INVALID")
+    status, _, body = request(f"{base}/team/../etc/manifests/1")
+    assert status in (400, 404)
+    status, _, body = request(f"{base}/team/app/blobs/sha256:1234")
+    assert (status, error_code(body)) == (400, "DIGEST_INVALID")
+    status, _, body = request(f"{base}/team/app/blobs/md5:abcd")
+    assert (status, error_code(body)) == (400, "DIGEST_INVALID")
+    status, _, body = request(f"{base}/team/app/manifests/nosuchtag")
+    assert (status, error_code(body)) == (404, "MANIFEST_UNKNOWN")
+    status, _, body = request(f"{base}/team/other/manifests/sha256:{'0' * 64}")
+    assert (status, error_code(body)) == (404, "MANIFEST_UNKNOWN")
+    status, _, body = request(f"{base}/team/app/blobs/sha256:{'0' * 64}")
+    assert (status, error_code(body)) == (404, "BLOB_UNKNOWN")
+    status, _, body = request(f"{base}/team/app/manifests/bad%20tag")
+    assert status == 400
+
+
+def test_push_attempts_are_refused_with_where_to_push(cluster) -> None:
+    origin, agent, _ = cluster
+    status, _headers, body = request(
+        f"{agent.registry}/v2/team/app/blobs/uploads/", method="POST", data=b""
+    )
+    assert (status, error_code(body)) == (405, "UNSUPPORTED")
+    assert origin in json.loads(body)["errors"][0]["message"]
+    status, _, body = request(f"{agent.registry}/v2/team/app/manifests/2", method="PUT", data=b"{}")
+    assert (status, error_code(body)) == (405, "UNSUPPORTED")
+
+
+def test_ns_maps_upstream_hosts_to_origin_prefixes(cluster, tmp_path: Path) -> None:
+    origin, agent, _ = cluster
+    image = build_layout(tmp_path / "layout", seed=7)
+    push(image, origin, "docker.io/library/tool:2")
+    url = f"{agent.registry}/v2/library/tool/manifests/2?ns=docker.io"
+    status, _, body = request(url)
+    assert status == 200 and body == image.top.data
+    own = origin.removeprefix("http://")
+    status, _, _ = request(f"{agent.registry}/v2/team/app/manifests/1?ns={own}")
+    assert status == 200
+    status, _, body = request(f"{agent.registry}/v2/team/app/manifests/1?ns=quay.io")
+    assert (status, error_code(body)) == (404, "MANIFEST_UNKNOWN")
+
+
+def test_base_endpoint_and_health(cluster) -> None:
+    _, agent, _ = cluster
+    status, headers, _ = request(f"{agent.registry}/v2/")
+    assert status == 200 and headers["Docker-Distribution-API-Version"] == "registry/2.0"
+    status, _, body = request(f"{agent.api}/health")
+    assert status == 200 and json.loads(body)["status"] == "ok"
