@@ -1,0 +1,196 @@
+"""Bad input gets the spec's error and never leaves a partial or unverified blob."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+from yarl import URL
+
+from krill import oci
+from krill.blobstore import BlobStore
+from origin.appkeys import STORE
+from origin.config import OriginConfig
+from origin.server import create_app
+from tests.imagebuild import build_image, random_files
+
+
+@pytest.fixture
+async def client(tmp_path: Path, aiohttp_client) -> TestClient:  # type: ignore[no-untyped-def]
+    return await aiohttp_client(create_app(OriginConfig(data=tmp_path / "origin")))
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+async def error_of(resp) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    return resp.status, (await resp.json())["errors"][0]["code"]
+
+
+def store_is_empty(client: TestClient) -> bool:
+    store: BlobStore = client.app[STORE]
+    return list(store.digests()) == [] and list((store.root / "incoming").iterdir()) == []
+
+
+async def test_wrong_digest_is_rejected_and_nothing_stored(client: TestClient) -> None:
+    resp = await client.post(f"/v2/team/app/blobs/uploads/?digest={sha(b'other')}", data=b"data")
+    assert await error_of(resp) == (400, "DIGEST_INVALID")
+    start = await client.post("/v2/team/app/blobs/uploads/")
+    location = start.headers["Location"]
+    await client.patch(location, data=b"first half")
+    resp = await client.put(f"{location}?digest={sha(b'something else')}", data=b" second")
+    assert await error_of(resp) == (400, "DIGEST_INVALID")
+    assert store_is_empty(client)
+    assert (await client.get(location)).status == 404  # the failed session is gone
+
+
+async def test_upload_missing_its_end_is_rejected(client: TestClient) -> None:
+    data = b"0123456789" * 100
+    start = await client.post("/v2/team/app/blobs/uploads/")
+    location = start.headers["Location"]
+    await client.patch(location, data=data[:600])
+    resp = await client.put(f"{location}?digest={sha(data)}")
+    assert await error_of(resp) == (400, "DIGEST_INVALID")
+    assert store_is_empty(client)
+
+
+async def test_body_cut_off_mid_request_leaves_nothing(client: TestClient) -> None:
+    data = b"x" * 100_000
+    _reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(
+        f"POST /v2/team/app/blobs/uploads/?digest={sha(data)} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+        + data[:40_000]
+    )
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(200):
+        if store_is_empty(client):
+            break
+        await asyncio.sleep(0.02)
+    assert store_is_empty(client)
+    assert (await client.get(f"/v2/team/app/blobs/{sha(data)}")).status == 404
+
+
+@pytest.mark.parametrize(
+    "digest",
+    ["sha256:xyz", "sha256:" + "A" * 64, "md5:d41d8cd98f00b204e9800998ecf8427e", "nodigest:"],
+)
+async def test_malformed_digest(client: TestClient, digest: str) -> None:
+    resp = await client.get(URL(f"/v2/team/app/blobs/{digest}", encoded=False))
+    assert await error_of(resp) == (400, "DIGEST_INVALID")
+    resp = await client.post("/v2/team/app/blobs/uploads/", params={"digest": digest}, data=b"x")
+    assert await error_of(resp) == (400, "DIGEST_INVALID")
+    assert store_is_empty(client)
+
+
+async def raw_request(port: int, method: str, path: str) -> tuple[int, dict]:
+    """Send ``path`` exactly as written (HTTP clients would normalize ``..`` away)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\n"
+        "Connection: close\r\n\r\nx".encode()
+    )
+    response = await reader.read()
+    writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "raw_name",
+    [
+        "team/../app",
+        "team/%2e%2e/app",
+        "%2e%2e/%2e%2e/etc",
+        "Team/App",
+        "team/" + "a" * 260,
+        "team//app",
+        "_private/app",
+    ],
+)
+async def test_invalid_names_are_refused(client: TestClient, raw_name: str) -> None:
+    digest = sha(b"x")
+    for method, path in (
+        ("GET", f"/v2/{raw_name}/blobs/{digest}"),
+        ("GET", f"/v2/{raw_name}/manifests/latest"),
+        ("POST", f"/v2/{raw_name}/blobs/uploads/?digest={digest}"),
+        ("PUT", f"/v2/{raw_name}/manifests/latest"),
+        ("GET", f"/v2/{raw_name}/tags/list"),
+    ):
+        status, body = await raw_request(client.port, method, path)
+        assert (status, body["errors"][0]["code"]) == (400, "NAME_INVALID"), (method, path)
+    assert store_is_empty(client)
+    assert not (client.app[STORE].root / "repositories").exists() or not any(
+        (client.app[STORE].root / "repositories").iterdir()
+    )
+
+
+async def test_range_past_the_end_is_416(client: TestClient) -> None:
+    data = b"short blob"
+    await client.post(f"/v2/team/app/blobs/uploads/?digest={sha(data)}", data=data)
+    resp = await client.get(f"/v2/team/app/blobs/{sha(data)}", headers={"Range": "bytes=100-"})
+    assert resp.status == 416
+
+
+async def test_manifest_over_the_limit_is_413(client: TestClient) -> None:
+    body = json.dumps(
+        {"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST, "pad": "x" * (4 * 1024 * 1024)}
+    ).encode()
+    resp = await client.put(
+        "/v2/team/app/manifests/big", data=body, headers={"Content-Type": oci.OCI_MANIFEST}
+    )
+    assert await error_of(resp) == (413, "SIZE_INVALID")
+
+
+async def test_manifest_that_is_not_json(client: TestClient) -> None:
+    resp = await client.put(
+        "/v2/team/app/manifests/v1", data=b"{not json", headers={"Content-Type": oci.OCI_MANIFEST}
+    )
+    assert await error_of(resp) == (400, "MANIFEST_INVALID")
+    resp = await client.put(
+        "/v2/team/app/manifests/v1", data=b"[1, 2]", headers={"Content-Type": oci.OCI_MANIFEST}
+    )
+    assert await error_of(resp) == (400, "MANIFEST_INVALID")
+
+
+async def test_manifest_naming_unknown_blobs(client: TestClient) -> None:
+    image = build_image([random_files(1, 1, 256)])
+    await client.post(
+        f"/v2/team/app/blobs/uploads/?digest={image.config.digest}", data=image.config.data
+    )
+    resp = await client.put(
+        "/v2/team/app/manifests/v1",
+        data=image.manifest.data,
+        headers={"Content-Type": oci.OCI_MANIFEST},
+    )
+    assert await error_of(resp) == (400, "MANIFEST_BLOB_UNKNOWN")
+    missing = (await resp.json())["errors"][0]["detail"]["missing"]
+    assert missing == [image.layers[0].digest]
+    assert (await client.get("/v2/team/app/manifests/v1")).status == 404
+
+
+async def test_manifest_whose_bytes_do_not_match_the_digest_in_the_url(client: TestClient) -> None:
+    image = build_image([random_files(1, 1, 256)])
+    for blob in image.blobs():
+        await client.post(f"/v2/team/app/blobs/uploads/?digest={blob.digest}", data=blob.data)
+    resp = await client.put(
+        f"/v2/team/app/manifests/{sha(b'other')}",
+        data=image.manifest.data,
+        headers={"Content-Type": oci.OCI_MANIFEST},
+    )
+    assert await error_of(resp) == (400, "DIGEST_INVALID")
+
+
+async def test_unknown_upload_and_bad_page_size(client: TestClient) -> None:
+    resp = await client.patch("/v2/team/app/blobs/uploads/no-such-upload", data=b"x")
+    assert await error_of(resp) == (404, "BLOB_UPLOAD_UNKNOWN")
+    resp = await client.get("/v2/_catalog?n=-1")
+    assert resp.status == 400
