@@ -27,7 +27,7 @@ async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
                 ("control", build_control_app(node), config.listen),
                 ("registry", build_registry_app(node), config.registry_listen),
             ):
-                runner = web.AppRunner(app, access_log=None, handle_signals=False)
+                runner = web.AppRunner(app, handle_signals=False)
                 await runner.setup()
                 runners.append(runner)
                 host, port = parse_hostport(address)

@@ -1,0 +1,145 @@
+"""The node cache: watermarks, LRU, pins, age limit, restart and damaged files."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from agent.cache import CacheLimits, NodeCache
+from krill.blobstore import BlobStore
+from krill.digests import Digest
+from tests.agent_cluster import agent_process, build_layout, origin_process, push
+
+KiB = 1024
+
+
+class FakeClock:
+    """A settable clock, so LRU order and ages do not depend on how fast the test runs."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def put(cache: NodeCache, clock: FakeClock, seed: int, size: int = 10 * KiB) -> Digest:
+    clock.now += 1
+    digest = cache.store.put_bytes(bytes([seed]) * size)
+    cache.add(digest)
+    return digest
+
+
+def flip_first_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def make_cache(root: Path, clock: FakeClock, budget: int = 100 * KiB) -> NodeCache:
+    cache = NodeCache(
+        BlobStore(root), CacheLimits(budget=budget, high=0.9, low=0.6, max_age=3600), clock=clock
+    )
+    cache.load()
+    return cache
+
+
+def test_filling_past_high_watermark_evicts_lru_unpinned_down_to_low(tmp_path: Path) -> None:
+    clock = FakeClock()
+    cache = make_cache(tmp_path, clock)
+    blobs = [put(cache, clock, seed) for seed in range(9)]  # 90 KiB: at, not past, the mark
+    assert all(cache.has(d) for d in blobs)
+    clock.now += 1
+    cache.touch(blobs[0])  # recently used: must survive
+    with cache.pinned(blobs[1]):  # being served: must survive although it is LRU
+        newest = put(cache, clock, 100)  # 100 KiB > 90 KiB high watermark
+        assert cache.usage <= 60 * KiB
+    survivors = {d for d in [*blobs, newest] if cache.has(d)}
+    assert {blobs[0], blobs[1], newest} <= survivors
+    evicted = [d for d in blobs if d not in survivors]
+    # The least recently used unpinned ones went first, and their files are gone.
+    assert evicted == blobs[2 : 2 + len(evicted)]
+    assert all(not cache.store.has(d) for d in evicted)
+
+
+def test_blobs_past_the_age_limit_are_evicted_unless_pinned(tmp_path: Path) -> None:
+    clock = FakeClock()
+    cache = make_cache(tmp_path, clock)
+    old, pinned_old = put(cache, clock, 1), put(cache, clock, 2)
+    clock.now += 7200
+    with cache.pinned(pinned_old):
+        fresh = put(cache, clock, 3)  # adding runs the limits
+        cache.enforce_limits()
+    assert not cache.has(old) and cache.has(pinned_old) and cache.has(fresh)
+
+
+def test_seeding_pin_expires(tmp_path: Path) -> None:
+    clock = FakeClock()
+    cache = make_cache(tmp_path, clock, budget=20 * KiB)
+    clock.now += 1
+    seeding = cache.store.put_bytes(b"s" * 10 * KiB)
+    cache.add(seeding, pin_for=60)
+    put(cache, clock, 1)  # 20 KiB > 18 KiB: something must go, but the seed is pinned
+    assert cache.has(seeding)
+    clock.now += 120
+    put(cache, clock, 2)
+    assert not cache.has(seeding)
+
+
+def test_index_survives_restart_and_damaged_files_are_dropped(tmp_path: Path) -> None:
+    clock = FakeClock()
+    cache = make_cache(tmp_path, clock)
+    good, flipped, truncated = (put(cache, clock, seed) for seed in (1, 2, 3))
+    cache.touch(good)
+    cache.save()
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert set(index["blobs"]) == {str(good), str(flipped), str(truncated)}
+
+    with open(cache.store.path(flipped), "r+b") as f:  # same size, different bytes
+        f.seek(5)
+        f.write(b"X")
+    os.truncate(cache.store.path(truncated), 100)
+
+    restarted = make_cache(tmp_path, clock)
+    assert not restarted.has(truncated)  # size check at load
+    assert restarted.has(flipped) and not restarted.entry(flipped).verified
+    assert restarted.verify_all() == [flipped]
+    assert restarted.has(good) and restarted.entry(good).verified
+    assert not restarted.has(flipped) and not restarted.store.has(flipped)
+    assert restarted.entry(good).last_used == cache.entry(good).last_used
+
+
+async def test_unverified_blob_is_hashed_before_it_counts_as_cached(tmp_path: Path) -> None:
+    clock = FakeClock()
+    cache = make_cache(tmp_path, clock)
+    digest = put(cache, clock, 9)
+    cache.save()
+    flip_first_byte(cache.store.path(digest))
+    restarted = make_cache(tmp_path, clock)
+    assert restarted.has(digest)
+    assert await restarted.ensure_verified(digest) is False
+    assert not restarted.has(digest)
+
+
+@pytest.mark.slow
+def test_agent_refetches_a_blob_damaged_while_it_was_down(tmp_path: Path) -> None:
+    with origin_process(tmp_path / "origin") as origin:
+        image = build_layout(tmp_path / "layout", seed=11)
+        push(image, origin, "team/cache:1")
+        layer = image.images[0].layers[0]
+        url_path = f"/v2/team/cache/blobs/{layer.digest}"
+        with agent_process(tmp_path / "agent", origin) as agent:
+            assert urllib.request.urlopen(agent.registry + url_path).read() == layer.data
+        stored = BlobStore(agent.data / "blobs").path(Digest.parse(layer.digest))
+        assert stored.read_bytes() == layer.data
+        damaged = bytearray(layer.data)
+        damaged[len(damaged) // 2] ^= 0xFF
+        stored.write_bytes(bytes(damaged))
+        with agent_process(tmp_path / "agent", origin) as agent:
+            assert urllib.request.urlopen(agent.registry + url_path).read() == layer.data
+        assert stored.read_bytes() == layer.data
+        assert "cache.damaged" in (tmp_path / "agent" / "agent.log").read_text()
