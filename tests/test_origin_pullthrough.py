@@ -1,0 +1,214 @@
+"""Pull-through: a real docker-registry upstream behind a counting, token-protected proxy.
+
+The proxy is the test's window on the upstream: it demands a bearer token
+(issued by its own ``/token`` endpoint against basic credentials, as the
+distribution token spec describes), counts every request that reaches the
+registry, and slows blob bodies down so concurrent misses really overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import hashlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from krill.digests import Digest
+from origin.appkeys import TAG_HISTORY, TAG_MOVED
+from origin.config import OriginConfig
+from origin.server import create_app
+from tests.components import SKOPEO_FLAGS, docker_registry, skopeo
+from tests.imagebuild import (
+    Image,
+    build_image,
+    random_files,
+    read_oci_layout_digests,
+    write_oci_layout,
+)
+
+USER, PASSWORD, TOKEN = "puller", "s3cret-pass", "token-for-tests"
+
+
+class CountingProxy:
+    """Forwards /v2/ to the registry once the client shows the token; counts what passes."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.tokens_issued = 0
+        self.session: aiohttp.ClientSession | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/token", self.token)
+        app.router.add_route("*", "/v2/{path:.*}", self.forward)
+        return app
+
+    async def token(self, request: web.Request) -> web.Response:
+        expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        if request.headers.get("Authorization") != expected:
+            return web.Response(status=401)
+        assert request.query["service"] == "krill-test"
+        self.tokens_issued += 1
+        return web.json_response({"token": TOKEN})
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            realm = f"http://{request.host}/token"
+            challenge = f'Bearer realm="{realm}",service="krill-test",scope="repository:x:pull"'
+            return web.Response(status=401, headers={"WWW-Authenticate": challenge})
+        self.requests[(request.method, request.path)] += 1
+        assert self.session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("accept", "range")}
+        async with self.session.request(
+            request.method, self.upstream + request.path_qs, headers=headers
+        ) as upstream:
+            response = web.StreamResponse(status=upstream.status)
+            for name in ("Content-Type", "Docker-Content-Digest", "Content-Length"):
+                if name in upstream.headers:
+                    response.headers[name] = upstream.headers[name]
+            await response.prepare(request)
+            first = True
+            async for chunk in upstream.content.iter_chunked(256 * 1024):
+                await response.write(chunk)
+                if first and "/blobs/" in request.path:
+                    first = False
+                    await asyncio.sleep(0.3)  # keep the fetch in flight while others arrive
+            await response.write_eof()
+            return response
+
+    def blob_gets(self, digest: str) -> int:
+        return sum(n for (m, p), n in self.requests.items() if m == "GET" and p.endswith(digest))
+
+    def manifest_gets(self, ref: str) -> int:
+        return sum(
+            n
+            for (m, p), n in self.requests.items()
+            if m == "GET" and p.endswith(f"manifests/{ref}")
+        )
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[str]:
+    with docker_registry(tmp_path / "registry") as url:
+        yield url
+
+
+@pytest.fixture
+async def proxy(registry: str, aiohttp_server) -> AsyncIterator[tuple[CountingProxy, TestServer]]:  # type: ignore[no-untyped-def]
+    counting = CountingProxy(registry)
+    server = await aiohttp_server(counting.app())
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        counting.session = session
+        yield counting, server
+
+
+async def start_origin(
+    tmp_path: Path, aiohttp_server, upstream: TestServer, **settings
+) -> TestServer:  # type: ignore[no-untyped-def]
+    config = OriginConfig(
+        data=tmp_path / "origin",
+        upstream=f"http://127.0.0.1:{upstream.port}",
+        upstream_username=USER,
+        upstream_password=PASSWORD,
+        **settings,
+    )
+    return await aiohttp_server(create_app(config))
+
+
+async def push_upstream(tmp_path: Path, registry: str, image: Image, ref: str, name: str) -> Path:
+    src = write_oci_layout(tmp_path / name, image.manifest, [image], "v1")
+    host = registry.removeprefix("http://")
+    await asyncio.to_thread(
+        skopeo, "copy", *SKOPEO_FLAGS, f"oci:{src}:v1", f"docker://{host}/{ref}"
+    )
+    return src
+
+
+@pytest.mark.slow
+async def test_image_pulls_through_with_token_auth(
+    tmp_path: Path, registry: str, proxy: tuple[CountingProxy, TestServer], aiohttp_server
+) -> None:  # type: ignore[no-untyped-def]
+    counting, proxy_server = proxy
+    image = build_image([random_files(1, 2, 8 * 1024), random_files(2, 2, 8 * 1024)])
+    src = await push_upstream(tmp_path, registry, image, "mirror/app:v1", "src")
+    origin = await start_origin(tmp_path, aiohttp_server, proxy_server)
+    out = tmp_path / "out"
+    ref = f"docker://127.0.0.1:{origin.port}/mirror/app:v1"
+    await asyncio.to_thread(skopeo, "copy", *SKOPEO_FLAGS, ref, f"oci:{out}:v1")
+    assert read_oci_layout_digests(out) == read_oci_layout_digests(src)
+    assert counting.tokens_issued >= 1
+    # a second pull is served from the origin's store: no more blob fetches upstream
+    before = sum(counting.blob_gets(b.digest) for b in image.blobs())
+    await asyncio.to_thread(skopeo, "copy", *SKOPEO_FLAGS, ref, f"oci:{tmp_path / 'again'}:v1")
+    assert sum(counting.blob_gets(b.digest) for b in image.blobs()) == before == 3
+    assert counting.manifest_gets("v1") == 1  # the tag is fresh for tag_ttl (default 60 s)
+
+
+@pytest.mark.slow
+async def test_twenty_concurrent_pulls_make_one_upstream_fetch(
+    tmp_path: Path, registry: str, proxy: tuple[CountingProxy, TestServer], aiohttp_server
+) -> None:  # type: ignore[no-untyped-def]
+    counting, proxy_server = proxy
+    image = build_image([random_files(3, count=4, size=256 * 1024)])
+    await push_upstream(tmp_path, registry, image, "mirror/big:v1", "src")
+    origin = await start_origin(tmp_path, aiohttp_server, proxy_server)
+    layer = image.layers[0]
+    url = f"http://127.0.0.1:{origin.port}/v2/mirror/big/blobs/{layer.digest}"
+
+    async def pull(session: aiohttp.ClientSession) -> str:
+        async with session.get(url) as resp:
+            assert resp.status == 200
+            return "sha256:" + hashlib.sha256(await resp.read()).hexdigest()
+
+    async with aiohttp.ClientSession() as session:
+        digests = await asyncio.gather(*(pull(session) for _ in range(20)))
+    assert digests == [layer.digest] * 20
+    assert counting.blob_gets(layer.digest) == 1
+    metrics = await get_text(f"http://127.0.0.1:{origin.port}/metrics")
+    assert 'krill_origin_upstream_fetches_total{kind="blob"} 1.0' in metrics
+
+
+@pytest.mark.slow
+async def test_tags_are_resolved_again_after_the_ttl(
+    tmp_path: Path, registry: str, proxy: tuple[CountingProxy, TestServer], aiohttp_server
+) -> None:  # type: ignore[no-untyped-def]
+    counting, proxy_server = proxy
+    first = build_image([random_files(4, 1, 1024)])
+    second = build_image([random_files(5, 1, 1024)])
+    await push_upstream(tmp_path, registry, first, "mirror/svc:latest", "one")
+    origin = await start_origin(tmp_path, aiohttp_server, proxy_server, tag_ttl=0.0)
+    moves: list[tuple[Digest | None, Digest]] = []
+
+    async def on_moved(repo: str, tag: str, old: Digest | None, new: Digest) -> None:
+        moves.append((old, new))
+
+    origin.app[TAG_MOVED].append(on_moved)
+    url = f"http://127.0.0.1:{origin.port}/v2/mirror/svc/manifests/latest"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as resp:
+            assert resp.headers["Docker-Content-Digest"] == first.manifest.digest
+        await push_upstream(tmp_path, registry, second, "mirror/svc:latest", "two")
+        async with session.get(url) as resp:
+            assert resp.headers["Docker-Content-Digest"] == second.manifest.digest
+            assert await resp.read() == second.manifest.data
+        missing = f"http://127.0.0.1:{origin.port}/v2/mirror/svc/manifests/nope"
+        async with session.get(missing) as resp:
+            assert resp.status == 404
+            assert (await resp.json())["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+    d1, d2 = Digest.parse(first.manifest.digest), Digest.parse(second.manifest.digest)
+    assert moves == [(None, d1), (d1, d2)]
+    assert origin.app[TAG_HISTORY].previous_manifests("mirror/svc", 3, exclude=d2) == [d1]
+    assert counting.manifest_gets("latest") == 2
+
+
+async def get_text(url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        return await resp.text()
