@@ -69,4 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's main, so CliError raised by subcommands (which import
+    # krill.cli, not __main__) is the class main() catches under `python -m krill.cli`.
+    from krill.cli import main as _main
+
+    sys.exit(_main())

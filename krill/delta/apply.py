@@ -1,0 +1,326 @@
+"""Rebuild a target layer blob from a base layer blob and a delta, verified.
+
+The output is streamed: ops are decoded (content ops in worker threads:
+zstd and bsdiff4 release the GIL), written in order into the recipe's
+compressor, and hashed twice (tar = diff_id, blob = digest). Memory is
+bounded by the largest piece an op may rebuild plus its base range and the
+in-flight budget, never by the layer. The result is written to a temp file
+beside OUT and renamed only when both digests match the delta's header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import bsdiff4.core
+
+from krill.delta import format as fmt
+from krill.delta.format import DeltaFormatError
+from krill.delta.layerfiles import TarFile, materialize_tar, window_log_for
+from krill.delta.recipes import Recipe, RecipeError
+from krill.delta.tarscan import read_meta_prefix, scan
+from krill.delta.zstdlib import zstd
+from krill.digests import Digest
+
+log = logging.getLogger(__name__)
+
+IN_FLIGHT_BYTES = 64 << 20
+COPY_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """A verified rebuilt layer: ``path`` holds bytes whose sha256 is ``digest``."""
+
+    path: Path
+    digest: str
+    diff_id: str
+    size: int
+    tar_size: int
+    recipe: str
+
+
+RebuildResult = ApplyResult
+
+
+def read_delta_header(delta: Path) -> fmt.DeltaHeader:
+    """The header of a delta file (validated), without applying it."""
+    with open(delta, "rb") as f:
+        return fmt.read_header(f)
+
+
+def apply_delta(
+    base_blob: Path, delta: Path, out: Path, *, workers: int | None = None
+) -> ApplyResult:
+    """Rebuild the delta's target from ``base_blob`` into ``out`` (only if verified).
+
+    Raises DeltaFormatError for a malformed delta or a base that does not match
+    it, RecipeError when this node cannot run the recipe.
+    """
+    out = Path(out)
+    header = _verified_header(delta)
+    recipe = Recipe.from_json(header.recipe)
+    base_tar = materialize_tar(base_blob, out.parent)
+    try:
+        if base_tar.diff_id != header.base.diff_id or base_tar.size != header.base.tar_size:
+            raise DeltaFormatError(
+                f"base layer does not match the delta: its tar is {base_tar.diff_id}, "
+                f"the delta was made from {header.base.diff_id}"
+            )
+        return _rebuild(
+            base_tar, delta, header, recipe, out, workers or min(4, os.cpu_count() or 1)
+        )
+    finally:
+        base_tar.discard()
+
+
+def rebuild_layer(base_blob: Path, delta: Path, out_dir: Path) -> RebuildResult:
+    """Agent entry point: rebuild into ``out_dir/<target hex>``, verified or not at all.
+
+    Decompresses the base, applies the delta, recompresses by the recipe and
+    checks diff_id and digest before the file appears. Raises DeltaFormatError
+    or RecipeError (both ValueError) on any failure; nothing is left behind.
+    """
+    header = read_delta_header(delta)
+    out = Path(out_dir) / Digest.parse(header.target.digest).hex
+    return apply_delta(base_blob, delta, out)
+
+
+def _verified_header(delta: Path) -> fmt.DeltaHeader:
+    """Check the trailer (sha256 of the rest) first, so truncation fails before any work."""
+    size = delta.stat().st_size
+    if size < 32:
+        raise DeltaFormatError("delta truncated (shorter than its trailer)")
+    hasher = hashlib.sha256()
+    with open(delta, "rb") as f:
+        left = size - 32
+        while left:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                raise DeltaFormatError("delta truncated")
+            hasher.update(chunk)
+            left -= len(chunk)
+        if f.read(32) != hasher.digest():
+            raise DeltaFormatError("delta is truncated or corrupt (trailer checksum mismatch)")
+        f.seek(0)
+        return fmt.read_header(f)
+
+
+def _rebuild(
+    base_tar: TarFile, delta: Path, header: fmt.DeltaHeader, recipe: Recipe, out: Path, workers: int
+) -> ApplyResult:
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".krill-tmp", dir=out.parent)
+    tmp = Path(tmp_name)
+    try:
+        with open(base_tar.path, "rb") as base, open(delta, "rb") as df, os.fdopen(fd, "wb") as dst:
+            meta = _meta_decoder(base, base_tar.size, header.meta)
+            fmt.read_header(df)
+            sink = _Sink(dst, recipe.compressor(header.target.tar_size))
+            reader = fmt.OpReader(
+                df,
+                base_size=base_tar.size,
+                target_size=header.target.tar_size,
+                delta_size=delta.stat().st_size,
+            )
+            _run_ops(reader, base, meta, sink, workers)
+            if reader.remaining_out:
+                raise DeltaFormatError("delta ended before rebuilding the whole target tar")
+            reader.read_trailer()
+            sink.finish()
+            _check(sink, header)
+            dst.flush()
+            os.fsync(dst.fileno())
+        tmp.chmod(0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    log.info("delta.applied out=%s digest=%s recipe=%s", out.name, sink.digest(), recipe.describe())
+    return ApplyResult(
+        out, sink.digest(), sink.diff_id(), sink.size, sink.tar_size, recipe.describe()
+    )
+
+
+def _check(sink: _Sink, header: fmt.DeltaHeader) -> None:
+    if sink.diff_id() != header.target.diff_id or sink.tar_size != header.target.tar_size:
+        raise DeltaFormatError(
+            f"rebuilt tar has digest {sink.diff_id()}, expected {header.target.diff_id}"
+        )
+    if sink.digest() != header.target.digest or sink.size != header.target.size:
+        raise RecipeError(
+            f"recompressed layer has digest {sink.digest()}, expected {header.target.digest} "
+            f"(the recipe did not reproduce the layer on this node)"
+        )
+
+
+class _Sink:
+    """Tar bytes in; hashes the tar, recompresses, hashes and writes the blob."""
+
+    def __init__(self, dst: BinaryIO, compressor: object) -> None:
+        self._dst = dst
+        self._compressor = compressor
+        self._tar_hash = hashlib.sha256()
+        self._blob_hash = hashlib.sha256()
+        self.tar_size = 0
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self._tar_hash.update(data)
+        self.tar_size += len(data)
+        self._emit(self._compressor.feed(data))  # type: ignore[attr-defined]
+
+    def finish(self) -> None:
+        self._emit(self._compressor.finish())  # type: ignore[attr-defined]
+
+    def _emit(self, blob: bytes) -> None:
+        if blob:
+            self._blob_hash.update(blob)
+            self.size += len(blob)
+            self._dst.write(blob)
+
+    def diff_id(self) -> str:
+        return str(Digest.from_hasher(self._tar_hash))
+
+    def digest(self) -> str:
+        return str(Digest.from_hasher(self._blob_hash))
+
+
+def _meta_decoder(base: BinaryIO, base_size: int, meta: fmt.MetaParams) -> zstd.ZstdDecompressor:
+    prefix = read_meta_prefix(base, scan(base, base_size), meta.small_file_limit, meta.prefix_len)
+    if len(prefix) != meta.prefix_len or hashlib.sha256(prefix).hexdigest() != meta.prefix_sha256:
+        raise DeltaFormatError(
+            "the base's header stream differs from the one the delta was made against "
+            "(different base, or a delta from an incompatible Krill version)"
+        )
+    options = {zstd.DecompressionParameter.window_log_max: meta.window_log}
+    zstd_dict = zstd.ZstdDict(prefix, is_raw=True).as_prefix if len(prefix) >= 8 else None
+    return zstd.ZstdDecompressor(zstd_dict=zstd_dict, options=options)
+
+
+_Item = bytes | Future[bytes] | tuple[int, int]
+
+
+def _run_ops(
+    reader: fmt.OpReader, base: BinaryIO, meta: zstd.ZstdDecompressor, sink: _Sink, workers: int
+) -> None:
+    """Decode ops in order; content ops run in threads, output is written in op order."""
+    queue: deque[tuple[_Item, int]] = deque()
+    in_flight = 0
+
+    def drain_one() -> None:
+        nonlocal in_flight
+        item, size = queue.popleft()
+        in_flight -= size
+        if isinstance(item, tuple):
+            _copy_base(base, *item, sink.write)
+        elif isinstance(item, Future):
+            sink.write(item.result())
+        else:
+            sink.write(item)
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="krill-delta-apply") as pool:
+        try:
+            while (op := reader.next()).kind != fmt.OP_END:
+                item: _Item
+                if op.kind == fmt.OP_META:
+                    item = _decode_meta(meta, op)
+                elif op.kind == fmt.OP_COPY:
+                    item = (op.base_off, op.out_len)
+                else:
+                    base_bytes = _pread(base, op.base_off, op.base_len)
+                    item = pool.submit(_decode_content, op, base_bytes)
+                size = op.out_len + op.base_len if isinstance(item, Future) else 0
+                while queue and (in_flight + size > IN_FLIGHT_BYTES or len(queue) > 4 * workers):
+                    drain_one()
+                queue.append((item, size))
+                in_flight += size
+            while queue:
+                drain_one()
+        finally:
+            for item, _ in queue:
+                if isinstance(item, Future):
+                    item.cancel()
+
+
+def _pread(f: BinaryIO, offset: int, size: int) -> bytes:
+    f.seek(offset)
+    data = f.read(size)
+    if len(data) != size:
+        raise DeltaFormatError("base tar shorter than the delta expects")
+    return data
+
+
+def _copy_base(base: BinaryIO, offset: int, size: int, write: Callable[[bytes], None]) -> None:
+    base.seek(offset)
+    left = size
+    while left:
+        chunk = base.read(min(left, COPY_CHUNK))
+        if not chunk:
+            raise DeltaFormatError("base tar shorter than the delta expects")
+        write(chunk)
+        left -= len(chunk)
+
+
+def _decode_meta(decoder: zstd.ZstdDecompressor, op: fmt.Op) -> bytes:
+    try:
+        data = decoder.decompress(op.payload[0], max_length=op.out_len)
+    except (zstd.ZstdError, EOFError) as exc:
+        raise DeltaFormatError(f"corrupt meta stream: {exc}") from exc
+    if len(data) != op.out_len:
+        raise DeltaFormatError("meta stream piece has the wrong length")
+    return data
+
+
+def _decode_content(op: fmt.Op, base: bytes) -> bytes:
+    """Rebuild one content piece (worker thread); exactly ``op.out_len`` bytes or an error."""
+    try:
+        if op.kind == fmt.OP_ZLIT:
+            data = _unzstd(op.payload[0], op.out_len, window_log_for(op.out_len))
+        elif op.kind == fmt.OP_ZPREFIX:
+            window = window_log_for(op.base_len + op.out_len)
+            data = _unzstd(op.payload[0], op.out_len, window, base)
+        elif op.kind == fmt.OP_BSDIFF:
+            data = _unbsdiff(op, base)
+        else:
+            raise DeltaFormatError(f"op {op.kind} carries no content")
+    except (zstd.ZstdError, EOFError, ValueError, MemoryError) as exc:
+        if isinstance(exc, DeltaFormatError):
+            raise
+        raise DeltaFormatError(f"corrupt content op: {exc}") from exc
+    if len(data) != op.out_len:
+        raise DeltaFormatError("content op rebuilt the wrong number of bytes")
+    return data
+
+
+def _unzstd(comp: bytes, out_len: int, window_log: int, prefix: bytes | None = None) -> bytes:
+    """One complete zstd frame, at most ``out_len`` bytes, window bounded by the op's sizes."""
+    if prefix is not None and len(prefix) < 8:
+        raise DeltaFormatError("prefix op with a base range under 8 bytes")
+    zstd_dict = zstd.ZstdDict(prefix, is_raw=True).as_prefix if prefix is not None else None
+    decoder = zstd.ZstdDecompressor(
+        zstd_dict=zstd_dict, options={zstd.DecompressionParameter.window_log_max: window_log}
+    )
+    data = decoder.decompress(comp, max_length=out_len)
+    if not decoder.eof or decoder.unused_data:
+        raise DeltaFormatError("content frame is longer than its op declares, or incomplete")
+    return data
+
+
+def _unbsdiff(op: fmt.Op, base: bytes) -> bytes:
+    control_z, diff_z, extra_z = op.payload
+    control_max = max(1 << 20, op.out_len)
+    control = _unzstd(control_z, control_max, window_log_for(control_max))
+    diff = _unzstd(diff_z, op.out_len, window_log_for(op.out_len))
+    extra = _unzstd(extra_z, op.out_len, window_log_for(op.out_len))
+    if len(control) % 24:
+        raise DeltaFormatError("bsdiff control block is not a whole number of entries")
+    return bsdiff4.core.patch(base, op.out_len, control, diff, extra)

@@ -1,0 +1,107 @@
+"""``krill delta create|apply``: the codec on its own, for users and benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from krill.delta.apply import apply_delta
+from krill.delta.encode import EncodeOptions, create_delta
+from krill.delta.format import DeltaFormatError
+from krill.delta.recipes import RecipeError
+
+_DEFAULTS = EncodeOptions()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "delta",
+        help="create or apply a layer delta",
+        description="Create or apply a Krill layer delta. BASE and TARGET are layer blobs "
+        "exactly as a registry stores them (gzip, zstd or plain tar).",
+    )
+    commands = parser.add_subparsers(dest="delta_command", metavar="ACTION", required=True)
+    create = commands.add_parser("create", help="write a delta rebuilding TARGET from BASE")
+    create.add_argument("base", type=Path, metavar="BASE")
+    create.add_argument("target", type=Path, metavar="TARGET")
+    create.add_argument("out", type=Path, metavar="OUT")
+    create.add_argument(
+        "--level",
+        type=int,
+        default=_DEFAULTS.content_level,
+        help="zstd level for file contents (default %(default)s)",
+    )
+    create.add_argument(
+        "--bsdiff-max",
+        type=int,
+        default=_DEFAULTS.bsdiff_max_bytes,
+        help="largest file bsdiff is tried on, bytes (default %(default)s)",
+    )
+    create.add_argument("--workers", type=int, default=_DEFAULTS.workers)
+    create.add_argument(
+        "--no-verify", action="store_true", help="skip rebuilding TARGET from the delta to check it"
+    )
+    create.set_defaults(func=run_create)
+    apply = commands.add_parser("apply", help="rebuild the target layer from BASE and DELTA")
+    apply.add_argument("base", type=Path, metavar="BASE")
+    apply.add_argument("delta", type=Path, metavar="DELTA")
+    apply.add_argument("out", type=Path, metavar="OUT")
+    apply.add_argument("--workers", type=int, default=None)
+    apply.set_defaults(func=run_apply)
+
+
+def _check_inputs(*paths: Path) -> None:
+    from krill.cli import CliError
+
+    for path in paths:
+        if not path.is_file():
+            raise CliError(f"{path}: no such file")
+
+
+def run_create(args: argparse.Namespace) -> int:
+    from krill.cli import CliError
+
+    _check_inputs(args.base, args.target)
+    options = EncodeOptions(
+        content_level=args.level, bsdiff_max_bytes=args.bsdiff_max, workers=max(1, args.workers)
+    )
+    started = time.monotonic()
+    try:
+        result = create_delta(args.base, args.target, args.out, options)
+        if not args.no_verify:
+            _verify(args.base, args.out)
+    except RecipeError as exc:
+        raise CliError(f"no delta for {args.target}: {exc}") from exc
+    except (DeltaFormatError, OSError) as exc:
+        args.out.unlink(missing_ok=True)
+        raise CliError(f"delta failed: {exc}") from exc
+    percent = 100.0 * result.size / max(1, result.target_size)
+    sys.stdout.write(
+        f"{args.out}: {result.size} bytes ({percent:.1f}% of the "
+        f"{result.target_size}-byte target), "
+        f"recipe {result.recipe.describe()}, {time.monotonic() - started:.1f}s\n"
+    )
+    return 0
+
+
+def _verify(base: Path, delta: Path) -> None:
+    """Rebuild the target from the new delta into a throwaway file: publish only what works."""
+    scratch = delta.with_name(f".{delta.name}.verify")
+    try:
+        apply_delta(base, delta, scratch)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def run_apply(args: argparse.Namespace) -> int:
+    from krill.cli import CliError
+
+    _check_inputs(args.base, args.delta)
+    try:
+        result = apply_delta(args.base, args.delta, args.out, workers=args.workers)
+    except (DeltaFormatError, RecipeError, OSError) as exc:
+        raise CliError(f"cannot apply {args.delta}: {exc}") from exc
+    sys.stdout.write(f"{result.path}: {result.size} bytes, {result.digest} (verified)\n")
+    return 0

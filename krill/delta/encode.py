@@ -1,0 +1,425 @@
+"""Compute a delta that rebuilds a target layer's tar from a base layer's tar.
+
+Per file (member content larger than the small-file limit), smallest wins:
+
+* copy from the base, when a base file has the same content (by sha256),
+* zstd with the paired base file as prefix (paired by path, then by name),
+  with long-distance matching and a window covering prefix + file,
+* bsdiff (bsdiff4's suffix-sort diff, blocks zstd-compressed) for changed
+  files up to ``bsdiff_max_bytes``, tried only when zstd-prefix left a lot,
+* literal zstd for files with no partner.
+
+Everything else (headers, padding, small files, end-of-archive) is the meta
+stream: one zstd frame whose prefix is the base's meta stream, so unchanged
+headers cost almost nothing. Files bigger than MAX_PIECE_BYTES are coded in
+pieces so the applier's memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import posixpath
+import tempfile
+import threading
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import bsdiff4.core
+
+from krill.delta import format as fmt
+from krill.delta.layerfiles import TarFile, materialize_tar, window_log_for
+from krill.delta.recipes import Recipe, detect_recipe
+from krill.delta.tarscan import Layout, Member, bulk_members, meta_ranges, read_meta_prefix, scan
+from krill.delta.zstdlib import zstd
+from krill.digests import sha256_file
+
+log = logging.getLogger(__name__)
+
+META_OP_BYTES = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class EncodeOptions:
+    """Tuning knobs; the defaults are what the benchmark measured."""
+
+    content_level: int = 19
+    meta_level: int = 19
+    small_file_limit: int = 4096
+    bsdiff_max_bytes: int = 16 << 20
+    workers: int = max(1, min(4, os.cpu_count() or 1))
+    piece_bytes: int = fmt.MAX_PIECE_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class EncodeResult:
+    path: Path
+    size: int
+    target_size: int
+    recipe: Recipe
+    stats: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Range:
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One piece of target content and the base range it may be coded against."""
+
+    target: _Range
+    base: _Range | None
+
+
+class _Stats:
+    """Counts of encodings chosen, updated from worker threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    def add(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[key] += n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+class _BaseIndex:
+    """The base's bulk files by content hash, by path and by file name."""
+
+    def __init__(self, f: BinaryIO, members: list[Member]) -> None:
+        self.by_hash: dict[bytes, _Range] = {}
+        self.by_path: dict[str, _Range] = {}
+        self.by_name: dict[str, list[tuple[int, _Range]]] = {}
+        for m in members:
+            rng = _Range(m.offset, m.size)
+            self.by_hash.setdefault(_hash_range(f, rng), rng)
+            self.by_path[_norm(m.name)] = rng
+            self.by_name.setdefault(posixpath.basename(_norm(m.name)), []).append((m.size, rng))
+
+    def partner(self, name: str, size: int) -> _Range | None:
+        """The base file most likely to resemble target file ``name`` (path, then name)."""
+        path = _norm(name)
+        if path in self.by_path:
+            return self.by_path[path]
+        same_name = self.by_name.get(posixpath.basename(path))
+        if same_name:
+            return min(same_name, key=lambda item: abs(item[0] - size))[1]
+        return None
+
+
+def _norm(name: str) -> str:
+    return name.removeprefix("./").rstrip("/")
+
+
+def _hash_range(f: BinaryIO, rng: _Range) -> bytes:
+    hasher = hashlib.sha256()
+    f.seek(rng.offset)
+    left = rng.size
+    while left:
+        chunk = f.read(min(left, 1 << 20))
+        if not chunk:
+            raise OSError("tar shrank while reading")
+        hasher.update(chunk)
+        left -= len(chunk)
+    return hasher.digest()
+
+
+def _pread(f: BinaryIO, rng: _Range) -> bytes:
+    f.seek(rng.offset)
+    data = f.read(rng.size)
+    if len(data) != rng.size:
+        raise OSError("tar shrank while reading")
+    return data
+
+
+def create_delta(
+    base_blob: Path, target_blob: Path, out: Path, options: EncodeOptions | None = None
+) -> EncodeResult:
+    """Write a delta rebuilding ``target_blob`` from ``base_blob`` to ``out``.
+
+    Raises RecipeError when the target's compression cannot be reproduced.
+    ``out`` appears only when complete (written beside it, then renamed).
+    """
+    options = options or EncodeOptions()
+    work = out.parent
+    target_tar = materialize_tar(target_blob, work)
+    base_tar: TarFile | None = None
+    try:
+        recipe = detect_recipe(target_blob, target_tar.path)
+        base_tar = materialize_tar(base_blob, work)
+        header_info = (
+            fmt.LayerInfo(
+                str(sha256_file(str(base_blob))),
+                base_blob.stat().st_size,
+                base_tar.diff_id,
+                base_tar.size,
+            ),
+            fmt.LayerInfo(
+                str(sha256_file(str(target_blob))),
+                target_blob.stat().st_size,
+                target_tar.diff_id,
+                target_tar.size,
+            ),
+        )
+        return _encode_tars(base_tar, target_tar, header_info, recipe, out, options)
+    finally:
+        target_tar.discard()
+        if base_tar is not None:
+            base_tar.discard()
+
+
+def _encode_tars(
+    base_tar: TarFile,
+    target_tar: TarFile,
+    infos: tuple[fmt.LayerInfo, fmt.LayerInfo],
+    recipe: Recipe,
+    out: Path,
+    options: EncodeOptions,
+) -> EncodeResult:
+    stats = _Stats()
+    with open(base_tar.path, "rb") as base, open(target_tar.path, "rb") as target:
+        base_layout = scan(base, base_tar.size)
+        target_layout = scan(target, target_tar.size)
+        limit = options.small_file_limit
+        prefix = read_meta_prefix(base, base_layout, limit, fmt.MAX_META_PREFIX_BYTES)
+        target_meta_size = sum(n for _, n in meta_ranges(target_layout, limit))
+        meta = fmt.MetaParams(
+            prefix_len=len(prefix),
+            prefix_sha256=hashlib.sha256(prefix).hexdigest(),
+            window_log=min(fmt.MAX_META_WINDOW_LOG, window_log_for(len(prefix) + target_meta_size)),
+            small_file_limit=limit,
+        )
+        index = _BaseIndex(base, bulk_members(base_layout, limit))
+        fd, body_name = tempfile.mkstemp(prefix=".krill-delta-", suffix=".tmp", dir=out.parent)
+        body_path = Path(body_name)
+        try:
+            with os.fdopen(fd, "wb") as body:
+                _write_ops(body, base, target, target_layout, index, prefix, meta, options, stats)
+            header = fmt.DeltaHeader(infos[0], infos[1], recipe.to_json(), meta, stats.snapshot())
+            size = _assemble(out, header.to_bytes(), body_path)
+        finally:
+            body_path.unlink(missing_ok=True)
+    log.info(
+        "delta.created out=%s size=%d target_tar=%d stats=%s",
+        out.name,
+        size,
+        target_tar.size,
+        stats.snapshot(),
+    )
+    return EncodeResult(out, size, infos[1].size, recipe, stats.snapshot())
+
+
+def _assemble(out: Path, header: bytes, body_path: Path) -> int:
+    """header + ops + OP_END + sha256(everything before), written beside ``out`` then renamed."""
+    hasher = hashlib.sha256()
+    fd, tmp_name = tempfile.mkstemp(prefix=".krill-delta-", suffix=".tmp", dir=out.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as dst, open(body_path, "rb") as body:
+            for chunk in _chain(header, body, bytes([fmt.OP_END])):
+                hasher.update(chunk)
+                dst.write(chunk)
+            dst.write(hasher.digest())
+            dst.flush()
+            os.fsync(dst.fileno())
+        tmp.chmod(0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out.stat().st_size
+
+
+def _chain(head: bytes, body: BinaryIO, tail: bytes) -> Iterator[bytes]:
+    yield head
+    while chunk := body.read(1 << 20):
+        yield chunk
+    yield tail
+
+
+def _write_ops(
+    body: BinaryIO,
+    base: BinaryIO,
+    target: BinaryIO,
+    layout: Layout,
+    index: _BaseIndex,
+    prefix: bytes,
+    meta: fmt.MetaParams,
+    options: EncodeOptions,
+    stats: _Stats,
+) -> None:
+    meta_coder = _MetaCoder(prefix, meta, options.meta_level)
+    pending: deque[Future[bytes]] = deque()
+    max_pending = options.workers * 2
+    with ThreadPoolExecutor(options.workers, thread_name_prefix="krill-delta-enc") as pool:
+
+        def emit(op: bytes | Future[bytes]) -> None:
+            if isinstance(op, bytes):
+                if not pending:
+                    body.write(op)
+                    return
+                done: Future[bytes] = Future()
+                done.set_result(op)
+                op = done
+            pending.append(op)
+            while pending and (len(pending) > max_pending or pending[0].done()):
+                body.write(pending.popleft().result())
+
+        for item in _segments(target, layout, meta.small_file_limit):
+            if isinstance(item, _Range):  # meta bytes
+                for piece in _split(item, META_OP_BYTES):
+                    emit(meta_coder.encode(_pread(target, piece)))
+                    stats.add("meta_bytes", piece.size)
+                continue
+            for op in _content_ops(item, base, target, index, options, stats, pool):
+                emit(op)
+        emit(meta_coder.finish())
+        while pending:
+            body.write(pending.popleft().result())
+
+
+def _segments(target: BinaryIO, layout: Layout, limit: int) -> Iterator[_Range | Member]:
+    """The target in order: meta ranges and bulk members, covering every byte once."""
+    pos = 0
+    for member in bulk_members(layout, limit):
+        if member.offset > pos:
+            yield _Range(pos, member.offset - pos)
+        yield member
+        pos = member.offset + member.size
+    if layout.total_size > pos:
+        yield _Range(pos, layout.total_size - pos)
+
+
+def _split(rng: _Range, piece: int) -> Iterator[_Range]:
+    for off in range(0, rng.size, piece):
+        yield _Range(rng.offset + off, min(piece, rng.size - off))
+
+
+def _content_ops(
+    member: Member,
+    base: BinaryIO,
+    target: BinaryIO,
+    index: _BaseIndex,
+    options: EncodeOptions,
+    stats: _Stats,
+    pool: ThreadPoolExecutor,
+) -> Iterator[bytes | Future[bytes]]:
+    whole = _Range(member.offset, member.size)
+    same = index.by_hash.get(_hash_range(target, whole))
+    if same is not None:
+        stats.add("copy_files")
+        yield fmt.encode_copy(same.offset, same.size)
+        return
+    partner = index.partner(member.name, member.size)
+    stats.add("coded_files")
+    for piece in _split(whole, options.piece_bytes):
+        base_piece = _partner_piece(partner, piece.offset - whole.offset, piece.size, options)
+        job = _Job(piece, base_piece)
+        yield pool.submit(
+            _encode_piece,
+            job,
+            _pread(target, piece),
+            _pread(base, base_piece) if base_piece else b"",
+            options,
+            stats,
+        )
+
+
+def _partner_piece(
+    partner: _Range | None, offset: int, size: int, options: EncodeOptions
+) -> _Range | None:
+    """The base bytes at the same position as a target piece (whole partner if it fits)."""
+    if partner is None or partner.size < 64:
+        return None
+    if partner.size <= options.piece_bytes:
+        return partner
+    start = min(offset, partner.size - 64)
+    return _Range(partner.offset + start, min(options.piece_bytes, partner.size - start))
+
+
+def _encode_piece(
+    job: _Job, data: bytes, base: bytes, options: EncodeOptions, stats: _Stats
+) -> bytes:
+    """The smallest op that rebuilds ``data`` (runs in a worker thread)."""
+    if job.base is None:
+        stats.add("zstd_literal")
+        return fmt.encode_zlit(len(data), _zstd_literal(data, options.content_level))
+    window = window_log_for(len(base) + len(data))
+    best = fmt.encode_zprefix(
+        job.base.offset, job.base.size, len(data), _zstd_prefixed(data, base, window, options)
+    )
+    kind = "zstd_prefix"
+    if _worth_bsdiff(len(best), len(data), len(base), options):
+        blocks = _bsdiff_blocks(base, data, options.content_level)
+        if blocks is not None:
+            candidate = fmt.encode_bsdiff(job.base.offset, job.base.size, len(data), blocks)
+            if len(candidate) < len(best):
+                best, kind = candidate, "bsdiff"
+    stats.add(kind)
+    return best
+
+
+def _worth_bsdiff(coded: int, size: int, base_size: int, options: EncodeOptions) -> bool:
+    """bsdiff is slow and memory-hungry: only for capped sizes where zstd left a lot."""
+    return (
+        size <= options.bsdiff_max_bytes
+        and base_size <= options.bsdiff_max_bytes
+        and coded > max(2048, size // 50)
+    )
+
+
+def _zstd_literal(data: bytes, level: int) -> bytes:
+    options = {
+        zstd.CompressionParameter.compression_level: level,
+        zstd.CompressionParameter.window_log: window_log_for(len(data)),
+    }
+    return zstd.compress(data, options=options)
+
+
+def _zstd_prefixed(data: bytes, base: bytes, window: int, options: EncodeOptions) -> bytes:
+    params = {
+        zstd.CompressionParameter.compression_level: options.content_level,
+        zstd.CompressionParameter.window_log: window,
+        zstd.CompressionParameter.enable_long_distance_matching: 1,
+    }
+    prefix = zstd.ZstdDict(base, is_raw=True).as_prefix
+    return zstd.compress(data, options=params, zstd_dict=prefix)
+
+
+def _bsdiff_blocks(base: bytes, data: bytes, level: int) -> tuple[bytes, bytes, bytes] | None:
+    """bsdiff4's control/diff/extra blocks, zstd-compressed; None if the control is oversized."""
+    control, diff, extra = bsdiff4.core.diff(base, data)
+    if len(control) > max(1 << 20, len(data)):
+        return None
+    return tuple(_zstd_literal(block, level) for block in (control, diff, extra))  # type: ignore[return-value]
+
+
+class _MetaCoder:
+    """One zstd frame over the meta stream, flushed per op, prefixed by the base's meta."""
+
+    def __init__(self, prefix: bytes, meta: fmt.MetaParams, level: int) -> None:
+        params = {
+            zstd.CompressionParameter.compression_level: level,
+            zstd.CompressionParameter.window_log: meta.window_log,
+            zstd.CompressionParameter.enable_long_distance_matching: 1,
+        }
+        zstd_dict = zstd.ZstdDict(prefix, is_raw=True).as_prefix if len(prefix) >= 8 else None
+        self._c = zstd.ZstdCompressor(options=params, zstd_dict=zstd_dict)
+
+    def encode(self, data: bytes) -> bytes:
+        return fmt.encode_meta(len(data), self._c.compress(data, mode=self._c.FLUSH_BLOCK))
+
+    def finish(self) -> bytes:
+        return fmt.encode_meta(0, self._c.flush(mode=self._c.FLUSH_FRAME))

@@ -1,0 +1,348 @@
+"""Recompression recipes: how to turn a rebuilt tar back into the exact blob.
+
+A delta rebuilds the *uncompressed* tar (deltas over gzip bytes save almost
+nothing), so a node must then recreate the registry's compressed bytes.
+That only works when the compressor is one we can run again with the same
+parameters and get the same output:
+
+* ``identity``: the blob is the tar.
+* ``gzip-zlib``: zlib deflate at some level/memLevel/strategy, with the
+  original gzip header bytes kept verbatim (mtime, OS, flags, file name).
+  GNU gzip, pigz, zlib-ng, ISA-L and Go's compress/gzip produce other
+  bytes, and no zlib setting reproduces them.
+* ``zstd``: streaming compression by the pinned libzstd at some level, with
+  the frame's checksum and content-size flags. The recipe records the
+  libzstd version and is refused by any other version.
+
+A recipe is *detected* by reproducing the blob: compress the tar with each
+candidate setting and compare against the blob, stopping at the first
+differing chunk, so wrong candidates cost little.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from krill.delta.zstdlib import zstd
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+MAX_GZIP_HEADER = 1 << 20
+ZSTD_VERSION = zstd.zstd_version
+
+
+class RecipeError(ValueError):
+    """The blob's compression cannot be reproduced (so no delta can target it)."""
+
+
+class Compressor:
+    """Streaming compressor: ``feed`` tar chunks, then ``finish``; returns blob bytes."""
+
+    def feed(self, data: bytes) -> bytes:
+        raise NotImplementedError
+
+    def finish(self) -> bytes:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """A reproducible compression setting, serialisable into a delta header."""
+
+    kind: str
+    params: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.params}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Recipe:
+        kind = doc.get("kind")
+        params = {k: v for k, v in doc.items() if k != "kind"}
+        recipe = cls(str(kind), params)
+        recipe.check_usable()
+        return recipe
+
+    def check_usable(self) -> None:
+        """Refuse recipes this node cannot run exactly (unknown kind, other libzstd)."""
+        if self.kind == "identity":
+            return
+        if self.kind == "gzip-zlib":
+            _gzip_params(self.params)
+            return
+        if self.kind == "zstd":
+            if self.params.get("libzstd") != ZSTD_VERSION:
+                raise RecipeError(
+                    f"recipe needs libzstd {self.params.get('libzstd')}, this node has "
+                    f"{ZSTD_VERSION}: its output may differ, so the layer cannot be rebuilt here"
+                )
+            _zstd_options(self.params, 0)
+            return
+        raise RecipeError(f"unknown recipe kind {self.kind!r}")
+
+    def compressor(self, tar_size: int) -> Compressor:
+        if self.kind == "identity":
+            return _Identity()
+        if self.kind == "gzip-zlib":
+            return _GzipZlib(*_gzip_params(self.params))
+        if self.kind == "zstd":
+            return _Zstd(
+                _zstd_options(self.params, tar_size), tar_size, bool(self.params["content_size"])
+            )
+        raise RecipeError(f"unknown recipe kind {self.kind!r}")
+
+    def describe(self) -> str:
+        extras = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()) if k != "header")
+        return f"{self.kind}({extras})" if extras else self.kind
+
+
+IDENTITY = Recipe("identity", {})
+
+
+def gzip_recipe(level: int = 6, header: bytes | None = None) -> Recipe:
+    """zlib gzip as Python's gzip module writes it with mtime 0 (the default for convert)."""
+    if header is None:
+        header = gzip.compress(b"", compresslevel=level, mtime=0)[:10]
+    return Recipe(
+        "gzip-zlib",
+        {"level": level, "mem_level": 8, "strategy": 0, "header": header.hex()},
+    )
+
+
+def zstd_recipe(level: int = 3, *, checksum: bool = False, content_size: bool = True) -> Recipe:
+    return Recipe(
+        "zstd",
+        {
+            "level": level,
+            "checksum": checksum,
+            "content_size": content_size,
+            "libzstd": ZSTD_VERSION,
+        },
+    )
+
+
+# --- compressors ----------------------------------------------------------------------------
+
+
+class _Identity(Compressor):
+    def feed(self, data: bytes) -> bytes:
+        return data
+
+    def finish(self) -> bytes:
+        return b""
+
+
+class _GzipZlib(Compressor):
+    def __init__(self, header: bytes, level: int, mem_level: int, strategy: int) -> None:
+        self._pending_header = header
+        self._deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, mem_level, strategy)
+        self._crc = 0
+        self._size = 0
+
+    def feed(self, data: bytes) -> bytes:
+        self._crc = zlib.crc32(data, self._crc)
+        self._size += len(data)
+        out = self._pending_header + self._deflate.compress(data)
+        self._pending_header = b""
+        return out
+
+    def finish(self) -> bytes:
+        tail = self._deflate.flush(zlib.Z_FINISH)
+        trailer = struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF)
+        out = self._pending_header + tail + trailer
+        self._pending_header = b""
+        return out
+
+
+class _Zstd(Compressor):
+    def __init__(self, options: dict[Any, int], tar_size: int, pledge: bool) -> None:
+        self._c = zstd.ZstdCompressor(options=options)
+        if pledge:
+            self._c.set_pledged_input_size(tar_size)
+
+    def feed(self, data: bytes) -> bytes:
+        return self._c.compress(data)
+
+    def finish(self) -> bytes:
+        return self._c.flush()
+
+
+def _gzip_params(params: dict[str, Any]) -> tuple[bytes, int, int, int]:
+    try:
+        header = bytes.fromhex(params["header"])
+        level, mem_level, strategy = (
+            int(params["level"]),
+            int(params["mem_level"]),
+            int(params["strategy"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RecipeError(f"bad gzip-zlib recipe: {exc}") from exc
+    if not (0 <= level <= 9 and 1 <= mem_level <= 9 and 0 <= strategy <= 4):
+        raise RecipeError("bad gzip-zlib recipe: parameter out of range")
+    if len(header) > MAX_GZIP_HEADER or header[:2] != GZIP_MAGIC:
+        raise RecipeError("bad gzip-zlib recipe: header is not a gzip header")
+    return header, level, mem_level, strategy
+
+
+def _zstd_options(params: dict[str, Any], tar_size: int) -> dict[Any, int]:
+    p = zstd.CompressionParameter
+    try:
+        level = int(params["level"])
+        options = {
+            p.compression_level: level,
+            p.checksum_flag: int(bool(params["checksum"])),
+            p.content_size_flag: int(bool(params["content_size"])),
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RecipeError(f"bad zstd recipe: {exc}") from exc
+    lo, hi = p.compression_level.bounds()
+    if not lo <= level <= hi:
+        raise RecipeError(f"bad zstd recipe: level {level} outside {lo}..{hi}")
+    return options
+
+
+# --- reading blobs --------------------------------------------------------------------------
+
+
+def blob_kind(path: Path) -> str:
+    """'gzip', 'zstd' or 'tar', by magic number."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic[:2] == GZIP_MAGIC:
+        return "gzip"
+    if magic == ZSTD_MAGIC:
+        return "zstd"
+    return "tar"
+
+
+def iter_tar_chunks(path: Path) -> Iterator[bytes]:
+    """The uncompressed tar of a layer blob, in chunks (any gzip/zstd is accepted)."""
+    kind = blob_kind(path)
+    with open(path, "rb") as raw:
+        reader: BinaryIO
+        if kind == "gzip":
+            reader = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+        elif kind == "zstd":
+            reader = zstd.ZstdFile(raw, mode="rb")  # type: ignore[assignment]
+        else:
+            reader = raw
+        try:
+            while chunk := reader.read(CHUNK):
+                yield chunk
+        except (OSError, EOFError, zlib.error, zstd.ZstdError) as exc:
+            raise RecipeError(f"{path.name}: cannot decompress {kind} layer: {exc}") from exc
+
+
+# --- detection ------------------------------------------------------------------------------
+
+
+def detect_recipe(blob: Path, tar: Path) -> Recipe:
+    """The recipe that turns ``tar`` back into ``blob`` exactly; RecipeError if none does."""
+    kind = blob_kind(blob)
+    if kind == "tar":
+        if _reproduces(blob, tar, IDENTITY):
+            return IDENTITY
+        raise RecipeError("blob is neither gzip, zstd nor its own tar")
+    candidates = _gzip_candidates(blob) if kind == "gzip" else _zstd_candidates(blob)
+    for recipe in candidates:
+        if _reproduces(blob, tar, recipe):
+            log.info("delta.recipe.detected blob=%s recipe=%s", blob.name, recipe.describe())
+            return recipe
+    hint = (
+        "made by GNU gzip, pigz, Go or another deflate, not zlib"
+        if kind == "gzip"
+        else f"not made by streaming libzstd {ZSTD_VERSION}"
+    )
+    raise RecipeError(
+        f"cannot reproduce the target's {kind} compression ({hint}); "
+        "re-publish the image with `krill convert` to make its layers delta-able"
+    )
+
+
+def _reproduces(blob: Path, tar: Path, recipe: Recipe) -> bool:
+    """Compress ``tar`` by ``recipe`` and compare to ``blob``, stopping at the first difference."""
+    size = tar.stat().st_size
+    compressor = recipe.compressor(size)
+    with open(blob, "rb") as expected, open(tar, "rb") as source:
+
+        def same(out: bytes) -> bool:
+            return not out or expected.read(len(out)) == out
+
+        while chunk := source.read(CHUNK):
+            out = compressor.feed(chunk)
+            if not same(out):
+                return False
+        if not same(compressor.finish()):
+            return False
+        return expected.read(1) == b""
+
+
+def _gzip_candidates(blob: Path) -> Iterator[Recipe]:
+    header = _gzip_header(blob)
+    xfl = header[8]
+    if xfl == 2:
+        levels = [9]
+    elif xfl == 4:
+        levels = [1]
+    else:
+        levels = [6, 5, 4, 3, 2, 7, 8, 0, 9, 1]
+    for mem_level in (8, 9):
+        for level in levels:
+            for strategy in (zlib.Z_DEFAULT_STRATEGY, zlib.Z_FILTERED):
+                params = {"level": level, "mem_level": mem_level, "strategy": strategy}
+                yield Recipe("gzip-zlib", {**params, "header": header.hex()})
+
+
+def _gzip_header(blob: Path) -> bytes:
+    """The gzip member header exactly as stored (RFC 1952, with optional fields)."""
+    with open(blob, "rb") as f:
+        head = f.read(MAX_GZIP_HEADER)
+    if len(head) < 10 or head[:3] != b"\x1f\x8b\x08":
+        raise RecipeError("not a deflate gzip stream")
+    flags, pos = head[3], 10
+    if flags & 0xE0:
+        raise RecipeError("gzip header has reserved flags set")
+    if flags & 4:  # FEXTRA
+        if pos + 2 > len(head):
+            raise RecipeError("gzip header truncated")
+        pos += 2 + int.from_bytes(head[pos : pos + 2], "little")
+    for flag in (8, 16):  # FNAME, FCOMMENT: zero-terminated
+        if flags & flag:
+            end = head.find(b"\0", pos)
+            if end < 0:
+                raise RecipeError("gzip header name/comment too long")
+            pos = end + 1
+    if flags & 2:  # FHCRC
+        pos += 2
+    if pos > len(head):
+        raise RecipeError("gzip header truncated")
+    return head[:pos]
+
+
+def _zstd_candidates(blob: Path) -> Iterator[Recipe]:
+    with open(blob, "rb") as f:
+        head = f.read(18)
+    if len(head) < 6:
+        raise RecipeError("zstd frame truncated")
+    descriptor = head[4]
+    if descriptor & 0x03:
+        raise RecipeError("zstd frame uses a dictionary")
+    checksum = bool(descriptor & 0x04)
+    single_segment = bool(descriptor & 0x20)
+    content_size = bool(descriptor >> 6) or single_segment
+    lo, hi = zstd.CompressionParameter.compression_level.bounds()
+    order = [3, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22]
+    order += list(range(-1, max(lo, -7) - 1, -1))
+    for level in order:
+        if lo <= level <= hi:
+            yield zstd_recipe(level, checksum=checksum, content_size=content_size)

@@ -1,0 +1,73 @@
+"""``krill delta create|apply`` as a user runs them (a real process)."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.components import krill_command
+from tests.imagebuild import make_tar, realistic_files
+from tests.test_delta_support import Entry, build_tar, compress, mutated_bytes
+
+
+def _krill(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        krill_command(*map(str, args)), capture_output=True, text=True, timeout=120
+    )
+
+
+def _layers(tmp: Path) -> tuple[Path, bytes]:
+    rng = random.Random(2)
+    files = {f"app/m{i}.py": Entry("file", rng.randbytes(6000)) for i in range(5)}
+    changed = {n: Entry("file", mutated_bytes(rng, e.data, 3)) for n, e in files.items()}
+    base = tmp / "base.tgz"
+    base.write_bytes(compress(build_tar(files), "gzip6"))
+    return base, build_tar(changed)
+
+
+def test_create_then_apply_rebuilds_target(tmp_path: Path) -> None:
+    base, target_tar = _layers(tmp_path)
+    target = tmp_path / "target.tar.zst"
+    target.write_bytes(compress(target_tar, "zstd3"))
+    created = _krill("delta", "create", base, target, tmp_path / "d.krd")
+    assert created.returncode == 0, created.stderr
+    assert "recipe zstd" in created.stdout
+    applied = _krill("delta", "apply", base, tmp_path / "d.krd", tmp_path / "out.zst")
+    assert applied.returncode == 0, applied.stderr
+    assert (tmp_path / "out.zst").read_bytes() == target.read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("gzip") is None, reason="GNU gzip is part of the base image")
+def test_create_refuses_gnu_gzip_target(tmp_path: Path) -> None:
+    """GNU gzip's deflate is not zlib's on real layers; no zlib setting matches it.
+
+    (On small inputs GNU gzip -6 can equal zlib level 6 with memLevel 9, and then
+    the layer *is* reproducible: detection verifies bytes, it never guesses.)
+    """
+    base, _ = _layers(tmp_path)
+    (tmp_path / "target.tar").write_bytes(make_tar(realistic_files(3)))
+    subprocess.run(["gzip", "-6", "-n", str(tmp_path / "target.tar")], check=True)
+    result = _krill("delta", "create", base, tmp_path / "target.tar.gz", tmp_path / "d.krd")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reproduce the target's gzip compression" in lines[0]
+    assert not (tmp_path / "d.krd").exists()
+
+
+def test_apply_with_wrong_base_writes_nothing(tmp_path: Path) -> None:
+    base, target_tar = _layers(tmp_path)
+    target = tmp_path / "target.tgz"
+    target.write_bytes(compress(target_tar, "gzip6"))
+    assert _krill("delta", "create", base, target, tmp_path / "d.krd").returncode == 0
+    other = tmp_path / "other.tar"
+    other.write_bytes(build_tar({"x": Entry("file", b"x")}))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = _krill("delta", "apply", other, tmp_path / "d.krd", out_dir / "layer")
+    assert result.returncode != 0
+    assert "base layer does not match" in result.stderr
+    assert list(out_dir.iterdir()) == []
