@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from krill.digests import Digest
-from origin.appkeys import TAG_HISTORY, TAG_MOVED
+from origin.appkeys import STORE, TAG_HISTORY, TAG_MOVED
 from origin.config import OriginConfig
 from origin.server import create_app
 from tests.components import SKOPEO_FLAGS, docker_registry, skopeo
@@ -36,11 +37,17 @@ from tests.imagebuild import (
 USER, PASSWORD, TOKEN = "puller", "s3cret-pass", "token-for-tests"
 
 
+def basic_header() -> str:
+    return "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+
+
 class CountingProxy:
     """Forwards /v2/ to the registry once the client shows the token; counts what passes."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *, basic: bool = False, corrupt: bool = False) -> None:
         self.upstream = upstream
+        self.basic = basic  # demand basic auth on /v2/ instead of a bearer token
+        self.corrupt = corrupt  # flip a byte in every blob body
         self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self.tokens_issued = 0
         self.session: aiohttp.ClientSession | None = None
@@ -52,15 +59,17 @@ class CountingProxy:
         return app
 
     async def token(self, request: web.Request) -> web.Response:
-        expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-        if request.headers.get("Authorization") != expected:
+        if request.headers.get("Authorization") != basic_header():
             return web.Response(status=401)
         assert request.query["service"] == "krill-test"
         self.tokens_issued += 1
         return web.json_response({"token": TOKEN})
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
-        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+        if self.basic:
+            if request.headers.get("Authorization") != basic_header():
+                return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="t"'})
+        elif request.headers.get("Authorization") != f"Bearer {TOKEN}":
             realm = f"http://{request.host}/token"
             challenge = f'Bearer realm="{realm}",service="krill-test",scope="repository:x:pull"'
             return web.Response(status=401, headers={"WWW-Authenticate": challenge})
@@ -77,6 +86,8 @@ class CountingProxy:
             await response.prepare(request)
             first = True
             async for chunk in upstream.content.iter_chunked(256 * 1024):
+                if self.corrupt and "/blobs/" in request.path:
+                    chunk = bytes([chunk[0] ^ 1]) + chunk[1:]
                 await response.write(chunk)
                 if first and "/blobs/" in request.path:
                     first = False
@@ -101,13 +112,21 @@ def registry(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-async def proxy(registry: str, aiohttp_server) -> AsyncIterator[tuple[CountingProxy, TestServer]]:  # type: ignore[no-untyped-def]
-    counting = CountingProxy(registry)
+@contextlib.asynccontextmanager
+async def running_proxy(
+    registry: str, aiohttp_server, **options: bool
+) -> AsyncIterator[tuple[CountingProxy, TestServer]]:  # type: ignore[no-untyped-def]
+    counting = CountingProxy(registry, **options)
     server = await aiohttp_server(counting.app())
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         counting.session = session
         yield counting, server
+
+
+@pytest.fixture
+async def proxy(registry: str, aiohttp_server) -> AsyncIterator[tuple[CountingProxy, TestServer]]:  # type: ignore[no-untyped-def]
+    async with running_proxy(registry, aiohttp_server) as running:
+        yield running
 
 
 async def start_origin(
@@ -207,6 +226,42 @@ async def test_tags_are_resolved_again_after_the_ttl(
     assert moves == [(None, d1), (d1, d2)]
     assert origin.app[TAG_HISTORY].previous_manifests("mirror/svc", 3, exclude=d2) == [d1]
     assert counting.manifest_gets("latest") == 2
+
+
+@pytest.mark.slow
+async def test_basic_auth_upstream(tmp_path: Path, registry: str, aiohttp_server) -> None:  # type: ignore[no-untyped-def]
+    image = build_image([random_files(6, 1, 2048)])
+    await push_upstream(tmp_path, registry, image, "mirror/basic:v1", "src")
+    async with running_proxy(registry, aiohttp_server, basic=True) as (counting, proxy_server):
+        origin = await start_origin(tmp_path, aiohttp_server, proxy_server)
+        base = f"http://127.0.0.1:{origin.port}/v2/mirror/basic"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/manifests/v1") as resp:
+                assert await resp.read() == image.manifest.data
+            async with session.get(f"{base}/blobs/{image.layers[0].digest}") as resp:
+                assert await resp.read() == image.layers[0].data
+        assert counting.tokens_issued == 0
+        assert counting.blob_gets(image.layers[0].digest) == 1
+
+
+@pytest.mark.slow
+async def test_corrupt_upstream_blob_is_never_stored_or_served_whole(
+    tmp_path: Path, registry: str, aiohttp_server
+) -> None:  # type: ignore[no-untyped-def]
+    image = build_image([random_files(8, count=2, size=512 * 1024)])
+    layer = image.layers[0]
+    await push_upstream(tmp_path, registry, image, "mirror/bad:v1", "src")
+    async with running_proxy(registry, aiohttp_server, corrupt=True) as (_, proxy_server):
+        origin = await start_origin(tmp_path, aiohttp_server, proxy_server)
+        url = f"http://127.0.0.1:{origin.port}/v2/mirror/bad/blobs/{layer.digest}"
+        async with aiohttp.ClientSession() as session:
+            for _ in range(2):  # each try fetches again and is cut short again
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    async with session.get(url) as resp:
+                        await resp.read()
+        store = origin.app[STORE]
+        assert list(store.digests()) == []
+        assert list((store.root / "incoming").iterdir()) == []
 
 
 async def get_text(url: str) -> str:
