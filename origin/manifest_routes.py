@@ -10,6 +10,7 @@ wildcard; otherwise the stored bytes are returned as they are.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import aiohttp
@@ -101,7 +102,7 @@ async def read_manifest_body(request: web.Request, limit: int) -> bytes:
             if size > limit:
                 raise too_big
             chunks.append(chunk)
-    except aiohttp.ClientError:
+    except (aiohttp.ClientError, ConnectionError):
         raise RegistryError("MANIFEST_INVALID", "the manifest body ended early") from None
     return b"".join(chunks)
 
@@ -141,7 +142,7 @@ async def put_manifest(request: web.Request) -> web.Response:
             f"push these to {repo} before the manifest: {', '.join(missing[:10])}",
             detail={"missing": missing},
         )
-    app[STORE].put_bytes(body, digest)
+    await asyncio.to_thread(app[STORE].put_bytes, body, digest)  # fsync off the event loop
     app[REPOSITORIES].link_manifest(repo, digest, parsed.media_type)
     log.info("manifest.pushed repo=%s reference=%s digest=%s", repo, reference, digest)
     if isinstance(reference, str):

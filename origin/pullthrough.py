@@ -11,6 +11,9 @@ and to its own client at the same time, holding back the last chunk until
 the digest is verified, so no client ever receives a complete body that does
 not match its digest. Followers wait for the commit and are served the file
 with sendfile. Nothing is read whole into memory.
+
+Tags list and catalog stay local: they show what the origin holds, not
+everything upstream has.
 """
 
 from __future__ import annotations
@@ -109,7 +112,7 @@ class PullThrough:
             parsed = oci.parse_manifest(fetched.body, fetched.media_type or None)
         except oci.ManifestError as exc:
             raise unavailable(f"upstream manifest {repo}:{reference} is invalid: {exc}") from None
-        self.app[STORE].put_bytes(fetched.body, digest)
+        await asyncio.to_thread(self.app[STORE].put_bytes, fetched.body, digest)
         self.app[REPOSITORIES].link_manifest(repo, digest, parsed.media_type)
         log.info("upstream.manifest repo=%s reference=%s digest=%s", repo, reference, digest)
         if isinstance(reference, str):

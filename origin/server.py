@@ -41,7 +41,7 @@ from origin.uploads import UploadSessions
 log = logging.getLogger(__name__)
 
 REPOSITORIES_DIR = "repositories"
-BLOB_ROUTES = ("blob", "blob_pull")
+BLOB_ROUTES = ("blob",)
 
 
 def create_app(config: OriginConfig) -> web.Application:
