@@ -99,9 +99,13 @@ def run_apply(args: argparse.Namespace) -> int:
     from krill.cli import CliError
 
     _check_inputs(args.base, args.delta)
+    started = time.monotonic()
     try:
         result = apply_delta(args.base, args.delta, args.out, workers=args.workers)
     except (DeltaFormatError, RecipeError, OSError) as exc:
         raise CliError(f"cannot apply {args.delta}: {exc}") from exc
-    sys.stdout.write(f"{result.path}: {result.size} bytes, {result.digest} (verified)\n")
+    sys.stdout.write(
+        f"{result.path}: {result.size} bytes, {result.digest} (verified), "
+        f"tar {result.tar_size} bytes, {time.monotonic() - started:.3f}s\n"
+    )
     return 0
