@@ -58,6 +58,12 @@ def write_random_blob(path: Path, size: int) -> str:
     return "sha256:" + hasher.hexdigest()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (from /proc), load-independent."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
 def process(cmd: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     with open(log_path, "wb") as log:
@@ -74,7 +80,7 @@ def process(cmd: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]
 
 
 @contextlib.contextmanager
-def docker_registry(root: Path) -> Iterator[str]:
+def docker_registry(root: Path) -> Iterator[tuple[str, int]]:
     port = free_port()
     root.mkdir(parents=True, exist_ok=True)
     config = root / "config.yml"
@@ -83,18 +89,18 @@ def docker_registry(root: Path) -> Iterator[str]:
         f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}}}\n"
         f"http: {{addr: '127.0.0.1:{port}'}}\n"
     )
-    with process(["docker-registry", "serve", str(config)], root / "registry.log"):
-        yield f"http://127.0.0.1:{port}"
+    with process(["docker-registry", "serve", str(config)], root / "registry.log") as proc:
+        yield f"http://127.0.0.1:{port}", proc.pid
 
 
 @contextlib.contextmanager
-def krill_origin(root: Path) -> Iterator[str]:
+def krill_origin(root: Path) -> Iterator[tuple[str, int]]:
     port = free_port()
     cmd = [sys.executable, "-m", "krill.cli", "origin", "--listen", f"127.0.0.1:{port}"]
     cmd += ["--data", str(root / "data"), "--log-level", "warning"]
     root.mkdir(parents=True, exist_ok=True)
-    with process(cmd, root / "origin.log"):
-        yield f"http://127.0.0.1:{port}"
+    with process(cmd, root / "origin.log") as proc:
+        yield f"http://127.0.0.1:{port}", proc.pid
 
 
 async def wait_ready(session: aiohttp.ClientSession, base: str) -> None:
@@ -158,9 +164,10 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
     timeout = aiohttp.ClientTimeout(total=None, sock_read=300)
     connector = aiohttp.TCPConnector(limit=args.concurrency)
     with (
-        docker_registry(workdir / "registry") as registry,
-        krill_origin(workdir / "origin") as origin,
+        docker_registry(workdir / "registry") as (registry, registry_pid),
+        krill_origin(workdir / "origin") as (origin, origin_pid),
     ):
+        pids = {"docker-registry": registry_pid, "krill-origin": origin_pid}
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             servers = {"docker-registry": registry, "krill-origin": origin}
             for base in servers.values():
@@ -171,10 +178,14 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
             for url in urls.values():
                 await fetch(session, url)  # warm the page cache
             rates: dict[str, list[float]] = {name: [] for name in urls}
+            cpu = dict.fromkeys(urls, 0.0)
             for _ in range(args.rounds):
                 for name, url in urls.items():
+                    before = cpu_seconds(pids[name])
                     rate = await one_round(session, url, size, args.requests, args.concurrency)
+                    cpu[name] += cpu_seconds(pids[name]) - before
                     rates[name].append(rate)
+    served_gib = args.rounds * args.requests * size / (1 << 30)
     print(
         f"blob {args.size_mib} MiB, {args.requests} GETs per round, concurrency "
         f"{args.concurrency}, {args.rounds} rounds (median shown)"
@@ -182,7 +193,10 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
     medians = {name: statistics.median(values) for name, values in rates.items()}
     for name, values in rates.items():
         rounds = ", ".join(f"{v:.0f}" for v in values)
-        print(f"{name:16s} {medians[name]:8.0f} MB/s   (rounds: {rounds})")
+        print(
+            f"{name:16s} {medians[name]:8.0f} MB/s   (rounds: {rounds}; "
+            f"server CPU {cpu[name] / served_gib:.3f} s/GiB)"
+        )
     ratio = medians["krill-origin"] / medians["docker-registry"]
     print(f"ratio origin/docker-registry: {ratio:.2f}x")
     return 0
