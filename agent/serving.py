@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -99,11 +98,10 @@ async def _stream(
     try:
         await response.prepare(request)
         position = byte_range.start
-        loop = asyncio.get_running_loop()
         while position < byte_range.end:
             available = await blob.transfer.wait_available(position)
             upto = min(available, byte_range.end, position + CHUNK)
-            data = await loop.run_in_executor(None, os.pread, fd, upto - position, position)
+            data = await blob.transfer.read(fd, position, upto)
             if not data:
                 raise TransferFailed(f"partial file of {blob.digest} is shorter than reported")
             await response.write(data)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -54,6 +55,10 @@ class Transfer(Protocol):
     async def wait_done(self) -> Path: ...
 
     def cancel(self) -> None: ...
+
+    async def read(self, fd: int, offset: int, limit: int) -> bytes:
+        """Some verified bytes from ``offset`` (fewer than ``limit - offset`` is fine)."""
+        ...
 
 
 class BlobSource(Protocol):
@@ -175,6 +180,10 @@ class OriginHttpTransfer:
     def cancel(self) -> None:
         if self._task is not None:
             self._task.cancel()
+
+    async def read(self, fd: int, offset: int, limit: int) -> bytes:
+        """The bytes were flushed by this process before they counted as available."""
+        return await asyncio.to_thread(os.pread, fd, limit - offset, offset)
 
     async def _run(self) -> None:
         try:

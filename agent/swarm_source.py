@@ -8,25 +8,44 @@ this module only finds the metainfo and maps the engine's failures onto
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from agent.sources import SourceUnavailable, TransferFailed
+from krill import bencode
 from krill.digests import Digest
 
 log = logging.getLogger(__name__)
 
+# A verified piece's bytes reach the file soon after libtorrent reports it; how
+# many times a read re-checks before it gives up (with a growing pause).
+PIECE_READ_ATTEMPTS = 60
+
 
 class SwarmTransfer:
-    """Adapts a ``krill.swarm.Download`` so its failures read as ``TransferFailed``."""
+    """Adapts a ``krill.swarm.Download``: failures read as ``TransferFailed``, reads re-verified.
 
-    def __init__(self, download: Any, failure: type[BaseException]) -> None:
+    libtorrent reports a piece as passed when its hash checks out, which can be
+    before the piece's bytes have reached the file (libtorrent 2 hashes from its
+    write buffer). So ``read`` checks each piece's SHA-1 against the metainfo as
+    it reads it from the file, and waits briefly for the write when it does not
+    match yet: a client never gets a byte that has not been verified on disk.
+    """
+
+    def __init__(self, download: Any, failure: type[BaseException], metainfo: bytes) -> None:
         self._download = download
         self._failure = failure
         self.size: int = download.size
+        info = bencode.decode(metainfo)[b"info"]
+        self._piece_length: int = info[b"piece length"]
+        self._hashes: bytes = info[b"pieces"]
+        self._verified: set[int] = set()
 
     @property
     def partial_path(self) -> Path:
@@ -51,6 +70,30 @@ class SwarmTransfer:
     def cancel(self) -> None:
         self._download.cancel()
 
+    async def read(self, fd: int, offset: int, limit: int) -> bytes:
+        """Bytes from ``offset`` (before ``limit``, within ``available``), each piece verified."""
+        if self._download.done:  # the whole file passed sha256 before it was published
+            return await asyncio.to_thread(os.pread, fd, limit - offset, offset)
+        piece = offset // self._piece_length
+        start = piece * self._piece_length
+        end = min(self.size, start + self._piece_length)
+        for attempt in range(PIECE_READ_ATTEMPTS):
+            data = await asyncio.to_thread(os.pread, fd, end - start, start)
+            if piece in self._verified or self._piece_matches(piece, data):
+                self._verified.add(piece)
+                return data[offset - start : min(limit, end) - start]
+            if self._download.done:
+                return await asyncio.to_thread(os.pread, fd, limit - offset, offset)
+            log.debug(
+                "swarm_read.piece_not_on_disk digest=%s piece=%d", self._download.digest, piece
+            )
+            await asyncio.sleep(0.01 * (attempt + 1))
+        raise TransferFailed(f"piece {piece} of {self._download.digest} never reached the disk")
+
+    def _piece_matches(self, piece: int, data: bytes) -> bool:
+        expected = self._hashes[20 * piece : 20 * piece + 20]
+        return hashlib.sha1(data).digest() == expected
+
 
 class SwarmSource:
     """Starts swarm downloads through one ``SwarmEngine``."""
@@ -73,7 +116,7 @@ class SwarmSource:
             download = await self._engine.download(digest, metainfo)
         except self._failure as exc:
             raise SourceUnavailable(f"swarm cannot start {digest}: {exc}") from exc
-        return SwarmTransfer(download, self._failure)
+        return SwarmTransfer(download, self._failure, metainfo)
 
     async def metainfo(self, digest: Digest) -> bytes:
         """The blob's torrent, from the first server (tracker, then origin) that has it."""

@@ -7,16 +7,22 @@ are built in-process (``tests.imagebuild``) and pushed with skopeo.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from aiohttp import web
 
 from tests import imagebuild
 from tests.components import SKOPEO_FLAGS, free_port, krill_process, skopeo
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -147,3 +153,78 @@ def push(image: PushedImage, registry: str, reference: str) -> None:
         f"oci:{image.layout}:latest",
         f"docker://{host}/{reference}",
     )
+
+
+class ServingThread:
+    """An event loop in a thread that serves aiohttp apps, so sync tests can run clients."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self._runners: list[web.AppRunner] = []
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 120) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def serve(self, app: web.Application, port: int | None = None) -> str:
+        port = port or free_port()
+
+        async def start() -> None:
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            self._runners.append(runner)
+
+        self.call(start())
+        return f"http://127.0.0.1:{port}"
+
+    def close(self) -> None:
+        async def stop() -> None:
+            for runner in reversed(self._runners):
+                await runner.cleanup()
+
+        self.call(stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+@dataclass
+class SeedingOrigin:
+    url: str
+    app: web.Application
+
+    def uploaded_bytes(self, server: ServingThread) -> int:
+        """Payload the origin's libtorrent session sent to peers (its session stats)."""
+        from origin.seeding import SWARM_ENGINE_KEY
+
+        engine = self.app[SWARM_ENGINE_KEY]
+        return int(server.call(engine.fetch_stats()).uploaded)
+
+
+@contextlib.contextmanager
+def seeding_origin(
+    root: Path, announce_url: str, **swarm_settings: Any
+) -> Iterator[tuple[SeedingOrigin, ServingThread]]:
+    """The real origin app with swarm seeding installed, served from a thread.
+
+    (The origin's CLI does not take --tracker yet; this is the same wiring it will do.)
+    """
+    from krill.swarm import SwarmSettings
+    from origin.appkeys import STORE
+    from origin.config import OriginConfig
+    from origin.seeding import install_seeding
+    from origin.server import create_app
+
+    port = free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    config = OriginConfig(listen=f"127.0.0.1:{port}", data=root / "data")
+    app = create_app(config)
+    install_seeding(app, app[STORE], SwarmSettings(tracker_url=announce_url, **swarm_settings))
+    server = ServingThread()
+    try:
+        url = server.serve(app, port)
+        yield SeedingOrigin(url, app), server
+    finally:
+        server.close()

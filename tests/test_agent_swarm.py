@@ -1,0 +1,131 @@
+"""Agents fetching through the swarm: peers feed each other, the origin sends ~once."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from krill.blobstore import BlobStore
+from krill.digests import Digest
+from tests.agent_cluster import (
+    Agent,
+    agent_process,
+    build_layout,
+    push,
+    seeding_origin,
+    tracker_process,
+)
+from tests.components import SKOPEO_FLAGS, skopeo
+from tests.imagebuild import read_oci_layout_digests
+
+MiB = 1024 * 1024
+SWARM_SETTINGS = {"swarm_deadline": 20.0}
+
+
+def swarm_metric(agent: Agent, direction: str) -> float:
+    return agent.metrics().get(f'krill_agent_swarm_payload_bytes{{direction="{direction}"}}', 0)
+
+
+def wait_for_uploads(agents: list[Agent], timeout: float = 15) -> float:
+    """Sum of bytes the agents uploaded to peers, once the engines' counters caught up."""
+    deadline = time.monotonic() + timeout
+    total = 0.0
+    while time.monotonic() < deadline:
+        total = sum(swarm_metric(a, "uploaded") for a in agents)
+        if total > 0:
+            return total
+        time.sleep(0.5)
+    return total
+
+
+def sha256_of_url(url: str) -> str:
+    hasher = hashlib.sha256()
+    with urllib.request.urlopen(url, timeout=300) as response:
+        while chunk := response.read(MiB):
+            hasher.update(chunk)
+    return "sha256:" + hasher.hexdigest()
+
+
+@pytest.mark.slow
+def test_two_agents_pulling_the_same_image_get_bytes_from_each_other(tmp_path: Path) -> None:
+    tracker_root = tmp_path / "tracker"
+    with contextlib.ExitStack() as stack:
+        # The tracker needs the origin's URL and the origin the tracker's: fix the port first.
+        from tests.components import free_port
+
+        tracker_port = free_port()
+        tracker_url = f"http://127.0.0.1:{tracker_port}"
+        origin, _server = stack.enter_context(
+            seeding_origin(tmp_path / "origin", f"{tracker_url}/announce")
+        )
+        stack.enter_context(tracker_process(tracker_root, origin.url, port=tracker_port))
+        image = build_layout(tmp_path / "layout", seed=31, layer_size=4 * MiB)
+        push(image, origin.url, "team/big:1")
+        agents = [
+            stack.enter_context(
+                agent_process(tmp_path / f"agent{i}", origin.url, tracker_url,
+                              settings=SWARM_SETTINGS)
+            )
+            for i in range(2)
+        ]
+
+        def pull(agent: Agent) -> set[str]:
+            out = tmp_path / f"out-{agent.registry_hostport.replace(':', '-')}"
+            skopeo(
+                "copy", *SKOPEO_FLAGS,
+                f"docker://{agent.registry_hostport}/team/big:1", f"oci:{out}:latest",
+            )
+            return read_oci_layout_digests(out)
+
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(pull, agents))
+        expected = read_oci_layout_digests(image.layout)
+        assert results == [expected, expected]
+        assert wait_for_uploads(agents) > 0, "the agents exchanged no bytes"
+        for agent in agents:
+            metrics = agent.metrics()
+            assert metrics.get("krill_agent_origin_http_bytes_total", 0) == 0
+            assert metrics.get('krill_agent_served_bytes_total{source="swarm"}', 0) > 0
+
+
+@pytest.mark.slow
+def test_eight_agents_fetch_one_blob_and_the_origin_sends_it_about_once(tmp_path: Path) -> None:
+    """Issue 3: 8 agents GET the same 64 MiB blob at once; origin upload <= 2x blob size."""
+    size = 64 * MiB
+    with contextlib.ExitStack() as stack:
+        from tests.components import free_port
+
+        tracker_port = free_port()
+        tracker_url = f"http://127.0.0.1:{tracker_port}"
+        origin, server = stack.enter_context(
+            seeding_origin(tmp_path / "origin", f"{tracker_url}/announce", super_seeding=True)
+        )
+        stack.enter_context(tracker_process(tmp_path / "tracker", origin.url, port=tracker_port))
+        data = os.urandom(size)
+        from origin.appkeys import STORE
+
+        store: BlobStore = origin.app[STORE]
+        digest = store.put_bytes(data, Digest.of_bytes(data))
+        del data
+        agents = [
+            stack.enter_context(
+                agent_process(tmp_path / f"agent{i}", origin.url, tracker_url,
+                              settings={"swarm_deadline": 60.0})
+            )
+            for i in range(8)
+        ]
+        with ThreadPoolExecutor(8) as pool:
+            digests = list(pool.map(lambda a: sha256_of_url(f"{a.api}/blobs/{digest}"), agents))
+        assert digests == [str(digest)] * 8
+        for agent in agents:
+            stored = BlobStore(agent.data / "blobs").path(digest)
+            assert stored.stat().st_size == size
+        uploaded = origin.uploaded_bytes(server)
+        assert 0 < uploaded <= 2 * size, f"origin uploaded {uploaded / size:.2f}x the blob"
