@@ -136,3 +136,43 @@ async def test_tag_history_and_hook_follow_pushes(tmp_path: Path, origin: TestSe
 
 def base(server: TestServer) -> str:
     return f"http://{host(server)}"
+
+
+async def test_docker_manifest_list_pulls_back_unchanged(
+    tmp_path: Path, origin: TestServer
+) -> None:
+    images = [
+        build_image([random_files(20, 1, 1024)], docker=True, architecture=arch)
+        for arch in ("amd64", "arm64")
+    ]
+    manifest_list = build_index(images, docker=True)
+    async with aiohttp.ClientSession() as client:
+        for image in images:
+            for blob in image.blobs():
+                url = f"{base(origin)}/v2/legacy/app/blobs/uploads/?digest={blob.digest}"
+                assert (await client.post(url, data=blob.data)).status == 201
+            await put_manifest(client, origin, image.manifest.digest, image.manifest)
+        await put_manifest(client, origin, "v1", manifest_list)
+        resp = await client.get(f"{base(origin)}/v2/legacy/app/manifests/v1")
+        assert resp.headers["Content-Type"] == oci.DOCKER_LIST
+        assert await resp.read() == manifest_list.data
+    out = tmp_path / "out"
+    ref = f"docker://{host(origin)}/legacy/app:v1"
+    await run_skopeo("copy", "--all", *SKOPEO_FLAGS, ref, f"dir:{out}")
+    assert (out / "manifest.json").read_bytes() == manifest_list.data
+    for image in images:
+        instance = out / (image.manifest.digest.split(":", 1)[1] + ".manifest.json")
+        assert instance.read_bytes() == image.manifest.data
+        for blob in image.blobs():
+            assert (out / blob.digest.split(":", 1)[1]).read_bytes() == blob.data
+
+
+async def put_manifest(
+    client: aiohttp.ClientSession, server: TestServer, reference: str, manifest: Blob
+) -> None:
+    resp = await client.put(
+        f"{base(server)}/v2/legacy/app/manifests/{reference}",
+        data=manifest.data,
+        headers={"Content-Type": manifest.media_type},
+    )
+    assert resp.status == 201, await resp.text()
