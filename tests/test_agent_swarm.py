@@ -70,8 +70,9 @@ def test_two_agents_pulling_the_same_image_get_bytes_from_each_other(tmp_path: P
         push(image, origin.url, "team/big:1")
         agents = [
             stack.enter_context(
-                agent_process(tmp_path / f"agent{i}", origin.url, tracker_url,
-                              settings=SWARM_SETTINGS)
+                agent_process(
+                    tmp_path / f"agent{i}", origin.url, tracker_url, settings=SWARM_SETTINGS
+                )
             )
             for i in range(2)
         ]
@@ -79,8 +80,10 @@ def test_two_agents_pulling_the_same_image_get_bytes_from_each_other(tmp_path: P
         def pull(agent: Agent) -> set[str]:
             out = tmp_path / f"out-{agent.registry_hostport.replace(':', '-')}"
             skopeo(
-                "copy", *SKOPEO_FLAGS,
-                f"docker://{agent.registry_hostport}/team/big:1", f"oci:{out}:latest",
+                "copy",
+                *SKOPEO_FLAGS,
+                f"docker://{agent.registry_hostport}/team/big:1",
+                f"oci:{out}:latest",
             )
             return read_oci_layout_digests(out)
 
@@ -116,8 +119,12 @@ def test_eight_agents_fetch_one_blob_and_the_origin_sends_it_about_once(tmp_path
         del data
         agents = [
             stack.enter_context(
-                agent_process(tmp_path / f"agent{i}", origin.url, tracker_url,
-                              settings={"swarm_deadline": 60.0})
+                agent_process(
+                    tmp_path / f"agent{i}",
+                    origin.url,
+                    tracker_url,
+                    settings={"swarm_deadline": 60.0},
+                )
             )
             for i in range(8)
         ]
@@ -129,3 +136,34 @@ def test_eight_agents_fetch_one_blob_and_the_origin_sends_it_about_once(tmp_path
             assert stored.stat().st_size == size
         uploaded = origin.uploaded_bytes(server)
         assert 0 < uploaded <= 2 * size, f"origin uploaded {uploaded / size:.2f}x the blob"
+
+
+@pytest.mark.slow
+def test_a_blob_streams_to_the_client_before_its_download_finishes(tmp_path: Path) -> None:
+    """The agent's swarm download is throttled; the client has bytes before the commit."""
+    with contextlib.ExitStack() as stack:
+        from tests.components import free_port
+
+        tracker_port = free_port()
+        tracker_url = f"http://127.0.0.1:{tracker_port}"
+        origin, _ = stack.enter_context(
+            seeding_origin(tmp_path / "origin", f"{tracker_url}/announce")
+        )
+        stack.enter_context(tracker_process(tmp_path / "tracker", origin.url, port=tracker_port))
+        image = build_layout(tmp_path / "layout", seed=33, layer_size=2 * MiB)
+        push(image, origin.url, "team/stream:1")
+        layer = image.images[0].layers[0]  # ~4 MiB: ~4 s at 1 MiB/s
+        settings = {**SWARM_SETTINGS, "download_rate_limit": MiB}
+        agent = stack.enter_context(
+            agent_process(tmp_path / "agent", origin.url, tracker_url, settings=settings)
+        )
+        url = f"{agent.registry}/v2/team/stream/blobs/{layer.digest}"
+        stored = BlobStore(agent.data / "blobs").path(Digest.parse(layer.digest))
+        with urllib.request.urlopen(url, timeout=120) as response:
+            assert response.headers["Content-Length"] == str(len(layer.data))
+            first = response.read(64 * 1024)
+            complete_when_first_bytes_arrived = stored.exists()
+            rest = response.read()
+        assert first + rest == layer.data
+        assert not complete_when_first_bytes_arrived
+        assert stored.read_bytes() == layer.data
