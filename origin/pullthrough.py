@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 
+import aiohttp
 from aiohttp import web
 
 from krill import oci
@@ -193,7 +194,7 @@ class PullThrough:
 
     async def _copy(
         self,
-        source: object,
+        source: aiohttp.StreamReader,
         writer: BlobWriter,
         client: _Client,
         digest: Digest,
@@ -201,7 +202,7 @@ class PullThrough:
     ) -> None:
         """Upstream -> store and client; the last chunk reaches the client only once verified."""
         held = b""
-        async for chunk in source.iter_chunked(STREAM_CHUNK):  # type: ignore[attr-defined]
+        async for chunk in source.iter_chunked(STREAM_CHUNK):
             writer.write(chunk)
             await client.send(held)
             held = chunk

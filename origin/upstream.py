@@ -154,9 +154,7 @@ class UpstreamClient:
             check_status(resp, f"manifest {repo}:{reference}")
             if resp.content_length is not None and resp.content_length > limit:
                 raise unavailable(f"upstream manifest {repo}:{reference} exceeds {limit} bytes")
-            body = await resp.content.read(limit + 1)
-            if len(body) > limit:
-                raise unavailable(f"upstream manifest {repo}:{reference} exceeds {limit} bytes")
+            body = await read_limited(resp.content, limit, f"manifest {repo}:{reference}")
             header_digest = resp.headers.get("Docker-Content-Digest")
             try:
                 claimed = Digest.parse(header_digest) if header_digest else None
@@ -178,6 +176,18 @@ class UpstreamClient:
                 return None
             check_status(resp, f"blob {digest} in {repo}")
             return resp.content_length
+
+
+async def read_limited(stream: aiohttp.StreamReader, limit: int, what: str) -> bytes:
+    """The whole body, refused once it passes ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in stream.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise unavailable(f"upstream {what} exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def check_status(resp: aiohttp.ClientResponse, what: str) -> None:
