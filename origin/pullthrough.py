@@ -2,8 +2,9 @@
 
 Manifests: a tag is served from the store while it is younger than
 ``tag_ttl`` seconds, then resolved upstream again (a move is recorded in the
-tag history and announced to ``TAG_MOVED`` hooks); if upstream is down the
-stored one is served. Manifests by digest are fetched only when missing.
+tag history and announced to ``TAG_MOVED`` hooks); if upstream is down or no
+longer has the tag (say it was pushed here), the stored one is served.
+Manifests by digest are fetched only when missing.
 
 Blobs: concurrent misses of one digest make one upstream GET (single-flight).
 The leader streams the upstream body into the store (hashed as it arrives)
@@ -84,7 +85,7 @@ class PullThrough:
         try:
             return await self._manifest_flights.run(key, lambda: self._fetch(repo, reference))
         except RegistryError as exc:
-            if local is None or exc.code != "UNAVAILABLE":
+            if local is None or exc.code not in ("UNAVAILABLE", "MANIFEST_UNKNOWN"):
                 raise
             log.warning("upstream.stale_tag repo=%s tag=%s reason=%s", repo, reference, exc)
             return local
@@ -130,8 +131,8 @@ class PullThrough:
         flight = self._blob_flights.in_flight(digest)
         if flight is not None:
             await asyncio.shield(flight)
-            self.app[REPOSITORIES].link_blob(repo, digest)
-            return blob_file_response(self.app, digest)
+            if self.app[REPOSITORIES].has_blob(repo, digest):  # the leader fetched it for us
+                return blob_file_response(self.app, digest)
         if self.app[STORE].has(digest) or request.method == "HEAD":
             return await self._serve_after_upstream_head(request, repo, digest)
         future = self._blob_flights.lead(digest)
