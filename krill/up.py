@@ -1,0 +1,243 @@
+"""``krill up``: a whole Krill on loopback (origin, tracker, one agent) in one command.
+
+Each service runs as its own ``krill`` subprocess with embedded defaults:
+data under a temporary directory (or ``--data``), the tracker's in-memory
+peer store, loopback addresses only. When all answer their health checks the
+addresses and the skopeo/containerd commands to use are printed, and a
+machine-readable ``up.json`` is written into the data directory (scripts read
+it). Ctrl-C (or SIGTERM) stops everything; a temporary data dir is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+HEALTH_TIMEOUT = 60.0
+
+
+@dataclass
+class Addresses:
+    origin: str  # host:port
+    tracker: str
+    agent: str  # control API host:port
+    registry: str  # the agent's registry endpoint host:port
+    data: str
+
+    def as_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "up",
+        help="run origin, tracker and an agent on loopback",
+        description="Start a complete Krill on this machine (loopback only) and print how to "
+        "push to it and pull through it. Ctrl-C stops it.",
+    )
+    parser.add_argument("--data", type=Path, help="keep data here (default: a temp dir)")
+    parser.add_argument("--origin-port", type=int, default=5000)
+    parser.add_argument("--tracker-port", type=int, default=7000)
+    parser.add_argument("--agent-port", type=int, default=7400)
+    parser.add_argument("--registry-port", type=int, default=7401)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from krill.cli import CliError
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    with _data_dir(args.data) as data:
+        addresses = Addresses(
+            origin=f"127.0.0.1:{_usable_port(args.origin_port)}",
+            tracker=f"127.0.0.1:{_usable_port(args.tracker_port)}",
+            agent=f"127.0.0.1:{_usable_port(args.agent_port)}",
+            registry=f"127.0.0.1:{_usable_port(args.registry_port)}",
+            data=str(data),
+        )
+        logs = data / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as services:
+            procs = []
+            try:
+                for name, argv, health in _commands(addresses, data):
+                    proc = services.enter_context(_service(name, argv, logs / f"{name}.log"))
+                    procs.append(proc)
+                    _wait_healthy(name, proc, health, logs / f"{name}.log")
+            except RuntimeError as exc:
+                raise CliError(str(exc)) from None
+            (data / "up.json").write_text(addresses.as_json())
+            sys.stdout.write(_banner(addresses, logs))
+            sys.stdout.flush()
+            try:
+                _watch(procs)
+            except KeyboardInterrupt:
+                sys.stdout.write("\nstopping Krill...\n")
+    return 0
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _commands(a: Addresses, data: Path) -> list[tuple[str, list[str], str]]:
+    """(name, krill arguments, health URL) for each service, in start order."""
+    origin_config = data / "origin.toml"
+    # Seeding settings go through the origin's config file (its typed OriginConfig).
+    origin_config.write_text(f'tracker = "http://{a.tracker}/announce"\n')
+    return [
+        (
+            "origin",
+            [
+                "origin",
+                "--listen",
+                a.origin,
+                "--data",
+                str(data / "origin"),
+                "--config",
+                str(origin_config),
+            ],
+            f"http://{a.origin}/v2/",
+        ),
+        (
+            "tracker",
+            ["tracker", "--listen", a.tracker, "--origin", f"http://{a.origin}"],
+            f"http://{a.tracker}/health",
+        ),
+        (
+            "agent",
+            [
+                "agent",
+                "--listen",
+                a.agent,
+                "--registry-listen",
+                a.registry,
+                "--data",
+                str(data / "agent"),
+                "--tracker",
+                f"http://{a.tracker}",
+                "--origin",
+                f"http://{a.origin}",
+            ],
+            f"http://{a.agent}/health",
+        ),
+    ]
+
+
+@contextlib.contextmanager
+def _data_dir(requested: Path | None) -> Iterator[Path]:
+    if requested is not None:
+        requested.mkdir(parents=True, exist_ok=True)
+        yield requested.resolve()
+        return
+    temp = Path(tempfile.mkdtemp(prefix="krill-up-"))
+    try:
+        yield temp
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _service(name: str, argv: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "krill.cli", *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches us, not them
+        )
+    proc.args = name  # type: ignore[misc]  # for _watch's message
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_healthy(name: str, proc: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
+    deadline = time.monotonic() + HEALTH_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"{name} exited with status {proc.returncode}; last lines of {log_path}:\n"
+                + _tail(log_path)
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{name} did not answer {url} within {HEALTH_TIMEOUT:.0f}s; see {log_path}")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _watch(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Block until Ctrl-C, or until a service dies (then say which; the caller stops the rest)."""
+    while True:
+        for proc in procs:
+            if proc.poll() is not None:
+                sys.stdout.write(f"{proc.args} exited with status {proc.returncode}; stopping\n")
+                return
+        time.sleep(0.5)
+
+
+def _usable_port(preferred: int) -> int:
+    """``preferred`` when it is free on 127.0.0.1, else any free port."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _banner(a: Addresses, logs: Path) -> str:
+    hosts = "/etc/containerd/certs.d"
+    return f"""Krill is up (loopback only; data in {a.data}, logs in {logs}):
+  origin    http://{a.origin}    push images here
+  tracker   http://{a.tracker}
+  agent     http://{a.agent}    /health /metrics /preheat /blobs/<digest>
+  registry  http://{a.registry}    the agent's pull-only endpoint for containerd
+
+Push an image:
+  skopeo copy --dest-tls-verify=false oci:./my-image:latest docker://{a.origin}/team/app:1
+Pull it through the agent:
+  skopeo copy --src-tls-verify=false docker://{a.registry}/team/app:1 oci:./pulled:latest
+Point containerd at the agent (images keep their names) and pull:
+  krill agent containerd-config --registry {a.origin}=http://{a.origin} \\
+      --agent {a.registry} --dir {hosts}
+  ctr images pull --hosts-dir {hosts} {a.origin}/team/app:1
+Preheat a node:
+  krill agent preheat --agent http://{a.agent} team/app:1
+
+Press Ctrl-C to stop.
+"""
