@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         host,
         port,
         config.data,
-        config.upstream,
+        config.upstream_for_display,
     )
     web.run_app(app, host=host, port=port, print=None, access_log=None, shutdown_timeout=10)
     log.info("origin.stopped")

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from yarl import URL
+
 from krill.config import ConfigError, load_config, parse_hostport
 from krill.oci import MAX_MANIFEST_BYTES
 
@@ -58,6 +60,13 @@ class OriginConfig:
     @property
     def listen_address(self) -> tuple[str, int]:
         return parse_hostport(self.listen)
+
+    @property
+    def upstream_for_display(self) -> str | None:
+        """The upstream URL without any ``user:password@`` part, safe to log or show."""
+        if self.upstream is None:
+            return None
+        return str(URL(self.upstream).with_user(None))
 
     def upstream_auth(self) -> tuple[str, str] | None:
         """Upstream (username, password) from the credentials file or env, if any."""

@@ -81,7 +81,7 @@ async def health(request: web.Request) -> web.Response:
         {
             "status": "ok",
             "uploads_in_progress": len(app[UPLOADS]),
-            "upstream": app[CONFIG].upstream,
+            "upstream": app[CONFIG].upstream_for_display,
         }
     )
 

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
+from yarl import URL
 
 from krill import oci
 from krill.digests import Digest
@@ -52,7 +53,11 @@ class UpstreamClient:
         credentials: tuple[str, str] | None = None,
         timeout: float = 300.0,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        url = URL(base_url)
+        if url.user is not None and credentials is None:
+            # https://user:pass@host works, but the secret must not end up in messages.
+            credentials = (url.user, url.password or "")
+        self.base_url = str(url.with_user(None)).rstrip("/")
         self._credentials = credentials
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout)
         self._session: aiohttp.ClientSession | None = None

@@ -78,3 +78,8 @@ def test_cli_reports_a_bad_flag_in_one_line(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0
     assert "HOST:PORT" in result.stderr
+
+
+def test_credentials_in_the_upstream_url_are_not_shown() -> None:
+    config = OriginConfig(upstream="https://bob:hunter2@registry.example:5000")
+    assert config.upstream_for_display == "https://registry.example:5000"
