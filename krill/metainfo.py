@@ -132,8 +132,8 @@ async def fetch_metainfo(
             if response.status != 200:
                 detail = body[:200].decode(errors="replace")
                 raise MetainfoError(f"GET {url} answered {response.status}: {detail}")
-    except aiohttp.ClientError as exc:
-        raise MetainfoError(f"GET {url} failed: {exc}") from exc
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise MetainfoError(f"GET {url} failed: {exc!r}") from exc
     if len(body) > MAX_METAINFO_BYTES:
         raise MetainfoError(f"GET {url} returned more than {MAX_METAINFO_BYTES} bytes")
     check_metainfo(body, digest)

@@ -43,6 +43,7 @@ import contextlib
 import logging
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -61,8 +62,13 @@ _PEER_ID_VERSION = "0100-"
 
 # How often the pump asks libtorrent for session counters and torrent states.
 _TICK_SECONDS = 1.0
-# How long one wait_for_alert call blocks its worker thread (bounds shutdown latency).
+# How long one wait_for_alert call blocks its worker thread (bounds shutdown latency);
+# shorter while downloading, because written-but-unannounced pieces are found by polling.
 _ALERT_WAIT_MS = 200
+_ALERT_WAIT_DOWNLOADING_MS = 20
+# At most this often per download, libtorrent is asked to write its cache out for a
+# streaming reader (each flush also closes the torrent's file handles).
+_MIN_FLUSH_INTERVAL = 0.05
 
 
 @dataclass
@@ -79,9 +85,11 @@ class SwarmSettings:
     # Peers unchoked at once. A cluster has no free riders to punish and links are
     # fast, so unchoke generously: more parallel uploads keep every link busy.
     unchoke_slots: int = 16
-    # True: libtorrent's BEP 16 super-seeding (an origin offers each piece to one peer
-    # at a time so peers must trade): lowest origin egress, slower start.
-    super_seeding: bool = False
+    # BEP 16 super-seeding for what this engine seeds: it offers each peer one piece
+    # at a time and reveals the next only once the last has shown up elsewhere, so
+    # every piece leaves the seeder about once and the peers must trade the rest.
+    # None = on for origins (their uplink is the herd's bottleneck), off for agents.
+    super_seeding: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,7 @@ class SwarmStats:
 
     uploaded: int  # payload bytes sent to peers
     downloaded: int  # payload bytes received from peers
+    failed: int = 0  # bytes received in pieces that failed their hash (corrupt peers)
     torrents: int = 0
 
 
@@ -110,7 +119,15 @@ class Download:
         self.store_path: Path | None = None
         self.available = 0
         self._num_pieces = max(1, (size + piece_length - 1) // piece_length)
-        self._have = bytearray(self._num_pieces)
+        # Pieces that passed their hash (piece_finished_alert). libtorrent posts that
+        # before the piece is necessarily written to the file (it may sit in its write
+        # cache), so ``available`` only covers pieces known to be in the file: those
+        # verified before a ``flush_cache`` that has since completed. See ``_flushed``.
+        self._verified = bytearray(self._num_pieces)
+        self._in_file = bytearray(self._num_pieces)
+        self._flush_snapshot: bytes | None = None  # _verified when the pending flush began
+        self._last_flush = 0.0
+        self._readers = 0  # callers inside wait_available: only they need flushes
         self._next_missing = 0
         self._progress = asyncio.Event()
         self._done: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
@@ -139,7 +156,11 @@ class Download:
             if self._engine is not None:
                 self._engine._prioritise(self, offset)
             event = self._progress
-            await event.wait()
+            self._readers += 1
+            try:
+                await event.wait()
+            finally:
+                self._readers -= 1
         if self._done.done() and self._done.exception() is not None:
             raise self._done.exception()  # type: ignore[misc]
         return self.available
@@ -174,11 +195,36 @@ class Download:
     # ---- called by the engine ----
 
     def _on_piece(self, index: int) -> None:
-        if not 0 <= index < self._num_pieces or self._have[index]:
+        if 0 <= index < self._num_pieces:
+            self._verified[index] = 1
+
+    def _wants_flush(self, now: float) -> bool:
+        """A reader waits for a piece that is verified but maybe not yet in the file."""
+        return (
+            self._readers > 0
+            and self._flush_snapshot is None
+            and self._next_missing < self._num_pieces
+            and bool(self._verified[self._next_missing])
+            and now - self._last_flush >= _MIN_FLUSH_INTERVAL
+        )
+
+    def _flush_started(self, now: float) -> None:
+        self._flush_snapshot = bytes(self._verified)
+        self._last_flush = now
+
+    def _flushed(self) -> None:
+        """libtorrent wrote its cache: every piece verified before the flush is in the file."""
+        snapshot, self._flush_snapshot = self._flush_snapshot, None
+        if snapshot is None:
             return
-        self._have[index] = 1
-        while self._next_missing < self._num_pieces and self._have[self._next_missing]:
+        for index, verified in enumerate(snapshot):
+            if verified:
+                self._in_file[index] = 1
+        start = self._next_missing
+        while self._next_missing < self._num_pieces and self._in_file[self._next_missing]:
             self._next_missing += 1
+        if self._next_missing == start:
+            return
         available = min(self.size, self._next_missing * self.piece_length)
         if available != self.available:
             self.available = available
@@ -315,9 +361,13 @@ class SwarmEngine:
         self._stats_waiters: list[asyncio.Future[SwarmStats]] = []
         self._stats = SwarmStats(0, 0)
         self._background: set[asyncio.Task[Any]] = set()
+        self._alert_thread: ThreadPoolExecutor | None = None
 
     async def __aenter__(self) -> SwarmEngine:
         params = session_settings(self.settings)
+        # The alert wait gets a thread of its own: on the default executor it would
+        # compete with (and could be starved by) whatever else the process runs there.
+        self._alert_thread = ThreadPoolExecutor(1, thread_name_prefix="swarm-alerts")
         self._session = await asyncio.to_thread(lt.session, params)
         self._stopping = False
         self._pump_task = asyncio.create_task(self._pump(), name="swarm-alert-pump")
@@ -345,6 +395,8 @@ class SwarmEngine:
             holder = [self._session]
             self._session = None
             await asyncio.to_thread(holder.clear)
+        if self._alert_thread is not None:
+            self._alert_thread.shutdown(wait=False)
         for torrent_dir in {d.partial_path.parent for d in self._downloads.values()}:
             shutil.rmtree(torrent_dir, ignore_errors=True)
         self._downloads.clear()
@@ -381,11 +433,16 @@ class SwarmEngine:
         params = self._torrent_params(ti, path.parent)
         # seed_mode: trust the store's verification instead of re-reading the file.
         params.flags |= lt.torrent_flags.seed_mode
-        if self.settings.super_seeding:
+        if self._super_seeding():
             params.flags |= lt.torrent_flags.super_seeding
         handle = self._require_session().add_torrent(params)
         self._torrents[info_hash] = _Torrent(handle, digest, metainfo, None, time.monotonic())
         log.info("swarm.seeding digest=%s info_hash=%s path=%s", digest, info_hash, path)
+
+    def _super_seeding(self) -> bool:
+        if self.settings.super_seeding is None:
+            return self.settings.origin
+        return self.settings.super_seeding
 
     # ---- downloading ----
 
@@ -405,6 +462,9 @@ class SwarmEngine:
         download._info_hash = info_hash
         params = self._torrent_params(ti, torrent_dir)
         handle = self._require_session().add_torrent(params)
+        # Create the (sparse) file now, without truncating, so a reader can open it
+        # before libtorrent writes the first piece; libtorrent opens the same inode.
+        download.partial_path.touch(exist_ok=True)
         self._torrents[info_hash] = _Torrent(handle, digest, metainfo, download, time.monotonic())
         self._downloads[digest] = download
         log.info(
@@ -438,7 +498,7 @@ class SwarmEngine:
         if torrent is None:
             return
         for index in range(start, last):
-            if not download._have[index]:
+            if not download._verified[index]:
                 torrent.handle.set_piece_deadline(index, 100 * (index - first))
         download._deadlined_until = last
 
@@ -498,14 +558,18 @@ class SwarmEngine:
 
     async def _pump(self) -> None:
         session = self._require_session()
+        loop = asyncio.get_running_loop()
+        alert_thread = self._alert_thread
         next_tick = 0.0
         while not self._stopping:
-            await asyncio.to_thread(session.wait_for_alert, _ALERT_WAIT_MS)
+            wait_ms = _ALERT_WAIT_DOWNLOADING_MS if self._downloads else _ALERT_WAIT_MS
+            await loop.run_in_executor(alert_thread, session.wait_for_alert, wait_ms)
             for alert in session.pop_alerts():
                 try:
                     self._dispatch(alert)
                 except Exception:
                     log.exception("swarm.alert_error alert=%s", type(alert).__name__)
+            self._flush_for_readers()
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + _TICK_SECONDS
@@ -527,6 +591,10 @@ class SwarmEngine:
             torrent = self._torrents.get(info_hash)
             if torrent is not None and torrent.download is not None:
                 self._spawn(self._publish(info_hash))
+        elif isinstance(alert, lt.cache_flushed_alert):
+            torrent = self._torrent_of(alert)
+            if torrent is not None and torrent.download is not None:
+                torrent.download._flushed()
         elif isinstance(alert, lt.torrent_removed_alert):
             future = self._removals.get(_alert_info_hash(alert))
             if future is not None and not future.done():
@@ -544,6 +612,15 @@ class SwarmEngine:
             log.warning("swarm.tracker_error %s", alert.message())
         elif isinstance(alert, lt.listen_failed_alert):
             log.error("swarm.listen_failed %s", alert.message())
+
+    def _flush_for_readers(self) -> None:
+        """Ask libtorrent to write out pieces a streaming reader is waiting for."""
+        now = time.monotonic()
+        for torrent in self._torrents.values():
+            download = torrent.download
+            if download is not None and not download.done and download._wants_flush(now):
+                download._flush_started(now)
+                torrent.handle.flush_cache()
 
     def _torrent_of(self, alert: lt.torrent_alert) -> _Torrent | None:
         return self._torrents.get(_alert_info_hash(alert))
@@ -574,6 +651,7 @@ class SwarmEngine:
         self._stats = SwarmStats(
             uploaded=int(values.get("net.sent_payload_bytes", 0)),
             downloaded=int(values.get("net.recv_payload_bytes", 0)),
+            failed=int(values.get("net.recv_failed_bytes", 0)),
             torrents=len(self._torrents),
         )
         waiters, self._stats_waiters = self._stats_waiters, []
