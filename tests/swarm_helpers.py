@@ -53,12 +53,12 @@ async def running_tracker(
 
 @contextlib.asynccontextmanager
 async def running_origin(
-    store: BlobStore, announce_url: str, **settings: object
+    store: BlobStore, announce_url: str, port: int | None = None, **settings: object
 ) -> AsyncIterator[tuple[str, SwarmEngine]]:
     """A minimal origin: metainfo route + seeding engine. Yields (base URL, engine)."""
     app = web.Application()
     install_seeding(app, store, SwarmSettings(tracker_url=announce_url, **settings))  # type: ignore[arg-type]
-    async with serving(app) as url:
+    async with serving(app, port) as url:
         yield url, app[SWARM_ENGINE_KEY]
 
 

@@ -1,0 +1,131 @@
+"""Deterministic metainfo: every origin derives the same infohash for the same blob."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import libtorrent as lt
+import pytest
+from aiohttp import web
+
+from krill import bencode
+from krill.blobstore import BlobStore
+from krill.digests import Digest
+from krill.metainfo import (
+    MAX_PIECE_LENGTH,
+    MIN_PIECE_LENGTH,
+    MetainfoError,
+    check_metainfo,
+    fetch_metainfo,
+    info_hash,
+    make_metainfo,
+    piece_length_for,
+)
+
+OTHER_PROCESS = """
+import sys
+from pathlib import Path
+from krill.digests import Digest
+from krill.metainfo import info_hash, make_metainfo
+print(info_hash(make_metainfo(Path(sys.argv[1]), Digest.parse(sys.argv[2]))))
+"""
+
+
+@pytest.fixture
+def blob(tmp_path: Path) -> tuple[BlobStore, Digest]:
+    store = BlobStore(tmp_path / "store")
+    data = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4: a short last piece
+    return store, store.put_bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        (0, MIN_PIECE_LENGTH),
+        (1, MIN_PIECE_LENGTH),
+        (64 * 1024 * 1024, MIN_PIECE_LENGTH),  # the herd benchmark's blob: 1024 pieces
+        (128 * 1024 * 1024 + 1, 128 * 1024),
+        (1024**3, 512 * 1024),
+        (10**15, MAX_PIECE_LENGTH),
+    ],
+)
+def test_piece_length_policy(size: int, expected: int) -> None:
+    assert piece_length_for(size) == expected
+
+
+def test_piece_count_stays_bounded_until_the_ceiling() -> None:
+    for size in (1, 10**6, 10**8, 10**9, 3 * 10**10):
+        length = piece_length_for(size)
+        assert length & (length - 1) == 0, "piece length must be a power of two"
+        assert -(-size // length) <= 2048
+
+
+def test_same_blob_gives_same_infohash_in_another_process(
+    blob: tuple[BlobStore, Digest], tmp_path: Path
+) -> None:
+    store, digest = blob
+    mine = make_metainfo(store.path(digest), digest)
+    # A second origin holding its own copy of the blob elsewhere.
+    copy = tmp_path / "elsewhere" / "copy"
+    copy.parent.mkdir()
+    copy.write_bytes(store.path(digest).read_bytes())
+    theirs = subprocess.run(
+        [sys.executable, "-c", OTHER_PROCESS, str(copy), str(digest)],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent,
+    ).stdout.strip()
+    assert info_hash(mine) == theirs
+    assert make_metainfo(store.path(digest), digest) == mine
+
+
+def test_metainfo_is_what_libtorrent_sees(blob: tuple[BlobStore, Digest]) -> None:
+    store, digest = blob
+    metainfo = make_metainfo(store.path(digest), digest)
+    ti = lt.torrent_info(lt.bdecode(metainfo))
+    assert str(ti.info_hashes().v1) == info_hash(metainfo)
+    assert ti.name() == digest.hex
+    assert ti.total_size() == store.size(digest)
+    assert ti.num_pieces() == 17  # 16 full 64 KiB pieces and a 4-byte one
+    decoded = bencode.decode(metainfo)
+    assert set(decoded) == {b"info"}, "nothing that could vary between origins"
+    assert set(decoded[b"info"]) == {b"length", b"name", b"piece length", b"pieces"}
+
+
+def test_metainfo_for_another_digest_is_refused(blob: tuple[BlobStore, Digest]) -> None:
+    store, digest = blob
+    metainfo = make_metainfo(store.path(digest), digest)
+    with pytest.raises(MetainfoError, match="not the requested blob"):
+        check_metainfo(metainfo, Digest.of_bytes(b"something else"))
+    with pytest.raises(MetainfoError, match="not bencoded"):
+        check_metainfo(b"<html>", digest)
+
+
+def test_bencode_round_trip_and_strictness() -> None:
+    value = {"b": [1, -2, b"x"], "a": {"nested": b""}}
+    encoded = bencode.encode(value)
+    assert encoded == b"d1:ad6:nested0:e1:bli1ei-2e1:xee"
+    assert bencode.decode(encoded) == {b"a": {b"nested": b""}, b"b": [1, -2, b"x"]}
+    for bad in (b"i1", b"5:abc", b"d1:a", b"i1ee", b"x"):
+        with pytest.raises(bencode.BencodeError):
+            bencode.decode(bad)
+
+
+async def test_fetch_metainfo_checks_the_answer(
+    blob: tuple[BlobStore, Digest], aiohttp_client: object
+) -> None:
+    store, digest = blob
+    metainfo = make_metainfo(store.path(digest), digest)
+
+    async def serve(request: web.Request) -> web.Response:
+        if request.match_info["digest"] == str(digest):
+            return web.Response(body=metainfo)
+        return web.Response(status=404, text="no such blob")
+
+    app = web.Application()
+    app.router.add_get("/krill/v1/metainfo/{digest}", serve)
+    client = await aiohttp_client(app)  # type: ignore[operator]
+    base = str(client.make_url(""))
+    assert await fetch_metainfo(client.session, base, digest) == metainfo
+    with pytest.raises(MetainfoError, match="404"):
+        await fetch_metainfo(client.session, base, Digest.of_bytes(b"missing"))

@@ -1,0 +1,181 @@
+"""The BitTorrent HTTP tracker: announce protocol, handout policy, bad requests, metainfo."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+from pathlib import Path
+from urllib.parse import quote_from_bytes
+
+import aiohttp
+import pytest
+import yarl
+
+from krill import bencode
+from krill.blobstore import BlobStore
+from krill.metainfo import fetch_metainfo, make_metainfo
+from tests.components import free_port
+from tests.swarm_helpers import running_origin, running_tracker
+
+INFO_HASH = bytes(range(20))
+
+
+def peer_id(n: int, prefix: bytes = b"-KA0100-") -> bytes:
+    return prefix + b"%012d" % n
+
+
+async def announce(
+    session: aiohttp.ClientSession, base: str, *, port: int | None = 6881,
+    info_hash: bytes | None = INFO_HASH, pid: bytes = peer_id(1), **params: object,
+) -> dict[bytes, object]:
+    """One GET /announce with raw percent-encoded binary params; returns the decoded answer."""
+    query = {"uploaded": 0, "downloaded": 0, "left": 100, "compact": 1, **params}
+    parts = [f"peer_id={quote_from_bytes(pid)}"]
+    if info_hash is not None:
+        parts.append(f"info_hash={quote_from_bytes(info_hash)}")
+    if port is not None:
+        parts.append(f"port={port}")
+    parts += [f"{k}={v}" for k, v in query.items()]
+    url = yarl.URL(f"{base}/announce?{'&'.join(parts)}", encoded=True)
+    async with session.get(url) as response:
+        assert response.status == 200, await response.text()
+        return bencode.decode(await response.read())
+
+
+def ports_of(answer: dict[bytes, object]) -> list[int]:
+    raw = answer[b"peers"]
+    assert isinstance(raw, bytes) and len(raw) % 6 == 0
+    out = []
+    for i in range(0, len(raw), 6):
+        assert socket.inet_ntoa(raw[i : i + 4]) == "127.0.0.1"
+        out.append(struct.unpack("!H", raw[i + 4 : i + 6])[0])
+    return out
+
+
+@pytest.fixture
+async def http() -> aiohttp.ClientSession:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def test_announce_hands_out_others_never_the_asker(http: aiohttp.ClientSession) -> None:
+    async with running_tracker() as base:
+        first = await announce(http, base, port=7001, pid=peer_id(1), event="started")
+        assert ports_of(first) == []
+        assert first[b"interval"] == 30 and first[b"min interval"] == 5
+        second = await announce(http, base, port=7002, pid=peer_id(2), event="started")
+        assert ports_of(second) == [7001]
+        again = await announce(http, base, port=7001, pid=peer_id(1))
+        assert ports_of(again) == [7002]
+        assert again[b"incomplete"] == 2 and again[b"complete"] == 0
+
+
+async def test_seeders_and_origins_come_first(http: aiohttp.ClientSession) -> None:
+    async with running_tracker() as base:
+        for port in range(7100, 7110):  # ten downloaders
+            await announce(http, base, port=port, pid=peer_id(port), event="started")
+        await announce(http, base, port=7200, pid=peer_id(7200), event="completed", left=0)
+        await announce(http, base, port=7300, pid=peer_id(7300, b"-KO0100-"), left=0)
+        for _ in range(5):
+            answer = await announce(http, base, port=7400, pid=peer_id(7400), numwant=4)
+            ports = ports_of(answer)
+            assert len(ports) == 4
+            assert set(ports[:2]) == {7200, 7300}, ports
+            assert 7400 not in ports
+        assert answer[b"complete"] == 2
+
+
+async def test_stopped_peers_leave_and_completed_become_seeders(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with running_tracker() as base:
+        await announce(http, base, port=7001, pid=peer_id(1), event="started")
+        await announce(http, base, port=7002, pid=peer_id(2), event="started")
+        done = await announce(http, base, port=7002, pid=peer_id(2), event="completed", left=0)
+        assert done[b"complete"] == 1 and done[b"incomplete"] == 1
+        await announce(http, base, port=7002, pid=peer_id(2), event="stopped")
+        assert ports_of(await announce(http, base, port=7001, pid=peer_id(1))) == []
+
+
+async def test_numwant_is_capped_and_non_compact_lists_work(http: aiohttp.ClientSession) -> None:
+    async with running_tracker(max_numwant=3) as base:
+        for port in range(7000, 7010):
+            await announce(http, base, port=port, pid=peer_id(port))
+        assert len(ports_of(await announce(http, base, port=8000, numwant=99999))) == 3
+        listed = await announce(http, base, port=8000, compact=0)
+        assert isinstance(listed[b"peers"], list) and len(listed[b"peers"]) == 3
+        assert all(p[b"ip"] == b"127.0.0.1" for p in listed[b"peers"])
+
+
+async def test_peers_expire_after_the_ttl(http: aiohttp.ClientSession) -> None:
+    async with running_tracker(interval=1, min_interval=1, peer_ttl=1) as base:
+        await announce(http, base, port=7001, pid=peer_id(1))
+        assert ports_of(await announce(http, base, port=7002, pid=peer_id(2))) == [7001]
+        await asyncio.sleep(1.2)
+        assert ports_of(await announce(http, base, port=7002, pid=peer_id(2))) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"info_hash": None}, b"missing info_hash"),
+        ({"info_hash": b"short"}, b"info_hash must be 20 bytes"),
+        ({"info_hash": bytes(21)}, b"info_hash must be 20 bytes"),
+        ({"port": None}, b"missing port"),
+        ({"port": 0}, b"port must be 1-65535"),
+        ({"port": 70000}, b"port must be 1-65535"),
+        ({"port": "http"}, b"port must be an integer"),
+        ({"numwant": 10**30}, b"numwant must be an integer"),
+        ({"numwant": -1}, b"numwant must not be negative"),
+        ({"left": "lots"}, b"left must be an integer"),
+        ({"event": "exploded"}, b"unknown event"),
+        ({"pid": b"short"}, b"peer_id must be 20 bytes"),
+    ],
+)
+async def test_bad_announces_get_a_bencoded_failure(
+    http: aiohttp.ClientSession, kwargs: dict[str, object], reason: bytes
+) -> None:
+    async with running_tracker() as base:
+        answer = await announce(http, base, **kwargs)  # asserts HTTP 200
+        assert set(answer) == {b"failure reason"}
+        assert reason in answer[b"failure reason"]
+
+
+async def test_metainfo_is_fetched_from_an_origin_and_cached(
+    http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    store = BlobStore(tmp_path / "origin")
+    digest = store.put_bytes(os.urandom(300_000))
+    origin_port, tracker_port = free_port(), free_port()
+    origin_url = f"http://127.0.0.1:{origin_port}"
+    announce_url = f"http://127.0.0.1:{tracker_port}/announce"
+    async with running_tracker(tracker_port, origin=[origin_url]) as tracker_url:
+        async with running_origin(store, announce_url, origin_port):
+            direct = await fetch_metainfo(http, origin_url, digest)
+            via_tracker = await fetch_metainfo(http, tracker_url, digest)
+            assert via_tracker == direct == make_metainfo(store.path(digest), digest)
+            assert store.sidecar_path(digest, "torrent").read_bytes() == direct
+            async with http.get(f"{tracker_url}/metainfo/sha256:{'0' * 64}") as missing:
+                assert missing.status == 404
+                assert "no origin could provide" in await missing.text()
+            async with http.get(f"{tracker_url}/krill/v1/metainfo/sha256:nothex") as bad:
+                assert bad.status == 400
+        # The origin is gone; the tracker answers from its cache.
+        assert await fetch_metainfo(http, tracker_url, digest) == direct
+        async with http.get(f"{tracker_url}/krill/v1/metainfo/{digest}") as answer:
+            assert answer.headers["Content-Type"] == "application/x-bittorrent"
+
+
+async def test_health_and_metrics(http: aiohttp.ClientSession) -> None:
+    async with running_tracker() as base:
+        await announce(http, base, port=7001)
+        await announce(http, base, port=0)
+        async with http.get(base + "/health") as health:
+            assert (await health.json())["status"] == "ok"
+        async with http.get(base + "/metrics") as metrics:
+            text = await metrics.text()
+        assert 'krill_tracker_announces_total{event="none",result="ok"} 1.0' in text
+        assert 'krill_tracker_announces_total{event="invalid",result="failure"} 1.0' in text
+        assert "krill_tracker_swarms 1.0" in text

@@ -1,0 +1,70 @@
+"""Trackers sharing one real redis-server: one swarm view, nothing lost on restart."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from tests.components import free_port, redis_server
+from tests.swarm_helpers import running_tracker
+from tests.test_tracker import announce, peer_id, ports_of
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    with redis_server(tmp_path / "redis") as url:
+        yield url
+
+
+async def test_two_trackers_hand_out_each_others_peers(redis_url: str) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        running_tracker(redis=redis_url) as one,
+        running_tracker(redis=redis_url) as two,
+    ):
+        await announce(http, one, port=7001, pid=peer_id(1), event="started")
+        await announce(http, two, port=7002, pid=peer_id(2), event="completed", left=0)
+        assert ports_of(await announce(http, one, port=7001, pid=peer_id(1))) == [7002]
+        assert ports_of(await announce(http, two, port=7002, pid=peer_id(2))) == [7001]
+        # A stop through one tracker is seen by the other.
+        await announce(http, one, port=7001, pid=peer_id(1), event="stopped")
+        assert ports_of(await announce(http, two, port=7003, pid=peer_id(3))) == [7002]
+
+
+async def test_a_restarted_tracker_keeps_its_peers(redis_url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with running_tracker(redis=redis_url) as before:
+            for port in (7001, 7002, 7003):
+                await announce(http, before, port=port, pid=peer_id(port), event="started")
+        async with running_tracker(redis=redis_url) as after:
+            answer = await announce(http, after, port=7009, pid=peer_id(9))
+            assert sorted(ports_of(answer)) == [7001, 7002, 7003]
+            assert answer[b"incomplete"] == 4
+
+
+async def test_expired_peers_are_cleaned_out_of_redis(redis_url: str) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        running_tracker(redis=redis_url, interval=1, min_interval=1, peer_ttl=1) as base,
+    ):
+        await announce(http, base, port=7001, pid=peer_id(1))
+        await asyncio.sleep(1.2)
+        assert ports_of(await announce(http, base, port=7002, pid=peer_id(2))) == []
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        keys = [k async for k in client.scan_iter(match="krill:tracker:*")]
+        assert len(keys) == 1
+        assert list(await client.hkeys(keys[0])) == [b"127.0.0.1|7002"]
+    finally:
+        await client.aclose()
+
+
+async def test_an_unreachable_redis_fails_at_start() -> None:
+    with pytest.raises(Exception, match=r"(?i)connect"):
+        async with running_tracker(redis=f"redis://127.0.0.1:{free_port()}/0"):
+            pass
