@@ -1,8 +1,10 @@
 """Blob GET/HEAD/DELETE: files straight from the store with sendfile.
 
-``web.FileResponse`` serves the committed file with ``sendfile(2)`` and
-handles ``Range`` (206, and 416 past the end) and HEAD; nothing is read into
-Python memory or hashed on this path (blobs were verified when committed).
+``web.FileResponse`` (as ``origin.sendfile.ThreadedFileResponse``, whose
+sendfile calls run off the event loop) serves the committed file with
+``sendfile(2)`` and handles ``Range`` (206, and 416 past the end) and HEAD;
+nothing is read into Python memory or hashed on this path (blobs were
+verified when committed).
 A blob is served under a repository only if it is linked there (pushed,
 mounted or pulled through); see ``origin.repositories``.
 """
@@ -15,6 +17,7 @@ from krill.digests import Digest
 from krill.registry_errors import RegistryError
 from origin.appkeys import PULL_THROUGH, REPOSITORIES, STORE
 from origin.params import API_HEADERS, parse_digest, repo_name
+from origin.sendfile import ThreadedFileResponse
 
 # FileResponse's read size when sendfile is unavailable (e.g. TLS); large is faster.
 FALLBACK_CHUNK_SIZE = 1 << 20
@@ -22,7 +25,7 @@ FALLBACK_CHUNK_SIZE = 1 << 20
 
 def blob_file_response(app: web.Application, digest: Digest) -> web.FileResponse:
     """The committed blob as a sendfile response with the registry's headers."""
-    return web.FileResponse(
+    return ThreadedFileResponse(
         app[STORE].path(digest),
         chunk_size=FALLBACK_CHUNK_SIZE,
         headers={

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 
@@ -228,3 +229,22 @@ async def test_health_and_metrics(client: TestClient) -> None:
     text = await (await client.get("/metrics")).text()
     assert f"krill_origin_bytes_served_total {float(len(data))}" in text
     assert 'krill_origin_requests_total{method="GET",route="blob",status="200"} 1.0' in text
+
+
+async def test_large_blob_downloads_survive_a_client_that_hangs_up(client: TestClient) -> None:
+    data = random_files(9, count=1, size=8 << 20)["data/blob000.bin"]  # fills socket buffers
+    digest = await push_blob(client, "team/big", data)
+    url = f"/v2/team/big/blobs/{digest}"
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    await reader.read(100_000)
+    writer.close()  # hang up mid-body
+    bodies = await asyncio.gather(*(fetch_body(client, url) for _ in range(3)))
+    assert all(body == data for body in bodies)
+    part = await client.get(url, headers={"Range": f"bytes={len(data) - 5_000_000}-"})
+    assert await part.read() == data[-5_000_000:]
+
+
+async def fetch_body(client: TestClient, url: str) -> bytes:
+    async with client.get(url) as resp:
+        return await resp.read()
