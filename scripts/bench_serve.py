@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+from yarl import URL
 
-READ_SIZE = 4 << 20
 REPO = "bench/blob"
 
 
@@ -129,25 +129,79 @@ async def push(session: aiohttp.ClientSession, base: str, path: Path, digest: st
                 raise RuntimeError(f"{base}: upload failed: {r.status} {await r.text()}")
 
 
-async def fetch(session: aiohttp.ClientSession, url: str) -> int:
-    received = 0
-    async with session.get(url) as resp:
-        if resp.status != 200:
-            raise RuntimeError(f"GET {url}: {resp.status}")
-        while chunk := await resp.content.read(READ_SIZE):
-            received += len(chunk)
-    return received
+class _DiscardingGet(asyncio.BufferedProtocol):
+    """One HTTP/1.1 GET whose body is counted and dropped: the cheapest possible client.
+
+    A general HTTP client spends more CPU per byte than either server, so it
+    would measure itself; this one receives into one reused buffer.
+    """
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.buffer = bytearray(4 << 20)
+        self.head = b""
+        self.body_left: int | None = None
+        self.received = 0
+        self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self.buffer)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.body_left is None:
+            self.head += bytes(self.buffer[:nbytes])
+            if b"\r\n\r\n" not in self.head:
+                return
+            head, _, rest = self.head.partition(b"\r\n\r\n")
+            status = head.split(b" ", 2)[1]
+            if status != b"200":
+                self.done.set_exception(RuntimeError(f"GET answered {status.decode()}"))
+                self.transport.close()
+                return
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            self.body_left = length
+            nbytes = len(rest)
+        self.received += nbytes
+        self.body_left -= nbytes
+        if self.body_left <= 0 and not self.done.done():
+            self.done.set_result(self.received)
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(ConnectionError(f"connection closed after {self.received}"))
 
 
-async def one_round(
-    session: aiohttp.ClientSession, url: str, size: int, requests: int, concurrency: int
-) -> float:
+async def fetch(url: str) -> int:
+    """GET ``url`` on a fresh connection; return the body length."""
+    parsed = URL(url)
+    request = (
+        f"GET {parsed.raw_path_qs} HTTP/1.1\r\nHost: {parsed.host}:{parsed.port}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_connection(
+        lambda: _DiscardingGet(request), parsed.host, parsed.port
+    )
+    return await protocol.done
+
+
+async def one_round(url: str, size: int, requests: int, concurrency: int) -> float:
     """MB/s for ``requests`` GETs of the blob, ``concurrency`` at a time."""
     limit = asyncio.Semaphore(concurrency)
 
     async def limited() -> int:
         async with limit:
-            return await fetch(session, url)
+            return await fetch(url)
 
     start = time.perf_counter()
     sizes = await asyncio.gather(*(limited() for _ in range(requests)))
@@ -176,13 +230,13 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
             blob.unlink()
             urls = {name: f"{base}/v2/{REPO}/blobs/{digest}" for name, base in servers.items()}
             for url in urls.values():
-                await fetch(session, url)  # warm the page cache
+                await fetch(url)  # warm the page cache
             rates: dict[str, list[float]] = {name: [] for name in urls}
             cpu = dict.fromkeys(urls, 0.0)
             for _ in range(args.rounds):
                 for name, url in urls.items():
                     before = cpu_seconds(pids[name])
-                    rate = await one_round(session, url, size, args.requests, args.concurrency)
+                    rate = await one_round(url, size, args.requests, args.concurrency)
                     cpu[name] += cpu_seconds(pids[name]) - before
                     rates[name].append(rate)
     served_gib = args.rounds * args.requests * size / (1 << 30)
