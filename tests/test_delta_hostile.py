@@ -127,8 +127,10 @@ def test_zstd_bomb_is_cut_at_the_declared_length(
     base, delta, _ = pair
     header, _ = _split(delta.read_bytes())
     bomb = zstd.compress(bytes(64 << 20))
-    op = fmt.encode_zlit(1000, bomb) + bytes([fmt.OP_END])
-    _apply_fails(tmp_path, base, _join(header, op))
+    header["target"]["tar_size"] = 8 << 20  # room for the streamed case
+    for i, out_len in enumerate([1000, 5 << 20]):  # decoded in a worker / streamed
+        op = fmt.encode_zlit(out_len, bomb) + bytes([fmt.OP_END])
+        _apply_fails(tmp_path / str(i), base, _join(header, op))
 
 
 def test_corrupt_bsdiff_control_is_refused(tmp_path: Path, pair: tuple[Path, Path, bytes]) -> None:

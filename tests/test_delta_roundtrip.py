@@ -197,3 +197,22 @@ def test_gnu_tar_sparse_and_long_names(tmp_path: Path, flags: tuple[str, ...], r
     target = compress(_gnu_tar(tmp_path / "v2", tmp_path / "v2.tar", *flags), recipe)
     _, rebuilt = round_trip(tmp_path / "rt", base, target)
     assert rebuilt == target
+
+
+def test_files_over_the_streaming_threshold(tmp_path: Path) -> None:
+    """Big files are decoded straight into the output (prefix and literal ops alike)."""
+    rng = random.Random(9)
+    data = rng.randbytes(5 << 20)
+    base = build_tar({"big": Entry("file", data)})
+    target = build_tar(
+        {
+            "big": Entry("file", mutated_bytes(rng, data, 5)),
+            "new": Entry("file", rng.randbytes(5 << 20)),
+        }
+    )
+    options = EncodeOptions(content_level=3, bsdiff_max_bytes=0)
+    result, rebuilt = round_trip(
+        tmp_path, compress(base, "zstd3"), compress(target, "zstd3"), options
+    )
+    assert rebuilt == compress(target, "zstd3")
+    assert result.stats["zstd_prefix"] == 1 and result.stats["zstd_literal"] == 1

@@ -26,15 +26,18 @@ import bsdiff4.core
 from krill.delta import format as fmt
 from krill.delta.format import DeltaFormatError
 from krill.delta.layerfiles import TarFile, materialize_tar, window_log_for
-from krill.delta.recipes import Recipe, RecipeError
+from krill.delta.recipes import Recipe, RecipeError, blob_kind
 from krill.delta.tarscan import read_meta_prefix, scan
 from krill.delta.zstdlib import zstd
-from krill.digests import Digest
+from krill.digests import Digest, sha256_file
 
 log = logging.getLogger(__name__)
 
-IN_FLIGHT_BYTES = 64 << 20
+IN_FLIGHT_BYTES = 32 << 20
 COPY_CHUNK = 1 << 20
+# Content ops rebuilding more than this are decoded in the writer, streaming, not in a worker:
+# memory then stays near base range + window instead of base + window + output + copies.
+STREAM_OP_BYTES = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,18 +72,47 @@ def apply_delta(
     out = Path(out)
     header = _verified_header(delta)
     recipe = Recipe.from_json(header.recipe)
+    workers = workers or min(4, os.cpu_count() or 1)
+    if blob_kind(base_blob) == "tar":
+        return _apply_on_plain_base(base_blob, delta, header, recipe, out, workers)
     base_tar = materialize_tar(base_blob, out.parent)
     try:
-        if base_tar.diff_id != header.base.diff_id or base_tar.size != header.base.tar_size:
-            raise DeltaFormatError(
-                f"base layer does not match the delta: its tar is {base_tar.diff_id}, "
-                f"the delta was made from {header.base.diff_id}"
-            )
-        return _rebuild(
-            base_tar, delta, header, recipe, out, workers or min(4, os.cpu_count() or 1)
-        )
+        _check_base(base_tar.diff_id, base_tar.size, header)
+        return _rebuild(base_tar, delta, header, recipe, out, workers, lambda: None)
     finally:
         base_tar.discard()
+
+
+def _apply_on_plain_base(
+    base_blob: Path, delta: Path, header: fmt.DeltaHeader, recipe: Recipe, out: Path, workers: int
+) -> ApplyResult:
+    """An uncompressed base is hashed in a thread while the delta is applied.
+
+    Nothing is published before the hash is checked, so overlapping the two
+    is safe; it saves one full read of the base from the critical path.
+    """
+    size = base_blob.stat().st_size
+    _check_base(header.base.diff_id, size, header)
+    base_tar = TarFile(base_blob, header.base.diff_id, size, temporary=False)
+    with ThreadPoolExecutor(1, thread_name_prefix="krill-delta-hash") as hasher:
+        digest = hasher.submit(sha256_file, str(base_blob))
+        return _rebuild(
+            base_tar,
+            delta,
+            header,
+            recipe,
+            out,
+            workers,
+            lambda: _check_base(str(digest.result()), size, header),
+        )
+
+
+def _check_base(diff_id: str, size: int, header: fmt.DeltaHeader) -> None:
+    if diff_id != header.base.diff_id or size != header.base.tar_size:
+        raise DeltaFormatError(
+            f"base layer does not match the delta: its tar is {diff_id} ({size} bytes), "
+            f"the delta was made from {header.base.diff_id} ({header.base.tar_size} bytes)"
+        )
 
 
 def rebuild_layer(base_blob: Path, delta: Path, out_dir: Path) -> RebuildResult:
@@ -116,7 +148,13 @@ def _verified_header(delta: Path) -> fmt.DeltaHeader:
 
 
 def _rebuild(
-    base_tar: TarFile, delta: Path, header: fmt.DeltaHeader, recipe: Recipe, out: Path, workers: int
+    base_tar: TarFile,
+    delta: Path,
+    header: fmt.DeltaHeader,
+    recipe: Recipe,
+    out: Path,
+    workers: int,
+    check_base: Callable[[], None],
 ) -> ApplyResult:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".krill-tmp", dir=out.parent)
     tmp = Path(tmp_name)
@@ -136,6 +174,7 @@ def _rebuild(
                 raise DeltaFormatError("delta ended before rebuilding the whole target tar")
             reader.read_trailer()
             sink.finish()
+            check_base()
             _check(sink, header)
             dst.flush()
             os.fsync(dst.fileno())
@@ -206,7 +245,18 @@ def _meta_decoder(base: BinaryIO, base_size: int, meta: fmt.MetaParams) -> zstd.
     return zstd.ZstdDecompressor(zstd_dict=zstd_dict, options=options)
 
 
-_Item = bytes | Future[bytes] | tuple[int, int]
+@dataclass(frozen=True, slots=True)
+class _Copy:
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Stream:
+    op: fmt.Op
+
+
+_Item = bytes | Future[bytes] | _Copy | _Stream
 
 
 def _run_ops(
@@ -220,8 +270,10 @@ def _run_ops(
         nonlocal in_flight
         item, size = queue.popleft()
         in_flight -= size
-        if isinstance(item, tuple):
-            _copy_base(base, *item, sink.write)
+        if isinstance(item, _Copy):
+            _copy_base(base, item.offset, item.size, sink.write)
+        elif isinstance(item, _Stream):
+            _stream_content(item.op, base, sink.write)
         elif isinstance(item, Future):
             sink.write(item.result())
         else:
@@ -234,11 +286,13 @@ def _run_ops(
                 if op.kind == fmt.OP_META:
                     item = _decode_meta(meta, op)
                 elif op.kind == fmt.OP_COPY:
-                    item = (op.base_off, op.out_len)
+                    item = _Copy(op.base_off, op.out_len)
+                elif op.out_len > STREAM_OP_BYTES:
+                    item = _Stream(op)  # decoded alone, by the writer: bounded memory
                 else:
                     base_bytes = _pread(base, op.base_off, op.base_len)
                     item = pool.submit(_decode_content, op, base_bytes)
-                size = op.out_len + op.base_len if isinstance(item, Future) else 0
+                size = op.out_len + op.base_len if isinstance(item, Future | _Stream) else 0
                 while queue and (in_flight + size > IN_FLIGHT_BYTES or len(queue) > 4 * workers):
                     drain_one()
                 queue.append((item, size))
@@ -301,6 +355,45 @@ def _decode_content(op: fmt.Op, base: bytes) -> bytes:
     return data
 
 
+def _stream_content(op: fmt.Op, base: BinaryIO, write: Callable[[bytes], None]) -> None:
+    """Decode a large op straight into the output (zstd a chunk at a time)."""
+    if op.kind == fmt.OP_BSDIFF:  # bspatch needs whole buffers: about 3x the file, alone
+        data = _decode_content(op, _pread(base, op.base_off, op.base_len))
+        for start in range(0, len(data), COPY_CHUNK):
+            write(data[start : start + COPY_CHUNK])
+        return
+    window = window_log_for(op.base_len + op.out_len if op.kind == fmt.OP_ZPREFIX else op.out_len)
+    zstd_dict = None
+    if op.kind == fmt.OP_ZPREFIX:
+        if op.base_len < 8:
+            raise DeltaFormatError("prefix op with a base range under 8 bytes")
+        zstd_dict = zstd.ZstdDict(_pread(base, op.base_off, op.base_len), is_raw=True).as_prefix
+    decoder = zstd.ZstdDecompressor(
+        zstd_dict=zstd_dict, options={zstd.DecompressionParameter.window_log_max: window}
+    )
+    left = op.out_len
+    data = op.payload[0]
+    try:
+        while left:
+            chunk = decoder.decompress(data, max_length=min(left, COPY_CHUNK))
+            data = b""
+            if not chunk:
+                raise DeltaFormatError("content frame ends before its op's length")
+            left -= len(chunk)
+            write(chunk)
+        _expect_frame_end(decoder)
+        if not decoder.eof or decoder.unused_data:
+            raise DeltaFormatError("content frame is longer than its op declares, or incomplete")
+    except (zstd.ZstdError, EOFError) as exc:
+        raise DeltaFormatError(f"corrupt content op: {exc}") from exc
+
+
+def _expect_frame_end(decoder: zstd.ZstdDecompressor) -> None:
+    """Let the decoder read the frame's end (it stops early when output hit max_length)."""
+    if not decoder.eof and decoder.decompress(b"", max_length=1):
+        raise DeltaFormatError("content frame is longer than its op declares")
+
+
 def _unzstd(comp: bytes, out_len: int, window_log: int, prefix: bytes | None = None) -> bytes:
     """One complete zstd frame, at most ``out_len`` bytes, window bounded by the op's sizes."""
     if prefix is not None and len(prefix) < 8:
@@ -309,10 +402,20 @@ def _unzstd(comp: bytes, out_len: int, window_log: int, prefix: bytes | None = N
     decoder = zstd.ZstdDecompressor(
         zstd_dict=zstd_dict, options={zstd.DecompressionParameter.window_log_max: window_log}
     )
-    data = decoder.decompress(comp, max_length=out_len)
+    chunks = []
+    left = out_len
+    while left and not decoder.eof:
+        chunk = decoder.decompress(comp, max_length=min(left, STREAM_OP_BYTES))
+        comp = b""
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    _expect_frame_end(decoder)
     if not decoder.eof or decoder.unused_data:
         raise DeltaFormatError("content frame is longer than its op declares, or incomplete")
-    return data
+    del decoder  # frees the window before the pieces are joined
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _unbsdiff(op: fmt.Op, base: bytes) -> bytes:

@@ -109,3 +109,21 @@ def run_apply(args: argparse.Namespace) -> int:
         f"tar {result.tar_size} bytes, {time.monotonic() - started:.3f}s\n"
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m krill.delta.cli``: the same commands without loading every service's CLI."""
+    from krill.cli import CliError
+
+    parser = argparse.ArgumentParser(prog="krill")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        sys.stderr.write(f"krill delta: error: {exc}\n")
+        return exc.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
