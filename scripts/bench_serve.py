@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size-mib", type=int, default=512, help="blob size in MiB")
     parser.add_argument("--requests", type=int, default=8, help="GETs per server per round")
     parser.add_argument("--concurrency", type=int, default=4, help="parallel GETs")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per server")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds per server")
     parser.add_argument("--workdir", type=Path, help="keep files here (default: a temp dir)")
     return parser.parse_args(argv)
 
