@@ -13,7 +13,8 @@ from yarl import URL
 
 from krill import oci
 from krill.blobstore import BlobStore
-from origin.appkeys import STORE
+from krill.digests import Digest
+from origin.appkeys import STORE, TAG_HISTORY, TAG_MOVED, UPLOADS
 from origin.config import OriginConfig
 from origin.server import create_app
 from tests.imagebuild import build_image, random_files
@@ -194,3 +195,43 @@ async def test_unknown_upload_and_bad_page_size(client: TestClient) -> None:
     assert await error_of(resp) == (404, "BLOB_UPLOAD_UNKNOWN")
     resp = await client.get("/v2/_catalog?n=-1")
     assert resp.status == 400
+
+
+async def test_chunk_whose_length_contradicts_its_content_range(client: TestClient) -> None:
+    start = await client.post("/v2/team/app/blobs/uploads/")
+    location = start.headers["Location"]
+    resp = await client.patch(location, data=b"12345", headers={"Content-Range": "0-9"})
+    assert await error_of(resp) == (400, "BLOB_UPLOAD_INVALID")
+    resp = await client.patch(location, data=b"12345", headers={"Content-Range": "bytes=a-b"})
+    assert await error_of(resp) == (400, "BLOB_UPLOAD_INVALID")
+    status = await client.get(location)  # refused before any byte was taken: still at 0
+    assert (status.status, status.headers["Range"]) == (204, "0-0")
+    assert list(client.app[STORE].digests()) == []
+
+
+async def test_idle_upload_sessions_expire(client: TestClient) -> None:
+    start = await client.post("/v2/team/app/blobs/uploads/")
+    location = start.headers["Location"]
+    await client.patch(location, data=b"abandoned")
+    assert client.app[UPLOADS].expire(idle_seconds=0) == 1
+    assert await error_of(await client.get(location)) == (404, "BLOB_UPLOAD_UNKNOWN")
+    assert store_is_empty(client)
+
+
+async def test_a_failing_tag_hook_does_not_fail_the_push(client: TestClient) -> None:
+    async def broken(repo: str, tag: str, old: Digest | None, new: Digest) -> None:
+        raise RuntimeError("hook bug")
+
+    client.app[TAG_MOVED].append(broken)
+    image = build_image([random_files(3, 1, 256)])
+    for blob in image.blobs():
+        await client.post(f"/v2/team/app/blobs/uploads/?digest={blob.digest}", data=blob.data)
+    resp = await client.put(
+        "/v2/team/app/manifests/v1",
+        data=image.manifest.data,
+        headers={"Content-Type": oci.OCI_MANIFEST},
+    )
+    assert resp.status == 201
+    assert [e.new for e in client.app[TAG_HISTORY].history("team/app")] == [
+        Digest.parse(image.manifest.digest)
+    ]
