@@ -1,0 +1,417 @@
+"""Agent blob serving: cached-blob GET throughput vs. a bare aiohttp FileResponse, and
+time-to-first-byte for an uncached blob vs. the time to download all of it.
+
+Called by ``scripts/bench-serve`` (or run directly with the venv's python).
+Everything runs on loopback as real processes: an origin, a tracker, one
+agent, and a bare aiohttp server that answers every GET with
+``web.FileResponse`` of the agent's cached copy of the blob (the same file,
+so the same page cache). The client is a minimal HTTP/1.1 reader that counts
+and drops the body, so it measures the servers rather than itself.
+
+Figures:
+* uncached: the first GET of a ``--ttfb-size-mib`` blob through the agent's
+  registry endpoint: time to the first body byte and to the last one, and
+  which source the agent used (swarm or origin HTTP fallback);
+* cached: median MB/s over ``--rounds`` alternating rounds of ``--requests``
+  GETs, ``--concurrency`` at a time, agent and bare server; the ratio
+  agent / bare (goal >= 0.8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+REPO = "bench/agent"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class AgentServeResult:
+    size_mib: int
+    ttfb_seconds: float
+    full_seconds: float
+    uncached_source: str
+    agent_mb_s: float
+    bare_mb_s: float
+    agent_rounds: list[float]
+    bare_rounds: list[float]
+
+    @property
+    def ratio(self) -> float:
+        return self.agent_mb_s / self.bare_mb_s
+
+    def report(self) -> str:
+        return "\n".join(
+            [
+                f"agent, uncached {self.size_mib} MiB blob (via {self.uncached_source}): "
+                f"first byte after {self.ttfb_seconds * 1000:.0f} ms, "
+                f"whole blob after {self.full_seconds:.2f} s "
+                f"(TTFB = {100 * self.ttfb_seconds / self.full_seconds:.1f}% of the download)",
+                f"agent cached-blob GET   {self.agent_mb_s:8.0f} MB/s  (rounds: "
+                + ", ".join(f"{r:.0f}" for r in self.agent_rounds)
+                + ")",
+                f"bare aiohttp FileResponse {self.bare_mb_s:6.0f} MB/s  (rounds: "
+                + ", ".join(f"{r:.0f}" for r in self.bare_rounds)
+                + ")",
+                f"ratio agent/bare: {self.ratio:.2f}x (goal >= 0.8x)",
+            ]
+        )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ttfb-size-mib", type=int, default=256, help="uncached blob size")
+    parser.add_argument("--requests", type=int, default=8, help="GETs per server per round")
+    parser.add_argument("--concurrency", type=int, default=4, help="parallel GETs")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per server")
+    parser.add_argument("--workdir", type=Path, help="keep files here (default: a temp dir)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON too")
+    parser.add_argument(
+        "--bare-file-server", nargs=2, metavar=("FILE", "PORT"), help=argparse.SUPPRESS
+    )  # internal: run the baseline server
+    return parser.parse_args(argv)
+
+
+# ---- the baseline server --------------------------------------------------------------
+
+
+def serve_bare_file(path: str, port: int) -> None:
+    """The baseline: every GET answered with aiohttp's FileResponse of ``path``."""
+    from aiohttp import web
+
+    async def handler(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(path, chunk_size=1 << 20)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+# ---- processes ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def process(cmd: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+def krill(*args: str) -> list[str]:
+    return [sys.executable, "-m", "krill.cli", *args]
+
+
+@contextlib.contextmanager
+def cluster(work: Path) -> Iterator[dict[str, str]]:
+    """origin (seeding via its config's tracker), tracker, agent; yields their base URLs."""
+    ports = {name: free_port() for name in ("origin", "tracker", "agent", "registry")}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    (work / "origin.toml").write_text(f'tracker = "{urls["tracker"]}/announce"\n')
+    with contextlib.ExitStack() as stack:
+        origin = stack.enter_context(
+            process(
+                krill(
+                    "origin",
+                    "--listen",
+                    f"127.0.0.1:{ports['origin']}",
+                    "--data",
+                    str(work / "origin"),
+                    "--config",
+                    str(work / "origin.toml"),
+                    "--log-level",
+                    "warning",
+                ),
+                work / "origin.log",
+            )
+        )
+        wait_http(f"{urls['origin']}/v2/", origin)
+        tracker = stack.enter_context(
+            process(
+                krill(
+                    "tracker",
+                    "--listen",
+                    f"127.0.0.1:{ports['tracker']}",
+                    "--origin",
+                    urls["origin"],
+                    "--log-level",
+                    "warning",
+                ),
+                work / "tracker.log",
+            )
+        )
+        wait_http(f"{urls['tracker']}/health", tracker)
+        agent = stack.enter_context(
+            process(
+                krill(
+                    "agent",
+                    "--listen",
+                    f"127.0.0.1:{ports['agent']}",
+                    "--registry-listen",
+                    f"127.0.0.1:{ports['registry']}",
+                    "--data",
+                    str(work / "agent"),
+                    "--tracker",
+                    urls["tracker"],
+                    "--origin",
+                    urls["origin"],
+                    "--log-level",
+                    "warning",
+                ),
+                work / "agent.log",
+            )
+        )
+        wait_http(f"{urls['agent']}/health", agent)
+        urls["agent_pid"] = str(agent.pid)
+        yield urls
+
+
+def push_blob(origin: str, path: Path, digest: str) -> None:
+    """Monolithic upload (POST then PUT with the body) to the origin."""
+    start = urllib.request.Request(f"{origin}/v2/{REPO}/blobs/uploads/", method="POST", data=b"")
+    with urllib.request.urlopen(start, timeout=60) as response:
+        location = response.headers["Location"]
+    if location.startswith("/"):
+        location = origin + location
+    sep = "&" if "?" in location else "?"
+    with open(path, "rb") as f:
+        put = urllib.request.Request(
+            f"{location}{sep}digest={digest}",
+            method="PUT",
+            data=f,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(path.stat().st_size),
+            },
+        )
+        with urllib.request.urlopen(put, timeout=600) as response:
+            if response.status != 201:
+                raise RuntimeError(f"push answered {response.status}")
+
+
+def write_random_blob(path: Path, size: int) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "wb") as f:
+        remaining = size
+        while remaining:
+            chunk = os.urandom(min(remaining, 8 << 20))
+            f.write(chunk)
+            hasher.update(chunk)
+            remaining -= len(chunk)
+    return "sha256:" + hasher.hexdigest()
+
+
+# ---- the client ---------------------------------------------------------------------
+
+
+class _TimedGet(asyncio.BufferedProtocol):
+    """One GET; counts and drops the body; notes when the first body byte arrived."""
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.buffer = bytearray(4 << 20)
+        self.head = b""
+        self.body_left: int | None = None
+        self.received = 0
+        self.first_byte_at: float | None = None
+        self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self.buffer)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.body_left is None:
+            self.head += bytes(self.buffer[:nbytes])
+            if b"\r\n\r\n" not in self.head:
+                return
+            head, _, rest = self.head.partition(b"\r\n\r\n")
+            status = head.split(b" ", 2)[1]
+            if status != b"200":
+                self.done.set_exception(RuntimeError(f"GET answered {status.decode()}"))
+                self.transport.close()
+                return
+            self.body_left = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            nbytes = len(rest)
+        if nbytes and self.first_byte_at is None:
+            self.first_byte_at = time.perf_counter()
+        self.received += nbytes
+        self.body_left -= nbytes
+        if self.body_left <= 0 and not self.done.done():
+            self.done.set_result(self.received)
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(ConnectionError(f"closed after {self.received} bytes"))
+
+
+async def timed_get(url: str) -> tuple[int, float, float]:
+    """(body bytes, seconds to first body byte, seconds to the end) for one GET."""
+    parts = urlsplit(url)
+    request = (
+        f"GET {parts.path}{'?' + parts.query if parts.query else ''} HTTP/1.1\r\n"
+        f"Host: {parts.netloc}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    _, protocol = await loop.create_connection(
+        lambda: _TimedGet(request), parts.hostname, parts.port
+    )
+    size = await protocol.done
+    first = (protocol.first_byte_at or time.perf_counter()) - started
+    return size, first, time.perf_counter() - started
+
+
+async def one_round(url: str, size: int, requests: int, concurrency: int) -> float:
+    limit = asyncio.Semaphore(concurrency)
+
+    async def limited() -> int:
+        async with limit:
+            return (await timed_get(url))[0]
+
+    start = time.perf_counter()
+    sizes = await asyncio.gather(*(limited() for _ in range(requests)))
+    elapsed = time.perf_counter() - start
+    if any(s != size for s in sizes):
+        raise RuntimeError(f"short read from {url}: {sizes}")
+    return requests * size / elapsed / 1e6
+
+
+# ---- the benchmark ------------------------------------------------------------------
+
+
+def agent_metrics(agent: str) -> dict[str, float]:
+    text = urllib.request.urlopen(f"{agent}/metrics", timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+async def bench_agent(
+    size_mib: int, requests: int, concurrency: int, rounds: int, work: Path
+) -> AgentServeResult:
+    """Run the whole measurement; the lead's scripts/bench-serve calls this."""
+    size = size_mib << 20
+    blob = work / "blob.bin"
+    digest = write_random_blob(blob, size)
+    with cluster(work) as urls:
+        push_blob(urls["origin"], blob, digest)
+        blob.unlink()
+        url = f"{urls['registry']}/v2/{REPO}/blobs/{digest}"
+        got, ttfb, full = await timed_get(url)
+        if got != size:
+            raise RuntimeError(f"uncached GET returned {got} of {size} bytes")
+        served = agent_metrics(urls["agent"])
+        source = (
+            "swarm"
+            if served.get('krill_agent_served_bytes_total{source="swarm"}', 0)
+            else "origin HTTP fallback"
+        )
+        cached = work / "agent" / "blobs" / "blobs" / "sha256" / digest[7:9] / digest[7:]
+        for _ in range(100):  # the cache index is updated right after the commit
+            if cached.exists():
+                break
+            await asyncio.sleep(0.05)
+        bare_port = free_port()
+        with process(
+            [sys.executable, __file__, "--bare-file-server", str(cached), str(bare_port)],
+            work / "bare.log",
+        ) as bare:
+            bare_url = f"http://127.0.0.1:{bare_port}/blob"
+            wait_http(bare_url, bare)
+            await one_round(url, size, concurrency, concurrency)  # warm both
+            await one_round(bare_url, size, concurrency, concurrency)
+            agent_rounds, bare_rounds = [], []
+            for _ in range(rounds):
+                agent_rounds.append(await one_round(url, size, requests, concurrency))
+                bare_rounds.append(await one_round(bare_url, size, requests, concurrency))
+    return AgentServeResult(
+        size_mib,
+        ttfb,
+        full,
+        source,
+        statistics.median(agent_rounds),
+        statistics.median(bare_rounds),
+        agent_rounds,
+        bare_rounds,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.bare_file_server:
+        serve_bare_file(args.bare_file_server[0], int(args.bare_file_server[1]))
+        return 0
+    with contextlib.ExitStack() as stack:
+        work = args.workdir or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="krill-bench-agent-"))
+        )
+        work.mkdir(parents=True, exist_ok=True)
+        result = asyncio.run(
+            bench_agent(args.ttfb_size_mib, args.requests, args.concurrency, args.rounds, work)
+        )
+    print(result.report())
+    if args.json:
+        print(json.dumps({**asdict(result), "ratio": result.ratio}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())
