@@ -235,11 +235,20 @@ async def test_basic_auth_upstream(tmp_path: Path, registry: str, aiohttp_server
     async with running_proxy(registry, aiohttp_server, basic=True) as (counting, proxy_server):
         origin = await start_origin(tmp_path, aiohttp_server, proxy_server)
         base = f"http://127.0.0.1:{origin.port}/v2/mirror/basic"
+        layer = image.layers[0]
         async with aiohttp.ClientSession() as session:
+            async with session.head(f"{base}/manifests/v1") as resp:
+                assert resp.headers["Docker-Content-Digest"] == image.manifest.digest
+            async with session.head(f"{base}/blobs/{layer.digest}") as resp:
+                assert resp.status == 200
+                assert resp.headers["Content-Length"] == str(len(layer.data))
+            assert not origin.app[STORE].has(Digest.parse(layer.digest))  # HEAD fetches nothing
             async with session.get(f"{base}/manifests/v1") as resp:
                 assert await resp.read() == image.manifest.data
-            async with session.get(f"{base}/blobs/{image.layers[0].digest}") as resp:
-                assert await resp.read() == image.layers[0].data
+            async with session.get(f"{base}/blobs/{layer.digest}") as resp:
+                assert await resp.read() == layer.data
+            async with session.head(f"{base}/blobs/{'sha256:' + '0' * 64}") as resp:
+                assert resp.status == 404
         assert counting.tokens_issued == 0
         assert counting.blob_gets(image.layers[0].digest) == 1
 
