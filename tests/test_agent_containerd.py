@@ -7,9 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from krill.blobstore import BlobStore
+from krill.digests import Digest
 from tests import containerd
-from tests.agent_cluster import agent_process, build_layout, origin_process, push
-from tests.components import docker_registry, krill_command
+from tests.agent_cluster import (
+    agent_process,
+    build_layout,
+    origin_process,
+    push,
+    seeding_origin,
+    tracker_process,
+)
+from tests.components import free_port, krill_command
 
 pytestmark = pytest.mark.skipif(
     not containerd.available(), reason="containerd and ctr are required (scripts/test installs)"
@@ -25,12 +34,20 @@ def write_hosts(hosts_dir: Path, agent_hostport: str, *registries: str) -> None:
 
 
 def test_containerd_pulls_a_multi_platform_index_through_the_agent(tmp_path: Path) -> None:
-    with origin_process(tmp_path / "origin") as origin:
+    """Swarm path: a seeding origin and a tracker; containerd resolves and fetches via the agent."""
+    tracker_port = free_port()
+    tracker_url = f"http://127.0.0.1:{tracker_port}"
+    with (
+        seeding_origin(tmp_path / "origin", f"{tracker_url}/announce") as (origin, _),
+        tracker_process(tmp_path / "tracker", origin.url, port=tracker_port),
+    ):
         image = build_layout(tmp_path / "layout", seed=3, platforms=("amd64", "arm64"))
-        host = origin.removeprefix("http://")
-        push(image, origin, "team/app:1")
+        host = origin.url.removeprefix("http://")
+        push(image, origin.url, "team/app:1")
         with (
-            agent_process(tmp_path / "agent", origin) as agent,
+            agent_process(
+                tmp_path / "agent", origin.url, tracker_url, settings={"swarm_deadline": 20.0}
+            ) as agent,
             containerd.running_containerd(tmp_path / "ctrd") as ctrd,
         ):
             hosts = tmp_path / "hosts"
@@ -41,6 +58,28 @@ def test_containerd_pulls_a_multi_platform_index_through_the_agent(tmp_path: Pat
             assert ctrd.snapshots(), "the image was not unpacked"
             ctrd.pull(reference, hosts, all_platforms=True)
             served = agent.metrics()
-        assert served.get('krill_agent_served_bytes_total{source="origin"}', 0) + served.get(
-            'krill_agent_served_bytes_total{source="swarm"}', 0
-        ) + served.get('krill_agent_served_bytes_total{source="cache"}', 0) > 0
+        all_blobs = {b.digest for img in image.images for b in img.blobs()}
+        stored = {d for d in all_blobs if BlobStore(agent.data / "blobs").has(Digest.parse(d))}
+        assert stored == all_blobs  # every layer and config of both platforms came through
+        assert served.get('krill_agent_served_bytes_total{source="swarm"}', 0) > 0
+        assert served.get("krill_agent_origin_http_bytes_total", 0) == 0
+
+
+def test_containerd_pulls_through_the_agent_without_a_swarm(tmp_path: Path) -> None:
+    """HTTP path: no tracker; the agent fetches from the origin's registry API."""
+    with origin_process(tmp_path / "origin") as origin:
+        image = build_layout(tmp_path / "layout", seed=4)
+        host = origin.removeprefix("http://")
+        push(image, origin, "team/plain:1")
+        with (
+            agent_process(tmp_path / "agent", origin) as agent,
+            containerd.running_containerd(tmp_path / "ctrd") as ctrd,
+        ):
+            hosts = tmp_path / "hosts"
+            write_hosts(hosts, agent.registry_hostport, f"{host}=http://{host}")
+            reference = f"{host}/team/plain:1"
+            ctrd.pull(reference, hosts)
+            assert ctrd.image_digest(reference) == image.top.digest
+            served = agent.metrics()
+        blobs = sum(len(b.data) for b in image.images[0].blobs())
+        assert served["krill_agent_origin_http_bytes_total"] == blobs
