@@ -67,6 +67,9 @@ def create_app(config: OriginConfig) -> web.Application:
         app.router.add_routes(module.routes())
     app.on_response_prepare.append(count_blob_bytes)
     app.cleanup_ctx.append(background_work)
+    from origin import deltas  # layer deltas: TAG_MOVED hook, /krill/v1/deltas, process pool
+
+    deltas.setup(app)
     return app
 
 

@@ -1,0 +1,140 @@
+"""The origin precomputes deltas when a tag moves and serves the best one for a node's bases."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import subprocess
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from krill.delta import rebuild_layer
+from krill.digests import Digest
+from origin.config import OriginConfig
+from origin.deltas import DELTA_ENGINE, DeltaEngine
+from origin.server import create_app
+from tests.components import SKOPEO_FLAGS, skopeo
+from tests.imagebuild import Image, build_image, realistic_files, write_oci_layout
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def origin(tmp_path: Path, aiohttp_server) -> TestServer:  # type: ignore[no-untyped-def]
+    return await aiohttp_server(create_app(OriginConfig(data=tmp_path / "origin")))
+
+
+def _versions() -> tuple[Image, Image]:
+    app_v1 = realistic_files(1)
+    app_v2 = dict(app_v1)
+    app_v2["usr/bin/tool3"] = (
+        app_v2["usr/bin/tool3"][:9000] + b"patched" + app_v2["usr/bin/tool3"][9000:]
+    )
+    app_v2["etc/os-release"] = b'NAME="Krill test"\nVERSION_ID="2"\n'
+    runtime = realistic_files(7, count=8)
+    return build_image([runtime, app_v1]), build_image([runtime, app_v2])
+
+
+async def _push(tmp: Path, server: TestServer, image: Image, tag: str, name: str) -> None:
+    layout = write_oci_layout(tmp / f"layout-{name}", image.manifest, [image], name)
+    dest = f"docker://{server.host}:{server.port}/app:{tag}"
+    await asyncio.to_thread(skopeo, "copy", *SKOPEO_FLAGS, f"oci:{layout}:{name}", dest)
+
+
+async def _settle(engine: DeltaEngine) -> None:
+    async with asyncio.timeout(120):
+        while engine.tasks:
+            await asyncio.gather(*engine.tasks, return_exceptions=True)
+        await engine.idle.wait()
+
+
+async def test_tag_move_precomputes_a_verified_delta(
+    tmp_path: Path,
+    origin: TestServer,
+    aiohttp_client,  # type: ignore[no-untyped-def]
+) -> None:
+    v1, v2 = _versions()
+    client = await aiohttp_client(origin)
+    engine = origin.app[DELTA_ENGINE]
+    await _push(tmp_path, origin, v1, "latest", "v1")
+    await _push(tmp_path, origin, v2, "latest", "v2")
+    await _settle(engine)
+
+    target, base = v2.layers[1].digest, v1.layers[1].digest
+    resp = await client.get(f"/krill/v1/deltas/{target}", params={"have": f"{base}"})
+    answer = await resp.json()
+    assert answer["status"] == "ok", answer
+    assert answer["base"] == base
+    assert answer["size"] < len(v2.layers[1].data) / 2
+    # The delta is an ordinary blob of the repository, and rebuilds the exact layer.
+    blob = await client.get(f"/v2/app/blobs/{answer['delta']}")
+    assert blob.status == 200
+    (tmp_path / "delta").write_bytes(await blob.read())
+    (tmp_path / "base").write_bytes(v1.layers[1].data)
+    (tmp_path / "out").mkdir()
+    rebuilt = rebuild_layer(tmp_path / "base", tmp_path / "delta", tmp_path / "out")
+    assert rebuilt.path.read_bytes() == v2.layers[1].data
+
+    # The unchanged runtime layer got no pair; an unknown pair is queued and answered next time.
+    other = v1.layers[0].digest
+    first = await (await client.get(f"/krill/v1/deltas/{target}", params={"have": other})).json()
+    assert first["status"] == "none" and first["queued"] == 1
+    await _settle(engine)
+    again = await (await client.get(f"/krill/v1/deltas/{target}", params={"have": other})).json()
+    assert again.get("queued", 0) == 0  # computed now (kept or refused as too big)
+    assert str(other) in engine.index.entries(Digest.parse(target))
+
+    metrics = await (await client.get("/metrics")).text()
+    assert 'krill_origin_delta_computed_total{result="ok"}' in metrics
+
+
+async def test_unreproducible_layer_is_counted_and_gets_no_delta(
+    tmp_path: Path,
+    origin: TestServer,
+    aiohttp_client,  # type: ignore[no-untyped-def]
+) -> None:
+    v1, v2 = _versions()
+    client = await aiohttp_client(origin)
+    engine = origin.app[DELTA_ENGINE]
+    # v2's app layer compressed by GNU gzip: no zlib setting reproduces it.
+    v2 = _with_layer(v2, 1, _gnu_gzip(gzip.decompress(v2.layers[1].data)))
+    await _push(tmp_path, origin, v1, "latest", "v1")
+    await _push(tmp_path, origin, v2, "latest", "v2")
+    await _settle(engine)
+    target = v2.layers[1].digest
+    answer = await (
+        await client.get(f"/krill/v1/deltas/{target}", params={"have": v1.layers[1].digest})
+    ).json()
+    assert answer["status"] == "none"
+    metrics = await (await client.get("/metrics")).text()
+    assert "krill_origin_delta_unreproducible_layers_total 1.0" in metrics
+
+
+def _gnu_gzip(data: bytes) -> bytes:
+    return subprocess.run(["gzip", "-6", "-n", "-c"], input=data, capture_output=True).stdout
+
+
+def _with_layer(image: Image, index: int, data: bytes) -> Image:
+    """``image`` with layer ``index`` replaced by other bytes of the same tar."""
+    import json
+
+    from tests.imagebuild import Blob
+
+    layers = list(image.layers)
+    layers[index] = Blob(layers[index].media_type, data)
+    doc = json.loads(image.manifest.data)
+    doc["layers"] = [layer.descriptor() for layer in layers]
+    manifest = Blob(image.manifest.media_type, json.dumps(doc).encode())
+    return Image(image.config, layers, manifest, image.platform)
+
+
+async def test_bad_digest_is_a_registry_error(
+    origin: TestServer,
+    aiohttp_client,  # type: ignore[no-untyped-def]
+) -> None:
+    client = await aiohttp_client(origin)
+    resp = await client.get("/krill/v1/deltas/sha256:abc", params={"have": "x"})
+    assert resp.status == 400
+    assert (await resp.json())["errors"][0]["code"] == "DIGEST_INVALID"
