@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from aiohttp import ClientSession, web
 
 from tests import containerd
-from tests.agent_cluster import agent_process, build_layout, origin_process, push
+from tests.agent_cluster import ServingThread, agent_process, build_layout, origin_process, push
 from tests.components import SKOPEO_FLAGS, docker_registry, free_port, skopeo
 from tests.imagebuild import read_oci_layout_digests
 from tests.test_agent_containerd import write_hosts
@@ -26,8 +28,10 @@ def test_tracker_down_pull_succeeds_via_origin_fallback(tmp_path: Path) -> None:
         ) as agent:
             out = tmp_path / "out"
             skopeo(
-                "copy", *SKOPEO_FLAGS,
-                f"docker://{agent.registry_hostport}/team/fallback:1", f"oci:{out}:latest",
+                "copy",
+                *SKOPEO_FLAGS,
+                f"docker://{agent.registry_hostport}/team/fallback:1",
+                f"oci:{out}:latest",
             )
             metrics = agent.metrics()
     assert read_oci_layout_digests(out) == read_oci_layout_digests(image.layout)
@@ -71,3 +75,91 @@ def test_origin_and_tracker_down_containerd_falls_back_to_upstream(tmp_path: Pat
     log = (tmp_path / "agent" / "agent.log").read_text()
     assert f"/v2/team/up/manifests/1?ns={host.replace(':', '%3A')}" in log
     assert '" 503 ' in log
+
+
+def flaky_origin_app(origin: str, seen_ranges: list[str]) -> web.Application:
+    """A real HTTP front for the origin that breaks every full blob GET halfway through.
+
+    Manifests and Range requests pass through untouched, so the agent can only
+    finish a blob by resuming it with a Range request.
+    """
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("accept", "range")}
+        async with ClientSession(auto_decompress=False) as session:
+            async with session.get(f"{origin}{request.path_qs}", headers=headers) as upstream:
+                body = await upstream.read()
+                reply_headers = {
+                    k: v
+                    for k, v in upstream.headers.items()
+                    if k.lower() in ("content-type", "docker-content-digest", "content-range")
+                }
+                status = upstream.status
+        if "Range" in request.headers:
+            seen_ranges.append(request.headers["Range"])
+        elif "/blobs/" in request.path and status == 200:
+            response = web.StreamResponse(status=200, headers=reply_headers)
+            response.content_length = len(body)
+            await response.prepare(request)
+            await response.write(body[: len(body) // 2])
+            assert request.transport is not None
+            request.transport.abort()  # the connection breaks mid-body
+            return response
+        return web.Response(status=status, body=body, headers=reply_headers)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", forward)
+    return app
+
+
+def test_http_fallback_resumes_a_broken_origin_transfer_with_range(tmp_path: Path) -> None:
+    with origin_process(tmp_path / "origin") as origin:
+        image = build_layout(tmp_path / "layout", seed=23, layer_size=256 * 1024)
+        push(image, origin, "team/resume:1")
+        seen_ranges: list[str] = []
+        server = ServingThread()
+        try:
+            flaky = server.serve(flaky_origin_app(origin, seen_ranges))
+            with agent_process(tmp_path / "agent", flaky) as agent:
+                layer = image.images[0].layers[0]
+                url = f"{agent.registry}/v2/team/resume/blobs/{layer.digest}"
+                assert urllib.request.urlopen(url, timeout=60).read() == layer.data
+        finally:
+            server.close()
+    assert f"bytes={len(layer.data) // 2}-" in seen_ranges
+    assert "origin_fetch.resume" in (tmp_path / "agent" / "agent.log").read_text()
+
+
+def test_tags_expire_after_their_ttl_and_cached_content_outlives_the_origin(
+    tmp_path: Path,
+) -> None:
+    origin_root = tmp_path / "origin"
+    with origin_process(origin_root) as origin:
+        first = build_layout(tmp_path / "one", seed=24)
+        second = build_layout(tmp_path / "two", seed=25)
+        push(first, origin, "team/ttl:1")
+        settings = {"tag_ttl": 3.0}
+        port = int(origin.rsplit(":", 1)[1])
+        with agent_process(tmp_path / "agent", origin, settings=settings) as agent:
+            tag_url = f"{agent.registry}/v2/team/ttl/manifests/1"
+            assert urllib.request.urlopen(tag_url).read() == first.top.data
+            push(second, origin, "team/ttl:1")  # the tag moves on the origin
+            assert urllib.request.urlopen(tag_url).read() == first.top.data  # within the TTL
+            moved = False
+            for _ in range(150):
+                if urllib.request.urlopen(tag_url).read() == second.top.data:
+                    moved = True
+                    break
+                time.sleep(0.1)
+            assert moved, "the agent kept serving a tag past its TTL"
+            layer = second.images[0].layers[0]
+            blob_url = f"{agent.registry}/v2/team/ttl/blobs/{layer.digest}"
+            assert urllib.request.urlopen(blob_url).read() == layer.data
+    # The origin is gone now: digests (forever) and cached blobs still answer.
+    with agent_process(tmp_path / "agent", f"http://127.0.0.1:{port}", settings=settings) as agent:
+        digest_url = f"{agent.registry}/v2/team/ttl/manifests/{second.top.digest}"
+        assert urllib.request.urlopen(digest_url).read() == second.top.data
+        assert (
+            urllib.request.urlopen(f"{agent.registry}/v2/team/ttl/blobs/{layer.digest}").read()
+            == layer.data
+        )
