@@ -68,7 +68,7 @@ class BlobFetcher:
         self._seed_ttl = seed_ttl
         self._on_event = on_event or (lambda event, label: None)
         self._inflight: dict[Digest, asyncio.Future[InflightBlob]] = {}
-        self._finishers: set[asyncio.Task[None]] = set()
+        self._finishers: dict[Digest, asyncio.Task[None]] = {}
 
     async def open(self, digest: Digest, repository: str | None) -> CachedBlob | InflightBlob:
         """A servable view of the blob; raises SourceUnavailable when no source has it now."""
@@ -112,19 +112,15 @@ class BlobFetcher:
         if isinstance(blob, InflightBlob):
             with self.cache.pinned(digest):
                 await blob.transfer.wait_done()
-                await self._wait_indexed(digest)
+                finisher = self._finishers.get(digest)
+                if finisher is not None:
+                    await asyncio.shield(finisher)  # indexed in the cache once this returns
         return blob.size
 
     @contextlib.contextmanager
     def pinned(self, digest: Digest) -> Iterator[None]:
         with self.cache.pinned(digest):
             yield
-
-    async def _wait_indexed(self, digest: Digest) -> None:
-        future = self._inflight.get(digest)
-        while future is not None and not self.cache.has(digest):
-            await asyncio.sleep(0.01)
-            future = self._inflight.get(digest)
 
     async def _commit_source(self, digest: Digest, repository: str | None) -> InflightBlob:
         errors: list[str] = []
@@ -163,8 +159,8 @@ class BlobFetcher:
 
     def _finish_later(self, blob: InflightBlob) -> None:
         task = asyncio.create_task(self._finish(blob), name=f"finish-{blob.digest.hex[:12]}")
-        self._finishers.add(task)
-        task.add_done_callback(self._finishers.discard)
+        self._finishers[blob.digest] = task
+        task.add_done_callback(lambda _t: self._finishers.pop(blob.digest, None))
 
     async def _finish(self, blob: InflightBlob) -> None:
         """Index the blob once its transfer commits; forget the transfer either way."""
@@ -180,9 +176,9 @@ class BlobFetcher:
             self._inflight.pop(blob.digest, None)
 
     async def close(self) -> None:
-        for task in list(self._finishers):
+        for task in list(self._finishers.values()):
             task.cancel()
         for future in list(self._inflight.values()):
             if future.done() and not future.cancelled() and future.exception() is None:
                 future.result().transfer.cancel()
-        await asyncio.gather(*self._finishers, return_exceptions=True)
+        await asyncio.gather(*self._finishers.values(), return_exceptions=True)

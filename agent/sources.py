@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -84,14 +85,14 @@ class OriginHttpSource:
         *,
         timeout: float,
         resume_attempts: int = 5,
-        on_bytes: callable | None = None,  # type: ignore[valid-type]
+        on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         self._session = session
         self._origin = origin_url.rstrip("/")
-        self._store = store
+        self.store = store
         self._timeout = timeout
-        self._resume_attempts = resume_attempts
-        self._on_bytes = on_bytes
+        self.resume_attempts = resume_attempts
+        self.on_bytes = on_bytes
 
     async def start(self, digest: Digest, repository: str | None) -> OriginHttpTransfer:
         if not self._origin:
@@ -99,13 +100,13 @@ class OriginHttpSource:
         if repository is None:
             raise SourceUnavailable("HTTP fallback needs a repository name to ask the origin")
         url = f"{self._origin}/v2/{repository}/blobs/{digest}"
-        response = await self._open(url, offset=0)
+        response = await self.open_response(url, offset=0)
         size = _content_length(response)
-        transfer = OriginHttpTransfer(self, url, digest, size, self._store.writer(), response)
+        transfer = OriginHttpTransfer(self, url, digest, size, self.store.writer(), response)
         transfer.begin()
         return transfer
 
-    async def _open(self, url: str, offset: int) -> aiohttp.ClientResponse:
+    async def open_response(self, url: str, offset: int) -> aiohttp.ClientResponse:
         """Send the GET (with Range when resuming); raise SourceUnavailable on any failure."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         timeout = aiohttp.ClientTimeout(
@@ -190,7 +191,7 @@ class OriginHttpTransfer:
             await self._copy_with_resume()
             digest = await asyncio.to_thread(self._writer.commit, self.digest, self.size)
             self.available = self.size
-            self._done.set_result(self._source._store.path(digest))
+            self._done.set_result(self._source.store.path(digest))
             log.info("origin_fetch.done digest=%s bytes=%d", self.digest, self.size)
         except asyncio.CancelledError:
             self._writer.abort()
@@ -215,14 +216,14 @@ class OriginHttpTransfer:
         while self._writer.size < self.size:
             if self._response is None:
                 attempts += 1
-                if attempts > self._source._resume_attempts:
+                if attempts > self._source.resume_attempts:
                     raise SourceUnavailable(
                         f"origin transfer broke {attempts - 1} times at byte {self._writer.size}"
                     )
                 log.info("origin_fetch.resume digest=%s offset=%d", self.digest, self._writer.size)
                 await asyncio.sleep(min(0.2 * attempts, 2.0))
                 with contextlib.suppress(SourceUnavailable):
-                    self._response = await self._source._open(self._url, self._writer.size)
+                    self._response = await self._source.open_response(self._url, self._writer.size)
                 continue
             try:
                 async for chunk in self._response.content.iter_chunked(CHUNK):
@@ -237,8 +238,8 @@ class OriginHttpTransfer:
     async def _append(self, chunk: bytes) -> None:
         self._writer.write(chunk)
         self._writer.flush()
-        if self._source._on_bytes is not None:
-            self._source._on_bytes(len(chunk))
+        if self._source.on_bytes is not None:
+            self._source.on_bytes(len(chunk))
         # The final byte becomes available only after the digest verified (see module doc).
         self.available = min(self._writer.size, self.size - 1)
         self._changed.set()
