@@ -162,7 +162,8 @@ def _rebuild(
         with open(base_tar.path, "rb") as base, open(delta, "rb") as df, os.fdopen(fd, "wb") as dst:
             meta = _meta_decoder(base, base_tar.size, header.meta)
             fmt.read_header(df)
-            sink = _Sink(dst, recipe.compressor(header.target.tar_size))
+            compressor = recipe.compressor(header.target.tar_size)
+            sink = _Sink(dst, compressor, identity=recipe.kind == "identity")
             reader = fmt.OpReader(
                 df,
                 base_size=base_tar.size,
@@ -204,11 +205,13 @@ def _check(sink: _Sink, header: fmt.DeltaHeader) -> None:
 class _Sink:
     """Tar bytes in; hashes the tar, recompresses, hashes and writes the blob."""
 
-    def __init__(self, dst: BinaryIO, compressor: object) -> None:
+    def __init__(self, dst: BinaryIO, compressor: object, identity: bool) -> None:
         self._dst = dst
         self._compressor = compressor
         self._tar_hash = hashlib.sha256()
-        self._blob_hash = hashlib.sha256()
+        # An uncompressed layer's blob is its tar: one hash serves as both digests.
+        self._blob_hash = self._tar_hash if identity else hashlib.sha256()
+        self._identity = identity
         self.tar_size = 0
         self.size = 0
 
@@ -222,7 +225,8 @@ class _Sink:
 
     def _emit(self, blob: bytes) -> None:
         if blob:
-            self._blob_hash.update(blob)
+            if not self._identity:
+                self._blob_hash.update(blob)
             self.size += len(blob)
             self._dst.write(blob)
 

@@ -173,34 +173,50 @@ def create_delta(
     target_tar = materialize_tar(target_blob, work)
     base_tar: TarFile | None = None
     try:
-        recipe = detect_recipe(target_blob, target_tar.path)
-        base_tar = materialize_tar(base_blob, work)
-        header_info = (
-            fmt.LayerInfo(
-                str(sha256_file(str(base_blob))),
-                base_blob.stat().st_size,
-                base_tar.diff_id,
-                base_tar.size,
-            ),
-            fmt.LayerInfo(
-                str(sha256_file(str(target_blob))),
-                target_blob.stat().st_size,
-                target_tar.diff_id,
-                target_tar.size,
-            ),
-        )
-        return _encode_tars(base_tar, target_tar, header_info, recipe, out, options)
+        # Reproducing the target's compression takes one full recompression: it runs
+        # beside the encoding (zlib and zstd release the GIL) and stops it on failure.
+        side = ThreadPoolExecutor(1, thread_name_prefix="krill-delta-recipe")
+        with side:
+            recipe = side.submit(detect_recipe, target_blob, target_tar.path)
+            base_tar = materialize_tar(base_blob, work)
+            return _encode_tars(
+                base_tar,
+                target_tar,
+                _layer_infos(base_blob, base_tar, target_blob, target_tar),
+                recipe,
+                out,
+                options,
+            )
     finally:
         target_tar.discard()
         if base_tar is not None:
             base_tar.discard()
 
 
+def _layer_infos(
+    base_blob: Path, base_tar: TarFile, target_blob: Path, target_tar: TarFile
+) -> tuple[fmt.LayerInfo, fmt.LayerInfo]:
+    return (
+        fmt.LayerInfo(
+            str(sha256_file(str(base_blob))),
+            base_blob.stat().st_size,
+            base_tar.diff_id,
+            base_tar.size,
+        ),
+        fmt.LayerInfo(
+            str(sha256_file(str(target_blob))),
+            target_blob.stat().st_size,
+            target_tar.diff_id,
+            target_tar.size,
+        ),
+    )
+
+
 def _encode_tars(
     base_tar: TarFile,
     target_tar: TarFile,
     infos: tuple[fmt.LayerInfo, fmt.LayerInfo],
-    recipe: Recipe,
+    recipe_future: Future[Recipe],
     out: Path,
     options: EncodeOptions,
 ) -> EncodeResult:
@@ -222,7 +238,19 @@ def _encode_tars(
         body_path = Path(body_name)
         try:
             with os.fdopen(fd, "wb") as body:
-                _write_ops(body, base, target, target_layout, index, prefix, meta, options, stats)
+                _write_ops(
+                    body,
+                    base,
+                    target,
+                    target_layout,
+                    index,
+                    prefix,
+                    meta,
+                    options,
+                    stats,
+                    recipe_future,
+                )
+            recipe = recipe_future.result()
             header = fmt.DeltaHeader(infos[0], infos[1], recipe.to_json(), meta, stats.snapshot())
             size = _assemble(out, header.to_bytes(), body_path)
         finally:
@@ -275,6 +303,7 @@ def _write_ops(
     meta: fmt.MetaParams,
     options: EncodeOptions,
     stats: _Stats,
+    recipe_future: Future[Recipe],
 ) -> None:
     meta_coder = _MetaCoder(prefix, meta, options.meta_level)
     pending: deque[Future[bytes]] = deque()
@@ -294,6 +323,8 @@ def _write_ops(
                 body.write(pending.popleft().result())
 
         for item in _segments(target, layout, meta.small_file_limit):
+            if recipe_future.done():
+                recipe_future.result()  # an unreproducible target stops the work here
             if isinstance(item, _Range):  # meta bytes
                 for piece in _split(item, META_OP_BYTES):
                     emit(meta_coder.encode(_pread(target, piece)))
