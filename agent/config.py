@@ -53,6 +53,9 @@ class AgentConfig:
     # Seconds to connect to / hear back from the origin before answering 503, so
     # containerd moves on to the upstream server in hosts.toml quickly.
     origin_timeout: float = 5.0
+    # Seconds a blob being streamed may make no progress before the agent gives up
+    # on that transfer (the client's connection is aborted; its retry starts over).
+    stall_timeout: float = 60.0
     # Times the HTTP fallback resumes a broken origin transfer with a Range request.
     origin_resume_attempts: int = 5
     use_swarm: bool = True

@@ -110,7 +110,9 @@ async def serve_blob(
     if request.method == "HEAD":
         cached = await node.fetcher.cached(digest)
         if cached is not None:
-            return await blob_response(request, cached, node.cache, node.metrics.served)
+            return await blob_response(
+                request, cached, node.cache, node.metrics.served, node.config.stall_timeout
+            )
     try:
         blob = await node.fetcher.open(digest, repository)
     except BlobNotFound:
@@ -121,4 +123,6 @@ async def serve_blob(
             "UNAVAILABLE",
             f"blob {digest} cannot be fetched now (swarm and origin failed); try the upstream",
         ) from None
-    return await blob_response(request, blob, node.cache, node.metrics.served)
+    return await blob_response(
+        request, blob, node.cache, node.metrics.served, node.config.stall_timeout
+    )

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -71,8 +72,14 @@ async def blob_response(
     blob: CachedBlob | InflightBlob,
     cache: NodeCache,
     count: Callable[[str, int], None],
+    stall_timeout: float = 60.0,
 ) -> web.StreamResponse:
-    """GET (or HEAD) response for ``blob``, honouring a Range header."""
+    """GET (or HEAD) response for ``blob``, honouring a Range header.
+
+    A transfer that makes no progress for ``stall_timeout`` seconds mid-stream is
+    cancelled and the connection aborted, so the client retries (and the next
+    attempt can fall back to HTTP) instead of hanging.
+    """
     byte_range = parse_range(request.headers.get("Range"), blob.size)
     if request.method == "HEAD":
         return await head_response(request, blob)
@@ -80,7 +87,8 @@ async def blob_response(
         count("cache", byte_range.length if byte_range else blob.size)
         return PinnedFileResponse(cache, blob, headers=blob_headers(blob))
     with cache.pinned(blob.digest):
-        return await _stream(request, blob, byte_range or ByteRange(0, blob.size), count)
+        whole = ByteRange(0, blob.size)
+        return await _stream(request, blob, byte_range or whole, count, stall_timeout)
 
 
 async def _stream(
@@ -88,6 +96,7 @@ async def _stream(
     blob: InflightBlob,
     byte_range: ByteRange,
     count: Callable[[str, int], None],
+    stall_timeout: float,
 ) -> web.StreamResponse:
     partial = byte_range.length != blob.size
     response = web.StreamResponse(status=206 if partial else 200, headers=blob_headers(blob))
@@ -99,7 +108,7 @@ async def _stream(
         await response.prepare(request)
         position = byte_range.start
         while position < byte_range.end:
-            available = await blob.transfer.wait_available(position)
+            available = await _wait_progress(blob, position, stall_timeout)
             upto = min(available, byte_range.end, position + CHUNK)
             data = await blob.transfer.read(fd, position, upto)
             if not data:
@@ -115,6 +124,18 @@ async def _stream(
     finally:
         os.close(fd)
     return response
+
+
+async def _wait_progress(blob: InflightBlob, position: int, stall_timeout: float) -> int:
+    try:
+        async with asyncio.timeout(stall_timeout):
+            return await blob.transfer.wait_available(position)
+    except TimeoutError:
+        blob.transfer.cancel()
+        raise TransferFailed(
+            f"{blob.source} transfer of {blob.digest} stalled at byte {position} "
+            f"for {stall_timeout:.0f}s; cancelled so the next request starts over"
+        ) from None
 
 
 async def _open_blob_file(blob: InflightBlob) -> int:

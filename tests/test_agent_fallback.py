@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import json
 import time
 import urllib.error
@@ -77,11 +79,12 @@ def test_origin_and_tracker_down_containerd_falls_back_to_upstream(tmp_path: Pat
     assert '" 503 ' in log
 
 
-def flaky_origin_app(origin: str, seen_ranges: list[str]) -> web.Application:
+def flaky_origin_app(origin: str, seen_ranges: list[str], *, hang: bool = False) -> web.Application:
     """A real HTTP front for the origin that breaks every full blob GET halfway through.
 
     Manifests and Range requests pass through untouched, so the agent can only
-    finish a blob by resuming it with a Range request.
+    finish a blob by resuming it with a Range request. With ``hang`` the blob
+    GET stalls after half the body instead (the connection stays open).
     """
 
     async def forward(request: web.Request) -> web.StreamResponse:
@@ -102,6 +105,8 @@ def flaky_origin_app(origin: str, seen_ranges: list[str]) -> web.Application:
             response.content_length = len(body)
             await response.prepare(request)
             await response.write(body[: len(body) // 2])
+            if hang:
+                await asyncio.sleep(5)  # far past the agent's stall_timeout
             assert request.transport is not None
             request.transport.abort()  # the connection breaks mid-body
             return response
@@ -163,3 +168,24 @@ def test_tags_expire_after_their_ttl_and_cached_content_outlives_the_origin(
             urllib.request.urlopen(f"{agent.registry}/v2/team/ttl/blobs/{layer.digest}").read()
             == layer.data
         )
+
+
+def test_a_stalled_transfer_aborts_the_client_instead_of_hanging(tmp_path: Path) -> None:
+    with origin_process(tmp_path / "origin") as origin:
+        image = build_layout(tmp_path / "layout", seed=26, layer_size=256 * 1024)
+        push(image, origin, "team/stall:1")
+        server = ServingThread()
+        try:
+            stalling = server.serve(flaky_origin_app(origin, [], hang=True))
+            settings = {"stall_timeout": 1.0}
+            with agent_process(tmp_path / "agent", stalling, settings=settings) as agent:
+                layer = image.images[0].layers[0]
+                url = f"{agent.registry}/v2/team/stall/blobs/{layer.digest}"
+                with urllib.request.urlopen(url, timeout=60) as response:
+                    with pytest.raises(http.client.IncompleteRead) as short:
+                        response.read()
+                assert len(short.value.partial) < len(layer.data)
+                assert layer.data.startswith(short.value.partial)
+        finally:
+            server.close()
+    assert "stalled at byte" in (tmp_path / "agent" / "agent.log").read_text()
