@@ -82,7 +82,7 @@ async def main(args: argparse.Namespace) -> int:
         await stdin_closed()
         stats = await engine.fetch_stats()
         emit({"uploaded": stats.uploaded, "downloaded": stats.downloaded,
-              "failed": stats.failed})
+              "failed_pieces": stats.failed_pieces})
     return 0
 
 

@@ -1,0 +1,224 @@
+"""SwarmEngine against a real tracker and real libtorrent peers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import libtorrent as lt
+import pytest
+
+from krill.blobstore import BlobStore
+from krill.digests import Digest, sha256_file
+from krill.metainfo import make_metainfo
+from krill.swarm import Download, DownloadFailed, SwarmEngine, SwarmSettings, session_settings
+from tests.components import free_port
+from tests.swarm_helpers import running_tracker
+
+PIECE = 64 * 1024
+
+
+@pytest.fixture
+async def announce_url() -> AsyncIterator[str]:
+    async with running_tracker() as base:
+        yield base + "/announce"
+
+
+def make_blob(store: BlobStore, size: int) -> tuple[Digest, bytes, bytes]:
+    data = os.urandom(size)
+    digest = store.put_bytes(data)
+    return digest, data, make_metainfo(store.path(digest), digest)
+
+
+async def read_streaming(download: Download) -> bytes:
+    """Read the verified prefix as it grows, the way the agent serves a blob."""
+    out = bytearray()
+    with download.open() as f:
+        while len(out) < download.size:
+            available = await download.wait_available(len(out))
+            f.seek(len(out))
+            out += f.read(available - len(out))
+    return bytes(out)
+
+
+async def test_download_streams_verifies_publishes_and_shares_one_flight(
+    tmp_path: Path, announce_url: str
+) -> None:
+    origin_store, agent_store = BlobStore(tmp_path / "o"), BlobStore(tmp_path / "a")
+    digest, data, metainfo = make_blob(origin_store, 3 * 1024 * 1024 + 123)
+    async with (
+        SwarmEngine(SwarmSettings(announce_url, origin=True), origin_store) as origin,
+        SwarmEngine(SwarmSettings(announce_url), agent_store) as agent,
+    ):
+        await origin.seed(digest, metainfo)
+        first = await agent.download(digest, metainfo)
+        second = await agent.download(digest, metainfo)
+        assert first is second, "concurrent requests share one download"
+        assert not agent_store.has(digest), "nothing visible before verification"
+        assert first.partial_path.parent.parent == agent_store.root / "incoming"
+        streamed, path = await asyncio.gather(read_streaming(first), second.wait_done())
+        assert streamed == data
+        assert path == agent_store.path(digest)
+        assert sha256_file(str(path)) == digest
+        assert not first.partial_path.parent.exists(), "incoming area cleaned up"
+        again = await agent.download(digest, metainfo)
+        assert again.done and again.available == len(data)
+        assert await again.wait_done() == path
+        stats = await agent.fetch_stats()
+        assert stats.downloaded >= len(data)
+        assert stats.torrents == 1, "the finished blob is seeded from the store"
+
+
+async def test_bad_metainfo_is_refused(tmp_path: Path, announce_url: str) -> None:
+    store = BlobStore(tmp_path / "a")
+    digest, _, metainfo = make_blob(store, 1000)
+    other = Digest.of_bytes(b"other")
+    async with SwarmEngine(SwarmSettings(announce_url), BlobStore(tmp_path / "b")) as agent:
+        with pytest.raises(DownloadFailed, match="not the requested blob"):
+            await agent.download(other, metainfo)
+        with pytest.raises(DownloadFailed, match="unusable metainfo"):
+            await agent.download(digest, b"garbage")
+
+
+async def test_cancel_fails_waiters_and_removes_partial_data(
+    tmp_path: Path, announce_url: str
+) -> None:
+    store = BlobStore(tmp_path / "a")
+    digest, _, metainfo = make_blob(BlobStore(tmp_path / "nobody-seeds"), 500_000)
+    async with SwarmEngine(SwarmSettings(announce_url), store) as agent:
+        download = await agent.download(digest, metainfo)
+        waiter = asyncio.create_task(download.wait_available(0))
+        await asyncio.sleep(0.1)
+        download.cancel()
+        with pytest.raises(DownloadFailed, match="cancelled"):
+            await waiter
+        with pytest.raises(DownloadFailed):
+            await download.wait_done()
+        for _ in range(50):
+            if not download.partial_path.parent.exists():
+                break
+            await asyncio.sleep(0.1)
+        assert not download.partial_path.parent.exists()
+        assert not store.has(digest)
+        fresh = await agent.download(digest, metainfo)
+        assert fresh is not download, "a cancelled download is not handed out again"
+
+
+async def test_idle_seeds_are_dropped_after_the_ttl(tmp_path: Path, announce_url: str) -> None:
+    store = BlobStore(tmp_path / "o")
+    digest, _, metainfo = make_blob(store, 100_000)
+    settings = SwarmSettings(announce_url, origin=True, seed_ttl=0.5)
+    async with SwarmEngine(settings, store) as origin:
+        await origin.seed(digest, metainfo)
+        assert (await origin.fetch_stats()).torrents == 1
+        for _ in range(50):
+            await asyncio.sleep(0.2)
+            if (await origin.fetch_stats()).torrents == 0:
+                break
+        assert (await origin.fetch_stats()).torrents == 0
+        assert store.has(digest), "dropping the torrent keeps the blob"
+
+
+def write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+
+
+def flip_a_byte_in_every_other_piece(path: Path, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        for piece in range(0, len(data) // PIECE, 2):
+            f.seek(piece * PIECE + 100)
+            f.write(bytes([data[piece * PIECE + 100] ^ 0xFF]))
+
+
+@contextlib.asynccontextmanager
+async def lying_peer(
+    path: Path, data: bytes, metainfo: bytes, announce_url: str
+) -> AsyncIterator[lt.session]:
+    """A libtorrent peer that serves ``data`` corrupted: one byte flipped in every other piece.
+
+    libtorrent checks a seed's pieces (fully on add, or lazily in seed mode), so the
+    peer starts from the true file and the bytes are altered underneath it only once
+    it has verified them and is seeding: from then on it serves bad pieces unaware.
+    """
+    write_file(path, data)
+    session = lt.session(session_settings(SwarmSettings(announce_url)))
+    params = lt.add_torrent_params()
+    params.ti = lt.torrent_info(lt.bdecode(metainfo))
+    params.save_path = str(path.parent)
+    params.trackers = [announce_url]
+    handle = session.add_torrent(params)
+    for _ in range(300):
+        if handle.status().is_seeding:
+            break
+        await asyncio.sleep(0.1)
+    assert handle.status().is_seeding
+    flip_a_byte_in_every_other_piece(path, data)
+    try:
+        yield session
+    finally:
+        holder = [session]
+        del session, handle
+        await asyncio.to_thread(holder.clear)
+
+
+async def failed_pieces(*engines: SwarmEngine) -> int:
+    """Pieces the engines received that failed their hash check."""
+    return sum([(await engine.fetch_stats()).failed_pieces for engine in engines])
+
+
+@pytest.mark.slow
+async def test_a_peer_serving_corrupt_pieces_corrupts_nobody(
+    tmp_path: Path, announce_url: str
+) -> None:
+    origin_store = BlobStore(tmp_path / "origin")
+    digest, data, metainfo = make_blob(origin_store, 4 * 1024 * 1024)
+    stores = [BlobStore(tmp_path / f"agent{i}") for i in range(2)]
+    async with (
+        lying_peer(tmp_path / "liar" / digest.hex, data, metainfo, announce_url),
+        SwarmEngine(SwarmSettings(announce_url), stores[0]) as one,
+        SwarmEngine(SwarmSettings(announce_url), stores[1]) as two,
+    ):
+        downloads = [await one.download(digest, metainfo), await two.download(digest, metainfo)]
+        readers = [asyncio.create_task(read_streaming(d)) for d in downloads]
+        # First only the lying peer is there: its altered pieces fail their hash.
+        for _ in range(600):
+            if await failed_pieces(one, two):
+                break
+            await asyncio.sleep(0.1)
+        assert await failed_pieces(one, two) > 0, "the lying peer served no bad piece"
+        assert not any(store.has(digest) for store in stores)
+        # Then an honest origin joins and everyone finishes with the true blob.
+        origin_settings = SwarmSettings(announce_url, origin=True)
+        async with SwarmEngine(origin_settings, origin_store) as origin:
+            await origin.seed(digest, metainfo)
+            async with asyncio.timeout(120):
+                paths = await asyncio.gather(*(d.wait_done() for d in downloads))
+                streamed = await asyncio.gather(*readers)
+    for path, stream in zip(paths, streamed, strict=True):
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest.hex
+        assert stream == data
+
+
+@pytest.mark.slow
+async def test_swarm_recovers_after_an_in_memory_tracker_restarts(tmp_path: Path) -> None:
+    origin_store, agent_store = BlobStore(tmp_path / "o"), BlobStore(tmp_path / "a")
+    digest, data, metainfo = make_blob(origin_store, 1024 * 1024)
+    port = free_port()
+    announce_url = f"http://127.0.0.1:{port}/announce"
+    fast = {"interval": 1, "min_interval": 1, "peer_ttl": 5}
+    async with SwarmEngine(SwarmSettings(announce_url, origin=True), origin_store) as origin:
+        async with running_tracker(port, **fast):
+            await origin.seed(digest, metainfo)
+            await asyncio.sleep(1)  # the origin's first announce lands here
+        # The tracker restarts empty; the origin re-announces on its own.
+        async with running_tracker(port, **fast):
+            async with SwarmEngine(SwarmSettings(announce_url), agent_store) as agent:
+                download = await agent.download(digest, metainfo)
+                async with asyncio.timeout(90):
+                    path = await download.wait_done()
+    assert path.read_bytes() == data
