@@ -31,6 +31,8 @@ def register(subparsers: Any) -> None:
         "--tag-ttl", type=float, metavar="SECONDS", help="re-resolve upstream tags after this"
     )
     parser.add_argument("--max-manifest-size", type=int, metavar="BYTES")
+    parser.add_argument("--tracker", metavar="URL", help="seed blobs via this tracker (base URL)")
+    parser.add_argument("--peer-port", type=int, metavar="N", help="BitTorrent port (0 = any)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=run)
 
@@ -43,6 +45,8 @@ CONFIG_FLAGS = (
     "tag_ttl",
     "max_manifest_size",
     "log_level",
+    "tracker",
+    "peer_port",
 )
 
 

@@ -22,14 +22,19 @@ import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from krill.blobstore import BlobStore
+from krill.config import parse_hostport
 from krill.digests import Digest, DigestError
 from krill.metainfo import METAINFO_CONTENT_TYPE, make_metainfo
 from krill.registry_errors import RegistryError
 from krill.swarm import SwarmEngine, SwarmSettings
+
+if TYPE_CHECKING:
+    from origin.config import OriginConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,28 @@ class MetainfoSidecars:
         os.replace(tmp, sidecar)
         log.info("origin.metainfo_made digest=%s bytes=%d", digest, len(metainfo))
         return metainfo
+
+
+def announce_url(tracker: str) -> str:
+    """A tracker given as base URL or announce URL, as the announce URL libtorrent needs."""
+    tracker = tracker.rstrip("/")
+    return tracker if tracker.endswith("/announce") else tracker + "/announce"
+
+
+def swarm_settings_for(config: OriginConfig) -> SwarmSettings:
+    """Swarm settings from the origin's config (its ``tracker``, ``peer_port``, ``seed_ttl``).
+
+    libtorrent listens on the same host as the registry, so an origin reachable
+    at its HTTP address is reachable by peers too.
+    """
+    host, _ = parse_hostport(config.listen)
+    return SwarmSettings(
+        tracker_url=announce_url(config.tracker),
+        listen_host=host,
+        peer_port=config.peer_port,
+        seed_ttl=config.seed_ttl,
+        origin=True,
+    )
 
 
 def install_seeding(app: web.Application, store: BlobStore, settings: SwarmSettings) -> None:

@@ -70,6 +70,10 @@ def create_app(config: OriginConfig) -> web.Application:
     from origin import deltas  # layer deltas: TAG_MOVED hook, /krill/v1/deltas, process pool
 
     deltas.setup(app)
+    if config.tracker:  # seed blobs into the swarm: /krill/v1/metainfo + a SwarmEngine
+        from origin.seeding import install_seeding, swarm_settings_for
+
+        install_seeding(app, store, swarm_settings_for(config))
     return app
 
 

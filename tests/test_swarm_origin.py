@@ -1,0 +1,59 @@
+"""The real ``krill origin --tracker`` and ``krill tracker`` processes serve a swarm pull."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import aiohttp
+
+from krill.digests import Digest
+from tests.components import free_port, krill_process
+from tests.swarm_helpers import finish_peer, kill_peers, peer_result, start_peer
+
+
+async def push_blob(http: aiohttp.ClientSession, origin: str, data: bytes) -> Digest:
+    """Monolithic OCI blob upload: POST a session, PUT the bytes with the digest."""
+    digest = Digest.of_bytes(data)
+    async with http.post(f"{origin}/v2/swarm/test/blobs/uploads/") as started:
+        assert started.status == 202, await started.text()
+        location = started.headers["Location"]
+    url = location if location.startswith("http") else origin + location
+    separator = "&" if "?" in url else "?"
+    async with http.put(f"{url}{separator}digest={digest}", data=data) as finished:
+        assert finished.status == 201, await finished.text()
+    return digest
+
+
+async def test_origin_and_tracker_processes_serve_a_swarm_pull(tmp_path: Path) -> None:
+    origin_port, tracker_port = free_port(), free_port()
+    origin = f"http://127.0.0.1:{origin_port}"
+    tracker = f"http://127.0.0.1:{tracker_port}"
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    with (
+        krill_process(
+            ["origin", "--listen", f"127.0.0.1:{origin_port}", "--data", str(tmp_path / "o"),
+             "--tracker", tracker],
+            tmp_path / "origin.log", f"{origin}/v2/",
+        ),
+        krill_process(
+            ["tracker", "--listen", f"127.0.0.1:{tracker_port}", "--origin", origin],
+            tmp_path / "tracker.log", f"{tracker}/health",
+        ),
+    ):
+        async with aiohttp.ClientSession() as http:
+            digest = await push_blob(http, origin, data)
+        peers = [
+            await start_peer(tmp_path / f"peer{i}", f"{tracker}/announce", tracker, str(digest))
+            for i in range(2)
+        ]
+        try:
+            results = await asyncio.gather(*(peer_result(p, limit=60) for p in peers))
+            finals = await asyncio.gather(*(finish_peer(p) for p in peers))
+        finally:
+            kill_peers(peers)
+    assert all(r["stored_sha256"] == digest.hex == r["streamed_sha256"] for r in results)
+    assert sum(int(f["downloaded"]) for f in finals) >= 2 * len(data)
+    sidecar = tmp_path / "o" / "blobs" / "sha256" / digest.hex[:2] / f"{digest.hex}.torrent"
+    assert sidecar.is_file(), "metainfo is kept beside the blob"
