@@ -128,7 +128,7 @@ async def fetch_metainfo(
     url = base_url.rstrip("/") + METAINFO_PATH + str(digest)
     try:
         async with session.get(url) as response:
-            body = await response.content.read(MAX_METAINFO_BYTES + 1)
+            body = await _read_bounded(response, MAX_METAINFO_BYTES + 1)
             if response.status != 200:
                 detail = body[:200].decode(errors="replace")
                 raise MetainfoError(f"GET {url} answered {response.status}: {detail}")
@@ -138,3 +138,13 @@ async def fetch_metainfo(
         raise MetainfoError(f"GET {url} returned more than {MAX_METAINFO_BYTES} bytes")
     check_metainfo(body, digest)
     return body
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or its first ``limit`` bytes if it is longer (the caller refuses it)."""
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) >= limit:
+            break
+    return bytes(body[:limit])

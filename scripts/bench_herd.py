@@ -1,0 +1,396 @@
+"""The herd benchmark: N nodes pull one blob at once, via the swarm and via a plain registry.
+
+Builds a cluster out of network namespaces on this machine (run as root):
+
+    krillbench-sw      a "switch": one bridge, no addresses
+    krillbench-h0      origin host: krill origin + krill tracker + docker-registry, 10.77.0.1
+    krillbench-h1..N   node hosts, 10.77.0.2..N+1, one swarm driver each
+
+Every host has one veth link to the bridge, shaped with ``tc tbf`` to RATE in
+both directions (host egress on its side, host ingress on the switch side),
+so each host is a machine with a RATE network card. All addresses live only
+inside namespaces this script creates; every namespace is deleted on exit,
+including Ctrl-C and SIGTERM.
+
+Then, in one run:
+
+1. the blob is pushed to the origin and to the docker-registry (on h0, local);
+2. swarm: every node runs a SwarmEngine (``--peer`` mode of this script):
+   on "go" it fetches metainfo from the tracker and downloads the blob; the
+   pull time is from "go" to the blob verified in the node's store;
+3. plain registry: every node GETs the blob from docker-registry with curl.
+
+Prints p50/p99 pull time as a multiple of the physical limit (size / rate),
+origin egress (bytes sent by h0's link during the swarm phase) as a multiple
+of the blob size, and the speed-up of the swarm over the plain registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFIX = "krillbench-"
+SWITCH = PREFIX + "sw"
+SUBNET = "10.77.0"  # only ever assigned inside the namespaces created here
+ORIGIN_PORT, TRACKER_PORT, REGISTRY_PORT, PEER_PORT = 5000, 7000, 5001, 6881
+
+
+def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
+    return proc
+
+
+def in_ns(ns: str, *cmd: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, *cmd]
+
+
+def host_ns(index: int) -> str:
+    return f"{PREFIX}h{index}"
+
+
+def host_ip(index: int) -> str:
+    return f"{SUBNET}.{index + 1}"
+
+
+# ---- the cluster ----
+
+
+def remove_namespaces() -> None:
+    """Delete every namespace this script may have created (its prefix only)."""
+    listed = sh("ip", "netns", "list", check=False).stdout.split("\n")
+    for line in listed:
+        name = line.split(" ")[0]
+        if name.startswith(PREFIX):
+            sh("ip", "netns", "del", name, check=False)
+
+
+def shape(ns: str, dev: str, rate_mbit: float) -> None:
+    """Token bucket on a device's egress: at most ``rate_mbit``, small queue."""
+    burst = max(32 * 1024, int(rate_mbit * 1e6 / 8 / 250))  # >= one 4 ms tick of data
+    sh(*in_ns(ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
+              "rate", f"{rate_mbit}mbit", "burst", str(burst), "latency", "50ms"))
+
+
+def build_cluster(nodes: int, rate_mbit: float) -> None:
+    remove_namespaces()
+    sh("ip", "netns", "add", SWITCH)
+    sh(*in_ns(SWITCH, "ip", "link", "add", "br0", "type", "bridge"))
+    sh(*in_ns(SWITCH, "ip", "link", "set", "br0", "up"))
+    for index in range(nodes + 1):
+        ns = host_ns(index)
+        sh("ip", "netns", "add", ns)
+        sh(*in_ns(ns, "ip", "link", "set", "lo", "up"))
+        # Create the pair inside the host namespace, then move the switch end over,
+        # so no interface ever appears in the namespace this script runs in.
+        sh(*in_ns(ns, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", f"p{index}"))
+        sh(*in_ns(ns, "ip", "link", "set", f"p{index}", "netns", SWITCH))
+        sh(*in_ns(ns, "ip", "addr", "add", f"{host_ip(index)}/24", "dev", "eth0"))
+        sh(*in_ns(ns, "ip", "link", "set", "eth0", "up"))
+        sh(*in_ns(SWITCH, "ip", "link", "set", f"p{index}", "master", "br0"))
+        sh(*in_ns(SWITCH, "ip", "link", "set", f"p{index}", "up"))
+        # Both directions: the host's sends (its side) and what it receives (switch side).
+        # tbf splits GSO super-packets larger than its burst, so veth offloads can stay on.
+        for side_ns, dev in ((ns, "eth0"), (SWITCH, f"p{index}")):
+            shape(side_ns, dev, rate_mbit)
+
+
+def tx_bytes(ns: str, dev: str = "eth0") -> int:
+    out = sh(*in_ns(ns, "cat", f"/sys/class/net/{dev}/statistics/tx_bytes")).stdout
+    return int(out.strip())
+
+
+# ---- processes ----
+
+
+class Processes:
+    """Every process started here, so all of them (and only them) are stopped at exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, cmd: list[str], log: Path, **kwargs: object) -> subprocess.Popen[str]:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        with open(log, "w") as out:
+            proc = subprocess.Popen(cmd, stdout=kwargs.pop("stdout", out), stderr=out,
+                                    env=env, text=True, cwd=ROOT, **kwargs)  # type: ignore[call-overload]
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 10
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_http(ns: str, url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        probe = sh(*in_ns(ns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url),
+                   check=False)
+        if probe.stdout.strip() not in ("", "000"):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer in {ns}")
+
+
+def krill(*args: str) -> list[str]:
+    return [sys.executable, "-m", "krill.cli", *args]
+
+
+def start_servers(procs: Processes, work: Path) -> None:
+    ns, ip = host_ns(0), host_ip(0)
+    origin = f"http://{ip}:{ORIGIN_PORT}"
+    tracker = f"http://{ip}:{TRACKER_PORT}"
+    procs.start(in_ns(ns, *krill("tracker", "--listen", f"{ip}:{TRACKER_PORT}",
+                                 "--origin", origin)), work / "tracker.log")
+    procs.start(in_ns(ns, *krill("origin", "--listen", f"{ip}:{ORIGIN_PORT}", "--data",
+                                 str(work / "origin"), "--tracker", tracker,
+                                 "--peer-port", str(PEER_PORT))), work / "origin.log")
+    registry_dir = work / "registry"
+    registry_dir.mkdir()
+    config = registry_dir / "config.yml"
+    config.write_text(
+        "version: 0.1\nlog: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {registry_dir / 'data'}}}}}\n"
+        f"http: {{addr: '{ip}:{REGISTRY_PORT}'}}\n"
+    )
+    procs.start(in_ns(ns, "docker-registry", "serve", str(config)), work / "registry.log")
+    for url in (f"{tracker}/health", f"{origin}/v2/", f"http://{ip}:{REGISTRY_PORT}/v2/"):
+        wait_http(ns, url)
+
+
+def push(base: str, blob: Path) -> str:
+    """Monolithic upload (POST + PUT ?digest=) from inside h0; returns the digest."""
+    from krill.digests import sha256_file
+
+    digest = str(sha256_file(str(blob)))
+    ns = host_ns(0)
+    headers = sh(*in_ns(ns, "curl", "-sS", "-D", "-", "-o", "/dev/null", "-X", "POST",
+                        f"{base}/v2/bench/herd/blobs/uploads/")).stdout
+    location = next(line.split(":", 1)[1].strip() for line in headers.splitlines()
+                    if line.lower().startswith("location:"))
+    url = location if location.startswith("http") else base + location
+    url += ("&" if "?" in url else "?") + f"digest={digest}"
+    status = sh(*in_ns(ns, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT",
+                       "-H", "Content-Type: application/octet-stream",
+                       "--data-binary", f"@{blob}", url)).stdout
+    if status.strip() != "201":
+        raise RuntimeError(f"pushing to {base} answered {status}")
+    return digest
+
+
+# ---- the two pulls ----
+
+
+def swarm_pull(procs: Processes, work: Path, nodes: int, digest: str) -> list[float]:
+    tracker = f"http://{host_ip(0)}:{TRACKER_PORT}"
+    drivers = []
+    for index in range(1, nodes + 1):
+        cmd = in_ns(host_ns(index), sys.executable, str(Path(__file__).resolve()), "--peer",
+                    "--tracker", tracker, "--digest", digest, "--listen-host", host_ip(index),
+                    "--data", str(work / f"node{index}"))
+        drivers.append(procs.start(cmd, work / f"node{index}.log", stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE))
+    for driver in drivers:  # each prints "ready" once its engine listens
+        if read_line(driver) != {"ready": True}:
+            raise RuntimeError("a swarm driver failed to start; see its log")
+    for driver in drivers:
+        assert driver.stdin is not None
+        driver.stdin.write("go\n")
+        driver.stdin.flush()
+    results = [read_line(driver) for driver in drivers]
+    for driver in drivers:
+        assert driver.stdin is not None
+        driver.stdin.close()
+    for result in results:
+        if result.get("sha256") != digest.removeprefix("sha256:"):
+            raise RuntimeError(f"a node ended with the wrong blob: {result}")
+    return [float(r["seconds"]) for r in results]
+
+
+def read_line(proc: subprocess.Popen[str]) -> dict[str, object]:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"driver exited with {proc.wait()} before answering")
+    return json.loads(line)
+
+
+def registry_pull(nodes: int, digest: str) -> list[float]:
+    url = f"http://{host_ip(0)}:{REGISTRY_PORT}/v2/bench/herd/blobs/{digest}"
+    curls = [
+        subprocess.Popen(in_ns(host_ns(i), "curl", "-sS", "-f", "-o", "/dev/null", "-w",
+                               "%{time_total}", url), stdout=subprocess.PIPE, text=True)
+        for i in range(1, nodes + 1)
+    ]
+    times = []
+    for curl in curls:
+        out, _ = curl.communicate()
+        if curl.returncode != 0:
+            raise RuntimeError(f"registry GET failed with {curl.returncode}")
+        times.append(float(out))
+    return times
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(pct / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+# ---- the per-node swarm driver (runs inside a node namespace) ----
+
+
+async def peer_main(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from krill.blobstore import BlobStore
+    from krill.digests import Digest, sha256_file
+    from krill.logs import setup_logging
+    from krill.metainfo import fetch_metainfo
+    from krill.swarm import SwarmEngine, SwarmSettings
+
+    setup_logging("warning")
+    digest = Digest.parse(args.digest)
+    settings = SwarmSettings(tracker_url=args.tracker + "/announce",
+                             listen_host=args.listen_host, peer_port=PEER_PORT)
+    async with SwarmEngine(settings, BlobStore(args.data)) as engine:
+        emit({"ready": True})
+        await asyncio.to_thread(sys.stdin.readline)  # "go"
+        start = time.monotonic()
+        async with aiohttp.ClientSession() as http:
+            metainfo = await fetch_metainfo(http, args.tracker, digest)
+        download = await engine.download(digest, metainfo)
+        path = await download.wait_done()
+        seconds = time.monotonic() - start
+        emit({"seconds": seconds, "sha256": (await asyncio.to_thread(sha256_file, str(path))).hex})
+        await asyncio.to_thread(sys.stdin.read)  # keep seeding until the bench ends
+    return 0
+
+
+def emit(record: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+# ---- main ----
+
+
+@contextlib.contextmanager
+def cleanup_on_exit(procs: Processes, work: Path, keep: bool) -> Iterator[None]:
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGHUP, interrupted)
+    try:
+        yield
+    finally:
+        procs.stop_all()
+        remove_namespaces()
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        sys.stderr.write("bench-herd: needs root (network namespaces and tc); run with sudo\n")
+        return 2
+    size = args.size_mib * 1024 * 1024
+    limit = size * 8 / (args.rate_mbit * 1e6)
+    work = Path(tempfile.mkdtemp(prefix="krill-bench-herd-"))
+    procs = Processes()
+    with cleanup_on_exit(procs, work, args.keep):
+        log(f"cluster: {args.nodes} nodes + origin host, {args.rate_mbit} Mbit/s links, "
+            f"{args.size_mib} MiB blob (limit {limit:.2f} s); work dir {work}")
+        build_cluster(args.nodes, args.rate_mbit)
+        start_servers(procs, work)
+        blob = work / "blob"
+        with open(blob, "wb") as f:
+            f.write(os.urandom(size))
+        digest = push(f"http://{host_ip(0)}:{ORIGIN_PORT}", blob)
+        push(f"http://{host_ip(0)}:{REGISTRY_PORT}", blob)
+        blob.unlink()
+
+        log("swarm pull ...")
+        sent_before = tx_bytes(host_ns(0))
+        swarm = swarm_pull(procs, work, args.nodes, digest)
+        time.sleep(1)  # let the last HAVEs and tracker answers drain before reading the counter
+        egress = (tx_bytes(host_ns(0)) - sent_before) / size
+        log("plain registry pull ...")
+        plain = registry_pull(args.nodes, digest)
+        report(args, size, limit, swarm, plain, egress)
+    return 0
+
+
+def report(args: argparse.Namespace, size: int, limit: float, swarm: list[float],
+           plain: list[float], egress: float) -> None:
+    s50, s99 = percentile(swarm, 50), percentile(swarm, 99)
+    p50, p99 = percentile(plain, 50), percentile(plain, 99)
+    lines = [
+        f"nodes={args.nodes} rate={args.rate_mbit}Mbit/s size={args.size_mib}MiB "
+        f"limit={limit:.2f}s cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}",
+        f"swarm:    p50 {s50:7.2f}s = {s50 / limit:5.2f}x limit   "
+        f"p99 {s99:7.2f}s = {s99 / limit:5.2f}x limit   (goals 1.15x / 1.5x)",
+        f"origin egress during swarm pull: {egress:.2f}x blob   (goal <= 1.5x)",
+        f"registry: p50 {p50:7.2f}s = {p50 / limit:5.2f}x limit   "
+        f"p99 {p99:7.2f}s = {p99 / limit:5.2f}x limit",
+        f"speed-up over plain registry: p50 {p50 / s50:.1f}x, p99 {p99 / s99:.1f}x "
+        f"(goal >= 10x)",
+    ]
+    print("\n".join(lines))
+    print(json.dumps({"swarm_s": sorted(swarm), "registry_s": sorted(plain),
+                      "origin_egress_x": egress, "limit_s": limit}))
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"[bench-herd] {message}\n")
+    sys.stderr.flush()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=16)
+    parser.add_argument("--rate-mbit", type=float, default=100.0)
+    parser.add_argument("--size-mib", type=int, default=64)
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    # --peer mode: the per-node driver this script starts inside each node namespace.
+    parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tracker", help=argparse.SUPPRESS)
+    parser.add_argument("--digest", help=argparse.SUPPRESS)
+    parser.add_argument("--listen-host", help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peer:
+        return asyncio.run(peer_main(args))
+    try:
+        return run_bench(args)
+    except KeyboardInterrupt:
+        log("interrupted; cluster removed")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
