@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import time
 import urllib.request
@@ -24,6 +25,8 @@ from tests.agent_cluster import (
 )
 from tests.components import SKOPEO_FLAGS, skopeo
 from tests.imagebuild import read_oci_layout_digests
+
+log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 SWARM_SETTINGS = {"swarm_deadline": 20.0}
@@ -135,6 +138,7 @@ def test_eight_agents_fetch_one_blob_and_the_origin_sends_it_about_once(tmp_path
             stored = BlobStore(agent.data / "blobs").path(digest)
             assert stored.stat().st_size == size
         uploaded = origin.uploaded_bytes(server)
+        log.info("herd.origin_upload ratio=%.2f blob_bytes=%d", uploaded / size, size)
         assert 0 < uploaded <= 2 * size, f"origin uploaded {uploaded / size:.2f}x the blob"
 
 
