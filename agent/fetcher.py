@@ -67,35 +67,37 @@ class BlobFetcher:
         self._deadline = swarm_deadline
         self._seed_ttl = seed_ttl
         self._on_event = on_event or (lambda event, label: None)
-        self._inflight: dict[Digest, asyncio.Future[InflightBlob]] = {}
+        self._inflight: dict[Digest, asyncio.Task[InflightBlob]] = {}
         self._finishers: dict[Digest, asyncio.Task[None]] = {}
 
     async def open(self, digest: Digest, repository: str | None) -> CachedBlob | InflightBlob:
-        """A servable view of the blob; raises SourceUnavailable when no source has it now."""
+        """A servable view of the blob; raises SourceUnavailable when no source has it now.
+
+        The source is chosen in a task of its own, so a client that hangs up while
+        waiting does not cancel the choice for the others sharing it.
+        """
         cached = await self.cached(digest)
         if cached is not None:
             self._on_event("cache", "hit")
             return cached
         self._on_event("cache", "miss")
-        future = self._inflight.get(digest)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._inflight[digest] = future
-            try:
-                blob = await self._commit_source(digest, repository)
-            except BaseException as exc:
-                self._inflight.pop(digest, None)
-                if not future.done():
-                    shared = (
-                        exc if isinstance(exc, SourceUnavailable) else SourceUnavailable(repr(exc))
-                    )
-                    future.set_exception(shared)
-                    future.exception()
-                raise
-            future.set_result(blob)
-            self._finish_later(blob)
-            return blob
-        return await asyncio.shield(future)
+        task = self._inflight.get(digest)
+        if task is None:
+            task = asyncio.create_task(
+                self._start(digest, repository), name=f"start-{digest.hex[:12]}"
+            )
+            task.add_done_callback(_consume_exception)
+            self._inflight[digest] = task
+        return await asyncio.shield(task)
+
+    async def _start(self, digest: Digest, repository: str | None) -> InflightBlob:
+        try:
+            blob = await self._commit_source(digest, repository)
+        except BaseException:
+            self._inflight.pop(digest, None)
+            raise
+        self._finish_later(blob)
+        return blob
 
     async def cached(self, digest: Digest) -> CachedBlob | None:
         if not await self.cache.ensure_verified(digest):
@@ -127,10 +129,10 @@ class BlobFetcher:
         if self._swarm is not None:
             try:
                 return await self._try_swarm(digest, repository)
-            except (SourceUnavailable, TransferFailed, TimeoutError) as exc:
-                reason = "deadline" if isinstance(exc, TimeoutError) else "unavailable"
+            except Exception as exc:  # any swarm trouble: the origin is the way out
+                reason = _fallback_reason(exc)
                 errors.append(f"swarm: {exc or 'no bytes within the deadline'}")
-                log.info("fetch.fallback digest=%s reason=%s error=%s", digest, reason, exc)
+                log.info("fetch.fallback digest=%s reason=%s error=%r", digest, reason, exc)
                 self._on_event("fallback", reason)
         if self._origin is not None:
             try:
@@ -178,7 +180,25 @@ class BlobFetcher:
     async def close(self) -> None:
         for task in list(self._finishers.values()):
             task.cancel()
-        for future in list(self._inflight.values()):
-            if future.done() and not future.cancelled() and future.exception() is None:
-                future.result().transfer.cancel()
-        await asyncio.gather(*self._finishers.values(), return_exceptions=True)
+        for task in list(self._inflight.values()):
+            if task.done() and not task.cancelled() and task.exception() is None:
+                task.result().transfer.cancel()
+            else:
+                task.cancel()
+        await asyncio.gather(
+            *self._finishers.values(), *self._inflight.values(), return_exceptions=True
+        )
+
+
+def _fallback_reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "deadline"
+    if isinstance(exc, (SourceUnavailable, TransferFailed)):
+        return "unavailable"
+    return "error"
+
+
+def _consume_exception(task: asyncio.Task[InflightBlob]) -> None:
+    """Mark a failed start as seen (every waiter got it; nobody else will ask)."""
+    if not task.cancelled():
+        task.exception()
