@@ -8,6 +8,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,17 @@ def test_a_stalled_transfer_aborts_the_client_instead_of_hanging(tmp_path: Path)
         finally:
             server.close()
     assert "stalled at byte" in (tmp_path / "agent" / "agent.log").read_text()
+
+
+def test_concurrent_requests_for_one_blob_share_one_origin_transfer(tmp_path: Path) -> None:
+    with origin_process(tmp_path / "origin") as origin:
+        image = build_layout(tmp_path / "layout", seed=27, layer_size=512 * 1024)
+        push(image, origin, "team/shared:1")
+        layer = image.images[0].layers[0]
+        with agent_process(tmp_path / "agent", origin) as agent:
+            url = f"{agent.registry}/v2/team/shared/blobs/{layer.digest}"
+            with ThreadPoolExecutor(8) as pool:
+                bodies = list(pool.map(lambda _: urllib.request.urlopen(url).read(), range(8)))
+            metrics = agent.metrics()
+    assert bodies == [layer.data] * 8
+    assert metrics["krill_agent_origin_http_bytes_total"] == len(layer.data)
