@@ -16,7 +16,7 @@ from origin.config import OriginConfig
 from origin.deltas import DELTA_ENGINE, DeltaEngine
 from origin.server import create_app
 from tests.components import SKOPEO_FLAGS, skopeo
-from tests.imagebuild import Image, build_image, realistic_files, write_oci_layout
+from tests.imagebuild import Image, build_image, build_index, realistic_files, write_oci_layout
 
 pytestmark = pytest.mark.slow
 
@@ -138,3 +138,35 @@ async def test_bad_digest_is_a_registry_error(
     resp = await client.get("/krill/v1/deltas/sha256:abc", params={"have": "x"})
     assert resp.status == 400
     assert (await resp.json())["errors"][0]["code"] == "DIGEST_INVALID"
+
+
+async def test_multi_arch_index_pairs_layers_per_platform(
+    tmp_path: Path,
+    origin: TestServer,
+    aiohttp_client,  # type: ignore[no-untyped-def]
+) -> None:
+    """Each platform's new layer is paired with the same platform's old layer."""
+    versions = {}
+    for version in (1, 2):
+        images = []
+        for arch, seed in (("amd64", 10), ("arm64", 20)):
+            files = realistic_files(seed)
+            files["etc/os-release"] = f"VERSION_ID={version}\n".encode()
+            images.append(build_image([files], architecture=arch))
+        versions[version] = images
+    client = await aiohttp_client(origin)
+    engine = origin.app[DELTA_ENGINE]
+    for version, images in versions.items():
+        index = build_index(images)
+        layout = write_oci_layout(tmp_path / f"multi{version}", index, images, "multi")
+        dest = f"docker://{origin.host}:{origin.port}/app:latest"
+        await asyncio.to_thread(skopeo, "copy", "--all", *SKOPEO_FLAGS, f"oci:{layout}:multi", dest)
+    await _settle(engine)
+    old_amd, old_arm = (image.layers[0].digest for image in versions[1])
+    new_arm = versions[2][1].layers[0].digest
+    # The arm64 target was computed against the arm64 base, not the amd64 one.
+    assert set(engine.index.entries(Digest.parse(new_arm))) == {old_arm}
+    answer = await (
+        await client.get(f"/krill/v1/deltas/{new_arm}", params={"have": f"{old_amd},{old_arm}"})
+    ).json()
+    assert answer["status"] == "ok" and answer["base"] == old_arm
