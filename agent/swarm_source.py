@@ -31,6 +31,10 @@ PIECE_READ_ATTEMPTS = 60
 class SwarmTransfer:
     """Adapts a ``krill.swarm.Download``: failures read as ``TransferFailed``, reads re-verified.
 
+    Like the HTTP transfer, it holds back the blob's last byte until the engine
+    has checked the whole file's sha256, so a client can never receive a
+    complete body that then fails verification.
+
     libtorrent reports a piece as passed when its hash checks out, which can be
     before the piece's bytes have reached the file (libtorrent 2 hashes from its
     write buffer). So ``read`` checks each piece's SHA-1 against the metainfo as
@@ -53,11 +57,19 @@ class SwarmTransfer:
 
     @property
     def available(self) -> int:
-        return int(self._download.available)
+        """Verified bytes, less the last one until the whole file's sha256 has matched."""
+        available = int(self._download.available)
+        return available if self._download.done else min(available, self.size - 1)
 
     async def wait_available(self, offset: int) -> int:
         try:
-            return int(await self._download.wait_available(offset))
+            if offset >= self.size - 1:  # the last byte waits for the full-file check
+                if self.size:
+                    await self._download.wait_available(offset)  # keeps the piece prioritised
+                await self._download.wait_done()
+                return self.size
+            await self._download.wait_available(offset)
+            return self.available
         except self._failure as exc:
             raise TransferFailed(f"swarm download failed: {exc}") from exc
 
