@@ -96,9 +96,6 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 def _commands(a: Addresses, data: Path) -> list[tuple[str, list[str], str]]:
     """(name, krill arguments, health URL) for each service, in start order."""
-    origin_config = data / "origin.toml"
-    # Seeding settings go through the origin's config file (its typed OriginConfig).
-    origin_config.write_text(f'tracker = "http://{a.tracker}/announce"\n')
     return [
         (
             "origin",
@@ -108,8 +105,8 @@ def _commands(a: Addresses, data: Path) -> list[tuple[str, list[str], str]]:
                 a.origin,
                 "--data",
                 str(data / "origin"),
-                "--config",
-                str(origin_config),
+                "--tracker",
+                f"http://{a.tracker}",
             ],
             f"http://{a.origin}/v2/",
         ),

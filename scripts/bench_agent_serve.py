@@ -148,10 +148,9 @@ def krill(*args: str) -> list[str]:
 
 @contextlib.contextmanager
 def cluster(work: Path) -> Iterator[dict[str, str]]:
-    """origin (seeding via its config's tracker), tracker, agent; yields their base URLs."""
+    """origin (seeding through the tracker), tracker, agent; yields their base URLs."""
     ports = {name: free_port() for name in ("origin", "tracker", "agent", "registry")}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    (work / "origin.toml").write_text(f'tracker = "{urls["tracker"]}/announce"\n')
     with contextlib.ExitStack() as stack:
         origin = stack.enter_context(
             process(
@@ -161,8 +160,8 @@ def cluster(work: Path) -> Iterator[dict[str, str]]:
                     f"127.0.0.1:{ports['origin']}",
                     "--data",
                     str(work / "origin"),
-                    "--config",
-                    str(work / "origin.toml"),
+                    "--tracker",
+                    urls["tracker"],
                     "--log-level",
                     "warning",
                 ),
