@@ -43,10 +43,17 @@ class OriginConfig:
     max_manifest_size: int = MAX_MANIFEST_BYTES
     # Upload sessions idle this long are discarded (their temp file removed).
     upload_idle_timeout: float = 3600.0
-    # Reserved for the swarm (seeding) work; unused by the registry itself.
+    # Swarm seeding: the tracker's announce URL turns it on.
     tracker: str | None = None
     peer_port: int = 0
     seed_ttl: float = 600.0
+    # Layer deltas: computed when a tag moves, against the last `delta_history` versions.
+    deltas: bool = True
+    delta_history: int = 3
+    delta_workers: int = 1
+    delta_max_queue: int = 1024
+    # Keep a delta only if it is smaller than this fraction of the target layer.
+    delta_max_ratio: float = 0.5
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen)
@@ -56,6 +63,10 @@ class OriginConfig:
             raise ConfigError("max_manifest_size must be positive")
         if self.tag_ttl < 0:
             raise ConfigError("tag_ttl must be zero or more seconds")
+        if self.delta_workers < 1 or self.delta_history < 1:
+            raise ConfigError("delta_workers and delta_history must be at least 1")
+        if not 0 < self.delta_max_ratio <= 1:
+            raise ConfigError("delta_max_ratio must be in (0, 1]")
 
     @property
     def listen_address(self) -> tuple[str, int]:

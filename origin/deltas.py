@@ -44,6 +44,7 @@ from krill.delta.format import FORMAT_NAME
 from krill.digests import Digest, DigestError
 from krill.registry_errors import RegistryError
 from origin.appkeys import METRICS, REPOSITORIES, STORE, TAG_HISTORY, TAG_MOVED
+from origin.config import OriginConfig
 
 log = logging.getLogger(__name__)
 
@@ -434,6 +435,16 @@ async def get_delta(request: web.Request) -> web.Response:
     haves = [h for h in have_text.split(",") if h][:MAX_HAVE]
     have = [_parse_digest(h, "have") for h in haves]
     return web.json_response(request.app[DELTA_ENGINE].lookup(target, have))
+
+
+def settings_for(config: OriginConfig) -> DeltaSettings:
+    """The delta settings an origin was configured with."""
+    return DeltaSettings(
+        history=config.delta_history,
+        workers=config.delta_workers,
+        max_queue=config.delta_max_queue,
+        max_ratio=config.delta_max_ratio,
+    )
 
 
 def setup(app: web.Application, settings: DeltaSettings | None = None) -> DeltaEngine:

@@ -67,9 +67,10 @@ def create_app(config: OriginConfig) -> web.Application:
         app.router.add_routes(module.routes())
     app.on_response_prepare.append(count_blob_bytes)
     app.cleanup_ctx.append(background_work)
-    from origin import deltas  # layer deltas: TAG_MOVED hook, /krill/v1/deltas, process pool
+    if config.deltas:  # layer deltas: TAG_MOVED hook, /krill/v1/deltas, process pool
+        from origin import deltas
 
-    deltas.setup(app)
+        deltas.setup(app, deltas.settings_for(config))
     if config.tracker:  # seed blobs into the swarm: /krill/v1/metainfo + a SwarmEngine
         from origin.seeding import install_seeding, swarm_settings_for
 
