@@ -228,3 +228,15 @@ def seeding_origin(
         yield SeedingOrigin(url, app), server
     finally:
         server.close()
+
+
+@contextlib.contextmanager
+def origin_and_tracker(root: Path) -> Iterator[tuple[str, str]]:
+    """A seeding origin (``--tracker``) and its tracker, as real processes: (origin, tracker)."""
+    tracker_port = free_port()
+    tracker = f"http://127.0.0.1:{tracker_port}"
+    with (
+        origin_process(root / "origin", "--tracker", tracker) as origin,
+        tracker_process(root / "tracker", origin, port=tracker_port),
+    ):
+        yield origin, tracker

@@ -13,12 +13,11 @@ from tests import containerd
 from tests.agent_cluster import (
     agent_process,
     build_layout,
+    origin_and_tracker,
     origin_process,
     push,
-    seeding_origin,
-    tracker_process,
 )
-from tests.components import free_port, krill_command
+from tests.components import krill_command
 
 pytestmark = pytest.mark.skipif(
     not containerd.available(), reason="containerd and ctr are required (scripts/test installs)"
@@ -35,18 +34,13 @@ def write_hosts(hosts_dir: Path, agent_hostport: str, *registries: str) -> None:
 
 def test_containerd_pulls_a_multi_platform_index_through_the_agent(tmp_path: Path) -> None:
     """Swarm path: a seeding origin and a tracker; containerd resolves and fetches via the agent."""
-    tracker_port = free_port()
-    tracker_url = f"http://127.0.0.1:{tracker_port}"
-    with (
-        seeding_origin(tmp_path / "origin", f"{tracker_url}/announce") as (origin, _),
-        tracker_process(tmp_path / "tracker", origin.url, port=tracker_port),
-    ):
+    with origin_and_tracker(tmp_path) as (origin_url, tracker_url):
         image = build_layout(tmp_path / "layout", seed=3, platforms=("amd64", "arm64"))
-        host = origin.url.removeprefix("http://")
-        push(image, origin.url, "team/app:1")
+        host = origin_url.removeprefix("http://")
+        push(image, origin_url, "team/app:1")
         with (
             agent_process(
-                tmp_path / "agent", origin.url, tracker_url, settings={"swarm_deadline": 20.0}
+                tmp_path / "agent", origin_url, tracker_url, settings={"swarm_deadline": 20.0}
             ) as agent,
             containerd.running_containerd(tmp_path / "ctrd") as ctrd,
         ):

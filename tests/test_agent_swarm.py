@@ -19,6 +19,7 @@ from tests.agent_cluster import (
     Agent,
     agent_process,
     build_layout,
+    origin_and_tracker,
     push,
     seeding_origin,
     tracker_process,
@@ -58,23 +59,14 @@ def sha256_of_url(url: str) -> str:
 
 @pytest.mark.slow
 def test_two_agents_pulling_the_same_image_get_bytes_from_each_other(tmp_path: Path) -> None:
-    tracker_root = tmp_path / "tracker"
     with contextlib.ExitStack() as stack:
-        # The tracker needs the origin's URL and the origin the tracker's: fix the port first.
-        from tests.components import free_port
-
-        tracker_port = free_port()
-        tracker_url = f"http://127.0.0.1:{tracker_port}"
-        origin, _server = stack.enter_context(
-            seeding_origin(tmp_path / "origin", f"{tracker_url}/announce")
-        )
-        stack.enter_context(tracker_process(tracker_root, origin.url, port=tracker_port))
+        origin_url, tracker_url = stack.enter_context(origin_and_tracker(tmp_path))
         image = build_layout(tmp_path / "layout", seed=31, layer_size=4 * MiB)
-        push(image, origin.url, "team/big:1")
+        push(image, origin_url, "team/big:1")
         agents = [
             stack.enter_context(
                 agent_process(
-                    tmp_path / f"agent{i}", origin.url, tracker_url, settings=SWARM_SETTINGS
+                    tmp_path / f"agent{i}", origin_url, tracker_url, settings=SWARM_SETTINGS
                 )
             )
             for i in range(2)
@@ -146,20 +138,13 @@ def test_eight_agents_fetch_one_blob_and_the_origin_sends_it_about_once(tmp_path
 def test_a_blob_streams_to_the_client_before_its_download_finishes(tmp_path: Path) -> None:
     """The agent's swarm download is throttled; the client has bytes before the commit."""
     with contextlib.ExitStack() as stack:
-        from tests.components import free_port
-
-        tracker_port = free_port()
-        tracker_url = f"http://127.0.0.1:{tracker_port}"
-        origin, _ = stack.enter_context(
-            seeding_origin(tmp_path / "origin", f"{tracker_url}/announce")
-        )
-        stack.enter_context(tracker_process(tmp_path / "tracker", origin.url, port=tracker_port))
+        origin_url, tracker_url = stack.enter_context(origin_and_tracker(tmp_path))
         image = build_layout(tmp_path / "layout", seed=33, layer_size=2 * MiB)
-        push(image, origin.url, "team/stream:1")
+        push(image, origin_url, "team/stream:1")
         layer = image.images[0].layers[0]  # ~4 MiB: ~4 s at 1 MiB/s
         settings = {**SWARM_SETTINGS, "download_rate_limit": MiB}
         agent = stack.enter_context(
-            agent_process(tmp_path / "agent", origin.url, tracker_url, settings=settings)
+            agent_process(tmp_path / "agent", origin_url, tracker_url, settings=settings)
         )
         url = f"{agent.registry}/v2/team/stream/blobs/{layer.digest}"
         stored = BlobStore(agent.data / "blobs").path(Digest.parse(layer.digest))
