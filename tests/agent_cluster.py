@@ -124,7 +124,12 @@ class PushedImage:
 
 
 def build_layout(
-    root: Path, seed: int, *, platforms: tuple[str, ...] = ("amd64",), layer_size: int = 32 * 1024
+    root: Path,
+    seed: int,
+    *,
+    platforms: tuple[str, ...] = ("amd64",),
+    layer_size: int = 32 * 1024,
+    docker: bool = False,
 ) -> PushedImage:
     """An OCI layout with one image per platform (an index when more than one)."""
     images = [
@@ -134,10 +139,11 @@ def build_layout(
                 imagebuild.random_files(seed * 10 + i + 5, count=1, size=layer_size),
             ],
             architecture=arch,
+            docker=docker,
         )
         for i, arch in enumerate(platforms)
     ]
-    top = imagebuild.build_index(images) if len(images) > 1 else images[0].manifest
+    top = imagebuild.build_index(images, docker=docker) if len(images) > 1 else images[0].manifest
     layout = imagebuild.write_oci_layout(root, top, images, "latest")
     return PushedImage(layout, top, images)
 
@@ -240,3 +246,26 @@ def origin_and_tracker(root: Path) -> Iterator[tuple[str, str]]:
         tracker_process(root / "tracker", origin, port=tracker_port),
     ):
         yield origin, tracker
+
+
+def push_via_api(origin: str, repository: str, image: PushedImage, tag: str) -> None:
+    """Push blobs (monolithic POST) and manifests (PUT) with the registry API directly.
+
+    For Docker manifest lists, which skopeo's oci: transport cannot read from a layout.
+    """
+    for img in image.images:
+        for blob in img.blobs():
+            url = f"{origin}/v2/{repository}/blobs/uploads/?digest={blob.digest}"
+            urllib.request.urlopen(urllib.request.Request(url, data=blob.data, method="POST"))
+        _put_manifest(origin, repository, img.manifest.digest, img.manifest)
+    _put_manifest(origin, repository, tag, image.top)
+
+
+def _put_manifest(origin: str, repository: str, reference: str, blob: imagebuild.Blob) -> None:
+    request = urllib.request.Request(
+        f"{origin}/v2/{repository}/manifests/{reference}",
+        data=blob.data,
+        method="PUT",
+        headers={"Content-Type": blob.media_type},
+    )
+    urllib.request.urlopen(request)

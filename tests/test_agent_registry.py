@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_cluster import Agent, agent_process, build_layout, origin_process, push
+from tests.agent_cluster import (
+    Agent,
+    agent_process,
+    build_layout,
+    origin_process,
+    push,
+    push_via_api,
+)
 from tests.components import SKOPEO_FLAGS, skopeo
 
 
@@ -188,3 +195,27 @@ def test_base_endpoint_and_health(cluster) -> None:
     assert status == 200 and headers["Docker-Distribution-API-Version"] == "registry/2.0"
     status, _, body = request(f"{agent.api}/health")
     assert status == 200 and json.loads(body)["status"] == "ok"
+
+
+def test_docker_manifest_list_round_trips_byte_identical(cluster, tmp_path: Path) -> None:
+    origin, agent, _ = cluster
+    image = build_layout(tmp_path / "layout", seed=8, platforms=("amd64", "arm64"), docker=True)
+    push_via_api(origin, "team/docker", image, "1")
+    status, headers, body = request(
+        f"{agent.registry}/v2/team/docker/manifests/1",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.list.v2+json"},
+    )
+    assert status == 200 and body == image.top.data
+    assert headers["Content-Type"] == "application/vnd.docker.distribution.manifest.list.v2+json"
+    out = tmp_path / "out"
+    skopeo(
+        "copy",
+        "--all",
+        *SKOPEO_FLAGS,
+        f"docker://{agent.registry_hostport}/team/docker:1",
+        f"dir:{out}",
+    )
+    assert (out / "manifest.json").read_bytes() == image.top.data
+    for img in image.images:
+        for blob in img.blobs():
+            assert (out / blob.digest.split(":", 1)[1]).read_bytes() == blob.data
