@@ -37,12 +37,12 @@ def swarm_metric(agent: Agent, direction: str) -> float:
     return agent.metrics().get(f'krill_agent_swarm_payload_bytes{{direction="{direction}"}}', 0)
 
 
-def wait_for_uploads(agents: list[Agent], timeout: float = 15) -> float:
-    """Sum of bytes the agents uploaded to peers, once the engines' counters caught up."""
+def wait_for_swarm_bytes(agents: list[Agent], direction: str, timeout: float = 15) -> float:
+    """Sum of the agents' swarm payload bytes, once the engines' counters caught up."""
     deadline = time.monotonic() + timeout
     total = 0.0
     while time.monotonic() < deadline:
-        total = sum(swarm_metric(a, "uploaded") for a in agents)
+        total = sum(swarm_metric(a, direction) for a in agents)
         if total > 0:
             return total
         time.sleep(0.5)
@@ -86,7 +86,7 @@ def test_two_agents_pulling_the_same_image_get_bytes_from_each_other(tmp_path: P
             results = list(pool.map(pull, agents))
         expected = read_oci_layout_digests(image.layout)
         assert results == [expected, expected]
-        assert wait_for_uploads(agents) > 0, "the agents exchanged no bytes"
+        assert wait_for_swarm_bytes(agents, "uploaded") > 0, "the agents exchanged no bytes"
         for agent in agents:
             metrics = agent.metrics()
             assert metrics.get("krill_agent_origin_http_bytes_total", 0) == 0
@@ -156,3 +156,38 @@ def test_a_blob_streams_to_the_client_before_its_download_finishes(tmp_path: Pat
         assert first + rest == layer.data
         assert not complete_when_first_bytes_arrived
         assert stored.read_bytes() == layer.data
+
+
+@pytest.mark.slow
+def test_with_the_origin_gone_an_agent_still_gets_a_blob_from_its_peers(tmp_path: Path) -> None:
+    from tests.agent_cluster import origin_process
+    from tests.components import free_port
+
+    origin_port, tracker_port = free_port(), free_port()
+    origin_url = f"http://127.0.0.1:{origin_port}"
+    tracker_url = f"http://127.0.0.1:{tracker_port}"
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(tracker_process(tmp_path / "tracker", origin_url, port=tracker_port))
+        first, second = (
+            stack.enter_context(
+                agent_process(tmp_path / name, origin_url, tracker_url, settings=SWARM_SETTINGS)
+            )
+            for name in ("first", "second")
+        )
+        with origin_process(tmp_path / "origin", "--tracker", tracker_url, port=origin_port):
+            image = build_layout(tmp_path / "layout", seed=34, layer_size=MiB)
+            push(image, origin_url, "team/p2p:1")
+            out = tmp_path / "out"
+            skopeo(
+                "copy",
+                *SKOPEO_FLAGS,
+                f"docker://{first.registry_hostport}/team/p2p:1",
+                f"oci:{out}:latest",
+            )
+        layer = image.images[0].layers[0]
+        # The origin is down: metainfo comes from the tracker's cache, bytes from `first`.
+        got = urllib.request.urlopen(f"{second.api}/blobs/{layer.digest}", timeout=60).read()
+        assert got == layer.data
+        assert wait_for_swarm_bytes([second], "downloaded") >= len(layer.data)
+        assert wait_for_swarm_bytes([first], "uploaded") > 0
+        assert second.metrics().get("krill_agent_origin_http_bytes_total", 0) == 0
