@@ -77,10 +77,9 @@ async def handle_preheat(request: web.Request) -> web.StreamResponse:
     try:
         async for event in events:
             await _send(response, event)
-    except* (PreheatError, SourceUnavailable, RegistryError, oci.ManifestError) as group:
-        message = "; ".join(str(e) for e in group.exceptions)
-        log.warning("preheat.failed image=%s error=%s", image, message)
-        await _send(response, {"event": "error", "message": message})
+    except (PreheatError, SourceUnavailable, RegistryError, oci.ManifestError) as exc:
+        log.warning("preheat.failed image=%s error=%s", image, exc)
+        await _send(response, {"event": "error", "message": str(exc)})
     await response.write_eof()
     return response
 

@@ -115,32 +115,43 @@ async def preheat(
     semaphore = asyncio.Semaphore(PARALLEL_BLOBS)
 
     async def pull(descriptor: oci.Descriptor) -> None:
-        async with semaphore:
-            blob = await node.fetcher.open(descriptor.digest, repository)
-            if isinstance(blob, InflightBlob):
-                inflight[str(descriptor.digest)] = blob
-            await node.fetcher.ensure(descriptor.digest, repository)
-            inflight.pop(str(descriptor.digest), None)
-            await queue.put(
-                {"event": "blob", "digest": str(descriptor.digest), "size": descriptor.size}
-            )
+        """Fetch one blob; report success or failure through the queue (never raise)."""
+        digest = str(descriptor.digest)
+        try:
+            async with semaphore:
+                blob = await node.fetcher.open(descriptor.digest, repository)
+                if isinstance(blob, InflightBlob):
+                    inflight[digest] = blob
+                await node.fetcher.ensure(descriptor.digest, repository)
+        except Exception as exc:  # reported to the caller as an error event
+            await queue.put({"event": "error", "message": f"{digest}: {exc}"})
+            return
+        finally:
+            inflight.pop(digest, None)
+        await queue.put({"event": "blob", "digest": digest, "size": descriptor.size})
 
-    async with asyncio.TaskGroup() as group:
-        for descriptor in blobs:
-            group.create_task(pull(descriptor))
-        finished = 0
-        while finished < len(blobs):
-            try:
-                event = await asyncio.wait_for(queue.get(), timeout=0.5)
-            except TimeoutError:
-                partial = sum(max(b.transfer.available, 0) for b in inflight.values())
-                yield {
-                    "event": "progress",
-                    "done_bytes": done_bytes + partial,
-                    "total_bytes": total,
-                }
-                continue
-            finished += 1
+    # Plain tasks (not a TaskGroup): this generator yields to its consumer between
+    # events, so a failing pull must not cancel whoever is consuming it.
+    tasks = [asyncio.create_task(pull(d)) for d in blobs]
+    try:
+        for _ in blobs:
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), timeout=0.5)
+                    break
+                except TimeoutError:
+                    partial = sum(max(b.transfer.available, 0) for b in inflight.values())
+                    yield {
+                        "event": "progress",
+                        "done_bytes": done_bytes + partial,
+                        "total_bytes": total,
+                    }
+            if event["event"] == "error":
+                raise PreheatError(event["message"])
             done_bytes += event["size"]
             yield {**event, "done_bytes": done_bytes, "total_bytes": total}
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     yield {"event": "done", "blobs": len(blobs), "total_bytes": total}
