@@ -9,9 +9,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from aiohttp import ClientSession, web
+
 from krill.blobstore import BlobStore
 from krill.digests import Digest
-from tests.agent_cluster import agent_process, build_layout, origin_process, push
+from tests.agent_cluster import ServingThread, agent_process, build_layout, origin_process, push
 from tests.components import krill_command
 
 
@@ -127,3 +129,48 @@ def test_containerd_config_writes_hosts_toml(tmp_path: Path) -> None:
         text=True,
     )
     assert bad.returncode != 0 and "bad registry" in bad.stderr
+
+
+def manifests_only_origin(origin: str) -> web.Application:
+    """A real front for the origin that serves manifests but fails every blob GET."""
+
+    async def forward(request: web.Request) -> web.Response:
+        if "/blobs/" in request.path:
+            return web.Response(status=500, text="disk on fire")
+        headers = {"Accept": request.headers.get("Accept", "*/*")}
+        async with ClientSession() as session:
+            async with session.get(f"{origin}{request.path_qs}", headers=headers) as upstream:
+                body = await upstream.read()
+                content_type = upstream.headers.get("Content-Type", "application/json")
+                return web.Response(
+                    status=upstream.status, body=body, headers={"Content-Type": content_type}
+                )
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", forward)
+    return app
+
+
+def test_preheat_reports_a_blob_that_cannot_be_fetched(tmp_path: Path) -> None:
+    with origin_process(tmp_path / "origin") as origin:
+        image = build_layout(tmp_path / "layout", seed=44)
+        push(image, origin, "team/broken:1")
+        server = ServingThread()
+        try:
+            front = server.serve(manifests_only_origin(origin))
+            with agent_process(tmp_path / "agent", front) as agent:
+                status, events = post_json(f"{agent.api}/preheat", {"image": "team/broken:1"})
+                assert status == 200  # the stream had started; the failure is its last event
+                assert events[0]["event"] == "start"
+                assert events[-1]["event"] == "error"
+                assert "origin answered 500" in events[-1]["message"]
+                proc = subprocess.run(
+                    krill_command("agent", "preheat", "team/broken:1", "--agent", agent.api),
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                assert proc.returncode == 1 and "origin answered 500" in proc.stderr
+                assert "Traceback" not in proc.stderr
+        finally:
+            server.close()
