@@ -106,13 +106,11 @@ async def _blob(
 async def serve_blob(
     request: web.Request, node: AgentNode, digest: Digest, repository: str | None
 ) -> web.StreamResponse:
-    """GET/HEAD one blob from wherever it is now; 503 when no source can deliver."""
-    if request.method == "HEAD":
-        cached = await node.fetcher.cached(digest)
-        if cached is not None:
-            return await blob_response(
-                request, cached, node.cache, node.metrics.served, node.config.stall_timeout
-            )
+    """GET/HEAD one blob from wherever it is now; 503 when no source can deliver.
+
+    A HEAD for a blob not yet on the node starts fetching it: the size comes from
+    the committed source, and the client's GET usually follows at once.
+    """
     try:
         blob = await node.fetcher.open(digest, repository)
     except BlobNotFound:
