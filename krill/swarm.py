@@ -82,19 +82,22 @@ class SwarmSettings:
     origin: bool = False  # announce as an origin (peer id -KO...), which trackers favour
     # Pieces ahead of a streaming reader that get a deadline (see module doc).
     stream_window_pieces: int = 16
-    # Peers unchoked at once. A cluster has no free riders to punish and links are
-    # fast, so unchoke generously: more parallel uploads keep every link busy.
-    unchoke_slots: int = 16
+    # Peers this engine uploads to at once. Few, fast flows beat many slow ones: a
+    # piece can be passed on only once it is complete, so a piece that arrives in
+    # 20 ms from one peer spreads sooner than one trickling in from 15. Measured
+    # with scripts/bench-herd (16 nodes, 100 Mbit/s): 4 slots ~2x the limit, 16 slots
+    # and 5 s rotation 5-6x. See docs/swarm.md.
+    unchoke_slots: int = 4
     # Peers a seeded torrent uploads to at once (per torrent; -1 = no limit beyond
     # unchoke_slots). A herd's aim is that the origin sends each piece about once and
     # the nodes trade the rest; an origin feeding every node in parallel sends the
-    # blob once per node instead. With one slot it feeds one node at a time at full
-    # speed (a lone puller still gets the origin's whole uplink), rotating every
-    # unchoke interval, and the others get the pieces from the nodes it fed (measured
-    # on loopback, 8 nodes: origin egress 1.0-1.2x the blob with 1 slot, 1.6-1.7x
-    # with 2, 2.4-2.9x with 4, ~4x unlimited). None = 1 for origins, no limit for
-    # agents. (BEP 16 super-seeding, ``super_seeding=True``, reaches 1.0x too but
-    # stalls a lone downloader: 80 s instead of 1 s for 3 MiB, so it is off.)
+    # blob once per node instead. Few slots keep the origin's pieces distinct, but a
+    # node fed by the origin also receives from its peers, so the origin's flow gets
+    # only a share of that node's downlink: one slot left the origin's link 80 % idle
+    # in the herd benchmark. None = 2 for origins, no extra limit for agents (numbers
+    # in docs/swarm.md). BEP 16 super-seeding (``super_seeding=True``) keeps origin
+    # egress at ~1.0x but libtorrent's implementation stalls a lone downloader (80 s
+    # instead of 1 s for 3 MiB) and halves herd throughput, so it is off.
     seed_upload_slots: int | None = None
     super_seeding: bool = False
 
@@ -312,27 +315,32 @@ def session_settings(settings: SwarmSettings) -> dict[str, Any]:
         "tracker_completion_timeout": 10,
         "tracker_receive_timeout": 5,
         "stop_tracker_timeout": 1,  # don't hang shutdown on a 'stopped' announce
-        # Large send buffers keep a fast link full: the watermark is how much
-        # libtorrent queues per peer before asking the disk for more.
-        "send_buffer_watermark": 8 * 1024 * 1024,
+        # Send buffers big enough for a fast link (2 MiB is 1.6 ms at 10 Gbit/s; a
+        # cluster RTT is well under that) but no bigger: bytes queued for one peer are
+        # bytes a seed has committed to a piece someone else might serve sooner.
+        "send_buffer_watermark": 2 * 1024 * 1024,
         "send_buffer_low_watermark": 1024 * 1024,
         "send_buffer_watermark_factor": 150,
-        # Deep request pipelines for a high bandwidth-delay product.
-        "max_out_request_queue": 1500,
+        # Request pipelines sized for low-latency links: ~1 s of transfer, at most
+        # 32 blocks (512 KiB) per peer. Deeper queues lock pieces to one source early,
+        # so two nodes fetch the same piece from the origin more often.
+        "max_out_request_queue": 32,
         "max_allowed_in_request_queue": 2000,
-        "request_queue_time": 2,
+        "request_queue_time": 1,
         # Cluster peers answer fast or are gone: fail connects and stalls quickly.
         "peer_connect_timeout": 3,
         "request_timeout": 10,
         "piece_timeout": 10,
         "inactivity_timeout": 120,
-        # Unchoke generously and fairly (see SwarmSettings.unchoke_slots); seeds
-        # round-robin so every downloader gets a share and can pass pieces on.
+        # Fixed slots (see SwarmSettings.unchoke_slots); seeds round-robin so every
+        # downloader gets a share and can pass pieces on. Re-decide every second: a
+        # cluster pull lasts seconds, and a node choked for libtorrent's default 15 s
+        # at the end of a pull waits for pieces that others hold.
         "choking_algorithm": int(lt.choking_algorithm_t.fixed_slots_choker),
         "unchoke_slots_limit": settings.unchoke_slots,
         "seed_choking_algorithm": int(lt.seed_choking_algorithm_t.round_robin),
-        "unchoke_interval": 5,
-        "optimistic_unchoke_interval": 5,
+        "unchoke_interval": 1,
+        "optimistic_unchoke_interval": 1,
         "connections_limit": 500,
         "max_peerlist_size": 4000,
         "torrent_connect_boost": 50,  # connect to every handed-out peer at once
@@ -343,8 +351,9 @@ def session_settings(settings: SwarmSettings) -> dict[str, Any]:
         "active_seeds": -1,
         "active_limit": -1,
         "dont_count_slow_torrents": False,
-        # A seed serving many peers reads each piece once into cache and suggests it.
-        "suggest_mode": int(lt.suggest_mode_t.suggest_read_cache),
+        # No piece suggestions: suggesting what is in a seed's read cache makes peers
+        # ask it for pieces it already sent to someone else (duplicate origin egress).
+        "suggest_mode": int(lt.suggest_mode_t.no_piece_suggestions),
         "upload_rate_limit": settings.upload_rate_limit,
         "download_rate_limit": settings.download_rate_limit,
         # Rate limits apply to local (LAN) peers too; in a cluster every peer is local.
@@ -450,7 +459,7 @@ class SwarmEngine:
 
     def _seed_upload_slots(self) -> int:
         if self.settings.seed_upload_slots is None:
-            return 1 if self.settings.origin else -1
+            return 2 if self.settings.origin else -1
         return self.settings.seed_upload_slots
 
     # ---- downloading ----

@@ -37,6 +37,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,7 +221,11 @@ def swarm_pull(procs: Processes, work: Path, nodes: int, digest: str) -> list[fl
         assert driver.stdin is not None
         driver.stdin.write("go\n")
         driver.stdin.flush()
+    sampler = EgressSampler(host_ns(0))
+    sampler.start()
     results = [read_line(driver) for driver in drivers]
+    sampler.stop()
+    log("origin egress Mbit/s per second: " + " ".join(f"{r:.0f}" for r in sampler.rates()))
     for driver in drivers:
         assert driver.stdin is not None
         driver.stdin.close()
@@ -228,6 +233,29 @@ def swarm_pull(procs: Processes, work: Path, nodes: int, digest: str) -> list[fl
         if result.get("sha256") != digest.removeprefix("sha256:"):
             raise RuntimeError(f"a node ended with the wrong blob: {result}")
     return [float(r["seconds"]) for r in results]
+
+
+class EgressSampler(threading.Thread):
+    """Samples a host's sent bytes every second (to see whether the origin's link is full)."""
+
+    def __init__(self, ns: str) -> None:
+        super().__init__(daemon=True)
+        self.path = "/sys/class/net/eth0/statistics/tx_bytes"
+        self.ns = ns
+        self.samples: list[int] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.samples.append(tx_bytes(self.ns))
+            self.done.wait(1.0)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+    def rates(self) -> list[float]:
+        return [(b - a) * 8 / 1e6 for a, b in zip(self.samples, self.samples[1:], strict=False)]
 
 
 def read_line(proc: subprocess.Popen[str]) -> dict[str, object]:
@@ -339,8 +367,12 @@ def run_bench(args: argparse.Namespace) -> int:
         swarm = swarm_pull(procs, work, args.nodes, digest)
         time.sleep(1)  # let the last HAVEs and tracker answers drain before reading the counter
         egress = (tx_bytes(host_ns(0)) - sent_before) / size
-        log("plain registry pull ...")
-        plain = registry_pull(args.nodes, digest)
+        if args.skip_registry:
+            log("plain registry pull skipped (--skip-registry): speed-up not measured")
+            plain = [float("nan")] * args.nodes
+        else:
+            log("plain registry pull ...")
+            plain = registry_pull(args.nodes, digest)
         report(args, size, limit, swarm, plain, egress)
     return 0
 
@@ -376,6 +408,8 @@ def main() -> int:
     parser.add_argument("--rate-mbit", type=float, default=100.0)
     parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    parser.add_argument("--skip-registry", action="store_true",
+                        help="swarm only (for tuning runs); no speed-up figure")
     # --peer mode: the per-node driver this script starts inside each node namespace.
     parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tracker", help=argparse.SUPPRESS)
