@@ -75,6 +75,11 @@ class AgentConfig:
     # "" maps to the origin's own repositories. Unlisted hosts use the default rule
     # (see agent.namespaces).
     namespaces: dict[str, str] = field(default_factory=dict)
+    # Layer deltas: before fetching a layer whole, ask the origin for a delta against the
+    # cached layers of the repository's earlier images, fetch it and rebuild the layer.
+    deltas: bool = True
+    # Seconds the origin gets to answer a delta lookup before the layer is fetched whole.
+    delta_lookup_timeout: float = 1.0
     # Platform preheat pulls when not asked for all (defaults to this machine's).
     platform_os: str = "linux"
     platform_architecture: str = field(default_factory=node_architecture)
@@ -91,8 +96,10 @@ class AgentConfig:
             )
         if self.cache_budget <= 0:
             raise ConfigError(f"cache_budget must be positive bytes, got {self.cache_budget}")
-        if self.swarm_deadline <= 0 or self.origin_timeout <= 0:
-            raise ConfigError("swarm_deadline and origin_timeout must be positive seconds")
+        if self.swarm_deadline <= 0 or self.origin_timeout <= 0 or self.delta_lookup_timeout <= 0:
+            raise ConfigError(
+                "swarm_deadline, origin_timeout and delta_lookup_timeout must be positive seconds"
+            )
         for name in ("tracker", "origin"):
             url = getattr(self, name)
             if url and not url.startswith(("http://", "https://")):

@@ -90,5 +90,5 @@ async def _send(response: web.StreamResponse, event: dict[str, object]) -> None:
 
 async def handle_metrics(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    node.refresh_metrics()
+    await node.refresh_metrics()
     return web.Response(body=node.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

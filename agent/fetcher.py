@@ -5,6 +5,10 @@ an ``InflightBlob`` (a committed ``Transfer`` that can be streamed as it
 grows). Every digest has at most one transfer at a time (single-flight): a
 hundred concurrent requests for one layer share one download.
 
+A layer this node can rebuild from a delta (``agent.deltas``) is tried that
+way first, inside the same single-flight task; any failure there falls through
+to the sources below.
+
 Source choice, per blob: the swarm gets ``swarm_deadline`` seconds to deliver
 its first verified bytes (metainfo lookup included). If it cannot (tracker
 down, no peers, no metainfo) the swarm download is cancelled and the origin's
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.cache import NodeCache
+from agent.deltas import DeltaRebuilder
 from agent.sources import BlobNotFound, BlobSource, SourceUnavailable, Transfer, TransferFailed
 from krill.digests import Digest
 
@@ -67,7 +72,9 @@ class BlobFetcher:
         self._deadline = swarm_deadline
         self._seed_ttl = seed_ttl
         self._on_event = on_event or (lambda event, label: None)
-        self._inflight: dict[Digest, asyncio.Task[InflightBlob]] = {}
+        # Set by the node when deltas are on: tried before the swarm for known layers.
+        self.deltas: DeltaRebuilder | None = None
+        self._inflight: dict[Digest, asyncio.Task[CachedBlob | InflightBlob]] = {}
         self._finishers: dict[Digest, asyncio.Task[None]] = {}
 
     async def open(self, digest: Digest, repository: str | None) -> CachedBlob | InflightBlob:
@@ -90,14 +97,29 @@ class BlobFetcher:
             self._inflight[digest] = task
         return await asyncio.shield(task)
 
-    async def _start(self, digest: Digest, repository: str | None) -> InflightBlob:
+    async def _start(self, digest: Digest, repository: str | None) -> CachedBlob | InflightBlob:
         try:
+            rebuilt = await self._try_delta(digest, repository)
+            if rebuilt is not None:
+                self._inflight.pop(digest, None)
+                return rebuilt
             blob = await self._commit_source(digest, repository)
         except BaseException:
             self._inflight.pop(digest, None)
             raise
         self._finish_later(blob)
         return blob
+
+    async def _try_delta(self, digest: Digest, repository: str | None) -> CachedBlob | None:
+        """The layer rebuilt from a cached base and a delta, or None to fetch it whole."""
+        if self.deltas is None:
+            return None
+        if not await self.deltas.rebuild(digest, repository, self._ensure_for_delta):
+            return None
+        return await self.cached(digest)
+
+    async def _ensure_for_delta(self, digest: Digest, repository: str) -> int:
+        return await self.ensure(digest, repository)
 
     async def cached(self, digest: Digest) -> CachedBlob | None:
         if not await self.cache.ensure_verified(digest):
@@ -182,7 +204,9 @@ class BlobFetcher:
             task.cancel()
         for task in list(self._inflight.values()):
             if task.done() and not task.cancelled() and task.exception() is None:
-                task.result().transfer.cancel()
+                blob = task.result()
+                if isinstance(blob, InflightBlob):
+                    blob.transfer.cancel()
             else:
                 task.cancel()
         await asyncio.gather(
@@ -198,7 +222,7 @@ def _fallback_reason(exc: BaseException) -> str:
     return "error"
 
 
-def _consume_exception(task: asyncio.Task[InflightBlob]) -> None:
+def _consume_exception(task: asyncio.Task[CachedBlob | InflightBlob]) -> None:
     """Mark a failed start as seen (every waiter got it; nobody else will ask)."""
     if not task.cancelled():
         task.exception()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -60,8 +61,10 @@ class ManifestCache:
         *,
         tag_ttl: float,
         timeout: float,
+        on_manifest: Callable[[str, Manifest], None] | None = None,
     ) -> None:
         self._session = session
+        self._on_manifest = on_manifest
         self._origin = origin_url.rstrip("/")
         self._store = store
         self._tag_ttl = tag_ttl
@@ -69,6 +72,13 @@ class ManifestCache:
         self._tags: dict[tuple[str, str], tuple[Digest, float]] = {}
 
     async def get(self, repository: str, reference: str, accept: str | None = None) -> Manifest:
+        """The manifest; every one handed out is reported to ``on_manifest`` (layer index)."""
+        manifest = await self._get(repository, reference, accept)
+        if self._on_manifest is not None:
+            self._on_manifest(repository, manifest)
+        return manifest
+
+    async def _get(self, repository: str, reference: str, accept: str | None) -> Manifest:
         ref = parse_reference(reference)
         if isinstance(ref, Digest):
             cached = self._load(ref)

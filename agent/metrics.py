@@ -59,6 +59,23 @@ class AgentMetrics:
             "Layers rebuilt from a delta instead of downloaded",
             registry=self.registry,
         )
+        self.delta_misses = Counter(
+            "krill_agent_delta_misses",
+            "Layer fetches with no delta to try, by why (not_a_layer, no_base, none, ...)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.delta_failures = Counter(
+            "krill_agent_delta_failures",
+            "Deltas tried that did not rebuild the layer (it was fetched whole), by why",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.delta_bytes_saved = Counter(
+            "krill_agent_delta_bytes_saved",
+            "Layer bytes not downloaded thanks to deltas (layer size - delta size)",
+            registry=self.registry,
+        )
 
     def event(self, kind: str, label: str) -> None:
         """Hook for BlobFetcher: ('cache', 'hit'|'miss'), ('fallback', reason)."""
@@ -66,6 +83,16 @@ class AgentMetrics:
             self.cache.labels(label).inc()
         elif kind == "fallback":
             self.fallbacks.labels(label).inc()
+
+    def delta_hit(self, bytes_saved: int) -> None:
+        self.delta_hits.inc()
+        self.delta_bytes_saved.inc(bytes_saved)
+
+    def delta_miss(self, reason: str) -> None:
+        self.delta_misses.labels(reason).inc()
+
+    def delta_failure(self, reason: str) -> None:
+        self.delta_failures.labels(reason).inc()
 
     def evicted(self, digest: Any, reason: str) -> None:
         self.evictions.labels(reason).inc()

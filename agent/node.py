@@ -19,8 +19,10 @@ import aiohttp
 
 from agent.cache import CacheLimits, NodeCache
 from agent.config import AgentConfig
+from agent.deltas import DeltaRebuilder
 from agent.fetcher import BlobFetcher
-from agent.manifests import ManifestCache
+from agent.layers import LayerIndex
+from agent.manifests import Manifest, ManifestCache
 from agent.metrics import AgentMetrics
 from agent.namespaces import NamespaceMap
 from agent.sources import OriginHttpSource
@@ -39,11 +41,22 @@ class AgentNode:
     namespaces: NamespaceMap
     metrics: AgentMetrics
     swarm: Any | None
+    layers: LayerIndex
 
-    def refresh_metrics(self) -> None:
+    async def refresh_metrics(self) -> None:
+        """Bring the gauges up to date; the swarm's counters are asked for fresh.
+
+        libtorrent's cached counters can be a second old, which would hide the
+        bytes of a pull that just finished from whoever reads /metrics next.
+        """
         self.metrics.cache_bytes.set(self.cache.usage)
         if self.swarm is not None:
-            self.metrics.update_swarm(self.swarm.stats())
+            try:
+                async with asyncio.timeout(2.0):
+                    stats = await self.swarm.fetch_stats()
+            except TimeoutError:
+                stats = self.swarm.stats()
+            self.metrics.update_swarm(stats)
 
 
 @contextlib.asynccontextmanager
@@ -63,6 +76,8 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
         on_evict=metrics.evicted,
     )
     cache.load()
+    layers = LayerIndex(config.data / "layers.json")
+    layers.load()
     connector = aiohttp.TCPConnector(limit=256)
     async with (
         aiohttp.ClientSession(connector=connector, auto_decompress=False) as session,
@@ -91,12 +106,26 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
             seed_ttl=config.seed_ttl,
             on_event=metrics.event,
         )
+        if config.deltas:
+            fetcher.deltas = DeltaRebuilder(
+                session,
+                config.origin,
+                cache,
+                layers,
+                metrics,
+                lookup_timeout=config.delta_lookup_timeout,
+            )
+
+        def learn_layers(repository: str, manifest: Manifest) -> None:
+            layers.learn(repository, manifest.digest, manifest.body, manifest.media_type)
+
         manifests = ManifestCache(
             session,
             config.origin,
             BlobStore(config.data / "manifests"),
             tag_ttl=config.tag_ttl,
             timeout=config.origin_timeout,
+            on_manifest=learn_layers,
         )
         node = AgentNode(
             config,
@@ -107,6 +136,7 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
             NamespaceMap(config.origin, config.namespaces),
             metrics,
             engine,
+            layers,
         )
         verifier = tasks.create_task(_verify_cache(cache), name="cache-verify")
         housekeeper = tasks.create_task(_housekeeping(node), name="cache-housekeeping")

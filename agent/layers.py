@@ -1,0 +1,144 @@
+"""Which blobs are layers, learnt from the image manifests this agent has served.
+
+The delta path needs two facts a blob digest alone does not carry: that the
+blob is a layer (only layers have deltas, so configs and deltas themselves
+skip the lookup) and where its diff_id is written (the image config, at the
+layer's position). It also needs, per repository, the layers of the images
+this node pulled before: those are the bases it can offer the origin
+(``have=``), newest image first.
+
+The index is small (digests only) and saved to ``<data>/layers.json`` so an
+agent that restarts still knows which of its cached blobs are old layers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from krill import oci
+from krill.digests import Digest, DigestError
+
+log = logging.getLogger(__name__)
+
+# Images remembered per repository (newest first) and bases offered per lookup.
+MAX_IMAGES_PER_REPOSITORY = 16
+MAX_BASES = 32
+INDEX_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LayerRef:
+    """Where a layer sits: its image's config blob and its position in the layer list."""
+
+    repository: str
+    config: Digest
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImageLayers:
+    manifest: Digest
+    config: Digest
+    layers: tuple[Digest, ...]
+
+
+class LayerIndex:
+    """Layer digests -> (config, position), and per repository the images seen, newest first."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._path = path
+        self._images: dict[str, list[ImageLayers]] = {}
+        self._layers: dict[Digest, LayerRef] = {}
+
+    def learn(self, repository: str, manifest_digest: Digest, body: bytes, media_type: str) -> None:
+        """Record an image manifest's layers (an index or anything unparsable is ignored)."""
+        try:
+            parsed = oci.parse_manifest(body, media_type)
+        except oci.ManifestError:
+            return
+        if parsed.is_index or parsed.config is None:
+            return
+        image = ImageLayers(
+            manifest_digest, parsed.config.digest, tuple(d.digest for d in parsed.layers)
+        )
+        known = self._images.setdefault(repository, [])
+        if known and known[0].manifest == manifest_digest:
+            return
+        known[:] = [image] + [i for i in known if i.manifest != manifest_digest]
+        del known[MAX_IMAGES_PER_REPOSITORY:]
+        self._index_image(repository, image)
+        self.save()
+
+    def layer(self, digest: Digest) -> LayerRef | None:
+        """Where ``digest`` sits if it is a layer of an image this agent served, else None."""
+        return self._layers.get(digest)
+
+    def bases(
+        self, repository: str, target: Digest, is_cached: Callable[[Digest], bool]
+    ) -> list[Digest]:
+        """Cached layers of the repository's other images, newest image first (bounded)."""
+        out: list[Digest] = []
+        for image in self._images.get(repository, []):
+            if target in image.layers:
+                continue
+            for layer in image.layers:
+                if layer != target and layer not in out and is_cached(layer):
+                    out.append(layer)
+                    if len(out) == MAX_BASES:
+                        return out
+        return out
+
+    def _index_image(self, repository: str, image: ImageLayers) -> None:
+        for position, layer in enumerate(image.layers):
+            self._layers[layer] = LayerRef(repository, image.config, position)
+
+    # ---- persistence ----------------------------------------------------
+
+    def load(self) -> None:
+        """Read the saved index; an unreadable one is started afresh (it is only a hint)."""
+        if self._path is None or not self._path.exists():
+            return
+        try:
+            doc = json.loads(self._path.read_text())
+            for repository, images in doc["repositories"].items():
+                loaded = [
+                    ImageLayers(
+                        Digest.parse(i["manifest"]),
+                        Digest.parse(i["config"]),
+                        tuple(Digest.parse(d) for d in i["layers"]),
+                    )
+                    for i in images
+                ]
+                self._images[repository] = loaded
+                for image in reversed(loaded):  # newest image wins a shared layer's ref
+                    self._index_image(repository, image)
+        except (ValueError, KeyError, TypeError, AttributeError, DigestError) as exc:
+            log.warning("layers.index_unreadable path=%s error=%s", self._path, exc)
+            self._images.clear()
+            self._layers.clear()
+
+    def save(self) -> None:
+        if self._path is None:
+            return
+        doc = {
+            "version": INDEX_VERSION,
+            "repositories": {
+                repo: [
+                    {
+                        "manifest": str(i.manifest),
+                        "config": str(i.config),
+                        "layers": [str(d) for d in i.layers],
+                    }
+                    for i in images
+                ]
+                for repo, images in self._images.items()
+            },
+        }
+        tmp = self._path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self._path)
