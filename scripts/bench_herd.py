@@ -223,9 +223,13 @@ def swarm_pull(procs: Processes, work: Path, nodes: int, digest: str) -> list[fl
         driver.stdin.flush()
     sampler = EgressSampler(host_ns(0))
     sampler.start()
+    cpu_before = cpu_times()
     results = [read_line(driver) for driver in drivers]
+    busy = cpu_busy(cpu_before, cpu_times())
     sampler.stop()
     log("origin egress Mbit/s per second: " + " ".join(f"{r:.0f}" for r in sampler.rates()))
+    log(f"machine CPU busy during the swarm pull: {busy:.0%} of {os.cpu_count()} CPUs "
+        "(near 100 %: the figures measure this machine, not the protocol)")
     for driver in drivers:
         assert driver.stdin is not None
         driver.stdin.close()
@@ -233,6 +237,17 @@ def swarm_pull(procs: Processes, work: Path, nodes: int, digest: str) -> list[fl
         if result.get("sha256") != digest.removeprefix("sha256:"):
             raise RuntimeError(f"a node ended with the wrong blob: {result}")
     return [float(r["seconds"]) for r in results]
+
+
+def cpu_times() -> tuple[int, int]:
+    """(idle, total) jiffies from /proc/stat, for the whole machine."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields)
+
+
+def cpu_busy(before: tuple[int, int], after: tuple[int, int]) -> float:
+    idle, total = after[0] - before[0], after[1] - before[1]
+    return 1 - idle / total if total else 0.0
 
 
 class EgressSampler(threading.Thread):
