@@ -147,6 +147,15 @@ class NodeCache:
         self._drop_file(digest, "damaged")
         return False
 
+    def recheck(self, digest: Digest) -> bool:
+        """Hash a blob again even if it passed before (its bytes were just found wanting)."""
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return False
+            entry.verified = False
+        return self.verify(digest)
+
     async def ensure_verified(self, digest: Digest) -> bool:
         """True when the blob is cached and its bytes are known good; hash it now if needed."""
         entry = self._entries.get(digest)

@@ -15,8 +15,8 @@ Every way this can go wrong ends in ``False`` (fetch the full layer), a
 metric with the reason and one log line: a miss when there was no delta to
 try (``not_a_layer``, ``no_base``, ``none``, ``lookup_failed``, ``no_config``),
 a failure when a delta was tried and did not produce the layer
-(``delta_fetch``, ``base_gone``, ``bad_delta``, ``recipe``, ``diff_id``,
-``digest``). The lookup has its own short timeout, so a slow origin delays
+(``delta_fetch``, ``base_gone``, ``base_damaged``, ``bad_delta``, ``recipe``,
+``diff_id``, ``digest``). The lookup has its own short timeout, so a slow origin delays
 the normal path by at most ``lookup_timeout`` seconds.
 """
 
@@ -36,7 +36,7 @@ import aiohttp
 from agent.cache import NodeCache
 from agent.layers import LayerIndex, LayerRef
 from krill.blobstore import DigestMismatchError
-from krill.delta import DeltaFormatError, RebuildResult, RecipeError, rebuild_layer
+from krill.delta import RebuildResult, RecipeError, rebuild_layer
 from krill.digests import Digest, DigestError
 
 log = logging.getLogger(__name__)
@@ -223,10 +223,13 @@ class DeltaRebuilder:
         base, delta = self._cache.path(offer.base), self._cache.path(offer.delta)
         try:
             result = await asyncio.to_thread(rebuild_layer, base, delta, work)
-        except RecipeError as exc:
-            raise DeltaFailure("recipe", str(exc)) from None
-        except (DeltaFormatError, ValueError, OSError) as exc:
-            raise DeltaFailure("bad_delta", str(exc)) from None
+        except Exception as exc:  # DeltaFormatError, RecipeError, zlib.error from a rotten base...
+            # Maybe the delta is bad, maybe our base rotted on disk: hash the base again
+            # (a damaged one is dropped from the cache, so it is not offered next time).
+            if not await asyncio.to_thread(self._cache.recheck, offer.base):
+                raise DeltaFailure("base_damaged", f"the cached base was damaged: {exc}") from None
+            reason = "recipe" if isinstance(exc, RecipeError) else "bad_delta"
+            raise DeltaFailure(reason, str(exc)) from None
         if Digest.parse(result.digest) != offer.target:
             raise DeltaFailure("digest", f"delta rebuilds {result.digest}, not {offer.target}")
         return result

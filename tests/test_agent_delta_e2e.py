@@ -206,3 +206,35 @@ def test_a_corrupt_delta_falls_back_to_the_full_layer(tmp_path: Path, versions: 
             - before["krill_agent_origin_http_bytes_total"]
         )
         assert http >= len(layer.data)  # the whole layer came over HTTP after the failure
+
+
+def _agent_blob_path(agent: Agent, digest: str) -> Path:
+    """Where the agent keeps a cached blob (``BlobStore`` layout under <data>/blobs)."""
+    hex_digest = digest.split(":", 1)[1]
+    return agent.data / "blobs" / "blobs" / "sha256" / hex_digest[:2] / hex_digest
+
+
+def test_a_damaged_cached_base_falls_back_and_is_dropped(
+    tmp_path: Path, versions: Versions
+) -> None:
+    """The base rotted on disk: the rebuild fails, the layer comes whole, the base is dropped."""
+    base, target = versions.changed
+    with origin_process(tmp_path / "origin") as origin:
+        push(versions.v1, origin, f"{REPOSITORY}:1")
+        with agent_process(tmp_path / "agent", origin) as agent:
+            assert (
+                skopeo_copy_from(agent, f"{REPOSITORY}:1", tmp_path / "v1") == versions.v1.digests
+            )
+            push(versions.v2, origin, f"{REPOSITORY}:2")
+            wait_for_delta(origin, target, base)
+            rotten = _agent_blob_path(agent, base)
+            data = bytearray(rotten.read_bytes())
+            data[len(data) // 3] ^= 0xFF
+            rotten.write_bytes(bytes(data))
+
+            pulled = skopeo_copy_from(agent, f"{REPOSITORY}:2", tmp_path / "v2")
+            after = agent.metrics()
+        assert pulled == versions.v2.digests
+        assert metric(after, 'krill_agent_delta_failures_total{reason="base_damaged"}') == 1
+        assert metric(after, "krill_agent_delta_hits_total") == 0
+        assert not rotten.exists()  # dropped, so it is never offered as a base again

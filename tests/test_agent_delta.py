@@ -1,0 +1,157 @@
+"""The agent's delta path in-process: which layers it knows, which bases it offers, misses.
+
+The full path (containerd, swarm, a real delta) is in ``test_agent_delta_e2e.py``;
+these cases pin the decisions taken before any delta is fetched, against a real
+HTTP server standing in for the origin's lookup endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from agent.cache import CacheLimits, NodeCache
+from agent.deltas import DeltaRebuilder
+from agent.layers import MAX_BASES, LayerIndex
+from krill.blobstore import BlobStore
+from krill.digests import Digest
+from tests.imagebuild import Image, build_image, random_files
+
+REPO = "team/app"
+
+
+class CountingMetrics:
+    def __init__(self) -> None:
+        self.hits = 0
+        self.misses: list[str] = []
+        self.failures: list[str] = []
+
+    def delta_hit(self, bytes_saved: int) -> None:
+        self.hits += 1
+
+    def delta_miss(self, reason: str) -> None:
+        self.misses.append(reason)
+
+    def delta_failure(self, reason: str) -> None:
+        self.failures.append(reason)
+
+
+def _image(seed: int) -> Image:
+    return build_image([random_files(seed, count=1, size=512), random_files(seed + 1, 1, 512)])
+
+
+def _learn(index: LayerIndex, image: Image) -> None:
+    manifest = image.manifest
+    index.learn(REPO, Digest.parse(manifest.digest), manifest.data, manifest.media_type)
+
+
+def _layers(image: Image) -> list[Digest]:
+    return [Digest.parse(layer.digest) for layer in image.layers]
+
+
+def test_layer_index_knows_positions_and_offers_cached_bases_newest_first(tmp_path: Path) -> None:
+    v1, v2, v3 = _image(1), _image(3), _image(5)
+    index = LayerIndex(tmp_path / "layers.json")
+    for image in (v1, v2, v3):
+        _learn(index, image)
+    target = _layers(v3)[1]
+    ref = index.layer(target)
+    assert ref is not None and ref.position == 1 and ref.repository == REPO
+    assert str(ref.config) == v3.config.digest
+    assert index.layer(Digest.parse(v3.config.digest)) is None  # a config is not a layer
+
+    cached = set(_layers(v1)) | {_layers(v2)[0]}
+    assert index.bases(REPO, target, cached.__contains__) == [_layers(v2)[0], *_layers(v1)]
+    assert index.bases("other/repo", target, cached.__contains__) == []
+
+    reloaded = LayerIndex(tmp_path / "layers.json")
+    reloaded.load()
+    assert reloaded.layer(target) == ref
+    assert reloaded.bases(REPO, target, cached.__contains__) == index.bases(
+        REPO, target, cached.__contains__
+    )
+
+
+def test_layer_index_bounds_the_bases_it_offers() -> None:
+    index = LayerIndex()
+    images = [build_image([random_files(3 * i + j, 1, 64) for j in range(3)]) for i in range(20)]
+    for image in images:
+        _learn(index, image)
+    bases = index.bases(REPO, _layers(images[-1])[0], lambda _d: True)
+    assert len(bases) == MAX_BASES
+    assert bases[0] == _layers(images[-2])[0]  # the newest earlier image comes first
+
+
+async def _origin(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> TestServer:
+    app = web.Application()
+    app.router.add_get("/krill/v1/deltas/{digest}", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+async def _rebuilder(
+    tmp_path: Path, server: TestServer, metrics: CountingMetrics, *, lookup_timeout: float = 5.0
+) -> tuple[DeltaRebuilder, Digest, aiohttp.ClientSession]:
+    """An agent-side rebuilder that holds v1's layers and has served v1 and v2."""
+    v1, v2 = _image(1), _image(3)
+    store = BlobStore(tmp_path / "blobs")
+    cache = NodeCache(store, CacheLimits(budget=1 << 30))
+    for layer in v1.layers:
+        cache.add(store.put_bytes(layer.data))
+    index = LayerIndex()
+    _learn(index, v1)
+    _learn(index, v2)
+    session = aiohttp.ClientSession()
+    origin = str(server.make_url("")).rstrip("/")
+    rebuilder = DeltaRebuilder(
+        session, origin, cache, index, metrics, lookup_timeout=lookup_timeout
+    )
+    return rebuilder, _layers(v2)[1], session
+
+
+async def _never_called(digest: Digest, repository: str) -> int:
+    raise AssertionError(f"nothing should be fetched, asked for {digest}")
+
+
+async def test_a_slow_lookup_is_a_miss_after_the_lookup_timeout(tmp_path: Path) -> None:
+    asked: list[str] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        asked.append(request.query["have"])
+        await asyncio.sleep(30)
+        return web.json_response({"status": "none"})
+
+    server = await _origin(slow)
+    metrics = CountingMetrics()
+    rebuilder, target, session = await _rebuilder(tmp_path, server, metrics, lookup_timeout=0.2)
+    async with session:
+        assert not await rebuilder.rebuild(target, REPO, _never_called)
+    await server.close()
+    assert metrics.misses == ["lookup_failed"]
+    assert len(asked) == 1 and len(asked[0].split(",")) == 2  # v1's two cached layers offered
+
+
+async def test_none_and_unfitting_answers_are_misses(tmp_path: Path) -> None:
+    answers = [{"status": "none", "queued": 1}, {"status": "ok", "target": "sha256:" + "0" * 64}]
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(answers.pop(0))
+
+    server = await _origin(answer)
+    metrics = CountingMetrics()
+    rebuilder, target, session = await _rebuilder(tmp_path, server, metrics)
+    async with session:
+        assert not await rebuilder.rebuild(target, REPO, _never_called)
+        assert not await rebuilder.rebuild(target, REPO, _never_called)
+        config = Digest.parse(_image(3).config.digest)
+        assert not await rebuilder.rebuild(config, REPO, _never_called)
+        assert not await rebuilder.rebuild(_layers(_image(1))[0], "other/repo", _never_called)
+    await server.close()
+    assert metrics.misses == ["none", "lookup_failed", "not_a_layer", "no_base"]
+    assert metrics.failures == [] and metrics.hits == 0
