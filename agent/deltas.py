@@ -17,7 +17,8 @@ try (``not_a_layer``, ``no_base``, ``none``, ``lookup_failed``, ``no_config``),
 a failure when a delta was tried and did not produce the layer
 (``delta_fetch``, ``base_gone``, ``base_damaged``, ``bad_delta``, ``recipe``,
 ``diff_id``, ``digest``). The lookup has its own short timeout, so a slow origin delays
-the normal path by at most ``lookup_timeout`` seconds.
+the normal path by at most ``lookup_timeout`` seconds; fetching the delta (and
+the config) is bounded by ``fetch_timeout``.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class DeltaRebuilder:
         metrics: DeltaMetrics,
         *,
         lookup_timeout: float,
+        fetch_timeout: float = 60.0,
     ) -> None:
         self._session = session
         self._origin = origin_url.rstrip("/")
@@ -102,6 +104,7 @@ class DeltaRebuilder:
         self._layers = layers
         self._metrics = metrics
         self._lookup_timeout = lookup_timeout
+        self._fetch_timeout = fetch_timeout
         self._delta_blobs: set[Digest] = set()
 
     async def rebuild(self, digest: Digest, repository: str | None, ensure: EnsureBlob) -> bool:
@@ -178,7 +181,8 @@ class DeltaRebuilder:
         with self._cache.pinned(offer.base):
             self._delta_blobs.add(offer.delta)
             try:
-                await ensure(offer.delta, repository)
+                async with asyncio.timeout(self._fetch_timeout):
+                    await ensure(offer.delta, repository)
             except Exception as exc:  # any source trouble: fetch the layer whole instead
                 raise DeltaFailure("delta_fetch", f"delta blob unavailable: {exc}") from None
             finally:
@@ -193,7 +197,8 @@ class DeltaRebuilder:
     async def _diff_id(self, ref: LayerRef, ensure: EnsureBlob) -> Digest:
         """The layer's diff_id from its image config (fetched like any blob if not cached)."""
         try:
-            await ensure(ref.config, ref.repository)
+            async with asyncio.timeout(self._fetch_timeout):
+                await ensure(ref.config, ref.repository)
             with self._cache.pinned(ref.config):
                 raw = await asyncio.to_thread(self._cache.path(ref.config).read_bytes)
             diff_ids = json.loads(raw[:MAX_CONFIG_BYTES])["rootfs"]["diff_ids"]

@@ -81,16 +81,26 @@ class LayerIndex:
     def bases(
         self, repository: str, target: Digest, is_cached: Callable[[Digest], bool]
     ) -> list[Digest]:
-        """Cached layers of the repository's other images, newest image first (bounded)."""
+        """Cached layers of the repository's earlier images to offer as delta bases.
+
+        Newest image first, the layer at the target's position before the others
+        (the likeliest good base), at most ``MAX_BASES``. Layers of the target's
+        own image are left out: they are its siblings, not earlier versions of it,
+        and every base offered may cost the origin a delta computation.
+        """
+        images = self._images.get(repository, [])
+        ref = self._layers.get(target)
+        siblings = {d for image in images if target in image.layers for d in image.layers}
+        earlier = [image for image in images if target not in image.layers]
+        position = ref.position if ref is not None else -1
+        candidates = [i.layers[position] for i in earlier if 0 <= position < len(i.layers)]
+        candidates += [layer for image in earlier for layer in image.layers]
         out: list[Digest] = []
-        for image in self._images.get(repository, []):
-            if target in image.layers:
-                continue
-            for layer in image.layers:
-                if layer != target and layer not in out and is_cached(layer):
-                    out.append(layer)
-                    if len(out) == MAX_BASES:
-                        return out
+        for layer in candidates:
+            if layer not in siblings and layer not in out and is_cached(layer):
+                out.append(layer)
+                if len(out) == MAX_BASES:
+                    break
         return out
 
     def _index_image(self, repository: str, image: ImageLayers) -> None:

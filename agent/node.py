@@ -114,6 +114,7 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
                 layers,
                 metrics,
                 lookup_timeout=config.delta_lookup_timeout,
+                fetch_timeout=config.stall_timeout,
             )
 
         def learn_layers(repository: str, manifest: Manifest) -> None:

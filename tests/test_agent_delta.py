@@ -66,7 +66,12 @@ def test_layer_index_knows_positions_and_offers_cached_bases_newest_first(tmp_pa
     assert index.layer(Digest.parse(v3.config.digest)) is None  # a config is not a layer
 
     cached = set(_layers(v1)) | {_layers(v2)[0]}
-    assert index.bases(REPO, target, cached.__contains__) == [_layers(v2)[0], *_layers(v1)]
+    # The same position first (v2's is not cached), then the rest, newest image first.
+    assert index.bases(REPO, target, cached.__contains__) == [
+        _layers(v1)[1],
+        _layers(v2)[0],
+        _layers(v1)[0],
+    ]
     assert index.bases("other/repo", target, cached.__contains__) == []
 
     reloaded = LayerIndex(tmp_path / "layers.json")
