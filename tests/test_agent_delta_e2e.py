@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,3 +239,31 @@ def test_a_damaged_cached_base_falls_back_and_is_dropped(
         assert metric(after, 'krill_agent_delta_failures_total{reason="base_damaged"}') == 1
         assert metric(after, "krill_agent_delta_hits_total") == 0
         assert not rotten.exists()  # dropped, so it is never offered as a base again
+
+
+def test_concurrent_requests_share_one_delta_rebuild(tmp_path: Path, versions: Versions) -> None:
+    """Eight clients ask for the changed layer at once: one lookup, one delta fetch, one rebuild."""
+    base, target = versions.changed
+    layer = versions.v2.images[0].layers[1]
+    config_v2 = versions.v2.images[0].config
+    with origin_process(tmp_path / "origin") as origin:
+        push(versions.v1, origin, f"{REPOSITORY}:1")
+        with agent_process(tmp_path / "agent", origin) as agent:
+            assert (
+                skopeo_copy_from(agent, f"{REPOSITORY}:1", tmp_path / "v1") == versions.v1.digests
+            )
+            push(versions.v2, origin, f"{REPOSITORY}:2")
+            delta = wait_for_delta(origin, target, base)
+            manifest_url = f"{agent.registry}/v2/{REPOSITORY}/manifests/2"
+            accept = {"Accept": versions.v2.top.media_type}
+            urllib.request.urlopen(urllib.request.Request(manifest_url, headers=accept)).read()
+
+            before = agent.metrics()
+            url = f"{agent.registry}/v2/{REPOSITORY}/blobs/{target}"
+            with ThreadPoolExecutor(8) as pool:
+                bodies = list(pool.map(lambda _i: urllib.request.urlopen(url).read(), range(8)))
+            after = agent.metrics()
+        assert all(body == layer.data for body in bodies)
+        assert metric(after, "krill_agent_delta_hits_total") == 1
+        http = "krill_agent_origin_http_bytes_total"
+        assert after[http] - before[http] == delta["size"] + len(config_v2.data)
