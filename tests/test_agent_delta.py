@@ -19,8 +19,9 @@ from agent.cache import CacheLimits, NodeCache
 from agent.deltas import DeltaRebuilder
 from agent.layers import MAX_BASES, LayerIndex
 from krill.blobstore import BlobStore
+from krill.delta import create_delta
 from krill.digests import Digest
-from tests.imagebuild import Image, build_image, random_files
+from tests.imagebuild import Image, build_image, random_files, realistic_files
 
 REPO = "team/app"
 
@@ -28,11 +29,13 @@ REPO = "team/app"
 class CountingMetrics:
     def __init__(self) -> None:
         self.hits = 0
+        self.saved = 0
         self.misses: list[str] = []
         self.failures: list[str] = []
 
     def delta_hit(self, bytes_saved: int) -> None:
         self.hits += 1
+        self.saved += bytes_saved
 
     def delta_miss(self, reason: str) -> None:
         self.misses.append(reason)
@@ -160,3 +163,82 @@ async def test_none_and_unfitting_answers_are_misses(tmp_path: Path) -> None:
     await server.close()
     assert metrics.misses == ["none", "lookup_failed", "not_a_layer", "no_base"]
     assert metrics.failures == [] and metrics.hits == 0
+
+
+def _versions_with_a_real_delta(tmp_path: Path) -> tuple[Image, Image, bytes]:
+    """v1 and v2 (a few files changed in layer 1) and the codec's delta between those layers."""
+    app = realistic_files(21, count=20)
+    app_v2 = {**app, "etc/release": b"2\n"}
+    runtime = random_files(22, 1, 512)
+    v1, v2 = build_image([runtime, app]), build_image([runtime, app_v2])
+    (tmp_path / "base").write_bytes(v1.layers[1].data)
+    (tmp_path / "target").write_bytes(v2.layers[1].data)
+    create_delta(tmp_path / "base", tmp_path / "target", tmp_path / "delta")
+    return v1, v2, (tmp_path / "delta").read_bytes()
+
+
+async def _offer_server(offer: dict[str, object]) -> TestServer:
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(offer)
+
+    return await _origin(answer)
+
+
+async def _rebuild_with(
+    tmp_path: Path, v1: Image, v2: Image, delta: bytes
+) -> tuple[bool, CountingMetrics, NodeCache]:
+    """Serve v1 then v2 to a rebuilder holding v1; the origin offers ``delta`` for v2's layer."""
+    target, base = v2.layers[1].digest, v1.layers[1].digest
+    offer = {"status": "ok", "target": target, "base": base, "size": len(delta)}
+    offer["delta"] = str(Digest.of_bytes(delta))
+    server = await _offer_server(offer)
+    store = BlobStore(tmp_path / "blobs")
+    cache = NodeCache(store, CacheLimits(budget=1 << 30))
+    for layer in v1.layers:
+        cache.add(store.put_bytes(layer.data))
+    index = LayerIndex()
+    _learn(index, v1)
+    _learn(index, v2)
+    remote = {Digest.of_bytes(delta): delta, Digest.parse(v2.config.digest): v2.config.data}
+
+    async def ensure(digest: Digest, repository: str) -> int:
+        """What the fetcher does: the blob ends up verified in the node cache."""
+        cache.add(store.put_bytes(remote[digest], digest))
+        return len(remote[digest])
+
+    metrics = CountingMetrics()
+    async with aiohttp.ClientSession() as session:
+        origin = str(server.make_url("")).rstrip("/")
+        rebuilder = DeltaRebuilder(session, origin, cache, index, metrics, lookup_timeout=5.0)
+        ok = await rebuilder.rebuild(Digest.parse(target), REPO, ensure)
+    await server.close()
+    return ok, metrics, cache
+
+
+async def test_a_delta_rebuilds_the_exact_layer_into_the_cache(tmp_path: Path) -> None:
+    v1, v2, delta = _versions_with_a_real_delta(tmp_path)
+    ok, metrics, cache = await _rebuild_with(tmp_path, v1, v2, delta)
+    target = Digest.parse(v2.layers[1].digest)
+    assert ok and metrics.hits == 1 and metrics.failures == []
+    assert cache.path(target).read_bytes() == v2.layers[1].data
+    assert metrics.saved == len(v2.layers[1].data) - len(delta)
+
+
+async def test_a_delta_for_another_layer_fails_and_keeps_the_good_base(tmp_path: Path) -> None:
+    v1, v2, _delta = _versions_with_a_real_delta(tmp_path)
+    other = build_image([random_files(30, 1, 512), realistic_files(31, count=5)])
+    (tmp_path / "other").write_bytes(other.layers[1].data)
+    create_delta(tmp_path / "base", tmp_path / "other", tmp_path / "wrong")
+    ok, metrics, cache = await _rebuild_with(tmp_path, v1, v2, (tmp_path / "wrong").read_bytes())
+    assert not ok and metrics.hits == 0
+    assert metrics.failures == ["digest"]  # it rebuilds a layer, just not this one
+    assert not cache.has(Digest.parse(v2.layers[1].digest))
+    assert cache.has(Digest.parse(v1.layers[1].digest))  # the base was fine and stays
+
+
+async def test_garbage_instead_of_a_delta_fails_cleanly(tmp_path: Path) -> None:
+    v1, v2, _delta = _versions_with_a_real_delta(tmp_path)
+    ok, metrics, cache = await _rebuild_with(tmp_path, v1, v2, b"not a delta" * 100)
+    assert not ok and metrics.failures == ["bad_delta"]
+    assert cache.has(Digest.parse(v1.layers[1].digest))
+    assert not list((tmp_path / "blobs" / "incoming").iterdir())  # nothing left behind
