@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -83,8 +84,24 @@ def remove_namespaces() -> None:
 def shape(ns: str, dev: str, rate_mbit: float) -> None:
     """Token bucket on a device's egress: at most ``rate_mbit``, small queue."""
     burst = max(32 * 1024, int(rate_mbit * 1e6 / 8 / 250))  # >= one 4 ms tick of data
-    sh(*in_ns(ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
-              "rate", f"{rate_mbit}mbit", "burst", str(burst), "latency", "50ms"))
+    sh(
+        *in_ns(
+            ns,
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            dev,
+            "root",
+            "tbf",
+            "rate",
+            f"{rate_mbit}mbit",
+            "burst",
+            str(burst),
+            "latency",
+            "50ms",
+        )
+    )
 
 
 def build_cluster(nodes: int, rate_mbit: float) -> None:
@@ -127,8 +144,15 @@ class Processes:
     def start(self, cmd: list[str], log: Path, **kwargs: object) -> subprocess.Popen[str]:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         with open(log, "w") as out:
-            proc = subprocess.Popen(cmd, stdout=kwargs.pop("stdout", out), stderr=out,
-                                    env=env, text=True, cwd=ROOT, **kwargs)  # type: ignore[call-overload]
+            proc = subprocess.Popen(
+                cmd,
+                stdout=kwargs.pop("stdout", out),
+                stderr=out,
+                env=env,
+                text=True,
+                cwd=ROOT,
+                **kwargs,
+            )  # type: ignore[call-overload]
         self.procs.append(proc)
         return proc
 
@@ -148,8 +172,9 @@ class Processes:
 def wait_http(ns: str, url: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        probe = sh(*in_ns(ns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url),
-                   check=False)
+        probe = sh(
+            *in_ns(ns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url), check=False
+        )
         if probe.stdout.strip() not in ("", "000"):
             return
         time.sleep(0.2)
@@ -164,11 +189,27 @@ def start_servers(procs: Processes, work: Path) -> None:
     ns, ip = host_ns(0), host_ip(0)
     origin = f"http://{ip}:{ORIGIN_PORT}"
     tracker = f"http://{ip}:{TRACKER_PORT}"
-    procs.start(in_ns(ns, *krill("tracker", "--listen", f"{ip}:{TRACKER_PORT}",
-                                 "--origin", origin)), work / "tracker.log")
-    procs.start(in_ns(ns, *krill("origin", "--listen", f"{ip}:{ORIGIN_PORT}", "--data",
-                                 str(work / "origin"), "--tracker", tracker,
-                                 "--peer-port", str(PEER_PORT))), work / "origin.log")
+    procs.start(
+        in_ns(ns, *krill("tracker", "--listen", f"{ip}:{TRACKER_PORT}", "--origin", origin)),
+        work / "tracker.log",
+    )
+    procs.start(
+        in_ns(
+            ns,
+            *krill(
+                "origin",
+                "--listen",
+                f"{ip}:{ORIGIN_PORT}",
+                "--data",
+                str(work / "origin"),
+                "--tracker",
+                tracker,
+                "--peer-port",
+                str(PEER_PORT),
+            ),
+        ),
+        work / "origin.log",
+    )
     registry_dir = work / "registry"
     registry_dir.mkdir()
     config = registry_dir / "config.yml"
@@ -188,15 +229,45 @@ def push(base: str, blob: Path) -> str:
 
     digest = str(sha256_file(str(blob)))
     ns = host_ns(0)
-    headers = sh(*in_ns(ns, "curl", "-sS", "-D", "-", "-o", "/dev/null", "-X", "POST",
-                        f"{base}/v2/bench/herd/blobs/uploads/")).stdout
-    location = next(line.split(":", 1)[1].strip() for line in headers.splitlines()
-                    if line.lower().startswith("location:"))
+    headers = sh(
+        *in_ns(
+            ns,
+            "curl",
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            f"{base}/v2/bench/herd/blobs/uploads/",
+        )
+    ).stdout
+    location = next(
+        line.split(":", 1)[1].strip()
+        for line in headers.splitlines()
+        if line.lower().startswith("location:")
+    )
     url = location if location.startswith("http") else base + location
     url += ("&" if "?" in url else "?") + f"digest={digest}"
-    status = sh(*in_ns(ns, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT",
-                       "-H", "Content-Type: application/octet-stream",
-                       "--data-binary", f"@{blob}", url)).stdout
+    status = sh(
+        *in_ns(
+            ns,
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            f"@{blob}",
+            url,
+        )
+    ).stdout
     if status.strip() != "201":
         raise RuntimeError(f"pushing to {base} answered {status}")
     return digest
@@ -209,11 +280,25 @@ def swarm_pull(procs: Processes, work: Path, nodes: int, digest: str) -> list[fl
     tracker = f"http://{host_ip(0)}:{TRACKER_PORT}"
     drivers = []
     for index in range(1, nodes + 1):
-        cmd = in_ns(host_ns(index), sys.executable, str(Path(__file__).resolve()), "--peer",
-                    "--tracker", tracker, "--digest", digest, "--listen-host", host_ip(index),
-                    "--data", str(work / f"node{index}"))
-        drivers.append(procs.start(cmd, work / f"node{index}.log", stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE))
+        cmd = in_ns(
+            host_ns(index),
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--peer",
+            "--tracker",
+            tracker,
+            "--digest",
+            digest,
+            "--listen-host",
+            host_ip(index),
+            "--data",
+            str(work / f"node{index}"),
+        )
+        drivers.append(
+            procs.start(
+                cmd, work / f"node{index}.log", stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            )
+        )
     for driver in drivers:  # each prints "ready" once its engine listens
         if read_line(driver) != {"ready": True}:
             raise RuntimeError("a swarm driver failed to start; see its log")
@@ -228,14 +313,19 @@ def swarm_pull(procs: Processes, work: Path, nodes: int, digest: str) -> list[fl
     busy = cpu_busy(cpu_before, cpu_times())
     sampler.stop()
     log("origin egress Mbit/s per second: " + " ".join(f"{r:.0f}" for r in sampler.rates()))
-    log(f"machine CPU busy during the swarm pull: {busy:.0%} of {os.cpu_count()} CPUs "
-        "(near 100 %: the figures measure this machine, not the protocol)")
+    log(
+        f"machine CPU busy during the swarm pull: {busy:.0%} of {os.cpu_count()} CPUs "
+        "(near 100 %: the figures measure this machine, not the protocol)"
+    )
     for driver in drivers:
         assert driver.stdin is not None
         driver.stdin.close()
     for result in results:
         if result.get("sha256") != digest.removeprefix("sha256:"):
             raise RuntimeError(f"a node ended with the wrong blob: {result}")
+    user = sum(float(r["cpu_user"]) for r in results)
+    system = sum(float(r["cpu_sys"]) for r in results)
+    log(f"node processes used {user:.1f} s user + {system:.1f} s system CPU in total")
     return [float(r["seconds"]) for r in results]
 
 
@@ -284,8 +374,11 @@ def read_line(proc: subprocess.Popen[str]) -> dict[str, object]:
 def registry_pull(nodes: int, digest: str) -> list[float]:
     url = f"http://{host_ip(0)}:{REGISTRY_PORT}/v2/bench/herd/blobs/{digest}"
     curls = [
-        subprocess.Popen(in_ns(host_ns(i), "curl", "-sS", "-f", "-o", "/dev/null", "-w",
-                               "%{time_total}", url), stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            in_ns(host_ns(i), "curl", "-sS", "-f", "-o", "/dev/null", "-w", "%{time_total}", url),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for i in range(1, nodes + 1)
     ]
     times = []
@@ -317,8 +410,9 @@ async def peer_main(args: argparse.Namespace) -> int:
 
     setup_logging("warning")
     digest = Digest.parse(args.digest)
-    settings = SwarmSettings(tracker_url=args.tracker + "/announce",
-                             listen_host=args.listen_host, peer_port=PEER_PORT)
+    settings = SwarmSettings(
+        tracker_url=args.tracker + "/announce", listen_host=args.listen_host, peer_port=PEER_PORT
+    )
     async with SwarmEngine(settings, BlobStore(args.data)) as engine:
         emit({"ready": True})
         await asyncio.to_thread(sys.stdin.readline)  # "go"
@@ -328,7 +422,15 @@ async def peer_main(args: argparse.Namespace) -> int:
         download = await engine.download(digest, metainfo)
         path = await download.wait_done()
         seconds = time.monotonic() - start
-        emit({"seconds": seconds, "sha256": (await asyncio.to_thread(sha256_file, str(path))).hex})
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        emit(
+            {
+                "seconds": seconds,
+                "cpu_user": usage.ru_utime,
+                "cpu_sys": usage.ru_stime,
+                "sha256": (await asyncio.to_thread(sha256_file, str(path))).hex,
+            }
+        )
         await asyncio.to_thread(sys.stdin.read)  # keep seeding until the bench ends
     return 0
 
@@ -366,8 +468,10 @@ def run_bench(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="krill-bench-herd-"))
     procs = Processes()
     with cleanup_on_exit(procs, work, args.keep):
-        log(f"cluster: {args.nodes} nodes + origin host, {args.rate_mbit} Mbit/s links, "
-            f"{args.size_mib} MiB blob (limit {limit:.2f} s); work dir {work}")
+        log(
+            f"cluster: {args.nodes} nodes + origin host, {args.rate_mbit} Mbit/s links, "
+            f"{args.size_mib} MiB blob (limit {limit:.2f} s); work dir {work}"
+        )
         build_cluster(args.nodes, args.rate_mbit)
         start_servers(procs, work)
         blob = work / "blob"
@@ -392,8 +496,14 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def report(args: argparse.Namespace, size: int, limit: float, swarm: list[float],
-           plain: list[float], egress: float) -> None:
+def report(
+    args: argparse.Namespace,
+    size: int,
+    limit: float,
+    swarm: list[float],
+    plain: list[float],
+    egress: float,
+) -> None:
     s50, s99 = percentile(swarm, 50), percentile(swarm, 99)
     p50, p99 = percentile(plain, 50), percentile(plain, 99)
     lines = [
@@ -404,12 +514,19 @@ def report(args: argparse.Namespace, size: int, limit: float, swarm: list[float]
         f"origin egress during swarm pull: {egress:.2f}x blob   (goal <= 1.5x)",
         f"registry: p50 {p50:7.2f}s = {p50 / limit:5.2f}x limit   "
         f"p99 {p99:7.2f}s = {p99 / limit:5.2f}x limit",
-        f"speed-up over plain registry: p50 {p50 / s50:.1f}x, p99 {p99 / s99:.1f}x "
-        f"(goal >= 10x)",
+        f"speed-up over plain registry: p50 {p50 / s50:.1f}x, p99 {p99 / s99:.1f}x (goal >= 10x)",
     ]
     print("\n".join(lines))
-    print(json.dumps({"swarm_s": sorted(swarm), "registry_s": sorted(plain),
-                      "origin_egress_x": egress, "limit_s": limit}))
+    print(
+        json.dumps(
+            {
+                "swarm_s": sorted(swarm),
+                "registry_s": sorted(plain),
+                "origin_egress_x": egress,
+                "limit_s": limit,
+            }
+        )
+    )
 
 
 def log(message: str) -> None:
@@ -423,8 +540,11 @@ def main() -> int:
     parser.add_argument("--rate-mbit", type=float, default=100.0)
     parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
-    parser.add_argument("--skip-registry", action="store_true",
-                        help="swarm only (for tuning runs); no speed-up figure")
+    parser.add_argument(
+        "--skip-registry",
+        action="store_true",
+        help="swarm only (for tuning runs); no speed-up figure",
+    )
     # --peer mode: the per-node driver this script starts inside each node namespace.
     parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tracker", help=argparse.SUPPRESS)
