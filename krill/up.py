@@ -20,12 +20,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from krill.processes import ProcessFailed, logged_process, wait_http
 
 HEALTH_TIMEOUT = 60.0
 
@@ -77,8 +77,14 @@ def run(args: argparse.Namespace) -> int:
                 for name, argv, health in _commands(addresses, data):
                     proc = services.enter_context(_service(name, argv, logs / f"{name}.log"))
                     procs.append(proc)
-                    _wait_healthy(name, proc, health, logs / f"{name}.log")
-            except RuntimeError as exc:
+                    wait_http(
+                        health,
+                        proc,
+                        timeout=HEALTH_TIMEOUT,
+                        name=name,
+                        log_path=logs / f"{name}.log",
+                    )
+            except ProcessFailed as exc:
                 raise CliError(str(exc)) from None
             (data / "up.json").write_text(addresses.as_json())
             sys.stdout.write(_banner(addresses, logs))
@@ -150,50 +156,14 @@ def _data_dir(requested: Path | None) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def _service(name: str, argv: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "krill.cli", *argv],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C reaches us, not them
-        )
-    proc.args = name  # type: ignore[misc]  # for _watch's message
-    try:
+    with logged_process(
+        [sys.executable, "-m", "krill.cli", *argv],
+        log_path,
+        append=True,
+        start_new_session=True,  # Ctrl-C reaches us, not them
+    ) as proc:
+        proc.args = name  # type: ignore[misc]  # for _watch's message
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _wait_healthy(name: str, proc: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + HEALTH_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"{name} exited with status {proc.returncode}; last lines of {log_path}:\n"
-                + _tail(log_path)
-            )
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{name} did not answer {url} within {HEALTH_TIMEOUT:.0f}s; see {log_path}")
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def _watch(procs: list[subprocess.Popen[bytes]]) -> None:

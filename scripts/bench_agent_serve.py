@@ -22,20 +22,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+
+from benchlib import free_port, one_round, timed_get, write_random_blob
+
+from krill.processes import logged_process as process
+from krill.processes import wait_http
 
 REPO = "bench/agent"
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,42 +105,6 @@ def serve_bare_file(path: str, port: int) -> None:
 # ---- processes ----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def process(cmd: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
-
-
 def krill(*args: str) -> list[str]:
     return [sys.executable, "-m", "krill.cli", *args]
 
@@ -168,7 +131,7 @@ def cluster(work: Path) -> Iterator[dict[str, str]]:
                 work / "origin.log",
             )
         )
-        wait_http(f"{urls['origin']}/v2/", origin)
+        wait_http(f"{urls['origin']}/v2/", origin, timeout=60)
         tracker = stack.enter_context(
             process(
                 krill(
@@ -183,7 +146,7 @@ def cluster(work: Path) -> Iterator[dict[str, str]]:
                 work / "tracker.log",
             )
         )
-        wait_http(f"{urls['tracker']}/health", tracker)
+        wait_http(f"{urls['tracker']}/health", tracker, timeout=60)
         agent = stack.enter_context(
             process(
                 krill(
@@ -204,7 +167,7 @@ def cluster(work: Path) -> Iterator[dict[str, str]]:
                 work / "agent.log",
             )
         )
-        wait_http(f"{urls['agent']}/health", agent)
+        wait_http(f"{urls['agent']}/health", agent, timeout=60)
         urls["agent_pid"] = str(agent.pid)
         yield urls
 
@@ -232,103 +195,6 @@ def push_blob(origin: str, path: Path, digest: str) -> None:
                 raise RuntimeError(f"push answered {response.status}")
 
 
-def write_random_blob(path: Path, size: int) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "wb") as f:
-        remaining = size
-        while remaining:
-            chunk = os.urandom(min(remaining, 8 << 20))
-            f.write(chunk)
-            hasher.update(chunk)
-            remaining -= len(chunk)
-    return "sha256:" + hasher.hexdigest()
-
-
-# ---- the client ---------------------------------------------------------------------
-
-
-class _TimedGet(asyncio.BufferedProtocol):
-    """One GET; counts and drops the body; notes when the first body byte arrived."""
-
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.buffer = bytearray(4 << 20)
-        self.head = b""
-        self.body_left: int | None = None
-        self.received = 0
-        self.first_byte_at: float | None = None
-        self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.request)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return memoryview(self.buffer)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        if self.body_left is None:
-            self.head += bytes(self.buffer[:nbytes])
-            if b"\r\n\r\n" not in self.head:
-                return
-            head, _, rest = self.head.partition(b"\r\n\r\n")
-            status = head.split(b" ", 2)[1]
-            if status != b"200":
-                self.done.set_exception(RuntimeError(f"GET answered {status.decode()}"))
-                self.transport.close()
-                return
-            self.body_left = next(
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
-            nbytes = len(rest)
-        if nbytes and self.first_byte_at is None:
-            self.first_byte_at = time.perf_counter()
-        self.received += nbytes
-        self.body_left -= nbytes
-        if self.body_left <= 0 and not self.done.done():
-            self.done.set_result(self.received)
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
-            self.done.set_exception(ConnectionError(f"closed after {self.received} bytes"))
-
-
-async def timed_get(url: str) -> tuple[int, float, float]:
-    """(body bytes, seconds to first body byte, seconds to the end) for one GET."""
-    parts = urlsplit(url)
-    request = (
-        f"GET {parts.path}{'?' + parts.query if parts.query else ''} HTTP/1.1\r\n"
-        f"Host: {parts.netloc}\r\nConnection: close\r\n\r\n"
-    ).encode()
-    loop = asyncio.get_running_loop()
-    started = time.perf_counter()
-    _, protocol = await loop.create_connection(
-        lambda: _TimedGet(request), parts.hostname, parts.port
-    )
-    size = await protocol.done
-    first = (protocol.first_byte_at or time.perf_counter()) - started
-    return size, first, time.perf_counter() - started
-
-
-async def one_round(url: str, size: int, requests: int, concurrency: int) -> float:
-    limit = asyncio.Semaphore(concurrency)
-
-    async def limited() -> int:
-        async with limit:
-            return (await timed_get(url))[0]
-
-    start = time.perf_counter()
-    sizes = await asyncio.gather(*(limited() for _ in range(requests)))
-    elapsed = time.perf_counter() - start
-    if any(s != size for s in sizes):
-        raise RuntimeError(f"short read from {url}: {sizes}")
-    return requests * size / elapsed / 1e6
-
-
 # ---- the benchmark ------------------------------------------------------------------
 
 
@@ -345,8 +211,9 @@ def agent_metrics(agent: str) -> dict[str, float]:
 async def bench_agent(
     size_mib: int, requests: int, concurrency: int, rounds: int, work: Path
 ) -> AgentServeResult:
-    """Run the whole measurement; the lead's scripts/bench-serve calls this."""
+    """Run the whole measurement; scripts/bench-serve calls this after its own."""
     size = size_mib << 20
+    work.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - set-up, nothing runs yet
     blob = work / "blob.bin"
     digest = write_random_blob(blob, size)
     with cluster(work) as urls:
@@ -373,7 +240,7 @@ async def bench_agent(
             work / "bare.log",
         ) as bare:
             bare_url = f"http://127.0.0.1:{bare_port}/blob"
-            wait_http(bare_url, bare)
+            wait_http(bare_url, bare, timeout=60)
             await one_round(url, size, concurrency, concurrency)  # warm both
             await one_round(bare_url, size, concurrency, concurrency)
             agent_rounds, bare_rounds = [], []
@@ -412,5 +279,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     sys.exit(main())

@@ -13,11 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-from yarl import URL
+from bench_agent_serve import bench_agent
+from benchlib import cpu_seconds, free_port, one_round, timed_get, write_random_blob
+
+from krill.processes import logged_process as process
 
 REPO = "bench/blob"
 
@@ -37,46 +36,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=4, help="parallel GETs")
     parser.add_argument("--rounds", type=int, default=7, help="alternating rounds per server")
     parser.add_argument("--workdir", type=Path, help="keep files here (default: a temp dir)")
+    parser.add_argument(
+        "--agent-ttfb-size-mib",
+        type=int,
+        default=256,
+        help="uncached blob size for the agent's time-to-first-byte figure",
+    )
+    parser.add_argument("--no-agent", action="store_true", help="skip the agent's figures")
     return parser.parse_args(argv)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def write_random_blob(path: Path, size: int) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "wb") as f:
-        remaining = size
-        while remaining:
-            chunk = os.urandom(min(remaining, 8 << 20))
-            f.write(chunk)
-            hasher.update(chunk)
-            remaining -= len(chunk)
-    return "sha256:" + hasher.hexdigest()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used (from /proc), load-independent."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextlib.contextmanager
-def process(cmd: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextlib.contextmanager
@@ -129,88 +96,6 @@ async def push(session: aiohttp.ClientSession, base: str, path: Path, digest: st
                 raise RuntimeError(f"{base}: upload failed: {r.status} {await r.text()}")
 
 
-class _DiscardingGet(asyncio.BufferedProtocol):
-    """One HTTP/1.1 GET whose body is counted and dropped: the cheapest possible client.
-
-    A general HTTP client spends more CPU per byte than either server, so it
-    would measure itself; this one receives into one reused buffer.
-    """
-
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.buffer = bytearray(4 << 20)
-        self.head = b""
-        self.body_left: int | None = None
-        self.received = 0
-        self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.request)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return memoryview(self.buffer)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        if self.body_left is None:
-            self.head += bytes(self.buffer[:nbytes])
-            if b"\r\n\r\n" not in self.head:
-                return
-            head, _, rest = self.head.partition(b"\r\n\r\n")
-            status = head.split(b" ", 2)[1]
-            if status != b"200":
-                self.done.set_exception(RuntimeError(f"GET answered {status.decode()}"))
-                self.transport.close()
-                return
-            length = next(
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
-            self.body_left = length
-            nbytes = len(rest)
-        self.received += nbytes
-        self.body_left -= nbytes
-        if self.body_left <= 0 and not self.done.done():
-            self.done.set_result(self.received)
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
-            self.done.set_exception(ConnectionError(f"connection closed after {self.received}"))
-
-
-async def fetch(url: str) -> int:
-    """GET ``url`` on a fresh connection; return the body length."""
-    parsed = URL(url)
-    request = (
-        f"GET {parsed.raw_path_qs} HTTP/1.1\r\nHost: {parsed.host}:{parsed.port}\r\n"
-        "Connection: close\r\n\r\n"
-    ).encode()
-    loop = asyncio.get_running_loop()
-    _, protocol = await loop.create_connection(
-        lambda: _DiscardingGet(request), parsed.host, parsed.port
-    )
-    return await protocol.done
-
-
-async def one_round(url: str, size: int, requests: int, concurrency: int) -> float:
-    """MB/s for ``requests`` GETs of the blob, ``concurrency`` at a time."""
-    limit = asyncio.Semaphore(concurrency)
-
-    async def limited() -> int:
-        async with limit:
-            return await fetch(url)
-
-    start = time.perf_counter()
-    sizes = await asyncio.gather(*(limited() for _ in range(requests)))
-    elapsed = time.perf_counter() - start
-    if any(s != size for s in sizes):
-        raise RuntimeError(f"short read from {url}: {sizes}")
-    return requests * size / elapsed / 1e6
-
-
 async def bench(args: argparse.Namespace, workdir: Path) -> int:
     size = args.size_mib << 20
     blob = workdir / "blob.bin"
@@ -230,7 +115,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
             blob.unlink()
             urls = {name: f"{base}/v2/{REPO}/blobs/{digest}" for name, base in servers.items()}
             for url in urls.values():
-                await fetch(url)  # warm the page cache
+                await timed_get(url)  # warm the page cache
             rates: dict[str, list[float]] = {name: [] for name in urls}
             cpu = dict.fromkeys(urls, 0.0)
             for _ in range(args.rounds):
@@ -252,7 +137,16 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
             f"server CPU {cpu[name] / served_gib:.3f} s/GiB)"
         )
     ratio = medians["krill-origin"] / medians["docker-registry"]
-    print(f"ratio origin/docker-registry: {ratio:.2f}x")
+    print(f"ratio origin/docker-registry: {ratio:.2f}x (goal >= 1.0x)")
+    if not args.no_agent:
+        agent = await bench_agent(
+            args.agent_ttfb_size_mib,
+            args.requests,
+            args.concurrency,
+            args.rounds,
+            workdir / "agent-bench",
+        )
+        print(agent.report())
     return 0
 
 

@@ -11,9 +11,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from krill import processes
 
 SKOPEO_FLAGS = ("--src-tls-verify=false", "--dest-tls-verify=false")
 
@@ -25,19 +26,8 @@ def free_port() -> int:
 
 
 def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll ``url`` until it answers any HTTP status; fail with the process's output if it died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
+    """Poll ``url`` until it answers any HTTP status; fail if ``proc`` dies first."""
+    processes.wait_http(url, proc, timeout=timeout)
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:
@@ -72,27 +62,27 @@ def redis_server(root: Path, port: int | None = None) -> Iterator[str]:
     port = port or free_port()
     root.mkdir(parents=True, exist_ok=True)
     cmd = [
-        "redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-        "--appendonly", "no", "--dir", str(root),
+        "redis-server",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(root),
     ]
     with _process(cmd, root / "redis.log"):
         wait_port(port)
         yield f"redis://127.0.0.1:{port}/0"
 
 
-@contextlib.contextmanager
-def _process(cmd: Sequence[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def _process(
+    cmd: Sequence[str], log_path: Path
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    return processes.logged_process(cmd, log_path, grace=10)
 
 
 def krill_command(*args: str) -> list[str]:
@@ -106,22 +96,9 @@ def krill_process(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``krill ARGS`` as a real process until the block ends."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(krill_command(*args), stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
+    with processes.logged_process(krill_command(*args), log_path, grace=10, env=env) as proc:
         wait_http(health_url, proc=proc)
         yield proc
-    except BaseException:
-        proc.kill()
-        raise
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def skopeo(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from krill.processes import logged_process
+
 NAMESPACE = "krill-test"
 DISABLED_PLUGINS = (
     "io.containerd.grpc.v1.cri",
@@ -93,26 +95,19 @@ def _config(root: Path) -> str:
 
 @contextlib.contextmanager
 def running_containerd(root: Path) -> Iterator[Containerd]:
-    """Start containerd with everything under ``root``; stop it and unmount at the end."""
+    """Start containerd with everything under ``root``; stop it when the block ends.
+
+    The native snapshotter mounts nothing, so there is nothing to unmount.
+    """
     root.mkdir(parents=True, exist_ok=True)
     config = root / "config.toml"
     config.write_text(_config(root))
     socket = root / "c.sock"
-    with open(root / "containerd.log", "wb") as log:
-        proc = subprocess.Popen(
-            ["containerd", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
+    cmd = ["containerd", "--config", str(config)]
+    with logged_process(cmd, root / "containerd.log") as proc:
         instance = Containerd(root, socket)
         _wait_ready(instance, proc)
         yield instance
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _wait_ready(instance: Containerd, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
