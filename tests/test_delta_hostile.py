@@ -49,9 +49,9 @@ def _split(data: bytes) -> tuple[dict, bytes]:
     return json.loads(data[14 : 14 + length]), data[14 + length : -32]
 
 
-def _join(header: dict, ops: bytes) -> bytes:
+def _join(header: dict, ops: bytes, version: int = fmt.VERSION) -> bytes:
     body = json.dumps(header).encode()
-    return _resign(struct.pack(">8sHI", fmt.MAGIC, fmt.VERSION, len(body)) + body + ops + bytes(32))
+    return _resign(struct.pack(">8sHI", fmt.MAGIC, version, len(body)) + body + ops + bytes(32))
 
 
 def _apply_fails(tmp: Path, base: Path, delta_bytes: bytes, error: type = DeltaFormatError) -> str:
@@ -107,6 +107,8 @@ def test_header_claiming_huge_sizes_is_refused(
         bytes([fmt.OP_META]) + struct.pack(">II", 2**31, 4),  # 2 GiB meta piece
         bytes([fmt.OP_ZPREFIX]) + struct.pack(">QIII", 0, 2**31, 100, 4) + bytes(4),
         bytes([fmt.OP_BSDIFF]) + struct.pack(">QIIIII", 0, 64, 100, 2**31, 0, 0),
+        bytes([fmt.OP_HDIFF]) + struct.pack(">QIIII", 0, 64, 100, 2**31, 4) + bytes(4),
+        bytes([fmt.OP_HDIFF]) + struct.pack(">QIIII", 0, 2**31, 100, 100, 4) + bytes(4),
         bytes([77]),  # unknown op
     ],
 )
@@ -203,3 +205,93 @@ def test_output_is_only_written_at_out(tmp_path: Path, pair: tuple[Path, Path, b
     apply_delta(base, delta, out_dir / "layer.tgz")
     assert [p.name for p in out_dir.iterdir()] == ["layer.tgz"]
     assert (out_dir / "layer.tgz").read_bytes() == target
+
+
+def _base_tar_head(base: Path, size: int) -> bytes:
+    import gzip
+
+    return gzip.decompress(base.read_bytes())[:size]
+
+
+def _hdiff_op(old: bytes, new: bytes, raw: bytes, out_len: int | None = None) -> bytes:
+    from krill.delta.zstdlib import zstd
+
+    out_len = len(new) if out_len is None else out_len
+    op = fmt.encode_hdiff(0, len(old), out_len, len(raw), zstd.compress(raw))
+    return op + bytes([fmt.OP_END])
+
+
+def _corrupt_covers(raw: bytes) -> bytes:
+    from krill.delta import hdiff
+
+    header = hdiff.parse_header(raw)
+    data = bytearray(raw)
+    for i in range(header.header_len, header.header_len + header.sections[0]):
+        data[i] = 0xFF  # every cover points far past the old data
+    return bytes(data)
+
+
+@pytest.mark.parametrize("case", ["not_hdiff", "other_sizes", "compressed", "bad_covers"])
+def test_crafted_hdiff_ops_are_refused(
+    tmp_path: Path, pair: tuple[Path, Path, bytes], case: str
+) -> None:
+    """OP_HDIFF payloads are checked against the op before HDiffPatch sees them."""
+    import hdiffpatch
+
+    from krill.delta import hdiff
+
+    base, delta, _ = pair
+    header, _ = _split(delta.read_bytes())
+    old = _base_tar_head(base, 4096)
+    new = old[:1000] + b"changed!" + old[1008:3000]
+    raw = hdiff.diff(old, new)
+    op = {
+        "not_hdiff": lambda: _hdiff_op(old, new, b"not a diff at all" * 10),
+        "other_sizes": lambda: _hdiff_op(old, new, raw, out_len=len(new) + 1),
+        "compressed": lambda: _hdiff_op(old, new, hdiffpatch.diff(old, new, "zstd")),
+        "bad_covers": lambda: _hdiff_op(old, new, _corrupt_covers(raw)),
+    }[case]()
+    message = _apply_fails(tmp_path, base, _join(header, op))
+    assert "hdiff" in message.lower(), message
+
+
+def test_hdiff_op_rebuilds_exactly(tmp_path: Path, pair: tuple[Path, Path, bytes]) -> None:
+    """The same op, uncorrupted, decodes to ``new``; only the layer digest then differs."""
+    from krill.delta import hdiff
+    from krill.delta.apply import _decode_content
+
+    base, _, _ = pair
+    old = _base_tar_head(base, 4096)
+    new = old[:1000] + b"changed!" + old[1008:3000]
+    raw = hdiff.diff(old, new)
+    reader_op = fmt.Op(fmt.OP_HDIFF, len(new), 0, len(old), (_zstd(raw),), len(raw))
+    assert _decode_content(reader_op, old) == new
+    bad = fmt.Op(fmt.OP_HDIFF, len(new), 0, len(old), (_zstd(_corrupt_covers(raw)),), len(raw))
+    with pytest.raises(DeltaFormatError):
+        _decode_content(bad, old)
+
+
+def _zstd(data: bytes) -> bytes:
+    from krill.delta.zstdlib import zstd
+
+    return zstd.compress(data)
+
+
+def test_version_1_deltas_still_apply(tmp_path: Path) -> None:
+    """Deltas written before OP_HDIFF existed (format 1) are read as before."""
+    from krill.delta.encode import EncodeOptions
+
+    rng = random.Random(21)
+    files = {f"bin/b{i}": Entry("file", rng.randbytes(20_000)) for i in range(2)}
+    target_files = {n: Entry("file", mutated_bytes(rng, e.data, 30)) for n, e in files.items()}
+    base, target = tmp_path / "base.tgz", tmp_path / "target.tgz"
+    base.write_bytes(compress(build_tar(files), "gzip6"))
+    target.write_bytes(compress(build_tar(target_files), "gzip6"))
+    delta = tmp_path / "v2.krd"
+    create_delta(base, target, delta, EncodeOptions(diff_engine="bsdiff"))
+    header, ops = _split(delta.read_bytes())
+    header["format"] = "krill-delta/1"
+    v1 = tmp_path / "v1.krd"
+    v1.write_bytes(_join(header, ops, version=1))
+    assert apply_delta(base, v1, tmp_path / "out").path.read_bytes() == target.read_bytes()
+    assert "version 3" in _apply_fails(tmp_path / "v3", base, _join(header, ops, version=3))

@@ -124,20 +124,58 @@ def test_unchanged_files_are_copied_and_changed_binaries_coded_small(tmp_path: P
     assert result.size < len(target) // 50
 
 
-def test_scattered_binary_changes_use_bsdiff(tmp_path: Path) -> None:
-    """Many small in-place edits (what a relinked binary looks like): bsdiff wins."""
-    rng = random.Random(3)
-    old = bytearray(rng.randbytes(300_000))
+def _relinked(rng: random.Random, size: int, stride: int = 40) -> tuple[bytes, bytes]:
+    """A binary and its relinked twin: an address bumped every ``stride`` bytes."""
+    old = bytearray(rng.randbytes(size))
+    old[100:110] = bytes(10)  # a NUL early on: the encoder's "binary" test
     new = bytearray(old)
-    for pos in range(0, len(new), 40):
-        new[pos : pos + 4] = (int.from_bytes(new[pos : pos + 4], "little") + 4096).to_bytes(
-            4, "little"
-        )
-    base = build_tar({"bin/app": Entry("file", bytes(old))})
-    target = build_tar({"bin/app": Entry("file", bytes(new))})
-    result, rebuilt = round_trip(tmp_path, base, target)
+    for pos in range(0, len(new) - 4, stride):
+        value = (int.from_bytes(new[pos : pos + 4], "little") + 4096) % 2**32
+        new[pos : pos + 4] = value.to_bytes(4, "little")
+    return bytes(old), bytes(new)
+
+
+@pytest.mark.parametrize("engine", ["hdiff", "bsdiff"])
+def test_scattered_binary_changes_use_a_binary_diff(tmp_path: Path, engine: str) -> None:
+    """Many small in-place edits (what a relinked binary looks like): the diff engine wins."""
+    old, new = _relinked(random.Random(3), 300_000)
+    base = build_tar({"bin/app": Entry("file", old)})
+    target = build_tar({"bin/app": Entry("file", new)})
+    result, rebuilt = round_trip(tmp_path, base, target, EncodeOptions(diff_engine=engine))
     assert rebuilt == target
-    assert result.stats.get("bsdiff") == 1
+    assert result.stats.get(engine) == 1
+    assert result.size < len(new) // 20
+
+
+@pytest.mark.parametrize("partner_size", [300_000, 280_000, 330_000])
+def test_large_binaries_are_diffed_in_segments(tmp_path: Path, partner_size: int) -> None:
+    """Segment boundaries (and proportional partner windows when sizes differ) are exact."""
+    rng = random.Random(partner_size)
+    old, new = _relinked(rng, 300_000, stride=12)
+    old = old[:partner_size] + rng.randbytes(max(0, partner_size - len(old)))
+    base = build_tar({"lib/libx.so": Entry("file", old), "lib/other": Entry("file", b"o" * 9000)})
+    target = build_tar({"lib/libx.so": Entry("file", new), "lib/other": Entry("file", b"p" * 9000)})
+    # zstd's higher levels off, so the segments' hdiff ops are what gets checked.
+    options = EncodeOptions(
+        diff_segment_bytes=64 * 1024, workers=3, top_level_max_bytes=0, probe_level=3
+    )
+    result, rebuilt = round_trip(tmp_path, base, target, options)
+    assert rebuilt == target
+    assert result.stats["diff_segments"] == 3
+    assert result.stats.get("hdiff", 0) == 3, result.stats
+
+
+def test_text_files_are_not_split(tmp_path: Path) -> None:
+    rng = random.Random(9)
+    words = [rng.randbytes(4).hex().encode() for _ in range(500)]
+    old = b" ".join(rng.choice(words) for _ in range(40_000))
+    new = old[:50_000] + b"inserted line\n" + old[50_000:]
+    base = build_tar({"data.txt": Entry("file", old)})
+    target = build_tar({"data.txt": Entry("file", new)})
+    options = EncodeOptions(diff_segment_bytes=64 * 1024, workers=3)
+    result, rebuilt = round_trip(tmp_path, base, target, options)
+    assert rebuilt == target
+    assert "diff_segments" not in result.stats
 
 
 def test_large_files_are_coded_in_pieces(tmp_path: Path) -> None:
@@ -147,7 +185,8 @@ def test_large_files_are_coded_in_pieces(tmp_path: Path) -> None:
     target = build_tar({"big": Entry("file", mutated_bytes(rng, data, 10))})
     result, rebuilt = round_trip(tmp_path, base, target, EncodeOptions(piece_bytes=8192))
     assert rebuilt == target
-    assert result.stats["zstd_prefix"] + result.stats.get("bsdiff", 0) >= 12
+    coded = ("zstd_prefix", "bsdiff", "hdiff")
+    assert sum(result.stats.get(kind, 0) for kind in coded) >= 12
 
 
 def _gnu_tar(src: Path, out: Path, *flags: str) -> bytes:

@@ -24,6 +24,7 @@ from typing import BinaryIO
 import bsdiff4.core
 
 from krill.delta import format as fmt
+from krill.delta import hdiff
 from krill.delta.format import DeltaFormatError
 from krill.delta.layerfiles import TarFile, materialize_tar, window_log_for
 from krill.delta.recipes import Recipe, RecipeError, blob_kind
@@ -348,6 +349,8 @@ def _decode_content(op: fmt.Op, base: bytes) -> bytes:
             data = _unzstd(op.payload[0], op.out_len, window, base)
         elif op.kind == fmt.OP_BSDIFF:
             data = _unbsdiff(op, base)
+        elif op.kind == fmt.OP_HDIFF:
+            data = _unhdiff(op, base)
         else:
             raise DeltaFormatError(f"op {op.kind} carries no content")
     except (zstd.ZstdError, EOFError, ValueError, MemoryError) as exc:
@@ -361,7 +364,7 @@ def _decode_content(op: fmt.Op, base: bytes) -> bytes:
 
 def _stream_content(op: fmt.Op, base: BinaryIO, write: Callable[[bytes], None]) -> None:
     """Decode a large op straight into the output (zstd a chunk at a time)."""
-    if op.kind == fmt.OP_BSDIFF:  # bspatch needs whole buffers: about 3x the file, alone
+    if op.kind in (fmt.OP_BSDIFF, fmt.OP_HDIFF):  # whole buffers: about 3x the file, alone
         data = _decode_content(op, _pread(base, op.base_off, op.base_len))
         for start in range(0, len(data), COPY_CHUNK):
             write(data[start : start + COPY_CHUNK])
@@ -431,3 +434,13 @@ def _unbsdiff(op: fmt.Op, base: bytes) -> bytes:
     if len(control) % 24:
         raise DeltaFormatError("bsdiff control block is not a whole number of entries")
     return bsdiff4.core.patch(base, op.out_len, control, diff, extra)
+
+
+def _unhdiff(op: fmt.Op, base: bytes) -> bytes:
+    raw = _unzstd(op.payload[0], op.raw_len, window_log_for(op.raw_len))
+    if len(raw) != op.raw_len:
+        raise DeltaFormatError("hdiff diff is shorter than its op declares")
+    try:
+        return hdiff.patch(base, raw, op.out_len)
+    except hdiff.HDiffError as exc:
+        raise DeltaFormatError(str(exc)) from exc

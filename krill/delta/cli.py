@@ -37,7 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--bsdiff-max",
         type=int,
         default=_DEFAULTS.bsdiff_max_bytes,
-        help="largest file bsdiff is tried on, bytes (default %(default)s)",
+        help="largest file a binary diff (--engine) is tried on, bytes (default %(default)s)",
+    )
+    create.add_argument(
+        "--engine",
+        choices=("hdiff", "bsdiff"),
+        default=_DEFAULTS.diff_engine,
+        help="binary-diff engine for changed binaries (default %(default)s)",
     )
     create.add_argument("--workers", type=int, default=_DEFAULTS.workers)
     create.add_argument(
@@ -65,7 +71,10 @@ def run_create(args: argparse.Namespace) -> int:
 
     _check_inputs(args.base, args.target)
     options = EncodeOptions(
-        content_level=args.level, bsdiff_max_bytes=args.bsdiff_max, workers=max(1, args.workers)
+        content_level=args.level,
+        bsdiff_max_bytes=args.bsdiff_max,
+        diff_engine=args.engine,
+        workers=max(1, args.workers),
     )
     started = time.monotonic()
     try:

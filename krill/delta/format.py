@@ -23,8 +23,10 @@ from typing import Any, BinaryIO
 from krill.digests import Digest, DigestError
 
 MAGIC = b"KRLDELTA"
-VERSION = 1
-FORMAT_NAME = "krill-delta/1"
+# Version 2 added OP_HDIFF; a version-1 delta (no such op) is still read.
+VERSION = 2
+FORMAT_NAME = "krill-delta/2"
+FORMAT_NAMES = {1: "krill-delta/1", 2: "krill-delta/2"}
 MEDIA_TYPE = "application/vnd.krill.delta.v1"
 
 MAX_HEADER_BYTES = 1 << 20
@@ -44,6 +46,7 @@ OP_COPY = 2  # bytes from the base tar, unchanged
 OP_ZPREFIX = 3  # zstd frame decompressed with a base range as prefix
 OP_ZLIT = 4  # zstd frame on its own
 OP_BSDIFF = 5  # bsdiff control/diff/extra blocks (zstd) against a base range
+OP_HDIFF = 6  # (v2) an uncompressed HDiffPatch diff (HDIFF13), one zstd frame, against a base range
 
 _HEAD = struct.Struct(">8sHI")
 _U32 = struct.Struct(">I")
@@ -52,6 +55,12 @@ _META = struct.Struct(">II")
 _ZPREFIX = struct.Struct(">QIII")
 _ZLIT = struct.Struct(">II")
 _BSDIFF = struct.Struct(">QIIIII")  # base_off, base_len, out_len, ctrl, diff, extra lengths
+_HDIFF = struct.Struct(">QIIII")  # base_off, base_len, out_len, raw diff length, comp length
+
+
+def max_hdiff_raw(out_len: int) -> int:
+    """The largest uncompressed HDIFF13 diff an op of ``out_len`` bytes may carry."""
+    return out_len + out_len // 4 + (1 << 20)
 
 
 class DeltaFormatError(ValueError):
@@ -119,9 +128,9 @@ def read_header(f: BinaryIO) -> DeltaHeader:
     if len(head) != _HEAD.size or head[:8] != MAGIC:
         raise DeltaFormatError("not a Krill delta (bad magic)")
     _, version, length = _HEAD.unpack(head)
-    if version != VERSION:
+    if version not in FORMAT_NAMES:
         raise DeltaFormatError(
-            f"delta format version {version} is not supported (this is {VERSION})"
+            f"delta format version {version} is not supported (this reads 1..{VERSION})"
         )
     if length > MAX_HEADER_BYTES:
         raise DeltaFormatError(f"delta header of {length} bytes exceeds {MAX_HEADER_BYTES}")
@@ -132,8 +141,8 @@ def read_header(f: BinaryIO) -> DeltaHeader:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DeltaFormatError(f"delta header is not JSON: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
-        raise DeltaFormatError(f"delta header does not declare format {FORMAT_NAME!r}")
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAMES[version]:
+        raise DeltaFormatError(f"delta header does not declare format {FORMAT_NAMES[version]!r}")
     return DeltaHeader(
         base=LayerInfo.from_json(doc.get("base"), "base"),
         target=LayerInfo.from_json(doc.get("target"), "target"),
@@ -172,13 +181,17 @@ def _meta_params(doc: Any) -> MetaParams:
 
 @dataclass(frozen=True, slots=True)
 class Op:
-    """One decoded op: ``kind``, base range, output length, payload blocks."""
+    """One decoded op: ``kind``, base range, output length, payload blocks.
+
+    ``raw_len`` is the decompressed size of an OP_HDIFF payload (0 for other ops).
+    """
 
     kind: int
     out_len: int
     base_off: int = 0
     base_len: int = 0
     payload: tuple[bytes, ...] = ()
+    raw_len: int = 0
 
 
 def encode_meta(raw_len: int, comp: bytes) -> bytes:
@@ -204,6 +217,11 @@ def encode_bsdiff(
     return (
         bytes([OP_BSDIFF]) + _BSDIFF.pack(base_off, base_len, out_len, *lengths) + b"".join(blocks)
     )
+
+
+def encode_hdiff(base_off: int, base_len: int, out_len: int, raw_len: int, comp: bytes) -> bytes:
+    head = _HDIFF.pack(base_off, base_len, out_len, raw_len, len(comp))
+    return bytes([OP_HDIFF]) + head + comp
 
 
 class OpReader:
@@ -265,6 +283,12 @@ class OpReader:
         if kind == OP_BSDIFF:
             off, base_len, out_len, *lengths = self._unpack(_BSDIFF)
             return self._with_base(kind, off, base_len, out_len, tuple(lengths))
+        if kind == OP_HDIFF:
+            off, base_len, out_len, raw_len, comp_len = self._unpack(_HDIFF)
+            if raw_len > max_hdiff_raw(out_len):
+                raise DeltaFormatError(f"hdiff op: a {raw_len}-byte diff for {out_len} bytes")
+            op = self._with_base(kind, off, base_len, out_len, (comp_len,))
+            return Op(kind, out_len, off, base_len, op.payload, raw_len)
         raise DeltaFormatError(f"unknown op {kind}")
 
     def _with_base(
