@@ -410,12 +410,27 @@ class DeltaEngine:
                 "mediaType": MEDIA_TYPE,
             }
         self.metrics.requests.labels("none").inc()
-        queued = 0
-        if self.store.has(target):
-            for base in have:
-                if base != target and self.store.has(base) and str(base) not in entries:
-                    queued += self._enqueue(_Pair(target, base, None))
-        return {"status": "none", "target": str(target), "queued": queued}
+        return {"status": "none", "target": str(target), "queued": self._queue_asked(target, have)}
+
+    def _queue_asked(self, target: Digest, have: list[Digest]) -> int:
+        """Queue deltas from the first few bases a node offered (it lists its best first).
+
+        Every base queued costs a delta computation, so a node offering many
+        layers queues only ``candidates_per_layer`` of them; nodes on the same
+        old version offer the same bases, so the next of them gets a hit.
+        """
+        if not self.store.has(target):
+            return 0
+        entries = self.index.entries(target)
+        usable = [
+            base
+            for base in have
+            if base != target and self.store.has(base) and str(base) not in entries
+        ]
+        return sum(
+            self._enqueue(_Pair(target, base, None))
+            for base in usable[: self.settings.candidates_per_layer]
+        )
 
 
 DELTA_ENGINE = web.AppKey("krill_origin_delta_engine", DeltaEngine)

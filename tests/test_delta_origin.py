@@ -86,6 +86,13 @@ async def test_tag_move_precomputes_a_verified_delta(
     assert again.get("queued", 0) == 0  # computed now (kept or refused as too big)
     assert str(other) in engine.index.entries(Digest.parse(target))
 
+    # A node offering many bases queues only the first few: each costs a computation.
+    many = ",".join([v1.config.digest, v2.config.digest, v1.manifest.digest])
+    offered = await (await client.get(f"/krill/v1/deltas/{target}", params={"have": many})).json()
+    assert offered["queued"] == engine.settings.candidates_per_layer == 2
+    await _settle(engine)
+    assert str(v1.manifest.digest) not in engine.index.entries(Digest.parse(target))
+
     metrics = await (await client.get("/metrics")).text()
     assert 'krill_origin_delta_computed_total{result="ok"}' in metrics
 
