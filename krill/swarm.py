@@ -339,8 +339,8 @@ def session_settings(settings: SwarmSettings) -> dict[str, Any]:
         "inactivity_timeout": 120,
         # Fixed slots (see SwarmSettings.unchoke_slots). Seeds use anti-leech: they
         # favour peers that have just started or are nearly done, so a newcomer gets
-        # its first pieces (and can trade) at once and stragglers finish; measured
-        # 1.50x/1.37x egress against round robin's 1.56x/1.46x (docs/swarm.md).
+        # its first pieces (and can trade) at once and stragglers finish. Measured at
+        # least as good as round robin in the herd benchmark (docs/swarm.md).
         # Re-decide every second: a cluster pull lasts seconds, and a node choked for
         # libtorrent's default 15 s at the end of a pull waits for pieces others hold.
         "choking_algorithm": int(lt.choking_algorithm_t.fixed_slots_choker),
