@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from tests.components import free_port, redis_server
+from tests.components import free_port, krill_command, redis_server
 from tests.swarm_helpers import running_tracker
 from tests.test_tracker import announce, peer_id, ports_of
 
@@ -68,3 +69,14 @@ async def test_an_unreachable_redis_fails_at_start() -> None:
     with pytest.raises(Exception, match=r"(?i)connect"):
         async with running_tracker(redis=f"redis://127.0.0.1:{free_port()}/0"):
             pass
+
+
+def test_the_cli_says_in_one_line_when_redis_is_unreachable() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    proc = subprocess.run(
+        krill_command("tracker", "--listen", f"127.0.0.1:{free_port()}", "--redis", url),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"krill tracker: error: cannot use Redis at {url}")
+    assert "Traceback" not in proc.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from krill.config import load_config, parse_hostport
 from krill.logs import setup_logging
@@ -40,5 +41,14 @@ def run(args: argparse.Namespace) -> int:
     from tracker.server import create_app  # after logging is set up
 
     host, port = parse_hostport(config.listen)
-    web.run_app(create_app(config), host=host, port=port, print=None, access_log=None)
+    try:
+        web.run_app(create_app(config), host=host, port=port, print=None, access_log=None)
+    except RedisError as exc:
+        from krill.cli import CliError
+
+        raise CliError(f"cannot use Redis at {config.redis}: {exc}; is it running?") from None
+    except OSError as exc:
+        from krill.cli import CliError
+
+        raise CliError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
     return 0
