@@ -65,7 +65,7 @@ class EncodeOptions:
     diff_engine: str = "hdiff"
     # Binary files larger than this are diffed in `workers` segments, each against the
     # same-proportion window of the partner, in parallel (+0.1-0.5% size at 2 segments).
-    diff_segment_bytes: int = 2 << 20
+    diff_segment_bytes: int = 4 << 20
     workers: int = max(1, min(4, os.cpu_count() or 1))
     piece_bytes: int = fmt.MAX_PIECE_BYTES
 

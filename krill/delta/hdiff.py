@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import hdiffpatch
+
 MAGIC = b"HDIFF13&\x00"  # version type, '&', empty compressor name, NUL
 _SECTIONS = 4  # covers, RLE control, RLE codes, new data not covered
 
@@ -35,15 +37,11 @@ class HDiffHeader:
 
 def diff(old: bytes, new: bytes) -> bytes:
     """An uncompressed HDIFF13 diff rebuilding ``new`` from ``old``."""
-    import hdiffpatch  # imported here: only encoders and hdiff ops need the C library
-
     return hdiffpatch.diff(old, new, "none", validate=False)
 
 
 def patch(old: bytes, raw: bytes, new_size: int) -> bytes:
     """Rebuild ``new_size`` bytes from ``old`` and a checked uncompressed HDIFF13 diff."""
-    import hdiffpatch
-
     header = parse_header(raw)
     if header.new_size != new_size or header.old_size != len(old):
         raise HDiffError("hdiff diff was made for other sizes than its op declares")
