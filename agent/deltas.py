@@ -37,6 +37,7 @@ import aiohttp
 from agent.cache import NodeCache
 from agent.layers import LayerIndex, LayerRef
 from krill.blobstore import DigestMismatchError
+from krill.bodies import BodyTooLarge, read_limited
 from krill.delta import RebuildResult, RecipeError, rebuild_layer
 from krill.digests import Digest, DigestError
 
@@ -155,22 +156,30 @@ class DeltaRebuilder:
         bases = self._layers.bases(repository, digest, self._cache.has)
         if not bases:
             raise DeltaMiss("no_base", f"no cached layer of an earlier {repository} image")
-        return ref, await self._lookup(digest, bases)
+        return ref, await self._lookup(digest, bases, repository)
 
-    async def _lookup(self, digest: Digest, bases: list[Digest]) -> DeltaOffer:
+    async def _lookup(self, digest: Digest, bases: list[Digest], repository: str) -> DeltaOffer:
+        """Ask the origin; ``repo`` lets it link a delta it finds into the asking repository."""
         if not self._origin:
             raise DeltaMiss("lookup_failed", "no origin configured")
         url = f"{self._origin}/krill/v1/deltas/{digest}"
-        params = {"have": ",".join(str(b) for b in bases)}
+        params = {"have": ",".join(str(b) for b in bases), "repo": repository}
         try:
             async with asyncio.timeout(self._lookup_timeout):
                 async with self._session.get(url, params=params) as response:
-                    body = await response.content.read(MAX_LOOKUP_ANSWER)
                     status = response.status
+                    if status != 200:
+                        raise DeltaMiss("lookup_failed", f"delta lookup {url} answered {status}")
+                    body = await read_limited(
+                        response.content,
+                        MAX_LOOKUP_ANSWER,
+                        "delta lookup answer",
+                        declared=response.content_length,
+                    )
+        except BodyTooLarge as exc:
+            raise DeltaMiss("lookup_failed", f"delta lookup {url}: {exc}") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise DeltaMiss("lookup_failed", f"delta lookup {url}: {exc!r}") from None
-        if status != 200:
-            raise DeltaMiss("lookup_failed", f"delta lookup {url} answered {status}")
         return _parse_offer(body, digest, bases)
 
     # ---- using it ---------------------------------------------------------

@@ -21,6 +21,7 @@ import aiohttp
 
 from krill import oci
 from krill.blobstore import BlobStore
+from krill.bodies import BodyTooLarge, read_limited
 from krill.digests import Digest, DigestError, is_digest
 from krill.names import InvalidNameError, validate_tag
 from krill.registry_errors import RegistryError
@@ -124,9 +125,13 @@ class ManifestCache:
         try:
             async with asyncio.timeout(self._timeout):
                 async with self._session.get(url, headers=headers) as response:
-                    body = await response.content.read(oci.MAX_MANIFEST_BYTES + 1)
                     status = response.status
                     content_type = response.headers.get("Content-Type", "")
+                    body = await _read_body(response, status)
+        except BodyTooLarge:
+            raise RegistryError(
+                "MANIFEST_INVALID", "manifest from the origin is too large", status=502
+            ) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.warning("manifest.origin_unreachable url=%s error=%r", url, exc)
             raise RegistryError(
@@ -142,10 +147,6 @@ class ManifestCache:
                 f"the origin answered {status} for {repository}:{reference}",
                 status=502,
             )
-        if len(body) > oci.MAX_MANIFEST_BYTES:
-            raise RegistryError(
-                "MANIFEST_INVALID", "manifest from the origin is too large", status=502
-            )
         digest = Digest.of_bytes(body)
         if expected is not None and digest != expected:
             raise RegistryError(
@@ -156,6 +157,15 @@ class ManifestCache:
         manifest = Manifest(body, content_type.split(";")[0].strip() or _body_type(body), digest)
         self._save(manifest)
         return manifest
+
+
+async def _read_body(response: aiohttp.ClientResponse, status: int) -> bytes:
+    """The whole manifest (read in a loop: it may arrive in pieces); error bodies are skipped."""
+    if status != 200:
+        return b""
+    return await read_limited(
+        response.content, oci.MAX_MANIFEST_BYTES, "manifest", declared=response.content_length
+    )
 
 
 def _body_type(body: bytes) -> str:

@@ -8,6 +8,7 @@ HTTP server standing in for the origin's lookup endpoint.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -242,3 +243,31 @@ async def test_garbage_instead_of_a_delta_fails_cleanly(tmp_path: Path) -> None:
     assert not ok and metrics.failures == ["bad_delta"]
     assert cache.has(Digest.parse(v1.layers[1].digest))
     assert not list((tmp_path / "blobs" / "incoming").iterdir())  # nothing left behind
+
+
+async def test_a_lookup_answer_arriving_in_pieces_is_read_whole_and_names_the_repo(
+    tmp_path: Path,
+) -> None:
+    asked: list[str] = []
+    answer = json.dumps({"status": "none", "queued": 1, "pad": " " * 20_000}).encode()
+
+    async def trickled(request: web.Request) -> web.StreamResponse:
+        asked.append(request.query.get("repo", ""))
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(answer)
+        await response.prepare(request)
+        half = len(answer) // 2
+        await response.write(answer[:half])
+        await asyncio.sleep(0.05)
+        await response.write(answer[half:])
+        await response.write_eof()
+        return response
+
+    server = await _origin(trickled)
+    metrics = CountingMetrics()
+    rebuilder, target, session = await _rebuilder(tmp_path, server, metrics)
+    async with session:
+        assert not await rebuilder.rebuild(target, REPO, _never_called)
+    await server.close()
+    assert metrics.misses == ["none"]  # not "lookup_failed": the whole answer was parsed
+    assert asked == [REPO]

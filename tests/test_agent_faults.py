@@ -1,0 +1,117 @@
+"""The agent in-process against an origin (or a disk) that misbehaves.
+
+A real aiohttp server stands in for the origin and misbehaves on purpose:
+it trickles a large manifest in pieces, stops halfway through a blob. The
+agent under test is the real ``running_node`` with its registry and control
+apps on loopback (swarm off: these cases are about the HTTP path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from agent.config import AgentConfig
+from agent.control import build_control_app
+from agent.node import AgentNode, running_node
+from agent.registry import build_registry_app
+from krill import oci
+from krill.digests import Digest
+
+REPO = "team/app"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def big_manifest(layers: int = 700) -> bytes:
+    """An image manifest well over 100 KB (many layers), so it crosses the wire in pieces."""
+    layer = {"mediaType": oci.OCI_LAYER_GZIP, "digest": "sha256:" + "b" * 64, "size": 1}
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": oci.OCI_MANIFEST,
+        "config": {"mediaType": oci.OCI_CONFIG, "digest": "sha256:" + "a" * 64, "size": 1},
+        "layers": [layer] * layers,
+    }
+    return json.dumps(doc).encode()
+
+
+async def trickle(
+    request: web.Request, body: bytes, pieces: int, **headers: str
+) -> web.StreamResponse:
+    """Send ``body`` in ``pieces`` writes with pauses between them (Content-Length set)."""
+    response = web.StreamResponse(headers=headers)
+    response.content_length = len(body)
+    await response.prepare(request)
+    step = -(-len(body) // pieces)
+    for start in range(0, len(body), step):
+        await response.write(body[start : start + step])
+        await asyncio.sleep(0.02)
+    await response.write_eof()
+    return response
+
+
+@asynccontextmanager
+async def fake_origin(routes: dict[str, Handler]) -> AsyncIterator[str]:
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_get(path, handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
+
+
+@dataclass
+class RunningAgent:
+    node: AgentNode
+    registry: str
+    api: str
+
+
+@asynccontextmanager
+async def in_process_agent(data: Path, origin: str, **settings: Any) -> AsyncIterator[RunningAgent]:
+    config = AgentConfig(data=data, origin=origin, use_swarm=False, deltas=False, **settings)
+    async with running_node(config) as node:
+        registry = TestServer(build_registry_app(node), host="127.0.0.1")
+        api = TestServer(build_control_app(node), host="127.0.0.1")
+        await registry.start_server()
+        await api.start_server()
+        try:
+            yield RunningAgent(
+                node,
+                str(registry.make_url("")).rstrip("/"),
+                str(api.make_url("")).rstrip("/"),
+            )
+        finally:
+            await registry.close()
+            await api.close()
+
+
+async def test_a_manifest_arriving_in_pieces_is_cached_and_served_whole(tmp_path: Path) -> None:
+    body = big_manifest()
+    assert len(body) > 100_000
+
+    async def manifest(request: web.Request) -> web.StreamResponse:
+        return await trickle(request, body, pieces=4, **{"Content-Type": oci.OCI_MANIFEST})
+
+    async with (
+        fake_origin({"/v2/{name:.+}/manifests/{ref}": manifest}) as origin,
+        in_process_agent(tmp_path / "agent", origin) as agent,
+        aiohttp.ClientSession() as session,
+    ):
+        for _ in range(2):  # fetched from the origin, then from the agent's cache
+            async with session.get(f"{agent.registry}/v2/{REPO}/manifests/1") as response:
+                assert response.status == 200
+                served = await response.read()
+                assert response.headers["Docker-Content-Digest"] == str(Digest.of_bytes(body))
+            assert served == body
