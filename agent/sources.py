@@ -194,17 +194,26 @@ class OriginHttpTransfer:
             self._done.set_result(self._source.store.path(digest))
             log.info("origin_fetch.done digest=%s bytes=%d", self.digest, self.size)
         except asyncio.CancelledError:
-            self._writer.abort()
+            self._discard()
             self._fail(TransferFailed("fetch from origin cancelled"))
             raise
-        except (DigestMismatchError, SizeMismatchError, SourceUnavailable) as exc:
-            log.warning("origin_fetch.failed digest=%s error=%s", self.digest, exc)
-            self._writer.abort()
-            self._fail(TransferFailed(str(exc)))
+        except Exception as exc:  # a mismatch, the origin gone, or the disk (ENOSPC, EIO)
+            log.warning("origin_fetch.failed digest=%s error=%r", self.digest, exc)
+            self._discard()
+            self._fail(TransferFailed(f"fetch of {self.digest} from the origin failed: {exc}"))
         finally:
             if self._response is not None:
                 self._response.release()
             self._changed.set()
+
+    def _discard(self) -> None:
+        """Drop the partial file; a disk that fails again while closing changes nothing."""
+        with contextlib.suppress(OSError):
+            self._writer.abort()
+
+    def _write_and_flush(self, chunk: bytes) -> None:
+        self._writer.write(chunk)
+        self._writer.flush()
 
     def _fail(self, exc: Exception) -> None:
         if not self._done.done():
@@ -225,19 +234,29 @@ class OriginHttpTransfer:
                 with contextlib.suppress(SourceUnavailable):
                     self._response = await self._source.open_response(self._url, self._writer.size)
                 continue
-            try:
-                async for chunk in self._response.content.iter_chunked(CHUNK):
-                    await self._append(chunk)
-                    if self._writer.size > self.size:
-                        raise SizeMismatchError("origin sent more bytes than it declared")
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                log.info("origin_fetch.broken digest=%s error=%r", self.digest, exc)
+            while (chunk := await self._next_chunk(self._response)) is not None:
+                await self._append(chunk)
+                if self._writer.size > self.size:
+                    raise SizeMismatchError("origin sent more bytes than it declared")
             self._response.release()
             self._response = None
 
+    async def _next_chunk(self, response: aiohttp.ClientResponse) -> bytes | None:
+        """The next bytes from the origin; None when the body ended or the connection broke.
+
+        Only network errors are caught here (a break is resumed with Range); an
+        error writing to the disk ends the transfer instead.
+        """
+        try:
+            chunk = await response.content.read(CHUNK)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.info("origin_fetch.broken digest=%s error=%r", self.digest, exc)
+            return None
+        return chunk or None
+
     async def _append(self, chunk: bytes) -> None:
-        self._writer.write(chunk)
-        self._writer.flush()
+        """Write, hash and flush in a worker thread: a 1 MiB chunk is too much for the loop."""
+        await asyncio.to_thread(self._write_and_flush, chunk)
         if self._source.on_bytes is not None:
             self._source.on_bytes(len(chunk))
         # The final byte becomes available only after the digest verified (see module doc).

@@ -133,7 +133,10 @@ def test_http_fallback_resumes_a_broken_origin_transfer_with_range(tmp_path: Pat
                 assert urllib.request.urlopen(url, timeout=60).read() == layer.data
         finally:
             server.close()
-    assert f"bytes={len(layer.data) // 2}-" in seen_ranges
+    # Resumed from where the agent's file ended: at most the half that was sent (bytes
+    # aiohttp still buffered when the connection broke are dropped with the error).
+    resumed_at = [int(r.removeprefix("bytes=").removesuffix("-")) for r in seen_ranges]
+    assert resumed_at and 0 < resumed_at[0] <= len(layer.data) // 2
     assert "origin_fetch.resume" in (tmp_path / "agent" / "agent.log").read_text()
 
 

@@ -9,6 +9,8 @@ apps on loopback (swarm off: these cases are about the HTTP path).
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -25,6 +28,7 @@ from agent.control import build_control_app
 from agent.node import AgentNode, running_node
 from agent.registry import build_registry_app
 from krill import oci
+from krill.blobstore import BlobWriter
 from krill.digests import Digest
 
 REPO = "team/app"
@@ -115,3 +119,46 @@ async def test_a_manifest_arriving_in_pieces_is_cached_and_served_whole(tmp_path
                 served = await response.read()
                 assert response.headers["Docker-Content-Digest"] == str(Digest.of_bytes(body))
             assert served == body
+
+
+async def get_blob(session: aiohttp.ClientSession, url: str) -> bytes | None:
+    """The body, or None when the agent cut the connection short."""
+    try:
+        async with session.get(url) as response:
+            assert response.status == 200
+            return await response.read()
+    except aiohttp.ClientPayloadError:
+        return None
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
+async def test_a_disk_error_at_commit_fails_the_request_and_the_next_one_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(300 * 1024)
+    digest = Digest.of_bytes(data)
+
+    async def blob(request: web.Request) -> web.Response:
+        return web.Response(body=data)
+
+    def disk_full(self: BlobWriter, *args: object, **kwargs: object) -> Digest:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    url_path = f"/v2/{REPO}/blobs/{digest}"
+    async with (
+        fake_origin({"/v2/{name:.+}/blobs/{digest}": blob}) as origin,
+        in_process_agent(tmp_path / "agent", origin, stall_timeout=5.0) as agent,
+        aiohttp.ClientSession() as session,
+    ):
+        with monkeypatch.context() as patch:  # fault injection: the fsync/rename fails
+            patch.setattr(BlobWriter, "commit", disk_full)
+            assert await get_blob(session, agent.registry + url_path) is None
+            async with asyncio.timeout(30):
+                await until(lambda: not agent.node.fetcher._inflight)
+        assert not agent.node.cache.has(digest)
+        assert await get_blob(session, agent.registry + url_path) == data
+        assert agent.node.cache.has(digest)
