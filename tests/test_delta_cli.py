@@ -71,3 +71,19 @@ def test_apply_with_wrong_base_writes_nothing(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "base layer does not match" in result.stderr
     assert list(out_dir.iterdir()) == []
+
+
+def test_engine_flag_picks_the_binary_diff(tmp_path: Path) -> None:
+    """``--engine bsdiff`` (the size setting) still round-trips; an unknown engine is refused."""
+    base, target_tar = _layers(tmp_path)
+    target = tmp_path / "target.tgz"
+    target.write_bytes(compress(target_tar, "gzip6"))
+    created = _krill("delta", "create", "--engine", "bsdiff", base, target, tmp_path / "d.krd")
+    assert created.returncode == 0, created.stderr
+    applied = _krill("delta", "apply", base, tmp_path / "d.krd", tmp_path / "out.tgz")
+    assert applied.returncode == 0, applied.stderr
+    assert (tmp_path / "out.tgz").read_bytes() == target.read_bytes()
+    refused = _krill("delta", "create", "--engine", "xdelta", base, target, tmp_path / "e.krd")
+    assert refused.returncode != 0
+    assert "--engine" in refused.stderr
+    assert not (tmp_path / "e.krd").exists()

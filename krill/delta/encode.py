@@ -4,9 +4,12 @@ Per file (member content larger than the small-file limit), smallest wins:
 
 * copy from the base, when a base file has the same content (by sha256),
 * zstd with the paired base file as prefix (paired by path, then by name),
-  with long-distance matching and a window covering prefix + file,
-* bsdiff (bsdiff4's suffix-sort diff, blocks zstd-compressed) for changed
-  files up to ``bsdiff_max_bytes``, tried only when zstd-prefix left a lot,
+  with long-distance matching and a window covering prefix + file: a cheap
+  level-3 gate first, a higher level only where no diff won clearly,
+* a binary diff for changed files up to ``bsdiff_max_bytes``, tried only
+  where the gate left a lot: HDiffPatch by default (OP_HDIFF, see
+  hdiff.py), bsdiff4 with ``diff_engine="bsdiff"``; binaries over
+  ``diff_segment_bytes`` are diffed in one segment per worker, in parallel,
 * literal zstd for files with no partner.
 
 Everything else (headers, padding, small files, end-of-archive) is the meta
