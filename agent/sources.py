@@ -26,7 +26,7 @@ from typing import Protocol
 
 import aiohttp
 
-from krill.blobstore import BlobStore, BlobWriter, DigestMismatchError, SizeMismatchError
+from krill.blobstore import BlobStore, BlobWriter, SizeMismatchError
 from krill.digests import Digest
 
 log = logging.getLogger(__name__)

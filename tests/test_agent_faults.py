@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import os
 import json
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -131,9 +131,13 @@ async def get_blob(session: aiohttp.ClientSession, url: str) -> bytes | None:
         return None
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    while not condition():
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` (state inside the agent) for up to ~30 s."""
+    for _ in range(3000):
+        if condition():
+            return
         await asyncio.sleep(0.01)
+    raise AssertionError(f"still waiting for: {what}")
 
 
 async def test_a_disk_error_at_commit_fails_the_request_and_the_next_one_succeeds(
@@ -157,8 +161,7 @@ async def test_a_disk_error_at_commit_fails_the_request_and_the_next_one_succeed
         with monkeypatch.context() as patch:  # fault injection: the fsync/rename fails
             patch.setattr(BlobWriter, "commit", disk_full)
             assert await get_blob(session, agent.registry + url_path) is None
-            async with asyncio.timeout(30):
-                await until(lambda: not agent.node.fetcher._inflight)
+            await until(lambda: not agent.node.fetcher._inflight, "the transfer to be forgotten")
         assert not agent.node.cache.has(digest)
         assert await get_blob(session, agent.registry + url_path) == data
         assert agent.node.cache.has(digest)
