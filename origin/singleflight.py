@@ -1,57 +1,47 @@
 """Single-flight: concurrent callers asking for the same key share one piece of work.
 
-The first caller (the leader) runs the work in its own task; the others wait
-for its result (or its exception). Once it finishes the key is free again.
+The first caller (the leader) starts the work in a task of its own, so the
+work belongs to no caller: if the leader is cancelled (its client went away)
+the work goes on and the other callers still get its result. Each caller
+awaits the shared task through ``asyncio.shield``; only a caller's own
+cancellation reaches that caller. Once the work finishes the key is free again.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Coroutine, Hashable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 
 class SingleFlight(Generic[T]):
     def __init__(self) -> None:
-        self._flights: dict[Hashable, asyncio.Future[T]] = {}
+        self._flights: dict[Hashable, asyncio.Task[T]] = {}
 
-    def in_flight(self, key: Hashable) -> asyncio.Future[T] | None:
+    def in_flight(self, key: Hashable) -> asyncio.Task[T] | None:
         return self._flights.get(key)
 
-    async def run(self, key: Hashable, work: Callable[[], Awaitable[T]]) -> T:
+    async def run(self, key: Hashable, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run ``work`` unless a run for ``key`` is under way; then share its outcome."""
-        existing = self._flights.get(key)
-        if existing is not None:
-            return await asyncio.shield(existing)
-        future = self.lead(key)
-        try:
-            result = await work()
-        except BaseException as exc:
-            self.fail(key, future, exc)
-            raise
-        self.succeed(key, future, result)
-        return result
+        task = self._flights.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(work())
+            self._flights[key] = task
+            task.add_done_callback(lambda done: self._finished(key, done))
+        return await asyncio.shield(task)
 
-    def lead(self, key: Hashable) -> asyncio.Future[T]:
-        """Claim ``key`` (the caller must later ``succeed`` or ``fail``)."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        # Nobody may be waiting; don't warn about an unretrieved exception then.
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._flights[key] = future
-        return future
+    def _finished(self, key: Hashable, task: asyncio.Task[T]) -> None:
+        if self._flights.get(key) is task:
+            del self._flights[key]
+        # Nobody may be waiting any more; don't warn about an unretrieved exception then.
+        if not task.cancelled():
+            task.exception()
 
-    def succeed(self, key: Hashable, future: asyncio.Future[T], result: T) -> None:
-        self._flights.pop(key, None)
-        if not future.done():
-            future.set_result(result)
-
-    def fail(self, key: Hashable, future: asyncio.Future[T], exc: BaseException) -> None:
-        self._flights.pop(key, None)
-        if future.done():
-            return
-        if isinstance(exc, asyncio.CancelledError):
-            future.cancel()
-        else:
-            future.set_exception(exc)
+    async def close(self) -> None:
+        """Cancel the work still under way (at shutdown)."""
+        tasks = list(self._flights.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
