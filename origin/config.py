@@ -39,6 +39,13 @@ class OriginConfig:
     tag_ttl: float = 60.0
     # Seconds an upstream request may take before the client gets UNAVAILABLE.
     upstream_timeout: float = 300.0
+    # Seconds to wait for upstream when re-resolving a tag the origin already holds;
+    # past it (or on failure) the stored tag is served, and upstream is not asked
+    # again for that tag until tag_ttl has passed.
+    upstream_tag_timeout: float = 5.0
+    # Hosts, besides the upstream's own, that may receive the upstream credentials
+    # as a token service (e.g. auth.docker.io for registry-1.docker.io).
+    upstream_token_hosts: tuple[str, ...] = ()
     log_level: str = "info"
     max_manifest_size: int = MAX_MANIFEST_BYTES
     # Upload sessions idle this long are discarded (their temp file removed).
@@ -61,6 +68,8 @@ class OriginConfig:
             raise ConfigError(f"upstream must be an http:// or https:// URL, got {self.upstream!r}")
         if self.max_manifest_size <= 0:
             raise ConfigError("max_manifest_size must be positive")
+        if self.upstream_tag_timeout <= 0 or self.upstream_timeout <= 0:
+            raise ConfigError("upstream_timeout and upstream_tag_timeout must be positive")
         if self.tag_ttl < 0:
             raise ConfigError("tag_ttl must be zero or more seconds")
         if self.delta_workers < 1 or self.delta_history < 1:

@@ -6,12 +6,15 @@ tag history and announced to ``TAG_MOVED`` hooks); if upstream is down or no
 longer has the tag (say it was pushed here), the stored one is served.
 Manifests by digest are fetched only when missing.
 
-Blobs: concurrent misses of one digest make one upstream GET (single-flight).
-The leader streams the upstream body into the store (hashed as it arrives)
-and to its own client at the same time, holding back the last chunk until
-the digest is verified, so no client ever receives a complete body that does
-not match its digest. Followers wait for the commit and are served the file
-with sendfile. Nothing is read whole into memory.
+Blobs: concurrent misses of one digest make one upstream GET: a
+``BlobFill`` (``origin.blobfill``) downloads it into the store in a task of
+its own, and every client of that repository streams from the growing file
+at its own pace (a stalled client stalls nobody else), the last byte held
+back until the digest is verified, so no client ever receives a complete
+body that does not match its digest. A client asking for the same digest in
+another repository waits for that fetch; if upstream refused it there (404,
+401/403) it fetches on its own, since upstream may grant one repository and
+not another. Nothing is read whole into memory.
 
 Tags list and catalog stay local: they show what the origin holds, not
 everything upstream has.
@@ -20,31 +23,28 @@ everything upstream has.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import web
 
 from krill import oci
-from krill.blobstore import BlobWriter, DigestMismatchError, SizeMismatchError
 from krill.digests import Digest
 from krill.registry_errors import RegistryError
 from origin.appkeys import METRICS, REPOSITORIES, STORE
 from origin.blob_routes import blob_file_response, blob_unknown
+from origin.blobfill import BlobFill
 from origin.config import OriginConfig
 from origin.params import API_HEADERS
 from origin.singleflight import SingleFlight
 from origin.tagging import move_tag
-from origin.upstream import UpstreamClient, UpstreamNotFound, unavailable
+from origin.upstream import UpstreamClient, UpstreamDenied, UpstreamNotFound, unavailable
 
 log = logging.getLogger(__name__)
 
 STREAM_CHUNK = 1 << 20
-
-
-class UpstreamBlobCorrupt(Exception):
-    """The upstream sent bytes that do not match the blob's digest; the transfer was cut."""
 
 
 class PullThrough:
@@ -53,16 +53,24 @@ class PullThrough:
         self.config = config
         assert config.upstream is not None
         self.upstream = UpstreamClient(
-            config.upstream, config.upstream_auth(), timeout=config.upstream_timeout
+            config.upstream,
+            config.upstream_auth(),
+            timeout=config.upstream_timeout,
+            token_hosts=tuple(config.upstream_token_hosts),
         )
         self._manifest_flights: SingleFlight[Digest] = SingleFlight()
-        self._blob_flights: SingleFlight[None] = SingleFlight()
+        self._fills: dict[Digest, BlobFill] = {}
         self._resolved_at: dict[tuple[str, str], float] = {}
 
     async def start(self) -> None:
         await self.upstream.start()
 
     async def close(self) -> None:
+        fills = list(self._fills.values())
+        for fill in fills:
+            fill.cancel()
+        await asyncio.gather(*(fill.task for fill in fills), return_exceptions=True)
+        await self._manifest_flights.close()
         await self.upstream.close()
 
     def _count(self, kind: str) -> None:
@@ -79,16 +87,25 @@ class PullThrough:
             key = (repo, str(reference))
             return await self._manifest_flights.run(key, lambda: self._fetch(repo, reference))
         local = repos.get_tag(repo, reference)
-        if local is not None and self._fresh(repo, reference):
-            return local
         key = (repo, reference)
-        try:
+        if local is None:
             return await self._manifest_flights.run(key, lambda: self._fetch(repo, reference))
-        except RegistryError as exc:
-            if local is None or exc.code not in ("UNAVAILABLE", "MANIFEST_UNKNOWN"):
-                raise
-            log.warning("upstream.stale_tag repo=%s tag=%s reason=%s", repo, reference, exc)
+        if self._fresh(repo, reference):
             return local
+        try:
+            async with asyncio.timeout(self.config.upstream_tag_timeout):
+                return await self._manifest_flights.run(key, lambda: self._fetch(repo, reference))
+        except TimeoutError:
+            reason = f"no answer within {self.config.upstream_tag_timeout}s"
+        except RegistryError as exc:
+            if exc.code not in ("UNAVAILABLE", "MANIFEST_UNKNOWN"):
+                raise
+            reason = str(exc)
+        # Serve the stored tag, and don't ask again (or wait again) until the TTL passes;
+        # a fetch still under way finishes in the background and updates the tag.
+        self._resolved_at[key] = time.monotonic()
+        log.warning("upstream.stale_tag repo=%s tag=%s reason=%s", repo, reference, reason)
+        return local
 
     def _fresh(self, repo: str, tag: str) -> bool:
         resolved = self._resolved_at.get((repo, tag))
@@ -128,20 +145,69 @@ class PullThrough:
         self, request: web.Request, repo: str, digest: Digest
     ) -> web.StreamResponse:
         """Answer a blob GET/HEAD the origin cannot serve from ``repo`` yet."""
-        flight = self._blob_flights.in_flight(digest)
-        if flight is not None:
-            await asyncio.shield(flight)
-            if self.app[REPOSITORIES].has_blob(repo, digest):  # the leader fetched it for us
-                return blob_file_response(self.app, digest)
+        fill = self._fills.get(digest)
+        if fill is not None and fill.repo != repo:
+            await self._wait_for_other_repository(fill)
+            fill = self._fills.get(digest)
+            if fill is not None and fill.repo != repo:
+                fill = None  # a third repository's fetch; ask upstream for ours below
+        if fill is not None and request.method == "GET":
+            return await self._stream(request, fill)
+        if fill is not None:  # HEAD while our repository's fetch runs
+            return _head_response(digest, await asyncio.shield(fill.headers))
         if self.app[STORE].has(digest) or request.method == "HEAD":
             return await self._serve_after_upstream_head(request, repo, digest)
-        future = self._blob_flights.lead(digest)
+        return await self._stream(request, self._start_fill(repo, digest))
+
+    async def _wait_for_other_repository(self, fill: BlobFill) -> None:
+        """Wait for another repository's fetch of the blob; its refusal says nothing of ours.
+
+        Upstream may hold the blob in our repository but not in theirs (404) or
+        let us read ours but not theirs (401/403): then we try on our own.
+        """
         try:
-            response = await self._stream_from_upstream(request, repo, digest)
-        except BaseException as exc:
-            self._blob_flights.fail(digest, future, _for_followers(exc))
-            raise
-        self._blob_flights.succeed(digest, future, None)
+            await asyncio.shield(fill.done)
+        except RegistryError as exc:
+            if not _refused_for_repository(exc):
+                raise
+            log.info("upstream.blob_retry digest=%s other_repo=%s", fill.digest, fill.repo)
+
+    def _start_fill(self, repo: str, digest: Digest) -> BlobFill:
+        self._count("blob")
+        fill = BlobFill(
+            self.app[STORE],
+            repo,
+            digest,
+            open_upstream=lambda: self._open_blob(repo, digest),
+            on_committed=lambda: self._committed(repo, digest),
+        )
+        self._fills[digest] = fill
+        fill.task.add_done_callback(lambda _t: self._fill_finished(fill))
+        return fill
+
+    def _fill_finished(self, fill: BlobFill) -> None:
+        if self._fills.get(fill.digest) is fill:
+            del self._fills[fill.digest]
+
+    @contextlib.asynccontextmanager
+    async def _open_blob(
+        self, repo: str, digest: Digest
+    ) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+        try:
+            async with self.upstream.get_blob(repo, digest) as upstream:
+                yield upstream.content_length, upstream.content.iter_chunked(STREAM_CHUNK)
+        except UpstreamNotFound:
+            raise blob_unknown(digest) from None
+
+    async def _committed(self, repo: str, digest: Digest) -> None:
+        await asyncio.to_thread(self.app[REPOSITORIES].link_blob, repo, digest)
+        size = self.app[STORE].size(digest)
+        log.info("upstream.blob repo=%s digest=%s bytes=%s", repo, digest, size)
+
+    async def _stream(self, request: web.Request, fill: BlobFill) -> web.StreamResponse:
+        response = await fill.stream(request, _blob_headers(fill.digest))
+        if response is None:  # committed before this client started
+            return blob_file_response(self.app, fill.digest)
         return response
 
     async def _serve_after_upstream_head(
@@ -166,96 +232,23 @@ class PullThrough:
         }
         return web.Response(headers=headers)
 
-    async def _stream_from_upstream(
-        self, request: web.Request, repo: str, digest: Digest
-    ) -> web.StreamResponse:
-        self._count("blob")
-        try:
-            async with self.upstream.get_blob(repo, digest) as upstream:
-                size = upstream.content_length
-                response = web.StreamResponse(
-                    headers={
-                        **API_HEADERS,
-                        "Docker-Content-Digest": str(digest),
-                        "Content-Type": "application/octet-stream",
-                    }
-                )
-                if size is not None:
-                    response.content_length = size
-                with self.app[STORE].writer() as writer:
-                    client = _Client(request, response)
-                    await client.start()
-                    await self._copy(upstream.content, writer, client, digest, size)
-                    self.app[REPOSITORIES].link_blob(repo, digest)
-                    await client.finish()
-        except UpstreamNotFound:
-            raise blob_unknown(digest) from None
-        log.info("upstream.blob repo=%s digest=%s bytes=%s", repo, digest, size)
-        return response
-
-    async def _copy(
-        self,
-        source: aiohttp.StreamReader,
-        writer: BlobWriter,
-        client: _Client,
-        digest: Digest,
-        size: int | None,
-    ) -> None:
-        """Upstream -> store and client; the last chunk reaches the client only once verified."""
-        held = b""
-        async for chunk in source.iter_chunked(STREAM_CHUNK):
-            writer.write(chunk)
-            await client.send(held)
-            held = chunk
-        try:
-            await asyncio.to_thread(writer.commit, digest, size)
-        except (DigestMismatchError, SizeMismatchError) as exc:
-            log.error("upstream.blob_corrupt digest=%s error=%s", digest, exc)
-            client.abort()
-            raise UpstreamBlobCorrupt(str(exc)) from None
-        await client.send(held)
 
 
-class _Client:
-    """The leader's client: best effort, so a client that goes away doesn't stop the fetch."""
-
-    def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
-        self.request = request
-        self.response = response
-        self.gone = False
-
-    async def start(self) -> None:
-        try:
-            await self.response.prepare(self.request)
-        except ConnectionError:
-            self.gone = True
-
-    async def send(self, data: bytes) -> None:
-        if self.gone or not data:
-            return
-        try:
-            await self.response.write(data)
-        except ConnectionError:
-            self.gone = True
-            log.info("upstream.client_gone path=%s (fetch continues)", self.request.path)
-
-    async def finish(self) -> None:
-        if not self.gone:
-            try:
-                await self.response.write_eof()
-            except ConnectionError:
-                self.gone = True
-
-    def abort(self) -> None:
-        """Cut the connection so the client sees a truncated body, never a wrong one."""
-        transport = self.request.transport
-        if transport is not None:
-            transport.close()
-        self.gone = True
+def _blob_headers(digest: Digest) -> dict[str, str]:
+    return {
+        **API_HEADERS,
+        "Docker-Content-Digest": str(digest),
+        "Content-Type": "application/octet-stream",
+    }
 
 
-def _for_followers(exc: BaseException) -> BaseException:
-    """What clients waiting on a failed fetch are told."""
-    if isinstance(exc, RegistryError):
-        return exc
-    return unavailable(f"fetching the blob from upstream failed: {exc.__class__.__name__}")
+def _head_response(digest: Digest, size: int | None) -> web.Response:
+    headers = _blob_headers(digest)
+    if size is not None:
+        headers["Content-Length"] = str(size)
+    return web.Response(headers=headers)
+
+
+def _refused_for_repository(exc: RegistryError) -> bool:
+    """Upstream said 'not here' or 'not for you' about one repository."""
+    return exc.code == "BLOB_UNKNOWN" or isinstance(exc, UpstreamDenied)

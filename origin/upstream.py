@@ -5,6 +5,11 @@ Authentication follows what registries ask for in ``WWW-Authenticate``:
 ``scope``, with basic credentials when we have them, and use the returned
 ``token``/``access_token``) or ``Basic``. Tokens are cached per scope until
 they are refused. Credentials never appear in log lines or error messages.
+
+The basic credentials go to a token realm only if it is on the upstream's
+own host (or a host in ``token_hosts``) and uses https (http only when the
+upstream itself is plain http): a challenge can name any URL, and a hostile
+or compromised upstream must not be able to collect the credentials.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import aiohttp
 from yarl import URL
 
 from krill import oci
+from krill.bodies import BodyTooLarge, read_limited
 from krill.digests import Digest
 from krill.registry_errors import RegistryError
 
@@ -31,6 +37,13 @@ MANIFEST_ACCEPT = ", ".join(oci.MANIFEST_TYPES)
 
 class UpstreamNotFound(Exception):
     """The upstream registry answered 404 for this manifest or blob."""
+
+
+class UpstreamDenied(RegistryError):
+    """The upstream registry refused access (401/403) to one repository's manifest or blob."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("UNAVAILABLE", message, status=502)
 
 
 @dataclass(frozen=True)
@@ -52,12 +65,15 @@ class UpstreamClient:
         base_url: str,
         credentials: tuple[str, str] | None = None,
         timeout: float = 300.0,
+        token_hosts: tuple[str, ...] = (),
     ) -> None:
         url = URL(base_url)
         if url.user is not None and credentials is None:
             # https://user:pass@host works, but the secret must not end up in messages.
             credentials = (url.user, url.password or "")
         self.base_url = str(url.with_user(None)).rstrip("/")
+        self._base = URL(self.base_url)
+        self._token_hosts = {h.lower() for h in token_hosts}
         self._credentials = credentials
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout)
         self._session: aiohttp.ClientSession | None = None
@@ -91,7 +107,11 @@ class UpstreamClient:
 
     @contextlib.asynccontextmanager
     async def request(
-        self, method: str, repo: str, path: str, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        repo: str,
+        path: str,
+        headers: dict[str, str] | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A response for ``/v2/<repo>/<path>``, authenticating once if challenged."""
         url = f"{self.base_url}/v2/{repo}/{path}"
@@ -128,6 +148,25 @@ class UpstreamClient:
         else:
             raise unavailable(f"upstream sent an unsupported auth challenge ({scheme or 'none'})")
 
+    def check_realm(self, realm: str) -> None:
+        """Refuse a token realm our credentials must not be sent to (see the module doc)."""
+        try:
+            url = URL(realm)
+        except ValueError:
+            url = URL()
+        host = (url.host or "").lower()
+        allowed_schemes = ("https", "http") if self._base.scheme == "http" else ("https",)
+        if url.scheme not in allowed_schemes:
+            raise unavailable(
+                f"upstream token realm {realm[:200]!r} is not https; refusing to send "
+                "credentials there"
+            )
+        if host != (self._base.host or "").lower() and host not in self._token_hosts:
+            raise unavailable(
+                f"upstream token realm host {host!r} is not the upstream's; add it to "
+                "upstream_token_hosts if it is the registry's token service"
+            )
+
     async def _fetch_token(self, params: dict[str, str], scope: str) -> str:
         query = {"scope": params.get("scope", scope)}
         if "service" in params:
@@ -135,6 +174,7 @@ class UpstreamClient:
         headers = {}
         basic = self._basic_header()
         if basic:
+            self.check_realm(params["realm"])
             headers["Authorization"] = basic
         try:
             async with self.session.get(params["realm"], params=query, headers=headers) as resp:
@@ -157,9 +197,13 @@ class UpstreamClient:
             "GET", repo, f"manifests/{reference}", {"Accept": MANIFEST_ACCEPT}
         ) as resp:
             check_status(resp, f"manifest {repo}:{reference}")
-            if resp.content_length is not None and resp.content_length > limit:
-                raise unavailable(f"upstream manifest {repo}:{reference} exceeds {limit} bytes")
-            body = await read_limited(resp.content, limit, f"manifest {repo}:{reference}")
+            what = f"upstream manifest {repo}:{reference}"
+            try:
+                body = await read_limited(resp.content, limit, what, resp.content_length)
+            except BodyTooLarge as exc:
+                raise unavailable(str(exc)) from None
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise unavailable(f"{what} could not be read: {exc.__class__.__name__}") from None
             header_digest = resp.headers.get("Docker-Content-Digest")
             try:
                 claimed = Digest.parse(header_digest) if header_digest else None
@@ -183,25 +227,13 @@ class UpstreamClient:
             return resp.content_length
 
 
-async def read_limited(stream: aiohttp.StreamReader, limit: int, what: str) -> bytes:
-    """The whole body, refused once it passes ``limit`` bytes."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in stream.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise unavailable(f"upstream {what} exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def check_status(resp: aiohttp.ClientResponse, what: str) -> None:
     if resp.status == 200:
         return
     if resp.status == 404:
         raise UpstreamNotFound(what)
     if resp.status in (401, 403):
-        raise unavailable(f"upstream refused access to {what} (HTTP {resp.status})")
+        raise UpstreamDenied(f"upstream refused access to {what} (HTTP {resp.status})")
     raise unavailable(f"upstream answered HTTP {resp.status} for {what}")
 
 
