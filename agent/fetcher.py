@@ -63,6 +63,7 @@ class BlobFetcher:
         swarm: BlobSource | None,
         origin: BlobSource | None,
         swarm_deadline: float,
+        stall_timeout: float = 60.0,
         seed_ttl: float = 0.0,
         on_event: Callable[[str, str], None] | None = None,
     ) -> None:
@@ -70,6 +71,7 @@ class BlobFetcher:
         self._swarm = swarm
         self._origin = origin
         self._deadline = swarm_deadline
+        self.stall_timeout = stall_timeout
         self._seed_ttl = seed_ttl
         self._on_event = on_event or (lambda event, label: None)
         # Set by the node when deltas are on: tried before the swarm for known layers.
@@ -135,7 +137,7 @@ class BlobFetcher:
         blob = await self.open(digest, repository)
         if isinstance(blob, InflightBlob):
             with self.cache.pinned(digest):
-                await blob.transfer.wait_done()
+                await wait_complete(blob, self.stall_timeout)
                 finisher = self._finishers.get(digest)
                 if finisher is not None:
                     await asyncio.shield(finisher)  # indexed in the cache once this returns
@@ -212,6 +214,32 @@ class BlobFetcher:
         await asyncio.gather(
             *self._finishers.values(), *self._inflight.values(), return_exceptions=True
         )
+
+
+async def wait_progress(blob: InflightBlob, position: int, stall_timeout: float) -> int:
+    """Bytes available past ``position``; a transfer silent for ``stall_timeout`` is cancelled.
+
+    Without this limit a swarm download that lost its peers (or an origin that
+    stopped sending) would keep its waiter, and the blob's pin, forever.
+    """
+    try:
+        async with asyncio.timeout(stall_timeout):
+            return await blob.transfer.wait_available(position)
+    except TimeoutError:
+        blob.transfer.cancel()
+        raise TransferFailed(
+            f"{blob.source} transfer of {blob.digest} stalled at byte {position} "
+            f"for {stall_timeout:g}s; cancelled so the next request starts over"
+        ) from None
+
+
+async def wait_complete(blob: InflightBlob, stall_timeout: float) -> Path:
+    """The committed file, waiting as long as the transfer keeps making progress."""
+    position = 0
+    while position < blob.size:
+        position = await wait_progress(blob, position, stall_timeout)
+    async with asyncio.timeout(stall_timeout):
+        return await blob.transfer.wait_done()
 
 
 def _fallback_reason(exc: BaseException) -> str:

@@ -103,6 +103,7 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
             swarm=swarm_source,
             origin=origin_source,
             swarm_deadline=config.swarm_deadline,
+            stall_timeout=config.stall_timeout,
             seed_ttl=config.seed_ttl,
             on_event=metrics.event,
         )

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -21,7 +20,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from agent.cache import NodeCache
-from agent.fetcher import CachedBlob, InflightBlob
+from agent.fetcher import CachedBlob, InflightBlob, wait_progress
 from agent.ranges import ByteRange, parse_range
 from agent.sources import TransferFailed
 from krill.registry_errors import RegistryError
@@ -108,7 +107,7 @@ async def _stream(
         await response.prepare(request)
         position = byte_range.start
         while position < byte_range.end:
-            available = await _wait_progress(blob, position, stall_timeout)
+            available = await wait_progress(blob, position, stall_timeout)
             upto = min(available, byte_range.end, position + CHUNK)
             data = await blob.transfer.read(fd, position, upto)
             if not data:
@@ -124,18 +123,6 @@ async def _stream(
     finally:
         os.close(fd)
     return response
-
-
-async def _wait_progress(blob: InflightBlob, position: int, stall_timeout: float) -> int:
-    try:
-        async with asyncio.timeout(stall_timeout):
-            return await blob.transfer.wait_available(position)
-    except TimeoutError:
-        blob.transfer.cancel()
-        raise TransferFailed(
-            f"{blob.source} transfer of {blob.digest} stalled at byte {position} "
-            f"for {stall_timeout:.0f}s; cancelled so the next request starts over"
-        ) from None
 
 
 async def _open_blob_file(blob: InflightBlob) -> int:

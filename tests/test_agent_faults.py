@@ -30,6 +30,7 @@ from agent.registry import build_registry_app
 from krill import oci
 from krill.blobstore import BlobWriter
 from krill.digests import Digest
+from tests.imagebuild import build_image, random_files
 
 REPO = "team/app"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -165,3 +166,45 @@ async def test_a_disk_error_at_commit_fails_the_request_and_the_next_one_succeed
         assert not agent.node.cache.has(digest)
         assert await get_blob(session, agent.registry + url_path) == data
         assert agent.node.cache.has(digest)
+
+
+async def test_preheat_of_a_stalling_blob_ends_with_an_error_and_releases_it(
+    tmp_path: Path,
+) -> None:
+    image = build_image([random_files(31, count=2, size=64 * 1024)])
+    layer = image.layers[0]
+    blobs = {b.digest: b.data for b in image.blobs()}
+    release = asyncio.Event()
+
+    async def manifest(request: web.Request) -> web.Response:
+        return web.Response(body=image.manifest.data, content_type=image.manifest.media_type)
+
+    async def blob(request: web.Request) -> web.StreamResponse:
+        data = blobs[request.match_info["digest"]]
+        if request.match_info["digest"] != layer.digest:
+            return web.Response(body=data)
+        response = web.StreamResponse()
+        response.content_length = len(data)
+        await response.prepare(request)
+        await response.write(data[: len(data) // 2])
+        await release.wait()  # the origin goes silent; the connection stays open
+        return response
+
+    routes = {"/v2/{name:.+}/manifests/{ref}": manifest, "/v2/{name:.+}/blobs/{digest}": blob}
+    async with (
+        fake_origin(routes) as origin,
+        in_process_agent(tmp_path / "agent", origin, stall_timeout=1.0) as agent,
+        aiohttp.ClientSession() as session,
+    ):
+        try:
+            async with session.post(f"{agent.api}/preheat", json={"image": f"{REPO}:1"}) as r:
+                events = [json.loads(line) for line in (await r.read()).splitlines()]
+        finally:
+            release.set()
+        fetcher, cache = agent.node.fetcher, agent.node.cache
+        await until(lambda: not fetcher._inflight, "the stalled transfer to be forgotten")
+        assert not cache.is_pinned(Digest.parse(layer.digest))
+        assert not cache.has(Digest.parse(layer.digest))
+    assert events[0]["event"] == "start"
+    assert events[-1]["event"] == "error"
+    assert "stalled" in str(events[-1]["message"])
