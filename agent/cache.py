@@ -23,13 +23,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.atomic_files import write_atomically
 from krill.blobstore import BlobStore
 from krill.digests import Digest, DigestError, sha256_file
 
@@ -74,7 +74,6 @@ class NodeCache:
         self._index_path = store.root / "index.json"
         self._entries: dict[Digest, CacheEntry] = {}
         self._pins: dict[Digest, int] = {}
-        self._lock = threading.Lock()
         self._verify_locks: dict[Digest, asyncio.Lock] = {}
         self._dirty = False
 
@@ -102,7 +101,8 @@ class NodeCache:
                     entry.size,
                     size,
                 )
-                self._drop_file(digest, "damaged")
+                self._forget(digest, "damaged")
+                self.store.delete(digest)
                 continue
             if entry is None:
                 entry = CacheEntry(size=size, added=now, last_used=now)
@@ -115,59 +115,64 @@ class NodeCache:
         self.save()
         log.info("cache.loaded blobs=%d bytes=%d", len(self._entries), self.usage)
 
-    def verify_all(self) -> list[Digest]:
-        """Hash every not-yet-verified blob (blocking; run in a thread). Returns the damaged."""
+    async def verify_all(self, executor: Executor | None = None) -> list[Digest]:
+        """Hash every not-yet-verified blob (in ``executor``'s threads). Returns the damaged."""
         damaged = []
         for digest in list(self._entries):
-            if not self.verify(digest):
+            if not await self.ensure_verified(digest, executor):
                 damaged.append(digest)
         return damaged
 
-    def verify(self, digest: Digest) -> bool:
-        """Hash one blob if needed; drop it when its bytes no longer match. Blocking."""
-        with self._lock:
-            entry = self._entries.get(digest)
-            if entry is None:
-                return False
-            if entry.verified:
-                return True
-        path = self.store.path(digest)
-        try:
-            actual = sha256_file(str(path))
-        except FileNotFoundError:
-            actual = None
-        with self._lock:
-            entry = self._entries.get(digest)
-            if entry is None:
-                return False
-            if actual == digest:
-                entry.verified = True
-                return True
-        log.warning("cache.damaged digest=%s reason=sha256 found=%s", digest, actual)
-        self._drop_file(digest, "damaged")
-        return False
-
-    def recheck(self, digest: Digest) -> bool:
+    async def recheck(self, digest: Digest, executor: Executor | None = None) -> bool:
         """Hash a blob again even if it passed before (its bytes were just found wanting)."""
-        with self._lock:
-            entry = self._entries.get(digest)
-            if entry is None:
-                return False
-            entry.verified = False
-        return self.verify(digest)
+        entry = self._entries.get(digest)
+        if entry is None:
+            return False
+        entry.verified = False
+        return await self.ensure_verified(digest, executor)
 
-    async def ensure_verified(self, digest: Digest) -> bool:
-        """True when the blob is cached and its bytes are known good; hash it now if needed."""
+    async def ensure_verified(self, digest: Digest, executor: Executor | None = None) -> bool:
+        """True when the blob is cached and its bytes are known good; hash it now if needed.
+
+        Only the hashing runs in a worker thread; the index is read and changed on
+        the event loop alone (eviction iterates it there).
+        """
         entry = self._entries.get(digest)
         if entry is None:
             return False
         if entry.verified:
             return True
         lock = self._verify_locks.setdefault(digest, asyncio.Lock())
-        async with lock:
-            ok = await asyncio.to_thread(self.verify, digest)
-        self._verify_locks.pop(digest, None)
-        return ok
+        try:
+            async with lock:
+                return await self._verify(digest, executor)
+        finally:
+            if not lock.locked():
+                self._verify_locks.pop(digest, None)
+
+    async def _verify(self, digest: Digest, executor: Executor | None) -> bool:
+        entry = self._entries.get(digest)
+        if entry is None or entry.verified:
+            return entry is not None
+        loop = asyncio.get_running_loop()
+        actual = await loop.run_in_executor(executor, self._hash_file, digest)
+        if self._entries.get(digest) is not entry:  # evicted or replaced while hashing
+            current = self._entries.get(digest)
+            return current is not None and current.verified
+        if actual == digest:
+            entry.verified = True
+            return True
+        log.warning("cache.damaged digest=%s reason=sha256 found=%s", digest, actual)
+        self._forget(digest, "damaged")
+        await asyncio.to_thread(self._delete_files, [digest])
+        return False
+
+    def _hash_file(self, digest: Digest) -> Digest | None:
+        """The file's sha256 (None when it is gone). Blocking; touches no shared state."""
+        try:
+            return sha256_file(str(self.store.path(digest)))
+        except FileNotFoundError:
+            return None
 
     # ---- lookups and updates ---------------------------------------------
 
@@ -191,23 +196,31 @@ class NodeCache:
             entry.last_used = self._clock()
             self._dirty = True
 
-    def add(self, digest: Digest, *, pin_for: float = 0.0) -> list[Digest]:
-        """Index a blob just committed to the store (verified by the writer); may evict others."""
-        size = self.store.size(digest)
+    async def add(self, digest: Digest, *, pin_for: float = 0.0) -> list[Digest]:
+        """Index a blob just committed to the store (verified by the writer); may evict others.
+
+        The evicted files (possibly gigabytes) are unlinked and the index written
+        in a worker thread, not on the event loop.
+        """
+        size = await asyncio.to_thread(self.store.size, digest)
         if size is None:
             raise FileNotFoundError(f"blob {digest} is not in the store")
         now = self._clock()
-        with self._lock:
-            self._entries[digest] = CacheEntry(
-                size=size,
-                added=now,
-                last_used=now,
-                verified=True,
-                pinned_until=now + pin_for if pin_for else 0.0,
-            )
+        self._entries[digest] = CacheEntry(
+            size=size,
+            added=now,
+            last_used=now,
+            verified=True,
+            pinned_until=now + pin_for if pin_for else 0.0,
+        )
         self._dirty = True
+        return await self.trim()
+
+    async def trim(self) -> list[Digest]:
+        """Apply the limits; delete what they evicted and save the index, off the loop."""
         evicted = self.enforce_limits()
-        self.save()
+        await asyncio.to_thread(self._delete_files, evicted)
+        await self.save_async()
         return evicted
 
     @contextlib.contextmanager
@@ -231,7 +244,11 @@ class NodeCache:
     # ---- eviction -------------------------------------------------------
 
     def enforce_limits(self) -> list[Digest]:
-        """Drop expired blobs, then LRU blobs past the high watermark down to the low one."""
+        """Drop expired blobs, then LRU blobs past the high watermark down to the low one.
+
+        Only the index changes here; the caller deletes the returned blobs' files
+        (``trim`` does, in a worker thread).
+        """
         evicted = self._expire()
         high = self.limits.budget * self.limits.high
         low = self.limits.budget * self.limits.low
@@ -243,7 +260,7 @@ class NodeCache:
                 break
             if self.is_pinned(digest):
                 continue
-            self._drop_file(digest, "lru")
+            self._forget(digest, "lru")
             usage -= entry.size
             evicted.append(digest)
         if usage > low:
@@ -256,35 +273,48 @@ class NodeCache:
             d for d, e in self._entries.items() if e.last_used < cutoff and not self.is_pinned(d)
         ]
         for digest in old:
-            self._drop_file(digest, "age")
+            self._forget(digest, "age")
         return old
 
-    def _drop_file(self, digest: Digest, reason: str) -> None:
-        with self._lock:
-            self._entries.pop(digest, None)
-        self.store.delete(digest)
+    def _forget(self, digest: Digest, reason: str) -> None:
+        """Take a blob out of the index (event loop only); its file is deleted by the caller."""
+        self._entries.pop(digest, None)
         self._dirty = True
         log.info("cache.evict digest=%s reason=%s", digest, reason)
         if self._on_evict is not None:
             self._on_evict(digest, reason)
 
+    def _delete_files(self, digests: list[Digest]) -> None:
+        """Unlink evicted blobs (blocking). One re-added since it was evicted is kept."""
+        for digest in digests:
+            if digest not in self._entries:
+                self.store.delete(digest)
+
     # ---- persistence ----------------------------------------------------
 
     def save(self) -> None:
-        """Write the index atomically (temp file + rename) when it changed."""
-        if not self._dirty:
-            return
-        doc = {
-            "version": INDEX_VERSION,
-            "blobs": {
-                str(d): {"size": e.size, "added": e.added, "last_used": e.last_used}
-                for d, e in self._entries.items()
-            },
-        }
-        tmp = self._index_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, self._index_path)
-        self._dirty = False
+        """Write the index atomically when it changed (blocking: start-up and shutdown)."""
+        if self._dirty:
+            write_atomically(self._index_path, self._index_document())
+            self._dirty = False
+
+    async def save_async(self) -> None:
+        """``save`` with the disk write in a worker thread (the document is built here)."""
+        if self._dirty:
+            text = self._index_document()
+            self._dirty = False
+            await asyncio.to_thread(write_atomically, self._index_path, text)
+
+    def _index_document(self) -> str:
+        return json.dumps(
+            {
+                "version": INDEX_VERSION,
+                "blobs": {
+                    str(d): {"size": e.size, "added": e.added, "last_used": e.last_used}
+                    for d, e in self._entries.items()
+                },
+            }
+        )
 
     def _read_index(self) -> dict[Digest, CacheEntry]:
         try:

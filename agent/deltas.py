@@ -229,7 +229,7 @@ class DeltaRebuilder:
                 await asyncio.to_thread(store.adopt_file, result.path, offer.target)
             except DigestMismatchError as exc:
                 raise DeltaFailure("digest", str(exc)) from None
-            self._cache.add(offer.target)
+            await self._cache.add(offer.target)
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
 
@@ -240,7 +240,7 @@ class DeltaRebuilder:
         except Exception as exc:  # DeltaFormatError, RecipeError, zlib.error from a rotten base...
             # Maybe the delta is bad, maybe our base rotted on disk: hash the base again
             # (a damaged one is dropped from the cache, so it is not offered next time).
-            if not await asyncio.to_thread(self._cache.recheck, offer.base):
+            if not await self._cache.recheck(offer.base):
                 raise DeltaFailure("base_damaged", f"the cached base was damaged: {exc}") from None
             reason = "recipe" if isinstance(exc, RecipeError) else "bad_delta"
             raise DeltaFailure(reason, str(exc)) from None

@@ -194,7 +194,7 @@ class BlobFetcher:
             with self.cache.pinned(blob.digest):
                 await blob.transfer.wait_done()
                 pin_for = self._seed_ttl if blob.source == "swarm" else 0.0
-                self.cache.add(blob.digest, pin_for=pin_for)
+                await self.cache.add(blob.digest, pin_for=pin_for)
             log.info("fetch.done digest=%s source=%s bytes=%d", blob.digest, blob.source, blob.size)
         except TransferFailed as exc:
             log.warning("fetch.failed digest=%s source=%s error=%s", blob.digest, blob.source, exc)

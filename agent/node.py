@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,9 +179,17 @@ async def _start_swarm(
 
 
 async def _verify_cache(cache: NodeCache) -> None:
-    """Hash every cached blob once after start, off the event loop."""
-    damaged = await asyncio.to_thread(cache.verify_all)
-    cache.save()
+    """Hash every cached blob once after start, in a thread of its own.
+
+    Not the default pool: serving's reads (``os.pread``) run there, and hashing
+    a full cache must not queue them behind it.
+    """
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-verify")
+    try:
+        damaged = await cache.verify_all(executor)
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+    await cache.save_async()
     log.info("cache.verified damaged=%d", len(damaged))
 
 
@@ -188,5 +197,4 @@ async def _housekeeping(node: AgentNode) -> None:
     """Apply the age limit and watermarks now and then; persist LRU times."""
     while True:
         await asyncio.sleep(node.config.cache_check_interval)
-        node.cache.enforce_limits()
-        node.cache.save()
+        await node.cache.trim()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -27,10 +28,10 @@ class FakeClock:
         return self.now
 
 
-def put(cache: NodeCache, clock: FakeClock, seed: int, size: int = 10 * KiB) -> Digest:
+async def put(cache: NodeCache, clock: FakeClock, seed: int, size: int = 10 * KiB) -> Digest:
     clock.now += 1
     digest = cache.store.put_bytes(bytes([seed]) * size)
-    cache.add(digest)
+    await cache.add(digest)
     return digest
 
 
@@ -38,6 +39,12 @@ def flip_first_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[0] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def overwrite_byte(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"X")
 
 
 def make_cache(root: Path, clock: FakeClock, budget: int = 100 * KiB) -> NodeCache:
@@ -48,15 +55,15 @@ def make_cache(root: Path, clock: FakeClock, budget: int = 100 * KiB) -> NodeCac
     return cache
 
 
-def test_filling_past_high_watermark_evicts_lru_unpinned_down_to_low(tmp_path: Path) -> None:
+async def test_filling_past_high_watermark_evicts_lru_unpinned_down_to_low(tmp_path: Path) -> None:
     clock = FakeClock()
     cache = make_cache(tmp_path, clock)
-    blobs = [put(cache, clock, seed) for seed in range(9)]  # 90 KiB: at, not past, the mark
+    blobs = [await put(cache, clock, seed) for seed in range(9)]  # 90 KiB: at, not past, the mark
     assert all(cache.has(d) for d in blobs)
     clock.now += 1
     cache.touch(blobs[0])  # recently used: must survive
     with cache.pinned(blobs[1]):  # being served: must survive although it is LRU
-        newest = put(cache, clock, 100)  # 100 KiB > 90 KiB high watermark
+        newest = await put(cache, clock, 100)  # 100 KiB > 90 KiB high watermark
         assert cache.usage <= 60 * KiB
     survivors = {d for d in [*blobs, newest] if cache.has(d)}
     assert {blobs[0], blobs[1], newest} <= survivors
@@ -66,48 +73,46 @@ def test_filling_past_high_watermark_evicts_lru_unpinned_down_to_low(tmp_path: P
     assert all(not cache.store.has(d) for d in evicted)
 
 
-def test_blobs_past_the_age_limit_are_evicted_unless_pinned(tmp_path: Path) -> None:
+async def test_blobs_past_the_age_limit_are_evicted_unless_pinned(tmp_path: Path) -> None:
     clock = FakeClock()
     cache = make_cache(tmp_path, clock)
-    old, pinned_old = put(cache, clock, 1), put(cache, clock, 2)
+    old, pinned_old = await put(cache, clock, 1), await put(cache, clock, 2)
     clock.now += 7200
     with cache.pinned(pinned_old):
-        fresh = put(cache, clock, 3)  # adding runs the limits
-        cache.enforce_limits()
+        fresh = await put(cache, clock, 3)  # adding runs the limits
+        await cache.trim()
     assert not cache.has(old) and cache.has(pinned_old) and cache.has(fresh)
 
 
-def test_seeding_pin_expires(tmp_path: Path) -> None:
+async def test_seeding_pin_expires(tmp_path: Path) -> None:
     clock = FakeClock()
     cache = make_cache(tmp_path, clock, budget=20 * KiB)
     clock.now += 1
     seeding = cache.store.put_bytes(b"s" * 10 * KiB)
-    cache.add(seeding, pin_for=60)
-    put(cache, clock, 1)  # 20 KiB > 18 KiB: something must go, but the seed is pinned
+    await cache.add(seeding, pin_for=60)
+    await put(cache, clock, 1)  # 20 KiB > 18 KiB: something must go, but the seed is pinned
     assert cache.has(seeding)
     clock.now += 120
-    put(cache, clock, 2)
+    await put(cache, clock, 2)
     assert not cache.has(seeding)
 
 
-def test_index_survives_restart_and_damaged_files_are_dropped(tmp_path: Path) -> None:
+async def test_index_survives_restart_and_damaged_files_are_dropped(tmp_path: Path) -> None:
     clock = FakeClock()
     cache = make_cache(tmp_path, clock)
-    good, flipped, truncated = (put(cache, clock, seed) for seed in (1, 2, 3))
+    good, flipped, truncated = [await put(cache, clock, seed) for seed in (1, 2, 3)]
     cache.touch(good)
     cache.save()
     index = json.loads((tmp_path / "index.json").read_text())
     assert set(index["blobs"]) == {str(good), str(flipped), str(truncated)}
 
-    with open(cache.store.path(flipped), "r+b") as f:  # same size, different bytes
-        f.seek(5)
-        f.write(b"X")
+    overwrite_byte(cache.store.path(flipped), 5)  # same size, different bytes
     os.truncate(cache.store.path(truncated), 100)
 
     restarted = make_cache(tmp_path, clock)
     assert not restarted.has(truncated)  # size check at load
     assert restarted.has(flipped) and not restarted.entry(flipped).verified
-    assert restarted.verify_all() == [flipped]
+    assert await restarted.verify_all() == [flipped]
     assert restarted.has(good) and restarted.entry(good).verified
     assert not restarted.has(flipped) and not restarted.store.has(flipped)
     assert restarted.entry(good).last_used == cache.entry(good).last_used
@@ -116,7 +121,7 @@ def test_index_survives_restart_and_damaged_files_are_dropped(tmp_path: Path) ->
 async def test_unverified_blob_is_hashed_before_it_counts_as_cached(tmp_path: Path) -> None:
     clock = FakeClock()
     cache = make_cache(tmp_path, clock)
-    digest = put(cache, clock, 9)
+    digest = await put(cache, clock, 9)
     cache.save()
     flip_first_byte(cache.store.path(digest))
     restarted = make_cache(tmp_path, clock)
@@ -143,3 +148,25 @@ def test_agent_refetches_a_blob_damaged_while_it_was_down(tmp_path: Path) -> Non
             assert urllib.request.urlopen(agent.registry + url_path).read() == layer.data
         assert stored.read_bytes() == layer.data
         assert "cache.damaged" in (tmp_path / "agent" / "agent.log").read_text()
+
+
+async def test_a_damaged_blob_leaves_the_index_on_the_event_loop_thread(tmp_path: Path) -> None:
+    """Hashing runs in a worker thread, but the index (which eviction iterates on the
+    loop) is only changed on the loop: a drop from the thread raced ``enforce_limits``."""
+    clock = FakeClock()
+    cache = make_cache(tmp_path, clock)
+    digests = [await put(cache, clock, seed) for seed in range(3)]
+    cache.save()
+    flip_first_byte(cache.store.path(digests[1]))
+    evicted_on: list[tuple[Digest, int]] = []
+    restarted = NodeCache(
+        BlobStore(tmp_path),
+        CacheLimits(budget=100 * KiB),
+        clock=clock,
+        on_evict=lambda digest, reason: evicted_on.append((digest, threading.get_ident())),
+    )
+    restarted.load()
+    assert await restarted.verify_all() == [digests[1]]
+    assert await restarted.recheck(digests[0])
+    assert evicted_on == [(digests[1], threading.get_ident())]
+    assert not restarted.store.has(digests[1])

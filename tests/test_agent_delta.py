@@ -112,7 +112,7 @@ async def _rebuilder(
     store = BlobStore(tmp_path / "blobs")
     cache = NodeCache(store, CacheLimits(budget=1 << 30))
     for layer in v1.layers:
-        cache.add(store.put_bytes(layer.data))
+        await cache.add(store.put_bytes(layer.data))
     index = LayerIndex()
     _learn(index, v1)
     _learn(index, v2)
@@ -196,7 +196,7 @@ async def _rebuild_with(
     store = BlobStore(tmp_path / "blobs")
     cache = NodeCache(store, CacheLimits(budget=1 << 30))
     for layer in v1.layers:
-        cache.add(store.put_bytes(layer.data))
+        await cache.add(store.put_bytes(layer.data))
     index = LayerIndex()
     _learn(index, v1)
     _learn(index, v2)
@@ -204,7 +204,7 @@ async def _rebuild_with(
 
     async def ensure(digest: Digest, repository: str) -> int:
         """What the fetcher does: the blob ends up verified in the node cache."""
-        cache.add(store.put_bytes(remote[digest], digest))
+        await cache.add(store.put_bytes(remote[digest], digest))
         return len(remote[digest])
 
     metrics = CountingMetrics()
