@@ -14,7 +14,15 @@ stored as ordinary blobs (so they swarm like any blob) and indexed.
      "format": "krill-delta/1", "mediaType": "application/vnd.krill.delta.v1"}
 
 or ``{"status": "none", "queued": N}`` at once, queueing the pairs not
-computed yet (nodes on older versions are served next time).
+computed yet (nodes on older versions are served next time). With
+``repo=<name>`` a hit is also linked into that repository when the target
+is linked there, so a node pulling through ``<name>`` can fetch it there.
+
+A worker process that dies (say the kernel's OOM killer ends it) breaks a
+``ProcessPoolExecutor`` for good; the engine then starts a fresh pool, and
+the pair whose job died is recorded as failed (so it is not retried on
+every lookup). Worker scratch files (``.krd`` deltas, decompressed tars) live
+in ``deltas/work/``, which is emptied at start.
 
 Wiring: ``origin.deltas.setup(app)`` from ``create_app``.
 """
@@ -28,8 +36,10 @@ import logging
 import multiprocessing
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,15 +51,19 @@ from krill import oci
 from krill.blobstore import BlobStore
 from krill.delta import MEDIA_TYPE, DeltaFormatError, RecipeError, apply_delta, create_delta
 from krill.delta.format import FORMAT_NAME
-from krill.digests import Digest, DigestError
+from krill.digests import Digest
+from krill.names import InvalidNameError, validate_name
 from krill.registry_errors import RegistryError
 from origin.appkeys import METRICS, REPOSITORIES, STORE, TAG_HISTORY, TAG_MOVED
+from origin.atomicfile import write_atomic
 from origin.config import OriginConfig
+from origin.params import parse_digest
 
 log = logging.getLogger(__name__)
 
 MAX_HAVE = 64
 DELTAS_DIR = "deltas"
+FILE_LIST_CACHE = 4096  # layers whose file lists are kept in memory (a few KiB each)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,15 +104,21 @@ def compute_delta_job(base: str, target: str, work_dir: str, max_ratio: float) -
     except (DeltaFormatError, OSError, ValueError) as exc:
         out.unlink(missing_ok=True)
         return {"status": "failed", "reason": str(exc)}
+    except Exception as exc:  # a corrupt layer (EOFError, zlib.error), MemoryError, ...
+        out.unlink(missing_ok=True)
+        return {"status": "failed", "reason": f"{exc.__class__.__name__}: {exc}"}
 
 
-def file_list_job(blob: str) -> list[str]:
-    """The member names of a layer (for pairing by file-list overlap); runs in a worker."""
+def file_list_job(blob: str, work_dir: str) -> list[str]:
+    """The member names of a layer (for pairing by file-list overlap); runs in a worker.
+
+    The decompressed tar goes to ``work_dir`` (emptied at start), not next to
+    the blob, so a killed worker leaves nothing in the store.
+    """
     from krill.delta.layerfiles import materialize_tar
     from krill.delta.tarscan import scan
 
-    path = Path(blob)
-    tar = materialize_tar(path, path.parent)
+    tar = materialize_tar(Path(blob), Path(work_dir))
     try:
         with open(tar.path, "rb") as f:
             return sorted({m.name for m in scan(f, tar.size).members})
@@ -126,12 +146,10 @@ class DeltaIndex:
         return doc if isinstance(doc, dict) else {}
 
     def record(self, target: Digest, base: Digest, entry: dict[str, Any]) -> None:
+        """Add one outcome (blocking, fsynced: call off the event loop)."""
         doc = self.entries(target)
         doc[str(base)] = entry
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self._path(target).with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, sort_keys=True))
-        os.replace(tmp, self._path(target))
+        write_atomic(self._path(target), json.dumps(doc, sort_keys=True).encode())
 
 
 # --- metrics ---------------------------------------------------------------------------------
@@ -185,7 +203,7 @@ class DeltaEngine:
         self.metrics = DeltaMetrics(app[METRICS].registry)
         self.queue: asyncio.Queue[_Pair] = asyncio.Queue(settings.max_queue)
         self.pending: set[tuple[Digest, Digest]] = set()
-        self.file_lists: dict[Digest, frozenset[str]] = {}
+        self.file_lists: OrderedDict[Digest, frozenset[str]] = OrderedDict()
         self.tasks: set[asyncio.Task[None]] = set()
         self.pool: ProcessPoolExecutor | None = None
         self.idle = asyncio.Event()
@@ -198,9 +216,8 @@ class DeltaEngine:
         if self.work.exists():
             for leftover in self.work.iterdir():  # crash leftovers: never published
                 leftover.unlink(missing_ok=True)
-        self.pool = ProcessPoolExecutor(
-            self.settings.workers, mp_context=multiprocessing.get_context("spawn")
-        )
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.pool = self._new_pool()
         feeders = [asyncio.create_task(self._feed()) for _ in range(self.settings.workers)]
         try:
             yield
@@ -210,7 +227,48 @@ class DeltaEngine:
             for task in [*feeders, *self.tasks]:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            pool, self.pool = self.pool, None
+            # Waiting for a running job must not block the event loop (other apps' cleanup).
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            self.settings.workers, mp_context=multiprocessing.get_context("spawn")
+        )
+
+    async def _in_pool(self, job: Callable[..., Any], *args: Any) -> Any:
+        """Run ``job`` in a worker; a dead worker gets the pool replaced.
+
+        A pool already broken when the job is submitted (a worker died while
+        idle) is replaced and the job goes to the new one; a job whose worker
+        died under it fails (running it again would likely kill again).
+        """
+        for attempt in range(2):
+            pool = self._running_pool()
+            try:
+                future = pool.submit(job, *args)
+            except BrokenProcessPool:
+                self._replace_pool(pool, job)
+                if attempt == 0:
+                    continue
+                raise
+            try:
+                return await asyncio.wrap_future(future)
+            except BrokenProcessPool:
+                self._replace_pool(pool, job)
+                raise
+        raise AssertionError("unreachable")
+
+    def _running_pool(self) -> ProcessPoolExecutor:
+        if self.pool is None:
+            raise RuntimeError("the delta engine is not running")
+        return self.pool
+
+    def _replace_pool(self, broken: ProcessPoolExecutor, job: Callable[..., Any]) -> None:
+        if self.pool is broken:  # the first to notice replaces it
+            log.error("delta.worker_died job=%s (starting a new pool)", job.__name__)
+            self.pool = self._new_pool()
+            broken.shutdown(wait=False, cancel_futures=True)
 
     # planning
 
@@ -295,19 +353,26 @@ class DeltaEngine:
         return best
 
     async def _file_list(self, layer: Digest) -> frozenset[str]:
-        if layer not in self.file_lists:
-            if not self.store.has(layer) or self.pool is None:
-                return frozenset()
-            loop = asyncio.get_running_loop()
-            try:
-                names = await loop.run_in_executor(
-                    self.pool, file_list_job, str(self.store.path(layer))
-                )
-            except Exception as exc:  # a layer we cannot read pairs by position only
-                log.info("delta.file_list_failed layer=%s error=%s", layer, exc)
-                names = []
-            self.file_lists[layer] = frozenset(names)
-        return self.file_lists[layer]
+        """The layer's member names (empty if unreadable); a bounded LRU cache."""
+        cached = self.file_lists.get(layer)
+        if cached is not None:
+            self.file_lists.move_to_end(layer)
+            return cached
+        if not self.store.has(layer) or self.pool is None:
+            return frozenset()
+        try:
+            names = frozenset(
+                await self._in_pool(file_list_job, str(self.store.path(layer)), str(self.work))
+            )
+        except BrokenProcessPool:
+            return frozenset()  # the worker died, not the layer's fault: ask again next time
+        except Exception as exc:  # a layer we cannot read pairs by position only
+            log.info("delta.file_list_failed layer=%s error=%s", layer, exc)
+            names = frozenset()
+        self.file_lists[layer] = names
+        while len(self.file_lists) > FILE_LIST_CACHE:
+            self.file_lists.popitem(last=False)
+        return names
 
     def _enqueue(self, pair: _Pair) -> int:
         key = (pair.target, pair.base)
@@ -330,27 +395,34 @@ class DeltaEngine:
     # computing
 
     async def _feed(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             pair = await self.queue.get()
             self.metrics.queued.set(self.queue.qsize())
             try:
-                await self._compute(loop, pair)
-            except Exception:
+                await self._compute(pair)
+            except Exception as exc:
                 log.exception("delta.compute_crashed target=%s base=%s", pair.target, pair.base)
+                await self._record_failure(pair, exc)
             finally:
                 self.pending.discard((pair.target, pair.base))
                 self.queue.task_done()
                 if not self.pending:
                     self.idle.set()
 
-    async def _compute(self, loop: asyncio.AbstractEventLoop, pair: _Pair) -> None:
+    async def _record_failure(self, pair: _Pair, exc: Exception) -> None:
+        """Remember the failure, so the pair is not recomputed on every lookup."""
+        self.metrics.computed.labels("failed").inc()
+        entry = {"status": "none", "reason": "failed"}
+        try:
+            await asyncio.to_thread(self.index.record, pair.target, pair.base, entry)
+        except OSError:
+            log.exception("delta.record_failed target=%s base=%s", pair.target, pair.base)
+
+    async def _compute(self, pair: _Pair) -> None:
         if not (self.store.has(pair.target) and self.store.has(pair.base)):
             return
-        assert self.pool is not None
         self.work.mkdir(parents=True, exist_ok=True)
-        result = await loop.run_in_executor(
-            self.pool,
+        result = await self._in_pool(
             compute_delta_job,
             str(self.store.path(pair.base)),
             str(self.store.path(pair.target)),
@@ -367,7 +439,7 @@ class DeltaEngine:
                 self.metrics.unreproducible.inc()
                 self.unreproducible_dir.mkdir(parents=True, exist_ok=True)
                 (self.unreproducible_dir / pair.target.hex).write_text(result["reason"] + "\n")
-        self.index.record(pair.target, pair.base, entry)
+        await asyncio.to_thread(self.index.record, pair.target, pair.base, entry)
         log.info(
             "delta.computed target=%s base=%s status=%s size=%s",
             pair.target,
@@ -388,7 +460,8 @@ class DeltaEngine:
 
     # serving
 
-    def lookup(self, target: Digest, have: list[Digest]) -> dict[str, Any]:
+    def lookup(self, target: Digest, have: list[Digest], repo: str | None = None) -> dict[str, Any]:
+        """The smallest delta from a base in ``have`` (linked into ``repo`` if given)."""
         entries = self.index.entries(target)
         found = [
             (entry["size"], base, entry)
@@ -400,6 +473,8 @@ class DeltaEngine:
         if found:
             size, base, entry = min(found, key=lambda item: item[0])
             self.metrics.requests.labels("hit").inc()
+            if repo is not None:
+                self._link_into(repo, target, Digest.parse(entry["delta"]))
             return {
                 "status": "ok",
                 "target": str(target),
@@ -411,6 +486,12 @@ class DeltaEngine:
             }
         self.metrics.requests.labels("none").inc()
         return {"status": "none", "target": str(target), "queued": self._queue_asked(target, have)}
+
+    def _link_into(self, repo: str, target: Digest, delta: Digest) -> None:
+        """Make the delta fetchable under ``repo`` if the target is (it was made elsewhere)."""
+        repos = self.app[REPOSITORIES]
+        if repos.has_blob(repo, target) and not repos.has_blob(repo, delta):
+            repos.link_blob(repo, delta)
 
     def _queue_asked(self, target: Digest, have: list[Digest]) -> int:
         """Queue deltas from the first few bases a node offered (it lists its best first).
@@ -436,20 +517,24 @@ class DeltaEngine:
 DELTA_ENGINE = web.AppKey("krill_origin_delta_engine", DeltaEngine)
 
 
-def _parse_digest(text: str, what: str) -> Digest:
-    try:
-        return Digest.parse(text)
-    except DigestError as exc:
-        raise RegistryError("DIGEST_INVALID", f"{what}: {exc}", status=400) from exc
-
-
 async def get_delta(request: web.Request) -> web.Response:
-    """``GET /krill/v1/deltas/<target>?have=a,b``: the smallest delta from a base the node has."""
-    target = _parse_digest(request.match_info["digest"], "target digest")
+    """``GET /krill/v1/deltas/<target>?have=a,b[&repo=name]``: the smallest delta from a base
+    the node has."""
+    target = parse_digest(request.match_info["digest"], what="target digest")
     have_text = request.query.get("have", "")
     haves = [h for h in have_text.split(",") if h][:MAX_HAVE]
-    have = [_parse_digest(h, "have") for h in haves]
-    return web.json_response(request.app[DELTA_ENGINE].lookup(target, have))
+    have = [parse_digest(h, what="have digest") for h in haves]
+    repo = _repo_param(request.query.get("repo"))
+    return web.json_response(request.app[DELTA_ENGINE].lookup(target, have, repo))
+
+
+def _repo_param(text: str | None) -> str | None:
+    if not text:
+        return None
+    try:
+        return validate_name(text)
+    except InvalidNameError as exc:
+        raise RegistryError("NAME_INVALID", str(exc), detail={"name": text[:300]}) from None
 
 
 def settings_for(config: OriginConfig) -> DeltaSettings:

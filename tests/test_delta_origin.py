@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
+import signal
 import subprocess
+import time
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest
@@ -76,6 +80,17 @@ async def test_tag_move_precomputes_a_verified_delta(
     (tmp_path / "out").mkdir()
     rebuilt = rebuild_layer(tmp_path / "base", tmp_path / "delta", tmp_path / "out")
     assert rebuilt.path.read_bytes() == v2.layers[1].data
+
+    # Another repository that holds the target gets the delta linked on a lookup naming it.
+    mount = await client.post(
+        "/v2/mirror/app/blobs/uploads/", params={"mount": target, "from": "app"}
+    )
+    assert mount.status == 201
+    assert (await client.get(f"/v2/mirror/app/blobs/{answer['delta']}")).status == 404
+    params = {"have": base, "repo": "mirror/app"}
+    hit = await (await client.get(f"/krill/v1/deltas/{target}", params=params)).json()
+    assert hit["delta"] == answer["delta"]
+    assert (await client.get(f"/v2/mirror/app/blobs/{answer['delta']}")).status == 200
 
     # The unchanged runtime layer got no pair; an unknown pair is queued and answered next time.
     other = v1.layers[0].digest
@@ -177,3 +192,49 @@ async def test_multi_arch_index_pairs_layers_per_platform(
         await client.get(f"/krill/v1/deltas/{new_arm}", params={"have": f"{old_amd},{old_arm}"})
     ).json()
     assert answer["status"] == "ok" and answer["base"] == old_arm
+
+
+async def test_a_killed_worker_does_not_stop_later_deltas(
+    tmp_path: Path,
+    origin: TestServer,
+    aiohttp_client,  # type: ignore[no-untyped-def]
+) -> None:
+    client = await aiohttp_client(origin)
+    engine = origin.app[DELTA_ENGINE]
+    assert engine.settings.workers == 1
+    loop = asyncio.get_running_loop()
+    worker = await loop.run_in_executor(engine.pool, os.getpid)  # the one worker process
+    job = loop.run_in_executor(engine.pool, time.sleep, 60)
+    await asyncio.sleep(0.3)  # the worker has taken the job
+    os.kill(worker, signal.SIGKILL)  # what the OOM killer does
+    with pytest.raises(BrokenProcessPool):
+        await job
+
+    v1, v2 = _versions()
+    await _push(tmp_path, origin, v1, "latest", "v1")
+    await _push(tmp_path, origin, v2, "latest", "v2")
+    await _settle(engine)
+    target, base = v2.layers[1].digest, v1.layers[1].digest
+    answer = await (await client.get(f"/krill/v1/deltas/{target}", params={"have": base})).json()
+    assert answer["status"] == "ok", answer
+    assert engine.file_lists[Digest.parse(target)]  # not cached empty by the dead pool
+
+
+async def test_a_corrupt_layer_is_recorded_as_failed_and_leaves_no_scratch(
+    origin: TestServer,
+    aiohttp_client,  # type: ignore[no-untyped-def]
+) -> None:
+    from origin.appkeys import REPOSITORIES, STORE
+
+    await aiohttp_client(origin)
+    engine = origin.app[DELTA_ENGINE]
+    store = origin.app[STORE]
+    good = gzip.compress(b"\0" * 1024 * 10)
+    base = store.put_bytes(good)
+    target = store.put_bytes(gzip.compress(os.urandom(200_000))[:50_000])  # truncated gzip
+    origin.app[REPOSITORIES].link_blob("app", target)
+    assert engine.lookup(target, [base])["queued"] == 1
+    await _settle(engine)
+    assert engine.index.entries(target)[str(base)]["status"] == "none"
+    assert engine.lookup(target, [base]).get("queued", 0) == 0  # not recomputed on every lookup
+    assert list(engine.work.iterdir()) == []
