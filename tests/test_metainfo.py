@@ -101,16 +101,6 @@ def test_metainfo_for_another_digest_is_refused(blob: tuple[BlobStore, Digest]) 
         check_metainfo(b"<html>", digest)
 
 
-def test_bencode_round_trip_and_strictness() -> None:
-    value = {"b": [1, -2, b"x"], "a": {"nested": b""}}
-    encoded = bencode.encode(value)
-    assert encoded == b"d1:ad6:nested0:e1:bli1ei-2e1:xee"
-    assert bencode.decode(encoded) == {b"a": {b"nested": b""}, b"b": [1, -2, b"x"]}
-    for bad in (b"i1", b"5:abc", b"d1:a", b"i1ee", b"x"):
-        with pytest.raises(bencode.BencodeError):
-            bencode.decode(bad)
-
-
 async def test_fetch_metainfo_checks_the_answer(
     blob: tuple[BlobStore, Digest], aiohttp_client: object
 ) -> None:
