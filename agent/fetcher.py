@@ -36,6 +36,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class _Flight:
+    """One digest's shared fetch and the repository it was started for."""
+
+    task: asyncio.Task[CachedBlob | InflightBlob]
+    repository: str | None
+
+
+@dataclass(frozen=True)
 class CachedBlob:
     digest: Digest
     path: Path
@@ -76,7 +84,7 @@ class BlobFetcher:
         self._on_event = on_event or (lambda event, label: None)
         # Set by the node when deltas are on: tried before the swarm for known layers.
         self.deltas: DeltaRebuilder | None = None
-        self._inflight: dict[Digest, asyncio.Task[CachedBlob | InflightBlob]] = {}
+        self._inflight: dict[Digest, _Flight] = {}
         self._finishers: dict[Digest, asyncio.Task[None]] = {}
 
     async def open(self, digest: Digest, repository: str | None) -> CachedBlob | InflightBlob:
@@ -90,14 +98,27 @@ class BlobFetcher:
             self._on_event("cache", "hit")
             return cached
         self._on_event("cache", "miss")
-        task = self._inflight.get(digest)
-        if task is None:
+        flight = self._join_or_start(digest, repository)
+        try:
+            return await asyncio.shield(flight.task)
+        except SourceUnavailable as exc:
+            if not _worth_own_try(exc, flight.repository, repository):
+                raise
+        # The shared fetch could not ask the origin for our repository (it had none,
+        # or the blob is not in its one): try again on our own, once.
+        log.info("fetch.retry_with_repo digest=%s repo=%s", digest, repository)
+        return await asyncio.shield(self._join_or_start(digest, repository).task)
+
+    def _join_or_start(self, digest: Digest, repository: str | None) -> _Flight:
+        """The digest's single-flight fetch, started for ``repository`` if none is running."""
+        flight = self._inflight.get(digest)
+        if flight is None:
             task = asyncio.create_task(
                 self._start(digest, repository), name=f"start-{digest.hex[:12]}"
             )
             task.add_done_callback(_consume_exception)
-            self._inflight[digest] = task
-        return await asyncio.shield(task)
+            flight = self._inflight[digest] = _Flight(task, repository)
+        return flight
 
     async def _start(self, digest: Digest, repository: str | None) -> CachedBlob | InflightBlob:
         try:
@@ -204,16 +225,15 @@ class BlobFetcher:
     async def close(self) -> None:
         for task in list(self._finishers.values()):
             task.cancel()
-        for task in list(self._inflight.values()):
+        starts = [flight.task for flight in self._inflight.values()]
+        for task in starts:
             if task.done() and not task.cancelled() and task.exception() is None:
                 blob = task.result()
                 if isinstance(blob, InflightBlob):
                     blob.transfer.cancel()
             else:
                 task.cancel()
-        await asyncio.gather(
-            *self._finishers.values(), *self._inflight.values(), return_exceptions=True
-        )
+        await asyncio.gather(*self._finishers.values(), *starts, return_exceptions=True)
 
 
 async def wait_progress(blob: InflightBlob, position: int, stall_timeout: float) -> int:
@@ -240,6 +260,17 @@ async def wait_complete(blob: InflightBlob, stall_timeout: float) -> Path:
         position = await wait_progress(blob, position, stall_timeout)
     async with asyncio.timeout(stall_timeout):
         return await blob.transfer.wait_done()
+
+
+def _worth_own_try(exc: SourceUnavailable, shared: str | None, mine: str | None) -> bool:
+    """Whether a waiter with repository ``mine`` should retry a shared fetch started for ``shared``.
+
+    Only when the failure may be the shared fetch's repository's fault: it had
+    none (no HTTP fallback possible) or the origin has no such blob in it (404).
+    """
+    if mine is None or mine == shared:
+        return False
+    return shared is None or isinstance(exc, BlobNotFound)
 
 
 def _fallback_reason(exc: BaseException) -> str:

@@ -208,3 +208,37 @@ async def test_preheat_of_a_stalling_blob_ends_with_an_error_and_releases_it(
     assert events[0]["event"] == "start"
     assert events[-1]["event"] == "error"
     assert "stalled" in str(events[-1]["message"])
+
+
+async def test_a_request_joining_a_fetch_for_another_repository_gets_the_blob(
+    tmp_path: Path,
+) -> None:
+    """The shared fetch was started for a repository the origin lacks the blob in (404);
+    a concurrent request naming the right repository fetches it on its own."""
+    data = os.urandom(64 * 1024)
+    digest = Digest.of_bytes(data)
+    second_waiting = asyncio.Event()
+
+    async def blob(request: web.Request) -> web.Response:
+        if request.match_info["name"] != REPO:
+            await second_waiting.wait()  # answer only once the other request has joined
+            return web.json_response({"errors": [{"code": "BLOB_UNKNOWN"}]}, status=404)
+        return web.Response(body=data)
+
+    async with (
+        fake_origin({"/v2/{name:.+}/blobs/{digest}": blob}) as origin,
+        in_process_agent(tmp_path / "agent", origin) as agent,
+        aiohttp.ClientSession() as session,
+    ):
+
+        async def get(repository: str) -> tuple[int, bytes]:
+            async with session.get(f"{agent.registry}/v2/{repository}/blobs/{digest}") as r:
+                return r.status, await r.read()
+
+        wrong = asyncio.create_task(get("other/app"))
+        await until(lambda: bool(agent.node.fetcher._inflight), "the first fetch to start")
+        right = asyncio.create_task(get(REPO))
+        await asyncio.sleep(0.2)  # let it reach the shared fetch
+        second_waiting.set()
+        assert (await wrong)[0] == 404
+        assert await right == (200, data)
