@@ -35,6 +35,7 @@ from pathlib import Path
 import aiohttp
 
 from krill import bencode
+from krill.bodies import BodyTooLarge, read_limited
 from krill.digests import Digest
 
 MIN_PIECE_LENGTH = 64 * 1024
@@ -83,25 +84,41 @@ def make_metainfo(path: Path, digest: Digest) -> bytes:
 
 
 def info_hash(metainfo: bytes) -> str:
-    """The hex v1 infohash: sha1 of the bencoded info dictionary."""
-    return hashlib.sha1(bencode.encode(_info_dict(metainfo))).hexdigest()
+    """The hex v1 infohash: sha1 of the info dictionary's bytes exactly as received.
 
-
-def blob_size(metainfo: bytes) -> int:
-    """The blob length the metainfo describes."""
-    return int(_info_dict(metainfo)[b"length"])
+    Hashing the received bytes rather than a re-encoding is what libtorrent
+    does, so the two always agree. (``bencode.decode`` accepts only canonical
+    input, for which re-encoding would give the same bytes anyway.)
+    """
+    try:
+        start, end = bencode.dict_value_span(metainfo, b"info")
+    except bencode.BencodeError as exc:
+        raise MetainfoError(f"metainfo has no valid info dictionary: {exc}") from None
+    return hashlib.sha1(metainfo[start:end]).hexdigest()
 
 
 def check_metainfo(metainfo: bytes, digest: Digest) -> None:
-    """Raise MetainfoError unless ``metainfo`` is a single-file torrent named for ``digest``."""
+    """Raise MetainfoError unless ``metainfo`` is the torrent every origin makes for ``digest``.
+
+    That is: a single-file torrent named for the digest, with a non-negative
+    length, the piece length ``piece_length_for`` gives for that length (so
+    every origin derives the same infohash) and one SHA-1 per piece.
+    """
     info = _info_dict(metainfo)
     name = info.get(b"name")
     if name != digest.hex.encode():
         raise MetainfoError(f"metainfo names {name!r}, not the requested blob {digest}")
     length, piece_length = info.get(b"length"), info.get(b"piece length")
-    pieces = info.get(b"pieces", b"")
-    if not isinstance(length, int) or not isinstance(piece_length, int) or piece_length <= 0:
+    if not isinstance(length, int) or not isinstance(piece_length, int):
         raise MetainfoError(f"metainfo for {digest} lacks a length or piece length")
+    if length < 0:
+        raise MetainfoError(f"metainfo for {digest} has a negative length {length}")
+    if piece_length != piece_length_for(length):
+        raise MetainfoError(
+            f"metainfo for {digest} has piece length {piece_length}, not the "
+            f"{piece_length_for(length)} every Krill origin uses for {length} bytes"
+        )
+    pieces = info.get(b"pieces", b"")
     expected_pieces = (length + piece_length - 1) // piece_length
     if not isinstance(pieces, bytes) or len(pieces) != 20 * expected_pieces:
         raise MetainfoError(f"metainfo for {digest} has the wrong number of piece hashes")
@@ -128,23 +145,16 @@ async def fetch_metainfo(
     url = base_url.rstrip("/") + METAINFO_PATH + str(digest)
     try:
         async with session.get(url) as response:
-            body = await _read_bounded(response, MAX_METAINFO_BYTES + 1)
+            body = await read_limited(
+                response.content, MAX_METAINFO_BYTES, f"GET {url} answer",
+                declared=response.content_length,
+            )
             if response.status != 200:
                 detail = body[:200].decode(errors="replace")
                 raise MetainfoError(f"GET {url} answered {response.status}: {detail}")
+    except BodyTooLarge as exc:
+        raise MetainfoError(str(exc)) from None
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise MetainfoError(f"GET {url} failed: {exc!r}") from exc
-    if len(body) > MAX_METAINFO_BYTES:
-        raise MetainfoError(f"GET {url} returned more than {MAX_METAINFO_BYTES} bytes")
     check_metainfo(body, digest)
     return body
-
-
-async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body, or its first ``limit`` bytes if it is longer (the caller refuses it)."""
-    body = bytearray()
-    async for chunk in response.content.iter_chunked(64 * 1024):
-        body += chunk
-        if len(body) >= limit:
-            break
-    return bytes(body[:limit])

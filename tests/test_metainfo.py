@@ -14,6 +14,7 @@ from krill import bencode
 from krill.blobstore import BlobStore
 from krill.digests import Digest
 from krill.metainfo import (
+    MAX_METAINFO_BYTES,
     MAX_PIECE_LENGTH,
     MIN_PIECE_LENGTH,
     MetainfoError,
@@ -101,6 +102,47 @@ def test_metainfo_for_another_digest_is_refused(blob: tuple[BlobStore, Digest]) 
         check_metainfo(b"<html>", digest)
 
 
+def _torrent(digest: Digest, length: int, piece_length: int, pieces: bytes = b"") -> bytes:
+    info = {"length": length, "name": digest.hex, "piece length": piece_length, "pieces": pieces}
+    return bencode.encode({"info": info})
+
+
+@pytest.mark.parametrize(
+    ("length", "piece_length", "pieces", "reason"),
+    [
+        (-5, MIN_PIECE_LENGTH, b"", "negative length"),
+        (1000, 16 * 1024, bytes(20), "piece length 16384, not the 65536"),
+        (1000, 2 * MIN_PIECE_LENGTH, bytes(20), "piece length"),
+        (1000, MIN_PIECE_LENGTH, bytes(40), "wrong number of piece hashes"),
+        (1000, 0, b"", "piece length 0"),
+    ],
+    ids=["negative-length", "small-pieces", "big-pieces", "extra-hashes", "zero-pieces"],
+)
+def test_metainfo_that_no_origin_would_make_is_refused(
+    length: int, piece_length: int, pieces: bytes, reason: str
+) -> None:
+    digest = Digest.of_bytes(b"x")
+    with pytest.raises(MetainfoError, match=reason):
+        check_metainfo(_torrent(digest, length, piece_length, pieces), digest)
+
+
+def test_an_empty_blob_has_a_valid_metainfo() -> None:
+    digest = Digest.of_bytes(b"")
+    check_metainfo(_torrent(digest, 0, MIN_PIECE_LENGTH), digest)
+
+
+def test_info_hash_is_of_the_info_bytes_as_received(tmp_path: Path) -> None:
+    """A torrent with more top-level keys (announce, creation date): libtorrent's infohash."""
+    (tmp_path / "blob").write_bytes(b"z" * 100_000)
+    creator = lt.create_torrent(lt.list_files(str(tmp_path / "blob")), MIN_PIECE_LENGTH)
+    creator.add_tracker("http://127.0.0.1:1/announce")
+    lt.set_piece_hashes(creator, str(tmp_path))
+    torrent = lt.bencode(creator.generate())
+    assert info_hash(torrent) == str(lt.torrent_info(torrent).info_hashes().v1)
+    with pytest.raises(MetainfoError, match="no valid info"):
+        info_hash(bencode.encode({"announce": "x"}))
+
+
 async def test_fetch_metainfo_checks_the_answer(
     blob: tuple[BlobStore, Digest], aiohttp_client: object
 ) -> None:
@@ -119,3 +161,20 @@ async def test_fetch_metainfo_checks_the_answer(
     assert await fetch_metainfo(client.session, base, digest) == metainfo
     with pytest.raises(MetainfoError, match="404"):
         await fetch_metainfo(client.session, base, Digest.of_bytes(b"missing"))
+
+
+async def test_fetch_metainfo_refuses_an_oversized_answer(aiohttp_client: object) -> None:
+    digest = Digest.of_bytes(b"huge")
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()  # chunked: no Content-Length to refuse up front
+        await response.prepare(request)
+        for _ in range(MAX_METAINFO_BYTES // 65536 + 2):
+            await response.write(b"x" * 65536)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/krill/v1/metainfo/{digest}", serve)
+    client = await aiohttp_client(app)  # type: ignore[operator]
+    with pytest.raises(MetainfoError, match="exceeds"):
+        await fetch_metainfo(client.session, str(client.make_url("")), digest)
