@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import struct
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote_from_bytes
 
@@ -17,7 +20,11 @@ from krill import bencode
 from krill.blobstore import BlobStore
 from krill.metainfo import fetch_metainfo, make_metainfo
 from tests.components import free_port
-from tests.swarm_helpers import running_origin, running_tracker
+from tests.swarm_helpers import running_origin, running_tracker, serving
+from tracker.announce import parse_announce
+from tracker.config import TrackerConfig
+from tracker.peerstore import PeerEntry, PeerStore
+from tracker.server import STORE_KEY, create_app
 
 INFO_HASH = bytes(range(20))
 
@@ -37,7 +44,7 @@ async def announce(
         parts.append(f"info_hash={quote_from_bytes(info_hash)}")
     if port is not None:
         parts.append(f"port={port}")
-    parts += [f"{k}={v}" for k, v in query.items()]
+    parts += [f"{k}={v}" for k, v in query.items() if v is not None]
     url = yarl.URL(f"{base}/announce?{'&'.join(parts)}", encoded=True)
     async with session.get(url) as response:
         assert response.status == 200, await response.text()
@@ -87,6 +94,19 @@ async def test_seeders_and_origins_come_first(http: aiohttp.ClientSession) -> No
         assert answer[b"complete"] == 2
 
 
+async def test_a_seeder_asking_gets_no_seeders(http: aiohttp.ClientSession) -> None:
+    """It needs nothing from them; downloaders are who it should meet."""
+    async with running_tracker() as base:
+        for port in (7100, 7101, 7102):
+            await announce(http, base, port=port, pid=peer_id(port), event="started")
+        await announce(http, base, port=7200, pid=peer_id(7200), event="completed", left=0)
+        await announce(http, base, port=7300, pid=peer_id(7300, b"-KO0100-"), left=0)
+        seeder = await announce(http, base, port=7500, pid=peer_id(7500), left=0)
+        assert sorted(ports_of(seeder)) == [7100, 7101, 7102]
+        downloader = await announce(http, base, port=7600, pid=peer_id(7600))
+        assert {7200, 7300, 7500} <= set(ports_of(downloader))
+
+
 async def test_stopped_peers_leave_and_completed_become_seeders(
     http: aiohttp.ClientSession,
 ) -> None:
@@ -130,6 +150,12 @@ async def test_peers_expire_after_the_ttl(http: aiohttp.ClientSession) -> None:
         ({"numwant": 10**30}, b"numwant must be an integer"),
         ({"numwant": -1}, b"numwant must not be negative"),
         ({"left": "lots"}, b"left must be an integer"),
+        ({"left": None}, b"missing left"),
+        # Latin-1 digits other than 0-9: "\xb2" is "²", which str.isdigit() accepts.
+        ({"port": "%B2"}, b"port must be an integer"),
+        ({"left": "%B9"}, b"left must be an integer"),
+        ({"numwant": "%B3"}, b"numwant must be an integer"),
+        ({"port": "%D9%A3"}, b"port must be an integer"),  # Arabic-Indic digit three
         ({"event": "exploded"}, b"unknown event"),
         ({"pid": b"short"}, b"peer_id must be 20 bytes"),
     ],
@@ -166,6 +192,54 @@ async def test_metainfo_is_fetched_from_an_origin_and_cached(
         assert await fetch_metainfo(http, tracker_url, digest) == direct
         async with http.get(f"{tracker_url}/krill/v1/metainfo/{digest}") as answer:
             assert answer.headers["Content-Type"] == "application/x-bittorrent"
+
+
+@contextlib.asynccontextmanager
+async def tracker_and_store(**settings: object) -> AsyncIterator[tuple[str, PeerStore]]:
+    """A tracker on loopback and its peer store, for entries no loopback client can make."""
+    config = TrackerConfig(listen="127.0.0.1:0", **settings)  # type: ignore[arg-type]
+    app = create_app(config)
+    async with serving(app) as base:
+        yield base, app[STORE_KEY]
+
+
+def entry(ip: str, port: int, seeder: bool = False) -> PeerEntry:
+    return PeerEntry(ip, port, seeder, False, time.time() + 60)
+
+
+async def test_ipv6_peers_are_handed_out_in_peers6(http: aiohttp.ClientSession) -> None:
+    async with tracker_and_store() as (base, store):
+        await store.upsert(INFO_HASH, entry("2001:db8::7", 7001), 60)
+        await store.upsert(INFO_HASH, entry("127.0.0.1", 7002), 60)
+        answer = await announce(http, base, port=7003)
+        assert ports_of(answer) == [7002]
+        assert answer[b"peers6"] == socket.inet_pton(socket.AF_INET6, "2001:db8::7") + struct.pack(
+            "!H", 7001
+        )
+        listed = await announce(http, base, port=7003, compact=0)
+        assert sorted(p[b"ip"] for p in listed[b"peers"]) == [b"127.0.0.1", b"2001:db8::7"]
+
+
+def test_a_scoped_ipv6_address_is_stored_without_its_zone() -> None:
+    params = {"info_hash": INFO_HASH, "peer_id": peer_id(1), "port": b"6881", "left": b"0"}
+    parsed = parse_announce(params, "fe80::1%eth0", default_numwant=50, max_numwant=200)
+    assert parsed.ip == "fe80::1"
+    mapped = parse_announce(params, "::ffff:10.1.2.3", default_numwant=50, max_numwant=200)
+    assert mapped.ip == "10.1.2.3"
+
+
+async def test_an_unpackable_stored_peer_is_skipped_not_a_500(
+    http: aiohttp.ClientSession,
+) -> None:
+    """An entry another tracker (or an older version) stored must not break the swarm."""
+    async with tracker_and_store() as (base, store):
+        await store.upsert(INFO_HASH, entry("fe80::1%eth0", 7001, seeder=True), 60)
+        await store.upsert(INFO_HASH, entry("not an address", 7002), 60)
+        await store.upsert(INFO_HASH, entry("127.0.0.1", 7003), 60)
+        answer = await announce(http, base, port=7004)
+        assert ports_of(answer) == [7003]
+        zone_dropped = socket.inet_pton(socket.AF_INET6, "fe80::1") + struct.pack("!H", 7001)
+        assert answer[b"peers6"] == zone_dropped
 
 
 async def test_health_and_metrics(http: aiohttp.ClientSession) -> None:

@@ -13,13 +13,15 @@ Origins announce with a peer id starting ``-KO`` (Krill Origin; see
 from __future__ import annotations
 
 import ipaddress
+import logging
 import random
-import socket
 import struct
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from tracker.peerstore import PeerEntry
+
+log = logging.getLogger(__name__)
 
 ORIGIN_PEER_ID_PREFIX = b"-KO"
 EVENTS = ("started", "completed", "stopped", "paused", "")
@@ -74,7 +76,7 @@ def parse_announce(
     port = _integer(params, "port", None)
     if not 1 <= port <= 65535:
         raise AnnounceError(f"port must be 1-65535, got {port}")
-    left = _integer(params, "left", 0)
+    left = _integer(params, "left", None)  # BEP 3 requires it; guessing would make a seeder
     if left < 0:
         raise AnnounceError(f"left must not be negative, got {left}")
     event = params.get("event", b"").decode("latin-1")
@@ -110,15 +112,26 @@ def _integer(params: dict[str, bytes], name: str, default: int | None) -> int:
             raise AnnounceError(f"missing {name}")
         return default
     text = raw.decode("latin-1")
+    digits = text[1:] if text.startswith("-") else text
+    # ASCII only: after latin-1 decoding "\xb2" is "²", which isdigit() accepts and int() refuses.
     # Bound the length so a gigantic number cannot cost anything to parse.
-    if not (text.isdigit() or (text.startswith("-") and text[1:].isdigit())) or len(text) > 20:
+    if not (digits.isascii() and digits.isdigit()) or len(text) > 20:
         raise AnnounceError(f"{name} must be an integer, got {text[:40]!r}")
     return int(text)
 
 
 def _normalise_ip(ip: str) -> str:
-    """IPv4-mapped IPv6 (::ffff:a.b.c.d) is stored as plain IPv4 so compact lists include it."""
-    address = ipaddress.ip_address(ip)
+    """The peer's address as it is stored and handed out: one an other peer can pack and dial.
+
+    IPv4-mapped IPv6 (::ffff:a.b.c.d) becomes plain IPv4 so compact lists
+    include it. An IPv6 zone (``fe80::1%eth0``) is dropped: it names an
+    interface on the *tracker's* host, means nothing to other peers, and a
+    compact list (BEP 7) has no room for it.
+    """
+    try:
+        address = ipaddress.ip_address(ip.partition("%")[0])
+    except ValueError:
+        raise AnnounceError(f"cannot use the connection's address {ip[:60]!r}") from None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
     return str(address)
@@ -150,10 +163,13 @@ def compact_peers(peers: list[PeerEntry]) -> tuple[bytes, bytes]:
     """BEP 23 (IPv4, 6 bytes each) and BEP 7 (IPv6, 18 bytes each) compact lists."""
     v4, v6 = [], []
     for peer in peers:
-        address = ipaddress.ip_address(peer.ip)
-        packed_port = struct.pack("!H", peer.port)
-        if address.version == 4:
-            v4.append(socket.inet_pton(socket.AF_INET, peer.ip) + packed_port)
-        else:
-            v6.append(socket.inet_pton(socket.AF_INET6, peer.ip) + packed_port)
+        try:
+            address = ipaddress.ip_address(peer.ip)
+            packed = address.packed + struct.pack("!H", peer.port)
+        except (ValueError, struct.error):
+            # Stored by an older tracker or something else sharing the Redis database: one bad
+            # entry must not fail the answer for everyone in the swarm.
+            log.warning("tracker.unpackable_peer ip=%r port=%r", peer.ip, peer.port)
+            continue
+        (v4 if address.version == 4 else v6).append(packed)
     return b"".join(v4), b"".join(v6)
