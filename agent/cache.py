@@ -76,6 +76,7 @@ class NodeCache:
         self._pins: dict[Digest, int] = {}
         self._verify_locks: dict[Digest, asyncio.Lock] = {}
         self._dirty = False
+        self._save_lock = asyncio.Lock()
 
     # ---- start-up -------------------------------------------------------
 
@@ -300,10 +301,11 @@ class NodeCache:
 
     async def save_async(self) -> None:
         """``save`` with the disk write in a worker thread (the document is built here)."""
-        if self._dirty:
-            text = self._index_document()
-            self._dirty = False
-            await asyncio.to_thread(write_atomically, self._index_path, text)
+        async with self._save_lock:  # one write at a time, so the newest lands last
+            if self._dirty:
+                text = self._index_document()
+                self._dirty = False
+                await asyncio.to_thread(write_atomically, self._index_path, text)
 
     def _index_document(self) -> str:
         return json.dumps(

@@ -28,6 +28,7 @@ import json
 import logging
 import shutil
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -98,6 +99,7 @@ class DeltaRebuilder:
         *,
         lookup_timeout: float,
         fetch_timeout: float = 60.0,
+        executor: Executor | None = None,
     ) -> None:
         self._session = session
         self._origin = origin_url.rstrip("/")
@@ -107,6 +109,9 @@ class DeltaRebuilder:
         self._lookup_timeout = lookup_timeout
         self._fetch_timeout = fetch_timeout
         self._delta_blobs: set[Digest] = set()
+        # Rebuilds (seconds of CPU each) get their own threads, so they cannot take
+        # the default pool serving reads with.
+        self._executor = executor
 
     async def rebuild(self, digest: Digest, repository: str | None, ensure: EnsureBlob) -> bool:
         """True when ``digest`` is now cached, rebuilt from a delta; False: fetch it whole."""
@@ -236,11 +241,12 @@ class DeltaRebuilder:
     async def _run_rebuild(self, offer: DeltaOffer, work: Path) -> RebuildResult:
         base, delta = self._cache.path(offer.base), self._cache.path(offer.delta)
         try:
-            result = await asyncio.to_thread(rebuild_layer, base, delta, work)
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._executor, rebuild_layer, base, delta, work)
         except Exception as exc:  # DeltaFormatError, RecipeError, zlib.error from a rotten base...
             # Maybe the delta is bad, maybe our base rotted on disk: hash the base again
             # (a damaged one is dropped from the cache, so it is not offered next time).
-            if not await self._cache.recheck(offer.base):
+            if not await self._cache.recheck(offer.base, self._executor):
                 raise DeltaFailure("base_damaged", f"the cached base was damaged: {exc}") from None
             reason = "recipe" if isinstance(exc, RecipeError) else "bad_delta"
             raise DeltaFailure(reason, str(exc)) from None

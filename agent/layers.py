@@ -13,13 +13,14 @@ agent that restarts still knows which of its cached blobs are old layers.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.atomic_files import write_atomically
 from krill import oci
 from krill.digests import Digest, DigestError
 
@@ -54,25 +55,29 @@ class LayerIndex:
         self._path = path
         self._images: dict[str, list[ImageLayers]] = {}
         self._layers: dict[Digest, LayerRef] = {}
+        self._save_lock = asyncio.Lock()
 
-    def learn(self, repository: str, manifest_digest: Digest, body: bytes, media_type: str) -> None:
-        """Record an image manifest's layers (an index or anything unparsable is ignored)."""
+    def learn(self, repository: str, manifest_digest: Digest, body: bytes, media_type: str) -> bool:
+        """Record an image manifest's layers; True when that changed the index (save it then).
+
+        An index or anything unparsable is ignored.
+        """
         try:
             parsed = oci.parse_manifest(body, media_type)
         except oci.ManifestError:
-            return
+            return False
         if parsed.is_index or parsed.config is None:
-            return
+            return False
         image = ImageLayers(
             manifest_digest, parsed.config.digest, tuple(d.digest for d in parsed.layers)
         )
         known = self._images.setdefault(repository, [])
         if known and known[0].manifest == manifest_digest:
-            return
+            return False
         known[:] = [image] + [i for i in known if i.manifest != manifest_digest]
         del known[MAX_IMAGES_PER_REPOSITORY:]
         self._index_image(repository, image)
-        self.save()
+        return True
 
     def layer(self, digest: Digest) -> LayerRef | None:
         """Where ``digest`` sits if it is a layer of an image this agent served, else None."""
@@ -133,22 +138,31 @@ class LayerIndex:
             self._layers.clear()
 
     def save(self) -> None:
+        """Write the index durably (blocking)."""
+        if self._path is not None:
+            write_atomically(self._path, self._document())
+
+    async def save_async(self) -> None:
+        """``save`` with the disk write (and its fsync) in a worker thread."""
         if self._path is None:
             return
-        doc = {
-            "version": INDEX_VERSION,
-            "repositories": {
-                repo: [
-                    {
-                        "manifest": str(i.manifest),
-                        "config": str(i.config),
-                        "layers": [str(d) for d in i.layers],
-                    }
-                    for i in images
-                ]
-                for repo, images in self._images.items()
-            },
-        }
-        tmp = self._path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, self._path)
+        async with self._save_lock:  # one write at a time, so the newest lands last
+            await asyncio.to_thread(write_atomically, self._path, self._document())
+
+    def _document(self) -> str:
+        return json.dumps(
+            {
+                "version": INDEX_VERSION,
+                "repositories": {
+                    repo: [
+                        {
+                            "manifest": str(i.manifest),
+                            "config": str(i.config),
+                            "layers": [str(d) for d in i.layers],
+                        }
+                        for i in images
+                    ]
+                    for repo, images in self._images.items()
+                },
+            }
+        )

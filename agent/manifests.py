@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -62,7 +62,7 @@ class ManifestCache:
         *,
         tag_ttl: float,
         timeout: float,
-        on_manifest: Callable[[str, Manifest], None] | None = None,
+        on_manifest: Callable[[str, Manifest], Awaitable[None]] | None = None,
     ) -> None:
         self._session = session
         self._on_manifest = on_manifest
@@ -76,7 +76,7 @@ class ManifestCache:
         """The manifest; every one handed out is reported to ``on_manifest`` (layer index)."""
         manifest = await self._get(repository, reference, accept)
         if self._on_manifest is not None:
-            self._on_manifest(repository, manifest)
+            await self._on_manifest(repository, manifest)
         return manifest
 
     async def _get(self, repository: str, reference: str, accept: str | None) -> Manifest:
@@ -110,6 +110,7 @@ class ManifestCache:
         return Manifest(self._store.read_bytes(digest), media_type, digest)
 
     def _save(self, manifest: Manifest) -> None:
+        """Store the body and its media type durably (blocking)."""
         sidecar = self._store.sidecar_path(manifest.digest, "mediatype")
         sidecar.parent.mkdir(parents=True, exist_ok=True)
         sidecar.write_text(manifest.media_type)
@@ -155,7 +156,7 @@ class ManifestCache:
                 status=502,
             )
         manifest = Manifest(body, content_type.split(";")[0].strip() or _body_type(body), digest)
-        self._save(manifest)
+        await asyncio.to_thread(self._save, manifest)  # fsyncs: not on the event loop
         return manifest
 
 

@@ -109,6 +109,8 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
             on_event=metrics.event,
         )
         if config.deltas:
+            rebuilds = ThreadPoolExecutor(max_workers=2, thread_name_prefix="delta-rebuild")
+            stack.callback(rebuilds.shutdown, wait=False, cancel_futures=True)
             fetcher.deltas = DeltaRebuilder(
                 session,
                 config.origin,
@@ -117,10 +119,12 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
                 metrics,
                 lookup_timeout=config.delta_lookup_timeout,
                 fetch_timeout=config.stall_timeout,
+                executor=rebuilds,
             )
 
-        def learn_layers(repository: str, manifest: Manifest) -> None:
-            layers.learn(repository, manifest.digest, manifest.body, manifest.media_type)
+        async def learn_layers(repository: str, manifest: Manifest) -> None:
+            if layers.learn(repository, manifest.digest, manifest.body, manifest.media_type):
+                await layers.save_async()
 
         manifests = ManifestCache(
             session,

@@ -63,6 +63,7 @@ def test_layer_index_knows_positions_and_offers_cached_bases_newest_first(tmp_pa
     index = LayerIndex(tmp_path / "layers.json")
     for image in (v1, v2, v3):
         _learn(index, image)
+    index.save()
     target = _layers(v3)[1]
     ref = index.layer(target)
     assert ref is not None and ref.position == 1 and ref.repository == REPO
