@@ -10,8 +10,11 @@ that to an origin repository (``agent.namespaces``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from agent.atomic_files import write_atomically
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_SERVER = "https://registry-1.docker.io"
@@ -23,15 +26,23 @@ class RegistrySpec:
     server: str  # the upstream URL containerd falls back to
 
 
+# hostname[:port] or [IPv6]:port: the host is a directory name under --dir, so
+# nothing that could climb out of it ("..", "/") or break the TOML gets through.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = re.compile(rf"^(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?$")
+_URL = re.compile(r"^https?://[^\s\"\\]+$")
+
+
 def parse_registry_spec(text: str) -> RegistrySpec:
     """``HOST`` or ``HOST=URL`` (the URL when the upstream is not ``https://HOST``)."""
     host, sep, server = text.partition("=")
     host = host.strip()
-    if not host or "/" in host or " " in host:
-        raise ValueError(f"bad registry {text!r}; expected HOST[:PORT] or HOST=URL")
+    if not _HOST.match(host):
+        raise ValueError(f"bad registry {text!r}; expected HOST[:PORT] or HOST[:PORT]=URL")
     if not sep:
         server = DOCKER_HUB_SERVER if host == DOCKER_HUB else f"https://{host}"
-    if not server.startswith(("http://", "https://")):
+    server = server.strip()
+    if not _URL.match(server):
         raise ValueError(f"bad upstream URL {server!r} for {host}; expected http(s)://...")
     return RegistrySpec(host, server.rstrip("/"))
 
@@ -54,8 +65,6 @@ def write_hosts_files(specs: list[RegistrySpec], agent: str, directory: Path) ->
     for spec in specs:
         path = directory / spec.host / "hosts.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(hosts_toml(spec, agent))
-        tmp.replace(path)
+        write_atomically(path, hosts_toml(spec, agent))
         written.append(path)
     return written

@@ -121,14 +121,24 @@ def test_containerd_config_writes_hosts_toml(tmp_path: Path) -> None:
     assert local["server"] == "http://registry.local:5000"
     ghcr = tomllib.loads((hosts / "ghcr.io" / "hosts.toml").read_text())
     assert ghcr["server"] == "https://ghcr.io"
-    bad = subprocess.run(
-        krill_command(
-            "agent", "containerd-config", "--agent", "x:1", "--dir", str(hosts), "--registry", "a/b"
-        ),
-        capture_output=True,
-        text=True,
-    )
-    assert bad.returncode != 0 and "bad registry" in bad.stderr
+    for registry in ("a/b", "..", 'x=http://a"b'):  # ".." would write outside --dir
+        bad = subprocess.run(
+            krill_command(
+                "agent",
+                "containerd-config",
+                "--agent",
+                "x:1",
+                "--dir",
+                str(hosts),
+                "--registry",
+                registry,
+            ),
+            capture_output=True,
+            text=True,
+        )
+        assert bad.returncode != 0 and "bad " in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "hosts.toml").exists()
 
 
 def manifests_only_origin(origin: str) -> web.Application:
