@@ -50,6 +50,8 @@ class OriginConfig:
     max_manifest_size: int = MAX_MANIFEST_BYTES
     # Upload sessions idle this long are discarded (their temp file removed).
     upload_idle_timeout: float = 3600.0
+    # Upload sessions open at once; more POSTs are answered 429 TOOMANYREQUESTS.
+    max_upload_sessions: int = 1000
     # Swarm seeding: the tracker's announce URL turns it on.
     tracker: str | None = None
     peer_port: int = 0
@@ -70,6 +72,8 @@ class OriginConfig:
             raise ConfigError("max_manifest_size must be positive")
         if self.upstream_tag_timeout <= 0 or self.upstream_timeout <= 0:
             raise ConfigError("upstream_timeout and upstream_tag_timeout must be positive")
+        if self.max_upload_sessions < 1:
+            raise ConfigError("max_upload_sessions must be at least 1")
         if self.tag_ttl < 0:
             raise ConfigError("tag_ttl must be zero or more seconds")
         if self.delta_workers < 1 or self.delta_history < 1:

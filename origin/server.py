@@ -53,7 +53,7 @@ def create_app(config: OriginConfig) -> web.Application:
     app[REPOSITORIES] = Repositories(config.data / REPOSITORIES_DIR)
     app[TAG_HISTORY] = TagHistory(config.data / REPOSITORIES_DIR)
     app[TAG_MOVED] = []
-    app[UPLOADS] = UploadSessions(store)
+    app[UPLOADS] = UploadSessions(store, config.max_upload_sessions)
     app[METRICS] = OriginMetrics()
     app[PULL_THROUGH] = None
     if config.upstream:

@@ -26,23 +26,44 @@ from origin.uploads import UploadSession
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 1 << 20
+# Bytes gathered before one write (with its sha256) runs in a thread: large enough
+# that thread hops don't dominate, small enough to bound memory per upload.
+WRITE_BATCH = 4 << 20
 _CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
 
 
 async def receive_body(request: web.Request, writer: BlobWriter) -> int:
-    """Stream the request body into ``writer``; return the bytes received."""
+    """Stream the request body into ``writer``; return the bytes received.
+
+    Writing and hashing run in a thread, off the event loop: a batch at a
+    time while the client sends faster than we write, else as bytes arrive.
+    """
     received = 0
+    batch: list[bytes] = []
+    pending = 0
     try:
         async for chunk in request.content.iter_chunked(READ_CHUNK):
-            writer.write(chunk)
+            batch.append(chunk)
+            pending += len(chunk)
             received += len(chunk)
+            caught_up = request.content.total_bytes <= received  # nothing more buffered
+            if pending >= WRITE_BATCH or caught_up:
+                await asyncio.to_thread(_write_all, writer, batch)
+                batch, pending = [], 0
     except (aiohttp.ClientError, ConnectionError, asyncio.IncompleteReadError) as exc:
         raise RegistryError(
             "BLOB_UPLOAD_INVALID",
             f"the upload body ended early after {received} bytes ({exc.__class__.__name__}); "
             "restart the upload",
         ) from None
+    if batch:
+        await asyncio.to_thread(_write_all, writer, batch)
     return received
+
+
+def _write_all(writer: BlobWriter, batch: list[bytes]) -> None:
+    for chunk in batch:
+        writer.write(chunk)
 
 
 async def commit(writer: BlobWriter, digest: Digest) -> None:
@@ -153,16 +174,28 @@ async def receive_chunk(request: web.Request, session: UploadSession) -> None:
     """Append the body to the session; a broken chunk ends the session (no partial state)."""
     check_content_range(request, session)
     try:
-        await receive_body(request, session.writer)
+        await receive_body(request, session.open_writer())
     except RegistryError:
         request.app[UPLOADS].cancel(session)
         raise
+
+
+def check_still_current(request: web.Request, session: UploadSession) -> None:
+    """Called with the session's lock held: a request that waited for the lock may find
+    the session finished (another PUT) or cancelled (DELETE, expiry) meanwhile."""
+    if not request.app[UPLOADS].is_current(session):
+        raise RegistryError(
+            "BLOB_UPLOAD_UNKNOWN",
+            f"upload {session.id} ended (finished or cancelled) while this request waited; "
+            "start the upload again if the blob is still needed",
+        )
 
 
 async def patch_upload(request: web.Request) -> web.Response:
     repo = repo_name(request)
     session = find_session(request, repo)
     async with session.lock:
+        check_still_current(request, session)
         await receive_chunk(request, session)
     return web.Response(status=202, headers=session_headers(session))
 
@@ -173,10 +206,11 @@ async def finish_upload(request: web.Request) -> web.Response:
     digest = parse_digest(request.query.get("digest"))
     app = request.app
     async with session.lock:
+        check_still_current(request, session)
         await receive_chunk(request, session)
         app[UPLOADS].finish(session)
-        await commit(session.writer, digest)
-    app[REPOSITORIES].link_blob(repo, digest)
+        await commit(session.open_writer(), digest)
+    await asyncio.to_thread(app[REPOSITORIES].link_blob, repo, digest)
     log.info("blob.pushed repo=%s digest=%s", repo, digest)
     return blob_created(repo, digest)
 
@@ -187,8 +221,11 @@ async def upload_status(request: web.Request) -> web.Response:
 
 
 async def cancel_upload(request: web.Request) -> web.Response:
+    """DELETE waits for a PATCH or PUT in progress, so it never closes a file mid-write."""
     session = find_session(request, repo_name(request))
-    request.app[UPLOADS].cancel(session)
+    async with session.lock:
+        check_still_current(request, session)
+        request.app[UPLOADS].cancel(session)
     return web.Response(status=204, headers=API_HEADERS)
 
 

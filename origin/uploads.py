@@ -4,6 +4,10 @@ A session streams into a ``BlobWriter`` (hashed as it arrives) and is
 published only by the final PUT with a matching digest. Sessions are not
 persisted: after a restart the UUID is unknown (``BLOB_UPLOAD_UNKNOWN``), the
 client restarts its push, and the store's start-up removed the temp file.
+
+The temp file (a file descriptor) is opened only when the first bytes
+arrive, and at most ``max_sessions`` sessions exist at once (more get
+``TOOMANYREQUESTS``), so a flood of POSTs cannot exhaust descriptors.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from krill.blobstore import BlobStore, BlobWriter
+from krill.registry_errors import RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +28,25 @@ log = logging.getLogger(__name__)
 class UploadSession:
     id: str
     repo: str
-    writer: BlobWriter
+    store: BlobStore
+    writer: BlobWriter | None = None  # opened with the first bytes
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     touched: float = field(default_factory=time.monotonic)
 
     @property
     def offset(self) -> int:
         """Bytes received so far; the next chunk must start here."""
-        return self.writer.size
+        return self.writer.size if self.writer is not None else 0
+
+    def open_writer(self) -> BlobWriter:
+        """The session's writer, opening its temp file on first use."""
+        if self.writer is None:
+            self.writer = self.store.writer()
+        return self.writer
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
 
     def range_header(self) -> str:
         """The spec's ``Range`` value: inclusive end of what was received (``0-0`` if none)."""
@@ -38,12 +54,20 @@ class UploadSession:
 
 
 class UploadSessions:
-    def __init__(self, store: BlobStore) -> None:
+    def __init__(self, store: BlobStore, max_sessions: int = 1000) -> None:
         self._store = store
+        self._max_sessions = max_sessions
         self._sessions: dict[str, UploadSession] = {}
 
     def start(self, repo: str) -> UploadSession:
-        session = UploadSession(str(uuid.uuid4()), repo, self._store.writer())
+        if len(self._sessions) >= self._max_sessions:
+            raise RegistryError(
+                "TOOMANYREQUESTS",
+                f"{len(self._sessions)} uploads are in progress, the most this origin allows; "
+                "retry later (or raise max_upload_sessions)",
+                headers={"Retry-After": "10"},
+            )
+        session = UploadSession(str(uuid.uuid4()), repo, self._store)
         self._sessions[session.id] = session
         log.debug("upload.started repo=%s id=%s", repo, session.id)
         return session
@@ -60,9 +84,13 @@ class UploadSessions:
         """Forget a session (its writer committed or must be aborted by the caller)."""
         self._sessions.pop(session.id, None)
 
+    def is_current(self, session: UploadSession) -> bool:
+        """Whether ``session`` is still in progress (not finished, cancelled or expired)."""
+        return self._sessions.get(session.id) is session
+
     def cancel(self, session: UploadSession) -> None:
         self.finish(session)
-        session.writer.abort()
+        session.abort()
 
     def expire(self, idle_seconds: float) -> int:
         """Abort sessions idle longer than ``idle_seconds`` (not those mid-request)."""
