@@ -28,11 +28,18 @@ class TrackerConfig:
     max_numwant: int = 200
     # Metainfo documents kept in memory (each is ~20 bytes per piece, at most ~40 KB).
     metainfo_cache_entries: int = 4096
+    # Seconds one origin gets to answer a metainfo request before the next is asked. Short:
+    # agents give up on the swarm after a few seconds, so a hung origin must not hold them.
+    metainfo_timeout: float = 5.0
     log_level: str = "info"
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen)
-        for name in ("interval", "min_interval", "peer_ttl", "default_numwant", "max_numwant"):
+        positive = (
+            "interval", "min_interval", "peer_ttl", "default_numwant", "max_numwant",
+            "metainfo_cache_entries", "metainfo_timeout",
+        )
+        for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.peer_ttl < self.interval:

@@ -3,6 +3,14 @@
 Agents ask the tracker rather than the origin for metainfo so a herd of
 nodes starting the same pull costs the origin one metainfo request, not one
 per node. Concurrent misses for one digest share a single fetch.
+
+Origins are asked one at a time, each for at most ``origin_timeout``
+seconds (agents give up on the swarm after a few seconds, so an origin that
+accepts connections but never answers must not hold them for minutes), and
+the origin that answered last is asked first: once one origin is known to
+hang, later misses do not wait for it again. Any failure of one origin --
+an error status, a hang, a malformed or hostile body -- is logged and the
+next origin is asked; only when all have failed is the request refused.
 """
 
 from __future__ import annotations
@@ -24,15 +32,19 @@ class MetainfoUnavailable(Exception):
 
 
 class MetainfoCache:
-    def __init__(self, origins: list[str], max_entries: int) -> None:
+    def __init__(self, origins: list[str], max_entries: int, origin_timeout: float = 5.0) -> None:
+        if max_entries <= 0:
+            raise ValueError(f"max_entries must be positive, got {max_entries}")
         self._origins = origins
         self._max_entries = max_entries
+        self._origin_timeout = origin_timeout
+        self._last_good: str | None = None
         self._entries: OrderedDict[Digest, bytes] = OrderedDict()
         self._inflight: dict[Digest, asyncio.Task[bytes]] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=120, connect=5)
+        timeout = aiohttp.ClientTimeout(total=self._origin_timeout)
         self._session = aiohttp.ClientSession(timeout=timeout)
 
     async def close(self) -> None:
@@ -62,19 +74,43 @@ class MetainfoCache:
             raise MetainfoUnavailable(
                 "this tracker has no --origin configured to fetch metainfo from"
             )
-        assert self._session is not None, "MetainfoCache.start() was not called"
         problems = []
-        for origin in self._origins:
+        for origin in self._origins_to_try():
             try:
-                body = await fetch_metainfo(self._session, origin, digest)
+                body = await self._fetch_from(origin, digest)
             except MetainfoError as exc:
+                log.info("tracker.metainfo_origin_failed digest=%s origin=%s reason=%r",
+                         digest, origin, str(exc))
                 problems.append(str(exc))
                 continue
+            except Exception as exc:  # a bug or hostile answer at one origin must not stop us
+                log.warning("tracker.metainfo_origin_error digest=%s origin=%s error=%r",
+                            digest, origin, exc, exc_info=True)
+                problems.append(f"{origin}: {exc!r}")
+                continue
+            self._last_good = origin
             self._remember(digest, body)
             log.info("tracker.metainfo_cached digest=%s origin=%s bytes=%d",
                      digest, origin, len(body))
             return body
         raise MetainfoUnavailable("; ".join(problems))
+
+    def _origins_to_try(self) -> list[str]:
+        """Configured order, except that the origin which answered last goes first."""
+        if self._last_good not in self._origins:
+            return list(self._origins)
+        return [self._last_good] + [o for o in self._origins if o != self._last_good]
+
+    async def _fetch_from(self, origin: str, digest: Digest) -> bytes:
+        assert self._session is not None, "MetainfoCache.start() was not called"
+        try:
+            # The session's total timeout covers the request; this also bounds the check.
+            async with asyncio.timeout(self._origin_timeout):
+                return await fetch_metainfo(self._session, origin, digest)
+        except TimeoutError:
+            raise MetainfoError(
+                f"{origin} did not answer within {self._origin_timeout:g}s"
+            ) from None
 
     def _remember(self, digest: Digest, body: bytes) -> None:
         self._entries[digest] = body

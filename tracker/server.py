@@ -66,7 +66,9 @@ def create_app(config: TrackerConfig) -> web.Application:
     app = web.Application()
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = TrackerMetrics()
-    app[METAINFO_KEY] = MetainfoCache(config.origin, config.metainfo_cache_entries)
+    app[METAINFO_KEY] = MetainfoCache(
+        config.origin, config.metainfo_cache_entries, config.metainfo_timeout
+    )
     app.cleanup_ctx.append(_peer_store_context)
     app.cleanup_ctx.append(_metainfo_context)
     app.router.add_get("/announce", handle_announce)
