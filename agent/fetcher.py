@@ -21,9 +21,8 @@ past the deadline without bytes to show for it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,12 +136,9 @@ class BlobFetcher:
         """The layer rebuilt from a cached base and a delta, or None to fetch it whole."""
         if self.deltas is None:
             return None
-        if not await self.deltas.rebuild(digest, repository, self._ensure_for_delta):
+        if not await self.deltas.rebuild(digest, repository, self.ensure):
             return None
         return await self.cached(digest)
-
-    async def _ensure_for_delta(self, digest: Digest, repository: str) -> int:
-        return await self.ensure(digest, repository)
 
     async def cached(self, digest: Digest) -> CachedBlob | None:
         if not await self.cache.ensure_verified(digest):
@@ -154,20 +150,21 @@ class BlobFetcher:
         return CachedBlob(digest, self.cache.path(digest), entry.size)
 
     async def ensure(self, digest: Digest, repository: str | None) -> int:
-        """Make the blob cached on this node (for preheat); returns its size."""
-        blob = await self.open(digest, repository)
+        """Make the blob cached on this node (for preheat and deltas); returns its size."""
+        return await self.complete(await self.open(digest, repository))
+
+    async def complete(self, blob: CachedBlob | InflightBlob) -> int:
+        """Wait until an opened blob is committed and indexed in the cache; returns its size.
+
+        Waits as long as the transfer makes progress (``stall_timeout`` between bytes).
+        """
         if isinstance(blob, InflightBlob):
-            with self.cache.pinned(digest):
+            with self.cache.pinned(blob.digest):
                 await wait_complete(blob, self.stall_timeout)
-                finisher = self._finishers.get(digest)
+                finisher = self._finishers.get(blob.digest)
                 if finisher is not None:
                     await asyncio.shield(finisher)  # indexed in the cache once this returns
         return blob.size
-
-    @contextlib.contextmanager
-    def pinned(self, digest: Digest) -> Iterator[None]:
-        with self.cache.pinned(digest):
-            yield
 
     async def _commit_source(self, digest: Digest, repository: str | None) -> InflightBlob:
         errors: list[str] = []

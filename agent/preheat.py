@@ -54,8 +54,11 @@ def parse_image_reference(text: str) -> ImageReference:
     return ImageReference(host, repository, reference)
 
 
-def _platform_matches(platform: dict[str, Any] | None, os_name: str, arch: str) -> bool:
-    return bool(platform) and platform.get("os") == os_name and platform.get("architecture") == arch
+def _platform_matches(platform: object, os_name: str, arch: str) -> bool:
+    """Whether an index entry is for this node; a malformed (non-object) platform is unknown."""
+    if not isinstance(platform, dict):
+        return False
+    return platform.get("os") == os_name and platform.get("architecture") == arch
 
 
 async def image_blobs(
@@ -121,8 +124,8 @@ async def preheat(
             async with semaphore:
                 blob = await node.fetcher.open(descriptor.digest, repository)
                 if isinstance(blob, InflightBlob):
-                    inflight[digest] = blob
-                await node.fetcher.ensure(descriptor.digest, repository)
+                    inflight[digest] = blob  # its progress is reported while it arrives
+                await node.fetcher.complete(blob)
         except Exception as exc:  # reported to the caller as an error event
             await queue.put({"event": "error", "message": f"{digest}: {exc}"})
             return

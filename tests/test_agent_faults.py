@@ -242,3 +242,24 @@ async def test_a_request_joining_a_fetch_for_another_repository_gets_the_blob(
         second_waiting.set()
         assert (await wrong)[0] == 404
         assert await right == (200, data)
+
+
+async def test_preheat_of_an_index_with_a_malformed_platform_is_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    image = build_image([random_files(41, count=1, size=1024)])
+    entry = image.manifest.descriptor(platform="linux/amd64")  # a string, not an object
+    index = json.dumps({"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": [entry]})
+
+    async def manifest(request: web.Request) -> web.Response:
+        return web.Response(body=index.encode(), content_type=oci.OCI_INDEX)
+
+    async with (
+        fake_origin({"/v2/{name:.+}/manifests/{ref}": manifest}) as origin,
+        in_process_agent(tmp_path / "agent", origin) as agent,
+        aiohttp.ClientSession() as session,
+    ):
+        async with session.post(f"{agent.api}/preheat", json={"image": f"{REPO}:1"}) as r:
+            assert r.status == 400
+            error = (await r.json())["errors"][0]
+    assert error["code"] in ("UNSUPPORTED", "MANIFEST_INVALID")
