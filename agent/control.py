@@ -10,7 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from agent.node import AgentNode
 from agent.preheat import PreheatError, preheat
-from agent.registry import NODE, parse_digest, serve_blob
+from agent.references import parse_digest
+from agent.registry import NODE, serve_blob
 from agent.sources import SourceUnavailable
 from krill import oci
 from krill.names import InvalidNameError, validate_name

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from agent.references import parse_reference
 from krill import oci
 from krill.blobstore import BlobStore
 from krill.bodies import BodyTooLarge, read_limited
-from krill.digests import Digest, DigestError, is_digest
-from krill.names import InvalidNameError, validate_tag
+from krill.digests import Digest
 from krill.registry_errors import RegistryError
 
 log = logging.getLogger(__name__)
@@ -36,19 +36,6 @@ class Manifest:
     body: bytes
     media_type: str
     digest: Digest
-
-
-def parse_reference(reference: str) -> Digest | str:
-    """A digest or a validated tag; RegistryError otherwise."""
-    if is_digest(reference):
-        try:
-            return Digest.parse(reference)
-        except DigestError as exc:
-            raise RegistryError("DIGEST_INVALID", str(exc), status=400) from None
-    try:
-        return validate_tag(reference)
-    except InvalidNameError as exc:
-        raise RegistryError("MANIFEST_INVALID", str(exc), status=400) from None
 
 
 class ManifestCache:

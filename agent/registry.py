@@ -14,9 +14,10 @@ import re
 from aiohttp import web
 
 from agent.node import AgentNode
+from agent.references import parse_digest
 from agent.serving import blob_response
 from agent.sources import BlobNotFound, SourceUnavailable
-from krill.digests import Digest, DigestError
+from krill.digests import Digest
 from krill.names import InvalidNameError
 from krill.registry_errors import RegistryError, error_middleware
 
@@ -86,13 +87,6 @@ async def _manifest(
     }
     # aiohttp leaves the body out of HEAD responses but keeps its Content-Length.
     return web.Response(status=200, body=manifest.body, headers=headers)
-
-
-def parse_digest(text: str) -> Digest:
-    try:
-        return Digest.parse(text)
-    except DigestError as exc:
-        raise RegistryError("DIGEST_INVALID", str(exc), status=400) from None
 
 
 async def _blob(
