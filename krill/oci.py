@@ -56,15 +56,33 @@ class Descriptor:
         except DigestError as exc:
             raise ManifestError(f"descriptor digest: {exc}") from None
         size = obj.get("size")
-        if not isinstance(size, int) or size < 0:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ManifestError(f"descriptor {digest} has no valid size")
+        platform = obj.get("platform")
+        if platform is not None and not isinstance(platform, dict):
+            raise ManifestError(
+                f"descriptor {digest}: 'platform' must be an object like "
+                '{"os": "linux", "architecture": "amd64"}'
+            )
         return cls(
             media_type=str(obj.get("mediaType", "")),
             digest=digest,
             size=size,
-            platform=obj.get("platform"),
-            annotations=obj.get("annotations"),
+            platform=platform,
+            annotations=_annotations(obj, f"descriptor {digest}"),
         )
+
+
+def _annotations(obj: dict[str, Any], what: str) -> dict[str, str] | None:
+    """The ``annotations`` map, which the image spec requires to map strings to strings."""
+    annotations = obj.get("annotations")
+    if annotations is None:
+        return None
+    if not isinstance(annotations, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
+    ):
+        raise ManifestError(f"{what}: 'annotations' must map strings to strings")
+    return annotations
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +94,8 @@ class ParsedManifest:
     layers: tuple[Descriptor, ...]
     manifests: tuple[Descriptor, ...]
     subject: Descriptor | None
+    artifact_type: str | None = None  # the manifest's artifactType, if it declares one
+    annotations: dict[str, str] | None = None
 
     @property
     def is_index(self) -> bool:
@@ -105,7 +125,13 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         if not isinstance(entries, list):
             raise ManifestError("an index needs a 'manifests' list")
         return ParsedManifest(
-            media_type, None, (), tuple(Descriptor.from_json(m) for m in entries), _subject(doc)
+            media_type,
+            None,
+            (),
+            tuple(Descriptor.from_json(m) for m in entries),
+            _subject(doc),
+            _artifact_type(doc),
+            _annotations(doc, "manifest"),
         )
     if "config" not in doc or not isinstance(doc.get("layers"), list):
         raise ManifestError("an image manifest needs 'config' and a 'layers' list")
@@ -115,7 +141,16 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         tuple(Descriptor.from_json(layer) for layer in doc["layers"]),
         (),
         _subject(doc),
+        _artifact_type(doc),
+        _annotations(doc, "manifest"),
     )
+
+
+def _artifact_type(doc: dict[str, Any]) -> str | None:
+    value = doc.get("artifactType")
+    if value is not None and not isinstance(value, str):
+        raise ManifestError("'artifactType' must be a media type string")
+    return value
 
 
 def _media_type(doc: dict[str, Any], content_type: str | None) -> str:

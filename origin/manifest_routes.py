@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from krill import oci
+from krill.bodies import BodyTooLarge, read_limited
 from krill.digests import Digest
 from krill.registry_errors import RegistryError
 from origin.appkeys import CONFIG, PULL_THROUGH, REPOSITORIES, STORE
@@ -87,24 +89,16 @@ async def get_manifest(request: web.Request) -> web.Response:
 
 async def read_manifest_body(request: web.Request, limit: int) -> bytes:
     """The request body, refused with 413 SIZE_INVALID once it passes ``limit``."""
-    too_big = RegistryError(
-        "SIZE_INVALID",
-        f"manifest is larger than the origin's limit of {limit} bytes",
-        status=413,
-    )
-    if request.content_length is not None and request.content_length > limit:
-        raise too_big
-    chunks: list[bytes] = []
-    size = 0
     try:
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise too_big
-            chunks.append(chunk)
+        return await read_limited(request.content, limit, "manifest", request.content_length)
+    except BodyTooLarge:
+        raise RegistryError(
+            "SIZE_INVALID",
+            f"manifest is larger than the origin's limit of {limit} bytes",
+            status=413,
+        ) from None
     except (aiohttp.ClientError, ConnectionError):
         raise RegistryError("MANIFEST_INVALID", "the manifest body ended early") from None
-    return b"".join(chunks)
 
 
 def missing_references(app: web.Application, repo: str, parsed: oci.ParsedManifest) -> list[str]:
@@ -142,8 +136,7 @@ async def put_manifest(request: web.Request) -> web.Response:
             f"push these to {repo} before the manifest: {', '.join(missing[:10])}",
             detail={"missing": missing},
         )
-    await asyncio.to_thread(app[STORE].put_bytes, body, digest)  # fsync off the event loop
-    app[REPOSITORIES].link_manifest(repo, digest, parsed.media_type)
+    await asyncio.to_thread(store_manifest, app, repo, digest, body, parsed)  # fsyncs
     log.info("manifest.pushed repo=%s reference=%s digest=%s", repo, reference, digest)
     if isinstance(reference, str):
         await move_tag(app, repo, reference, digest)
@@ -152,9 +145,38 @@ async def put_manifest(request: web.Request) -> web.Response:
         "Location": f"/v2/{repo}/manifests/{digest}",
         "Docker-Content-Digest": str(digest),
     }
-    if parsed.subject is not None:
+    if parsed.subject is not None:  # this origin implements the referrers API
         headers["OCI-Subject"] = str(parsed.subject.digest)
     return web.Response(status=201, headers=headers)
+
+
+def store_manifest(
+    app: web.Application, repo: str, digest: Digest, body: bytes, parsed: oci.ParsedManifest
+) -> None:
+    """Bytes, link, and (with a subject) the referrers entry; blocking, run in a thread."""
+    app[STORE].put_bytes(body, digest)
+    app[REPOSITORIES].link_manifest(repo, digest, parsed.media_type)
+    if parsed.subject is not None:
+        descriptor = referrer_descriptor(digest, len(body), parsed)
+        app[REPOSITORIES].link_referrer(repo, parsed.subject.digest, descriptor)
+
+
+def referrer_descriptor(digest: Digest, size: int, parsed: oci.ParsedManifest) -> dict[str, Any]:
+    """The descriptor the referrers API lists for a manifest (distribution spec v1.1).
+
+    ``artifactType`` is the manifest's own, else its config's media type.
+    """
+    descriptor: dict[str, Any] = {
+        "mediaType": parsed.media_type,
+        "digest": str(digest),
+        "size": size,
+    }
+    artifact_type = parsed.artifact_type or (parsed.config.media_type if parsed.config else None)
+    if artifact_type:
+        descriptor["artifactType"] = artifact_type
+    if parsed.annotations:
+        descriptor["annotations"] = parsed.annotations
+    return descriptor
 
 
 async def delete_manifest(request: web.Request) -> web.Response:
@@ -163,13 +185,13 @@ async def delete_manifest(request: web.Request) -> web.Response:
     reference = parse_reference(request.match_info["reference"])
     app = request.app
     if isinstance(reference, str):
-        if delete_tag(app, repo, reference) is None:
+        if await delete_tag(app, repo, reference) is None:
             raise manifest_unknown(repo, reference)
         return web.Response(status=202, headers=API_HEADERS)
     if not app[REPOSITORIES].unlink_manifest(repo, reference):
         raise manifest_unknown(repo, reference)
     for tag in app[REPOSITORIES].tags_pointing_to(repo, reference):
-        delete_tag(app, repo, tag)
+        await delete_tag(app, repo, tag)
     return web.Response(status=202, headers=API_HEADERS)
 
 

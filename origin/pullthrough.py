@@ -132,7 +132,9 @@ class PullThrough:
         except oci.ManifestError as exc:
             raise unavailable(f"upstream manifest {repo}:{reference} is invalid: {exc}") from None
         await asyncio.to_thread(self.app[STORE].put_bytes, fetched.body, digest)
-        self.app[REPOSITORIES].link_manifest(repo, digest, parsed.media_type)
+        await asyncio.to_thread(
+            self.app[REPOSITORIES].link_manifest, repo, digest, parsed.media_type
+        )
         log.info("upstream.manifest repo=%s reference=%s digest=%s", repo, reference, digest)
         if isinstance(reference, str):
             await move_tag(self.app, repo, reference, digest)

@@ -6,6 +6,12 @@ holds links to them, as a real registry does::
     repositories/<name>/_layers/<hex>      blob linked into the repository (empty file)
     repositories/<name>/_manifests/<hex>   manifest in the repository (holds its media type)
     repositories/<name>/_tags/<tag>        holds the manifest digest the tag points to
+    repositories/<name>/_referrers/<subject hex>/<hex>
+                                           a manifest whose ``subject`` is that digest
+                                           (holds its descriptor, for the referrers API)
+
+Writes that replace a file's content are atomic and fsynced (blocking:
+callers on the event loop run ``link_manifest``/``set_tag`` in a thread).
 
 Per-repository membership means a blob pushed to ``a/app`` is not served as
 ``b/app``'s until it is pushed or mounted there; the bytes are shared, so a
@@ -17,17 +23,20 @@ never start with ``_``, so links cannot collide with repositories).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from krill.digests import Digest, DigestError
 from krill.names import validate_name, validate_tag
+from origin.atomicfile import write_atomic
 
 _LAYERS = "_layers"
 _MANIFESTS = "_manifests"
 _TAGS = "_tags"
+_REFERRERS = "_referrers"
 
 
 class Repositories:
@@ -65,7 +74,7 @@ class Repositories:
     # manifests
 
     def link_manifest(self, repo: str, digest: Digest, media_type: str) -> None:
-        _write_atomic(self.dir(repo) / _MANIFESTS / digest.hex, media_type.encode())
+        write_atomic(self.dir(repo) / _MANIFESTS / digest.hex, media_type.encode())
 
     def manifest_media_type(self, repo: str, digest: Digest) -> str | None:
         """The stored media type, or None when the manifest is not in the repository."""
@@ -97,7 +106,7 @@ class Repositories:
         """Point ``tag`` at ``digest``; return what it pointed at before (or None)."""
         old = self.get_tag(repo, tag)
         if old != digest:
-            _write_atomic(self.dir(repo) / _TAGS / validate_tag(tag), str(digest).encode())
+            write_atomic(self.dir(repo) / _TAGS / validate_tag(tag), str(digest).encode())
         return old
 
     def delete_tag(self, repo: str, tag: str) -> Digest | None:
@@ -116,6 +125,32 @@ class Repositories:
     def tags_pointing_to(self, repo: str, digest: Digest) -> list[str]:
         return [t for t in self.tags(repo) if self.get_tag(repo, t) == digest]
 
+    # referrers
+
+    def link_referrer(self, repo: str, subject: Digest, descriptor: dict[str, Any]) -> None:
+        """Record that the manifest ``descriptor`` names has ``subject`` as its subject."""
+        digest = Digest.parse(descriptor["digest"])
+        path = self.dir(repo) / _REFERRERS / subject.hex / digest.hex
+        write_atomic(path, json.dumps(descriptor, sort_keys=True).encode())
+
+    def referrers(self, repo: str, subject: Digest) -> list[dict[str, Any]]:
+        """Descriptors of the manifests in ``repo`` whose subject is ``subject`` (still linked)."""
+        folder = self.dir(repo) / _REFERRERS / subject.hex
+        if not folder.is_dir():
+            return []
+        found = []
+        for entry in sorted(folder.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            try:
+                descriptor = json.loads(entry.read_text())
+                linked = self.manifest_media_type(repo, Digest.parse(descriptor["digest"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if linked is not None:  # a deleted referrer is left out
+                found.append(descriptor)
+        return found
+
     # catalog
 
     def names(self) -> Iterator[str]:
@@ -126,14 +161,3 @@ class Repositories:
                 found.append(Path(dirpath).relative_to(self.root).as_posix())
             dirnames[:] = [d for d in dirnames if not d.startswith("_")]
         yield from sorted(found)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so a reader sees the old or the new content, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

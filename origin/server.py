@@ -20,7 +20,13 @@ from aiohttp import web
 
 from krill.blobstore import BlobStore
 from krill.registry_errors import error_middleware
-from origin import blob_routes, listing_routes, manifest_routes, upload_routes
+from origin import (
+    blob_routes,
+    listing_routes,
+    manifest_routes,
+    referrer_routes,
+    upload_routes,
+)
 from origin.appkeys import (
     CONFIG,
     METRICS,
@@ -63,7 +69,7 @@ def create_app(config: OriginConfig) -> web.Application:
     app.router.add_get("/v2/", base_check, name="base")
     app.router.add_get("/health", health, name="health")
     app.router.add_get("/metrics", metrics, name="metrics")
-    for module in (listing_routes, upload_routes, manifest_routes, blob_routes):
+    for module in (listing_routes, upload_routes, manifest_routes, referrer_routes, blob_routes):
         app.router.add_routes(module.routes())
     app.on_response_prepare.append(count_blob_bytes)
     app.cleanup_ctx.append(background_work)

@@ -10,11 +10,17 @@ moved ``repo:tag`` from ``old`` (None for a new tag) to ``new``, with the
 manifest already stored and linked. They are awaited before the PUT is
 answered, so a callback must be quick: schedule long work (computing deltas)
 as its own task. An exception in one is logged and does not fail the push.
+
+The link and the history line are fsynced, so they are written in a thread
+(off the event loop), one tag change at a time (``TAG_LOCK``) so two moves
+of one tag cannot interleave their read of the old value and their write.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -26,13 +32,30 @@ log = logging.getLogger(__name__)
 
 TagMovedHook = Callable[[str, str, Digest | None, Digest], Awaitable[None]]
 
+TAG_LOCK = threading.Lock()
+
+
+def _set_and_record(app: web.Application, repo: str, tag: str, digest: Digest) -> Digest | None:
+    with TAG_LOCK:
+        old = app[REPOSITORIES].set_tag(repo, tag, digest)
+        if old != digest:
+            app[TAG_HISTORY].record(repo, tag, old, digest)
+        return old
+
+
+def _delete_and_record(app: web.Application, repo: str, tag: str) -> Digest | None:
+    with TAG_LOCK:
+        old = app[REPOSITORIES].delete_tag(repo, tag)
+        if old is not None:
+            app[TAG_HISTORY].record(repo, tag, old, None)
+        return old
+
 
 async def move_tag(app: web.Application, repo: str, tag: str, digest: Digest) -> Digest | None:
     """Point ``repo:tag`` at ``digest``; record and announce it if it moved. Return the old one."""
-    old = app[REPOSITORIES].set_tag(repo, tag, digest)
+    old = await asyncio.to_thread(_set_and_record, app, repo, tag, digest)
     if old == digest:
         return old
-    app[TAG_HISTORY].record(repo, tag, old, digest)
     for hook in app[TAG_MOVED]:
         try:
             await hook(repo, tag, old, digest)
@@ -41,8 +64,6 @@ async def move_tag(app: web.Application, repo: str, tag: str, digest: Digest) ->
     return old
 
 
-def delete_tag(app: web.Application, repo: str, tag: str) -> Digest | None:
-    old = app[REPOSITORIES].delete_tag(repo, tag)
-    if old is not None:
-        app[TAG_HISTORY].record(repo, tag, old, None)
-    return old
+async def delete_tag(app: web.Application, repo: str, tag: str) -> Digest | None:
+    """Remove ``repo:tag`` and record it; return what it pointed at (None: no such tag)."""
+    return await asyncio.to_thread(_delete_and_record, app, repo, tag)

@@ -162,6 +162,28 @@ async def test_manifest_that_is_not_json(client: TestClient) -> None:
     assert await error_of(resp) == (400, "MANIFEST_INVALID")
 
 
+async def test_index_whose_platform_is_not_an_object(client: TestClient) -> None:
+    image = build_image([random_files(1, 1, 256)])
+    for blob in image.blobs():
+        await client.post(f"/v2/team/app/blobs/uploads/?digest={blob.digest}", data=blob.data)
+    headers = {"Content-Type": oci.OCI_MANIFEST}
+    await client.put(
+        f"/v2/team/app/manifests/{image.manifest.digest}", data=image.manifest.data, headers=headers
+    )
+    entry = {
+        "mediaType": oci.OCI_MANIFEST,
+        "digest": image.manifest.digest,
+        "size": len(image.manifest.data),
+        "platform": "linux",
+    }
+    index = json.dumps({"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": [entry]})
+    resp = await client.put(
+        "/v2/team/app/manifests/multi", data=index, headers={"Content-Type": oci.OCI_INDEX}
+    )
+    assert await error_of(resp) == (400, "MANIFEST_INVALID")
+    assert "platform" in (await resp.json())["errors"][0]["message"]
+
+
 async def test_manifest_naming_unknown_blobs(client: TestClient) -> None:
     image = build_image([random_files(1, 1, 256)])
     await client.post(

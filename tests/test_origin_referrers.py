@@ -1,0 +1,108 @@
+"""The referrers API: signatures and SBOMs pushed with a ``subject`` are listed for it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from aiohttp.test_utils import TestClient
+
+from krill import oci
+from origin.config import OriginConfig
+from origin.server import create_app
+
+SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
+SBOM = "application/spdx+json"
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+async def push_manifest(client: TestClient, reference: str, doc: dict) -> bytes:  # type: ignore[type-arg]
+    body = json.dumps(doc).encode()
+    resp = await client.put(
+        f"/v2/team/app/manifests/{reference or sha(body)}",
+        data=body,
+        headers={"Content-Type": oci.OCI_MANIFEST},
+    )
+    assert resp.status == 201, await resp.text()
+    return body
+
+
+def artifact(config_blob: bytes, subject: bytes, artifact_type: str) -> dict:  # type: ignore[type-arg]
+    return {
+        "schemaVersion": 2,
+        "mediaType": oci.OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": {
+            "mediaType": "application/vnd.oci.empty.v1+json",
+            "digest": sha(config_blob),
+            "size": 2,
+        },
+        "layers": [],
+        "subject": {"mediaType": oci.OCI_MANIFEST, "digest": sha(subject), "size": len(subject)},
+        "annotations": {"org.example.kind": artifact_type},
+    }
+
+
+async def test_referrers_list_the_manifests_naming_a_subject(
+    tmp_path: Path, aiohttp_client
+) -> None:  # type: ignore[no-untyped-def]
+    client = await aiohttp_client(create_app(OriginConfig(data=tmp_path / "o", deltas=False)))
+    config = b"{}"
+    await client.post(f"/v2/team/app/blobs/uploads/?digest={sha(config)}", data=config)
+    image = {
+        "schemaVersion": 2,
+        "mediaType": oci.OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": sha(config),
+            "size": 2,
+        },
+        "layers": [],
+    }
+    subject = await push_manifest(client, "v1", image)
+    empty = await client.get(f"/v2/team/app/referrers/{sha(subject)}")
+    assert empty.status == 200
+    assert (await empty.json())["manifests"] == []
+
+    signature = json.dumps(artifact(config, subject, SIGNATURE)).encode()
+    resp = await client.put(
+        f"/v2/team/app/manifests/{sha(signature)}",
+        data=signature,
+        headers={"Content-Type": oci.OCI_MANIFEST},
+    )
+    assert resp.headers["OCI-Subject"] == sha(subject)  # clients skip the tag fallback
+    await push_manifest(client, "", artifact(config, subject, SBOM))
+
+    resp = await client.get(f"/v2/team/app/referrers/{sha(subject)}")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == oci.OCI_INDEX
+    index = await resp.json()
+    assert index["mediaType"] == oci.OCI_INDEX
+    assert sorted(d["artifactType"] for d in index["manifests"]) == [SBOM, SIGNATURE]
+    sig = next(d for d in index["manifests"] if d["artifactType"] == SIGNATURE)
+    assert sig == {
+        "mediaType": oci.OCI_MANIFEST,
+        "digest": sha(signature),
+        "size": len(signature),
+        "artifactType": SIGNATURE,
+        "annotations": {"org.example.kind": SIGNATURE},
+    }
+
+    filtered = await client.get(
+        f"/v2/team/app/referrers/{sha(subject)}", params={"artifactType": SBOM}
+    )
+    assert filtered.headers["OCI-Filters-Applied"] == "artifactType"
+    assert [d["artifactType"] for d in (await filtered.json())["manifests"]] == [SBOM]
+
+    # A deleted referrer is no longer listed; other repositories see none.
+    assert (await client.delete(f"/v2/team/app/manifests/{sha(signature)}")).status == 202
+    after = await (await client.get(f"/v2/team/app/referrers/{sha(subject)}")).json()
+    assert [d["artifactType"] for d in after["manifests"]] == [SBOM]
+    other = await (await client.get(f"/v2/team/other/referrers/{sha(subject)}")).json()
+    assert other["manifests"] == []
+    bad = await client.get("/v2/team/app/referrers/sha256:nothex")
+    assert bad.status == 400
