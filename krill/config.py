@@ -9,6 +9,7 @@ fails at start-up with a message naming the setting, not deep in a request.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 import types
@@ -84,14 +85,25 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return _coerce(value, non_none[0], where)
     if origin in (list, tuple):
         (item,) = args[:1] or (str,)
+        if _looks_like_json(value, "["):
+            value = _json_value(value, list, where)
         items = value.split(",") if isinstance(value, str) else list(value)
         converted = [_coerce(v.strip() if isinstance(v, str) else v, item, where) for v in items]
         converted = [v for v in converted if v != ""]
         return converted if origin is list else tuple(converted)
     if origin is dict:
+        if _looks_like_json(value, "{"):
+            value = _json_value(value, dict, where)
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return dict(value)
+            raise ConfigError(
+                f'{where}: expected a table (in env/flags: JSON like {{"key": "value"}}), '
+                f"got {value!r}"
+            )
+        key_hint, value_hint = args or (str, Any)
+        return {
+            _typed_item(k, key_hint, f"{where} key"): _typed_item(v, value_hint, f"{where}.{k}")
+            for k, v in value.items()
+        }
     try:
         if hint is bool:
             return _to_bool(value)
@@ -102,6 +114,32 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}") from None
     return value
+
+
+def _looks_like_json(value: Any, opener: str) -> bool:
+    """Env and flag values are strings; a table or list can be given there as JSON."""
+    return isinstance(value, str) and value.lstrip().startswith(opener)
+
+
+def _json_value(text: str, kind: type, where: str) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where}: expected a JSON {kind.__name__}, got {text!r}")
+    return value
+
+
+def _typed_item(value: Any, hint: Any, where: str) -> Any:
+    """A table's key or value: strings must already be strings (no silent str(1))."""
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if hint is Any:
+        return value
+    return _coerce(value, hint, where)
 
 
 def _to_bool(value: Any) -> bool:

@@ -51,3 +51,35 @@ def test_parse_hostport() -> None:
     assert parse_hostport("[::1]:80") == ("::1", 80)
     with pytest.raises(ConfigError):
         parse_hostport("nope")
+
+
+@dataclass
+class WithTable:
+    namespaces: dict[str, str] = field(default_factory=dict)
+    origins: list[str] = field(default_factory=list)
+
+
+def test_tables_and_lists_from_env_and_flags_as_json(tmp_path: Path) -> None:
+    environ = {"K_NAMESPACES": '{"docker.io": "", "ghcr.io": "mirror/ghcr"}'}
+    cfg = load_config(WithTable, env_prefix="K_", environ=environ)
+    assert cfg.namespaces == {"docker.io": "", "ghcr.io": "mirror/ghcr"}
+    cfg = load_config(WithTable, env_prefix="K_", environ={}, flags={"origins": '["a,b", "c"]'})
+    assert cfg.origins == ["a,b", "c"]  # JSON keeps commas inside items
+    with pytest.raises(ConfigError, match=r"K_NAMESPACES.*JSON"):
+        load_config(WithTable, env_prefix="K_", environ={"K_NAMESPACES": "{docker.io: x}"})
+    with pytest.raises(ConfigError, match="expected a string"):
+        load_config(WithTable, env_prefix="K_", environ={"K_NAMESPACES": '{"docker.io": 1}'})
+    with pytest.raises(ConfigError, match="expected a table"):
+        load_config(WithTable, env_prefix="K_", environ={"K_NAMESPACES": "docker.io=x"})
+    file = tmp_path / "c.toml"
+    file.write_text('namespaces = { "docker.io" = 2 }\n')
+    with pytest.raises(ConfigError, match="expected a string"):
+        load_config(WithTable, file=file, env_prefix="K_", environ={})
+
+
+def test_agent_namespaces_from_the_environment() -> None:
+    from agent.config import AgentConfig
+
+    environ = {"KRILL_AGENT_NAMESPACES": '{"registry.local:5000": "local"}'}
+    cfg = load_config(AgentConfig, env_prefix="KRILL_AGENT_", environ=environ)
+    assert cfg.namespaces == {"registry.local:5000": "local"}
