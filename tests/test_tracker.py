@@ -23,7 +23,7 @@ from tests.components import free_port
 from tests.swarm_helpers import running_origin, running_tracker, serving
 from tracker.announce import parse_announce
 from tracker.config import TrackerConfig
-from tracker.peerstore import PeerEntry, PeerStore
+from tracker.peerstore import MemoryPeerStore, PeerEntry, PeerStore
 from tracker.server import STORE_KEY, create_app
 
 INFO_HASH = bytes(range(20))
@@ -240,6 +240,32 @@ async def test_an_unpackable_stored_peer_is_skipped_not_a_500(
         assert ports_of(answer) == [7003]
         zone_dropped = socket.inet_pton(socket.AF_INET6, "fe80::1") + struct.pack("!H", 7001)
         assert answer[b"peers6"] == zone_dropped
+
+
+async def test_a_swarm_nobody_announces_to_again_is_forgotten(
+    http: aiohttp.ClientSession,
+) -> None:
+    """The sweep runs on its own: no announce or metrics scrape is needed to free the memory."""
+    async with tracker_and_store(interval=1, min_interval=1, peer_ttl=1) as (base, store):
+        assert isinstance(store, MemoryPeerStore)
+        for n in range(20):
+            await announce(http, base, port=7001, info_hash=n.to_bytes(20, "big"))
+        assert len(store) == 20
+        for _ in range(100):  # up to 10 s; the sweep runs every 0.5 s here
+            if len(store) == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert len(store) == 0
+
+
+async def test_the_swarm_count_leaves_out_swarms_whose_peers_expired(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with tracker_and_store(interval=60, peer_ttl=3600) as (base, store):
+        await store.upsert(INFO_HASH, PeerEntry("127.0.0.1", 7001, False, False, time.time()), 1)
+        await store.upsert(bytes(20), entry("127.0.0.1", 7002), 60)
+        async with http.get(base + "/metrics") as metrics:
+            assert "krill_tracker_swarms 1.0" in await metrics.text()
 
 
 async def test_health_and_metrics(http: aiohttp.ClientSession) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -13,7 +14,8 @@ import redis.asyncio as aioredis
 
 from tests.components import free_port, krill_command, redis_server
 from tests.swarm_helpers import running_tracker
-from tests.test_tracker import announce, peer_id, ports_of
+from tests.test_tracker import INFO_HASH, announce, peer_id, ports_of
+from tracker.peerstore import PeerEntry, RedisPeerStore
 
 
 @pytest.fixture
@@ -63,6 +65,56 @@ async def test_expired_peers_are_cleaned_out_of_redis(redis_url: str) -> None:
         assert list(await client.hkeys(keys[0])) == [b"127.0.0.1|7002"]
     finally:
         await client.aclose()
+
+
+async def test_each_swarm_key_expires_by_itself(redis_url: str) -> None:
+    """The key TTL is what forgets a swarm nobody announces to (Redis has no sweep)."""
+    async with (
+        aiohttp.ClientSession() as http,
+        running_tracker(redis=redis_url, interval=30, peer_ttl=90) as base,
+    ):
+        await announce(http, base, port=7001, pid=peer_id(1))
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        [key] = [k async for k in client.scan_iter(match="krill:tracker:*")]
+        assert 0 < await client.ttl(key) <= 2 * 90
+    finally:
+        await client.aclose()
+
+
+class ReadThenOtherTrackerWrites(RedisPeerStore):
+    """A store whose read of a swarm is followed at once by another tracker's write."""
+
+    def __init__(self, url: str, then: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(url)
+        self._then = then
+
+    async def _snapshot(self, key: str) -> dict[bytes, bytes]:
+        raw = await super()._snapshot(key)
+        await self._then()
+        return raw
+
+
+async def test_cleaning_up_an_expired_peer_keeps_a_refresh_from_another_tracker(
+    redis_url: str,
+) -> None:
+    other = RedisPeerStore(redis_url)
+
+    async def other_tracker_refreshes() -> None:
+        fresh = PeerEntry("10.0.0.9", 6881, True, False, time.time() + 90)
+        await other.upsert(INFO_HASH, fresh, 90)
+
+    this = ReadThenOtherTrackerWrites(redis_url, other_tracker_refreshes)
+    try:
+        stale = PeerEntry("10.0.0.9", 6881, True, False, time.time() - 1)
+        await this.upsert(INFO_HASH, stale, 90)
+        assert await this.peers(INFO_HASH) == []  # it read the stale entry
+        [refreshed] = await other.peers(INFO_HASH)
+        assert (refreshed.ip, refreshed.port) == ("10.0.0.9", 6881)
+        assert refreshed.expires > time.time()
+    finally:
+        await this.close()
+        await other.close()
 
 
 async def test_an_unreachable_redis_fails_at_start() -> None:

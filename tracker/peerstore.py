@@ -7,8 +7,14 @@ loopback every peer has the same IP, so the address includes the port.
 The Redis store lets several trackers behind one address share one view and
 survive restarts: each swarm is a Redis hash ``krill:tracker:<infohash hex>``
 mapping ``ip|port`` to ``expires|seeder|origin``. Expired fields are removed
-lazily when the swarm is read, and the whole key carries a Redis TTL so a
-swarm nobody announces to any more disappears by itself.
+lazily when the swarm is read -- each only if it still holds the value that
+was read, because another tracker may have refreshed the peer in between --
+and the whole key carries a Redis TTL so a swarm nobody announces to any
+more disappears by itself.
+
+The memory store has no TTL to lean on, so the server runs ``sweep``
+periodically (``sweep_interval``): without it a swarm nobody announces to
+again would stay in memory, and in the swarm count, forever.
 """
 
 from __future__ import annotations
@@ -34,7 +40,13 @@ class PeerStore(Protocol):
     async def remove(self, info_hash: bytes, ip: str, port: int) -> None: ...
     async def peers(self, info_hash: bytes) -> list[PeerEntry]: ...
     async def swarm_count(self) -> int: ...
+    async def sweep(self) -> int: ...
     async def close(self) -> None: ...
+
+
+def sweep_interval(peer_ttl: int) -> float:
+    """How often expired peers are swept: twice per TTL, so none outlives it by more than half."""
+    return peer_ttl / 2
 
 
 class MemoryPeerStore:
@@ -54,18 +66,35 @@ class MemoryPeerStore:
                 del self._swarms[info_hash]
 
     async def peers(self, info_hash: bytes) -> list[PeerEntry]:
-        swarm = self._swarms.get(info_hash)
-        if swarm is None:
+        if info_hash not in self._swarms:
             return []
+        swarm = self._drop_expired(info_hash, time.time())
+        return list(swarm.values())
+
+    async def swarm_count(self) -> int:
+        """Swarms with at least one live peer (expired ones are swept first)."""
+        await self.sweep()
+        return len(self._swarms)
+
+    async def sweep(self) -> int:
+        """Forget expired peers, and swarms left empty, everywhere; returns how many peers."""
         now = time.time()
+        before = sum(len(swarm) for swarm in self._swarms.values())
+        for info_hash in list(self._swarms):
+            self._drop_expired(info_hash, now)
+        return before - sum(len(swarm) for swarm in self._swarms.values())
+
+    def __len__(self) -> int:
+        """Swarms held in memory right now, swept or not."""
+        return len(self._swarms)
+
+    def _drop_expired(self, info_hash: bytes, now: float) -> dict[tuple[str, int], PeerEntry]:
+        swarm = self._swarms[info_hash]
         for key in [k for k, e in swarm.items() if e.expires <= now]:
             del swarm[key]
         if not swarm:
             del self._swarms[info_hash]
-        return list(swarm.values())
-
-    async def swarm_count(self) -> int:
-        return len(self._swarms)
+        return swarm
 
     async def close(self) -> None:
         self._swarms.clear()
@@ -76,8 +105,21 @@ class RedisPeerStore:
 
     PREFIX = "krill:tracker:"
 
+    # Delete each field only if it still holds the value this tracker read: between that read
+    # and this delete another tracker may have refreshed the peer, and that entry must stay.
+    DELETE_UNCHANGED = """
+    local removed = 0
+    for i = 1, #ARGV, 2 do
+        if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+            removed = removed + redis.call('HDEL', KEYS[1], ARGV[i])
+        end
+    end
+    return removed
+    """
+
     def __init__(self, url: str) -> None:
         self._redis = aioredis.Redis.from_url(url)
+        self._delete_unchanged = self._redis.register_script(self.DELETE_UNCHANGED)
 
     async def upsert(self, info_hash: bytes, entry: PeerEntry, ttl: int) -> None:
         key = self._key(info_hash)
@@ -92,18 +134,22 @@ class RedisPeerStore:
 
     async def peers(self, info_hash: bytes) -> list[PeerEntry]:
         key = self._key(info_hash)
-        raw = await self._redis.hgetall(key)
+        raw = await self._snapshot(key)
         now = time.time()
         live, expired = [], []
         for field, value in raw.items():
             entry = _parse_entry(field, value)
             if entry is None or entry.expires <= now:
-                expired.append(field)
+                expired += [field, value]
             else:
                 live.append(entry)
         if expired:
-            await self._redis.hdel(key, *expired)
+            await self._delete_unchanged(keys=[key], args=expired)
         return live
+
+    async def sweep(self) -> int:
+        """Nothing to do: each swarm's key expires by itself, and fields are dropped on read."""
+        return 0
 
     async def swarm_count(self) -> int:
         count = 0
@@ -116,6 +162,10 @@ class RedisPeerStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+    async def _snapshot(self, key: str) -> dict[bytes, bytes]:
+        """The swarm's hash as it is now (a separate step so tests can interleave other writers)."""
+        return await self._redis.hgetall(key)
 
     def _key(self, info_hash: bytes) -> str:
         return self.PREFIX + info_hash.hex()

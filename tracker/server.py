@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -32,7 +34,13 @@ from tracker.announce import (
 )
 from tracker.config import TrackerConfig
 from tracker.metainfo_cache import MetainfoCache, MetainfoUnavailable
-from tracker.peerstore import MemoryPeerStore, PeerEntry, PeerStore, RedisPeerStore
+from tracker.peerstore import (
+    MemoryPeerStore,
+    PeerEntry,
+    PeerStore,
+    RedisPeerStore,
+    sweep_interval,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +78,7 @@ def create_app(config: TrackerConfig) -> web.Application:
         config.origin, config.metainfo_cache_entries, config.metainfo_timeout
     )
     app.cleanup_ctx.append(_peer_store_context)
+    app.cleanup_ctx.append(_sweeper_context)
     app.cleanup_ctx.append(_metainfo_context)
     app.router.add_get("/announce", handle_announce)
     app.router.add_get("/krill/v1/metainfo/{digest}", handle_metainfo)
@@ -92,6 +101,27 @@ async def _peer_store_context(app: web.Application) -> AsyncIterator[None]:
     log.info("tracker.peer_store kind=%s", "redis" if config.redis else "memory")
     yield
     await store.close()
+
+
+async def _sweeper_context(app: web.Application) -> AsyncIterator[None]:
+    """Periodically forget expired peers, even in swarms nobody announces to any more."""
+    task = asyncio.create_task(_sweep_forever(app[STORE_KEY], app[CONFIG_KEY].peer_ttl))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _sweep_forever(store: PeerStore, peer_ttl: int) -> None:
+    while True:
+        await asyncio.sleep(sweep_interval(peer_ttl))
+        try:
+            dropped = await store.sweep()
+        except Exception:  # a Redis hiccup must not end sweeping for good
+            log.warning("tracker.sweep_failed", exc_info=True)
+            continue
+        if dropped:
+            log.debug("tracker.swept peers=%d", dropped)
 
 
 async def _metainfo_context(app: web.Application) -> AsyncIterator[None]:
