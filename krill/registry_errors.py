@@ -3,12 +3,25 @@
 Raise ``RegistryError`` anywhere in a handler; ``error_middleware`` turns it
 (and aiohttp's own HTTP errors) into the spec's JSON body with the matching
 status, so clients like containerd and skopeo show the user a real reason.
+
+Two cases the spec's code list does not cover:
+
+- A path no route matches: ``NAME_UNKNOWN`` only for a repository path
+  (``/v2/<name>/manifests|blobs|tags|referrers/...``); any other path gets
+  404 with ``UNSUPPORTED`` and a message naming the path, since nothing in
+  it was a repository name.
+- A bug (any other exception): the traceback is logged and the client gets
+  500 with code ``UNKNOWN``. ``UNKNOWN`` is not in the spec's list; it is
+  what CNCF distribution itself answers for unexpected errors, so clients
+  already render it. A response already under way is not replaced (its
+  connection is closed instead).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,7 +47,10 @@ CODES: dict[str, tuple[int, str]] = {
     "TOOMANYREQUESTS": (429, "too many requests"),
     "RANGE_INVALID": (416, "requested range not satisfiable"),
     "UNAVAILABLE": (503, "service unavailable"),
+    "UNKNOWN": (500, "unknown error"),  # not a spec code: see the module docstring
 }
+
+_REPOSITORY_PATH_RE = re.compile(r"^/v2/.+/(manifests|blobs|tags|referrers)(/|$)")
 
 
 class RegistryError(Exception):
@@ -94,6 +110,24 @@ _HTTP_STATUS_CODES = {
 }
 
 
+def _not_found(request: web.Request, head: bool) -> web.Response:
+    if _REPOSITORY_PATH_RE.match(request.path):
+        return error_response(
+            "NAME_UNKNOWN", CODES["NAME_UNKNOWN"][1], status=404, head=head
+        )
+    return error_response(
+        "UNSUPPORTED",
+        f"no such endpoint: {request.path[:200]}; the registry API lives under /v2/",
+        status=404,
+        head=head,
+    )
+
+
+def _response_started(request: web.Request) -> bool:
+    """Whether headers or body already went out (then no error response can follow)."""
+    return request.writer is not None and request.writer.output_size > 0
+
+
 @web.middleware
 async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -107,12 +141,29 @@ async def error_middleware(
             "request.error method=%s path=%s code=%s status=%d",
             request.method, request.path, exc.code, exc.status,
         )
+        if _response_started(request):
+            raise
         return exc.response(head=head)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if exc.status == 404 and request.match_info.route.resource is None:
+            return _not_found(request, head)
         code = _HTTP_STATUS_CODES.get(exc.status, "UNSUPPORTED")
         return error_response(
             code, exc.reason or CODES[code][1], status=exc.status,
             headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"}, head=head,
+        )
+    except ConnectionError:
+        raise  # the client went away: nobody to answer
+    except Exception:
+        log.exception("request.crashed method=%s path=%s", request.method, request.path[:200])
+        if _response_started(request):
+            raise
+        return error_response(
+            "UNKNOWN",
+            "the server hit an unexpected error (it is logged); retry, and report it if "
+            "it persists",
+            status=500,
+            head=head,
         )

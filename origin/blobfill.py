@@ -170,7 +170,7 @@ class BlobFill:
             progress = self._progress
             if self.done.done() and not self.committed:
                 _cut(request)
-                raise UpstreamBlobCorrupt(f"fetching {self.digest} from upstream failed")
+                raise ConnectionResetError(f"fetching {self.digest} from upstream failed")
             # Hold the last byte back until the blob is verified.
             limit = self.written if self.committed else self.written - 1
             if offset < limit:

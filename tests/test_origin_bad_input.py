@@ -257,3 +257,24 @@ async def test_a_failing_tag_hook_does_not_fail_the_push(client: TestClient) -> 
     assert [e.new for e in client.app[TAG_HISTORY].history("team/app")] == [
         Digest.parse(image.manifest.digest)
     ]
+
+
+async def test_unknown_paths_and_crashes_get_json_errors(
+    client: TestClient, aiohttp_client
+) -> None:  # type: ignore[no-untyped-def]
+    from aiohttp import web
+
+    from krill.registry_errors import error_middleware
+
+    assert await error_of(await client.get("/no/such/path")) == (404, "UNSUPPORTED")
+    assert await error_of(await client.get("/v2/team/app/tags/list")) == (404, "NAME_UNKNOWN")
+
+    async def crash(request: web.Request) -> web.Response:
+        raise KeyError("a bug")
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_get("/v2/crash", crash)
+    crashing = await aiohttp_client(app)
+    resp = await crashing.get("/v2/crash")
+    assert resp.headers["Content-Type"].startswith("application/json")
+    assert await error_of(resp) == (500, "UNKNOWN")
