@@ -7,7 +7,8 @@ Authentication follows what registries ask for in ``WWW-Authenticate``:
 they are refused. Credentials never appear in log lines or error messages.
 
 The basic credentials go to a token realm only if it is on the upstream's
-own host (or a host in ``token_hosts``) and uses https (http only when the
+own host (or a host in ``token_hosts``, or Docker Hub's own token host)
+and uses https (http only when the
 upstream itself is plain http): a challenge can name any URL, and a hostile
 or compromised upstream must not be able to collect the credentials.
 """
@@ -32,6 +33,12 @@ from krill.registry_errors import RegistryError
 log = logging.getLogger(__name__)
 
 _CHALLENGE_PARAM_RE = re.compile(r'(\w+)="([^"]*)"')
+# Registries whose token service is on another host by design (anonymous pulls need
+# no entry: the check applies only when credentials would be sent).
+WELL_KNOWN_TOKEN_HOSTS = {
+    "registry-1.docker.io": {"auth.docker.io"},
+    "docker.io": {"auth.docker.io"},
+}
 MANIFEST_ACCEPT = ", ".join(oci.MANIFEST_TYPES)
 
 
@@ -74,6 +81,7 @@ class UpstreamClient:
         self.base_url = str(url.with_user(None)).rstrip("/")
         self._base = URL(self.base_url)
         self._token_hosts = {h.lower() for h in token_hosts}
+        self._token_hosts |= WELL_KNOWN_TOKEN_HOSTS.get((self._base.host or "").lower(), set())
         self._credentials = credentials
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout)
         self._session: aiohttp.ClientSession | None = None
