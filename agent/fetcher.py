@@ -216,6 +216,8 @@ class BlobFetcher:
             log.info("fetch.done digest=%s source=%s bytes=%d", blob.digest, blob.source, blob.size)
         except TransferFailed as exc:
             log.warning("fetch.failed digest=%s source=%s error=%s", blob.digest, blob.source, exc)
+        except OSError as exc:  # committed, but the index could not be written: refetch later
+            log.warning("fetch.index_failed digest=%s error=%r", blob.digest, exc)
         finally:
             self._inflight.pop(blob.digest, None)
 
