@@ -153,15 +153,17 @@ class BlobFill:
             await asyncio.shield(self.done)  # raises if it failed
             return None
         fd = os.dup(self._fd)
+        response = web.StreamResponse(headers=headers)
+        if size is not None:
+            response.content_length = size
         try:
-            response = web.StreamResponse(headers=headers)
-            if size is not None:
-                response.content_length = size
             await response.prepare(request)
             await self._send_from(fd, request, response)
+            await response.write_eof()
+        except ConnectionError as exc:  # gone, or cut by us: the fetch goes on regardless
+            log.info("upstream.client_gone digest=%s reason=%s", self.digest, exc)
         finally:
             os.close(fd)
-        await response.write_eof()
         return response
 
     async def _send_from(self, fd: int, request: web.Request, response: web.StreamResponse) -> None:
