@@ -437,8 +437,8 @@ class DeltaEngine:
             entry = {"status": "none", "reason": status}
             if status == "unreproducible" and not self._known_unreproducible(pair.target):
                 self.metrics.unreproducible.inc()
-                self.unreproducible_dir.mkdir(parents=True, exist_ok=True)
-                (self.unreproducible_dir / pair.target.hex).write_text(result["reason"] + "\n")
+                marker = self.unreproducible_dir / pair.target.hex
+                await asyncio.to_thread(write_atomic, marker, (result["reason"] + "\n").encode())
         await asyncio.to_thread(self.index.record, pair.target, pair.base, entry)
         log.info(
             "delta.computed target=%s base=%s status=%s size=%s",
