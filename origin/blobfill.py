@@ -10,8 +10,10 @@ client until the whole blob has been verified against its digest, so no
 client ever receives a complete body that does not match; on a mismatch
 their connections are cut.
 
-Writes are batched (``WRITE_BATCH`` bytes) and done in a thread, hashing
-included, so the event loop never does the disk or sha256 work.
+Writes are done in a thread, hashing included, so the event loop never does
+the disk or sha256 work: batched (``WRITE_BATCH`` bytes) while upstream is
+faster than the disk, else as bytes arrive, so clients of a slow upstream
+are not kept waiting for a batch to fill.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from krill.blobstore import BlobStore, BlobWriter, DigestMismatchError, SizeMismatchError
@@ -40,7 +43,7 @@ class UpstreamBlobCorrupt(Exception):
 
 
 # What the fill calls to get the upstream body: an async context manager
-# yielding (declared size or None, async iterator of chunks).
+# yielding (declared size or None, the body's aiohttp.StreamReader).
 OpenUpstream = Callable[[], Any]
 
 
@@ -75,11 +78,11 @@ class BlobFill:
 
     async def _run(self) -> None:
         try:
-            async with self._open_upstream() as (size, chunks):
+            async with self._open_upstream() as (size, body):
                 with self.store.writer() as writer:
                     self._fd = os.open(writer.path, os.O_RDONLY)
                     self.headers.set_result(size)
-                    await self._download(chunks, writer)
+                    await self._download(body, writer)
                     await self._commit(writer, size)
             result = self._on_committed()
             if result is not None:
@@ -95,13 +98,15 @@ class BlobFill:
                 self._fd = None
             self._notify()
 
-    async def _download(self, chunks: Any, writer: BlobWriter) -> None:
+    async def _download(self, body: aiohttp.StreamReader, writer: BlobWriter) -> None:
         batch: list[bytes] = []
-        pending = 0
-        async for chunk in chunks:
+        pending = received = 0
+        async for chunk in body.iter_chunked(READ_CHUNK):
             batch.append(chunk)
             pending += len(chunk)
-            if pending >= WRITE_BATCH:
+            received += len(chunk)
+            caught_up = body.total_bytes <= received  # nothing more buffered yet
+            if pending >= WRITE_BATCH or caught_up:
                 await self._append(writer, batch)
                 batch, pending = [], 0
         if batch:

@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
+import aiohttp
 from aiohttp import web
 
 from krill import oci
@@ -43,8 +44,6 @@ from origin.tagging import move_tag
 from origin.upstream import UpstreamClient, UpstreamDenied, UpstreamNotFound, unavailable
 
 log = logging.getLogger(__name__)
-
-STREAM_CHUNK = 1 << 20
 
 
 class PullThrough:
@@ -194,10 +193,10 @@ class PullThrough:
     @contextlib.asynccontextmanager
     async def _open_blob(
         self, repo: str, digest: Digest
-    ) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+    ) -> AsyncIterator[tuple[int | None, aiohttp.StreamReader]]:
         try:
             async with self.upstream.get_blob(repo, digest) as upstream:
-                yield upstream.content_length, upstream.content.iter_chunked(STREAM_CHUNK)
+                yield upstream.content_length, upstream.content
         except UpstreamNotFound:
             raise blob_unknown(digest) from None
 
