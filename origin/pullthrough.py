@@ -38,6 +38,7 @@ from origin.appkeys import METRICS, REPOSITORIES, STORE
 from origin.blob_routes import blob_file_response, blob_unknown
 from origin.blobfill import BlobFill
 from origin.config import OriginConfig
+from origin.manifest_routes import store_manifest
 from origin.params import API_HEADERS
 from origin.singleflight import SingleFlight
 from origin.tagging import move_tag
@@ -130,10 +131,7 @@ class PullThrough:
             parsed = oci.parse_manifest(fetched.body, fetched.media_type or None)
         except oci.ManifestError as exc:
             raise unavailable(f"upstream manifest {repo}:{reference} is invalid: {exc}") from None
-        await asyncio.to_thread(self.app[STORE].put_bytes, fetched.body, digest)
-        await asyncio.to_thread(
-            self.app[REPOSITORIES].link_manifest, repo, digest, parsed.media_type
-        )
+        await asyncio.to_thread(store_manifest, self.app, repo, digest, fetched.body, parsed)
         log.info("upstream.manifest repo=%s reference=%s digest=%s", repo, reference, digest)
         if isinstance(reference, str):
             await move_tag(self.app, repo, reference, digest)
