@@ -56,6 +56,22 @@ def test_bad_settings_are_refused_with_their_name() -> None:
         load_origin_config(environ={"KRILL_ORIGIN_TAG_TTL": "soon"})
 
 
+def test_upstream_and_upload_limits_from_env() -> None:
+    config = load_origin_config(
+        environ={
+            "KRILL_ORIGIN_UPSTREAM_TOKEN_HOSTS": "auth.example,auth2.example",
+            "KRILL_ORIGIN_UPSTREAM_TAG_TIMEOUT": "2.5",
+            "KRILL_ORIGIN_MAX_UPLOAD_SESSIONS": "10",
+        }
+    )
+    assert config.upstream_token_hosts == ("auth.example", "auth2.example")
+    assert (config.upstream_tag_timeout, config.max_upload_sessions) == (2.5, 10)
+    with pytest.raises(ConfigError, match="max_upload_sessions"):
+        OriginConfig(max_upload_sessions=0)
+    with pytest.raises(ConfigError, match="upstream_tag_timeout"):
+        OriginConfig(upstream_tag_timeout=0)
+
+
 def test_cli_serves_until_sigterm_and_exits_cleanly(tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
