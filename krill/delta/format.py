@@ -39,6 +39,10 @@ MAX_META_WINDOW_LOG = 27
 MAX_META_OP_BYTES = 64 << 20
 # Tars up to 1 PiB; a larger declared size is a crafted header.
 MAX_TAR_BYTES = 1 << 50
+# bsdiff/hdiff ops hold base range, diff and output in memory at once (about 3x, bsdiff up to
+# 5x). The encoder emits them only for files up to EncodeOptions.bsdiff_max_bytes (32 MiB);
+# the applier allows that plus a margin, so a crafted op cannot cost 5 x 256 MiB.
+MAX_DIFF_OP_BYTES = 40 << 20
 
 OP_END = 0
 OP_META = 1  # next piece of the meta stream (zstd, shares one frame and the base-meta prefix)
@@ -138,9 +142,11 @@ def read_header(f: BinaryIO) -> DeltaHeader:
     if len(body) != length:
         raise DeltaFormatError("delta truncated inside its header")
     try:
-        doc = json.loads(body)
+        doc = json.loads(body, parse_constant=_refuse_json_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DeltaFormatError(f"delta header is not JSON: {exc}") from exc
+    except RecursionError as exc:  # a megabyte of "[[[[": nesting no header of ours has
+        raise DeltaFormatError("delta header is not JSON: nested too deeply") from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAMES[version]:
         raise DeltaFormatError(f"delta header does not declare format {FORMAT_NAMES[version]!r}")
     return DeltaHeader(
@@ -150,6 +156,11 @@ def read_header(f: BinaryIO) -> DeltaHeader:
         meta=_meta_params(doc.get("meta")),
         stats=doc.get("stats") if isinstance(doc.get("stats"), dict) else {},
     )
+
+
+def _refuse_json_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON; Python would accept them and fail later (int(inf))."""
+    raise DeltaFormatError(f"delta header is not JSON: {name} is not a JSON number")
 
 
 def _recipe_doc(doc: Any) -> dict[str, Any]:
@@ -294,6 +305,13 @@ class OpReader:
     def _with_base(
         self, kind: int, off: int, base_len: int, out_len: int, lengths: tuple[int, ...]
     ) -> Op:
+        if kind in (OP_BSDIFF, OP_HDIFF) and max(base_len, out_len) > MAX_DIFF_OP_BYTES:
+            name = "bsdiff" if kind == OP_BSDIFF else "hdiff"
+            raise DeltaFormatError(
+                f"{name} op of {out_len} bytes against {base_len} base bytes: binary-diff ops "
+                f"are limited to {MAX_DIFF_OP_BYTES} bytes (the encoder diffs files up to "
+                f"32 MiB); the delta is crafted or from an encoder with a larger --bsdiff-max"
+            )
         if base_len > MAX_PIECE_BYTES:
             raise DeltaFormatError(f"op uses {base_len} base bytes, over {MAX_PIECE_BYTES}")
         self._check_base(off, base_len)
