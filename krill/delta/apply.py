@@ -28,7 +28,7 @@ from krill.delta import hdiff
 from krill.delta.format import DeltaFormatError
 from krill.delta.layerfiles import TarFile, materialize_tar, window_log_for
 from krill.delta.recipes import Recipe, RecipeError, blob_kind
-from krill.delta.tarscan import read_meta_prefix, scan
+from krill.delta.tarscan import scan_meta_prefix
 from krill.delta.zstdlib import zstd
 from krill.digests import Digest, sha256_file
 
@@ -63,16 +63,27 @@ def read_delta_header(delta: Path) -> fmt.DeltaHeader:
 
 
 def apply_delta(
-    base_blob: Path, delta: Path, out: Path, *, workers: int | None = None
+    base_blob: Path,
+    delta: Path,
+    out: Path,
+    *,
+    workers: int | None = None,
+    expected_digest: str | None = None,
+    expected_size: int | None = None,
 ) -> ApplyResult:
     """Rebuild the delta's target from ``base_blob`` into ``out`` (only if verified).
 
+    ``expected_digest``/``expected_size`` (the manifest's descriptor, when the
+    caller knows it) are checked against the header before any work, so a
+    delta for another layer, or one declaring another size, costs nothing.
     Raises DeltaFormatError for a malformed delta or a base that does not match
     it, RecipeError when this node cannot run the recipe.
     """
     out = Path(out)
     header = _verified_header(delta)
+    check_expected_target(header, expected_digest, expected_size)
     recipe = Recipe.from_json(header.recipe)
+    _check_declared_sizes(header, recipe)
     workers = workers or min(4, os.cpu_count() or 1)
     if blob_kind(base_blob) == "tar":
         return _apply_on_plain_base(base_blob, delta, header, recipe, out, workers)
@@ -116,16 +127,62 @@ def _check_base(diff_id: str, size: int, header: fmt.DeltaHeader) -> None:
         )
 
 
-def rebuild_layer(base_blob: Path, delta: Path, out_dir: Path) -> RebuildResult:
+def rebuild_layer(
+    base_blob: Path,
+    delta: Path,
+    out_dir: Path,
+    *,
+    expected_digest: str | None = None,
+    expected_size: int | None = None,
+) -> RebuildResult:
     """Agent entry point: rebuild into ``out_dir/<target hex>``, verified or not at all.
 
     Decompresses the base, applies the delta, recompresses by the recipe and
-    checks diff_id and digest before the file appears. Raises DeltaFormatError
-    or RecipeError (both ValueError) on any failure; nothing is left behind.
+    checks diff_id and digest before the file appears. Pass the manifest's
+    ``expected_digest`` and ``expected_size``: the header is checked against
+    them before anything else is read. Raises DeltaFormatError or RecipeError
+    (both ValueError) on any failure; nothing is left behind.
     """
     header = read_delta_header(delta)
+    check_expected_target(header, expected_digest, expected_size)
     out = Path(out_dir) / Digest.parse(header.target.digest).hex
-    return apply_delta(base_blob, delta, out)
+    return apply_delta(
+        base_blob, delta, out, expected_digest=expected_digest, expected_size=expected_size
+    )
+
+
+def check_expected_target(
+    header: fmt.DeltaHeader, expected_digest: str | None, expected_size: int | None
+) -> None:
+    """Refuse a delta whose header names another target than the caller wants."""
+    if expected_digest is not None and header.target.digest != expected_digest:
+        raise DeltaFormatError(
+            f"delta rebuilds {header.target.digest}, not the wanted layer {expected_digest}"
+        )
+    if expected_size is not None and header.target.size != expected_size:
+        raise DeltaFormatError(
+            f"delta declares a {header.target.size}-byte layer, the manifest says "
+            f"{expected_size} bytes: refusing it"
+        )
+
+
+def _check_declared_sizes(header: fmt.DeltaHeader, recipe: Recipe) -> None:
+    """The tar size must be one the declared blob size can hold under the recipe.
+
+    Output on disk is bounded by ``target.size`` (see _Sink); this bounds the
+    work (hashing, compressing) a crafted ``tar_size`` up to 2^50 could cause.
+    """
+    target = header.target
+    if recipe.kind == "identity" and target.tar_size != target.size:
+        raise DeltaFormatError(
+            f"delta header: an uncompressed layer's tar_size ({target.tar_size}) must equal "
+            f"its size ({target.size})"
+        )
+    if target.tar_size > recipe.max_tar_size(target.size):
+        raise DeltaFormatError(
+            f"delta header: target tar_size {target.tar_size} cannot come from a "
+            f"{target.size}-byte {recipe.kind} blob (over the recipe's maximum ratio)"
+        )
 
 
 def _verified_header(delta: Path) -> fmt.DeltaHeader:
@@ -164,7 +221,9 @@ def _rebuild(
             meta = _meta_decoder(base, base_tar.size, header.meta)
             fmt.read_header(df)
             compressor = recipe.compressor(header.target.tar_size)
-            sink = _Sink(dst, compressor, identity=recipe.kind == "identity")
+            sink = _Sink(
+                dst, compressor, identity=recipe.kind == "identity", max_size=header.target.size
+            )
             reader = fmt.OpReader(
                 df,
                 base_size=base_tar.size,
@@ -206,8 +265,9 @@ def _check(sink: _Sink, header: fmt.DeltaHeader) -> None:
 class _Sink:
     """Tar bytes in; hashes the tar, recompresses, hashes and writes the blob."""
 
-    def __init__(self, dst: BinaryIO, compressor: object, identity: bool) -> None:
+    def __init__(self, dst: BinaryIO, compressor: object, identity: bool, max_size: int) -> None:
         self._dst = dst
+        self._max_size = max_size
         self._compressor = compressor
         self._tar_hash = hashlib.sha256()
         # An uncompressed layer's blob is its tar: one hash serves as both digests.
@@ -225,7 +285,13 @@ class _Sink:
         self._emit(self._compressor.finish())  # type: ignore[attr-defined]
 
     def _emit(self, blob: bytes) -> None:
+        """Write blob bytes, never more than the header declares (a crafted delta fills no disk)."""
         if blob:
+            if self.size + len(blob) > self._max_size:
+                raise DeltaFormatError(
+                    f"rebuilt layer grows past the {self._max_size} bytes the delta's header "
+                    f"declares (target.size): the delta is corrupt or crafted"
+                )
             if not self._identity:
                 self._blob_hash.update(blob)
             self.size += len(blob)
@@ -239,7 +305,7 @@ class _Sink:
 
 
 def _meta_decoder(base: BinaryIO, base_size: int, meta: fmt.MetaParams) -> zstd.ZstdDecompressor:
-    prefix = read_meta_prefix(base, scan(base, base_size), meta.small_file_limit, meta.prefix_len)
+    prefix = scan_meta_prefix(base, base_size, meta.small_file_limit, meta.prefix_len)
     if len(prefix) != meta.prefix_len or hashlib.sha256(prefix).hexdigest() != meta.prefix_sha256:
         raise DeltaFormatError(
             "the base's header stream differs from the one the delta was made against "
@@ -284,30 +350,46 @@ def _run_ops(
         else:
             sink.write(item)
 
+    def start(op: fmt.Op) -> _Item:
+        if op.kind == fmt.OP_META:
+            return _decode_meta(meta, op)
+        if op.kind == fmt.OP_COPY:
+            return _Copy(op.base_off, op.out_len)
+        if op.out_len > STREAM_OP_BYTES:
+            return _Stream(op)  # decoded alone, by the writer: bounded memory
+        return pool.submit(_decode_content, op, _pread(base, op.base_off, op.base_len))
+
     with ThreadPoolExecutor(workers, thread_name_prefix="krill-delta-apply") as pool:
         try:
             while (op := reader.next()).kind != fmt.OP_END:
-                item: _Item
-                if op.kind == fmt.OP_META:
-                    item = _decode_meta(meta, op)
-                elif op.kind == fmt.OP_COPY:
-                    item = _Copy(op.base_off, op.out_len)
-                elif op.out_len > STREAM_OP_BYTES:
-                    item = _Stream(op)  # decoded alone, by the writer: bounded memory
-                else:
-                    base_bytes = _pread(base, op.base_off, op.base_len)
-                    item = pool.submit(_decode_content, op, base_bytes)
-                size = op.out_len + op.base_len if isinstance(item, Future | _Stream) else 0
-                while queue and (in_flight + size > IN_FLIGHT_BYTES or len(queue) > 4 * workers):
+                cost = _queued_bytes(op)
+                # Make room *before* decoding or reading the base range, so what is held stays
+                # under the budget plus one op, whatever the ops claim.
+                while queue and (in_flight + cost > IN_FLIGHT_BYTES or len(queue) > 4 * workers):
                     drain_one()
-                queue.append((item, size))
-                in_flight += size
+                queue.append((start(op), cost))
+                in_flight += cost
             while queue:
                 drain_one()
         finally:
             for item, _ in queue:
                 if isinstance(item, Future):
                     item.cancel()
+
+
+def _queued_bytes(op: fmt.Op) -> int:
+    """Memory an op holds while it waits in the queue (counted against IN_FLIGHT_BYTES).
+
+    META: its decoded bytes. Content ops (in a worker, or streamed later by the
+    writer): base range + output, plus the payload read from the delta. COPY
+    holds nothing; it is read from the base in 1 MiB chunks when written.
+    """
+    if op.kind == fmt.OP_COPY:
+        return 0
+    payload = sum(len(block) for block in op.payload)
+    if op.kind == fmt.OP_META:
+        return op.out_len + payload
+    return op.out_len + op.base_len + payload
 
 
 def _pread(f: BinaryIO, offset: int, size: int) -> bytes:

@@ -12,7 +12,7 @@ is still covered exactly once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -67,10 +67,13 @@ def _parse_number(field: bytes) -> int:
 
 
 def _checksum_ok(block: bytes) -> bool:
+    """POSIX sums bytes unsigned; some old tars summed them signed (only tried on a mismatch)."""
     stored = _parse_number(block[148:156])
     unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
-    signed = unsigned - 2 * sum(b for b in block[:148] + block[156:] if b > 127)
-    return stored in (unsigned, signed)
+    if stored == unsigned:
+        return True
+    high = block[:148] + block[156:]
+    return stored == unsigned - 2 * sum(b for b in high if b > 127)
 
 
 def _header_name(block: bytes) -> str:
@@ -180,15 +183,20 @@ def _int_or_none(value: bytes) -> int | None:
     return number if number >= 0 else None
 
 
-def scan(f: BinaryIO, total_size: int) -> Layout:
-    """All content ranges of the archive; a parse failure ends the list (rest is meta)."""
-    members: list[Member] = []
+def _members_until_unparsable(f: BinaryIO, total_size: int) -> Iterator[Member]:
+    """iter_members, ending quietly where the archive stops parsing (the rest is meta)."""
+    count = 0
     try:
         for member in iter_members(f, total_size):
-            members.append(member)
+            count += 1
+            yield member
     except TarScanError as exc:
-        log.info("delta.tarscan.stopped reason=%s members=%d", exc, len(members))
-    return Layout(members, total_size)
+        log.info("delta.tarscan.stopped reason=%s members=%d", exc, count)
+
+
+def scan(f: BinaryIO, total_size: int) -> Layout:
+    """All content ranges of the archive; a parse failure ends the list (rest is meta)."""
+    return Layout(list(_members_until_unparsable(f, total_size)), total_size)
 
 
 def bulk_members(layout: Layout, small_file_limit: int) -> list[Member]:
@@ -198,23 +206,48 @@ def bulk_members(layout: Layout, small_file_limit: int) -> list[Member]:
 
 def meta_ranges(layout: Layout, small_file_limit: int) -> Iterator[tuple[int, int]]:
     """(offset, length) of every byte outside bulk content, in order: the meta stream."""
+    return _meta_ranges_of(layout.members, layout.total_size, small_file_limit)
+
+
+def _meta_ranges_of(
+    members: Iterable[Member], total_size: int, small_file_limit: int
+) -> Iterator[tuple[int, int]]:
     pos = 0
-    for member in bulk_members(layout, small_file_limit):
+    for member in members:
+        if member.size <= small_file_limit:
+            continue
         if member.offset > pos:
             yield pos, member.offset - pos
         pos = member.offset + member.size
-    if layout.total_size > pos:
-        yield pos, layout.total_size - pos
+    if total_size > pos:
+        yield pos, total_size - pos
 
 
 def read_meta_prefix(f: BinaryIO, layout: Layout, small_file_limit: int, cap: int) -> bytes:
     """The first ``cap`` bytes of the archive's meta stream (the base side's zstd prefix)."""
+    return _read_prefix(f, meta_ranges(layout, small_file_limit), cap)
+
+
+def scan_meta_prefix(f: BinaryIO, total_size: int, small_file_limit: int, cap: int) -> bytes:
+    """``read_meta_prefix(f, scan(f, total_size), ...)``, scanning only as far as ``cap`` needs.
+
+    The applier needs only the first ``cap`` (<= 32 MiB) meta bytes of the
+    base; scanning every header of a 100k-file layer costs seconds on the
+    critical path, so members are read lazily and the scan stops at the cap.
+    """
+    if cap <= 0:
+        return b""
+    ranges = _meta_ranges_of(_members_until_unparsable(f, total_size), total_size, small_file_limit)
+    return _read_prefix(f, ranges, cap)
+
+
+def _read_prefix(f: BinaryIO, ranges: Iterator[tuple[int, int]], cap: int) -> bytes:
     parts: list[bytes] = []
     left = cap
-    for offset, length in meta_ranges(layout, small_file_limit):
-        if left <= 0:
-            break
+    for offset, length in ranges:
         take = min(length, left)
         parts.append(_read_exact(f, offset, take))
         left -= take
+        if left <= 0:
+            break
     return b"".join(parts)
