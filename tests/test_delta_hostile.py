@@ -553,3 +553,18 @@ def test_lazy_meta_prefix_stops_reading_at_its_cap() -> None:
     prefix = scan_meta_prefix(f, len(tar), 4096, 20_000)  # type: ignore[arg-type]
     assert len(prefix) == 20_000
     assert f.furthest < len(tar) // 4, (f.furthest, len(tar))
+
+
+@settings(max_examples=60, deadline=None)
+@given(cap=st.integers(0, 400_000), limit=st.sampled_from([0, 100, 4096, 1 << 20]))
+def test_lazy_meta_prefix_equals_the_full_scan_anywhere(cap: int, limit: int) -> None:
+    import io
+
+    from krill.delta.tarscan import read_meta_prefix, scan, scan_meta_prefix
+
+    tar = _MANY_FILES_TAR
+    full = read_meta_prefix(io.BytesIO(tar), scan(io.BytesIO(tar), len(tar)), limit, cap)
+    assert scan_meta_prefix(io.BytesIO(tar), len(tar), limit, cap) == full
+
+
+_MANY_FILES_TAR = _many_files_tar()
