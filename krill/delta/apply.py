@@ -350,7 +350,7 @@ def _run_ops(
         else:
             sink.write(item)
 
-    def start(op: fmt.Op) -> _Item:
+    def start(op: fmt.Op, pool: ThreadPoolExecutor) -> _Item:
         if op.kind == fmt.OP_META:
             return _decode_meta(meta, op)
         if op.kind == fmt.OP_COPY:
@@ -367,7 +367,7 @@ def _run_ops(
                 # under the budget plus one op, whatever the ops claim.
                 while queue and (in_flight + cost > IN_FLIGHT_BYTES or len(queue) > 4 * workers):
                     drain_one()
-                queue.append((start(op), cost))
+                queue.append((start(op, pool), cost))
                 in_flight += cost
             while queue:
                 drain_one()
