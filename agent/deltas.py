@@ -24,6 +24,7 @@ the config) is bounded by ``fetch_timeout``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import shutil
@@ -242,7 +243,9 @@ class DeltaRebuilder:
         base, delta = self._cache.path(offer.base), self._cache.path(offer.delta)
         try:
             loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._executor, rebuild_layer, base, delta, work)
+            # The header must name the layer the manifest asked for before any work is done.
+            rebuild = functools.partial(rebuild_layer, expected_digest=str(offer.target))
+            result = await loop.run_in_executor(self._executor, rebuild, base, delta, work)
         except Exception as exc:  # DeltaFormatError, RecipeError, zlib.error from a rotten base...
             # Maybe the delta is bad, maybe our base rotted on disk: hash the base again
             # (a damaged one is dropped from the cache, so it is not offered next time).
