@@ -33,7 +33,10 @@ and dispatches them to the ``Download`` objects.
 Deviations from the written contract, all additive: ``SwarmSettings.origin``
 (peer id prefix ``-KO`` so the tracker hands origins out first) and tuning
 fields (``unchoke_slots``, ``seed_upload_slots``, ``super_seeding``,
-``stream_window_pieces``); ``SwarmStats.failed_pieces`` and ``.torrents``;
+``super_seed_min_peers``, ``super_seed_upload_slots``, ``first_announce_timeout``,
+``stream_window_pieces``); ``SwarmEngine.super_seeding(digest)`` and
+``.super_seed_toggles(digest)`` (dynamic super-seeding state,
+for tests and logs); ``SwarmStats.failed_pieces`` and ``.torrents``;
 ``SwarmEngine.fetch_stats()`` (fresh session counters; ``stats()``
 returns the last ones, refreshed every second); ``Download.digest``,
 ``Download.store_path`` and ``Download.open()`` (opens the partial file, or the
@@ -74,6 +77,8 @@ _ALERT_WAIT_DOWNLOADING_MS = 20
 # At most this often per download, libtorrent is asked to write its cache out for a
 # streaming reader (each flush also closes the torrent's file handles).
 _MIN_FLUSH_INTERVAL = 0.05
+# Dynamic super-seeding is armed again after a torrent has had no peers this long.
+_SUPER_SEED_REARM_SECONDS = 10.0
 
 
 @dataclass
@@ -105,6 +110,20 @@ class SwarmSettings:
     # instead of 1 s for 3 MiB) and halves herd throughput, so it is off.
     seed_upload_slots: int | None = None
     super_seeding: bool = False
+    # Dynamic super-seeding (opt-in; 0 = off): a seeded torrent is put in BEP 16
+    # super-seed mode while no downloader is connected, so a herd arriving together
+    # is offered disjoint pieces, and switched to normal mode while fewer than this
+    # many downloaders are connected, so a lone node (or the last few of a herd) gets
+    # every piece at full speed. Off by default: with libtorrent 2.1.1 it made the
+    # herd benchmark 2x slower (a super-seed's first offer to a new connection is
+    # lost and nodes sit idle ~10 s; docs/swarm.md, tuning record).
+    super_seed_min_peers: int = 0
+    # Upload slots of a torrent while it is super-seeding (-1 = unchoke_slots only):
+    # each peer holds only the pieces it was offered, so more flows do not duplicate.
+    super_seed_upload_slots: int = -1
+    # How long ``seed`` waits for the tracker to confirm our announce (see
+    # SwarmEngine._wait_first_announce); 0 = don't wait.
+    first_announce_timeout: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -275,6 +294,8 @@ class _Torrent:
     metainfo: bytes
     download: Download | None  # None when seeding a stored blob
     last_active: float
+    super_seeding: bool = False  # BEP 16 mode is on for this torrent right now
+    super_seed_toggles: int = 0  # how often dynamic super-seeding switched (tests, logs)
 
 
 def session_settings(settings: SwarmSettings) -> dict[str, Any]:
@@ -334,6 +355,10 @@ def session_settings(settings: SwarmSettings) -> dict[str, Any]:
         "request_queue_time": 1,
         # Cluster peers answer fast or are gone: fail connects and stalls quickly.
         "peer_connect_timeout": 3,
+        # Reconnect to a peer that dropped us after 1 s, not libtorrent's 60 s: in a
+        # cluster a dropped peer is usually back at once (a restart, or a seed that
+        # paused its torrent to leave super-seed mode).
+        "min_reconnect_time": 1,
         "request_timeout": 10,
         "piece_timeout": 10,
         "inactivity_timeout": 120,
@@ -382,6 +407,7 @@ class SwarmEngine:
         self._downloads: dict[Digest, Download] = {}
         self._removals: dict[str, asyncio.Future[None]] = {}
         self._stats_waiters: list[asyncio.Future[SwarmStats]] = []
+        self._announce_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._stats = SwarmStats(0, 0)
         self._hash_failures = 0
         self._background: set[asyncio.Task[Any]] = set()
@@ -457,17 +483,110 @@ class SwarmEngine:
         params = self._torrent_params(ti, path.parent)
         # seed_mode: trust the store's verification instead of re-reading the file.
         params.flags |= lt.torrent_flags.seed_mode
-        if self.settings.super_seeding:
+        super_seed = self.settings.super_seeding or self.settings.super_seed_min_peers > 0
+        if super_seed:
             params.flags |= lt.torrent_flags.super_seeding
-        params.max_uploads = self._seed_upload_slots()
+        params.max_uploads = self._seed_upload_slots(super_seed)
         handle = self._require_session().add_torrent(params)
-        self._torrents[info_hash] = _Torrent(handle, digest, metainfo, None, time.monotonic())
-        log.info("swarm.seeding digest=%s info_hash=%s path=%s", digest, info_hash, path)
+        self._torrents[info_hash] = _Torrent(
+            handle, digest, metainfo, None, time.monotonic(), super_seeding=super_seed
+        )
+        log.info("swarm.seeding digest=%s info_hash=%s path=%s super_seeding=%s",
+                 digest, info_hash, path, super_seed)
+        await self._wait_first_announce(info_hash)
 
-    def _seed_upload_slots(self) -> int:
+    async def _wait_first_announce(self, info_hash: str) -> None:
+        """Wait (briefly) until the tracker knows we seed ``info_hash``.
+
+        The origin starts seeding when a node asks for metainfo, and that node
+        announces right after: if our own announce has not reached the tracker
+        by then, the node's peer list lacks the origin and it waits for its next
+        announce (seconds) before it can fetch anything. Only seeders wait.
+        """
+        timeout = self.settings.first_announce_timeout
+        if timeout <= 0 or not self.settings.origin:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._announce_waiters.setdefault(info_hash, []).append(future)
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+        except TimeoutError:
+            log.warning("swarm.first_announce_slow info_hash=%s waited=%.1fs", info_hash, timeout)
+        finally:
+            waiters = self._announce_waiters.get(info_hash, [])
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters:
+                self._announce_waiters.pop(info_hash, None)
+
+    def super_seeding(self, digest: Digest) -> bool | None:
+        """Whether the torrent seeding ``digest`` is in super-seed mode (None: not seeded)."""
+        for torrent in self._torrents.values():
+            if torrent.digest == digest and torrent.download is None:
+                return torrent.super_seeding
+        return None
+
+    def super_seed_toggles(self, digest: Digest) -> int:
+        """How often dynamic super-seeding switched the torrent seeding ``digest``."""
+        for torrent in self._torrents.values():
+            if torrent.digest == digest and torrent.download is None:
+                return torrent.super_seed_toggles
+        return 0
+
+    def _seed_upload_slots(self, super_seeding: bool = False) -> int:
+        if super_seeding:
+            return self.settings.super_seed_upload_slots
         if self.settings.seed_upload_slots is None:
             return 2 if self.settings.origin else -1
         return self.settings.seed_upload_slots
+
+    def _adjust_super_seeding(self, torrent: _Torrent, status: lt.torrent_status) -> None:
+        """Dynamic super-seeding: armed while idle, off for a lone node or the last few.
+
+        libtorrent tells a peer which pieces a super-seed "has" only when the peer
+        connects; a peer that connected in normal mode knows every piece, and a
+        super-seed refuses its requests for pieces it did not offer that peer. So
+        the mode is switched on only while nobody is connected (``seed`` and
+        ``_rearm_super_seeding``: armed for the next herd) and off as soon as
+        fewer than ``super_seed_min_peers`` downloaders are connected (a lone node
+        then gets the full bitfield and every piece at full speed).
+        """
+        threshold = self.settings.super_seed_min_peers
+        if threshold <= 0 or self.settings.super_seeding or torrent.download is not None:
+            return
+        downloading = int(status.num_peers) - int(status.num_seeds)
+        if 0 < downloading < threshold and torrent.super_seeding:
+            self._set_super_seeding(torrent, False, downloading)
+
+    def _rearm_super_seeding(self, torrent: _Torrent, now: float) -> None:
+        """Arm super-seeding again once a torrent has had no peers for a while (the
+        pause in ``_set_super_seeding`` drops peers for a moment; they come back)."""
+        if (
+            self.settings.super_seed_min_peers > 0
+            and not self.settings.super_seeding
+            and torrent.download is None
+            and not torrent.super_seeding
+            and now - torrent.last_active >= _SUPER_SEED_REARM_SECONDS
+        ):
+            self._set_super_seeding(torrent, True, 0)
+
+    def _set_super_seeding(self, torrent: _Torrent, wanted: bool, downloading: int) -> None:
+        if wanted:
+            torrent.handle.set_flags(lt.torrent_flags.super_seeding)
+        else:
+            torrent.handle.unset_flags(lt.torrent_flags.super_seeding)
+            # libtorrent 2.1 sends the full bitfield on leaving super-seed mode only to
+            # peers it has offered a piece, and its first offer to a new connection is
+            # lost (sent during the handshake), so a peer may know of nothing. A pause
+            # drops the connections; on resume they are made again, with every piece.
+            torrent.handle.pause()
+            torrent.handle.resume()
+        torrent.handle.set_max_uploads(self._seed_upload_slots(wanted))
+        torrent.super_seeding = wanted
+        torrent.super_seed_toggles += 1
+        log.info("swarm.super_seeding digest=%s on=%s downloading_peers=%d",
+                 torrent.digest, wanted, downloading)
 
     # ---- downloading ----
 
@@ -642,10 +761,18 @@ class SwarmEngine:
                         alert.torrent_name, alert.piece_index)
         elif isinstance(alert, (lt.torrent_error_alert, lt.file_error_alert)):
             self._fail_torrent(alert)
+        elif isinstance(alert, lt.tracker_reply_alert):
+            self._announced(_alert_info_hash(alert))
         elif isinstance(alert, lt.tracker_error_alert):
             log.warning("swarm.tracker_error %s", alert.message())
+            self._announced(_alert_info_hash(alert))
         elif isinstance(alert, lt.listen_failed_alert):
             log.error("swarm.listen_failed %s", alert.message())
+
+    def _announced(self, info_hash: str) -> None:
+        for future in self._announce_waiters.pop(info_hash, []):
+            if not future.done():
+                future.set_result(None)
 
     def _flush_for_readers(self) -> None:
         """Ask libtorrent to write out pieces a streaming reader is waiting for."""
@@ -678,8 +805,11 @@ class SwarmEngine:
         now = time.monotonic()
         for status in statuses:
             torrent = self._torrents.get(str(status.info_hashes.v1))
-            if torrent is not None and status.num_peers > 0:
+            if torrent is None:
+                continue
+            if status.num_peers > 0:
                 torrent.last_active = now
+            self._adjust_super_seeding(torrent, status)
 
     def _note_stats(self, values: dict[str, int]) -> None:
         self._stats = SwarmStats(
@@ -695,6 +825,7 @@ class SwarmEngine:
 
     def _expire_idle_seeds(self, now: float) -> None:
         for info_hash, torrent in list(self._torrents.items()):
+            self._rearm_super_seeding(torrent, now)
             if torrent.download is None and now - torrent.last_active > self.settings.seed_ttl:
                 log.info("swarm.seed_expired digest=%s", torrent.digest)
                 self._spawn(self._remove(info_hash))

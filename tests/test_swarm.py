@@ -222,3 +222,31 @@ async def test_swarm_recovers_after_an_in_memory_tracker_restarts(tmp_path: Path
                 async with asyncio.timeout(90):
                     path = await download.wait_done()
     assert path.read_bytes() == data
+
+
+async def test_a_lone_downloader_turns_dynamic_super_seeding_off_and_completes(
+    tmp_path: Path, announce_url: str
+) -> None:
+    """Dynamic super-seeding is armed while nobody downloads; one node alone disarms it."""
+    origin_store, agent_store = BlobStore(tmp_path / "o"), BlobStore(tmp_path / "a")
+    digest, data, metainfo = make_blob(origin_store, 1024 * 1024 + 5)
+    settings = SwarmSettings(announce_url, origin=True, super_seed_min_peers=3)
+    async with (
+        SwarmEngine(settings, origin_store) as origin,
+        SwarmEngine(SwarmSettings(announce_url), agent_store) as agent,
+    ):
+        await origin.seed(digest, metainfo)
+        assert origin.super_seeding(digest) is True, "armed for a herd while idle"
+        download = await agent.download(digest, metainfo)
+        modes: list[bool | None] = []
+
+        async def watch_origin_mode() -> None:
+            while not download.done:
+                modes.append(origin.super_seeding(digest))
+                await asyncio.sleep(0.05)
+
+        async with asyncio.timeout(60):
+            _, path = await asyncio.gather(watch_origin_mode(), download.wait_done())
+        assert path.read_bytes() == data
+        assert False in modes, "the origin served the lone node in normal mode"
+        assert origin.super_seed_toggles(digest) >= 1
