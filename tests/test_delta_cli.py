@@ -87,3 +87,17 @@ def test_engine_flag_picks_the_binary_diff(tmp_path: Path) -> None:
     assert refused.returncode != 0
     assert "--engine" in refused.stderr
     assert not (tmp_path / "e.krd").exists()
+
+
+def test_binary_diff_limit_above_what_appliers_accept_is_refused(tmp_path: Path) -> None:
+    """A delta with ops appliers refuse would be thrown away after all the encoding."""
+    base, target_tar = _layers(tmp_path)
+    (tmp_path / "target.tar").write_bytes(target_tar)
+    result = _krill(
+        "delta", "create", "--bsdiff-max", str(1 << 30), base, tmp_path / "target.tar",
+        tmp_path / "d.krd",
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--bsdiff-max" in lines[0] and "appliers accept" in lines[0]
+    assert not (tmp_path / "d.krd").exists()

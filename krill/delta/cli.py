@@ -70,12 +70,15 @@ def run_create(args: argparse.Namespace) -> int:
     from krill.cli import CliError
 
     _check_inputs(args.base, args.target)
-    options = EncodeOptions(
-        content_level=args.level,
-        bsdiff_max_bytes=args.bsdiff_max,
-        diff_engine=args.engine,
-        workers=max(1, args.workers),
-    )
+    try:
+        options = EncodeOptions(
+            content_level=args.level,
+            bsdiff_max_bytes=args.bsdiff_max,
+            diff_engine=args.engine,
+            workers=max(1, args.workers),
+        )
+    except ValueError as exc:
+        raise CliError(f"--bsdiff-max: {exc}") from None
     started = time.monotonic()
     try:
         result = create_delta(args.base, args.target, args.out, options)

@@ -72,6 +72,15 @@ class EncodeOptions:
     workers: int = max(1, min(4, os.cpu_count() or 1))
     piece_bytes: int = fmt.MAX_PIECE_BYTES
 
+    def __post_init__(self) -> None:
+        # Appliers refuse binary-diff ops over MAX_DIFF_OP_BYTES (their memory bound), so
+        # a delta made with a larger limit would be thrown away after all the work.
+        if not 0 <= self.bsdiff_max_bytes <= fmt.MAX_DIFF_OP_BYTES:
+            raise ValueError(
+                f"the binary-diff size limit must be 0..{fmt.MAX_DIFF_OP_BYTES} bytes "
+                f"(what appliers accept), got {self.bsdiff_max_bytes}"
+            )
+
 
 @dataclass(frozen=True, slots=True)
 class EncodeResult:
