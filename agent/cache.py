@@ -29,7 +29,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.atomic_files import write_atomically
+from krill.atomicfile import write_atomic
 from krill.blobstore import BlobStore
 from krill.digests import Digest, DigestError, sha256_file
 
@@ -296,7 +296,7 @@ class NodeCache:
     def save(self) -> None:
         """Write the index atomically when it changed (blocking: start-up and shutdown)."""
         if self._dirty:
-            write_atomically(self._index_path, self._index_document())
+            write_atomic(self._index_path, self._index_document())
             self._dirty = False
 
     async def save_async(self) -> None:
@@ -305,7 +305,7 @@ class NodeCache:
             if self._dirty:
                 text = self._index_document()
                 self._dirty = False
-                await asyncio.to_thread(write_atomically, self._index_path, text)
+                await asyncio.to_thread(write_atomic, self._index_path, text)
 
     def _index_document(self) -> str:
         return json.dumps(

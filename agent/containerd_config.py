@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.atomic_files import write_atomically
+from krill.atomicfile import write_atomic
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_SERVER = "https://registry-1.docker.io"
@@ -65,6 +65,6 @@ def write_hosts_files(specs: list[RegistrySpec], agent: str, directory: Path) ->
     for spec in specs:
         path = directory / spec.host / "hosts.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, hosts_toml(spec, agent))
+        write_atomic(path, hosts_toml(spec, agent))
         written.append(path)
     return written

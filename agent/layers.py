@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.atomic_files import write_atomically
 from krill import oci
+from krill.atomicfile import write_atomic
 from krill.digests import Digest, DigestError
 
 log = logging.getLogger(__name__)
@@ -140,14 +140,14 @@ class LayerIndex:
     def save(self) -> None:
         """Write the index durably (blocking)."""
         if self._path is not None:
-            write_atomically(self._path, self._document())
+            write_atomic(self._path, self._document())
 
     async def save_async(self) -> None:
         """``save`` with the disk write (and its fsync) in a worker thread."""
         if self._path is None:
             return
         async with self._save_lock:  # one write at a time, so the newest lands last
-            await asyncio.to_thread(write_atomically, self._path, self._document())
+            await asyncio.to_thread(write_atomic, self._path, self._document())
 
     def _document(self) -> str:
         return json.dumps(

@@ -25,6 +25,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from krill.atomicfile import fsync_dir
 from krill.digests import Digest
 
 log = logging.getLogger(__name__)
@@ -200,13 +201,5 @@ class BlobStore:
         final = self.path(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable: fsync the directory that holds the new name."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

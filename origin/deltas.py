@@ -48,6 +48,7 @@ from aiohttp import web
 from prometheus_client import Counter, Gauge
 
 from krill import oci
+from krill.atomicfile import write_atomic
 from krill.blobstore import BlobStore
 from krill.delta import MEDIA_TYPE, DeltaFormatError, RecipeError, apply_delta, create_delta
 from krill.delta.format import FORMAT_NAME
@@ -55,7 +56,6 @@ from krill.digests import Digest
 from krill.names import InvalidNameError, validate_name
 from krill.registry_errors import RegistryError
 from origin.appkeys import METRICS, REPOSITORIES, STORE, TAG_HISTORY, TAG_MOVED
-from origin.atomicfile import write_atomic
 from origin.config import OriginConfig
 from origin.params import parse_digest
 

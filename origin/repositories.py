@@ -29,9 +29,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from krill.atomicfile import write_atomic
 from krill.digests import Digest, DigestError
 from krill.names import validate_name, validate_tag
-from origin.atomicfile import write_atomic
 
 _LAYERS = "_layers"
 _MANIFESTS = "_manifests"
