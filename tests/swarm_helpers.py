@@ -83,6 +83,27 @@ async def peer_result(peer: asyncio.subprocess.Process, limit: float = 180) -> d
     return json.loads(line)
 
 
+async def start_herd(
+    count: int, data: Path, announce_url: str, metainfo_from: str, digest: str
+) -> list[asyncio.subprocess.Process]:
+    """``count`` peers that download at the same moment, however slowly their processes start.
+
+    Each peer sets up its engine, says it is ready and waits; only then are
+    all told to go, so the test sees a herd rather than a queue.
+    """
+    peers = [
+        await start_peer(data / f"peer{i}", announce_url, metainfo_from, digest, "--wait-go")
+        for i in range(count)
+    ]
+    for peer in peers:
+        assert (await peer_result(peer))["ready"]
+    for peer in peers:
+        assert peer.stdin is not None
+        peer.stdin.write(b"go\n")
+        await peer.stdin.drain()
+    return peers
+
+
 async def finish_peer(peer: asyncio.subprocess.Process) -> dict[str, object]:
     """Close the peer's stdin (stop seeding); return its final counters."""
     assert peer.stdin is not None

@@ -51,6 +51,11 @@ async def stdin_closed() -> None:
     await asyncio.to_thread(sys.stdin.read)
 
 
+async def wait_for_go() -> None:
+    """Block until the driver writes a line: every peer of a herd starts together."""
+    await asyncio.to_thread(sys.stdin.readline)
+
+
 async def main(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     digest = Digest.parse(args.digest)
@@ -69,6 +74,9 @@ async def main(args: argparse.Namespace) -> int:
             await engine.seed(digest, metainfo)
             emit({"seeding": True, "peer_port": engine.peer_port})
         else:
+            if args.wait_go:
+                emit({"ready": True, "peer_port": engine.peer_port})
+                await wait_for_go()
             start = time.monotonic()
             download = await engine.download(digest, metainfo)
             streamed = await stream_to_end(download)
@@ -96,4 +104,8 @@ if __name__ == "__main__":
     parser.add_argument("--seed-file", type=Path)
     parser.add_argument("--upload-rate-limit", type=int, default=0)
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument(
+        "--wait-go", action="store_true",
+        help='print {"ready": true}, then start the download on the next stdin line',
+    )
     sys.exit(asyncio.run(main(parser.parse_args())))

@@ -16,7 +16,7 @@ from tests.swarm_helpers import (
     peer_result,
     running_origin,
     running_tracker,
-    start_peer,
+    start_herd,
 )
 
 BLOB_SIZE = 64 * 1024 * 1024
@@ -35,10 +35,7 @@ async def test_eight_peers_pull_one_blob_and_the_origin_sends_it_at_most_twice(
         running_origin(origin_store, announce) as (origin_url, origin_engine),
         running_tracker(tracker_port, origin=[origin_url]) as tracker_url,
     ):
-        peers = [
-            await start_peer(tmp_path / f"peer{i}", announce, tracker_url, str(digest))
-            for i in range(PEERS)
-        ]
+        peers = await start_herd(PEERS, tmp_path, announce, tracker_url, str(digest))
         try:
             results = await asyncio.gather(*(peer_result(p) for p in peers))
             finals = await asyncio.gather(*(finish_peer(p) for p in peers))
