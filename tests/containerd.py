@@ -9,7 +9,6 @@ test's directory. ``ctr`` talks to that socket only.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -28,10 +27,6 @@ DISABLED_PLUGINS = (
     "io.containerd.snapshotter.v1.overlayfs",
     "io.containerd.internal.v1.tracing",
 )
-
-
-def available() -> bool:
-    return shutil.which("containerd") is not None and shutil.which("ctr") is not None
 
 
 @dataclass

@@ -5,8 +5,6 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from krill.blobstore import BlobStore
 from krill.digests import Digest
 from tests import containerd
@@ -18,10 +16,6 @@ from tests.agent_cluster import (
     push,
 )
 from tests.components import krill_command
-
-pytestmark = pytest.mark.skipif(
-    not containerd.available(), reason="containerd and ctr are required (scripts/test installs)"
-)
 
 
 def write_hosts(hosts_dir: Path, agent_hostport: str, *registries: str) -> None:

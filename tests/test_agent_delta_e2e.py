@@ -122,9 +122,6 @@ def skopeo_copy_from(agent: Agent, reference: str, out: Path) -> set[str]:
     return read_oci_layout_digests(out)
 
 
-@pytest.mark.skipif(
-    not containerd.available(), reason="containerd and ctr are required (scripts/test installs)"
-)
 def test_containerd_pulls_v2_and_only_the_delta_crosses_the_wire(
     tmp_path: Path, versions: Versions
 ) -> None:

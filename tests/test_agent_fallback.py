@@ -58,7 +58,6 @@ def test_origin_down_answers_503_so_clients_move_on(tmp_path: Path) -> None:
             assert json.loads(info.value.read())["errors"][0]["code"] == "UNAVAILABLE"
 
 
-@pytest.mark.skipif(not containerd.available(), reason="containerd and ctr are required")
 def test_origin_and_tracker_down_containerd_falls_back_to_upstream(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     with (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -224,7 +223,6 @@ def _sparse_tree(root: Path, seed: int) -> None:
     (root / "hard").hardlink_to(long_dir / ("f" * 120))
 
 
-@pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar is part of the base image")
 @pytest.mark.parametrize(
     "flags", [("--format=gnu",), ("--format=posix",), ("--format=posix", "--sparse-version=1.0")]
 )
