@@ -54,5 +54,7 @@ KRILL_DEBS=(
   zstd:zstd
   casync:casync
   ip:iproute2
+  tar:tar
+  gzip:gzip
   tc:iproute2
 )
