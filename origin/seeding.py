@@ -20,16 +20,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from krill.atomicfile import write_atomic
 from krill.blobstore import BlobStore
 from krill.config import parse_hostport
 from krill.digests import Digest, DigestError
-from krill.metainfo import METAINFO_CONTENT_TYPE, make_metainfo
+from krill.metainfo import METAINFO_CONTENT_TYPE, MetainfoError, check_metainfo, make_metainfo
 from krill.registry_errors import RegistryError
 from krill.swarm import SwarmEngine, SwarmSettings
 
@@ -58,16 +58,18 @@ class MetainfoSidecars:
         return await asyncio.shield(task)
 
     def _load_or_make(self, digest: Digest) -> bytes:
+        """The blob's sidecar torrent; a missing or damaged one is made again."""
         sidecar = self._store.sidecar_path(digest, "torrent")
         try:
-            return sidecar.read_bytes()
+            metainfo = sidecar.read_bytes()
+            check_metainfo(metainfo, digest)
+            return metainfo
         except FileNotFoundError:
             pass
+        except MetainfoError as exc:  # cut short by a crash, say: derived data, so rebuild it
+            log.warning("origin.metainfo_damaged digest=%s error=%s", digest, exc)
         metainfo = make_metainfo(self._store.path(digest), digest)
-        # Write-then-rename: a reader sees no sidecar or a whole one, never half.
-        tmp = sidecar.with_name(f"{sidecar.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(metainfo)
-        os.replace(tmp, sidecar)
+        write_atomic(sidecar, metainfo)
         log.info("origin.metainfo_made digest=%s bytes=%d", digest, len(metainfo))
         return metainfo
 
@@ -118,7 +120,7 @@ async def _handle_metainfo(request: web.Request) -> web.Response:
         return RegistryError("BLOB_UNKNOWN", f"no blob {digest} on this origin").response()
     try:
         metainfo = await request.app[_METAINFO_KEY].get(digest)
-    except FileNotFoundError:  # deleted between the check and the hashing
+        await engine.seed(digest, metainfo)
+    except FileNotFoundError:  # deleted between the check and the hashing or seeding
         return RegistryError("BLOB_UNKNOWN", f"no blob {digest} on this origin").response()
-    await engine.seed(digest, metainfo)
     return web.Response(body=metainfo, content_type=METAINFO_CONTENT_TYPE)

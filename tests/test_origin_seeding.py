@@ -1,0 +1,36 @@
+"""The origin's metainfo route survives a damaged sidecar and a vanished blob."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import aiohttp
+
+from krill.blobstore import BlobStore
+from krill.metainfo import check_metainfo
+from tests.components import free_port
+from tests.swarm_helpers import running_origin, running_tracker
+
+
+async def test_a_damaged_sidecar_is_made_again_and_a_missing_blob_is_404(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "origin")
+    digest = store.put_bytes(os.urandom(300_000))
+    # A crash cut the sidecar short: it must be rebuilt, not trusted (or answered with a 500).
+    store.sidecar_path(digest, "torrent").write_bytes(b"d4:info")
+    tracker_port = free_port()
+    async with (
+        running_tracker(tracker_port),
+        running_origin(store, f"http://127.0.0.1:{tracker_port}/announce") as (url, _engine),
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.get(f"{url}/krill/v1/metainfo/{digest}") as response:
+            assert response.status == 200
+            body = await response.read()
+        check_metainfo(body, digest)
+        assert store.sidecar_path(digest, "torrent").read_bytes() == body
+
+        missing = "sha256:" + "0" * 64
+        async with http.get(f"{url}/krill/v1/metainfo/{missing}") as response:
+            assert response.status == 404
+            assert (await response.json())["errors"][0]["code"] == "BLOB_UNKNOWN"
