@@ -169,6 +169,7 @@ class Download:
         self._engine: SwarmEngine | None = None
         self._info_hash = ""
         self._deadlined_until = 0
+        self._publishing = False
 
     @classmethod
     def finished(cls, digest: Digest, path: Path, piece_length: int) -> Download:
@@ -219,8 +220,12 @@ class Download:
         raise DownloadFailed(f"data of {self.digest} is neither being written nor stored")
 
     def cancel(self) -> None:
-        """Stop the download for every caller sharing it; waiters get DownloadFailed."""
-        if self._done.done():
+        """Stop the download for every caller sharing it; waiters get DownloadFailed.
+
+        Once every piece has arrived and the file is being verified and published,
+        cancelling does nothing: the blob is about to be in the store.
+        """
+        if self._done.done() or self._publishing:
             return
         self._fail(DownloadFailed(f"download of {self.digest} was cancelled"))
         if self._engine is not None:
@@ -592,20 +597,27 @@ class SwarmEngine:
 
     async def download(self, digest: Digest, metainfo: bytes) -> Download:
         """Start (or join) fetching ``digest`` through the swarm; returns at once."""
-        ongoing = self._downloads.get(digest)
-        if ongoing is not None and not ongoing.done:
-            return ongoing
         info_hash, ti = _torrent_info(metainfo, digest)
         piece_length = int(ti.piece_length())
-        if self.store.has(digest):
-            return Download.finished(digest, self.store.path(digest), piece_length)
-        if info_hash in self._torrents:  # a failed or cancelled attempt still being removed
-            await self._remove(info_hash)
-        removing = self._removals.get(info_hash)
-        if removing is not None:  # libtorrent must drop the old torrent before a re-add
-            with contextlib.suppress(TimeoutError):
+        # Waiting for an old torrent's removal lets other callers run: look again after
+        # every wait, so two callers never both start a download of one digest.
+        for _ in range(3):
+            ongoing = self._downloads.get(digest)
+            if ongoing is not None and not ongoing.done:
+                return ongoing
+            if self.store.has(digest):
+                return Download.finished(digest, self.store.path(digest), piece_length)
+            if info_hash in self._torrents:  # a failed or cancelled attempt still being removed
+                await self._remove(info_hash)
+                continue
+            removing = self._removals.get(info_hash)
+            if removing is None or removing.done():
+                break
+            with contextlib.suppress(TimeoutError):  # libtorrent must drop it before a re-add
                 async with asyncio.timeout(10):
                     await asyncio.shield(removing)
+        else:
+            raise DownloadFailed(f"the swarm is still removing an old download of {digest}")
         torrent_dir = self.store.incoming_path()
         torrent_dir.mkdir()
         download = Download(digest, int(ti.total_size()), piece_length, torrent_dir / digest.hex)
@@ -653,11 +665,16 @@ class SwarmEngine:
                 torrent.handle.set_piece_deadline(index, 100 * (index - first))
         download._deadlined_until = last
 
+    def _forget(self, download: Download) -> None:
+        """Drop ``download`` from the single-flight table, but never a newer one."""
+        if self._downloads.get(download.digest) is download:
+            del self._downloads[download.digest]
+
     def _cancel(self, download: Download) -> None:
         info_hash = download._info_hash
         torrent = self._torrents.get(info_hash)
-        self._downloads.pop(download.digest, None)
-        if torrent is not None:
+        self._forget(download)
+        if torrent is not None and torrent.download is download:
             self._spawn(self._remove_and_clean(info_hash, download.partial_path.parent))
 
     async def _remove_and_clean(self, info_hash: str, torrent_dir: Path) -> None:
@@ -670,6 +687,7 @@ class SwarmEngine:
         if torrent is None or torrent.download is None:
             return
         download = torrent.download
+        download._publishing = True  # past cancelling: every piece is here
         await self._remove(info_hash)  # closes libtorrent's files before the move
         try:
             await asyncio.to_thread(self.store.adopt_file, download.partial_path, download.digest)
@@ -678,7 +696,7 @@ class SwarmEngine:
             download._fail(DownloadFailed(f"downloaded {download.digest} failed to verify: {exc}"))
             return
         finally:
-            self._downloads.pop(download.digest, None)
+            self._forget(download)
             await asyncio.to_thread(shutil.rmtree, download.partial_path.parent, True)
         download._finish(self.store.path(download.digest))
         log.info("swarm.download_done digest=%s size=%d", download.digest, download.size)
@@ -796,7 +814,7 @@ class SwarmEngine:
             download = torrent.download
             download._fail(DownloadFailed(f"swarm download of {download.digest} failed: "
                                           f"{alert.message()}"))
-            self._downloads.pop(download.digest, None)
+            self._forget(download)
             self._spawn(self._remove_and_clean(info_hash, download.partial_path.parent))
         else:
             self._spawn(self._remove(info_hash))

@@ -250,3 +250,30 @@ async def test_a_lone_downloader_turns_dynamic_super_seeding_off_and_completes(
         assert path.read_bytes() == data
         assert False in modes, "the origin served the lone node in normal mode"
         assert origin.super_seed_toggles(digest) >= 1
+
+
+async def test_callers_racing_after_a_cancel_share_one_new_download(tmp_path: Path) -> None:
+    """Re-adding a cancelled torrent waits for its removal; callers arriving meanwhile
+    must still end up on one download (two would write one torrent's data into two
+    directories, and one of them could never finish)."""
+    origin_store, node_store = BlobStore(tmp_path / "origin"), BlobStore(tmp_path / "node")
+    data = os.urandom(1_000_000)
+    digest = origin_store.put_bytes(data)
+    metainfo = make_metainfo(origin_store.path(digest), digest)
+    async with running_tracker() as tracker:
+        announce = f"{tracker}/announce"
+        async with (
+            SwarmEngine(SwarmSettings(announce, origin=True), origin_store) as origin,
+            SwarmEngine(SwarmSettings(announce), node_store) as node,
+        ):
+            first = await node.download(digest, metainfo)
+            first.cancel()
+            again, also = await asyncio.gather(
+                node.download(digest, metainfo), node.download(digest, metainfo)
+            )
+            assert again is also and again is not first
+            await origin.seed(digest, metainfo)
+            async with asyncio.timeout(60):
+                path = await again.wait_done()
+    assert path.read_bytes() == data
+    assert list((tmp_path / "node" / "incoming").iterdir()) == []
