@@ -9,6 +9,7 @@ test's directory. ``ctr`` talks to that socket only.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,11 @@ DISABLED_PLUGINS = (
     "io.containerd.snapshotter.v1.overlayfs",
     "io.containerd.internal.v1.tracing",
 )
+
+
+def available() -> bool:
+    """Whether containerd and ctr are installed (the demo pulls with them when they are)."""
+    return shutil.which("containerd") is not None and shutil.which("ctr") is not None
 
 
 @dataclass
