@@ -739,17 +739,26 @@ class SwarmEngine:
                     self._dispatch(alert)
                 except Exception:
                     log.exception("swarm.alert_error alert=%s", type(alert).__name__)
-            self._flush_for_readers()
             now = time.monotonic()
-            if now >= next_tick:
+            tick = now >= next_tick
+            if tick:
                 next_tick = now + _TICK_SECONDS
-                session.post_session_stats()
-                session.post_torrent_updates()
-                self._expire_idle_seeds(now)
+            try:
+                self._housekeep(session, now, tick)
+            except Exception:  # one bad handle must not stop the pump every download waits on
+                log.exception("swarm.housekeeping_error")
         # Drain what is left so nothing waits on an alert that will never be read.
         for alert in session.pop_alerts():
             with contextlib.suppress(Exception):
                 self._dispatch(alert)
+
+    def _housekeep(self, session: lt.session, now: float, tick: bool) -> None:
+        """Between alert batches: flushes for waiting readers; each tick, stats and expiry."""
+        self._flush_for_readers()
+        if tick:
+            session.post_session_stats()
+            session.post_torrent_updates()
+            self._expire_idle_seeds(now)
 
     def _dispatch(self, alert: lt.alert) -> None:
         if isinstance(alert, lt.piece_finished_alert):
