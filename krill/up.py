@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         with contextlib.ExitStack() as services:
             procs = []
             try:
-                for name, argv, health in _commands(addresses, data):
+                for name, argv, health in service_commands(addresses, data):
                     proc = services.enter_context(_service(name, argv, logs / f"{name}.log"))
                     procs.append(proc)
                     wait_http(
@@ -100,7 +100,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _commands(a: Addresses, data: Path) -> list[tuple[str, list[str], str]]:
+def service_commands(a: Addresses, data: Path) -> list[tuple[str, list[str], str]]:
     """(name, krill arguments, health URL) for each service, in start order."""
     return [
         (

@@ -35,6 +35,7 @@ from benchlib import free_port, one_round, timed_get, write_random_blob
 
 from krill.processes import logged_process as process
 from krill.processes import wait_http
+from krill.up import Addresses, service_commands
 
 REPO = "bench/agent"
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,70 +106,23 @@ def serve_bare_file(path: str, port: int) -> None:
 # ---- processes ----------------------------------------------------------------------
 
 
-def krill(*args: str) -> list[str]:
-    return [sys.executable, "-m", "krill.cli", *args]
-
-
 @contextlib.contextmanager
 def cluster(work: Path) -> Iterator[dict[str, str]]:
-    """origin (seeding through the tracker), tracker, agent; yields their base URLs."""
-    ports = {name: free_port() for name in ("origin", "tracker", "agent", "registry")}
-    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    """origin (seeding through the tracker), tracker, agent, started as ``krill up`` starts
+    them; yields their base URLs."""
+    addresses = Addresses(
+        **{name: f"127.0.0.1:{free_port()}" for name in ("origin", "tracker", "agent", "registry")},
+        data=str(work),
+    )
+    urls = {
+        name: f"http://{getattr(addresses, name)}"
+        for name in ("origin", "tracker", "agent", "registry")
+    }
     with contextlib.ExitStack() as stack:
-        origin = stack.enter_context(
-            process(
-                krill(
-                    "origin",
-                    "--listen",
-                    f"127.0.0.1:{ports['origin']}",
-                    "--data",
-                    str(work / "origin"),
-                    "--tracker",
-                    urls["tracker"],
-                    "--log-level",
-                    "warning",
-                ),
-                work / "origin.log",
-            )
-        )
-        wait_http(f"{urls['origin']}/v2/", origin, timeout=60)
-        tracker = stack.enter_context(
-            process(
-                krill(
-                    "tracker",
-                    "--listen",
-                    f"127.0.0.1:{ports['tracker']}",
-                    "--origin",
-                    urls["origin"],
-                    "--log-level",
-                    "warning",
-                ),
-                work / "tracker.log",
-            )
-        )
-        wait_http(f"{urls['tracker']}/health", tracker, timeout=60)
-        agent = stack.enter_context(
-            process(
-                krill(
-                    "agent",
-                    "--listen",
-                    f"127.0.0.1:{ports['agent']}",
-                    "--registry-listen",
-                    f"127.0.0.1:{ports['registry']}",
-                    "--data",
-                    str(work / "agent"),
-                    "--tracker",
-                    urls["tracker"],
-                    "--origin",
-                    urls["origin"],
-                    "--log-level",
-                    "warning",
-                ),
-                work / "agent.log",
-            )
-        )
-        wait_http(f"{urls['agent']}/health", agent, timeout=60)
-        urls["agent_pid"] = str(agent.pid)
+        for name, argv, health in service_commands(addresses, work):
+            command = [sys.executable, "-m", "krill.cli", *argv, "--log-level", "warning"]
+            proc = stack.enter_context(process(command, work / f"{name}.log"))
+            wait_http(health, proc, timeout=60, name=name)
         yield urls
 
 
