@@ -9,9 +9,11 @@ skopeo. A delta that cannot be used falls back to the full layer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +171,32 @@ def test_containerd_pulls_v2_and_only_the_delta_crosses_the_wire(
             assert pulled == versions.v2.digests
 
 
+@contextlib.contextmanager
+def v1_on_the_node_and_v2_pushed(
+    tmp_path: Path, versions: Versions
+) -> Iterator[tuple[Agent, dict]]:
+    """An origin and an agent; v1 pulled through the agent, v2 pushed, the delta computed.
+
+    Yields the agent and the origin's delta lookup answer for the changed layer.
+    """
+    base, target = versions.changed
+    with origin_process(tmp_path / "origin") as origin:
+        push(versions.v1, origin, f"{REPOSITORY}:1")
+        with agent_process(tmp_path / "agent", origin) as agent:
+            assert (
+                skopeo_copy_from(agent, f"{REPOSITORY}:1", tmp_path / "v1") == versions.v1.digests
+            )
+            push(versions.v2, origin, f"{REPOSITORY}:2")
+            yield agent, wait_for_delta(origin, target, base)
+
+
+def flip_a_byte(path: Path, at: float) -> None:
+    """Damage a file on disk the way rot would: one byte at fraction ``at`` of it."""
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * at)] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def _origin_blob_path(origin_root: Path, digest: str) -> Path:
     """Where the origin process keeps a blob (``BlobStore`` layout under its --data)."""
     hex_digest = digest.split(":", 1)[1]
@@ -177,24 +205,12 @@ def _origin_blob_path(origin_root: Path, digest: str) -> Path:
 
 def test_a_corrupt_delta_falls_back_to_the_full_layer(tmp_path: Path, versions: Versions) -> None:
     """The origin's delta blob is damaged on disk: the agent fetches the layer whole."""
-    base, target = versions.changed
     layer = versions.v2.images[0].layers[1]
-    with origin_process(tmp_path / "origin") as origin:
-        push(versions.v1, origin, f"{REPOSITORY}:1")
-        with agent_process(tmp_path / "agent", origin) as agent:
-            assert (
-                skopeo_copy_from(agent, f"{REPOSITORY}:1", tmp_path / "v1") == versions.v1.digests
-            )
-            push(versions.v2, origin, f"{REPOSITORY}:2")
-            delta = wait_for_delta(origin, target, base)
-            damaged = _origin_blob_path(tmp_path / "origin", delta["delta"])
-            data = bytearray(damaged.read_bytes())
-            data[len(data) // 2] ^= 0xFF
-            damaged.write_bytes(bytes(data))
-
-            before = agent.metrics()
-            pulled = skopeo_copy_from(agent, f"{REPOSITORY}:2", tmp_path / "v2")
-            after = agent.metrics()
+    with v1_on_the_node_and_v2_pushed(tmp_path, versions) as (agent, delta):
+        flip_a_byte(_origin_blob_path(tmp_path / "origin", delta["delta"]), 0.5)
+        before = agent.metrics()
+        pulled = skopeo_copy_from(agent, f"{REPOSITORY}:2", tmp_path / "v2")
+        after = agent.metrics()
         assert pulled == versions.v2.digests  # skopeo verified every digest it wrote
         failures = 'krill_agent_delta_failures_total{reason="delta_fetch"}'
         assert metric(after, failures) == metric(before, failures) + 1
@@ -216,22 +232,12 @@ def test_a_damaged_cached_base_falls_back_and_is_dropped(
     tmp_path: Path, versions: Versions
 ) -> None:
     """The base rotted on disk: the rebuild fails, the layer comes whole, the base is dropped."""
-    base, target = versions.changed
-    with origin_process(tmp_path / "origin") as origin:
-        push(versions.v1, origin, f"{REPOSITORY}:1")
-        with agent_process(tmp_path / "agent", origin) as agent:
-            assert (
-                skopeo_copy_from(agent, f"{REPOSITORY}:1", tmp_path / "v1") == versions.v1.digests
-            )
-            push(versions.v2, origin, f"{REPOSITORY}:2")
-            wait_for_delta(origin, target, base)
-            rotten = _agent_blob_path(agent, base)
-            data = bytearray(rotten.read_bytes())
-            data[len(data) // 3] ^= 0xFF
-            rotten.write_bytes(bytes(data))
-
-            pulled = skopeo_copy_from(agent, f"{REPOSITORY}:2", tmp_path / "v2")
-            after = agent.metrics()
+    base, _target = versions.changed
+    with v1_on_the_node_and_v2_pushed(tmp_path, versions) as (agent, _delta):
+        rotten = _agent_blob_path(agent, base)
+        flip_a_byte(rotten, 1 / 3)
+        pulled = skopeo_copy_from(agent, f"{REPOSITORY}:2", tmp_path / "v2")
+        after = agent.metrics()
         assert pulled == versions.v2.digests
         assert metric(after, 'krill_agent_delta_failures_total{reason="base_damaged"}') == 1
         assert metric(after, "krill_agent_delta_hits_total") == 0
@@ -240,26 +246,19 @@ def test_a_damaged_cached_base_falls_back_and_is_dropped(
 
 def test_concurrent_requests_share_one_delta_rebuild(tmp_path: Path, versions: Versions) -> None:
     """Eight clients ask for the changed layer at once: one lookup, one delta fetch, one rebuild."""
-    base, target = versions.changed
+    _base, target = versions.changed
     layer = versions.v2.images[0].layers[1]
     config_v2 = versions.v2.images[0].config
-    with origin_process(tmp_path / "origin") as origin:
-        push(versions.v1, origin, f"{REPOSITORY}:1")
-        with agent_process(tmp_path / "agent", origin) as agent:
-            assert (
-                skopeo_copy_from(agent, f"{REPOSITORY}:1", tmp_path / "v1") == versions.v1.digests
-            )
-            push(versions.v2, origin, f"{REPOSITORY}:2")
-            delta = wait_for_delta(origin, target, base)
-            manifest_url = f"{agent.registry}/v2/{REPOSITORY}/manifests/2"
-            accept = {"Accept": versions.v2.top.media_type}
-            urllib.request.urlopen(urllib.request.Request(manifest_url, headers=accept)).read()
+    with v1_on_the_node_and_v2_pushed(tmp_path, versions) as (agent, delta):
+        manifest_url = f"{agent.registry}/v2/{REPOSITORY}/manifests/2"
+        accept = {"Accept": versions.v2.top.media_type}
+        urllib.request.urlopen(urllib.request.Request(manifest_url, headers=accept)).read()
 
-            before = agent.metrics()
-            url = f"{agent.registry}/v2/{REPOSITORY}/blobs/{target}"
-            with ThreadPoolExecutor(8) as pool:
-                bodies = list(pool.map(lambda _i: urllib.request.urlopen(url).read(), range(8)))
-            after = agent.metrics()
+        before = agent.metrics()
+        url = f"{agent.registry}/v2/{REPOSITORY}/blobs/{target}"
+        with ThreadPoolExecutor(8) as pool:
+            bodies = list(pool.map(lambda _i: urllib.request.urlopen(url).read(), range(8)))
+        after = agent.metrics()
         assert all(body == layer.data for body in bodies)
         assert metric(after, "krill_agent_delta_hits_total") == 1
         http = "krill_agent_origin_http_bytes_total"
