@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from aiohttp import web
-from redis.exceptions import RedisError
-
 from krill.config import load_config, parse_hostport
 from krill.logs import setup_logging
 from tracker.config import TrackerConfig
@@ -38,6 +35,10 @@ def run(args: argparse.Namespace) -> int:
         TrackerConfig, file=args.config, env_prefix="KRILL_TRACKER_", flags=flags
     )
     setup_logging(config.log_level)
+    # Imported here, not at the top: every `krill` command builds this parser.
+    from aiohttp import web
+    from redis.exceptions import RedisError
+
     from tracker.server import create_app  # after logging is set up
 
     host, port = parse_hostport(config.listen)
