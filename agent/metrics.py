@@ -3,6 +3,8 @@
 ``bytes_served`` says where the bytes clients received came from (cache,
 swarm, origin HTTP fallback); ``swarm_payload_bytes`` is libtorrent's own
 count of peer traffic (the origin's seed counts as a peer there);
+``swarm_origin_feed_bytes`` is what the swarm engine took from the origin over
+HTTP piece claims (its share of a herd's pull, ``krill.piecefeed``);
 ``origin_http_bytes`` is what the fallback pulled from the origin directly.
 """
 
@@ -31,6 +33,11 @@ class AgentMetrics:
             "krill_agent_swarm_payload_bytes",
             "Payload bytes exchanged with swarm peers",
             ["direction"],
+            registry=self.registry,
+        )
+        self.swarm_feed_bytes = Gauge(
+            "krill_agent_swarm_origin_feed_bytes",
+            "Piece bytes the swarm engine fetched from the origin over HTTP (piece claims)",
             registry=self.registry,
         )
         self.fallbacks = Counter(
@@ -107,6 +114,7 @@ class AgentMetrics:
             if value is None:
                 value = getattr(stats, direction, 0)
             self.swarm_bytes.labels(direction).set(value)
+        self.swarm_feed_bytes.set(getattr(stats, "origin_feed_bytes", 0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -176,6 +176,9 @@ async def _start_swarm(
         upload_rate_limit=config.upload_rate_limit,
         download_rate_limit=config.download_rate_limit,
         seed_ttl=config.seed_ttl,
+        # Claim pieces from the origin over HTTP so a herd's nodes take different
+        # ones from it (krill.piecefeed); the rest comes from peers.
+        origin_urls=(config.origin,) if config.origin else (),
     )
     engine = await stack.enter_async_context(SwarmEngine(settings, store))
     log.info("agent.swarm_started peer_port=%d tracker=%s", engine.peer_port, config.announce_url)

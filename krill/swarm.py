@@ -56,11 +56,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import aiohttp
 import libtorrent as lt
 
 from krill.blobstore import BlobStore, DigestMismatchError
 from krill.digests import Digest
 from krill.metainfo import MetainfoError, check_metainfo
+from krill.piecefeed import OriginPieceFeed, PieceFeedError, consecutive_runs
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,10 @@ _ALERT_WAIT_DOWNLOADING_MS = 20
 _MIN_FLUSH_INTERVAL = 0.05
 # Dynamic super-seeding is armed again after a torrent has had no peers this long.
 _SUPER_SEED_REARM_SECONDS = 10.0
+# libtorrent's default piece priority, restored on pieces the origin feed had set to 0.
+_DEFAULT_PRIORITY = 4
+# Most pieces one stall fill asks the origin for (then it watches progress again).
+_FILL_BATCH_PIECES = 64
 
 
 @dataclass
@@ -92,12 +98,13 @@ class SwarmSettings:
     origin: bool = False  # announce as an origin (peer id -KO...), which trackers favour
     # Pieces ahead of a streaming reader that get a deadline (see module doc).
     stream_window_pieces: int = 16
-    # Peers this engine uploads to at once. Few, fast flows beat many slow ones: a
-    # piece can be passed on only once it is complete, so a piece that arrives in
-    # 20 ms from one peer spreads sooner than one trickling in from 15. Measured
-    # with scripts/bench-herd (16 nodes, 100 Mbit/s): 4 slots ~2x the limit, 16 slots
-    # and 5 s rotation 5-6x. See docs/swarm.md.
-    unchoke_slots: int = 4
+    # Peers this engine uploads to at once. Fewer, faster flows beat many slow ones
+    # (a piece can be passed on only once it is complete, so a piece that arrives
+    # quickly from one peer spreads sooner than one trickling in from 15), but too
+    # few leave a node's link idle while its unchoked peers have nothing to ask for.
+    # scripts/bench-herd, 16 nodes with origin piece claims: 8 slots 1.14-1.24x the
+    # limit, 4 slots 1.19-1.28x, 15 slots 1.26-1.28x. See docs/swarm.md.
+    unchoke_slots: int = 8
     # Peers a seeded torrent uploads to at once (per torrent; -1 = no limit beyond
     # unchoke_slots). A herd's aim is that the origin sends each piece about once and
     # the nodes trade the rest; an origin feeding every node in parallel sends the
@@ -124,6 +131,17 @@ class SwarmSettings:
     # How long ``seed`` waits for the tracker to confirm our announce (see
     # SwarmEngine._wait_first_announce); 0 = don't wait.
     first_announce_timeout: float = 2.0
+    # Origins (base URLs) a download takes pieces from over HTTP (``krill.piecefeed``,
+    # ``origin.piececlaims``): each node claims chunks of pieces no other node was
+    # given, fetches them from the origin and hands them to libtorrent, which offers
+    # them to the others. The origin then sends each piece about once, at the full
+    # speed of its link, instead of libtorrent's nodes fetching popular pieces from
+    # it several times over. Empty = peers only (the origin's seed is one of them).
+    origin_urls: tuple[str, ...] = ()
+    # With origin_urls: after a download has made no progress this long, it fetches
+    # from the origin the missing pieces that no connected peer has (their claimer
+    # died, say, or every chunk was claimed before this node came).
+    fill_after: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -134,6 +152,7 @@ class SwarmStats:
     downloaded: int  # payload bytes received from peers
     failed_pieces: int = 0  # pieces that failed their hash check (corrupt or lying peers)
     torrents: int = 0
+    origin_feed_bytes: int = 0  # piece bytes fetched from origins over HTTP (krill.piecefeed)
 
 
 class DownloadFailed(Exception):
@@ -158,6 +177,7 @@ class Download:
         # cache), so ``available`` only covers pieces known to be in the file: those
         # verified before a ``flush_cache`` that has since completed. See ``_flushed``.
         self._verified = bytearray(self._num_pieces)
+        self._verified_count = 0
         self._in_file = bytearray(self._num_pieces)
         self._flush_snapshot: bytes | None = None  # _verified when the pending flush began
         self._last_flush = 0.0
@@ -234,8 +254,13 @@ class Download:
     # ---- called by the engine ----
 
     def _on_piece(self, index: int) -> None:
-        if 0 <= index < self._num_pieces:
+        if 0 <= index < self._num_pieces and not self._verified[index]:
             self._verified[index] = 1
+            self._verified_count += 1
+
+    @property
+    def _all_verified(self) -> bool:
+        return self._verified_count >= self._num_pieces
 
     def _wants_flush(self, now: float) -> bool:
         """A reader waits for a piece that is verified but maybe not yet in the file."""
@@ -391,6 +416,11 @@ def session_settings(settings: SwarmSettings) -> dict[str, Any]:
         # No piece suggestions: suggesting what is in a seed's read cache makes peers
         # ask it for pieces it already sent to someone else (duplicate origin egress).
         "suggest_mode": int(lt.suggest_mode_t.no_piece_suggestions),
+        # Disk threads: one blob's writes go to the page cache and are cheap; the
+        # default of 10 threads per process mostly adds context switches (a node
+        # runs one engine; 16 nodes on one 2-core host spent ~10 % of the CPU
+        # waking threads in the herd benchmark).
+        "aio_threads": 2,
         "upload_rate_limit": settings.upload_rate_limit,
         "download_rate_limit": settings.download_rate_limit,
         # Rate limits apply to local (LAN) peers too; in a cluster every peer is local.
@@ -415,8 +445,10 @@ class SwarmEngine:
         self._announce_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._stats = SwarmStats(0, 0)
         self._hash_failures = 0
+        self._origin_feed_bytes = 0
         self._background: set[asyncio.Task[Any]] = set()
         self._alert_thread: ThreadPoolExecutor | None = None
+        self._http: aiohttp.ClientSession | None = None  # origin piece feed, if configured
 
     async def __aenter__(self) -> SwarmEngine:
         params = session_settings(self.settings)
@@ -426,6 +458,10 @@ class SwarmEngine:
         self._session = await asyncio.to_thread(lt.session, params)
         self._stopping = False
         self._pump_task = asyncio.create_task(self._pump(), name="swarm-alert-pump")
+        if self.settings.origin_urls:
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=10)
+            )
         log.info(
             "swarm.started listen=%s:%d tracker=%s origin=%s",
             self.settings.listen_host, self.peer_port, self.settings.tracker_url,
@@ -452,10 +488,16 @@ class SwarmEngine:
             await asyncio.to_thread(holder.clear)
         if self._alert_thread is not None:
             self._alert_thread.shutdown(wait=False)
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
         for torrent_dir in {d.partial_path.parent for d in self._downloads.values()}:
             shutil.rmtree(torrent_dir, ignore_errors=True)
         self._downloads.clear()
-        log.info("swarm.stopped")
+        log.info(
+            "swarm.stopped uploaded=%d downloaded=%d origin_feed_bytes=%d",
+            self._stats.uploaded, self._stats.downloaded, self._origin_feed_bytes,
+        )
 
     @property
     def peer_port(self) -> int:
@@ -636,6 +678,8 @@ class SwarmEngine:
         )
         if download.size == 0:
             self._spawn(self._publish(info_hash))
+        elif self._http is not None:
+            self._spawn(self._feed_from_origin(info_hash, download))
         return download
 
     def _torrent_params(self, ti: lt.torrent_info, save_path: Path) -> lt.add_torrent_params:
@@ -649,6 +693,137 @@ class SwarmEngine:
         params.flags |= lt.torrent_flags.disable_dht | lt.torrent_flags.disable_lsd
         params.storage_mode = lt.storage_mode_t.storage_mode_sparse
         return params
+
+    # ---- pieces straight from the origin (see krill.piecefeed, origin.piececlaims) ----
+
+    async def _feed_from_origin(self, info_hash: str, download: Download) -> None:
+        """Claim chunks from the origin and hand their pieces to libtorrent; then fill stalls."""
+        assert self._http is not None
+        feed = OriginPieceFeed(
+            self._http, self.settings.origin_urls[0], download.digest,
+            download.size, download.piece_length,
+        )
+        if not await self._wait_until_checked(info_hash):
+            return
+        try:
+            while not self._feed_over(info_hash, download):
+                claimed = await feed.claim()
+                if claimed is None:
+                    break
+                if not await self._fetch_pieces(info_hash, download, feed, claimed):
+                    # Peers already hold all of it: a node joining a swarm of seeds
+                    # (a new round of claims, long after a herd) takes one chunk from
+                    # the origin while it connects, then everything from its peers.
+                    log.info("swarm.origin_claims_done digest=%s reason=peers_have_it",
+                             download.digest)
+                    break
+        except PieceFeedError as exc:
+            log.warning("swarm.origin_claims_failed digest=%s error=%s", download.digest, exc)
+        await self._fill_stalls(info_hash, download, feed)
+
+    def _feed_over(self, info_hash: str, download: Download) -> bool:
+        return (
+            download.done
+            or download._publishing
+            or self._stopping
+            or self._torrents.get(info_hash) is None
+        )
+
+    async def _wait_until_checked(self, info_hash: str) -> bool:
+        """libtorrent ignores ``add_piece`` while it checks a new torrent's files."""
+        checking = (
+            lt.torrent_status.states.checking_files,
+            lt.torrent_status.states.checking_resume_data,
+            lt.torrent_status.states.queued_for_checking,
+            lt.torrent_status.states.allocating,
+        )
+        for _ in range(500):  # 10 s
+            torrent = self._torrents.get(info_hash)
+            if torrent is None:
+                return False
+            if torrent.handle.status(0).state not in checking:
+                return True
+            await asyncio.sleep(0.02)
+        log.warning("swarm.origin_feed_skipped info_hash=%s reason=still_checking", info_hash)
+        return False
+
+    def _unsourced(self, info_hash: str, download: Download, pieces: range) -> list[int]:
+        """Pieces among ``pieces`` this node lacks and no connected peer but an origin has.
+
+        libtorrent's availability counts every connected peer that has a piece; what
+        origins have (all of it, or in super-seed mode the few pieces they offered)
+        is taken off, since those are the pieces to take from the origin over HTTP.
+        """
+        torrent = self._torrents.get(info_hash)
+        if torrent is None:
+            return []
+        availability = torrent.handle.piece_availability()
+        origin_id = ORIGIN_PEER_ID_PREFIX.encode()
+        for peer in torrent.handle.get_peer_info():
+            if peer.pid.to_bytes().startswith(origin_id):
+                for index, has in enumerate(peer.pieces[: len(availability)]):
+                    if has:
+                        availability[index] -= 1
+        return [
+            index
+            for index in pieces
+            if not download._verified[index]
+            and (index >= len(availability) or availability[index] <= 0)
+        ]
+
+    async def _fetch_pieces(
+        self, info_hash: str, download: Download, feed: OriginPieceFeed, claimed: range
+    ) -> bool:
+        """Fetch the claimed pieces no peer can give us from the origin, into libtorrent.
+
+        While they are on their way their priority is 0, so libtorrent does not also
+        ask the origin's seed for them; each is put back to the default as soon as
+        libtorrent has it (``add_piece`` marks its blocks as being written).
+        Returns whether any piece was wanted from the origin.
+        """
+        wanted = self._unsourced(info_hash, download, claimed)
+        torrent = self._torrents.get(info_hash)
+        if not wanted or torrent is None:
+            return False
+        handle = torrent.handle
+        handle.prioritize_pieces([(index, 0) for index in wanted])
+        pending = set(wanted)
+        try:
+            for run in consecutive_runs(wanted):
+                async for index, data in feed.pieces(run):
+                    if self._feed_over(info_hash, download):
+                        return True
+                    handle.add_piece(index, data, 0)
+                    self._origin_feed_bytes += len(data)
+                    handle.piece_priority(index, _DEFAULT_PRIORITY)
+                    pending.discard(index)
+            return True
+        finally:
+            if pending and self._torrents.get(info_hash) is torrent:
+                handle.prioritize_pieces([(index, _DEFAULT_PRIORITY) for index in pending])
+
+    async def _fill_stalls(self, info_hash: str, download: Download, feed: OriginPieceFeed) -> None:
+        """While the download runs: after ``fill_after`` s without progress, fetch from
+        the origin the missing pieces that no connected peer has."""
+        seen, since = download._verified_count, time.monotonic()
+        while not self._feed_over(info_hash, download):
+            await asyncio.sleep(min(0.5, self.settings.fill_after))
+            now = time.monotonic()
+            if download._verified_count != seen:
+                seen, since = download._verified_count, now
+                continue
+            if now - since < self.settings.fill_after:
+                continue
+            missing = range(download._num_pieces)
+            wanted = self._unsourced(info_hash, download, missing)[:_FILL_BATCH_PIECES]
+            if wanted:
+                log.info("swarm.origin_fill digest=%s pieces=%d", download.digest, len(wanted))
+                try:
+                    for run in consecutive_runs(wanted):
+                        await self._fetch_pieces(info_hash, download, feed, run)
+                except PieceFeedError as exc:
+                    log.warning("swarm.origin_fill_failed digest=%s error=%s", download.digest, exc)
+            since = time.monotonic()
 
     def _prioritise(self, download: Download, offset: int) -> None:
         """Give the pieces just ahead of a streaming reader deadlines (soonest first)."""
@@ -687,6 +862,8 @@ class SwarmEngine:
         if torrent is None or torrent.download is None:
             return
         download = torrent.download
+        if download._publishing:
+            return
         download._publishing = True  # past cancelling: every piece is here
         await self._remove(info_hash)  # closes libtorrent's files before the move
         try:
@@ -765,10 +942,18 @@ class SwarmEngine:
             torrent = self._torrent_of(alert)
             if torrent is not None and torrent.download is not None:
                 torrent.download._on_piece(int(alert.piece_index))
+                if torrent.download._all_verified:
+                    self._spawn(self._publish(_alert_info_hash(alert)))
         elif isinstance(alert, lt.torrent_finished_alert):
+            # "Finished" means every piece libtorrent *wants*: pieces the origin feed
+            # is fetching have priority 0, so only a torrent with every piece counts.
             info_hash = _alert_info_hash(alert)
             torrent = self._torrents.get(info_hash)
-            if torrent is not None and torrent.download is not None:
+            if (
+                torrent is not None
+                and torrent.download is not None
+                and (torrent.download._all_verified or torrent.handle.status().is_seeding)
+            ):
                 self._spawn(self._publish(info_hash))
         elif isinstance(alert, lt.cache_flushed_alert):
             torrent = self._torrent_of(alert)
@@ -844,6 +1029,7 @@ class SwarmEngine:
             downloaded=int(values.get("net.recv_payload_bytes", 0)),
             failed_pieces=self._hash_failures,
             torrents=len(self._torrents),
+            origin_feed_bytes=self._origin_feed_bytes,
         )
         waiters, self._stats_waiters = self._stats_waiters, []
         for waiter in waiters:

@@ -8,6 +8,9 @@
   blob's metainfo also starts seeding it: asking for metainfo is what a
   node does right before joining the swarm, so the origin is there when
   the first peer arrives, and blobs nobody pulls cost no torrent.
+* ``POST /krill/v1/claims/<digest>`` and ``GET /krill/v1/blobs/<digest>``:
+  each node of a herd takes different pieces straight from the origin
+  (``origin.piececlaims``), so the origin sends each piece about once;
 * a cleanup context running one ``SwarmEngine`` (origin mode) for the app's
   lifetime; it announces to the tracker and drops torrents idle for
   ``settings.seed_ttl``.
@@ -32,6 +35,7 @@ from krill.digests import Digest, DigestError
 from krill.metainfo import METAINFO_CONTENT_TYPE, MetainfoError, check_metainfo, make_metainfo
 from krill.registry_errors import RegistryError
 from krill.swarm import SwarmEngine, SwarmSettings
+from origin.piececlaims import install_piece_claims
 
 if TYPE_CHECKING:
     from origin.config import OriginConfig
@@ -81,7 +85,8 @@ def announce_url(tracker: str) -> str:
 
 
 def swarm_settings_for(config: OriginConfig) -> SwarmSettings:
-    """Swarm settings from the origin's config (its ``tracker``, ``peer_port``, ``seed_ttl``).
+    """Swarm settings from the origin's config (``tracker``, ``peer_port``, ``seed_ttl``,
+    ``super_seed``).
 
     libtorrent listens on the same host as the registry, so an origin reachable
     at its HTTP address is reachable by peers too.
@@ -93,6 +98,7 @@ def swarm_settings_for(config: OriginConfig) -> SwarmSettings:
         peer_port=config.peer_port,
         seed_ttl=config.seed_ttl,
         origin=True,
+        super_seeding=config.super_seed,
     )
 
 
@@ -108,6 +114,7 @@ def install_seeding(app: web.Application, store: BlobStore, settings: SwarmSetti
 
     app.cleanup_ctx.append(swarm_engine)
     app.router.add_get("/krill/v1/metainfo/{digest}", _handle_metainfo)
+    install_piece_claims(app, store)
 
 
 async def _handle_metainfo(request: web.Request) -> web.Response:

@@ -47,7 +47,7 @@ from origin.uploads import UploadSessions
 log = logging.getLogger(__name__)
 
 REPOSITORIES_DIR = "repositories"
-BLOB_ROUTES = ("blob",)
+BLOB_ROUTES = ("blob", "piece_blob")
 
 
 def create_app(config: OriginConfig) -> web.Application:

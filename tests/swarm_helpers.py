@@ -52,13 +52,22 @@ async def running_tracker(
 
 
 @contextlib.asynccontextmanager
-async def running_origin(
+async def running_origin_app(
     store: BlobStore, announce_url: str, port: int | None = None, **settings: object
-) -> AsyncIterator[tuple[str, SwarmEngine]]:
-    """A minimal origin: metainfo route + seeding engine. Yields (base URL, engine)."""
+) -> AsyncIterator[tuple[str, web.Application]]:
+    """A minimal origin: metainfo and piece-claim routes + seeding engine. Yields (URL, app)."""
     app = web.Application()
     install_seeding(app, store, SwarmSettings(tracker_url=announce_url, **settings))  # type: ignore[arg-type]
     async with serving(app, port) as url:
+        yield url, app
+
+
+@contextlib.asynccontextmanager
+async def running_origin(
+    store: BlobStore, announce_url: str, port: int | None = None, **settings: object
+) -> AsyncIterator[tuple[str, SwarmEngine]]:
+    """``running_origin_app``, yielding (base URL, the origin's swarm engine)."""
+    async with running_origin_app(store, announce_url, port, **settings) as (url, app):
         yield url, app[SWARM_ENGINE_KEY]
 
 
@@ -84,7 +93,7 @@ async def peer_result(peer: asyncio.subprocess.Process, limit: float = 180) -> d
 
 
 async def start_herd(
-    count: int, data: Path, announce_url: str, metainfo_from: str, digest: str
+    count: int, data: Path, announce_url: str, metainfo_from: str, digest: str, *extra: str
 ) -> list[asyncio.subprocess.Process]:
     """``count`` peers that download at the same moment, however slowly their processes start.
 
@@ -92,7 +101,9 @@ async def start_herd(
     all told to go, so the test sees a herd rather than a queue.
     """
     peers = [
-        await start_peer(data / f"peer{i}", announce_url, metainfo_from, digest, "--wait-go")
+        await start_peer(
+            data / f"peer{i}", announce_url, metainfo_from, digest, "--wait-go", *extra
+        )
         for i in range(count)
     ]
     for peer in peers:

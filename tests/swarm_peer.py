@@ -63,6 +63,7 @@ async def main(args: argparse.Namespace) -> int:
     settings = SwarmSettings(
         tracker_url=args.tracker, listen_host=args.listen_host,
         upload_rate_limit=args.upload_rate_limit,
+        origin_urls=(args.origin,) if args.origin else (),
     )
     async with aiohttp.ClientSession() as http:
         metainfo = await fetch_metainfo(http, args.metainfo_from, digest)
@@ -90,7 +91,8 @@ async def main(args: argparse.Namespace) -> int:
         await stdin_closed()
         stats = await engine.fetch_stats()
         emit({"uploaded": stats.uploaded, "downloaded": stats.downloaded,
-              "failed_pieces": stats.failed_pieces})
+              "failed_pieces": stats.failed_pieces,
+              "origin_feed_bytes": stats.origin_feed_bytes})
     return 0
 
 
@@ -103,6 +105,7 @@ if __name__ == "__main__":
     parser.add_argument("--listen-host", default="127.0.0.1")
     parser.add_argument("--seed-file", type=Path)
     parser.add_argument("--upload-rate-limit", type=int, default=0)
+    parser.add_argument("--origin", help="origin base URL: claim pieces from it over HTTP")
     parser.add_argument("--log-level", default="warning")
     parser.add_argument(
         "--wait-go", action="store_true",

@@ -103,9 +103,11 @@ def wait_for_delta(origin: str, target: str, base: str, timeout: float = 180) ->
 
 
 def wire_bytes(metrics: dict[str, float]) -> float:
-    """Blob bytes this agent downloaded: from swarm peers plus the origin's HTTP fallback."""
+    """Blob bytes this agent downloaded: from swarm peers, the origin's piece feed and
+    the origin's HTTP fallback."""
     swarm = metrics.get('krill_agent_swarm_payload_bytes{direction="downloaded"}', 0)
-    return swarm + metrics.get("krill_agent_origin_http_bytes_total", 0)
+    feed = metrics.get("krill_agent_swarm_origin_feed_bytes", 0)
+    return swarm + feed + metrics.get("krill_agent_origin_http_bytes_total", 0)
 
 
 def metric(metrics: dict[str, float], name: str) -> float:

@@ -1,0 +1,178 @@
+"""Piece claims: a herd's nodes take different pieces from the origin, over HTTP.
+
+The origin hands out chunks of a blob's pieces (``origin.piececlaims``); each
+node's swarm engine fetches its chunks and hands them to libtorrent, which
+offers them to the other nodes (``krill.piecefeed``, ``SwarmEngine``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+
+import aiohttp
+
+from krill.blobstore import BlobStore
+from krill.digests import Digest, sha256_file
+from krill.metainfo import fetch_metainfo
+from krill.piecefeed import consecutive_runs
+from krill.swarm import SwarmEngine, SwarmSettings
+from origin.piececlaims import PieceClaims, piece_claims
+from tests.swarm_helpers import running_origin_app, running_tracker
+
+PIECE = 64 * 1024
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_round_hands_out_every_piece_once_then_nothing_until_it_idles() -> None:
+    clock = FakeClock()
+    claims = PieceClaims(chunk_pieces=16, round_idle=30, clock=clock)
+    digest = Digest.parse("sha256:" + "ab" * 32)
+    size = 40 * PIECE + 5  # 41 pieces of 64 KiB: chunks of 16, 16 and 9
+    handed = []
+    while (claimed := claims.claim(digest, size)) is not None:
+        handed.append(claimed)
+        clock.now += 1
+    assert handed == [range(0, 16), range(16, 32), range(32, 41)]
+    clock.now += 29
+    assert claims.claim(digest, size) is None, "the round is still on: the rest is with peers"
+    clock.now += 31
+    assert claims.claim(digest, size) == range(0, 16), "a later herd starts a new round"
+
+
+def test_consecutive_runs_make_one_range_request_per_run() -> None:
+    assert consecutive_runs([7, 3, 4, 5, 9, 10]) == [range(3, 6), range(7, 8), range(9, 11)]
+    assert consecutive_runs([]) == []
+
+
+async def test_claim_and_blob_routes_answer_and_refuse_bad_input(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "origin")
+    data = os.urandom(20 * PIECE)
+    digest = store.put_bytes(data)
+    async with (
+        running_tracker() as tracker,
+        running_origin_app(store, tracker + "/announce") as (origin, app),
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(f"{origin}/krill/v1/claims/{digest}") as response:
+            assert response.status == 200
+            assert await response.json() == {"first": 0, "end": 16, "piece_length": PIECE}
+        async with http.post(f"{origin}/krill/v1/claims/{digest}") as response:
+            assert await response.json() == {"first": 16, "end": 20, "piece_length": PIECE}
+        async with http.post(f"{origin}/krill/v1/claims/{digest}") as response:
+            assert response.status == 204
+
+        headers = {"Range": f"bytes={PIECE}-{3 * PIECE - 1}"}
+        async with http.get(f"{origin}/krill/v1/blobs/{digest}", headers=headers) as response:
+            assert response.status == 206
+            assert await response.read() == data[PIECE : 3 * PIECE]
+        assert piece_claims(app).bytes_requested == 2 * PIECE
+        assert piece_claims(app).claims_issued == 2
+
+        unknown = "sha256:" + "0" * 64
+        for method, path in (("POST", "claims"), ("GET", "blobs")):
+            async with http.request(method, f"{origin}/krill/v1/{path}/{unknown}") as response:
+                assert response.status == 404
+                assert (await response.json())["errors"][0]["code"] == "BLOB_UNKNOWN"
+            async with http.request(method, f"{origin}/krill/v1/{path}/sha256:zz") as response:
+                assert response.status == 400
+                assert (await response.json())["errors"][0]["code"] == "DIGEST_INVALID"
+        bad_range = {"Range": f"bytes={len(data)}-"}
+        async with http.get(f"{origin}/krill/v1/blobs/{digest}", headers=bad_range) as response:
+            assert response.status == 416
+
+
+async def download_with(
+    engine: SwarmEngine, http: aiohttp.ClientSession, origin: str, digest: Digest
+) -> Path:
+    metainfo = await fetch_metainfo(http, origin, digest)
+    download = await engine.download(digest, metainfo)
+    async with asyncio.timeout(120):
+        return await download.wait_done()
+
+
+async def test_a_herd_takes_disjoint_pieces_from_the_origin_and_trades_the_rest(
+    tmp_path: Path,
+) -> None:
+    origin_store = BlobStore(tmp_path / "origin")
+    data = os.urandom(8 * 1024 * 1024)  # 128 pieces: 8 chunks for 4 nodes
+    digest = origin_store.put_bytes(data)
+    async with (
+        running_tracker() as tracker,
+        running_origin_app(origin_store, tracker + "/announce") as (origin, app),
+        aiohttp.ClientSession() as http,
+    ):
+        settings = SwarmSettings(tracker + "/announce", origin_urls=(origin,))
+        stores = [BlobStore(tmp_path / f"node{i}") for i in range(4)]
+        async with contextlib.AsyncExitStack() as stack:
+            engines = [
+                await stack.enter_async_context(SwarmEngine(settings, store)) for store in stores
+            ]
+            paths = await asyncio.gather(
+                *(download_with(engine, http, origin, digest) for engine in engines)
+            )
+            stats = [await engine.fetch_stats() for engine in engines]
+    for path in paths:
+        assert sha256_file(str(path)) == digest
+    fed = [s.origin_feed_bytes for s in stats]
+    assert sum(fed) > 0, "no node fetched its claimed pieces from the origin"
+    # Claims are disjoint: together the nodes fetched the blob over HTTP at most once.
+    assert sum(fed) <= len(data)
+    assert piece_claims(app).bytes_requested <= len(data)
+    assert sum(s.downloaded for s in stats) > 0, "the nodes never traded pieces"
+
+
+async def test_a_lone_node_gets_every_piece_over_http_at_once(tmp_path: Path) -> None:
+    """No peer knows the blob (the node's tracker has never seen the origin)."""
+    origin_store = BlobStore(tmp_path / "origin")
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    digest = origin_store.put_bytes(data)
+    async with (
+        running_tracker() as origin_tracker,
+        running_tracker() as empty_tracker,
+        running_origin_app(origin_store, origin_tracker + "/announce") as (origin, _app),
+        aiohttp.ClientSession() as http,
+    ):
+        settings = SwarmSettings(empty_tracker + "/announce", origin_urls=(origin,))
+        async with SwarmEngine(settings, BlobStore(tmp_path / "node")) as engine:
+            path = await download_with(engine, http, origin, digest)
+            stats = await engine.fetch_stats()
+    assert sha256_file(str(path)) == digest
+    assert stats.origin_feed_bytes == len(data)
+
+
+async def test_pieces_whose_claimer_never_delivers_are_filled_from_the_origin(
+    tmp_path: Path,
+) -> None:
+    """Every chunk was claimed (by nodes that then died): the node, finding no peer
+    with the pieces and making no progress, fetches them from the origin itself."""
+    origin_store = BlobStore(tmp_path / "origin")
+    data = os.urandom(2 * 1024 * 1024)
+    digest = origin_store.put_bytes(data)
+    async with (
+        running_tracker() as origin_tracker,
+        running_tracker() as empty_tracker,
+        running_origin_app(origin_store, origin_tracker + "/announce") as (origin, _app),
+        aiohttp.ClientSession() as http,
+    ):
+        while True:  # the dead herd's claims
+            async with http.post(f"{origin}/krill/v1/claims/{digest}") as response:
+                if response.status == 204:
+                    break
+        settings = SwarmSettings(
+            empty_tracker + "/announce", origin_urls=(origin,), fill_after=0.5
+        )
+        async with SwarmEngine(settings, BlobStore(tmp_path / "node")) as engine:
+            path = await download_with(engine, http, origin, digest)
+            stats = await engine.fetch_stats()
+    assert sha256_file(str(path)) == digest
+    assert stats.origin_feed_bytes == len(data)
