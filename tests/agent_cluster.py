@@ -202,21 +202,22 @@ class SeedingOrigin:
     app: web.Application
 
     def uploaded_bytes(self, server: ServingThread) -> int:
-        """Payload the origin's libtorrent session sent to peers (its session stats)."""
+        """Blob bytes the origin sent into the swarm: payload its libtorrent session sent
+        to peers (session stats) plus pieces nodes claimed from it over HTTP."""
+        from origin.piececlaims import piece_claims
         from origin.seeding import SWARM_ENGINE_KEY
 
         engine = self.app[SWARM_ENGINE_KEY]
-        return int(server.call(engine.fetch_stats()).uploaded)
+        over_bittorrent = int(server.call(engine.fetch_stats()).uploaded)
+        return over_bittorrent + piece_claims(self.app).bytes_requested
 
 
 @contextlib.contextmanager
 def seeding_origin(
     root: Path, announce_url: str, **swarm_settings: Any
 ) -> Iterator[tuple[SeedingOrigin, ServingThread]]:
-    """The real origin app with swarm seeding installed, served from a thread.
-
-    (The origin's CLI does not take --tracker yet; this is the same wiring it will do.)
-    """
+    """The real origin app with swarm seeding installed, served from a thread (the
+    wiring ``krill origin --tracker`` does, with the app reachable for its counters)."""
     from krill.swarm import SwarmSettings
     from origin.appkeys import STORE
     from origin.config import OriginConfig

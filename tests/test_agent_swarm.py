@@ -95,7 +95,8 @@ def test_two_agents_pulling_the_same_image_get_bytes_from_each_other(tmp_path: P
 
 @pytest.mark.slow
 def test_eight_agents_fetch_one_blob_and_the_origin_sends_it_about_once(tmp_path: Path) -> None:
-    """Issue 3: 8 agents GET the same 64 MiB blob at once; origin upload <= 2x blob size."""
+    """Issue 3: 8 agents GET the same 64 MiB blob at once; origin upload <= 2x blob size
+    (over BitTorrent and HTTP piece claims together; about 1x in practice)."""
     size = 64 * MiB
     with contextlib.ExitStack() as stack:
         from tests.components import free_port
