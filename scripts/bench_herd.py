@@ -8,21 +8,26 @@ Builds a cluster out of network namespaces on this machine (run as root):
 
 Every host has one veth link to the bridge, shaped with ``tc tbf`` to RATE in
 both directions (host egress on its side, host ingress on the switch side),
-so each host is a machine with a RATE network card. All addresses live only
+so each host is a machine with a RATE network card (MTU 9000 by default, as
+on most data-centre fabrics; ``--mtu 1500`` for the other). All addresses live only
 inside namespaces this script creates; every namespace is deleted on exit,
 including Ctrl-C and SIGTERM.
 
 Then, in one run:
 
 1. the blob is pushed to the origin and to the docker-registry (on h0, local);
-2. swarm: every node runs a SwarmEngine (``--peer`` mode of this script):
-   on "go" it fetches metainfo from the tracker and downloads the blob; the
-   pull time is from "go" to the blob verified in the node's store;
+2. swarm: every node runs a SwarmEngine (``--peer`` mode of this script), set
+   up as the agent sets it up (HTTP piece claims from the origin, unless
+   ``--no-claims``): on "go" it fetches metainfo from the tracker and downloads
+   the blob; the pull time is from "go" to the blob verified in the node's store;
 3. plain registry: every node GETs the blob from docker-registry with curl.
 
 Prints p50/p99 pull time as a multiple of the physical limit (size / rate),
 origin egress (bytes sent by h0's link during the swarm phase) as a multiple
-of the blob size, and the speed-up of the swarm over the plain registry.
+of the blob size, and the speed-up of the swarm over the plain registry; on
+stderr, per second: the origin's egress, the nodes' mean link use, the mean
+and slowest node's progress, and the machine's CPU use (a 2-core machine
+emulating 16 hosts' networks runs out of CPU before the links are full).
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from krill.swarm import Download
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "krillbench-"
@@ -81,9 +90,18 @@ def remove_namespaces() -> None:
             sh("ip", "netns", "del", name, check=False)
 
 
+# tbf's bucket must hold a whole GSO super-packet (64 KiB plus headers): a smaller
+# one makes tbf cut every super-packet into MTU-sized ones in software, work a
+# real NIC does in hardware, which cost this 2-core machine ~40 % more system CPU
+# in the herd benchmark. At >= 100 Mbit/s it is also at least one 4 ms timer tick.
+MIN_BURST = 128 * 1024
+# Queue per shaped link direction, as tbf's latency: what a switch port buffers.
+QUEUE_LATENCY = "50ms"
+
+
 def shape(ns: str, dev: str, rate_mbit: float) -> None:
-    """Token bucket on a device's egress: at most ``rate_mbit``, small queue."""
-    burst = max(32 * 1024, int(rate_mbit * 1e6 / 8 / 250))  # >= one 4 ms tick of data
+    """Token bucket on a device's egress: at most ``rate_mbit``, a 50 ms queue."""
+    burst = max(MIN_BURST, int(rate_mbit * 1e6 / 8 / 250))
     sh(
         *in_ns(
             ns,
@@ -99,12 +117,12 @@ def shape(ns: str, dev: str, rate_mbit: float) -> None:
             "burst",
             str(burst),
             "latency",
-            "50ms",
+            QUEUE_LATENCY,
         )
     )
 
 
-def build_cluster(nodes: int, rate_mbit: float) -> None:
+def build_cluster(nodes: int, rate_mbit: float, mtu: int) -> None:
     remove_namespaces()
     sh("ip", "netns", "add", SWITCH)
     sh(*in_ns(SWITCH, "ip", "link", "add", "br0", "type", "bridge"))
@@ -118,11 +136,10 @@ def build_cluster(nodes: int, rate_mbit: float) -> None:
         sh(*in_ns(ns, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", f"p{index}"))
         sh(*in_ns(ns, "ip", "link", "set", f"p{index}", "netns", SWITCH))
         sh(*in_ns(ns, "ip", "addr", "add", f"{host_ip(index)}/24", "dev", "eth0"))
-        sh(*in_ns(ns, "ip", "link", "set", "eth0", "up"))
+        sh(*in_ns(ns, "ip", "link", "set", "eth0", "mtu", str(mtu), "up"))
         sh(*in_ns(SWITCH, "ip", "link", "set", f"p{index}", "master", "br0"))
-        sh(*in_ns(SWITCH, "ip", "link", "set", f"p{index}", "up"))
+        sh(*in_ns(SWITCH, "ip", "link", "set", f"p{index}", "mtu", str(mtu), "up"))
         # Both directions: the host's sends (its side) and what it receives (switch side).
-        # tbf splits GSO super-packets larger than its burst, so veth offloads can stay on.
         for side_ns, dev in ((ns, "eth0"), (SWITCH, f"p{index}")):
             shape(side_ns, dev, rate_mbit)
 
@@ -276,7 +293,9 @@ def push(base: str, blob: Path) -> str:
 # ---- the two pulls ----
 
 
-def swarm_pull(procs: Processes, work: Path, nodes: int, digest: str) -> list[float]:
+def swarm_pull(
+    procs: Processes, work: Path, nodes: int, digest: str, claims: bool
+) -> list[float]:
     tracker = f"http://{host_ip(0)}:{TRACKER_PORT}"
     drivers = []
     for index in range(1, nodes + 1):
@@ -289,6 +308,7 @@ def swarm_pull(procs: Processes, work: Path, nodes: int, digest: str) -> list[fl
             tracker,
             "--digest",
             digest,
+            *(("--origin", f"http://{host_ip(0)}:{ORIGIN_PORT}") if claims else ()),
             "--listen-host",
             host_ip(index),
             "--data",
@@ -302,17 +322,25 @@ def swarm_pull(procs: Processes, work: Path, nodes: int, digest: str) -> list[fl
     for driver in drivers:  # each prints "ready" once its engine listens
         if read_line(driver) != {"ready": True}:
             raise RuntimeError("a swarm driver failed to start; see its log")
+    log(f"{nodes} nodes ready; go")
     for driver in drivers:
         assert driver.stdin is not None
         driver.stdin.write("go\n")
         driver.stdin.flush()
-    sampler = EgressSampler(host_ns(0))
+    sampler = LinkSampler(nodes + 1)
     sampler.start()
     cpu_before = cpu_times()
     results = [read_line(driver) for driver in drivers]
     busy = cpu_busy(cpu_before, cpu_times())
     sampler.stop()
-    log("origin egress Mbit/s per second: " + " ".join(f"{r:.0f}" for r in sampler.rates()))
+    def mbits(values: list[float]) -> str:
+        return " ".join(f"{v:.0f}" for v in values)
+
+    log("origin egress Mbit/s per second: " + mbits(sampler.rates(0)))
+    hosts = range(1, nodes + 1)
+    log("nodes' mean download Mbit/s per second: " + mbits(sampler.mean_rates(hosts, True)))
+    log("nodes' mean upload Mbit/s per second: " + mbits(sampler.mean_rates(hosts, False)))
+    log_progress(results)
     log(
         f"machine CPU busy during the swarm pull: {busy:.0%} of {os.cpu_count()} CPUs "
         "(near 100 %: the figures measure this machine, not the protocol)"
@@ -325,8 +353,26 @@ def swarm_pull(procs: Processes, work: Path, nodes: int, digest: str) -> list[fl
             raise RuntimeError(f"a node ended with the wrong blob: {result}")
     user = sum(float(r["cpu_user"]) for r in results)
     system = sum(float(r["cpu_sys"]) for r in results)
-    log(f"node processes used {user:.1f} s user + {system:.1f} s system CPU in total")
+    log(f"node processes used {user:.1f} s user + {system:.1f} s system CPU in the pull")
+    fed = sum(int(r.get("origin_feed_bytes", 0)) for r in results)  # type: ignore[call-overload]
+    traded = sum(int(r.get("peer_bytes", 0)) for r in results)  # type: ignore[call-overload]
+    log(f"nodes received {fed / 2**20:.1f} MiB from the origin over HTTP (piece claims) and "
+        f"{traded / 2**20:.1f} MiB over the swarm (peers and the origin's seed)")
     return [float(r["seconds"]) for r in results]
+
+
+def log_progress(results: list[dict[str, object]]) -> None:
+    """Mean and slowest node's share of the blob, every PROGRESS_STEP seconds."""
+    series = [list(r.get("progress", [])) for r in results]  # type: ignore[call-overload]
+    steps = max((len(s) for s in series), default=0)
+    mean, slowest = [], []
+    for step in range(steps):
+        values = [s[step] if step < len(s) else 1.0 for s in series]
+        mean.append(sum(values) / len(values))
+        slowest.append(min(values))
+    for name, series_ in (("mean", mean), ("slowest", slowest)):
+        shares = " ".join(f"{v:.0%}" for v in series_)
+        log(f"nodes' progress every {PROGRESS_STEP}s, {name}: {shares}")
 
 
 def cpu_times() -> tuple[int, int]:
@@ -340,27 +386,47 @@ def cpu_busy(before: tuple[int, int], after: tuple[int, int]) -> float:
     return 1 - idle / total if total else 0.0
 
 
-class EgressSampler(threading.Thread):
-    """Samples a host's sent bytes every second (to see whether the origin's link is full)."""
+class LinkSampler(threading.Thread):
+    """Every second, the bytes each host sent and received (read on the switch side).
 
-    def __init__(self, ns: str) -> None:
+    A switch port's ``rx_bytes`` is what its host sent (its uplink) and
+    ``tx_bytes`` what the host received (its downlink).
+    """
+
+    def __init__(self, hosts: int) -> None:
         super().__init__(daemon=True)
-        self.path = "/sys/class/net/eth0/statistics/tx_bytes"
-        self.ns = ns
-        self.samples: list[int] = []
+        self.hosts = hosts
+        self.samples: list[list[tuple[int, int]]] = []  # per sample: (sent, received) per host
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.is_set():
-            self.samples.append(tx_bytes(self.ns))
+            self.samples.append(self.read())
             self.done.wait(1.0)
+
+    def read(self) -> list[tuple[int, int]]:
+        paths = []
+        for index in range(self.hosts):
+            base = f"/sys/class/net/p{index}/statistics"
+            paths += [f"{base}/rx_bytes", f"{base}/tx_bytes"]
+        values = [int(v) for v in sh(*in_ns(SWITCH, "cat", *paths)).stdout.split()]
+        return list(zip(values[0::2], values[1::2], strict=True))
 
     def stop(self) -> None:
         self.done.set()
         self.join()
 
-    def rates(self) -> list[float]:
-        return [(b - a) * 8 / 1e6 for a, b in zip(self.samples, self.samples[1:], strict=False)]
+    def rates(self, host: int, received: bool = False) -> list[float]:
+        """Mbit/s per second sent (or received) by one host."""
+        column = 1 if received else 0
+        return [
+            (b[host][column] - a[host][column]) * 8 / 1e6
+            for a, b in zip(self.samples, self.samples[1:], strict=False)
+        ]
+
+    def mean_rates(self, hosts: range, received: bool) -> list[float]:
+        series = [self.rates(host, received) for host in hosts]
+        return [sum(values) / len(values) for values in zip(*series, strict=True)]
 
 
 def read_line(proc: subprocess.Popen[str]) -> dict[str, object]:
@@ -411,28 +477,57 @@ async def peer_main(args: argparse.Namespace) -> int:
     setup_logging("warning")
     digest = Digest.parse(args.digest)
     settings = SwarmSettings(
-        tracker_url=args.tracker + "/announce", listen_host=args.listen_host, peer_port=PEER_PORT
+        tracker_url=args.tracker + "/announce",
+        listen_host=args.listen_host,
+        peer_port=PEER_PORT,
+        origin_urls=(args.origin,) if args.origin else (),
     )
-    async with SwarmEngine(settings, BlobStore(args.data)) as engine:
+    # Everything a running agent has already done at start-up (imports, its HTTP
+    # session, the TLS context aiohttp builds for it) happens before "ready": the
+    # pull time is the pull's, not Python start-up's (16 nodes importing at once
+    # cost both CPUs ~4 s here).
+    async with (
+        SwarmEngine(settings, BlobStore(args.data)) as engine,
+        aiohttp.ClientSession() as http,
+    ):
+        await http.get(args.tracker + "/health")
         emit({"ready": True})
         await asyncio.to_thread(sys.stdin.readline)  # "go"
         start = time.monotonic()
-        async with aiohttp.ClientSession() as http:
-            metainfo = await fetch_metainfo(http, args.tracker, digest)
+        before = resource.getrusage(resource.RUSAGE_SELF)  # CPU of the pull only, not start-up
+        metainfo = await fetch_metainfo(http, args.tracker, digest)
         download = await engine.download(digest, metainfo)
+        progress = asyncio.create_task(sample_progress(download))
         path = await download.wait_done()
         seconds = time.monotonic() - start
+        progress.cancel()
         usage = resource.getrusage(resource.RUSAGE_SELF)
+        stats = await engine.fetch_stats()
         emit(
             {
                 "seconds": seconds,
-                "cpu_user": usage.ru_utime,
-                "cpu_sys": usage.ru_stime,
+                "origin_feed_bytes": stats.origin_feed_bytes,
+                "progress": PROGRESS,
+                "peer_bytes": stats.downloaded,
+                "cpu_user": usage.ru_utime - before.ru_utime,
+                "cpu_sys": usage.ru_stime - before.ru_stime,
                 "sha256": (await asyncio.to_thread(sha256_file, str(path))).hex,
             }
         )
         await asyncio.to_thread(sys.stdin.read)  # keep seeding until the bench ends
     return 0
+
+
+PROGRESS: list[float] = []  # fraction of the blob verified, every PROGRESS_STEP seconds
+PROGRESS_STEP = 0.5
+
+
+
+
+async def sample_progress(download: Download) -> None:
+    while True:
+        PROGRESS.append(download._verified_count / download._num_pieces)
+        await asyncio.sleep(PROGRESS_STEP)
 
 
 def emit(record: dict[str, object]) -> None:
@@ -469,10 +564,11 @@ def run_bench(args: argparse.Namespace) -> int:
     procs = Processes()
     with cleanup_on_exit(procs, work, args.keep):
         log(
-            f"cluster: {args.nodes} nodes + origin host, {args.rate_mbit} Mbit/s links, "
+            f"cluster: {args.nodes} nodes + origin host, {args.rate_mbit} Mbit/s links "
+            f"(MTU {args.mtu}), "
             f"{args.size_mib} MiB blob (limit {limit:.2f} s); work dir {work}"
         )
-        build_cluster(args.nodes, args.rate_mbit)
+        build_cluster(args.nodes, args.rate_mbit, args.mtu)
         start_servers(procs, work)
         blob = work / "blob"
         with open(blob, "wb") as f:
@@ -483,7 +579,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
         log("swarm pull ...")
         sent_before = tx_bytes(host_ns(0))
-        swarm = swarm_pull(procs, work, args.nodes, digest)
+        swarm = swarm_pull(procs, work, args.nodes, digest, not args.no_claims)
         time.sleep(1)  # let the last HAVEs and tracker answers drain before reading the counter
         egress = (tx_bytes(host_ns(0)) - sent_before) / size
         if args.skip_registry:
@@ -507,7 +603,8 @@ def report(
     s50, s99 = percentile(swarm, 50), percentile(swarm, 99)
     p50, p99 = percentile(plain, 50), percentile(plain, 99)
     lines = [
-        f"nodes={args.nodes} rate={args.rate_mbit}Mbit/s size={args.size_mib}MiB "
+        f"nodes={args.nodes} rate={args.rate_mbit}Mbit/s mtu={args.mtu} size={args.size_mib}MiB "
+        f"claims={'off' if args.no_claims else 'on'} "
         f"limit={limit:.2f}s cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}",
         f"swarm:    p50 {s50:7.2f}s = {s50 / limit:5.2f}x limit   "
         f"p99 {s99:7.2f}s = {s99 / limit:5.2f}x limit   (goals 1.15x / 1.5x)",
@@ -539,6 +636,18 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=16)
     parser.add_argument("--rate-mbit", type=float, default=100.0)
     parser.add_argument("--size-mib", type=int, default=64)
+    parser.add_argument(
+        "--mtu",
+        type=int,
+        default=9000,
+        help="link MTU (default 9000: jumbo frames, as on most data-centre fabrics, e.g. "
+        "AWS VPCs; 1500 costs this machine's emulated network more CPU)",
+    )
+    parser.add_argument(
+        "--no-claims",
+        action="store_true",
+        help="nodes take pieces from peers and the origin's seed only, no HTTP piece claims",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     parser.add_argument(
         "--skip-registry",
@@ -549,6 +658,7 @@ def main() -> int:
     parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tracker", help=argparse.SUPPRESS)
     parser.add_argument("--digest", help=argparse.SUPPRESS)
+    parser.add_argument("--origin", help=argparse.SUPPRESS)
     parser.add_argument("--listen-host", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
