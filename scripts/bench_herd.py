@@ -158,8 +158,10 @@ class Processes:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[str]] = []
 
-    def start(self, cmd: list[str], log: Path, **kwargs: object) -> subprocess.Popen[str]:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    def start(
+        self, cmd: list[str], log: Path, env: dict[str, str] | None = None, **kwargs: object
+    ) -> subprocess.Popen[str]:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(log, "w") as out:
             proc = subprocess.Popen(
                 cmd,
@@ -202,7 +204,7 @@ def krill(*args: str) -> list[str]:
     return [sys.executable, "-m", "krill.cli", *args]
 
 
-def start_servers(procs: Processes, work: Path) -> None:
+def start_servers(procs: Processes, work: Path, claims: bool) -> None:
     ns, ip = host_ns(0), host_ip(0)
     origin = f"http://{ip}:{ORIGIN_PORT}"
     tracker = f"http://{ip}:{TRACKER_PORT}"
@@ -226,6 +228,9 @@ def start_servers(procs: Processes, work: Path) -> None:
             ),
         ),
         work / "origin.log",
+        # Without claims a super-seeding origin would hardly send anything (3.5x the
+        # limit measured): run it as a plain seed, as before claims existed.
+        env=None if claims else {"KRILL_ORIGIN_SUPER_SEED": "false"},
     )
     registry_dir = work / "registry"
     registry_dir.mkdir()
@@ -584,7 +589,7 @@ def run_bench(args: argparse.Namespace) -> int:
             f"{args.size_mib} MiB blob (limit {limit:.2f} s); work dir {work}"
         )
         build_cluster(args.nodes, args.rate_mbit, args.mtu)
-        start_servers(procs, work)
+        start_servers(procs, work, not args.no_claims)
         blob = work / "blob"
         with open(blob, "wb") as f:
             f.write(os.urandom(size))
@@ -661,7 +666,8 @@ def main() -> int:
     parser.add_argument(
         "--no-claims",
         action="store_true",
-        help="nodes take pieces from peers and the origin's seed only, no HTTP piece claims",
+        help="nodes take pieces from peers and the origin's seed (a plain seed then, not "
+        "super-seeding) only, no HTTP piece claims: the swarm as it was before claims",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     parser.add_argument(
