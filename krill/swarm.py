@@ -476,9 +476,13 @@ class SwarmEngine:
     async def __aexit__(self, *exc: object) -> None:
         for download in list(self._downloads.values()):
             download._fail(DownloadFailed(f"swarm engine stopped before {download.digest}"))
-        for task in list(self._background):
+        background = list(self._background)
+        for task in background:
             task.cancel()
         self._stopping = True
+        # Let them unwind (origin feeds restore piece priorities, removals stop) while
+        # the session still exists; what they leave in incoming/ goes at the next start.
+        await asyncio.gather(*background, return_exceptions=True)
         if self._pump_task is not None:
             await self._pump_task  # exits within one alert wait; never cancelled mid-call
         if self._session is not None:
