@@ -528,6 +528,7 @@ class SwarmEngine:
     async def seed(self, digest: Digest, metainfo: bytes) -> None:
         """Seed a committed blob from its store file in place (no copy, no re-hash)."""
         info_hash, ti = _torrent_info(metainfo, digest)
+        await self._wait_removed(info_hash)  # an expired seed of it may be on its way out
         existing = self._torrents.get(info_hash)
         if existing is not None:
             existing.last_active = time.monotonic()
@@ -891,19 +892,41 @@ class SwarmEngine:
             await self.seed(download.digest, torrent.metainfo)
 
     async def _remove(self, info_hash: str) -> None:
+        future = self._begin_removal(info_hash)
+        if future is not None:
+            await self._await_removal(info_hash, future)
+
+    def _begin_removal(self, info_hash: str) -> asyncio.Future[None] | None:
+        """Take the torrent out of our table and ask libtorrent to drop it, at once.
+
+        Synchronous, so nobody can find (and rely on) a torrent that is about to go.
+        """
         torrent = self._torrents.pop(info_hash, None)
         if torrent is None or self._session is None:
-            return
-        future = asyncio.get_running_loop().create_future()
+            return None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._removals[info_hash] = future
         self._session.remove_torrent(torrent.handle)
+        return future
+
+    async def _await_removal(self, info_hash: str, future: asyncio.Future[None]) -> None:
+        """Wait (at most 10 s) until libtorrent confirms the removal."""
         try:
             async with asyncio.timeout(10):
-                await future
+                await asyncio.shield(future)
         except TimeoutError:
             log.warning("swarm.remove_timeout info_hash=%s", info_hash)
         finally:
-            self._removals.pop(info_hash, None)
+            if self._removals.get(info_hash) is future:
+                del self._removals[info_hash]
+
+    async def _wait_removed(self, info_hash: str) -> None:
+        """libtorrent refuses to add a torrent it is still removing: wait for that first."""
+        removing = self._removals.get(info_hash)
+        if removing is not None and not removing.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    await asyncio.shield(removing)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -1059,7 +1082,9 @@ class SwarmEngine:
             self._rearm_super_seeding(torrent, now)
             if torrent.download is None and now - torrent.last_active > self.settings.seed_ttl:
                 log.info("swarm.seed_expired digest=%s", torrent.digest)
-                self._spawn(self._remove(info_hash))
+                future = self._begin_removal(info_hash)
+                if future is not None:
+                    self._spawn(self._await_removal(info_hash, future))
 
     def _require_session(self) -> lt.session:
         if self._session is None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -121,6 +122,22 @@ async def test_idle_seeds_are_dropped_after_the_ttl(tmp_path: Path, announce_url
                 break
         assert (await origin.fetch_stats()).torrents == 0
         assert store.has(digest), "dropping the torrent keeps the blob"
+
+
+async def test_a_seed_asked_for_as_it_expires_is_seeded_again(
+    tmp_path: Path, announce_url: str
+) -> None:
+    """The pump's expiry and a new request in the same loop pass: the request must
+    not be answered by the torrent that is on its way out."""
+    store = BlobStore(tmp_path / "o")
+    digest, _, metainfo = make_blob(store, 100_000)
+    async with SwarmEngine(SwarmSettings(announce_url, origin=True), store) as origin:
+        await origin.seed(digest, metainfo)
+        origin._expire_idle_seeds(time.monotonic() + 3600)  # what the pump does each tick
+        await origin.seed(digest, metainfo)
+        await asyncio.sleep(0.5)  # the expired torrent's removal has completed by now
+        assert (await origin.fetch_stats()).torrents == 1
+        assert origin.super_seeding(digest) is not None, "the blob is seeded"
 
 
 def write_file(path: Path, data: bytes) -> None:
