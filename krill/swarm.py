@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -97,7 +98,8 @@ class SwarmSettings:
     listen_host: str = "127.0.0.1"
     peer_port: int = 0  # 0 = pick a free port
     upload_rate_limit: int = 0  # bytes/s, 0 = unlimited
-    download_rate_limit: int = 0  # bytes/s from peers; the origin feed is held to it too
+    # bytes/s from peers; the origin piece feed is held to it separately (_Pacer)
+    download_rate_limit: int = 0
     seed_ttl: float = 600.0  # drop a torrent with no peers for this long
     origin: bool = False  # announce as an origin (peer id -KO...), which trackers favour
     # Pieces ahead of a streaming reader that get a deadline (see module doc).
@@ -116,10 +118,13 @@ class SwarmSettings:
     # node fed by the origin also receives from its peers, so the origin's flow gets
     # only a share of that node's downlink: one slot left the origin's link 80 % idle
     # in the herd benchmark. None = 2 for origins, no extra limit for agents (numbers
-    # in docs/swarm.md). BEP 16 super-seeding (``super_seeding=True``) keeps origin
-    # egress at ~1.0x but libtorrent's implementation stalls a lone downloader (80 s
-    # instead of 1 s for 3 MiB) and halves herd throughput, so it is off.
+    # in docs/swarm.md).
     seed_upload_slots: int | None = None
+    # BEP 16 super-seeding of seeded torrents. libtorrent 2.1.1's stalls a peer that
+    # gets everything from the seed (80 s instead of 1 s for 3 MiB; its first offer
+    # to a connection is lost), so it is off here; the origin service turns it on
+    # (OriginConfig.super_seed) because its nodes take the origin's share over HTTP
+    # piece claims (origin_urls) and only peers without those would stall.
     super_seeding: bool = False
     # Dynamic super-seeding (opt-in; 0 = off): a seeded torrent is put in BEP 16
     # super-seed mode while no downloader is connected, so a herd arriving together
@@ -182,6 +187,9 @@ class Download:
         # verified before a ``flush_cache`` that has since completed. See ``_flushed``.
         self._verified = bytearray(self._num_pieces)
         self._verified_count = 0
+        # Pieces handed to libtorrent from the origin feed and not yet verified (or
+        # failed): not to be fetched again while libtorrent checks them.
+        self._fed = bytearray(self._num_pieces)
         self._in_file = bytearray(self._num_pieces)
         self._flush_snapshot: bytes | None = None  # _verified when the pending flush began
         self._last_flush = 0.0
@@ -261,6 +269,16 @@ class Download:
         if 0 <= index < self._num_pieces and not self._verified[index]:
             self._verified[index] = 1
             self._verified_count += 1
+
+    def _forget_unverified_feed(self) -> None:
+        for index, fed in enumerate(self._fed):
+            if fed and not self._verified[index]:
+                self._fed[index] = 0
+
+    def _refeed(self, index: int) -> None:
+        """A piece failed its hash check: the feed may fetch it again."""
+        if 0 <= index < self._num_pieces:
+            self._fed[index] = 0
 
     @property
     def _all_verified(self) -> bool:
@@ -712,33 +730,47 @@ class SwarmEngine:
             self._http, self.settings.origin_urls[0], download.digest,
             download.size, download.piece_length,
         )
-        if not await self._wait_until_checked(info_hash):
+        pacer = _Pacer(self.settings.download_rate_limit)
+        if not await self._wait_until_checked(info_hash, download):
             return
+        # A new round began while this node was still pulling: the origin hands out
+        # chunks from the start again, and the node walks past the ones it has. At
+        # most one such claim per piece, so a misbehaving origin cannot loop it.
+        walked = 0
         try:
             while not self._feed_over(info_hash, download):
                 claimed = await feed.claim()
                 if claimed is None:
                     break
-                if not await self._fetch_pieces(info_hash, download, feed, claimed):
-                    # Peers already hold all of it: a node joining a swarm of seeds
-                    # (a new round of claims, long after a herd) takes one chunk from
-                    # the origin while it connects, then everything from its peers.
+                if all(download._verified[index] for index in claimed):
+                    walked += 1
+                    if walked > download._num_pieces:
+                        break
+                    continue
+                walked = 0
+                if self._peers_hold(info_hash, download, claimed):
+                    # A node joining a swarm of seeds (a new round of claims, long
+                    # after a herd) takes one chunk from the origin while it connects,
+                    # then everything from its peers.
                     log.info("swarm.origin_claims_done digest=%s reason=peers_have_it",
                              download.digest)
                     break
+                await self._fetch_pieces(info_hash, download, feed, claimed, pacer)
         except PieceFeedError as exc:
             log.warning("swarm.origin_claims_failed digest=%s error=%s", download.digest, exc)
-        await self._fill_stalls(info_hash, download, feed)
+        await self._fill_stalls(info_hash, download, feed, pacer)
 
     def _feed_over(self, info_hash: str, download: Download) -> bool:
+        torrent = self._torrents.get(info_hash)
         return (
             download.done
             or download._publishing
             or self._stopping
-            or self._torrents.get(info_hash) is None
+            or torrent is None
+            or torrent.download is not download  # a newer download of the same blob
         )
 
-    async def _wait_until_checked(self, info_hash: str) -> bool:
+    async def _wait_until_checked(self, info_hash: str, download: Download) -> bool:
         """libtorrent ignores ``add_piece`` while it checks a new torrent's files."""
         checking = (
             lt.torrent_status.states.checking_files,
@@ -747,10 +779,9 @@ class SwarmEngine:
             lt.torrent_status.states.allocating,
         )
         for _ in range(500):  # 10 s
-            torrent = self._torrents.get(info_hash)
-            if torrent is None:
+            if self._feed_over(info_hash, download):
                 return False
-            if torrent.handle.status(0).state not in checking:
+            if self._torrents[info_hash].handle.status(0).state not in checking:
                 return True
             await asyncio.sleep(0.02)
         log.warning("swarm.origin_feed_skipped info_hash=%s reason=still_checking", info_hash)
@@ -777,64 +808,97 @@ class SwarmEngine:
             index
             for index in pieces
             if not download._verified[index]
+            and not download._fed[index]
             and (index >= len(availability) or availability[index] <= 0)
         ]
 
+    def _peers_hold(self, info_hash: str, download: Download, claimed: range) -> bool:
+        """Peers have every claimed piece this node still lacks."""
+        return not self._unsourced(info_hash, download, claimed)
+
     async def _fetch_pieces(
-        self, info_hash: str, download: Download, feed: OriginPieceFeed, claimed: range
-    ) -> bool:
+        self,
+        info_hash: str,
+        download: Download,
+        feed: OriginPieceFeed,
+        claimed: range,
+        pacer: _Pacer,
+    ) -> None:
         """Fetch the claimed pieces no peer can give us from the origin, into libtorrent.
 
         While they are on their way their priority is 0, so libtorrent does not also
         ask the origin's seed for them; each is put back to the default as soon as
-        libtorrent has it (``add_piece`` marks its blocks as being written).
-        Returns whether any piece was wanted from the origin.
+        libtorrent has it (``add_piece`` marks its blocks as being written). Not when
+        they are all that is left: libtorrent would call the torrent finished, drop
+        its seeds and resume for every piece that then arrives.
         """
         wanted = self._unsourced(info_hash, download, claimed)
         torrent = self._torrents.get(info_hash)
         if not wanted or torrent is None:
-            return False
+            return
         handle = torrent.handle
-        handle.prioritize_pieces([(index, 0) for index in wanted])
+        remaining = download._num_pieces - download._verified_count
+        zeroed = len(wanted) < remaining
+        if zeroed:
+            handle.prioritize_pieces([(index, 0) for index in wanted])
         pending = set(wanted)
-        pacer = _Pacer(self.settings.download_rate_limit)
         try:
             for run in consecutive_runs(wanted):
                 async for index, data in feed.pieces(run):
                     if self._feed_over(info_hash, download):
-                        return True
+                        return
                     handle.add_piece(index, data, 0)
+                    download._fed[index] = 1
                     self._origin_feed_bytes += len(data)
-                    handle.piece_priority(index, _DEFAULT_PRIORITY)
+                    if zeroed:
+                        handle.piece_priority(index, _DEFAULT_PRIORITY)
                     pending.discard(index)
                     await pacer.took(len(data))
-            return True
         finally:
-            if pending and self._torrents.get(info_hash) is torrent:
+            if zeroed and pending and self._torrents.get(info_hash) is torrent:
                 handle.prioritize_pieces([(index, _DEFAULT_PRIORITY) for index in pending])
+                # Priority 0 also dropped any streaming deadlines on them: set again.
+                download._deadlined_until = min(download._deadlined_until, min(pending))
 
-    async def _fill_stalls(self, info_hash: str, download: Download, feed: OriginPieceFeed) -> None:
+    async def _fill_stalls(
+        self, info_hash: str, download: Download, feed: OriginPieceFeed, pacer: _Pacer
+    ) -> None:
         """While the download runs: after ``fill_after`` s without progress, fetch from
-        the origin the missing pieces that no connected peer has."""
-        seen, since = download._verified_count, time.monotonic()
-        while not self._feed_over(info_hash, download):
-            await asyncio.sleep(min(0.5, self.settings.fill_after))
+        the origin the missing pieces that no connected peer has, until none are left.
+
+        Each node starts at a random one of them, so a stalled herd (a claimer died)
+        does not fetch the same pieces from the origin all at once.
+        """
+        seen, since, filling = download._verified_count, time.monotonic(), False
+        while True:
+            if not filling:
+                await asyncio.sleep(min(0.5, self.settings.fill_after))
+            if self._feed_over(info_hash, download):
+                return
             now = time.monotonic()
-            if download._verified_count != seen:
+            if not filling and download._verified_count != seen:
                 seen, since = download._verified_count, now
                 continue
-            if now - since < self.settings.fill_after:
+            if not filling and now - since < self.settings.fill_after:
                 continue
-            missing = range(download._num_pieces)
-            wanted = self._unsourced(info_hash, download, missing)[:_FILL_BATCH_PIECES]
-            if wanted:
-                log.info("swarm.origin_fill digest=%s pieces=%d", download.digest, len(wanted))
-                try:
-                    for run in consecutive_runs(wanted):
-                        await self._fetch_pieces(info_hash, download, feed, run)
-                except PieceFeedError as exc:
-                    log.warning("swarm.origin_fill_failed digest=%s error=%s", download.digest, exc)
-            since = time.monotonic()
+            unsourced = self._unsourced(info_hash, download, range(download._num_pieces))
+            filling = bool(unsourced)
+            if not filling:
+                # Stalled, yet every missing piece is with a peer or was fed: a fed
+                # piece libtorrent dropped unchecked may be fetched again next time.
+                download._forget_unverified_feed()
+                seen, since = download._verified_count, now
+                continue
+            start = random.randrange(len(unsourced))
+            batch = (unsourced[start:] + unsourced[:start])[:_FILL_BATCH_PIECES]
+            log.info("swarm.origin_fill digest=%s pieces=%d", download.digest, len(batch))
+            try:
+                for run in consecutive_runs(batch):
+                    await self._fetch_pieces(info_hash, download, feed, run, pacer)
+            except PieceFeedError as exc:
+                log.warning("swarm.origin_fill_failed digest=%s error=%s", download.digest, exc)
+                filling = False  # wait for another stall before asking the origin again
+                seen, since = download._verified_count, time.monotonic()
 
     def _prioritise(self, download: Download, offset: int) -> None:
         """Give the pieces just ahead of a streaming reader deadlines (soonest first)."""
@@ -932,6 +996,7 @@ class SwarmEngine:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
 
     # ---- the alert pump ----
 
@@ -1010,6 +1075,9 @@ class SwarmEngine:
             self._note_stats(alert.values)
         elif isinstance(alert, lt.hash_failed_alert):
             self._hash_failures += 1
+            torrent = self._torrent_of(alert)
+            if torrent is not None and torrent.download is not None:
+                torrent.download._refeed(int(alert.piece_index))
             log.warning("swarm.hash_failed torrent=%s piece=%d",
                         alert.torrent_name, alert.piece_index)
         elif isinstance(alert, (lt.torrent_error_alert, lt.file_error_alert)):
@@ -1092,11 +1160,18 @@ class SwarmEngine:
         return self._session
 
 
-class _Pacer:
-    """Holds the origin feed to ``download_rate_limit`` (libtorrent limits only its peers).
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    """A background task that died of an unexpected error says so in the log."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("swarm.task_failed task=%s", task.get_name(), exc_info=task.exception())
 
-    TCP flow control passes the pause on to the origin, so a throttled node does
-    not pull pieces faster than the operator allowed.
+
+class _Pacer:
+    """Holds one download's origin feed to ``download_rate_limit``.
+
+    libtorrent's limit covers its peers only; the feed is held to the same rate on
+    its own (so peers and feed together may reach twice it). TCP flow control
+    passes the pause on to the origin.
     """
 
     def __init__(self, bytes_per_second: int) -> None:

@@ -16,8 +16,9 @@ the origin which pieces to take from it:
 Each node fetches its chunk over HTTP and hands the pieces to libtorrent,
 which checks them and offers them to the other nodes, so the origin sends
 each piece about once and keeps its link full from the first second. A
-round ends when no claim has been asked for ``round_idle`` seconds; the
-next herd (which may find nobody left holding the blob) starts a new one.
+round ends ``round_idle`` seconds after its last chunk was handed out (a
+204 does not extend it); the next herd, which may find nobody left holding
+the blob, starts a new one.
 """
 
 from __future__ import annotations
@@ -145,7 +146,8 @@ async def _handle_blob(request: web.Request) -> web.StreamResponse:
         return exc.response()
     except FileNotFoundError:
         return RegistryError("BLOB_UNKNOWN", "the blob was deleted").response()
-    request.app[_CLAIMS_KEY].bytes_requested += _requested_length(request, size)
+    if request.method == "GET":  # HEAD sends no body
+        request.app[_CLAIMS_KEY].bytes_requested += _requested_length(request, size)
     return ThreadedFileResponse(
         path,
         chunk_size=FALLBACK_CHUNK_SIZE,

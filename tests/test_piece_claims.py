@@ -156,7 +156,7 @@ async def test_pieces_whose_claimer_never_delivers_are_filled_from_the_origin(
     """Every chunk was claimed (by nodes that then died): the node, finding no peer
     with the pieces and making no progress, fetches them from the origin itself."""
     origin_store = BlobStore(tmp_path / "origin")
-    data = os.urandom(2 * 1024 * 1024)
+    data = os.urandom(9 * 1024 * 1024)  # 144 pieces: more than one fill
     digest = origin_store.put_bytes(data)
     async with (
         running_tracker() as origin_tracker,
@@ -176,3 +176,30 @@ async def test_pieces_whose_claimer_never_delivers_are_filled_from_the_origin(
             stats = await engine.fetch_stats()
     assert sha256_file(str(path)) == digest
     assert stats.origin_feed_bytes == len(data)
+
+
+async def test_an_origin_that_restarts_its_round_on_every_claim_cannot_loop_a_node(
+    tmp_path: Path,
+) -> None:
+    """Every claim starts a new round (chunk 0 again): the node walks past what it has
+    a bounded number of times, then fills the rest from the origin."""
+    origin_store = BlobStore(tmp_path / "origin")
+    data = os.urandom(3 * 1024 * 1024)
+    digest = origin_store.put_bytes(data)
+    async with (
+        running_tracker() as origin_tracker,
+        running_tracker() as empty_tracker,
+        running_origin_app(origin_store, origin_tracker + "/announce") as (origin, app),
+        aiohttp.ClientSession() as http,
+    ):
+        piece_claims(app).round_idle = -1.0
+        settings = SwarmSettings(
+            empty_tracker + "/announce", origin_urls=(origin,), fill_after=0.5
+        )
+        async with SwarmEngine(settings, BlobStore(tmp_path / "node")) as engine:
+            path = await download_with(engine, http, origin, digest)
+            stats = await engine.fetch_stats()
+        claims = piece_claims(app).claims_issued
+    assert sha256_file(str(path)) == digest
+    assert stats.origin_feed_bytes == len(data)
+    assert claims <= 2 + len(data) // PIECE, "the node stopped claiming the same chunk"
