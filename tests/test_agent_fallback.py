@@ -21,11 +21,15 @@ from tests.imagebuild import read_oci_layout_digests
 from tests.test_agent_containerd import write_hosts
 
 
-def test_tracker_down_pull_succeeds_from_the_origin(tmp_path: Path) -> None:
+def pull_with_a_dead_tracker(
+    tmp_path: Path, seed: int, *origin_args: str
+) -> tuple[int, dict[str, float]]:
+    """Push an image to an origin, pull it with skopeo through an agent whose tracker
+    is down; check every digest. Returns (bytes of the image's blobs, agent metrics)."""
     dead_tracker = f"http://127.0.0.1:{free_port()}"
-    # The origin seeds (its metainfo is there) but nobody can find it: no tracker.
-    with origin_process(tmp_path / "origin", "--tracker", dead_tracker) as origin:
-        image = build_layout(tmp_path / "layout", seed=21)
+    args = [arg.replace("{dead_tracker}", dead_tracker) for arg in origin_args]
+    with origin_process(tmp_path / "origin", *args) as origin:
+        image = build_layout(tmp_path / "layout", seed=seed)
         push(image, origin, "team/fallback:1")
         with agent_process(
             tmp_path / "agent", origin, dead_tracker, settings={"swarm_deadline": 1.0}
@@ -39,7 +43,12 @@ def test_tracker_down_pull_succeeds_from_the_origin(tmp_path: Path) -> None:
             )
             metrics = agent.metrics()
     assert read_oci_layout_digests(out) == read_oci_layout_digests(image.layout)
-    blobs = sum(len(b.data) for b in image.images[0].blobs())
+    return sum(len(b.data) for b in image.images[0].blobs()), metrics
+
+
+def test_tracker_down_pull_succeeds_from_the_origin(tmp_path: Path) -> None:
+    # The origin seeds (its metainfo is there) but nobody can find it: no tracker.
+    blobs, metrics = pull_with_a_dead_tracker(tmp_path, 21, "--tracker", "{dead_tracker}")
     # With no peers, every byte came from the origin over HTTP: as the swarm engine's
     # piece claims (they need no tracker) or, where those were too slow, the fallback.
     from_origin = (
@@ -53,23 +62,7 @@ def test_tracker_down_pull_succeeds_from_the_origin(tmp_path: Path) -> None:
 def test_an_origin_that_does_not_seed_is_pulled_from_over_http(tmp_path: Path) -> None:
     """No swarm for the blob (the origin runs without a tracker, so it serves no
     metainfo and no piece claims): the agent's fetch falls back to plain HTTP."""
-    dead_tracker = f"http://127.0.0.1:{free_port()}"
-    with origin_process(tmp_path / "origin") as origin:
-        image = build_layout(tmp_path / "layout", seed=22)
-        push(image, origin, "team/noswarm:1")
-        with agent_process(
-            tmp_path / "agent", origin, dead_tracker, settings={"swarm_deadline": 1.0}
-        ) as agent:
-            out = tmp_path / "out"
-            skopeo(
-                "copy",
-                *SKOPEO_FLAGS,
-                f"docker://{agent.registry_hostport}/team/noswarm:1",
-                f"oci:{out}:latest",
-            )
-            metrics = agent.metrics()
-    assert read_oci_layout_digests(out) == read_oci_layout_digests(image.layout)
-    blobs = sum(len(b.data) for b in image.images[0].blobs())
+    blobs, metrics = pull_with_a_dead_tracker(tmp_path, 22)
     assert metrics["krill_agent_origin_http_bytes_total"] == blobs
     fallbacks = sum(v for k, v in metrics.items() if k.startswith("krill_agent_fallbacks_total"))
     assert fallbacks >= 2

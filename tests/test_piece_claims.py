@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from krill.blobstore import BlobStore
 from krill.digests import Digest, sha256_file
 from krill.metainfo import fetch_metainfo
 from krill.piecefeed import consecutive_runs
-from krill.swarm import SwarmEngine, SwarmSettings
+from krill.swarm import SwarmEngine, SwarmSettings, SwarmStats
 from origin.piececlaims import PieceClaims, piece_claims
 from tests.swarm_helpers import running_origin_app, running_tracker
 
@@ -131,22 +134,38 @@ async def test_a_herd_takes_disjoint_pieces_from_the_origin_and_trades_the_rest(
     assert sum(s.downloaded for s in stats) > 0, "the nodes never traded pieces"
 
 
-async def test_a_lone_node_gets_every_piece_over_http_at_once(tmp_path: Path) -> None:
-    """No peer knows the blob (the node's tracker has never seen the origin)."""
+Setup = Callable[[aiohttp.ClientSession, str, Digest, web.Application], Awaitable[None]]
+
+
+async def lone_node_pull(
+    tmp_path: Path, size: int, setup: Setup | None = None, **settings: Any
+) -> tuple[bytes, SwarmStats, PieceClaims]:
+    """A node whose tracker has never seen the origin (so no peers) pulls a new blob
+    of ``size`` bytes, after ``setup`` ran against the origin; the stored copy is
+    checked. Returns (the blob, the node's counters, the origin's claim book)."""
     origin_store = BlobStore(tmp_path / "origin")
-    data = os.urandom(3 * 1024 * 1024 + 17)
+    data = os.urandom(size)
     digest = origin_store.put_bytes(data)
     async with (
         running_tracker() as origin_tracker,
         running_tracker() as empty_tracker,
-        running_origin_app(origin_store, origin_tracker + "/announce") as (origin, _app),
+        running_origin_app(origin_store, origin_tracker + "/announce") as (origin, app),
         aiohttp.ClientSession() as http,
     ):
-        settings = SwarmSettings(empty_tracker + "/announce", origin_urls=(origin,))
-        async with SwarmEngine(settings, BlobStore(tmp_path / "node")) as engine:
+        if setup is not None:
+            await setup(http, origin, digest, app)
+        node_settings = SwarmSettings(
+            empty_tracker + "/announce", origin_urls=(origin,), **settings
+        )
+        async with SwarmEngine(node_settings, BlobStore(tmp_path / "node")) as engine:
             path = await download_with(engine, http, origin, digest)
             stats = await engine.fetch_stats()
     assert sha256_file(str(path)) == digest
+    return data, stats, piece_claims(app)
+
+
+async def test_a_lone_node_gets_every_piece_over_http_at_once(tmp_path: Path) -> None:
+    data, stats, _ = await lone_node_pull(tmp_path, 3 * 1024 * 1024 + 17)
     assert stats.origin_feed_bytes == len(data)
 
 
@@ -155,26 +174,17 @@ async def test_pieces_whose_claimer_never_delivers_are_filled_from_the_origin(
 ) -> None:
     """Every chunk was claimed (by nodes that then died): the node, finding no peer
     with the pieces and making no progress, fetches them from the origin itself."""
-    origin_store = BlobStore(tmp_path / "origin")
-    data = os.urandom(9 * 1024 * 1024)  # 144 pieces: more than one fill
-    digest = origin_store.put_bytes(data)
-    async with (
-        running_tracker() as origin_tracker,
-        running_tracker() as empty_tracker,
-        running_origin_app(origin_store, origin_tracker + "/announce") as (origin, _app),
-        aiohttp.ClientSession() as http,
-    ):
+
+    async def claim_everything(
+        http: aiohttp.ClientSession, origin: str, digest: Digest, _app: web.Application
+    ) -> None:
         while True:  # the dead herd's claims
             async with http.post(f"{origin}/krill/v1/claims/{digest}") as response:
                 if response.status == 204:
-                    break
-        settings = SwarmSettings(
-            empty_tracker + "/announce", origin_urls=(origin,), fill_after=0.5
-        )
-        async with SwarmEngine(settings, BlobStore(tmp_path / "node")) as engine:
-            path = await download_with(engine, http, origin, digest)
-            stats = await engine.fetch_stats()
-    assert sha256_file(str(path)) == digest
+                    return
+
+    size = 9 * 1024 * 1024  # 144 pieces: more than one fill
+    data, stats, _ = await lone_node_pull(tmp_path, size, claim_everything, fill_after=0.5)
     assert stats.origin_feed_bytes == len(data)
 
 
@@ -183,23 +193,15 @@ async def test_an_origin_that_restarts_its_round_on_every_claim_cannot_loop_a_no
 ) -> None:
     """Every claim starts a new round (chunk 0 again): the node walks past what it has
     a bounded number of times, then fills the rest from the origin."""
-    origin_store = BlobStore(tmp_path / "origin")
-    data = os.urandom(3 * 1024 * 1024)
-    digest = origin_store.put_bytes(data)
-    async with (
-        running_tracker() as origin_tracker,
-        running_tracker() as empty_tracker,
-        running_origin_app(origin_store, origin_tracker + "/announce") as (origin, app),
-        aiohttp.ClientSession() as http,
-    ):
+
+    async def restart_every_round(
+        _http: aiohttp.ClientSession, _origin: str, _digest: Digest, app: web.Application
+    ) -> None:
         piece_claims(app).round_idle = -1.0
-        settings = SwarmSettings(
-            empty_tracker + "/announce", origin_urls=(origin,), fill_after=0.5
-        )
-        async with SwarmEngine(settings, BlobStore(tmp_path / "node")) as engine:
-            path = await download_with(engine, http, origin, digest)
-            stats = await engine.fetch_stats()
-        claims = piece_claims(app).claims_issued
-    assert sha256_file(str(path)) == digest
+
+    size = 3 * 1024 * 1024
+    data, stats, claims = await lone_node_pull(
+        tmp_path, size, restart_every_round, fill_after=0.5
+    )
     assert stats.origin_feed_bytes == len(data)
-    assert claims <= 2 + len(data) // PIECE, "the node stopped claiming the same chunk"
+    assert claims.claims_issued <= 2 + len(data) // PIECE, "the node stopped claiming chunk 0"
