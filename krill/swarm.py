@@ -25,16 +25,25 @@ store, then keep seeding it). The guarantees:
   blob's shard directory and name = the digest hex, so libtorrent's file is
   the store file itself, in seed mode (no re-hash of a file the store has
   verified). Torrents with no peers for ``seed_ttl`` seconds are dropped.
+* **Piece claims.** With ``SwarmSettings.origin_urls`` a download also claims
+  chunks of pieces from the origin over HTTP (``krill.piecefeed``,
+  ``origin.piececlaims``) and hands them to libtorrent (``add_piece``), so a
+  herd's nodes each take different pieces from the origin and trade the rest;
+  a download that stalls fills from the origin what no peer has. A download
+  is done when every piece is verified (not at libtorrent's "finished", which
+  counts only the pieces it wants: claimed pieces on their way have priority 0).
 
 libtorrent is blocking C++ with an alert queue. One task pumps alerts
 (``wait_for_alert`` runs in a worker thread so the event loop never blocks)
 and dispatches them to the ``Download`` objects.
 
 Deviations from the written contract, all additive: ``SwarmSettings.origin``
-(peer id prefix ``-KO`` so the tracker hands origins out first) and tuning
+(peer id prefix ``-KO`` so the tracker hands origins out first),
+``origin_urls`` and ``fill_after`` (piece claims), and tuning
 fields (``unchoke_slots``, ``seed_upload_slots``, ``super_seeding``,
 ``super_seed_min_peers``, ``super_seed_upload_slots``, ``first_announce_timeout``,
-``stream_window_pieces``); ``SwarmEngine.super_seeding(digest)`` and
+``stream_window_pieces``); ``SwarmStats.origin_feed_bytes``;
+``SwarmEngine.super_seeding(digest)`` and
 ``.super_seed_toggles(digest)`` (dynamic super-seeding state,
 for tests and logs); ``SwarmStats.failed_pieces`` and ``.torrents``;
 ``SwarmEngine.fetch_stats()`` (fresh session counters; ``stats()``
