@@ -7,8 +7,9 @@ its link, the herd's bottleneck, would carry the blob several times over
 the origin which pieces to take from it:
 
 * ``POST /krill/v1/claims/<digest>``: the next chunk of the blob nobody has
-  been given yet in this round, as ``{"first": i, "end": j, "piece_length": n}``
-  (pieces ``i..j-1`` of the blob's torrent), or ``204 No Content`` once every
+  been given yet in this round (16 pieces, fewer towards the end), as
+  ``{"first": i, "end": j, "piece_length": n}`` (pieces ``i..j-1`` of the
+  blob's torrent), or ``204 No Content`` once every
   chunk has been handed out: the node then gets the rest from its peers.
 * ``GET /krill/v1/blobs/<digest>`` (with ``Range``): the blob's bytes by
   digest, for the claimed pieces, sent with sendfile like any blob.
@@ -50,13 +51,17 @@ MAX_ROUNDS = 4096
 
 @dataclass
 class _Round:
-    chunks: int
-    next_chunk: int
+    pieces: int
+    next_piece: int
     last_claim: float
 
 
 class PieceClaims:
-    """Chunks of each blob's pieces, handed out once per round, in order."""
+    """Chunks of each blob's pieces, handed out once per round, in order.
+
+    A chunk is ``chunk_pieces`` pieces, or 1/``chunk_pieces`` of what is left of
+    the round if that is less (so the last chunks are single pieces).
+    """
 
     def __init__(
         self,
@@ -78,20 +83,23 @@ class PieceClaims:
         now = self._clock()
         current = self._rounds.get(digest)
         if current is None or now - current.last_claim > self.round_idle:
-            chunks = -(-pieces // self.chunk_pieces)
-            current = _Round(chunks=chunks, next_chunk=0, last_claim=now)
+            current = _Round(pieces=pieces, next_piece=0, last_claim=now)
         self._rounds[digest] = current
         self._rounds.move_to_end(digest)
         while len(self._rounds) > MAX_ROUNDS:
             self._rounds.popitem(last=False)
-        if current.next_chunk >= current.chunks:
+        remaining = current.pieces - current.next_piece
+        if remaining <= 0:
             return None
-        chunk = current.next_chunk
-        current.next_chunk += 1
+        # Chunks shrink towards the end of a round (guided self-scheduling): the last
+        # pieces are spread over many nodes instead of all waiting on the one node
+        # that claimed a full last chunk and must pass it to everyone.
+        size = max(1, min(self.chunk_pieces, -(-remaining // self.chunk_pieces)))
+        first = current.next_piece
+        current.next_piece += min(size, remaining)
         current.last_claim = now
         self.claims_issued += 1
-        first = chunk * self.chunk_pieces
-        return range(first, min(pieces, first + self.chunk_pieces))
+        return range(first, current.next_piece)
 
 
 _CLAIMS_KEY = web.AppKey("piece_claims", PieceClaims)
