@@ -92,6 +92,7 @@ async def test_eight_agents_with_piece_claims_get_each_piece_from_the_origin_abo
         assert result["streamed_sha256"] == digest.hex
     fed = sum(int(f["origin_feed_bytes"]) for f in finals)
     assert fed == over_http, "the nodes' count of claimed bytes matches the origin's"
+    assert over_http >= BLOB_SIZE // 2, "the origin's share went out as claimed pieces"
     assert sum(int(f["uploaded"]) for f in finals) > 0, "peers never served each other"
     origin_sent = origin_stats.uploaded + over_http
     assert origin_sent <= 1.5 * BLOB_SIZE, (
