@@ -94,9 +94,9 @@ class PieceClaims:
         # Chunks shrink towards the end of a round (guided self-scheduling): the last
         # pieces are spread over many nodes instead of all waiting on the one node
         # that claimed a full last chunk and must pass it to everyone.
-        size = max(1, min(self.chunk_pieces, -(-remaining // self.chunk_pieces)))
+        count = max(1, min(self.chunk_pieces, -(-remaining // self.chunk_pieces)))
         first = current.next_piece
-        current.next_piece += min(size, remaining)
+        current.next_piece += count
         current.last_claim = now
         self.claims_issued += 1
         return range(first, current.next_piece)
