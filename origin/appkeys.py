@@ -2,16 +2,19 @@
 
 A module that extends the origin (seeding, deltas) gets the app from
 ``origin.server.create_app(config)`` and reads these, e.g.
-``request.app[STORE].path(digest)`` or ``app[TAG_MOVED].append(hook)``.
+``request.app[STORE].path(digest)``, ``app[TAG_MOVED].append(hook)`` or
+``app[BLOB_PUSHED].append(hook)``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from krill.blobstore import BlobStore
+from krill.digests import Digest
 
 if TYPE_CHECKING:
     from origin.config import OriginConfig
@@ -27,6 +30,8 @@ STORE = web.AppKey("krill_origin_store", BlobStore)
 REPOSITORIES: web.AppKey[Repositories] = web.AppKey("krill_origin_repositories")
 TAG_HISTORY: web.AppKey[TagHistory] = web.AppKey("krill_origin_tag_history")
 TAG_MOVED: web.AppKey[list[TagMovedHook]] = web.AppKey("krill_origin_tag_moved")
+# Called (synchronously; start background work, don't block) for each blob pushed.
+BLOB_PUSHED: web.AppKey[list[Callable[[Digest], None]]] = web.AppKey("krill_origin_blob_pushed")
 UPLOADS: web.AppKey[UploadSessions] = web.AppKey("krill_origin_uploads")
 METRICS: web.AppKey[OriginMetrics] = web.AppKey("krill_origin_metrics")
 # None unless the origin mirrors an upstream registry.

@@ -35,6 +35,7 @@ from krill.digests import Digest, DigestError
 from krill.metainfo import METAINFO_CONTENT_TYPE, MetainfoError, check_metainfo, make_metainfo
 from krill.registry_errors import RegistryError
 from krill.swarm import SwarmEngine, SwarmSettings
+from origin.appkeys import BLOB_PUSHED
 from origin.piececlaims import install_piece_claims
 
 if TYPE_CHECKING:
@@ -78,6 +79,22 @@ class MetainfoSidecars:
         return metainfo
 
 
+def _prepare_metainfo(app: web.Application, digest: Digest) -> None:
+    """Make a just-pushed blob's metainfo now, in the background.
+
+    Otherwise the first node to pull the blob waits while the origin hashes it
+    (SHA-1 of every piece: about half a second per GiB here), and with it the
+    whole herd that asked at the same moment.
+    """
+    task = asyncio.create_task(app[_METAINFO_KEY].get(digest))
+    task.add_done_callback(_log_metainfo_failure)
+
+
+def _log_metainfo_failure(task: asyncio.Task[bytes]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("origin.metainfo_prepare_failed error=%s", task.exception())
+
+
 def announce_url(tracker: str) -> str:
     """A tracker given as base URL or announce URL, as the announce URL libtorrent needs."""
     tracker = tracker.rstrip("/")
@@ -114,6 +131,9 @@ def install_seeding(app: web.Application, store: BlobStore, settings: SwarmSetti
 
     app.cleanup_ctx.append(swarm_engine)
     app.router.add_get("/krill/v1/metainfo/{digest}", _handle_metainfo)
+    pushed_hooks = app.get(BLOB_PUSHED)
+    if pushed_hooks is not None:  # the full origin app (tests may install on a bare one)
+        pushed_hooks.append(lambda digest: _prepare_metainfo(app, digest))
     install_piece_claims(app, store)
 
 

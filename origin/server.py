@@ -28,6 +28,7 @@ from origin import (
     upload_routes,
 )
 from origin.appkeys import (
+    BLOB_PUSHED,
     CONFIG,
     METRICS,
     PULL_THROUGH,
@@ -59,6 +60,7 @@ def create_app(config: OriginConfig) -> web.Application:
     app[REPOSITORIES] = Repositories(config.data / REPOSITORIES_DIR)
     app[TAG_HISTORY] = TagHistory(config.data / REPOSITORIES_DIR)
     app[TAG_MOVED] = []
+    app[BLOB_PUSHED] = []
     app[UPLOADS] = UploadSessions(store, config.max_upload_sessions)
     app[METRICS] = OriginMetrics()
     app[PULL_THROUGH] = None

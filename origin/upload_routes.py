@@ -19,7 +19,7 @@ from krill.blobstore import BlobWriter, DigestMismatchError, SizeMismatchError
 from krill.digests import Digest
 from krill.names import is_valid_name
 from krill.registry_errors import RegistryError
-from origin.appkeys import REPOSITORIES, STORE, UPLOADS
+from origin.appkeys import BLOB_PUSHED, REPOSITORIES, STORE, UPLOADS
 from origin.params import API_HEADERS, parse_digest, repo_name
 from origin.uploads import UploadSession
 
@@ -64,6 +64,12 @@ async def receive_body(request: web.Request, writer: BlobWriter) -> int:
 def _write_all(writer: BlobWriter, batch: list[bytes]) -> None:
     for chunk in batch:
         writer.write(chunk)
+
+
+def announce_pushed(app: web.Application, digest: Digest) -> None:
+    """Tell the BLOB_PUSHED hooks (seeding makes the blob's metainfo ahead of the first pull)."""
+    for hook in app.get(BLOB_PUSHED, []):
+        hook(digest)
 
 
 async def commit(writer: BlobWriter, digest: Digest) -> None:
@@ -130,6 +136,7 @@ async def monolithic_upload(request: web.Request, repo: str, digest: Digest) -> 
         await commit(writer, digest)
     app[REPOSITORIES].link_blob(repo, digest)
     log.info("blob.pushed repo=%s digest=%s", repo, digest)
+    announce_pushed(app, digest)
     return blob_created(repo, digest)
 
 
@@ -212,6 +219,7 @@ async def finish_upload(request: web.Request) -> web.Response:
         await commit(session.open_writer(), digest)
     await asyncio.to_thread(app[REPOSITORIES].link_blob, repo, digest)
     log.info("blob.pushed repo=%s digest=%s", repo, digest)
+    announce_pushed(app, digest)
     return blob_created(repo, digest)
 
 

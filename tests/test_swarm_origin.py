@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 
 from krill.digests import Digest
+from krill.metainfo import check_metainfo
 from tests.components import free_port, krill_process
 from tests.swarm_helpers import finish_peer, kill_peers, peer_result, start_peer
 
@@ -57,3 +58,24 @@ async def test_origin_and_tracker_processes_serve_a_swarm_pull(tmp_path: Path) -
     assert sum(int(f["downloaded"]) for f in finals) >= 2 * len(data)
     sidecar = tmp_path / "o" / "blobs" / "sha256" / digest.hex[:2] / f"{digest.hex}.torrent"
     assert sidecar.is_file(), "metainfo is kept beside the blob"
+
+
+async def test_a_pushed_blob_has_its_metainfo_before_anyone_asks(tmp_path: Path) -> None:
+    """The first pull of a new blob must not wait for the origin to hash it."""
+    from krill.blobstore import BlobStore
+
+    origin_port = free_port()
+    origin = f"http://127.0.0.1:{origin_port}"
+    with krill_process(
+        ["origin", "--listen", f"127.0.0.1:{origin_port}", "--data", str(tmp_path / "o"),
+         "--tracker", f"http://127.0.0.1:{free_port()}"],
+        tmp_path / "origin.log", f"{origin}/v2/",
+    ):
+        async with aiohttp.ClientSession() as http:
+            digest = await push_blob(http, origin, os.urandom(2 * 1024 * 1024))
+        sidecar = BlobStore(tmp_path / "o").sidecar_path(digest, "torrent")
+        for _ in range(600):  # made in the background right after the push
+            if sidecar.is_file():
+                break
+            await asyncio.sleep(0.05)
+        check_metainfo(sidecar.read_bytes(), digest)
