@@ -757,14 +757,16 @@ class SwarmEngine:
                         break
                     continue
                 walked = 0
-                if self._peers_hold(info_hash, download, claimed):
-                    # A node joining a swarm of seeds (a new round of claims, long
-                    # after a herd) takes one chunk from the origin while it connects,
-                    # then everything from its peers.
+                wanted = self._unsourced(info_hash, download, claimed)
+                if not wanted:
+                    # Peers hold every claimed piece this node lacks: a node joining
+                    # a swarm of seeds (a new round of claims, long after a herd)
+                    # takes one chunk from the origin while it connects, then
+                    # everything from its peers.
                     log.info("swarm.origin_claims_done digest=%s reason=peers_have_it",
                              download.digest)
                     break
-                await self._fetch_pieces(info_hash, download, feed, claimed, pacer)
+                await self._fetch_pieces(info_hash, download, feed, wanted, pacer)
         except PieceFeedError as exc:
             log.warning("swarm.origin_claims_failed digest=%s error=%s", download.digest, exc)
         await self._fill_stalls(info_hash, download, feed, pacer)
@@ -821,19 +823,16 @@ class SwarmEngine:
             and (index >= len(availability) or availability[index] <= 0)
         ]
 
-    def _peers_hold(self, info_hash: str, download: Download, claimed: range) -> bool:
-        """Peers have every claimed piece this node still lacks."""
-        return not self._unsourced(info_hash, download, claimed)
-
     async def _fetch_pieces(
         self,
         info_hash: str,
         download: Download,
         feed: OriginPieceFeed,
-        claimed: range,
+        wanted: list[int],
         pacer: _Pacer,
     ) -> None:
-        """Fetch the claimed pieces no peer can give us from the origin, into libtorrent.
+        """Fetch ``wanted`` (pieces no peer can give us, see ``_unsourced``) from the
+        origin, into libtorrent.
 
         While they are on their way their priority is 0, so libtorrent does not also
         ask the origin's seed for them; each is put back to the default as soon as
@@ -841,7 +840,6 @@ class SwarmEngine:
         they are all that is left: libtorrent would call the torrent finished, drop
         its seeds and resume for every piece that then arrives.
         """
-        wanted = self._unsourced(info_hash, download, claimed)
         torrent = self._torrents.get(info_hash)
         if not wanted or torrent is None:
             return
@@ -902,8 +900,7 @@ class SwarmEngine:
             batch = (unsourced[start:] + unsourced[:start])[:_FILL_BATCH_PIECES]
             log.info("swarm.origin_fill digest=%s pieces=%d", download.digest, len(batch))
             try:
-                for run in consecutive_runs(batch):
-                    await self._fetch_pieces(info_hash, download, feed, run, pacer)
+                await self._fetch_pieces(info_hash, download, feed, batch, pacer)
             except PieceFeedError as exc:
                 log.warning("swarm.origin_fill_failed digest=%s error=%s", download.digest, exc)
                 filling = False  # wait for another stall before asking the origin again
