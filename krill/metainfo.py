@@ -61,6 +61,11 @@ def piece_length_for(size: int) -> int:
     return length
 
 
+def piece_count(size: int, piece_length: int) -> int:
+    """How many pieces a blob of ``size`` bytes has (0 for an empty blob)."""
+    return -(-size // piece_length)
+
+
 def make_metainfo(path: Path, digest: Digest) -> bytes:
     """Hash the blob at ``path`` into pieces and return the bencoded torrent.
 
@@ -119,7 +124,7 @@ def check_metainfo(metainfo: bytes, digest: Digest) -> None:
             f"{piece_length_for(length)} every Krill origin uses for {length} bytes"
         )
     pieces = info.get(b"pieces", b"")
-    expected_pieces = (length + piece_length - 1) // piece_length
+    expected_pieces = piece_count(length, piece_length)
     if not isinstance(pieces, bytes) or len(pieces) != 20 * expected_pieces:
         raise MetainfoError(f"metainfo for {digest} has the wrong number of piece hashes")
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterable
 import aiohttp
 
 from krill.digests import Digest
+from krill.metainfo import piece_count
 
 
 class PieceFeedError(Exception):
@@ -36,7 +37,7 @@ class OriginPieceFeed:
         self.digest = digest
         self.size = size
         self.piece_length = piece_length
-        self.num_pieces = max(1, -(-size // piece_length))
+        self.num_pieces = piece_count(size, piece_length)
 
     async def claim(self) -> range | None:
         """The next pieces the origin gives this node, or None once all are handed out."""

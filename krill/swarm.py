@@ -71,7 +71,7 @@ import libtorrent as lt
 
 from krill.blobstore import BlobStore, DigestMismatchError
 from krill.digests import Digest
-from krill.metainfo import MetainfoError, check_metainfo
+from krill.metainfo import MetainfoError, check_metainfo, piece_count
 from krill.piecefeed import OriginPieceFeed, PieceFeedError, consecutive_runs
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ class Download:
         self.partial_path = partial_path
         self.store_path: Path | None = None
         self.available = 0
-        self._num_pieces = max(1, (size + piece_length - 1) // piece_length)
+        self._num_pieces = max(1, piece_count(size, piece_length))  # arrays: >= 1
         # Pieces that passed their hash (piece_finished_alert). libtorrent posts that
         # before the piece is necessarily written to the file (it may sit in its write
         # cache), so ``available`` only covers pieces known to be in the file: those

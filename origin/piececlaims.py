@@ -33,7 +33,7 @@ from aiohttp import web
 
 from krill.blobstore import BlobStore
 from krill.digests import Digest, DigestError
-from krill.metainfo import piece_length_for
+from krill.metainfo import piece_count, piece_length_for
 from krill.registry_errors import RegistryError
 from origin.blob_routes import FALLBACK_CHUNK_SIZE
 from origin.sendfile import ThreadedFileResponse
@@ -79,7 +79,7 @@ class PieceClaims:
     def claim(self, digest: Digest, size: int) -> range | None:
         """The next unclaimed pieces of ``digest`` in this round, or None when all are out."""
         piece_length = piece_length_for(size)
-        pieces = max(1, -(-size // piece_length))
+        pieces = piece_count(size, piece_length)
         now = self._clock()
         current = self._rounds.get(digest)
         if current is None or now - current.last_claim > self.round_idle:

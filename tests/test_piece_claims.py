@@ -55,6 +55,8 @@ def test_a_round_hands_out_every_piece_once_then_nothing_until_it_idles() -> Non
     assert claims.claim(digest, size) is None, "the round is still on: the rest is with peers"
     clock.now += 31
     assert claims.claim(digest, size) == range(0, 16), "a later herd starts a new round"
+    empty = Digest.parse("sha256:" + "cd" * 32)
+    assert claims.claim(empty, 0) is None, "an empty blob has no pieces to hand out"
 
 
 def test_consecutive_runs_make_one_range_request_per_run() -> None:
