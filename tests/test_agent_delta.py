@@ -105,11 +105,10 @@ async def _origin(handler: Callable[[web.Request], Awaitable[web.StreamResponse]
     return server
 
 
-async def _rebuilder(
-    tmp_path: Path, server: TestServer, metrics: CountingMetrics, *, lookup_timeout: float = 5.0
-) -> tuple[DeltaRebuilder, Digest, aiohttp.ClientSession]:
-    """An agent-side rebuilder that holds v1's layers and has served v1 and v2."""
-    v1, v2 = _image(1), _image(3)
+async def _node_holding(
+    tmp_path: Path, v1: Image, v2: Image
+) -> tuple[BlobStore, NodeCache, LayerIndex]:
+    """A node whose cache holds v1's layers and which has served v1 and v2."""
     store = BlobStore(tmp_path / "blobs")
     cache = NodeCache(store, CacheLimits(budget=1 << 30))
     for layer in v1.layers:
@@ -117,6 +116,15 @@ async def _rebuilder(
     index = LayerIndex()
     _learn(index, v1)
     _learn(index, v2)
+    return store, cache, index
+
+
+async def _rebuilder(
+    tmp_path: Path, server: TestServer, metrics: CountingMetrics, *, lookup_timeout: float = 5.0
+) -> tuple[DeltaRebuilder, Digest, aiohttp.ClientSession]:
+    """An agent-side rebuilder that holds v1's layers and has served v1 and v2."""
+    v1, v2 = _image(1), _image(3)
+    _store, cache, index = await _node_holding(tmp_path, v1, v2)
     session = aiohttp.ClientSession()
     origin = str(server.make_url("")).rstrip("/")
     rebuilder = DeltaRebuilder(
@@ -194,13 +202,7 @@ async def _rebuild_with(
     offer = {"status": "ok", "target": target, "base": base, "size": len(delta)}
     offer["delta"] = str(Digest.of_bytes(delta))
     server = await _offer_server(offer)
-    store = BlobStore(tmp_path / "blobs")
-    cache = NodeCache(store, CacheLimits(budget=1 << 30))
-    for layer in v1.layers:
-        await cache.add(store.put_bytes(layer.data))
-    index = LayerIndex()
-    _learn(index, v1)
-    _learn(index, v2)
+    store, cache, index = await _node_holding(tmp_path, v1, v2)
     remote = {Digest.of_bytes(delta): delta, Digest.parse(v2.config.digest): v2.config.data}
 
     async def ensure(digest: Digest, repository: str) -> int:
