@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from krill.blobstore import BlobStore
 from krill.digests import Digest
 from tests import containerd
 from tests.agent_cluster import (
+    Agent,
     agent_process,
     build_layout,
     origin_and_tracker,
@@ -26,6 +29,21 @@ def write_hosts(hosts_dir: Path, agent_hostport: str, *registries: str) -> None:
     subprocess.run(krill_command(*args), check=True, capture_output=True)
 
 
+@contextlib.contextmanager
+def containerd_through(
+    tmp_path: Path, agent: Agent, origin: str
+) -> Iterator[tuple[containerd.Containerd, Path]]:
+    """A containerd whose hosts.toml sends pulls from ``origin`` to ``agent``.
+
+    Yields (containerd, hosts dir); references name the origin's host.
+    """
+    host = origin.removeprefix("http://")
+    with containerd.running_containerd(tmp_path / "ctrd") as ctrd:
+        hosts = tmp_path / "hosts"
+        write_hosts(hosts, agent.registry_hostport, f"{host}=http://{host}")
+        yield ctrd, hosts
+
+
 def test_containerd_pulls_a_multi_platform_index_through_the_agent(tmp_path: Path) -> None:
     """Swarm path: a seeding origin and a tracker; containerd resolves and fetches via the agent."""
     with origin_and_tracker(tmp_path) as (origin_url, tracker_url):
@@ -36,10 +54,8 @@ def test_containerd_pulls_a_multi_platform_index_through_the_agent(tmp_path: Pat
             agent_process(
                 tmp_path / "agent", origin_url, tracker_url, settings={"swarm_deadline": 20.0}
             ) as agent,
-            containerd.running_containerd(tmp_path / "ctrd") as ctrd,
+            containerd_through(tmp_path, agent, origin_url) as (ctrd, hosts),
         ):
-            hosts = tmp_path / "hosts"
-            write_hosts(hosts, agent.registry_hostport, f"{host}=http://{host}")
             reference = f"{host}/team/app:1"
             ctrd.pull(reference, hosts, platforms=["linux/amd64"])
             assert ctrd.image_digest(reference) == image.top.digest
@@ -61,10 +77,8 @@ def test_containerd_pulls_through_the_agent_without_a_swarm(tmp_path: Path) -> N
         push(image, origin, "team/plain:1")
         with (
             agent_process(tmp_path / "agent", origin) as agent,
-            containerd.running_containerd(tmp_path / "ctrd") as ctrd,
+            containerd_through(tmp_path, agent, origin) as (ctrd, hosts),
         ):
-            hosts = tmp_path / "hosts"
-            write_hosts(hosts, agent.registry_hostport, f"{host}=http://{host}")
             reference = f"{host}/team/plain:1"
             ctrd.pull(reference, hosts)
             assert ctrd.image_digest(reference) == image.top.digest

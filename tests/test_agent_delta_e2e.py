@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from tests import containerd
 from tests.agent_cluster import (
     Agent,
     PushedImage,
@@ -38,7 +37,7 @@ from tests.imagebuild import (
     realistic_files,
     write_oci_layout,
 )
-from tests.test_agent_containerd import write_hosts
+from tests.test_agent_containerd import containerd_through
 
 pytestmark = pytest.mark.slow
 
@@ -139,10 +138,8 @@ def test_containerd_pulls_v2_and_only_the_delta_crosses_the_wire(
             agent_process(
                 tmp_path / "agent", origin, tracker, settings={"swarm_deadline": 20.0}
             ) as agent,
-            containerd.running_containerd(tmp_path / "ctrd") as ctrd,
+            containerd_through(tmp_path, agent, origin) as (ctrd, hosts),
         ):
-            hosts = tmp_path / "hosts"
-            write_hosts(hosts, agent.registry_hostport, f"{host}=http://{host}")
             ctrd.pull(f"{host}/{REPOSITORY}:1", hosts)
             after_v1 = agent.metrics()
             assert metric(after_v1, 'krill_agent_delta_misses_total{reason="no_base"}') >= 2
