@@ -11,6 +11,8 @@ mounted or pulled through); see ``origin.repositories``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aiohttp import web
 
 from krill.digests import Digest
@@ -25,8 +27,13 @@ FALLBACK_CHUNK_SIZE = 1 << 20
 
 def blob_file_response(app: web.Application, digest: Digest) -> web.FileResponse:
     """The committed blob as a sendfile response with the registry's headers."""
+    return stored_file_response(app[STORE].path(digest), digest)
+
+
+def stored_file_response(path: Path, digest: Digest) -> web.FileResponse:
+    """A committed blob file (verified when committed) with the registry's headers."""
     return ThreadedFileResponse(
-        app[STORE].path(digest),
+        path,
         chunk_size=FALLBACK_CHUNK_SIZE,
         headers={
             **API_HEADERS,

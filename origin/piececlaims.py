@@ -35,8 +35,7 @@ from krill.blobstore import BlobStore
 from krill.digests import Digest, DigestError
 from krill.metainfo import piece_count, piece_length_for
 from krill.registry_errors import RegistryError
-from origin.blob_routes import FALLBACK_CHUNK_SIZE
-from origin.sendfile import ThreadedFileResponse
+from origin.blob_routes import stored_file_response
 
 # Pieces per claim: large enough that a node claims rarely (one small request per
 # chunk), small enough that a herd of a few dozen nodes all get a chunk at once
@@ -156,15 +155,7 @@ async def _handle_blob(request: web.Request) -> web.StreamResponse:
         return RegistryError("BLOB_UNKNOWN", "the blob was deleted").response()
     if request.method == "GET":  # HEAD sends no body
         request.app[_CLAIMS_KEY].bytes_requested += _requested_length(request, size)
-    return ThreadedFileResponse(
-        path,
-        chunk_size=FALLBACK_CHUNK_SIZE,
-        headers={
-            "Docker-Content-Digest": str(digest),
-            "Content-Type": "application/octet-stream",
-            "Accept-Ranges": "bytes",
-        },
-    )
+    return stored_file_response(path, digest)
 
 
 def _requested_length(request: web.Request, size: int) -> int:
