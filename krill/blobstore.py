@@ -27,6 +27,7 @@ from pathlib import Path
 
 from krill.atomicfile import fsync_dir
 from krill.digests import Digest
+from krill.prefixdigest import PrefixDigest
 
 log = logging.getLogger(__name__)
 
@@ -160,17 +161,25 @@ class BlobStore:
             w.write(data)
             return w.commit(expected)
 
-    def adopt_file(self, path: Path, expected: Digest | None = None) -> Digest:
-        """Verify a finished file (hashing it) and move it into the store."""
-        with open(path, "rb") as f:
-            hasher = hashlib.sha256()
-            while chunk := f.read(1 << 20):
-                hasher.update(chunk)
-            os.fsync(f.fileno())
-        actual = Digest.from_hasher(hasher)
+    def adopt_file(
+        self, path: Path, expected: Digest | None = None, *, hashed: PrefixDigest | None = None
+    ) -> Digest:
+        """Verify a finished file (hashing it), fsync it and move it into the store.
+
+        ``hashed`` is the digest of this file's first bytes, taken while it was
+        being written (see krill.prefixdigest): only the rest is read here. It is
+        a shortcut, not a verdict: a mismatch is confirmed by hashing the whole
+        file before the file is thrown away.
+        """
+        actual = _digest_of(path, hashed)
+        if expected is not None and actual != expected and hashed is not None and hashed.offset:
+            log.warning("blobstore.prefix_digest_mismatch path=%s hashed=%d", path, hashed.offset)
+            actual = _digest_of(path, None)
         if expected is not None and actual != expected:
             path.unlink(missing_ok=True)
             raise DigestMismatchError(expected, actual)
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
         self._publish(path, actual)
         return actual
 
@@ -203,3 +212,12 @@ class BlobStore:
         os.replace(tmp, final)
         fsync_dir(final.parent)
 
+
+def _digest_of(path: Path, hashed: PrefixDigest | None) -> Digest:
+    """The file's sha256, reading only what ``hashed`` has not (if it is of this file)."""
+    if hashed is None or hashed.path != path:
+        prefix = PrefixDigest(path)
+    else:
+        prefix = hashed.copy()
+    prefix.advance(os.stat(path).st_size)
+    return Digest.from_hasher(prefix.hasher)

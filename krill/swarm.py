@@ -73,6 +73,8 @@ from krill.blobstore import BlobStore, DigestMismatchError
 from krill.digests import Digest
 from krill.metainfo import MetainfoError, check_metainfo, piece_count
 from krill.piecefeed import OriginPieceFeed, PieceFeedError, consecutive_runs
+from krill.prefixdigest import PrefixDigest
+from krill.writeback import start_writeback
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,9 @@ _MIN_ALERT_BATCH_SECONDS = 0.025
 # At most this often per download, libtorrent is asked to write its cache out for a
 # streaming reader (each flush also closes the torrent's file handles).
 _MIN_FLUSH_INTERVAL = 0.05
+# The digest task needs the prefix in the file soon, not at once: each flush makes
+# libtorrent close and reopen the file.
+_DIGEST_FLUSH_INTERVAL = 0.25
 # Dynamic super-seeding is armed again after a torrent has had no peers this long.
 _SUPER_SEED_REARM_SECONDS = 10.0
 # libtorrent's default piece priority, restored on pieces the origin feed had set to 0.
@@ -189,6 +194,8 @@ class Download:
         self.partial_path = partial_path
         self.store_path: Path | None = None
         self.available = 0
+        # Bytes hashed while the pieces were still arriving; publishing hashed the rest.
+        self.hashed_early = 0
         self._num_pieces = max(1, piece_count(size, piece_length))  # arrays: >= 1
         # Pieces that passed their hash (piece_finished_alert). libtorrent posts that
         # before the piece is necessarily written to the file (it may sit in its write
@@ -202,7 +209,12 @@ class Download:
         self._in_file = bytearray(self._num_pieces)
         self._flush_snapshot: bytes | None = None  # _verified when the pending flush began
         self._last_flush = 0.0
-        self._readers = 0  # callers inside wait_available: only they need flushes
+        self._readers = 0  # callers inside wait_available: they need flushes
+        # The blob's sha256, hashed as its prefix lands in the file (krill.prefixdigest),
+        # by the engine's digest task; it too waits for flushes, less eagerly.
+        self._prefix_digest = PrefixDigest(partial_path)
+        self._digest_waiting = False
+        self._digesting: asyncio.Task[None] | None = None
         self._next_missing = 0
         self._progress = asyncio.Event()
         self._done: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
@@ -295,13 +307,33 @@ class Download:
 
     def _wants_flush(self, now: float) -> bool:
         """A reader waits for a piece that is verified but maybe not yet in the file."""
+        if self._readers > 0:
+            interval = _MIN_FLUSH_INTERVAL
+        elif self._digest_waiting:
+            interval = _DIGEST_FLUSH_INTERVAL
+        else:
+            return False
         return (
-            self._readers > 0
-            and self._flush_snapshot is None
+            self._flush_snapshot is None
             and self._next_missing < self._num_pieces
             and bool(self._verified[self._next_missing])
-            and now - self._last_flush >= _MIN_FLUSH_INTERVAL
+            and now - self._last_flush >= interval
         )
+
+    async def _wait_in_file(self, offset: int) -> int:
+        """For the digest task: wait until more than ``offset`` bytes are in the file.
+
+        Unlike ``wait_available`` it sets no piece deadlines (the digest follows the
+        swarm's order, it does not steer it) and returns as soon as publishing begins.
+        """
+        while self.available <= offset and not self._done.done() and not self._publishing:
+            event = self._progress
+            self._digest_waiting = True
+            try:
+                await event.wait()
+            finally:
+                self._digest_waiting = False
+        return self.available
 
     def _flush_started(self, now: float) -> None:
         self._flush_snapshot = bytes(self._verified)
@@ -340,6 +372,12 @@ class Download:
     def _wake(self) -> None:
         self._progress.set()
         self._progress = asyncio.Event()
+
+
+def _hash_and_write_back(prefix: PrefixDigest, end: int) -> None:
+    """Hash the file up to ``end``, and have the kernel start writing that much to disk."""
+    prefix.advance(end)
+    start_writeback(prefix.path, prefix.offset)
 
 
 def _consume_exception(future: asyncio.Future[Path]) -> None:
@@ -716,7 +754,23 @@ class SwarmEngine:
             self._spawn(self._publish(info_hash))
         elif self._http is not None:
             self._spawn(self._feed_from_origin(info_hash, download))
+        if download.size > 0:
+            download._digesting = self._spawn(self._digest_while_downloading(download))
         return download
+
+    async def _digest_while_downloading(self, download: Download) -> None:
+        """Hash the blob's prefix as it lands in the file, so publishing hashes only the tail."""
+        prefix = download._prefix_digest
+        while not download.done and not download._publishing:
+            available = await download._wait_in_file(prefix.offset)
+            if download.done or download._publishing:
+                return
+            try:
+                await asyncio.to_thread(_hash_and_write_back, prefix, available)
+            except OSError as exc:  # a cancelled download's file is removed; publish hashes all
+                if not download.done:
+                    log.warning("swarm.digest_failed digest=%s error=%s", download.digest, exc)
+                return
 
     def _torrent_params(self, ti: lt.torrent_info, save_path: Path) -> lt.add_torrent_params:
         params = lt.add_torrent_params()
@@ -946,9 +1000,18 @@ class SwarmEngine:
         if download._publishing:
             return
         download._publishing = True  # past cancelling: every piece is here
+        download._wake()  # the digest task stops waiting for more of the file
         await self._remove(info_hash)  # closes libtorrent's files before the move
+        if download._digesting is not None:  # let it finish the stretch it is hashing
+            await asyncio.wait({download._digesting})
+        download.hashed_early = download._prefix_digest.offset
         try:
-            await asyncio.to_thread(self.store.adopt_file, download.partial_path, download.digest)
+            await asyncio.to_thread(
+                self.store.adopt_file,
+                download.partial_path,
+                download.digest,
+                hashed=download._prefix_digest,
+            )
         except (DigestMismatchError, OSError) as exc:
             log.error("swarm.verify_failed digest=%s error=%s", download.digest, exc)
             download._fail(DownloadFailed(f"downloaded {download.digest} failed to verify: {exc}"))
@@ -957,7 +1020,10 @@ class SwarmEngine:
             self._forget(download)
             await asyncio.to_thread(shutil.rmtree, download.partial_path.parent, True)
         download._finish(self.store.path(download.digest))
-        log.info("swarm.download_done digest=%s size=%d", download.digest, download.size)
+        log.info(
+            "swarm.download_done digest=%s size=%d hashed_early=%d",
+            download.digest, download.size, download.hashed_early,
+        )
         if not self._stopping:
             await self.seed(download.digest, torrent.metainfo)
 
@@ -998,11 +1064,12 @@ class SwarmEngine:
                 async with asyncio.timeout(10):
                     await asyncio.shield(removing)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         task.add_done_callback(_log_failure)
+        return task
 
     # ---- the alert pump ----
 

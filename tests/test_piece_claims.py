@@ -12,7 +12,7 @@ import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 from aiohttp import web
@@ -21,7 +21,7 @@ from krill.blobstore import BlobStore
 from krill.digests import Digest, sha256_file
 from krill.metainfo import fetch_metainfo
 from krill.piecefeed import consecutive_runs
-from krill.swarm import SwarmEngine, SwarmSettings, SwarmStats
+from krill.swarm import Download, SwarmEngine, SwarmSettings, SwarmStats
 from origin.piececlaims import PieceClaims, piece_claims
 from tests.swarm_helpers import running_origin_app, running_tracker
 
@@ -103,11 +103,16 @@ async def test_claim_and_blob_routes_answer_and_refuse_bad_input(tmp_path: Path)
             assert response.status == 416
 
 
+async def start_download(
+    engine: SwarmEngine, http: aiohttp.ClientSession, origin: str, digest: Digest
+) -> Download:
+    return await engine.download(digest, await fetch_metainfo(http, origin, digest))
+
+
 async def download_with(
     engine: SwarmEngine, http: aiohttp.ClientSession, origin: str, digest: Digest
 ) -> Path:
-    metainfo = await fetch_metainfo(http, origin, digest)
-    download = await engine.download(digest, metainfo)
+    download = await start_download(engine, http, origin, digest)
     async with asyncio.timeout(120):
         return await download.wait_done()
 
@@ -146,12 +151,19 @@ async def test_a_herd_takes_disjoint_pieces_from_the_origin_and_trades_the_rest(
 Setup = Callable[[aiohttp.ClientSession, str, Digest, web.Application], Awaitable[None]]
 
 
+class LonePull(NamedTuple):
+    data: bytes  # the blob
+    stats: SwarmStats  # the node's counters
+    claims: PieceClaims  # the origin's claim book
+    download: Download
+
+
 async def lone_node_pull(
     tmp_path: Path, size: int, setup: Setup | None = None, **settings: Any
-) -> tuple[bytes, SwarmStats, PieceClaims]:
+) -> LonePull:
     """A node whose tracker has never seen the origin (so no peers) pulls a new blob
     of ``size`` bytes, after ``setup`` ran against the origin; the stored copy is
-    checked. Returns (the blob, the node's counters, the origin's claim book)."""
+    checked."""
     origin_store = BlobStore(tmp_path / "origin")
     data = os.urandom(size)
     digest = origin_store.put_bytes(data)
@@ -167,15 +179,27 @@ async def lone_node_pull(
             empty_tracker + "/announce", origin_urls=(origin,), **settings
         )
         async with SwarmEngine(node_settings, BlobStore(tmp_path / "node")) as engine:
-            path = await download_with(engine, http, origin, digest)
+            download = await start_download(engine, http, origin, digest)
+            async with asyncio.timeout(120):
+                path = await download.wait_done()
             stats = await engine.fetch_stats()
     assert sha256_file(str(path)) == digest
-    return data, stats, piece_claims(app)
+    return LonePull(data, stats, piece_claims(app), download)
 
 
 async def test_a_lone_node_gets_every_piece_over_http_at_once(tmp_path: Path) -> None:
-    data, stats, _ = await lone_node_pull(tmp_path, 3 * 1024 * 1024 + 17)
-    assert stats.origin_feed_bytes == len(data)
+    pull = await lone_node_pull(tmp_path, 3 * 1024 * 1024 + 17)
+    assert pull.stats.origin_feed_bytes == len(pull.data)
+
+
+async def test_a_blob_is_hashed_as_its_pieces_arrive_not_all_at_the_end(
+    tmp_path: Path,
+) -> None:
+    """The node's digest follows the pieces into the file (claims come front to
+    back), so publishing hashes only the tail: the pull ends sooner."""
+    size = 4 * 1024 * 1024
+    pull = await lone_node_pull(tmp_path, size, download_rate_limit=2 * 1024 * 1024)
+    assert pull.download.hashed_early >= size // 4
 
 
 async def test_pieces_whose_claimer_never_delivers_are_filled_from_the_origin(
@@ -193,8 +217,8 @@ async def test_pieces_whose_claimer_never_delivers_are_filled_from_the_origin(
                     return
 
     size = 9 * 1024 * 1024  # 144 pieces: more than one fill
-    data, stats, _ = await lone_node_pull(tmp_path, size, claim_everything, fill_after=0.5)
-    assert stats.origin_feed_bytes == len(data)
+    pull = await lone_node_pull(tmp_path, size, claim_everything, fill_after=0.5)
+    assert pull.stats.origin_feed_bytes == len(pull.data)
 
 
 async def test_an_origin_that_restarts_its_round_on_every_claim_cannot_loop_a_node(
@@ -209,8 +233,6 @@ async def test_an_origin_that_restarts_its_round_on_every_claim_cannot_loop_a_no
         piece_claims(app).round_idle = -1.0
 
     size = 3 * 1024 * 1024
-    data, stats, claims = await lone_node_pull(
-        tmp_path, size, restart_every_round, fill_after=0.5
-    )
-    assert stats.origin_feed_bytes == len(data)
-    assert claims.claims_issued <= 2 + len(data) // PIECE, "the node stopped claiming chunk 0"
+    pull = await lone_node_pull(tmp_path, size, restart_every_round, fill_after=0.5)
+    assert pull.stats.origin_feed_bytes == len(pull.data)
+    assert pull.claims.claims_issued <= 2 + size // PIECE, "the node stopped claiming chunk 0"
