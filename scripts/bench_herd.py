@@ -9,7 +9,9 @@ Builds a cluster out of network namespaces on this machine (run as root):
 Every host has one veth link to the bridge, shaped with ``tc tbf`` to RATE in
 both directions (host egress on its side, host ingress on the switch side),
 so each host is a machine with a RATE network card (MTU 9000 by default, as
-on most data-centre fabrics; ``--mtu 1500`` for the other). All addresses live only
+on most data-centre fabrics; ``--mtu 1500`` for the other) that runs Linux's
+default TCP congestion control, cubic (``--tcp-cc``). A new namespace would
+start with this machine's default instead, which may be another (here: bbr). All addresses live only
 inside namespaces this script creates; every namespace is deleted on exit,
 including Ctrl-C and SIGTERM.
 
@@ -122,7 +124,38 @@ def shape(ns: str, dev: str, rate_mbit: float) -> None:
     )
 
 
-def build_cluster(nodes: int, rate_mbit: float, mtu: int) -> None:
+# Congestion control is a per-namespace setting, but a namespace may only pick one
+# of the machine's "allowed" ones (or whatever the machine's default is).
+ALLOWED_CC = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+AVAILABLE_CC = Path("/proc/sys/net/ipv4/tcp_available_congestion_control")
+
+
+@contextlib.contextmanager
+def congestion_control_allowed(name: str) -> Iterator[None]:
+    """Let the hosts' namespaces use TCP congestion control ``name`` for the run.
+
+    Adds it to the machine's allowed list if it is missing, and puts the list back
+    afterwards (also on Ctrl-C): the machine's own default is never changed.
+    """
+    if name not in AVAILABLE_CC.read_text().split():
+        sh("modprobe", f"tcp_{name}", check=False)
+        if name not in AVAILABLE_CC.read_text().split():
+            raise RuntimeError(
+                f"TCP congestion control {name!r} is not available on this machine "
+                f"(available: {AVAILABLE_CC.read_text().strip()}); pick one with --tcp-cc"
+            )
+    before = ALLOWED_CC.read_text().strip()
+    if name in before.split():
+        yield
+        return
+    ALLOWED_CC.write_text(f"{before} {name}\n")
+    try:
+        yield
+    finally:
+        ALLOWED_CC.write_text(before + "\n")
+
+
+def build_cluster(nodes: int, rate_mbit: float, mtu: int, tcp_cc: str) -> None:
     remove_namespaces()
     sh("ip", "netns", "add", SWITCH)
     sh(*in_ns(SWITCH, "ip", "link", "add", "br0", "type", "bridge"))
@@ -131,6 +164,7 @@ def build_cluster(nodes: int, rate_mbit: float, mtu: int) -> None:
         ns = host_ns(index)
         sh("ip", "netns", "add", ns)
         sh(*in_ns(ns, "ip", "link", "set", "lo", "up"))
+        sh(*in_ns(ns, "sysctl", "-q", "-w", f"net.ipv4.tcp_congestion_control={tcp_cc}"))
         # Create the pair inside the host namespace, then move the switch end over,
         # so no interface ever appears in the namespace this script runs in.
         sh(*in_ns(ns, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", f"p{index}"))
@@ -582,13 +616,13 @@ def run_bench(args: argparse.Namespace) -> int:
     limit = size * 8 / (args.rate_mbit * 1e6)
     work = Path(tempfile.mkdtemp(prefix="krill-bench-herd-"))
     procs = Processes()
-    with cleanup_on_exit(procs, work, args.keep):
+    with congestion_control_allowed(args.tcp_cc), cleanup_on_exit(procs, work, args.keep):
         log(
             f"cluster: {args.nodes} nodes + origin host, {args.rate_mbit} Mbit/s links "
-            f"(MTU {args.mtu}), "
+            f"(MTU {args.mtu}, TCP {args.tcp_cc}), "
             f"{args.size_mib} MiB blob (limit {limit:.2f} s); work dir {work}"
         )
-        build_cluster(args.nodes, args.rate_mbit, args.mtu)
+        build_cluster(args.nodes, args.rate_mbit, args.mtu, args.tcp_cc)
         start_servers(procs, work, not args.no_claims)
         blob = work / "blob"
         with open(blob, "wb") as f:
@@ -623,7 +657,8 @@ def report(
     s50, s99 = percentile(swarm, 50), percentile(swarm, 99)
     p50, p99 = percentile(plain, 50), percentile(plain, 99)
     lines = [
-        f"nodes={args.nodes} rate={args.rate_mbit}Mbit/s mtu={args.mtu} size={args.size_mib}MiB "
+        f"nodes={args.nodes} rate={args.rate_mbit}Mbit/s mtu={args.mtu} tcp={args.tcp_cc} "
+        f"size={args.size_mib}MiB "
         f"claims={'off' if args.no_claims else 'on'} "
         f"limit={limit:.2f}s cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}",
         f"swarm:    p50 {s50:7.2f}s = {s50 / limit:5.2f}x limit   "
@@ -662,6 +697,12 @@ def main() -> int:
         default=9000,
         help="link MTU (default 9000: jumbo frames, as on most data-centre fabrics, e.g. "
         "AWS VPCs; 1500 costs this machine's emulated network more CPU)",
+    )
+    parser.add_argument(
+        "--tcp-cc",
+        default="cubic",
+        help="the hosts' TCP congestion control (default cubic, Linux's own default, "
+        "whatever this machine uses; bbr is measured too)",
     )
     parser.add_argument(
         "--no-claims",
