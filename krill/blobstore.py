@@ -167,9 +167,11 @@ class BlobStore:
         """Verify a finished file (hashing it), fsync it and move it into the store.
 
         ``hashed`` is the digest of this file's first bytes, taken while it was
-        being written (see krill.prefixdigest): only the rest is read here. It is
-        a shortcut, not a verdict: a mismatch is confirmed by hashing the whole
-        file before the file is thrown away.
+        being written (see krill.prefixdigest): only the rest is read here. The
+        caller vouches that nobody rewrites those bytes afterwards (libtorrent
+        never rewrites a piece that passed its check), so a match stands. A
+        mismatch is only a suspicion: it is confirmed by hashing the whole file
+        before the file is thrown away.
         """
         actual = _digest_of(path, hashed)
         if expected is not None and actual != expected and hashed is not None and hashed.offset:

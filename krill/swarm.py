@@ -98,6 +98,9 @@ _MIN_FLUSH_INTERVAL = 0.05
 # The digest task needs the prefix in the file soon, not at once: each flush makes
 # libtorrent close and reopen the file.
 _DIGEST_FLUSH_INTERVAL = 0.25
+# Hashed per worker-thread call (~8 ms of one CPU): bounds how long a cancelled
+# download's or a stopping engine's digest thread runs on.
+_DIGEST_STRETCH = 16 * 1024 * 1024
 # Dynamic super-seeding is armed again after a torrent has had no peers this long.
 _SUPER_SEED_REARM_SECONDS = 10.0
 # libtorrent's default piece priority, restored on pieces the origin feed had set to 0.
@@ -306,7 +309,9 @@ class Download:
         return self._verified_count >= self._num_pieces
 
     def _wants_flush(self, now: float) -> bool:
-        """A reader waits for a piece that is verified but maybe not yet in the file."""
+        """A reader or the digest task waits for a piece that is verified but maybe not
+        yet in the file (a reader is served within _MIN_FLUSH_INTERVAL, the digest
+        within _DIGEST_FLUSH_INTERVAL: each flush makes libtorrent reopen the file)."""
         if self._readers > 0:
             interval = _MIN_FLUSH_INTERVAL
         elif self._digest_waiting:
@@ -374,10 +379,11 @@ class Download:
         self._progress = asyncio.Event()
 
 
-def _hash_and_write_back(prefix: PrefixDigest, end: int) -> None:
-    """Hash the file up to ``end``, and have the kernel start writing that much to disk."""
+def _hashed_further(prefix: PrefixDigest, end: int) -> PrefixDigest:
+    """``prefix`` hashed up to ``end``; the kernel starts writing that much to disk."""
     prefix.advance(end)
     start_writeback(prefix.path, prefix.offset)
+    return prefix
 
 
 def _consume_exception(future: asyncio.Future[Path]) -> None:
@@ -759,14 +765,23 @@ class SwarmEngine:
         return download
 
     async def _digest_while_downloading(self, download: Download) -> None:
-        """Hash the blob's prefix as it lands in the file, so publishing hashes only the tail."""
-        prefix = download._prefix_digest
+        """Hash the blob's prefix as it lands in the file, so publishing hashes only the tail.
+
+        Each stretch is hashed on a copy in a worker thread, at most
+        ``_DIGEST_STRETCH`` bytes at a time, and the copy installed here on the
+        loop: a cancelled task's thread (it cannot be stopped) never touches
+        the digest that publishing reads, and stops after one stretch.
+        """
         while not download.done and not download._publishing:
-            available = await download._wait_in_file(prefix.offset)
+            offset = download._prefix_digest.offset
+            available = await download._wait_in_file(offset)
             if download.done or download._publishing:
                 return
+            end = min(available, offset + _DIGEST_STRETCH)
             try:
-                await asyncio.to_thread(_hash_and_write_back, prefix, available)
+                download._prefix_digest = await asyncio.to_thread(
+                    _hashed_further, download._prefix_digest.copy(), end
+                )
             except OSError as exc:  # a cancelled download's file is removed; publish hashes all
                 if not download.done:
                     log.warning("swarm.digest_failed digest=%s error=%s", download.digest, exc)
@@ -997,7 +1012,7 @@ class SwarmEngine:
         if torrent is None or torrent.download is None:
             return
         download = torrent.download
-        if download._publishing:
+        if download._publishing or download.done or self._stopping:
             return
         download._publishing = True  # past cancelling: every piece is here
         download._wake()  # the digest task stops waiting for more of the file
@@ -1169,7 +1184,7 @@ class SwarmEngine:
                 future.set_result(None)
 
     def _flush_for_readers(self) -> None:
-        """Ask libtorrent to write out pieces a streaming reader is waiting for."""
+        """Ask libtorrent to write out pieces a streaming reader or a digest task waits for."""
         now = time.monotonic()
         for torrent in self._torrents.values():
             download = torrent.download

@@ -31,6 +31,7 @@ from krill import oci
 from krill.blobstore import BlobWriter
 from krill.digests import Digest
 from tests.imagebuild import build_image, random_files
+from tests.polling import until
 
 REPO = "team/app"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -136,15 +137,6 @@ async def get_blob(session: aiohttp.ClientSession, url: str) -> bytes | None:
             return await response.read()
     except aiohttp.ClientPayloadError:
         return None
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Poll ``condition`` (state inside the agent) for up to ~30 s."""
-    for _ in range(3000):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"still waiting for: {what}")
 
 
 async def test_a_disk_error_at_commit_fails_the_request_and_the_next_one_succeeds(

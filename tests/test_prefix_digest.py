@@ -11,6 +11,7 @@ import pytest
 from krill.blobstore import BlobStore, DigestMismatchError
 from krill.digests import Digest
 from krill.prefixdigest import PrefixDigest
+from krill.writeback import start_writeback
 
 
 def test_advancing_in_steps_hashes_the_file_once_front_to_back(tmp_path: Path) -> None:
@@ -92,3 +93,12 @@ def test_a_prefix_of_another_file_is_ignored(tmp_path: Path) -> None:
     prefix.advance(5_000)
     path = incoming_with(store, data)
     assert store.adopt_file(path, Digest.of_bytes(data), hashed=prefix) == Digest.of_bytes(data)
+
+
+def test_early_writeback_is_a_hint_that_never_fails(tmp_path: Path) -> None:
+    path = tmp_path / "growing"
+    path.write_bytes(os.urandom(1024 * 1024))
+    start_writeback(path, 512 * 1024)
+    start_writeback(path, 0)
+    start_writeback(tmp_path / "gone", 100)  # a removed download's file: nothing to do
+    assert path.stat().st_size == 1024 * 1024
