@@ -138,7 +138,8 @@ def congestion_control_allowed(name: str) -> Iterator[None]:
     afterwards (also on Ctrl-C): the machine's own default is never changed.
     """
     if name not in AVAILABLE_CC.read_text().split():
-        sh("modprobe", f"tcp_{name}", check=False)
+        if shutil.which("modprobe"):
+            sh("modprobe", f"tcp_{name}", check=False)
         if name not in AVAILABLE_CC.read_text().split():
             raise RuntimeError(
                 f"TCP congestion control {name!r} is not available on this machine "
@@ -148,8 +149,8 @@ def congestion_control_allowed(name: str) -> Iterator[None]:
     if name in before.split():
         yield
         return
-    ALLOWED_CC.write_text(f"{before} {name}\n")
     try:
+        ALLOWED_CC.write_text(f"{before} {name}\n")
         yield
     finally:
         ALLOWED_CC.write_text(before + "\n")
@@ -616,7 +617,9 @@ def run_bench(args: argparse.Namespace) -> int:
     limit = size * 8 / (args.rate_mbit * 1e6)
     work = Path(tempfile.mkdtemp(prefix="krill-bench-herd-"))
     procs = Processes()
-    with congestion_control_allowed(args.tcp_cc), cleanup_on_exit(procs, work, args.keep):
+    # Signal handlers first (cleanup_on_exit), so a SIGTERM while the allowed list
+    # is changed still puts it back.
+    with cleanup_on_exit(procs, work, args.keep), congestion_control_allowed(args.tcp_cc):
         log(
             f"cluster: {args.nodes} nodes + origin host, {args.rate_mbit} Mbit/s links "
             f"(MTU {args.mtu}, TCP {args.tcp_cc}), "
@@ -701,8 +704,9 @@ def main() -> int:
     parser.add_argument(
         "--tcp-cc",
         default="cubic",
-        help="the hosts' TCP congestion control (default cubic, Linux's own default, "
-        "whatever this machine uses; bbr is measured too)",
+        help="the hosts' TCP congestion control (default cubic: Linux's default, "
+        "so the hosts behave as stock Linux even where this machine defaults to "
+        "another, e.g. bbr, which is measured too)",
     )
     parser.add_argument(
         "--no-claims",
@@ -731,6 +735,9 @@ def main() -> int:
     except KeyboardInterrupt:
         log("interrupted; cluster removed")
         return 130
+    except RuntimeError as exc:  # a command that failed, a missing TCP algorithm
+        sys.stderr.write(f"bench-herd: {exc}; cluster removed\n")
+        return 1
 
 
 if __name__ == "__main__":
