@@ -85,7 +85,7 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
         contextlib.AsyncExitStack() as stack,
         asyncio.TaskGroup() as tasks,
     ):
-        engine = await _start_swarm(config, store, stack)
+        engine = await _start_swarm(config, store, stack, session)
         swarm_source = None
         if engine is not None:
             from agent.swarm_source import SwarmSource
@@ -157,7 +157,10 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
 
 
 async def _start_swarm(
-    config: AgentConfig, store: BlobStore, stack: contextlib.AsyncExitStack
+    config: AgentConfig,
+    store: BlobStore,
+    stack: contextlib.AsyncExitStack,
+    session: aiohttp.ClientSession,
 ) -> Any | None:
     if not (config.use_swarm and config.tracker):
         log.info("agent.swarm_disabled reason=%s", "no tracker" if config.use_swarm else "setting")
@@ -180,7 +183,9 @@ async def _start_swarm(
         # ones from it (krill.piecefeed); the rest comes from peers.
         origin_urls=(config.origin,) if config.origin else (),
     )
-    engine = await stack.enter_async_context(SwarmEngine(settings, store))
+    # The agent's own HTTP session also carries the engine's piece feed: one
+    # connection pool to the origin, not two.
+    engine = await stack.enter_async_context(SwarmEngine(settings, store, http=session))
     log.info("agent.swarm_started peer_port=%d tracker=%s", engine.peer_port, config.announce_url)
     return engine
 

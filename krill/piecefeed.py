@@ -16,6 +16,10 @@ import aiohttp
 from krill.digests import Digest
 from krill.metainfo import piece_count
 
+# Per request, so any session will do (the agent passes its own): connecting and
+# each read must be quick on a cluster network; a whole chunk may take long.
+_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=10)
+
 
 class PieceFeedError(Exception):
     """The origin did not answer a claim or a piece request as it should."""
@@ -43,7 +47,7 @@ class OriginPieceFeed:
         """The next pieces the origin gives this node, or None once all are handed out."""
         url = f"{self._base}/krill/v1/claims/{self.digest}"
         try:
-            async with self._http.post(url) as response:
+            async with self._http.post(url, timeout=_TIMEOUT) as response:
                 if response.status == 204:
                     return None
                 if response.status != 200:
@@ -75,7 +79,7 @@ class OriginPieceFeed:
         url = f"{self._base}/krill/v1/blobs/{self.digest}"
         headers = {"Range": f"bytes={start}-{stop - 1}"}
         try:
-            async with self._http.get(url, headers=headers) as response:
+            async with self._http.get(url, headers=headers, timeout=_TIMEOUT) as response:
                 if response.status != 206:
                     raise PieceFeedError(
                         f"pieces of {self.digest} answered {response.status}, not 206"

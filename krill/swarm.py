@@ -507,9 +507,17 @@ def session_settings(settings: SwarmSettings) -> dict[str, Any]:
 class SwarmEngine:
     """One libtorrent session, its alert pump, and the torrents it seeds or downloads."""
 
-    def __init__(self, settings: SwarmSettings, store: BlobStore) -> None:
+    def __init__(
+        self,
+        settings: SwarmSettings,
+        store: BlobStore,
+        http: aiohttp.ClientSession | None = None,
+    ) -> None:
+        """``http``: the session for the origin piece feed (``settings.origin_urls``),
+        e.g. the agent's own; without one the engine opens (and closes) its own."""
         self.settings = settings
         self.store = store
+        self._given_http = http
         self._session: lt.session | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -534,9 +542,7 @@ class SwarmEngine:
         self._stopping = False
         self._pump_task = asyncio.create_task(self._pump(), name="swarm-alert-pump")
         if self.settings.origin_urls:
-            self._http = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=10)
-            )
+            self._http = self._given_http or aiohttp.ClientSession()
         log.info(
             "swarm.started listen=%s:%d tracker=%s origin=%s",
             self.settings.listen_host, self.peer_port, self.settings.tracker_url,
@@ -567,9 +573,9 @@ class SwarmEngine:
             await asyncio.to_thread(holder.clear)
         if self._alert_thread is not None:
             self._alert_thread.shutdown(wait=False)
-        if self._http is not None:
+        if self._http is not None and self._http is not self._given_http:
             await self._http.close()
-            self._http = None
+        self._http = None
         for torrent_dir in {d.partial_path.parent for d in self._downloads.values()}:
             shutil.rmtree(torrent_dir, ignore_errors=True)
         self._downloads.clear()

@@ -232,6 +232,35 @@ async def test_a_download_cancelled_while_it_is_being_hashed_leaves_nothing_behi
     assert "swarm.digest_failed" not in caplog.text
 
 
+async def test_an_engine_given_an_http_session_feeds_through_it_and_leaves_it_open(
+    tmp_path: Path,
+) -> None:
+    """The agent hands its own session to the engine: one connection pool to the origin."""
+    origin_store = BlobStore(tmp_path / "origin")
+    data = os.urandom(2 * 1024 * 1024)
+    digest = origin_store.put_bytes(data)
+    requests: list[str] = []
+
+    async def count(_s: object, _ctx: object, params: aiohttp.TraceRequestStartParams) -> None:
+        requests.append(str(params.url))
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(count)
+    async with (
+        running_tracker() as origin_tracker,
+        running_tracker() as empty_tracker,
+        running_origin_app(origin_store, origin_tracker + "/announce") as (origin, _),
+        aiohttp.ClientSession(trace_configs=[trace]) as agent_http,
+    ):
+        settings = SwarmSettings(empty_tracker + "/announce", origin_urls=(origin,))
+        async with SwarmEngine(settings, BlobStore(tmp_path / "node"), http=agent_http) as engine:
+            path = await download_with(engine, agent_http, origin, digest)
+        assert not agent_http.closed, "the engine closed a session it does not own"
+    assert sha256_file(str(path)) == digest
+    assert any("/krill/v1/claims/" in url for url in requests)
+    assert any("/krill/v1/blobs/" in url for url in requests)
+
+
 async def test_pieces_whose_claimer_never_delivers_are_filled_from_the_origin(
     tmp_path: Path,
 ) -> None:
