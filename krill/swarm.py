@@ -1103,9 +1103,10 @@ class SwarmEngine:
         while not self._stopping:
             # libtorrent wakes the waiter for every alert, i.e. for every piece: wait
             # a moment before the next batch so a busy download is one wake-up per
-            # _MIN_ALERT_BATCH_SECONDS, not one per piece.
+            # _MIN_ALERT_BATCH_SECONDS, not one per piece. Not while a removal is
+            # under way: a finished download's publishing waits for that alert.
             pause = batch_start + _MIN_ALERT_BATCH_SECONDS - time.monotonic()
-            if pause > 0:
+            if pause > 0 and not self._removals:
                 await asyncio.sleep(pause)
             readers = any(d._readers for d in self._downloads.values())
             wait_ms = _ALERT_WAIT_DOWNLOADING_MS if readers else _ALERT_WAIT_MS
