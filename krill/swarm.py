@@ -864,12 +864,12 @@ class SwarmEngine:
             lt.torrent_status.states.queued_for_checking,
             lt.torrent_status.states.allocating,
         )
-        for _ in range(500):  # 10 s
+        for _ in range(2000):  # 10 s; a new torrent's (empty) file is checked in ms
             if self._feed_over(info_hash, download):
                 return False
             if self._torrents[info_hash].handle.status(0).state not in checking:
                 return True
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.005)
         log.warning("swarm.origin_feed_skipped info_hash=%s reason=still_checking", info_hash)
         return False
 
@@ -1037,14 +1037,15 @@ class SwarmEngine:
             log.error("swarm.verify_failed digest=%s error=%s", download.digest, exc)
             download._fail(DownloadFailed(f"downloaded {download.digest} failed to verify: {exc}"))
             return
+        else:  # done before the clean-up below: nobody need wait for that
+            download._finish(self.store.path(download.digest))
+            log.info(
+                "swarm.download_done digest=%s size=%d hashed_early=%d",
+                download.digest, download.size, download.hashed_early,
+            )
         finally:
             self._forget(download)
             await asyncio.to_thread(shutil.rmtree, download.partial_path.parent, True)
-        download._finish(self.store.path(download.digest))
-        log.info(
-            "swarm.download_done digest=%s size=%d hashed_early=%d",
-            download.digest, download.size, download.hashed_early,
-        )
         if not self._stopping:
             await self.seed(download.digest, torrent.metainfo)
 
