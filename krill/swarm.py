@@ -1270,18 +1270,24 @@ class _Pacer:
     passes the pause on to the origin.
     """
 
-    def __init__(self, bytes_per_second: int) -> None:
+    def __init__(self, bytes_per_second: int, now: float | None = None) -> None:
         self._rate = bytes_per_second
-        self._start = time.monotonic()
+        self._start = time.monotonic() if now is None else now
         self._bytes = 0
 
     async def took(self, count: int) -> None:
-        if self._rate <= 0:
-            return
-        self._bytes += count
-        ahead = self._bytes / self._rate - (time.monotonic() - self._start)
+        """``count`` more bytes arrived: wait until the rate allows them."""
+        ahead = self.ahead_after(count, time.monotonic())
         if ahead > 0:
             await asyncio.sleep(ahead)
+
+    def ahead_after(self, count: int, now: float) -> float:
+        """Seconds the feed is ahead of the rate at ``now`` once ``count`` more bytes
+        are counted (0 when it is behind, or unlimited)."""
+        if self._rate <= 0:
+            return 0.0
+        self._bytes += count
+        return max(0.0, self._bytes / self._rate - (now - self._start))
 
 
 def _torrent_info(metainfo: bytes, digest: Digest) -> tuple[str, lt.torrent_info]:

@@ -22,7 +22,7 @@ from krill.blobstore import BlobStore
 from krill.digests import Digest, sha256_file
 from krill.metainfo import fetch_metainfo
 from krill.piecefeed import consecutive_runs
-from krill.swarm import Download, SwarmEngine, SwarmSettings, SwarmStats
+from krill.swarm import Download, SwarmEngine, SwarmSettings, SwarmStats, _Pacer
 from origin.piececlaims import PieceClaims, piece_claims
 from tests.polling import until
 from tests.swarm_helpers import running_origin_app, running_tracker
@@ -295,3 +295,12 @@ async def test_an_origin_that_restarts_its_round_on_every_claim_cannot_loop_a_no
     pull = await lone_node_pull(tmp_path, size, restart_every_round, fill_after=0.5)
     assert pull.stats.origin_feed_bytes == len(pull.data)
     assert pull.claims.claims_issued <= 2 + size // PIECE, "the node stopped claiming chunk 0"
+
+
+def test_the_feed_pacer_holds_the_origin_feed_to_the_download_rate() -> None:
+    """The pacer's arithmetic, on a clock the test sets (no wall-clock time asserted)."""
+    pacer = _Pacer(1000, now=100.0)  # 1000 bytes/s from t=100
+    assert pacer.ahead_after(500, now=100.0) == 0.5  # 500 bytes at once: wait half a second
+    assert pacer.ahead_after(500, now=100.5) == 0.5  # 1000 by t=100.5: a second's worth
+    assert pacer.ahead_after(100, now=103.0) == 0.0  # long idle: behind, no wait
+    assert _Pacer(0, now=0.0).ahead_after(10**9, now=0.0) == 0.0  # 0: unlimited
