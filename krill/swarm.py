@@ -1037,15 +1037,16 @@ class SwarmEngine:
             log.error("swarm.verify_failed digest=%s error=%s", download.digest, exc)
             download._fail(DownloadFailed(f"downloaded {download.digest} failed to verify: {exc}"))
             return
-        else:  # done before the clean-up below: nobody need wait for that
-            download._finish(self.store.path(download.digest))
-            log.info(
-                "swarm.download_done digest=%s size=%d hashed_early=%d",
-                download.digest, download.size, download.hashed_early,
-            )
         finally:
+            # Before the download is done: an engine stopped right after would
+            # cancel this and leave the directory behind.
             self._forget(download)
             await asyncio.to_thread(shutil.rmtree, download.partial_path.parent, True)
+        download._finish(self.store.path(download.digest))
+        log.info(
+            "swarm.download_done digest=%s size=%d hashed_early=%d",
+            download.digest, download.size, download.hashed_early,
+        )
         if not self._stopping:
             await self.seed(download.digest, torrent.metainfo)
 
