@@ -102,3 +102,23 @@ def test_early_writeback_is_a_hint_that_never_fails(tmp_path: Path) -> None:
     start_writeback(path, 0)
     start_writeback(tmp_path / "gone", 100)  # a removed download's file: nothing to do
     assert path.stat().st_size == 1024 * 1024
+
+
+def test_the_store_reads_only_what_comes_after_the_prefix(tmp_path: Path) -> None:
+    """The shortcut is really taken: the caller vouches that the hashed bytes are
+    final, so the store does not read them again. (Here they are changed behind
+    its back, which only a broken caller would do, to show they are not re-read;
+    the same file without the prefix is refused.)"""
+    store = BlobStore(tmp_path)
+    data = os.urandom(300_000)
+    expected = Digest.of_bytes(data)
+    path = incoming_with(store, data)
+    prefix = PrefixDigest(path)
+    prefix.advance(200_000)
+    with open(path, "r+b") as f:
+        f.write(bytes(1000))  # the first bytes, already hashed
+    assert store.adopt_file(path, expected, hashed=prefix) == expected
+
+    path = incoming_with(store, bytes(1000) + data[1000:])
+    with pytest.raises(DigestMismatchError):
+        store.adopt_file(path, expected)
