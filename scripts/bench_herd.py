@@ -645,13 +645,12 @@ def run_bench(args: argparse.Namespace) -> int:
         else:
             log("plain registry pull ...")
             plain = registry_pull(work, args.nodes, digest)
-        report(args, size, limit, swarm, plain, egress)
+        report(args, limit, swarm, plain, egress)
     return 0
 
 
 def report(
     args: argparse.Namespace,
-    size: int,
     limit: float,
     swarm: list[float],
     plain: list[float],
