@@ -385,12 +385,7 @@ def swarm_pull(
         f"machine CPU busy during the swarm pull: {busy:.0%} of {os.cpu_count()} CPUs "
         "(near 100 %: the figures measure this machine, not the protocol)"
     )
-    for driver in drivers:
-        assert driver.stdin is not None
-        driver.stdin.close()
-    for result in results:
-        if result.get("sha256") != digest.removeprefix("sha256:"):
-            raise RuntimeError(f"a node ended with the wrong blob: {result}")
+    check_copies(drivers, digest)
     user = sum(float(r["cpu_user"]) for r in results)
     system = sum(float(r["cpu_sys"]) for r in results)
     log(f"node processes used {user:.1f} s user + {system:.1f} s system CPU in the pull")
@@ -399,6 +394,25 @@ def swarm_pull(
     log(f"nodes received {fed / 2**20:.1f} MiB from the origin over HTTP (piece claims) and "
         f"{traded / 2**20:.1f} MiB over the swarm (peers and the origin's seed)")
     return [float(r["seconds"]) for r in results]
+
+
+def check_copies(drivers: list[subprocess.Popen[str]], digest: str) -> None:
+    """Every node's stored copy hashes to the digest (the bench's own check).
+
+    Asked for only once every node has finished: a node hashing its copy while
+    others still pull would take their CPU and slow the pulls being measured.
+    """
+    for driver in drivers:
+        assert driver.stdin is not None
+        driver.stdin.write("verify\n")
+        driver.stdin.flush()
+    for driver in drivers:
+        answer = read_line(driver)
+        if answer.get("sha256") != digest.removeprefix("sha256:"):
+            raise RuntimeError(f"a node ended with the wrong blob: {answer}")
+    for driver in drivers:
+        assert driver.stdin is not None
+        driver.stdin.close()
 
 
 def log_progress(results: list[dict[str, object]]) -> None:
@@ -437,11 +451,13 @@ class LinkSampler(threading.Thread):
         super().__init__(daemon=True)
         self.hosts = hosts
         self.samples: list[list[tuple[int, int]]] = []  # per sample: (sent, received) per host
+        self.times: list[float] = []  # when each sample was read
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.is_set():
             self.samples.append(self.read())
+            self.times.append(time.monotonic())
             self.done.wait(1.0)
 
     def read(self) -> list[tuple[int, int]]:
@@ -457,11 +473,17 @@ class LinkSampler(threading.Thread):
         self.join()
 
     def rates(self, host: int, received: bool = False) -> list[float]:
-        """Mbit/s per second sent (or received) by one host."""
+        """Mbit/s sent (or received) by one host, per interval between samples.
+
+        Divided by the interval measured, not the nominal second: reading the
+        counters takes a process start, and under load each interval is a few
+        percent longer than a second (rates above the link's showed it).
+        """
         column = 1 if received else 0
+        intervals = zip(self.samples, self.samples[1:], self.times, self.times[1:], strict=False)
         return [
-            (b[host][column] - a[host][column]) * 8 / 1e6
-            for a, b in zip(self.samples, self.samples[1:], strict=False)
+            (b[host][column] - a[host][column]) * 8 / 1e6 / (t1 - t0)
+            for a, b, t0, t1 in intervals
         ]
 
     def mean_rates(self, hosts: range, received: bool) -> list[float]:
@@ -566,9 +588,10 @@ async def peer_main(args: argparse.Namespace) -> int:
                 "peer_bytes": stats.downloaded,
                 "cpu_user": usage.ru_utime - before.ru_utime,
                 "cpu_sys": usage.ru_stime - before.ru_stime,
-                "sha256": (await asyncio.to_thread(sha256_file, str(path))).hex,
             }
         )
+        await asyncio.to_thread(sys.stdin.readline)  # "verify": every node is done
+        emit({"sha256": (await asyncio.to_thread(sha256_file, str(path))).hex})
         await asyncio.to_thread(sys.stdin.read)  # keep seeding until the bench ends
     return 0
 
