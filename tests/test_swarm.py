@@ -18,6 +18,7 @@ from krill.digests import Digest, sha256_file
 from krill.metainfo import make_metainfo
 from krill.swarm import Download, DownloadFailed, SwarmEngine, SwarmSettings, session_settings
 from tests.components import free_port
+from tests.polling import until
 from tests.swarm_helpers import running_tracker
 
 PIECE = 64 * 1024
@@ -294,3 +295,23 @@ async def test_callers_racing_after_a_cancel_share_one_new_download(tmp_path: Pa
                 path = await again.wait_done()
     assert path.read_bytes() == data
     assert list((tmp_path / "node" / "incoming").iterdir()) == []
+
+
+async def test_a_removal_cuts_the_pumps_pause_between_batches_short(
+    tmp_path: Path, announce_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished download's publishing waits for its torrent's removal alert; the
+    pump's pause between alert batches must not hold that alert back."""
+    import krill.swarm
+
+    store = BlobStore(tmp_path / "o")
+    digest, _, metainfo = make_blob(store, 100_000)
+    async with SwarmEngine(SwarmSettings(announce_url, origin=True), store) as origin:
+        await origin.seed(digest, metainfo)
+        # From now on the pump pauses a minute after each batch, unless a removal starts.
+        monkeypatch.setattr(krill.swarm, "_MIN_ALERT_BATCH_SECONDS", 60.0)
+        await origin.fetch_stats()  # a batch is handled: the pump is in its pause now
+        origin._expire_idle_seeds(time.monotonic() + 3600)  # starts the torrent's removal
+        # ~30 s at most; a minute if the pause were not cut short.
+        await until(lambda: not origin._removals, "the torrent's removal alert")
+        assert (await origin.fetch_stats()).torrents == 0
