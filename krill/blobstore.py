@@ -162,7 +162,12 @@ class BlobStore:
             return w.commit(expected)
 
     def adopt_file(
-        self, path: Path, expected: Digest | None = None, *, hashed: PrefixDigest | None = None
+        self,
+        path: Path,
+        expected: Digest | None = None,
+        *,
+        hashed: PrefixDigest | None = None,
+        durable: bool = True,
     ) -> Digest:
         """Verify a finished file (hashing it), fsync it and move it into the store.
 
@@ -172,6 +177,12 @@ class BlobStore:
         never rewrites a piece that passed its check), so a match stands. A
         mismatch is only a suspicion: it is confirmed by hashing the whole file
         before the file is thrown away.
+
+        ``durable=False`` skips both fsyncs (file and directory), for a store that
+        is a cache and hashes its blobs again after a restart before using them
+        (the agent's): a crash may then lose a blob or leave it torn, and it is
+        fetched again; it is never served unverified. Measured in the herd
+        benchmark, 16 nodes publishing at once spent 50-130 ms in those fsyncs.
         """
         actual = _digest_of(path, hashed)
         if expected is not None and actual != expected and hashed is not None and hashed.offset:
@@ -180,9 +191,10 @@ class BlobStore:
         if expected is not None and actual != expected:
             path.unlink(missing_ok=True)
             raise DigestMismatchError(expected, actual)
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
-        self._publish(path, actual)
+        if durable:
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        self._publish(path, actual, durable=durable)
         return actual
 
     def read_bytes(self, digest: Digest) -> bytes:
@@ -208,11 +220,12 @@ class BlobStore:
                 if len(entry.name) == 64 and "." not in entry.name:
                     yield Digest("sha256", entry.name)
 
-    def _publish(self, tmp: Path, digest: Digest) -> None:
+    def _publish(self, tmp: Path, digest: Digest, *, durable: bool = True) -> None:
         final = self.path(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, final)
-        fsync_dir(final.parent)
+        if durable:
+            fsync_dir(final.parent)
 
 
 def _digest_of(path: Path, hashed: PrefixDigest | None) -> Digest:

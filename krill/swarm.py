@@ -169,6 +169,12 @@ class SwarmSettings:
     # from the origin the missing pieces that no connected peer has (their claimer
     # died, say, or every chunk was claimed before this node came).
     fill_after: float = 2.0
+    # fsync each downloaded blob (and its directory) before it is published. A store
+    # that is a cache and hashes its blobs again after a restart before serving them
+    # (the agent's, agent.cache) can skip it: a crash then costs a re-fetch, never an
+    # unverified blob (BlobStore.adopt_file). Without it nothing is written back
+    # early either: that only made the fsync short.
+    durable_downloads: bool = True
 
 
 @dataclass(frozen=True)
@@ -380,10 +386,12 @@ class Download:
         self._progress = asyncio.Event()
 
 
-def _hashed_further(prefix: PrefixDigest, end: int) -> PrefixDigest:
-    """``prefix`` hashed up to ``end``; the kernel starts writing that much to disk."""
+def _hashed_further(prefix: PrefixDigest, end: int, write_back: bool) -> PrefixDigest:
+    """``prefix`` hashed up to ``end``; with ``write_back`` the kernel starts writing
+    that much to disk (so the fsync at publishing finds little left to write)."""
     prefix.advance(end)
-    start_writeback(prefix.path, prefix.offset)
+    if write_back:
+        start_writeback(prefix.path, prefix.offset)
     return prefix
 
 
@@ -791,7 +799,10 @@ class SwarmEngine:
             end = min(available, offset + _DIGEST_STRETCH)
             try:
                 download._prefix_digest = await asyncio.to_thread(
-                    _hashed_further, download._prefix_digest.copy(), end
+                    _hashed_further,
+                    download._prefix_digest.copy(),
+                    end,
+                    self.settings.durable_downloads,
                 )
             except OSError as exc:  # a cancelled download's file is removed; publish hashes all
                 if not download.done:
@@ -1037,6 +1048,7 @@ class SwarmEngine:
                 download.partial_path,
                 download.digest,
                 hashed=download._prefix_digest,
+                durable=self.settings.durable_downloads,
             )
         except (DigestMismatchError, OSError) as exc:
             log.error("swarm.verify_failed digest=%s error=%s", download.digest, exc)

@@ -558,6 +558,7 @@ async def peer_main(args: argparse.Namespace) -> int:
         listen_host=args.listen_host,
         peer_port=PEER_PORT,
         origin_urls=(args.origin,) if args.origin else (),
+        durable_downloads=False,  # as the agent: its cache re-verifies after a restart
     )
     # Everything a running agent has already done at start-up (imports, its HTTP
     # session, the TLS context aiohttp builds for it) happens before "ready": the

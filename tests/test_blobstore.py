@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from pathlib import Path
 
@@ -98,3 +99,35 @@ def test_sidecar_kind_cannot_escape(tmp_path: Path) -> None:
     assert list(store.digests()) == [digest]
     assert store.delete(digest)
     assert not store.sidecar_path(digest, "torrent").exists()
+
+
+def test_a_cache_adopts_a_file_without_fsync_but_never_unverified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``durable=False`` (the agent's swarm downloads) skips the fsyncs, not the check."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)  # a spy: it still syncs
+    store = BlobStore(tmp_path)
+    data = os.urandom(300_000)
+    good = store.incoming_path()
+    good.write_bytes(data)
+    digest = store.adopt_file(good, Digest.of_bytes(data), durable=False)
+    assert store.read_bytes(digest) == data
+    assert synced == []
+
+    bad = store.incoming_path()
+    bad.write_bytes(data[:-1] + b"?")
+    with pytest.raises(DigestMismatchError):
+        store.adopt_file(bad, Digest.of_bytes(data + b"other"), durable=False)
+    assert not bad.exists()
+
+    durable = store.incoming_path()
+    durable.write_bytes(data + b"more")
+    store.adopt_file(durable, Digest.of_bytes(data + b"more"))
+    assert len(synced) == 2, "by default the file and its directory are fsynced"
