@@ -315,3 +315,38 @@ async def test_a_removal_cuts_the_pumps_pause_between_batches_short(
         # ~30 s at most; a minute if the pause were not cut short.
         await until(lambda: not origin._removals, "the torrent's removal alert")
         assert (await origin.fetch_stats()).torrents == 0
+
+
+async def test_a_super_seeding_origin_answers_without_waiting_for_its_first_announce(
+    tmp_path: Path,
+) -> None:
+    """Its nodes take its share over piece claims, so the first metainfo answer need
+    not wait until the tracker lists it; a plain seed still waits (its nodes need it).
+
+    The tracker holds every announce unanswered until libtorrent gives up on it. The
+    plain seed starts first, so were the super-seed waiting too, the plain one's wait
+    would end first."""
+    announced = asyncio.Event()
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        announced.set()
+        await reader.read()  # until the client gives up
+        writer.close()
+
+    silent = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    announce = f"http://127.0.0.1:{port}/announce"
+    store = BlobStore(tmp_path / "o")
+    digest, _, metainfo = make_blob(store, 100_000)
+    try:
+        async with (
+            SwarmEngine(SwarmSettings(announce, origin=True), store) as plain,
+            SwarmEngine(SwarmSettings(announce, origin=True, super_seeding=True), store) as sup,
+        ):
+            plain_seeding = asyncio.create_task(plain.seed(digest, metainfo))
+            await until(announced.is_set, "the plain seed's announce reached the tracker")
+            await sup.seed(digest, metainfo)
+            assert not plain_seeding.done(), "the plain seed still waits for its announce"
+            await plain_seeding
+    finally:
+        silent.close()
