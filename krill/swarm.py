@@ -93,6 +93,9 @@ _ALERT_WAIT_READERS_SECONDS = 0.02
 # 2 cores spent ~10 % of the machine's CPU waking the event loop once per piece.
 # A streaming reader learns of new bytes at most this much later.
 _MIN_ALERT_BATCH_SECONDS = 0.025
+# A download this close to done makes the pump skip that pause: its last piece's
+# alert starts publishing, and a pause held it back (12 ms on average).
+_NEARLY_DONE_PIECES = 8
 # At most this often per download, libtorrent is asked to write its cache out for a
 # streaming reader (each flush also closes the torrent's file handles).
 _MIN_FLUSH_INTERVAL = 0.05
@@ -1127,10 +1130,11 @@ class SwarmEngine:
         while not self._stopping:
             # A busy download queues an alert per piece: wait a moment before the
             # next batch so it is one wake-up per _MIN_ALERT_BATCH_SECONDS, not one
-            # per piece. Not while a removal is under way: a finished download's
-            # publishing waits for that alert.
+            # per piece. Not while a removal is under way (a finished download's
+            # publishing waits for that alert), nor while a download is down to its
+            # last few pieces (the last one's alert starts its publishing).
             pause = batch_start + _MIN_ALERT_BATCH_SECONDS - time.monotonic()
-            if pause > 0 and not self._removals:
+            if pause > 0 and not self._removals and not self._a_download_nearly_done():
                 await self._pause_unless_hurried(pause)
             readers = any(d._readers for d in self._downloads.values())
             await bell.wait(_ALERT_WAIT_READERS_SECONDS if readers else _ALERT_WAIT_SECONDS)
@@ -1152,6 +1156,12 @@ class SwarmEngine:
         for alert in session.pop_alerts():
             with contextlib.suppress(Exception):
                 self._dispatch(alert)
+
+    def _a_download_nearly_done(self) -> bool:
+        return any(
+            not d.done and d._num_pieces - d._verified_count <= _NEARLY_DONE_PIECES
+            for d in self._downloads.values()
+        )
 
     async def _pause_unless_hurried(self, seconds: float) -> None:
         """The pump's pause between batches, cut short when a removal begins (a
