@@ -456,8 +456,9 @@ class LinkSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.done.is_set():
+            before = time.monotonic()
             self.samples.append(self.read())
-            self.times.append(time.monotonic())
+            self.times.append((before + time.monotonic()) / 2)  # the read takes a process start
             self.done.wait(1.0)
 
     def read(self) -> list[tuple[int, int]]:
