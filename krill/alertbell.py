@@ -34,9 +34,11 @@ class AlertBell:
         self._reader.setblocking(False)
         self._writer.setblocking(False)
         self._rung = asyncio.Event()
-        self._loop.add_reader(self._reader.fileno(), self._on_readable)
-        # Rings at once if alerts are already queued.
+        self._closed = False
+        # Rings at once if alerts are already queued: the byte waits in the socket
+        # until the loop watches it (next line).
         session.set_alert_fd(self._writer.fileno())
+        self._loop.add_reader(self._reader.fileno(), self._on_readable)
 
     def _on_readable(self) -> None:
         with contextlib.suppress(BlockingIOError, InterruptedError):
@@ -61,7 +63,12 @@ class AlertBell:
         self._rung.clear()
 
     def close(self) -> None:
-        """Stop libtorrent writing, then close both ends (in that order, see above)."""
+        """Stop libtorrent writing, then close both ends (in that order, see above).
+
+        Safe to call again."""
+        if self._closed:
+            return
+        self._closed = True
         self._session.set_alert_fd(-1)
         self._loop.remove_reader(self._reader.fileno())
         self._reader.close()

@@ -94,8 +94,10 @@ _ALERT_WAIT_READERS_SECONDS = 0.02
 # A streaming reader learns of new bytes at most this much later.
 _MIN_ALERT_BATCH_SECONDS = 0.025
 # A download this close to done makes the pump skip that pause: its last piece's
-# alert starts publishing, and a pause held it back (12 ms on average).
+# alert starts publishing, and a pause held it back (12 ms on average). Only while
+# pieces keep coming: one stuck near its end must not end batching for all.
 _NEARLY_DONE_PIECES = 8
+_NEARLY_DONE_PROGRESS_SECONDS = 0.5
 # At most this often per download, libtorrent is asked to write its cache out for a
 # streaming reader (each flush also closes the torrent's file handles).
 _MIN_FLUSH_INTERVAL = 0.05
@@ -216,6 +218,7 @@ class Download:
         # verified before a ``flush_cache`` that has since completed. See ``_flushed``.
         self._verified = bytearray(self._num_pieces)
         self._verified_count = 0
+        self._last_progress = time.monotonic()  # when a piece last passed its check
         # Pieces handed to libtorrent from the origin feed and not yet verified (or
         # failed): not to be fetched again while libtorrent checks them.
         self._fed = bytearray(self._num_pieces)
@@ -303,6 +306,7 @@ class Download:
         if 0 <= index < self._num_pieces and not self._verified[index]:
             self._verified[index] = 1
             self._verified_count += 1
+            self._last_progress = time.monotonic()
 
     def _forget_unverified_feed(self) -> None:
         for index, fed in enumerate(self._fed):
@@ -550,10 +554,16 @@ class SwarmEngine:
         params = session_settings(self.settings)
         self._session = await asyncio.to_thread(lt.session, params)
         self._bell = AlertBell(self._session)
-        self._stopping = False
-        self._pump_task = asyncio.create_task(self._pump(), name="swarm-alert-pump")
-        if self.settings.origin_urls:
-            self._http = self._given_http or aiohttp.ClientSession()
+        try:
+            self._stopping = False
+            self._pump_task = asyncio.create_task(self._pump(), name="swarm-alert-pump")
+            if self.settings.origin_urls:
+                self._http = self._given_http or aiohttp.ClientSession()
+        except BaseException:
+            if self._pump_task is not None:
+                self._pump_task.cancel()
+            self._close_bell()
+            raise
         log.info(
             "swarm.started listen=%s:%d tracker=%s origin=%s",
             self.settings.listen_host, self.peer_port, self.settings.tracker_url,
@@ -562,24 +572,12 @@ class SwarmEngine:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for download in list(self._downloads.values()):
-            download._fail(DownloadFailed(f"swarm engine stopped before {download.digest}"))
-        background = list(self._background)
-        for task in background:
-            task.cancel()
-        self._stopping = True
-        # The pump sees _stopping now, not after its pause or its wait.
-        self._hurry_pump.set()
-        if self._bell is not None:
-            self._bell.ring()
-        # Let them unwind (origin feeds restore piece priorities, removals stop) while
-        # the session still exists; what they leave in incoming/ goes at the next start.
-        await asyncio.gather(*background, return_exceptions=True)
-        if self._pump_task is not None:
-            await self._pump_task  # exits at once (rung above); never cancelled mid-batch
-        if self._bell is not None:
-            self._bell.close()  # before the session goes: libtorrent stops writing to it
-            self._bell = None
+        try:
+            await self._stop_downloads_and_pump()
+        finally:
+            # Even if that was cancelled: libtorrent must stop writing to the bell's
+            # socket before it is closed (its descriptor number will be reused).
+            self._close_bell()
         if self._session is not None:
             for torrent in list(self._torrents.values()):
                 self._session.remove_torrent(torrent.handle)
@@ -600,6 +598,28 @@ class SwarmEngine:
             self._stats.uploaded, self._stats.downloaded, self._origin_feed_bytes,
         )
 
+    async def _stop_downloads_and_pump(self) -> None:
+        for download in list(self._downloads.values()):
+            download._fail(DownloadFailed(f"swarm engine stopped before {download.digest}"))
+        background = list(self._background)
+        for task in background:
+            task.cancel()
+        self._stopping = True
+        # The pump sees _stopping now, not after its pause or its wait.
+        self._hurry_pump.set()
+        if self._bell is not None:
+            self._bell.ring()
+        # Let them unwind (origin feeds restore piece priorities, removals stop) while
+        # the session still exists; what they leave in incoming/ goes at the next start.
+        await asyncio.gather(*background, return_exceptions=True)
+        if self._pump_task is not None:
+            await self._pump_task  # exits at once (rung above); never cancelled mid-batch
+
+    def _close_bell(self) -> None:
+        if self._bell is not None:
+            self._bell.close()
+            self._bell = None
+
     @property
     def peer_port(self) -> int:
         return int(self._require_session().listen_port())
@@ -613,6 +633,7 @@ class SwarmEngine:
         future: asyncio.Future[SwarmStats] = asyncio.get_running_loop().create_future()
         self._stats_waiters.append(future)
         self._require_session().post_session_stats()
+        self._hurry_pump.set()  # the answer is an alert: not after the pump's pause
         async with asyncio.timeout(10):
             return await future
 
@@ -1158,8 +1179,11 @@ class SwarmEngine:
                 self._dispatch(alert)
 
     def _a_download_nearly_done(self) -> bool:
+        recent = time.monotonic() - _NEARLY_DONE_PROGRESS_SECONDS
         return any(
-            not d.done and d._num_pieces - d._verified_count <= _NEARLY_DONE_PIECES
+            not d.done
+            and d._num_pieces - d._verified_count <= _NEARLY_DONE_PIECES
+            and d._last_progress >= recent
             for d in self._downloads.values()
         )
 

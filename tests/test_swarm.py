@@ -360,17 +360,17 @@ async def test_a_download_down_to_its_last_pieces_is_not_held_by_the_pumps_pause
 
     origin_store, agent_store = BlobStore(tmp_path / "o"), BlobStore(tmp_path / "a")
     digest, data, metainfo = make_blob(origin_store, 4 * PIECE)  # "nearly done" at once
-    # Held to about four pieces a second, so the pieces arrive over several batches.
-    slow_origin = SwarmSettings(announce_url, origin=True, upload_rate_limit=4 * PIECE)
+    # Held to about eight pieces a second, so the pieces arrive over several batches.
+    slow_origin = SwarmSettings(announce_url, origin=True, upload_rate_limit=8 * PIECE)
     async with (
         SwarmEngine(slow_origin, origin_store) as origin,
         SwarmEngine(SwarmSettings(announce_url), agent_store) as agent,
     ):
         await origin.seed(digest, metainfo)
-        await agent.fetch_stats()
-        # A minute between batches, unless something hurries the pump.
-        monkeypatch.setattr(krill.swarm, "_MIN_ALERT_BATCH_SECONDS", 60.0)
         download = await agent.download(digest, metainfo)
+        await until(lambda: download._verified_count >= 1, "the first piece")
+        # A minute between batches from now on, unless something hurries the pump.
+        monkeypatch.setattr(krill.swarm, "_MIN_ALERT_BATCH_SECONDS", 60.0)
         async with asyncio.timeout(30):  # a minute per batch if the pump paused
             path = await download.wait_done()
         assert path.read_bytes() == data
