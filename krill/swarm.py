@@ -1191,12 +1191,11 @@ class SwarmEngine:
         """The pump's pause between batches, cut short when a removal begins (a
         publishing download waits for that removal's alert; measured: every publish
         waited out a whole pause, ~25 ms, before this) or the engine stops."""
-        self._hurry_pump.clear()
-        if self._stopping:
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._hurry_pump.wait()
+        if not self._hurry_pump.is_set() and not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await self._hurry_pump.wait()
+        self._hurry_pump.clear()  # a hurry asked for during the batch counts too
 
     def _housekeep(self, session: lt.session, now: float, tick: bool) -> None:
         """Between alert batches: flushes for waiting readers; each tick, stats and expiry."""

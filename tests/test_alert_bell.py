@@ -28,22 +28,9 @@ def quiet_session() -> lt.session:
     )
 
 
-async def test_the_bell_rings_when_libtorrent_queues_an_alert() -> None:
-    session = quiet_session()
-    bell = AlertBell(session)
-    try:
-        session.pop_alerts()
-        await bell.wait(0)  # whatever rang while the session started
-        session.post_session_stats()
-        async with asyncio.timeout(_BOUND):
-            await bell.wait(60)
-        assert any(isinstance(a, lt.session_stats_alert) for a in session.pop_alerts())
-    finally:
-        bell.close()
-
-
-async def test_alerts_queued_after_a_pop_ring_the_next_wait() -> None:
-    """The pump's order (wait, then pop) never leaves an alert unnoticed."""
+async def test_the_bell_rings_each_time_libtorrent_queues_alerts_after_a_pop() -> None:
+    """The pump's order (wait, then pop) never leaves an alert unnoticed. A ring may
+    be stale (a byte from before the last pop) and find nothing new: wait again."""
     session = quiet_session()
     bell = AlertBell(session)
     try:
