@@ -1190,7 +1190,8 @@ class SwarmEngine:
     async def _pause_unless_hurried(self, seconds: float) -> None:
         """The pump's pause between batches, cut short when a removal begins (a
         publishing download waits for that removal's alert; measured: every publish
-        waited out a whole pause, ~25 ms, before this) or the engine stops."""
+        waited out a whole pause, ~25 ms, before this), when ``fetch_stats`` asks
+        for counters, or when the engine stops."""
         if not self._hurry_pump.is_set() and not self._stopping:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(seconds):
