@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+import krill.swarm
 from krill.blobstore import BlobStore
 from krill.digests import Digest, sha256_file
 from krill.metainfo import fetch_metainfo
@@ -202,6 +203,28 @@ async def test_a_blob_is_hashed_as_its_pieces_arrive_not_all_at_the_end(
     size = 4 * 1024 * 1024
     pull = await lone_node_pull(tmp_path, size, download_rate_limit=2 * 1024 * 1024)
     assert pull.download.hashed_early >= size // 8
+
+
+@pytest.mark.parametrize("durable", [True, False])
+async def test_only_durable_downloads_are_written_back_early(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    """Early writeback only makes the publishing fsync short; a cache that skips the
+    fsync (the agent's) must not pay for disk writes during the pull either."""
+    written_back: list[int] = []
+    real_writeback = krill.swarm.start_writeback
+
+    def spy(path: Path, end: int) -> None:  # still asks the kernel
+        written_back.append(end)
+        real_writeback(path, end)
+
+    monkeypatch.setattr(krill.swarm, "start_writeback", spy)
+    size = 4 * 1024 * 1024
+    pull = await lone_node_pull(
+        tmp_path, size, download_rate_limit=2 * 1024 * 1024, durable_downloads=durable
+    )
+    assert pull.download.hashed_early >= size // 8, "stretches were hashed on the way"
+    assert bool(written_back) == durable
 
 
 async def test_a_download_cancelled_while_it_is_being_hashed_leaves_nothing_behind(
