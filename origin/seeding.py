@@ -55,12 +55,16 @@ class MetainfoSidecars:
         self._inflight: dict[Digest, asyncio.Task[bytes]] = {}
 
     async def get(self, digest: Digest) -> bytes:
+        return await asyncio.shield(self.start(digest))
+
+    def start(self, digest: Digest) -> asyncio.Task[bytes]:
+        """The (shared) task loading or making ``digest``'s metainfo; started if need be."""
         task = self._inflight.get(digest)
         if task is None:
             task = asyncio.create_task(asyncio.to_thread(self._load_or_make, digest))
             self._inflight[digest] = task
             task.add_done_callback(lambda _t: self._inflight.pop(digest, None))
-        return await asyncio.shield(task)
+        return task
 
     def _load_or_make(self, digest: Digest) -> bytes:
         """The blob's sidecar torrent; a missing or damaged one is made again."""
@@ -86,8 +90,7 @@ def _prepare_metainfo(app: web.Application, digest: Digest) -> None:
     (SHA-1 of every piece: about half a second per GiB here), and with it the
     whole herd that asked at the same moment.
     """
-    task = asyncio.create_task(app[_METAINFO_KEY].get(digest))
-    task.add_done_callback(_log_metainfo_failure)
+    app[_METAINFO_KEY].start(digest).add_done_callback(_log_metainfo_failure)
 
 
 def _log_metainfo_failure(task: asyncio.Task[bytes]) -> None:
