@@ -11,9 +11,9 @@ both directions (host egress on its side, host ingress on the switch side),
 so each host is a machine with a RATE network card (MTU 9000 by default, as
 on most data-centre fabrics; ``--mtu 1500`` for the other) that runs Linux's
 default TCP congestion control, cubic (``--tcp-cc``). A new namespace would
-start with this machine's default instead, which may be another (here: bbr). All addresses live only
-inside namespaces this script creates; every namespace is deleted on exit,
-including Ctrl-C and SIGTERM.
+start with this machine's default instead, which may be another (here: bbr).
+All addresses live only inside namespaces this script creates; every
+namespace is deleted on exit, including Ctrl-C and SIGTERM.
 
 Then, in one run:
 
@@ -566,10 +566,12 @@ async def peer_main(args: argparse.Namespace) -> int:
     # pull time is the pull's, not Python start-up's (done at "go", it cost each
     # node ~0.5 s of CPU, measured with py-spy).
     async with (
-        SwarmEngine(settings, BlobStore(args.data)) as engine,
         aiohttp.ClientSession() as http,
+        # As the agent: its own session also carries the engine's piece feed.
+        SwarmEngine(settings, BlobStore(args.data), http=http) as engine,
     ):
-        await http.get(args.tracker + "/health")
+        async with http.get(args.tracker + "/health") as health:
+            health.raise_for_status()
         emit({"ready": True})
         await asyncio.to_thread(sys.stdin.readline)  # "go"
         start = time.monotonic()
