@@ -1,9 +1,10 @@
 """Start writing a growing file's data to disk early, so the fsync at the end is short.
 
-A blob downloaded through the swarm is fsynced before it is published. Left to
-the kernel, all of it is still in the page cache when the last piece arrives,
-and that fsync writes the whole blob while the pull waits: 0.14-0.27 s per
-64 MiB node in the herd benchmark, where 16 nodes share one disk. Asking for
+A durable swarm download (``SwarmSettings.durable_downloads``; the agent's
+cache skips the fsync, and this with it) is fsynced before it is published.
+Left to the kernel, all of it is still in the page cache when the last piece
+arrives, and that fsync writes the whole blob while the pull waits: 0.14-0.27 s
+per 64 MiB node in the herd benchmark, where 16 nodes share one disk. Asking for
 writeback while the download runs (Linux ``sync_file_range``, which only
 queues the writes) leaves the fsync the last few pieces. Elsewhere it does
 nothing, and the fsync does it all as before.

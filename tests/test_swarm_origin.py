@@ -11,6 +11,7 @@ import aiohttp
 from krill.digests import Digest
 from krill.metainfo import check_metainfo
 from tests.components import free_port, krill_process
+from tests.polling import until
 from tests.swarm_helpers import finish_peer, kill_peers, peer_result, start_peer
 
 
@@ -74,8 +75,5 @@ async def test_a_pushed_blob_has_its_metainfo_before_anyone_asks(tmp_path: Path)
         async with aiohttp.ClientSession() as http:
             digest = await push_blob(http, origin, os.urandom(2 * 1024 * 1024))
         sidecar = BlobStore(tmp_path / "o").sidecar_path(digest, "torrent")
-        for _ in range(600):  # made in the background right after the push
-            if sidecar.is_file():
-                break
-            await asyncio.sleep(0.05)
+        await until(sidecar.is_file, "the metainfo made in the background after the push")
         check_metainfo(sidecar.read_bytes(), digest)
