@@ -14,25 +14,18 @@ import sys
 from collections.abc import Sequence
 
 from krill import __version__
+from krill.clierror import CliError
 from krill.config import ConfigError
 
 # Subcommand modules, in the order ``krill --help`` lists them.
 COMMAND_MODULES = (
-    "origin.cli",
-    "tracker.cli",
-    "agent.cli",
+    "krill.origin.cli",
+    "krill.tracker.cli",
+    "krill.agent.cli",
     "krill.up",
     "krill.delta.cli",
     "krill.convert",
 )
-
-
-class CliError(Exception):
-    """A failure to report to the user as one line, with exit status ``code``."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,8 +56,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the importable module's main, so CliError raised by subcommands (which import
-    # krill.cli, not __main__) is the class main() catches under `python -m krill.cli`.
-    from krill.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

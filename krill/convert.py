@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 
 from krill import oci
+from krill.clierror import CliError
 from krill.delta.recipes import Recipe, RecipeError, gzip_recipe, iter_tar_chunks, zstd_recipe
 from krill.digests import Digest, DigestError, sha256_file
 
@@ -463,7 +464,6 @@ def _describe(report: ConvertReport, recipe: Recipe, dst: ImageRef) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from krill.cli import CliError
 
     try:
         src, dst = ImageRef.parse(args.src), ImageRef.parse(args.dst)

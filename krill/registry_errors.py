@@ -29,6 +29,9 @@ from aiohttp import web
 
 log = logging.getLogger(__name__)
 
+# Sent with every registry API response, errors included (clients probe /v2/ for it).
+API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
+
 # code -> (HTTP status, message)
 CODES: dict[str, tuple[int, str]] = {
     "BLOB_UNKNOWN": (404, "blob unknown to registry"),
@@ -93,7 +96,7 @@ def error_response(
     if detail is not None:
         entry["detail"] = detail
     body = json.dumps({"errors": [entry]}).encode()
-    all_headers = {"Docker-Distribution-API-Version": "registry/2.0", **(headers or {})}
+    all_headers = {**API_HEADERS, **(headers or {})}
     return web.Response(
         status=status,
         body=None if head else body,

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from krill.clierror import CliError
 from krill.processes import ProcessFailed, logged_process, wait_http
 
 HEALTH_TIMEOUT = 60.0
@@ -58,7 +59,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from krill.cli import CliError
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
     with _data_dir(args.data) as data:

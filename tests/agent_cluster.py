@@ -204,8 +204,8 @@ class SeedingOrigin:
     def uploaded_bytes(self, server: ServingThread) -> int:
         """Blob bytes the origin sent into the swarm: payload its libtorrent session sent
         to peers (session stats) plus pieces nodes claimed from it over HTTP."""
-        from origin.piececlaims import piece_claims
-        from origin.seeding import SWARM_ENGINE_KEY
+        from krill.origin.piececlaims import piece_claims
+        from krill.origin.seeding import SWARM_ENGINE_KEY
 
         engine = self.app[SWARM_ENGINE_KEY]
         over_bittorrent = int(server.call(engine.fetch_stats()).uploaded)
@@ -218,11 +218,11 @@ def seeding_origin(
 ) -> Iterator[tuple[SeedingOrigin, ServingThread]]:
     """The real origin app with swarm seeding installed, served from a thread (the
     wiring ``krill origin --tracker`` does, with the app reachable for its counters)."""
+    from krill.origin.appkeys import STORE
+    from krill.origin.config import OriginConfig
+    from krill.origin.seeding import install_seeding
+    from krill.origin.server import create_app
     from krill.swarm import SwarmSettings
-    from origin.appkeys import STORE
-    from origin.config import OriginConfig
-    from origin.seeding import install_seeding
-    from origin.server import create_app
 
     port = free_port()
     root.mkdir(parents=True, exist_ok=True)

@@ -18,11 +18,11 @@ from pathlib import Path
 from aiohttp import web
 
 from krill.blobstore import BlobStore
+from krill.origin.seeding import SWARM_ENGINE_KEY, install_seeding
 from krill.swarm import SwarmEngine, SwarmSettings
-from origin.seeding import SWARM_ENGINE_KEY, install_seeding
+from krill.tracker.config import TrackerConfig
+from krill.tracker.server import create_app
 from tests.components import free_port
-from tracker.config import TrackerConfig
-from tracker.server import create_app
 
 PEER_SCRIPT = Path(__file__).with_name("swarm_peer.py")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cache import CacheLimits, NodeCache
+from krill.agent.cache import CacheLimits, NodeCache
 from krill.blobstore import BlobStore
 from krill.digests import Digest
 from tests.agent_cluster import agent_process, build_layout, origin_process, push

@@ -16,9 +16,9 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from agent.cache import CacheLimits, NodeCache
-from agent.deltas import DeltaRebuilder
-from agent.layers import MAX_BASES, LayerIndex
+from krill.agent.cache import CacheLimits, NodeCache
+from krill.agent.deltas import DeltaRebuilder
+from krill.agent.layers import MAX_BASES, LayerIndex
 from krill.blobstore import BlobStore
 from krill.delta import create_delta
 from krill.digests import Digest

@@ -23,11 +23,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from agent.config import AgentConfig
-from agent.control import build_control_app
-from agent.node import AgentNode, running_node
-from agent.registry import build_registry_app
 from krill import oci
+from krill.agent.config import AgentConfig
+from krill.agent.control import build_control_app
+from krill.agent.node import AgentNode, running_node
+from krill.agent.registry import build_registry_app
 from krill.blobstore import BlobWriter
 from krill.digests import Digest
 from tests.imagebuild import build_image, random_files

@@ -108,7 +108,7 @@ def test_eight_agents_fetch_one_blob_and_the_origin_sends_it_about_once(tmp_path
         )
         stack.enter_context(tracker_process(tmp_path / "tracker", origin.url, port=tracker_port))
         data = os.urandom(size)
-        from origin.appkeys import STORE
+        from krill.origin.appkeys import STORE
 
         store: BlobStore = origin.app[STORE]
         digest = store.put_bytes(data, Digest.of_bytes(data))

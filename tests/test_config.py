@@ -78,7 +78,7 @@ def test_tables_and_lists_from_env_and_flags_as_json(tmp_path: Path) -> None:
 
 
 def test_agent_namespaces_from_the_environment() -> None:
-    from agent.config import AgentConfig
+    from krill.agent.config import AgentConfig
 
     environ = {"KRILL_AGENT_NAMESPACES": '{"registry.local:5000": "local"}'}
     cfg = load_config(AgentConfig, env_prefix="KRILL_AGENT_", environ=environ)

@@ -16,9 +16,9 @@ from aiohttp.test_utils import TestServer
 
 from krill.delta import rebuild_layer
 from krill.digests import Digest
-from origin.config import OriginConfig
-from origin.deltas import DELTA_ENGINE, DeltaEngine
-from origin.server import create_app
+from krill.origin.config import OriginConfig
+from krill.origin.deltas import DELTA_ENGINE, DeltaEngine
+from krill.origin.server import create_app
 from tests.components import SKOPEO_FLAGS, skopeo
 from tests.imagebuild import Image, build_image, build_index, realistic_files, write_oci_layout
 
@@ -224,7 +224,7 @@ async def test_a_corrupt_layer_is_recorded_as_failed_and_leaves_no_scratch(
     origin: TestServer,
     aiohttp_client,  # type: ignore[no-untyped-def]
 ) -> None:
-    from origin.appkeys import REPOSITORIES, STORE
+    from krill.origin.appkeys import REPOSITORIES, STORE
 
     await aiohttp_client(origin)
     engine = origin.app[DELTA_ENGINE]

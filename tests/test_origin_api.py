@@ -11,9 +11,9 @@ from aiohttp.test_utils import TestClient
 
 from krill import oci
 from krill.digests import Digest
-from origin.appkeys import STORE
-from origin.config import OriginConfig
-from origin.server import create_app
+from krill.origin.appkeys import STORE
+from krill.origin.config import OriginConfig
+from krill.origin.server import create_app
 from tests.imagebuild import Image, build_image, random_files
 
 

@@ -14,9 +14,9 @@ from yarl import URL
 from krill import oci
 from krill.blobstore import BlobStore
 from krill.digests import Digest
-from origin.appkeys import STORE, TAG_HISTORY, TAG_MOVED, UPLOADS
-from origin.config import OriginConfig
-from origin.server import create_app
+from krill.origin.appkeys import STORE, TAG_HISTORY, TAG_MOVED, UPLOADS
+from krill.origin.config import OriginConfig
+from krill.origin.server import create_app
 from tests.imagebuild import build_image, random_files
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from krill.config import ConfigError
-from origin.config import OriginConfig, load_origin_config
+from krill.origin.config import OriginConfig, load_origin_config
 from tests.components import free_port, krill_command, krill_process
 
 

@@ -22,9 +22,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from krill.digests import Digest
-from origin.appkeys import STORE, TAG_HISTORY, TAG_MOVED
-from origin.config import OriginConfig
-from origin.server import create_app
+from krill.origin.appkeys import STORE, TAG_HISTORY, TAG_MOVED
+from krill.origin.config import OriginConfig
+from krill.origin.server import create_app
 from tests.components import SKOPEO_FLAGS, docker_registry, skopeo
 from tests.imagebuild import (
     Image,

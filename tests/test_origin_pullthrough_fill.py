@@ -19,11 +19,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from krill.origin.config import OriginConfig
+from krill.origin.server import create_app
+from krill.origin.upstream import UpstreamClient
 from krill.registry_errors import RegistryError
-from origin.config import OriginConfig
-from origin.server import create_app
-from origin.singleflight import SingleFlight
-from origin.upstream import UpstreamClient
+from krill.singleflight import SingleFlight
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 

@@ -12,9 +12,9 @@ from aiohttp.test_utils import TestServer
 
 from krill import oci
 from krill.digests import Digest
-from origin.appkeys import TAG_HISTORY, TAG_MOVED
-from origin.config import OriginConfig
-from origin.server import create_app
+from krill.origin.appkeys import TAG_HISTORY, TAG_MOVED
+from krill.origin.config import OriginConfig
+from krill.origin.server import create_app
 from tests.components import SKOPEO_FLAGS, skopeo
 from tests.imagebuild import (
     Blob,

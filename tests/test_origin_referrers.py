@@ -9,8 +9,8 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient
 
 from krill import oci
-from origin.config import OriginConfig
-from origin.server import create_app
+from krill.origin.config import OriginConfig
+from krill.origin.server import create_app
 
 SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
 SBOM = "application/spdx+json"

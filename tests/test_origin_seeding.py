@@ -38,8 +38,8 @@ async def test_a_damaged_sidecar_is_made_again_and_a_missing_blob_is_404(tmp_pat
 
 def test_the_origin_service_super_seeds_unless_told_not_to(tmp_path: Path) -> None:
     """Its agents take the origin's share over piece claims (docs/swarm.md)."""
-    from origin.config import OriginConfig
-    from origin.seeding import swarm_settings_for
+    from krill.origin.config import OriginConfig
+    from krill.origin.seeding import swarm_settings_for
 
     base = {"listen": "127.0.0.1:5000", "data": tmp_path, "tracker": "http://127.0.0.1:1"}
     assert swarm_settings_for(OriginConfig(**base)).super_seeding

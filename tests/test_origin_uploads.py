@@ -9,9 +9,9 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient
 
-from origin.appkeys import STORE
-from origin.config import OriginConfig
-from origin.server import create_app
+from krill.origin.appkeys import STORE
+from krill.origin.config import OriginConfig
+from krill.origin.server import create_app
 
 
 def digest_of(data: bytes) -> str:

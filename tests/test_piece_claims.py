@@ -22,9 +22,9 @@ import krill.swarm
 from krill.blobstore import BlobStore
 from krill.digests import Digest, sha256_file
 from krill.metainfo import fetch_metainfo
+from krill.origin.piececlaims import PieceClaims, piece_claims
 from krill.piecefeed import consecutive_runs
 from krill.swarm import Download, SwarmEngine, SwarmSettings, SwarmStats, _Pacer
-from origin.piececlaims import PieceClaims, piece_claims
 from tests.polling import until
 from tests.swarm_helpers import running_origin_app, running_tracker
 

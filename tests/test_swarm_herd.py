@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from krill.blobstore import BlobStore
-from origin.piececlaims import piece_claims
-from origin.seeding import SWARM_ENGINE_KEY
+from krill.origin.piececlaims import piece_claims
+from krill.origin.seeding import SWARM_ENGINE_KEY
 from tests.components import free_port
 from tests.swarm_helpers import (
     finish_peer,

@@ -19,12 +19,12 @@ import yarl
 from krill import bencode
 from krill.blobstore import BlobStore
 from krill.metainfo import fetch_metainfo, make_metainfo
+from krill.tracker.announce import parse_announce
+from krill.tracker.config import TrackerConfig
+from krill.tracker.peerstore import MemoryPeerStore, PeerEntry, PeerStore
+from krill.tracker.server import STORE_KEY, create_app
 from tests.components import free_port
 from tests.swarm_helpers import running_origin, running_tracker, serving
-from tracker.announce import parse_announce
-from tracker.config import TrackerConfig
-from tracker.peerstore import MemoryPeerStore, PeerEntry, PeerStore
-from tracker.server import STORE_KEY, create_app
 
 INFO_HASH = bytes(range(20))
 

@@ -16,8 +16,8 @@ from krill import bencode
 from krill.config import ConfigError
 from krill.digests import Digest
 from krill.metainfo import MIN_PIECE_LENGTH, fetch_metainfo
+from krill.tracker.config import TrackerConfig
 from tests.swarm_helpers import running_tracker, serving
-from tracker.config import TrackerConfig
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from krill.tracker.peerstore import PeerEntry, RedisPeerStore
 from tests.components import free_port, krill_command, redis_server
 from tests.swarm_helpers import running_tracker
 from tests.test_tracker import INFO_HASH, announce, peer_id, ports_of
-from tracker.peerstore import PeerEntry, RedisPeerStore
 
 
 @pytest.fixture

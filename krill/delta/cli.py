@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from krill.clierror import CliError
 from krill.delta.apply import apply_delta
 from krill.delta.encode import EncodeOptions, create_delta
 from krill.delta.format import DeltaFormatError
@@ -59,7 +60,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _check_inputs(*paths: Path) -> None:
-    from krill.cli import CliError
 
     for path in paths:
         if not path.is_file():
@@ -67,7 +67,6 @@ def _check_inputs(*paths: Path) -> None:
 
 
 def run_create(args: argparse.Namespace) -> int:
-    from krill.cli import CliError
 
     _check_inputs(args.base, args.target)
     try:
@@ -108,7 +107,6 @@ def _verify(base: Path, delta: Path) -> None:
 
 
 def run_apply(args: argparse.Namespace) -> int:
-    from krill.cli import CliError
 
     _check_inputs(args.base, args.delta)
     started = time.monotonic()
@@ -125,7 +123,6 @@ def run_apply(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m krill.delta.cli``: the same commands without loading every service's CLI."""
-    from krill.cli import CliError
 
     parser = argparse.ArgumentParser(prog="krill")
     register(parser.add_subparsers(dest="command", required=True))

@@ -1,0 +1,159 @@
+"""``krill agent``: run the agent, preheat an image, or write containerd's hosts.toml.
+
+    krill agent --listen HOST:PORT --registry-listen HOST:PORT --data DIR \\
+                --tracker URL --origin URL [--peer-port N] [--config FILE]
+    krill agent preheat IMAGE [--agent URL] [--all-platforms]
+    krill agent containerd-config --registry HOST[=URL] ... --agent HOST:PORT --dir DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from krill.clierror import CliError
+
+DEFAULT_AGENT_API = "http://127.0.0.1:7400"
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "agent",
+        help="node-local pull-through registry endpoint for containerd",
+        description="Serve containerd on this node: blobs from the swarm, manifests from the "
+        "origin, all cached locally.",
+    )
+    parser.add_argument("--listen", help="control API HOST:PORT (health, blobs, preheat)")
+    parser.add_argument("--registry-listen", help="registry endpoint HOST:PORT for containerd")
+    parser.add_argument("--data", type=Path, help="directory for the node cache")
+    parser.add_argument("--tracker", help="tracker base URL, e.g. http://tracker:7000")
+    parser.add_argument("--origin", help="origin base URL, e.g. http://origin:5000")
+    parser.add_argument("--peer-port", type=int, help="BitTorrent listen port (0 = any)")
+    parser.add_argument("--config", type=Path, help="TOML file with AgentConfig settings")
+    parser.add_argument("--log-level", help="debug, info, warning")
+    parser.set_defaults(func=run)
+    sub = parser.add_subparsers(dest="agent_command", metavar="SUBCOMMAND")
+
+    pre = sub.add_parser("preheat", help="pull an image's blobs onto the node ahead of time")
+    pre.add_argument("image", help="image reference, e.g. team/app:1.0 or docker.io/library/x:1")
+    pre.add_argument("--agent", default=DEFAULT_AGENT_API, help="agent control API URL")
+    pre.add_argument("--all-platforms", action="store_true", help="every platform in an index")
+    pre.set_defaults(func=run_preheat)
+
+    cfg = sub.add_parser("containerd-config", help="write containerd hosts.toml files")
+    cfg.add_argument(
+        "--registry",
+        action="append",
+        required=True,
+        metavar="HOST[=URL]",
+        help="registry to mirror (repeatable); URL overrides the upstream https://HOST",
+    )
+    cfg.add_argument("--agent", required=True, help="agent registry endpoint HOST:PORT")
+    cfg.add_argument("--dir", type=Path, required=True, help="containerd config_path directory")
+    cfg.set_defaults(func=run_containerd_config)
+
+
+def run(args: argparse.Namespace) -> int:
+    from krill.agent.config import AgentConfig
+    from krill.agent.server import serve
+    from krill.config import load_config
+    from krill.logs import setup_logging
+
+    flags = {
+        "listen": args.listen,
+        "registry_listen": args.registry_listen,
+        "data": args.data,
+        "tracker": args.tracker,
+        "origin": args.origin,
+        "peer_port": args.peer_port,
+        "log_level": args.log_level,
+    }
+    config = load_config(AgentConfig, file=args.config, env_prefix="KRILL_AGENT_", flags=flags)
+    setup_logging(config.log_level)
+    if not config.origin:
+
+        raise CliError("--origin URL is required (where manifests and fallback blobs come from)")
+    asyncio.run(serve(config))
+    return 0
+
+
+def run_containerd_config(args: argparse.Namespace) -> int:
+    from krill.agent.containerd_config import parse_registry_spec, write_hosts_files
+
+    try:
+        specs = [parse_registry_spec(text) for text in args.registry]
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    for path in write_hosts_files(specs, args.agent, args.dir):
+        sys.stdout.write(f"wrote {path}\n")
+    return 0
+
+
+def run_preheat(args: argparse.Namespace) -> int:
+    return asyncio.run(_preheat(args.agent.rstrip("/"), args.image, args.all_platforms))
+
+
+async def _preheat(agent: str, image: str, all_platforms: bool) -> int:
+    import aiohttp
+
+
+    bar = _ProgressBar(image)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                f"{agent}/preheat", json={"image": image, "all_platforms": all_platforms}
+            ) as response:
+                if response.status != 200:
+                    raise CliError(f"preheat {image}: {await _error_message(response)}")
+                async for line in response.content:
+                    if line.strip():
+                        event = json.loads(line)
+                        if event["event"] == "error":
+                            bar.finish()
+                            raise CliError(f"preheat {image}: {event['message']}")
+                        bar.update(event)
+    except aiohttp.ClientError as exc:
+        raise CliError(f"cannot reach the agent at {agent}: {exc}") from None
+    bar.finish()
+    return 0
+
+
+async def _error_message(response: Any) -> str:
+    text = await response.text()
+    try:
+        return "; ".join(e["message"] for e in json.loads(text)["errors"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status}: {text[:200]}"
+
+
+class _ProgressBar:
+    """A one-line progress bar on stderr (this is the CLI, so writing to it is fine)."""
+
+    WIDTH = 30
+
+    def __init__(self, image: str) -> None:
+        self._image = image
+        self._blobs = 0
+        self._done_blobs = 0
+
+    def update(self, event: dict[str, Any]) -> None:
+        if event["event"] == "start":
+            self._blobs = event["blobs"]
+        if event["event"] == "blob":
+            self._done_blobs += 1
+        total = event.get("total_bytes") or 0
+        done = event.get("done_bytes", total if event["event"] == "done" else 0)
+        fraction = done / total if total else 1.0
+        filled = int(self.WIDTH * fraction)
+        sys.stderr.write(
+            f"\r{self._image} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
+            f"{done / 2**20:7.1f}/{total / 2**20:.1f} MiB  {self._done_blobs}/{self._blobs} blobs"
+        )
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        sys.stderr.write("\n")

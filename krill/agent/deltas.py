@@ -1,0 +1,280 @@
+"""The delta path: rebuild a layer from a layer this node holds plus a small delta.
+
+Before a layer is fetched whole, ``DeltaRebuilder.rebuild`` asks the origin
+(``GET /krill/v1/deltas/<layer>?have=<bases>``) for a delta against the cached
+layers of the repository's earlier images. On an answer it fetches the delta
+like any blob (swarm first, then the origin over HTTP, through the fetcher, so
+its bytes are what crosses the wire and what the byte counters count), keeps
+the base pinned, rebuilds the layer in a worker thread (decompress the base,
+apply, recompress by the recipe: CPU work that must never run on the event
+loop), checks the uncompressed digest against the image config's diff_id and
+the compressed digest against the manifest, and commits the layer into the
+node cache.
+
+Every way this can go wrong ends in ``False`` (fetch the full layer), a
+metric with the reason and one log line: a miss when there was no delta to
+try (``not_a_layer``, ``no_base``, ``none``, ``lookup_failed``, ``no_config``),
+a failure when a delta was tried and did not produce the layer
+(``delta_fetch``, ``base_gone``, ``base_damaged``, ``bad_delta``, ``recipe``,
+``diff_id``, ``digest``). The lookup has its own short timeout, so a slow origin delays
+the normal path by at most ``lookup_timeout`` seconds; fetching the delta (and
+the config) is bounded by ``fetch_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import shutil
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import aiohttp
+
+from krill.agent.cache import NodeCache
+from krill.agent.layers import LayerIndex, LayerRef
+from krill.blobstore import DigestMismatchError
+from krill.bodies import BodyTooLarge, read_limited
+from krill.delta import RebuildResult, RecipeError, rebuild_layer
+from krill.digests import Digest, DigestError
+
+log = logging.getLogger(__name__)
+
+MAX_LOOKUP_ANSWER = 64 * 1024
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
+class DeltaMetrics(Protocol):
+    def delta_hit(self, bytes_saved: int) -> None: ...
+
+    def delta_miss(self, reason: str) -> None: ...
+
+    def delta_failure(self, reason: str) -> None: ...
+
+
+# Makes a blob cached on this node through the normal sources; returns its size.
+EnsureBlob = Callable[[Digest, str], Awaitable[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaOffer:
+    """The origin's answer: rebuild ``target`` from ``base`` with blob ``delta``."""
+
+    target: Digest
+    base: Digest
+    delta: Digest
+    size: int
+
+
+class DeltaMiss(Exception):
+    """No delta to try; ``reason`` labels the miss metric."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class DeltaFailure(Exception):
+    """A delta was tried and did not yield the layer; ``reason`` labels the failure metric."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class DeltaRebuilder:
+    """Tries the delta path for one layer; the fetcher calls it before swarm/HTTP."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        origin_url: str,
+        cache: NodeCache,
+        layers: LayerIndex,
+        metrics: DeltaMetrics,
+        *,
+        lookup_timeout: float,
+        fetch_timeout: float = 60.0,
+        executor: Executor | None = None,
+    ) -> None:
+        self._session = session
+        self._origin = origin_url.rstrip("/")
+        self._cache = cache
+        self._layers = layers
+        self._metrics = metrics
+        self._lookup_timeout = lookup_timeout
+        self._fetch_timeout = fetch_timeout
+        self._delta_blobs: set[Digest] = set()
+        # Rebuilds (seconds of CPU each) get their own threads, so they cannot take
+        # the default pool serving reads with.
+        self._executor = executor
+
+    async def rebuild(self, digest: Digest, repository: str | None, ensure: EnsureBlob) -> bool:
+        """True when ``digest`` is now cached, rebuilt from a delta; False: fetch it whole."""
+        if digest in self._delta_blobs:
+            return False  # the delta blob itself, being fetched for a rebuild
+        try:
+            ref, offer = await self._find_offer(digest, repository)
+            diff_id = await self._diff_id(ref, ensure)
+        except DeltaMiss as exc:
+            self._metrics.delta_miss(exc.reason)
+            log.info("delta.miss digest=%s reason=%s detail=%s", digest, exc.reason, exc)
+            return False
+        try:
+            await self._rebuild_from(offer, ref.repository, diff_id, ensure)
+        except DeltaFailure as exc:
+            self._metrics.delta_failure(exc.reason)
+            log.warning(
+                "delta.failed digest=%s base=%s delta=%s reason=%s detail=%s",
+                digest,
+                offer.base,
+                offer.delta,
+                exc.reason,
+                exc,
+            )
+            return False
+        entry = self._cache.entry(digest)
+        target_size = entry.size if entry is not None else 0
+        self._metrics.delta_hit(max(0, target_size - offer.size))
+        log.info(
+            "delta.hit digest=%s base=%s delta=%s delta_bytes=%d layer_bytes=%d",
+            digest,
+            offer.base,
+            offer.delta,
+            offer.size,
+            target_size,
+        )
+        return True
+
+    # ---- finding a delta --------------------------------------------------
+
+    async def _find_offer(
+        self, digest: Digest, repository: str | None
+    ) -> tuple[LayerRef, DeltaOffer]:
+        ref = self._layers.layer(digest)
+        if ref is None or repository is None:
+            raise DeltaMiss("not_a_layer", "not a layer of an image this agent served")
+        bases = self._layers.bases(repository, digest, self._cache.has)
+        if not bases:
+            raise DeltaMiss("no_base", f"no cached layer of an earlier {repository} image")
+        return ref, await self._lookup(digest, bases, repository)
+
+    async def _lookup(self, digest: Digest, bases: list[Digest], repository: str) -> DeltaOffer:
+        """Ask the origin; ``repo`` lets it link a delta it finds into the asking repository."""
+        if not self._origin:
+            raise DeltaMiss("lookup_failed", "no origin configured")
+        url = f"{self._origin}/krill/v1/deltas/{digest}"
+        params = {"have": ",".join(str(b) for b in bases), "repo": repository}
+        try:
+            async with asyncio.timeout(self._lookup_timeout):
+                async with self._session.get(url, params=params) as response:
+                    status = response.status
+                    if status != 200:
+                        raise DeltaMiss("lookup_failed", f"delta lookup {url} answered {status}")
+                    body = await read_limited(
+                        response.content,
+                        MAX_LOOKUP_ANSWER,
+                        "delta lookup answer",
+                        declared=response.content_length,
+                    )
+        except BodyTooLarge as exc:
+            raise DeltaMiss("lookup_failed", f"delta lookup {url}: {exc}") from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise DeltaMiss("lookup_failed", f"delta lookup {url}: {exc!r}") from None
+        return _parse_offer(body, digest, bases)
+
+    # ---- using it ---------------------------------------------------------
+
+    async def _rebuild_from(
+        self, offer: DeltaOffer, repository: str, diff_id: Digest, ensure: EnsureBlob
+    ) -> None:
+        with self._cache.pinned(offer.base):
+            self._delta_blobs.add(offer.delta)
+            try:
+                async with asyncio.timeout(self._fetch_timeout):
+                    await ensure(offer.delta, repository)
+            except Exception as exc:  # any source trouble: fetch the layer whole instead
+                raise DeltaFailure("delta_fetch", f"delta blob unavailable: {exc}") from None
+            finally:
+                self._delta_blobs.discard(offer.delta)
+            with self._cache.pinned(offer.delta):
+                if not await self._cache.ensure_verified(offer.base):
+                    raise DeltaFailure("base_gone", "the base left the cache")
+                if not await self._cache.ensure_verified(offer.delta):
+                    raise DeltaFailure("delta_fetch", "the delta left the cache")
+                await self._rebuild_and_commit(offer, diff_id)
+
+    async def _diff_id(self, ref: LayerRef, ensure: EnsureBlob) -> Digest:
+        """The layer's diff_id from its image config (fetched like any blob if not cached)."""
+        try:
+            async with asyncio.timeout(self._fetch_timeout):
+                await ensure(ref.config, ref.repository)
+            with self._cache.pinned(ref.config):
+                raw = await asyncio.to_thread(self._cache.path(ref.config).read_bytes)
+            diff_ids = json.loads(raw[:MAX_CONFIG_BYTES])["rootfs"]["diff_ids"]
+            return Digest.parse(diff_ids[ref.position])
+        except Exception as exc:  # no config, or not one we can read: no delta
+            raise DeltaMiss("no_config", f"image config {ref.config}: {exc!r}") from None
+
+    async def _rebuild_and_commit(self, offer: DeltaOffer, diff_id: Digest) -> None:
+        store = self._cache.store
+        work = store.incoming_path()  # on the store's filesystem; cleared on restart
+        work.mkdir()
+        try:
+            result = await self._run_rebuild(offer, work)
+            if Digest.parse(result.diff_id) != diff_id:
+                raise DeltaFailure(
+                    "diff_id", f"rebuilt diff_id {result.diff_id}, the config says {diff_id}"
+                )
+            try:
+                await asyncio.to_thread(store.adopt_file, result.path, offer.target)
+            except DigestMismatchError as exc:
+                raise DeltaFailure("digest", str(exc)) from None
+            await self._cache.add(offer.target)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+
+    async def _run_rebuild(self, offer: DeltaOffer, work: Path) -> RebuildResult:
+        base, delta = self._cache.path(offer.base), self._cache.path(offer.delta)
+        try:
+            loop = asyncio.get_running_loop()
+            # The header must name the layer the manifest asked for before any work is done.
+            rebuild = functools.partial(rebuild_layer, expected_digest=str(offer.target))
+            result = await loop.run_in_executor(self._executor, rebuild, base, delta, work)
+        except Exception as exc:  # DeltaFormatError, RecipeError, zlib.error from a rotten base...
+            # Maybe the delta is bad, maybe our base rotted on disk: hash the base again
+            # (a damaged one is dropped from the cache, so it is not offered next time).
+            if not await self._cache.recheck(offer.base, self._executor):
+                raise DeltaFailure("base_damaged", f"the cached base was damaged: {exc}") from None
+            reason = "recipe" if isinstance(exc, RecipeError) else "bad_delta"
+            raise DeltaFailure(reason, str(exc)) from None
+        if Digest.parse(result.digest) != offer.target:
+            raise DeltaFailure("digest", f"delta rebuilds {result.digest}, not {offer.target}")
+        return result
+
+
+def _parse_offer(body: bytes, target: Digest, bases: list[Digest]) -> DeltaOffer:
+    """Check the origin's JSON answer; anything off counts as a failed lookup."""
+    try:
+        doc = json.loads(body)
+        status = doc["status"]
+        if status == "none":
+            raise DeltaMiss("none", f"no delta yet (queued {doc.get('queued', 0)})")
+        if status != "ok":
+            raise ValueError(f"status {status!r}")
+        offer = DeltaOffer(
+            Digest.parse(doc["target"]),
+            Digest.parse(doc["base"]),
+            Digest.parse(doc["delta"]),
+            int(doc["size"]),
+        )
+    except (ValueError, KeyError, TypeError, DigestError) as exc:
+        raise DeltaMiss("lookup_failed", f"unreadable delta answer: {exc!r}") from None
+    if offer.target != target or offer.base not in bases or offer.size <= 0:
+        raise DeltaMiss("lookup_failed", f"delta answer does not fit the request: {doc}")
+    return offer

@@ -1,0 +1,163 @@
+"""Manifests for the agent's registry endpoint, fetched from the origin and cached.
+
+Bytes are kept exactly as the origin sent them (a manifest's digest is the
+hash of its bytes). Digest references are immutable, so they are cached on
+disk forever (a small ``BlobStore`` under ``<data>/manifests``, with the media
+type in a sidecar); a tag's answer is reused for ``tag_ttl`` seconds. When the
+origin cannot be reached, a tag seen before is still answered from the cache
+(stale but consistent), and anything else gets 503 quickly so containerd
+tries the next host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from krill import oci
+from krill.blobstore import BlobStore
+from krill.bodies import BodyTooLarge, read_limited
+from krill.digests import Digest
+from krill.registry_errors import RegistryError
+from krill.registry_params import parse_reference
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ACCEPT = ", ".join(oci.MANIFEST_TYPES)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    body: bytes
+    media_type: str
+    digest: Digest
+
+
+class ManifestCache:
+    """Fetches manifests from the origin; tags for ``tag_ttl``, digests forever."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        origin_url: str,
+        store: BlobStore,
+        *,
+        tag_ttl: float,
+        timeout: float,
+        on_manifest: Callable[[str, Manifest], Awaitable[None]] | None = None,
+    ) -> None:
+        self._session = session
+        self._on_manifest = on_manifest
+        self._origin = origin_url.rstrip("/")
+        self._store = store
+        self._tag_ttl = tag_ttl
+        self._timeout = timeout
+        self._tags: dict[tuple[str, str], tuple[Digest, float]] = {}
+
+    async def get(self, repository: str, reference: str, accept: str | None = None) -> Manifest:
+        """The manifest; every one handed out is reported to ``on_manifest`` (layer index)."""
+        manifest = await self._get(repository, reference, accept)
+        if self._on_manifest is not None:
+            await self._on_manifest(repository, manifest)
+        return manifest
+
+    async def _get(self, repository: str, reference: str, accept: str | None) -> Manifest:
+        ref = parse_reference(reference)
+        if isinstance(ref, Digest):
+            cached = self._load(ref)
+            if cached is not None:
+                return cached
+            return await self._fetch(repository, str(ref), accept, expected=ref)
+        key = (repository, ref)
+        hit = self._tags.get(key)
+        if hit is not None and hit[1] > time.monotonic():
+            cached = self._load(hit[0])
+            if cached is not None:
+                return cached
+        try:
+            manifest = await self._fetch(repository, ref, accept, expected=None)
+        except RegistryError as exc:
+            stale = self._load(hit[0]) if hit is not None and exc.code == "UNAVAILABLE" else None
+            if stale is None:
+                raise
+            log.warning("manifest.stale repo=%s tag=%s digest=%s", repository, ref, stale.digest)
+            return stale
+        self._tags[key] = (manifest.digest, time.monotonic() + self._tag_ttl)
+        return manifest
+
+    def _load(self, digest: Digest) -> Manifest | None:
+        if not self._store.has(digest):
+            return None
+        media_type = self._store.sidecar_path(digest, "mediatype").read_text().strip()
+        return Manifest(self._store.read_bytes(digest), media_type, digest)
+
+    def _save(self, manifest: Manifest) -> None:
+        """Store the body and its media type durably (blocking)."""
+        sidecar = self._store.sidecar_path(manifest.digest, "mediatype")
+        sidecar.parent.mkdir(parents=True, exist_ok=True)
+        sidecar.write_text(manifest.media_type)
+        self._store.put_bytes(manifest.body, manifest.digest)
+
+    async def _fetch(
+        self, repository: str, reference: str, accept: str | None, expected: Digest | None
+    ) -> Manifest:
+        url = f"{self._origin}/v2/{repository}/manifests/{reference}"
+        headers = {"Accept": accept or DEFAULT_ACCEPT}
+        if not self._origin:
+            raise RegistryError("UNAVAILABLE", "this agent has no origin configured")
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with self._session.get(url, headers=headers) as response:
+                    status = response.status
+                    content_type = response.headers.get("Content-Type", "")
+                    body = await _read_body(response, status)
+        except BodyTooLarge:
+            raise RegistryError(
+                "MANIFEST_INVALID", "manifest from the origin is too large", status=502
+            ) from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("manifest.origin_unreachable url=%s error=%r", url, exc)
+            raise RegistryError(
+                "UNAVAILABLE", f"the origin {self._origin} is unreachable; try the upstream"
+            ) from None
+        if status == 404:
+            raise RegistryError(
+                "MANIFEST_UNKNOWN", f"manifest {repository}:{reference} is not on the origin"
+            )
+        if status != 200:
+            raise RegistryError(
+                "UNAVAILABLE",
+                f"the origin answered {status} for {repository}:{reference}",
+                status=502,
+            )
+        digest = Digest.of_bytes(body)
+        if expected is not None and digest != expected:
+            raise RegistryError(
+                "UNAVAILABLE",
+                f"the origin's manifest for {expected} hashes to {digest}",
+                status=502,
+            )
+        manifest = Manifest(body, content_type.split(";")[0].strip() or _body_type(body), digest)
+        await asyncio.to_thread(self._save, manifest)  # fsyncs: not on the event loop
+        return manifest
+
+
+async def _read_body(response: aiohttp.ClientResponse, status: int) -> bytes:
+    """The whole manifest (read in a loop: it may arrive in pieces); error bodies are skipped."""
+    if status != 200:
+        return b""
+    return await read_limited(
+        response.content, oci.MAX_MANIFEST_BYTES, "manifest", declared=response.content_length
+    )
+
+
+def _body_type(body: bytes) -> str:
+    try:
+        return oci.parse_manifest(body, None).media_type
+    except oci.ManifestError:
+        return oci.OCI_MANIFEST

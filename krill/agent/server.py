@@ -1,0 +1,48 @@
+"""Run the agent: the control API and the registry endpoint, each on its own port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from krill.agent.config import AgentConfig
+from krill.agent.control import build_control_app
+from krill.agent.node import running_node
+from krill.agent.registry import build_registry_app
+from krill.config import parse_hostport
+
+log = logging.getLogger(__name__)
+
+
+async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
+    """Serve until ``stop`` is set (or SIGTERM/SIGINT when none is given)."""
+    stop = stop or _stop_on_signals()
+    async with running_node(config) as node:
+        runners = []
+        try:
+            for name, app, address in (
+                ("control", build_control_app(node), config.listen),
+                ("registry", build_registry_app(node), config.registry_listen),
+            ):
+                runner = web.AppRunner(app, handle_signals=False)
+                await runner.setup()
+                runners.append(runner)
+                host, port = parse_hostport(address)
+                await web.TCPSite(runner, host, port, backlog=1024).start()
+                log.info("agent.listening api=%s address=%s:%d", name, host, port)
+            await stop.wait()
+        finally:
+            for runner in reversed(runners):
+                await runner.cleanup()
+    log.info("agent.stopped")
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

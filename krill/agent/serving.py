@@ -1,0 +1,140 @@
+"""Turning a blob on this node into an HTTP response (GET/HEAD, with Range).
+
+* A cached blob is sent with aiohttp's ``FileResponse`` (sendfile), pinned in
+  the cache until the last byte is out.
+* A blob still arriving is streamed from the transfer's partial file: bytes
+  are sent only once the transfer reports them available (piece-verified for
+  the swarm), in order, and the response switches to the committed file when
+  the transfer finishes. Headers go out only after a source has committed
+  (the fetcher returns only then). If the transfer fails midway the connection
+  is aborted, so the client sees a short body, never a wrong complete one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+
+from aiohttp import web
+
+from krill.agent.cache import NodeCache
+from krill.agent.fetcher import CachedBlob, InflightBlob, wait_progress
+from krill.agent.ranges import ByteRange, parse_range
+from krill.agent.sources import TransferFailed
+from krill.registry_errors import API_HEADERS, RegistryError
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+OCTET_STREAM = "application/octet-stream"
+
+
+class PinnedFileResponse(web.FileResponse):
+    """A FileResponse that keeps its blob pinned in the cache until it has been sent."""
+
+    def __init__(self, cache: NodeCache, blob: CachedBlob, **kwargs: object) -> None:
+        super().__init__(blob.path, chunk_size=CHUNK, **kwargs)  # type: ignore[arg-type]
+        self._pin = cache.pinned(blob.digest)
+        self._pin.__enter__()
+
+    async def prepare(self, request: web.BaseRequest) -> object:
+        try:
+            return await super().prepare(request)
+        finally:
+            self._pin.__exit__(None, None, None)
+
+
+def blob_headers(blob: CachedBlob | InflightBlob) -> dict[str, str]:
+    return {
+        "Docker-Content-Digest": str(blob.digest),
+        "Accept-Ranges": "bytes",
+        "Content-Type": OCTET_STREAM,
+        **API_HEADERS,
+    }
+
+
+async def head_response(
+    request: web.Request, blob: CachedBlob | InflightBlob
+) -> web.StreamResponse:
+    """Headers only, with the blob's real Content-Length."""
+    response = web.StreamResponse(status=200, headers=blob_headers(blob))
+    response.content_length = blob.size
+    await response.prepare(request)
+    await response.write_eof()
+    return response
+
+
+async def blob_response(
+    request: web.Request,
+    blob: CachedBlob | InflightBlob,
+    cache: NodeCache,
+    count: Callable[[str, int], None],
+    stall_timeout: float = 60.0,
+) -> web.StreamResponse:
+    """GET (or HEAD) response for ``blob``, honouring a Range header.
+
+    A transfer that makes no progress for ``stall_timeout`` seconds mid-stream is
+    cancelled and the connection aborted, so the client retries (and the next
+    attempt can fall back to HTTP) instead of hanging.
+    """
+    byte_range = parse_range(request.headers.get("Range"), blob.size)
+    if request.method == "HEAD":
+        return await head_response(request, blob)
+    if isinstance(blob, CachedBlob):
+        count("cache", byte_range.length if byte_range else blob.size)
+        return PinnedFileResponse(cache, blob, headers=blob_headers(blob))
+    with cache.pinned(blob.digest):
+        whole = ByteRange(0, blob.size)
+        return await _stream(request, blob, byte_range or whole, count, stall_timeout)
+
+
+async def _stream(
+    request: web.Request,
+    blob: InflightBlob,
+    byte_range: ByteRange,
+    count: Callable[[str, int], None],
+    stall_timeout: float,
+) -> web.StreamResponse:
+    partial = byte_range.length != blob.size
+    response = web.StreamResponse(status=206 if partial else 200, headers=blob_headers(blob))
+    if partial:
+        response.headers["Content-Range"] = byte_range.content_range(blob.size)
+    response.content_length = byte_range.length
+    fd = await _open_blob_file(blob)
+    try:
+        await response.prepare(request)
+        position = byte_range.start
+        while position < byte_range.end:
+            available = await wait_progress(blob, position, stall_timeout)
+            upto = min(available, byte_range.end, position + CHUNK)
+            data = await blob.transfer.read(fd, position, upto)
+            if not data:
+                raise TransferFailed(f"partial file of {blob.digest} is shorter than reported")
+            await response.write(data)
+            count(blob.source, len(data))
+            position += len(data)
+        await response.write_eof()
+    except TransferFailed as exc:
+        log.warning("serve.aborted digest=%s error=%s", blob.digest, exc)
+        if request.transport is not None:
+            request.transport.abort()
+    finally:
+        os.close(fd)
+    return response
+
+
+async def _open_blob_file(blob: InflightBlob) -> int:
+    """An fd on the partial file, or on the committed blob if the transfer already finished.
+
+    The fd stays valid when the partial file is renamed into the store.
+    """
+    try:
+        return os.open(blob.transfer.partial_path, os.O_RDONLY)
+    except FileNotFoundError:
+        pass
+    with contextlib.suppress(TransferFailed):
+        path = await blob.transfer.wait_done()
+        return os.open(path, os.O_RDONLY)
+    raise RegistryError("UNAVAILABLE", f"the transfer of {blob.digest} failed; retry")

@@ -1,0 +1,204 @@
+"""Manifests GET/HEAD/PUT/DELETE by tag or digest, stored byte-exact.
+
+A manifest's bytes go into the content-addressed store (its digest is the
+sha256 of exactly those bytes) and are returned unchanged with the media type
+they were pushed with: the origin never converts between Docker and OCI
+formats. ``Accept`` is honoured by refusing, with a message naming both
+types, a client that lists manifest types but neither the stored one nor a
+wildcard; otherwise the stored bytes are returned as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from krill import oci
+from krill.bodies import BodyTooLarge, read_limited
+from krill.digests import Digest
+from krill.origin.appkeys import CONFIG, PULL_THROUGH, REPOSITORIES, STORE
+from krill.origin.tagging import delete_tag, move_tag
+from krill.registry_errors import RegistryError
+from krill.registry_params import API_HEADERS, parse_reference, repo_name
+
+log = logging.getLogger(__name__)
+
+
+def manifest_unknown(repo: str, reference: Digest | str) -> RegistryError:
+    return RegistryError(
+        "MANIFEST_UNKNOWN",
+        f"manifest {reference} is not known in repository {repo}",
+        detail={"name": repo, "reference": str(reference)},
+    )
+
+
+async def resolve_manifest(app: web.Application, repo: str, reference: Digest | str) -> Digest:
+    """The digest ``reference`` names in ``repo`` (fetched upstream first in pull-through mode)."""
+    pull = app[PULL_THROUGH]
+    if pull is not None:
+        return await pull.resolve_manifest(repo, reference)
+    if isinstance(reference, Digest):
+        if app[REPOSITORIES].manifest_media_type(repo, reference) is None:
+            raise manifest_unknown(repo, reference)
+        return reference
+    digest = app[REPOSITORIES].get_tag(repo, reference)
+    if digest is None:
+        raise manifest_unknown(repo, reference)
+    return digest
+
+
+def check_accept(request: web.Request, media_type: str) -> None:
+    """Refuse only a client that lists manifest types and excludes the stored one."""
+    accepted = {
+        part.split(";")[0].strip()
+        for header in request.headers.getall("Accept", [])
+        for part in header.split(",")
+    }
+    if not accepted & set(oci.MANIFEST_TYPES) or media_type in accepted:
+        return
+    if accepted & {"*/*", "application/*"}:
+        return
+    raise RegistryError(
+        "MANIFEST_UNKNOWN",
+        f"the manifest is stored as {media_type} and the origin does not convert it; "
+        f"the client accepts only {', '.join(sorted(accepted))}",
+        status=404,
+    )
+
+
+async def get_manifest(request: web.Request) -> web.Response:
+    repo = repo_name(request)
+    reference = parse_reference(request.match_info["reference"])
+    app = request.app
+    digest = await resolve_manifest(app, repo, reference)
+    media_type = app[REPOSITORIES].manifest_media_type(repo, digest)
+    if media_type is None or not app[STORE].has(digest):
+        raise manifest_unknown(repo, reference)
+    check_accept(request, media_type)
+    body = app[STORE].read_bytes(digest)
+    headers = {**API_HEADERS, "Docker-Content-Digest": str(digest), "Content-Type": media_type}
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(len(body))
+        return web.Response(headers=headers)
+    return web.Response(body=body, headers=headers)
+
+
+async def read_manifest_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refused with 413 SIZE_INVALID once it passes ``limit``."""
+    try:
+        return await read_limited(request.content, limit, "manifest", request.content_length)
+    except BodyTooLarge:
+        raise RegistryError(
+            "SIZE_INVALID",
+            f"manifest is larger than the origin's limit of {limit} bytes",
+            status=413,
+        ) from None
+    except (aiohttp.ClientError, ConnectionError):
+        raise RegistryError("MANIFEST_INVALID", "the manifest body ended early") from None
+
+
+def missing_references(app: web.Application, repo: str, parsed: oci.ParsedManifest) -> list[str]:
+    """Blobs and child manifests the manifest names that ``repo`` does not have."""
+    repos, store = app[REPOSITORIES], app[STORE]
+    missing = [
+        str(d.digest)
+        for d in parsed.blob_references()
+        if not (repos.has_blob(repo, d.digest) and store.has(d.digest))
+    ]
+    missing += [
+        str(m.digest) for m in parsed.manifests if repos.manifest_media_type(repo, m.digest) is None
+    ]
+    return missing
+
+
+async def put_manifest(request: web.Request) -> web.Response:
+    repo = repo_name(request)
+    reference = parse_reference(request.match_info["reference"])
+    app = request.app
+    body = await read_manifest_body(request, app[CONFIG].max_manifest_size)
+    try:
+        parsed = oci.parse_manifest(body, request.headers.get("Content-Type"))
+    except oci.ManifestError as exc:
+        raise RegistryError("MANIFEST_INVALID", str(exc)) from None
+    digest = Digest.of_bytes(body)
+    if isinstance(reference, Digest) and reference != digest:
+        raise RegistryError(
+            "DIGEST_INVALID", f"manifest bytes hash to {digest}, not to {reference} in the URL"
+        )
+    missing = missing_references(app, repo, parsed)
+    if missing:
+        raise RegistryError(
+            "MANIFEST_BLOB_UNKNOWN",
+            f"push these to {repo} before the manifest: {', '.join(missing[:10])}",
+            detail={"missing": missing},
+        )
+    await asyncio.to_thread(store_manifest, app, repo, digest, body, parsed)  # fsyncs
+    log.info("manifest.pushed repo=%s reference=%s digest=%s", repo, reference, digest)
+    if isinstance(reference, str):
+        await move_tag(app, repo, reference, digest)
+    headers = {
+        **API_HEADERS,
+        "Location": f"/v2/{repo}/manifests/{digest}",
+        "Docker-Content-Digest": str(digest),
+    }
+    if parsed.subject is not None:  # this origin implements the referrers API
+        headers["OCI-Subject"] = str(parsed.subject.digest)
+    return web.Response(status=201, headers=headers)
+
+
+def store_manifest(
+    app: web.Application, repo: str, digest: Digest, body: bytes, parsed: oci.ParsedManifest
+) -> None:
+    """Bytes, link, and (with a subject) the referrers entry; blocking, run in a thread."""
+    app[STORE].put_bytes(body, digest)
+    app[REPOSITORIES].link_manifest(repo, digest, parsed.media_type)
+    if parsed.subject is not None:
+        descriptor = referrer_descriptor(digest, len(body), parsed)
+        app[REPOSITORIES].link_referrer(repo, parsed.subject.digest, descriptor)
+
+
+def referrer_descriptor(digest: Digest, size: int, parsed: oci.ParsedManifest) -> dict[str, Any]:
+    """The descriptor the referrers API lists for a manifest (distribution spec v1.1).
+
+    ``artifactType`` is the manifest's own, else its config's media type.
+    """
+    descriptor: dict[str, Any] = {
+        "mediaType": parsed.media_type,
+        "digest": str(digest),
+        "size": size,
+    }
+    artifact_type = parsed.artifact_type or (parsed.config.media_type if parsed.config else None)
+    if artifact_type:
+        descriptor["artifactType"] = artifact_type
+    if parsed.annotations:
+        descriptor["annotations"] = parsed.annotations
+    return descriptor
+
+
+async def delete_manifest(request: web.Request) -> web.Response:
+    """By tag: remove the tag. By digest: remove the manifest and the tags pointing to it."""
+    repo = repo_name(request)
+    reference = parse_reference(request.match_info["reference"])
+    app = request.app
+    if isinstance(reference, str):
+        if await delete_tag(app, repo, reference) is None:
+            raise manifest_unknown(repo, reference)
+        return web.Response(status=202, headers=API_HEADERS)
+    if not app[REPOSITORIES].unlink_manifest(repo, reference):
+        raise manifest_unknown(repo, reference)
+    for tag in app[REPOSITORIES].tags_pointing_to(repo, reference):
+        await delete_tag(app, repo, tag)
+    return web.Response(status=202, headers=API_HEADERS)
+
+
+def routes() -> list[web.RouteDef]:
+    path = "/v2/{name:.+}/manifests/{reference}"
+    return [
+        web.get(path, get_manifest, name="manifest"),
+        web.put(path, put_manifest, name="manifest_put"),
+        web.delete(path, delete_manifest, name="manifest_delete"),
+    ]

@@ -1,0 +1,171 @@
+"""Piece claims: the origin hands each node of a herd different pieces to fetch from it.
+
+A herd is many nodes wanting one blob at once. If each fetched whatever it
+liked from the origin, the origin would send popular pieces many times and
+its link, the herd's bottleneck, would carry the blob several times over
+(measured: 1.35-1.7x with libtorrent choosing, docs/swarm.md). So nodes ask
+the origin which pieces to take from it:
+
+* ``POST /krill/v1/claims/<digest>``: the next chunk of the blob nobody has
+  been given yet in this round (16 pieces, fewer towards the end), as
+  ``{"first": i, "end": j, "piece_length": n}`` (pieces ``i..j-1`` of the
+  blob's torrent), or ``204 No Content`` once every
+  chunk has been handed out: the node then gets the rest from its peers.
+* ``GET /krill/v1/blobs/<digest>`` (with ``Range``): the blob's bytes by
+  digest, for the claimed pieces, sent with sendfile like any blob.
+
+Each node fetches its chunk over HTTP and hands the pieces to libtorrent,
+which checks them and offers them to the other nodes, so the origin sends
+each piece about once and keeps its link full from the first second. A
+round ends ``round_idle`` seconds after its last chunk was handed out (a
+204 does not extend it); the next herd, which may find nobody left holding
+the blob, starts a new one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from krill.blobstore import BlobStore
+from krill.digests import Digest, DigestError
+from krill.metainfo import piece_count, piece_length_for
+from krill.origin.blob_routes import stored_file_response
+from krill.registry_errors import RegistryError
+
+# Pieces per claim: large enough that a node claims rarely (one small request per
+# chunk), small enough that a herd of a few dozen nodes all get a chunk at once
+# (a 64 MiB blob has 1024 pieces of 64 KiB: 64 chunks).
+CHUNK_PIECES = 16
+# A round of claims ends after this long without a claim (a herd claims every few
+# seconds at most while it pulls).
+ROUND_IDLE_SECONDS = 30.0
+# Blobs whose rounds are remembered at once (oldest forgotten first).
+MAX_ROUNDS = 4096
+
+
+@dataclass
+class _Round:
+    pieces: int
+    next_piece: int
+    last_claim: float
+
+
+class PieceClaims:
+    """Chunks of each blob's pieces, handed out once per round, in order.
+
+    A chunk is ``chunk_pieces`` pieces, or 1/``chunk_pieces`` of what is left of
+    the round if that is less (so the last chunks are single pieces).
+    """
+
+    def __init__(
+        self,
+        chunk_pieces: int = CHUNK_PIECES,
+        round_idle: float = ROUND_IDLE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.chunk_pieces = chunk_pieces
+        self.round_idle = round_idle
+        self._clock = clock
+        self._rounds: OrderedDict[Digest, _Round] = OrderedDict()
+        self.claims_issued = 0  # chunks handed out (tests, benchmarks)
+        self.bytes_requested = 0  # bytes asked for through GET /krill/v1/blobs/<digest>
+
+    def claim(self, digest: Digest, size: int) -> range | None:
+        """The next unclaimed pieces of ``digest`` in this round, or None when all are out."""
+        piece_length = piece_length_for(size)
+        pieces = piece_count(size, piece_length)
+        now = self._clock()
+        current = self._rounds.get(digest)
+        if current is None or now - current.last_claim > self.round_idle:
+            current = _Round(pieces=pieces, next_piece=0, last_claim=now)
+        self._rounds[digest] = current
+        self._rounds.move_to_end(digest)
+        while len(self._rounds) > MAX_ROUNDS:
+            self._rounds.popitem(last=False)
+        remaining = current.pieces - current.next_piece
+        if remaining <= 0:
+            return None
+        # Chunks shrink towards the end of a round (guided self-scheduling): the last
+        # pieces are spread over many nodes instead of all waiting on the one node
+        # that claimed a full last chunk and must pass it to everyone.
+        count = max(1, min(self.chunk_pieces, -(-remaining // self.chunk_pieces)))
+        first = current.next_piece
+        current.next_piece += count
+        current.last_claim = now
+        self.claims_issued += 1
+        return range(first, current.next_piece)
+
+
+_CLAIMS_KEY = web.AppKey("piece_claims", PieceClaims)
+_STORE_KEY = web.AppKey("piece_store", BlobStore)
+
+
+def install_piece_claims(app: web.Application, store: BlobStore) -> None:
+    """Add the claim and blob-by-digest routes, serving blobs from ``store``."""
+    app[_CLAIMS_KEY] = PieceClaims()
+    app[_STORE_KEY] = store
+    app.router.add_post("/krill/v1/claims/{digest}", _handle_claim, name="piece_claim")
+    app.router.add_get("/krill/v1/blobs/{digest}", _handle_blob, name="piece_blob")
+
+
+def _stored_digest(request: web.Request) -> Digest:
+    try:
+        digest = Digest.parse(request.match_info["digest"])
+    except DigestError as exc:
+        raise RegistryError("DIGEST_INVALID", str(exc)) from exc
+    if not request.app[_STORE_KEY].has(digest):
+        raise RegistryError("BLOB_UNKNOWN", f"no blob {digest} on this origin")
+    return digest
+
+
+async def _handle_claim(request: web.Request) -> web.Response:
+    try:
+        digest = _stored_digest(request)
+        size = request.app[_STORE_KEY].path(digest).stat().st_size
+    except RegistryError as exc:
+        return exc.response()
+    except FileNotFoundError:  # deleted since the check
+        return RegistryError("BLOB_UNKNOWN", "the blob was deleted").response()
+    claimed = request.app[_CLAIMS_KEY].claim(digest, size)
+    if claimed is None:
+        return web.Response(status=204)
+    return web.json_response(
+        {"first": claimed.start, "end": claimed.stop, "piece_length": piece_length_for(size)}
+    )
+
+
+def piece_claims(app: web.Application) -> PieceClaims:
+    """The app's claim book (its counters show how much went out over HTTP)."""
+    return app[_CLAIMS_KEY]
+
+
+async def _handle_blob(request: web.Request) -> web.StreamResponse:
+    try:
+        digest = _stored_digest(request)
+        path = request.app[_STORE_KEY].path(digest)
+        size = path.stat().st_size
+    except RegistryError as exc:
+        return exc.response()
+    except FileNotFoundError:
+        return RegistryError("BLOB_UNKNOWN", "the blob was deleted").response()
+    if request.method == "GET":  # HEAD sends no body
+        request.app[_CLAIMS_KEY].bytes_requested += _requested_length(request, size)
+    return stored_file_response(path, digest)
+
+
+def _requested_length(request: web.Request, size: int) -> int:
+    """Bytes a GET asks for (after Range); 0 for a malformed Range, which gets a 416."""
+    try:
+        wanted = request.http_range
+    except ValueError:
+        return 0
+    if wanted.start is not None and wanted.start < 0:  # "bytes=-N": the last N bytes
+        return min(size, -wanted.start)
+    start = wanted.start or 0
+    stop = size if wanted.stop is None else min(wanted.stop, size)
+    return max(0, stop - start)

@@ -1,0 +1,156 @@
+"""Origin seeding: serve each blob's metainfo and seed the blob into the swarm.
+
+``install_seeding`` adds to an origin's aiohttp app:
+
+* ``GET /krill/v1/metainfo/<digest>``: the blob's deterministic torrent
+  (``krill.metainfo.make_metainfo``), generated once per blob and kept as
+  the blob's ``.torrent`` sidecar in the store. The first request for a
+  blob's metainfo also starts seeding it: asking for metainfo is what a
+  node does right before joining the swarm, so the origin is there when
+  the first peer arrives, and blobs nobody pulls cost no torrent.
+* ``POST /krill/v1/claims/<digest>`` and ``GET /krill/v1/blobs/<digest>``:
+  each node of a herd takes different pieces straight from the origin
+  (``origin.piececlaims``), so the origin sends each piece about once;
+* a cleanup context running one ``SwarmEngine`` (origin mode) for the app's
+  lifetime; it announces to the tracker and drops torrents idle for
+  ``settings.seed_ttl``.
+
+Pieces are read from the store file in place (see ``SwarmEngine.seed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from krill.atomicfile import write_atomic
+from krill.blobstore import BlobStore
+from krill.config import parse_hostport
+from krill.digests import Digest, DigestError
+from krill.metainfo import METAINFO_CONTENT_TYPE, MetainfoError, check_metainfo, make_metainfo
+from krill.origin.appkeys import BLOB_PUSHED
+from krill.origin.piececlaims import install_piece_claims
+from krill.registry_errors import RegistryError
+from krill.swarm import SwarmEngine, SwarmSettings
+
+if TYPE_CHECKING:
+    from krill.origin.config import OriginConfig
+
+log = logging.getLogger(__name__)
+
+SWARM_ENGINE_KEY = web.AppKey("swarm_engine", SwarmEngine)
+_METAINFO_KEY = web.AppKey("metainfo_sidecars", "MetainfoSidecars")
+
+
+class MetainfoSidecars:
+    """Metainfo per blob, made once and stored beside it; concurrent misses share the work."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+        self._inflight: dict[Digest, asyncio.Task[bytes]] = {}
+
+    async def get(self, digest: Digest) -> bytes:
+        return await asyncio.shield(self.start(digest))
+
+    def start(self, digest: Digest) -> asyncio.Task[bytes]:
+        """The (shared) task loading or making ``digest``'s metainfo; started if need be."""
+        task = self._inflight.get(digest)
+        if task is None:
+            task = asyncio.create_task(asyncio.to_thread(self._load_or_make, digest))
+            self._inflight[digest] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(digest, None))
+        return task
+
+    def _load_or_make(self, digest: Digest) -> bytes:
+        """The blob's sidecar torrent; a missing or damaged one is made again."""
+        sidecar = self._store.sidecar_path(digest, "torrent")
+        try:
+            metainfo = sidecar.read_bytes()
+            check_metainfo(metainfo, digest)
+            return metainfo
+        except FileNotFoundError:
+            pass
+        except MetainfoError as exc:  # cut short by a crash, say: derived data, so rebuild it
+            log.warning("origin.metainfo_damaged digest=%s error=%s", digest, exc)
+        metainfo = make_metainfo(self._store.path(digest), digest)
+        write_atomic(sidecar, metainfo)
+        log.info("origin.metainfo_made digest=%s bytes=%d", digest, len(metainfo))
+        return metainfo
+
+
+def _prepare_metainfo(app: web.Application, digest: Digest) -> None:
+    """Make a just-pushed blob's metainfo now, in the background.
+
+    Otherwise the first node to pull the blob waits while the origin hashes it
+    (SHA-1 of every piece: about half a second per GiB here), and with it the
+    whole herd that asked at the same moment.
+    """
+    app[_METAINFO_KEY].start(digest).add_done_callback(_log_metainfo_failure)
+
+
+def _log_metainfo_failure(task: asyncio.Task[bytes]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("origin.metainfo_prepare_failed error=%s", task.exception())
+
+
+def announce_url(tracker: str) -> str:
+    """A tracker given as base URL or announce URL, as the announce URL libtorrent needs."""
+    tracker = tracker.rstrip("/")
+    return tracker if tracker.endswith("/announce") else tracker + "/announce"
+
+
+def swarm_settings_for(config: OriginConfig) -> SwarmSettings:
+    """Swarm settings from the origin's config (``tracker``, ``peer_port``, ``seed_ttl``,
+    ``super_seed``).
+
+    libtorrent listens on the same host as the registry, so an origin reachable
+    at its HTTP address is reachable by peers too.
+    """
+    host, _ = parse_hostport(config.listen)
+    return SwarmSettings(
+        tracker_url=announce_url(config.tracker),
+        listen_host=host,
+        peer_port=config.peer_port,
+        seed_ttl=config.seed_ttl,
+        origin=True,
+        super_seeding=config.super_seed,
+    )
+
+
+def install_seeding(app: web.Application, store: BlobStore, settings: SwarmSettings) -> None:
+    """Add the metainfo route and a SwarmEngine (origin mode) living as long as ``app``."""
+    settings = dataclasses.replace(settings, origin=True)
+    app[_METAINFO_KEY] = MetainfoSidecars(store)
+
+    async def swarm_engine(app: web.Application) -> AsyncIterator[None]:
+        async with SwarmEngine(settings, store) as engine:
+            app[SWARM_ENGINE_KEY] = engine
+            yield
+
+    app.cleanup_ctx.append(swarm_engine)
+    app.router.add_get("/krill/v1/metainfo/{digest}", _handle_metainfo)
+    pushed_hooks = app.get(BLOB_PUSHED)
+    if pushed_hooks is not None:  # the full origin app (tests may install on a bare one)
+        pushed_hooks.append(lambda digest: _prepare_metainfo(app, digest))
+    install_piece_claims(app, store)
+
+
+async def _handle_metainfo(request: web.Request) -> web.Response:
+    try:
+        digest = Digest.parse(request.match_info["digest"])
+    except DigestError as exc:
+        return RegistryError("DIGEST_INVALID", str(exc)).response()
+    engine = request.app[SWARM_ENGINE_KEY]
+    if not engine.store.has(digest):
+        return RegistryError("BLOB_UNKNOWN", f"no blob {digest} on this origin").response()
+    try:
+        metainfo = await request.app[_METAINFO_KEY].get(digest)
+        await engine.seed(digest, metainfo)
+    except FileNotFoundError:  # deleted between the check and the hashing or seeding
+        return RegistryError("BLOB_UNKNOWN", f"no blob {digest} on this origin").response()
+    return web.Response(body=metainfo, content_type=METAINFO_CONTENT_TYPE)

@@ -1,0 +1,54 @@
+"""``krill tracker``: run the BitTorrent HTTP tracker."""
+
+from __future__ import annotations
+
+import argparse
+
+from krill.clierror import CliError
+from krill.config import load_config, parse_hostport
+from krill.logs import setup_logging
+from krill.tracker.config import TrackerConfig
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "tracker",
+        help="run the BitTorrent tracker (announce + metainfo)",
+        description="A BitTorrent HTTP tracker (BEP 3/23) that also serves blob metainfo.",
+    )
+    parser.add_argument("--listen", metavar="HOST:PORT", help="address to serve on")
+    parser.add_argument("--redis", metavar="URL", help="share peers through Redis (redis://...)")
+    parser.add_argument(
+        "--origin", metavar="URL", action="append",
+        help="origin to fetch metainfo from (repeatable, tried in order)",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML config file")
+    parser.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    flags = {
+        "listen": args.listen, "redis": args.redis, "origin": args.origin,
+        "log_level": args.log_level,
+    }
+    config = load_config(
+        TrackerConfig, file=args.config, env_prefix="KRILL_TRACKER_", flags=flags
+    )
+    setup_logging(config.log_level)
+    # Imported here, not at the top: every `krill` command builds this parser.
+    from aiohttp import web
+    from redis.exceptions import RedisError
+
+    from krill.tracker.server import create_app  # after logging is set up
+
+    host, port = parse_hostport(config.listen)
+    try:
+        web.run_app(create_app(config), host=host, port=port, print=None, access_log=None)
+    except RedisError as exc:
+
+        raise CliError(f"cannot use Redis at {config.redis}: {exc}; is it running?") from None
+    except OSError as exc:
+
+        raise CliError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
+    return 0

@@ -1,0 +1,212 @@
+"""The tracker's HTTP server: announce, metainfo, health and metrics.
+
+``GET /announce`` is BEP 3 with BEP 23 compact peer lists (and BEP 7
+``peers6``); every bad request is answered HTTP 200 with a bencoded
+``failure reason``, which is how BitTorrent clients surface tracker errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+
+from krill import bencode
+from krill.digests import Digest, DigestError
+from krill.metainfo import METAINFO_CONTENT_TYPE
+from krill.tracker.announce import (
+    AnnounceError,
+    choose_peers,
+    compact_peers,
+    parse_announce,
+    parse_query,
+)
+from krill.tracker.config import TrackerConfig
+from krill.tracker.metainfo_cache import MetainfoCache, MetainfoUnavailable
+from krill.tracker.peerstore import (
+    MemoryPeerStore,
+    PeerEntry,
+    PeerStore,
+    RedisPeerStore,
+    sweep_interval,
+)
+
+log = logging.getLogger(__name__)
+
+STORE_KEY = web.AppKey("peer_store", PeerStore)
+CONFIG_KEY = web.AppKey("config", TrackerConfig)
+METAINFO_KEY = web.AppKey("metainfo", MetainfoCache)
+METRICS_KEY = web.AppKey("metrics", "TrackerMetrics")
+
+
+class TrackerMetrics:
+    """Per-app Prometheus registry (so several trackers can live in one test process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.announces = Counter(
+            "krill_tracker_announces", "Announces handled", ["event", "result"],
+            registry=self.registry,
+        )
+        self.peers_returned = Counter(
+            "krill_tracker_peers_returned", "Peers handed out in announce answers",
+            registry=self.registry,
+        )
+        self.metainfo_requests = Counter(
+            "krill_tracker_metainfo_requests", "Metainfo requests", ["result"],
+            registry=self.registry,
+        )
+        self.swarms = Gauge("krill_tracker_swarms", "Swarms known", registry=self.registry)
+
+
+def create_app(config: TrackerConfig) -> web.Application:
+    app = web.Application()
+    app[CONFIG_KEY] = config
+    app[METRICS_KEY] = TrackerMetrics()
+    app[METAINFO_KEY] = MetainfoCache(
+        config.origin, config.metainfo_cache_entries, config.metainfo_timeout
+    )
+    app.cleanup_ctx.append(_peer_store_context)
+    app.cleanup_ctx.append(_sweeper_context)
+    app.cleanup_ctx.append(_metainfo_context)
+    app.router.add_get("/announce", handle_announce)
+    app.router.add_get("/krill/v1/metainfo/{digest}", handle_metainfo)
+    app.router.add_get("/metainfo/{digest}", handle_metainfo)
+    app.router.add_get("/health", handle_health)
+    app.router.add_get("/metrics", handle_metrics)
+    return app
+
+
+async def _peer_store_context(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG_KEY]
+    store: PeerStore
+    if config.redis:
+        redis_store = RedisPeerStore(config.redis)
+        await redis_store.ping()  # fail at start-up, not on the first announce
+        store = redis_store
+    else:
+        store = MemoryPeerStore()
+    app[STORE_KEY] = store
+    log.info("tracker.peer_store kind=%s", "redis" if config.redis else "memory")
+    yield
+    await store.close()
+
+
+async def _sweeper_context(app: web.Application) -> AsyncIterator[None]:
+    """Periodically forget expired peers, even in swarms nobody announces to any more."""
+    task = asyncio.create_task(_sweep_forever(app[STORE_KEY], app[CONFIG_KEY].peer_ttl))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _sweep_forever(store: PeerStore, peer_ttl: int) -> None:
+    while True:
+        await asyncio.sleep(sweep_interval(peer_ttl))
+        try:
+            dropped = await store.sweep()
+        except Exception:  # a Redis hiccup must not end sweeping for good
+            log.warning("tracker.sweep_failed", exc_info=True)
+            continue
+        if dropped:
+            log.debug("tracker.swept peers=%d", dropped)
+
+
+async def _metainfo_context(app: web.Application) -> AsyncIterator[None]:
+    await app[METAINFO_KEY].start()
+    yield
+    await app[METAINFO_KEY].close()
+
+
+def bencoded(value: dict[str, object]) -> web.Response:
+    return web.Response(body=bencode.encode(value), content_type="text/plain")
+
+
+async def handle_announce(request: web.Request) -> web.Response:
+    config = request.app[CONFIG_KEY]
+    metrics = request.app[METRICS_KEY]
+    try:
+        announce = parse_announce(
+            parse_query(request.rel_url.raw_query_string),
+            request.remote or "0.0.0.0",
+            default_numwant=config.default_numwant,
+            max_numwant=config.max_numwant,
+        )
+    except AnnounceError as exc:
+        metrics.announces.labels(event="invalid", result="failure").inc()
+        log.info("tracker.announce_refused remote=%s reason=%r", request.remote, str(exc))
+        return bencoded({"failure reason": str(exc)})
+    store = request.app[STORE_KEY]
+    if announce.event == "stopped":
+        await store.remove(announce.info_hash, announce.ip, announce.port)
+    else:
+        entry = PeerEntry(
+            announce.ip, announce.port, announce.seeder, announce.origin,
+            time.time() + config.peer_ttl,
+        )
+        await store.upsert(announce.info_hash, entry, config.peer_ttl)
+    peers = await store.peers(announce.info_hash)
+    handout = [] if announce.event == "stopped" else choose_peers(peers, announce)
+    metrics.announces.labels(event=announce.event or "none", result="ok").inc()
+    metrics.peers_returned.inc(len(handout))
+    log.debug(
+        "tracker.announce info_hash=%s peer=%s:%d event=%s left=%d handed=%d",
+        announce.info_hash.hex(), announce.ip, announce.port, announce.event or "none",
+        announce.left, len(handout),
+    )
+    seeders = sum(1 for p in peers if p.seeder)
+    answer: dict[str, object] = {
+        "interval": config.interval,
+        "min interval": config.min_interval,
+        "complete": seeders,
+        "incomplete": len(peers) - seeders,
+    }
+    if announce.compact:
+        v4, v6 = compact_peers(handout)
+        answer["peers"] = v4
+        if v6:
+            answer["peers6"] = v6
+    else:
+        answer["peers"] = [{"ip": p.ip, "port": p.port} for p in handout]
+    return bencoded(answer)
+
+
+async def handle_metainfo(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS_KEY]
+    try:
+        digest = Digest.parse(request.match_info["digest"])
+    except DigestError as exc:
+        metrics.metainfo_requests.labels(result="invalid").inc()
+        raise web.HTTPBadRequest(text=f"{exc}\n") from None
+    try:
+        body = await request.app[METAINFO_KEY].get(digest)
+    except MetainfoUnavailable as exc:
+        metrics.metainfo_requests.labels(result="unavailable").inc()
+        raise web.HTTPNotFound(
+            text=f"no origin could provide metainfo for {digest}: {exc}\n"
+        ) from None
+    metrics.metainfo_requests.labels(result="ok").inc()
+    return web.Response(body=body, content_type=METAINFO_CONTENT_TYPE)
+
+
+async def handle_health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS_KEY]
+    metrics.swarms.set(await request.app[STORE_KEY].swarm_count())
+    body = generate_latest(metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
