@@ -1,0 +1,1 @@
+"""Agent and tracker fixtures shared by the suite (see tests/conftest.py)."""

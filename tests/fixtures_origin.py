@@ -1,0 +1,1 @@
+"""Origin fixtures shared by the suite (see tests/conftest.py)."""
