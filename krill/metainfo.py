@@ -35,14 +35,12 @@ from pathlib import Path
 import aiohttp
 
 from krill import bencode
-from krill.bodies import BodyTooLarge, read_limited
 from krill.digests import Digest
 
 MIN_PIECE_LENGTH = 64 * 1024
 MAX_PIECE_LENGTH = 16 * 1024 * 1024
 TARGET_PIECES = 2048
 
-METAINFO_PATH = "/krill/v1/metainfo/"
 METAINFO_CONTENT_TYPE = "application/x-bittorrent"
 MAX_METAINFO_BYTES = 1 << 20  # 16 MiB pieces: even a 32 GiB blob needs only 40 KB
 
@@ -145,21 +143,11 @@ async def fetch_metainfo(
     """GET ``{base_url}/krill/v1/metainfo/<digest>`` (origin or tracker) and check it.
 
     Raises MetainfoError with the server's status and message when it fails,
-    so the caller can say which server lacked the blob.
+    so the caller can say which server lacked the blob. The request itself is
+    ``krill.originclient.OriginClient.metainfo``; this is the same call for
+    code that holds a session and a URL rather than a client.
     """
-    url = base_url.rstrip("/") + METAINFO_PATH + str(digest)
-    try:
-        async with session.get(url) as response:
-            body = await read_limited(
-                response.content, MAX_METAINFO_BYTES, f"GET {url} answer",
-                declared=response.content_length,
-            )
-            if response.status != 200:
-                detail = body[:200].decode(errors="replace")
-                raise MetainfoError(f"GET {url} answered {response.status}: {detail}")
-    except BodyTooLarge as exc:
-        raise MetainfoError(str(exc)) from None
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise MetainfoError(f"GET {url} failed: {exc!r}") from exc
-    check_metainfo(body, digest)
-    return body
+    # Imported here: originclient imports this module for MetainfoError and the check.
+    from krill.originclient import OriginClient
+
+    return await OriginClient(session, base_url).metainfo(digest)
