@@ -161,7 +161,8 @@ def choose_peers(
 
 def compact_peers(peers: list[PeerEntry]) -> tuple[bytes, bytes]:
     """BEP 23 (IPv4, 6 bytes each) and BEP 7 (IPv6, 18 bytes each) compact lists."""
-    v4, v6 = [], []
+    v4: list[bytes] = []
+    v6: list[bytes] = []
     for peer in peers:
         try:
             address = ipaddress.ip_address(peer.ip)

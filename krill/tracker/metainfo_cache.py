@@ -2,7 +2,9 @@
 
 Agents ask the tracker rather than the origin for metainfo so a herd of
 nodes starting the same pull costs the origin one metainfo request, not one
-per node. Concurrent misses for one digest share a single fetch.
+per node. Concurrent misses for one digest share a single fetch
+(``krill.singleflight``: a client hanging up does not cancel the fetch the
+others wait on).
 
 Origins are asked one at a time, each for at most ``origin_timeout``
 seconds (agents give up on the swarm after a few seconds, so an origin that
@@ -22,7 +24,11 @@ from collections import OrderedDict
 import aiohttp
 
 from krill.digests import Digest
-from krill.metainfo import MetainfoError, fetch_metainfo
+from krill.metainfo import MetainfoError
+from krill.originclient import OriginClient
+from krill.singleflight import SingleFlight
+
+__all__ = ["MetainfoCache", "MetainfoUnavailable"]
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +46,7 @@ class MetainfoCache:
         self._origin_timeout = origin_timeout
         self._last_good: str | None = None
         self._entries: OrderedDict[Digest, bytes] = OrderedDict()
-        self._inflight: dict[Digest, asyncio.Task[bytes]] = {}
+        self._fetches: SingleFlight[bytes] = SingleFlight()
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -48,8 +54,7 @@ class MetainfoCache:
         self._session = aiohttp.ClientSession(timeout=timeout)
 
     async def close(self) -> None:
-        for task in self._inflight.values():
-            task.cancel()
+        await self._fetches.close()
         if self._session is not None:
             await self._session.close()
 
@@ -61,13 +66,7 @@ class MetainfoCache:
         if cached is not None:
             self._entries.move_to_end(digest)
             return cached
-        task = self._inflight.get(digest)
-        if task is None:
-            task = asyncio.create_task(self._fetch(digest))
-            self._inflight[digest] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(digest, None))
-        # shield: one impatient client hanging up must not cancel the fetch others wait on.
-        return await asyncio.shield(task)
+        return await self._fetches.run(digest, lambda: self._fetch(digest))
 
     async def _fetch(self, digest: Digest) -> bytes:
         if not self._origins:
@@ -106,7 +105,7 @@ class MetainfoCache:
         try:
             # The session's total timeout covers the request; this also bounds the check.
             async with asyncio.timeout(self._origin_timeout):
-                return await fetch_metainfo(self._session, origin, digest)
+                return await OriginClient(self._session, origin).metainfo(digest)
         except TimeoutError:
             raise MetainfoError(
                 f"{origin} did not answer within {self._origin_timeout:g}s"

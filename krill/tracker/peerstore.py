@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import redis.asyncio as aioredis
 
@@ -165,7 +165,10 @@ class RedisPeerStore:
 
     async def _snapshot(self, key: str) -> dict[bytes, bytes]:
         """The swarm's hash as it is now (a separate step so tests can interleave other writers)."""
-        return await self._redis.hgetall(key)
+        raw = await self._redis.hgetall(key)
+        # The client is made without decode_responses, so redis-py hands back bytes;
+        # its stubs cannot know that and say bytes | str.
+        return cast(dict[bytes, bytes], raw)
 
     def _key(self, info_hash: bytes) -> str:
         return self.PREFIX + info_hash.hex()

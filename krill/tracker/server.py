@@ -24,6 +24,7 @@ from prometheus_client import (
 
 from krill import bencode
 from krill.digests import Digest, DigestError
+from krill.endpoints import METAINFO
 from krill.metainfo import METAINFO_CONTENT_TYPE
 from krill.tracker.announce import (
     AnnounceError,
@@ -43,11 +44,6 @@ from krill.tracker.peerstore import (
 )
 
 log = logging.getLogger(__name__)
-
-STORE_KEY = web.AppKey("peer_store", PeerStore)
-CONFIG_KEY = web.AppKey("config", TrackerConfig)
-METAINFO_KEY = web.AppKey("metainfo", MetainfoCache)
-METRICS_KEY = web.AppKey("metrics", "TrackerMetrics")
 
 
 class TrackerMetrics:
@@ -70,6 +66,12 @@ class TrackerMetrics:
         self.swarms = Gauge("krill_tracker_swarms", "Swarms known", registry=self.registry)
 
 
+STORE_KEY = web.AppKey("peer_store", PeerStore)
+CONFIG_KEY = web.AppKey("config", TrackerConfig)
+METAINFO_KEY = web.AppKey("metainfo", MetainfoCache)
+METRICS_KEY = web.AppKey("metrics", TrackerMetrics)
+
+
 def create_app(config: TrackerConfig) -> web.Application:
     app = web.Application()
     app[CONFIG_KEY] = config
@@ -81,7 +83,7 @@ def create_app(config: TrackerConfig) -> web.Application:
     app.cleanup_ctx.append(_sweeper_context)
     app.cleanup_ctx.append(_metainfo_context)
     app.router.add_get("/announce", handle_announce)
-    app.router.add_get("/krill/v1/metainfo/{digest}", handle_metainfo)
+    app.router.add_get(METAINFO.route, handle_metainfo)
     app.router.add_get("/metainfo/{digest}", handle_metainfo)
     app.router.add_get("/health", handle_health)
     app.router.add_get("/metrics", handle_metrics)
