@@ -1,0 +1,21 @@
+"""Build of Krill's C extension; the package metadata lives in pyproject.toml.
+
+krill._goflate (krill/_native/goflate.c) reproduces Go's compress/flate output
+byte for byte, for the ``gzip-go`` recompression recipe (krill/delta/gogzip.py).
+An editable install builds it only at install time: scripts/lib/setup.sh
+reinstalls when this file or krill/_native/* change.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "krill._goflate",
+            sources=["krill/_native/goflate.c"],
+            # -O2 as the issue asks; -fno-strict-overflow keeps Go's wrapping int arithmetic
+            # from being assumed away where C would call it undefined.
+            extra_compile_args=["-O2", "-std=c11", "-fno-strict-overflow"],
+        )
+    ],
+)

@@ -1,0 +1,92 @@
+// Command goflate is the oracle for Krill's Go gzip recipe (tests/test_gogzip.py):
+// it gzips stdin to stdout with Go's own compress/gzip, as Docker, BuildKit,
+// crane and ko do, so the tests can compare Krill's C port byte for byte.
+//
+//	goflate LEVEL [CHUNK] [-raw]
+//
+// LEVEL is a compress/gzip level (-2 HuffmanOnly … 9). CHUNK > 0 writes the
+// input in Write calls of CHUNK bytes (0, the default: one Write of all of
+// it). -raw writes the bare deflate stream, without gzip framing.
+// Standard library only, so `go build` needs no network.
+package main
+
+import (
+	"bufio"
+	"compress/flate"
+	"compress/gzip"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "goflate:", err)
+		os.Exit(2)
+	}
+}
+
+func run(args []string) error {
+	raw := false
+	var pos []int
+	for _, a := range args {
+		if a == "-raw" {
+			raw = true
+			continue
+		}
+		n, err := strconv.Atoi(a)
+		if err != nil {
+			return fmt.Errorf("bad argument %q (usage: goflate LEVEL [CHUNK] [-raw])", a)
+		}
+		pos = append(pos, n)
+	}
+	if len(pos) < 1 || len(pos) > 2 {
+		return fmt.Errorf("usage: goflate LEVEL [CHUNK] [-raw]")
+	}
+	level, chunk := pos[0], 0
+	if len(pos) == 2 {
+		chunk = pos[1]
+	}
+	out := bufio.NewWriterSize(os.Stdout, 1<<20)
+	var w io.WriteCloser
+	var err error
+	if raw {
+		w, err = flate.NewWriter(out, level)
+	} else {
+		w, err = gzip.NewWriterLevel(out, level)
+	}
+	if err != nil {
+		return err
+	}
+	if chunk <= 0 {
+		data, err := io.ReadAll(os.Stdin)
+		if err != nil {
+			return err
+		}
+		if _, err := w.Write(data); err != nil {
+			return err
+		}
+	} else {
+		buf := make([]byte, chunk)
+		in := bufio.NewReaderSize(os.Stdin, 1<<20)
+		for {
+			n, err := io.ReadFull(in, buf)
+			if n > 0 {
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					return werr
+				}
+			}
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				break
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	return out.Flush()
+}
