@@ -320,7 +320,7 @@ def test_crafted_hdiff_ops_are_refused(
 def test_hdiff_op_rebuilds_exactly(tmp_path: Path, pair: tuple[Path, Path, bytes]) -> None:
     """The same op, uncorrupted, decodes to ``new``; only the layer digest then differs."""
     from krill.delta import hdiff
-    from krill.delta.apply import _decode_content
+    from krill.delta.opdecode import decode_content as _decode_content
 
     base, _, _ = pair
     old = _base_tar_head(base, 4096)
@@ -446,7 +446,7 @@ def test_meta_ops_count_against_the_in_flight_budget(
     """
     import tracemalloc
 
-    from krill.delta.apply import IN_FLIGHT_BYTES
+    from krill.delta.opqueue import IN_FLIGHT_BYTES
 
     base, delta, _ = pair
     crafted = tmp_path / "meta.krd"

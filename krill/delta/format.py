@@ -154,13 +154,18 @@ def read_header(f: BinaryIO) -> DeltaHeader:
         target=LayerInfo.from_json(doc.get("target"), "target"),
         recipe=_recipe_doc(doc.get("recipe")),
         meta=_meta_params(doc.get("meta")),
-        stats=doc.get("stats") if isinstance(doc.get("stats"), dict) else {},
+        stats=_stats(doc.get("stats")),
     )
 
 
 def _refuse_json_constant(name: str) -> Any:
     """NaN and Infinity are not JSON; Python would accept them and fail later (int(inf))."""
     raise DeltaFormatError(f"delta header is not JSON: {name} is not a JSON number")
+
+
+def _stats(doc: Any) -> dict[str, int]:
+    """Informative counts: kept as the encoder wrote them, an empty dict if not an object."""
+    return doc if isinstance(doc, dict) else {}
 
 
 def _recipe_doc(doc: Any) -> dict[str, Any]:
