@@ -12,7 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 
@@ -27,12 +27,22 @@ def logged_process(
     *,
     append: bool = False,
     grace: float = 15.0,
-    **popen: object,
+    env: Mapping[str, str] | None = None,
+    start_new_session: bool = False,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``cmd`` with stdout and stderr in ``log_path``; stop it when the block ends."""
+    """Run ``cmd`` with stdout and stderr in ``log_path``; stop it when the block ends.
+
+    ``env`` replaces the environment (None: inherit ours); ``start_new_session``
+    keeps a terminal's Ctrl-C from reaching the process (its owner stops it).
+    """
     with open(log_path, "ab" if append else "wb") as log:
         proc = subprocess.Popen(
-            list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **popen
+            list(cmd),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=start_new_session,
         )
     try:
         yield proc

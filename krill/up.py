@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from types import FrameType
 
 from krill.clierror import CliError
 from krill.processes import ProcessFailed, logged_process, wait_http
@@ -72,11 +72,11 @@ def run(args: argparse.Namespace) -> int:
         logs = data / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         with contextlib.ExitStack() as services:
-            procs = []
+            procs: dict[str, subprocess.Popen[bytes]] = {}
             try:
                 for name, argv, health in service_commands(addresses, data):
-                    proc = services.enter_context(_service(name, argv, logs / f"{name}.log"))
-                    procs.append(proc)
+                    proc = services.enter_context(_service(argv, logs / f"{name}.log"))
+                    procs[name] = proc
                     wait_http(
                         health,
                         proc,
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
@@ -155,23 +155,22 @@ def _data_dir(requested: Path | None) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _service(name: str, argv: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def _service(argv: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     with logged_process(
         [sys.executable, "-m", "krill.cli", *argv],
         log_path,
         append=True,
         start_new_session=True,  # Ctrl-C reaches us, not them
     ) as proc:
-        proc.args = name  # type: ignore[misc]  # for _watch's message
         yield proc
 
 
-def _watch(procs: list[subprocess.Popen[bytes]]) -> None:
+def _watch(procs: dict[str, subprocess.Popen[bytes]]) -> None:
     """Block until Ctrl-C, or until a service dies (then say which; the caller stops the rest)."""
     while True:
-        for proc in procs:
+        for name, proc in procs.items():
             if proc.poll() is not None:
-                sys.stdout.write(f"{proc.args} exited with status {proc.returncode}; stopping\n")
+                sys.stdout.write(f"{name} exited with status {proc.returncode}; stopping\n")
                 return
         time.sleep(0.5)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import asdict, dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 from krill.digests import Digest, DigestError
 
@@ -158,7 +158,7 @@ def read_header(f: BinaryIO) -> DeltaHeader:
     )
 
 
-def _refuse_json_constant(name: str) -> Any:
+def _refuse_json_constant(name: str) -> NoReturn:
     """NaN and Infinity are not JSON; Python would accept them and fail later (int(inf))."""
     raise DeltaFormatError(f"delta header is not JSON: {name} is not a JSON number")
 
