@@ -22,6 +22,7 @@ from krill.agent.layers import MAX_BASES, LayerIndex
 from krill.blobstore import BlobStore
 from krill.delta import create_delta
 from krill.digests import Digest
+from krill.originclient import OriginClient
 from tests.imagebuild import Image, build_image, random_files, realistic_files
 
 REPO = "team/app"
@@ -128,7 +129,7 @@ async def _rebuilder(
     session = aiohttp.ClientSession()
     origin = str(server.make_url("")).rstrip("/")
     rebuilder = DeltaRebuilder(
-        session, origin, cache, index, metrics, lookup_timeout=lookup_timeout
+        OriginClient(session, origin), cache, index, metrics, lookup_timeout=lookup_timeout
     )
     return rebuilder, _layers(v2)[1], session
 
@@ -213,7 +214,9 @@ async def _rebuild_with(
     metrics = CountingMetrics()
     async with aiohttp.ClientSession() as session:
         origin = str(server.make_url("")).rstrip("/")
-        rebuilder = DeltaRebuilder(session, origin, cache, index, metrics, lookup_timeout=5.0)
+        rebuilder = DeltaRebuilder(
+            OriginClient(session, origin), cache, index, metrics, lookup_timeout=5.0
+        )
         ok = await rebuilder.rebuild(Digest.parse(target), REPO, ensure)
     await server.close()
     return ok, metrics, cache

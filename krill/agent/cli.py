@@ -13,9 +13,12 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from krill.clierror import CliError
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without loading aiohttp
+    import aiohttp
 
 DEFAULT_AGENT_API = "http://127.0.0.1:7400"
 
@@ -100,7 +103,6 @@ def run_preheat(args: argparse.Namespace) -> int:
 async def _preheat(agent: str, image: str, all_platforms: bool) -> int:
     import aiohttp
 
-
     bar = _ProgressBar(image)
     try:
         async with aiohttp.ClientSession() as session:
@@ -122,7 +124,7 @@ async def _preheat(agent: str, image: str, all_platforms: bool) -> int:
     return 0
 
 
-async def _error_message(response: Any) -> str:
+async def _error_message(response: aiohttp.ClientResponse) -> str:
     text = await response.text()
     try:
         return "; ".join(e["message"] for e in json.loads(text)["errors"])

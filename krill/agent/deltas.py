@@ -39,13 +39,14 @@ import aiohttp
 from krill.agent.cache import NodeCache
 from krill.agent.layers import LayerIndex, LayerRef
 from krill.blobstore import DigestMismatchError
-from krill.bodies import BodyTooLarge, read_limited
+from krill.bodies import BodyTooLarge
 from krill.delta import RebuildResult, RecipeError, rebuild_layer
 from krill.digests import Digest, DigestError
+from krill.endpoints import DELTAS
+from krill.originclient import OriginClient
 
 log = logging.getLogger(__name__)
 
-MAX_LOOKUP_ANSWER = 64 * 1024
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
@@ -92,8 +93,7 @@ class DeltaRebuilder:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
-        origin_url: str,
+        origin: OriginClient,
         cache: NodeCache,
         layers: LayerIndex,
         metrics: DeltaMetrics,
@@ -102,8 +102,7 @@ class DeltaRebuilder:
         fetch_timeout: float = 60.0,
         executor: Executor | None = None,
     ) -> None:
-        self._session = session
-        self._origin = origin_url.rstrip("/")
+        self._origin = origin
         self._cache = cache
         self._layers = layers
         self._metrics = metrics
@@ -166,27 +165,19 @@ class DeltaRebuilder:
 
     async def _lookup(self, digest: Digest, bases: list[Digest], repository: str) -> DeltaOffer:
         """Ask the origin; ``repo`` lets it link a delta it finds into the asking repository."""
-        if not self._origin:
+        if not self._origin.configured:
             raise DeltaMiss("lookup_failed", "no origin configured")
-        url = f"{self._origin}/krill/v1/deltas/{digest}"
-        params = {"have": ",".join(str(b) for b in bases), "repo": repository}
+        url = self._origin.url(DELTAS, digest)
         try:
             async with asyncio.timeout(self._lookup_timeout):
-                async with self._session.get(url, params=params) as response:
-                    status = response.status
-                    if status != 200:
-                        raise DeltaMiss("lookup_failed", f"delta lookup {url} answered {status}")
-                    body = await read_limited(
-                        response.content,
-                        MAX_LOOKUP_ANSWER,
-                        "delta lookup answer",
-                        declared=response.content_length,
-                    )
+                answer = await self._origin.lookup_delta(digest, bases, repository)
         except BodyTooLarge as exc:
             raise DeltaMiss("lookup_failed", f"delta lookup {url}: {exc}") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise DeltaMiss("lookup_failed", f"delta lookup {url}: {exc!r}") from None
-        return _parse_offer(body, digest, bases)
+        if answer.status != 200:
+            raise DeltaMiss("lookup_failed", f"delta lookup {url} answered {answer.status}")
+        return _parse_offer(answer.body, digest, bases)
 
     # ---- using it ---------------------------------------------------------
 

@@ -228,8 +228,8 @@ class BlobFetcher:
             self._inflight.pop(blob.digest, None)
 
     async def close(self) -> None:
-        for task in list(self._finishers.values()):
-            task.cancel()
+        for finisher in list(self._finishers.values()):
+            finisher.cancel()
         starts = [flight.task for flight in self._inflight.values()]
         for task in starts:
             if task.done() and not task.cancelled() and task.exception() is None:

@@ -21,8 +21,9 @@ import aiohttp
 
 from krill import oci
 from krill.blobstore import BlobStore
-from krill.bodies import BodyTooLarge, read_limited
+from krill.bodies import BodyTooLarge
 from krill.digests import Digest
+from krill.originclient import OriginClient
 from krill.registry_errors import RegistryError
 from krill.registry_params import parse_reference
 
@@ -43,17 +44,15 @@ class ManifestCache:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
-        origin_url: str,
+        origin: OriginClient,
         store: BlobStore,
         *,
         tag_ttl: float,
         timeout: float,
         on_manifest: Callable[[str, Manifest], Awaitable[None]] | None = None,
     ) -> None:
-        self._session = session
         self._on_manifest = on_manifest
-        self._origin = origin_url.rstrip("/")
+        self._origin = origin
         self._store = store
         self._tag_ttl = tag_ttl
         self._timeout = timeout
@@ -106,16 +105,16 @@ class ManifestCache:
     async def _fetch(
         self, repository: str, reference: str, accept: str | None, expected: Digest | None
     ) -> Manifest:
-        url = f"{self._origin}/v2/{repository}/manifests/{reference}"
+        url = self._origin.manifest_url(repository, reference)
         headers = {"Accept": accept or DEFAULT_ACCEPT}
-        if not self._origin:
+        if not self._origin.configured:
             raise RegistryError("UNAVAILABLE", "this agent has no origin configured")
         try:
             async with asyncio.timeout(self._timeout):
-                async with self._session.get(url, headers=headers) as response:
-                    status = response.status
-                    content_type = response.headers.get("Content-Type", "")
-                    body = await _read_body(response, status)
+                # Error bodies are skipped: only a 200's body is read.
+                answer = await self._origin.get_bytes(
+                    url, limit=oci.MAX_MANIFEST_BYTES, what="manifest", headers=headers, ok=200
+                )
         except BodyTooLarge:
             raise RegistryError(
                 "MANIFEST_INVALID", "manifest from the origin is too large", status=502
@@ -123,8 +122,10 @@ class ManifestCache:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.warning("manifest.origin_unreachable url=%s error=%r", url, exc)
             raise RegistryError(
-                "UNAVAILABLE", f"the origin {self._origin} is unreachable; try the upstream"
+                "UNAVAILABLE",
+                f"the origin {self._origin.base_url} is unreachable; try the upstream",
             ) from None
+        status, content_type, body = answer.status, answer.content_type, answer.body
         if status == 404:
             raise RegistryError(
                 "MANIFEST_UNKNOWN", f"manifest {repository}:{reference} is not on the origin"
@@ -145,15 +146,6 @@ class ManifestCache:
         manifest = Manifest(body, content_type.split(";")[0].strip() or _body_type(body), digest)
         await asyncio.to_thread(self._save, manifest)  # fsyncs: not on the event loop
         return manifest
-
-
-async def _read_body(response: aiohttp.ClientResponse, status: int) -> bytes:
-    """The whole manifest (read in a loop: it may arrive in pieces); error bodies are skipped."""
-    if status != 200:
-        return b""
-    return await read_limited(
-        response.content, oci.MAX_MANIFEST_BYTES, "manifest", declared=response.content_length
-    )
 
 
 def _body_type(body: bytes) -> str:

@@ -10,9 +10,14 @@ HTTP piece claims (its share of a herd's pull, ``krill.piecefeed``);
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from krill.digests import Digest
+
+if TYPE_CHECKING:  # krill.swarm loads libtorrent, which an agent without a swarm never needs
+    from krill.swarm import SwarmStats
 
 
 class AgentMetrics:
@@ -101,20 +106,17 @@ class AgentMetrics:
     def delta_failure(self, reason: str) -> None:
         self.delta_failures.labels(reason).inc()
 
-    def evicted(self, digest: Any, reason: str) -> None:
+    def evicted(self, digest: Digest, reason: str) -> None:
         self.evictions.labels(reason).inc()
 
     def served(self, source: str, count: int) -> None:
         self.bytes_served.labels(source).inc(count)
 
-    def update_swarm(self, stats: Any) -> None:
-        """Copy the engine's session totals (attribute names per krill.swarm.SwarmStats)."""
-        for direction in ("uploaded", "downloaded"):
-            value = getattr(stats, f"payload_{direction}", None)
-            if value is None:
-                value = getattr(stats, direction, 0)
-            self.swarm_bytes.labels(direction).set(value)
-        self.swarm_feed_bytes.set(getattr(stats, "origin_feed_bytes", 0))
+    def update_swarm(self, stats: SwarmStats) -> None:
+        """Copy the engine's session totals."""
+        self.swarm_bytes.labels("uploaded").set(stats.uploaded)
+        self.swarm_bytes.labels("downloaded").set(stats.downloaded)
+        self.swarm_feed_bytes.set(stats.origin_feed_bytes)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -28,6 +28,10 @@ from krill.agent.metrics import AgentMetrics
 from krill.agent.namespaces import NamespaceMap
 from krill.agent.sources import OriginHttpSource
 from krill.blobstore import BlobStore
+from krill.originclient import OriginClient
+
+if TYPE_CHECKING:  # krill.swarm loads libtorrent: only when the node starts an engine
+    from krill.swarm import SwarmEngine
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +45,9 @@ class AgentNode:
     manifests: ManifestCache
     namespaces: NamespaceMap
     metrics: AgentMetrics
-    swarm: Any | None
+    swarm: SwarmEngine | None
     layers: LayerIndex
+    origin: OriginClient
 
     async def refresh_metrics(self) -> None:
         """Bring the gauges up to date; the swarm's counters are asked for fresh.
@@ -85,15 +90,16 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
         contextlib.AsyncExitStack() as stack,
         asyncio.TaskGroup() as tasks,
     ):
+        origin = OriginClient(session, config.origin)
         engine = await _start_swarm(config, store, stack, session)
         swarm_source = None
         if engine is not None:
             from krill.agent.swarm_source import SwarmSource
 
-            swarm_source = SwarmSource(engine, session, [config.tracker_base, config.origin])
+            tracker = OriginClient(session, config.tracker_base)
+            swarm_source = SwarmSource(engine, [tracker, origin])
         origin_source = OriginHttpSource(
-            session,
-            config.origin,
+            origin,
             store,
             timeout=config.origin_timeout,
             resume_attempts=config.origin_resume_attempts,
@@ -112,8 +118,7 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
             rebuilds = ThreadPoolExecutor(max_workers=2, thread_name_prefix="delta-rebuild")
             stack.callback(rebuilds.shutdown, wait=False, cancel_futures=True)
             fetcher.deltas = DeltaRebuilder(
-                session,
-                config.origin,
+                origin,
                 cache,
                 layers,
                 metrics,
@@ -127,8 +132,7 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
                 await layers.save_async()
 
         manifests = ManifestCache(
-            session,
-            config.origin,
+            origin,
             BlobStore(config.data / "manifests"),
             tag_ttl=config.tag_ttl,
             timeout=config.origin_timeout,
@@ -144,6 +148,7 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
             metrics,
             engine,
             layers,
+            origin,
         )
         verifier = tasks.create_task(_verify_cache(cache), name="cache-verify")
         housekeeper = tasks.create_task(_housekeeping(node), name="cache-housekeeping")
@@ -161,7 +166,7 @@ async def _start_swarm(
     store: BlobStore,
     stack: contextlib.AsyncExitStack,
     session: aiohttp.ClientSession,
-) -> Any | None:
+) -> SwarmEngine | None:
     if not (config.use_swarm and config.tracker):
         log.info("agent.swarm_disabled reason=%s", "no tracker" if config.use_swarm else "setting")
         return None

@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from krill.agent.cache import NodeCache
 from krill.agent.fetcher import CachedBlob, InflightBlob, wait_progress
@@ -39,7 +40,7 @@ class PinnedFileResponse(web.FileResponse):
         self._pin = cache.pinned(blob.digest)
         self._pin.__enter__()
 
-    async def prepare(self, request: web.BaseRequest) -> object:
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         try:
             return await super().prepare(request)
         finally:

@@ -28,6 +28,7 @@ import aiohttp
 
 from krill.blobstore import BlobStore, BlobWriter, SizeMismatchError
 from krill.digests import Digest
+from krill.originclient import OriginClient
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,16 @@ class TransferFailed(Exception):
 
 
 class Transfer(Protocol):
-    size: int
-    partial_path: Path
-    available: int
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def partial_path(self) -> Path: ...
+
+    @property
+    def available(self) -> int:
+        """Bytes from offset 0 that may be served (verified)."""
+        ...
 
     async def wait_available(self, offset: int) -> int: ...
 
@@ -79,37 +87,37 @@ class OriginHttpSource:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
-        origin_url: str,
+        origin: OriginClient,
         store: BlobStore,
         *,
         timeout: float,
         resume_attempts: int = 5,
         on_bytes: Callable[[int], None] | None = None,
     ) -> None:
-        self._session = session
-        self._origin = origin_url.rstrip("/")
+        self._origin = origin
         self.store = store
         self._timeout = timeout
         self.resume_attempts = resume_attempts
         self.on_bytes = on_bytes
 
     async def start(self, digest: Digest, repository: str | None) -> OriginHttpTransfer:
-        if not self._origin:
+        if not self._origin.configured:
             raise SourceUnavailable("no origin configured")
         if repository is None:
             raise SourceUnavailable("HTTP fallback needs a repository name to ask the origin")
-        url = f"{self._origin}/v2/{repository}/blobs/{digest}"
-        response = await self.open_response(url, offset=0)
+        response = await self.open_response(repository, digest, offset=0)
         size = _content_length(response)
-        transfer = OriginHttpTransfer(self, url, digest, size, self.store.writer(), response)
+        writer = self.store.writer()
+        transfer = OriginHttpTransfer(self, repository, digest, size, writer, response)
         transfer.begin()
         return transfer
 
-    async def open_response(self, url: str, offset: int) -> aiohttp.ClientResponse:
+    async def open_response(
+        self, repository: str, digest: Digest, offset: int
+    ) -> aiohttp.ClientResponse:
         """Send the GET (with Range when resuming); raise SourceUnavailable on any failure."""
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        timeout = aiohttp.ClientTimeout(
+        url = self._origin.blob_url(repository, digest)
+        timeouts = aiohttp.ClientTimeout(
             total=None,
             connect=self._timeout,
             sock_connect=self._timeout,
@@ -117,7 +125,9 @@ class OriginHttpSource:
         )
         try:
             async with asyncio.timeout(self._timeout):
-                response = await self._session.get(url, headers=headers, timeout=timeout)
+                response = await self._origin.open_blob(
+                    repository, digest, offset=offset, timeouts=timeouts
+                )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise SourceUnavailable(f"origin unreachable for {url}: {exc!r}") from None
         expected = 206 if offset else 200
@@ -144,14 +154,14 @@ class OriginHttpTransfer:
     def __init__(
         self,
         source: OriginHttpSource,
-        url: str,
+        repository: str,
         digest: Digest,
         size: int,
         writer: BlobWriter,
         response: aiohttp.ClientResponse,
     ) -> None:
         self._source = source
-        self._url = url
+        self._repository = repository
         self.digest = digest
         self.size = size
         self._writer = writer
@@ -232,7 +242,9 @@ class OriginHttpTransfer:
                 log.info("origin_fetch.resume digest=%s offset=%d", self.digest, self._writer.size)
                 await asyncio.sleep(min(0.2 * attempts, 2.0))
                 with contextlib.suppress(SourceUnavailable):
-                    self._response = await self._source.open_response(self._url, self._writer.size)
+                    self._response = await self._source.open_response(
+                        self._repository, self.digest, self._writer.size
+                    )
                 continue
             while (chunk := await self._next_chunk(self._response)) is not None:
                 await self._append(chunk)

@@ -13,13 +13,20 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from krill import bencode
 from krill.agent.sources import SourceUnavailable, TransferFailed
 from krill.digests import Digest
+from krill.metainfo import MetainfoError
+from krill.originclient import OriginClient
+
+if TYPE_CHECKING:  # libtorrent is loaded only once the node starts an engine
+    from krill.swarm import Download, SwarmEngine
+
+__all__ = ["SwarmSource", "SwarmTransfer"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +49,9 @@ class SwarmTransfer:
     match yet: a client never gets a byte that has not been verified on disk.
     """
 
-    def __init__(self, download: Any, failure: type[BaseException], metainfo: bytes) -> None:
+    def __init__(
+        self, download: Download, failure: type[BaseException], metainfo: bytes
+    ) -> None:
         self._download = download
         self._failure = failure
         self.size: int = download.size
@@ -120,15 +129,12 @@ class SwarmSource:
 
     name = "swarm"
 
-    def __init__(
-        self, engine: Any, session: aiohttp.ClientSession, metainfo_servers: list[str]
-    ) -> None:
-        from krill import swarm
+    def __init__(self, engine: SwarmEngine, metainfo_servers: list[OriginClient]) -> None:
+        from krill.swarm import DownloadFailed
 
         self._engine = engine
-        self._session = session
-        self._servers = [s for s in metainfo_servers if s]
-        self._failure = swarm.DownloadFailed
+        self._servers = [s for s in metainfo_servers if s.configured]
+        self._failure = DownloadFailed
 
     async def start(self, digest: Digest, repository: str | None) -> SwarmTransfer:
         metainfo = await self.metainfo(digest)
@@ -140,12 +146,10 @@ class SwarmSource:
 
     async def metainfo(self, digest: Digest) -> bytes:
         """The blob's torrent, from the first server (tracker, then origin) that has it."""
-        from krill.metainfo import MetainfoError, fetch_metainfo
-
         errors = []
         for server in self._servers:
             try:
-                return await fetch_metainfo(self._session, server, digest)
+                return await server.metainfo(digest)
             except (MetainfoError, aiohttp.ClientError, OSError) as exc:
                 errors.append(str(exc))
         raise SourceUnavailable("no metainfo: " + "; ".join(errors or ["no tracker or origin"]))
