@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchlib import free_port, one_round, timed_get, write_random_blob
+from benchlib import free_port, one_round, read_metrics, timed_get, write_random_blob
 
 from krill.processes import logged_process as process
 from krill.processes import wait_http
@@ -152,16 +152,6 @@ def push_blob(origin: str, path: Path, digest: str) -> None:
 # ---- the benchmark ------------------------------------------------------------------
 
 
-def agent_metrics(agent: str) -> dict[str, float]:
-    text = urllib.request.urlopen(f"{agent}/metrics", timeout=10).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
 async def bench_agent(
     size_mib: int, requests: int, concurrency: int, rounds: int, work: Path
 ) -> AgentServeResult:
@@ -177,7 +167,7 @@ async def bench_agent(
         got, ttfb, full = await timed_get(url)
         if got != size:
             raise RuntimeError(f"uncached GET returned {got} of {size} bytes")
-        served = agent_metrics(urls["agent"])
+        served = read_metrics(urls["agent"])
         source = (
             "swarm"
             if served.get('krill_agent_served_bytes_total{source="swarm"}', 0)

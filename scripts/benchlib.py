@@ -1,4 +1,4 @@
-"""What the serving benchmarks share: a random blob, and the cheapest HTTP client.
+"""What the serving benchmarks share: a random blob, the cheapest HTTP client, metrics.
 
 A general HTTP client spends more CPU per byte than the servers under test,
 so it would measure itself; ``timed_get`` receives into one reused buffer,
@@ -12,8 +12,11 @@ import hashlib
 import os
 import socket
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def free_port() -> int:
@@ -122,3 +125,15 @@ async def one_round(url: str, size: int, requests: int, concurrency: int) -> flo
     if any(s != size for s in sizes):
         raise RuntimeError(f"short read from {url}: {sizes}")
     return requests * size / elapsed / 1e6
+
+
+def read_metrics(base_url: str) -> dict[str, float]:
+    """``{base_url}/metrics`` as {'name{label="v",...}': value}, by prometheus_client's parser."""
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sample.labels.items())
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from tests import imagebuild
 from tests.components import SKOPEO_FLAGS, free_port, krill_process, skopeo
+from tests.metrics_text import read_metrics
 
 T = TypeVar("T")
 
@@ -35,17 +36,6 @@ class Agent:
 
     def metrics(self) -> dict[str, float]:
         return read_metrics(self.api)
-
-
-def read_metrics(base_url: str) -> dict[str, float]:
-    """Prometheus text -> {'name{labels}': value} (comments dropped)."""
-    text = urllib.request.urlopen(f"{base_url}/metrics", timeout=10).read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from krill.tracker.config import TrackerConfig
 from krill.tracker.peerstore import MemoryPeerStore, PeerEntry, PeerStore
 from krill.tracker.server import STORE_KEY, create_app
 from tests.components import free_port
+from tests.metrics_text import parse_metrics
 from tests.swarm_helpers import running_origin, running_tracker, serving
 
 INFO_HASH = bytes(range(20))
@@ -265,7 +266,7 @@ async def test_the_swarm_count_leaves_out_swarms_whose_peers_expired(
         await store.upsert(INFO_HASH, PeerEntry("127.0.0.1", 7001, False, False, time.time()), 1)
         await store.upsert(bytes(20), entry("127.0.0.1", 7002), 60)
         async with http.get(base + "/metrics") as metrics:
-            assert "krill_tracker_swarms 1.0" in await metrics.text()
+            assert parse_metrics(await metrics.text())["krill_tracker_swarms"] == 1
 
 
 async def test_health_and_metrics(http: aiohttp.ClientSession) -> None:
@@ -275,7 +276,7 @@ async def test_health_and_metrics(http: aiohttp.ClientSession) -> None:
         async with http.get(base + "/health") as health:
             assert (await health.json())["status"] == "ok"
         async with http.get(base + "/metrics") as metrics:
-            text = await metrics.text()
-        assert 'krill_tracker_announces_total{event="none",result="ok"} 1.0' in text
-        assert 'krill_tracker_announces_total{event="invalid",result="failure"} 1.0' in text
-        assert "krill_tracker_swarms 1.0" in text
+            values = parse_metrics(await metrics.text())
+        assert values['krill_tracker_announces_total{event="none",result="ok"}'] == 1
+        assert values['krill_tracker_announces_total{event="invalid",result="failure"}'] == 1
+        assert values["krill_tracker_swarms"] == 1
