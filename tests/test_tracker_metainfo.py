@@ -68,12 +68,6 @@ def hung_origin() -> Iterator[str]:
         listener.close()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def test_a_hung_origin_is_given_up_and_the_next_one_asked(
     http: aiohttp.ClientSession,
 ) -> None:
