@@ -16,7 +16,6 @@ import contextlib
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from bench_agent_serve import bench_agent
 from benchlib import cpu_seconds, free_port, one_round, timed_get, write_random_blob
 
 from krill.processes import logged_process as process
+from krill.processes import wait_http
 
 REPO = "bench/blob"
 
@@ -56,7 +56,9 @@ def docker_registry(root: Path) -> Iterator[tuple[str, int]]:
         f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}}}\n"
         f"http: {{addr: '127.0.0.1:{port}'}}\n"
     )
-    with process(["docker-registry", "serve", str(config)], root / "registry.log") as proc:
+    log = root / "registry.log"
+    with process(["docker-registry", "serve", str(config)], log) as proc:
+        wait_http(f"http://127.0.0.1:{port}/v2/", proc, name="docker-registry", log_path=log)
         yield f"http://127.0.0.1:{port}", proc.pid
 
 
@@ -66,19 +68,10 @@ def krill_origin(root: Path) -> Iterator[tuple[str, int]]:
     cmd = [sys.executable, "-m", "krill.cli", "origin", "--listen", f"127.0.0.1:{port}"]
     cmd += ["--data", str(root / "data"), "--log-level", "warning"]
     root.mkdir(parents=True, exist_ok=True)
-    with process(cmd, root / "origin.log") as proc:
+    log = root / "origin.log"
+    with process(cmd, log) as proc:
+        wait_http(f"http://127.0.0.1:{port}/v2/", proc, name="krill origin", log_path=log)
         yield f"http://127.0.0.1:{port}", proc.pid
-
-
-async def wait_ready(session: aiohttp.ClientSession, base: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with contextlib.suppress(aiohttp.ClientError):
-            async with session.get(f"{base}/v2/") as resp:
-                if resp.status == 200:
-                    return
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"{base} did not come up")
 
 
 async def push(session: aiohttp.ClientSession, base: str, path: Path, digest: str) -> None:
@@ -109,8 +102,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
         pids = {"docker-registry": registry_pid, "krill-origin": origin_pid}
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             servers = {"docker-registry": registry, "krill-origin": origin}
-            for base in servers.values():
-                await wait_ready(session, base)
+            for base in servers.values():  # each answered /v2/ when it started
                 await push(session, base, blob, digest)
             blob.unlink()
             urls = {name: f"{base}/v2/{REPO}/blobs/{digest}" for name, base in servers.items()}
