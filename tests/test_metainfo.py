@@ -9,10 +9,12 @@ from pathlib import Path
 import libtorrent as lt
 import pytest
 from aiohttp import web
+from pytest_aiohttp import AiohttpClient
 
 from krill import bencode
 from krill.blobstore import BlobStore
 from krill.digests import Digest
+from krill.endpoints import METAINFO
 from krill.metainfo import (
     MAX_METAINFO_BYTES,
     MAX_PIECE_LENGTH,
@@ -144,7 +146,7 @@ def test_info_hash_is_of_the_info_bytes_as_received(tmp_path: Path) -> None:
 
 
 async def test_fetch_metainfo_checks_the_answer(
-    blob: tuple[BlobStore, Digest], aiohttp_client: object
+    blob: tuple[BlobStore, Digest], aiohttp_client: AiohttpClient
 ) -> None:
     store, digest = blob
     metainfo = make_metainfo(store.path(digest), digest)
@@ -155,15 +157,15 @@ async def test_fetch_metainfo_checks_the_answer(
         return web.Response(status=404, text="no such blob")
 
     app = web.Application()
-    app.router.add_get("/krill/v1/metainfo/{digest}", serve)
-    client = await aiohttp_client(app)  # type: ignore[operator]
+    app.router.add_get(METAINFO.route, serve)
+    client = await aiohttp_client(app)
     base = str(client.make_url(""))
     assert await fetch_metainfo(client.session, base, digest) == metainfo
     with pytest.raises(MetainfoError, match="404"):
         await fetch_metainfo(client.session, base, Digest.of_bytes(b"missing"))
 
 
-async def test_fetch_metainfo_refuses_an_oversized_answer(aiohttp_client: object) -> None:
+async def test_fetch_metainfo_refuses_an_oversized_answer(aiohttp_client: AiohttpClient) -> None:
     digest = Digest.of_bytes(b"huge")
 
     async def serve(request: web.Request) -> web.StreamResponse:
@@ -174,7 +176,7 @@ async def test_fetch_metainfo_refuses_an_oversized_answer(aiohttp_client: object
         return response
 
     app = web.Application()
-    app.router.add_get("/krill/v1/metainfo/{digest}", serve)
-    client = await aiohttp_client(app)  # type: ignore[operator]
+    app.router.add_get(METAINFO.route, serve)
+    client = await aiohttp_client(app)
     with pytest.raises(MetainfoError, match="exceeds"):
         await fetch_metainfo(client.session, str(client.make_url("")), digest)

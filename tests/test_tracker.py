@@ -186,6 +186,7 @@ async def test_metainfo_is_fetched_from_an_origin_and_cached(
 @contextlib.asynccontextmanager
 async def tracker_and_store(**settings: object) -> AsyncIterator[tuple[str, PeerStore]]:
     """A tracker on loopback and its peer store, for entries no loopback client can make."""
+    # The settings are TrackerConfig's own keywords, of several types.
     config = TrackerConfig(listen="127.0.0.1:0", **settings)  # type: ignore[arg-type]
     app = create_app(config)
     async with serving(app) as base:

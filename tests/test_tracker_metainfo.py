@@ -15,8 +15,11 @@ from aiohttp import web
 from krill import bencode
 from krill.config import ConfigError
 from krill.digests import Digest
+from krill.endpoints import METAINFO
 from krill.metainfo import MIN_PIECE_LENGTH, fetch_metainfo
 from krill.tracker.config import TrackerConfig
+from krill.tracker.server import create_app
+from tests.polling import until
 from tests.swarm_helpers import running_tracker, serving
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -41,7 +44,7 @@ async def origin(handler: Handler) -> AsyncIterator[tuple[str, list[str]]]:
         return await handler(request)
 
     app = web.Application()
-    app.router.add_get("/krill/v1/metainfo/{digest}", counting)
+    app.router.add_get(METAINFO.route, counting)
     async with serving(app) as base:
         yield base, asked
 
@@ -148,18 +151,35 @@ async def test_concurrent_requests_share_one_origin_fetch(http: aiohttp.ClientSe
         await release.wait()
         return web.Response(body=metainfo)
 
-    async with origin(slow) as (base, asked), running_tracker(origin=[base]) as tracker:
+    async with origin(slow) as (base, asked), counting_tracker([base]) as (tracker, seen):
         herd = [asyncio.create_task(fetch_metainfo(http, tracker, digest)) for _ in range(8)]
         async with asyncio.timeout(30):
             await arrived.wait()
-        await asyncio.sleep(0.2)  # let the rest of the herd reach the tracker while it waits
+        # A request the tracker has seen has joined the fetch: nothing in between yields.
+        await until(lambda: len(seen) == 8, "the whole herd to reach the tracker")
         release.set()
         assert await asyncio.gather(*herd) == [metainfo] * 8
         assert asked == [str(digest)]
+
+
+@contextlib.asynccontextmanager
+async def counting_tracker(origins: list[str]) -> AsyncIterator[tuple[str, list[str]]]:
+    """A tracker on loopback; yields (base URL, the paths of the requests it has begun)."""
+    seen: list[str] = []
+
+    @web.middleware
+    async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+        seen.append(request.path)
+        return await handler(request)
+
+    app = create_app(TrackerConfig(listen="127.0.0.1:0", origin=origins))
+    app.middlewares.append(count)
+    async with serving(app) as base:
+        yield base, seen
 
 
 @pytest.mark.parametrize("name", ["metainfo_cache_entries", "metainfo_timeout"])
 @pytest.mark.parametrize("value", [0, -1])
 def test_metainfo_settings_must_be_positive(name: str, value: int) -> None:
     with pytest.raises(ConfigError, match=f"{name} must be positive"):
-        TrackerConfig(**{name: value})  # type: ignore[arg-type]
+        TrackerConfig(**{name: value})  # type: ignore[arg-type]  # one setting, by name
