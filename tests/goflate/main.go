@@ -3,17 +3,24 @@
 // crane and ko do, so the tests can compare Krill's C port byte for byte.
 //
 //	goflate LEVEL [CHUNK] [-raw]
+//	goflate -batch
 //
 // LEVEL is a compress/gzip level (-2 HuffmanOnly … 9). CHUNK > 0 writes the
 // input in Write calls of CHUNK bytes (0, the default: one Write of all of
 // it). -raw writes the bare deflate stream, without gzip framing.
-// Standard library only, so `go build` needs no network.
+//
+// -batch serves many requests over one process (the tests' hypothesis
+// cases): each request on stdin is int32 level, int32 chunk, uint32 length
+// (little-endian) and the input; each answer on stdout is uint32 length and
+// the gzip stream. Standard library only, so `go build` needs no network.
 package main
 
 import (
 	"bufio"
+	"bytes"
 	"compress/flate"
 	"compress/gzip"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
@@ -28,6 +35,9 @@ func main() {
 }
 
 func run(args []string) error {
+	if len(args) == 1 && args[0] == "-batch" {
+		return batch(bufio.NewReader(os.Stdin), bufio.NewWriter(os.Stdout))
+	}
 	raw := false
 	var pos []int
 	for _, a := range args {
@@ -89,4 +99,49 @@ func run(args []string) error {
 		return err
 	}
 	return out.Flush()
+}
+
+func batch(in *bufio.Reader, out *bufio.Writer) error {
+	for {
+		var head [12]byte
+		if _, err := io.ReadFull(in, head[:]); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		level := int(int32(binary.LittleEndian.Uint32(head[0:])))
+		chunk := int(int32(binary.LittleEndian.Uint32(head[4:])))
+		data := make([]byte, binary.LittleEndian.Uint32(head[8:]))
+		if _, err := io.ReadFull(in, data); err != nil {
+			return err
+		}
+		var buf bytes.Buffer
+		w, err := gzip.NewWriterLevel(&buf, level)
+		if err != nil {
+			return err
+		}
+		for rest := data; len(rest) > 0 || chunk <= 0; {
+			n := len(rest)
+			if chunk > 0 && chunk < n {
+				n = chunk
+			}
+			if _, err := w.Write(rest[:n]); err != nil {
+				return err
+			}
+			rest = rest[n:]
+			if chunk <= 0 {
+				break
+			}
+		}
+		if err := w.Close(); err != nil {
+			return err
+		}
+		var size [4]byte
+		binary.LittleEndian.PutUint32(size[:], uint32(buf.Len()))
+		out.Write(size[:])
+		out.Write(buf.Bytes())
+		if err := out.Flush(); err != nil {
+			return err
+		}
+	}
 }
