@@ -18,6 +18,7 @@ def _krill(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 
 def _layers(tmp: Path) -> tuple[Path, bytes]:
+    """A gzip base layer on disk, and the tar of a target with every file changed a little."""
     rng = random.Random(2)
     files = {f"app/m{i}.py": Entry("file", rng.randbytes(6000)) for i in range(5)}
     changed = {n: Entry("file", mutated_bytes(rng, e.data, 3)) for n, e in files.items()}
@@ -26,10 +27,14 @@ def _layers(tmp: Path) -> tuple[Path, bytes]:
     return base, build_tar(changed)
 
 
+def _layer(path: Path, tar: bytes, recipe: str) -> Path:
+    path.write_bytes(compress(tar, recipe))
+    return path
+
+
 def test_create_then_apply_rebuilds_target(tmp_path: Path) -> None:
     base, target_tar = _layers(tmp_path)
-    target = tmp_path / "target.tar.zst"
-    target.write_bytes(compress(target_tar, "zstd3"))
+    target = _layer(tmp_path / "target.tar.zst", target_tar, "zstd3")
     created = _krill("delta", "create", base, target, tmp_path / "d.krd")
     assert created.returncode == 0, created.stderr
     assert "recipe zstd" in created.stdout
@@ -56,8 +61,7 @@ def test_create_refuses_gnu_gzip_target(tmp_path: Path) -> None:
 
 def test_apply_with_wrong_base_writes_nothing(tmp_path: Path) -> None:
     base, target_tar = _layers(tmp_path)
-    target = tmp_path / "target.tgz"
-    target.write_bytes(compress(target_tar, "gzip6"))
+    target = _layer(tmp_path / "target.tgz", target_tar, "gzip6")
     assert _krill("delta", "create", base, target, tmp_path / "d.krd").returncode == 0
     other = tmp_path / "other.tar"
     other.write_bytes(build_tar({"x": Entry("file", b"x")}))
@@ -72,8 +76,7 @@ def test_apply_with_wrong_base_writes_nothing(tmp_path: Path) -> None:
 def test_engine_flag_picks_the_binary_diff(tmp_path: Path) -> None:
     """``--engine bsdiff`` (the size setting) still round-trips; an unknown engine is refused."""
     base, target_tar = _layers(tmp_path)
-    target = tmp_path / "target.tgz"
-    target.write_bytes(compress(target_tar, "gzip6"))
+    target = _layer(tmp_path / "target.tgz", target_tar, "gzip6")
     created = _krill("delta", "create", "--engine", "bsdiff", base, target, tmp_path / "d.krd")
     assert created.returncode == 0, created.stderr
     applied = _krill("delta", "apply", base, tmp_path / "d.krd", tmp_path / "out.tgz")
@@ -88,11 +91,9 @@ def test_engine_flag_picks_the_binary_diff(tmp_path: Path) -> None:
 def test_binary_diff_limit_above_what_appliers_accept_is_refused(tmp_path: Path) -> None:
     """A delta with ops appliers refuse would be thrown away after all the encoding."""
     base, target_tar = _layers(tmp_path)
-    (tmp_path / "target.tar").write_bytes(target_tar)
-    result = _krill(
-        "delta", "create", "--bsdiff-max", str(1 << 30), base, tmp_path / "target.tar",
-        tmp_path / "d.krd",
-    )
+    target = _layer(tmp_path / "target.tar", target_tar, "identity")
+    too_big = str(1 << 30)
+    result = _krill("delta", "create", "--bsdiff-max", too_big, base, target, tmp_path / "d.krd")
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--bsdiff-max" in lines[0] and "appliers accept" in lines[0]
