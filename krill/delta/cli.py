@@ -6,11 +6,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 from krill.clierror import CliError
 from krill.delta.apply import apply_delta
 from krill.delta.encode import EncodeOptions, create_delta
 from krill.delta.format import DeltaFormatError
+from krill.delta.options import DiffEngine
 from krill.delta.recipes import RecipeError
 
 _DEFAULTS = EncodeOptions()
@@ -42,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     create.add_argument(
         "--engine",
-        choices=("hdiff", "bsdiff"),
+        choices=get_args(DiffEngine),
         default=_DEFAULTS.diff_engine,
         help="binary-diff engine for changed binaries (default %(default)s)",
     )
