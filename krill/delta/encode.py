@@ -149,14 +149,7 @@ def _encode_tars(
         base_layout = scan(base, base_tar.size)
         target_layout = scan(target, target_tar.size)
         limit = options.small_file_limit
-        prefix = read_meta_prefix(base, base_layout, limit, fmt.MAX_META_PREFIX_BYTES)
-        target_meta_size = sum(n for _, n in meta_ranges(target_layout, limit))
-        meta = fmt.MetaParams(
-            prefix_len=len(prefix),
-            prefix_sha256=hashlib.sha256(prefix).hexdigest(),
-            window_log=min(fmt.MAX_META_WINDOW_LOG, window_log_for(len(prefix) + target_meta_size)),
-            small_file_limit=limit,
-        )
+        prefix, meta = _meta_params(base, base_layout, target_layout, limit)
         index = BaseIndex(base, bulk_members(base_layout, limit))
         fd, body_name = tempfile.mkstemp(prefix=".krill-delta-", suffix=".tmp", dir=out.parent)
         body_path = Path(body_name)
@@ -178,6 +171,20 @@ def _encode_tars(
         stats.snapshot(),
     )
     return EncodeResult(out, size, infos[1].size, recipe, stats.snapshot())
+
+
+def _meta_params(
+    base: BinaryIO, base_layout: Layout, target_layout: Layout, limit: int
+) -> tuple[bytes, fmt.MetaParams]:
+    """The base's meta stream (the prefix) and the parameters the applier checks it against."""
+    prefix = read_meta_prefix(base, base_layout, limit, fmt.MAX_META_PREFIX_BYTES)
+    target_meta_size = sum(n for _, n in meta_ranges(target_layout, limit))
+    return prefix, fmt.MetaParams(
+        prefix_len=len(prefix),
+        prefix_sha256=hashlib.sha256(prefix).hexdigest(),
+        window_log=min(fmt.MAX_META_WINDOW_LOG, window_log_for(len(prefix) + target_meta_size)),
+        small_file_limit=limit,
+    )
 
 
 def _assemble(out: Path, header: bytes, body_path: Path) -> int:
