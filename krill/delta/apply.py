@@ -6,6 +6,11 @@ compressor, and hashed twice (tar = diff_id, blob = digest). Memory is
 bounded by the largest piece an op may rebuild plus its base range and the
 in-flight budget, never by the layer. The result is written to a temp file
 beside OUT and renamed only when both digests match the delta's header.
+
+This module checks the header against what the caller wants and drives the
+rebuild; the steps live beside it: opqueue.py (ops in order, within the
+memory budget), opdecode.py (one op's bytes), metastream.py (the meta
+stream's prefix), sink.py (hashing and recompressing the output).
 """
 
 from __future__ import annotations
