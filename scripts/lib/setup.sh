@@ -24,8 +24,14 @@ ensure_debs() {
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# install_inputs_hash  hashes what an install builds from: pyproject.toml, setup.py and the C
+# sources of the extension (an editable install compiles krill/_native/* only when installing).
+install_inputs_hash() {
+  (cd "$KRILL_ROOT" && cat pyproject.toml setup.py krill/_native/* 2>/dev/null) | sha256sum | cut -c1-16
+}
+
 # ensure_venv EXTRA  creates .venv and installs krill (editable) with [EXTRA] when
-# pyproject.toml changed since the last install.
+# pyproject.toml, setup.py or krill/_native/* changed since the last install.
 ensure_venv() {
   local extra="${1:-}" spec="." stamp
   [ -n "$extra" ] && spec=".[$extra]"
@@ -33,7 +39,7 @@ ensure_venv() {
     log "creating $VENV"
     python3 -m venv "$VENV"
   fi
-  stamp="$VENV/.krill-installed-$(sha256sum "$KRILL_ROOT/pyproject.toml" | cut -c1-16)-${extra:-base}"
+  stamp="$VENV/.krill-installed-$(install_inputs_hash)-${extra:-base}"
   if [ ! -f "$stamp" ]; then
     log "installing krill into $VENV ($spec)"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$KRILL_ROOT$([ -n "$extra" ] && echo "[$extra]")"
@@ -57,4 +63,5 @@ KRILL_DEBS=(
   tar:tar
   gzip:gzip
   tc:iproute2
+  go:golang-go  # builds the Go gzip oracle the gogzip tests compare against (tests/goflate)
 )
