@@ -4,17 +4,31 @@
 * ``redis_url``: an empty database on a real redis-server. One server runs for
   the whole session (starting one takes a noticeable part of a second) and is
   flushed before each test, so tests never see each other's swarms.
+
+And the delta path's pieces, for the delta tests and the blob-source
+contract: a node holding v1's layers that has served v1 and v2
+(``node_holding``), a real delta between the two (``versions_with_a_delta``)
+and metrics that count (``CountingMetrics``).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 import redis
 
+from krill.agent.cache import CacheLimits, NodeCache
+from krill.agent.layers import LayerIndex
+from krill.blobstore import BlobStore
+from krill.delta import create_delta
+from krill.digests import Digest
 from tests.components import redis_server
+from tests.imagebuild import Image, build_image, random_files, realistic_files
+
+DELTA_REPO = "team/app"
 
 
 @pytest.fixture
@@ -38,3 +52,55 @@ def redis_url(redis_server_url: str) -> str:
     finally:
         client.close()
     return redis_server_url
+
+
+class CountingMetrics:
+    """A ``DeltaMetrics`` that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.saved = 0
+        self.misses: list[str] = []
+        self.failures: list[str] = []
+
+    def delta_hit(self, bytes_saved: int) -> None:
+        self.hits += 1
+        self.saved += bytes_saved
+
+    def delta_miss(self, reason: str) -> None:
+        self.misses.append(reason)
+
+    def delta_failure(self, reason: str) -> None:
+        self.failures.append(reason)
+
+
+def learn(index: LayerIndex, image: Image) -> None:
+    """The layer index learns ``image`` as served from ``DELTA_REPO``."""
+    manifest = image.manifest
+    index.learn(DELTA_REPO, Digest.parse(manifest.digest), manifest.data, manifest.media_type)
+
+
+async def node_holding(
+    tmp_path: Path, v1: Image, v2: Image
+) -> tuple[BlobStore, NodeCache, LayerIndex]:
+    """A node whose cache holds v1's layers and which has served v1 and v2."""
+    store = BlobStore(tmp_path / "blobs")
+    cache = NodeCache(store, CacheLimits(budget=1 << 30))
+    for layer in v1.layers:
+        await cache.add(store.put_bytes(layer.data))
+    index = LayerIndex()
+    learn(index, v1)
+    learn(index, v2)
+    return store, cache, index
+
+
+def versions_with_a_delta(tmp_path: Path) -> tuple[Image, Image, bytes]:
+    """v1 and v2 (a few files changed in layer 1) and the codec's delta between those layers."""
+    app = realistic_files(21, count=20)
+    app_v2 = {**app, "etc/release": b"2\n"}
+    runtime = random_files(22, 1, 512)
+    v1, v2 = build_image([runtime, app]), build_image([runtime, app_v2])
+    (tmp_path / "base").write_bytes(v1.layers[1].data)
+    (tmp_path / "target").write_bytes(v2.layers[1].data)
+    create_delta(tmp_path / "base", tmp_path / "target", tmp_path / "delta")
+    return v1, v2, (tmp_path / "delta").read_bytes()

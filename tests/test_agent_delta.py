@@ -16,43 +16,26 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from krill.agent.cache import CacheLimits, NodeCache
+from krill.agent.cache import NodeCache
 from krill.agent.deltas import DeltaRebuilder
 from krill.agent.layers import MAX_BASES, LayerIndex
-from krill.blobstore import BlobStore
 from krill.delta import create_delta
 from krill.digests import Digest
 from krill.originclient import OriginClient
+from tests.fixtures_agent import (
+    DELTA_REPO,
+    CountingMetrics,
+    learn,
+    node_holding,
+    versions_with_a_delta,
+)
 from tests.imagebuild import Image, build_image, random_files, realistic_files
 
-REPO = "team/app"
-
-
-class CountingMetrics:
-    def __init__(self) -> None:
-        self.hits = 0
-        self.saved = 0
-        self.misses: list[str] = []
-        self.failures: list[str] = []
-
-    def delta_hit(self, bytes_saved: int) -> None:
-        self.hits += 1
-        self.saved += bytes_saved
-
-    def delta_miss(self, reason: str) -> None:
-        self.misses.append(reason)
-
-    def delta_failure(self, reason: str) -> None:
-        self.failures.append(reason)
+REPO = DELTA_REPO
 
 
 def _image(seed: int) -> Image:
     return build_image([random_files(seed, count=1, size=512), random_files(seed + 1, 1, 512)])
-
-
-def _learn(index: LayerIndex, image: Image) -> None:
-    manifest = image.manifest
-    index.learn(REPO, Digest.parse(manifest.digest), manifest.data, manifest.media_type)
 
 
 def _layers(image: Image) -> list[Digest]:
@@ -63,7 +46,7 @@ def test_layer_index_knows_positions_and_offers_cached_bases_newest_first(tmp_pa
     v1, v2, v3 = _image(1), _image(3), _image(5)
     index = LayerIndex(tmp_path / "layers.json")
     for image in (v1, v2, v3):
-        _learn(index, image)
+        learn(index, image)
     index.save()
     target = _layers(v3)[1]
     ref = index.layer(target)
@@ -92,7 +75,7 @@ def test_layer_index_bounds_the_bases_it_offers() -> None:
     index = LayerIndex()
     images = [build_image([random_files(3 * i + j, 1, 64) for j in range(3)]) for i in range(20)]
     for image in images:
-        _learn(index, image)
+        learn(index, image)
     bases = index.bases(REPO, _layers(images[-1])[0], lambda _d: True)
     assert len(bases) == MAX_BASES
     assert bases[0] == _layers(images[-2])[0]  # the newest earlier image comes first
@@ -106,26 +89,12 @@ async def _origin(handler: Callable[[web.Request], Awaitable[web.StreamResponse]
     return server
 
 
-async def _node_holding(
-    tmp_path: Path, v1: Image, v2: Image
-) -> tuple[BlobStore, NodeCache, LayerIndex]:
-    """A node whose cache holds v1's layers and which has served v1 and v2."""
-    store = BlobStore(tmp_path / "blobs")
-    cache = NodeCache(store, CacheLimits(budget=1 << 30))
-    for layer in v1.layers:
-        await cache.add(store.put_bytes(layer.data))
-    index = LayerIndex()
-    _learn(index, v1)
-    _learn(index, v2)
-    return store, cache, index
-
-
 async def _rebuilder(
     tmp_path: Path, server: TestServer, metrics: CountingMetrics, *, lookup_timeout: float = 5.0
 ) -> tuple[DeltaRebuilder, Digest, aiohttp.ClientSession]:
     """An agent-side rebuilder that holds v1's layers and has served v1 and v2."""
     v1, v2 = _image(1), _image(3)
-    _store, cache, index = await _node_holding(tmp_path, v1, v2)
+    _store, cache, index = await node_holding(tmp_path, v1, v2)
     session = aiohttp.ClientSession()
     origin = str(server.make_url("")).rstrip("/")
     rebuilder = DeltaRebuilder(
@@ -176,18 +145,6 @@ async def test_none_and_unfitting_answers_are_misses(tmp_path: Path) -> None:
     assert metrics.failures == [] and metrics.hits == 0
 
 
-def _versions_with_a_real_delta(tmp_path: Path) -> tuple[Image, Image, bytes]:
-    """v1 and v2 (a few files changed in layer 1) and the codec's delta between those layers."""
-    app = realistic_files(21, count=20)
-    app_v2 = {**app, "etc/release": b"2\n"}
-    runtime = random_files(22, 1, 512)
-    v1, v2 = build_image([runtime, app]), build_image([runtime, app_v2])
-    (tmp_path / "base").write_bytes(v1.layers[1].data)
-    (tmp_path / "target").write_bytes(v2.layers[1].data)
-    create_delta(tmp_path / "base", tmp_path / "target", tmp_path / "delta")
-    return v1, v2, (tmp_path / "delta").read_bytes()
-
-
 async def _offer_server(offer: dict[str, object]) -> TestServer:
     async def answer(request: web.Request) -> web.Response:
         return web.json_response(offer)
@@ -203,7 +160,7 @@ async def _rebuild_with(
     offer = {"status": "ok", "target": target, "base": base, "size": len(delta)}
     offer["delta"] = str(Digest.of_bytes(delta))
     server = await _offer_server(offer)
-    store, cache, index = await _node_holding(tmp_path, v1, v2)
+    store, cache, index = await node_holding(tmp_path, v1, v2)
     remote = {Digest.of_bytes(delta): delta, Digest.parse(v2.config.digest): v2.config.data}
 
     async def ensure(digest: Digest, repository: str) -> int:
@@ -223,7 +180,7 @@ async def _rebuild_with(
 
 
 async def test_a_delta_rebuilds_the_exact_layer_into_the_cache(tmp_path: Path) -> None:
-    v1, v2, delta = _versions_with_a_real_delta(tmp_path)
+    v1, v2, delta = versions_with_a_delta(tmp_path)
     ok, metrics, cache = await _rebuild_with(tmp_path, v1, v2, delta)
     target = Digest.parse(v2.layers[1].digest)
     assert ok and metrics.hits == 1 and metrics.failures == []
@@ -232,7 +189,7 @@ async def test_a_delta_rebuilds_the_exact_layer_into_the_cache(tmp_path: Path) -
 
 
 async def test_a_delta_for_another_layer_fails_and_keeps_the_good_base(tmp_path: Path) -> None:
-    v1, v2, _delta = _versions_with_a_real_delta(tmp_path)
+    v1, v2, _delta = versions_with_a_delta(tmp_path)
     other = build_image([random_files(30, 1, 512), realistic_files(31, count=5)])
     (tmp_path / "other").write_bytes(other.layers[1].data)
     create_delta(tmp_path / "base", tmp_path / "other", tmp_path / "wrong")
@@ -245,7 +202,7 @@ async def test_a_delta_for_another_layer_fails_and_keeps_the_good_base(tmp_path:
 
 
 async def test_garbage_instead_of_a_delta_fails_cleanly(tmp_path: Path) -> None:
-    v1, v2, _delta = _versions_with_a_real_delta(tmp_path)
+    v1, v2, _delta = versions_with_a_delta(tmp_path)
     ok, metrics, cache = await _rebuild_with(tmp_path, v1, v2, b"not a delta" * 100)
     assert not ok and metrics.failures == ["bad_delta"]
     assert cache.has(Digest.parse(v1.layers[1].digest))
