@@ -12,7 +12,7 @@ import contextlib
 import json
 import threading
 import urllib.request
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +22,7 @@ from aiohttp import web
 from tests import imagebuild
 from tests.components import SKOPEO_FLAGS, free_port, krill_process, skopeo
 from tests.metrics_text import read_metrics
+from tests.polling import until
 
 T = TypeVar("T")
 
@@ -36,6 +37,11 @@ class Agent:
 
     def metrics(self) -> dict[str, float]:
         return read_metrics(self.api)
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """``tests.polling.until`` for the synchronous tests that drive real processes."""
+    asyncio.run(until(condition, what))
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from krill.endpoints import DELTAS
 from tests.agent_cluster import (
     Agent,
     PushedImage,
@@ -89,8 +90,12 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> Versions:
 
 
 def wait_for_delta(origin: str, target: str, base: str, timeout: float = 180) -> dict:
-    """Poll the origin's lookup (the first call queues the pair) until the delta is there."""
-    url = f"{origin}/krill/v1/deltas/{target}?have={base}"
+    """Poll the origin's lookup (the first call queues the pair) until the delta is there.
+
+    Its own loop rather than ``tests.polling.until``: computing the delta of a
+    large layer on a loaded machine takes longer than until's 30 s.
+    """
+    url = f"{DELTAS.url(origin, target)}?have={base}"
     deadline = time.monotonic() + timeout
     while True:
         answer = json.loads(urllib.request.urlopen(url, timeout=10).read())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,14 @@ import pytest
 from aiohttp import ClientSession, web
 
 from tests import containerd
-from tests.agent_cluster import ServingThread, agent_process, build_layout, origin_process, push
+from tests.agent_cluster import (
+    ServingThread,
+    agent_process,
+    build_layout,
+    origin_process,
+    push,
+    wait_until,
+)
 from tests.components import SKOPEO_FLAGS, docker_registry, free_port, skopeo
 from tests.imagebuild import read_oci_layout_digests
 from tests.test_agent_containerd import write_hosts
@@ -178,13 +184,10 @@ def test_tags_expire_after_their_ttl_and_cached_content_outlives_the_origin(
             assert urllib.request.urlopen(tag_url).read() == first.top.data
             push(second, origin, "team/ttl:1")  # the tag moves on the origin
             assert urllib.request.urlopen(tag_url).read() == first.top.data  # within the TTL
-            moved = False
-            for _ in range(150):
-                if urllib.request.urlopen(tag_url).read() == second.top.data:
-                    moved = True
-                    break
-                time.sleep(0.1)
-            assert moved, "the agent kept serving a tag past its TTL"
+            wait_until(
+                lambda: urllib.request.urlopen(tag_url).read() == second.top.data,
+                "the agent to serve the moved tag once its TTL is over",
+            )
             layer = second.images[0].layers[0]
             blob_url = f"{agent.registry}/v2/team/ttl/blobs/{layer.digest}"
             assert urllib.request.urlopen(blob_url).read() == layer.data

@@ -31,6 +31,7 @@ from krill.agent.registry import build_registry_app
 from krill.blobstore import BlobWriter
 from krill.digests import Digest
 from tests.imagebuild import build_image, random_files
+from tests.metrics_text import parse_metrics
 from tests.polling import until
 
 REPO = "team/app"
@@ -160,7 +161,8 @@ async def test_a_disk_error_at_commit_fails_the_request_and_the_next_one_succeed
         with monkeypatch.context() as patch:  # fault injection: the fsync/rename fails
             patch.setattr(BlobWriter, "commit", disk_full)
             assert await get_blob(session, agent.registry + url_path) is None
-            await until(lambda: not agent.node.fetcher._inflight, "the transfer to be forgotten")
+            fetcher = agent.node.fetcher
+            await until(lambda: not fetcher.in_flight(digest), "the transfer to be forgotten")
         assert not agent.node.cache.has(digest)
         assert await get_blob(session, agent.registry + url_path) == data
         # Indexed once its transfer commits, which may be just after the client
@@ -202,9 +204,10 @@ async def test_preheat_of_a_stalling_blob_ends_with_an_error_and_releases_it(
         finally:
             release.set()
         fetcher, cache = agent.node.fetcher, agent.node.cache
-        await until(lambda: not fetcher._inflight, "the stalled transfer to be forgotten")
-        assert not cache.is_pinned(Digest.parse(layer.digest))
-        assert not cache.has(Digest.parse(layer.digest))
+        stalled = Digest.parse(layer.digest)
+        await until(lambda: not fetcher.in_flight(stalled), "the stalled transfer to be forgotten")
+        assert not cache.is_pinned(stalled)
+        assert not cache.has(stalled)
     assert events[0]["event"] == "start"
     assert events[-1]["event"] == "error"
     assert "stalled" in str(events[-1]["message"])
@@ -236,12 +239,18 @@ async def test_a_request_joining_a_fetch_for_another_repository_gets_the_blob(
                 return r.status, await r.read()
 
         wrong = asyncio.create_task(get("other/app"))
-        await until(lambda: bool(agent.node.fetcher._inflight), "the first fetch to start")
+        await until(lambda: agent.node.fetcher.in_flight(digest), "the first fetch to start")
         right = asyncio.create_task(get(REPO))
-        await asyncio.sleep(0.2)  # let it reach the shared fetch
+        # A request counts its cache miss and joins the shared fetch in one step.
+        await until(lambda: cache_misses(agent) == 2, "the second request to join the fetch")
         second_waiting.set()
         assert (await wrong)[0] == 404
         assert await right == (200, data)
+
+
+def cache_misses(agent: RunningAgent) -> float:
+    values = parse_metrics(agent.node.metrics.render().decode())
+    return values.get('krill_agent_cache_lookups_total{result="miss"}', 0.0)
 
 
 async def test_preheat_of_an_index_with_a_malformed_platform_is_a_clear_error(

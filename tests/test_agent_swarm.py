@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +22,7 @@ from tests.agent_cluster import (
     push,
     seeding_origin,
     tracker_process,
+    wait_until,
 )
 from tests.components import SKOPEO_FLAGS, skopeo
 from tests.imagebuild import read_oci_layout_digests
@@ -37,16 +37,14 @@ def swarm_metric(agent: Agent, direction: str) -> float:
     return agent.metrics().get(f'krill_agent_swarm_payload_bytes{{direction="{direction}"}}', 0)
 
 
-def wait_for_swarm_bytes(agents: list[Agent], direction: str, timeout: float = 15) -> float:
+def wait_for_swarm_bytes(agents: list[Agent], direction: str) -> float:
     """Sum of the agents' swarm payload bytes, once the engines' counters caught up."""
-    deadline = time.monotonic() + timeout
-    total = 0.0
-    while time.monotonic() < deadline:
-        total = sum(swarm_metric(a, direction) for a in agents)
-        if total > 0:
-            return total
-        time.sleep(0.5)
-    return total
+
+    def total() -> float:
+        return sum(swarm_metric(a, direction) for a in agents)
+
+    wait_until(lambda: total() > 0, f"the agents' swarm bytes {direction}")
+    return total()
 
 
 def sha256_of_url(url: str) -> str:

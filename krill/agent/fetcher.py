@@ -92,6 +92,10 @@ class BlobFetcher:
         self._inflight: dict[Digest, _Flight] = {}
         self._finishers: dict[Digest, asyncio.Task[None]] = {}
 
+    def in_flight(self, digest: Digest) -> bool:
+        """Whether a fetch of ``digest`` is under way (started and not yet forgotten)."""
+        return digest in self._inflight
+
     async def open(self, digest: Digest, repository: str | None) -> CachedBlob | InflightBlob:
         """A servable view of the blob; raises SourceUnavailable when no source has it now.
 
