@@ -5,30 +5,43 @@
   the whole session (starting one takes a noticeable part of a second) and is
   flushed before each test, so tests never see each other's swarms.
 
-And the delta path's pieces, for the delta tests and the blob-source
-contract: a node holding v1's layers that has served v1 and v2
-(``node_holding``), a real delta between the two (``versions_with_a_delta``)
-and metrics that count (``CountingMetrics``).
+And helpers several agent test modules use:
+
+* ``fake_origin``: a stand-in origin on loopback answering the routes a test
+  gives it (misbehaving on purpose, usually);
+* the delta path's pieces: a node holding v1's layers that has served v1 and
+  v2 (``node_holding``), a real delta between the two
+  (``versions_with_a_delta``), metrics that count (``CountingMetrics``) and
+  one rebuild against an origin offering a given delta (``rebuild_with``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 import redis
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from krill.agent.cache import CacheLimits, NodeCache
+from krill.agent.deltas import DeltaRebuilder
 from krill.agent.layers import LayerIndex
 from krill.blobstore import BlobStore
 from krill.delta import create_delta
 from krill.digests import Digest
+from krill.endpoints import DELTAS
+from krill.originclient import OriginClient
 from tests.components import redis_server
 from tests.imagebuild import Image, build_image, random_files, realistic_files
 
 DELTA_REPO = "team/app"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @pytest.fixture
@@ -52,6 +65,20 @@ def redis_url(redis_server_url: str) -> str:
     finally:
         client.close()
     return redis_server_url
+
+
+@contextlib.asynccontextmanager
+async def fake_origin(routes: dict[str, Handler]) -> AsyncIterator[str]:
+    """A stand-in origin answering GET ``routes`` on loopback; yields its base URL."""
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_get(path, handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
 
 
 class CountingMetrics:
@@ -104,3 +131,41 @@ def versions_with_a_delta(tmp_path: Path) -> tuple[Image, Image, bytes]:
     (tmp_path / "target").write_bytes(v2.layers[1].data)
     create_delta(tmp_path / "base", tmp_path / "target", tmp_path / "delta")
     return v1, v2, (tmp_path / "delta").read_bytes()
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    ok: bool  # what DeltaRebuilder.rebuild answered
+    metrics: CountingMetrics
+    store: BlobStore
+    cache: NodeCache
+
+
+async def rebuild_with(tmp_path: Path, v1: Image, v2: Image, delta: bytes) -> Rebuilt:
+    """Serve v1 then v2 to a rebuilder holding v1; the origin offers ``delta`` for v2's layer.
+
+    The delta and the config reach the cache as the fetcher would put them there:
+    verified against the digests the origin named.
+    """
+    target, base = v2.layers[1].digest, v1.layers[1].digest
+    offer = {"status": "ok", "target": target, "base": base, "size": len(delta)}
+    offer["delta"] = str(Digest.of_bytes(delta))
+    store, cache, index = await node_holding(tmp_path, v1, v2)
+    remote = {Digest.of_bytes(delta): delta, Digest.parse(v2.config.digest): v2.config.data}
+
+    async def ensure(digest: Digest, repository: str) -> int:
+        await cache.add(store.put_bytes(remote[digest], digest))
+        return len(remote[digest])
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(offer)
+
+    metrics = CountingMetrics()
+    async with (
+        fake_origin({DELTAS.route: answer}) as origin,
+        aiohttp.ClientSession() as session,
+    ):
+        client = OriginClient(session, origin)
+        rebuilder = DeltaRebuilder(client, cache, index, metrics, lookup_timeout=5.0)
+        ok = await rebuilder.rebuild(Digest.parse(target), DELTA_REPO, ensure)
+    return Rebuilt(ok, metrics, store, cache)

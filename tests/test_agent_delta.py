@@ -8,25 +8,28 @@ HTTP server standing in for the origin's lookup endpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
-from krill.agent.cache import NodeCache
 from krill.agent.deltas import DeltaRebuilder
 from krill.agent.layers import MAX_BASES, LayerIndex
 from krill.delta import create_delta
 from krill.digests import Digest
+from krill.endpoints import DELTAS
 from krill.originclient import OriginClient
 from tests.fixtures_agent import (
     DELTA_REPO,
     CountingMetrics,
+    Handler,
+    fake_origin,
     learn,
     node_holding,
+    rebuild_with,
     versions_with_a_delta,
 )
 from tests.imagebuild import Image, build_image, random_files, realistic_files
@@ -81,26 +84,22 @@ def test_layer_index_bounds_the_bases_it_offers() -> None:
     assert bases[0] == _layers(images[-2])[0]  # the newest earlier image comes first
 
 
-async def _origin(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> TestServer:
-    app = web.Application()
-    app.router.add_get("/krill/v1/deltas/{digest}", handler)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    return server
-
-
-async def _rebuilder(
-    tmp_path: Path, server: TestServer, metrics: CountingMetrics, *, lookup_timeout: float = 5.0
-) -> tuple[DeltaRebuilder, Digest, aiohttp.ClientSession]:
-    """An agent-side rebuilder that holds v1's layers and has served v1 and v2."""
+@contextlib.asynccontextmanager
+async def rebuilder_for(
+    handler: Handler, metrics: CountingMetrics, tmp_path: Path, *, lookup_timeout: float = 5.0
+) -> AsyncIterator[tuple[DeltaRebuilder, Digest]]:
+    """A rebuilder holding v1's layers that has served v1 and v2, asking ``handler`` for
+    deltas; yields it and v2's second layer."""
     v1, v2 = _image(1), _image(3)
     _store, cache, index = await node_holding(tmp_path, v1, v2)
-    session = aiohttp.ClientSession()
-    origin = str(server.make_url("")).rstrip("/")
-    rebuilder = DeltaRebuilder(
-        OriginClient(session, origin), cache, index, metrics, lookup_timeout=lookup_timeout
-    )
-    return rebuilder, _layers(v2)[1], session
+    async with (
+        fake_origin({DELTAS.route: handler}) as origin,
+        aiohttp.ClientSession() as session,
+    ):
+        client = OriginClient(session, origin)
+        yield DeltaRebuilder(client, cache, index, metrics, lookup_timeout=lookup_timeout), (
+            _layers(v2)[1]
+        )
 
 
 async def _never_called(digest: Digest, repository: str) -> int:
@@ -115,12 +114,9 @@ async def test_a_slow_lookup_is_a_miss_after_the_lookup_timeout(tmp_path: Path) 
         await asyncio.sleep(30)
         return web.json_response({"status": "none"})
 
-    server = await _origin(slow)
     metrics = CountingMetrics()
-    rebuilder, target, session = await _rebuilder(tmp_path, server, metrics, lookup_timeout=0.2)
-    async with session:
+    async with rebuilder_for(slow, metrics, tmp_path, lookup_timeout=0.2) as (rebuilder, target):
         assert not await rebuilder.rebuild(target, REPO, _never_called)
-    await server.close()
     assert metrics.misses == ["lookup_failed"]
     assert len(asked) == 1 and len(asked[0].split(",")) == 2  # v1's two cached layers offered
 
@@ -131,60 +127,23 @@ async def test_none_and_unfitting_answers_are_misses(tmp_path: Path) -> None:
     async def answer(request: web.Request) -> web.Response:
         return web.json_response(answers.pop(0))
 
-    server = await _origin(answer)
     metrics = CountingMetrics()
-    rebuilder, target, session = await _rebuilder(tmp_path, server, metrics)
-    async with session:
+    async with rebuilder_for(answer, metrics, tmp_path) as (rebuilder, target):
         assert not await rebuilder.rebuild(target, REPO, _never_called)
         assert not await rebuilder.rebuild(target, REPO, _never_called)
         config = Digest.parse(_image(3).config.digest)
         assert not await rebuilder.rebuild(config, REPO, _never_called)
         assert not await rebuilder.rebuild(_layers(_image(1))[0], "other/repo", _never_called)
-    await server.close()
     assert metrics.misses == ["none", "lookup_failed", "not_a_layer", "no_base"]
     assert metrics.failures == [] and metrics.hits == 0
 
 
-async def _offer_server(offer: dict[str, object]) -> TestServer:
-    async def answer(request: web.Request) -> web.Response:
-        return web.json_response(offer)
-
-    return await _origin(answer)
-
-
-async def _rebuild_with(
-    tmp_path: Path, v1: Image, v2: Image, delta: bytes
-) -> tuple[bool, CountingMetrics, NodeCache]:
-    """Serve v1 then v2 to a rebuilder holding v1; the origin offers ``delta`` for v2's layer."""
-    target, base = v2.layers[1].digest, v1.layers[1].digest
-    offer = {"status": "ok", "target": target, "base": base, "size": len(delta)}
-    offer["delta"] = str(Digest.of_bytes(delta))
-    server = await _offer_server(offer)
-    store, cache, index = await node_holding(tmp_path, v1, v2)
-    remote = {Digest.of_bytes(delta): delta, Digest.parse(v2.config.digest): v2.config.data}
-
-    async def ensure(digest: Digest, repository: str) -> int:
-        """What the fetcher does: the blob ends up verified in the node cache."""
-        await cache.add(store.put_bytes(remote[digest], digest))
-        return len(remote[digest])
-
-    metrics = CountingMetrics()
-    async with aiohttp.ClientSession() as session:
-        origin = str(server.make_url("")).rstrip("/")
-        rebuilder = DeltaRebuilder(
-            OriginClient(session, origin), cache, index, metrics, lookup_timeout=5.0
-        )
-        ok = await rebuilder.rebuild(Digest.parse(target), REPO, ensure)
-    await server.close()
-    return ok, metrics, cache
-
-
 async def test_a_delta_rebuilds_the_exact_layer_into_the_cache(tmp_path: Path) -> None:
     v1, v2, delta = versions_with_a_delta(tmp_path)
-    ok, metrics, cache = await _rebuild_with(tmp_path, v1, v2, delta)
-    target = Digest.parse(v2.layers[1].digest)
-    assert ok and metrics.hits == 1 and metrics.failures == []
-    assert cache.path(target).read_bytes() == v2.layers[1].data
+    rebuilt = await rebuild_with(tmp_path, v1, v2, delta)
+    target, metrics = Digest.parse(v2.layers[1].digest), rebuilt.metrics
+    assert rebuilt.ok and metrics.hits == 1 and metrics.failures == []
+    assert rebuilt.cache.path(target).read_bytes() == v2.layers[1].data
     assert metrics.saved == len(v2.layers[1].data) - len(delta)
 
 
@@ -193,8 +152,9 @@ async def test_a_delta_for_another_layer_fails_and_keeps_the_good_base(tmp_path:
     other = build_image([random_files(30, 1, 512), realistic_files(31, count=5)])
     (tmp_path / "other").write_bytes(other.layers[1].data)
     create_delta(tmp_path / "base", tmp_path / "other", tmp_path / "wrong")
-    ok, metrics, cache = await _rebuild_with(tmp_path, v1, v2, (tmp_path / "wrong").read_bytes())
-    assert not ok and metrics.hits == 0
+    rebuilt = await rebuild_with(tmp_path, v1, v2, (tmp_path / "wrong").read_bytes())
+    metrics, cache = rebuilt.metrics, rebuilt.cache
+    assert not rebuilt.ok and metrics.hits == 0
     # Its header names another layer, so it is refused before any rebuilding is done.
     assert metrics.failures == ["bad_delta"]
     assert not cache.has(Digest.parse(v2.layers[1].digest))
@@ -203,9 +163,9 @@ async def test_a_delta_for_another_layer_fails_and_keeps_the_good_base(tmp_path:
 
 async def test_garbage_instead_of_a_delta_fails_cleanly(tmp_path: Path) -> None:
     v1, v2, _delta = versions_with_a_delta(tmp_path)
-    ok, metrics, cache = await _rebuild_with(tmp_path, v1, v2, b"not a delta" * 100)
-    assert not ok and metrics.failures == ["bad_delta"]
-    assert cache.has(Digest.parse(v1.layers[1].digest))
+    rebuilt = await rebuild_with(tmp_path, v1, v2, b"not a delta" * 100)
+    assert not rebuilt.ok and rebuilt.metrics.failures == ["bad_delta"]
+    assert rebuilt.cache.has(Digest.parse(v1.layers[1].digest))
     assert not list((tmp_path / "blobs" / "incoming").iterdir())  # nothing left behind
 
 
@@ -227,11 +187,8 @@ async def test_a_lookup_answer_arriving_in_pieces_is_read_whole_and_names_the_re
         await response.write_eof()
         return response
 
-    server = await _origin(trickled)
     metrics = CountingMetrics()
-    rebuilder, target, session = await _rebuilder(tmp_path, server, metrics)
-    async with session:
+    async with rebuilder_for(trickled, metrics, tmp_path) as (rebuilder, target):
         assert not await rebuilder.rebuild(target, REPO, _never_called)
-    await server.close()
     assert metrics.misses == ["none"]  # not "lookup_failed": the whole answer was parsed
     assert asked == [REPO]

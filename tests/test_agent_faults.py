@@ -12,7 +12,7 @@ import asyncio
 import errno
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +30,12 @@ from krill.agent.node import AgentNode, running_node
 from krill.agent.registry import build_registry_app
 from krill.blobstore import BlobWriter
 from krill.digests import Digest
+from tests.fixtures_agent import fake_origin
 from tests.imagebuild import build_image, random_files
 from tests.metrics_text import parse_metrics
 from tests.polling import until
 
 REPO = "team/app"
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def big_manifest(layers: int = 700) -> bytes:
@@ -63,19 +63,6 @@ async def trickle(
         await asyncio.sleep(0.02)
     await response.write_eof()
     return response
-
-
-@asynccontextmanager
-async def fake_origin(routes: dict[str, Handler]) -> AsyncIterator[str]:
-    app = web.Application()
-    for path, handler in routes.items():
-        app.router.add_get(path, handler)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
 
 
 @dataclass

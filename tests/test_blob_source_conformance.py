@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -38,15 +38,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from krill.agent.deltas import DeltaRebuilder
 from krill.agent.sources import OriginHttpSource, SourceUnavailable, Transfer, TransferFailed
+from krill.agent.swarm_source import SwarmSource
 from krill.blobstore import BlobStore
 from krill.digests import Digest, sha256_file
-from krill.endpoints import DELTAS, METAINFO
+from krill.endpoints import METAINFO
 from krill.metainfo import make_metainfo
 from krill.originclient import OriginClient
-from tests.fixtures_agent import DELTA_REPO, CountingMetrics, node_holding, versions_with_a_delta
-from tests.swarm_helpers import running_tracker, serving
+from krill.swarm import SwarmEngine, SwarmSettings
+from tests.fixtures_agent import fake_origin, rebuild_with, versions_with_a_delta
+from tests.swarm_helpers import running_tracker
 
 REPO = "team/app"
 BLOB_SIZE = 300 * 1024 + 7  # five 64 KiB pieces, the last one short
@@ -163,8 +164,7 @@ async def origin_attempt(tmp_path: Path, tamper: Tamper, http: aiohttp.ClientSes
     return Attempt(digest, blob, store, outcome, received)
 
 
-@contextlib.asynccontextmanager
-async def blob_server(blob: bytes, served: bytes) -> AsyncIterator[str]:
+def blob_server(blob: bytes, served: bytes) -> contextlib.AbstractAsyncContextManager[str]:
     """Declares the blob's length, sends ``served`` (honouring Range), cuts what is short."""
 
     async def get(request: web.Request) -> web.StreamResponse:
@@ -178,19 +178,13 @@ async def blob_server(blob: bytes, served: bytes) -> AsyncIterator[str]:
         await response.write_eof()
         return response
 
-    app = web.Application()
-    app.router.add_get("/v2/{name:.+}/blobs/{digest}", get)
-    async with serving(app) as base:
-        yield base
+    return fake_origin({"/v2/{name:.+}/blobs/{digest}": get})
 
 
 # ---- the swarm ---------------------------------------------------------------------
 
 
 async def swarm_attempt(tmp_path: Path, tamper: Tamper, http: aiohttp.ClientSession) -> Attempt:
-    from krill.agent.swarm_source import SwarmSource
-    from krill.swarm import SwarmEngine, SwarmSettings
-
     blob = os.urandom(BLOB_SIZE)
     digest = Digest.of_bytes(blob)
     seeder_store, store = BlobStore(tmp_path / "seeder"), BlobStore(tmp_path / "agent")
@@ -215,59 +209,24 @@ async def swarm_attempt(tmp_path: Path, tamper: Tamper, http: aiohttp.ClientSess
     return Attempt(digest, blob, store, outcome, received)
 
 
-@contextlib.asynccontextmanager
-async def metainfo_server(digest: Digest, metainfo: bytes) -> AsyncIterator[str]:
+def metainfo_server(digest: Digest, metainfo: bytes) -> contextlib.AbstractAsyncContextManager[str]:
     async def get(request: web.Request) -> web.Response:
         if request.match_info["digest"] != str(digest):
             return web.Response(status=404)
         return web.Response(body=metainfo)
 
-    app = web.Application()
-    app.router.add_get(METAINFO.route, get)
-    async with serving(app) as base:
-        yield base
+    return fake_origin({METAINFO.route: get})
 
 
 # ---- the delta path -----------------------------------------------------------------
 
 
 async def delta_attempt(tmp_path: Path, tamper: Tamper, http: aiohttp.ClientSession) -> Attempt:
-    v1, v2, real_delta = versions_with_a_delta(tmp_path)
-    delta = tamper.apply(real_delta)
-    target, base = Digest.parse(v2.layers[1].digest), Digest.parse(v1.layers[1].digest)
-    store, cache, index = await node_holding(tmp_path, v1, v2)
-    # The origin's blobs, each verified against its own digest as the fetcher does.
-    remote = {Digest.of_bytes(delta): delta, Digest.parse(v2.config.digest): v2.config.data}
-
-    async def ensure(digest: Digest, repository: str) -> int:
-        await cache.add(store.put_bytes(remote[digest], digest))
-        return len(remote[digest])
-
-    offer = {
-        "status": "ok",
-        "target": str(target),
-        "base": str(base),
-        "delta": str(Digest.of_bytes(delta)),
-        "size": len(delta),
-    }
-    async with delta_server(offer) as origin:
-        rebuilder = DeltaRebuilder(
-            OriginClient(http, origin), cache, index, CountingMetrics(), lookup_timeout=5.0
-        )
-        rebuilt = await rebuilder.rebuild(target, DELTA_REPO, ensure)
-    outcome = Outcome.PUBLISHED if rebuilt else Outcome.REFUSED
-    return Attempt(target, v2.layers[1].data, store, outcome, None)
-
-
-@contextlib.asynccontextmanager
-async def delta_server(offer: dict[str, object]) -> AsyncIterator[str]:
-    async def lookup(request: web.Request) -> web.Response:
-        return web.json_response(offer)
-
-    app = web.Application()
-    app.router.add_get(DELTAS.route, lookup)
-    async with serving(app) as base:
-        yield base
+    v1, v2, delta = versions_with_a_delta(tmp_path)
+    rebuilt = await rebuild_with(tmp_path, v1, v2, tamper.apply(delta))
+    target = Digest.parse(v2.layers[1].digest)
+    outcome = Outcome.PUBLISHED if rebuilt.ok else Outcome.REFUSED
+    return Attempt(target, v2.layers[1].data, rebuilt.store, outcome, None)
 
 
 HARNESSES: dict[str, Harness] = {
