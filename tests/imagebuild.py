@@ -1,7 +1,8 @@
 """Build real OCI images in-process, for tests and benchmarks.
 
 Layers are real tar archives compressed the way registries see them (gzip by
-zlib, or none); configs carry the right diff_ids; images are written as an
+zlib, or none, or by a caller-supplied gzip compressor such as the Go oracle
+of tests/goflate); configs carry the right diff_ids; images are written as an
 OCI image layout that ``skopeo copy oci:DIR:TAG ...`` pushes unchanged.
 """
 
@@ -14,6 +15,7 @@ import json
 import os
 import random
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,8 +136,14 @@ def build_image(
     docker: bool = False,
     compress: bool = True,
     architecture: str = "amd64",
+    compressor: Callable[[bytes], bytes] = gzip_bytes,
 ) -> Image:
-    """An image whose layers hold ``layer_files`` (one dict per layer)."""
+    """An image whose layers hold ``layer_files`` (one dict per layer).
+
+    ``compressor`` gzips each layer tar (zlib level 6 by default); pass another
+    gzip writer (say ``lambda tar: go_oracle.gzip(tar, 6)``) for layers made
+    the way another builder makes them.
+    """
     tars = [make_tar(files) for files in layer_files]
     if docker:
         layer_type, config_type, manifest_type = (
@@ -146,7 +154,7 @@ def build_image(
     else:
         layer_type = oci.OCI_LAYER_GZIP if compress else oci.OCI_LAYER_TAR
         config_type, manifest_type = oci.OCI_CONFIG, oci.OCI_MANIFEST
-    layers = [Blob(layer_type, gzip_bytes(t) if compress or docker else t) for t in tars]
+    layers = [Blob(layer_type, compressor(t) if compress or docker else t) for t in tars]
     config_doc = {
         "architecture": architecture,
         "os": "linux",
