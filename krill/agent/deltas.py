@@ -31,6 +31,7 @@ import shutil
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -50,12 +51,34 @@ log = logging.getLogger(__name__)
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
+class Miss(StrEnum):
+    """Why no delta was tried (the ``krill_agent_delta_misses_total`` label)."""
+
+    NOT_A_LAYER = "not_a_layer"
+    NO_BASE = "no_base"
+    LOOKUP_FAILED = "lookup_failed"
+    NONE = "none"  # the origin has none yet (the lookup queued one)
+    NO_CONFIG = "no_config"
+
+
+class Failure(StrEnum):
+    """Why a delta that was tried gave no layer (``krill_agent_delta_failures_total``)."""
+
+    DELTA_FETCH = "delta_fetch"
+    BASE_GONE = "base_gone"
+    BASE_DAMAGED = "base_damaged"
+    BAD_DELTA = "bad_delta"
+    RECIPE = "recipe"
+    DIFF_ID = "diff_id"
+    DIGEST = "digest"
+
+
 class DeltaMetrics(Protocol):
     def delta_hit(self, bytes_saved: int) -> None: ...
 
-    def delta_miss(self, reason: str) -> None: ...
+    def delta_miss(self, reason: Miss) -> None: ...
 
-    def delta_failure(self, reason: str) -> None: ...
+    def delta_failure(self, reason: Failure) -> None: ...
 
 
 # Makes a blob cached on this node through the normal sources; returns its size.
@@ -75,7 +98,7 @@ class DeltaOffer:
 class DeltaMiss(Exception):
     """No delta to try; ``reason`` labels the miss metric."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: Miss, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
 
@@ -83,7 +106,7 @@ class DeltaMiss(Exception):
 class DeltaFailure(Exception):
     """A delta was tried and did not yield the layer; ``reason`` labels the failure metric."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: Failure, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
 
@@ -157,26 +180,26 @@ class DeltaRebuilder:
     ) -> tuple[LayerRef, DeltaOffer]:
         ref = self._layers.layer(digest)
         if ref is None or repository is None:
-            raise DeltaMiss("not_a_layer", "not a layer of an image this agent served")
+            raise DeltaMiss(Miss.NOT_A_LAYER, "not a layer of an image this agent served")
         bases = self._layers.bases(repository, digest, self._cache.has)
         if not bases:
-            raise DeltaMiss("no_base", f"no cached layer of an earlier {repository} image")
+            raise DeltaMiss(Miss.NO_BASE, f"no cached layer of an earlier {repository} image")
         return ref, await self._lookup(digest, bases, repository)
 
     async def _lookup(self, digest: Digest, bases: list[Digest], repository: str) -> DeltaOffer:
         """Ask the origin; ``repo`` lets it link a delta it finds into the asking repository."""
         if not self._origin.configured:
-            raise DeltaMiss("lookup_failed", "no origin configured")
+            raise DeltaMiss(Miss.LOOKUP_FAILED, "no origin configured")
         url = self._origin.url(DELTAS, digest)
         try:
             async with asyncio.timeout(self._lookup_timeout):
                 answer = await self._origin.lookup_delta(digest, bases, repository)
         except BodyTooLarge as exc:
-            raise DeltaMiss("lookup_failed", f"delta lookup {url}: {exc}") from None
+            raise DeltaMiss(Miss.LOOKUP_FAILED, f"delta lookup {url}: {exc}") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise DeltaMiss("lookup_failed", f"delta lookup {url}: {exc!r}") from None
+            raise DeltaMiss(Miss.LOOKUP_FAILED, f"delta lookup {url}: {exc!r}") from None
         if answer.status != 200:
-            raise DeltaMiss("lookup_failed", f"delta lookup {url} answered {answer.status}")
+            raise DeltaMiss(Miss.LOOKUP_FAILED, f"delta lookup {url} answered {answer.status}")
         return _parse_offer(answer.body, digest, bases)
 
     # ---- using it ---------------------------------------------------------
@@ -190,14 +213,14 @@ class DeltaRebuilder:
                 async with asyncio.timeout(self._fetch_timeout):
                     await ensure(offer.delta, repository)
             except Exception as exc:  # any source trouble: fetch the layer whole instead
-                raise DeltaFailure("delta_fetch", f"delta blob unavailable: {exc}") from None
+                raise DeltaFailure(Failure.DELTA_FETCH, f"delta blob unavailable: {exc}") from None
             finally:
                 self._delta_blobs.discard(offer.delta)
             with self._cache.pinned(offer.delta):
                 if not await self._cache.ensure_verified(offer.base):
-                    raise DeltaFailure("base_gone", "the base left the cache")
+                    raise DeltaFailure(Failure.BASE_GONE, "the base left the cache")
                 if not await self._cache.ensure_verified(offer.delta):
-                    raise DeltaFailure("delta_fetch", "the delta left the cache")
+                    raise DeltaFailure(Failure.DELTA_FETCH, "the delta left the cache")
                 await self._rebuild_and_commit(offer, diff_id)
 
     async def _diff_id(self, ref: LayerRef, ensure: EnsureBlob) -> Digest:
@@ -210,7 +233,7 @@ class DeltaRebuilder:
             diff_ids = json.loads(raw[:MAX_CONFIG_BYTES])["rootfs"]["diff_ids"]
             return Digest.parse(diff_ids[ref.position])
         except Exception as exc:  # no config, or not one we can read: no delta
-            raise DeltaMiss("no_config", f"image config {ref.config}: {exc!r}") from None
+            raise DeltaMiss(Miss.NO_CONFIG, f"image config {ref.config}: {exc!r}") from None
 
     async def _rebuild_and_commit(self, offer: DeltaOffer, diff_id: Digest) -> None:
         store = self._cache.store
@@ -220,12 +243,12 @@ class DeltaRebuilder:
             result = await self._run_rebuild(offer, work)
             if Digest.parse(result.diff_id) != diff_id:
                 raise DeltaFailure(
-                    "diff_id", f"rebuilt diff_id {result.diff_id}, the config says {diff_id}"
+                    Failure.DIFF_ID, f"rebuilt diff_id {result.diff_id}, the config says {diff_id}"
                 )
             try:
                 await asyncio.to_thread(store.adopt_file, result.path, offer.target)
             except DigestMismatchError as exc:
-                raise DeltaFailure("digest", str(exc)) from None
+                raise DeltaFailure(Failure.DIGEST, str(exc)) from None
             await self._cache.add(offer.target)
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
@@ -241,11 +264,13 @@ class DeltaRebuilder:
             # Maybe the delta is bad, maybe our base rotted on disk: hash the base again
             # (a damaged one is dropped from the cache, so it is not offered next time).
             if not await self._cache.recheck(offer.base, self._executor):
-                raise DeltaFailure("base_damaged", f"the cached base was damaged: {exc}") from None
-            reason = "recipe" if isinstance(exc, RecipeError) else "bad_delta"
+                damaged = f"the cached base was damaged: {exc}"
+                raise DeltaFailure(Failure.BASE_DAMAGED, damaged) from None
+            reason = Failure.RECIPE if isinstance(exc, RecipeError) else Failure.BAD_DELTA
             raise DeltaFailure(reason, str(exc)) from None
         if Digest.parse(result.digest) != offer.target:
-            raise DeltaFailure("digest", f"delta rebuilds {result.digest}, not {offer.target}")
+            wrong = f"delta rebuilds {result.digest}, not {offer.target}"
+            raise DeltaFailure(Failure.DIGEST, wrong)
         return result
 
 
@@ -255,7 +280,7 @@ def _parse_offer(body: bytes, target: Digest, bases: list[Digest]) -> DeltaOffer
         doc = json.loads(body)
         status = doc["status"]
         if status == "none":
-            raise DeltaMiss("none", f"no delta yet (queued {doc.get('queued', 0)})")
+            raise DeltaMiss(Miss.NONE, f"no delta yet (queued {doc.get('queued', 0)})")
         if status != "ok":
             raise ValueError(f"status {status!r}")
         offer = DeltaOffer(
@@ -265,7 +290,7 @@ def _parse_offer(body: bytes, target: Digest, bases: list[Digest]) -> DeltaOffer
             int(doc["size"]),
         )
     except (ValueError, KeyError, TypeError, DigestError) as exc:
-        raise DeltaMiss("lookup_failed", f"unreadable delta answer: {exc!r}") from None
+        raise DeltaMiss(Miss.LOOKUP_FAILED, f"unreadable delta answer: {exc!r}") from None
     if offer.target != target or offer.base not in bases or offer.size <= 0:
-        raise DeltaMiss("lookup_failed", f"delta answer does not fit the request: {doc}")
+        raise DeltaMiss(Miss.LOOKUP_FAILED, f"delta answer does not fit the request: {doc}")
     return offer

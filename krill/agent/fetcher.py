@@ -24,6 +24,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from krill.agent.cache import NodeCache
@@ -38,6 +39,15 @@ from krill.agent.sources import (
 from krill.digests import Digest
 
 log = logging.getLogger(__name__)
+
+
+class Fallback(StrEnum):
+    """Why a fetch left the swarm (the ``krill_agent_fallbacks_total`` label)."""
+
+    DEADLINE = "deadline"  # no verified bytes within swarm_deadline
+    UNAVAILABLE = "unavailable"  # the swarm could not start or its transfer failed
+    ERROR = "error"  # anything else the swarm raised
+    FAILED = "failed"  # the origin could not serve it either: 503
 
 
 @dataclass(frozen=True)
@@ -191,11 +201,11 @@ class BlobFetcher:
                 transfer = await self._origin.start(digest, repository)
                 return InflightBlob(digest, transfer, self._origin.name)
             except BlobNotFound:
-                self._on_event("fallback", "failed")
+                self._on_event("fallback", Fallback.FAILED)
                 raise
             except SourceUnavailable as exc:
                 errors.append(f"origin: {exc}")
-        self._on_event("fallback", "failed")
+        self._on_event("fallback", Fallback.FAILED)
         raise SourceUnavailable("; ".join(errors) or "no blob source configured")
 
     async def _try_swarm(self, digest: Digest, repository: str | None) -> InflightBlob:
@@ -282,12 +292,12 @@ def _worth_own_try(exc: SourceUnavailable, shared: str | None, mine: str | None)
     return shared is None or isinstance(exc, BlobNotFound)
 
 
-def _fallback_reason(exc: BaseException) -> str:
+def _fallback_reason(exc: BaseException) -> Fallback:
     if isinstance(exc, TimeoutError):
-        return "deadline"
+        return Fallback.DEADLINE
     if isinstance(exc, (SourceUnavailable, TransferFailed)):
-        return "unavailable"
-    return "error"
+        return Fallback.UNAVAILABLE
+    return Fallback.ERROR
 
 
 def _consume_exception(task: asyncio.Task[CachedBlob | InflightBlob]) -> None:

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from krill.digests import Digest
 
 if TYPE_CHECKING:  # krill.swarm loads libtorrent, which an agent without a swarm never needs
+    from krill.agent.deltas import Failure, Miss
     from krill.swarm import SwarmStats
 
 
@@ -100,10 +101,10 @@ class AgentMetrics:
         self.delta_hits.inc()
         self.delta_bytes_saved.inc(bytes_saved)
 
-    def delta_miss(self, reason: str) -> None:
+    def delta_miss(self, reason: Miss) -> None:
         self.delta_misses.labels(reason).inc()
 
-    def delta_failure(self, reason: str) -> None:
+    def delta_failure(self, reason: Failure) -> None:
         self.delta_failures.labels(reason).inc()
 
     def evicted(self, digest: Digest, reason: str) -> None:
