@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -20,20 +19,15 @@ from aiohttp import web
 from krill import oci
 from krill.bodies import BodyTooLarge, read_limited
 from krill.digests import Digest
-from krill.origin.appkeys import CONFIG, PULL_THROUGH, REPOSITORIES, STORE
+from krill.origin.appkeys import CONFIG, REPOSITORIES, STORE
+from krill.origin.errors import manifest_unknown
+from krill.origin.manifests import store_manifest
+from krill.origin.pullthrough import PULL_THROUGH
 from krill.origin.tagging import delete_tag, move_tag
 from krill.registry_errors import RegistryError
 from krill.registry_params import API_HEADERS, parse_reference, repo_name
 
 log = logging.getLogger(__name__)
-
-
-def manifest_unknown(repo: str, reference: Digest | str) -> RegistryError:
-    return RegistryError(
-        "MANIFEST_UNKNOWN",
-        f"manifest {reference} is not known in repository {repo}",
-        detail={"name": repo, "reference": str(reference)},
-    )
 
 
 async def resolve_manifest(app: web.Application, repo: str, reference: Digest | str) -> Digest:
@@ -148,35 +142,6 @@ async def put_manifest(request: web.Request) -> web.Response:
     if parsed.subject is not None:  # this origin implements the referrers API
         headers["OCI-Subject"] = str(parsed.subject.digest)
     return web.Response(status=201, headers=headers)
-
-
-def store_manifest(
-    app: web.Application, repo: str, digest: Digest, body: bytes, parsed: oci.ParsedManifest
-) -> None:
-    """Bytes, link, and (with a subject) the referrers entry; blocking, run in a thread."""
-    app[STORE].put_bytes(body, digest)
-    app[REPOSITORIES].link_manifest(repo, digest, parsed.media_type)
-    if parsed.subject is not None:
-        descriptor = referrer_descriptor(digest, len(body), parsed)
-        app[REPOSITORIES].link_referrer(repo, parsed.subject.digest, descriptor)
-
-
-def referrer_descriptor(digest: Digest, size: int, parsed: oci.ParsedManifest) -> dict[str, Any]:
-    """The descriptor the referrers API lists for a manifest (distribution spec v1.1).
-
-    ``artifactType`` is the manifest's own, else its config's media type.
-    """
-    descriptor: dict[str, Any] = {
-        "mediaType": parsed.media_type,
-        "digest": str(digest),
-        "size": size,
-    }
-    artifact_type = parsed.artifact_type or (parsed.config.media_type if parsed.config else None)
-    if artifact_type:
-        descriptor["artifactType"] = artifact_type
-    if parsed.annotations:
-        descriptor["annotations"] = parsed.annotations
-    return descriptor
 
 
 async def delete_manifest(request: web.Request) -> web.Response:

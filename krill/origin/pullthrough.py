@@ -34,15 +34,17 @@ from aiohttp import web
 from krill import oci
 from krill.digests import Digest
 from krill.origin.appkeys import METRICS, REPOSITORIES, STORE
-from krill.origin.blob_routes import blob_file_response, blob_unknown
 from krill.origin.blobfill import BlobFill
+from krill.origin.blobresponses import blob_file_response, blob_head_response, blob_headers
 from krill.origin.config import OriginConfig
-from krill.origin.manifest_routes import store_manifest
+from krill.origin.errors import blob_unknown
+from krill.origin.manifests import store_manifest
 from krill.origin.tagging import move_tag
 from krill.origin.upstream import UpstreamClient, UpstreamDenied, UpstreamNotFound, unavailable
 from krill.registry_errors import RegistryError
-from krill.registry_params import API_HEADERS
 from krill.singleflight import SingleFlight
+
+__all__ = ["PULL_THROUGH", "PullThrough"]
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +155,7 @@ class PullThrough:
         if fill is not None and request.method == "GET":
             return await self._stream(request, fill)
         if fill is not None:  # HEAD while our repository's fetch runs
-            return _head_response(digest, await asyncio.shield(fill.headers))
+            return blob_head_response(digest, await asyncio.shield(fill.headers))
         if self.app[STORE].has(digest) or request.method == "HEAD":
             return await self._serve_after_upstream_head(request, repo, digest)
         return await self._stream(request, self._start_fill(repo, digest))
@@ -204,7 +206,7 @@ class PullThrough:
         log.info("upstream.blob repo=%s digest=%s bytes=%s", repo, digest, size)
 
     async def _stream(self, request: web.Request, fill: BlobFill) -> web.StreamResponse:
-        response = await fill.stream(request, _blob_headers(fill.digest))
+        response = await fill.stream(request, blob_headers(fill.digest))
         if response is None:  # committed before this client started
             return blob_file_response(self.app, fill.digest)
         return response
@@ -223,29 +225,11 @@ class PullThrough:
         if self.app[STORE].has(digest):
             self.app[REPOSITORIES].link_blob(repo, digest)
             return blob_file_response(self.app, digest)
-        headers = {
-            **API_HEADERS,
-            "Docker-Content-Digest": str(digest),
-            "Content-Type": "application/octet-stream",
-            "Content-Length": str(size),
-        }
-        return web.Response(headers=headers)
+        return blob_head_response(digest, size)
 
 
-
-def _blob_headers(digest: Digest) -> dict[str, str]:
-    return {
-        **API_HEADERS,
-        "Docker-Content-Digest": str(digest),
-        "Content-Type": "application/octet-stream",
-    }
-
-
-def _head_response(digest: Digest, size: int | None) -> web.Response:
-    headers = _blob_headers(digest)
-    if size is not None:
-        headers["Content-Length"] = str(size)
-    return web.Response(headers=headers)
+# None unless the origin mirrors an upstream registry.
+PULL_THROUGH: web.AppKey[PullThrough | None] = web.AppKey("krill_origin_pull_through")
 
 
 def _refused_for_repository(exc: RegistryError) -> bool:

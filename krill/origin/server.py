@@ -30,7 +30,6 @@ from krill.origin.appkeys import (
     BLOB_PUSHED,
     CONFIG,
     METRICS,
-    PULL_THROUGH,
     REPOSITORIES,
     STORE,
     TAG_HISTORY,
@@ -39,6 +38,7 @@ from krill.origin.appkeys import (
 )
 from krill.origin.config import OriginConfig
 from krill.origin.metrics import OriginMetrics
+from krill.origin.pullthrough import PULL_THROUGH, PullThrough
 from krill.origin.repositories import Repositories
 from krill.origin.taghistory import TagHistory
 from krill.origin.uploads import UploadSessions
@@ -63,11 +63,7 @@ def create_app(config: OriginConfig) -> web.Application:
     app[BLOB_PUSHED] = []
     app[UPLOADS] = UploadSessions(store, config.max_upload_sessions)
     app[METRICS] = OriginMetrics()
-    app[PULL_THROUGH] = None
-    if config.upstream:
-        from krill.origin.pullthrough import PullThrough
-
-        app[PULL_THROUGH] = PullThrough(app, config)
+    app[PULL_THROUGH] = PullThrough(app, config) if config.upstream else None
     app.router.add_get("/v2/", base_check, name="base")
     app.router.add_get("/health", health, name="health")
     app.router.add_get("/metrics", metrics, name="metrics")

@@ -1,7 +1,8 @@
 """Moving a tag: the link, the durable history line, then the ``TAG_MOVED`` hooks.
 
 ``app[TAG_MOVED]`` is a list of async callbacks other modules append to
-(e.g. the delta engine, from its own ``setup(app)``)::
+(e.g. the delta engine, from ``delta_routes.setup(app)``), each an
+``appkeys.TagMovedHook``::
 
     async def on_tag_moved(repo: str, tag: str, old: Digest | None, new: Digest) -> None
 
@@ -21,16 +22,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from krill.digests import Digest
 from krill.origin.appkeys import REPOSITORIES, TAG_HISTORY, TAG_MOVED
 
-log = logging.getLogger(__name__)
+__all__ = ["TAG_LOCK", "delete_tag", "move_tag"]
 
-TagMovedHook = Callable[[str, str, Digest | None, Digest], Awaitable[None]]
+log = logging.getLogger(__name__)
 
 TAG_LOCK = threading.Lock()
 
