@@ -28,14 +28,19 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
 from krill.blobstore import BlobStore
-from krill.digests import Digest, DigestError
+from krill.digests import Digest
+from krill.endpoints import BLOBS, CLAIMS
 from krill.metainfo import piece_count, piece_length_for
-from krill.origin.blob_routes import stored_file_response
+from krill.origin.blobresponses import stored_file_response
+from krill.origin.errors import blob_gone, stored_digest
 from krill.registry_errors import RegistryError
+
+__all__ = ["CHUNK_PIECES", "PieceClaims", "install_piece_claims", "piece_claims"]
 
 # Pieces per claim: large enough that a node claims rarely (one small request per
 # chunk), small enough that a herd of a few dozen nodes all get a chunk at once
@@ -109,28 +114,27 @@ def install_piece_claims(app: web.Application, store: BlobStore) -> None:
     """Add the claim and blob-by-digest routes, serving blobs from ``store``."""
     app[_CLAIMS_KEY] = PieceClaims()
     app[_STORE_KEY] = store
-    app.router.add_post("/krill/v1/claims/{digest}", _handle_claim, name="piece_claim")
-    app.router.add_get("/krill/v1/blobs/{digest}", _handle_blob, name="piece_blob")
+    app.router.add_post(CLAIMS.route, _handle_claim, name="piece_claim")
+    app.router.add_get(BLOBS.route, _handle_blob, name="piece_blob")
 
 
-def _stored_digest(request: web.Request) -> Digest:
+def _stored_blob(request: web.Request) -> tuple[Digest, Path, int]:
+    """The route's blob: digest, file and size (DIGEST_INVALID, BLOB_UNKNOWN)."""
+    store = request.app[_STORE_KEY]
+    digest = stored_digest(request, store)
+    path = store.path(digest)
     try:
-        digest = Digest.parse(request.match_info["digest"])
-    except DigestError as exc:
-        raise RegistryError("DIGEST_INVALID", str(exc)) from exc
-    if not request.app[_STORE_KEY].has(digest):
-        raise RegistryError("BLOB_UNKNOWN", f"no blob {digest} on this origin")
-    return digest
+        size = path.stat().st_size
+    except FileNotFoundError:  # deleted since the check
+        raise blob_gone() from None
+    return digest, path, size
 
 
 async def _handle_claim(request: web.Request) -> web.Response:
     try:
-        digest = _stored_digest(request)
-        size = request.app[_STORE_KEY].path(digest).stat().st_size
+        digest, _path, size = _stored_blob(request)
     except RegistryError as exc:
         return exc.response()
-    except FileNotFoundError:  # deleted since the check
-        return RegistryError("BLOB_UNKNOWN", "the blob was deleted").response()
     claimed = request.app[_CLAIMS_KEY].claim(digest, size)
     if claimed is None:
         return web.Response(status=204)
@@ -146,13 +150,9 @@ def piece_claims(app: web.Application) -> PieceClaims:
 
 async def _handle_blob(request: web.Request) -> web.StreamResponse:
     try:
-        digest = _stored_digest(request)
-        path = request.app[_STORE_KEY].path(digest)
-        size = path.stat().st_size
+        digest, path, size = _stored_blob(request)
     except RegistryError as exc:
         return exc.response()
-    except FileNotFoundError:
-        return RegistryError("BLOB_UNKNOWN", "the blob was deleted").response()
     if request.method == "GET":  # HEAD sends no body
         request.app[_CLAIMS_KEY].bytes_requested += _requested_length(request, size)
     return stored_file_response(path, digest)

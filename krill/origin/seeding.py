@@ -24,27 +24,34 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from krill.atomicfile import write_atomic
 from krill.blobstore import BlobStore
 from krill.config import parse_hostport
-from krill.digests import Digest, DigestError
+from krill.digests import Digest
+from krill.endpoints import METAINFO
 from krill.metainfo import METAINFO_CONTENT_TYPE, MetainfoError, check_metainfo, make_metainfo
 from krill.origin.appkeys import BLOB_PUSHED
+from krill.origin.config import OriginConfig
+from krill.origin.errors import blob_not_on_origin, stored_digest
 from krill.origin.piececlaims import install_piece_claims
 from krill.registry_errors import RegistryError
+from krill.singleflight import SingleFlight
 from krill.swarm import SwarmEngine, SwarmSettings
 
-if TYPE_CHECKING:
-    from krill.origin.config import OriginConfig
+__all__ = [
+    "SWARM_ENGINE_KEY",
+    "MetainfoSidecars",
+    "announce_url",
+    "install_seeding",
+    "swarm_settings_for",
+]
 
 log = logging.getLogger(__name__)
 
 SWARM_ENGINE_KEY = web.AppKey("swarm_engine", SwarmEngine)
-_METAINFO_KEY = web.AppKey("metainfo_sidecars", "MetainfoSidecars")
 
 
 class MetainfoSidecars:
@@ -52,19 +59,26 @@ class MetainfoSidecars:
 
     def __init__(self, store: BlobStore) -> None:
         self._store = store
-        self._inflight: dict[Digest, asyncio.Task[bytes]] = {}
+        self._flights: SingleFlight[bytes] = SingleFlight()
+        # Preparations nobody awaits, held until done (the loop keeps only weak references).
+        self._preparing: set[asyncio.Task[bytes]] = set()
 
     async def get(self, digest: Digest) -> bytes:
-        return await asyncio.shield(self.start(digest))
+        """The metainfo, loaded or made once however many ask at the same moment."""
+        return await self._flights.run(
+            digest, lambda: asyncio.to_thread(self._load_or_make, digest)
+        )
 
-    def start(self, digest: Digest) -> asyncio.Task[bytes]:
-        """The (shared) task loading or making ``digest``'s metainfo; started if need be."""
-        task = self._inflight.get(digest)
-        if task is None:
-            task = asyncio.create_task(asyncio.to_thread(self._load_or_make, digest))
-            self._inflight[digest] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(digest, None))
-        return task
+    def prepare(self, digest: Digest) -> None:
+        """Start making ``digest``'s metainfo in the background (failures are logged)."""
+        task = asyncio.get_running_loop().create_task(self.get(digest))
+        self._preparing.add(task)
+        task.add_done_callback(self._prepared)
+
+    def _prepared(self, task: asyncio.Task[bytes]) -> None:
+        self._preparing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("origin.metainfo_prepare_failed error=%s", task.exception())
 
     def _load_or_make(self, digest: Digest) -> bytes:
         """The blob's sidecar torrent; a missing or damaged one is made again."""
@@ -83,6 +97,9 @@ class MetainfoSidecars:
         return metainfo
 
 
+_METAINFO_KEY = web.AppKey("metainfo_sidecars", MetainfoSidecars)
+
+
 def _prepare_metainfo(app: web.Application, digest: Digest) -> None:
     """Make a just-pushed blob's metainfo now, in the background.
 
@@ -90,12 +107,7 @@ def _prepare_metainfo(app: web.Application, digest: Digest) -> None:
     (SHA-1 of every piece: about half a second per GiB here), and with it the
     whole herd that asked at the same moment.
     """
-    app[_METAINFO_KEY].start(digest).add_done_callback(_log_metainfo_failure)
-
-
-def _log_metainfo_failure(task: asyncio.Task[bytes]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("origin.metainfo_prepare_failed error=%s", task.exception())
+    app[_METAINFO_KEY].prepare(digest)
 
 
 def announce_url(tracker: str) -> str:
@@ -111,6 +123,8 @@ def swarm_settings_for(config: OriginConfig) -> SwarmSettings:
     libtorrent listens on the same host as the registry, so an origin reachable
     at its HTTP address is reachable by peers too.
     """
+    if not config.tracker:
+        raise ValueError("seeding needs the tracker's URL: set the origin's tracker")
     host, _ = parse_hostport(config.listen)
     return SwarmSettings(
         tracker_url=announce_url(config.tracker),
@@ -133,7 +147,7 @@ def install_seeding(app: web.Application, store: BlobStore, settings: SwarmSetti
             yield
 
     app.cleanup_ctx.append(swarm_engine)
-    app.router.add_get("/krill/v1/metainfo/{digest}", _handle_metainfo)
+    app.router.add_get(METAINFO.route, _handle_metainfo)
     pushed_hooks = app.get(BLOB_PUSHED)
     if pushed_hooks is not None:  # the full origin app (tests may install on a bare one)
         pushed_hooks.append(lambda digest: _prepare_metainfo(app, digest))
@@ -141,16 +155,14 @@ def install_seeding(app: web.Application, store: BlobStore, settings: SwarmSetti
 
 
 async def _handle_metainfo(request: web.Request) -> web.Response:
-    try:
-        digest = Digest.parse(request.match_info["digest"])
-    except DigestError as exc:
-        return RegistryError("DIGEST_INVALID", str(exc)).response()
     engine = request.app[SWARM_ENGINE_KEY]
-    if not engine.store.has(digest):
-        return RegistryError("BLOB_UNKNOWN", f"no blob {digest} on this origin").response()
+    try:
+        digest = stored_digest(request, engine.store)
+    except RegistryError as exc:
+        return exc.response()
     try:
         metainfo = await request.app[_METAINFO_KEY].get(digest)
         await engine.seed(digest, metainfo)
     except FileNotFoundError:  # deleted between the check and the hashing or seeding
-        return RegistryError("BLOB_UNKNOWN", f"no blob {digest} on this origin").response()
+        return blob_not_on_origin(digest).response()
     return web.Response(body=metainfo, content_type=METAINFO_CONTENT_TYPE)

@@ -27,6 +27,8 @@ from typing import IO, Any
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
+__all__ = ["BURST_LIMIT", "ThreadedFileResponse", "send_burst", "send_file_range"]
+
 # A burst ends when the socket buffer is full, so bursts are short and a few
 # threads keep every core busy with kernel copy work.
 _POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="sendfile")
@@ -50,7 +52,12 @@ def send_burst(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
 
 async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
     ready: asyncio.Future[None] = loop.create_future()
-    loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_writer(fd, wake)
     try:
         await ready
     finally:
