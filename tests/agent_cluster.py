@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
 import threading
 import urllib.request
 from collections.abc import Callable, Coroutine, Iterator
@@ -33,7 +34,7 @@ class Agent:
     registry: str  # registry endpoint base URL
     registry_hostport: str
     data: Path
-    process: Any
+    process: subprocess.Popen[bytes]
 
     def metrics(self) -> dict[str, float]:
         return read_metrics(self.api)
