@@ -17,6 +17,7 @@ import yarl
 
 from krill import bencode
 from krill.blobstore import BlobStore
+from krill.endpoints import METAINFO
 from krill.metainfo import fetch_metainfo, make_metainfo
 from krill.tracker.announce import parse_announce
 from krill.tracker.config import TrackerConfig
@@ -175,11 +176,11 @@ async def test_metainfo_is_fetched_from_an_origin_and_cached(
             async with http.get(f"{tracker_url}/metainfo/sha256:{'0' * 64}") as missing:
                 assert missing.status == 404
                 assert "no origin could provide" in await missing.text()
-            async with http.get(f"{tracker_url}/krill/v1/metainfo/sha256:nothex") as bad:
+            async with http.get(METAINFO.url(tracker_url, "sha256:nothex")) as bad:
                 assert bad.status == 400
         # The origin is gone; the tracker answers from its cache.
         assert await fetch_metainfo(http, tracker_url, digest) == direct
-        async with http.get(f"{tracker_url}/krill/v1/metainfo/{digest}") as answer:
+        async with http.get(METAINFO.url(tracker_url, digest)) as answer:
             assert answer.headers["Content-Type"] == "application/x-bittorrent"
 
 

@@ -137,7 +137,7 @@ async def test_when_every_origin_fails_the_answer_says_why(http: aiohttp.ClientS
         return web.Response(body=b"l" * 100_000 + b"e" * 100_000)
 
     async with origin(nested) as (broken, _), running_tracker(origin=[broken]) as tracker:
-        async with http.get(f"{tracker}/krill/v1/metainfo/{digest}") as answer:
+        async with http.get(METAINFO.url(tracker, digest)) as answer:
             assert answer.status == 404
             assert "nested deeper" in await answer.text()
 
