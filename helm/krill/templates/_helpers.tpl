@@ -10,6 +10,23 @@
 app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Labels of one component's objects: call with (dict "ctx" $ "component" "origin"). */}}
+{{- define "krill.componentLabels" -}}
+{{ include "krill.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* The selector of one component's pods: call with (dict "ctx" $ "component" "origin"). */}}
+{{- define "krill.selector" -}}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/* Render a settings table as TOML: scalars and lists as JSON literals. */}}
@@ -27,4 +44,48 @@ http://{{ include "krill.fullname" . }}-origin:{{ .Values.origin.port }}
 
 {{- define "krill.trackerURL" -}}
 http://{{ include "krill.fullname" . }}-tracker:{{ .Values.tracker.port }}
+{{- end -}}
+
+{{/* The security context of the origin's and tracker's containers: the image's
+     non-root user, nothing writable but the volumes, no privileges. */}}
+{{- define "krill.restrictedContainer" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+readOnlyRootFilesystem: true
+allowPrivilegeEscalation: false
+capabilities: {drop: [ALL]}
+seccompProfile: {type: RuntimeDefault}
+{{- end -}}
+
+{{/* The agent's containers: root, for containerd's hosts.toml directory and
+     the cache on the node (both root's), but without any capability. */}}
+{{- define "krill.agentContainer" -}}
+runAsNonRoot: false
+runAsUser: 0
+runAsGroup: 0
+readOnlyRootFilesystem: true
+allowPrivilegeEscalation: false
+capabilities: {drop: [ALL]}
+seccompProfile: {type: RuntimeDefault}
+{{- end -}}
+
+{{/* Probes on GET /health at the named port. Readiness uses /health too until
+     the services serve /ready. Call with (dict "port" "registry" "startupSeconds" 150). */}}
+{{- define "krill.probes" -}}
+startupProbe:
+  httpGet: {path: /health, port: {{ .port }}}
+  periodSeconds: 5
+  timeoutSeconds: 5
+  failureThreshold: {{ div .startupSeconds 5 }}
+livenessProbe:
+  httpGet: {path: /health, port: {{ .port }}}
+  periodSeconds: 20
+  timeoutSeconds: 5
+  failureThreshold: 3
+readinessProbe:
+  httpGet: {path: /health, port: {{ .port }}}
+  periodSeconds: 10
+  timeoutSeconds: 5
+  failureThreshold: 3
 {{- end -}}
