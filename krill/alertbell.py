@@ -21,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from typing import Any
+
+import libtorrent as lt
 
 
 class AlertBell:
     """Rings when ``session`` has queued alerts since the last ``wait``."""
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: lt.session) -> None:
         self._session = session
         self._loop = asyncio.get_running_loop()
         self._reader, self._writer = socket.socketpair()

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterable
 import aiohttp
 
 from krill.digests import Digest
+from krill.endpoints import BLOBS, CLAIMS
 from krill.metainfo import piece_count
 
 # Per request, so any session will do (the agent passes its own): connecting and
@@ -37,7 +38,7 @@ class OriginPieceFeed:
         piece_length: int,
     ) -> None:
         self._http = http
-        self._base = origin_url.rstrip("/")
+        self._origin = origin_url
         self.digest = digest
         self.size = size
         self.piece_length = piece_length
@@ -45,7 +46,7 @@ class OriginPieceFeed:
 
     async def claim(self) -> range | None:
         """The next pieces the origin gives this node, or None once all are handed out."""
-        url = f"{self._base}/krill/v1/claims/{self.digest}"
+        url = CLAIMS.url(self._origin, self.digest)
         try:
             async with self._http.post(url, timeout=_TIMEOUT) as response:
                 if response.status == 204:
@@ -76,7 +77,7 @@ class OriginPieceFeed:
         """Pieces ``run.start .. run.stop-1`` (consecutive), each as soon as it has arrived."""
         start = run.start * self.piece_length
         stop = min(self.size, run.stop * self.piece_length)
-        url = f"{self._base}/krill/v1/blobs/{self.digest}"
+        url = BLOBS.url(self._origin, self.digest)
         headers = {"Range": f"bytes={start}-{stop - 1}"}
         try:
             async with self._http.get(url, headers=headers, timeout=_TIMEOUT) as response:

@@ -608,7 +608,7 @@ PROGRESS_STEP = 0.5
 
 async def sample_progress(download: Download) -> None:
     while True:
-        PROGRESS.append(download._verified_count / download._num_pieces)
+        PROGRESS.append(download.verified_pieces / download.num_pieces)
         await asyncio.sleep(PROGRESS_STEP)
 
 

@@ -18,13 +18,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-import krill.swarm
+import krill.swarm.download
 from krill.blobstore import BlobStore
 from krill.digests import Digest, sha256_file
 from krill.metainfo import fetch_metainfo
 from krill.origin.piececlaims import PieceClaims, piece_claims
 from krill.piecefeed import consecutive_runs
-from krill.swarm import Download, SwarmEngine, SwarmSettings, SwarmStats, _Pacer
+from krill.swarm import Download, Pacer, SwarmEngine, SwarmSettings, SwarmStats
+from tests.clocks import ManualClock
 from tests.polling import until
 from tests.swarm_helpers import running_origin_app, running_tracker
 
@@ -212,13 +213,13 @@ async def test_only_durable_downloads_are_written_back_early(
     """Early writeback only makes the publishing fsync short; a cache that skips the
     fsync (the agent's) must not pay for disk writes during the pull either."""
     written_back: list[int] = []
-    real_writeback = krill.swarm.start_writeback
+    real_writeback = krill.swarm.download.start_writeback
 
     def spy(path: Path, end: int) -> None:  # still asks the kernel
         written_back.append(end)
         real_writeback(path, end)
 
-    monkeypatch.setattr(krill.swarm, "start_writeback", spy)
+    monkeypatch.setattr(krill.swarm.download, "start_writeback", spy)
     size = 4 * 1024 * 1024
     pull = await lone_node_pull(
         tmp_path, size, download_rate_limit=2 * 1024 * 1024, durable_downloads=durable
@@ -246,7 +247,7 @@ async def test_a_download_cancelled_while_it_is_being_hashed_leaves_nothing_behi
         )
         async with SwarmEngine(settings, node_store) as engine:
             download = await start_download(engine, http, origin, digest)
-            await until(lambda: download._prefix_digest.offset > 0, "the digest task at work")
+            await until(lambda: download.hashed_bytes > 0, "the digest task at work")
             download.cancel()
             incoming = node_store.root / "incoming"
             await until(lambda: not any(incoming.iterdir()), "the cancelled download removed")
@@ -320,10 +321,18 @@ async def test_an_origin_that_restarts_its_round_on_every_claim_cannot_loop_a_no
     assert pull.claims.claims_issued <= 2 + size // PIECE, "the node stopped claiming chunk 0"
 
 
-def test_the_feed_pacer_holds_the_origin_feed_to_the_download_rate() -> None:
-    """The pacer's arithmetic, on a clock the test sets (no wall-clock time asserted)."""
-    pacer = _Pacer(1000, now=100.0)  # 1000 bytes/s from t=100
-    assert pacer.ahead_after(500, now=100.0) == 0.5  # 500 bytes at once: wait half a second
-    assert pacer.ahead_after(500, now=100.5) == 0.5  # 1000 by t=100.5: a second's worth
-    assert pacer.ahead_after(100, now=103.0) == 0.0  # long idle: behind, no wait
-    assert _Pacer(0, now=0.0).ahead_after(10**9, now=0.0) == 0.0  # 0: unlimited
+async def test_the_feed_pacer_holds_the_origin_feed_to_the_download_rate() -> None:
+    """The pacer on a clock the test moves (no wall-clock time asserted)."""
+    clock = ManualClock(start=100.0)
+    pacer = Pacer(1000, clock)  # 1000 bytes/s from t=100
+    assert pacer.ahead_after(500) == 0.5  # 500 bytes at once: wait half a second
+    clock.advance(0.5)
+    assert pacer.ahead_after(500) == 0.5  # 1000 by t=100.5: a second's worth
+    took = asyncio.create_task(pacer.took(0))  # waits out that half second on the clock
+    await asyncio.sleep(0)
+    assert clock.sleepers == 1 and not took.done()
+    clock.advance(0.5)
+    await took
+    clock.advance(2.0)
+    assert pacer.ahead_after(100) == 0.0  # long idle: behind, no wait
+    assert Pacer(0, clock).ahead_after(10**9) == 0.0  # 0: unlimited

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from krill.blobstore import BlobStore
 from krill.digests import Digest, sha256_file
 from krill.metainfo import make_metainfo
 from krill.swarm import Download, DownloadFailed, SwarmEngine, SwarmSettings, session_settings
+from tests.clocks import ManualClock
 from tests.components import free_port
 from tests.polling import until
 from tests.swarm_helpers import running_tracker
@@ -94,17 +94,14 @@ async def test_cancel_fails_waiters_and_removes_partial_data(
     async with SwarmEngine(SwarmSettings(announce_url), store) as agent:
         download = await agent.download(digest, metainfo)
         waiter = asyncio.create_task(download.wait_available(0))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0)  # the waiter is inside wait_available
         download.cancel()
         with pytest.raises(DownloadFailed, match="cancelled"):
             await waiter
         with pytest.raises(DownloadFailed):
             await download.wait_done()
-        for _ in range(50):
-            if not download.partial_path.parent.exists():
-                break
-            await asyncio.sleep(0.1)
-        assert not download.partial_path.parent.exists()
+        partial_dir = download.partial_path.parent
+        await until(lambda: not partial_dir.exists(), "the partial data removed")
         assert not store.has(digest)
         fresh = await agent.download(digest, metainfo)
         assert fresh is not download, "a cancelled download is not handed out again"
@@ -113,14 +110,14 @@ async def test_cancel_fails_waiters_and_removes_partial_data(
 async def test_idle_seeds_are_dropped_after_the_ttl(tmp_path: Path, announce_url: str) -> None:
     store = BlobStore(tmp_path / "o")
     digest, _, metainfo = make_blob(store, 100_000)
-    settings = SwarmSettings(announce_url, origin=True, seed_ttl=0.5)
-    async with SwarmEngine(settings, store) as origin:
+    clock = ManualClock()
+    # No first-announce wait: on a clock that stands still it would never time out.
+    settings = SwarmSettings(announce_url, origin=True, seed_ttl=60, first_announce_timeout=0)
+    async with SwarmEngine(settings, store, clock=clock) as origin:
         await origin.seed(digest, metainfo)
         assert (await origin.fetch_stats()).torrents == 1
-        for _ in range(50):
-            await asyncio.sleep(0.2)
-            if (await origin.fetch_stats()).torrents == 0:
-                break
+        clock.advance(61)  # the pump's next tick finds the seed idle for longer than the ttl
+        await until(lambda: origin.super_seeding(digest) is None, "the idle seed dropped")
         assert (await origin.fetch_stats()).torrents == 0
         assert store.has(digest), "dropping the torrent keeps the blob"
 
@@ -128,15 +125,17 @@ async def test_idle_seeds_are_dropped_after_the_ttl(tmp_path: Path, announce_url
 async def test_a_seed_asked_for_as_it_expires_is_seeded_again(
     tmp_path: Path, announce_url: str
 ) -> None:
-    """The pump's expiry and a new request in the same loop pass: the request must
-    not be answered by the torrent that is on its way out."""
+    """A request right after the pump's expiry must not be answered by the torrent
+    that is on its way out: it waits for the removal and seeds the blob again."""
     store = BlobStore(tmp_path / "o")
     digest, _, metainfo = make_blob(store, 100_000)
-    async with SwarmEngine(SwarmSettings(announce_url, origin=True), store) as origin:
+    clock = ManualClock()
+    settings = SwarmSettings(announce_url, origin=True, first_announce_timeout=0)
+    async with SwarmEngine(settings, store, clock=clock) as origin:
         await origin.seed(digest, metainfo)
-        origin._expire_idle_seeds(time.monotonic() + 3600)  # what the pump does each tick
+        clock.advance(3600)  # idle for an hour: the pump's next tick expires it
+        await until(lambda: origin.super_seeding(digest) is None, "the seed's expiry")
         await origin.seed(digest, metainfo)
-        await asyncio.sleep(0.5)  # the expired torrent's removal has completed by now
         assert (await origin.fetch_stats()).torrents == 1
         assert origin.super_seeding(digest) is not None, "the blob is seeded"
 
@@ -231,8 +230,7 @@ async def test_swarm_recovers_after_an_in_memory_tracker_restarts(tmp_path: Path
     fast = {"interval": 1, "min_interval": 1, "peer_ttl": 5}
     async with SwarmEngine(SwarmSettings(announce_url, origin=True), origin_store) as origin:
         async with running_tracker(port, **fast):
-            await origin.seed(digest, metainfo)
-            await asyncio.sleep(1)  # the origin's first announce lands here
+            await origin.seed(digest, metainfo)  # returns once the tracker has its announce
         # The tracker restarts empty; the origin re-announces on its own.
         async with running_tracker(port, **fast):
             async with SwarmEngine(SwarmSettings(announce_url), agent_store) as agent:
@@ -298,26 +296,23 @@ async def test_callers_racing_after_a_cancel_share_one_new_download(tmp_path: Pa
 
 
 async def test_a_removal_cuts_the_pumps_pause_between_batches_short(
-    tmp_path: Path, announce_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, announce_url: str
 ) -> None:
     """A finished download's publishing waits for its torrent's removal alert; the
-    pump's pause between alert batches must not hold that alert back."""
-    import krill.swarm
-
-    store = BlobStore(tmp_path / "o")
-    digest, _, metainfo = make_blob(store, 100_000)
-    async with SwarmEngine(SwarmSettings(announce_url, origin=True), store) as origin:
-        await origin.seed(digest, metainfo)
-        # From now on the pump pauses a minute after each batch, unless a removal starts.
-        monkeypatch.setattr(krill.swarm, "_MIN_ALERT_BATCH_SECONDS", 60.0)
-        await origin.fetch_stats()  # a batch is handled; then the pump waits 0.2 s at most
-        await asyncio.sleep(1.0)  # for alerts, and finds none: it is in its pause now
-        origin._expire_idle_seeds(time.monotonic() + 3600)  # starts the torrent's removal
-        (removal,) = origin._removals.values()
-        # ~30 s at most; a minute if the pause were not cut short (the engine gives up
-        # waiting for the alert after 10 s, so look for the alert itself).
-        await until(removal.done, "the torrent's removal alert")
-        assert (await origin.fetch_stats()).torrents == 0
+    pump's pause between alert batches must not hold that alert back. On a clock
+    that stands still the pause never ends by itself, nor does the engine's wait
+    for the alert: only cutting the pause short lets the removal complete."""
+    store = BlobStore(tmp_path / "a")
+    # Many pieces: a download down to its last few would keep the pump from pausing.
+    digest, _, metainfo = make_blob(BlobStore(tmp_path / "nobody-seeds"), 2_000_000)
+    clock = ManualClock()
+    async with SwarmEngine(SwarmSettings(announce_url), store, clock=clock) as agent:
+        download = await agent.download(digest, metainfo)
+        # The pump is the only thing in the engine that sleeps on the clock here.
+        await until(lambda: clock.sleepers == 1, "the pump pausing between batches")
+        download.cancel()  # the torrent's removal begins, and waits for its alert
+        partial_dir = download.partial_path.parent
+        await until(lambda: not partial_dir.exists(), "the removal alert handled")
 
 
 async def test_a_super_seeding_origin_answers_without_waiting_for_its_first_announce(
@@ -356,27 +351,28 @@ async def test_a_super_seeding_origin_answers_without_waiting_for_its_first_anno
 
 
 async def test_a_download_down_to_its_last_pieces_is_not_held_by_the_pumps_pause(
-    tmp_path: Path, announce_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, announce_url: str
 ) -> None:
-    """Its last piece's alert starts publishing: the pump does not pause before it."""
-    import krill.swarm
+    """Its last piece's alert starts publishing: the pump does not pause before it.
 
+    On the node's clock, which stands still, a pause would never end (nothing
+    hurries the pump while pieces arrive), and its pieces "keep coming" for good."""
     origin_store, agent_store = BlobStore(tmp_path / "o"), BlobStore(tmp_path / "a")
     digest, data, metainfo = make_blob(origin_store, 8 * PIECE)  # "nearly done" at once
     # Held to about four pieces a second, so the pieces arrive over several batches.
     slow_origin = SwarmSettings(announce_url, origin=True, upload_rate_limit=4 * PIECE)
+    clock = ManualClock()
     async with (
         SwarmEngine(slow_origin, origin_store) as origin,
-        SwarmEngine(SwarmSettings(announce_url), agent_store) as agent,
+        SwarmEngine(SwarmSettings(announce_url), agent_store, clock=clock) as agent,
     ):
         await origin.seed(digest, metainfo)
         download = await agent.download(digest, metainfo)
-        await until(lambda: download._verified_count >= 1, "the first piece")
-        # A minute between batches from now on, unless something hurries the pump;
-        # libtorrent's limiter sends in bursts, so "pieces keep coming" is a minute too.
-        monkeypatch.setattr(krill.swarm, "_MIN_ALERT_BATCH_SECONDS", 60.0)
-        monkeypatch.setattr(krill.swarm, "_NEARLY_DONE_PROGRESS_SECONDS", 60.0)
-        assert download._verified_count < 8, "pieces left to arrive in later batches"
-        async with asyncio.timeout(30):  # a minute per batch if the pump paused
+        # The pump began a pause before the download existed, and on this clock it
+        # ends only when the clock moves: move it, by less than the time within which
+        # pieces count as still coming.
+        await until(lambda: clock.sleepers == 1, "the pump's pause from before the download")
+        clock.advance(0.1)
+        async with asyncio.timeout(30):  # forever if the pump paused
             path = await download.wait_done()
         assert path.read_bytes() == data

@@ -1,0 +1,192 @@
+"""What a swarm engine is told (``SwarmSettings``) and what it tells libtorrent.
+
+``session_settings`` turns the engine's settings into libtorrent's session
+settings for a data-centre swarm; each setting says why it has its value and
+which benchmark row chose it (docs/swarm.md has the table and the tuning
+record).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import libtorrent as lt
+
+__all__ = [
+    "AGENT_PEER_ID_PREFIX",
+    "ORIGIN_PEER_ID_PREFIX",
+    "SwarmSettings",
+    "session_settings",
+]
+
+ORIGIN_PEER_ID_PREFIX = "-KO"  # the tracker hands peers with this prefix out first
+AGENT_PEER_ID_PREFIX = "-KA"
+_PEER_ID_VERSION = "0100-"
+
+
+@dataclass
+class SwarmSettings:
+    tracker_url: str  # announce URL, e.g. http://127.0.0.1:7000/announce
+    listen_host: str = "127.0.0.1"
+    peer_port: int = 0  # 0 = pick a free port
+    upload_rate_limit: int = 0  # bytes/s, 0 = unlimited
+    # bytes/s from peers; the origin piece feed is held to it separately (feed.Pacer)
+    download_rate_limit: int = 0
+    seed_ttl: float = 600.0  # drop a torrent with no peers for this long
+    origin: bool = False  # announce as an origin (peer id -KO...), which trackers favour
+    # Pieces ahead of a streaming reader that get a deadline (see module doc).
+    stream_window_pieces: int = 16
+    # Peers this engine uploads to at once. Fewer, faster flows beat many slow ones
+    # (a piece can be passed on only once it is complete, so a piece that arrives
+    # quickly from one peer spreads sooner than one trickling in from 15), but too
+    # few leave a node's link idle while its unchoked peers have nothing to ask for.
+    # scripts/bench-herd, 16 nodes with origin piece claims: 8 slots 1.14-1.24x the
+    # limit, 4 slots 1.19-1.28x, 15 slots 1.26-1.28x. See docs/swarm.md.
+    unchoke_slots: int = 8
+    # Peers a seeded torrent uploads to at once (per torrent; -1 = no limit beyond
+    # unchoke_slots). A herd's aim is that the origin sends each piece about once and
+    # the nodes trade the rest; an origin feeding every node in parallel sends the
+    # blob once per node instead. Few slots keep the origin's pieces distinct, but a
+    # node fed by the origin also receives from its peers, so the origin's flow gets
+    # only a share of that node's downlink: one slot left the origin's link 80 % idle
+    # in the herd benchmark. None = 2 for origins, no extra limit for agents (numbers
+    # in docs/swarm.md).
+    seed_upload_slots: int | None = None
+    # BEP 16 super-seeding of seeded torrents. libtorrent 2.1.1's stalls a peer that
+    # gets everything from the seed (80 s instead of 1 s for 3 MiB; its first offer
+    # to a connection is lost), so it is off here; the origin service turns it on
+    # (OriginConfig.super_seed) because its nodes take the origin's share over HTTP
+    # piece claims (origin_urls) and only peers without those would stall.
+    super_seeding: bool = False
+    # Dynamic super-seeding (opt-in; 0 = off): a seeded torrent is put in BEP 16
+    # super-seed mode while no downloader is connected, so a herd arriving together
+    # is offered disjoint pieces, and switched to normal mode while fewer than this
+    # many downloaders are connected, so a lone node (or the last few of a herd) gets
+    # every piece at full speed. Off by default: with libtorrent 2.1.1 it made the
+    # herd benchmark 2x slower (a super-seed's first offer to a new connection is
+    # lost and nodes sit idle ~10 s; docs/swarm.md, tuning record).
+    super_seed_min_peers: int = 0
+    # Upload slots of a torrent while it is super-seeding (-1 = unchoke_slots only):
+    # each peer holds only the pieces it was offered, so more flows do not duplicate.
+    super_seed_upload_slots: int = -1
+    # How long ``seed`` waits for the tracker to confirm our announce (see
+    # SwarmEngine._wait_first_announce); 0 = don't wait. Super-seeds never wait.
+    first_announce_timeout: float = 2.0
+    # Origins (base URLs) a download takes pieces from over HTTP (``krill.piecefeed``,
+    # ``origin.piececlaims``): each node claims chunks of pieces no other node was
+    # given, fetches them from the origin and hands them to libtorrent, which offers
+    # them to the others. The origin then sends each piece about once, at the full
+    # speed of its link, instead of libtorrent's nodes fetching popular pieces from
+    # it several times over. Empty = peers only (the origin's seed is one of them).
+    origin_urls: tuple[str, ...] = ()
+    # With origin_urls: after a download has made no progress this long, it fetches
+    # from the origin the missing pieces that no connected peer has (their claimer
+    # died, say, or every chunk was claimed before this node came).
+    fill_after: float = 2.0
+    # fsync each downloaded blob (and its directory) before it is published. A store
+    # that is a cache and hashes its blobs again after a restart before serving them
+    # (the agent's, agent.cache) can skip it: a crash then costs a re-fetch, never an
+    # unverified blob (BlobStore.adopt_file). Without it nothing is written back
+    # early either: that only made the fsync short.
+    durable_downloads: bool = True
+
+
+def session_settings(settings: SwarmSettings) -> lt.settings_pack:
+    """libtorrent settings for a data-centre swarm; each says why it is set."""
+    prefix = ORIGIN_PEER_ID_PREFIX if settings.origin else AGENT_PEER_ID_PREFIX
+    alerts = (
+        lt.alert.category_t.error_notification
+        | lt.alert.category_t.status_notification  # finished, removed, hash failed, state updates
+        | lt.alert.category_t.storage_notification  # file errors
+        | lt.alert.category_t.piece_progress_notification  # piece_finished: streaming prefix
+        | lt.alert.category_t.tracker_notification  # tracker errors show up in our logs
+        | lt.alert.category_t.stats_notification  # session counters
+    )
+    return {
+        "listen_interfaces": f"{settings.listen_host}:{settings.peer_port}",
+        "peer_fingerprint": prefix + _PEER_ID_VERSION,
+        "alert_mask": int(alerts),
+        "alert_queue_size": 100_000,  # a 64 MiB blob alone makes 1024 piece alerts
+        # Peers are found through our tracker only: no public DHT, no multicast
+        # discovery, no router port mapping in a data centre.
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        # TCP only: uTP's delay-based congestion control yields to other traffic,
+        # which is right on home links and wrong on a cluster fabric, and it costs CPU.
+        "enable_outgoing_utp": False,
+        "enable_incoming_utp": False,
+        "enable_outgoing_tcp": True,
+        "enable_incoming_tcp": True,
+        # Several peers can share one IP (containers behind one node IP; on loopback
+        # every peer is 127.0.0.1 and peers differ only by port).
+        "allow_multiple_connections_per_ip": True,
+        # Our tracker lives on a private address; SSRF mitigation exists for the public
+        # internet and would refuse tracker URLs and peers on local networks.
+        "ssrf_mitigation": False,
+        # Announce to every tracker we are given (several trackers share state via
+        # Redis, but any one of them may be down) and honour short intervals: a
+        # cluster swarm lives for seconds, not days.
+        "announce_to_all_trackers": True,
+        "announce_to_all_tiers": True,
+        "min_announce_interval": 5,
+        "tracker_completion_timeout": 10,
+        "tracker_receive_timeout": 5,
+        "stop_tracker_timeout": 1,  # don't hang shutdown on a 'stopped' announce
+        # Send buffers big enough for a fast link (2 MiB is 1.6 ms at 10 Gbit/s; a
+        # cluster RTT is well under that) but no bigger: bytes queued for one peer are
+        # bytes a seed has committed to a piece someone else might serve sooner.
+        "send_buffer_watermark": 2 * 1024 * 1024,
+        "send_buffer_low_watermark": 1024 * 1024,
+        "send_buffer_watermark_factor": 150,
+        # Request pipelines sized for low-latency links: ~1 s of transfer, at most
+        # 32 blocks (512 KiB) per peer. Deeper queues lock pieces to one source early,
+        # so two nodes fetch the same piece from the origin more often.
+        "max_out_request_queue": 32,
+        "max_allowed_in_request_queue": 2000,
+        "request_queue_time": 1,
+        # Cluster peers answer fast or are gone: fail connects and stalls quickly.
+        "peer_connect_timeout": 3,
+        # Reconnect to a peer that dropped us after 1 s, not libtorrent's 60 s: in a
+        # cluster a dropped peer is usually back at once (a restart, or a seed that
+        # paused its torrent to leave super-seed mode).
+        "min_reconnect_time": 1,
+        "request_timeout": 10,
+        "piece_timeout": 10,
+        "inactivity_timeout": 120,
+        # Fixed slots (see SwarmSettings.unchoke_slots). Seeds use anti-leech: they
+        # favour peers that have just started or are nearly done, so a newcomer gets
+        # its first pieces (and can trade) at once and stragglers finish. Measured at
+        # least as good as round robin in the herd benchmark (docs/swarm.md).
+        # Re-decide every second: a cluster pull lasts seconds, and a node choked for
+        # libtorrent's default 15 s at the end of a pull waits for pieces others hold.
+        "choking_algorithm": int(lt.choking_algorithm_t.fixed_slots_choker),
+        "unchoke_slots_limit": settings.unchoke_slots,
+        "seed_choking_algorithm": int(lt.seed_choking_algorithm_t.anti_leech),
+        "unchoke_interval": 1,
+        "optimistic_unchoke_interval": 1,
+        "connections_limit": 500,
+        "max_peerlist_size": 4000,
+        "torrent_connect_boost": 50,  # connect to every handed-out peer at once
+        "connection_speed": 200,
+        "smooth_connects": False,
+        # Never queue torrents: each blob someone waits for must run now.
+        "active_downloads": -1,
+        "active_seeds": -1,
+        "active_limit": -1,
+        "dont_count_slow_torrents": False,
+        # No piece suggestions: suggesting what is in a seed's read cache makes peers
+        # ask it for pieces it already sent to someone else (duplicate origin egress).
+        "suggest_mode": int(lt.suggest_mode_t.no_piece_suggestions),
+        # Disk threads: one blob's writes go to the page cache and are cheap; the
+        # default of 10 threads per process mostly adds context switches (a node
+        # runs one engine; 16 nodes on one 2-core host spent ~10 % of the CPU
+        # waking threads in the herd benchmark).
+        "aio_threads": 2,
+        "upload_rate_limit": settings.upload_rate_limit,
+        "download_rate_limit": settings.download_rate_limit,
+        # Rate limits apply to local (LAN) peers too; in a cluster every peer is local.
+        "ignore_limits_on_local_network": False,
+        "close_redundant_connections": True,  # seeds drop seed-to-seed connections
+    }

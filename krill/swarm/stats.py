@@ -1,0 +1,64 @@
+"""The engine's counters: libtorrent's session totals plus what only Krill counts.
+
+libtorrent answers ``post_session_stats`` with an alert, so fresh counters
+are a round trip through the alert pump: ``Counters`` keeps the last answer
+(``SwarmEngine.stats``) and the futures of callers waiting for the next one
+(``SwarmEngine.fetch_stats``). Pieces that failed their hash check and bytes
+the origin feed fetched over HTTP are counted here, by the code that sees
+them, and reported with the session totals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+__all__ = ["Counters", "SwarmStats"]
+
+
+@dataclass(frozen=True)
+class SwarmStats:
+    """Session totals since the engine started (libtorrent's session counters)."""
+
+    uploaded: int  # payload bytes sent to peers
+    downloaded: int  # payload bytes received from peers
+    failed_pieces: int = 0  # pieces that failed their hash check (corrupt or lying peers)
+    torrents: int = 0
+    origin_feed_bytes: int = 0  # piece bytes fetched from origins over HTTP (krill.piecefeed)
+
+
+class Counters:
+    """The last ``SwarmStats``, the callers waiting for fresh ones, and Krill's own counts."""
+
+    def __init__(self) -> None:
+        self.latest = SwarmStats(0, 0)
+        self.hash_failures = 0
+        self.origin_feed_bytes = 0
+        self._waiters: list[asyncio.Future[SwarmStats]] = []
+
+    def hash_failed(self) -> None:
+        self.hash_failures += 1
+
+    def fed(self, count: int) -> None:
+        """``count`` piece bytes arrived from an origin over HTTP."""
+        self.origin_feed_bytes += count
+
+    def next_stats(self) -> asyncio.Future[SwarmStats]:
+        """A future for the stats of the next ``session_stats_alert``."""
+        future: asyncio.Future[SwarmStats] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        return future
+
+    def session_stats(self, values: dict[str, int], torrents: int) -> None:
+        """libtorrent's counters arrived: keep them and answer every waiter."""
+        self.latest = SwarmStats(
+            uploaded=int(values.get("net.sent_payload_bytes", 0)),
+            downloaded=int(values.get("net.recv_payload_bytes", 0)),
+            failed_pieces=self.hash_failures,
+            torrents=torrents,
+            origin_feed_bytes=self.origin_feed_bytes,
+        )
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(self.latest)
