@@ -47,6 +47,11 @@ class AlertBell:
                 pass
         self._rung.set()
 
+    @property
+    def descriptor(self) -> int:
+        """The descriptor libtorrent writes to (-1 once closed)."""
+        return self._writer.fileno()
+
     def ring(self) -> None:
         """Wake a ``wait`` now (to stop the pump without waiting out its timeout)."""
         self._rung.set()

@@ -64,7 +64,7 @@ async def test_after_close_libtorrent_no_longer_writes_to_the_old_descriptor() -
     from libtorrent would land in it."""
     session = quiet_session()
     bell = AlertBell(session)
-    old_writer = bell._writer.fileno()
+    old_writer = bell.descriptor
     bell.close()
     bell.close()  # safe twice
     # Linux hands out the lowest free numbers, so the old writer's number comes back
