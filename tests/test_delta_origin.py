@@ -16,18 +16,12 @@ from aiohttp.test_utils import TestServer
 
 from krill.delta import rebuild_layer
 from krill.digests import Digest
-from krill.origin.config import OriginConfig
 from krill.origin.deltas import DELTA_ENGINE, DeltaEngine
-from krill.origin.server import create_app
 from tests.components import SKOPEO_FLAGS, skopeo
 from tests.imagebuild import Image, build_image, build_index, realistic_files, write_oci_layout
+from tests.polling import until
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def origin(tmp_path: Path, aiohttp_server) -> TestServer:  # type: ignore[no-untyped-def]
-    return await aiohttp_server(create_app(OriginConfig(data=tmp_path / "origin")))
 
 
 def _versions() -> tuple[Image, Image]:
@@ -47,6 +41,12 @@ async def _push(tmp: Path, server: TestServer, image: Image, tag: str, name: str
     await asyncio.to_thread(skopeo, "copy", *SKOPEO_FLAGS, f"oci:{layout}:{name}", dest)
 
 
+def _mark_then_sleep(marker: str, seconds: float) -> None:
+    """A long job that says when a worker has taken it (pickled by name into the worker)."""
+    Path(marker).touch()
+    time.sleep(seconds)
+
+
 async def _settle(engine: DeltaEngine) -> None:
     async with asyncio.timeout(120):
         while engine.tasks:
@@ -56,14 +56,14 @@ async def _settle(engine: DeltaEngine) -> None:
 
 async def test_tag_move_precomputes_a_verified_delta(
     tmp_path: Path,
-    origin: TestServer,
+    origin_server: TestServer,
     aiohttp_client,  # type: ignore[no-untyped-def]
 ) -> None:
     v1, v2 = _versions()
-    client = await aiohttp_client(origin)
-    engine = origin.app[DELTA_ENGINE]
-    await _push(tmp_path, origin, v1, "latest", "v1")
-    await _push(tmp_path, origin, v2, "latest", "v2")
+    client = await aiohttp_client(origin_server)
+    engine = origin_server.app[DELTA_ENGINE]
+    await _push(tmp_path, origin_server, v1, "latest", "v1")
+    await _push(tmp_path, origin_server, v2, "latest", "v2")
     await _settle(engine)
 
     target, base = v2.layers[1].digest, v1.layers[1].digest
@@ -114,16 +114,16 @@ async def test_tag_move_precomputes_a_verified_delta(
 
 async def test_unreproducible_layer_is_counted_and_gets_no_delta(
     tmp_path: Path,
-    origin: TestServer,
+    origin_server: TestServer,
     aiohttp_client,  # type: ignore[no-untyped-def]
 ) -> None:
     v1, v2 = _versions()
-    client = await aiohttp_client(origin)
-    engine = origin.app[DELTA_ENGINE]
+    client = await aiohttp_client(origin_server)
+    engine = origin_server.app[DELTA_ENGINE]
     # v2's app layer compressed by GNU gzip: no zlib setting reproduces it.
     v2 = _with_layer(v2, 1, _gnu_gzip(gzip.decompress(v2.layers[1].data)))
-    await _push(tmp_path, origin, v1, "latest", "v1")
-    await _push(tmp_path, origin, v2, "latest", "v2")
+    await _push(tmp_path, origin_server, v1, "latest", "v1")
+    await _push(tmp_path, origin_server, v2, "latest", "v2")
     await _settle(engine)
     target = v2.layers[1].digest
     answer = await (
@@ -153,10 +153,10 @@ def _with_layer(image: Image, index: int, data: bytes) -> Image:
 
 
 async def test_bad_digest_is_a_registry_error(
-    origin: TestServer,
+    origin_server: TestServer,
     aiohttp_client,  # type: ignore[no-untyped-def]
 ) -> None:
-    client = await aiohttp_client(origin)
+    client = await aiohttp_client(origin_server)
     resp = await client.get("/krill/v1/deltas/sha256:abc", params={"have": "x"})
     assert resp.status == 400
     assert (await resp.json())["errors"][0]["code"] == "DIGEST_INVALID"
@@ -164,7 +164,7 @@ async def test_bad_digest_is_a_registry_error(
 
 async def test_multi_arch_index_pairs_layers_per_platform(
     tmp_path: Path,
-    origin: TestServer,
+    origin_server: TestServer,
     aiohttp_client,  # type: ignore[no-untyped-def]
 ) -> None:
     """Each platform's new layer is paired with the same platform's old layer."""
@@ -176,12 +176,12 @@ async def test_multi_arch_index_pairs_layers_per_platform(
             files["etc/os-release"] = f"VERSION_ID={version}\n".encode()
             images.append(build_image([files], architecture=arch))
         versions[version] = images
-    client = await aiohttp_client(origin)
-    engine = origin.app[DELTA_ENGINE]
+    client = await aiohttp_client(origin_server)
+    engine = origin_server.app[DELTA_ENGINE]
     for version, images in versions.items():
         index = build_index(images)
         layout = write_oci_layout(tmp_path / f"multi{version}", index, images, "multi")
-        dest = f"docker://{origin.host}:{origin.port}/app:latest"
+        dest = f"docker://{origin_server.host}:{origin_server.port}/app:latest"
         await asyncio.to_thread(skopeo, "copy", "--all", *SKOPEO_FLAGS, f"oci:{layout}:multi", dest)
     await _settle(engine)
     old_amd, old_arm = (image.layers[0].digest for image in versions[1])
@@ -196,23 +196,24 @@ async def test_multi_arch_index_pairs_layers_per_platform(
 
 async def test_a_killed_worker_does_not_stop_later_deltas(
     tmp_path: Path,
-    origin: TestServer,
+    origin_server: TestServer,
     aiohttp_client,  # type: ignore[no-untyped-def]
 ) -> None:
-    client = await aiohttp_client(origin)
-    engine = origin.app[DELTA_ENGINE]
+    client = await aiohttp_client(origin_server)
+    engine = origin_server.app[DELTA_ENGINE]
     assert engine.settings.workers == 1
     loop = asyncio.get_running_loop()
-    worker = await loop.run_in_executor(engine.pool, os.getpid)  # the one worker process
-    job = loop.run_in_executor(engine.pool, time.sleep, 60)
-    await asyncio.sleep(0.3)  # the worker has taken the job
+    worker = await loop.run_in_executor(engine.pool.executor, os.getpid)  # the one worker
+    taken = tmp_path / "taken"
+    job = loop.run_in_executor(engine.pool.executor, _mark_then_sleep, str(taken), 60)
+    await until(taken.exists, "the worker to take the job")
     os.kill(worker, signal.SIGKILL)  # what the OOM killer does
     with pytest.raises(BrokenProcessPool):
         await job
 
     v1, v2 = _versions()
-    await _push(tmp_path, origin, v1, "latest", "v1")
-    await _push(tmp_path, origin, v2, "latest", "v2")
+    await _push(tmp_path, origin_server, v1, "latest", "v1")
+    await _push(tmp_path, origin_server, v2, "latest", "v2")
     await _settle(engine)
     target, base = v2.layers[1].digest, v1.layers[1].digest
     answer = await (await client.get(f"/krill/v1/deltas/{target}", params={"have": base})).json()
@@ -221,18 +222,18 @@ async def test_a_killed_worker_does_not_stop_later_deltas(
 
 
 async def test_a_corrupt_layer_is_recorded_as_failed_and_leaves_no_scratch(
-    origin: TestServer,
+    origin_server: TestServer,
     aiohttp_client,  # type: ignore[no-untyped-def]
 ) -> None:
     from krill.origin.appkeys import REPOSITORIES, STORE
 
-    await aiohttp_client(origin)
-    engine = origin.app[DELTA_ENGINE]
-    store = origin.app[STORE]
+    await aiohttp_client(origin_server)
+    engine = origin_server.app[DELTA_ENGINE]
+    store = origin_server.app[STORE]
     good = gzip.compress(b"\0" * 1024 * 10)
     base = store.put_bytes(good)
     target = store.put_bytes(gzip.compress(os.urandom(200_000))[:50_000])  # truncated gzip
-    origin.app[REPOSITORIES].link_blob("app", target)
+    origin_server.app[REPOSITORIES].link_blob("app", target)
     assert engine.lookup(target, [base])["queued"] == 1
     await _settle(engine)
     assert engine.index.entries(target)[str(base)]["status"] == "none"

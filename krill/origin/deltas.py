@@ -18,48 +18,49 @@ computed yet (nodes on older versions are served next time). With
 ``repo=<name>`` a hit is also linked into that repository when the target
 is linked there, so a node pulling through ``<name>`` can fetch it there.
 
-A worker process that dies (say the kernel's OOM killer ends it) breaks a
-``ProcessPoolExecutor`` for good; the engine then starts a fresh pool, and
-the pair whose job died is recorded as failed (so it is not retried on
-every lookup). Worker scratch files (``.krd`` deltas, decompressed tars) live
-in ``deltas/work/``, which is emptied at start.
+A worker process that dies (say the kernel's OOM killer ends it) gets the
+pool replaced (``origin.deltapool``), and the pair whose job died is
+recorded as failed (so it is not retried on every lookup). Worker scratch
+files (``.krd`` deltas, decompressed tars) live in ``deltas/work/``, which
+is emptied at start.
 
-Wiring: ``origin.deltas.setup(app)`` from ``create_app``.
+The pipeline's other parts: the jobs and their ``DeltaOutcome``
+(``origin.deltajobs``), the per-target index (``origin.deltaindex``), the
+lookup route and the wiring, ``origin.delta_routes.setup(app)`` from
+``create_app``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import multiprocessing
-import os
-import tempfile
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import AsyncIterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import Counter, Gauge
 
 from krill import oci
 from krill.atomicfile import write_atomic
 from krill.blobstore import BlobStore
-from krill.delta import MEDIA_TYPE, DeltaFormatError, RecipeError, apply_delta, create_delta
+from krill.delta import MEDIA_TYPE
 from krill.delta.format import FORMAT_NAME
 from krill.digests import Digest
-from krill.origin.appkeys import METRICS, REPOSITORIES, STORE, TAG_HISTORY, TAG_MOVED
+from krill.origin.appkeys import METRICS, REPOSITORIES, STORE, TAG_HISTORY
 from krill.origin.config import OriginConfig
-from krill.registry_params import parse_digest, parse_name
+from krill.origin.deltaindex import DeltaIndex
+from krill.origin.deltajobs import DeltaOutcome, JobResult, compute_delta_job, file_list_job
+from krill.origin.deltapool import WorkerPool
+from krill.origin.metrics import DeltaMetrics
+
+__all__ = ["DELTA_ENGINE", "DeltaEngine", "DeltaSettings", "settings_for"]
 
 log = logging.getLogger(__name__)
 
-MAX_HAVE = 64
 DELTAS_DIR = "deltas"
 FILE_LIST_CACHE = 4096  # layers whose file lists are kept in memory (a few KiB each)
 
@@ -73,111 +74,6 @@ class DeltaSettings:
     max_queue: int = 1024  # pairs waiting; more are dropped (and asked for again later)
     max_ratio: float = 0.5  # keep a delta only if smaller than this fraction of the target
     candidates_per_layer: int = 2
-
-
-# --- worker-process jobs (top-level functions: they are pickled by name) -------------------
-
-
-def compute_delta_job(base: str, target: str, work_dir: str, max_ratio: float) -> dict[str, Any]:
-    """Create, verify and size-check one delta; runs in a worker process."""
-    work = Path(work_dir)
-    fd, name = tempfile.mkstemp(prefix="delta-", suffix=".krd", dir=work)
-    os.close(fd)
-    out = Path(name)
-    try:
-        result = create_delta(Path(base), Path(target), out)
-        target_size = Path(target).stat().st_size
-        if result.size >= max_ratio * target_size:
-            out.unlink()
-            return {"status": "too_big", "size": result.size, "target_size": target_size}
-        scratch = out.with_suffix(".verify")
-        try:
-            rebuilt = apply_delta(Path(base), out, scratch)  # verifies diff_id and digest
-        finally:
-            scratch.unlink(missing_ok=True)
-        return {"status": "ok", "path": str(out), "size": result.size, "digest": rebuilt.digest}
-    except RecipeError as exc:
-        out.unlink(missing_ok=True)
-        return {"status": "unreproducible", "reason": str(exc)}
-    except (DeltaFormatError, OSError, ValueError) as exc:
-        out.unlink(missing_ok=True)
-        return {"status": "failed", "reason": str(exc)}
-    except Exception as exc:  # a corrupt layer (EOFError, zlib.error), MemoryError, ...
-        out.unlink(missing_ok=True)
-        return {"status": "failed", "reason": f"{exc.__class__.__name__}: {exc}"}
-
-
-def file_list_job(blob: str, work_dir: str) -> list[str]:
-    """The member names of a layer (for pairing by file-list overlap); runs in a worker.
-
-    The decompressed tar goes to ``work_dir`` (emptied at start), not next to
-    the blob, so a killed worker leaves nothing in the store.
-    """
-    from krill.delta.layerfiles import materialize_tar
-    from krill.delta.tarscan import scan
-
-    tar = materialize_tar(Path(blob), Path(work_dir))
-    try:
-        with open(tar.path, "rb") as f:
-            return sorted({m.name for m in scan(f, tar.size).members})
-    finally:
-        tar.discard()
-
-
-# --- the index -------------------------------------------------------------------------------
-
-
-class DeltaIndex:
-    """Per target layer: base digest -> outcome, one small JSON file per target."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def _path(self, target: Digest) -> Path:
-        return self.root / f"{target.hex}.json"
-
-    def entries(self, target: Digest) -> dict[str, dict[str, Any]]:
-        try:
-            doc = json.loads(self._path(target).read_text())
-        except (FileNotFoundError, ValueError):
-            return {}
-        return doc if isinstance(doc, dict) else {}
-
-    def record(self, target: Digest, base: Digest, entry: dict[str, Any]) -> None:
-        """Add one outcome (blocking, fsynced: call off the event loop)."""
-        doc = self.entries(target)
-        doc[str(base)] = entry
-        write_atomic(self._path(target), json.dumps(doc, sort_keys=True).encode())
-
-
-# --- metrics ---------------------------------------------------------------------------------
-
-
-class DeltaMetrics:
-    def __init__(self, registry: Any) -> None:
-        self.computed = Counter(
-            "krill_origin_delta_computed",
-            "Delta computations by result (ok, too_big, unreproducible, failed).",
-            ["result"],
-            registry=registry,
-        )
-        self.unreproducible = Counter(
-            "krill_origin_delta_unreproducible_layers",
-            "Layers that get no delta because their compression cannot be reproduced.",
-            registry=registry,
-        )
-        self.requests = Counter(
-            "krill_origin_delta_requests",
-            "Delta lookups by answer (hit, none).",
-            ["answer"],
-            registry=registry,
-        )
-        self.queued = Gauge(
-            "krill_origin_delta_queue", "Delta pairs waiting to be computed.", registry=registry
-        )
-
-
-# --- the engine ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +99,7 @@ class DeltaEngine:
         self.pending: set[tuple[Digest, Digest]] = set()
         self.file_lists: OrderedDict[Digest, frozenset[str]] = OrderedDict()
         self.tasks: set[asyncio.Task[None]] = set()
-        self.pool: ProcessPoolExecutor | None = None
+        self.pool = WorkerPool(settings.workers)
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -215,7 +111,7 @@ class DeltaEngine:
             for leftover in self.work.iterdir():  # crash leftovers: never published
                 leftover.unlink(missing_ok=True)
         self.work.mkdir(parents=True, exist_ok=True)
-        self.pool = self._new_pool()
+        self.pool.start()
         feeders = [asyncio.create_task(self._feed()) for _ in range(self.settings.workers)]
         try:
             yield
@@ -225,48 +121,8 @@ class DeltaEngine:
             for task in [*feeders, *self.tasks]:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            pool, self.pool = self.pool, None
             # Waiting for a running job must not block the event loop (other apps' cleanup).
-            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            self.settings.workers, mp_context=multiprocessing.get_context("spawn")
-        )
-
-    async def _in_pool(self, job: Callable[..., Any], *args: Any) -> Any:
-        """Run ``job`` in a worker; a dead worker gets the pool replaced.
-
-        A pool already broken when the job is submitted (a worker died while
-        idle) is replaced and the job goes to the new one; a job whose worker
-        died under it fails (running it again would likely kill again).
-        """
-        for attempt in range(2):
-            pool = self._running_pool()
-            try:
-                future = pool.submit(job, *args)
-            except BrokenProcessPool:
-                self._replace_pool(pool, job)
-                if attempt == 0:
-                    continue
-                raise
-            try:
-                return await asyncio.wrap_future(future)
-            except BrokenProcessPool:
-                self._replace_pool(pool, job)
-                raise
-        raise AssertionError("unreachable")
-
-    def _running_pool(self) -> ProcessPoolExecutor:
-        if self.pool is None:
-            raise RuntimeError("the delta engine is not running")
-        return self.pool
-
-    def _replace_pool(self, broken: ProcessPoolExecutor, job: Callable[..., Any]) -> None:
-        if self.pool is broken:  # the first to notice replaces it
-            log.error("delta.worker_died job=%s (starting a new pool)", job.__name__)
-            self.pool = self._new_pool()
-            broken.shutdown(wait=False, cancel_futures=True)
+            await self.pool.close()
 
     # planning
 
@@ -356,11 +212,11 @@ class DeltaEngine:
         if cached is not None:
             self.file_lists.move_to_end(layer)
             return cached
-        if not self.store.has(layer) or self.pool is None:
+        if not self.store.has(layer) or not self.pool.running:
             return frozenset()
         try:
             names = frozenset(
-                await self._in_pool(file_list_job, str(self.store.path(layer)), str(self.work))
+                await self.pool.run(file_list_job, str(self.store.path(layer)), str(self.work))
             )
         except BrokenProcessPool:
             return frozenset()  # the worker died, not the layer's fault: ask again next time
@@ -409,8 +265,8 @@ class DeltaEngine:
 
     async def _record_failure(self, pair: _Pair, exc: Exception) -> None:
         """Remember the failure, so the pair is not recomputed on every lookup."""
-        self.metrics.computed.labels("failed").inc()
-        entry = {"status": "none", "reason": "failed"}
+        self.metrics.computed.labels(DeltaOutcome.FAILED.value).inc()
+        entry = {"status": "none", "reason": DeltaOutcome.FAILED.value}
         try:
             await asyncio.to_thread(self.index.record, pair.target, pair.base, entry)
         except OSError:
@@ -420,41 +276,47 @@ class DeltaEngine:
         if not (self.store.has(pair.target) and self.store.has(pair.base)):
             return
         self.work.mkdir(parents=True, exist_ok=True)
-        result = await self._in_pool(
+        result = await self.pool.run(
             compute_delta_job,
             str(self.store.path(pair.base)),
             str(self.store.path(pair.target)),
             str(self.work),
             self.settings.max_ratio,
         )
-        status = result["status"]
-        self.metrics.computed.labels(status).inc()
-        if status == "ok":
+        self.metrics.computed.labels(result.outcome.value).inc()
+        if result.outcome is DeltaOutcome.OK:
             entry = await asyncio.to_thread(self._publish, pair, result)
         else:
-            entry = {"status": "none", "reason": status}
-            if status == "unreproducible" and not self._known_unreproducible(pair.target):
-                self.metrics.unreproducible.inc()
-                marker = self.unreproducible_dir / pair.target.hex
-                await asyncio.to_thread(write_atomic, marker, (result["reason"] + "\n").encode())
+            entry = {"status": "none", "reason": result.outcome.value}
+            if result.outcome is DeltaOutcome.UNREPRODUCIBLE:
+                await self._mark_unreproducible(pair.target, result.reason)
         await asyncio.to_thread(self.index.record, pair.target, pair.base, entry)
         log.info(
             "delta.computed target=%s base=%s status=%s size=%s",
             pair.target,
             pair.base,
-            status,
-            result.get("size"),
+            result.outcome.value,
+            result.size,
         )
 
-    def _publish(self, pair: _Pair, result: dict[str, Any]) -> dict[str, Any]:
+    async def _mark_unreproducible(self, target: Digest, reason: str) -> None:
+        """Remember (and count, once) a target no base can ever give a delta for."""
+        if self._known_unreproducible(target):
+            return
+        self.metrics.unreproducible.inc()
+        marker = self.unreproducible_dir / target.hex
+        await asyncio.to_thread(write_atomic, marker, (reason + "\n").encode())
+
+    def _publish(self, pair: _Pair, result: JobResult) -> dict[str, Any]:
         """Store the verified delta as a blob and link it where the target is linked."""
-        delta = self.store.adopt_file(Path(result["path"]))
+        assert result.path is not None and result.size is not None  # an OK result has both
+        delta = self.store.adopt_file(Path(result.path))
         repos = self.app[REPOSITORIES]
         names = [pair.repo] if pair.repo is not None else list(repos.names())
         for name in names:  # pairs queued by a lookup: every repository holding the target
             if repos.has_blob(name, pair.target):
                 repos.link_blob(name, delta)
-        return {"status": "ok", "delta": str(delta), "size": result["size"], "format": FORMAT_NAME}
+        return {"status": "ok", "delta": str(delta), "size": result.size, "format": FORMAT_NAME}
 
     # serving
 
@@ -515,21 +377,6 @@ class DeltaEngine:
 DELTA_ENGINE = web.AppKey("krill_origin_delta_engine", DeltaEngine)
 
 
-async def get_delta(request: web.Request) -> web.Response:
-    """``GET /krill/v1/deltas/<target>?have=a,b[&repo=name]``: the smallest delta from a base
-    the node has."""
-    target = parse_digest(request.match_info["digest"], what="target digest")
-    have_text = request.query.get("have", "")
-    haves = [h for h in have_text.split(",") if h][:MAX_HAVE]
-    have = [parse_digest(h, what="have digest") for h in haves]
-    repo = _repo_param(request.query.get("repo"))
-    return web.json_response(request.app[DELTA_ENGINE].lookup(target, have, repo))
-
-
-def _repo_param(text: str | None) -> str | None:
-    return parse_name(text) if text else None
-
-
 def settings_for(config: OriginConfig) -> DeltaSettings:
     """The delta settings an origin was configured with."""
     return DeltaSettings(
@@ -538,13 +385,3 @@ def settings_for(config: OriginConfig) -> DeltaSettings:
         max_queue=config.delta_max_queue,
         max_ratio=config.delta_max_ratio,
     )
-
-
-def setup(app: web.Application, settings: DeltaSettings | None = None) -> DeltaEngine:
-    """Hook the engine into an origin app (TAG_MOVED hook, route, pool lifecycle)."""
-    engine = DeltaEngine(app, settings or DeltaSettings())
-    app[DELTA_ENGINE] = engine
-    app[TAG_MOVED].append(engine.on_tag_moved)
-    app.router.add_get("/krill/v1/deltas/{digest}", get_delta, name="delta_lookup")
-    app.cleanup_ctx.append(lambda _app: engine.run())
-    return engine

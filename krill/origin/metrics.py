@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+__all__ = ["DeltaMetrics", "OriginMetrics"]
 
 
 class OriginMetrics:
@@ -28,3 +30,29 @@ class OriginMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class DeltaMetrics:
+    """The delta pipeline's counters, in the origin app's registry (``OriginMetrics.registry``)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.computed = Counter(
+            "krill_origin_delta_computed",
+            "Delta computations by result (ok, too_big, unreproducible, failed).",
+            ["result"],
+            registry=registry,
+        )
+        self.unreproducible = Counter(
+            "krill_origin_delta_unreproducible_layers",
+            "Layers that get no delta because their compression cannot be reproduced.",
+            registry=registry,
+        )
+        self.requests = Counter(
+            "krill_origin_delta_requests",
+            "Delta lookups by answer (hit, none).",
+            ["answer"],
+            registry=registry,
+        )
+        self.queued = Gauge(
+            "krill_origin_delta_queue", "Delta pairs waiting to be computed.", registry=registry
+        )

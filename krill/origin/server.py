@@ -72,9 +72,9 @@ def create_app(config: OriginConfig) -> web.Application:
     app.on_response_prepare.append(count_blob_bytes)
     app.cleanup_ctx.append(background_work)
     if config.deltas:  # layer deltas: TAG_MOVED hook, /krill/v1/deltas, process pool
-        from krill.origin import deltas
+        from krill.origin import delta_routes, deltas
 
-        deltas.setup(app, deltas.settings_for(config))
+        delta_routes.setup(app, deltas.settings_for(config))
     if config.tracker:  # seed blobs into the swarm: /krill/v1/metainfo + a SwarmEngine
         from krill.origin.seeding import install_seeding, swarm_settings_for
 
