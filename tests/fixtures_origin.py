@@ -1,1 +1,50 @@
-"""Origin fixtures shared by the suite (see tests/conftest.py)."""
+"""Origin fixtures shared by the suite (see tests/conftest.py).
+
+Every origin test used to build its own app the same way; here it is built
+once: ``start_origin(**settings)`` runs an origin on loopback with its data
+under the test's ``tmp_path / "origin"`` (settings are ``OriginConfig``
+fields), ``origin_server`` is one with the defaults, ``origin_client`` a
+client of it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from pytest_aiohttp import AiohttpClient, AiohttpServer
+
+from krill.origin.config import OriginConfig
+from krill.origin.server import create_app
+
+__all__ = ["StartOrigin", "origin_client", "origin_server", "start_origin"]
+
+
+class StartOrigin(Protocol):
+    async def __call__(self, **settings: Any) -> TestServer: ...
+
+
+@pytest.fixture
+def start_origin(tmp_path: Path, aiohttp_server: AiohttpServer) -> StartOrigin:
+    """Start an origin app (``OriginConfig`` fields as keywords; data in tmp_path/origin)."""
+
+    async def start(**settings: Any) -> TestServer:
+        config = OriginConfig(data=tmp_path / "origin", **settings)
+        return await aiohttp_server(create_app(config))
+
+    return start
+
+
+@pytest.fixture
+async def origin_server(start_origin: StartOrigin) -> TestServer:
+    """An origin with the default settings (deltas on, no upstream, no tracker)."""
+    return await start_origin()
+
+
+@pytest.fixture
+async def origin_client(
+    origin_server: TestServer, aiohttp_client: AiohttpClient
+) -> TestClient:
+    return await aiohttp_client(origin_server)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -15,14 +14,8 @@ from krill import oci
 from krill.blobstore import BlobStore
 from krill.digests import Digest
 from krill.origin.appkeys import STORE, TAG_HISTORY, TAG_MOVED, UPLOADS
-from krill.origin.config import OriginConfig
-from krill.origin.server import create_app
 from tests.imagebuild import build_image, random_files
-
-
-@pytest.fixture
-async def client(tmp_path: Path, aiohttp_client) -> TestClient:  # type: ignore[no-untyped-def]
-    return await aiohttp_client(create_app(OriginConfig(data=tmp_path / "origin")))
+from tests.polling import until
 
 
 def sha(data: bytes) -> str:
@@ -33,63 +26,64 @@ async def error_of(resp) -> tuple[int, str]:  # type: ignore[no-untyped-def]
     return resp.status, (await resp.json())["errors"][0]["code"]
 
 
-def store_is_empty(client: TestClient) -> bool:
-    store: BlobStore = client.app[STORE]
+def store_is_empty(origin_client: TestClient) -> bool:
+    store: BlobStore = origin_client.app[STORE]
     return list(store.digests()) == [] and list((store.root / "incoming").iterdir()) == []
 
 
-async def test_wrong_digest_is_rejected_and_nothing_stored(client: TestClient) -> None:
-    resp = await client.post(f"/v2/team/app/blobs/uploads/?digest={sha(b'other')}", data=b"data")
+async def test_wrong_digest_is_rejected_and_nothing_stored(origin_client: TestClient) -> None:
+    resp = await origin_client.post(
+        f"/v2/team/app/blobs/uploads/?digest={sha(b'other')}", data=b"data"
+    )
     assert await error_of(resp) == (400, "DIGEST_INVALID")
-    start = await client.post("/v2/team/app/blobs/uploads/")
+    start = await origin_client.post("/v2/team/app/blobs/uploads/")
     location = start.headers["Location"]
-    await client.patch(location, data=b"first half")
-    resp = await client.put(f"{location}?digest={sha(b'something else')}", data=b" second")
+    await origin_client.patch(location, data=b"first half")
+    resp = await origin_client.put(f"{location}?digest={sha(b'something else')}", data=b" second")
     assert await error_of(resp) == (400, "DIGEST_INVALID")
-    assert store_is_empty(client)
-    assert (await client.get(location)).status == 404  # the failed session is gone
+    assert store_is_empty(origin_client)
+    assert (await origin_client.get(location)).status == 404  # the failed session is gone
 
 
-async def test_upload_missing_its_end_is_rejected(client: TestClient) -> None:
+async def test_upload_missing_its_end_is_rejected(origin_client: TestClient) -> None:
     data = b"0123456789" * 100
-    start = await client.post("/v2/team/app/blobs/uploads/")
+    start = await origin_client.post("/v2/team/app/blobs/uploads/")
     location = start.headers["Location"]
-    await client.patch(location, data=data[:600])
-    resp = await client.put(f"{location}?digest={sha(data)}")
+    await origin_client.patch(location, data=data[:600])
+    resp = await origin_client.put(f"{location}?digest={sha(data)}")
     assert await error_of(resp) == (400, "DIGEST_INVALID")
-    assert store_is_empty(client)
+    assert store_is_empty(origin_client)
 
 
-async def test_body_cut_off_mid_request_leaves_nothing(client: TestClient) -> None:
+async def test_body_cut_off_mid_request_leaves_nothing(origin_client: TestClient) -> None:
     data = b"x" * 100_000
-    _reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", origin_client.port)
     writer.write(
         f"POST /v2/team/app/blobs/uploads/?digest={sha(data)} HTTP/1.1\r\n"
         f"Host: 127.0.0.1\r\nContent-Length: {len(data)}\r\n\r\n".encode()
         + data[:40_000]
     )
     await writer.drain()
-    await asyncio.sleep(0.05)
+    incoming = origin_client.app[STORE].root / "incoming"
+    await until(lambda: any(incoming.iterdir()), "the origin to start writing the upload")
     writer.close()
     await writer.wait_closed()
-    for _ in range(200):
-        if store_is_empty(client):
-            break
-        await asyncio.sleep(0.02)
-    assert store_is_empty(client)
-    assert (await client.get(f"/v2/team/app/blobs/{sha(data)}")).status == 404
+    await until(lambda: store_is_empty(origin_client), "the cut-off upload to be discarded")
+    assert (await origin_client.get(f"/v2/team/app/blobs/{sha(data)}")).status == 404
 
 
 @pytest.mark.parametrize(
     "digest",
     ["sha256:xyz", "sha256:" + "A" * 64, "md5:d41d8cd98f00b204e9800998ecf8427e", "nodigest:"],
 )
-async def test_malformed_digest(client: TestClient, digest: str) -> None:
-    resp = await client.get(URL(f"/v2/team/app/blobs/{digest}", encoded=False))
+async def test_malformed_digest(origin_client: TestClient, digest: str) -> None:
+    resp = await origin_client.get(URL(f"/v2/team/app/blobs/{digest}", encoded=False))
     assert await error_of(resp) == (400, "DIGEST_INVALID")
-    resp = await client.post("/v2/team/app/blobs/uploads/", params={"digest": digest}, data=b"x")
+    resp = await origin_client.post(
+        "/v2/team/app/blobs/uploads/", params={"digest": digest}, data=b"x"
+    )
     assert await error_of(resp) == (400, "DIGEST_INVALID")
-    assert store_is_empty(client)
+    assert store_is_empty(origin_client)
 
 
 async def raw_request(port: int, method: str, path: str) -> tuple[int, dict]:
@@ -117,7 +111,7 @@ async def raw_request(port: int, method: str, path: str) -> tuple[int, dict]:
         "_private/app",
     ],
 )
-async def test_invalid_names_are_refused(client: TestClient, raw_name: str) -> None:
+async def test_invalid_names_are_refused(origin_client: TestClient, raw_name: str) -> None:
     digest = sha(b"x")
     for method, path in (
         ("GET", f"/v2/{raw_name}/blobs/{digest}"),
@@ -126,48 +120,52 @@ async def test_invalid_names_are_refused(client: TestClient, raw_name: str) -> N
         ("PUT", f"/v2/{raw_name}/manifests/latest"),
         ("GET", f"/v2/{raw_name}/tags/list"),
     ):
-        status, body = await raw_request(client.port, method, path)
+        status, body = await raw_request(origin_client.port, method, path)
         assert (status, body["errors"][0]["code"]) == (400, "NAME_INVALID"), (method, path)
-    assert store_is_empty(client)
-    assert not (client.app[STORE].root / "repositories").exists() or not any(
-        (client.app[STORE].root / "repositories").iterdir()
+    assert store_is_empty(origin_client)
+    assert not (origin_client.app[STORE].root / "repositories").exists() or not any(
+        (origin_client.app[STORE].root / "repositories").iterdir()
     )
 
 
-async def test_range_past_the_end_is_416(client: TestClient) -> None:
+async def test_range_past_the_end_is_416(origin_client: TestClient) -> None:
     data = b"short blob"
-    await client.post(f"/v2/team/app/blobs/uploads/?digest={sha(data)}", data=data)
-    resp = await client.get(f"/v2/team/app/blobs/{sha(data)}", headers={"Range": "bytes=100-"})
+    await origin_client.post(f"/v2/team/app/blobs/uploads/?digest={sha(data)}", data=data)
+    resp = await origin_client.get(
+        f"/v2/team/app/blobs/{sha(data)}", headers={"Range": "bytes=100-"}
+    )
     assert resp.status == 416
 
 
-async def test_manifest_over_the_limit_is_413(client: TestClient) -> None:
+async def test_manifest_over_the_limit_is_413(origin_client: TestClient) -> None:
     body = json.dumps(
         {"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST, "pad": "x" * (4 * 1024 * 1024)}
     ).encode()
-    resp = await client.put(
+    resp = await origin_client.put(
         "/v2/team/app/manifests/big", data=body, headers={"Content-Type": oci.OCI_MANIFEST}
     )
     assert await error_of(resp) == (413, "SIZE_INVALID")
 
 
-async def test_manifest_that_is_not_json(client: TestClient) -> None:
-    resp = await client.put(
+async def test_manifest_that_is_not_json(origin_client: TestClient) -> None:
+    resp = await origin_client.put(
         "/v2/team/app/manifests/v1", data=b"{not json", headers={"Content-Type": oci.OCI_MANIFEST}
     )
     assert await error_of(resp) == (400, "MANIFEST_INVALID")
-    resp = await client.put(
+    resp = await origin_client.put(
         "/v2/team/app/manifests/v1", data=b"[1, 2]", headers={"Content-Type": oci.OCI_MANIFEST}
     )
     assert await error_of(resp) == (400, "MANIFEST_INVALID")
 
 
-async def test_index_whose_platform_is_not_an_object(client: TestClient) -> None:
+async def test_index_whose_platform_is_not_an_object(origin_client: TestClient) -> None:
     image = build_image([random_files(1, 1, 256)])
     for blob in image.blobs():
-        await client.post(f"/v2/team/app/blobs/uploads/?digest={blob.digest}", data=blob.data)
+        await origin_client.post(
+            f"/v2/team/app/blobs/uploads/?digest={blob.digest}", data=blob.data
+        )
     headers = {"Content-Type": oci.OCI_MANIFEST}
-    await client.put(
+    await origin_client.put(
         f"/v2/team/app/manifests/{image.manifest.digest}", data=image.manifest.data, headers=headers
     )
     entry = {
@@ -177,19 +175,19 @@ async def test_index_whose_platform_is_not_an_object(client: TestClient) -> None
         "platform": "linux",
     }
     index = json.dumps({"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": [entry]})
-    resp = await client.put(
+    resp = await origin_client.put(
         "/v2/team/app/manifests/multi", data=index, headers={"Content-Type": oci.OCI_INDEX}
     )
     assert await error_of(resp) == (400, "MANIFEST_INVALID")
     assert "platform" in (await resp.json())["errors"][0]["message"]
 
 
-async def test_manifest_naming_unknown_blobs(client: TestClient) -> None:
+async def test_manifest_naming_unknown_blobs(origin_client: TestClient) -> None:
     image = build_image([random_files(1, 1, 256)])
-    await client.post(
+    await origin_client.post(
         f"/v2/team/app/blobs/uploads/?digest={image.config.digest}", data=image.config.data
     )
-    resp = await client.put(
+    resp = await origin_client.put(
         "/v2/team/app/manifests/v1",
         data=image.manifest.data,
         headers={"Content-Type": oci.OCI_MANIFEST},
@@ -197,14 +195,18 @@ async def test_manifest_naming_unknown_blobs(client: TestClient) -> None:
     assert await error_of(resp) == (400, "MANIFEST_BLOB_UNKNOWN")
     missing = (await resp.json())["errors"][0]["detail"]["missing"]
     assert missing == [image.layers[0].digest]
-    assert (await client.get("/v2/team/app/manifests/v1")).status == 404
+    assert (await origin_client.get("/v2/team/app/manifests/v1")).status == 404
 
 
-async def test_manifest_whose_bytes_do_not_match_the_digest_in_the_url(client: TestClient) -> None:
+async def test_manifest_whose_bytes_do_not_match_the_digest_in_the_url(
+    origin_client: TestClient,
+) -> None:
     image = build_image([random_files(1, 1, 256)])
     for blob in image.blobs():
-        await client.post(f"/v2/team/app/blobs/uploads/?digest={blob.digest}", data=blob.data)
-    resp = await client.put(
+        await origin_client.post(
+            f"/v2/team/app/blobs/uploads/?digest={blob.digest}", data=blob.data
+        )
+    resp = await origin_client.put(
         f"/v2/team/app/manifests/{sha(b'other')}",
         data=image.manifest.data,
         headers={"Content-Type": oci.OCI_MANIFEST},
@@ -212,62 +214,69 @@ async def test_manifest_whose_bytes_do_not_match_the_digest_in_the_url(client: T
     assert await error_of(resp) == (400, "DIGEST_INVALID")
 
 
-async def test_unknown_upload_and_bad_page_size(client: TestClient) -> None:
-    resp = await client.patch("/v2/team/app/blobs/uploads/no-such-upload", data=b"x")
+async def test_unknown_upload_and_bad_page_size(origin_client: TestClient) -> None:
+    resp = await origin_client.patch("/v2/team/app/blobs/uploads/no-such-upload", data=b"x")
     assert await error_of(resp) == (404, "BLOB_UPLOAD_UNKNOWN")
-    resp = await client.get("/v2/_catalog?n=-1")
+    resp = await origin_client.get("/v2/_catalog?n=-1")
     assert resp.status == 400
 
 
-async def test_chunk_whose_length_contradicts_its_content_range(client: TestClient) -> None:
-    start = await client.post("/v2/team/app/blobs/uploads/")
+async def test_chunk_whose_length_contradicts_its_content_range(origin_client: TestClient) -> None:
+    start = await origin_client.post("/v2/team/app/blobs/uploads/")
     location = start.headers["Location"]
-    resp = await client.patch(location, data=b"12345", headers={"Content-Range": "0-9"})
+    resp = await origin_client.patch(location, data=b"12345", headers={"Content-Range": "0-9"})
     assert await error_of(resp) == (400, "BLOB_UPLOAD_INVALID")
-    resp = await client.patch(location, data=b"12345", headers={"Content-Range": "bytes=a-b"})
+    resp = await origin_client.patch(
+        location, data=b"12345", headers={"Content-Range": "bytes=a-b"}
+    )
     assert await error_of(resp) == (400, "BLOB_UPLOAD_INVALID")
-    status = await client.get(location)  # refused before any byte was taken: still at 0
+    status = await origin_client.get(location)  # refused before any byte was taken: still at 0
     assert (status.status, status.headers["Range"]) == (204, "0-0")
-    assert list(client.app[STORE].digests()) == []
+    assert list(origin_client.app[STORE].digests()) == []
 
 
-async def test_idle_upload_sessions_expire(client: TestClient) -> None:
-    start = await client.post("/v2/team/app/blobs/uploads/")
+async def test_idle_upload_sessions_expire(origin_client: TestClient) -> None:
+    start = await origin_client.post("/v2/team/app/blobs/uploads/")
     location = start.headers["Location"]
-    await client.patch(location, data=b"abandoned")
-    assert client.app[UPLOADS].expire(idle_seconds=0) == 1
-    assert await error_of(await client.get(location)) == (404, "BLOB_UPLOAD_UNKNOWN")
-    assert store_is_empty(client)
+    await origin_client.patch(location, data=b"abandoned")
+    assert origin_client.app[UPLOADS].expire(idle_seconds=0) == 1
+    assert await error_of(await origin_client.get(location)) == (404, "BLOB_UPLOAD_UNKNOWN")
+    assert store_is_empty(origin_client)
 
 
-async def test_a_failing_tag_hook_does_not_fail_the_push(client: TestClient) -> None:
+async def test_a_failing_tag_hook_does_not_fail_the_push(origin_client: TestClient) -> None:
     async def broken(repo: str, tag: str, old: Digest | None, new: Digest) -> None:
         raise RuntimeError("hook bug")
 
-    client.app[TAG_MOVED].append(broken)
+    origin_client.app[TAG_MOVED].append(broken)
     image = build_image([random_files(3, 1, 256)])
     for blob in image.blobs():
-        await client.post(f"/v2/team/app/blobs/uploads/?digest={blob.digest}", data=blob.data)
-    resp = await client.put(
+        await origin_client.post(
+            f"/v2/team/app/blobs/uploads/?digest={blob.digest}", data=blob.data
+        )
+    resp = await origin_client.put(
         "/v2/team/app/manifests/v1",
         data=image.manifest.data,
         headers={"Content-Type": oci.OCI_MANIFEST},
     )
     assert resp.status == 201
-    assert [e.new for e in client.app[TAG_HISTORY].history("team/app")] == [
+    assert [e.new for e in origin_client.app[TAG_HISTORY].history("team/app")] == [
         Digest.parse(image.manifest.digest)
     ]
 
 
 async def test_unknown_paths_and_crashes_get_json_errors(
-    client: TestClient, aiohttp_client
+    origin_client: TestClient, aiohttp_client
 ) -> None:  # type: ignore[no-untyped-def]
     from aiohttp import web
 
     from krill.registry_errors import error_middleware
 
-    assert await error_of(await client.get("/no/such/path")) == (404, "UNSUPPORTED")
-    assert await error_of(await client.get("/v2/team/app/tags/list")) == (404, "NAME_UNKNOWN")
+    assert await error_of(await origin_client.get("/no/such/path")) == (404, "UNSUPPORTED")
+    assert await error_of(await origin_client.get("/v2/team/app/tags/list")) == (
+        404,
+        "NAME_UNKNOWN",
+    )
 
     async def crash(request: web.Request) -> web.Response:
         raise KeyError("a bug")

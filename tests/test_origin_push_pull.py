@@ -7,14 +7,11 @@ import json
 from pathlib import Path
 
 import aiohttp
-import pytest
 from aiohttp.test_utils import TestServer
 
 from krill import oci
 from krill.digests import Digest
 from krill.origin.appkeys import TAG_HISTORY, TAG_MOVED
-from krill.origin.config import OriginConfig
-from krill.origin.server import create_app
 from tests.components import SKOPEO_FLAGS, skopeo
 from tests.imagebuild import (
     Blob,
@@ -28,17 +25,12 @@ from tests.imagebuild import (
 )
 
 
-@pytest.fixture
-async def origin(tmp_path: Path, aiohttp_server) -> TestServer:  # type: ignore[no-untyped-def]
-    return await aiohttp_server(create_app(OriginConfig(data=tmp_path / "origin")))
-
-
 def host(server: TestServer) -> str:
     return f"127.0.0.1:{server.port}"
 
 
 async def run_skopeo(*args: str) -> str:
-    """skopeo in a thread, so the in-process origin keeps serving."""
+    """skopeo in a thread, so the in-process origin_server keeps serving."""
     return (await asyncio.to_thread(skopeo, *args)).stdout
 
 
@@ -55,11 +47,11 @@ async def round_trip(
     assert pulled_index["manifests"][0]["digest"] == top.digest
 
 
-async def test_oci_image_round_trip(tmp_path: Path, origin: TestServer) -> None:
+async def test_oci_image_round_trip(tmp_path: Path, origin_server: TestServer) -> None:
     image = build_image([random_files(1, 2, 4096), realistic_files(2, count=8)])
-    await round_trip(tmp_path, origin, image.manifest, [image], "team/app:v1")
+    await round_trip(tmp_path, origin_server, image.manifest, [image], "team/app:v1")
     raw = await run_skopeo(
-        "inspect", "--raw", "--tls-verify=false", f"docker://{host(origin)}/team/app:v1"
+        "inspect", "--raw", "--tls-verify=false", f"docker://{host(origin_server)}/team/app:v1"
     )
     assert raw.encode() == image.manifest.data or json.loads(raw) == json.loads(image.manifest.data)
 
@@ -74,10 +66,10 @@ def write_dir_layout(root: Path, image: Image) -> Path:
     return root
 
 
-async def test_docker_image_round_trip(tmp_path: Path, origin: TestServer) -> None:
+async def test_docker_image_round_trip(tmp_path: Path, origin_server: TestServer) -> None:
     image = build_image([realistic_files(3, count=8)], docker=True)
     src = write_dir_layout(tmp_path / "src", image)
-    ref = f"docker://{host(origin)}/library/docker-app:v1"
+    ref = f"docker://{host(origin_server)}/library/docker-app:v1"
     await run_skopeo("copy", *SKOPEO_FLAGS, f"dir:{src}", ref)
     out = tmp_path / "out"
     await run_skopeo("copy", *SKOPEO_FLAGS, ref, f"dir:{out}")
@@ -85,21 +77,21 @@ async def test_docker_image_round_trip(tmp_path: Path, origin: TestServer) -> No
     for blob in image.blobs():
         assert (out / blob.digest.split(":", 1)[1]).read_bytes() == blob.data
     async with aiohttp.ClientSession() as client:
-        resp = await client.get(f"{base(origin)}/v2/library/docker-app/manifests/v1")
+        resp = await client.get(f"{base(origin_server)}/v2/library/docker-app/manifests/v1")
         assert resp.headers["Content-Type"] == oci.DOCKER_MANIFEST
         assert resp.headers["Docker-Content-Digest"] == image.manifest.digest
         assert await resp.read() == image.manifest.data
 
 
 async def test_two_platform_index_round_trip_and_inspect(
-    tmp_path: Path, origin: TestServer
+    tmp_path: Path, origin_server: TestServer
 ) -> None:
     images = [
         build_image([random_files(4, 2, 2048)], architecture=arch) for arch in ("amd64", "arm64")
     ]
     index = build_index(images)
-    await round_trip(tmp_path, origin, index, images, "multi/arch:v1")
-    ref = f"docker://{host(origin)}/multi/arch:v1"
+    await round_trip(tmp_path, origin_server, index, images, "multi/arch:v1")
+    ref = f"docker://{host(origin_server)}/multi/arch:v1"
     info = json.loads(
         await run_skopeo("inspect", "--tls-verify=false", "--override-arch", "arm64", ref)
     )
@@ -107,13 +99,15 @@ async def test_two_platform_index_round_trip_and_inspect(
     assert info["Digest"] == index.digest  # skopeo reports the digest it resolved the tag to
     assert info["RepoTags"] == ["v1"]
     async with aiohttp.ClientSession() as client:
-        resp = await client.get(f"{base(origin)}/v2/multi/arch/manifests/v1")
+        resp = await client.get(f"{base(origin_server)}/v2/multi/arch/manifests/v1")
         assert resp.headers["Docker-Content-Digest"] == index.digest
         assert await resp.read() == index.data
 
 
-async def test_tag_history_and_hook_follow_pushes(tmp_path: Path, origin: TestServer) -> None:
-    app = origin.app
+async def test_tag_history_and_hook_follow_pushes(
+    tmp_path: Path, origin_server: TestServer
+) -> None:
+    app = origin_server.app
     moves: list[tuple[str, str, Digest | None, Digest]] = []
 
     async def on_moved(repo: str, tag: str, old: Digest | None, new: Digest) -> None:
@@ -125,7 +119,10 @@ async def test_tag_history_and_hook_follow_pushes(tmp_path: Path, origin: TestSe
     for n, image in enumerate((first, second, second)):
         src = write_oci_layout(tmp_path / f"src{n}", image.manifest, [image], "v1")
         await run_skopeo(
-            "copy", *SKOPEO_FLAGS, f"oci:{src}:v1", f"docker://{host(origin)}/team/svc:latest"
+            "copy",
+            *SKOPEO_FLAGS,
+            f"oci:{src}:v1",
+            f"docker://{host(origin_server)}/team/svc:latest",
         )
     d1, d2 = Digest.parse(first.manifest.digest), Digest.parse(second.manifest.digest)
     assert moves == [("team/svc", "latest", None, d1), ("team/svc", "latest", d1, d2)]
@@ -139,7 +136,7 @@ def base(server: TestServer) -> str:
 
 
 async def test_docker_manifest_list_pulls_back_unchanged(
-    tmp_path: Path, origin: TestServer
+    tmp_path: Path, origin_server: TestServer
 ) -> None:
     images = [
         build_image([random_files(20, 1, 1024)], docker=True, architecture=arch)
@@ -149,15 +146,15 @@ async def test_docker_manifest_list_pulls_back_unchanged(
     async with aiohttp.ClientSession() as client:
         for image in images:
             for blob in image.blobs():
-                url = f"{base(origin)}/v2/legacy/app/blobs/uploads/?digest={blob.digest}"
+                url = f"{base(origin_server)}/v2/legacy/app/blobs/uploads/?digest={blob.digest}"
                 assert (await client.post(url, data=blob.data)).status == 201
-            await put_manifest(client, origin, image.manifest.digest, image.manifest)
-        await put_manifest(client, origin, "v1", manifest_list)
-        resp = await client.get(f"{base(origin)}/v2/legacy/app/manifests/v1")
+            await put_manifest(client, origin_server, image.manifest.digest, image.manifest)
+        await put_manifest(client, origin_server, "v1", manifest_list)
+        resp = await client.get(f"{base(origin_server)}/v2/legacy/app/manifests/v1")
         assert resp.headers["Content-Type"] == oci.DOCKER_LIST
         assert await resp.read() == manifest_list.data
     out = tmp_path / "out"
-    ref = f"docker://{host(origin)}/legacy/app:v1"
+    ref = f"docker://{host(origin_server)}/legacy/app:v1"
     await run_skopeo("copy", "--all", *SKOPEO_FLAGS, ref, f"dir:{out}")
     assert (out / "manifest.json").read_bytes() == manifest_list.data
     for image in images:

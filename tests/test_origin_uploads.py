@@ -5,22 +5,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import Any
 
 from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
-from krill.origin.appkeys import STORE
-from krill.origin.config import OriginConfig
-from krill.origin.server import create_app
+from krill.origin.appkeys import STORE, UPLOADS
+from krill.origin.uploads import UploadSession
+from tests.fixtures_origin import StartOrigin
+from tests.polling import until
 
 
 def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-async def client_for(aiohttp_client, tmp_path: Path, **settings: object) -> TestClient:  # type: ignore[no-untyped-def]
-    config = OriginConfig(data=tmp_path / "origin", deltas=False, **settings)  # type: ignore[arg-type]
-    return await aiohttp_client(create_app(config))
+async def client_for(
+    start_origin: StartOrigin, aiohttp_client: AiohttpClient, **settings: Any
+) -> TestClient:
+    return await aiohttp_client(await start_origin(deltas=False, **settings))
 
 
 async def start_session(client: TestClient) -> str:
@@ -29,7 +32,14 @@ async def start_session(client: TestClient) -> str:
     return resp.headers["Location"]
 
 
+def session_at(client: TestClient, location: str) -> UploadSession:
+    session = client.app[UPLOADS].get("a/b", location.rsplit("/", 1)[-1])
+    assert session is not None
+    return session
+
+
 async def slow_body(*parts: bytes) -> AsyncIterator[bytes]:
+    """A slow client's body: a pause after each part (the scenario, not a wait for an event)."""
     for part in parts:
         yield part
         await asyncio.sleep(0.3)
@@ -39,11 +49,13 @@ async def error_code(resp) -> str:  # type: ignore[no-untyped-def]
     return (await resp.json())["errors"][0]["code"]
 
 
-async def test_delete_during_a_patch_waits_for_it(tmp_path: Path, aiohttp_client) -> None:  # type: ignore[no-untyped-def]
-    client = await client_for(aiohttp_client, tmp_path)
+async def test_delete_during_a_patch_waits_for_it(
+    start_origin: StartOrigin, aiohttp_client: AiohttpClient
+) -> None:
+    client = await client_for(start_origin, aiohttp_client)
     location = await start_session(client)
     patch = asyncio.create_task(client.patch(location, data=slow_body(b"x" * 100_000, b"y")))
-    await asyncio.sleep(0.1)  # the PATCH is mid-body
+    await until(session_at(client, location).lock.locked, "the PATCH to be mid-body")
     delete = await client.delete(location)
     assert delete.status == 204
     assert (await patch).status == 202  # it finished before the DELETE took effect
@@ -52,14 +64,14 @@ async def test_delete_during_a_patch_waits_for_it(tmp_path: Path, aiohttp_client
 
 
 async def test_a_second_put_on_a_finished_session_is_upload_unknown(
-    tmp_path: Path, aiohttp_client
-) -> None:  # type: ignore[no-untyped-def]
-    client = await client_for(aiohttp_client, tmp_path)
+    start_origin: StartOrigin, aiohttp_client: AiohttpClient
+) -> None:
+    client = await client_for(start_origin, aiohttp_client)
     location = await start_session(client)
     data = b"z" * 10
     url = f"{location}?digest={digest_of(data)}"
     first = asyncio.create_task(client.put(url, data=slow_body(data[:5], data[5:])))
-    await asyncio.sleep(0.1)
+    await until(session_at(client, location).lock.locked, "the first PUT to be mid-body")
     second = await client.put(url, data=b"")
     assert (await first).status == 201
     assert second.status == 404
@@ -67,9 +79,9 @@ async def test_a_second_put_on_a_finished_session_is_upload_unknown(
 
 
 async def test_upload_sessions_are_capped_and_hold_no_file_until_bytes_arrive(
-    tmp_path: Path, aiohttp_client
-) -> None:  # type: ignore[no-untyped-def]
-    client = await client_for(aiohttp_client, tmp_path, max_upload_sessions=3)
+    start_origin: StartOrigin, aiohttp_client: AiohttpClient
+) -> None:
+    client = await client_for(start_origin, aiohttp_client, max_upload_sessions=3)
     locations = [await start_session(client) for _ in range(3)]
     incoming = client.app[STORE].root / "incoming"
     assert list(incoming.iterdir()) == []  # no temp file (no descriptor) per idle session
