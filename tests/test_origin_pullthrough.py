@@ -15,17 +15,18 @@ import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from pytest_aiohttp import AiohttpServer
 
 from krill.digests import Digest
 from krill.origin.appkeys import STORE, TAG_HISTORY, TAG_MOVED
-from krill.origin.config import OriginConfig
-from krill.origin.server import create_app
 from tests.components import SKOPEO_FLAGS, docker_registry, skopeo
+from tests.fixtures_origin import StartOrigin
 from tests.imagebuild import (
     Image,
     build_image,
@@ -91,7 +92,8 @@ class CountingProxy:
                 await response.write(chunk)
                 if first and "/blobs/" in request.path:
                     first = False
-                    await asyncio.sleep(0.3)  # keep the fetch in flight while others arrive
+                    # A slow upstream (the scenario): the fetch stays in flight while others arrive.
+                    await asyncio.sleep(0.3)
             await response.write_eof()
             return response
 
@@ -129,17 +131,14 @@ async def proxy(registry: str, aiohttp_server) -> AsyncIterator[tuple[CountingPr
         yield running
 
 
-async def start_origin(
-    tmp_path: Path, aiohttp_server, upstream: TestServer, **settings
-) -> TestServer:  # type: ignore[no-untyped-def]
-    config = OriginConfig(
-        data=tmp_path / "origin",
+async def mirror_of(start_origin: StartOrigin, upstream: TestServer, **settings: Any) -> TestServer:
+    """An origin mirroring ``upstream`` with the proxy's basic credentials."""
+    return await start_origin(
         upstream=f"http://127.0.0.1:{upstream.port}",
         upstream_username=USER,
         upstream_password=PASSWORD,
         **settings,
     )
-    return await aiohttp_server(create_app(config))
 
 
 async def push_upstream(tmp_path: Path, registry: str, image: Image, ref: str, name: str) -> Path:
@@ -153,12 +152,15 @@ async def push_upstream(tmp_path: Path, registry: str, image: Image, ref: str, n
 
 @pytest.mark.slow
 async def test_image_pulls_through_with_token_auth(
-    tmp_path: Path, registry: str, proxy: tuple[CountingProxy, TestServer], aiohttp_server
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    registry: str,
+    proxy: tuple[CountingProxy, TestServer],
+    start_origin: StartOrigin,
+) -> None:
     counting, proxy_server = proxy
     image = build_image([random_files(1, 2, 8 * 1024), random_files(2, 2, 8 * 1024)])
     src = await push_upstream(tmp_path, registry, image, "mirror/app:v1", "src")
-    origin = await start_origin(tmp_path, aiohttp_server, proxy_server)
+    origin = await mirror_of(start_origin, proxy_server)
     out = tmp_path / "out"
     ref = f"docker://127.0.0.1:{origin.port}/mirror/app:v1"
     await asyncio.to_thread(skopeo, "copy", *SKOPEO_FLAGS, ref, f"oci:{out}:v1")
@@ -173,12 +175,15 @@ async def test_image_pulls_through_with_token_auth(
 
 @pytest.mark.slow
 async def test_twenty_concurrent_pulls_make_one_upstream_fetch(
-    tmp_path: Path, registry: str, proxy: tuple[CountingProxy, TestServer], aiohttp_server
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    registry: str,
+    proxy: tuple[CountingProxy, TestServer],
+    start_origin: StartOrigin,
+) -> None:
     counting, proxy_server = proxy
     image = build_image([random_files(3, count=4, size=256 * 1024)])
     await push_upstream(tmp_path, registry, image, "mirror/big:v1", "src")
-    origin = await start_origin(tmp_path, aiohttp_server, proxy_server)
+    origin = await mirror_of(start_origin, proxy_server)
     layer = image.layers[0]
     url = f"http://127.0.0.1:{origin.port}/v2/mirror/big/blobs/{layer.digest}"
 
@@ -197,13 +202,16 @@ async def test_twenty_concurrent_pulls_make_one_upstream_fetch(
 
 @pytest.mark.slow
 async def test_tags_are_resolved_again_after_the_ttl(
-    tmp_path: Path, registry: str, proxy: tuple[CountingProxy, TestServer], aiohttp_server
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    registry: str,
+    proxy: tuple[CountingProxy, TestServer],
+    start_origin: StartOrigin,
+) -> None:
     counting, proxy_server = proxy
     first = build_image([random_files(4, 1, 1024)])
     second = build_image([random_files(5, 1, 1024)])
     await push_upstream(tmp_path, registry, first, "mirror/svc:latest", "one")
-    origin = await start_origin(tmp_path, aiohttp_server, proxy_server, tag_ttl=0.0)
+    origin = await mirror_of(start_origin, proxy_server, tag_ttl=0.0)
     moves: list[tuple[Digest | None, Digest]] = []
 
     async def on_moved(repo: str, tag: str, old: Digest | None, new: Digest) -> None:
@@ -229,11 +237,13 @@ async def test_tags_are_resolved_again_after_the_ttl(
 
 
 @pytest.mark.slow
-async def test_basic_auth_upstream(tmp_path: Path, registry: str, aiohttp_server) -> None:  # type: ignore[no-untyped-def]
+async def test_basic_auth_upstream(
+    tmp_path: Path, registry: str, aiohttp_server: AiohttpServer, start_origin: StartOrigin
+) -> None:
     image = build_image([random_files(6, 1, 2048)])
     await push_upstream(tmp_path, registry, image, "mirror/basic:v1", "src")
     async with running_proxy(registry, aiohttp_server, basic=True) as (counting, proxy_server):
-        origin = await start_origin(tmp_path, aiohttp_server, proxy_server)
+        origin = await mirror_of(start_origin, proxy_server)
         base = f"http://127.0.0.1:{origin.port}/v2/mirror/basic"
         layer = image.layers[0]
         async with aiohttp.ClientSession() as session:
@@ -255,13 +265,13 @@ async def test_basic_auth_upstream(tmp_path: Path, registry: str, aiohttp_server
 
 @pytest.mark.slow
 async def test_corrupt_upstream_blob_is_never_stored_or_served_whole(
-    tmp_path: Path, registry: str, aiohttp_server
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, registry: str, aiohttp_server: AiohttpServer, start_origin: StartOrigin
+) -> None:
     image = build_image([random_files(8, count=2, size=512 * 1024)])
     layer = image.layers[0]
     await push_upstream(tmp_path, registry, image, "mirror/bad:v1", "src")
     async with running_proxy(registry, aiohttp_server, corrupt=True) as (_, proxy_server):
-        origin = await start_origin(tmp_path, aiohttp_server, proxy_server)
+        origin = await mirror_of(start_origin, proxy_server)
         url = f"http://127.0.0.1:{origin.port}/v2/mirror/bad/blobs/{layer.digest}"
         async with aiohttp.ClientSession() as session:
             for _ in range(2):  # each try fetches again and is cut short again

@@ -12,18 +12,19 @@ import json
 import os
 import socket
 from collections import Counter
-from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from pytest_aiohttp import AiohttpServer
 
-from krill.origin.config import OriginConfig
-from krill.origin.server import create_app
 from krill.origin.upstream import UpstreamClient
 from krill.registry_errors import RegistryError
 from krill.singleflight import SingleFlight
+from tests.fixtures_origin import StartOrigin
+from tests.polling import until
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 
@@ -74,13 +75,14 @@ class ScriptedUpstream:
         name = request.match_info["name"]
         self.requests[f"blob {name}"] += 1
         if name in self.refuse_repos:
-            await asyncio.sleep(0.3)  # long enough for a second repository's request to wait
+            # A slow refusal (the scenario): a second repository's request arrives meanwhile.
+            await asyncio.sleep(0.3)
             return web.Response(status=404)
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         response.content_length = len(self.blob)
         await response.prepare(request)
         await response.write(self.blob[:1024])
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # a slow upstream (the scenario): clients join mid-fetch
         for start in range(1024, len(self.blob), 1 << 20):
             await response.write(self.blob[start : start + (1 << 20)])
         await response.write_eof()
@@ -96,18 +98,15 @@ class ScriptedUpstream:
         return web.Response(body=self.manifest, headers={"Content-Type": MANIFEST_TYPE})
 
 
-async def start(
-    tmp_path: Path, aiohttp_server, blob: bytes, **settings: object
-) -> tuple[ScriptedUpstream, TestServer, TestServer]:  # type: ignore[no-untyped-def]
+async def start_mirror(
+    start_origin: StartOrigin, aiohttp_server: AiohttpServer, blob: bytes, **settings: Any
+) -> tuple[ScriptedUpstream, TestServer, TestServer]:
+    """The scripted upstream serving ``blob``, and an origin mirroring it."""
     upstream = ScriptedUpstream(blob)
     upstream_server = await aiohttp_server(upstream.app())
-    config = OriginConfig(
-        data=tmp_path / "origin",
-        deltas=False,
-        upstream=f"http://127.0.0.1:{upstream_server.port}",
-        **settings,  # type: ignore[arg-type]
+    origin = await start_origin(
+        deltas=False, upstream=f"http://127.0.0.1:{upstream_server.port}", **settings
     )
-    origin = await aiohttp_server(create_app(config))
     return upstream, upstream_server, origin
 
 
@@ -121,14 +120,14 @@ def stalled_client(port: int, path: str) -> socket.socket:
 
 
 async def test_a_client_that_never_reads_does_not_stall_the_others(
-    tmp_path: Path, aiohttp_server
-) -> None:  # type: ignore[no-untyped-def]
+    start_origin: StartOrigin, aiohttp_server: AiohttpServer
+) -> None:
     blob = os.urandom(24 << 20)  # far more than the socket buffers hold
-    upstream, _, origin = await start(tmp_path, aiohttp_server, blob)
+    upstream, _, origin = await start_mirror(start_origin, aiohttp_server, blob)
     path = f"/v2/lib/app/blobs/{upstream.digest}"
     sock = stalled_client(origin.port, path)
     try:
-        await asyncio.sleep(0.1)
+        await until(lambda: upstream.requests["blob lib/app"] == 1, "the stalled client's fetch")
         async with asyncio.timeout(60), aiohttp.ClientSession() as session:
             async with session.get(f"http://127.0.0.1:{origin.port}{path}") as resp:
                 assert resp.status == 200
@@ -140,9 +139,9 @@ async def test_a_client_that_never_reads_does_not_stall_the_others(
 
 
 async def test_a_refusal_for_one_repository_does_not_fail_another(
-    tmp_path: Path, aiohttp_server
-) -> None:  # type: ignore[no-untyped-def]
-    upstream, _, origin = await start(tmp_path, aiohttp_server, os.urandom(4096))
+    start_origin: StartOrigin, aiohttp_server: AiohttpServer
+) -> None:
+    upstream, _, origin = await start_mirror(start_origin, aiohttp_server, os.urandom(4096))
     upstream.refuse_repos.add("team/private")
     base = f"http://127.0.0.1:{origin.port}/v2"
     async with aiohttp.ClientSession() as session:
@@ -152,17 +151,17 @@ async def test_a_refusal_for_one_repository_does_not_fail_another(
                 return resp.status, await resp.read()
 
         refused = asyncio.create_task(get("team/private"))
-        await asyncio.sleep(0.1)  # the refused fetch is in flight
+        await until(lambda: upstream.requests["blob team/private"] == 1, "the refused fetch")
         allowed = asyncio.create_task(get("team/public"))
         assert (await refused)[0] == 404
         assert await allowed == (200, upstream.blob)
 
 
 async def test_a_hung_upstream_does_not_hold_back_a_stored_tag(
-    tmp_path: Path, aiohttp_server
-) -> None:  # type: ignore[no-untyped-def]
-    upstream, _, origin = await start(
-        tmp_path, aiohttp_server, b"config", tag_ttl=1.0, upstream_tag_timeout=0.2
+    start_origin: StartOrigin, aiohttp_server: AiohttpServer
+) -> None:
+    upstream, _, origin = await start_mirror(
+        start_origin, aiohttp_server, b"config", tag_ttl=1.0, upstream_tag_timeout=0.2
     )
     url = f"http://127.0.0.1:{origin.port}/v2/lib/app/manifests/latest"
     async with aiohttp.ClientSession() as session:
@@ -179,10 +178,10 @@ async def test_a_hung_upstream_does_not_hold_back_a_stored_tag(
 
 
 async def test_credentials_go_only_to_the_upstreams_own_token_realm(
-    tmp_path: Path, aiohttp_server
-) -> None:  # type: ignore[no-untyped-def]
-    upstream, upstream_server, origin = await start(
-        tmp_path, aiohttp_server, b"config", upstream_username="u", upstream_password="p"
+    start_origin: StartOrigin, aiohttp_server: AiohttpServer
+) -> None:
+    upstream, upstream_server, origin = await start_mirror(
+        start_origin, aiohttp_server, b"config", upstream_username="u", upstream_password="p"
     )
     # The same server by another host name: refused before anything is sent.
     upstream.challenge_realm = f"http://localhost:{upstream_server.port}/token"
@@ -208,18 +207,19 @@ def test_an_https_upstreams_credentials_never_go_to_plain_http() -> None:
 
 async def test_a_cancelled_leader_does_not_fail_the_other_callers() -> None:
     flights: SingleFlight[str] = SingleFlight()
-    started = asyncio.Event()
+    started, release = asyncio.Event(), asyncio.Event()
 
     async def work() -> str:
         started.set()
-        await asyncio.sleep(0.1)
+        await release.wait()
         return "done"
 
     leader = asyncio.create_task(flights.run("k", work))
     await started.wait()
     follower = asyncio.create_task(flights.run("k", work))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop step: the follower task runs up to joining the flight
     leader.cancel()
+    release.set()  # the work finishes after its leader was cancelled
     assert await follower == "done"
     with pytest.raises(asyncio.CancelledError):
         await leader

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from krill import oci
-from krill.origin.config import OriginConfig
-from krill.origin.server import create_app
+from tests.fixtures_origin import StartOrigin
 
 SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
 SBOM = "application/spdx+json"
@@ -48,9 +47,9 @@ def artifact(config_blob: bytes, subject: bytes, artifact_type: str) -> dict:  #
 
 
 async def test_referrers_list_the_manifests_naming_a_subject(
-    tmp_path: Path, aiohttp_client
-) -> None:  # type: ignore[no-untyped-def]
-    client = await aiohttp_client(create_app(OriginConfig(data=tmp_path / "o", deltas=False)))
+    start_origin: StartOrigin, aiohttp_client: AiohttpClient
+) -> None:
+    client = await aiohttp_client(await start_origin(deltas=False))
     config = b"{}"
     await client.post(f"/v2/team/app/blobs/uploads/?digest={sha(config)}", data=config)
     image = {
