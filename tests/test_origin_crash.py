@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from krill.blobstore import BlobStore
+from tests.agent_cluster import wait_until
 from tests.components import SKOPEO_FLAGS, free_port, krill_process, skopeo
 from tests.imagebuild import build_image, random_files, read_oci_layout_digests, write_oci_layout
 
@@ -56,10 +56,7 @@ def test_kill_during_upload_then_same_push_succeeds(tmp_path: Path) -> None:
         location = headers["Location"]
         half = len(layer.data) // 2
         sock = start_partial_patch(port, location, layer.data, half)
-        deadline = time.monotonic() + 20
-        while incoming_bytes(data_dir) < half and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert incoming_bytes(data_dir) >= half  # the origin was mid-upload
+        wait_until(lambda: incoming_bytes(data_dir) >= half, "the origin to be mid-upload")
         proc.kill()
         proc.wait()
         sock.close()
