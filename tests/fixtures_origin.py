@@ -16,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
+from krill.clock import SYSTEM_CLOCK, Clock
 from krill.origin.config import OriginConfig
 from krill.origin.server import create_app
 
@@ -23,16 +24,19 @@ __all__ = ["StartOrigin", "origin_client", "origin_server", "start_origin"]
 
 
 class StartOrigin(Protocol):
-    async def __call__(self, **settings: Any) -> TestServer: ...
+    async def __call__(self, *, clock: Clock = SYSTEM_CLOCK, **settings: Any) -> TestServer: ...
 
 
 @pytest.fixture
 def start_origin(tmp_path: Path, aiohttp_server: AiohttpServer) -> StartOrigin:
-    """Start an origin app (``OriginConfig`` fields as keywords; data in tmp_path/origin)."""
+    """Start an origin app (``OriginConfig`` fields as keywords; data in tmp_path/origin).
 
-    async def start(**settings: Any) -> TestServer:
+    ``clock`` (e.g. a ``tests.clocks.ManualClock``) times what ``create_app`` lets a clock time.
+    """
+
+    async def start(*, clock: Clock = SYSTEM_CLOCK, **settings: Any) -> TestServer:
         config = OriginConfig(data=tmp_path / "origin", **settings)
-        return await aiohttp_server(create_app(config))
+        return await aiohttp_server(create_app(config, clock=clock))
 
     return start
 
@@ -44,7 +48,5 @@ async def origin_server(start_origin: StartOrigin) -> TestServer:
 
 
 @pytest.fixture
-async def origin_client(
-    origin_server: TestServer, aiohttp_client: AiohttpClient
-) -> TestClient:
+async def origin_client(origin_server: TestServer, aiohttp_client: AiohttpClient) -> TestClient:
     return await aiohttp_client(origin_server)

@@ -23,6 +23,7 @@ from pytest_aiohttp import AiohttpServer
 from krill.origin.upstream import UpstreamClient
 from krill.registry_errors import RegistryError
 from krill.singleflight import SingleFlight
+from tests.clocks import ManualClock
 from tests.fixtures_origin import StartOrigin
 from tests.polling import until
 
@@ -160,19 +161,26 @@ async def test_a_refusal_for_one_repository_does_not_fail_another(
 async def test_a_hung_upstream_does_not_hold_back_a_stored_tag(
     start_origin: StartOrigin, aiohttp_server: AiohttpServer
 ) -> None:
+    clock = ManualClock()
     upstream, _, origin = await start_mirror(
-        start_origin, aiohttp_server, b"config", tag_ttl=1.0, upstream_tag_timeout=0.2
+        start_origin, aiohttp_server, b"config", clock=clock, tag_ttl=1.0, upstream_tag_timeout=0.2
     )
     url = f"http://127.0.0.1:{origin.port}/v2/lib/app/manifests/latest"
     async with aiohttp.ClientSession() as session:
-        async with session.get(url) as resp:
-            assert resp.status == 200
-        upstream.hang_manifests = True
-        await asyncio.sleep(1.1)  # the tag is due for re-resolution
-        for _ in range(3):  # the first waits for the short timeout, the rest don't ask
+
+        async def get() -> tuple[int, bytes]:
             async with asyncio.timeout(30), session.get(url) as resp:
-                assert resp.status == 200
-                assert await resp.read() == upstream.manifest
+                return resp.status, await resp.read()
+
+        assert (await get())[0] == 200
+        upstream.hang_manifests = True
+        clock.advance(1.1)  # the tag is due for re-resolution
+        first = asyncio.create_task(get())
+        await until(lambda: upstream.requests["manifest"] == 2, "the tag to be asked again")
+        clock.advance(0.2)  # upstream_tag_timeout passes without an answer
+        assert await first == (200, upstream.manifest)
+        for _ in range(2):  # served at once: nobody asks upstream (or waits) until the TTL passes
+            assert await get() == (200, upstream.manifest)
     assert upstream.requests["manifest"] == 2
     upstream.released.set()
 

@@ -25,13 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
 from krill import oci
+from krill.clock import SYSTEM_CLOCK, Clock, timeout
 from krill.digests import Digest
 from krill.origin.appkeys import METRICS, REPOSITORIES, STORE
 from krill.origin.blobfill import BlobFill
@@ -50,9 +50,12 @@ log = logging.getLogger(__name__)
 
 
 class PullThrough:
-    def __init__(self, app: web.Application, config: OriginConfig) -> None:
+    def __init__(
+        self, app: web.Application, config: OriginConfig, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.app = app
         self.config = config
+        self.clock = clock  # the tag TTL and the wait for a tag's refresh are timed on it
         assert config.upstream is not None
         self.upstream = UpstreamClient(
             config.upstream,
@@ -95,7 +98,7 @@ class PullThrough:
         if self._fresh(repo, reference):
             return local
         try:
-            async with asyncio.timeout(self.config.upstream_tag_timeout):
+            async with timeout(self.clock, self.config.upstream_tag_timeout):
                 return await self._manifest_flights.run(key, lambda: self._fetch(repo, reference))
         except TimeoutError:
             reason = f"no answer within {self.config.upstream_tag_timeout}s"
@@ -105,13 +108,13 @@ class PullThrough:
             reason = str(exc)
         # Serve the stored tag, and don't ask again (or wait again) until the TTL passes;
         # a fetch still under way finishes in the background and updates the tag.
-        self._resolved_at[key] = time.monotonic()
+        self._resolved_at[key] = self.clock.monotonic()
         log.warning("upstream.stale_tag repo=%s tag=%s reason=%s", repo, reference, reason)
         return local
 
     def _fresh(self, repo: str, tag: str) -> bool:
         resolved = self._resolved_at.get((repo, tag))
-        return resolved is not None and time.monotonic() - resolved < self.config.tag_ttl
+        return resolved is not None and self.clock.monotonic() - resolved < self.config.tag_ttl
 
     async def _fetch(self, repo: str, reference: Digest | str) -> Digest:
         self._count("manifest")
@@ -137,7 +140,7 @@ class PullThrough:
         log.info("upstream.manifest repo=%s reference=%s digest=%s", repo, reference, digest)
         if isinstance(reference, str):
             await move_tag(self.app, repo, reference, digest)
-            self._resolved_at[(repo, reference)] = time.monotonic()
+            self._resolved_at[(repo, reference)] = self.clock.monotonic()
         return digest
 
     # blobs

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from krill.blobstore import BlobStore
+from krill.clock import SYSTEM_CLOCK, Clock
 from krill.origin import (
     blob_routes,
     listing_routes,
@@ -51,8 +52,11 @@ REPOSITORIES_DIR = "repositories"
 BLOB_ROUTES = ("blob", "piece_blob")
 
 
-def create_app(config: OriginConfig) -> web.Application:
-    """A ready-to-run origin app for ``config`` (nothing listens until it is run)."""
+def create_app(config: OriginConfig, *, clock: Clock = SYSTEM_CLOCK) -> web.Application:
+    """A ready-to-run origin app for ``config`` (nothing listens until it is run).
+
+    ``clock`` times the pull-through tag TTL (tests pass one they move by hand).
+    """
     app = web.Application(middlewares=[metrics_middleware, error_middleware])
     store = BlobStore(config.data)
     app[CONFIG] = config
@@ -63,7 +67,7 @@ def create_app(config: OriginConfig) -> web.Application:
     app[BLOB_PUSHED] = []
     app[UPLOADS] = UploadSessions(store, config.max_upload_sessions)
     app[METRICS] = OriginMetrics()
-    app[PULL_THROUGH] = PullThrough(app, config) if config.upstream else None
+    app[PULL_THROUGH] = PullThrough(app, config, clock) if config.upstream else None
     app.router.add_get("/v2/", base_check, name="base")
     app.router.add_get("/health", health, name="health")
     app.router.add_get("/metrics", metrics, name="metrics")
