@@ -1,6 +1,6 @@
 """What each libtorrent alert changes: one handler per alert type, in one table.
 
-The pump pops alerts in batches and looks each one's type up in
+The pump pops alerts in batches and looks each one's exact type up in
 ``AlertHandlers.table`` (as Kraken's scheduler applies each event type in
 one place); a type not in the table is ignored. The alert mask
 (``session_settings``) asks for exactly the categories these come from.
@@ -85,11 +85,6 @@ class AlertHandlers:
                 _entry(lt.listen_failed_alert, self._listen_failed),
             ]
         )
-
-    def dispatch(self, alert: lt.alert) -> None:
-        handler = self.table.get(type(alert))
-        if handler is not None:
-            handler(alert)
 
     def _torrent_of(self, alert: lt.torrent_alert) -> Torrent | None:
         return self._torrents.get(str(alert.handle.info_hashes().v1))

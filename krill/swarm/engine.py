@@ -71,13 +71,13 @@ class SwarmEngine:
         self._announce_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._counters = Counters()
         self._super_seeding = SuperSeeding(settings)
-        self._pump = AlertPump(
-            clock, self._dispatch, self._housekeep, self._pump_urgent, self._readers_waiting
-        )
-        self._torrents = TorrentTable(clock, removal_begun=self._pump.hurry)
-        self._alerts = AlertHandlers(
+        self._torrents = TorrentTable(clock, removal_begun=self._hurry_pump)
+        alerts = AlertHandlers(
             self._torrents, self._counters, self._super_seeding, clock,
             EngineCallbacks(self._start_publishing, self._fail_torrent, self._announced),
+        )
+        self._pump = AlertPump(
+            clock, alerts.table, self._housekeep, self._pump_urgent, self._readers_waiting
         )
         self._background: set[asyncio.Task[Any]] = set()
         self._bell: AlertBell | None = None
@@ -388,8 +388,8 @@ class SwarmEngine:
 
     # ---- what the pump asks between batches ----
 
-    def _dispatch(self, alert: lt.alert) -> None:
-        self._alerts.dispatch(alert)
+    def _hurry_pump(self) -> None:
+        self._pump.hurry()
 
     def _pump_urgent(self) -> bool:
         """Don't pause: a removal's alert is awaited, or a download's last pieces arrive."""

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import libtorrent as lt
 
@@ -48,17 +48,19 @@ class AlertPump:
     def __init__(
         self,
         clock: Clock,
-        dispatch: Callable[[lt.alert], None],
+        handlers: Mapping[type[lt.alert], Callable[[lt.alert], None]],
         housekeep: Callable[[float, bool], None],
         urgent: Callable[[], bool],
         readers_waiting: Callable[[], bool],
     ) -> None:
-        """``dispatch`` applies one alert; ``housekeep(now, tick)`` runs after each
+        """``handlers``: the handler of each alert type (``alerts.AlertHandlers.table``;
+        other alerts are dropped), looked up here, one call per alert, since a busy
+        download queues one per piece; ``housekeep(now, tick)`` runs after each
         batch; while ``urgent()`` the pump does not pause (a removal's alert is
         awaited, or a download's last pieces are arriving); while
         ``readers_waiting()`` it looks at libtorrent more often."""
         self._clock = clock
-        self._dispatch = dispatch
+        self._handlers = handlers
         self._housekeep = housekeep
         self._urgent = urgent
         self._readers_waiting = readers_waiting
@@ -96,9 +98,13 @@ class AlertPump:
             waiting = self._readers_waiting()
             await bell.wait(_ALERT_WAIT_READERS_SECONDS if waiting else _ALERT_WAIT_SECONDS)
             batch_start = self._clock.monotonic()
+            handlers = self._handlers
             for alert in session.pop_alerts():
+                handler = handlers.get(type(alert))
+                if handler is None:
+                    continue
                 try:
-                    self._dispatch(alert)
+                    handler(alert)
                 except Exception:
                     log.exception("swarm.alert_error alert=%s", type(alert).__name__)
             now = self._clock.monotonic()
@@ -111,8 +117,10 @@ class AlertPump:
                 log.exception("swarm.housekeeping_error")
         # Drain what is left so nothing waits on an alert that will never be read.
         for alert in session.pop_alerts():
-            with contextlib.suppress(Exception):
-                self._dispatch(alert)
+            handler = self._handlers.get(type(alert))
+            if handler is not None:
+                with contextlib.suppress(Exception):
+                    handler(alert)
 
     async def _pause_unless_hurried(self, seconds: float) -> None:
         """The pump's pause between batches, cut short when a removal begins (a
