@@ -97,9 +97,8 @@ async def rebuilder_for(
         aiohttp.ClientSession() as session,
     ):
         client = OriginClient(session, origin)
-        yield DeltaRebuilder(client, cache, index, metrics, lookup_timeout=lookup_timeout), (
-            _layers(v2)[1]
-        )
+        rebuilder = DeltaRebuilder(client, cache, index, metrics, lookup_timeout=lookup_timeout)
+        yield rebuilder, _layers(v2)[1]
 
 
 async def _never_called(digest: Digest, repository: str) -> int:
