@@ -29,6 +29,7 @@ from aiohttp import web
 
 from krill.blobstore import BlobStore, BlobWriter, DigestMismatchError, SizeMismatchError
 from krill.digests import Digest
+from krill.origin.batching import Batches
 from krill.registry_errors import RegistryError
 
 log = logging.getLogger(__name__)
@@ -99,17 +100,7 @@ class BlobFill:
             self._notify()
 
     async def _download(self, body: aiohttp.StreamReader, writer: BlobWriter) -> None:
-        batch: list[bytes] = []
-        pending = received = 0
-        async for chunk in body.iter_chunked(READ_CHUNK):
-            batch.append(chunk)
-            pending += len(chunk)
-            received += len(chunk)
-            caught_up = body.total_bytes <= received  # nothing more buffered yet
-            if pending >= WRITE_BATCH or caught_up:
-                await self._append(writer, batch)
-                batch, pending = [], 0
-        if batch:
+        async for batch in Batches(body, READ_CHUNK, WRITE_BATCH):
             await self._append(writer, batch)
 
     async def _append(self, writer: BlobWriter, batch: list[bytes]) -> None:

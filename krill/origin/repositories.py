@@ -65,11 +65,7 @@ class Repositories:
         return (self.dir(repo) / _LAYERS / digest.hex).exists()
 
     def unlink_blob(self, repo: str, digest: Digest) -> bool:
-        try:
-            (self.dir(repo) / _LAYERS / digest.hex).unlink()
-        except FileNotFoundError:
-            return False
-        return True
+        return _unlink(self.dir(repo) / _LAYERS / digest.hex)
 
     # manifests
 
@@ -84,11 +80,7 @@ class Repositories:
             return None
 
     def unlink_manifest(self, repo: str, digest: Digest) -> bool:
-        try:
-            (self.dir(repo) / _MANIFESTS / digest.hex).unlink()
-        except FileNotFoundError:
-            return False
-        return True
+        return _unlink(self.dir(repo) / _MANIFESTS / digest.hex)
 
     # tags
 
@@ -161,3 +153,12 @@ class Repositories:
                 found.append(Path(dirpath).relative_to(self.root).as_posix())
             dirnames[:] = [d for d in dirnames if not d.startswith("_")]
         yield from sorted(found)
+
+
+def _unlink(link: Path) -> bool:
+    """Remove a link file; False if there was none."""
+    try:
+        link.unlink()
+    except FileNotFoundError:
+        return False
+    return True

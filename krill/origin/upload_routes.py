@@ -19,6 +19,7 @@ from krill.blobstore import BlobWriter, DigestMismatchError, SizeMismatchError
 from krill.digests import Digest
 from krill.names import is_valid_name
 from krill.origin.appkeys import BLOB_PUSHED, REPOSITORIES, STORE, UPLOADS
+from krill.origin.batching import Batches
 from krill.origin.uploads import UploadSession
 from krill.registry_errors import RegistryError
 from krill.registry_params import API_HEADERS, parse_digest, repo_name
@@ -38,27 +39,17 @@ async def receive_body(request: web.Request, writer: BlobWriter) -> int:
     Writing and hashing run in a thread, off the event loop: a batch at a
     time while the client sends faster than we write, else as bytes arrive.
     """
-    received = 0
-    batch: list[bytes] = []
-    pending = 0
+    batches = Batches(request.content, READ_CHUNK, WRITE_BATCH)
     try:
-        async for chunk in request.content.iter_chunked(READ_CHUNK):
-            batch.append(chunk)
-            pending += len(chunk)
-            received += len(chunk)
-            caught_up = request.content.total_bytes <= received  # nothing more buffered
-            if pending >= WRITE_BATCH or caught_up:
-                await asyncio.to_thread(_write_all, writer, batch)
-                batch, pending = [], 0
+        async for batch in batches:
+            await asyncio.to_thread(_write_all, writer, batch)
     except (aiohttp.ClientError, ConnectionError, asyncio.IncompleteReadError) as exc:
         raise RegistryError(
             "BLOB_UPLOAD_INVALID",
-            f"the upload body ended early after {received} bytes ({exc.__class__.__name__}); "
-            "restart the upload",
+            f"the upload body ended early after {batches.received} bytes "
+            f"({exc.__class__.__name__}); restart the upload",
         ) from None
-    if batch:
-        await asyncio.to_thread(_write_all, writer, batch)
-    return received
+    return batches.received
 
 
 def _write_all(writer: BlobWriter, batch: list[bytes]) -> None:
