@@ -47,7 +47,6 @@ class AgentNode:
     metrics: AgentMetrics
     swarm: SwarmEngine | None
     layers: LayerIndex
-    origin: OriginClient
 
     async def refresh_metrics(self) -> None:
         """Bring the gauges up to date; the swarm's counters are asked for fresh.
@@ -148,7 +147,6 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
             metrics,
             engine,
             layers,
-            origin,
         )
         verifier = tasks.create_task(_verify_cache(cache), name="cache-verify")
         housekeeper = tasks.create_task(_housekeeping(node), name="cache-housekeeping")
