@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestServer
+from pytest_aiohttp import AiohttpClient
 
 from krill.delta import rebuild_layer
 from krill.digests import Digest
@@ -57,7 +58,7 @@ async def _settle(engine: DeltaEngine) -> None:
 async def test_tag_move_precomputes_a_verified_delta(
     tmp_path: Path,
     origin_server: TestServer,
-    aiohttp_client,  # type: ignore[no-untyped-def]
+    aiohttp_client: AiohttpClient,
 ) -> None:
     v1, v2 = _versions()
     client = await aiohttp_client(origin_server)
@@ -115,7 +116,7 @@ async def test_tag_move_precomputes_a_verified_delta(
 async def test_unreproducible_layer_is_counted_and_gets_no_delta(
     tmp_path: Path,
     origin_server: TestServer,
-    aiohttp_client,  # type: ignore[no-untyped-def]
+    aiohttp_client: AiohttpClient,
 ) -> None:
     v1, v2 = _versions()
     client = await aiohttp_client(origin_server)
@@ -154,7 +155,7 @@ def _with_layer(image: Image, index: int, data: bytes) -> Image:
 
 async def test_bad_digest_is_a_registry_error(
     origin_server: TestServer,
-    aiohttp_client,  # type: ignore[no-untyped-def]
+    aiohttp_client: AiohttpClient,
 ) -> None:
     client = await aiohttp_client(origin_server)
     resp = await client.get("/krill/v1/deltas/sha256:abc", params={"have": "x"})
@@ -165,7 +166,7 @@ async def test_bad_digest_is_a_registry_error(
 async def test_multi_arch_index_pairs_layers_per_platform(
     tmp_path: Path,
     origin_server: TestServer,
-    aiohttp_client,  # type: ignore[no-untyped-def]
+    aiohttp_client: AiohttpClient,
 ) -> None:
     """Each platform's new layer is paired with the same platform's old layer."""
     versions = {}
@@ -197,7 +198,7 @@ async def test_multi_arch_index_pairs_layers_per_platform(
 async def test_a_killed_worker_does_not_stop_later_deltas(
     tmp_path: Path,
     origin_server: TestServer,
-    aiohttp_client,  # type: ignore[no-untyped-def]
+    aiohttp_client: AiohttpClient,
 ) -> None:
     client = await aiohttp_client(origin_server)
     engine = origin_server.app[DELTA_ENGINE]
@@ -223,7 +224,7 @@ async def test_a_killed_worker_does_not_stop_later_deltas(
 
 async def test_a_corrupt_layer_is_recorded_as_failed_and_leaves_no_scratch(
     origin_server: TestServer,
-    aiohttp_client,  # type: ignore[no-untyped-def]
+    aiohttp_client: AiohttpClient,
 ) -> None:
     from krill.origin.appkeys import REPOSITORIES, STORE
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
+from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from krill import oci
@@ -34,7 +35,7 @@ async def push_image(origin_client: TestClient, repo: str, tag: str, image: Imag
     assert resp.status == 201, await resp.text()
 
 
-async def error_code(resp) -> str:  # type: ignore[no-untyped-def]
+async def error_code(resp: ClientResponse) -> str:
     return (await resp.json())["errors"][0]["code"]
 
 

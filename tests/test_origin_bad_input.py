@@ -7,7 +7,9 @@ import hashlib
 import json
 
 import pytest
+from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 from yarl import URL
 
 from krill import oci
@@ -22,7 +24,7 @@ def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-async def error_of(resp) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+async def error_of(resp: ClientResponse) -> tuple[int, str]:
     return resp.status, (await resp.json())["errors"][0]["code"]
 
 
@@ -266,8 +268,8 @@ async def test_a_failing_tag_hook_does_not_fail_the_push(origin_client: TestClie
 
 
 async def test_unknown_paths_and_crashes_get_json_errors(
-    origin_client: TestClient, aiohttp_client
-) -> None:  # type: ignore[no-untyped-def]
+    origin_client: TestClient, aiohttp_client: AiohttpClient
+) -> None:
     from aiohttp import web
 
     from krill.registry_errors import error_middleware

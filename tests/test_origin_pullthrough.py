@@ -116,8 +116,8 @@ def registry(tmp_path: Path) -> Iterator[str]:
 
 @contextlib.asynccontextmanager
 async def running_proxy(
-    registry: str, aiohttp_server, **options: bool
-) -> AsyncIterator[tuple[CountingProxy, TestServer]]:  # type: ignore[no-untyped-def]
+    registry: str, aiohttp_server: AiohttpServer, **options: bool
+) -> AsyncIterator[tuple[CountingProxy, TestServer]]:
     counting = CountingProxy(registry, **options)
     server = await aiohttp_server(counting.app())
     async with aiohttp.ClientSession(auto_decompress=False) as session:
@@ -126,7 +126,9 @@ async def running_proxy(
 
 
 @pytest.fixture
-async def proxy(registry: str, aiohttp_server) -> AsyncIterator[tuple[CountingProxy, TestServer]]:  # type: ignore[no-untyped-def]
+async def proxy(
+    registry: str, aiohttp_server: AiohttpServer
+) -> AsyncIterator[tuple[CountingProxy, TestServer]]:
     async with running_proxy(registry, aiohttp_server) as running:
         yield running
 

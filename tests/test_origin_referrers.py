@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
@@ -19,7 +20,7 @@ def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-async def push_manifest(client: TestClient, reference: str, doc: dict) -> bytes:  # type: ignore[type-arg]
+async def push_manifest(client: TestClient, reference: str, doc: dict[str, Any]) -> bytes:
     body = json.dumps(doc).encode()
     resp = await client.put(
         f"/v2/team/app/manifests/{reference or sha(body)}",
@@ -30,7 +31,7 @@ async def push_manifest(client: TestClient, reference: str, doc: dict) -> bytes:
     return body
 
 
-def artifact(config_blob: bytes, subject: bytes, artifact_type: str) -> dict:  # type: ignore[type-arg]
+def artifact(config_blob: bytes, subject: bytes, artifact_type: str) -> dict[str, Any]:
     return {
         "schemaVersion": 2,
         "mediaType": oci.OCI_MANIFEST,

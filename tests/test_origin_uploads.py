@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
@@ -45,7 +46,7 @@ async def slow_body(*parts: bytes) -> AsyncIterator[bytes]:
         await asyncio.sleep(0.3)
 
 
-async def error_code(resp) -> str:  # type: ignore[no-untyped-def]
+async def error_code(resp: ClientResponse) -> str:
     return (await resp.json())["errors"][0]["code"]
 
 

@@ -19,10 +19,10 @@ are not kept waiting for a batch to fill.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -45,7 +45,9 @@ class UpstreamBlobCorrupt(Exception):
 
 # What the fill calls to get the upstream body: an async context manager
 # yielding (declared size or None, the body's aiohttp.StreamReader).
-OpenUpstream = Callable[[], Any]
+OpenUpstream = Callable[
+    [], contextlib.AbstractAsyncContextManager[tuple[int | None, aiohttp.StreamReader]]
+]
 
 
 class BlobFill:
