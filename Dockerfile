@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Krill's image for those who build with docker or BuildKit:
 #
 #   docker build -t krill:0.1.0 .
@@ -29,12 +28,15 @@ FROM ${DEBIAN_IMAGE}
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/*
-# Installed by file name: PyPI has an unrelated project called krill.
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/tmp/wheels \
-    python3 -m venv /opt/krill \
+# Installed by file name: PyPI has an unrelated project called krill. (The
+# wheel, a few hundred KB, stays in the COPY layer: plain docker build has no
+# RUN --mount.)
+COPY --from=wheel /wheels /tmp/wheels
+RUN python3 -m venv /opt/krill \
  && /opt/krill/bin/pip install --no-cache-dir --disable-pip-version-check --no-compile \
       /tmp/wheels/krill-*.whl \
  && /opt/krill/bin/pip freeze --all >/opt/krill/pip-freeze.txt \
+ && rm -rf /tmp/wheels \
  && find /opt/krill /usr/lib/python3 /usr/lib/python3.11 -name __pycache__ -type d -prune \
       -exec rm -rf {} + \
  && echo 'krill:x:65532:65532:krill:/home/krill:/usr/sbin/nologin' >>/etc/passwd \
