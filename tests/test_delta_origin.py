@@ -42,6 +42,13 @@ async def _push(tmp: Path, server: TestServer, image: Image, tag: str, name: str
     await asyncio.to_thread(skopeo, "copy", *SKOPEO_FLAGS, f"oci:{layout}:{name}", dest)
 
 
+async def _push_versions(tmp: Path, server: TestServer, v1: Image, v2: Image) -> None:
+    """Push v1 then v2 as app:latest and wait until the deltas the move queued are done."""
+    await _push(tmp, server, v1, "latest", "v1")
+    await _push(tmp, server, v2, "latest", "v2")
+    await _settle(server.app[DELTA_ENGINE])
+
+
 def _mark_then_sleep(marker: str, seconds: float) -> None:
     """A long job that says when a worker has taken it (pickled by name into the worker)."""
     Path(marker).touch()
@@ -63,9 +70,7 @@ async def test_tag_move_precomputes_a_verified_delta(
     v1, v2 = _versions()
     client = await aiohttp_client(origin_server)
     engine = origin_server.app[DELTA_ENGINE]
-    await _push(tmp_path, origin_server, v1, "latest", "v1")
-    await _push(tmp_path, origin_server, v2, "latest", "v2")
-    await _settle(engine)
+    await _push_versions(tmp_path, origin_server, v1, v2)
 
     target, base = v2.layers[1].digest, v1.layers[1].digest
     resp = await client.get(f"/krill/v1/deltas/{target}", params={"have": f"{base}"})
@@ -120,12 +125,9 @@ async def test_unreproducible_layer_is_counted_and_gets_no_delta(
 ) -> None:
     v1, v2 = _versions()
     client = await aiohttp_client(origin_server)
-    engine = origin_server.app[DELTA_ENGINE]
     # v2's app layer compressed by GNU gzip: no zlib setting reproduces it.
     v2 = _with_layer(v2, 1, _gnu_gzip(gzip.decompress(v2.layers[1].data)))
-    await _push(tmp_path, origin_server, v1, "latest", "v1")
-    await _push(tmp_path, origin_server, v2, "latest", "v2")
-    await _settle(engine)
+    await _push_versions(tmp_path, origin_server, v1, v2)
     target = v2.layers[1].digest
     answer = await (
         await client.get(f"/krill/v1/deltas/{target}", params={"have": v1.layers[1].digest})
@@ -213,9 +215,7 @@ async def test_a_killed_worker_does_not_stop_later_deltas(
         await job
 
     v1, v2 = _versions()
-    await _push(tmp_path, origin_server, v1, "latest", "v1")
-    await _push(tmp_path, origin_server, v2, "latest", "v2")
-    await _settle(engine)
+    await _push_versions(tmp_path, origin_server, v1, v2)
     target, base = v2.layers[1].digest, v1.layers[1].digest
     answer = await (await client.get(f"/krill/v1/deltas/{target}", params={"have": base})).json()
     assert answer["status"] == "ok", answer
