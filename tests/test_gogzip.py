@@ -252,3 +252,29 @@ def test_level_1_past_its_offset_reset_matches_go(go_oracle: GoOracle) -> None:
     thread.join()
     assert proc.wait() == 0
     assert ours.hexdigest() == theirs.hexdigest()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", [1, 6, 9])
+def test_docker_like_writes_of_real_files_reproduce(go_oracle: GoOracle, level: int) -> None:
+    """Docker's Write splits (tar headers, 32 KiB pieces, unaligned file ends) on real files.
+
+    A Write ending within 262 bytes of a full window could change Go's bytes
+    (see the test above); here dozens of file ends fall there, and the one-big-
+    Write model still gives Go's exact blob.
+    """
+    root = Path(tarfile.__file__).parent
+    dirs = [str(root / d) for d in ("asyncio", "email", "encodings", "json", "xml", "unittest")]
+    blob = subprocess.run(
+        [str(go_oracle.binary), "-tar", str(level), *dirs], capture_output=True, check=True
+    ).stdout
+    tar = zlib.decompress(blob, 31)
+    ends = 0
+    with tarfile.open(fileobj=io.BytesIO(tar)) as members:
+        for m in members:
+            end = m.offset_data + m.size
+            ends += m.isreg() and m.size > 0 and end > 65536 and end % 32768 >= 32768 - 258
+    assert ends >= 5, "too few file ends near a window's end to exercise the case"
+    writer = GoGzipWriter(blob[:10], level)
+    ours = b"".join(writer.feed(tar[i : i + (1 << 20)]) for i in range(0, len(tar), 1 << 20))
+    assert_same(blob, ours + writer.finish(), f"level {level}, {len(tar)} bytes of tar")

@@ -4,6 +4,7 @@
 //
 //	goflate LEVEL [CHUNK] [-raw]
 //	goflate -batch
+//	goflate -tar LEVEL DIR...
 //
 // LEVEL is a compress/gzip level (-2 HuffmanOnly … 9). CHUNK > 0 writes the
 // input in Write calls of CHUNK bytes (0, the default: one Write of all of
@@ -12,10 +13,18 @@
 // -batch serves many requests over one process (the tests' hypothesis
 // cases): each request on stdin is int32 level, int32 chunk, uint32 length
 // (little-endian) and the input; each answer on stdout is uint32 length and
-// the gzip stream. Standard library only, so `go build` needs no network.
+// the gzip stream.
+//
+// -tar writes a gzipped tar of the DIRs the way Docker's pkg/archive does:
+// archive/tar writing straight into gzip.Writer, each file's content copied
+// through a 32 KiB bufio.Writer, so Go sees Docker's Write splits (headers,
+// 32 KiB pieces, each file's unaligned end, padding).
+//
+// Standard library only, so `go build` needs no network.
 package main
 
 import (
+	"archive/tar"
 	"bufio"
 	"bytes"
 	"compress/flate"
@@ -23,7 +32,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strconv"
 )
 
@@ -37,6 +48,13 @@ func main() {
 func run(args []string) error {
 	if len(args) == 1 && args[0] == "-batch" {
 		return batch(bufio.NewReader(os.Stdin), bufio.NewWriter(os.Stdout))
+	}
+	if len(args) >= 3 && args[0] == "-tar" {
+		level, err := strconv.Atoi(args[1])
+		if err != nil {
+			return err
+		}
+		return dockerTar(level, args[2:])
 	}
 	raw := false
 	var pos []int
@@ -144,4 +162,63 @@ func batch(in *bufio.Reader, out *bufio.Writer) error {
 			return err
 		}
 	}
+}
+
+func dockerTar(level int, dirs []string) error {
+	out := bufio.NewWriterSize(os.Stdout, 32*1024)
+	gz, err := gzip.NewWriterLevel(out, level)
+	if err != nil {
+		return err
+	}
+	tw := tar.NewWriter(gz)
+	copyBuf := bufio.NewWriterSize(nil, 32*1024)
+	for _, dir := range dirs {
+		err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			link := ""
+			if info.Mode()&fs.ModeSymlink != 0 {
+				if link, err = os.Readlink(path); err != nil {
+					return err
+				}
+			}
+			hdr, err := tar.FileInfoHeader(info, link)
+			if err != nil {
+				return nil // sockets and the like: Docker skips them too
+			}
+			hdr.Name = path
+			hdr.Format = tar.FormatPAX
+			if err := tw.WriteHeader(hdr); err != nil {
+				return err
+			}
+			if hdr.Typeflag != tar.TypeReg || hdr.Size == 0 {
+				return nil
+			}
+			f, err := os.Open(path)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			copyBuf.Reset(tw)
+			if _, err := io.Copy(copyBuf, f); err != nil {
+				return err
+			}
+			return copyBuf.Flush()
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	if err := gz.Close(); err != nil {
+		return err
+	}
+	return out.Flush()
 }
