@@ -4,15 +4,18 @@ Every origin test used to build its own app the same way; here it is built
 once: ``start_origin(**settings)`` runs an origin on loopback with its data
 under the test's ``tmp_path / "origin"`` (settings are ``OriginConfig``
 fields), ``origin_server`` is one with the defaults, ``origin_client`` a
-client of it.
+client of it. ``digest_of`` and ``error_code`` are the two helpers every
+origin test wrote for itself.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
@@ -20,7 +23,14 @@ from krill.clock import SYSTEM_CLOCK, Clock
 from krill.origin.config import OriginConfig
 from krill.origin.server import create_app
 
-__all__ = ["StartOrigin", "origin_client", "origin_server", "start_origin"]
+__all__ = [
+    "StartOrigin",
+    "digest_of",
+    "error_code",
+    "origin_client",
+    "origin_server",
+    "start_origin",
+]
 
 
 class StartOrigin(Protocol):
@@ -50,3 +60,14 @@ async def origin_server(start_origin: StartOrigin) -> TestServer:
 @pytest.fixture
 async def origin_client(origin_server: TestServer, aiohttp_client: AiohttpClient) -> TestClient:
     return await aiohttp_client(origin_server)
+
+
+def digest_of(data: bytes) -> str:
+    """``sha256:<hex>`` of ``data``, as the registry API names a blob."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+async def error_code(resp: ClientResponse) -> str:
+    """The spec error code of an error answer (its first error)."""
+    code: str = (await resp.json())["errors"][0]["code"]
+    return code

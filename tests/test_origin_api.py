@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 
-from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from krill import oci
 from krill.digests import Digest
 from krill.origin.appkeys import STORE
+from tests.fixtures_origin import digest_of, error_code
 from tests.imagebuild import Image, build_image, random_files
 
 
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 async def push_blob(origin_client: TestClient, repo: str, data: bytes) -> str:
-    resp = await origin_client.post(f"/v2/{repo}/blobs/uploads/?digest={sha(data)}", data=data)
+    resp = await origin_client.post(
+        f"/v2/{repo}/blobs/uploads/?digest={digest_of(data)}", data=data
+    )
     assert resp.status == 201, await resp.text()
-    return sha(data)
+    return digest_of(data)
 
 
 async def push_image(origin_client: TestClient, repo: str, tag: str, image: Image) -> None:
@@ -33,10 +30,6 @@ async def push_image(origin_client: TestClient, repo: str, tag: str, image: Imag
         headers={"Content-Type": image.manifest.media_type},
     )
     assert resp.status == 201, await resp.text()
-
-
-async def error_code(resp: ClientResponse) -> str:
-    return (await resp.json())["errors"][0]["code"]
 
 
 async def test_base_check(origin_client: TestClient) -> None:
@@ -70,14 +63,14 @@ async def test_chunked_upload_with_content_range(origin_client: TestClient) -> N
     assert resp.status == 416
     assert resp.headers["Range"] == "0-7999"
     resp = await origin_client.put(
-        f"{location}?digest={sha(data)}",
+        f"{location}?digest={digest_of(data)}",
         data=chunks[2],
         headers={"Content-Range": f"8000-{len(data) - 1}"},
     )
     assert resp.status == 201, await resp.text()
-    assert resp.headers["Docker-Content-Digest"] == sha(data)
-    assert resp.headers["Location"] == f"/v2/team/app/blobs/{sha(data)}"
-    resp = await origin_client.get(f"/v2/team/app/blobs/{sha(data)}")
+    assert resp.headers["Docker-Content-Digest"] == digest_of(data)
+    assert resp.headers["Location"] == f"/v2/team/app/blobs/{digest_of(data)}"
+    resp = await origin_client.get(f"/v2/team/app/blobs/{digest_of(data)}")
     assert await resp.read() == data
     assert (await origin_client.get(location)).status == 404
 
@@ -85,9 +78,11 @@ async def test_chunked_upload_with_content_range(origin_client: TestClient) -> N
 async def test_post_then_put_monolithic(origin_client: TestClient) -> None:
     data = b"monolithic blob"
     resp = await origin_client.post("/v2/team/app/blobs/uploads/")
-    resp = await origin_client.put(f"{resp.headers['Location']}?digest={sha(data)}", data=data)
+    resp = await origin_client.put(
+        f"{resp.headers['Location']}?digest={digest_of(data)}", data=data
+    )
     assert resp.status == 201
-    assert origin_client.app[STORE].read_bytes(Digest.parse(sha(data))) == data
+    assert origin_client.app[STORE].read_bytes(Digest.parse(digest_of(data))) == data
 
 
 async def test_blob_get_head_and_ranges(origin_client: TestClient) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 
 import pytest
@@ -16,16 +15,13 @@ from krill import oci
 from krill.blobstore import BlobStore
 from krill.digests import Digest
 from krill.origin.appkeys import STORE, TAG_HISTORY, TAG_MOVED, UPLOADS
+from tests.fixtures_origin import digest_of, error_code
 from tests.imagebuild import build_image, random_files
 from tests.polling import until
 
 
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 async def error_of(resp: ClientResponse) -> tuple[int, str]:
-    return resp.status, (await resp.json())["errors"][0]["code"]
+    return resp.status, await error_code(resp)
 
 
 def store_is_empty(origin_client: TestClient) -> bool:
@@ -35,13 +31,15 @@ def store_is_empty(origin_client: TestClient) -> bool:
 
 async def test_wrong_digest_is_rejected_and_nothing_stored(origin_client: TestClient) -> None:
     resp = await origin_client.post(
-        f"/v2/team/app/blobs/uploads/?digest={sha(b'other')}", data=b"data"
+        f"/v2/team/app/blobs/uploads/?digest={digest_of(b'other')}", data=b"data"
     )
     assert await error_of(resp) == (400, "DIGEST_INVALID")
     start = await origin_client.post("/v2/team/app/blobs/uploads/")
     location = start.headers["Location"]
     await origin_client.patch(location, data=b"first half")
-    resp = await origin_client.put(f"{location}?digest={sha(b'something else')}", data=b" second")
+    resp = await origin_client.put(
+        f"{location}?digest={digest_of(b'something else')}", data=b" second"
+    )
     assert await error_of(resp) == (400, "DIGEST_INVALID")
     assert store_is_empty(origin_client)
     assert (await origin_client.get(location)).status == 404  # the failed session is gone
@@ -52,7 +50,7 @@ async def test_upload_missing_its_end_is_rejected(origin_client: TestClient) -> 
     start = await origin_client.post("/v2/team/app/blobs/uploads/")
     location = start.headers["Location"]
     await origin_client.patch(location, data=data[:600])
-    resp = await origin_client.put(f"{location}?digest={sha(data)}")
+    resp = await origin_client.put(f"{location}?digest={digest_of(data)}")
     assert await error_of(resp) == (400, "DIGEST_INVALID")
     assert store_is_empty(origin_client)
 
@@ -61,7 +59,7 @@ async def test_body_cut_off_mid_request_leaves_nothing(origin_client: TestClient
     data = b"x" * 100_000
     _reader, writer = await asyncio.open_connection("127.0.0.1", origin_client.port)
     writer.write(
-        f"POST /v2/team/app/blobs/uploads/?digest={sha(data)} HTTP/1.1\r\n"
+        f"POST /v2/team/app/blobs/uploads/?digest={digest_of(data)} HTTP/1.1\r\n"
         f"Host: 127.0.0.1\r\nContent-Length: {len(data)}\r\n\r\n".encode()
         + data[:40_000]
     )
@@ -71,7 +69,7 @@ async def test_body_cut_off_mid_request_leaves_nothing(origin_client: TestClient
     writer.close()
     await writer.wait_closed()
     await until(lambda: store_is_empty(origin_client), "the cut-off upload to be discarded")
-    assert (await origin_client.get(f"/v2/team/app/blobs/{sha(data)}")).status == 404
+    assert (await origin_client.get(f"/v2/team/app/blobs/{digest_of(data)}")).status == 404
 
 
 @pytest.mark.parametrize(
@@ -114,7 +112,7 @@ async def raw_request(port: int, method: str, path: str) -> tuple[int, dict]:
     ],
 )
 async def test_invalid_names_are_refused(origin_client: TestClient, raw_name: str) -> None:
-    digest = sha(b"x")
+    digest = digest_of(b"x")
     for method, path in (
         ("GET", f"/v2/{raw_name}/blobs/{digest}"),
         ("GET", f"/v2/{raw_name}/manifests/latest"),
@@ -132,9 +130,9 @@ async def test_invalid_names_are_refused(origin_client: TestClient, raw_name: st
 
 async def test_range_past_the_end_is_416(origin_client: TestClient) -> None:
     data = b"short blob"
-    await origin_client.post(f"/v2/team/app/blobs/uploads/?digest={sha(data)}", data=data)
+    await origin_client.post(f"/v2/team/app/blobs/uploads/?digest={digest_of(data)}", data=data)
     resp = await origin_client.get(
-        f"/v2/team/app/blobs/{sha(data)}", headers={"Range": "bytes=100-"}
+        f"/v2/team/app/blobs/{digest_of(data)}", headers={"Range": "bytes=100-"}
     )
     assert resp.status == 416
 
@@ -209,7 +207,7 @@ async def test_manifest_whose_bytes_do_not_match_the_digest_in_the_url(
             f"/v2/team/app/blobs/uploads/?digest={blob.digest}", data=blob.data
         )
     resp = await origin_client.put(
-        f"/v2/team/app/manifests/{sha(b'other')}",
+        f"/v2/team/app/manifests/{digest_of(b'other')}",
         data=image.manifest.data,
         headers={"Content-Type": oci.OCI_MANIFEST},
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
@@ -10,20 +9,16 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from krill import oci
-from tests.fixtures_origin import StartOrigin
+from tests.fixtures_origin import StartOrigin, digest_of
 
 SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
 SBOM = "application/spdx+json"
 
 
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 async def push_manifest(client: TestClient, reference: str, doc: dict[str, Any]) -> bytes:
     body = json.dumps(doc).encode()
     resp = await client.put(
-        f"/v2/team/app/manifests/{reference or sha(body)}",
+        f"/v2/team/app/manifests/{reference or digest_of(body)}",
         data=body,
         headers={"Content-Type": oci.OCI_MANIFEST},
     )
@@ -38,11 +33,15 @@ def artifact(config_blob: bytes, subject: bytes, artifact_type: str) -> dict[str
         "artifactType": artifact_type,
         "config": {
             "mediaType": "application/vnd.oci.empty.v1+json",
-            "digest": sha(config_blob),
+            "digest": digest_of(config_blob),
             "size": 2,
         },
         "layers": [],
-        "subject": {"mediaType": oci.OCI_MANIFEST, "digest": sha(subject), "size": len(subject)},
+        "subject": {
+            "mediaType": oci.OCI_MANIFEST,
+            "digest": digest_of(subject),
+            "size": len(subject),
+        },
         "annotations": {"org.example.kind": artifact_type},
     }
 
@@ -52,32 +51,32 @@ async def test_referrers_list_the_manifests_naming_a_subject(
 ) -> None:
     client = await aiohttp_client(await start_origin(deltas=False))
     config = b"{}"
-    await client.post(f"/v2/team/app/blobs/uploads/?digest={sha(config)}", data=config)
+    await client.post(f"/v2/team/app/blobs/uploads/?digest={digest_of(config)}", data=config)
     image = {
         "schemaVersion": 2,
         "mediaType": oci.OCI_MANIFEST,
         "config": {
             "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": sha(config),
+            "digest": digest_of(config),
             "size": 2,
         },
         "layers": [],
     }
     subject = await push_manifest(client, "v1", image)
-    empty = await client.get(f"/v2/team/app/referrers/{sha(subject)}")
+    empty = await client.get(f"/v2/team/app/referrers/{digest_of(subject)}")
     assert empty.status == 200
     assert (await empty.json())["manifests"] == []
 
     signature = json.dumps(artifact(config, subject, SIGNATURE)).encode()
     resp = await client.put(
-        f"/v2/team/app/manifests/{sha(signature)}",
+        f"/v2/team/app/manifests/{digest_of(signature)}",
         data=signature,
         headers={"Content-Type": oci.OCI_MANIFEST},
     )
-    assert resp.headers["OCI-Subject"] == sha(subject)  # clients skip the tag fallback
+    assert resp.headers["OCI-Subject"] == digest_of(subject)  # clients skip the tag fallback
     await push_manifest(client, "", artifact(config, subject, SBOM))
 
-    resp = await client.get(f"/v2/team/app/referrers/{sha(subject)}")
+    resp = await client.get(f"/v2/team/app/referrers/{digest_of(subject)}")
     assert resp.status == 200
     assert resp.headers["Content-Type"] == oci.OCI_INDEX
     index = await resp.json()
@@ -86,23 +85,23 @@ async def test_referrers_list_the_manifests_naming_a_subject(
     sig = next(d for d in index["manifests"] if d["artifactType"] == SIGNATURE)
     assert sig == {
         "mediaType": oci.OCI_MANIFEST,
-        "digest": sha(signature),
+        "digest": digest_of(signature),
         "size": len(signature),
         "artifactType": SIGNATURE,
         "annotations": {"org.example.kind": SIGNATURE},
     }
 
     filtered = await client.get(
-        f"/v2/team/app/referrers/{sha(subject)}", params={"artifactType": SBOM}
+        f"/v2/team/app/referrers/{digest_of(subject)}", params={"artifactType": SBOM}
     )
     assert filtered.headers["OCI-Filters-Applied"] == "artifactType"
     assert [d["artifactType"] for d in (await filtered.json())["manifests"]] == [SBOM]
 
     # A deleted referrer is no longer listed; other repositories see none.
-    assert (await client.delete(f"/v2/team/app/manifests/{sha(signature)}")).status == 202
-    after = await (await client.get(f"/v2/team/app/referrers/{sha(subject)}")).json()
+    assert (await client.delete(f"/v2/team/app/manifests/{digest_of(signature)}")).status == 202
+    after = await (await client.get(f"/v2/team/app/referrers/{digest_of(subject)}")).json()
     assert [d["artifactType"] for d in after["manifests"]] == [SBOM]
-    other = await (await client.get(f"/v2/team/other/referrers/{sha(subject)}")).json()
+    other = await (await client.get(f"/v2/team/other/referrers/{digest_of(subject)}")).json()
     assert other["manifests"] == []
     bad = await client.get("/v2/team/app/referrers/sha256:nothex")
     assert bad.status == 400

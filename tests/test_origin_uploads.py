@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from krill.origin.appkeys import STORE, UPLOADS
 from krill.origin.uploads import UploadSession
-from tests.fixtures_origin import StartOrigin
+from tests.fixtures_origin import StartOrigin, digest_of, error_code
 from tests.polling import until
-
-
-def digest_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 async def client_for(
@@ -44,10 +38,6 @@ async def slow_body(*parts: bytes) -> AsyncIterator[bytes]:
     for part in parts:
         yield part
         await asyncio.sleep(0.3)
-
-
-async def error_code(resp: ClientResponse) -> str:
-    return (await resp.json())["errors"][0]["code"]
 
 
 async def test_delete_during_a_patch_waits_for_it(
