@@ -13,7 +13,7 @@ import json
 import subprocess
 import threading
 import urllib.request
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +23,7 @@ from aiohttp import web
 from tests import imagebuild
 from tests.components import SKOPEO_FLAGS, free_port, krill_process, skopeo
 from tests.metrics_text import read_metrics
-from tests.polling import until
+from tests.polling import until_sync
 
 T = TypeVar("T")
 
@@ -40,9 +40,7 @@ class Agent:
         return read_metrics(self.api)
 
 
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """``tests.polling.until`` for the synchronous tests that drive real processes."""
-    asyncio.run(until(condition, what))
+wait_until = until_sync  # the name the process-driving tests use
 
 
 @contextlib.contextmanager

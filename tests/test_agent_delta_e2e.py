@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +37,7 @@ from tests.imagebuild import (
     realistic_files,
     write_oci_layout,
 )
+from tests.polling import until_sync
 from tests.test_agent_containerd import containerd_through
 
 pytestmark = pytest.mark.slow
@@ -92,18 +92,18 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> Versions:
 def wait_for_delta(origin: str, target: str, base: str, timeout: float = 180) -> dict:
     """Poll the origin's lookup (the first call queues the pair) until the delta is there.
 
-    Its own loop rather than ``tests.polling.until``: computing the delta of a
-    large layer on a loaded machine takes longer than until's 30 s.
+    Computing the delta of a large layer on a loaded machine can take minutes,
+    hence the long budget.
     """
     url = f"{DELTAS.url(origin, target)}?have={base}"
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = json.loads(urllib.request.urlopen(url, timeout=10).read())
-        if answer["status"] == "ok":
-            return answer
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the origin has no delta for {target} from {base}: {answer}")
-        time.sleep(0.5)
+    answers: list[dict] = []
+
+    def ready() -> bool:
+        answers.append(json.loads(urllib.request.urlopen(url, timeout=10).read()))
+        return answers[-1]["status"] == "ok"
+
+    until_sync(ready, f"the origin's delta for {target} from {base}", within=timeout, interval=0.5)
+    return answers[-1]
 
 
 def wire_bytes(metrics: dict[str, float]) -> float:
