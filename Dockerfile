@@ -39,6 +39,8 @@ RUN python3 -m venv /opt/krill \
  && rm -rf /tmp/wheels \
  && find /opt/krill /usr/lib/python3 /usr/lib/python3.11 -name __pycache__ -type d -prune \
       -exec rm -rf {} + \
+ && PYTHONHASHSEED=0 python3 -m compileall -q -j1 --invalidation-mode unchecked-hash \
+      /usr/lib/python3.11 /usr/lib/python3/dist-packages /opt/krill/lib/python3.11/site-packages \
  && echo 'krill:x:65532:65532:krill:/home/krill:/usr/sbin/nologin' >>/etc/passwd \
  && echo 'krill:x:65532:' >>/etc/group \
  && install -d -o 65532 -g 65532 -m 0755 /home/krill /var/lib/krill \
