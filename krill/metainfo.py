@@ -32,8 +32,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import aiohttp
-
 from krill import bencode
 from krill.digests import Digest
 
@@ -135,19 +133,3 @@ def _info_dict(metainfo: bytes) -> dict[bytes, object]:
     if not isinstance(decoded, dict) or not isinstance(decoded.get(b"info"), dict):
         raise MetainfoError("metainfo has no info dictionary")
     return decoded[b"info"]
-
-
-async def fetch_metainfo(
-    session: aiohttp.ClientSession, base_url: str, digest: Digest
-) -> bytes:
-    """GET ``{base_url}/krill/v1/metainfo/<digest>`` (origin or tracker) and check it.
-
-    Raises MetainfoError with the server's status and message when it fails,
-    so the caller can say which server lacked the blob. The request itself is
-    ``krill.originclient.OriginClient.metainfo``; this is the same call for
-    code that holds a session and a URL rather than a client.
-    """
-    # Imported here: originclient imports this module for MetainfoError and the check.
-    from krill.originclient import OriginClient
-
-    return await OriginClient(session, base_url).metainfo(digest)

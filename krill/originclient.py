@@ -28,7 +28,7 @@ from krill.digests import Digest
 from krill.endpoints import DELTAS, METAINFO, Endpoint
 from krill.metainfo import MAX_METAINFO_BYTES, MetainfoError, check_metainfo
 
-__all__ = ["Answer", "OriginClient"]
+__all__ = ["Answer", "OriginClient", "fetch_metainfo"]
 
 # A delta lookup answers a few hundred bytes of JSON.
 MAX_DELTA_ANSWER = 64 * 1024
@@ -144,3 +144,16 @@ class OriginClient:
             raise MetainfoError(f"GET {url} answered {answer.status}: {detail}")
         check_metainfo(answer.body, digest)
         return answer.body
+
+
+async def fetch_metainfo(
+    session: aiohttp.ClientSession, base_url: str, digest: Digest
+) -> bytes:
+    """GET ``{base_url}/krill/v1/metainfo/<digest>`` (origin or tracker) and check it.
+
+    Raises MetainfoError with the server's status and message when it fails,
+    so the caller can say which server lacked the blob. The same call as
+    ``OriginClient.metainfo`` for code that holds a session and a URL rather
+    than a client.
+    """
+    return await OriginClient(session, base_url).metainfo(digest)

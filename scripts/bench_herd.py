@@ -549,7 +549,7 @@ async def peer_main(args: argparse.Namespace) -> int:
     from krill.blobstore import BlobStore
     from krill.digests import Digest, sha256_file
     from krill.logs import setup_logging
-    from krill.metainfo import fetch_metainfo
+    from krill.originclient import fetch_metainfo
     from krill.swarm import SwarmEngine, SwarmSettings
 
     setup_logging("warning")

@@ -24,7 +24,7 @@ import aiohttp
 from krill.blobstore import BlobStore
 from krill.digests import Digest, sha256_file
 from krill.logs import setup_logging
-from krill.metainfo import fetch_metainfo
+from krill.originclient import fetch_metainfo
 from krill.swarm import Download, SwarmEngine, SwarmSettings
 
 

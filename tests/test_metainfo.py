@@ -21,11 +21,11 @@ from krill.metainfo import (
     MIN_PIECE_LENGTH,
     MetainfoError,
     check_metainfo,
-    fetch_metainfo,
     info_hash,
     make_metainfo,
     piece_length_for,
 )
+from krill.originclient import fetch_metainfo
 
 OTHER_PROCESS = """
 import sys

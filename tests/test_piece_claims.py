@@ -21,8 +21,8 @@ from aiohttp import web
 import krill.swarm.download
 from krill.blobstore import BlobStore
 from krill.digests import Digest, sha256_file
-from krill.metainfo import fetch_metainfo
 from krill.origin.piececlaims import PieceClaims, piece_claims
+from krill.originclient import fetch_metainfo
 from krill.piecefeed import consecutive_runs
 from krill.swarm import Download, Pacer, SwarmEngine, SwarmSettings, SwarmStats
 from tests.clocks import ManualClock

@@ -18,7 +18,8 @@ import yarl
 from krill import bencode
 from krill.blobstore import BlobStore
 from krill.endpoints import METAINFO
-from krill.metainfo import fetch_metainfo, make_metainfo
+from krill.metainfo import make_metainfo
+from krill.originclient import fetch_metainfo
 from krill.tracker.announce import parse_announce
 from krill.tracker.config import TrackerConfig
 from krill.tracker.peerstore import MemoryPeerStore, PeerEntry, PeerStore

@@ -16,7 +16,8 @@ from krill import bencode
 from krill.config import ConfigError
 from krill.digests import Digest
 from krill.endpoints import METAINFO
-from krill.metainfo import MIN_PIECE_LENGTH, fetch_metainfo
+from krill.metainfo import MIN_PIECE_LENGTH
+from krill.originclient import fetch_metainfo
 from krill.tracker.config import TrackerConfig
 from krill.tracker.server import create_app
 from tests.polling import until
