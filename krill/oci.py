@@ -8,7 +8,9 @@ manifest whose blobs are missing) and, for an index, its child manifests.
 from __future__ import annotations
 
 import json
+from array import array
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 from krill.digests import Digest, DigestError
@@ -31,6 +33,11 @@ MANIFEST_TYPES = IMAGE_MANIFEST_TYPES + INDEX_TYPES
 # The distribution spec lets registries cap manifests; 4 MiB is what the
 # CNCF registry and most clients use.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+# Arrays and objects inside one another. A real manifest nests 5 deep (index > manifests >
+# descriptor > platform > os.features); Python's JSON decoder recurses once per level and a
+# body of 5,000 ``[`` made it raise RecursionError (a 500), so depth is checked before it runs.
+MAX_MANIFEST_DEPTH = 64
 
 
 class ManifestError(ValueError):
@@ -109,9 +116,20 @@ class ParsedManifest:
 def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
     """Parse a manifest body; ``content_type`` wins over the body's ``mediaType``."""
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = body.decode("utf-8-sig")  # JSON between systems is UTF-8 (RFC 8259 8.1)
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"manifest is not UTF-8: {exc}") from None
+    if nesting_depth(body) > MAX_MANIFEST_DEPTH:
+        raise ManifestError(
+            f"manifest nests arrays and objects more than {MAX_MANIFEST_DEPTH} levels deep "
+            "(the limit); a real manifest nests about 5"
+        )
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise ManifestError(f"manifest is not valid JSON: {exc}") from None
+    except RecursionError:  # not reached: nesting_depth bounds what json recurses into
+        raise ManifestError(f"manifest nests more than {MAX_MANIFEST_DEPTH} levels") from None
     if not isinstance(doc, dict):
         raise ManifestError("manifest must be a JSON object")
     media_type = _media_type(doc, content_type)
@@ -144,6 +162,24 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         _artifact_type(doc),
         _annotations(doc, "manifest"),
     )
+
+
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1, +1, -1, -1 as int8
+
+
+def nesting_depth(body: bytes) -> int:
+    """How deep arrays and objects nest in the UTF-8 JSON ``body`` (0 for a scalar).
+
+    Exact for JSON text and for any prefix of it a decoder walks before it fails,
+    so a decoder never recurses deeper than this. Byte operations at C speed,
+    then one pass over the brackets alone: escapes go first (``\\`` pairs, then
+    ``\"``), then string contents (every other quote-delimited run), then all
+    but brackets. UTF-8 never puts these ASCII bytes inside a multi-byte character.
+    """
+    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = b"".join(unescaped.split(b'"')[::2]).translate(None, _NOT_BRACKETS)
+    return max(accumulate(array("b", brackets.translate(_BRACKET_STEPS)), initial=0))
 
 
 def _artifact_type(doc: dict[str, Any]) -> str | None:
