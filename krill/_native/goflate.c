@@ -655,6 +655,12 @@ static int fill_deflate(Deflater *d, const uint8_t *b, size_t n) {
     return (int)n;
 }
 
+static inline uint32_t load_u32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
 static int find_match(Deflater *d, int pos, int prev_head, int prev_length, int lookahead, int *out_length,
                       int *out_offset) {
     const uint8_t *win = d->window;
@@ -662,18 +668,21 @@ static int find_match(Deflater *d, int pos, int prev_head, int prev_length, int 
     int nice = min_match_look < d->cfg.nice ? min_match_look : d->cfg.nice;
     int tries = d->cfg.chain, length = prev_length, offset = 0, ok = 0;
     if (length >= d->cfg.good) tries >>= 2;
-    uint8_t w_end = win[pos + length];
+    /* Go tests the byte just past the best match first; a longer match also needs the 3
+     * before it, so comparing those 4 bytes at once rejects the same candidates sooner.
+     * (length >= 3 always: callers pass minMatchLength - 1.) */
+    uint32_t w_end = load_u32(win + pos + length - 3);
     const uint8_t *w_pos = win + pos;
     int min_index = pos - WINDOW_SIZE;
     for (int i = prev_head; tries > 0; tries--) {
-        if (w_end == win[i + length]) {
+        if (w_end == load_u32(win + i + length - 3)) {
             int n = match_len(win + i, w_pos, min_match_look);
             if (n > length && (n > MIN_MATCH || pos - i <= 4096)) {
                 length = n;
                 offset = pos - i;
                 ok = 1;
                 if (n >= nice) break;
-                w_end = win[pos + n];
+                w_end = load_u32(win + pos + n - 3);
             }
         }
         if (i == min_index) break;
