@@ -104,19 +104,11 @@ def test_mirror_makes_a_go_gzip_delta_once_the_moved_layer_is_fetched(
         assert_v2_rebuilt_from(mirror, delta, tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="krill/origin/deltas.py skips a pair whose target layer the mirror has not fetched "
-    "yet (DeltaEngine._compute returns, nothing recorded), and the pull-through origin does not "
-    "fetch a moved tag's new layers, so a tag that moved upstream gets no delta until some node "
-    "has downloaded the whole layer",
-)
 def test_a_tag_moved_upstream_gets_its_go_gzip_delta_before_any_node_fetches_the_layer(
     tmp_path: Path, go_oracle: GoOracle
 ) -> None:
-    """The wanted flow: the mirror sees the move (any client resolving the tag), fetches the
-    new layers and computes the delta, so the first node on v1 to pull v2 gets it."""
+    """The mirror sees the move (any client resolving the tag), fetches the changed layer
+    itself and computes the delta, so the first node on v1 to pull v2 gets it."""
     with v1_on_a_node_then_the_tag_moves_upstream(tmp_path, go_oracle) as mirror:
         base, target = mirror.versions.changed
         assert resolve_at_the_mirror(mirror.origin) == mirror.versions.v2.top.digest

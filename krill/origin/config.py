@@ -46,6 +46,9 @@ class OriginConfig:
     # Hosts, besides the upstream's own, that may receive the upstream credentials
     # as a token service (e.g. auth.docker.io for registry-1.docker.io).
     upstream_token_hosts: tuple[str, ...] = ()
+    # Blobs a mirror fetches at once, ahead of any client, when a tag moved upstream
+    # (the changed layers of images whose earlier version it holds, for their deltas).
+    upstream_prefetch_concurrency: int = 4
     log_level: str = "info"
     max_manifest_size: int = MAX_MANIFEST_BYTES
     # Upload sessions idle this long are discarded (their temp file removed).
@@ -79,6 +82,8 @@ class OriginConfig:
             raise ConfigError("max_manifest_size must be positive")
         if self.upstream_tag_timeout <= 0 or self.upstream_timeout <= 0:
             raise ConfigError("upstream_timeout and upstream_tag_timeout must be positive")
+        if self.upstream_prefetch_concurrency < 1:
+            raise ConfigError("upstream_prefetch_concurrency must be at least 1")
         if self.max_upload_sessions < 1:
             raise ConfigError("max_upload_sessions must be at least 1")
         if self.tag_ttl < 0:

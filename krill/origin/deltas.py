@@ -24,6 +24,14 @@ recorded as failed (so it is not retried on every lookup). Worker scratch
 files (``.krd`` deltas, decompressed tars) live in ``deltas/work/``, which
 is emptied at start.
 
+In a pull-through mirror a tag moves when a refresh finds it moved upstream,
+and the new layers are not in the store yet (no client has asked for them).
+The engine is then given a ``Prefetch`` (the mirror's): before pairing, it
+has the new manifest's child manifests and changed layers fetched, but only
+for platforms whose earlier version the mirror holds (a base layer in the
+store), since only those layers can get a delta. Without it the pairs would
+be skipped until some node had downloaded the whole layer.
+
 The pipeline's other parts: the jobs and their ``DeltaOutcome``
 (``origin.deltajobs``), the per-target index (``origin.deltaindex``), the
 lookup route and the wiring, ``origin.delta_routes.setup(app)`` from
@@ -40,7 +48,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -57,7 +65,7 @@ from krill.origin.deltajobs import DeltaOutcome, JobResult, compute_delta_job, f
 from krill.origin.deltapool import WorkerPool
 from krill.origin.metrics import DeltaMetrics
 
-__all__ = ["DELTA_ENGINE", "DeltaEngine", "DeltaSettings", "settings_for"]
+__all__ = ["DELTA_ENGINE", "DeltaEngine", "DeltaSettings", "Prefetch", "settings_for"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +84,23 @@ class DeltaSettings:
     candidates_per_layer: int = 2
 
 
+class Prefetch(Protocol):
+    """Brings a moved tag's manifests and layers into the store before pairing (a mirror's)."""
+
+    async def prefetch_manifests(self, repo: str, digests: list[Digest]) -> None: ...
+
+    async def prefetch_blobs(self, repo: str, digests: list[Digest]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Changed:
+    """A new layer that an earlier version of its platform did not have."""
+
+    position: int
+    target: Digest
+    earlier: list[list[Digest]]  # that platform's layers in each earlier version
+
+
 @dataclass(frozen=True, slots=True)
 class _Pair:
     target: Digest
@@ -86,9 +111,12 @@ class _Pair:
 class DeltaEngine:
     """Plans pairs on tag moves, computes them in a process pool, answers lookups."""
 
-    def __init__(self, app: web.Application, settings: DeltaSettings) -> None:
+    def __init__(
+        self, app: web.Application, settings: DeltaSettings, prefetch: Prefetch | None = None
+    ) -> None:
         self.app = app
         self.settings = settings
+        self.prefetch = prefetch  # None: a registry of record, where pushes bring every layer
         self.store: BlobStore = app[STORE]
         root = self.store.root / DELTAS_DIR
         self.work = root / "work"
@@ -140,20 +168,54 @@ class DeltaEngine:
 
     async def plan(self, repo: str, new: Digest) -> int:
         """Queue (target, base) pairs for the new manifest's layers; return how many."""
-        targets = self._platform_layers(repo, new)
         previous = self.app[TAG_HISTORY].previous_manifests(repo, self.settings.history, new)
         bases = [self._platform_layers(repo, digest) for digest in previous]
+        if self.prefetch is not None:
+            children = self._children_wanted(repo, new, bases)
+            await self.prefetch.prefetch_manifests(repo, children)
+        changed = self._changed_layers(self._platform_layers(repo, new), bases)
+        if self.prefetch is not None:
+            missing = [c.target for c in changed if not self.store.has(c.target)]
+            await self.prefetch.prefetch_blobs(repo, missing)
         queued = 0
+        for layer in changed:
+            for base in await self._candidates(layer.position, layer.target, layer.earlier):
+                queued += self._enqueue(_Pair(layer.target, base, repo))
+        log.info("delta.planned repo=%s manifest=%s pairs=%d", repo, new, queued)
+        return queued
+
+    def _changed_layers(
+        self, targets: dict[str, list[Digest]], bases: list[dict[str, list[Digest]]]
+    ) -> list[_Changed]:
+        """New layers of platforms with an earlier version whose layers the store holds."""
+        changed: list[_Changed] = []
         for platform, layers in targets.items():
             earlier = [b[platform] for b in bases if platform in b]
             known = {layer for image in earlier for layer in image}
-            for position, target in enumerate(layers):
-                if target in known:
-                    continue  # unchanged layer: nodes already have it
-                for base in await self._candidates(position, target, earlier):
-                    queued += self._enqueue(_Pair(target, base, repo))
-        log.info("delta.planned repo=%s manifest=%s pairs=%d", repo, new, queued)
-        return queued
+            if not any(self.store.has(layer) for layer in known):
+                continue  # no base to diff against: fetching the target would buy nothing
+            changed.extend(
+                _Changed(position, target, earlier)
+                for position, target in enumerate(layers)
+                if target not in known  # unchanged layer: nodes already have it
+            )
+        return changed
+
+    def _children_wanted(
+        self, repo: str, new: Digest, bases: list[dict[str, list[Digest]]]
+    ) -> list[Digest]:
+        """Child manifests of a new index, for the platforms an earlier version has."""
+        parsed = self._manifest(repo, new)
+        if parsed is None or not parsed.is_index:
+            return []
+        platforms = {key for base in bases for key in base}
+        single = len(parsed.manifests) == 1 and "" in platforms
+        return [
+            child.digest
+            for child in parsed.manifests
+            if (single or _platform_key(child.platform) in platforms)
+            and not self.store.has(child.digest)
+        ]
 
     def _platform_layers(self, repo: str, manifest: Digest) -> dict[str, list[Digest]]:
         """Layers per platform ("os/arch/variant") of a manifest or index in the store."""
@@ -164,8 +226,7 @@ class DeltaEngine:
             return {"": [layer.digest for layer in parsed.layers]}
         result: dict[str, list[Digest]] = {}
         for child in parsed.manifests:
-            platform = child.platform or {}
-            key = "/".join(str(platform.get(k, "")) for k in ("os", "architecture", "variant"))
+            key = _platform_key(child.platform)
             child_manifest = self._manifest(repo, child.digest)
             if child_manifest is not None and not child_manifest.is_index:
                 result[key] = [layer.digest for layer in child_manifest.layers]
@@ -372,6 +433,12 @@ class DeltaEngine:
             self._enqueue(_Pair(target, base, None))
             for base in usable[: self.settings.candidates_per_layer]
         )
+
+
+def _platform_key(platform: dict[str, Any] | None) -> str:
+    """"os/arch/variant" of an index entry, how layers of one platform are paired."""
+    fields = platform or {}
+    return "/".join(str(fields.get(k, "")) for k in ("os", "architecture", "variant"))
 
 
 DELTA_ENGINE = web.AppKey("krill_origin_delta_engine", DeltaEngine)

@@ -16,6 +16,14 @@ another repository waits for that fetch; if upstream refused it there (404,
 401/403) it fetches on its own, since upstream may grant one repository and
 not another. Nothing is read whole into memory.
 
+Prefetch: when a refresh finds a tag moved, the delta engine (given this
+object as its ``deltas.Prefetch``) has the new version's child manifests and
+changed layers fetched before pairing them, for the platforms whose earlier
+version the mirror holds, ``upstream_prefetch_concurrency`` blobs at a time.
+A prefetch is an ordinary ``BlobFill``: a client asking for the same blob
+meanwhile streams from it, and a client's fill already under way is joined.
+A failed prefetch is logged; the blob is fetched again when a client asks.
+
 Tags list and catalog stay local: they show what the origin holds, not
 everything upstream has.
 """
@@ -25,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -142,6 +150,55 @@ class PullThrough:
             await move_tag(self.app, repo, reference, digest)
             self._resolved_at[(repo, reference)] = self.clock.monotonic()
         return digest
+
+    # prefetch (deltas.Prefetch), for a tag that moved upstream
+
+    async def prefetch_manifests(self, repo: str, digests: list[Digest]) -> None:
+        """Store these manifests of ``repo`` (child manifests of a moved tag's index)."""
+        await self._bounded(repo, digests, "manifest", self.resolve_manifest)
+
+    async def prefetch_blobs(self, repo: str, digests: list[Digest]) -> None:
+        """Fetch these blobs of ``repo`` into the store, sharing any fill already under way."""
+        await self._bounded(repo, digests, "blob", self._fetch_blob)
+
+    async def _bounded(
+        self,
+        repo: str,
+        digests: list[Digest],
+        kind: str,
+        fetch: Callable[[str, Digest], Awaitable[object]],
+    ) -> None:
+        """Run ``fetch`` for each digest, a few at a time; log (don't raise) failures."""
+        limit = asyncio.Semaphore(self.config.upstream_prefetch_concurrency)
+
+        async def one(digest: Digest) -> None:
+            async with limit:
+                await fetch(repo, digest)
+
+        results = await asyncio.gather(*(one(d) for d in digests), return_exceptions=True)
+        for digest, result in zip(digests, results, strict=True):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            if isinstance(result, Exception):
+                log.warning(
+                    "upstream.prefetch_failed repo=%s kind=%s digest=%s error=%s",
+                    repo,
+                    kind,
+                    digest,
+                    result,
+                )
+        log.info("upstream.prefetched repo=%s kind=%s count=%d", repo, kind, len(digests))
+
+    async def _fetch_blob(self, repo: str, digest: Digest) -> None:
+        fill = self._fills.get(digest)
+        if fill is not None and fill.repo != repo:
+            await self._wait_for_other_repository(fill)
+            fill = self._fills.get(digest)
+        if self.app[STORE].has(digest):
+            return
+        if fill is None or fill.repo != repo:
+            fill = self._start_fill(repo, digest)
+        await asyncio.shield(fill.done)
 
     # blobs
 

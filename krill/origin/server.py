@@ -78,7 +78,7 @@ def create_app(config: OriginConfig, *, clock: Clock = SYSTEM_CLOCK) -> web.Appl
     if config.deltas:  # layer deltas: TAG_MOVED hook, /krill/v1/deltas, process pool
         from krill.origin import delta_routes, deltas
 
-        delta_routes.setup(app, deltas.settings_for(config))
+        delta_routes.setup(app, deltas.settings_for(config), prefetch=app[PULL_THROUGH])
     if config.tracker:  # seed blobs into the swarm: /krill/v1/metainfo + a SwarmEngine
         from krill.origin.seeding import install_seeding, swarm_settings_for
 
