@@ -84,6 +84,9 @@ class TorrentTable:
         self._removal_begun = removal_begun
         self._torrents: dict[str, Torrent] = {}
         self._removals: dict[str, asyncio.Future[None]] = {}
+        # The torrent with this infohash, if any: the dict's own ``get`` (no Python
+        # frame), since every piece alert and every fed piece looks its torrent up.
+        self.get: Callable[[str], Torrent | None] = self._torrents.get
 
     def __len__(self) -> int:
         return len(self._torrents)
@@ -93,9 +96,6 @@ class TorrentTable:
 
     def __contains__(self, info_hash: str) -> bool:
         return info_hash in self._torrents
-
-    def get(self, info_hash: str) -> Torrent | None:
-        return self._torrents.get(info_hash)
 
     def items(self) -> list[tuple[str, Torrent]]:
         """A snapshot: removals may begin while the caller walks it."""
