@@ -79,7 +79,7 @@ class SwarmEngine:
         self._pump = AlertPump(
             clock, alerts.table, self._housekeep, self._pump_urgent, self._readers_waiting
         )
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._bell: AlertBell | None = None
         self._feeder: OriginFeeder | None = None  # origin piece feed, if configured
         self._http: aiohttp.ClientSession | None = None
