@@ -34,7 +34,7 @@ class SwarmSettings:
     download_rate_limit: int = 0
     seed_ttl: float = 600.0  # drop a torrent with no peers for this long
     origin: bool = False  # announce as an origin (peer id -KO...), which trackers favour
-    # Pieces ahead of a streaming reader that get a deadline (see module doc).
+    # Pieces ahead of a streaming reader that get a deadline (see the krill.swarm package doc).
     stream_window_pieces: int = 16
     # Peers this engine uploads to at once. Fewer, faster flows beat many slow ones
     # (a piece can be passed on only once it is complete, so a piece that arrives
