@@ -21,6 +21,7 @@ from aiohttp import web
 from krill.blobstore import BlobStore
 from krill.digests import Digest
 from krill.origin.config import OriginConfig
+from krill.origin.gclock import GcLock
 from krill.origin.metrics import OriginMetrics
 from krill.origin.repositories import Repositories
 from krill.origin.taghistory import TagHistory
@@ -29,6 +30,7 @@ from krill.origin.uploads import UploadSessions
 __all__ = [
     "BLOB_PUSHED",
     "CONFIG",
+    "GC_LOCK",
     "METRICS",
     "REPOSITORIES",
     "STORE",
@@ -50,5 +52,6 @@ REPOSITORIES = web.AppKey("krill_origin_repositories", Repositories)
 TAG_HISTORY = web.AppKey("krill_origin_tag_history", TagHistory)
 TAG_MOVED: web.AppKey[list[TagMovedHook]] = web.AppKey("krill_origin_tag_moved")
 BLOB_PUSHED: web.AppKey[list[BlobPushedHook]] = web.AppKey("krill_origin_blob_pushed")
+GC_LOCK = web.AppKey("krill_origin_gc_lock", GcLock)
 UPLOADS = web.AppKey("krill_origin_uploads", UploadSessions)
 METRICS = web.AppKey("krill_origin_metrics", OriginMetrics)

@@ -1,9 +1,16 @@
-"""``krill origin``: run the registry of record (or a pull-through mirror)."""
+"""``krill origin``: run the registry of record (or a pull-through mirror); ``krill origin gc``.
+
+``krill origin gc [--config FILE] [--data DIR] [--grace SECONDS] [--dry-run]``
+removes what no manifest references (``origin.gc``), safely beside a running
+origin on the same directory, and prints one line per kind (blobs, deltas,
+metainfo, delta_index) with the objects and bytes it removed.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any
 
 from krill.clierror import CliError
@@ -36,6 +43,26 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--peer-port", type=int, metavar="N", help="BitTorrent port (0 = any)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=run)
+    commands = parser.add_subparsers(dest="origin_command", metavar="{gc}")
+    gc = commands.add_parser(
+        "gc",
+        help="remove blobs, deltas and metainfo no manifest references",
+        description="Mark every blob a manifest in any repository references, then remove the "
+        "rest that was committed and linked more than --grace seconds ago. Safe while the "
+        "origin serves the same directory: uploads in progress and manifests pushed meanwhile "
+        "keep their blobs.",
+    )
+    gc.add_argument("--config", metavar="FILE", help="TOML file with origin settings")
+    gc.add_argument("--data", dest="gc_data", metavar="DIR", help="the origin's data directory")
+    gc.add_argument(
+        "--grace",
+        type=float,
+        metavar="SECONDS",
+        help="keep what was committed or linked this recently (default: gc_grace, 3600)",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="report what would go; remove nothing")
+    gc.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    gc.set_defaults(func=run_gc)
 
 
 CONFIG_FLAGS = (
@@ -49,6 +76,24 @@ CONFIG_FLAGS = (
     "tracker",
     "peer_port",
 )
+
+
+def run_gc(args: argparse.Namespace) -> int:
+    """Collect once; print what was (or would be) removed, one line per kind."""
+    from krill.origin.config import load_origin_config
+    from krill.origin.gc import GarbageCollector
+
+    flags = {"data": args.gc_data, "gc_grace": args.grace, "log_level": args.log_level}
+    config = load_origin_config(file=args.config, flags=flags)
+    setup_logging(config.log_level)
+    if not (config.data / "blobs").is_dir():
+        raise CliError(
+            f"{config.data} holds no origin store (no blobs/ directory); "
+            "pass the origin's --data directory"
+        )
+    report = GarbageCollector(config.data, config.gc_grace).collect(dry_run=args.dry_run)
+    sys.stdout.write("".join(line + "\n" for line in report.lines()))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

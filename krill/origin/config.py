@@ -66,6 +66,11 @@ class OriginConfig:
     # the origin then sent 1.2-1.3x the blob instead of 1.01x. Agents without the
     # HTTP piece feed (krill.swarm ``origin_urls``) would want this off.
     super_seed: bool = True
+    # Garbage collection (krill origin gc, docs/storage.md): every gc_interval seconds
+    # (0: never; run `krill origin gc` instead), remove what no manifest references
+    # and was committed or linked more than gc_grace seconds ago.
+    gc_interval: float = 0.0
+    gc_grace: float = 3600.0
     # Layer deltas: computed when a tag moves, against the last `delta_history` versions.
     deltas: bool = True
     delta_history: int = 3
@@ -88,6 +93,8 @@ class OriginConfig:
             raise ConfigError("max_upload_sessions must be at least 1")
         if self.tag_ttl < 0:
             raise ConfigError("tag_ttl must be zero or more seconds")
+        if self.gc_interval < 0 or self.gc_grace < 0:
+            raise ConfigError("gc_interval and gc_grace must be zero or more seconds")
         if self.delta_workers < 1 or self.delta_history < 1:
             raise ConfigError("delta_workers and delta_history must be at least 1")
         if not 0 < self.delta_max_ratio <= 1:

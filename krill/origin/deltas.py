@@ -235,9 +235,9 @@ class DeltaEngine:
         return result
 
     def _manifest(self, repo: str, digest: Digest) -> oci.ParsedManifest | None:
-        if not self.store.has(digest):
-            return None
         media_type = self.app[REPOSITORIES].manifest_media_type(repo, digest)
+        if media_type is None or not self.store.has(digest):
+            return None  # deleted from the repository: its history line is no version now
         try:
             return oci.parse_manifest(self.store.read_bytes(digest), media_type)
         except oci.ManifestError:

@@ -21,7 +21,7 @@ from krill.bodies import BodyTooLarge, read_limited
 from krill.digests import Digest
 from krill.origin.appkeys import CONFIG, REPOSITORIES, STORE
 from krill.origin.errors import manifest_unknown
-from krill.origin.manifests import store_manifest
+from krill.origin.manifests import check_and_store_manifest, unlink_manifest
 from krill.origin.pullthrough import PULL_THROUGH
 from krill.origin.tagging import delete_tag, move_tag
 from krill.registry_errors import RegistryError
@@ -95,20 +95,6 @@ async def read_manifest_body(request: web.Request, limit: int) -> bytes:
         raise RegistryError("MANIFEST_INVALID", "the manifest body ended early") from None
 
 
-def missing_references(app: web.Application, repo: str, parsed: oci.ParsedManifest) -> list[str]:
-    """Blobs and child manifests the manifest names that ``repo`` does not have."""
-    repos, store = app[REPOSITORIES], app[STORE]
-    missing = [
-        str(d.digest)
-        for d in parsed.blob_references()
-        if not (repos.has_blob(repo, d.digest) and store.has(d.digest))
-    ]
-    missing += [
-        str(m.digest) for m in parsed.manifests if repos.manifest_media_type(repo, m.digest) is None
-    ]
-    return missing
-
-
 async def put_manifest(request: web.Request) -> web.Response:
     repo = repo_name(request)
     reference = parse_reference(request.match_info["reference"])
@@ -123,14 +109,13 @@ async def put_manifest(request: web.Request) -> web.Response:
         raise RegistryError(
             "DIGEST_INVALID", f"manifest bytes hash to {digest}, not to {reference} in the URL"
         )
-    missing = missing_references(app, repo, parsed)
+    missing = await asyncio.to_thread(check_and_store_manifest, app, repo, digest, body, parsed)
     if missing:
         raise RegistryError(
             "MANIFEST_BLOB_UNKNOWN",
             f"push these to {repo} before the manifest: {', '.join(missing[:10])}",
             detail={"missing": missing},
         )
-    await asyncio.to_thread(store_manifest, app, repo, digest, body, parsed)  # fsyncs
     log.info("manifest.pushed repo=%s reference=%s digest=%s", repo, reference, digest)
     if isinstance(reference, str):
         await move_tag(app, repo, reference, digest)
@@ -145,18 +130,25 @@ async def put_manifest(request: web.Request) -> web.Response:
 
 
 async def delete_manifest(request: web.Request) -> web.Response:
-    """By tag: remove the tag. By digest: remove the manifest and the tags pointing to it."""
+    """By tag: remove the tag. By digest: remove the manifest and the tags pointing to it.
+
+    202 either way (the spec's answer); 404 ``MANIFEST_UNKNOWN`` when there was
+    nothing to remove. The blobs stay until ``krill origin gc`` finds them
+    unreferenced; a deleted manifest drops out of its subject's referrers at once.
+    """
     repo = repo_name(request)
     reference = parse_reference(request.match_info["reference"])
     app = request.app
     if isinstance(reference, str):
         if await delete_tag(app, repo, reference) is None:
             raise manifest_unknown(repo, reference)
+        log.info("manifest.tag_deleted repo=%s tag=%s", repo, reference)
         return web.Response(status=202, headers=API_HEADERS)
-    if not app[REPOSITORIES].unlink_manifest(repo, reference):
+    if not await asyncio.to_thread(unlink_manifest, app, repo, reference):
         raise manifest_unknown(repo, reference)
     for tag in app[REPOSITORIES].tags_pointing_to(repo, reference):
         await delete_tag(app, repo, tag)
+    log.info("manifest.deleted repo=%s digest=%s", repo, reference)
     return web.Response(status=202, headers=API_HEADERS)
 
 

@@ -13,15 +13,67 @@ from aiohttp import web
 
 from krill import oci
 from krill.digests import Digest
-from krill.origin.appkeys import REPOSITORIES, STORE
+from krill.origin.appkeys import GC_LOCK, REPOSITORIES, STORE
 
-__all__ = ["referrer_descriptor", "store_manifest"]
+__all__ = ["missing_references", "referrer_descriptor", "store_manifest", "unlink_manifest"]
+
+
+def missing_references(app: web.Application, repo: str, parsed: oci.ParsedManifest) -> list[str]:
+    """Blobs and child manifests the manifest names that ``repo`` does not have."""
+    repos, store = app[REPOSITORIES], app[STORE]
+    missing = [
+        str(d.digest)
+        for d in parsed.blob_references()
+        if not (repos.has_blob(repo, d.digest) and store.has(d.digest))
+    ]
+    missing += [
+        str(m.digest) for m in parsed.manifests if repos.manifest_media_type(repo, m.digest) is None
+    ]
+    return missing
+
+
+def check_and_store_manifest(
+    app: web.Application, repo: str, digest: Digest, body: bytes, parsed: oci.ParsedManifest
+) -> list[str]:
+    """Store the manifest unless ``repo`` lacks what it names; return what it lacks.
+
+    The check and the link happen under the shared ``GC_LOCK``, so a garbage
+    collection cannot delete a blob between the two (see ``origin.gclock``).
+    Blocking (fsyncs, the lock): run it in a thread.
+    """
+    with app[GC_LOCK].shared():
+        missing = missing_references(app, repo, parsed)
+        if not missing:
+            store_manifest(app, repo, digest, body, parsed)
+        return missing
+
+
+def unlink_manifest(app: web.Application, repo: str, digest: Digest) -> bool:
+    """Remove the manifest from ``repo``, and its referrers entry; False if it was not there.
+
+    The bytes stay in the store until a garbage collection finds nothing else uses them.
+    """
+    repos = app[REPOSITORIES]
+    media_type = repos.manifest_media_type(repo, digest)
+    if media_type is None or not repos.unlink_manifest(repo, digest):
+        return False
+    try:
+        parsed = oci.parse_manifest(app[STORE].read_bytes(digest), media_type)
+    except (OSError, oci.ManifestError):
+        return True
+    if parsed.subject is not None:
+        repos.unlink_referrer(repo, parsed.subject.digest, digest)
+    return True
 
 
 def store_manifest(
     app: web.Application, repo: str, digest: Digest, body: bytes, parsed: oci.ParsedManifest
 ) -> None:
-    """Bytes, link, and (with a subject) the referrers entry; blocking, run in a thread."""
+    """Bytes, link, and (with a subject) the referrers entry; blocking, run in a thread.
+
+    A push goes through ``check_and_store_manifest``; an upstream fetch comes here
+    directly (its blobs are fetched when asked for, so there is nothing to check).
+    """
     app[STORE].put_bytes(body, digest)
     app[REPOSITORIES].link_manifest(repo, digest, parsed.media_type)
     if parsed.subject is not None:

@@ -28,6 +28,19 @@ class OriginMetrics:
             registry=self.registry,
         )
 
+        self.gc_freed_bytes = Counter(
+            "krill_origin_gc_freed_bytes",
+            "Bytes removed by garbage collection, by kind (blobs, deltas, metainfo, delta_index).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.gc_freed_objects = Counter(
+            "krill_origin_gc_freed_objects",
+            "Objects removed by garbage collection, by kind (as krill_origin_gc_freed_bytes).",
+            ["kind"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

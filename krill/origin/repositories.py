@@ -56,8 +56,15 @@ class Repositories:
     # blobs
 
     def link_blob(self, repo: str, digest: Digest) -> None:
+        """Link (or touch the link: its mtime is when the repository last took the blob in).
+
+        Garbage collection keeps a blob linked within its grace period even when
+        no manifest names it yet (an upload or mount whose manifest is coming).
+        """
         path = self.dir(repo) / _LAYERS / digest.hex
-        if not path.exists():
+        try:
+            path.touch()
+        except FileNotFoundError:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()
 
@@ -81,6 +88,17 @@ class Repositories:
 
     def unlink_manifest(self, repo: str, digest: Digest) -> bool:
         return _unlink(self.dir(repo) / _MANIFESTS / digest.hex)
+
+    def manifests(self, repo: str) -> list[Digest]:
+        """Every manifest linked in ``repo``."""
+        return [digest for digest, _mtime in _entries(self.dir(repo) / _MANIFESTS)]
+
+    def blob_linked_since(self, repo: str, digest: Digest, since: float) -> bool:
+        """Whether ``digest`` was linked into ``repo`` (pushed, mounted, fetched) since then."""
+        try:
+            return (self.dir(repo) / _LAYERS / digest.hex).stat().st_mtime >= since
+        except FileNotFoundError:
+            return False
 
     # tags
 
@@ -143,6 +161,9 @@ class Repositories:
                 found.append(descriptor)
         return found
 
+    def unlink_referrer(self, repo: str, subject: Digest, digest: Digest) -> bool:
+        return _unlink(self.dir(repo) / _REFERRERS / subject.hex / digest.hex)
+
     # catalog
 
     def names(self) -> Iterator[str]:
@@ -153,6 +174,21 @@ class Repositories:
                 found.append(Path(dirpath).relative_to(self.root).as_posix())
             dirnames[:] = [d for d in dirnames if not d.startswith("_")]
         yield from sorted(found)
+
+
+def _entries(folder: Path) -> list[tuple[Digest, float]]:
+    """(digest, mtime) of each link file in ``folder`` (none if it does not exist)."""
+    found = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        try:
+            found.append((Digest.parse("sha256:" + entry.name), entry.stat().st_mtime))
+        except (DigestError, FileNotFoundError):
+            continue  # a temp file of an atomic write, or just removed
+    return found
 
 
 def _unlink(link: Path) -> bool:

@@ -6,7 +6,9 @@ read the store and metadata through the typed keys in ``origin.appkeys``
 their own routes (e.g. ``/krill/v1/metainfo/{digest}``) before it starts.
 
 On-disk layout under ``config.data``: ``blobs/`` and ``incoming/`` (the
-``BlobStore``), ``repositories/`` (links, tags and tag history).
+``BlobStore``), ``repositories/`` (links, tags and tag history), ``deltas/``, and ``gc.lock``
+(``origin.gclock``: a manifest push and a garbage collection's sweep exclude each
+other).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from krill.origin import (
 from krill.origin.appkeys import (
     BLOB_PUSHED,
     CONFIG,
+    GC_LOCK,
     METRICS,
     REPOSITORIES,
     STORE,
@@ -38,6 +41,8 @@ from krill.origin.appkeys import (
     UPLOADS,
 )
 from krill.origin.config import OriginConfig
+from krill.origin.gclock import GcLock
+from krill.origin.gcservice import periodic_gc
 from krill.origin.metrics import OriginMetrics
 from krill.origin.pullthrough import PULL_THROUGH, PullThrough
 from krill.origin.repositories import Repositories
@@ -60,6 +65,7 @@ def create_app(config: OriginConfig, *, clock: Clock = SYSTEM_CLOCK) -> web.Appl
     app = web.Application(middlewares=[metrics_middleware, error_middleware])
     store = BlobStore(config.data)
     app[CONFIG] = config
+    app[GC_LOCK] = GcLock(config.data)
     app[STORE] = store
     app[REPOSITORIES] = Repositories(config.data / REPOSITORIES_DIR)
     app[TAG_HISTORY] = TagHistory(config.data / REPOSITORIES_DIR)
@@ -75,6 +81,7 @@ def create_app(config: OriginConfig, *, clock: Clock = SYSTEM_CLOCK) -> web.Appl
         app.router.add_routes(module.routes())
     app.on_response_prepare.append(count_blob_bytes)
     app.cleanup_ctx.append(background_work)
+    app.cleanup_ctx.append(periodic_gc(clock))
     if config.deltas:  # layer deltas: TAG_MOVED hook, /krill/v1/deltas, process pool
         from krill.origin import delta_routes, deltas
 
