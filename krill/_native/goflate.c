@@ -138,25 +138,27 @@ static int64_t bit_length(const huff_enc *h, const int32_t *freq, int n) {
     return total;
 }
 
-/* Insertion sorts: the lists are at most 286 long and mostly short; both orders are total
- * (literals are unique), so any correct sort gives Go's order. */
-static void sort_by_freq(lit_node *a, int n) {
-    for (int i = 1; i < n; i++) {
-        lit_node x = a[i];
-        int j = i - 1;
-        while (j >= 0 && (a[j].freq > x.freq || (a[j].freq == x.freq && a[j].literal > x.literal))) {
-            a[j + 1] = a[j];
-            j--;
-        }
-        a[j + 1] = x;
-    }
+/* Both orders are total (literals are unique), so any correct sort gives Go's order:
+ * insertion sort for the short lists, qsort for the long ones (up to 286, once per block). */
+static int cmp_by_freq(const void *pa, const void *pb) {
+    const lit_node *a = pa, *b = pb;
+    if (a->freq != b->freq) return a->freq < b->freq ? -1 : 1;
+    return (int)a->literal - (int)b->literal;
 }
 
-static void sort_by_literal(lit_node *a, int n) {
+static int cmp_by_literal(const void *pa, const void *pb) {
+    return (int)((const lit_node *)pa)->literal - (int)((const lit_node *)pb)->literal;
+}
+
+static void sort_nodes(lit_node *a, int n, int (*cmp)(const void *, const void *)) {
+    if (n > 24) {
+        qsort(a, (size_t)n, sizeof *a, cmp);
+        return;
+    }
     for (int i = 1; i < n; i++) {
         lit_node x = a[i];
         int j = i - 1;
-        while (j >= 0 && a[j].literal > x.literal) {
+        while (j >= 0 && cmp(&a[j], &x) > 0) {
             a[j + 1] = a[j];
             j--;
         }
@@ -233,7 +235,7 @@ static void assign_encoding(huff_enc *h, int32_t max_bits, lit_node *list, int c
         code = (uint16_t)(code << 1);
         if (n == 0 || bits == 0) continue;
         lit_node *chunk = list + count - bits;
-        sort_by_literal(chunk, bits);
+        sort_nodes(chunk, bits, cmp_by_literal);
         for (int32_t i = 0; i < bits; i++) {
             h->codes[chunk[i].literal].code = reverse_bits(code, n);
             h->codes[chunk[i].literal].len = (uint16_t)n;
@@ -263,7 +265,7 @@ static void huff_generate(huff_enc *h, const int32_t *freq, int n, int32_t max_b
         }
         return;
     }
-    sort_by_freq(list, count);
+    sort_nodes(list, count, cmp_by_freq);
     int32_t mb = bit_counts(h, list, count, max_bits);
     assign_encoding(h, mb, list, count);
 }
