@@ -34,7 +34,8 @@ pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="building and running images needs root"),
     pytest.mark.skipif(
-        not (containerd.available() and shutil.which("runc") and shutil.which("skopeo")),
+        not (containerd.available() and shutil.which("skopeo")
+             and (shutil.which("runc") or Path("/usr/sbin/runc").exists())),
         reason="needs containerd, ctr, runc and skopeo (scripts/test installs them)",
     ),
 ]
