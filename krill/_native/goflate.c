@@ -518,22 +518,69 @@ static void index_tokens(Deflater *d, const uint32_t *tokens, int n, int *num_li
     *num_offsets = no;
 }
 
+/* The token loops keep the bit buffer in locals and store whole bytes after every symbol
+ * group (an 8-byte store, then advance by the whole bytes in it): fewer than 8 bits stay
+ * pending, so a match's 48 bits always fit. Same LSB-first bytes as write_bits. Callers
+ * reserved the block's bound, which has more than 8 bytes of slack. */
+typedef struct {
+    uint64_t bits;
+    unsigned nbits;
+    uint8_t *o;
+} bit_sink;
+
+static inline bit_sink sink_open(Deflater *d) {
+    while (d->nbits >= 8) { /* write_bits leaves up to 47 pending */
+        d->out[d->out_len++] = (uint8_t)d->bits;
+        d->bits >>= 8;
+        d->nbits -= 8;
+    }
+    bit_sink k = {d->bits, d->nbits, d->out + d->out_len};
+    return k;
+}
+
+static inline void sink_put(bit_sink *k, uint32_t b, unsigned nb) {
+    k->bits |= (uint64_t)b << k->nbits;
+    k->nbits += nb;
+}
+
+static inline void sink_drain(bit_sink *k) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(k->o, &k->bits, 8);
+#else
+    for (int j = 0; j < 8; j++) k->o[j] = (uint8_t)(k->bits >> (8 * j));
+#endif
+    unsigned whole = k->nbits & ~7u;
+    k->o += whole >> 3;
+    k->bits = whole == 64 ? 0 : k->bits >> whole;
+    k->nbits &= 7;
+}
+
+static inline void sink_close(Deflater *d, bit_sink *k) {
+    d->bits = k->bits;
+    d->nbits = k->nbits;
+    d->out_len = (size_t)(k->o - d->out);
+}
+
 static void write_tokens(Deflater *d, const uint32_t *tokens, int n, const hcode *le, const hcode *oe) {
+    bit_sink k = sink_open(d);
     for (int i = 0; i < n; i++) {
         uint32_t t = tokens[i];
         if (t < MATCH_TYPE) {
-            write_code(d, le[t]);
+            sink_put(&k, le[t].code, le[t].len);
+            sink_drain(&k);
             continue;
         }
         uint32_t length = (t - MATCH_TYPE) >> LENGTH_SHIFT;
         uint32_t lc = length_code_tab[length];
-        write_code(d, le[lc + LENGTH_CODES_START]);
-        if (LENGTH_EXTRA_BITS[lc] > 0) write_bits(d, length - LENGTH_BASE[lc], (unsigned)LENGTH_EXTRA_BITS[lc]);
+        sink_put(&k, le[lc + LENGTH_CODES_START].code, le[lc + LENGTH_CODES_START].len);
+        if (LENGTH_EXTRA_BITS[lc] > 0) sink_put(&k, length - LENGTH_BASE[lc], (unsigned)LENGTH_EXTRA_BITS[lc]);
         uint32_t offset = t & OFFSET_MASK;
         uint32_t oc = offset_code(offset);
-        write_code(d, oe[oc]);
-        if (OFFSET_EXTRA_BITS[oc] > 0) write_bits(d, offset - OFFSET_BASE[oc], (unsigned)OFFSET_EXTRA_BITS[oc]);
+        sink_put(&k, oe[oc].code, oe[oc].len);
+        if (OFFSET_EXTRA_BITS[oc] > 0) sink_put(&k, offset - OFFSET_BASE[oc], (unsigned)OFFSET_EXTRA_BITS[oc]);
+        sink_drain(&k);
     }
+    sink_close(d, &k);
 }
 
 /* A bound on a Huffman block's bytes: header plus at most 48 bits per token. */
@@ -606,7 +653,12 @@ static int write_block_huff(Deflater *d, const uint8_t *input, int n) {
     if (!out_reserve(d, (size_t)n * 2 + 1024)) return 0;
     write_dynamic_header(d, END_BLOCK_MARKER + 1, 1, num_codegens, 0);
     const hcode *enc = d->lit_enc.codes;
-    for (int i = 0; i < n; i++) write_code(d, enc[input[i]]);
+    bit_sink k = sink_open(d);
+    for (int i = 0; i < n; i++) {
+        sink_put(&k, enc[input[i]].code, enc[input[i]].len);
+        sink_drain(&k);
+    }
+    sink_close(d, &k);
     write_code(d, enc[END_BLOCK_MARKER]);
     return 1;
 }
