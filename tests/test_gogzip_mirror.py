@@ -3,8 +3,9 @@
 A real docker-registry is the upstream; Go-gzipped v1 and then v2 of an image
 are pushed to it under one tag (skopeo, blobs unchanged). ``krill origin
 --upstream`` with ``--tag-ttl 0`` resolves the tag upstream on every request,
-so it sees the move; an agent holding v1 then pulls v2 and must rebuild the
-changed layer from a delta the mirror made.
+so it sees the move; it then fetches the changed layer itself (its prefetch)
+and computes the delta, and an agent holding v1 that pulls v2 must rebuild the
+changed layer from that delta, with upstream asked for each blob once.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 from tests.agent_cluster import Agent, agent_process, origin_process, push
 from tests.components import docker_registry
 from tests.goflate.oracle import GoOracle, go_oracle
+from tests.metrics_text import read_metrics
 from tests.test_agent_delta_e2e import Versions, metric, skopeo_copy_from, wait_for_delta
 from tests.test_gogzip_e2e import delta_recipe, go_versions
 
@@ -86,18 +88,25 @@ def assert_v2_rebuilt_from(mirror: Mirror, delta: dict, tmp_path: Path) -> None:
     assert after[http] - before[http] == delta["size"] + len(config.data)
 
 
-def test_mirror_makes_a_go_gzip_delta_once_the_moved_layer_is_fetched(
+def upstream_blob_fetches(origin: str) -> float:
+    return read_metrics(origin).get('krill_origin_upstream_fetches_total{kind="blob"}', 0.0)
+
+
+def test_a_fresh_node_pulling_v2_shares_the_mirrors_prefetch_of_the_moved_layer(
     tmp_path: Path, go_oracle: GoOracle
 ) -> None:
-    """What works today: the mirror computes the delta once the new layer is in its store
-    (here a fresh node pulled v2 first) and a node asks for it; the next node uses it."""
+    """A node with nothing cached is the first to pull v2: its manifest GET shows the mirror
+    the move, and its download of the changed layer and the mirror's prefetch of it are one
+    upstream fetch; the node holding v1 then gets the gzip-go delta."""
     with v1_on_a_node_then_the_tag_moves_upstream(tmp_path, go_oracle) as mirror:
         base, target = mirror.versions.changed
+        assert upstream_blob_fetches(mirror.origin) == 3  # v1's config and two layers
         with agent_process(tmp_path / "fresh-node", mirror.origin, settings=NODE) as fresh:
             assert skopeo_copy_from(fresh, f"{MIRRORED}:{TAG}", tmp_path / "fresh") == (
                 mirror.versions.v2.digests
             )
         delta = wait_for_delta(mirror.origin, target, base)
+        assert upstream_blob_fetches(mirror.origin) == 5  # + v2's config and changed layer
         assert delta["base"] == base
         recipe = delta_recipe(mirror.origin, MIRRORED, delta["delta"])
         assert recipe["kind"] == "gzip-go" and recipe["level"] == 6
@@ -112,5 +121,6 @@ def test_a_tag_moved_upstream_gets_its_go_gzip_delta_before_any_node_fetches_the
     with v1_on_a_node_then_the_tag_moves_upstream(tmp_path, go_oracle) as mirror:
         base, target = mirror.versions.changed
         assert resolve_at_the_mirror(mirror.origin) == mirror.versions.v2.top.digest
-        delta = wait_for_delta(mirror.origin, target, base, timeout=60)
+        delta = wait_for_delta(mirror.origin, target, base)
         assert_v2_rebuilt_from(mirror, delta, tmp_path)
+        assert upstream_blob_fetches(mirror.origin) == 5  # v2's layer came once, for the mirror
