@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient
 
 from krill.origin.appkeys import CONFIG
+from krill.origin.cacheretention import CacheLimits
 from krill.origin.gc import GarbageCollector, GcKind
 from tests.fixtures_origin import StartOrigin, digest_of
 from tests.imagebuild import Image, build_image, random_files
@@ -161,3 +162,25 @@ async def test_tag_delete_keeps_the_manifest_and_digest_delete_drops_its_tags(
     assert (await client.get("/v2/team/app/manifests/2")).status == 404
     tags = await (await client.get("/v2/team/app/tags/list")).json()
     assert tags["tags"] in ([], None)
+
+
+async def test_a_mirrors_size_cap_forgets_the_least_recently_asked_for_manifest(
+    start_origin: StartOrigin, aiohttp_client: AiohttpClient
+) -> None:
+    """Retention (``origin.cacheretention``) runs on any store; a mirror turns it on."""
+    client, data = await client_and_data(start_origin, aiohttp_client)
+    older, newer = two_images()
+    await push_image(client, "team/old", "1", older)
+    await push_image(client, "team/new", "1", newer)
+    age(data)
+    newest = data / "repositories/team/new/_manifests" / newer.manifest.digest.split(":")[1]
+    os.utime(newest)  # asked for just now
+    cap = sum(len(b.data) for b in newer.blobs()) + len(newer.manifest.data)
+    limits = CacheLimits(max_bytes=cap)
+    report = await asyncio.to_thread(GarbageCollector(data, 0, cache_limits=limits).collect)
+    assert report.evicted == 1
+    assert (await client.get("/v2/team/old/manifests/1")).status == 404
+    assert await status(client, "team/old", older.layers[1].digest) == 404
+    assert await status(client, "team/old", older.layers[0].digest) == 200  # newer uses it
+    for blob in newer.blobs():
+        assert await status(client, "team/new", blob.digest) == 200

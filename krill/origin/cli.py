@@ -91,7 +91,8 @@ def run_gc(args: argparse.Namespace) -> int:
             f"{config.data} holds no origin store (no blobs/ directory); "
             "pass the origin's --data directory"
         )
-    report = GarbageCollector(config.data, config.gc_grace).collect(dry_run=args.dry_run)
+    collector = GarbageCollector(config.data, config.gc_grace, cache_limits=config.cache_limits())
+    report = collector.collect(dry_run=args.dry_run)
     sys.stdout.write("".join(line + "\n" for line in report.lines()))
     return 0
 
@@ -110,7 +111,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         config.data.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-
         raise CliError(f"cannot create data directory {config.data}: {exc.strerror}") from None
     host, port = config.listen_address
     app = create_app(config)

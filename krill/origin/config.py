@@ -18,6 +18,7 @@ from yarl import URL
 
 from krill.config import ConfigError, load_config, parse_hostport
 from krill.oci import MAX_MANIFEST_BYTES
+from krill.origin.cacheretention import CacheLimits
 
 ENV_PREFIX = "KRILL_ORIGIN_"
 
@@ -71,6 +72,11 @@ class OriginConfig:
     # and was committed or linked more than gc_grace seconds ago.
     gc_interval: float = 0.0
     gc_grace: float = 3600.0
+    # A mirror's (upstream set) retention before each collection: manifests not asked for
+    # in cache_max_age seconds are forgotten, then the least recently asked for until the
+    # blobs still referenced fit in cache_max_bytes (0: no limit; origin.cacheretention).
+    cache_max_age: float = 0.0
+    cache_max_bytes: int = 0
     # Layer deltas: computed when a tag moves, against the last `delta_history` versions.
     deltas: bool = True
     delta_history: int = 3
@@ -93,12 +99,20 @@ class OriginConfig:
             raise ConfigError("max_upload_sessions must be at least 1")
         if self.tag_ttl < 0:
             raise ConfigError("tag_ttl must be zero or more seconds")
+        if self.cache_max_age < 0 or self.cache_max_bytes < 0:
+            raise ConfigError("cache_max_age and cache_max_bytes must be zero or more")
         if self.gc_interval < 0 or self.gc_grace < 0:
             raise ConfigError("gc_interval and gc_grace must be zero or more seconds")
         if self.delta_workers < 1 or self.delta_history < 1:
             raise ConfigError("delta_workers and delta_history must be at least 1")
         if not 0 < self.delta_max_ratio <= 1:
             raise ConfigError("delta_max_ratio must be in (0, 1]")
+
+    def cache_limits(self) -> CacheLimits | None:
+        """A mirror's retention limits; None for a registry of record (it never evicts)."""
+        if self.upstream is None or not (self.cache_max_age or self.cache_max_bytes):
+            return None
+        return CacheLimits(self.cache_max_age, self.cache_max_bytes)
 
     @property
     def listen_address(self) -> tuple[str, int]:

@@ -21,6 +21,8 @@ process, ``gc_interval`` runs the same in the origin's own threads):
   ``cutoff`` (mtime), with its sidecars (``.torrent`` metainfo) and its
   repository links. Uploads in progress live in ``incoming/``, which is never
   looked at.
+* **before**, in a mirror with ``cache_max_age``/``cache_max_bytes``: the
+  manifests past those limits are forgotten (``origin.cacheretention``).
 * **after**: delta index entries whose target, base or delta is gone,
   ``unreproducible`` markers of gone targets, and sidecars whose blob is gone.
 
@@ -44,6 +46,7 @@ from krill import oci
 from krill.atomicfile import write_atomic
 from krill.blobstore import BlobStore
 from krill.digests import Digest, DigestError
+from krill.origin.cacheretention import CacheLimits, evict
 from krill.origin.gclock import GcLock
 from krill.origin.repositories import Repositories
 
@@ -79,6 +82,7 @@ class GcReport:
     dry_run: bool
     freed: dict[GcKind, Freed] = field(default_factory=lambda: {k: Freed() for k in GcKind})
     kept_recent: int = 0  # unreferenced, but committed or linked within the grace period
+    evicted: int = 0  # a mirror's manifests forgotten by its retention limits
 
     def add(self, kind: GcKind, size: int) -> None:
         self.freed[kind].objects += 1
@@ -102,7 +106,9 @@ class GarbageCollector:
         *,
         now: Callable[[], float] = time.time,
         between_mark_and_sweep: Callable[[], None] | None = None,
+        cache_limits: CacheLimits | None = None,
     ) -> None:
+        self.cache_limits = cache_limits  # a mirror's retention, applied before marking
         self.store = _StoreBesideTheOrigin(data)
         self.repos = Repositories(data / REPOSITORIES_DIR)
         self.lock = GcLock(data)
@@ -116,6 +122,8 @@ class GarbageCollector:
         report = GcReport(dry_run)
         start = self._now()
         cutoff = start - self.grace - CLOCK_SLACK
+        if self.cache_limits is not None and not dry_run:
+            report.evicted = evict(self.store, self.repos, self.cache_limits, start)
         live: set[Digest] = set()
         self._mark(live)
         live |= self._live_deltas(live)

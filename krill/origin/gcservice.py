@@ -40,7 +40,9 @@ def periodic_gc(clock: Clock) -> Callable[[web.Application], AsyncIterator[None]
         config = app[CONFIG]
         task = None
         if config.gc_interval > 0:
-            collector = GarbageCollector(config.data, config.gc_grace)
+            collector = GarbageCollector(
+                config.data, config.gc_grace, cache_limits=config.cache_limits()
+            )
             task = asyncio.create_task(_loop(app, collector, clock, config.gc_interval))
         yield
         if task is not None:

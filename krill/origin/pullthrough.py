@@ -44,6 +44,7 @@ from krill.digests import Digest
 from krill.origin.appkeys import METRICS, REPOSITORIES, STORE
 from krill.origin.blobfill import BlobFill
 from krill.origin.blobresponses import blob_file_response, blob_head_response, blob_headers
+from krill.origin.cacheretention import STAMP_INTERVAL
 from krill.origin.config import OriginConfig
 from krill.origin.errors import blob_unknown
 from krill.origin.manifests import store_manifest
@@ -74,6 +75,7 @@ class PullThrough:
         self._manifest_flights: SingleFlight[Digest] = SingleFlight()
         self._fills: dict[Digest, BlobFill] = {}
         self._resolved_at: dict[tuple[str, str], float] = {}
+        self._stamped: dict[tuple[str, str], float] = {}  # last access stamp written
 
     async def start(self) -> None:
         await self.upstream.start()
@@ -92,7 +94,20 @@ class PullThrough:
     # manifests
 
     async def resolve_manifest(self, repo: str, reference: Digest | str) -> Digest:
-        """The digest of ``reference`` in ``repo``, stored locally (fetched if needed)."""
+        """The digest of ``reference`` in ``repo``, stored locally (fetched if needed).
+
+        Stamps the manifest's last access (at most once per ``STAMP_INTERVAL``)
+        for the cache retention (``origin.cacheretention``).
+        """
+        digest = await self._resolve(repo, reference)
+        key = (repo, str(digest))
+        stamped = self._stamped.get(key)
+        if stamped is None or self.clock.monotonic() - stamped >= STAMP_INTERVAL:
+            self._stamped[key] = self.clock.monotonic()
+            await asyncio.to_thread(self.app[REPOSITORIES].stamp_access, repo, digest)
+        return digest
+
+    async def _resolve(self, repo: str, reference: Digest | str) -> Digest:
         repos = self.app[REPOSITORIES]
         if isinstance(reference, Digest):
             if repos.manifest_media_type(repo, reference) is not None:

@@ -9,6 +9,7 @@ holds links to them, as a real registry does::
     repositories/<name>/_referrers/<subject hex>/<hex>
                                            a manifest whose ``subject`` is that digest
                                            (holds its descriptor, for the referrers API)
+    repositories/<name>/_access/<hex>      a mirror's last serving of that manifest (mtime)
 
 Writes that replace a file's content are atomic and fsynced (blocking:
 callers on the event loop run ``link_manifest``/``set_tag`` in a thread).
@@ -37,6 +38,7 @@ _LAYERS = "_layers"
 _MANIFESTS = "_manifests"
 _TAGS = "_tags"
 _REFERRERS = "_referrers"
+_ACCESS = "_access"
 
 
 class Repositories:
@@ -99,6 +101,30 @@ class Repositories:
             return (self.dir(repo) / _LAYERS / digest.hex).stat().st_mtime >= since
         except FileNotFoundError:
             return False
+
+    def stamp_access(self, repo: str, digest: Digest) -> None:
+        """Record (as an mtime) that the manifest was just served (a mirror's cache retention)."""
+        path = self.dir(repo) / _ACCESS / digest.hex
+        try:
+            path.touch()
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+
+    def last_access(self, repo: str, digest: Digest) -> float:
+        """When the manifest was last served (stamped) or else linked; 0 if neither."""
+        for path in (
+            self.dir(repo) / _ACCESS / digest.hex,
+            self.dir(repo) / _MANIFESTS / digest.hex,
+        ):
+            try:
+                return path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+        return 0.0
+
+    def clear_access(self, repo: str, digest: Digest) -> None:
+        _unlink(self.dir(repo) / _ACCESS / digest.hex)
 
     # tags
 
