@@ -15,11 +15,14 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient
 
-from krill.origin.appkeys import CONFIG
+from krill.origin.appkeys import CONFIG, METRICS
 from krill.origin.cacheretention import CacheLimits
 from krill.origin.gc import GarbageCollector, GcKind
+from tests.clocks import ManualClock
 from tests.fixtures_origin import StartOrigin, digest_of
 from tests.imagebuild import Image, build_image, random_files
+from tests.metrics_text import parse_metrics
+from tests.polling import until
 from tests.test_origin_api import push_blob, push_image
 
 HOUR = 3600.0
@@ -184,3 +187,24 @@ async def test_a_mirrors_size_cap_forgets_the_least_recently_asked_for_manifest(
     assert await status(client, "team/old", older.layers[0].digest) == 200  # newer uses it
     for blob in newer.blobs():
         assert await status(client, "team/new", blob.digest) == 200
+
+
+async def test_the_origin_collects_every_gc_interval_and_counts_what_it_freed(
+    start_origin: StartOrigin, aiohttp_client: AiohttpClient
+) -> None:
+    clock = ManualClock()
+    server = await start_origin(clock=clock, gc_interval=600.0, gc_grace=0.0)
+    client, data = await aiohttp_client(server), server.app[CONFIG].data
+    image = build_image([random_files(6, count=2, size=1000)])
+    await push_image(client, "team/app", "1", image)
+    await client.delete(f"/v2/team/app/manifests/{image.manifest.digest}")
+    age(data)
+    await until(lambda: clock.sleepers > 0, "the gc loop asleep on the clock")
+    clock.advance(600.0)
+    freed = 'krill_origin_gc_freed_objects_total{kind="blobs"}'
+
+    def counted() -> float:
+        return parse_metrics(server.app[METRICS].render().decode()).get(freed, 0.0)
+
+    await until(lambda: counted() == 3.0, "the periodic collection's count of freed blobs")
+    assert await status(client, "team/app", image.layers[0].digest) == 404
