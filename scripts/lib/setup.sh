@@ -63,5 +63,8 @@ KRILL_DEBS=(
   tar:tar
   gzip:gzip
   tc:iproute2
+  mmdebstrap:mmdebstrap  # scripts/build-image: the root filesystem
+  umoci:umoci  # scripts/build-image: the OCI image layout
+  runc:runc  # containerd's runtime (tests/test_image.py runs the image)
   go:golang-go  # builds the Go gzip oracle the gogzip tests compare against (tests/goflate)
 )
