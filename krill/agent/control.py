@@ -59,7 +59,9 @@ async def handle_preheat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         image = str(body["image"])
         all_platforms = bool(body.get("all_platforms", False))
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
+        # RecursionError: json's decoder recurses per nesting level, so a body of
+        # thousands of "[" is hostile input, not a server fault.
         raise RegistryError(
             "UNSUPPORTED", 'POST /preheat needs a JSON body {"image": "name:tag"}', status=400
         ) from None
