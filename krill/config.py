@@ -156,7 +156,8 @@ def _to_bool(value: Any) -> bool:
 def parse_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """Split ``HOST:PORT`` (``[v6]:PORT`` too); a bare ``:PORT`` binds ``default_host``."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
+    # ASCII: "²" passes isdigit alone; short: int() refuses over 4,300 digits.
+    if not sep or not (port.isascii() and port.isdigit()) or len(port) > 20:
         raise ConfigError(f"expected HOST:PORT, got {text!r}")
     host = host.strip("[]") or default_host
     number = int(port)
