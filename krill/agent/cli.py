@@ -1,7 +1,7 @@
 """``krill agent``: run the agent, preheat an image, or write containerd's hosts.toml.
 
     krill agent --listen HOST:PORT --registry-listen HOST:PORT --data DIR \\
-                --tracker URL --origin URL [--peer-port N] [--config FILE]
+                --tracker URL --origin URL [--peer-host IP] [--peer-port N] [--config FILE]
     krill agent preheat IMAGE [--agent URL] [--all-platforms]
     krill agent containerd-config --registry HOST[=URL] ... --agent HOST:PORT --dir DIR
 """
@@ -35,7 +35,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--data", type=Path, help="directory for the node cache")
     parser.add_argument("--tracker", help="tracker base URL, e.g. http://tracker:7000")
     parser.add_argument("--origin", help="origin base URL, e.g. http://origin:5000")
-    parser.add_argument("--peer-port", type=int, help="BitTorrent listen port (0 = any)")
+    parser.add_argument(
+        "--peer-host",
+        help="address the swarm's peer port listens on (default 0.0.0.0: every interface; "
+        "other nodes must reach it)",
+    )
+    parser.add_argument(
+        "--peer-port", type=int, help="swarm peer port, TCP (default 0: any free port)"
+    )
     parser.add_argument("--config", type=Path, help="TOML file with AgentConfig settings")
     parser.add_argument("--log-level", help="debug, info, warning")
     parser.set_defaults(func=run)
@@ -72,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         "data": args.data,
         "tracker": args.tracker,
         "origin": args.origin,
+        "peer_host": args.peer_host,
         "peer_port": args.peer_port,
         "log_level": args.log_level,
     }

@@ -6,6 +6,7 @@ a TOML file given with ``--config`` uses the field names as keys.
 
 from __future__ import annotations
 
+import ipaddress
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +46,13 @@ class AgentConfig:
     # Tracker base URL (announce is <tracker>/announce, metainfo <tracker>/krill/v1/metainfo/...).
     tracker: str = ""
     origin: str = ""
-    peer_port: int = 0
-    peer_host: str = "127.0.0.1"
+    # The swarm's (libtorrent's) TCP listener. Peers on other nodes dial this node's
+    # address as the tracker saw it (the source address of our announces: the
+    # tracker ignores a client's ``ip=``), so the listener must take connections on
+    # that address: all interfaces by default. 127.0.0.1 leaves a swarm no other
+    # node can reach (pulls then come from the origin, at N times its egress).
+    peer_host: str = "0.0.0.0"
+    peer_port: int = 0  # 0 = any free port; a fixed one is easier to open in a firewall
     # Seconds the swarm gets to deliver its first verified bytes before the agent
     # falls back to plain HTTP from the origin.
     swarm_deadline: float = 5.0
@@ -88,6 +94,7 @@ class AgentConfig:
     def __post_init__(self) -> None:
         parse_hostport(self.listen)
         parse_hostport(self.registry_listen)
+        _check_peer_address(self.peer_host, self.peer_port)
         if not 0 < self.cache_low_watermark < self.cache_high_watermark <= 1:
             raise ConfigError(
                 "cache watermarks must satisfy 0 < cache_low_watermark < "
@@ -116,3 +123,16 @@ class AgentConfig:
     @property
     def tracker_base(self) -> str:
         return self.tracker.removesuffix("/announce")
+
+
+def _check_peer_address(host: str, port: int) -> None:
+    """The peer listener's address must be an IP libtorrent can bind (not a host name)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(
+            f"--peer-host must be an IP address to listen on (0.0.0.0 for every "
+            f"interface, or this node's address), got {host!r}"
+        ) from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--peer-port must be 0-65535 (0 = any free port), got {port}")

@@ -46,6 +46,12 @@ class AgentMetrics:
             "Piece bytes the swarm engine fetched from the origin over HTTP (piece claims)",
             registry=self.registry,
         )
+        self.swarm_unreachable = Gauge(
+            "krill_agent_swarm_unreachable_downloads",
+            "Downloads that had peers holding pieces while no peer had ever connected in "
+            "to this node (its peer port is likely unreachable: firewall, loopback bind)",
+            registry=self.registry,
+        )
         self.fallbacks = Counter(
             "krill_agent_fallbacks",
             "Blob fetches where the swarm gave way to HTTP",
@@ -118,6 +124,7 @@ class AgentMetrics:
         self.swarm_bytes.labels("uploaded").set(stats.uploaded)
         self.swarm_bytes.labels("downloaded").set(stats.downloaded)
         self.swarm_feed_bytes.set(stats.origin_feed_bytes)
+        self.swarm_unreachable.set(stats.unreachable_downloads)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -31,7 +33,7 @@ from krill.blobstore import BlobStore
 from krill.originclient import OriginClient
 
 if TYPE_CHECKING:  # krill.swarm loads libtorrent: only when the node starts an engine
-    from krill.swarm import SwarmEngine
+    from krill.swarm import PeerReachability, SwarmEngine
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,16 @@ class AgentNode:
     metrics: AgentMetrics
     swarm: SwarmEngine | None
     layers: LayerIndex
+
+    def peer_reachability(self) -> PeerReachability | None:
+        """Whether other nodes have reached this node's peer port (None: no swarm).
+
+        For ``/health`` and ``/ready`` details: state ``suspect`` means a download
+        had peers holding pieces and none ever connected in (a firewall, or the
+        peer port bound to loopback); ``reached`` once any has. Cheap: no call
+        into libtorrent.
+        """
+        return None if self.swarm is None else self.swarm.reachability()
 
     async def refresh_metrics(self) -> None:
         """Bring the gauges up to date; the swarm's counters are asked for fresh.
@@ -193,8 +205,27 @@ async def _start_swarm(
     # The agent's own HTTP session also carries the engine's piece feed: one
     # connection pool to the origin, not two.
     engine = await stack.enter_async_context(SwarmEngine(settings, store, http=session))
-    log.info("agent.swarm_started peer_port=%d tracker=%s", engine.peer_port, config.announce_url)
+    log.info(
+        "agent.swarm_started peer_listen=%s:%d tracker=%s",
+        config.peer_host, engine.peer_port, config.announce_url,
+    )
+    if _loopback(config.peer_host) and not _loopback(urlsplit(config.tracker).hostname or ""):
+        log.warning(
+            "agent.peer_host_loopback peer_host=%s hint=%r", config.peer_host,
+            "only peers on this machine can reach the swarm port; other nodes will not "
+            "get pieces from this one (use --peer-host 0.0.0.0 or this node's address)",
+        )
     return engine
+
+
+def _loopback(host: str) -> bool:
+    """``host`` is a loopback address or localhost (a name is otherwise not judged)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def _verify_cache(cache: NodeCache) -> None:

@@ -51,6 +51,8 @@ The modules, one responsibility each:
 * ``feed``: the origin piece feed and its ``Pacer``.
 * ``superseed``: when a seeded torrent super-seeds.
 * ``stats``: ``SwarmStats`` and the engine's counters.
+* ``reachability``: whether peers can reach this node's peer port
+  (``SwarmEngine.reachability()``; a warning once per download suspected).
 
 Beyond a plain seed/download engine: ``SwarmSettings.origin`` (peer id
 prefix ``-KO`` so the tracker hands origins out first), ``origin_urls`` and
@@ -70,6 +72,7 @@ move).
 from krill.swarm.download import Download, DownloadFailed
 from krill.swarm.engine import SwarmEngine
 from krill.swarm.feed import Pacer
+from krill.swarm.reachability import PeerReachability, Reachability
 from krill.swarm.settings import (
     AGENT_PEER_ID_PREFIX,
     ORIGIN_PEER_ID_PREFIX,
@@ -84,6 +87,8 @@ __all__ = [
     "Download",
     "DownloadFailed",
     "Pacer",
+    "PeerReachability",
+    "Reachability",
     "SwarmEngine",
     "SwarmSettings",
     "SwarmStats",

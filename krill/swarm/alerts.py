@@ -21,6 +21,7 @@ from typing import TypeVar, cast
 import libtorrent as lt
 
 from krill.clock import Clock
+from krill.swarm.reachability import ReachabilityWatch
 from krill.swarm.stats import Counters
 from krill.swarm.superseed import SuperSeeding
 from krill.swarm.torrents import Torrent, TorrentTable
@@ -63,8 +64,10 @@ class AlertHandlers:
         super_seeding: SuperSeeding,
         clock: Clock,
         engine: EngineCallbacks,
+        reachability: ReachabilityWatch,
     ) -> None:
         self._torrents = torrents
+        self._reachability = reachability
         self._counters = counters
         self._super_seeding = super_seeding
         self._clock = clock
@@ -115,20 +118,26 @@ class AlertHandlers:
 
     def _torrent_removed(self, alert: lt.torrent_removed_alert) -> None:
         # The handle of a removed torrent is no longer valid: its infohash is in the alert.
-        self._torrents.removed(str(alert.info_hashes.v1))
+        info_hash = str(alert.info_hashes.v1)
+        self._torrents.removed(info_hash)
+        self._reachability.forget(info_hash)
 
     def _state_update(self, alert: lt.state_update_alert) -> None:
         now = self._clock.monotonic()
         for status in alert.status:
-            torrent = self._torrents.get(str(status.info_hashes.v1))
+            info_hash = str(status.info_hashes.v1)
+            torrent = self._torrents.get(info_hash)
             if torrent is None:
                 continue
             if status.num_peers > 0:
                 torrent.touch(now)
             self._super_seeding.adjust(torrent, status)
+            if self._reachability.download_updated(info_hash, torrent, status, now):
+                self._counters.unreachable_download()
 
     def _session_stats(self, alert: lt.session_stats_alert) -> None:
         self._counters.session_stats(alert.values, len(self._torrents))
+        self._reachability.session_counted(self._counters.latest.incoming_connections)
 
     def _hash_failed(self, alert: lt.hash_failed_alert) -> None:
         self._counters.hash_failed()

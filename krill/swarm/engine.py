@@ -28,7 +28,8 @@ from krill.swarm.alerts import AlertHandlers, EngineCallbacks
 from krill.swarm.download import Download, DownloadFailed
 from krill.swarm.feed import OriginFeeder
 from krill.swarm.pump import AlertPump
-from krill.swarm.settings import SwarmSettings, session_settings
+from krill.swarm.reachability import PeerReachability, ReachabilityWatch
+from krill.swarm.settings import SwarmSettings, listen_interface, session_settings
 from krill.swarm.stats import Counters, SwarmStats
 from krill.swarm.superseed import SuperSeeding
 from krill.swarm.torrents import Torrent, TorrentLink, TorrentTable, torrent_info
@@ -72,9 +73,11 @@ class SwarmEngine:
         self._counters = Counters()
         self._super_seeding = SuperSeeding(settings)
         self._torrents = TorrentTable(clock, removal_begun=self._hurry_pump)
+        self._reachability = ReachabilityWatch(settings.unreachable_after)
         alerts = AlertHandlers(
             self._torrents, self._counters, self._super_seeding, clock,
             EngineCallbacks(self._start_publishing, self._fail_torrent, self._announced),
+            self._reachability,
         )
         self._pump = AlertPump(
             clock, alerts.table, self._housekeep, self._pump_urgent, self._readers_waiting
@@ -159,6 +162,18 @@ class SwarmEngine:
     @property
     def peer_port(self) -> int:
         return int(self._require_session().listen_port())
+
+    def reachability(self) -> PeerReachability:
+        """Whether peers have reached this node's peer port (as of the last pump tick):
+        ``REACHED`` once any connected in, ``SUSPECT`` after a download was warned about
+        (``krill.swarm.reachability``). For health and readiness pages."""
+        watch = self._reachability
+        return PeerReachability(
+            watch.state,
+            watch.incoming_connections,
+            watch.suspect_downloads,
+            listen_interface(self.settings.listen_host, self.peer_port),
+        )
 
     def stats(self) -> SwarmStats:
         """The session counters as of the last pump tick (at most ~1 s old)."""

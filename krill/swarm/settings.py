@@ -16,6 +16,7 @@ __all__ = [
     "AGENT_PEER_ID_PREFIX",
     "ORIGIN_PEER_ID_PREFIX",
     "SwarmSettings",
+    "listen_interface",
     "session_settings",
 ]
 
@@ -89,6 +90,17 @@ class SwarmSettings:
     # unverified blob (BlobStore.adopt_file). Without it nothing is written back
     # early either: that only made the fsync short.
     durable_downloads: bool = True
+    # A download running this long while other peers hold pieces, in a session no
+    # peer has ever connected in to, logs a warning that the peer port is likely
+    # unreachable (krill.swarm.reachability); 0 = never. Long enough that a herd's
+    # first pull (6-12 s for 64 MiB at 100 Mbit/s, scripts/bench-herd) has had its
+    # peers dial in.
+    unreachable_after: float = 10.0
+
+
+def listen_interface(host: str, port: int) -> str:
+    """libtorrent's spelling of a listen address: IPv6 in brackets ("[::]:6881")."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def session_settings(settings: SwarmSettings) -> lt.settings_pack:
@@ -103,7 +115,7 @@ def session_settings(settings: SwarmSettings) -> lt.settings_pack:
         | lt.alert.category_t.stats_notification  # session counters
     )
     return {
-        "listen_interfaces": f"{settings.listen_host}:{settings.peer_port}",
+        "listen_interfaces": listen_interface(settings.listen_host, settings.peer_port),
         "peer_fingerprint": prefix + _PEER_ID_VERSION,
         "alert_mask": int(alerts),
         "alert_queue_size": 100_000,  # a 64 MiB blob alone makes 1024 piece alerts

@@ -25,6 +25,8 @@ class SwarmStats:
     failed_pieces: int = 0  # pieces that failed their hash check (corrupt or lying peers)
     torrents: int = 0
     origin_feed_bytes: int = 0  # piece bytes fetched from origins over HTTP (krill.piecefeed)
+    incoming_connections: int = 0  # peer connections accepted (0 for long: see reachability)
+    unreachable_downloads: int = 0  # downloads warned about as likely unreachable
 
 
 class Counters:
@@ -34,6 +36,7 @@ class Counters:
         self.latest = SwarmStats(0, 0)
         self.hash_failures = 0
         self.origin_feed_bytes = 0
+        self.unreachable_downloads = 0
         self._waiters: list[asyncio.Future[SwarmStats]] = []
 
     def hash_failed(self) -> None:
@@ -42,6 +45,10 @@ class Counters:
     def fed(self, count: int) -> None:
         """``count`` piece bytes arrived from an origin over HTTP."""
         self.origin_feed_bytes += count
+
+    def unreachable_download(self) -> None:
+        """A download was warned about: no peer connected in (``reachability``)."""
+        self.unreachable_downloads += 1
 
     def next_stats(self) -> asyncio.Future[SwarmStats]:
         """A future for the stats of the next ``session_stats_alert``."""
@@ -57,6 +64,8 @@ class Counters:
             failed_pieces=self.hash_failures,
             torrents=torrents,
             origin_feed_bytes=self.origin_feed_bytes,
+            incoming_connections=int(values.get("peer.incoming_connections", 0)),
+            unreachable_downloads=self.unreachable_downloads,
         )
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:

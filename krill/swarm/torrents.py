@@ -48,6 +48,7 @@ class Torrent:
         self.digest = digest
         self.metainfo = metainfo
         self.download = download
+        self.added = now  # when it joined the session
         self.last_active = now  # when it last had peers (or was asked for)
         self.super_seeding = super_seeding  # BEP 16 mode is on for this torrent right now
         self.super_seed_toggles = 0  # how often dynamic super-seeding switched (tests, logs)
