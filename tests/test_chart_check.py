@@ -145,8 +145,12 @@ def test_every_workload_has_probes_limits_and_a_security_context(
     for obj in rendered["default"]:
         if obj["kind"] in ("StatefulSet", "Deployment", "DaemonSet"):
             main = obj["spec"]["template"]["spec"]["containers"][0]
-            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-                assert main[probe]["httpGet"]["path"] == "/health", (obj["kind"], probe)
+            for probe, path in (
+                ("startupProbe", "/health"),
+                ("livenessProbe", "/health"),
+                ("readinessProbe", "/ready"),
+            ):
+                assert main[probe]["httpGet"]["path"] == path, (obj["kind"], probe)
     agent = next(o for o in rendered["default"] if o["kind"] == "DaemonSet")["spec"]["template"]
     assert agent["spec"]["priorityClassName"] == "system-node-critical"
     assert {"operator": "Exists"} in agent["spec"]["tolerations"]

@@ -1,4 +1,4 @@
-"""The agent's control API (``--listen``): health, blobs by digest, preheat, metrics."""
+"""The agent's control API (``--listen``): health, readiness, blobs by digest, preheat, metrics."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from krill import oci
 from krill.agent.node import AgentNode
 from krill.agent.preheat import PreheatError, preheat
+from krill.agent.readiness import agent_checks
 from krill.agent.registry import NODE, serve_blob
 from krill.agent.sources import SourceUnavailable
+from krill.readiness import ready_handler
 from krill.registry_errors import RegistryError, error_middleware
 from krill.registry_params import parse_digest, parse_name
 
@@ -23,6 +25,7 @@ def build_control_app(node: AgentNode) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[NODE] = node
     app.router.add_get("/health", handle_health)
+    app.router.add_get("/ready", ready_handler(lambda app: agent_checks(app[NODE])))
     app.router.add_route("GET", "/blobs/{digest}", handle_blob)
     app.router.add_route("HEAD", "/blobs/{digest}", handle_blob)
     app.router.add_post("/preheat", handle_preheat)
@@ -32,12 +35,14 @@ def build_control_app(node: AgentNode) -> web.Application:
 
 async def handle_health(request: web.Request) -> web.Response:
     node = request.app[NODE]
+    reachability = node.peer_reachability()
     return web.json_response(
         {
             "status": "ok",
             "swarm": node.swarm is not None,
             "peer_port": node.swarm.peer_port if node.swarm is not None else None,
             "cache_bytes": node.cache.usage,
+            "peer_reachability": reachability.as_dict() if reachability is not None else None,
         }
     )
 

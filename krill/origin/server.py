@@ -1,4 +1,4 @@
-"""The origin's aiohttp application: the OCI Distribution API plus /health and /metrics.
+"""The origin's aiohttp application: the OCI Distribution API plus /health, /ready, /metrics.
 
 ``create_app(config)`` returns an application other modules extend: they
 read the store and metadata through the typed keys in ``origin.appkeys``
@@ -45,9 +45,11 @@ from krill.origin.gclock import GcLock
 from krill.origin.gcservice import periodic_gc
 from krill.origin.metrics import OriginMetrics
 from krill.origin.pullthrough import PULL_THROUGH, PullThrough
+from krill.origin.readiness import origin_checks
 from krill.origin.repositories import Repositories
 from krill.origin.taghistory import TagHistory
 from krill.origin.uploads import UploadSessions
+from krill.readiness import ready_handler
 from krill.registry_errors import error_middleware
 from krill.registry_params import API_HEADERS
 
@@ -76,6 +78,7 @@ def create_app(config: OriginConfig, *, clock: Clock = SYSTEM_CLOCK) -> web.Appl
     app[PULL_THROUGH] = PullThrough(app, config, clock) if config.upstream else None
     app.router.add_get("/v2/", base_check, name="base")
     app.router.add_get("/health", health, name="health")
+    app.router.add_get("/ready", ready_handler(origin_checks), name="ready")
     app.router.add_get("/metrics", metrics, name="metrics")
     for module in (listing_routes, upload_routes, manifest_routes, referrer_routes, blob_routes):
         app.router.add_routes(module.routes())

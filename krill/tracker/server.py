@@ -1,4 +1,4 @@
-"""The tracker's HTTP server: announce, metainfo, health and metrics.
+"""The tracker's HTTP server: announce, metainfo, health, readiness and metrics.
 
 ``GET /announce`` is BEP 3 with BEP 23 compact peer lists (and BEP 7
 ``peers6``); every bad request is answered HTTP 200 with a bencoded
@@ -26,6 +26,7 @@ from krill import bencode
 from krill.digests import Digest, DigestError
 from krill.endpoints import METAINFO
 from krill.metainfo import METAINFO_CONTENT_TYPE
+from krill.readiness import ready_handler
 from krill.tracker.announce import (
     AnnounceError,
     choose_peers,
@@ -42,6 +43,7 @@ from krill.tracker.peerstore import (
     RedisPeerStore,
     sweep_interval,
 )
+from krill.tracker.readiness import tracker_checks
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,7 @@ def create_app(config: TrackerConfig) -> web.Application:
     app.router.add_get(METAINFO.route, handle_metainfo)
     app.router.add_get("/metainfo/{digest}", handle_metainfo)
     app.router.add_get("/health", handle_health)
+    app.router.add_get("/ready", ready_handler(lambda app: tracker_checks(app[STORE_KEY])))
     app.router.add_get("/metrics", handle_metrics)
     return app
 

@@ -70,8 +70,11 @@ capabilities: {drop: [ALL]}
 seccompProfile: {type: RuntimeDefault}
 {{- end -}}
 
-{{/* Probes on GET /health at the named port. Readiness uses /health too until
-     the services serve /ready. Call with (dict "port" "registry" "startupSeconds" 150). */}}
+{{/* Probes at the named port: startup and liveness on GET /health (the process
+     serves HTTP), readiness on GET /ready (what the service depends on answers:
+     503 with the failing check named in its JSON body). Each readiness check has
+     2 s, so the 5 s timeout holds a slow dependency's "timeout" answer.
+     Call with (dict "port" "registry" "startupSeconds" 150). */}}
 {{- define "krill.probes" -}}
 startupProbe:
   httpGet: {path: /health, port: {{ .port }}}
@@ -84,7 +87,7 @@ livenessProbe:
   timeoutSeconds: 5
   failureThreshold: 3
 readinessProbe:
-  httpGet: {path: /health, port: {{ .port }}}
+  httpGet: {path: /ready, port: {{ .port }}}
   periodSeconds: 10
   timeoutSeconds: 5
   failureThreshold: 3

@@ -1,0 +1,47 @@
+"""What the agent needs to be ready: its origin and tracker answering, its cache
+writable, its swarm port accepting peers (``krill.readiness`` runs and renders them).
+
+An unset origin or tracker, and a swarm turned off, are ``skipped``: the agent
+was configured to do without them, so they cannot make it unready.
+"""
+
+from __future__ import annotations
+
+from krill.agent.node import AgentNode
+from krill.readiness import Check, Skipped, port_accepts, serves_health, store_writable
+
+__all__ = ["agent_checks"]
+
+
+def agent_checks(node: AgentNode) -> list[Check]:
+    return [
+        Check("origin", lambda: _origin_reachable(node)),
+        Check("tracker", lambda: _tracker_reachable(node)),
+        Check("cache", lambda: store_writable(node.cache.store)),
+        Check("swarm", lambda: _swarm_listening(node)),
+    ]
+
+
+async def _origin_reachable(node: AgentNode) -> str:
+    if not node.config.origin:
+        raise Skipped("no origin configured")
+    return await serves_health(node.session, node.config.origin)
+
+
+async def _tracker_reachable(node: AgentNode) -> str:
+    if not node.config.tracker:
+        raise Skipped("no tracker configured")
+    return await serves_health(node.session, node.config.tracker_base)
+
+
+async def _swarm_listening(node: AgentNode) -> str:
+    """The peer port takes connections; the detail adds whether peers have reached it.
+
+    Nobody having connected in yet (``suspect``) does not fail the check: the node
+    still pulls, and the swarm's own warning says what to open in the firewall.
+    """
+    reachability = node.peer_reachability()
+    if node.swarm is None or reachability is None:
+        raise Skipped("swarm off (no tracker, use_swarm false, or libtorrent missing)")
+    listening = await port_accepts(node.config.peer_host, node.swarm.peer_port)
+    return f"{listening}; peers reaching it: {reachability.state}"

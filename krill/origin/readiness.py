@@ -1,0 +1,34 @@
+"""What the origin needs to be ready: a writable store, and the tracker it seeds
+through answering when one is configured (``krill.readiness`` runs them).
+
+The tracker check asks ``/health`` at the tracker's base URL (``config.tracker``
+is its announce URL). Without a tracker the origin does not seed, so the check
+is ``skipped``.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from krill.origin.appkeys import CONFIG, STORE
+from krill.readiness import Check, Skipped, serves_health, store_writable
+
+__all__ = ["origin_checks"]
+
+
+def origin_checks(app: web.Application) -> list[Check]:
+    return [
+        Check("store", lambda: store_writable(app[STORE])),
+        Check("tracker", lambda: _tracker_reachable(app[CONFIG].tracker)),
+    ]
+
+
+async def _tracker_reachable(announce_url: str | None) -> str:
+    if not announce_url:
+        raise Skipped("no tracker configured (the origin does not seed)")
+    base = announce_url.rstrip("/").removesuffix("/announce")
+    # A session per probe: readiness is asked every few seconds at most, and the
+    # origin has no client session of its own to borrow.
+    async with aiohttp.ClientSession() as session:
+        return await serves_health(session, base)
