@@ -40,6 +40,14 @@ def _entry(kind: type[A], handler: Callable[[A], None]) -> tuple[type[lt.alert],
     return kind, cast(Handler, handler)
 
 
+# libtorrent's errors::announce_skipped: "skipping tracker announce (unreachable)".
+_ANNOUNCE_SKIPPED = 180
+
+
+def _announce_skipped(error: lt.error_code) -> bool:
+    return bool(error.category().name() == "libtorrent" and error.value() == _ANNOUNCE_SKIPPED)
+
+
 class EngineCallbacks:
     """The engine's work that an alert starts and that outlives it, by infohash."""
 
@@ -155,6 +163,12 @@ class AlertHandlers:
         self._engine.announced(str(alert.handle.info_hashes().v1))
 
     def _tracker_error(self, alert: lt.tracker_error_alert) -> None:
+        if _announce_skipped(alert.error):
+            # Listening on 0.0.0.0, libtorrent has a socket per interface and announces
+            # from each that can reach the tracker; the loopback one skips a tracker on
+            # another host. Not an error, and the other sockets' answers still come.
+            log.debug("swarm.announce_skipped %s", alert.message())
+            return
         log.warning("swarm.tracker_error %s", alert.message())
         self._engine.announced(str(alert.handle.info_hashes().v1))
 
