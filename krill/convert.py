@@ -1,8 +1,9 @@
 """``krill convert SRC DST``: re-publish an image with reproducibly compressed layers.
 
 Deltas can only target layers whose compression a node can re-run byte for
-byte (see docs/deltas.md). Most images are compressed by Go's gzip, GNU gzip
-or pigz, which no zlib setting reproduces. ``convert`` rewrites every layer
+byte (see docs/deltas.md). Layers gzipped by Go (Docker, BuildKit, ko) or
+zlib need no conversion; GNU gzip, pigz and pgzip (skopeo, umoci) output is
+not reproducible. ``convert`` rewrites every layer
 with a reproducible recipe (zlib gzip level 6 by default, or zstd by the
 pinned libzstd). The uncompressed tars (diff_ids) and the config blob stay
 the same; layer digests and the manifest digest change, and we say so.
