@@ -19,6 +19,7 @@ class Expect(enum.Enum):
 
     REGISTRY_ERROR = "a 4xx with the spec's error JSON"
     REGISTRY_ANY = "a 2xx/3xx, or a 4xx with the spec's error JSON"
+    RANGE_REFUSED = "416 with the spec's error JSON, code RANGE_INVALID, and Content-Range"
     TRACKER_FAILURE = "200 with a bencoded 'failure reason'"
     TRACKER_ANY = "200 with a bencoded answer: 'failure reason' or 'interval'"
     CLIENT_ERROR = "a 4xx (any body)"
