@@ -33,7 +33,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -44,11 +44,16 @@ from krill.bodies import BodyTooLarge
 from krill.delta import RebuildResult, RecipeError, rebuild_layer
 from krill.digests import Digest, DigestError
 from krill.endpoints import DELTAS
+from krill.oci import nesting_depth
 from krill.originclient import OriginClient
 
 log = logging.getLogger(__name__)
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
+# JSON from the origin (image configs, delta offers) nests a handful of levels;
+# json.loads recurses per level, so a hostile origin's 100,000 "[" would be a
+# RecursionError in the agent. Depth is measured (oci.nesting_depth) first.
+MAX_JSON_DEPTH = 64
 
 
 class Miss(StrEnum):
@@ -200,7 +205,7 @@ class DeltaRebuilder:
             raise DeltaMiss(Miss.LOOKUP_FAILED, f"delta lookup {url}: {exc!r}") from None
         if answer.status != 200:
             raise DeltaMiss(Miss.LOOKUP_FAILED, f"delta lookup {url} answered {answer.status}")
-        return _parse_offer(answer.body, digest, bases)
+        return parse_offer(answer.body, digest, bases)
 
     # ---- using it ---------------------------------------------------------
 
@@ -230,7 +235,7 @@ class DeltaRebuilder:
                 await ensure(ref.config, ref.repository)
             with self._cache.pinned(ref.config):
                 raw = await asyncio.to_thread(self._cache.path(ref.config).read_bytes)
-            diff_ids = json.loads(raw[:MAX_CONFIG_BYTES])["rootfs"]["diff_ids"]
+            diff_ids = origin_json(raw[:MAX_CONFIG_BYTES])["rootfs"]["diff_ids"]
             return Digest.parse(diff_ids[ref.position])
         except Exception as exc:  # no config, or not one we can read: no delta
             raise DeltaMiss(Miss.NO_CONFIG, f"image config {ref.config}: {exc!r}") from None
@@ -274,10 +279,18 @@ class DeltaRebuilder:
         return result
 
 
-def _parse_offer(body: bytes, target: Digest, bases: list[Digest]) -> DeltaOffer:
+def origin_json(body: bytes) -> Any:
+    """``body`` decoded as JSON; ValueError past ``MAX_JSON_DEPTH`` levels, never RecursionError."""
+    depth = nesting_depth(body)
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"JSON nests {depth} levels deep, over the limit of {MAX_JSON_DEPTH}")
+    return json.loads(body)
+
+
+def parse_offer(body: bytes, target: Digest, bases: list[Digest]) -> DeltaOffer:
     """Check the origin's JSON answer; anything off counts as a failed lookup."""
     try:
-        doc = json.loads(body)
+        doc = origin_json(body)
         status = doc["status"]
         if status == "none":
             raise DeltaMiss(Miss.NONE, f"no delta yet (queued {doc.get('queued', 0)})")
@@ -287,10 +300,19 @@ def _parse_offer(body: bytes, target: Digest, bases: list[Digest]) -> DeltaOffer
             Digest.parse(doc["target"]),
             Digest.parse(doc["base"]),
             Digest.parse(doc["delta"]),
-            int(doc["size"]),
+            _json_int(doc["size"]),
         )
     except (ValueError, KeyError, TypeError, DigestError) as exc:
         raise DeltaMiss(Miss.LOOKUP_FAILED, f"unreadable delta answer: {exc!r}") from None
     if offer.target != target or offer.base not in bases or offer.size <= 0:
-        raise DeltaMiss(Miss.LOOKUP_FAILED, f"delta answer does not fit the request: {doc}")
+        unfit = f"delta answer does not fit the request: {str(doc)[:500]}"
+        raise DeltaMiss(Miss.LOOKUP_FAILED, unfit)
     return offer
+
+
+def _json_int(value: object) -> int:
+    """A JSON integer; TypeError for anything else (int() would take "10", 1.5 and True,
+    and raise OverflowError for Infinity)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r:.40}")
+    return value
