@@ -41,6 +41,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-manifest-size", type=int, metavar="BYTES")
     parser.add_argument("--tracker", metavar="URL", help="seed blobs via this tracker (base URL)")
     parser.add_argument("--peer-port", type=int, metavar="N", help="BitTorrent port (0 = any)")
+    parser.add_argument(
+        "--auth",
+        metavar="FILE",
+        help="TOML file of users (htpasswd) and repository access rules (docs/security.md); "
+        "without it anyone who can reach the origin can push and delete",
+    )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=run)
     commands = parser.add_subparsers(dest="origin_command", metavar="{gc}")
@@ -75,6 +81,7 @@ CONFIG_FLAGS = (
     "log_level",
     "tracker",
     "peer_port",
+    "auth",
 )
 
 

@@ -50,6 +50,8 @@ class OriginConfig:
     # Blobs a mirror fetches at once, ahead of any client, when a tag moved upstream
     # (the changed layers of images whose earlier version it holds, for their deltas).
     upstream_prefetch_concurrency: int = 4
+    # Users and repository access rules (origin.auth_config, docs/security.md); None: open.
+    auth: Path | None = None
     log_level: str = "info"
     max_manifest_size: int = MAX_MANIFEST_BYTES
     # Upload sessions idle this long are discarded (their temp file removed).

@@ -40,6 +40,7 @@ from krill.origin.appkeys import (
     TAG_MOVED,
     UPLOADS,
 )
+from krill.origin.auth_middleware import install_auth
 from krill.origin.config import OriginConfig
 from krill.origin.gclock import GcLock
 from krill.origin.gcservice import periodic_gc
@@ -82,6 +83,7 @@ def create_app(config: OriginConfig, *, clock: Clock = SYSTEM_CLOCK) -> web.Appl
     app.router.add_get("/metrics", metrics, name="metrics")
     for module in (listing_routes, upload_routes, manifest_routes, referrer_routes, blob_routes):
         app.router.add_routes(module.routes())
+    install_auth(app, clock)  # --auth: users, access rules, /auth/token (docs/security.md)
     app.on_response_prepare.append(count_blob_bytes)
     app.cleanup_ctx.append(background_work)
     app.cleanup_ctx.append(periodic_gc(clock))

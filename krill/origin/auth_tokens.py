@@ -1,0 +1,184 @@
+"""Bearer tokens for the distribution token flow: scopes asked for, access granted, signed.
+
+Clients (skopeo, containerd, docker) that meet ``WWW-Authenticate: Bearer
+realm=...,service=...,scope=...`` ask the realm for a token with the scopes
+they need, ``repository:NAME:pull,push`` (and ``registry:catalog:*`` for the
+catalog), sending Basic credentials if they have any, and then send
+``Authorization: Bearer TOKEN`` instead of a password. Per the token spec
+the server grants the subset of the asked-for actions the caller may have;
+a client that gets less than it asked for finds out from the 401/403 on use.
+
+A token here is ``krill.<payload>.<signature>``: the payload (subject, the
+granted access, an expiry) as base64url JSON, signed with HMAC-SHA256 under
+a key made when the origin starts. The token is opaque to clients (the spec
+does not ask them to read it), so it needs no JWT machinery: only this
+origin process reads its own tokens. That makes two things true on purpose:
+a restart invalidates every token (clients fetch a new one on the 401 they
+then get), and expiry is checked on the origin's monotonic clock
+(``krill.clock``), so a wall-clock step can neither revive nor kill tokens.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from krill.clock import Clock
+from krill.names import is_valid_name
+from krill.origin.auth_rules import ALL_PERMISSIONS, AccessPolicy, Permission
+
+__all__ = [
+    "CATALOG_SCOPE",
+    "Grant",
+    "IssuedToken",
+    "RequestedScopes",
+    "TokenIssuer",
+    "actions_of",
+    "parse_scopes",
+]
+
+CATALOG_SCOPE = "registry:catalog:*"
+_ACTION_PERMISSIONS: dict[str, frozenset[Permission]] = {
+    "pull": frozenset({Permission.READ}),
+    "push": frozenset({Permission.WRITE}),
+    "delete": frozenset({Permission.DELETE}),
+    "*": ALL_PERMISSIONS,
+}
+_PERMISSION_ACTIONS = {
+    Permission.READ: "pull",
+    Permission.WRITE: "push",
+    Permission.DELETE: "delete",
+}
+_TOKEN_PREFIX = "krill."
+_MAX_TOKEN_CHARS = 16 * 1024
+
+
+def actions_of(permissions: Iterable[Permission]) -> list[str]:
+    """Permissions as the token spec's action names, in a stable order."""
+    return sorted(_PERMISSION_ACTIONS[p] for p in permissions)
+
+
+@dataclass(frozen=True)
+class RequestedScopes:
+    """What a token request asked for: permissions per repository, and the catalog."""
+
+    repositories: Mapping[str, frozenset[Permission]] = field(default_factory=dict)
+    catalog: bool = False
+
+
+def parse_scopes(values: Iterable[str]) -> RequestedScopes:
+    """The ``scope`` parameters of a token request (each may hold several, space-separated).
+
+    A scope is ``TYPE:NAME:ACTIONS``; NAME is what lies between the first and
+    the last colon. Scopes that are malformed, of another type, or that name
+    an invalid repository are skipped: the spec says to grant what can be
+    granted, and nothing can be granted on those.
+    """
+    repositories: dict[str, frozenset[Permission]] = {}
+    catalog = False
+    for value in values:
+        for scope in value.split():
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            if scope == CATALOG_SCOPE:
+                catalog = True
+            elif kind == "repository" and is_valid_name(name):
+                wanted = frozenset().union(
+                    *(_ACTION_PERMISSIONS.get(a, frozenset()) for a in actions.split(","))
+                )
+                repositories[name] = repositories.get(name, frozenset()) | wanted
+    return RequestedScopes(repositories, catalog)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Who a token speaks for and what it lets them do."""
+
+    subject: str | None  # None: an anonymous token
+    access: Mapping[str, frozenset[Permission]] = field(default_factory=dict)
+    catalog: bool = False
+
+    @classmethod
+    def for_request(cls, policy: AccessPolicy, user: str | None, asked: RequestedScopes) -> Grant:
+        """The subset of ``asked`` that ``policy`` lets ``user`` have (the spec's rule)."""
+        access = {
+            repo: wanted & policy.permissions(repo, user)
+            for repo, wanted in asked.repositories.items()
+        }
+        # The catalog is filtered to what the subject may read, so anyone may ask for it.
+        return cls(user, {r: p for r, p in access.items() if p}, asked.catalog)
+
+    def allows(self, repository: str, needed: Permission) -> bool:
+        return needed in self.access.get(repository, frozenset())
+
+    def as_claims(self) -> list[dict[str, object]]:
+        """The token spec's ``access`` list (what ``/auth/token`` logs and tests read)."""
+        claims: list[dict[str, object]] = [
+            {"type": "repository", "name": repo, "actions": actions_of(perms)}
+            for repo, perms in sorted(self.access.items())
+        ]
+        if self.catalog:
+            claims.append({"type": "registry", "name": "catalog", "actions": ["*"]})
+        return claims
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    expires_in: int
+
+
+class TokenIssuer:
+    """Signs grants into tokens and reads them back, on this process's key."""
+
+    def __init__(self, ttl: float, clock: Clock) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._key = secrets.token_bytes(32)
+
+    def issue(self, grant: Grant) -> IssuedToken:
+        payload = {
+            "sub": grant.subject,
+            "exp": self._clock.monotonic() + self._ttl,
+            "access": {repo: actions_of(perms) for repo, perms in grant.access.items()},
+            "catalog": grant.catalog,
+        }
+        body = _b64encode(json.dumps(payload, separators=(",", ":")).encode())
+        token = f"{_TOKEN_PREFIX}{body}.{_b64encode(self._sign(body))}"
+        return IssuedToken(token, int(self._ttl))
+
+    def verify(self, token: str) -> Grant | None:
+        """The grant a token carries; None if it is forged, malformed or expired."""
+        if len(token) > _MAX_TOKEN_CHARS or not token.startswith(_TOKEN_PREFIX):
+            return None
+        body, _, signature = token.removeprefix(_TOKEN_PREFIX).partition(".")
+        try:
+            if not hmac.compare_digest(_b64decode(signature), self._sign(body)):
+                return None
+            payload = json.loads(_b64decode(body))
+        except (ValueError, binascii.Error):
+            return None
+        if payload["exp"] <= self._clock.monotonic():
+            return None
+        access = {
+            repo: frozenset().union(*(_ACTION_PERMISSIONS[a] for a in actions))
+            for repo, actions in payload["access"].items()
+        }
+        return Grant(payload["sub"], access, payload["catalog"])
+
+    def _sign(self, body: str) -> bytes:
+        return hmac.new(self._key, body.encode(), hashlib.sha256).digest()
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

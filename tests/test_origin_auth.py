@@ -1,0 +1,429 @@
+"""Origin auth (issue 19): users from htpasswd, access rules per repository glob, tokens.
+
+The origin runs in-process (``start_origin(auth=...)``) and real skopeo
+pushes and pulls through the Bearer token flow it is challenged with; plain
+aiohttp requests check the exact answers (status, spec error code,
+``WWW-Authenticate``). ``tests/test_origin_auth_process.py`` runs the real
+``krill origin --auth`` process and reads its log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import bcrypt
+import pytest
+from aiohttp.test_utils import TestServer
+
+from krill.origin.config import OriginConfig
+from krill.origin.server import create_app
+from tests import imagebuild
+from tests.clocks import ManualClock
+from tests.components import skopeo
+from tests.fixtures_origin import StartOrigin, digest_of, error_code
+
+PASSWORDS = {
+    "alice": "alice-secret-1",
+    "bob": "bob-secret-2",
+    "carol": "carol-secret-3",
+    "dave": "dävé-sécret-4",  # htpasswd hashed the UTF-8 bytes; Basic carries the same
+}
+AUTH_TOML = """\
+htpasswd = "htpasswd"
+token_ttl = 300
+[[access]]
+repositories = ["public/**"]
+anonymous = ["read"]
+users = { alice = ["read", "write", "delete"] }
+[[access]]
+repositories = ["private/**"]
+users = { alice = ["read", "write"], bob = ["read"] }
+[[access]]
+repositories = ["team/*/app"]
+users = { alice = ["read", "write"], carol = ["read", "write"] }
+"""
+TLS_OFF = ("--src-tls-verify=false", "--dest-tls-verify=false")
+
+
+def write_auth_files(directory: Path, toml: str = AUTH_TOML) -> Path:
+    """An auth file and its htpasswd (bcrypt, ``$2y$`` as ``htpasswd -B`` writes, cost 4)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for user, password in PASSWORDS.items():
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()
+        lines.append(f"{user}:$2y${hashed[4:]}")
+    (directory / "htpasswd").write_text("\n".join(lines) + "\n")
+    (directory / "auth.toml").write_text(toml)
+    return directory / "auth.toml"
+
+
+def creds(user: str, password: str | None = None) -> str:
+    return f"{user}:{PASSWORDS[user] if password is None else password}"
+
+
+def basic(user: str, password: str | None = None) -> dict[str, str]:
+    """The ``Authorization: Basic`` header for ``user`` (their password unless given)."""
+    secret = PASSWORDS.get(user, "") if password is None else password
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()}
+
+
+@dataclass
+class Origin:
+    server: TestServer
+
+    @property
+    def host(self) -> str:
+        return f"{self.server.host}:{self.server.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def ref(self, reference: str) -> str:
+        return f"docker://{self.host}/{reference}"
+
+
+@pytest.fixture
+def auth_file(tmp_path: Path) -> Path:
+    return write_auth_files(tmp_path / "auth")
+
+
+@pytest.fixture
+async def origin(start_origin: StartOrigin, auth_file: Path) -> Origin:
+    return Origin(await start_origin(auth=auth_file))
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Iterator[Path]:
+    image = imagebuild.build_image([imagebuild.random_files(7, count=2, size=4096)])
+    yield imagebuild.write_oci_layout(tmp_path / "layout", image.manifest, [image], "v1")
+
+
+async def run_skopeo(*args: str) -> str:
+    """skopeo in a thread (the origin serves on this loop); its stdout."""
+    return (await asyncio.to_thread(skopeo, *args)).stdout
+
+
+async def skopeo_refused(*args: str) -> str:
+    """Run a skopeo command that must fail; its stderr."""
+    proc = await asyncio.to_thread(
+        subprocess.run, ["skopeo", *args], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode != 0, f"skopeo {' '.join(args)} succeeded; expected a refusal"
+    return proc.stderr
+
+
+async def push(origin: Origin, layout: Path, reference: str, user: str = "alice") -> None:
+    await run_skopeo(
+        "copy", *TLS_OFF, "--dest-creds", creds(user), f"oci:{layout}:v1", origin.ref(reference)
+    )
+
+
+async def pushed_manifest(origin: Origin, layout: Path, reference: str) -> str:
+    """Push as alice; the manifest digest (read back as alice)."""
+    await push(origin, layout, reference)
+    name, _, tag = reference.partition(":")
+    async with aiohttp.ClientSession(headers=basic("alice")) as session:
+        resp = await session.head(f"{origin.url}/v2/{name}/manifests/{tag}")
+        assert resp.status == 200
+        return resp.headers["Docker-Content-Digest"]
+
+
+def challenge_of(resp: aiohttp.ClientResponse) -> str:
+    return resp.headers.get("WWW-Authenticate", "")
+
+
+# --- the checks issue 19 lists ---------------------------------------------------------------
+
+
+async def test_anonymous_push_gets_401_with_a_bearer_challenge(origin: Origin) -> None:
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(f"{origin.url}/v2/public/app/blobs/uploads/")
+        assert resp.status == 401
+        assert await error_code(resp) == "UNAUTHORIZED"
+        assert challenge_of(resp) == (
+            f'Bearer realm="{origin.url}/auth/token",service="krill",'
+            'scope="repository:public/app:pull,push"'
+        )
+
+
+async def test_alice_pushes_to_public_and_private_with_skopeo(origin: Origin, layout: Path) -> None:
+    await push(origin, layout, "public/app:v1")
+    await push(origin, layout, "private/app:v1")
+    async with aiohttp.ClientSession(headers=basic("alice")) as session:
+        for repo in ("public/app", "private/app"):
+            resp = await session.get(f"{origin.url}/v2/{repo}/tags/list")
+            assert (await resp.json())["tags"] == ["v1"]
+
+
+async def test_anonymous_pull_of_public_works_and_of_private_gets_401(
+    origin: Origin, layout: Path, tmp_path: Path
+) -> None:
+    await push(origin, layout, "public/app:v1")
+    await push(origin, layout, "private/app:v1")
+    out = tmp_path / "pulled"
+    await run_skopeo(
+        "copy", *TLS_OFF, "--src-no-creds", origin.ref("public/app:v1"), f"oci:{out}:v1"
+    )
+    assert imagebuild.read_oci_layout_digests(out) >= imagebuild.read_oci_layout_digests(layout)
+    refused = await skopeo_refused(
+        "copy", *TLS_OFF, "--src-no-creds", origin.ref("private/app:v1"), f"oci:{out}:p"
+    )
+    assert "unauthorized" in refused.lower() or "authentication required" in refused
+    async with aiohttp.ClientSession() as session:
+        resp = await session.get(f"{origin.url}/v2/private/app/manifests/v1")
+        assert resp.status == 401
+        assert await error_code(resp) == "UNAUTHORIZED"
+        assert 'scope="repository:private/app:pull"' in challenge_of(resp)
+
+
+async def test_bob_pulls_private_but_his_push_is_refused(
+    origin: Origin, layout: Path, tmp_path: Path
+) -> None:
+    await push(origin, layout, "private/app:v1")
+    out = tmp_path / "bob"
+    await run_skopeo(
+        "copy", *TLS_OFF, "--src-creds", creds("bob"), origin.ref("private/app:v1"), f"oci:{out}:v1"
+    )
+    assert imagebuild.read_oci_layout_digests(out) >= imagebuild.read_oci_layout_digests(layout)
+    refused = await skopeo_refused(
+        "copy",
+        *TLS_OFF,
+        "--dest-creds",
+        creds("bob"),
+        f"oci:{layout}:v1",
+        origin.ref("private/app:v2"),
+    )
+    assert "denied" in refused.lower()
+    async with aiohttp.ClientSession(headers=basic("bob")) as session:
+        resp = await session.post(f"{origin.url}/v2/private/app/blobs/uploads/")
+        assert resp.status == 403
+        assert await error_code(resp) == "DENIED"
+
+
+async def test_a_wrong_password_gets_401(origin: Origin, layout: Path) -> None:
+    refused = await skopeo_refused(
+        "copy",
+        *TLS_OFF,
+        "--dest-creds",
+        creds("alice", "not-her-password"),
+        f"oci:{layout}:v1",
+        origin.ref("public/app:v1"),
+    )
+    assert "401" in refused or "unauthorized" in refused.lower()
+    async with aiohttp.ClientSession() as session:
+        for user, password in (("alice", "wrong"), ("mallory", "anything")):
+            resp = await session.get(
+                f"{origin.url}/v2/public/app/tags/list", headers=basic(user, password)
+            )
+            assert resp.status == 401  # never served as anonymous, though anonymous may read
+            assert await error_code(resp) == "UNAUTHORIZED"
+        resp = await session.get(
+            f"{origin.url}/auth/token",
+            params={"service": "krill"},
+            headers=basic("alice", "wrong"),
+        )
+        assert resp.status == 401
+
+
+# --- listings ---------------------------------------------------------------------------------
+
+
+async def test_catalog_shows_only_what_the_caller_may_read(origin: Origin, layout: Path) -> None:
+    for reference in ("public/app:v1", "private/app:v1", "team/x/app:v1"):
+        await push(origin, layout, reference)
+    expected = {
+        None: ["public/app"],
+        "alice": ["private/app", "public/app", "team/x/app"],
+        "bob": ["private/app", "public/app"],
+        "carol": ["public/app", "team/x/app"],
+    }
+    async with aiohttp.ClientSession() as session:
+        for user, names in expected.items():
+            auth = None if user is None else basic(user)
+            resp = await session.get(f"{origin.url}/v2/_catalog", headers=auth)
+            assert resp.status == 200
+            assert (await resp.json())["repositories"] == names, user
+        resp = await session.get(f"{origin.url}/v2/_catalog?n=1", headers=basic("bob"))
+        assert (await resp.json())["repositories"] == ["private/app"]
+        assert resp.headers["Link"] == '</v2/_catalog?n=1&last=private%2Fapp>; rel="next"'
+
+
+async def test_tags_list_needs_read_on_its_repository(origin: Origin, layout: Path) -> None:
+    await push(origin, layout, "team/x/app:v1")
+    async with aiohttp.ClientSession() as session:
+        url = f"{origin.url}/v2/team/x/app/tags/list"
+        assert (await session.get(url, headers=basic("carol"))).status == 200
+        resp = await session.get(url, headers=basic("bob"))
+        assert resp.status == 403
+        assert await error_code(resp) == "DENIED"
+
+
+async def test_a_repository_no_rule_matches_is_open_to_nobody(origin: Origin) -> None:
+    async with aiohttp.ClientSession(headers=basic("alice")) as session:
+        resp = await session.post(f"{origin.url}/v2/elsewhere/app/blobs/uploads/")
+        assert resp.status == 403
+        resp = await session.get(f"{origin.url}/v2/team/x/y/app/tags/list")  # * is one segment
+        assert resp.status == 403
+
+
+# --- the token endpoint -----------------------------------------------------------------------
+
+
+async def token_for(
+    origin: Origin, scopes: list[str], auth: dict[str, str] | None
+) -> dict[str, object]:
+    params = [("service", "krill"), *(("scope", scope) for scope in scopes)]
+    async with aiohttp.ClientSession() as session:
+        resp = await session.get(f"{origin.url}/auth/token", params=params, headers=auth)
+        assert resp.status == 200
+        assert resp.headers["Cache-Control"] == "no-store"
+        body: dict[str, object] = await resp.json()
+        return body
+
+
+async def test_a_token_grants_only_the_permitted_subset(origin: Origin, layout: Path) -> None:
+    await push(origin, layout, "private/app:v1")
+    body = await token_for(origin, ["repository:private/app:pull,push"], basic("bob"))
+    assert body["token"] == body["access_token"]
+    assert body["expires_in"] == 300
+    assert str(body["issued_at"]).endswith("Z")
+    bearer = {"Authorization": f"Bearer {body['token']}"}
+    async with aiohttp.ClientSession(headers=bearer) as session:
+        assert (await session.get(f"{origin.url}/v2/")).status == 200
+        assert (await session.head(f"{origin.url}/v2/private/app/manifests/v1")).status == 200
+        resp = await session.post(f"{origin.url}/v2/private/app/blobs/uploads/")
+        assert resp.status == 403  # bob may not push: no token would let him
+        assert await error_code(resp) == "DENIED"
+
+
+async def test_a_token_without_the_scope_is_challenged_for_it(origin: Origin) -> None:
+    body = await token_for(origin, ["repository:public/app:pull"], basic("alice"))
+    bearer = {"Authorization": f"Bearer {body['token']}"}
+    async with aiohttp.ClientSession(headers=bearer) as session:
+        resp = await session.post(f"{origin.url}/v2/public/app/blobs/uploads/")
+        assert resp.status == 401  # alice may push: a token with push would work
+        assert 'error="insufficient_scope"' in challenge_of(resp)
+        assert 'scope="repository:public/app:pull,push"' in challenge_of(resp)
+        resp = await session.get(f"{origin.url}/v2/_catalog")
+        assert resp.status == 401
+        assert 'scope="registry:catalog:*"' in challenge_of(resp)
+
+
+async def test_an_anonymous_token_carries_only_anonymous_access(origin: Origin) -> None:
+    body = await token_for(
+        origin, ["repository:public/app:pull,push", "repository:private/app:pull"], None
+    )
+    bearer = {"Authorization": f"Bearer {body['token']}"}
+    async with aiohttp.ClientSession(headers=bearer) as session:
+        resp = await session.get(f"{origin.url}/v2/private/app/tags/list")
+        assert resp.status == 401
+        resp = await session.post(f"{origin.url}/v2/public/app/blobs/uploads/")
+        assert resp.status == 401
+        assert "insufficient_scope" not in challenge_of(resp)  # no token would let anonymous
+
+
+async def test_tokens_expire_on_the_origin_clock(
+    start_origin: StartOrigin, auth_file: Path
+) -> None:
+    clock = ManualClock()
+    origin = Origin(await start_origin(auth=auth_file, clock=clock))
+    body = await token_for(origin, ["repository:public/app:pull,push"], basic("alice"))
+    bearer = {"Authorization": f"Bearer {body['token']}"}
+    async with aiohttp.ClientSession(headers=bearer) as session:
+        assert (await session.get(f"{origin.url}/v2/")).status == 200
+        clock.advance(301)
+        resp = await session.get(f"{origin.url}/v2/")
+        assert resp.status == 401
+        assert 'error="invalid_token"' in challenge_of(resp)
+        forged = str(body["token"])[:-4] + "AAAA"
+        resp = await session.get(f"{origin.url}/v2/", headers={"Authorization": f"Bearer {forged}"})
+        assert resp.status == 401
+
+
+async def test_the_probe_challenges_a_caller_without_credentials(origin: Origin) -> None:
+    """containers/image sends credentials only to a registry whose /v2/ probe challenged it."""
+    async with aiohttp.ClientSession() as session:
+        resp = await session.get(f"{origin.url}/v2/")
+        assert resp.status == 401
+        assert challenge_of(resp) == f'Bearer realm="{origin.url}/auth/token",service="krill"'
+        assert (await session.get(f"{origin.url}/v2/", headers=basic("bob"))).status == 200
+        assert (await session.get(f"{origin.url}/v2/", headers=basic("dave"))).status == 200
+        resp = await session.head(f"{origin.url}/v2/private/app/manifests/v1")
+        assert resp.status == 401 and challenge_of(resp).startswith("Bearer ")
+        for path in ("/health", "/metrics"):
+            assert (await session.get(f"{origin.url}{path}")).status == 200
+
+
+# --- delete, mounts, bcrypt caching -----------------------------------------------------------
+
+
+async def test_delete_needs_the_delete_permission(origin: Origin, layout: Path) -> None:
+    public = await pushed_manifest(origin, layout, "public/app:v1")
+    private = await pushed_manifest(origin, layout, "private/app:v1")
+    async with aiohttp.ClientSession() as session:
+        resp = await session.delete(
+            f"{origin.url}/v2/private/app/manifests/{private}", headers=basic("alice")
+        )
+        assert resp.status == 403  # alice has read and write on private/**, not delete
+        resp = await session.delete(
+            f"{origin.url}/v2/public/app/manifests/{public}", headers=basic("alice")
+        )
+        assert resp.status == 202
+
+
+async def test_a_mount_from_an_unreadable_repository_becomes_an_upload(
+    origin: Origin, layout: Path
+) -> None:
+    await push(origin, layout, "private/app:v1")
+    blob = imagebuild.read_oci_layout_digests(layout).pop()
+    query = f"?mount={blob}&from=private/app"
+    async with aiohttp.ClientSession() as session:
+        url = f"{origin.url}/v2/team/x/app/blobs/uploads/{query}"
+        resp = await session.post(url, headers=basic("carol"))
+        assert resp.status == 202  # an upload session, not the private blob
+        assert resp.headers["Location"].startswith("/v2/team/x/app/blobs/uploads/")
+        resp = await session.head(
+            f"{origin.url}/v2/team/x/app/blobs/{blob}", headers=basic("carol")
+        )
+        assert resp.status == 404
+        resp = await session.post(url, headers=basic("alice"))
+        assert resp.status == 201  # alice may read private/app: mounted
+
+
+async def test_bcrypt_runs_once_per_credential_not_per_request(
+    origin: Origin, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="krill.origin.auth_passwords")
+    async with aiohttp.ClientSession(headers=basic("carol")) as session:
+        statuses = await asyncio.gather(*(session.get(f"{origin.url}/v2/") for _ in range(20)))
+        assert {resp.status for resp in statuses} == {200}
+    checks = [r for r in caplog.records if r.getMessage().startswith("auth.password_checked")]
+    assert len(checks) == 1
+
+
+# --- without --auth ---------------------------------------------------------------------------
+
+
+def test_without_auth_the_origin_is_open_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    create_app(OriginConfig(data=tmp_path / "origin"))
+    warnings = [r for r in caplog.records if "origin.auth_disabled" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+async def test_without_auth_anonymous_push_works(origin_server: TestServer) -> None:
+    data = b"open origin"
+    url = f"http://{origin_server.host}:{origin_server.port}/v2/any/repo/blobs/uploads/"
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(f"{url}?digest={digest_of(data)}", data=data)
+        assert resp.status == 201
