@@ -6,8 +6,8 @@ infohashes deterministic), and ``decode`` accepts only that canonical form
 and refuses anything malformed or trailing instead of guessing:
 
 * integers are ``i`` + ``0`` or ``-?[1-9][0-9]*`` + ``e`` (no ``+``, blanks,
-  underscores, leading zeros or ``-0``);
-* string lengths are ``0`` or ``[1-9][0-9]*`` (no leading zeros);
+  underscores, leading zeros or ``-0``), of at most 20 digits;
+* string lengths are ``0`` or ``[1-9][0-9]*`` (no leading zeros), of at most 20 digits;
 * dictionary keys are strings, sorted as raw bytes and unique;
 * nesting is at most ``MAX_DEPTH`` lists/dictionaries deep, so hostile input
   cannot exhaust the interpreter's stack (a ``RecursionError`` would escape
@@ -28,11 +28,11 @@ from typing import Any
 # more per directory level), shallow enough that recursion is never a risk.
 MAX_DEPTH = 64
 
-_INTEGER = re.compile(rb"i(0|-?[1-9][0-9]*)e")
-_STRING_LENGTH = re.compile(rb"(0|[1-9][0-9]*):")
-# A length or integer longer than this cannot describe anything that fits in memory; refusing
+# A length or integer of more digits cannot describe anything that fits in memory; refusing
 # it first keeps int() from spending time on thousands of digits.
 _MAX_DIGITS = 20
+_INTEGER = re.compile(rb"i(0|-?[1-9][0-9]{0,%d})e" % (_MAX_DIGITS - 1))
+_STRING_LENGTH = re.compile(rb"(0|[1-9][0-9]{0,%d}):" % (_MAX_DIGITS - 1))
 
 
 class BencodeError(ValueError):
@@ -126,14 +126,14 @@ def _decode_at(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
 
 
 def _decode_integer(data: bytes, pos: int) -> tuple[int, int]:
-    match = _INTEGER.match(data, pos, pos + _MAX_DIGITS + 3)
+    match = _INTEGER.match(data, pos)
     if match is None:
         raise ValueError(f"malformed integer at {pos}: {data[pos : pos + 24]!r}")
     return int(match[1]), match.end()
 
 
 def _decode_string(data: bytes, pos: int) -> tuple[bytes, int]:
-    match = _STRING_LENGTH.match(data, pos, pos + _MAX_DIGITS + 1)
+    match = _STRING_LENGTH.match(data, pos)
     if match is None:
         raise ValueError(f"malformed string length at {pos}: {data[pos : pos + 24]!r}")
     start = match.end()
