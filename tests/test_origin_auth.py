@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import subprocess
 from collections.abc import Iterator
@@ -134,6 +135,14 @@ async def pushed_manifest(origin: Origin, layout: Path, reference: str) -> str:
         resp = await session.head(f"{origin.url}/v2/{name}/manifests/{tag}")
         assert resp.status == 200
         return resp.headers["Docker-Content-Digest"]
+
+
+def first_layer(layout: Path) -> str:
+    """The digest of the first layer of the layout's image (a blob, not its manifest)."""
+    index = json.loads((layout / "index.json").read_text())
+    digest = index["manifests"][0]["digest"].removeprefix("sha256:")
+    manifest = json.loads((layout / "blobs" / "sha256" / digest).read_text())
+    return str(manifest["layers"][0]["digest"])
 
 
 def challenge_of(resp: aiohttp.ClientResponse) -> str:
@@ -383,7 +392,7 @@ async def test_a_mount_from_an_unreadable_repository_becomes_an_upload(
     origin: Origin, layout: Path
 ) -> None:
     await push(origin, layout, "private/app:v1")
-    blob = imagebuild.read_oci_layout_digests(layout).pop()
+    blob = first_layer(layout)
     query = f"?mount={blob}&from=private/app"
     async with aiohttp.ClientSession() as session:
         url = f"{origin.url}/v2/team/x/app/blobs/uploads/{query}"
