@@ -104,7 +104,7 @@ async def timed_get(url: str) -> tuple[int, float, float]:
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     _, protocol = await loop.create_connection(
-        lambda: _DiscardingGet(request), parts.hostname, parts.port
+        lambda: _DiscardingGet(request), parts.hostname or "localhost", parts.port or 80
     )
     size = await protocol.done
     first = (protocol.first_byte_at or time.perf_counter()) - started

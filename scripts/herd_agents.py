@@ -1,0 +1,202 @@
+"""The herd benchmark's default mode: real ``krill agent`` processes, pulled as containerd pulls.
+
+Each node namespace runs ``krill agent`` with README.md's flags ("Running a
+cluster": control API on 0.0.0.0:7400, registry endpoint on 127.0.0.1:7401,
+peer port 6882) and the chart's config file (``helm/krill/values.yaml``,
+``agent.config``). A client driver per node (``--client`` mode of
+``bench_herd.py``, started and warmed up before "go") then does what
+containerd does against its mirror: ``GET /v2/<repo>/manifests/<tag>``,
+then ``GET /v2/<repo>/blobs/<digest>`` of the layer, body counted and
+dropped (``benchlib.timed_get``: a general HTTP client costs more CPU per
+byte than the agent under test).
+
+What it measures beyond the engine-only mode: the agent's CPU (user + sys
+of the agent processes, from /proc, from "go" until every node has the
+blob, per GiB the nodes pulled), the time from "go" to the first body byte,
+and from the agent's ``swarm.download_done`` (every piece verified and the
+blob published; the nearest logged event to the last piece) to the client's
+last byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from benchlib import cpu_seconds, timed_get
+from herd_common import (
+    AGENT_CONTROL_PORT,
+    AGENT_PEER_PORT,
+    AGENT_REGISTRY_PORT,
+    CLUSTER,
+    REPOSITORY,
+    TAG,
+    LinkSampler,
+    Processes,
+    cpu_busy,
+    cpu_times,
+    driver,
+    emit,
+    host_ns,
+    in_ns,
+    krill,
+    log,
+    origin_url,
+    read_line,
+    tracker_url,
+)
+
+# helm/krill/values.yaml, agent.config: what the chart writes to the agent's --config file.
+CHART_AGENT_CONFIG = "cache_budget = 21474836480\nswarm_deadline = 5.0\n"
+MANIFEST_TYPES = ", ".join((
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.image.index.v1+json",
+))
+
+
+@dataclass(frozen=True)
+class NodePull:
+    """One node's pull, in seconds from "go"."""
+
+    seconds: float  # to the last body byte
+    first_byte: float  # to the first body byte of the layer
+    after_last_piece: float  # from the agent's swarm.download_done to the last byte
+    source: str  # where the agent's bytes came from (its served-bytes metric)
+
+
+@dataclass(frozen=True)
+class AgentRun:
+    pulls: list[NodePull]
+    agent_cpu: float  # user + sys seconds of every agent, "go" until all are done
+
+
+def agent_command(index: int, work: Path) -> list[str]:
+    """README's agent command (addresses and data dir are this cluster's) + the chart's config."""
+    config = work / f"agent{index}.toml"
+    config.write_text(CHART_AGENT_CONFIG)
+    return krill(
+        "agent",
+        "--listen", f"0.0.0.0:{AGENT_CONTROL_PORT}",
+        "--registry-listen", f"127.0.0.1:{AGENT_REGISTRY_PORT}",
+        "--data", str(work / f"agent{index}"),
+        "--tracker", tracker_url(),
+        "--origin", origin_url(),
+        "--peer-port", str(AGENT_PEER_PORT),
+        "--config", str(config),
+        "--log-level", "info",
+    )
+
+
+def agents_pull(procs: Processes, work: Path, nodes: int) -> AgentRun:
+    hosts = range(1, nodes + 1)
+    agents = {i: procs.start(in_ns(host_ns(i), *agent_command(i, work)), work / f"agent{i}.log")
+              for i in hosts}
+    for i in hosts:
+        CLUSTER.wait_http(i, f"http://127.0.0.1:{AGENT_CONTROL_PORT}/health", timeout=60)
+    clients = {
+        i: procs.start(
+            in_ns(host_ns(i), *driver("--client")), work / f"client{i}.log",
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )
+        for i in hosts
+    }
+    for client in clients.values():  # each says "ready" once its imports are done
+        if read_line(client) != {"ready": True}:
+            raise RuntimeError("a client driver failed to start; see its log")
+    log(f"{nodes} agents and clients ready; go")
+    cpu_before = {i: cpu_seconds(agent.pid) for i, agent in agents.items()}
+    sampler = LinkSampler(nodes + 1)
+    sampler.start()
+    machine_before = cpu_times()
+    for client in clients.values():
+        assert client.stdin is not None
+        client.stdin.write("go\n")
+        client.stdin.flush()
+    results = {i: read_line(client) for i, client in clients.items()}
+    agent_cpu = sum(cpu_seconds(agents[i].pid) - cpu_before[i] for i in hosts)
+    busy = cpu_busy(machine_before, cpu_times())
+    sampler.stop()
+    log("origin egress Mbit/s per second: " + " ".join(f"{v:.0f}" for v in sampler.rates(0)))
+    log(f"machine CPU busy during the pull: {busy:.0%}")
+    pulls = [node_pull(i, results[i], work) for i in hosts]
+    for client in clients.values():
+        assert client.stdin is not None
+        client.stdin.close()
+    return AgentRun(pulls, agent_cpu)
+
+
+def node_pull(index: int, result: dict[str, Any], work: Path) -> NodePull:
+    if "error" in result:
+        raise RuntimeError(f"node {index}: {result['error']}")
+    go, last_byte = float(result["go_epoch"]), float(result["last_byte_epoch"])
+    done = logged_epoch(work / f"agent{index}.log", "swarm.download_done")
+    return NodePull(
+        seconds=last_byte - go,
+        first_byte=float(result["first_byte"]),
+        after_last_piece=float("nan") if done is None else last_byte - done,
+        source=served_from(index),
+    )
+
+
+def logged_epoch(path: Path, event: str) -> float | None:
+    """When an agent logged ``event`` first (its lines start with an ISO-8601 UTC time)."""
+    for line in path.read_text().splitlines():
+        if f" {event} " in line:
+            return datetime.fromisoformat(line.split(" ", 1)[0]).timestamp()
+    return None
+
+
+def served_from(index: int) -> str:
+    """The agent's served-bytes metric by source, e.g. "swarm" or "swarm+origin"."""
+    text = CLUSTER.run(
+        index, "curl", "-sS", f"http://127.0.0.1:{AGENT_CONTROL_PORT}/metrics"
+    ).stdout
+    sources = [
+        line.split('source="', 1)[1].split('"', 1)[0]
+        for line in text.splitlines()
+        if line.startswith("krill_agent_served_bytes_total{") and float(line.split()[-1]) > 0
+    ]
+    return "+".join(sorted(sources)) or "none"
+
+
+# ---- the per-node client driver (runs inside a node namespace) ----
+
+
+async def client_main(args: argparse.Namespace) -> int:
+    """Resolve the tag, then stream the layer, as containerd does; report times from "go"."""
+    import aiohttp
+
+    base = f"http://127.0.0.1:{AGENT_REGISTRY_PORT}/v2/{REPOSITORY}"
+    async with aiohttp.ClientSession() as http:
+        emit({"ready": True})
+        await asyncio.to_thread(sys.stdin.readline)  # "go"
+        go_epoch, go = time.time(), time.perf_counter()
+        try:
+            async with http.get(
+                f"{base}/manifests/{TAG}", headers={"Accept": MANIFEST_TYPES}
+            ) as response:
+                response.raise_for_status()
+                manifest = json.loads(await response.read())
+            layer = manifest["layers"][0]["digest"]
+            started = time.perf_counter()
+            size, first, _ = await timed_get(f"{base}/blobs/{layer}")
+        except (aiohttp.ClientError, OSError, RuntimeError, KeyError) as exc:
+            emit({"error": f"{type(exc).__name__}: {exc}"})
+            return 1
+        emit({
+            "go_epoch": go_epoch,
+            "last_byte_epoch": time.time(),
+            "first_byte": started - go + first,
+            "bytes": size,
+        })
+        await asyncio.to_thread(sys.stdin.read)  # EOF: the bench is done
+    return 0
