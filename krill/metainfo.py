@@ -41,6 +41,8 @@ TARGET_PIECES = 2048
 
 METAINFO_CONTENT_TYPE = "application/x-bittorrent"
 MAX_METAINFO_BYTES = 1 << 20  # 16 MiB pieces: even a 32 GiB blob needs only 40 KB
+# The info dictionary's keys: exactly these, so its bytes (the infohash) depend on the blob alone.
+INFO_KEYS = frozenset({b"length", b"name", b"piece length", b"pieces"})
 
 
 class MetainfoError(Exception):
@@ -103,9 +105,19 @@ def check_metainfo(metainfo: bytes, digest: Digest) -> None:
 
     That is: a single-file torrent named for the digest, with a non-negative
     length, the piece length ``piece_length_for`` gives for that length (so
-    every origin derives the same infohash) and one SHA-1 per piece.
+    every origin derives the same infohash) and one SHA-1 per piece, and
+    nothing else: an extra info key gives another infohash (a swarm of its
+    own), an extra top-level key (``announce``) would point libtorrent at
+    another tracker. Whether the hashes are the blob's only the download shows.
     """
     info = _info_dict(metainfo)
+    if set(info) != INFO_KEYS:
+        extra = sorted(k[:40] for k in set(info) - INFO_KEYS)
+        missing = sorted(INFO_KEYS - set(info))
+        raise MetainfoError(
+            f"metainfo for {digest} is not the one every origin makes: info keys "
+            f"{extra} are extra, {missing} missing"
+        )
     name = info.get(b"name")
     if name != digest.hex.encode():
         raise MetainfoError(f"metainfo names {name!r}, not the requested blob {digest}")
@@ -132,4 +144,8 @@ def _info_dict(metainfo: bytes) -> dict[bytes, object]:
         raise MetainfoError(f"metainfo is not bencoded: {exc}") from None
     if not isinstance(decoded, dict) or not isinstance(decoded.get(b"info"), dict):
         raise MetainfoError("metainfo has no info dictionary")
-    return decoded[b"info"]
+    if len(decoded) != 1:
+        extra = sorted(k[:40] for k in decoded if k != b"info")
+        raise MetainfoError(f"metainfo has keys {extra} besides 'info'; no origin adds any")
+    info: dict[bytes, object] = decoded[b"info"]
+    return info
