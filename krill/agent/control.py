@@ -14,6 +14,7 @@ from krill.agent.preheat import PreheatError, preheat
 from krill.agent.readiness import agent_checks
 from krill.agent.registry import NODE, serve_blob
 from krill.agent.sources import SourceUnavailable
+from krill.httpmetrics import latency_middleware
 from krill.readiness import ready_handler
 from krill.registry_errors import RegistryError, error_middleware
 from krill.registry_params import parse_digest, parse_name
@@ -22,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def build_control_app(node: AgentNode) -> web.Application:
-    app = web.Application(middlewares=[error_middleware])
+    timed = latency_middleware(node.metrics.request_seconds)
+    app = web.Application(middlewares=[timed, error_middleware])
     app[NODE] = node
     app.router.add_get("/health", handle_health)
     app.router.add_get("/ready", ready_handler(lambda app: agent_checks(app[NODE])))

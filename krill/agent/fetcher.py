@@ -21,6 +21,7 @@ past the deadline without bytes to show for it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from krill.agent.sources import (
     Transfer,
     TransferFailed,
 )
+from krill.clock import SYSTEM_CLOCK, Clock
 from krill.digests import Digest
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ class CachedBlob:
     digest: Digest
     path: Path
     size: int
+    source: str = "cache"  # "delta" when this request's fetch rebuilt it (metrics label)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class InflightBlob:
     digest: Digest
     transfer: Transfer
     source: str
+    started: float = 0.0  # on the fetcher's clock, when this source was asked
 
     @property
     def size(self) -> int:
@@ -89,6 +93,8 @@ class BlobFetcher:
         stall_timeout: float = 60.0,
         seed_ttl: float = 0.0,
         on_event: Callable[[str, str], None] | None = None,
+        on_downloaded: Callable[[str, float], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.cache = cache
         self._swarm = swarm
@@ -97,6 +103,11 @@ class BlobFetcher:
         self.stall_timeout = stall_timeout
         self._seed_ttl = seed_ttl
         self._on_event = on_event or (lambda event, label: None)
+        # (source, seconds) once a blob is on the node: "swarm"/"origin" from the
+        # source's first request to the committed file, "delta" from the lookup to
+        # the rebuilt layer in the cache.
+        self._on_downloaded = on_downloaded or (lambda source, seconds: None)
+        self._clock = clock
         # Set by the node when deltas are on: tried before the swarm for known layers.
         self.deltas: DeltaRebuilder | None = None
         self._inflight: dict[Digest, _Flight] = {}
@@ -156,9 +167,12 @@ class BlobFetcher:
         """The layer rebuilt from a cached base and a delta, or None to fetch it whole."""
         if self.deltas is None:
             return None
+        started = self._clock.monotonic()
         if not await self.deltas.rebuild(digest, repository, self.ensure):
             return None
-        return await self.cached(digest)
+        self._on_downloaded("delta", self._clock.monotonic() - started)
+        rebuilt = await self.cached(digest)
+        return dataclasses.replace(rebuilt, source="delta") if rebuilt is not None else None
 
     async def cached(self, digest: Digest) -> CachedBlob | None:
         if not await self.cache.ensure_verified(digest):
@@ -198,8 +212,9 @@ class BlobFetcher:
                 self._on_event("fallback", reason)
         if self._origin is not None:
             try:
+                started = self._clock.monotonic()
                 transfer = await self._origin.start(digest, repository)
-                return InflightBlob(digest, transfer, self._origin.name)
+                return InflightBlob(digest, transfer, self._origin.name, started)
             except BlobNotFound:
                 self._on_event("fallback", Fallback.FAILED)
                 raise
@@ -211,6 +226,7 @@ class BlobFetcher:
     async def _try_swarm(self, digest: Digest, repository: str | None) -> InflightBlob:
         assert self._swarm is not None
         transfer: Transfer | None = None
+        started = self._clock.monotonic()
         try:
             async with asyncio.timeout(self._deadline):
                 transfer = await self._swarm.start(digest, repository)
@@ -219,7 +235,7 @@ class BlobFetcher:
             if transfer is not None:
                 transfer.cancel()
             raise
-        return InflightBlob(digest, transfer, self._swarm.name)
+        return InflightBlob(digest, transfer, self._swarm.name, started)
 
     def _finish_later(self, blob: InflightBlob) -> None:
         task = asyncio.create_task(self._finish(blob), name=f"finish-{blob.digest.hex[:12]}")
@@ -233,6 +249,7 @@ class BlobFetcher:
                 await blob.transfer.wait_done()
                 pin_for = self._seed_ttl if blob.source == "swarm" else 0.0
                 await self.cache.add(blob.digest, pin_for=pin_for)
+            self._on_downloaded(blob.source, self._clock.monotonic() - blob.started)
             log.info("fetch.done digest=%s source=%s bytes=%d", blob.digest, blob.source, blob.size)
         except TransferFailed as exc:
             log.warning("fetch.failed digest=%s source=%s error=%s", blob.digest, blob.source, exc)

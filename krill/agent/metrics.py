@@ -6,24 +6,79 @@ count of peer traffic (the origin's seed counts as a peer there);
 ``swarm_origin_feed_bytes`` is what the swarm engine took from the origin over
 HTTP piece claims (its share of a herd's pull, ``krill.piecefeed``);
 ``origin_http_bytes`` is what the fallback pulled from the origin directly.
+
+Histograms (seconds): ``request_seconds`` per route of both HTTP APIs
+(``krill.httpmetrics``); ``pull_first_byte_seconds`` and ``pull_seconds`` per
+whole-blob GET, from the request's arrival to its first body byte and to its
+last, by where the blob came from (``PullSource``): the time containerd waits,
+source choice and the swarm deadline included. ``swarm_download_seconds`` and
+``delta_rebuild_seconds`` time getting a blob onto the node whoever asked
+(preheat too): a swarm download from its metainfo lookup to the verified file,
+a delta from the origin's lookup to the rebuilt layer in the cache.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from krill.digests import Digest
+from krill.httpmetrics import REQUEST_BUCKETS, request_histogram
 
 if TYPE_CHECKING:  # krill.swarm loads libtorrent, which an agent without a swarm never needs
     from krill.agent.deltas import Failure, Miss
     from krill.swarm import SwarmStats
 
 
+class PullSource(StrEnum):
+    """Where a pulled blob came from (the ``source`` label of the pull histograms)."""
+
+    CACHE = "cache"  # already on the node
+    DELTA = "delta"  # rebuilt from a cached layer and a delta for this pull
+    SWARM = "swarm"
+    ORIGIN = "origin"  # the HTTP fallback
+
+
+# Layers take seconds to minutes; the upper buckets are for the slow ones.
+PULL_BUCKETS = (*REQUEST_BUCKETS, 600.0)
+
+
 class AgentMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.request_seconds = request_histogram("krill_agent_request_seconds", self.registry)
+        self.pull_first_byte_seconds = Histogram(
+            "krill_agent_pull_first_byte_seconds",
+            "Seconds from a blob GET's arrival to its first body byte, by source",
+            ["source"],
+            registry=self.registry,
+            buckets=PULL_BUCKETS,
+        )
+        self.pull_seconds = Histogram(
+            "krill_agent_pull_seconds",
+            "Seconds from a blob GET's arrival to its last body byte, by source",
+            ["source"],
+            registry=self.registry,
+            buckets=PULL_BUCKETS,
+        )
+        for source in PullSource:  # every source shows in /metrics before its first pull
+            self.pull_first_byte_seconds.labels(source)
+            self.pull_seconds.labels(source)
+        self.swarm_download_seconds = Histogram(
+            "krill_agent_swarm_download_seconds",
+            "Seconds from asking the swarm for a blob (metainfo lookup) to its verified file",
+            registry=self.registry,
+            buckets=PULL_BUCKETS,
+        )
+        self.delta_rebuild_seconds = Histogram(
+            "krill_agent_delta_rebuild_seconds",
+            "Seconds from the delta lookup to the rebuilt layer in the cache (fetching the "
+            "delta included), for layers rebuilt from deltas",
+            registry=self.registry,
+            buckets=PULL_BUCKETS,
+        )
         self.bytes_served = Counter(
             "krill_agent_served_bytes",
             "Blob bytes sent to clients, by where they came from",
@@ -102,6 +157,20 @@ class AgentMetrics:
             self.cache.labels(label).inc()
         elif kind == "fallback":
             self.fallbacks.labels(label).inc()
+
+    def downloaded(self, source: str, seconds: float) -> None:
+        """Hook for BlobFetcher: a blob is on the node (HTTP fallback downloads are not
+        timed here: the pull histograms' ``origin`` source covers them)."""
+        if source == PullSource.SWARM:
+            self.swarm_download_seconds.observe(seconds)
+        elif source == PullSource.DELTA:
+            self.delta_rebuild_seconds.observe(seconds)
+
+    def pull_first_byte(self, source: str, seconds: float) -> None:
+        self.pull_first_byte_seconds.labels(source).observe(seconds)
+
+    def pull_done(self, source: str, seconds: float) -> None:
+        self.pull_seconds.labels(source).observe(seconds)
 
     def delta_hit(self, bytes_saved: int) -> None:
         self.delta_hits.inc()

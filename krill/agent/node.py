@@ -124,6 +124,7 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
             stall_timeout=config.stall_timeout,
             seed_ttl=config.seed_ttl,
             on_event=metrics.event,
+            on_downloaded=metrics.downloaded,
         )
         if config.deltas:
             rebuilds = ThreadPoolExecutor(max_workers=2, thread_name_prefix="delta-rebuild")

@@ -17,6 +17,7 @@ from krill.agent.node import AgentNode
 from krill.agent.serving import blob_response
 from krill.agent.sources import BlobNotFound, SourceUnavailable
 from krill.digests import Digest
+from krill.httpmetrics import latency_middleware
 from krill.names import InvalidNameError
 from krill.registry_errors import RegistryError, error_middleware
 from krill.registry_params import API_HEADERS, parse_digest
@@ -30,7 +31,8 @@ _BLOB_PATH = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)$")
 
 
 def build_registry_app(node: AgentNode) -> web.Application:
-    app = web.Application(middlewares=[error_middleware])
+    timed = latency_middleware(node.metrics.request_seconds)
+    app = web.Application(middlewares=[timed, error_middleware])
     app[NODE] = node
     app.router.add_route("GET", "/v2/", handle_base)
     app.router.add_route("HEAD", "/v2/", handle_base)
@@ -114,6 +116,4 @@ async def serve_blob(
             "UNAVAILABLE",
             f"blob {digest} cannot be fetched now (swarm and origin failed); try the upstream",
         ) from None
-    return await blob_response(
-        request, blob, node.cache, node.metrics.served, node.config.stall_timeout
-    )
+    return await blob_response(request, blob, node.cache, node.metrics, node.config.stall_timeout)

@@ -8,6 +8,11 @@
   the transfer finishes. Headers go out only after a source has committed
   (the fetcher returns only then). If the transfer fails midway the connection
   is aborted, so the client sees a short body, never a wrong complete one.
+
+Each whole-blob GET reports its time to first byte and its total time, by
+source, from the request's arrival (``krill.httpmetrics.stopwatch``: the
+source choice counts, it is what the client waits for). A Range GET is not
+timed: a resumed tail says nothing about how long a pull takes.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from typing import Protocol
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -24,6 +29,7 @@ from krill.agent.cache import NodeCache
 from krill.agent.fetcher import CachedBlob, InflightBlob, wait_progress
 from krill.agent.ranges import ByteRange, parse_range
 from krill.agent.sources import TransferFailed
+from krill.httpmetrics import Stopwatch, stopwatch
 from krill.registry_errors import API_HEADERS, RegistryError
 
 log = logging.getLogger(__name__)
@@ -32,17 +38,54 @@ CHUNK = 1 << 20
 OCTET_STREAM = "application/octet-stream"
 
 
+class PullMetrics(Protocol):
+    """What serving reports (``AgentMetrics`` in the agent)."""
+
+    def served(self, source: str, count: int) -> None: ...
+
+    def pull_first_byte(self, source: str, seconds: float) -> None: ...
+
+    def pull_done(self, source: str, seconds: float) -> None: ...
+
+
+class PullTimer:
+    """One whole-blob GET's first and last byte, each reported once (or never, untimed)."""
+
+    def __init__(self, metrics: PullMetrics, source: str, watch: Stopwatch | None) -> None:
+        self._metrics = metrics
+        self._source = source
+        self._watch = watch
+        self._first_reported = False
+
+    def first_byte(self) -> None:
+        if self._watch is not None and not self._first_reported:
+            self._first_reported = True
+            self._metrics.pull_first_byte(self._source, self._watch.elapsed())
+
+    def done(self) -> None:
+        if self._watch is not None:
+            self._metrics.pull_done(self._source, self._watch.elapsed())
+
+
 class PinnedFileResponse(web.FileResponse):
     """A FileResponse that keeps its blob pinned in the cache until it has been sent."""
 
-    def __init__(self, cache: NodeCache, blob: CachedBlob, **kwargs: object) -> None:
+    def __init__(
+        self, cache: NodeCache, blob: CachedBlob, timer: PullTimer, **kwargs: object
+    ) -> None:
+        # kwargs are FileResponse's own keywords (headers, status), passed through as given.
         super().__init__(blob.path, chunk_size=CHUNK, **kwargs)  # type: ignore[arg-type]
+        self._timer = timer
         self._pin = cache.pinned(blob.digest)
         self._pin.__enter__()
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        """Headers and body go out together here (sendfile): the first byte leaves now."""
         try:
-            return await super().prepare(request)
+            self._timer.first_byte()
+            writer = await super().prepare(request)
+            self._timer.done()
+            return writer
         finally:
             self._pin.__exit__(None, None, None)
 
@@ -71,7 +114,7 @@ async def blob_response(
     request: web.Request,
     blob: CachedBlob | InflightBlob,
     cache: NodeCache,
-    count: Callable[[str, int], None],
+    metrics: PullMetrics,
     stall_timeout: float = 60.0,
 ) -> web.StreamResponse:
     """GET (or HEAD) response for ``blob``, honouring a Range header.
@@ -83,19 +126,22 @@ async def blob_response(
     byte_range = parse_range(request.headers.get("Range"), blob.size)
     if request.method == "HEAD":
         return await head_response(request, blob)
+    timer = PullTimer(metrics, blob.source, None if byte_range else stopwatch(request))
     if isinstance(blob, CachedBlob):
-        count("cache", byte_range.length if byte_range else blob.size)
-        return PinnedFileResponse(cache, blob, headers=blob_headers(blob))
+        # Bytes served count the node's own disk as the cache, rebuilt or not.
+        metrics.served("cache", byte_range.length if byte_range else blob.size)
+        return PinnedFileResponse(cache, blob, timer, headers=blob_headers(blob))
     with cache.pinned(blob.digest):
         whole = ByteRange(0, blob.size)
-        return await _stream(request, blob, byte_range or whole, count, stall_timeout)
+        return await _stream(request, blob, byte_range or whole, metrics, timer, stall_timeout)
 
 
 async def _stream(
     request: web.Request,
     blob: InflightBlob,
     byte_range: ByteRange,
-    count: Callable[[str, int], None],
+    metrics: PullMetrics,
+    timer: PullTimer,
     stall_timeout: float,
 ) -> web.StreamResponse:
     partial = byte_range.length != blob.size
@@ -114,9 +160,11 @@ async def _stream(
             if not data:
                 raise TransferFailed(f"partial file of {blob.digest} is shorter than reported")
             await response.write(data)
-            count(blob.source, len(data))
+            timer.first_byte()
+            metrics.served(blob.source, len(data))
             position += len(data)
         await response.write_eof()
+        timer.done()
     except TransferFailed as exc:
         log.warning("serve.aborted digest=%s error=%s", blob.digest, exc)
         if request.transport is not None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from krill.httpmetrics import request_histogram
+
 __all__ = ["DeltaMetrics", "OriginMetrics"]
 
 
 class OriginMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.request_seconds = request_histogram("krill_origin_request_seconds", self.registry)
         self.requests = Counter(
             "krill_origin_requests",
             "HTTP requests answered, by method, route kind and status.",

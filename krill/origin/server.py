@@ -22,6 +22,7 @@ from aiohttp import web
 
 from krill.blobstore import BlobStore
 from krill.clock import SYSTEM_CLOCK, Clock
+from krill.httpmetrics import latency_middleware
 from krill.origin import (
     blob_routes,
     listing_routes,
@@ -65,7 +66,9 @@ def create_app(config: OriginConfig, *, clock: Clock = SYSTEM_CLOCK) -> web.Appl
 
     ``clock`` times the pull-through tag TTL (tests pass one they move by hand).
     """
-    app = web.Application(middlewares=[metrics_middleware, error_middleware])
+    origin_metrics = OriginMetrics()
+    timed = latency_middleware(origin_metrics.request_seconds, clock)
+    app = web.Application(middlewares=[timed, metrics_middleware, error_middleware])
     store = BlobStore(config.data)
     app[CONFIG] = config
     app[GC_LOCK] = GcLock(config.data)
@@ -75,7 +78,7 @@ def create_app(config: OriginConfig, *, clock: Clock = SYSTEM_CLOCK) -> web.Appl
     app[TAG_MOVED] = []
     app[BLOB_PUSHED] = []
     app[UPLOADS] = UploadSessions(store, config.max_upload_sessions)
-    app[METRICS] = OriginMetrics()
+    app[METRICS] = origin_metrics
     app[PULL_THROUGH] = PullThrough(app, config, clock) if config.upstream else None
     app.router.add_get("/v2/", base_check, name="base")
     app.router.add_get("/health", health, name="health")

@@ -25,6 +25,7 @@ from prometheus_client import (
 from krill import bencode
 from krill.digests import Digest, DigestError
 from krill.endpoints import METAINFO
+from krill.httpmetrics import latency_middleware, request_histogram
 from krill.metainfo import METAINFO_CONTENT_TYPE
 from krill.readiness import ready_handler
 from krill.tracker.announce import (
@@ -66,6 +67,7 @@ class TrackerMetrics:
             registry=self.registry,
         )
         self.swarms = Gauge("krill_tracker_swarms", "Swarms known", registry=self.registry)
+        self.request_seconds = request_histogram("krill_tracker_request_seconds", self.registry)
 
 
 STORE_KEY = web.AppKey("peer_store", PeerStore)
@@ -75,9 +77,10 @@ METRICS_KEY = web.AppKey("metrics", TrackerMetrics)
 
 
 def create_app(config: TrackerConfig) -> web.Application:
-    app = web.Application()
+    metrics = TrackerMetrics()
+    app = web.Application(middlewares=[latency_middleware(metrics.request_seconds)])
     app[CONFIG_KEY] = config
-    app[METRICS_KEY] = TrackerMetrics()
+    app[METRICS_KEY] = metrics
     app[METAINFO_KEY] = MetainfoCache(
         config.origin, config.metainfo_cache_entries, config.metainfo_timeout
     )
