@@ -123,6 +123,7 @@ def _weed_command(root: Path, s3_port: int, taken: set[int]) -> list[str]:
         f"-s3.config={_identity_file(root)}",
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
+        "-s3.autoCreateBucket=false",  # as AWS: a PUT to a missing bucket is refused
     ]
 
 

@@ -7,17 +7,21 @@ nothing is read into Python memory or hashed on this path (blobs were
 verified when committed). A blob the origin lacks is fetched by the
 pull-through mirror when there is one.
 A blob is served under a repository only if it is linked there (pushed,
-mounted or pulled through); see ``origin.repositories``.
+mounted or pulled through); see ``origin.repositories``. On an origin whose
+storage is a bucket (``origin.storage``), a linked blob missing from the local
+store is first copied in from the bucket (verified), then served the same way.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from krill.digests import Digest
 from krill.origin.appkeys import REPOSITORIES, STORE
 from krill.origin.blobresponses import blob_file_response
 from krill.origin.errors import blob_unknown
 from krill.origin.pullthrough import PULL_THROUGH
+from krill.origin.storage import OBJECT_STORE
 from krill.registry_params import API_HEADERS, parse_digest, repo_name
 
 
@@ -25,12 +29,20 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     repo = repo_name(request)
     digest = parse_digest(request.match_info["digest"])
     app = request.app
-    if app[REPOSITORIES].has_blob(repo, digest) and app[STORE].has(digest):
+    if app[REPOSITORIES].has_blob(repo, digest) and await stored_locally(app, digest):
         return blob_file_response(app, digest)
     pull = app[PULL_THROUGH]
     if pull is not None:
         return await pull.serve_blob(request, repo, digest)
     raise blob_unknown(digest)
+
+
+async def stored_locally(app: web.Application, digest: Digest) -> bool:
+    """Whether the local store has the blob, after filling it from the bucket if there is one."""
+    if app[STORE].has(digest):
+        return True
+    object_store = app.get(OBJECT_STORE)
+    return object_store is not None and await object_store.fill(app, digest)
 
 
 async def delete_blob(request: web.Request) -> web.Response:

@@ -29,6 +29,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML file with origin settings")
     parser.add_argument("--listen", metavar="HOST:PORT", help="address to serve on")
     parser.add_argument("--data", metavar="DIR", help="directory for blobs and metadata")
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        help="file://DIR or s3://BUCKET[/PREFIX][?endpoint=URL] (then --data is the local cache)",
+    )
+    parser.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible store's base URL")
+    parser.add_argument("--s3-region", metavar="REGION", help="S3 region (default us-east-1)")
     parser.add_argument("--upstream", metavar="URL", help="registry to pull through from")
     parser.add_argument(
         "--upstream-credentials",
@@ -74,6 +81,9 @@ def register(subparsers: Any) -> None:
 CONFIG_FLAGS = (
     "listen",
     "data",
+    "storage",
+    "s3_endpoint",
+    "s3_region",
     "upstream",
     "upstream_credentials",
     "tag_ttl",
@@ -110,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
     from krill.origin.config import load_origin_config
     from krill.origin.server import create_app
+    from krill.origin.storage import install_object_storage
 
     config = load_origin_config(
         file=args.config, flags={name: getattr(args, name) for name in CONFIG_FLAGS}
@@ -121,11 +132,13 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"cannot create data directory {config.data}: {exc.strerror}") from None
     host, port = config.listen_address
     app = create_app(config)
+    install_object_storage(app, config)  # storage = s3://...: write-through, read-through
     log.info(
-        "origin.starting listen=%s:%d data=%s upstream=%s",
+        "origin.starting listen=%s:%d data=%s storage=%s upstream=%s",
         host,
         port,
         config.data,
+        config.storage or "directory",
         config.upstream_for_display,
     )
     web.run_app(app, host=host, port=port, print=None, access_log=None, shutdown_timeout=10)

@@ -19,6 +19,7 @@ from yarl import URL
 from krill.config import ConfigError, load_config, parse_hostport
 from krill.oci import MAX_MANIFEST_BYTES
 from krill.origin.cacheretention import CacheLimits
+from krill.origin.storage_url import parse_storage_url
 
 ENV_PREFIX = "KRILL_ORIGIN_"
 
@@ -29,6 +30,13 @@ class OriginConfig:
 
     listen: str = "127.0.0.1:5000"
     data: Path = Path("/var/lib/krill/origin")
+    # Where blobs are kept: file://DIR (same as data = DIR) or s3://BUCKET[/PREFIX], then
+    # written through to the bucket with data as the local cache (origin.storage, docs/storage.md).
+    storage: str | None = None
+    s3_endpoint: str | None = None  # e.g. http://127.0.0.1:8333; default: AWS's for s3_region
+    s3_region: str = "us-east-1"
+    # An AWS credentials file; else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (origin.storage_url).
+    s3_credentials: Path | None = None
     # Pull-through: the registry to mirror (e.g. https://registry-1.docker.io).
     upstream: str | None = None
     # A file holding "username:password" (one line) for the upstream registry.
@@ -89,6 +97,9 @@ class OriginConfig:
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen)
+        storage = parse_storage_url(self.storage, self.s3_endpoint, self.s3_region)
+        if isinstance(storage, Path):
+            self.data = storage
         if self.upstream is not None and not self.upstream.startswith(("http://", "https://")):
             raise ConfigError(f"upstream must be an http:// or https:// URL, got {self.upstream!r}")
         if self.max_manifest_size <= 0:

@@ -1,0 +1,164 @@
+"""An origin on object storage: blob bytes written through to S3, the data directory as cache.
+
+With ``storage = "s3://BUCKET/PREFIX"`` (``origin.storage_url``) the origin
+keeps working exactly as on a directory, and in addition:
+
+* **write-through**: a push is answered 201 only once its bytes are in the
+  bucket. Uploads still land in ``incoming/`` and are verified and committed
+  to the local store first (so nothing unverified ever reaches the bucket);
+  then the committed file is put to the bucket under its digest (hashed again
+  on the way: the object appears only if it matches). This runs as the
+  innermost middleware on the routes that create a blob or a manifest
+  (``WRITE_THROUGH_ROUTES``, by the ``Docker-Content-Digest`` they answer
+  with), so the upload and manifest handlers stay as they are. If the bucket
+  refuses, the client gets 503 ``UNAVAILABLE`` and pushes again (the blob is
+  then already local; only the put is repeated).
+* **read-through**: a blob linked in a repository but missing from the local
+  store is copied from the bucket into the store (verified, once however many
+  ask at the same moment) and served from there with sendfile, ``Range``
+  included. Serving from a local file keeps sendfile, the piece claims and
+  the swarm seeding (libtorrent reads the file in place) unchanged; the cost
+  is one full copy before the first byte of a cold blob.
+
+What stays local in this version (docs/storage.md, "Object storage"):
+repository links, tags and tag history, deltas and their index, metainfo
+sidecars, and a pull-through mirror's fills. So the bucket is the durable
+copy of pushed blob bytes, not yet a store several replicas can share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from krill.blobbackend import BlobMissingError, DigestMismatchError
+from krill.clierror import CliError
+from krill.digests import Digest, DigestError
+from krill.origin.appkeys import STORE
+from krill.origin.config import OriginConfig
+from krill.origin.storage_url import parse_storage_url, s3_credentials
+from krill.registry_errors import RegistryError
+from krill.s3backend import S3Backend, S3Error, S3Location
+from krill.singleflight import SingleFlight
+
+__all__ = [
+    "OBJECT_STORE",
+    "WRITE_THROUGH_ROUTES",
+    "ObjectStore",
+    "install_object_storage",
+    "object_store_location",
+]
+
+log = logging.getLogger(__name__)
+
+# Routes whose 201 means "a blob or manifest was just committed to the local store".
+WRITE_THROUGH_ROUTES = frozenset({"upload_start", "upload_finish", "manifest_put"})
+
+
+class ObjectStore:
+    """The bucket behind an origin, and the read-through fills of its local store."""
+
+    def __init__(self, backend: S3Backend) -> None:
+        self.backend = backend
+        self._fills: SingleFlight[bool] = SingleFlight()
+
+    async def write_through(self, app: web.Application, digest: Digest) -> None:
+        """Put a just-committed local blob to the bucket; 503 UNAVAILABLE if it can't be."""
+        path = app[STORE].path(digest)
+        try:
+            outcome = await self.backend.put_file(digest, path)
+        except (S3Error, FileNotFoundError, DigestMismatchError) as exc:
+            log.error("origin.write_through_failed digest=%s error=%s", digest, exc)
+            raise RegistryError(
+                "UNAVAILABLE",
+                f"{digest} is stored on this origin but could not be written to its object "
+                f"store ({exc}); push it again",
+                headers={"Retry-After": "10"},
+            ) from None
+        log.info("origin.write_through digest=%s outcome=%s", digest, outcome.value)
+
+    async def fill(self, app: web.Application, digest: Digest) -> bool:
+        """Copy a blob from the bucket into the local store; False if the bucket lacks it."""
+        return await self._fills.run(digest, lambda: self._copy_in(app, digest))
+
+    async def _copy_in(self, app: web.Application, digest: Digest) -> bool:
+        store = app[STORE]
+        try:
+            with store.writer() as writer:
+                async with self.backend.open(digest) as reader:
+                    async for chunk in reader.chunks:
+                        await asyncio.to_thread(writer.write, chunk)
+                await asyncio.to_thread(writer.commit, digest)
+        except BlobMissingError:
+            return False
+        except DigestMismatchError as exc:  # damaged in the bucket: say so, serve nothing
+            log.error("origin.read_through_corrupt digest=%s error=%s", digest, exc)
+            return False
+        except S3Error as exc:
+            raise RegistryError(
+                "UNAVAILABLE", f"{digest} could not be read from the object store: {exc}"
+            ) from None
+        log.info("origin.read_through digest=%s", digest)
+        return True
+
+    async def close(self) -> None:
+        await self._fills.close()
+        await self.backend.close()
+
+
+OBJECT_STORE = web.AppKey("krill_origin_object_store", ObjectStore)
+
+
+def object_store_location(config: OriginConfig) -> S3Location | None:
+    """The bucket the config names, or None for a directory origin."""
+    storage = parse_storage_url(config.storage, config.s3_endpoint, config.s3_region)
+    return storage if isinstance(storage, S3Location) else None
+
+
+def install_object_storage(app: web.Application, config: OriginConfig) -> None:
+    """Add write-through and read-through to an origin app when its storage is a bucket.
+
+    Call it on the app ``create_app`` returned, before it runs. The bucket is
+    checked when the app starts: a missing bucket, rejected credentials or an
+    unreachable endpoint stop the origin with a message saying which.
+    """
+    location = object_store_location(config)
+    if location is None:
+        return
+    credentials = s3_credentials(config.s3_credentials)
+
+    async def open_bucket(app: web.Application) -> AsyncIterator[None]:
+        backend = S3Backend(location, credentials)
+        try:
+            await backend.client.check_bucket()
+        except S3Error as exc:
+            await backend.close()
+            raise CliError(f"object storage unusable: {exc}") from None
+        log.info(
+            "origin.object_storage location=%s access_key=%s", location, credentials.access_key
+        )
+        app[OBJECT_STORE] = ObjectStore(backend)
+        yield
+        await app[OBJECT_STORE].close()
+
+    app.cleanup_ctx.append(open_bucket)
+    app.middlewares.append(write_through)
+
+
+@web.middleware
+async def write_through(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """After a push's 201, put its blob (or manifest) to the bucket before answering."""
+    response = await handler(request)
+    if response.status != 201 or request.match_info.route.name not in WRITE_THROUGH_ROUTES:
+        return response
+    try:
+        digest = Digest.parse(response.headers.get("Docker-Content-Digest", ""))
+    except DigestError:
+        return response
+    await request.app[OBJECT_STORE].write_through(request.app, digest)
+    return response

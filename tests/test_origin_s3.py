@@ -1,0 +1,215 @@
+"""An origin whose storage is a bucket (real SeaweedFS): write-through, read-through, errors.
+
+In process: pushes answered 201 are in the bucket; a refused digest leaves
+nothing there; a linked blob missing from the local store is filled from the
+bucket and served with its Range; a bucket gone after start makes pushes 503.
+As processes: ``krill origin --storage s3://...`` refuses to start on a
+missing bucket, saying to create it; skopeo pushes an image to it, every blob
+and manifest is in the bucket, and after the local layer files are removed it
+pulls the image back identical (from the bucket, through the local cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from pytest_aiohttp import AiohttpClient, AiohttpServer
+
+from krill.digests import Digest
+from krill.origin.appkeys import STORE
+from krill.origin.config import OriginConfig
+from krill.origin.server import create_app
+from krill.origin.storage import install_object_storage
+from krill.s3backend import S3Backend, S3Location
+from tests.agent_cluster import origin_process
+from tests.components import SKOPEO_FLAGS, free_port, krill_command, skopeo
+from tests.fixtures_origin import digest_of, error_code
+from tests.imagebuild import build_image, random_files, read_oci_layout_digests, write_oci_layout
+from tests.s3_fixtures import SeaweedFS, s3_location, seaweedfs
+
+__all__ = ["s3_location", "seaweedfs"]  # fixtures used here
+
+
+@dataclass
+class S3Origin:
+    client: TestClient
+    app: web.Application
+
+
+StartS3Origin = Callable[[S3Location], Awaitable[S3Origin]]
+
+
+def payload(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def credentials_file(store: SeaweedFS, where: Path) -> Path:
+    """An AWS shared credentials file for the store's identity."""
+    path = where / "aws-credentials"
+    path.write_text(
+        "[default]\n"
+        f"aws_access_key_id = {store.credentials.access_key}\n"
+        f"aws_secret_access_key = {store.credentials.secret_key}\n"
+    )
+    return path
+
+
+def storage_url(location: S3Location) -> str:
+    return f"s3://{location.bucket}/{location.prefix}?endpoint={location.endpoint}"
+
+
+@pytest.fixture
+async def bucket(seaweedfs: SeaweedFS, s3_location: S3Location) -> AsyncIterator[S3Backend]:
+    """The test's prefix of the bucket, to look at what the origin put there."""
+    backend = S3Backend(s3_location, seaweedfs.credentials)
+    yield backend
+    await backend.close()
+
+
+@pytest.fixture
+def start_s3_origin(
+    tmp_path: Path,
+    seaweedfs: SeaweedFS,
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+) -> StartS3Origin:
+    async def start(location: S3Location) -> S3Origin:
+        config = OriginConfig(
+            data=tmp_path / "origin",
+            storage=storage_url(location),
+            s3_credentials=credentials_file(seaweedfs, tmp_path),
+            deltas=False,
+        )
+        app = create_app(config)
+        install_object_storage(app, config)
+        server: TestServer = await aiohttp_server(app)
+        return S3Origin(await aiohttp_client(server), app)
+
+    return start
+
+
+async def push(
+    client: TestClient,
+    repo: str,
+    data: bytes,
+    digest: str | None = None,
+) -> aiohttp.ClientResponse:
+    return await client.post(
+        f"/v2/{repo}/blobs/uploads/", params={"digest": digest or digest_of(data)}, data=data
+    )
+
+
+async def test_pushed_blobs_are_in_the_bucket(
+    start_s3_origin: StartS3Origin, s3_location: S3Location, bucket: S3Backend
+) -> None:
+    origin = await start_s3_origin(s3_location)
+    client = origin.client
+    small = b"config bytes"
+    assert (await push(client, "team/app", small)).status == 201
+    big = payload(3, 6 << 20)  # more than one S3 part
+    resp = await client.post("/v2/team/app/blobs/uploads/")
+    location = resp.headers["Location"]
+    half = len(big) // 2
+    assert (await client.patch(location, data=big[:half])).status == 202
+    resp = await client.put(location, params={"digest": digest_of(big)}, data=big[half:])
+    assert resp.status == 201
+    for data in (small, big):
+        async with bucket.open(Digest.parse(digest_of(data))) as reader:
+            assert b"".join([c async for c in reader.chunks]) == data
+
+
+async def test_refused_digest_leaves_the_bucket_empty(
+    start_s3_origin: StartS3Origin, s3_location: S3Location, bucket: S3Backend
+) -> None:
+    origin = await start_s3_origin(s3_location)
+    client = origin.client
+    resp = await push(client, "team/app", b"these bytes", digest_of(b"other bytes"))
+    assert resp.status == 400 and await error_code(resp) == "DIGEST_INVALID"
+    assert [info async for info in bucket.list()] == []
+
+
+async def test_blob_missing_locally_is_filled_from_the_bucket(
+    start_s3_origin: StartS3Origin, s3_location: S3Location
+) -> None:
+    origin = await start_s3_origin(s3_location)
+    client = origin.client
+    data = payload(4, 300_000)
+    assert (await push(client, "team/app", data)).status == 201
+    digest = Digest.parse(digest_of(data))
+    store = origin.app[STORE]
+    assert store.delete(digest) and not store.has(digest)
+    ranged = client.get(f"/v2/team/app/blobs/{digest}", headers={"Range": "bytes=1000-1999"})
+    whole = client.get(f"/v2/team/app/blobs/{digest}")
+    first, second = await asyncio.gather(ranged, whole)  # one fill serves both
+    assert first.status == 206 and await first.read() == data[1000:2000]
+    assert second.status == 200 and await second.read() == data
+    assert store.has(digest)
+
+
+async def test_bucket_gone_after_start_makes_pushes_unavailable(
+    start_s3_origin: StartS3Origin, seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    location = S3Location(seaweedfs.endpoint, f"doomed-{free_port()}", "", seaweedfs.region)
+    admin = S3Backend(location, seaweedfs.credentials)
+    try:
+        await admin.client.create_bucket()
+        client = (await start_s3_origin(location)).client
+        async with await admin.client.send("DELETE", ok=(204, 200)):
+            pass
+        resp = await push(client, "team/app", b"layer")
+        assert resp.status == 503 and await error_code(resp) == "UNAVAILABLE"
+        assert "push it again" in (await resp.json())["errors"][0]["message"]
+    finally:
+        await admin.close()
+
+
+def test_origin_refuses_to_start_on_a_missing_bucket(seaweedfs: SeaweedFS, tmp_path: Path) -> None:
+    config = tmp_path / "origin.toml"
+    config.write_text(f's3_credentials = "{credentials_file(seaweedfs, tmp_path)}"\n')
+    missing = S3Location(seaweedfs.endpoint, "never-made", "p", seaweedfs.region)
+    args = [
+        "origin",
+        "--config",
+        str(config),
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--data",
+        str(tmp_path / "data"),
+        "--storage",
+        storage_url(missing),
+    ]
+    done = subprocess.run(krill_command(*args), capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "bucket 'never-made' does not exist" in done.stderr and "create it" in done.stderr
+
+
+@pytest.mark.slow
+async def test_skopeo_round_trip_through_a_bucket(
+    seaweedfs: SeaweedFS, s3_location: S3Location, bucket: S3Backend, tmp_path: Path
+) -> None:
+    image = build_image([random_files(5, 3, 64 << 10), random_files(6, 2, 3 << 20)])
+    src = write_oci_layout(tmp_path / "src", image.manifest, [image], "v1")
+    config = tmp_path / "origin.toml"
+    config.write_text(f's3_credentials = "{credentials_file(seaweedfs, tmp_path)}"\n')
+    root = tmp_path / "origin"
+    with origin_process(
+        root, "--config", str(config), "--storage", storage_url(s3_location)
+    ) as url:
+        dest = f"docker://{url.removeprefix('http://')}/team/app:v1"
+        await asyncio.to_thread(skopeo, "copy", *SKOPEO_FLAGS, f"oci:{src}:v1", dest)
+        in_bucket = {str(info.digest) async for info in bucket.list()}
+        assert read_oci_layout_digests(src) <= in_bucket  # layers, config and manifest
+        for layer in image.layers:  # the local cache loses the layers; the bucket has them
+            (root / "data/blobs/sha256" / layer.digest[7:9] / layer.digest[7:]).unlink()
+        out = tmp_path / "out"
+        await asyncio.to_thread(skopeo, "copy", *SKOPEO_FLAGS, dest, f"oci:{out}:v1")
+    assert read_oci_layout_digests(out) == read_oci_layout_digests(src)
