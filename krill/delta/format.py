@@ -60,6 +60,10 @@ _ZPREFIX = struct.Struct(">QIII")
 _ZLIT = struct.Struct(">II")
 _BSDIFF = struct.Struct(">QIIIII")  # base_off, base_len, out_len, ctrl, diff, extra lengths
 _HDIFF = struct.Struct(">QIIII")  # base_off, base_len, out_len, raw diff length, comp length
+# The numbers each op carries after its kind byte (OP_END carries none): for tools and tests
+# that take a delta apart.
+OP_FIELDS = {OP_META: _META, OP_COPY: _COPY, OP_ZPREFIX: _ZPREFIX, OP_ZLIT: _ZLIT,
+             OP_BSDIFF: _BSDIFF, OP_HDIFF: _HDIFF}
 
 
 def max_hdiff_raw(out_len: int) -> int:
