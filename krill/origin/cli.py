@@ -54,6 +54,11 @@ def register(subparsers: Any) -> None:
         help="TOML file of users (htpasswd) and repository access rules (docs/security.md); "
         "without it anyone who can reach the origin can push and delete",
     )
+    parser.add_argument("--tls-cert", metavar="FILE", help="serve https with this certificate")
+    parser.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert")
+    parser.add_argument(
+        "--client-ca", metavar="FILE", help="require client certificates signed by this CA"
+    )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=run)
     commands = parser.add_subparsers(dest="origin_command", metavar="{gc}")
@@ -92,6 +97,9 @@ CONFIG_FLAGS = (
     "tracker",
     "peer_port",
     "auth",
+    "tls_cert",
+    "tls_key",
+    "client_ca",
 )
 
 
@@ -118,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT, then close connections and exit 0."""
     from aiohttp import web
 
+    from krill.origin.auth_tls import server_ssl_context
     from krill.origin.config import load_origin_config
     from krill.origin.server import create_app
     from krill.origin.storage import install_object_storage
@@ -131,16 +140,26 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot create data directory {config.data}: {exc.strerror}") from None
     host, port = config.listen_address
+    ssl_context = server_ssl_context(config)
     app = create_app(config)
     install_object_storage(app, config)  # storage = s3://...: write-through, read-through
     log.info(
-        "origin.starting listen=%s:%d data=%s storage=%s upstream=%s",
+        "origin.starting listen=%s:%d tls=%s data=%s storage=%s upstream=%s",
         host,
         port,
+        "off" if ssl_context is None else "on",
         config.data,
         config.storage or "directory",
         config.upstream_for_display,
     )
-    web.run_app(app, host=host, port=port, print=None, access_log=None, shutdown_timeout=10)
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        ssl_context=ssl_context,
+        print=None,
+        access_log=None,
+        shutdown_timeout=10,
+    )
     log.info("origin.stopped")
     return 0

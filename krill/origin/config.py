@@ -60,6 +60,11 @@ class OriginConfig:
     upstream_prefetch_concurrency: int = 4
     # Users and repository access rules (origin.auth_config, docs/security.md); None: open.
     auth: Path | None = None
+    # TLS (origin.auth_tls): serve https with this certificate chain and key; with
+    # client_ca, also require a client certificate it signed (mTLS between components).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
     log_level: str = "info"
     max_manifest_size: int = MAX_MANIFEST_BYTES
     # Upload sessions idle this long are discarded (their temp file removed).
@@ -120,6 +125,10 @@ class OriginConfig:
             raise ConfigError("delta_workers and delta_history must be at least 1")
         if not 0 < self.delta_max_ratio <= 1:
             raise ConfigError("delta_max_ratio must be in (0, 1]")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key go together: give both, or neither for http")
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ConfigError("client_ca needs tls_cert and tls_key (client certificates need TLS)")
 
     def cache_limits(self) -> CacheLimits | None:
         """A mirror's retention limits; None for a registry of record (it never evicts)."""
