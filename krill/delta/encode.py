@@ -245,21 +245,90 @@ def _write_ops(
     meta_coder: MetaCoder,
     recipe_future: Future[Recipe],
 ) -> None:
+    """Every op of the target in order; unchanged stretches become one COPY each.
+
+    A meta range (headers, padding) is held until the member after it is known: when
+    that member's content is in the base and the base holds the same meta bytes right
+    before it, both are copied, so a run of unchanged files (same order, same headers)
+    costs one COPY instead of a COPY and a META op per file.
+    """
     options = src.options
     ops = _OrderedOps(body, options.workers * 2)
+    run = _CopyRun(ops)
+    held: Range | None = None  # _segments never yields two meta ranges in a row
     with ThreadPoolExecutor(options.workers, thread_name_prefix="krill-delta-enc") as pool:
         for item in _segments(layout, options.small_file_limit):
             if recipe_future.done():
                 recipe_future.result()  # an unreproducible target stops the work here
-            if isinstance(item, Range):  # meta bytes
-                for piece in split(item, META_OP_BYTES):
-                    ops.emit(meta_coder.encode(read_tar_range(src.target, piece)))
-                    src.stats.add("meta_bytes", piece.size)
+            if isinstance(item, Range):
+                held = item
                 continue
+            same = _same_content(item, src)
+            if same is not None:
+                src.stats.add("copy_files")
+                if held is not None and _base_has_before(src, held, same):
+                    run.add(same.offset - held.size, held.size + same.size)
+                    src.stats.add("meta_copied_bytes", held.size)
+                    held = None
+                    continue
+            if held is not None:
+                _emit_meta(ops, run, held, src, meta_coder)
+                held = None
+            if same is not None:
+                run.add(same.offset, same.size)
+                continue
+            run.flush()
             for op in _content_ops(item, src, pool):
                 ops.emit(op)
+        if held is not None:
+            _emit_meta(ops, run, held, src, meta_coder)
+        run.flush()
         ops.emit(meta_coder.finish())
         ops.drain()
+
+
+class _CopyRun:
+    """COPY ops of contiguous base bytes, merged into one until something else is emitted."""
+
+    def __init__(self, ops: _OrderedOps) -> None:
+        self._ops = ops
+        self._start = 0
+        self._size = 0
+
+    def add(self, base_offset: int, size: int) -> None:
+        if self._size and base_offset == self._start + self._size:
+            self._size += size
+            return
+        self.flush()
+        self._start, self._size = base_offset, size
+
+    def flush(self) -> None:
+        if self._size:
+            self._ops.emit(fmt.encode_copy(self._start, self._size))
+            self._size = 0
+
+
+def _emit_meta(
+    ops: _OrderedOps, run: _CopyRun, rng: Range, src: _Sources, meta_coder: MetaCoder
+) -> None:
+    run.flush()
+    for piece in split(rng, META_OP_BYTES):
+        ops.emit(meta_coder.encode(read_tar_range(src.target, piece)))
+        src.stats.add("meta_bytes", piece.size)
+
+
+def _same_content(member: Member, src: _Sources) -> Range | None:
+    """The base range holding exactly this member's content, if any."""
+    same = src.index.by_hash.get(hash_range(src.target, Range(member.offset, member.size)))
+    return None if same is None else Range(same.offset, same.size)
+
+
+def _base_has_before(src: _Sources, meta: Range, content: Range) -> bool:
+    """Whether the base's bytes just before ``content`` equal the target's ``meta`` bytes."""
+    if meta.size > content.offset or meta.size > META_OP_BYTES:
+        return False
+    before = Range(content.offset - meta.size, meta.size)
+    return read_tar_range(src.base, before) == read_tar_range(src.target, meta)
 
 
 def _segments(layout: Layout, limit: int) -> Iterator[Range | Member]:
@@ -276,14 +345,9 @@ def _segments(layout: Layout, limit: int) -> Iterator[Range | Member]:
 
 def _content_ops(
     member: Member, src: _Sources, pool: ThreadPoolExecutor
-) -> Iterator[bytes | Future[bytes]]:
-    """A COPY when the base holds the same content, else coded jobs (futures, in order)."""
+) -> Iterator[Future[bytes]]:
+    """Coded jobs (futures, in order) for a member whose content the base does not hold."""
     whole = Range(member.offset, member.size)
-    same = src.index.by_hash.get(hash_range(src.target, whole))
-    if same is not None:
-        src.stats.add("copy_files")
-        yield fmt.encode_copy(same.offset, same.size)
-        return
     partner = src.index.partner(member.name, member.size)
     src.stats.add("coded_files")
     for piece in split(whole, src.options.piece_bytes):
