@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from tests import imagebuild
+from tests.agent_cluster import agent_process, origin_process
 from tests.components import free_port, krill_process, skopeo
 from tests.test_origin_auth import PASSWORDS, TLS_OFF, creds, write_auth_files
 
@@ -108,3 +109,47 @@ def test_an_origin_without_auth_warns_once_that_it_is_open(tmp_path: Path) -> No
         status, _ = get(f"http://127.0.0.1:{port}/v2/", {})
         assert status == 200
     assert log_path.read_text().count("origin.auth_disabled") == 1
+
+
+def test_through_an_agent_public_images_pull_and_private_ones_do_not(tmp_path: Path) -> None:
+    """Until agents carry node credentials and forward clients' (docs/security.md): the
+    agent asks the origin anonymously, so what anonymous may read works through it and a
+    private repository is refused, never served from the origin's store by another route."""
+    auth = write_auth_files(tmp_path / "auth")
+    image = imagebuild.build_image([imagebuild.random_files(4, count=1, size=4096)])
+    layout = imagebuild.write_oci_layout(tmp_path / "layout", image.manifest, [image], "v1")
+    with origin_process(tmp_path / "origin", "--auth", str(auth)) as origin:
+        host = origin.removeprefix("http://")
+        for repo in ("public/app", "private/app"):
+            skopeo(
+                "copy",
+                *TLS_OFF,
+                "--dest-creds",
+                creds("alice"),
+                f"oci:{layout}:v1",
+                f"docker://{host}/{repo}:v1",
+            )
+        with agent_process(tmp_path / "agent", origin) as agent:
+            via_agent = f"docker://{agent.registry_hostport}"
+            skopeo(
+                "copy",
+                *TLS_OFF,
+                "--src-no-creds",
+                f"{via_agent}/public/app:v1",
+                f"oci:{tmp_path / 'public'}:v1",
+            )
+            refused = subprocess.run(
+                [
+                    "skopeo",
+                    "copy",
+                    *TLS_OFF,
+                    "--src-no-creds",
+                    f"{via_agent}/private/app:v1",
+                    f"oci:{tmp_path / 'private'}:v1",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert refused.returncode != 0
+            assert not (tmp_path / "private" / "index.json").exists()
