@@ -360,3 +360,19 @@ async def test_origin_range_is_ignored_when_if_range_is_stale(
     stale = "Mon, 01 Jan 1990 00:00:00 GMT"
     resp = await origin_client.get(short_blob, headers={"Range": "bytes=-0", "If-Range": stale})
     assert (resp.status, await resp.read()) == (200, b"short blob")
+
+
+@pytest.mark.parametrize("content_range", ["5-" + "9" * 5_000, "9" * 5_000 + "-9",
+                                           "\u0665-\u0669", "\uff15-\uff19"])
+async def test_upload_chunk_content_range_of_huge_or_non_ascii_numbers_is_a_4xx(
+    origin_client: TestClient, content_range: str
+) -> None:
+    """int() refuses over 4,300 digits; \\d matches Arabic-Indic and full-width digits."""
+    start = await origin_client.post(f"/v2/{REPO}/blobs/uploads/")
+    location = start.headers["Location"]
+    first = await origin_client.patch(location, data=b"01234", headers={"Content-Range": "0-4"})
+    assert first.status == 202
+    resp = await origin_client.patch(location, data=b"56789",
+                                     headers={"Content-Range": content_range})
+    assert 400 <= resp.status < 500
+    assert await error_code(resp) in ("BLOB_UPLOAD_INVALID", "RANGE_INVALID")

@@ -22,7 +22,7 @@ from krill.origin.appkeys import BLOB_PUSHED, REPOSITORIES, STORE, UPLOADS
 from krill.origin.batching import Batches
 from krill.origin.uploads import UploadSession
 from krill.registry_errors import RegistryError
-from krill.registry_params import API_HEADERS, parse_digest, repo_name
+from krill.registry_params import API_HEADERS, parse_decimal, parse_digest, repo_name
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ READ_CHUNK = 1 << 20
 # Bytes gathered before one write (with its sha256) runs in a thread: large enough
 # that thread hops don't dominate, small enough to bound memory per upload.
 WRITE_BATCH = 4 << 20
-_CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+# ASCII digits only; read with parse_decimal (int() raises past 4,300 digits: a 500).
+_CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$", re.ASCII)
 
 
 async def receive_body(request: web.Request, writer: BlobWriter) -> int:
@@ -151,7 +152,7 @@ def check_content_range(request: web.Request, session: UploadSession) -> None:
     match = _CONTENT_RANGE_RE.match(text.strip())
     if match is None:
         raise RegistryError("BLOB_UPLOAD_INVALID", f"malformed Content-Range {text[:80]!r}")
-    start, end = int(match[1]), int(match[2])
+    start, end = parse_decimal(match[1]), parse_decimal(match[2])
     if start != session.offset or end < start:
         raise RegistryError(
             "RANGE_INVALID",

@@ -514,7 +514,8 @@ def upload_scenarios(known: Known) -> Iterator[Scenario]:
 
     ok = digest_of(data)
     for content_range in ("bytes=a-b", "0-9", "5-9", "-1-4", "4-0", "0-4/3",
-                          "0-99999999999999999999999", "garbage", "10-14", "1-5", "0-4,5-9", ""):
+                          "0-99999999999999999999999", "garbage", "10-14", "1-5", "0-4,5-9", "",
+                          "5-" + "9" * 5_000, "\u0665-\u0669"):
         yield Scenario("upload sequence", (
             (False, start), (False, patch(data[:5], "0-4")),
             checked(patch(data[5:], content_range), ANY),
