@@ -1,9 +1,7 @@
 """Blobs in an S3-compatible object store (AWS S3, MinIO, Ceph RGW, SeaweedFS).
 
-A ``BlobBackend`` (krill.blobbackend) over aiohttp with our own SigV4
-(krill.s3sign); no boto, whose botocore stack is synchronous and large.
-Addressing is path-style (``http://endpoint/bucket/key``), which every
-S3-compatible store accepts and which needs no wildcard DNS.
+A ``BlobBackend`` (krill.blobbackend) over ``krill.s3client`` (aiohttp, our
+own SigV4, path-style); no boto, whose botocore stack is synchronous and large.
 
 Keys mirror the directory layout: ``<prefix>/blobs/sha256/<2 hex>/<64 hex>``.
 
@@ -19,10 +17,9 @@ S3, and an incomplete multipart upload is invisible. So:
   only if the digest matches, else aborted (also on any error or
   cancellation). Memory: one part per upload in flight.
 
-**Errors say what to do**: ``S3BucketMissingError``, ``S3CredentialsError``,
-``S3UnreachableError`` (all ``S3Error``) name the endpoint, bucket and access
-key id (never the secret). A missing blob is ``BlobMissingError``, as from
-every backend.
+**Errors say what to do** (``krill.s3client``: bucket missing, credentials
+rejected, endpoint unreachable). A missing blob is ``BlobMissingError``, as
+from every backend.
 """
 
 from __future__ import annotations
@@ -34,13 +31,11 @@ import email.utils
 import hashlib
 import logging
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 import aiohttp
-from yarl import URL
 
 from krill.blobbackend import (
     READ_CHUNK,
@@ -54,10 +49,23 @@ from krill.blobbackend import (
 )
 from krill.blobstore import DigestMismatchError
 from krill.digests import Digest, DigestError
-from krill.s3sign import Credentials, canonical_path, sign_request
+from krill.s3client import (
+    RETRY_DELAYS,
+    KeyMissingError,
+    S3BucketMissingError,
+    S3Client,
+    S3CredentialsError,
+    S3Error,
+    S3Location,
+    S3UnreachableError,
+    child_text,
+    parse_error,
+)
+from krill.s3sign import Credentials
 
 __all__ = [
     "DEFAULT_PART_SIZE",
+    "MIN_PART_SIZE",
     "S3Backend",
     "S3BucketMissingError",
     "S3Client",
@@ -73,182 +81,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PART_SIZE = 8 << 20
 MIN_PART_SIZE = 5 << 20
 MAX_PARTS = 10_000
-ERROR_BODY_LIMIT = 64 << 10
-CREDENTIAL_CODES = frozenset(
-    {
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "AccessDenied",
-        "ExpiredToken",
-        "InvalidToken",
-        "AuthorizationHeaderMalformed",
-    }
-)
-
-
-class S3Error(Exception):
-    """The object store refused or failed a request; the message says what to do."""
-
-    def __init__(self, message: str, *, status: int = 0, code: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-
-
-class S3BucketMissingError(S3Error):
-    pass
-
-
-class S3CredentialsError(S3Error):
-    pass
-
-
-class S3UnreachableError(S3Error):
-    pass
-
-
-class _KeyMissing(S3Error):
-    """NoSuchKey: the backend turns it into BlobMissingError or None."""
-
-
-@dataclass(frozen=True)
-class S3Location:
-    """Which store, bucket and key prefix the blobs live under."""
-
-    endpoint: URL
-    bucket: str
-    prefix: str = ""
-    region: str = "us-east-1"
-
-    def key(self, relative: str) -> str:
-        return f"{self.prefix}/{relative}" if self.prefix else relative
-
-    def blob_key(self, digest: Digest) -> str:
-        return self.key(f"blobs/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}")
-
-    def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix} at {self.endpoint}"
-
-
-class S3Client:
-    """Signed path-style requests to one bucket; every failure becomes an ``S3Error``."""
-
-    def __init__(
-        self,
-        location: S3Location,
-        credentials: Credentials,
-        session: aiohttp.ClientSession,
-        *,
-        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-    ) -> None:
-        self.location = location
-        self._credentials = credentials
-        self._session = session
-        self._now = now
-
-    async def send(
-        self,
-        method: str,
-        key: str | None = None,
-        *,
-        query: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        body: bytes = b"",
-        payload_hash: str | None = None,
-        ok: tuple[int, ...] = (200,),
-    ) -> aiohttp.ClientResponse:
-        """Send one signed request; the caller releases the response (``async with``)."""
-        path = f"/{self.location.bucket}" + (f"/{key}" if key is not None else "")
-        endpoint = self.location.endpoint
-        signed = sign_request(
-            self._credentials,
-            method=method,
-            host=_host_header(endpoint),
-            path=path,
-            query=query,
-            headers=headers,
-            payload_hash=payload_hash or hashlib.sha256(body).hexdigest(),
-            region=self.location.region,
-            now=self._now(),
-        )
-        url = endpoint.with_path(canonical_path(path), encoded=True)
-        if query:
-            url = url.with_query(query)
-        try:
-            resp = await self._session.request(method, url, headers=signed.headers, data=body)
-        except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
-            raise S3UnreachableError(
-                f"cannot reach the object store at {endpoint} ({exc.__class__.__name__}: {exc}); "
-                "check the S3 endpoint setting and that the store is running"
-            ) from None
-        if resp.status not in ok:
-            async with resp:
-                raise await self._error(resp, method, key)
-        return resp
-
-    async def _error(self, resp: aiohttp.ClientResponse, method: str, key: str | None) -> S3Error:
-        text = (await resp.content.read(ERROR_BODY_LIMIT)).decode("utf-8", "replace")
-        code, message = _parse_error(text)
-        where = self.location
-        if code == "NoSuchKey" or (resp.status == 404 and method == "HEAD" and key is not None):
-            return _KeyMissing(f"no object {key} in {where}", status=404, code="NoSuchKey")
-        if code == "NoSuchBucket" or (resp.status == 404 and key is None):
-            return S3BucketMissingError(
-                f"bucket {where.bucket!r} does not exist at {where.endpoint}; create it (e.g. "
-                f"`aws s3 mb s3://{where.bucket} --endpoint-url {where.endpoint}`) or fix the "
-                "storage URL",
-                status=resp.status,
-                code=code or "NoSuchBucket",
-            )
-        if resp.status == 403 or code in CREDENTIAL_CODES:
-            return S3CredentialsError(
-                f"the object store at {where.endpoint} rejected access key "
-                f"{self._credentials.access_key!r} for bucket {where.bucket!r} "
-                f"({code or resp.status}: {message or 'forbidden'}); check AWS_ACCESS_KEY_ID / "
-                f"AWS_SECRET_ACCESS_KEY (or the credentials file), the key's permissions on the "
-                f"bucket and the region ({where.region})",
-                status=resp.status,
-                code=code,
-            )
-        return S3Error(
-            f"the object store at {where.endpoint} answered {method} {key or where.bucket} with "
-            f"{resp.status} {code} {message}".rstrip(),
-            status=resp.status,
-            code=code,
-        )
-
-    async def check_bucket(self) -> None:
-        """Fail now, with a message saying what to fix, if the bucket cannot be used."""
-        async with await self.send("GET", query={"list-type": "2", "max-keys": "1"}):
-            pass
-
-    async def create_bucket(self) -> None:
-        """Create the bucket (tests and set-up; an existing one of ours is fine)."""
-        async with await self.send("PUT", ok=(200, 409)):
-            pass
-
-
-def _host_header(endpoint: URL) -> str:
-    """The Host header aiohttp will send: the port only when it is not the scheme's default."""
-    host = endpoint.raw_host or ""
-    return host if endpoint.is_default_port() else f"{host}:{endpoint.port}"
-
-
-def _parse_error(text: str) -> tuple[str, str]:
-    """(Code, Message) of an S3 XML error body; empty strings if it is not one."""
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError:
-        return "", text.strip()[:200]
-    return _child_text(root, "Code"), _child_text(root, "Message")
-
-
-def _child_text(element: ET.Element, name: str) -> str:
-    """A child's text, whatever XML namespace the store puts its elements in."""
-    for child in element:
-        if child.tag.rsplit("}", 1)[-1] == name:
-            return (child.text or "").strip()
-    return ""
 
 
 class S3Backend:
@@ -261,6 +93,7 @@ class S3Backend:
         *,
         part_size: int = DEFAULT_PART_SIZE,
         session: aiohttp.ClientSession | None = None,
+        retry_delays: tuple[float, ...] = RETRY_DELAYS,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} (S3's minimum)")
@@ -270,7 +103,7 @@ class S3Backend:
         self._session = session or aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
         )
-        self.client = S3Client(location, credentials, self._session)
+        self.client = S3Client(location, credentials, self._session, retry_delays=retry_delays)
 
     @property
     def description(self) -> str:
@@ -283,7 +116,7 @@ class S3Backend:
     async def stat(self, digest: Digest) -> BlobInfo | None:
         try:
             resp = await self.client.send("HEAD", self.location.blob_key(digest))
-        except _KeyMissing:
+        except KeyMissingError:
             return None
         async with resp:
             return BlobInfo(digest, int(resp.headers["Content-Length"]), _mtime(resp.headers))
@@ -361,7 +194,7 @@ class S3Backend:
             resp = await self.client.send(
                 "GET", self.location.blob_key(digest), headers=headers, ok=(200, 206)
             )
-        except _KeyMissing:
+        except KeyMissingError:
             raise BlobMissingError(digest, self.description) from None
         except S3Error as exc:
             if exc.code == "InvalidRange":
@@ -391,8 +224,8 @@ class S3Backend:
                     info = _listed_blob(item, prefix)
                     if info is not None:
                         yield info
-            token = _child_text(root, "NextContinuationToken")
-            if _child_text(root, "IsTruncated") != "true" or not token:
+            token = child_text(root, "NextContinuationToken")
+            if child_text(root, "IsTruncated") != "true" or not token:
                 return
 
 
@@ -410,7 +243,7 @@ class _Multipart:
     async def start(cls, client: S3Client, digest: Digest) -> _Multipart:
         key = client.location.blob_key(digest)
         async with await client.send("POST", key, query={"uploads": ""}) as resp:
-            upload_id = _child_text(ET.fromstring(await resp.read()), "UploadId")
+            upload_id = child_text(ET.fromstring(await resp.read()), "UploadId")
         if not upload_id:
             raise S3Error(f"the object store answered no UploadId for a multipart upload of {key}")
         return cls(client, key, upload_id)
@@ -439,7 +272,7 @@ class _Multipart:
         query = {"uploadId": self._upload_id}
         async with await self._client.send("POST", self._key, query=query, body=body) as resp:
             text = await resp.text()
-        code, message = _parse_error(text)
+        code, message = parse_error(text)
         if code:  # S3 may answer 200 and put the failure in the body
             raise S3Error(
                 f"completing the multipart upload of {self._key} failed: {code} {message}"
@@ -471,7 +304,7 @@ def _total_size(resp: aiohttp.ClientResponse) -> int:
 
 def _listed_blob(item: ET.Element, prefix: str) -> BlobInfo | None:
     """A listed key as a blob, or None for anything else under the prefix."""
-    name = _child_text(item, "Key")[len(prefix) :]
+    name = child_text(item, "Key")[len(prefix) :]
     shard, _, hex_digest = name.partition("/")
     if len(hex_digest) != 64 or not hex_digest.startswith(shard):
         return None
@@ -479,8 +312,8 @@ def _listed_blob(item: ET.Element, prefix: str) -> BlobInfo | None:
         digest = Digest.parse(f"sha256:{hex_digest}")
     except DigestError:
         return None
-    modified = dt.datetime.fromisoformat(_child_text(item, "LastModified")).timestamp()
-    return BlobInfo(digest, int(_child_text(item, "Size") or 0), modified)
+    modified = dt.datetime.fromisoformat(child_text(item, "LastModified")).timestamp()
+    return BlobInfo(digest, int(child_text(item, "Size") or 0), modified)
 
 
 async def _body_chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

@@ -35,6 +35,8 @@ __all__ = [
     "Credentials",
     "SignedRequest",
     "amz_date",
+    "canonical_path",
+    "canonical_query",
     "canonical_request",
     "sign_request",
     "signing_key",

@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
 from yarl import URL
 
 from krill.blobbackend import (
@@ -32,6 +34,7 @@ from krill.s3backend import (
     S3Backend,
     S3BucketMissingError,
     S3CredentialsError,
+    S3Error,
     S3Location,
     S3UnreachableError,
 )
@@ -216,7 +219,7 @@ async def test_s3_missing_bucket_says_to_create_it(seaweedfs: SeaweedFS) -> None
 
 async def test_s3_unreachable_endpoint_names_it() -> None:
     endpoint = URL(f"http://127.0.0.1:{free_port()}")
-    backend = S3Backend(S3Location(endpoint, "b"), Credentials("a", "s"))
+    backend = S3Backend(S3Location(endpoint, "b"), Credentials("a", "s"), retry_delays=(0, 0))
     try:
         with pytest.raises(S3UnreachableError, match=str(endpoint.port)):
             await backend.exists(blob(1)[1])
@@ -237,5 +240,37 @@ async def test_s3_refused_multipart_upload_is_aborted(
         async with await backend.client.send("GET", query=query) as resp:
             listing = await resp.text()
         assert "ListMultipartUploadsResult" in listing and "<UploadId>" not in listing
+    finally:
+        await backend.close()
+
+
+@pytest.mark.parametrize("failures", [1, 2])
+async def test_s3_requests_shed_by_the_store_are_sent_again(
+    aiohttp_server: AiohttpServer, failures: int
+) -> None:
+    """A store under load answers 503 SlowDown: sent again after each retry delay (one here),
+    re-signed each time; past the retries the error is the store's."""
+    signatures: list[str] = []
+
+    async def shed_then_accept(request: web.Request) -> web.Response:
+        signatures.append(request.headers["Authorization"])
+        if len(signatures) <= failures:
+            return web.Response(status=503, text="<Error><Code>SlowDown</Code></Error>")
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_route("PUT", "/{path:.*}", shed_then_accept)
+    server = await aiohttp_server(app)
+    location = S3Location(URL(f"http://127.0.0.1:{server.port}"), "b")
+    backend = S3Backend(location, Credentials("a", "s"), retry_delays=(0,))
+    try:
+        request = backend.client.send("PUT", "k", body=b"bytes")
+        if failures == 1:
+            async with await request:
+                pass
+        else:
+            with pytest.raises(S3Error, match="503 SlowDown"):
+                await request
+        assert len(signatures) == 2
     finally:
         await backend.close()

@@ -151,6 +151,9 @@ async def test_blob_missing_locally_is_filled_from_the_bucket(
     digest = Digest.parse(digest_of(data))
     store = origin.app[STORE]
     assert store.delete(digest) and not store.has(digest)
+    head = await client.head(f"/v2/team/app/blobs/{digest}")
+    assert head.status == 200 and head.headers["Content-Length"] == str(len(data))
+    assert not store.has(digest)  # a HEAD copies nothing
     ranged = client.get(f"/v2/team/app/blobs/{digest}", headers={"Range": "bytes=1000-1999"})
     whole = client.get(f"/v2/team/app/blobs/{digest}")
     first, second = await asyncio.gather(ranged, whole)  # one fill serves both

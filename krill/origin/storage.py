@@ -80,6 +80,16 @@ class ObjectStore:
             ) from None
         log.info("origin.write_through digest=%s outcome=%s", digest, outcome.value)
 
+    async def size(self, digest: Digest) -> int | None:
+        """The blob's size in the bucket, None if it is not there; 503 if the bucket fails."""
+        try:
+            info = await self.backend.stat(digest)
+        except S3Error as exc:
+            raise RegistryError(
+                "UNAVAILABLE", f"{digest} could not be looked up in the object store: {exc}"
+            ) from None
+        return None if info is None else info.size
+
     async def fill(self, app: web.Application, digest: Digest) -> bool:
         """Copy a blob from the bucket into the local store; False if the bucket lacks it."""
         return await self._fills.run(digest, lambda: self._copy_in(app, digest))
