@@ -4,18 +4,25 @@ Each subcommand lives in the module that owns it and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` (taking the
 parsed args, returning an exit code). Errors meant for the user are raised
 as ``CliError`` (or ``ConfigError``) and shown as one readable line.
+
+``--log-format`` is global (``krill --log-format json agent ...``): it is
+written to ``KRILL_LOG_FORMAT`` in this process's environment, where each
+service's ``setup_logging`` reads it and where the services ``krill up``
+starts as subprocesses inherit it.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 from krill import __version__
 from krill.clierror import CliError
 from krill.config import ConfigError
+from krill.logs import ENV_LOG_FORMAT, LogFormat, log_format_from_env
 
 # Subcommand modules, in the order ``krill --help`` lists them.
 COMMAND_MODULES = (
@@ -34,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Peer-to-peer container-layer distribution that ships only what changed.",
     )
     parser.add_argument("--version", action="version", version=f"krill {__version__}")
+    parser.add_argument(
+        "--log-format",
+        choices=[f.value for f in LogFormat],
+        default=None,
+        help=f"log lines as text or one JSON object each (default: ${ENV_LOG_FORMAT} or text)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
@@ -43,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.log_format is not None:
+        os.environ[ENV_LOG_FORMAT] = args.log_format
+    try:
+        log_format_from_env()
+    except ValueError as exc:
+        parser.error(str(exc))
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

@@ -12,6 +12,11 @@ NDJSON) has sent its body when it returns, so its time is the whole
 exchange; a plain ``Response`` or ``FileResponse`` is written after the
 handler returns, so its time ends when the answer is ready to go out.
 
+At debug level it logs one ``http.request`` line per request (method, route,
+path, status, seconds): aiohttp's own access log is written after the
+request's context is gone, so only this line carries the request's id
+(``krill.requestid``) into the log.
+
 The middleware also leaves a ``Stopwatch`` on the request (``stopwatch``):
 code deeper down that reports a phase of the same request (the agent's time
 to first byte of a blob) measures from the same start on the same clock.
@@ -19,6 +24,7 @@ to first byte of a blob) measures from the same start on the same clock.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from aiohttp import web
@@ -57,6 +63,8 @@ class Stopwatch:
         return self.clock.monotonic() - self.started
 
 
+log = logging.getLogger(__name__)
+
 _STOPWATCH = web.RequestKey("stopwatch", Stopwatch)
 
 
@@ -94,9 +102,21 @@ def latency_middleware(histogram: Histogram, clock: Clock = SYSTEM_CLOCK) -> Mid
     @web.middleware
     async def time_request(request: web.Request, handler: Handler) -> web.StreamResponse:
         watch = request[_STOPWATCH] = Stopwatch(clock)
+        status = 500  # unless the handler answers or raises an HTTP error
         try:
-            return await handler(request)
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
         finally:
-            histogram.labels(request.method, route_of(request)).observe(watch.elapsed())
+            seconds = watch.elapsed()
+            route = route_of(request)
+            histogram.labels(request.method, route).observe(seconds)
+            log.debug(
+                "http.request method=%s route=%s path=%s status=%d seconds=%.4f",
+                request.method, route, request.path, status, seconds,
+            )  # fmt: skip
 
     return time_request

@@ -8,6 +8,10 @@ and every copy needed its own body limit. ``OriginClient`` builds every URL
 (Krill endpoints from ``krill.endpoints``, the registry API's blob and
 manifest paths here) and reads bodies with ``krill.bodies.read_limited``.
 
+Every request carries the ``X-Request-Id`` of the request it is made for
+(``krill.requestid``), so the origin's log lines for an agent's pull share
+the agent's id.
+
 It does not decide what a failure means: ``get_bytes`` and ``open_blob`` raise
 aiohttp's and ``BodyTooLarge`` exceptions as they come and return any status,
 so each caller keeps its own error messages and outcomes (a 503 for the
@@ -27,6 +31,7 @@ from krill.bodies import BodyTooLarge, read_limited
 from krill.digests import Digest
 from krill.endpoints import DELTAS, METAINFO, Endpoint
 from krill.metainfo import MAX_METAINFO_BYTES, MetainfoError, check_metainfo
+from krill.requestid import request_id_headers
 
 __all__ = ["Answer", "OriginClient", "fetch_metainfo"]
 
@@ -84,6 +89,7 @@ class OriginClient:
         With ``ok`` set, a different status is returned without reading its body.
         Raises ``BodyTooLarge``, ``aiohttp.ClientError``, ``TimeoutError``, ``OSError``.
         """
+        headers = {**request_id_headers(), **(headers or {})}
         async with self.session.get(url, params=params, headers=headers) as response:
             content_type = response.headers.get("Content-Type", "")
             if ok is not None and response.status != ok:
@@ -107,7 +113,9 @@ class OriginClient:
         long, so its total is usually unbounded). The caller streams the body
         and must release the response.
         """
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        headers = request_id_headers()
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
         url = self.blob_url(repository, digest)
         if timeouts is None:
             return await self.session.get(url, headers=headers)

@@ -18,6 +18,7 @@ from krill.httpmetrics import latency_middleware
 from krill.readiness import ready_handler
 from krill.registry_errors import RegistryError, error_middleware
 from krill.registry_params import parse_digest, parse_name
+from krill.requestid import install_request_ids
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 def build_control_app(node: AgentNode) -> web.Application:
     timed = latency_middleware(node.metrics.request_seconds)
     app = web.Application(middlewares=[timed, error_middleware])
+    install_request_ids(app)
     app[NODE] = node
     app.router.add_get("/health", handle_health)
     app.router.add_get("/ready", ready_handler(lambda app: agent_checks(app[NODE])))

@@ -21,6 +21,7 @@ from krill.httpmetrics import latency_middleware
 from krill.names import InvalidNameError
 from krill.registry_errors import RegistryError, error_middleware
 from krill.registry_params import API_HEADERS, parse_digest
+from krill.requestid import install_request_ids
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ _BLOB_PATH = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)$")
 def build_registry_app(node: AgentNode) -> web.Application:
     timed = latency_middleware(node.metrics.request_seconds)
     app = web.Application(middlewares=[timed, error_middleware])
+    install_request_ids(app)
     app[NODE] = node
     app.router.add_route("GET", "/v2/", handle_base)
     app.router.add_route("HEAD", "/v2/", handle_base)

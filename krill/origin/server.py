@@ -54,6 +54,7 @@ from krill.origin.uploads import UploadSessions
 from krill.readiness import ready_handler
 from krill.registry_errors import error_middleware
 from krill.registry_params import API_HEADERS
+from krill.requestid import install_request_ids
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ def create_app(config: OriginConfig, *, clock: Clock = SYSTEM_CLOCK) -> web.Appl
     origin_metrics = OriginMetrics()
     timed = latency_middleware(origin_metrics.request_seconds, clock)
     app = web.Application(middlewares=[timed, metrics_middleware, error_middleware])
+    install_request_ids(app)
     store = BlobStore(config.data)
     app[CONFIG] = config
     app[GC_LOCK] = GcLock(config.data)

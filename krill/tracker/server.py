@@ -28,6 +28,7 @@ from krill.endpoints import METAINFO
 from krill.httpmetrics import latency_middleware, request_histogram
 from krill.metainfo import METAINFO_CONTENT_TYPE
 from krill.readiness import ready_handler
+from krill.requestid import install_request_ids
 from krill.tracker.announce import (
     AnnounceError,
     choose_peers,
@@ -79,6 +80,7 @@ METRICS_KEY = web.AppKey("metrics", TrackerMetrics)
 def create_app(config: TrackerConfig) -> web.Application:
     metrics = TrackerMetrics()
     app = web.Application(middlewares=[latency_middleware(metrics.request_seconds)])
+    install_request_ids(app)
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = metrics
     app[METAINFO_KEY] = MetainfoCache(
