@@ -62,42 +62,72 @@ class Decision(enum.Enum):
 
 _GLOB_TOKEN = re.compile(r"\*\*|\*|[^*]+")
 _GLOB_LITERAL = re.compile(r"[a-z0-9._/-]+")
+_ANY_DEPTH = "**"  # a token of a compiled glob; every other token is one character or "*"
+_ONE_SEGMENT = "*"
 
 
 @dataclass(frozen=True)
 class RepositoryGlob:
-    """One repository pattern from an ``[[access]]`` rule, compiled once."""
+    """One repository pattern from an ``[[access]]`` rule, compiled once.
+
+    Matching walks the pattern as a set of positions (an NFA), one step per
+    character of the name: time linear in the name whatever the glob. A
+    regex (``.*a.*a.*b``) backtracks instead, and an attacker picks the
+    name: one 255-character name took a second against ``*a*a*a*b``.
+    """
 
     pattern: str
-    _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _tokens: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_regex", _compile_glob(self.pattern))
+        object.__setattr__(self, "_tokens", _glob_tokens(self.pattern))
 
     def matches(self, repository: str) -> bool:
-        return self._regex.fullmatch(repository) is not None
+        tokens = self._tokens
+        positions = self._skip_wildcards({0})
+        for char in repository:
+            following = set()
+            for i in positions:
+                if i == len(tokens):
+                    continue
+                token = tokens[i]
+                if token == _ANY_DEPTH or (token == _ONE_SEGMENT and char != "/"):
+                    following.add(i)
+                elif token == char:
+                    following.add(i + 1)
+            if not following:
+                return False
+            positions = self._skip_wildcards(following)
+        return len(tokens) in positions
+
+    def _skip_wildcards(self, positions: set[int]) -> set[int]:
+        """Add the positions reached by letting wildcards match nothing."""
+        reached = set(positions)
+        for i in sorted(positions):
+            while i < len(self._tokens) and self._tokens[i] in (_ANY_DEPTH, _ONE_SEGMENT):
+                i += 1
+                reached.add(i)
+        return reached
 
 
-def _compile_glob(pattern: str) -> re.Pattern[str]:
-    """``**`` → any characters; ``*`` → any but ``/``; the rest literal."""
+def _glob_tokens(pattern: str) -> tuple[str, ...]:
+    """``**`` and ``*`` as tokens, every other character a token of its own."""
     if not pattern:
         raise ConfigError('a repository glob cannot be empty (use "**" for every repository)')
     if "***" in pattern:
         raise ConfigError(f"repository glob {pattern!r}: use * (one segment) or ** (any depth)")
-    parts: list[str] = []
+    tokens: list[str] = []
     for token in _GLOB_TOKEN.findall(pattern):
-        if token == "**":
-            parts.append(".*")
-        elif token == "*":
-            parts.append("[^/]*")
+        if token in (_ANY_DEPTH, _ONE_SEGMENT):
+            tokens.append(token)
         elif _GLOB_LITERAL.fullmatch(token):
-            parts.append(re.escape(token))
+            tokens.extend(token)
         else:
             raise ConfigError(
                 f"repository glob {pattern!r}: only lowercase letters, digits, '._-/' and "
                 "the wildcards * and ** may appear (repository names have nothing else)"
             )
-    return re.compile("".join(parts))
+    return tuple(tokens)
 
 
 def parse_permissions(names: Iterable[object], where: str) -> frozenset[Permission]:
