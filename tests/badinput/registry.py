@@ -458,7 +458,8 @@ def _delta_lookups(known: Known) -> Iterator[Probe]:
 
 def _listing() -> Iterator[Probe]:
     for query in ("n=-1", "n=abc", "n=99999999999999999999999999", "n=", "n=1&n=x", "last=%00",
-                  "last=" + "z" * 5000, "n=%C2%B2", "n=1e3", "n=0x10"):
+                  "last=" + "z" * 5000, "n=%C2%B2", "n=1e3", "n=0x10", "n=" + "9" * 5000,
+                  "n=%D9%A3", "n=%EF%BC%91"):
         yield Probe("origin", "listing", "GET", f"/v2/_catalog?{query}", ANY)
         yield Probe("origin", "listing", "GET", f"/v2/{REPO}/tags/list?{query}", ANY)
     for query in ("artifactType=", "artifactType=%00", "artifactType=" + "x" * 5000):

@@ -33,7 +33,7 @@ BASE: dict[str, str] = {
 DROP = None  # the parameter is left out
 
 BAD_NUMBERS = ["", "abc", "-", "+1", "%201", "1.0", "1e3", "0x10", "%C2%B2", "%00", "9" * 21,
-               "-99999999999999999999"]
+               "-99999999999999999999", "9" * 5_000, "%D9%A3", "%EF%BC%91"]
 
 # (parameter, value, must it fail)
 MUTATIONS: list[tuple[str, str | None, bool]] = [
