@@ -339,6 +339,33 @@ async def test_an_anonymous_token_carries_only_anonymous_access(origin: Origin) 
         assert "insufficient_scope" not in challenge_of(resp)  # no token would let anonymous
 
 
+async def test_the_oauth2_password_form_gets_a_token_too(origin: Origin) -> None:
+    """containerd POSTs ``grant_type=password`` first when it has a password."""
+    form = {
+        "grant_type": "password",
+        "service": "krill",
+        "client_id": "containerd-client",
+        "username": "bob",
+        "password": PASSWORDS["bob"],
+        "scope": "repository:private/app:pull,push registry:catalog:*",
+    }
+    url = f"{origin.url}/auth/token"
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(url, data=form)
+        assert resp.status == 200
+        body = await resp.json()
+        assert body["scope"] == "repository:private/app:pull registry:catalog:*"
+        bearer = {"Authorization": f"Bearer {body['access_token']}"}
+        resp = await session.get(f"{origin.url}/v2/_catalog", headers=bearer)
+        assert resp.status == 200
+        resp = await session.post(url, data={**form, "password": "wrong"})
+        assert resp.status == 401
+        resp = await session.post(url, data={**form, "grant_type": "refresh_token"})
+        assert resp.status == 400
+        resp = await session.get(url, params={"service": "elsewhere"})
+        assert resp.status == 400
+
+
 async def test_tokens_expire_on_the_origin_clock(
     start_origin: StartOrigin, auth_file: Path
 ) -> None:

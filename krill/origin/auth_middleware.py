@@ -4,7 +4,7 @@
 logs, once, that the origin is open to anyone who can reach it and changes
 nothing; with an auth file it adds ``auth_middleware`` (innermost, so its
 ``RegistryError`` answers are rendered and counted like any other) and the
-token endpoint ``GET /auth/token``.
+token endpoint (``origin.auth_endpoint``).
 
 Each ``/v2/`` request is mapped to what it needs (``needed_access``): a
 repository and a permission (GET/HEAD read, DELETE delete, anything else
@@ -40,26 +40,30 @@ import enum
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from aiohttp import hdrs, web
 
 from krill.clock import SYSTEM_CLOCK, Clock
+from krill.origin import auth_endpoint
 from krill.origin.appkeys import CONFIG, REPOSITORIES
 from krill.origin.auth_callers import AUTH, Caller, CallerOutcome, OriginAuth, Via, identify
 from krill.origin.auth_config import load_auth_settings
 from krill.origin.auth_passwords import PasswordChecker
 from krill.origin.auth_rules import Decision, Permission
-from krill.origin.auth_tokens import CATALOG_SCOPE, Grant, TokenIssuer, actions_of, parse_scopes
+from krill.origin.auth_tokens import (
+    CATALOG_SCOPE,
+    SERVICE,
+    TOKEN_PATH,
+    TokenIssuer,
+    actions_of,
+)
 from krill.origin.listing_routes import paginate
 from krill.registry_errors import RegistryError
 
-__all__ = ["SERVICE", "TOKEN_PATH", "auth_middleware", "install_auth"]
+__all__ = ["auth_middleware", "install_auth"]
 
 log = logging.getLogger(__name__)
 
-SERVICE = "krill"
-TOKEN_PATH = "/auth/token"
 _UPLOADS = "/blobs/uploads/"
 _METHOD_PERMISSIONS = {
     hdrs.METH_GET: Permission.READ,
@@ -85,7 +89,7 @@ def install_auth(app: web.Application, clock: Clock = SYSTEM_CLOCK) -> None:
     )
     app[AUTH] = OriginAuth(settings, passwords, TokenIssuer(settings.token_ttl, clock))
     app.middlewares.append(auth_middleware)
-    app.router.add_get(TOKEN_PATH, token_endpoint, name="auth_token")
+    app.router.add_routes(auth_endpoint.routes())
     log.info(
         "origin.auth_enabled rules=%d users=%d htpasswd=%s",
         len(settings.policy.rules),
@@ -257,39 +261,3 @@ def realm(request: web.Request) -> str:
         return configured
     host = request.host.replace('"', "").replace("\\", "")
     return f"{request.scheme}://{host}{TOKEN_PATH}"
-
-
-async def token_endpoint(request: web.Request) -> web.Response:
-    """``GET /auth/token?service=krill&scope=...``: a token for what the caller may have.
-
-    Basic credentials sign the caller in; none gets an anonymous token
-    (holding what anonymous may do). Wrong credentials are 401, never a
-    downgrade to anonymous.
-    """
-    service = request.query.get("service", SERVICE)
-    if service != SERVICE:
-        raise RegistryError(
-            "UNSUPPORTED",
-            f"this origin's token service is {SERVICE!r}, not {service[:64]!r}",
-            status=400,
-        )
-    auth = request.app[AUTH]
-    caller = await identify(auth, request)
-    if not isinstance(caller, Caller) or caller.via is Via.TOKEN:
-        raise RegistryError(
-            "UNAUTHORIZED",
-            "invalid credentials: send Basic user:password, or none",
-            headers={hdrs.WWW_AUTHENTICATE: f'Basic realm="{SERVICE}"'},
-        )
-    asked = parse_scopes(request.query.getall("scope", []))
-    grant = Grant.for_request(auth.policy, caller.user, asked)
-    issued = auth.tokens.issue(grant)
-    log.info("auth.token_issued user=%s access=%s", caller.user, grant.as_claims())
-    body = {
-        "token": issued.token,
-        "access_token": issued.token,
-        "expires_in": issued.expires_in,
-        # Informational only (the token's expiry is checked on the origin's monotonic clock).
-        "issued_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-    }
-    return web.json_response(body, headers={hdrs.CACHE_CONTROL: "no-store"})

@@ -35,6 +35,8 @@ from krill.origin.auth_rules import ALL_PERMISSIONS, AccessPolicy, Permission
 
 __all__ = [
     "CATALOG_SCOPE",
+    "SERVICE",
+    "TOKEN_PATH",
     "Grant",
     "IssuedToken",
     "RequestedScopes",
@@ -43,6 +45,8 @@ __all__ = [
     "parse_scopes",
 ]
 
+SERVICE = "krill"  # the challenge's service=, which clients send back to the token endpoint
+TOKEN_PATH = "/auth/token"
 CATALOG_SCOPE = "registry:catalog:*"
 _ACTION_PERMISSIONS: dict[str, frozenset[Permission]] = {
     "pull": frozenset({Permission.READ}),
