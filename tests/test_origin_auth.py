@@ -25,10 +25,11 @@ from aiohttp.test_utils import TestServer
 
 from krill.origin.config import OriginConfig
 from krill.origin.server import create_app
-from tests import imagebuild
+from tests import containerd, imagebuild
 from tests.clocks import ManualClock
 from tests.components import skopeo
 from tests.fixtures_origin import StartOrigin, digest_of, error_code
+from tests.metrics_text import parse_metrics
 
 PASSWORDS = {
     "alice": "alice-secret-1",
@@ -463,3 +464,28 @@ async def test_without_auth_anonymous_push_works(origin_server: TestServer) -> N
     async with aiohttp.ClientSession() as session:
         resp = await session.post(f"{url}?digest={digest_of(data)}", data=data)
         assert resp.status == 201
+
+
+# --- containerd -------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not containerd.available(), reason="containerd and ctr are not installed")
+async def test_containerd_pulls_with_credentials_and_is_refused_without(
+    origin: Origin, layout: Path, tmp_path: Path
+) -> None:
+    await push(origin, layout, "private/app:v1")
+    await push(origin, layout, "public/app:v1")
+    with containerd.running_containerd(tmp_path / "ctrd") as ctrd:
+
+        def pull(reference: str, *user: str) -> None:
+            ctrd.ctr("images", "pull", "--plain-http", *user, "--snapshotter", "native",
+                     f"{origin.host}/{reference}")  # fmt: skip
+
+        await asyncio.to_thread(pull, "public/app:v1")
+        with pytest.raises(AssertionError, match=r"401|nauthorized"):
+            await asyncio.to_thread(pull, "private/app:v1")
+        await asyncio.to_thread(pull, "private/app:v1", "--user", creds("bob"))
+    async with aiohttp.ClientSession() as session:
+        metrics = parse_metrics(await (await session.get(f"{origin.url}/metrics")).text())
+    oauth = 'krill_origin_requests_total{method="POST",route="auth_token_oauth",status="200"}'
+    assert metrics.get(oauth, 0) >= 1  # containerd used the OAuth2 form it tries first
