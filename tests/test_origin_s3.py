@@ -15,9 +15,10 @@ import asyncio
 import random
 import re
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import aiohttp
 import pytest
@@ -26,18 +27,28 @@ from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 from yarl import URL
 
+from krill.clock import SYSTEM_CLOCK, Clock
 from krill.config import ConfigError
 from krill.digests import Digest
 from krill.origin.appkeys import STORE
 from krill.origin.config import OriginConfig
 from krill.origin.server import create_app
 from krill.origin.storage import install_object_storage
+from krill.origin.storage_gc import sweep_bucket
 from krill.origin.storage_url import parse_storage_url, s3_credentials
 from krill.s3backend import S3Backend, S3Location
 from tests.agent_cluster import origin_process
+from tests.clocks import ManualClock
 from tests.components import SKOPEO_FLAGS, free_port, krill_command, skopeo
 from tests.fixtures_origin import digest_of, error_code
-from tests.imagebuild import build_image, random_files, read_oci_layout_digests, write_oci_layout
+from tests.imagebuild import (
+    Image,
+    build_image,
+    random_files,
+    read_oci_layout_digests,
+    write_oci_layout,
+)
+from tests.polling import until
 from tests.s3_fixtures import SeaweedFS, s3_location, seaweedfs
 
 __all__ = ["s3_location", "seaweedfs"]  # fixtures used here
@@ -49,7 +60,10 @@ class S3Origin:
     app: web.Application
 
 
-StartS3Origin = Callable[[S3Location], Awaitable[S3Origin]]
+class StartS3Origin(Protocol):
+    async def __call__(
+        self, location: S3Location, *, clock: Clock = SYSTEM_CLOCK, **settings: Any
+    ) -> S3Origin: ...
 
 
 def payload(seed: int, size: int) -> bytes:
@@ -86,15 +100,18 @@ def start_s3_origin(
     aiohttp_server: AiohttpServer,
     aiohttp_client: AiohttpClient,
 ) -> StartS3Origin:
-    async def start(location: S3Location) -> S3Origin:
+    async def start(
+        location: S3Location, *, clock: Clock = SYSTEM_CLOCK, **settings: Any
+    ) -> S3Origin:
         config = OriginConfig(
             data=tmp_path / "origin",
             storage=storage_url(location),
             s3_credentials=credentials_file(seaweedfs, tmp_path),
             deltas=False,
+            **settings,
         )
         app = create_app(config)
-        install_object_storage(app, config)
+        install_object_storage(app, config, clock=clock)
         server: TestServer = await aiohttp_server(app)
         return S3Origin(await aiohttp_client(server), app)
 
@@ -177,6 +194,70 @@ async def test_bucket_gone_after_start_makes_pushes_unavailable(
         assert "push it again" in (await resp.json())["errors"][0]["message"]
     finally:
         await admin.close()
+
+
+async def push_image(client: TestClient, repo: str, image: Image) -> None:
+    for blob in image.blobs():
+        assert (await push(client, repo, blob.data)).status == 201
+    resp = await client.put(
+        f"/v2/{repo}/manifests/v1",
+        data=image.manifest.data,
+        headers={"Content-Type": image.manifest.media_type},
+    )
+    assert resp.status == 201
+
+
+async def bucket_digests(bucket: S3Backend) -> set[str]:
+    return {str(info.digest) async for info in bucket.list()}
+
+
+async def test_gc_removes_from_the_bucket_what_no_repository_links(
+    start_s3_origin: StartS3Origin,
+    seaweedfs: SeaweedFS,
+    s3_location: S3Location,
+    bucket: S3Backend,
+    tmp_path: Path,
+) -> None:
+    client = (await start_s3_origin(s3_location)).client
+    image = build_image([random_files(7, 2, 4096)])
+    await push_image(client, "team/app", image)
+    orphan = payload(8, 5000)
+    assert (await push(client, "team/app", orphan)).status == 201
+    assert (await client.delete(f"/v2/team/app/blobs/{digest_of(orphan)}")).status == 202
+    assert digest_of(orphan) in await bucket_digests(bucket)
+    config = tmp_path / "gc.toml"
+    config.write_text(f's3_credentials = "{credentials_file(seaweedfs, tmp_path)}"\n')
+    args = ["origin", "gc", "--config", str(config), "--data", str(tmp_path / "origin")]
+    args += ["--storage", storage_url(s3_location), "--grace", "0"]
+    done = await asyncio.to_thread(
+        subprocess.run, krill_command(*args), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"bucket: removed 1 objects, {len(orphan)} bytes" in done.stdout
+    kept = {b.digest for b in image.blobs()} | {image.manifest.digest}
+    assert await bucket_digests(bucket) == kept
+
+
+async def test_periodic_bucket_sweep(
+    start_s3_origin: StartS3Origin, s3_location: S3Location, bucket: S3Backend
+) -> None:
+    clock = ManualClock()
+    origin = await start_s3_origin(s3_location, clock=clock, gc_interval=600.0, gc_grace=0.0)
+    kept, dropped = payload(9, 1000), payload(10, 1000)
+    for data in (kept, dropped):
+        assert (await push(origin.client, "team/app", data)).status == 201
+    await origin.client.delete(f"/v2/team/app/blobs/{digest_of(dropped)}")
+    await until(lambda: clock.sleepers > 0, "the bucket sweep asleep on the clock")
+    clock.advance(600.0)
+    await until(lambda: clock.sleepers > 0, "the bucket sweep done and asleep again")
+    assert await bucket_digests(bucket) == {digest_of(kept)}
+
+
+async def test_sweep_refuses_a_data_directory_without_repositories(
+    bucket: S3Backend, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="would remove every object"):
+        await sweep_bucket(bucket, tmp_path / "fresh", 0.0)
 
 
 def test_origin_refuses_to_start_on_a_missing_bucket(seaweedfs: SeaweedFS, tmp_path: Path) -> None:

@@ -73,6 +73,9 @@ def register(subparsers: Any) -> None:
     gc.add_argument("--config", metavar="FILE", help="TOML file with origin settings")
     gc.add_argument("--data", dest="gc_data", metavar="DIR", help="the origin's data directory")
     gc.add_argument(
+        "--storage", dest="gc_storage", metavar="URL", help="the origin's storage (s3://...)"
+    )
+    gc.add_argument(
         "--grace",
         type=float,
         metavar="SECONDS",
@@ -107,8 +110,14 @@ def run_gc(args: argparse.Namespace) -> int:
     """Collect once; print what was (or would be) removed, one line per kind."""
     from krill.origin.config import load_origin_config
     from krill.origin.gc import GarbageCollector
+    from krill.origin.storage import collect_bucket
 
-    flags = {"data": args.gc_data, "gc_grace": args.grace, "log_level": args.log_level}
+    flags = {
+        "data": args.gc_data,
+        "storage": args.gc_storage,
+        "gc_grace": args.grace,
+        "log_level": args.log_level,
+    }
     config = load_origin_config(file=args.config, flags=flags)
     setup_logging(config.log_level)
     if not (config.data / "blobs").is_dir():
@@ -119,6 +128,9 @@ def run_gc(args: argparse.Namespace) -> int:
     collector = GarbageCollector(config.data, config.gc_grace, cache_limits=config.cache_limits())
     report = collector.collect(dry_run=args.dry_run)
     sys.stdout.write("".join(line + "\n" for line in report.lines()))
+    bucket_line = collect_bucket(config, dry_run=args.dry_run)  # storage = s3://...
+    if bucket_line is not None:
+        sys.stdout.write(bucket_line + "\n")
     return 0
 
 

@@ -29,16 +29,20 @@ copy of pushed blob bytes, not yet a store several replicas can share.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from krill.blobbackend import BlobMissingError, DigestMismatchError
+from krill.blobbackend import BlobMissingError, DigestMismatchError, PutOutcome
 from krill.clierror import CliError
+from krill.clock import SYSTEM_CLOCK, Clock
+from krill.config import ConfigError
 from krill.digests import Digest, DigestError
-from krill.origin.appkeys import STORE
+from krill.origin.appkeys import CONFIG, GC_LOCK, STORE
 from krill.origin.config import OriginConfig
+from krill.origin.storage_gc import held, sweep_bucket
 from krill.origin.storage_url import parse_storage_url, s3_credentials
 from krill.registry_errors import RegistryError
 from krill.s3backend import S3Backend, S3Error, S3Location
@@ -48,6 +52,7 @@ __all__ = [
     "OBJECT_STORE",
     "WRITE_THROUGH_ROUTES",
     "ObjectStore",
+    "collect_bucket",
     "install_object_storage",
     "object_store_location",
 ]
@@ -66,10 +71,19 @@ class ObjectStore:
         self._fills: SingleFlight[bool] = SingleFlight()
 
     async def write_through(self, app: web.Application, digest: Digest) -> None:
-        """Put a just-committed local blob to the bucket; 503 UNAVAILABLE if it can't be."""
+        """Put a just-committed local blob to the bucket; 503 UNAVAILABLE if it can't be.
+
+        "Is it there already?" is asked under the shared gc lock: a bucket sweep
+        batch (exclusive) then cannot find the blob unlinked and delete the object
+        after we counted on it (origin.storage_gc).
+        """
         path = app[STORE].path(digest)
         try:
-            outcome = await self.backend.put_file(digest, path)
+            async with held(app[GC_LOCK].shared()):
+                present = await self.backend.exists(digest)
+            outcome = PutOutcome.ALREADY_PRESENT
+            if not present:
+                outcome = await self.backend.put_file(digest, path)
         except (S3Error, FileNotFoundError, DigestMismatchError) as exc:
             log.error("origin.write_through_failed digest=%s error=%s", digest, exc)
             raise RegistryError(
@@ -128,12 +142,16 @@ def object_store_location(config: OriginConfig) -> S3Location | None:
     return storage if isinstance(storage, S3Location) else None
 
 
-def install_object_storage(app: web.Application, config: OriginConfig) -> None:
+def install_object_storage(
+    app: web.Application, config: OriginConfig, *, clock: Clock = SYSTEM_CLOCK
+) -> None:
     """Add write-through and read-through to an origin app when its storage is a bucket.
 
     Call it on the app ``create_app`` returned, before it runs. The bucket is
     checked when the app starts: a missing bucket, rejected credentials or an
-    unreachable endpoint stop the origin with a message saying which.
+    unreachable endpoint stop the origin with a message saying which. With
+    ``gc_interval`` set, the bucket is swept (origin.storage_gc) as often, on
+    ``clock``.
     """
     location = object_store_location(config)
     if location is None:
@@ -151,11 +169,50 @@ def install_object_storage(app: web.Application, config: OriginConfig) -> None:
             "origin.object_storage location=%s access_key=%s", location, credentials.access_key
         )
         app[OBJECT_STORE] = ObjectStore(backend)
+        sweeping = None
+        if config.gc_interval > 0:
+            sweeping = asyncio.create_task(_sweep_periodically(app, clock))
         yield
+        if sweeping is not None:
+            sweeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeping
         await app[OBJECT_STORE].close()
 
     app.cleanup_ctx.append(open_bucket)
     app.middlewares.append(write_through)
+
+
+def collect_bucket(config: OriginConfig, *, dry_run: bool) -> str | None:
+    """``krill origin gc``'s bucket pass (after the local one); None for a directory origin."""
+    location = object_store_location(config)
+    if location is None:
+        return None
+
+    async def sweep() -> str:
+        backend = S3Backend(location, s3_credentials(config.s3_credentials))
+        try:
+            report = await sweep_bucket(backend, config.data, config.gc_grace, dry_run=dry_run)
+        except S3Error as exc:
+            raise CliError(f"cannot sweep the bucket: {exc}") from None
+        finally:
+            await backend.close()
+        return report.line()
+
+    return asyncio.run(sweep())
+
+
+async def _sweep_periodically(app: web.Application, clock: Clock) -> None:
+    """Every ``gc_interval``, remove the bucket's unlinked objects (failures are logged)."""
+    config = app[CONFIG]
+    while True:
+        await clock.sleep(config.gc_interval)
+        try:
+            await sweep_bucket(app[OBJECT_STORE].backend, config.data, config.gc_grace)
+        except ConfigError as exc:  # no repositories yet: nothing could be unlinked
+            log.info("gc.bucket_skipped reason=%s", exc)
+        except Exception:
+            log.exception("gc.bucket_failed")
 
 
 @web.middleware
