@@ -156,6 +156,15 @@ def test_every_workload_has_probes_limits_and_a_security_context(
     assert {"operator": "Exists"} in agent["spec"]["tolerations"]
 
 
+def test_every_service_logs_in_the_chosen_format(rendered: dict[str, list[dict]]) -> None:
+    for variant, expected in (("default", "text"), ("everything", "json")):
+        services = [c for _where, c in _containers(rendered[variant]) if "command" not in c]
+        assert len(services) >= 3, variant
+        for container in services:
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            assert env["KRILL_LOG_FORMAT"] == expected, (variant, container["name"])
+
+
 def test_the_image_defaults_to_what_build_image_makes(rendered: dict[str, list[dict]]) -> None:
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     chart = (CHART / "Chart.yaml").read_text()
@@ -175,6 +184,8 @@ def test_the_dashboard_plots_only_metrics_the_services_export() -> None:
         for family in reg.collect():
             exported.add(family.name)
             exported |= {f"{family.name}_total", f"{family.name}_created"}
+            if family.type == "histogram":
+                exported |= {f"{family.name}_{part}" for part in ("bucket", "sum", "count")}
     dashboard = json.loads((CHART / "dashboards" / "krill.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     used = {name for e in exprs for name in re.findall(r"\bkrill_[a-z_]+", e)}

@@ -70,6 +70,12 @@ capabilities: {drop: [ALL]}
 seccompProfile: {type: RuntimeDefault}
 {{- end -}}
 
+{{/* The log format every service reads from its environment (krill.logs). */}}
+{{- define "krill.logFormatEnv" -}}
+- name: KRILL_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+{{- end -}}
+
 {{/* Probes at the named port: startup and liveness on GET /health (the process
      serves HTTP), readiness on GET /ready (what the service depends on answers:
      503 with the failing check named in its JSON body). Each readiness check has
