@@ -489,3 +489,19 @@ async def test_containerd_pulls_with_credentials_and_is_refused_without(
         metrics = parse_metrics(await (await session.get(f"{origin.url}/metrics")).text())
     oauth = 'krill_origin_requests_total{method="POST",route="auth_token_oauth",status="200"}'
     assert metrics.get(oauth, 0) >= 1  # containerd used the OAuth2 form it tries first
+
+
+@pytest.mark.parametrize("name", ["a%22b", "UPPER/case", "a//b", "a%0d%0aSet-Cookie:%20x"])
+async def test_a_hostile_repository_name_never_reaches_the_challenge(
+    origin: Origin, name: str
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        resp = await session.get(f"{origin.url}/v2/{name}/manifests/v1")
+        if "%0d" in name:  # no route matches a name with a line break: the bare challenge
+            assert resp.status == 401
+            assert challenge_of(resp) == f'Bearer realm="{origin.url}/auth/token",service="krill"'
+            assert "Set-Cookie" not in resp.headers
+        else:
+            assert resp.status == 400
+            assert await error_code(resp) == "NAME_INVALID"
+            assert "WWW-Authenticate" not in resp.headers

@@ -59,6 +59,7 @@ from krill.origin.auth_tokens import (
 )
 from krill.origin.listing_routes import paginate
 from krill.registry_errors import RegistryError
+from krill.registry_params import parse_name
 
 __all__ = ["auth_middleware", "install_auth"]
 
@@ -122,6 +123,7 @@ def needed_access(request: web.Request) -> Need:
     name = request.match_info.get("name")
     if not name:
         return Need(NeedKind.SIGNED_IN)
+    parse_name(name)  # NAME_INVALID before a hostile name reaches a header, a log or a cache
     if path[len("/v2/") + len(name) :].startswith(_UPLOADS):
         return Need(NeedKind.REPOSITORY, name, Permission.WRITE)
     permission = _METHOD_PERMISSIONS.get(request.method, Permission.WRITE)
@@ -178,7 +180,7 @@ def without_unreadable_mount(request: web.Request, auth: OriginAuth, caller: Cal
         return request
     if decide(auth, caller, source, Permission.READ) is Decision.ALLOWED:
         return request
-    log.info("auth.mount_declined user=%s from=%s", caller.user, source[:256])
+    log.info("auth.mount_declined user=%s from=%r", caller.user, source[:256])
     query = {k: v for k, v in request.query.items() if k not in ("mount", "from")}
     return request.clone(rel_url=request.rel_url.with_query(query))
 
