@@ -8,6 +8,7 @@ mistakes must stop the origin at start with a message naming the key.
 from __future__ import annotations
 
 import functools
+import subprocess
 from pathlib import Path
 
 import bcrypt
@@ -29,6 +30,7 @@ from krill.origin.auth_tokens import Grant, TokenIssuer, parse_scopes
 from krill.origin.config import load_origin_config
 from krill.origin.server import create_app
 from tests.clocks import ManualClock
+from tests.components import krill_command
 
 READ, WRITE, DELETE = Permission.READ, Permission.WRITE, Permission.DELETE
 
@@ -261,3 +263,17 @@ def test_an_origin_with_a_broken_auth_file_does_not_start(tmp_path: Path) -> Non
     )
     with pytest.raises(ConfigError, match="cannot read htpasswd file"):
         create_app(config)
+
+
+def test_krill_origin_htpasswd_writes_an_entry_the_origin_accepts(tmp_path: Path) -> None:
+    made = subprocess.run(
+        krill_command("origin", "htpasswd", "alice", "--cost", "4"),
+        input="correct horse\n", capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    (tmp_path / "users").write_text(made.stdout)
+    hashed = Htpasswd.load(tmp_path / "users").hashes["alice"]
+    assert bcrypt.checkpw(b"correct horse", hashed)
+    refused = subprocess.run(
+        krill_command("origin", "htpasswd", "a:b"), input="pw\n", capture_output=True, text=True
+    )
+    assert refused.returncode != 0 and "':'" in refused.stderr

@@ -61,7 +61,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=run)
-    commands = parser.add_subparsers(dest="origin_command", metavar="{gc}")
+    commands = parser.add_subparsers(dest="origin_command", metavar="{gc,htpasswd}")
     gc = commands.add_parser(
         "gc",
         help="remove blobs, deltas and metainfo no manifest references",
@@ -84,6 +84,17 @@ def register(subparsers: Any) -> None:
     gc.add_argument("--dry-run", action="store_true", help="report what would go; remove nothing")
     gc.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     gc.set_defaults(func=run_gc)
+    htpasswd = commands.add_parser(
+        "htpasswd",
+        help="print an htpasswd line (bcrypt) for the --auth file's users",
+        description="Read a password (prompted on a terminal, else one line of stdin) and print "
+        "USER:HASH as `htpasswd -B -n USER` does, for the htpasswd file an --auth file names.",
+    )
+    htpasswd.add_argument("user", metavar="USER")
+    htpasswd.add_argument(
+        "--cost", type=int, default=10, metavar="N", help="bcrypt cost, 4-31 (default 10)"
+    )
+    htpasswd.set_defaults(func=run_htpasswd)
 
 
 CONFIG_FLAGS = (
@@ -131,6 +142,30 @@ def run_gc(args: argparse.Namespace) -> int:
     bucket_line = collect_bucket(config, dry_run=args.dry_run)  # storage = s3://...
     if bucket_line is not None:
         sys.stdout.write(bucket_line + "\n")
+    return 0
+
+
+def run_htpasswd(args: argparse.Namespace) -> int:
+    """Print ``USER:bcrypt-hash``; the password never reaches argv, where ``ps`` shows it."""
+    import getpass
+
+    import bcrypt
+
+    if ":" in args.user or not args.user.strip():
+        raise CliError("a user name cannot be empty or contain ':'")
+    if not 4 <= args.cost <= 31:
+        raise CliError("--cost must be between 4 and 31")
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.user}: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    secret = password.encode()
+    if not secret:
+        raise CliError("the password is empty")
+    if len(secret) > 72:
+        raise CliError("bcrypt reads only the first 72 bytes of a password: choose a shorter one")
+    hashed = bcrypt.hashpw(secret, bcrypt.gensalt(args.cost)).decode()
+    sys.stdout.write(f"{args.user}:{hashed}\n")
     return 0
 
 
