@@ -505,3 +505,21 @@ async def test_a_hostile_repository_name_never_reaches_the_challenge(
             assert resp.status == 400
             assert await error_code(resp) == "NAME_INVALID"
             assert "WWW-Authenticate" not in resp.headers
+
+
+async def test_a_changed_htpasswd_file_is_read_again_without_a_restart(
+    start_origin: StartOrigin, auth_file: Path
+) -> None:
+    clock = ManualClock()
+    origin = Origin(await start_origin(auth=auth_file, clock=clock))
+    htpasswd = auth_file.parent / "htpasswd"
+    url = f"{origin.url}/v2/"
+    async with aiohttp.ClientSession() as session:
+        assert (await session.get(url, headers=basic("bob"))).status == 200
+        lines = htpasswd.read_text().splitlines()
+        htpasswd.write_text("\n".join(line for line in lines if not line.startswith("bob:")))
+        assert (await session.get(url, headers=basic("bob"))).status == 200  # still cached
+        clock.advance(61)  # credential_cache (60 s) later, bob's check misses the cache
+        assert (await session.get(url, headers=basic("bob"))).status == 401
+        htpasswd.write_text("this is not an htpasswd file\n")  # a bad edit keeps the users
+        assert (await session.get(url, headers=basic("alice"))).status == 200
