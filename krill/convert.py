@@ -33,6 +33,7 @@ from krill import oci
 from krill.clierror import CliError
 from krill.delta.recipes import Recipe, RecipeError, gzip_recipe, iter_tar_chunks, zstd_recipe
 from krill.digests import Digest, DigestError, sha256_file
+from krill.progress import Progress, format_share
 
 REF_NAME = "org.opencontainers.image.ref.name"
 ACCEPT = ", ".join(oci.MANIFEST_TYPES)
@@ -288,6 +289,7 @@ class Converter:
     media_type: str  # OCI layer type the recipe produces
     work: Path
     report: ConvertReport = field(default_factory=ConvertReport)
+    progress: Progress = field(default_factory=Progress.off)  # a status line on a terminal
 
     async def convert(self, reference: str, dest_reference: str) -> ConvertReport:
         body, media_type = await self.source.get_manifest(reference)
@@ -317,7 +319,8 @@ class Converter:
         self.report.configs.append(config["digest"])
         for i, layer in enumerate(doc["layers"]):
             expected = diff_ids[i] if i < len(diff_ids) else None
-            await self._convert_layer(layer, expected, docker=media_type == oci.DOCKER_MANIFEST)
+            label = f"layer {i + 1}/{len(doc['layers'])} {layer['digest'][:19]}"
+            await self._convert_layer(layer, expected, media_type == oci.DOCKER_MANIFEST, label)
         new_body = _dump(doc)
         self.report.manifests.append((str(Digest.of_bytes(body)), str(Digest.of_bytes(new_body))))
         return new_body
@@ -330,17 +333,18 @@ class Converter:
         return path
 
     async def _convert_layer(
-        self, layer: dict[str, Any], diff_id: str | None, docker: bool
+        self, layer: dict[str, Any], diff_id: str | None, docker: bool, label: str = "layer"
     ) -> None:
         if layer.get("mediaType") not in LAYER_TYPES:
             raise ConvertError(
                 f"layer {layer['digest']} has media type {layer.get('mediaType')!r}; "
                 "only tar, gzip and zstd layers can be converted"
             )
+        self.progress.update(f"{label}: fetching", force=True)
         old = await self._fetch(layer["digest"])
         new = old.with_suffix(".new")
         try:
-            tar_digest, digest, size = await asyncio.to_thread(self._recompress, old, new)
+            tar_digest, digest, size = await asyncio.to_thread(self._recompress, old, new, label)
             if diff_id is not None and tar_digest != diff_id:
                 raise ConvertError(
                     f"layer {layer['digest']} decompresses to {tar_digest}, but the config "
@@ -354,12 +358,12 @@ class Converter:
         layer["digest"], layer["size"] = digest, size
         layer["mediaType"] = oci.DOCKER_LAYER_GZIP if docker else self.media_type
 
-    def _recompress(self, old: Path, new: Path) -> tuple[str, str, int]:
+    def _recompress(self, old: Path, new: Path, label: str = "layer") -> tuple[str, str, int]:
         """Decompress ``old``, recompress by the recipe into ``new``; (diff_id, digest, size)."""
         tar_hash, blob_hash = hashlib.sha256(), hashlib.sha256()
         tar_size = sum(len(chunk) for chunk in iter_tar_chunks(old))
         compressor = self.recipe.compressor(tar_size)
-        size = 0
+        size = done = 0
         with open(new, "wb") as out:
 
             def emit(data: bytes) -> None:
@@ -371,6 +375,8 @@ class Converter:
             for chunk in iter_tar_chunks(old):
                 tar_hash.update(chunk)
                 emit(compressor.feed(chunk))
+                done += len(chunk)
+                self.progress.update(f"{label}: recompressing {format_share(done, tar_size)}")
             emit(compressor.finish())
         return (str(Digest.from_hasher(tar_hash)), str(Digest.from_hasher(blob_hash)), size)
 
@@ -429,7 +435,8 @@ def _base_url(ref: ImageRef, insecure: bool) -> str:
 
 
 async def convert_image(
-    src: ImageRef, dst: ImageRef, recipe: Recipe, media_type: str, work: Path, insecure: bool
+    src: ImageRef, dst: ImageRef, recipe: Recipe, media_type: str, work: Path, insecure: bool,
+    progress: Progress | None = None,
 ) -> ConvertReport:
     """Convert ``src`` into ``dst``; the library entry point behind ``krill convert``."""
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
@@ -440,7 +447,8 @@ async def convert_image(
                 return LayoutStore(Path(ref.location))
             return RegistryStore(session, _base_url(ref, insecure), ref.repository)
 
-        converter = Converter(store(src), store(dst), recipe, media_type, work)
+        shown = progress or Progress.off()
+        converter = Converter(store(src), store(dst), recipe, media_type, work, progress=shown)
         dest_reference = dst.reference or ("latest" if dst.kind == "docker" else src.reference)
         return await converter.convert(src.reference, dest_reference or "latest")
 
@@ -472,7 +480,9 @@ def run(args: argparse.Namespace) -> int:
         recipe.check_usable()
         work = Path(dst.location) if dst.kind == "oci" else Path(tempfile.gettempdir())
         work.mkdir(parents=True, exist_ok=True)
-        report = asyncio.run(convert_image(src, dst, recipe, media_type, work, args.insecure))
+        with Progress() as progress:  # erased before the report is printed
+            converting = convert_image(src, dst, recipe, media_type, work, args.insecure, progress)
+            report = asyncio.run(converting)
     except (ConvertError, RecipeError, oci.ManifestError, DigestError) as exc:
         raise CliError(str(exc)) from exc
     except aiohttp.ClientError as exc:
