@@ -361,6 +361,13 @@ class Download:
         self._wake()  # the digest task stops waiting for more of the file
         return True
 
+    def written_out(self) -> None:
+        """Publishing: libtorrent closed the files of a torrent whose every piece passed
+        its check, so the whole file is readable (the blob's digest is still to come)."""
+        if self._publishing and not self.done and self.available < self.size:
+            self.available = self.size
+            self._wake()
+
     async def hashed_prefix(self) -> PrefixDigest:
         """The prefix digest for publishing, once the digest task has finished the
         stretch it is hashing; records ``hashed_early``."""

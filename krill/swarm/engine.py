@@ -367,7 +367,11 @@ class SwarmEngine:
         download = torrent.download
         if not download.begin_publishing():  # past cancelling: every piece is here
             return
-        await self._torrents.remove(info_hash)  # closes libtorrent's files before the move
+        # Closes libtorrent's files before the move: every piece is then in the file,
+        # and streaming readers may have the tail while it is hashed (they lagged by up
+        # to 40 of 64 MiB in the 16-node real-agent herd, docs/benchmarks.md).
+        if await self._torrents.remove_confirmed(info_hash):
+            download.written_out()
         hashed = await download.hashed_prefix()  # the digest task ends its stretch first
         try:
             await asyncio.to_thread(

@@ -129,9 +129,14 @@ class TorrentTable:
             future.set_result(None)
 
     async def remove(self, info_hash: str) -> None:
+        await self.remove_confirmed(info_hash)
+
+    async def remove_confirmed(self, info_hash: str) -> bool:
+        """Remove a torrent; True once libtorrent confirmed it (its files are closed)."""
         future = self.begin_removal(info_hash)
-        if future is not None:
-            await self.await_removal(info_hash, future)
+        if future is None:
+            return False
+        return await self._confirmed(info_hash, future)
 
     def begin_removal(self, info_hash: str) -> asyncio.Future[None] | None:
         """Take the torrent out of the table and ask libtorrent to drop it, at once.
@@ -149,11 +154,17 @@ class TorrentTable:
 
     async def await_removal(self, info_hash: str, future: asyncio.Future[None]) -> None:
         """Wait (at most 10 s) until libtorrent confirms the removal."""
+        await self._confirmed(info_hash, future)
+
+    async def _confirmed(self, info_hash: str, future: asyncio.Future[None]) -> bool:
+        """``await_removal``; False if libtorrent did not confirm in time."""
         try:
             async with timeout(self._clock, _REMOVAL_TIMEOUT):
                 await asyncio.shield(future)
+            return True
         except TimeoutError:
             log.warning("swarm.remove_timeout info_hash=%s", info_hash)
+            return False
         finally:
             if self._removals.get(info_hash) is future:
                 del self._removals[info_hash]
