@@ -13,9 +13,12 @@ S3, and an incomplete multipart upload is invisible. So:
   ``x-amz-content-sha256``, so the store refuses the body if it was damaged
   on the way;
 * a larger one is a multipart upload: each part is sent as it fills (signed
-  with its own sha256) while the whole is hashed, and the upload is completed
-  only if the digest matches, else aborted (also on any error or
-  cancellation). Memory: one part per upload in flight.
+  with its own sha256; up to ``PARTS_IN_FLIGHT`` at once) while the whole is
+  hashed, and the upload is completed only if the digest matches, else
+  aborted (also on any error or cancellation). Memory: the parts in flight,
+  4 x 8 MiB per upload. Against SeaweedFS on this 2-core machine (loopback,
+  others' work running; 256 MiB blob) 4 parts at once put 50-70 MiB/s where
+  one at a time put 40.
 
 **Errors say what to do** (``krill.s3client``: bucket missing, credentials
 rejected, endpoint unreachable). A missing blob is ``BlobMissingError``, as
@@ -81,6 +84,8 @@ log = logging.getLogger(__name__)
 DEFAULT_PART_SIZE = 8 << 20
 MIN_PART_SIZE = 5 << 20
 MAX_PARTS = 10_000
+# Parts of one upload sent at once: memory is this many parts per upload.
+PARTS_IN_FLIGHT = 4
 
 
 class S3Backend:
@@ -92,6 +97,7 @@ class S3Backend:
         credentials: Credentials,
         *,
         part_size: int = DEFAULT_PART_SIZE,
+        parts_in_flight: int = PARTS_IN_FLIGHT,
         session: aiohttp.ClientSession | None = None,
         retry_delays: tuple[float, ...] = RETRY_DELAYS,
     ) -> None:
@@ -99,6 +105,7 @@ class S3Backend:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} (S3's minimum)")
         self.location = location
         self.part_size = part_size
+        self.parts_in_flight = max(1, parts_in_flight)
         self._owns_session = session is None
         self._session = session or aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
@@ -149,7 +156,7 @@ class S3Backend:
                 buffer += chunk
                 if len(buffer) >= part_size:
                     multipart = multipart or await _Multipart.start(self.client, digest)
-                    await multipart.send_part(bytes(buffer))
+                    await multipart.send_part(bytes(buffer), self.parts_in_flight)
                     buffer.clear()
             actual = Digest.from_hasher(hasher)
             if actual != digest:
@@ -158,7 +165,7 @@ class S3Backend:
                 await self._put_object(digest, bytes(buffer))
                 return
             if buffer:
-                await multipart.send_part(bytes(buffer))
+                await multipart.send_part(bytes(buffer), self.parts_in_flight)
             await multipart.complete()
         except BaseException:
             if multipart is not None and not multipart.completed:
@@ -230,13 +237,20 @@ class S3Backend:
 
 
 class _Multipart:
-    """One multipart upload in progress: parts sent in order, then completed or aborted."""
+    """One multipart upload in progress: parts sent (up to N at once), then completed or aborted.
+
+    ``send_part`` returns as soon as the part is on its way, unless N are
+    already: then it waits for one to finish (and raises its error, if any).
+    ``complete`` waits for them all; ``abort`` cancels those still going.
+    """
 
     def __init__(self, client: S3Client, key: str, upload_id: str) -> None:
         self._client = client
         self._key = key
         self._upload_id = upload_id
-        self._etags: list[str] = []
+        self._etags: dict[int, str] = {}
+        self._sending: set[asyncio.Task[None]] = set()
+        self._numbered = 0
         self.completed = False
 
     @classmethod
@@ -252,21 +266,33 @@ class _Multipart:
     def parts_sent(self) -> int:
         return len(self._etags)
 
-    async def send_part(self, data: bytes) -> None:
-        if len(self._etags) >= MAX_PARTS:
+    async def send_part(self, data: bytes, in_flight: int) -> None:
+        if self._numbered >= MAX_PARTS:
             raise S3Error(f"a blob of more than {MAX_PARTS} parts; raise the S3 part size")
-        number = len(self._etags) + 1
+        self._numbered += 1
+        self._sending.add(asyncio.create_task(self._send(self._numbered, data)))
+        while len(self._sending) >= in_flight:
+            await self._finish_some()
+
+    async def _finish_some(self) -> None:
+        done, self._sending = await asyncio.wait(self._sending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()  # a failed part fails the upload
+
+    async def _send(self, number: int, data: bytes) -> None:
         payload_hash = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
         query = {"partNumber": str(number), "uploadId": self._upload_id}
         async with await self._client.send(
             "PUT", self._key, query=query, body=data, payload_hash=payload_hash
         ) as resp:
-            self._etags.append(resp.headers.get("ETag", ""))
+            self._etags[number] = resp.headers.get("ETag", "")
 
     async def complete(self) -> None:
+        while self._sending:
+            await self._finish_some()
         parts = "".join(
-            f"<Part><PartNumber>{n}</PartNumber><ETag>{escape(etag)}</ETag></Part>"
-            for n, etag in enumerate(self._etags, start=1)
+            f"<Part><PartNumber>{n}</PartNumber><ETag>{escape(self._etags[n])}</ETag></Part>"
+            for n in sorted(self._etags)
         )
         body = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
         query = {"uploadId": self._upload_id}
@@ -281,6 +307,10 @@ class _Multipart:
 
     async def abort(self) -> None:
         """Throw the parts away (best effort: the store's lifecycle rules catch what is left)."""
+        for task in self._sending:
+            task.cancel()
+        await asyncio.gather(*self._sending, return_exceptions=True)
+        self._sending.clear()
         try:
             query = {"uploadId": self._upload_id}
             async with await self._client.send("DELETE", self._key, query=query, ok=(204, 200)):

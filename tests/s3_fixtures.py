@@ -115,7 +115,7 @@ def _weed_command(root: Path, s3_port: int, taken: set[int]) -> list[str]:
         "-master.volumeSizeLimitMB=64",
         "-master.telemetry=false",
         f"-volume.port={volume}",
-        "-volume.max=16",
+        "-volume.max=100",  # SeaweedFS grows 7 volumes per bucket at a time
         "-filer",
         f"-filer.port={filer}",
         "-s3",
