@@ -199,7 +199,10 @@ class S3Backend:
             headers["Range"] = f"bytes={start}-{end}"
         try:
             resp = await self.client.send(
-                "GET", self.location.blob_key(digest), headers=headers, ok=(200, 206)
+                "GET",
+                self.location.blob_key(digest),
+                headers=headers,
+                ok=(206,) if headers else (200,),
             )
         except KeyMissingError:
             raise BlobMissingError(digest, self.description) from None
@@ -209,7 +212,8 @@ class S3Backend:
             raise
         async with resp:
             size = _total_size(resp)
-            yield BlobReader(size, start, resp.content_length or 0, _body_chunks(resp))
+            chunks = _body_chunks(resp, str(self.location.endpoint))
+            yield BlobReader(size, start, resp.content_length or 0, chunks)
 
     async def delete(self, digest: Digest) -> bool:
         if not await self.exists(digest):
@@ -346,9 +350,16 @@ def _listed_blob(item: ET.Element, prefix: str) -> BlobInfo | None:
     return BlobInfo(digest, int(child_text(item, "Size") or 0), modified)
 
 
-async def _body_chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    async for chunk in resp.content.iter_chunked(READ_CHUNK):
-        yield chunk
+async def _body_chunks(resp: aiohttp.ClientResponse, where: str) -> AsyncIterator[bytes]:
+    """The body in chunks; a connection dropped midway is an ``S3UnreachableError``."""
+    try:
+        async for chunk in resp.content.iter_chunked(READ_CHUNK):
+            yield chunk
+    except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
+        raise S3UnreachableError(
+            f"the object store at {where} dropped a download ({exc.__class__.__name__}: {exc}); "
+            "try again"
+        ) from None
 
 
 async def _no_chunks() -> AsyncIterator[bytes]:
