@@ -13,7 +13,12 @@ from dataclasses import dataclass
 
 from krill.digests import Digest
 
-__all__ = ["BLOBS", "CLAIMS", "DELTAS", "METAINFO", "Endpoint"]
+__all__ = ["BLOBS", "BLOB_SOURCE_HEADER", "CLAIMS", "DELTAS", "METAINFO", "Endpoint"]
+
+# On a blob the origin streams while its pull-through mirror fetches it from the
+# upstream registry, ``Krill-Blob-Source: upstream``: the agent times such a pull
+# under source "upstream" rather than "origin" (a cold mirror is a different wait).
+BLOB_SOURCE_HEADER = "Krill-Blob-Source"
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,8 @@
 Real processes: a seeding origin, its tracker, an agent that pulls through the
 swarm and one without a tracker that pulls from the origin over HTTP. A pull
 shows in the agent's time to first byte and total time under its source
-(swarm, origin, then cache for the second GET), in the swarm download time, and
+(swarm, origin, upstream when the origin's mirror fetches it for the pull,
+then cache for the second GET), in the swarm download time, and
 in every service's request latency under the route's pattern (never the raw
 path). The delta path is driven in-process with a clock the test moves, so
 the seconds observed are exact.
@@ -30,9 +31,11 @@ from tests.agent_cluster import (
     agent_process,
     build_layout,
     origin_and_tracker,
+    origin_process,
     push,
 )
 from tests.clocks import ManualClock
+from tests.components import docker_registry
 from tests.metrics_text import parse_metrics, read_metrics
 from tests.polling import until_sync
 
@@ -118,6 +121,28 @@ def test_an_http_fallback_pull_is_timed_under_the_origin(cluster: Cluster) -> No
     assert count(origin, "krill_origin_request_seconds", method="GET", route=blob_route) >= 1
     layer_digest = cluster.image.images[0].layers[1].digest
     assert not any(layer_digest in key for key in origin), "a raw path became a label"
+
+
+def test_a_pull_the_origin_fills_from_its_upstream_is_timed_under_upstream(
+    tmp_path: Path,
+) -> None:
+    with contextlib.ExitStack() as stack:
+        upstream = stack.enter_context(docker_registry(tmp_path / "upstream"))
+        image = build_layout(tmp_path / "layout", seed=43)
+        push(image, upstream, "team/mirrored:1")
+        origin = stack.enter_context(
+            origin_process(tmp_path / "origin", "--upstream", upstream)
+        )
+        agent = stack.enter_context(agent_process(tmp_path / "agent", origin))
+        layer = image.images[0].layers[0]
+        url = f"{agent.registry}/v2/team/mirrored/blobs/{layer.digest}"
+        assert get(url) == layer.data
+        pulled = agent.metrics()
+        assert count(pulled, "krill_agent_pull_seconds", source="upstream") == 1
+        assert count(pulled, "krill_agent_pull_first_byte_seconds", source="upstream") == 1
+        assert count(pulled, "krill_agent_pull_seconds", source="origin") == 0
+        assert get(url) == layer.data
+        assert count(agent.metrics(), "krill_agent_pull_seconds", source="cache") == 1
 
 
 # ---- the delta path, on a clock the test moves ------------------------------------

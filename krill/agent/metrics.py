@@ -39,6 +39,7 @@ class PullSource(StrEnum):
     DELTA = "delta"  # rebuilt from a cached layer and a delta for this pull
     SWARM = "swarm"
     ORIGIN = "origin"  # the HTTP fallback
+    UPSTREAM = "upstream"  # the HTTP fallback, the origin's pull-through mirror fetching it
 
 
 # Layers take seconds to minutes; the upper buckets are for the slow ones.

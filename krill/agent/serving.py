@@ -27,8 +27,9 @@ from aiohttp.abc import AbstractStreamWriter
 
 from krill.agent.cache import NodeCache
 from krill.agent.fetcher import CachedBlob, InflightBlob, wait_progress
+from krill.agent.metrics import PullSource
 from krill.agent.ranges import ByteRange, parse_range
-from krill.agent.sources import TransferFailed
+from krill.agent.sources import OriginHttpTransfer, TransferFailed
 from krill.httpmetrics import Stopwatch, stopwatch
 from krill.registry_errors import API_HEADERS, RegistryError
 
@@ -99,6 +100,14 @@ def blob_headers(blob: CachedBlob | InflightBlob) -> dict[str, str]:
     }
 
 
+def pull_source(blob: CachedBlob | InflightBlob) -> str:
+    """The pull histograms' source: the blob's, with the origin's upstream fills told apart."""
+    transfer = blob.transfer if isinstance(blob, InflightBlob) else None
+    if isinstance(transfer, OriginHttpTransfer) and transfer.from_upstream:
+        return PullSource.UPSTREAM
+    return blob.source
+
+
 async def head_response(
     request: web.Request, blob: CachedBlob | InflightBlob
 ) -> web.StreamResponse:
@@ -126,7 +135,7 @@ async def blob_response(
     byte_range = parse_range(request.headers.get("Range"), blob.size)
     if request.method == "HEAD":
         return await head_response(request, blob)
-    timer = PullTimer(metrics, blob.source, None if byte_range else stopwatch(request))
+    timer = PullTimer(metrics, pull_source(blob), None if byte_range else stopwatch(request))
     if isinstance(blob, CachedBlob):
         # Bytes served count the node's own disk as the cache, rebuilt or not.
         metrics.served("cache", byte_range.length if byte_range else blob.size)

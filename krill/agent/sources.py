@@ -28,6 +28,7 @@ import aiohttp
 
 from krill.blobstore import BlobStore, BlobWriter, SizeMismatchError
 from krill.digests import Digest
+from krill.endpoints import BLOB_SOURCE_HEADER
 from krill.originclient import OriginClient
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,8 @@ class OriginHttpTransfer:
         self.size = size
         self._writer = writer
         self._response: aiohttp.ClientResponse | None = response
+        # The origin is fetching it from its upstream registry as it sends it (metrics label).
+        self.from_upstream = response.headers.get(BLOB_SOURCE_HEADER) == "upstream"
         self.partial_path = writer.path
         self.available = 0
         self._changed = asyncio.Event()

@@ -41,6 +41,7 @@ from aiohttp import web
 from krill import oci
 from krill.clock import SYSTEM_CLOCK, Clock, timeout
 from krill.digests import Digest
+from krill.endpoints import BLOB_SOURCE_HEADER
 from krill.origin.appkeys import METRICS, REPOSITORIES, STORE
 from krill.origin.blobfill import BlobFill
 from krill.origin.blobresponses import blob_file_response, blob_head_response, blob_headers
@@ -281,7 +282,8 @@ class PullThrough:
         log.info("upstream.blob repo=%s digest=%s bytes=%s", repo, digest, size)
 
     async def _stream(self, request: web.Request, fill: BlobFill) -> web.StreamResponse:
-        response = await fill.stream(request, blob_headers(fill.digest))
+        headers = {**blob_headers(fill.digest), BLOB_SOURCE_HEADER: "upstream"}
+        response = await fill.stream(request, headers)
         if response is None:  # committed before this client started
             return blob_file_response(self.app, fill.digest)
         return response
