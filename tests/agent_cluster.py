@@ -72,11 +72,17 @@ def agent_process(
     settings: dict[str, Any] | None = None,
     registry_port: int | None = None,
 ) -> Iterator[Agent]:
-    """An agent; ``settings`` go into its TOML config file."""
+    """An agent; ``settings`` go into its TOML config file.
+
+    ``delta_policy`` is "fewest-bytes" unless ``settings`` say otherwise: on loopback
+    the full layer always downloads faster than a delta rebuilds, so with the agent's
+    default ("fastest") no test would see the delta path it means to test.
+    """
     root.mkdir(parents=True, exist_ok=True)
     api_port, reg_port = free_port(), registry_port or free_port()
     config = root / "agent.toml"
-    config.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in (settings or {}).items()))
+    settings = {"delta_policy": "fewest-bytes", **(settings or {})}
+    config.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in settings.items()))
     args = [
         "agent",
         "--listen",

@@ -29,6 +29,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from krill.agent.cache import CacheLimits, NodeCache
+from krill.agent.deltachoice import Choice, Decision, DeltaPolicy
 from krill.agent.deltas import DeltaRebuilder
 from krill.agent.layers import LayerIndex
 from krill.blobstore import BlobStore
@@ -89,6 +90,8 @@ class CountingMetrics:
         self.saved = 0
         self.misses: list[str] = []
         self.failures: list[str] = []
+        self.choices: list[Decision] = []
+        self.seconds_saved: list[tuple[Choice, float]] = []
 
     def delta_hit(self, bytes_saved: int) -> None:
         self.hits += 1
@@ -99,6 +102,12 @@ class CountingMetrics:
 
     def delta_failure(self, reason: str) -> None:
         self.failures.append(reason)
+
+    def delta_choice(self, decision: Decision) -> None:
+        self.choices.append(decision)
+
+    def delta_seconds(self, choice: Choice, saved: float) -> None:
+        self.seconds_saved.append((choice, saved))
 
 
 def learn(index: LayerIndex, image: Image) -> None:
@@ -166,6 +175,9 @@ async def rebuild_with(tmp_path: Path, v1: Image, v2: Image, delta: bytes) -> Re
         aiohttp.ClientSession() as session,
     ):
         client = OriginClient(session, origin)
-        rebuilder = DeltaRebuilder(client, cache, index, metrics, lookup_timeout=5.0)
+        # Every delta taken: these tests are about rebuilding, not about the choice.
+        rebuilder = DeltaRebuilder(
+            client, cache, index, metrics, lookup_timeout=5.0, policy=DeltaPolicy.FEWEST_BYTES
+        )
         ok = await rebuilder.rebuild(Digest.parse(target), DELTA_REPO, ensure)
     return Rebuilt(ok, metrics, store, cache)

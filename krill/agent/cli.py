@@ -43,6 +43,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--peer-port", type=int, help="swarm peer port, TCP (default 0: any free port)"
     )
+    parser.add_argument(
+        "--delta-policy",
+        choices=("fastest", "fewest-bytes"),
+        help="delta or full layer: whichever the measured rates say is faster (default), "
+        "or always the delta when there is one (links paid per byte)",
+    )
     parser.add_argument("--config", type=Path, help="TOML file with AgentConfig settings")
     parser.add_argument("--log-level", help="debug, info, warning")
     parser.set_defaults(func=run)
@@ -82,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         "peer_host": args.peer_host,
         "peer_port": args.peer_port,
         "log_level": args.log_level,
+        "delta_policy": args.delta_policy,
     }
     config = load_config(AgentConfig, file=args.config, env_prefix="KRILL_AGENT_", flags=flags)
     setup_logging(config.log_level)

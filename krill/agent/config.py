@@ -11,6 +11,7 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from krill.agent.deltachoice import DeltaPolicy
 from krill.config import ConfigError, parse_hostport
 
 GiB = 1024**3
@@ -86,6 +87,10 @@ class AgentConfig:
     deltas: bool = True
     # Seconds the origin gets to answer a delta lookup before the layer is fetched whole.
     delta_lookup_timeout: float = 1.0
+    # Delta or full (docs/agent.md): "fastest" takes whichever path this node's measured
+    # link and rebuild rates say ends sooner; "fewest-bytes" always takes a delta on
+    # offer, for sites that pay per byte (edge links, metered WAN).
+    delta_policy: DeltaPolicy = DeltaPolicy.FASTEST
     # Platform preheat pulls when not asked for all (defaults to this machine's).
     platform_os: str = "linux"
     platform_architecture: str = field(default_factory=node_architecture)
@@ -107,6 +112,7 @@ class AgentConfig:
             raise ConfigError(
                 "swarm_deadline, origin_timeout and delta_lookup_timeout must be positive seconds"
             )
+        self.delta_policy = _delta_policy(self.delta_policy)
         for name in ("tracker", "origin"):
             url = getattr(self, name)
             if url and not url.startswith(("http://", "https://")):
@@ -123,6 +129,14 @@ class AgentConfig:
     @property
     def tracker_base(self) -> str:
         return self.tracker.removesuffix("/announce")
+
+
+def _delta_policy(value: str) -> DeltaPolicy:
+    try:
+        return DeltaPolicy(value)
+    except ValueError:
+        choices = ", ".join(repr(p.value) for p in DeltaPolicy)
+        raise ConfigError(f"delta_policy must be one of {choices}, got {value!r}") from None
 
 
 def _check_peer_address(host: str, port: int) -> None:

@@ -19,6 +19,16 @@ a failure when a delta was tried and did not produce the layer
 ``diff_id``, ``digest``). The lookup has its own short timeout, so a slow origin delays
 the normal path by at most ``lookup_timeout`` seconds; fetching the delta (and
 the config) is bounded by ``fetch_timeout``.
+
+A delta on offer is not always the faster way (``agent.deltachoice``): before
+fetching it, the rebuilder estimates the delta path (delta over the measured
+link rate plus the tar over this node's measured rebuild rate) against the
+full layer over the link, and with ``policy`` "fastest" fetches the layer whole
+when that is sooner (``False`` again, no miss counted: a choice, with its own
+metric and one ``delta.choice`` log line). The fetcher reports every finished
+download (``observe_download``) and the rebuilder times its own rebuilds, so
+the estimates follow this node's link and CPU; the time a choice saved or
+lost is the measured time of the path taken against the estimate of the other.
 """
 
 from __future__ import annotations
@@ -38,9 +48,23 @@ from typing import Any, Protocol
 import aiohttp
 
 from krill.agent.cache import NodeCache
+from krill.agent.deltachoice import (
+    BLOB_HEAD_BYTES,
+    Choice,
+    Decision,
+    DeltaPolicy,
+    LayerCosts,
+    Rates,
+    compression_of,
+    decide,
+    estimate_tar_bytes,
+    kind_of_recipe,
+    tar_bytes_from_blob_ends,
+)
 from krill.agent.layers import LayerIndex, LayerRef
 from krill.blobstore import DigestMismatchError
 from krill.bodies import BodyTooLarge
+from krill.clock import SYSTEM_CLOCK, Clock
 from krill.delta import RebuildResult, RecipeError, rebuild_layer
 from krill.digests import Digest, DigestError
 from krill.endpoints import DELTAS
@@ -54,6 +78,9 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 # json.loads recurses per level, so a hostile origin's 100,000 "[" would be a
 # RecursionError in the agent. Depth is measured (oci.nesting_depth) first.
 MAX_JSON_DEPTH = 64
+# Full-layer choices waiting for their download to finish, so the seconds the choice
+# saved can be measured; a download that never finishes must not keep one forever.
+MAX_AWAITED_DOWNLOADS = 256
 
 
 class Miss(StrEnum):
@@ -84,6 +111,13 @@ class DeltaMetrics(Protocol):
     def delta_miss(self, reason: Miss) -> None: ...
 
     def delta_failure(self, reason: Failure) -> None: ...
+
+    def delta_choice(self, decision: Decision) -> None: ...
+
+    def delta_seconds(self, choice: Choice, saved: float) -> None:
+        """Seconds a choice saved (negative: lost): the path taken, measured, against
+        the other path's estimate."""
+        ...
 
 
 # Makes a blob cached on this node through the normal sources; returns its size.
@@ -129,6 +163,8 @@ class DeltaRebuilder:
         lookup_timeout: float,
         fetch_timeout: float = 60.0,
         executor: Executor | None = None,
+        policy: DeltaPolicy = DeltaPolicy.FASTEST,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._origin = origin
         self._cache = cache
@@ -140,6 +176,18 @@ class DeltaRebuilder:
         # Rebuilds (seconds of CPU each) get their own threads, so they cannot take
         # the default pool serving reads with.
         self._executor = executor
+        self._policy = policy
+        self._clock = clock
+        self.rates = Rates()  # changed only by observe_download and the rebuilds below
+        self._awaiting_full: dict[Digest, Decision] = {}
+
+    def observe_download(self, digest: Digest, nbytes: int, seconds: float) -> None:
+        """A blob finished downloading (swarm or origin): a link rate sample, and the
+        measured half of a full-layer choice's seconds saved."""
+        self.rates.observe_download(nbytes, seconds)
+        decision = self._awaiting_full.pop(digest, None)
+        if decision is not None:
+            self._metrics.delta_seconds(Choice.FULL, decision.estimate.delta_seconds - seconds)
 
     async def rebuild(self, digest: Digest, repository: str | None, ensure: EnsureBlob) -> bool:
         """True when ``digest`` is now cached, rebuilt from a delta; False: fetch it whole."""
@@ -147,11 +195,16 @@ class DeltaRebuilder:
             return False  # the delta blob itself, being fetched for a rebuild
         try:
             ref, offer = await self._find_offer(digest, repository)
+            decision = await self._choose(ref, offer)
+            if decision.choice is Choice.FULL:
+                self._await_full_download(digest, decision)
+                return False
             diff_id = await self._diff_id(ref, ensure)
         except DeltaMiss as exc:
             self._metrics.delta_miss(exc.reason)
             log.info("delta.miss digest=%s reason=%s detail=%s", digest, exc.reason, exc)
             return False
+        chosen_at = self._clock.monotonic()
         try:
             await self._rebuild_from(offer, ref.repository, diff_id, ensure)
         except DeltaFailure as exc:
@@ -168,6 +221,8 @@ class DeltaRebuilder:
         entry = self._cache.entry(digest)
         target_size = entry.size if entry is not None else 0
         self._metrics.delta_hit(max(0, target_size - offer.size))
+        took = self._clock.monotonic() - chosen_at
+        self._metrics.delta_seconds(Choice.DELTA, decision.estimate.full_seconds - took)
         log.info(
             "delta.hit digest=%s base=%s delta=%s delta_bytes=%d layer_bytes=%d",
             digest,
@@ -206,6 +261,50 @@ class DeltaRebuilder:
         if answer.status != 200:
             raise DeltaMiss(Miss.LOOKUP_FAILED, f"delta lookup {url} answered {answer.status}")
         return parse_offer(answer.body, digest, bases)
+
+    # ---- delta or full ----------------------------------------------------
+
+    async def _choose(self, ref: LayerRef, offer: DeltaOffer) -> Decision:
+        """Delta or full for this layer on this node's current rates; counted and logged."""
+        compression = compression_of(ref.media_type)
+        base_bytes, base_tar = await self._base_sizes(offer.base)
+        costs = LayerCosts(
+            layer_bytes=ref.size,
+            delta_bytes=offer.size,
+            tar_bytes=estimate_tar_bytes(ref.size, compression, base_bytes, base_tar),
+            kind=self.rates.likely_kind(compression),
+        )
+        decision = decide(self._policy, costs, self.rates)
+        self._metrics.delta_choice(decision)
+        expected = decision.estimate
+        log.info(
+            "delta.choice digest=%s choice=%s reason=%s policy=%s delta_s=%.3f full_s=%.3f "
+            "layer_bytes=%d delta_bytes=%d tar_bytes_est=%d recipe_est=%s link_Bps=%.0f "
+            "link_samples=%d rebuild_Bps=%.0f rebuild_samples=%d",
+            offer.target, decision.choice, decision.reason, self._policy,
+            expected.delta_seconds, expected.full_seconds,
+            costs.layer_bytes, costs.delta_bytes, costs.tar_bytes, costs.kind,
+            expected.link_rate, self.rates.link.samples,
+            expected.rebuild_rate, self.rates.rebuild[costs.kind].samples,
+        )  # fmt: skip
+        return decision
+
+    async def _base_sizes(self, base: Digest) -> tuple[int, int | None]:
+        """The cached base's size and, if its trailer or frame header says, its tar size."""
+        entry = self._cache.entry(base)
+        if entry is None:
+            return 0, None
+        try:
+            with self._cache.pinned(base):
+                head, tail = await asyncio.to_thread(_blob_ends, self._cache.path(base))
+        except OSError:
+            return entry.size, None  # the rebuild will find out; the estimate uses the default
+        return entry.size, tar_bytes_from_blob_ends(head, tail, entry.size)
+
+    def _await_full_download(self, digest: Digest, decision: Decision) -> None:
+        self._awaiting_full[digest] = decision
+        while len(self._awaiting_full) > MAX_AWAITED_DOWNLOADS:
+            del self._awaiting_full[next(iter(self._awaiting_full))]
 
     # ---- using it ---------------------------------------------------------
 
@@ -264,7 +363,9 @@ class DeltaRebuilder:
             loop = asyncio.get_running_loop()
             # The header must name the layer the manifest asked for before any work is done.
             rebuild = functools.partial(rebuild_layer, expected_digest=str(offer.target))
+            started = self._clock.monotonic()
             result = await loop.run_in_executor(self._executor, rebuild, base, delta, work)
+            self._observe_rebuild(result, self._clock.monotonic() - started)
         except Exception as exc:  # DeltaFormatError, RecipeError, zlib.error from a rotten base...
             # Maybe the delta is bad, maybe our base rotted on disk: hash the base again
             # (a damaged one is dropped from the cache, so it is not offered next time).
@@ -277,6 +378,19 @@ class DeltaRebuilder:
             wrong = f"delta rebuilds {result.digest}, not {offer.target}"
             raise DeltaFailure(Failure.DIGEST, wrong)
         return result
+
+    def _observe_rebuild(self, result: RebuildResult, seconds: float) -> None:
+        kind = kind_of_recipe(result.recipe)
+        if kind is not None:
+            self.rates.observe_rebuild(kind, result.tar_size, seconds)
+
+
+def _blob_ends(path: Path) -> tuple[bytes, bytes]:
+    """A blob's first ``BLOB_HEAD_BYTES`` and last 4 bytes (where gzip keeps ISIZE)."""
+    with open(path, "rb") as f:
+        head = f.read(BLOB_HEAD_BYTES)
+        f.seek(max(0, f.seek(0, 2) - 4))
+        return head, f.read(4)
 
 
 def origin_json(body: bytes) -> Any:

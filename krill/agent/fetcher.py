@@ -249,7 +249,10 @@ class BlobFetcher:
                 await blob.transfer.wait_done()
                 pin_for = self._seed_ttl if blob.source == "swarm" else 0.0
                 await self.cache.add(blob.digest, pin_for=pin_for)
-            self._on_downloaded(blob.source, self._clock.monotonic() - blob.started)
+            seconds = self._clock.monotonic() - blob.started
+            self._on_downloaded(blob.source, seconds)
+            if self.deltas is not None:  # the measured link rate that delta-or-full reads
+                self.deltas.observe_download(blob.digest, blob.size, seconds)
             log.info("fetch.done digest=%s source=%s bytes=%d", blob.digest, blob.source, blob.size)
         except TransferFailed as exc:
             log.warning("fetch.failed digest=%s source=%s error=%s", blob.digest, blob.source, exc)

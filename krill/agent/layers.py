@@ -5,7 +5,9 @@ blob is a layer (only layers have deltas, so configs and deltas themselves
 skip the lookup) and where its diff_id is written (the image config, at the
 layer's position). It also needs, per repository, the layers of the images
 this node pulled before: those are the bases it can offer the origin
-(``have=``), newest image first.
+(``have=``), newest image first. And, for choosing between the delta and the
+full layer (``agent.deltachoice``), each layer's size and media type as the
+manifest gives them: the full path's bytes and the compression to rebuild.
 
 The index is small (digests only) and saved to ``<data>/layers.json`` so an
 agent that restarts still knows which of its cached blobs are old layers.
@@ -34,11 +36,15 @@ INDEX_VERSION = 1
 
 @dataclass(frozen=True, slots=True)
 class LayerRef:
-    """Where a layer sits: its image's config blob and its position in the layer list."""
+    """Where a layer sits (its image's config blob, its position in the layer list) and
+    what the manifest says of it: its size (0 in an index saved before sizes were kept)
+    and media type."""
 
     repository: str
     config: Digest
     position: int
+    size: int = 0
+    media_type: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +52,8 @@ class ImageLayers:
     manifest: Digest
     config: Digest
     layers: tuple[Digest, ...]
+    sizes: tuple[int, ...] = ()
+    media_types: tuple[str, ...] = ()
 
 
 class LayerIndex:
@@ -69,10 +77,14 @@ class LayerIndex:
         if parsed.is_index or parsed.config is None:
             return False
         image = ImageLayers(
-            manifest_digest, parsed.config.digest, tuple(d.digest for d in parsed.layers)
+            manifest_digest,
+            parsed.config.digest,
+            tuple(d.digest for d in parsed.layers),
+            tuple(d.size for d in parsed.layers),
+            tuple(d.media_type for d in parsed.layers),
         )
         known = self._images.setdefault(repository, [])
-        if known and known[0].manifest == manifest_digest:
+        if known and known[0] == image:  # (an entry saved without sizes is learnt again)
             return False
         known[:] = [image] + [i for i in known if i.manifest != manifest_digest]
         del known[MAX_IMAGES_PER_REPOSITORY:]
@@ -110,7 +122,9 @@ class LayerIndex:
 
     def _index_image(self, repository: str, image: ImageLayers) -> None:
         for position, layer in enumerate(image.layers):
-            self._layers[layer] = LayerRef(repository, image.config, position)
+            size = image.sizes[position] if position < len(image.sizes) else 0
+            media_type = image.media_types[position] if position < len(image.media_types) else ""
+            self._layers[layer] = LayerRef(repository, image.config, position, size, media_type)
 
     # ---- persistence ----------------------------------------------------
 
@@ -126,6 +140,8 @@ class LayerIndex:
                         Digest.parse(i["manifest"]),
                         Digest.parse(i["config"]),
                         tuple(Digest.parse(d) for d in i["layers"]),
+                        _saved_sizes(i.get("sizes", [])),
+                        tuple(str(m) for m in i.get("media_types", [])),
                     )
                     for i in images
                 ]
@@ -159,6 +175,8 @@ class LayerIndex:
                             "manifest": str(i.manifest),
                             "config": str(i.config),
                             "layers": [str(d) for d in i.layers],
+                            "sizes": list(i.sizes),
+                            "media_types": list(i.media_types),
                         }
                         for i in images
                     ]
@@ -166,3 +184,13 @@ class LayerIndex:
                 },
             }
         )
+
+
+def _saved_sizes(values: list[object]) -> tuple[int, ...]:
+    """Layer sizes from the saved index (TypeError for anything but integers)."""
+    sizes = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise TypeError(f"layer sizes must be non-negative integers, got {value!r:.40}")
+        sizes.append(value)
+    return tuple(sizes)

@@ -28,6 +28,7 @@ from krill.digests import Digest
 from krill.httpmetrics import REQUEST_BUCKETS, request_histogram
 
 if TYPE_CHECKING:  # krill.swarm loads libtorrent, which an agent without a swarm never needs
+    from krill.agent.deltachoice import Choice, Decision
     from krill.agent.deltas import Failure, Miss
     from krill.swarm import SwarmStats
 
@@ -151,6 +152,32 @@ class AgentMetrics:
             "Layer bytes not downloaded thanks to deltas (layer size - delta size)",
             registry=self.registry,
         )
+        # Delta or full (agent.deltachoice): each choice with its reason, the bytes a full
+        # choice downloaded beyond the delta, and the seconds choices saved or lost.
+        self.delta_choices = Counter(
+            "krill_agent_delta_choice",
+            "Layers with a delta on offer, by the path taken (delta, full) and why",
+            ["choice", "reason"],
+            registry=self.registry,
+        )
+        self.delta_bytes_forgone = Counter(
+            "krill_agent_delta_bytes_forgone",
+            "Bytes downloaded beyond the delta's because the full layer was faster "
+            "(layer size - delta size per full choice)",
+            registry=self.registry,
+        )
+        self.delta_seconds_saved = Counter(
+            "krill_agent_delta_seconds_saved",
+            "Seconds choices saved: the other path's estimate minus the path's measured time",
+            ["choice"],
+            registry=self.registry,
+        )
+        self.delta_seconds_lost = Counter(
+            "krill_agent_delta_seconds_lost",
+            "Seconds choices lost: the path's measured time minus the other path's estimate",
+            ["choice"],
+            registry=self.registry,
+        )
 
     def event(self, kind: str, label: str) -> None:
         """Hook for BlobFetcher: ('cache', 'hit'|'miss'), ('fallback', reason)."""
@@ -182,6 +209,16 @@ class AgentMetrics:
 
     def delta_failure(self, reason: Failure) -> None:
         self.delta_failures.labels(reason).inc()
+
+    def delta_choice(self, decision: Decision) -> None:
+        self.delta_choices.labels(decision.choice, decision.reason).inc()
+        self.delta_bytes_forgone.inc(decision.bytes_forgone)
+
+    def delta_seconds(self, choice: Choice, saved: float) -> None:
+        if saved >= 0:
+            self.delta_seconds_saved.labels(choice).inc(saved)
+        else:
+            self.delta_seconds_lost.labels(choice).inc(-saved)
 
     def evicted(self, digest: Digest, reason: str) -> None:
         self.evictions.labels(reason).inc()

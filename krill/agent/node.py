@@ -137,6 +137,7 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
                 lookup_timeout=config.delta_lookup_timeout,
                 fetch_timeout=config.stall_timeout,
                 executor=rebuilds,
+                policy=config.delta_policy,
             )
 
         async def learn_layers(repository: str, manifest: Manifest) -> None:
