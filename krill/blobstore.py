@@ -45,12 +45,22 @@ class SizeMismatchError(ValueError):
     """The bytes written are not as many as the caller promised."""
 
 
+class WriterBrokenError(OSError):
+    """A write failed earlier: the file may hold bytes the digest does not cover."""
+
+
 class BlobWriter:
     """Streams bytes into a temporary file while hashing them.
 
     Use ``commit`` to verify and publish, ``abort`` to throw away; a writer
     that is neither committed nor aborted leaves a temp file that the next
     ``BlobStore`` start removes.
+
+    A write that fails (ENOSPC, EIO) may still have put part of its bytes in
+    the file, and the hash does not include them: a caller that wrote the
+    same bytes again once space freed would publish a torn file under a digest
+    that matches what it meant to write. So the first failed write breaks the
+    writer for good: every later ``write`` and ``commit`` raises.
     """
 
     def __init__(self, store: BlobStore, path: Path) -> None:
@@ -60,11 +70,23 @@ class BlobWriter:
         self._hasher = hashlib.sha256()
         self.size = 0
         self.closed = False
+        self._broken: OSError | None = None
 
     def write(self, data: bytes | memoryview) -> None:
-        self._file.write(data)
+        self._check_not_broken()
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self._broken = exc
+            raise
         self._hasher.update(data)
         self.size += len(data)
+
+    def _check_not_broken(self) -> None:
+        if self._broken is not None:
+            raise WriterBrokenError(
+                self._broken.errno, f"an earlier write failed ({self._broken.strerror})"
+            )
 
     def flush(self) -> None:
         """Push buffered bytes to the file, so readers of ``path`` see all written so far."""
@@ -78,6 +100,7 @@ class BlobWriter:
         """Verify, fsync and publish; return the digest. Raises on mismatch (and aborts)."""
         actual = self.digest()
         try:
+            self._check_not_broken()
             if expected is not None and actual != expected:
                 raise DigestMismatchError(expected, actual)
             if expected_size is not None and self.size != expected_size:
@@ -95,9 +118,11 @@ class BlobWriter:
         return actual
 
     def abort(self) -> None:
-        """Discard what was written. Safe to call more than once."""
+        """Discard what was written. Safe to call more than once, and on a full disk
+        (close's flush fails there, yet the descriptor is closed and the file goes)."""
         if not self._file.closed:
-            self._file.close()
+            with contextlib.suppress(OSError):
+                self._file.close()
         self.closed = True
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

@@ -10,6 +10,12 @@ Two cases the spec's code list does not cover:
   (``/v2/<name>/manifests|blobs|tags|referrers/...``); any other path gets
   404 with ``UNSUPPORTED`` and a message naming the path, since nothing in
   it was a repository name.
+- A full disk (``ENOSPC``, ``EDQUOT`` from any handler): 507 with code
+  ``UNAVAILABLE`` and a message saying so, logged as a warning without a
+  traceback. It is the operator's to fix, not a bug, and a client told
+  "unexpected error, report it" would not know that freeing space and
+  pushing again is the way out. Whatever was being written is discarded by
+  its writer (``krill.blobstore``), so nothing partial is left.
 - A bug (any other exception): the traceback is logged and the client gets
   500 with code ``UNKNOWN``. ``UNKNOWN`` is not in the spec's list; it is
   what CNCF distribution itself answers for unexpected errors, so clients
@@ -19,6 +25,7 @@ Two cases the spec's code list does not cover:
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import re
@@ -52,6 +59,9 @@ CODES: dict[str, tuple[int, str]] = {
     "UNAVAILABLE": (503, "service unavailable"),
     "UNKNOWN": (500, "unknown error"),  # not a spec code: see the module docstring
 }
+
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_INSUFFICIENT_STORAGE = 507
 
 _REPOSITORY_PATH_RE = re.compile(r"^/v2/.+/(manifests|blobs|tags|referrers)(/|$)")
 
@@ -159,14 +169,34 @@ async def error_middleware(
         )
     except ConnectionError:
         raise  # the client went away: nobody to answer
-    except Exception:
-        log.exception("request.crashed method=%s path=%s", request.method, request.path[:200])
-        if _response_started(request):
-            raise
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL or _response_started(request):
+            return _crashed(request, head)
+        log.warning(
+            "request.disk_full method=%s path=%s error=%s",
+            request.method, request.path[:200], exc.strerror,
+        )
         return error_response(
-            "UNKNOWN",
-            "the server hit an unexpected error (it is logged); retry, and report it if "
-            "it persists",
-            status=500,
+            "UNAVAILABLE",
+            f"the server's disk is full ({exc.strerror}); nothing was stored: "
+            "free space on it (or grow its volume) and retry",
+            status=_INSUFFICIENT_STORAGE,
             head=head,
         )
+    except Exception:
+        return _crashed(request, head)
+
+
+def _crashed(request: web.Request, head: bool) -> web.Response:
+    """A bug: the traceback goes to the log (call from an ``except`` block), the client
+    gets a 500, or a cut connection when the response was already under way."""
+    log.exception("request.crashed method=%s path=%s", request.method, request.path[:200])
+    if _response_started(request):
+        raise  # the exception being handled by our caller
+    return error_response(
+        "UNKNOWN",
+        "the server hit an unexpected error (it is logged); retry, and report it if "
+        "it persists",
+        status=500,
+        head=head,
+    )

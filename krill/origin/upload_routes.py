@@ -170,11 +170,15 @@ def check_content_range(request: web.Request, session: UploadSession) -> None:
 
 
 async def receive_chunk(request: web.Request, session: UploadSession) -> None:
-    """Append the body to the session; a broken chunk ends the session (no partial state)."""
+    """Append the body to the session; a broken chunk ends the session (no partial state).
+
+    A disk error (ENOSPC) ends it too: the temp file may hold part of the chunk,
+    and the session's offset could not say where a retry should start.
+    """
     check_content_range(request, session)
     try:
         await receive_body(request, session.open_writer())
-    except RegistryError:
+    except (RegistryError, OSError):
         request.app[UPLOADS].cancel(session)
         raise
 
