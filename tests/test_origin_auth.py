@@ -523,3 +523,31 @@ async def test_a_changed_htpasswd_file_is_read_again_without_a_restart(
         assert (await session.get(url, headers=basic("bob"))).status == 401
         htpasswd.write_text("this is not an htpasswd file\n")  # a bad edit keeps the users
         assert (await session.get(url, headers=basic("alice"))).status == 200
+
+
+HOSTILE_AUTHORIZATION = [
+    "",
+    "Basic",
+    "Basic !!!not-base64!!!",
+    "Basic " + base64.b64encode(b"no-colon").decode(),
+    "Basic " + base64.b64encode(b":empty-user").decode(),
+    "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode(),
+    "Basic " + base64.b64encode(b"alice:" + b"x" * 5000).decode(),
+    "Bearer",
+    "Bearer krill.",
+    "Bearer krill.e30.AAAA",
+    "Bearer krill." + "A" * 8000,  # aiohttp itself refuses headers over 8190 bytes
+    "Digest username=alice",
+    "basic " + base64.b64encode(b"alice:wrong").decode(),
+]
+
+
+@pytest.mark.parametrize("header", HOSTILE_AUTHORIZATION)
+async def test_a_malformed_authorization_header_is_a_401_never_a_crash(
+    origin: Origin, header: str
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        for path in ("/v2/", "/v2/public/app/tags/list", "/v2/_catalog", "/auth/token"):
+            resp = await session.get(f"{origin.url}{path}", headers={"Authorization": header})
+            assert resp.status == 401, path
+            assert await error_code(resp) == "UNAUTHORIZED"
