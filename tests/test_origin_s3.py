@@ -218,13 +218,24 @@ async def test_gc_removes_from_the_bucket_what_no_repository_links(
     bucket: S3Backend,
     tmp_path: Path,
 ) -> None:
+    """Issue 17's check, on the bucket: a manifest deleted by digest and `krill origin gc
+    --grace 0` take its own layers, config and manifest out of the bucket; a layer shared
+    with a kept image stays; so does everything of the kept image. A blob unlinked by
+    DELETE from its only repository goes too."""
     client = (await start_s3_origin(s3_location)).client
-    image = build_image([random_files(7, 2, 4096)])
-    await push_image(client, "team/app", image)
+    shared = random_files(7, 2, 4096)
+    kept = build_image([shared, random_files(11, 1, 4096)])
+    deleted = build_image([shared, random_files(12, 1, 4096)])
+    await push_image(client, "team/kept", kept)
+    await push_image(client, "team/gone", deleted)
+    resp = await client.delete(f"/v2/team/gone/manifests/{deleted.manifest.digest}")
+    assert resp.status == 202
     orphan = payload(8, 5000)
-    assert (await push(client, "team/app", orphan)).status == 201
-    assert (await client.delete(f"/v2/team/app/blobs/{digest_of(orphan)}")).status == 202
-    assert digest_of(orphan) in await bucket_digests(bucket)
+    assert (await push(client, "team/kept", orphan)).status == 201
+    assert (await client.delete(f"/v2/team/kept/blobs/{digest_of(orphan)}")).status == 202
+    everything = {b.digest for img in (kept, deleted) for b in (*img.blobs(), img.manifest)}
+    assert await bucket_digests(bucket) == everything | {digest_of(orphan)}
+
     config = tmp_path / "gc.toml"
     config.write_text(f's3_credentials = "{credentials_file(seaweedfs, tmp_path)}"\n')
     args = ["origin", "gc", "--config", str(config), "--data", str(tmp_path / "origin")]
@@ -233,9 +244,11 @@ async def test_gc_removes_from_the_bucket_what_no_repository_links(
         subprocess.run, krill_command(*args), capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    assert f"bucket: removed 1 objects, {len(orphan)} bytes" in done.stdout
-    kept = {b.digest for b in image.blobs()} | {image.manifest.digest}
-    assert await bucket_digests(bucket) == kept
+    gone = {deleted.config.digest, deleted.layers[1].digest, deleted.manifest.digest}
+    gone_bytes = sum(len(b.data) for b in (deleted.config, deleted.layers[1], deleted.manifest))
+    assert f"bucket: removed 4 objects, {gone_bytes + len(orphan)} bytes" in done.stdout
+    assert await bucket_digests(bucket) == everything - gone
+    assert kept.layers[0].digest == deleted.layers[0].digest  # the shared layer stayed
 
 
 async def test_periodic_bucket_sweep(
