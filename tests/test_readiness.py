@@ -19,7 +19,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from pytest_aiohttp import AiohttpServer
+from yarl import URL
 
+from krill.origin.config import OriginConfig
+from krill.origin.readiness import bucket_reachable
+from krill.origin.server import create_app
+from krill.origin.storage import ObjectStore, install_object_storage
 from krill.readiness import (
     Check,
     CheckFailed,
@@ -29,11 +35,19 @@ from krill.readiness import (
     run_checks,
     writable,
 )
+from krill.s3backend import S3Backend
+from krill.s3client import S3Location
+from krill.s3sign import Credentials
 from tests.agent_cluster import agent_process, origin_process, tracker_process
 from tests.clocks import ManualClock
 from tests.components import free_port, redis_server
+from tests.fixtures_origin import StartOrigin
 from tests.polling import until, until_sync
+from tests.s3_fixtures import SeaweedFS, s3_location, seaweedfs
 from tests.swarm_helpers import running_tracker
+from tests.test_origin_s3 import credentials_file, storage_url
+
+__all__ = ["s3_location", "seaweedfs"]  # fixtures used here
 
 # ---- the checks, run and rendered ---------------------------------------------
 
@@ -158,6 +172,53 @@ async def test_tracker_turns_unready_when_its_redis_stops(
             assert body["checks"]["peer_store"]["outcome"] in ("fail", "timeout")  # type: ignore[index]
 
 
+# ---- the origin: its bucket, when its storage is one --------------------------------
+
+
+async def test_an_origin_on_a_bucket_checks_it(
+    tmp_path: Path,
+    seaweedfs: SeaweedFS,
+    s3_location: S3Location,
+    aiohttp_server: AiohttpServer,
+    http: aiohttp.ClientSession,
+) -> None:
+    config = OriginConfig(
+        data=tmp_path / "origin",
+        storage=storage_url(s3_location),
+        s3_credentials=credentials_file(seaweedfs, tmp_path),
+        deltas=False,
+    )
+    app = create_app(config)
+    install_object_storage(app, config)
+    server = await aiohttp_server(app)
+    status, body = await ready_of(http, str(server.make_url("")).rstrip("/"))
+    assert status == 200, body
+    assert body["checks"]["bucket"]["outcome"] == "pass"  # type: ignore[index]
+    assert s3_location.bucket in body["checks"]["bucket"]["detail"]  # type: ignore[index]
+
+
+async def test_a_bucket_that_does_not_answer_fails_the_check() -> None:
+    endpoint = URL(f"http://127.0.0.1:{free_port()}")
+    backend = S3Backend(S3Location(endpoint, "b"), Credentials("a", "s"), retry_delays=(0, 0))
+    try:
+        checks = [Check("bucket", lambda: bucket_reachable(ObjectStore(backend)))]
+        [result] = await run_checks(checks)
+    finally:
+        await backend.close()
+    assert result.outcome in (Outcome.FAIL, Outcome.TIMEOUT)
+    assert result.outcome is Outcome.TIMEOUT or str(endpoint.port) in result.detail
+
+
+async def test_a_directory_origin_skips_the_bucket(
+    start_origin: StartOrigin, http: aiohttp.ClientSession
+) -> None:
+    server = await start_origin()
+    status, body = await ready_of(http, str(server.make_url("")).rstrip("/"))
+    assert status == 200
+    assert body["checks"]["bucket"]["outcome"] == "skipped"  # type: ignore[index]
+    assert body["checks"]["tracker"]["outcome"] == "skipped"  # type: ignore[index]
+
+
 # ---- real processes: the tracker stops and comes back ----------------------------
 
 
@@ -224,6 +285,7 @@ def test_ready_names_each_check_of_each_service(cluster: Cluster) -> None:
     assert status == 200, checks
     assert {name: c["outcome"] for name, c in checks.items()} == {
         "store": "pass",
+        "bucket": "skipped",
         "tracker": "pass",
     }
     status, checks = ready(cluster.tracker)

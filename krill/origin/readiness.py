@@ -1,5 +1,9 @@
-"""What the origin needs to be ready: a writable store, and the tracker it seeds
-through answering when one is configured (``krill.readiness`` runs them).
+"""What the origin needs to be ready: a writable store, its bucket answering when
+its storage is one, and the tracker it seeds through answering when one is
+configured (``krill.readiness`` runs them).
+
+The bucket check lists at most one key, the request the origin makes at start
+to tell a missing bucket or refused credentials from a working one.
 
 The tracker check asks ``/health`` at the tracker's base URL (``config.tracker``
 is its announce URL). Without a tracker the origin does not seed, so the check
@@ -12,6 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from krill.origin.appkeys import CONFIG, STORE
+from krill.origin.storage import OBJECT_STORE, ObjectStore
 from krill.readiness import Check, Skipped, serves_health, store_writable
 
 __all__ = ["origin_checks"]
@@ -20,8 +25,16 @@ __all__ = ["origin_checks"]
 def origin_checks(app: web.Application) -> list[Check]:
     return [
         Check("store", lambda: store_writable(app[STORE])),
+        Check("bucket", lambda: bucket_reachable(app.get(OBJECT_STORE))),
         Check("tracker", lambda: _tracker_reachable(app[CONFIG].tracker)),
     ]
+
+
+async def bucket_reachable(objects: ObjectStore | None) -> str:
+    if objects is None:
+        raise Skipped("storage is a local directory")
+    await objects.backend.client.check_bucket()
+    return f"{objects.backend.description} answered"
 
 
 async def _tracker_reachable(announce_url: str | None) -> str:
