@@ -282,13 +282,16 @@ def run_bench(args: argparse.Namespace) -> int:
             from herd_engine import swarm_pull
 
             log("swarm pull (engine only) ...")
-            figures.krill = swarm_pull(procs, work, args.nodes, digest, not args.no_claims)
+            figures.krill, figures.node_cpu = swarm_pull(
+                procs, work, args.nodes, digest, not args.no_claims
+            )
         else:
             from herd_agents import agents_pull
 
             log("pull through krill agents ...")
             run = agents_pull(procs, work, args.nodes)
             figures.krill = [p.seconds for p in run.pulls]
+            figures.node_cpu = run.agent_cpu
             figures.agents = run
         time.sleep(1)  # let the last HAVEs and tracker answers drain before reading the counter
         figures.egress = (CLUSTER.tx_bytes(0) - sent_before) / size

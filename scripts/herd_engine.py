@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 
 def swarm_pull(
     procs: Processes, work: Path, nodes: int, digest: str, claims: bool
-) -> list[float]:
+) -> tuple[list[float], float]:
+    """Seconds each node took, and the CPU-seconds (user + sys) the drivers used pulling."""
     tracker = tracker_url()
     drivers = []
     for index in range(1, nodes + 1):
@@ -101,7 +102,7 @@ def swarm_pull(
     traded = sum(int(r.get("peer_bytes", 0)) for r in results)
     log(f"nodes received {fed / 2**20:.1f} MiB from the origin over HTTP (piece claims) and "
         f"{traded / 2**20:.1f} MiB over the swarm (peers and the origin's seed)")
-    return [float(r["seconds"]) for r in results]
+    return [float(r["seconds"]) for r in results], user + system
 
 
 def check_copies(drivers: list[subprocess.Popen[str]], digest: str) -> None:
