@@ -135,6 +135,9 @@ def service_commands(a: Addresses, data: Path) -> list[tuple[str, list[str], str
                 f"http://{a.tracker}",
                 "--origin",
                 f"http://{a.origin}",
+                # Loopback only, as everything here (the agent's default is every interface).
+                "--peer-host",
+                "127.0.0.1",
             ],
             f"http://{a.agent}/health",
         ),
