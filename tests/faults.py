@@ -9,6 +9,8 @@
   middle when the test kills something) and can hold new connections until
   the server behind it is back (so "the client retries once the origin
   returns" does not depend on how fast a restart is on a loaded machine).
+* ``RestartableOrigin``: a ``krill origin`` process on a fixed port and data
+  directory, to SIGKILL and start again; and the small helpers around it.
 """
 
 from __future__ import annotations
@@ -18,15 +20,29 @@ import contextlib
 import hashlib
 import os
 import subprocess
+import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from krill.blobstore import BlobStore
 from tests.agent_cluster import ServingThread
-from tests.components import free_port
+from tests.components import free_port, krill_process
 
-__all__ = ["GatedProxy", "SmallDisk", "gated_proxy", "sha256_digest", "small_disk"]
+__all__ = [
+    "GatedProxy",
+    "RestartableOrigin",
+    "SmallDisk",
+    "gated_proxy",
+    "get_body",
+    "incoming_files",
+    "push_blob",
+    "sha256_digest",
+    "small_disk",
+    "stored_blobs",
+]
 
 RELAY_CHUNK = 64 * 1024
 
@@ -211,3 +227,54 @@ def gated_proxy(upstream_port: int) -> Iterator[GatedProxy]:
     finally:
         thread.call(proxy.stop())
         thread.close()
+
+
+@dataclass
+class RestartableOrigin:
+    """A ``krill origin`` on a fixed port and data directory, started again after a kill."""
+
+    port: int
+    data: Path
+    logs: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @contextlib.contextmanager
+    def running(self, name: str) -> Iterator[subprocess.Popen[bytes]]:
+        args = ["origin", "--listen", f"127.0.0.1:{self.port}", "--data", str(self.data)]
+        with krill_process(args, self.logs / f"{name}.log", f"{self.url}/v2/") as proc:
+            self.process = proc
+            yield proc
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+
+def push_blob(base: str, data: bytes, repository: str = "team/app") -> str:
+    """Monolithic upload of ``data``; its digest."""
+    digest = sha256_digest(data)
+    url = f"{base}/v2/{repository}/blobs/uploads/?digest={digest}"
+    with urllib.request.urlopen(urllib.request.Request(url, data=data, method="POST")) as r:
+        assert r.status == 201
+    return digest
+
+
+def get_body(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=300) as response:
+        return bytes(response.read())
+
+
+def stored_blobs(store_root: Path) -> set[str]:
+    """The digests committed in the blob store at ``store_root``."""
+    return {str(d) for d in BlobStore(store_root).digests()}
+
+
+def incoming_files(store_root: Path) -> list[Path]:
+    """Temp files of writes under way (or interrupted) in the store at ``store_root``."""
+    incoming = store_root / "incoming"
+    return list(incoming.iterdir()) if incoming.exists() else []

@@ -23,12 +23,10 @@ from __future__ import annotations
 import contextlib
 import http.client
 import socket
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -36,8 +34,16 @@ import pytest
 from krill.blobstore import BlobStore
 from krill.digests import Digest
 from tests.agent_cluster import Agent, agent_process, wait_until
-from tests.components import free_port, krill_process
-from tests.faults import GatedProxy, gated_proxy, sha256_digest
+from tests.components import free_port
+from tests.faults import (
+    GatedProxy,
+    RestartableOrigin,
+    gated_proxy,
+    get_body,
+    incoming_files,
+    push_blob,
+    stored_blobs,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -46,49 +52,12 @@ REPO = "team/app"
 # Far more than loopback's socket buffers hold (tcp_rmem's 32 MiB ceiling among them):
 # a sender stopped by a reader that stopped is surely still mid-blob.
 BLOB_SIZE = 64 * MiB
+# What urllib raises for a body cut short, a reset connection or a refused request.
+CUT_SHORT = (http.client.IncompleteRead, urllib.error.URLError, ConnectionError)
 # HTTP only (no tracker, no deltas): the path under test. The agent waits for the
 # restarted origin as long as the proxy holds it, and a loaded machine may take
 # seconds to restart a Python process.
-# What urllib raises for a body cut short, a reset connection or a refused request.
-CUT_SHORT = (http.client.IncompleteRead, urllib.error.URLError, ConnectionError)
 AGENT_SETTINGS = {"deltas": False, "origin_timeout": 120.0, "stall_timeout": 120.0}
-
-
-@dataclass
-class Origin:
-    port: int
-    data: Path
-    logs: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @contextlib.contextmanager
-    def running(self, name: str) -> Iterator[subprocess.Popen[bytes]]:
-        args = ["origin", "--listen", f"127.0.0.1:{self.port}", "--data", str(self.data)]
-        with krill_process(args, self.logs / f"{name}.log", f"{self.url}/v2/") as proc:
-            self.process = proc
-            yield proc
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
-
-
-def push_blob(base: str, data: bytes) -> str:
-    digest = sha256_digest(data)
-    url = f"{base}/v2/{REPO}/blobs/uploads/?digest={digest}"
-    with urllib.request.urlopen(urllib.request.Request(url, data=data, method="POST")) as r:
-        assert r.status == 201
-    return digest
-
-
-def get_body(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=300) as response:
-        return bytes(response.read())
 
 
 def read_until_closed(url: str, first: int) -> tuple[int, bytes, socket.socket]:
@@ -120,20 +89,11 @@ def read_rest(sock: socket.socket) -> bytes:
     return rest
 
 
-def stored_blobs(store_root: Path) -> set[str]:
-    return {str(d) for d in BlobStore(store_root).digests()}
-
-
-def incoming_files(store_root: Path) -> list[Path]:
-    incoming = store_root / "incoming"
-    return list(incoming.iterdir()) if incoming.exists() else []
-
-
 def test_a_client_of_a_killed_origin_gets_a_short_body_and_the_restart_serves_it_whole(
     tmp_path: Path,
 ) -> None:
     data = (b"krill" * (BLOB_SIZE // 5 + 1))[:BLOB_SIZE]
-    origin = Origin(free_port(), tmp_path / "origin" / "data", tmp_path)
+    origin = RestartableOrigin(free_port(), tmp_path / "origin" / "data", tmp_path)
     with origin.running("origin-1"):
         digest = push_blob(origin.url, data)
         length, body, sock = read_until_closed(f"{origin.url}/v2/{REPO}/blobs/{digest}", MiB)
@@ -149,7 +109,7 @@ def test_a_client_of_a_killed_origin_gets_a_short_body_and_the_restart_serves_it
 
 @contextlib.contextmanager
 def agent_behind_proxy(
-    tmp_path: Path, origin: Origin, **settings: object
+    tmp_path: Path, origin: RestartableOrigin, **settings: object
 ) -> Iterator[tuple[Agent, GatedProxy]]:
     with (
         gated_proxy(origin.port) as proxy,
@@ -168,7 +128,7 @@ def test_an_agent_resumes_from_a_restarted_origin_and_serves_exactly_the_blob(
     tmp_path: Path,
 ) -> None:
     data = bytes(range(256)) * (BLOB_SIZE // 256)
-    origin = Origin(free_port(), tmp_path / "origin" / "data", tmp_path)
+    origin = RestartableOrigin(free_port(), tmp_path / "origin" / "data", tmp_path)
     with (
         origin.running("origin-1"),
         agent_behind_proxy(tmp_path, origin) as (agent, proxy),
@@ -197,7 +157,7 @@ def test_with_the_origin_down_past_the_resumes_the_pull_fails_and_the_agent_keep
     tmp_path: Path,
 ) -> None:
     data = bytes(range(256)) * (BLOB_SIZE // 256)
-    origin = Origin(free_port(), tmp_path / "origin" / "data", tmp_path)
+    origin = RestartableOrigin(free_port(), tmp_path / "origin" / "data", tmp_path)
     with (
         agent_behind_proxy(tmp_path, origin, origin_resume_attempts=2) as (agent, proxy),
         ThreadPoolExecutor(1) as pool,

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -108,6 +109,7 @@ class OriginHttpSource:
             raise SourceUnavailable("HTTP fallback needs a repository name to ask the origin")
         response = await self.open_response(repository, digest, offset=0)
         size = _content_length(response)
+        _check_room(self.store, digest, size, response)
         writer = self.store.writer()
         transfer = OriginHttpTransfer(self, repository, digest, size, writer, response)
         transfer.begin()
@@ -147,6 +149,26 @@ def _content_length(response: aiohttp.ClientResponse) -> int:
         response.release()
         raise SourceUnavailable("origin sent a blob without Content-Length")
     return length
+
+
+def _check_room(
+    store: BlobStore, digest: Digest, size: int, response: aiohttp.ClientResponse
+) -> None:
+    """Refuse, before any byte is promised to a client, a blob the cache disk cannot hold.
+
+    Past this point the client has its 200 and Content-Length, and a disk that
+    fills mid-blob can only cut its connection: containerd retries this node
+    and never moves on to the next host. A 503 now sends it there. (Another
+    download can still take the room meanwhile; that pull is cut, nothing kept.)
+    """
+    free = shutil.disk_usage(store.root).free
+    if free < size:
+        response.release()
+        log.warning("origin_fetch.no_room digest=%s bytes=%d free=%d", digest, size, free)
+        raise SourceUnavailable(
+            f"this node's cache disk has {free} bytes free, too few for {digest} "
+            f"({size} bytes); free space under {store.root} or lower cache_budget"
+        )
 
 
 class OriginHttpTransfer:
