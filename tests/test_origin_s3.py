@@ -158,7 +158,7 @@ async def test_refused_digest_leaves_the_bucket_empty(
     assert [info async for info in bucket.list()] == []
 
 
-async def test_blob_missing_locally_is_filled_from_the_bucket(
+async def test_blob_missing_locally_is_streamed_from_the_bucket_and_filled(
     start_s3_origin: StartS3Origin, s3_location: S3Location
 ) -> None:
     origin = await start_s3_origin(s3_location)
@@ -166,17 +166,27 @@ async def test_blob_missing_locally_is_filled_from_the_bucket(
     data = payload(4, 300_000)
     assert (await push(client, "team/app", data)).status == 201
     digest = Digest.parse(digest_of(data))
+    url = f"/v2/team/app/blobs/{digest}"
     store = origin.app[STORE]
-    assert store.delete(digest) and not store.has(digest)
-    head = await client.head(f"/v2/team/app/blobs/{digest}")
-    assert head.status == 200 and head.headers["Content-Length"] == str(len(data))
-    assert not store.has(digest)  # a HEAD copies nothing
-    ranged = client.get(f"/v2/team/app/blobs/{digest}", headers={"Range": "bytes=1000-1999"})
-    whole = client.get(f"/v2/team/app/blobs/{digest}")
-    first, second = await asyncio.gather(ranged, whole)  # one fill serves both
+    assert store.delete(digest)
+    ranged = client.get(url, headers={"Range": "bytes=1000-1999"})
+    whole = client.get(url)
+    first, second = await asyncio.gather(ranged, whole)
     assert first.status == 206 and await first.read() == data[1000:2000]
+    assert first.headers["Content-Range"] == f"bytes 1000-1999/{len(data)}"
     assert second.status == 200 and await second.read() == data
-    assert store.has(digest)
+    assert second.headers["Docker-Content-Digest"] == str(digest)
+    await until(lambda: store.has(digest), "the background copy into the local store")
+    assert store.path(digest).read_bytes() == data
+
+    assert store.delete(digest)  # the first request after this one is answered from the bucket
+    past_end = await client.get(url, headers={"Range": f"bytes={len(data)}-"})
+    assert past_end.status == 416 and await error_code(past_end) == "RANGE_INVALID"
+    assert past_end.headers["Content-Range"] == f"bytes */{len(data)}"
+    await until(lambda: store.has(digest), "the copy the refused request started")
+    assert store.delete(digest)
+    head = await client.head(url)
+    assert head.status == 200 and head.headers["Content-Length"] == str(len(data))
 
 
 async def test_bucket_gone_after_start_makes_pushes_unavailable(

@@ -9,20 +9,20 @@ pull-through mirror when there is one.
 A blob is served under a repository only if it is linked there (pushed,
 mounted or pulled through); see ``origin.repositories``. On an origin whose
 storage is a bucket (``origin.storage``), a linked blob missing from the local
-store is first copied in from the bucket (verified), then served the same way
-(a HEAD is answered from the object's size, without the copy).
+store is streamed from the bucket while it is copied in
+(``origin.storage_responses``).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from krill.digests import Digest
 from krill.origin.appkeys import REPOSITORIES, STORE
-from krill.origin.blobresponses import blob_file_response, blob_head_response
+from krill.origin.blobresponses import blob_file_response
 from krill.origin.errors import blob_unknown
 from krill.origin.pullthrough import PULL_THROUGH
 from krill.origin.storage import OBJECT_STORE
+from krill.origin.storage_responses import bucket_blob_response
 from krill.registry_params import API_HEADERS, parse_digest, repo_name
 
 
@@ -31,31 +31,17 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     digest = parse_digest(request.match_info["digest"])
     app = request.app
     if app[REPOSITORIES].has_blob(repo, digest):
-        if request.method == "HEAD" and not app[STORE].has(digest):
-            head = await head_from_bucket(app, digest)
-            if head is not None:
-                return head
-        if await stored_locally(app, digest):
+        if app[STORE].has(digest):
             return blob_file_response(app, digest)
+        object_store = app.get(OBJECT_STORE)
+        if object_store is not None:
+            from_bucket = await bucket_blob_response(request, object_store, digest)
+            if from_bucket is not None:
+                return from_bucket
     pull = app[PULL_THROUGH]
     if pull is not None:
         return await pull.serve_blob(request, repo, digest)
     raise blob_unknown(digest)
-
-
-async def stored_locally(app: web.Application, digest: Digest) -> bool:
-    """Whether the local store has the blob, after filling it from the bucket if there is one."""
-    if app[STORE].has(digest):
-        return True
-    object_store = app.get(OBJECT_STORE)
-    return object_store is not None and await object_store.fill(app, digest)
-
-
-async def head_from_bucket(app: web.Application, digest: Digest) -> web.Response | None:
-    """A HEAD for a blob only the bucket holds, answered from its size: no copy for a HEAD."""
-    object_store = app.get(OBJECT_STORE)
-    size = None if object_store is None else await object_store.size(digest)
-    return None if size is None else blob_head_response(digest, size)
 
 
 async def delete_blob(request: web.Request) -> web.Response:

@@ -14,11 +14,12 @@ keeps working exactly as on a directory, and in addition:
   refuses, the client gets 503 ``UNAVAILABLE`` and pushes again (the blob is
   then already local; only the put is repeated).
 * **read-through**: a blob linked in a repository but missing from the local
-  store is copied from the bucket into the store (verified, once however many
-  ask at the same moment) and served from there with sendfile, ``Range``
-  included. Serving from a local file keeps sendfile, the piece claims and
-  the swarm seeding (libtorrent reads the file in place) unchanged; the cost
-  is one full copy before the first byte of a cold blob.
+  store is streamed from the bucket, ``Range`` passed on
+  (``origin.storage_responses``), while it is copied into the store in the
+  background (verified, once however many ask at the same moment); from then
+  on it is served like any local blob. Keeping the local file keeps sendfile,
+  the piece claims and the swarm seeding (libtorrent reads the file in place)
+  unchanged.
 
 What stays local in this version (docs/storage.md, "Object storage"):
 repository links, tags and tag history, deltas and their index, metainfo
@@ -35,7 +36,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from krill.blobbackend import BlobMissingError, DigestMismatchError, PutOutcome
+from krill.blobbackend import BlobMissingError, BlobReader, DigestMismatchError, PutOutcome
 from krill.clierror import CliError
 from krill.clock import SYSTEM_CLOCK, Clock
 from krill.config import ConfigError
@@ -69,6 +70,8 @@ class ObjectStore:
     def __init__(self, backend: S3Backend) -> None:
         self.backend = backend
         self._fills: SingleFlight[bool] = SingleFlight()
+        # Fills nobody awaits, held until done (the loop keeps only weak references).
+        self._background: set[asyncio.Task[bool]] = set()
 
     async def write_through(self, app: web.Application, digest: Digest) -> None:
         """Put a just-committed local blob to the bucket; 503 UNAVAILABLE if it can't be.
@@ -104,9 +107,33 @@ class ObjectStore:
             ) from None
         return None if info is None else info.size
 
+    @contextlib.asynccontextmanager
+    async def open(self, digest: Digest, start: int, length: int) -> AsyncIterator[BlobReader]:
+        """Read a range from the bucket; 503 UNAVAILABLE if the bucket fails before the body."""
+        try:
+            async with self.backend.open(digest, start, length) as reader:
+                yield reader
+        except S3Error as exc:
+            raise RegistryError(
+                "UNAVAILABLE", f"{digest} could not be read from the object store: {exc}"
+            ) from None
+
     async def fill(self, app: web.Application, digest: Digest) -> bool:
         """Copy a blob from the bucket into the local store; False if the bucket lacks it."""
         return await self._fills.run(digest, lambda: self._copy_in(app, digest))
+
+    def start_fill(self, app: web.Application, digest: Digest) -> None:
+        """Start copying a blob into the local store, unless that is under way (not awaited)."""
+        if self._fills.in_flight(digest) is not None:
+            return
+        task = asyncio.get_running_loop().create_task(self.fill(app, digest))
+        self._background.add(task)
+        task.add_done_callback(self._filled)
+
+    def _filled(self, task: asyncio.Task[bool]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("origin.read_through_failed error=%s", task.exception())
 
     async def _copy_in(self, app: web.Application, digest: Digest) -> bool:
         store = app[STORE]
