@@ -277,6 +277,14 @@ typedef struct {
     int32_t offset;
 } fast_entry;
 
+/* What a restarted levels-4-9 encoder needs beyond the input: see "restart points". */
+typedef struct {
+    int64_t in_off, bit_off; /* where the block ends: input offset, output bit offset */
+    int32_t win;             /* in_off - the window's input offset (the window slides at fixed points) */
+    int32_t avail;           /* byteAvailable: the byte at in_off is pending as a lazy literal */
+    int32_t length, offset;  /* the match found at in_off, when avail */
+} restart_point;
+
 typedef struct {
     PyObject_HEAD
     level_cfg cfg;
@@ -316,6 +324,15 @@ typedef struct {
     uint8_t *out;
     size_t out_len, out_cap;
     int nomem;
+
+    /* restart points (levels 4-9; see "restart points" below) */
+    int64_t in_base;   /* input offset of window[0] */
+    int64_t out_taken; /* bytes handed out by earlier calls */
+    int64_t record_every, next_record;
+    restart_point *points;
+    size_t npoints, points_cap;
+    int64_t stop_at; /* stop after the block ending here (-1: never) */
+    int stopped, overshot;
 } Deflater;
 
 /* ---- output and bits (huffmanBitWriter's byte order; its 48-bit batching changes nothing
@@ -690,6 +707,7 @@ static int fill_deflate(Deflater *d, const uint8_t *b, size_t n) {
         memcpy(d->window, d->window + WINDOW_SIZE, WINDOW_SIZE);
         d->index -= WINDOW_SIZE;
         d->window_end -= WINDOW_SIZE;
+        d->in_base += WINDOW_SIZE;
         d->block_start = d->block_start >= WINDOW_SIZE ? d->block_start - WINDOW_SIZE : INT32_MAX;
         d->hash_offset += WINDOW_SIZE;
         if (d->hash_offset > MAX_HASH_OFFSET) {
@@ -748,6 +766,47 @@ static int find_match(Deflater *d, int pos, int prev_head, int prev_length, int 
     return ok;
 }
 
+/* ---- restart points (levels 4-9) ---------------------------------------------------------
+ *
+ * At the lazy levels every position is hashed (fastSkipHashing == skipNever), so at a block
+ * boundary the matcher's state is a function of the input before it, plus a few fields: the
+ * window's input offset (it slides by 32 KiB at points fixed by the input), the pending lazy
+ * literal and its match (byteAvailable, length, offset). Hash chains only ever reach back
+ * 32 KiB and never below the window's start, so a restarted encoder rebuilds them by hashing
+ * the preceding 32 KiB of the window in order. The Huffman writer keeps nothing across blocks
+ * but its bit position. A recording encoder notes such a state every record_every input
+ * bytes (in full-window steps only: one big Write); the origin proves each one by compressing
+ * the segment from it (krill/delta/restarts.py). */
+
+static int64_t bits_out(const Deflater *d) {
+    return ((d->out_taken + (int64_t)d->out_len) << 3) + (int64_t)d->nbits;
+}
+
+/* index: the window position the block just written ends at. */
+static void note_block_end(Deflater *d, int index) {
+    int64_t end = d->in_base + index;
+    if (d->stop_at >= 0 && end >= d->stop_at) {
+        d->stopped = 1;
+        d->overshot = end != d->stop_at;
+        return;
+    }
+    if (d->record_every <= 0 || end < d->next_record || d->sync || d->window_end != d->window_cap) return;
+    if (d->npoints == d->points_cap) {
+        size_t cap = d->points_cap ? d->points_cap * 2 : 64;
+        restart_point *p = realloc(d->points, cap * sizeof *p);
+        if (!p) return; /* a missing restart point costs speed, never bytes */
+        d->points = p;
+        d->points_cap = cap;
+    }
+    /* The lazy path writes a block either after a match (index is then the next position to
+     * look at, nothing pending) or after the literal before index, with the match found at
+     * index still pending; the caller then steps index past it. */
+    restart_point r = {end, bits_out(d), index, d->byte_available, d->byte_available ? d->length : MIN_MATCH - 1,
+                       d->byte_available ? d->offset : 0};
+    d->points[d->npoints++] = r;
+    d->next_record = end + d->record_every;
+}
+
 /* compressor.writeBlock: the window bytes of the block go along when they are still there. */
 static int deflate_write_block(Deflater *d, int index) {
     if (index > 0) {
@@ -759,6 +818,7 @@ static int deflate_write_block(Deflater *d, int index) {
         }
         d->block_start = index;
         if (!write_block(d, d->tokens, d->ntokens, input, input_len)) return 0;
+        if (d->record_every > 0 || d->stop_at >= 0) note_block_end(d, index);
     }
     d->ntokens = 0;
     return 1;
@@ -831,12 +891,18 @@ static int deflate_step(Deflater *d) {
             } else {
                 d->index += d->length;
             }
-            if (d->ntokens == MAX_FLATE_BLOCK_TOKENS && !deflate_write_block(d, d->index)) return 0;
+            if (d->ntokens == MAX_FLATE_BLOCK_TOKENS) {
+                if (!deflate_write_block(d, d->index)) return 0;
+                if (d->stopped) return 1;
+            }
         } else {
             if (fast_skip != SKIP_NEVER || d->byte_available) {
                 int i = fast_skip != SKIP_NEVER ? d->index : d->index - 1;
                 d->tokens[d->ntokens++] = d->window[i];
-                if (d->ntokens == MAX_FLATE_BLOCK_TOKENS && !deflate_write_block(d, i + 1)) return 0;
+                if (d->ntokens == MAX_FLATE_BLOCK_TOKENS) {
+                    if (!deflate_write_block(d, i + 1)) return 0;
+                    if (d->stopped) return 1;
+                }
             }
             d->index++;
             if (fast_skip == SKIP_NEVER) d->byte_available = 1;
@@ -1091,28 +1157,20 @@ static void Deflater_free_buffers(Deflater *d) {
     free(d->prev);
     free(d->tokens);
     free(d->out);
+    free(d->points);
     d->window = d->prev = d->out = NULL;
     d->hash_head = d->hash_prev = d->tokens = NULL;
     d->table = NULL;
+    d->points = NULL;
 }
 
-static void Deflater_dealloc(Deflater *d) {
-    Deflater_free_buffers(d);
-    Py_TYPE(d)->tp_free((PyObject *)d);
-}
-
-static int Deflater_init(Deflater *d, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"level", NULL};
-    int level = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|i", kwlist, &level)) return -1;
-    if (level < -2 || level > 9) {
-        PyErr_Format(PyExc_ValueError, "invalid compression level %d: want value in range [-2, 9]", level);
-        return -1;
-    }
-    if (level == -1) level = 6;
+/* The buffers and state of a fresh stream at ``level`` (-2 … 9, -1 already mapped to 6);
+ * -1 when out of memory (nothing is left allocated). The Python header is not touched. */
+static int deflater_setup(Deflater *d, int level) {
     Deflater_free_buffers(d);
     memset(&d->cfg, 0, sizeof(Deflater) - offsetof(Deflater, cfg));
     d->level = level;
+    d->stop_at = -1;
     if (level >= 0) d->cfg = LEVELS[level];
     if (level >= 2) {
         d->window_cap = 2 * WINDOW_SIZE;
@@ -1138,13 +1196,44 @@ static int Deflater_init(Deflater *d, PyObject *args, PyObject *kwds) {
     return 0;
 nomem:
     Deflater_free_buffers(d);
-    PyErr_NoMemory();
     return -1;
+}
+
+static void Deflater_dealloc(Deflater *d) {
+    Deflater_free_buffers(d);
+    Py_TYPE(d)->tp_free((PyObject *)d);
+}
+
+/* Levels whose matcher state at a block boundary is a function of the preceding window. */
+static int restartable_level(int level) { return level >= 4 && level <= 9; }
+
+static int Deflater_init(Deflater *d, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"level", "record_every", NULL};
+    int level = -1;
+    long long record_every = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|iL", kwlist, &level, &record_every)) return -1;
+    if (level < -2 || level > 9) {
+        PyErr_Format(PyExc_ValueError, "invalid compression level %d: want value in range [-2, 9]", level);
+        return -1;
+    }
+    if (level == -1) level = 6;
+    if (record_every < 0 || (record_every > 0 && !restartable_level(level))) {
+        PyErr_Format(PyExc_ValueError, "restart points are recorded at levels 4-9 only (level %d)", level);
+        return -1;
+    }
+    if (deflater_setup(d, level) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    d->record_every = record_every;
+    d->next_record = record_every;
+    return 0;
 }
 
 /* Take the output produced so far as a bytes object. */
 static PyObject *take_output(Deflater *d) {
     PyObject *r = PyBytes_FromStringAndSize((const char *)d->out, (Py_ssize_t)d->out_len);
+    d->out_taken += (int64_t)d->out_len;
     d->out_len = 0;
     if (d->out_cap > (1 << 22)) { /* keep memory bounded between calls */
         free(d->out);
@@ -1210,6 +1299,146 @@ static PyObject *Deflater_finish(Deflater *d, PyObject *Py_UNUSED(ignored)) {
     return r;
 }
 
+static PyObject *Deflater_restart_points(Deflater *d, PyObject *Py_UNUSED(ignored)) {
+    PyObject *list = PyList_New((Py_ssize_t)d->npoints);
+    if (!list) return NULL;
+    for (size_t i = 0; i < d->npoints; i++) {
+        const restart_point *r = &d->points[i];
+        PyObject *t = Py_BuildValue("(LLiiii)", (long long)r->in_off, (long long)r->bit_off, r->win, r->avail,
+                                    r->length, r->offset);
+        if (!t) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+    }
+    return list;
+}
+
+/* ---- segments: one restart point to the next, for parallel recompression ---------------- */
+
+/* The state a restart point describes, over a window holding data[0:] (data starts at the
+ * window's input offset). 0 if the point cannot be a state of Go's matcher over this data
+ * (a crafted or corrupt point: refused before any memory is touched). */
+static int restart_fits(const Deflater *d, const restart_point *r) {
+    int end = d->window_end;
+    if (r->win < 0 || r->avail < 0 || r->avail > 1 || r->win + r->avail > end) return 0;
+    if (!r->avail) return 1;
+    if (r->length == MIN_MATCH - 1) return r->offset == 0;
+    return r->length >= MIN_MATCH && r->length <= MAX_MATCH && r->win + r->length <= end && r->offset >= 1 &&
+           r->offset <= MAX_MATCH_OFFSET;
+}
+
+/* Load the window from data and rebuild what the matcher held at the point: the hash chains
+ * of the 32 KiB before it, the pending literal and match. Returns the bytes taken, -1 if the
+ * point does not fit. */
+static int load_restart(Deflater *d, const uint8_t *data, size_t n, const restart_point *r) {
+    int k = n < (size_t)d->window_cap ? (int)n : d->window_cap;
+    memcpy(d->window, data, (size_t)k);
+    d->window_end = k;
+    if (!restart_fits(d, r)) return -1;
+    d->index = r->win + r->avail;
+    d->block_start = r->win;
+    d->byte_available = r->avail;
+    d->length = r->avail ? r->length : MIN_MATCH - 1;
+    d->offset = r->avail ? r->offset : 0;
+    int from = d->index > WINDOW_SIZE ? d->index - WINDOW_SIZE : 0;
+    for (int p = from; p < d->index && p < k - (MIN_MATCH - 1); p++) insert_hash(d, p);
+    return k;
+}
+
+/* As feed_whole, then either the end of the stream (final) or the step Go takes before its
+ * next fill; stops early once the block ending at stop_at is written. */
+static int run_segment(Deflater *d, const uint8_t *b, size_t n, int final) {
+    while (n > 0) {
+        if (d->window_end == d->window_cap) {
+            if (!step(d)) return 0;
+            if (d->stopped) return 1;
+        }
+        int k = fill(d, b, n);
+        b += k;
+        n -= (size_t)k;
+    }
+    if (final) return finish_stream(d);
+    if (d->window_end == d->window_cap && !step(d)) return 0;
+    return 1;
+}
+
+/* The segment's bytes (the first one's lead bits and the last one's padding are zero) and
+ * their exact bit count, lead bits included. */
+static PyObject *segment_result(Deflater *d, int reached) {
+    long long nbits = ((long long)d->out_len << 3) + d->nbits;
+    if (!out_reserve(d, 16)) return PyErr_NoMemory();
+    bits_flush(d);
+    PyObject *bytes = PyBytes_FromStringAndSize((const char *)d->out, (Py_ssize_t)d->out_len);
+    if (!bytes) return NULL;
+    return Py_BuildValue("(NLO)", bytes, nbits, reached ? Py_True : Py_False);
+}
+
+static PyObject *goflate_segment(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"level", "data", "start", "stop", "final", NULL};
+    int level, final = 0;
+    Py_buffer view;
+    PyObject *start;
+    long long stop;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iy*OLp", kwlist, &level, &view, &start, &stop, &final))
+        return NULL;
+    PyObject *result = NULL;
+    restart_point r = {0, 0, 0, 0, MIN_MATCH - 1, 0};
+    int lead_bits = 0;
+    int restarted = start != Py_None;
+    Deflater *d = calloc(1, sizeof(Deflater));
+    if (!d) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (!restartable_level(level)) {
+        PyErr_Format(PyExc_ValueError, "segments are compressed at levels 4-9 only (level %d)", level);
+        goto done;
+    }
+    if (restarted && !PyArg_ParseTuple(start, "iiiii", &r.win, &r.avail, &r.length, &r.offset, &lead_bits))
+        goto done;
+    if (lead_bits < 0 || lead_bits > 7) {
+        PyErr_SetString(PyExc_ValueError, "a segment starts 0-7 bits into its first byte");
+        goto done;
+    }
+    if (deflater_setup(d, level) < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    d->stop_at = final ? -1 : stop;
+    /* Stored blocks pad to the stream's byte boundary, so the segment is written at the bit
+     * position it has in the stream: its first byte joins the previous segment's last by OR. */
+    d->nbits = (unsigned)lead_bits;
+    const uint8_t *data = view.buf;
+    size_t n = (size_t)view.len;
+    if (restarted) {
+        int k = load_restart(d, data, n, &r);
+        if (k < 0) {
+            PyErr_SetString(PyExc_ValueError, "restart point does not fit the data: not a state of Go's matcher");
+            goto done;
+        }
+        data += k;
+        n -= (size_t)k;
+    }
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = run_segment(d, data, n, final);
+    Py_END_ALLOW_THREADS
+    if (!ok || d->nomem) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    result = segment_result(d, final || (d->stopped && !d->overshot));
+done:
+    if (d) {
+        Deflater_free_buffers(d);
+        free(d);
+    }
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef Deflater_methods[] = {
     {"compress", (PyCFunction)Deflater_compress, METH_O,
      "compress(data) -> bytes: feed data as if all input came in one Go Write call."},
@@ -1217,6 +1446,9 @@ static PyMethodDef Deflater_methods[] = {
      "write(data) -> bytes: exactly one Go flate.Writer.Write(data) call."},
     {"finish", (PyCFunction)Deflater_finish, METH_NOARGS,
      "finish() -> bytes: flate.Writer.Close(): the rest of the stream and its final block."},
+    {"restart_points", (PyCFunction)Deflater_restart_points, METH_NOARGS,
+     "restart_points() -> [(in_off, bit_off, win, avail, length, offset)]: the states recorded so far "
+     "(Deflater(level, record_every=N): about every N input bytes, at levels 4-9, compress() only)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1232,8 +1464,20 @@ static PyTypeObject DeflaterType = {
     .tp_methods = Deflater_methods,
 };
 
+static PyMethodDef goflate_functions[] = {
+    {"segment", (PyCFunction)(void (*)(void))goflate_segment, METH_VARARGS | METH_KEYWORDS,
+     "segment(level, data, start, stop, final) -> (bytes, nbits, reached): compress data (which starts "
+     "at the window's input offset) from a restart point's (win, avail, length, offset, lead_bits), or "
+     "from a fresh stream if start is None, up to the block ending at stop (an offset into data), or to "
+     "the stream's end if final. The output starts lead_bits (bit_off % 8) into its first byte, as in the "
+     "stream; nbits counts them. reached: the segment ended exactly there. The GIL is released while "
+     "compressing."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef goflate_module = {
     PyModuleDef_HEAD_INIT,
+    .m_methods = goflate_functions,
     .m_name = "krill._goflate",
     .m_doc = "Deflate byte-identical to Go's compress/flate (verified against Go 1.19).",
     .m_size = -1,

@@ -221,7 +221,7 @@ def _rebuild(
     with atomic_output(out, prefix=f".{out.name}.", suffix=".krill-tmp") as dst:
         sink = LayerSink(
             dst,
-            recipe.compressor(header.target.tar_size),
+            recipe.compressor(header.target.tar_size, workers=workers),
             identity=recipe.kind == "identity",
             max_size=header.target.size,
         )

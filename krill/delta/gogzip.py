@@ -27,6 +27,8 @@ import zlib
 from collections.abc import Callable
 from typing import Protocol
 
+from krill.delta.restarts import RestartPoint
+
 __all__ = [
     "GO_LEVELS",
     "GO_OS_UNKNOWN",
@@ -53,8 +55,10 @@ class _Deflater(Protocol):
 
     def finish(self) -> bytes: ...
 
+    def restart_points(self) -> list[tuple[int, int, int, int, int, int]]: ...
 
-def _load() -> tuple[Callable[[int], _Deflater] | None, str | None]:
+
+def _load() -> tuple[Callable[..., _Deflater] | None, str | None]:
     try:
         module = importlib.import_module("krill._goflate")
     except ImportError as exc:
@@ -62,7 +66,7 @@ def _load() -> tuple[Callable[[int], _Deflater] | None, str | None]:
             f"Krill's C extension krill._goflate is not built here ({exc}); "
             "reinstall krill (`pip install .`, which needs a C compiler) to rebuild Go-made layers"
         )
-    deflater: Callable[[int], _Deflater] = module.Deflater
+    deflater: Callable[..., _Deflater] = module.Deflater
     return deflater, None
 
 
@@ -102,12 +106,14 @@ class GoGzipWriter:
 
     ``feed`` tar chunks (any sizes: the output is that of one Go ``Write`` of
     their concatenation), then ``finish``; both return the blob's next bytes.
+    With ``record_every`` (levels 4-9), the encoder notes a restart point about
+    every that many tar bytes (``restart_points``, see restarts.py).
     """
 
-    def __init__(self, header: bytes, level: int) -> None:
+    def __init__(self, header: bytes, level: int, *, record_every: int = 0) -> None:
         if _new_deflater is None:
             raise RuntimeError(_missing)
-        self._deflater = _new_deflater(level)
+        self._deflater = _new_deflater(level, record_every=record_every)
         self._pending_header = header
         self._crc = 0
         self._size = 0
@@ -124,3 +130,7 @@ class GoGzipWriter:
         out = self._pending_header + self._deflater.finish() + trailer
         self._pending_header = b""
         return out
+
+    def restart_points(self) -> list[RestartPoint]:
+        """Block boundaries noted so far, with the state a restarted encoder needs."""
+        return [RestartPoint(*point) for point in self._deflater.restart_points()]

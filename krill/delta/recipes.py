@@ -11,7 +11,9 @@ parameters and get the same output:
 * ``gzip-go``: Go's compress/gzip (Docker, BuildKit, crane, ko) at some
   level, header verbatim, by Krill's C port of Go's deflate
   (``krill/delta/gogzip.py``). GNU gzip, pigz, zlib-ng and ISA-L produce
-  other bytes, and neither family reproduces them.
+  other bytes, and neither family reproduces them. At levels 4-9 the recipe
+  carries proven restart points (``restarts``), so a node with several cores
+  recompresses segments in parallel (``krill/delta/restarts.py``).
 * ``zstd``: streaming compression by the pinned libzstd at some level, with
   the frame's checksum and content-size flags. The recipe records the
   libzstd version and is refused by any other version.
@@ -25,22 +27,51 @@ from __future__ import annotations
 
 import gzip
 import logging
-import struct
+import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from krill.delta.compressors import (
+    Compressor,
+    GzipGo,
+    GzipGoParallel,
+    GzipZlib,
+    Identity,
+    RecipeError,
+    Zstd,
+)
 from krill.delta.gogzip import (
     GO_LEVELS,
-    GoGzipWriter,
     candidate_levels,
     go_header,
     looks_go_made,
     missing_reason,
 )
+from krill.delta.restarts import (
+    PARALLEL_LEVELS,
+    RESTART_INTERVAL,
+    RestartError,
+    RestartPoint,
+    parse_restarts,
+    prove_restarts,
+)
 from krill.delta.zstdlib import zstd
+
+__all__ = [
+    "IDENTITY",
+    "Compressor",
+    "Recipe",
+    "RecipeError",
+    "blob_kind",
+    "detect_recipe",
+    "go_gzip_recipe",
+    "gzip_recipe",
+    "iter_tar_chunks",
+    "zstd_recipe",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +84,6 @@ ZSTD_VERSION = zstd.zstd_version
 # Compression ratios no stream can exceed (see Recipe.max_tar_size), with a little margin.
 _MAX_DEFLATE_RATIO = 1040
 _MAX_ZSTD_RATIO = 32800
-
-
-class RecipeError(ValueError):
-    """The blob's compression cannot be reproduced (so no delta can target it)."""
-
-
-class Compressor:
-    """Streaming compressor: ``feed`` tar chunks, then ``finish``; returns blob bytes."""
-
-    def feed(self, data: bytes) -> bytes:
-        raise NotImplementedError
-
-    def finish(self) -> bytes:
-        raise NotImplementedError
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +113,7 @@ class Recipe:
             return
         if self.kind == "gzip-go":
             _go_params(self.params)
+            _go_restarts(self.params)
             if (reason := missing_reason()) is not None:
                 raise RecipeError(reason)
             return
@@ -109,16 +127,21 @@ class Recipe:
             return
         raise RecipeError(f"unknown recipe kind {self.kind!r}")
 
-    def compressor(self, tar_size: int) -> Compressor:
+    def compressor(self, tar_size: int, *, workers: int = 1) -> Compressor:
+        """A compressor for a tar of ``tar_size`` bytes, on up to ``workers`` threads."""
         if self.kind == "identity":
-            return _Identity()
+            return Identity()
         if self.kind == "gzip-zlib":
-            return _GzipZlib(*_gzip_params(self.params))
+            return GzipZlib(*_gzip_params(self.params))
         if self.kind == "gzip-go":
             self.check_usable()
-            return _GzipGo(*_go_params(self.params))
+            header, level = _go_params(self.params)
+            points = _go_restarts(self.params)
+            if workers > 1 and points:
+                return GzipGoParallel(header, level, points, tar_size, workers)
+            return GzipGo(header, level)
         if self.kind == "zstd":
-            return _Zstd(
+            return Zstd(
                 _zstd_options(self.params, tar_size), tar_size, bool(self.params["content_size"])
             )
         raise RecipeError(f"unknown recipe kind {self.kind!r}")
@@ -138,7 +161,10 @@ class Recipe:
         return blob_size  # identity: the blob is the tar
 
     def describe(self) -> str:
-        extras = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()) if k != "header")
+        shown = {k: v for k, v in self.params.items() if k not in ("header", "restarts")}
+        if restarts := self.params.get("restarts"):
+            shown["restarts"] = len(restarts)
+        extras = ",".join(f"{k}={v}" for k, v in sorted(shown.items()))
         return f"{self.kind}({extras})" if extras else self.kind
 
 
@@ -155,10 +181,18 @@ def gzip_recipe(level: int = 6, header: bytes | None = None) -> Recipe:
     )
 
 
-def go_gzip_recipe(level: int = 6, header: bytes | None = None) -> Recipe:
-    """Go's compress/gzip at ``level`` (-1 is recorded as 6: the same bytes); Go's header."""
+def go_gzip_recipe(
+    level: int = 6, header: bytes | None = None, restarts: Sequence[RestartPoint] = ()
+) -> Recipe:
+    """Go's compress/gzip at ``level`` (-1 is recorded as 6: the same bytes); Go's header.
+
+    ``restarts``: proven restart points (levels 4-9), for parallel recompression.
+    """
     level = 6 if level == -1 else level
-    return Recipe("gzip-go", {"level": level, "header": (header or go_header(level)).hex()})
+    params: dict[str, Any] = {"level": level, "header": (header or go_header(level)).hex()}
+    if restarts:
+        params["restarts"] = [point.to_json() for point in restarts]
+    return Recipe("gzip-go", params)
 
 
 def zstd_recipe(level: int = 3, *, checksum: bool = False, content_size: bool = True) -> Recipe:
@@ -171,56 +205,6 @@ def zstd_recipe(level: int = 3, *, checksum: bool = False, content_size: bool = 
             "libzstd": ZSTD_VERSION,
         },
     )
-
-
-# --- compressors ----------------------------------------------------------------------------
-
-
-class _Identity(Compressor):
-    def feed(self, data: bytes) -> bytes:
-        return data
-
-    def finish(self) -> bytes:
-        return b""
-
-
-class _GzipZlib(Compressor):
-    def __init__(self, header: bytes, level: int, mem_level: int, strategy: int) -> None:
-        self._pending_header = header
-        self._deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, mem_level, strategy)
-        self._crc = 0
-        self._size = 0
-
-    def feed(self, data: bytes) -> bytes:
-        self._crc = zlib.crc32(data, self._crc)
-        self._size += len(data)
-        out = self._pending_header + self._deflate.compress(data)
-        self._pending_header = b""
-        return out
-
-    def finish(self) -> bytes:
-        tail = self._deflate.flush(zlib.Z_FINISH)
-        trailer = struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF)
-        out = self._pending_header + tail + trailer
-        self._pending_header = b""
-        return out
-
-
-class _GzipGo(GoGzipWriter, Compressor):
-    """Go's gzip (``GoGzipWriter``) as a recipe's compressor."""
-
-
-class _Zstd(Compressor):
-    def __init__(self, options: dict[Any, int], tar_size: int, pledge: bool) -> None:
-        self._c = zstd.ZstdCompressor(options=options)
-        if pledge:
-            self._c.set_pledged_input_size(tar_size)
-
-    def feed(self, data: bytes) -> bytes:
-        return self._c.compress(data)
-
-    def finish(self) -> bytes:
-        return self._c.flush()
 
 
 def _gzip_params(params: dict[str, Any]) -> tuple[bytes, int, int, int]:
@@ -251,6 +235,18 @@ def _go_params(params: dict[str, Any]) -> tuple[bytes, int]:
     if len(header) > MAX_GZIP_HEADER or header[:2] != GZIP_MAGIC:
         raise RecipeError("bad gzip-go recipe: header is not a gzip header")
     return header, level
+
+
+def _go_restarts(params: dict[str, Any]) -> tuple[RestartPoint, ...]:
+    if "restarts" not in params:
+        return ()
+    try:
+        points = parse_restarts(params["restarts"])
+    except RestartError as exc:
+        raise RecipeError(f"bad gzip-go recipe: {exc}") from exc
+    if points and int(params["level"]) not in PARALLEL_LEVELS:
+        raise RecipeError("bad gzip-go recipe: restart points at a level compressed in sequence")
+    return points
 
 
 def _zstd_options(params: dict[str, Any], tar_size: int) -> dict[Any, int]:
@@ -305,16 +301,26 @@ def iter_tar_chunks(path: Path) -> Iterator[bytes]:
 # --- detection ------------------------------------------------------------------------------
 
 
-def detect_recipe(blob: Path, tar: Path) -> Recipe:
-    """The recipe that turns ``tar`` back into ``blob`` exactly; RecipeError if none does."""
+def detect_recipe(
+    blob: Path, tar: Path, *, workers: int | None = None, restart_every: int = RESTART_INTERVAL
+) -> Recipe:
+    """The recipe that turns ``tar`` back into ``blob`` exactly; RecipeError if none does.
+
+    A Go-made blob at levels 4-9 gets restart points, each proven on up to
+    ``workers`` threads (default: the cores, at most 4) by reproducing its
+    segment of the blob; ``restart_every``: tar bytes between them.
+    """
     kind = blob_kind(blob)
     if kind == "tar":
-        if _reproduces(blob, tar, IDENTITY):
+        if _reproduces(blob, tar, Identity()):
             return IDENTITY
         raise RecipeError("blob is neither gzip, zstd nor its own tar")
     candidates = _gzip_candidates(blob) if kind == "gzip" else _zstd_candidates(blob)
     for recipe in candidates:
-        if _reproduces(blob, tar, recipe):
+        compressor = _detecting_compressor(recipe, tar, restart_every)
+        if _reproduces(blob, tar, compressor):
+            if isinstance(compressor, GzipGo) and (points := compressor.restart_points()):
+                recipe = _with_proven_restarts(recipe, points, blob, tar, workers)
             log.info("delta.recipe.detected blob=%s recipe=%s", blob.name, recipe.describe())
             return recipe
     if kind == "gzip":
@@ -330,10 +336,34 @@ def detect_recipe(blob: Path, tar: Path) -> Recipe:
     )
 
 
-def _reproduces(blob: Path, tar: Path, recipe: Recipe) -> bool:
-    """Compress ``tar`` by ``recipe`` and compare to ``blob``, stopping at the first difference."""
-    size = tar.stat().st_size
-    compressor = recipe.compressor(size)
+def _detecting_compressor(recipe: Recipe, tar: Path, restart_every: int) -> Compressor:
+    """The recipe's compressor; at Go's levels 4-9 one that notes restart points on the way."""
+    if recipe.kind == "gzip-go":
+        header, level = _go_params(recipe.params)
+        if level in PARALLEL_LEVELS:
+            return GzipGo(header, level, record_every=restart_every)
+    return recipe.compressor(tar.stat().st_size)
+
+
+def _with_proven_restarts(
+    recipe: Recipe, points: list[RestartPoint], blob: Path, tar: Path, workers: int | None
+) -> Recipe:
+    """``recipe`` with the points whose segments reproduce the blob (see restarts.py)."""
+    header, level = _go_params(recipe.params)
+    workers = workers or min(4, os.cpu_count() or 1)
+    proven = prove_restarts(level, points, tar, blob, len(header), workers)
+    if len(proven) < len(points):
+        log.warning(
+            "delta.recipe.restarts_dropped blob=%s kept=%d of=%d",
+            blob.name,
+            len(proven),
+            len(points),
+        )
+    return go_gzip_recipe(level, header, proven)
+
+
+def _reproduces(blob: Path, tar: Path, compressor: Compressor) -> bool:
+    """Run ``compressor`` over ``tar`` and compare to ``blob``, stopping at the first difference."""
     with open(blob, "rb") as expected, open(tar, "rb") as source:
 
         def same(out: bytes) -> bool:

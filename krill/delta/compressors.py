@@ -1,0 +1,104 @@
+"""The recipes' streaming compressors: tar chunks in, the blob's exact bytes out.
+
+Split from recipes.py (which says which setting a blob was made with and
+parses it) to keep each module short; ``RecipeError`` lives here because the
+parallel Go compressor raises it, and recipes.py re-exports both names.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Any
+
+from krill.delta.gogzip import GoGzipWriter
+from krill.delta.restarts import ParallelGoGzipWriter, RestartError
+from krill.delta.zstdlib import zstd
+
+__all__ = [
+    "Compressor",
+    "GzipGo",
+    "GzipGoParallel",
+    "GzipZlib",
+    "Identity",
+    "RecipeError",
+    "Zstd",
+]
+
+
+class RecipeError(ValueError):
+    """The blob's compression cannot be reproduced (so no delta can target it)."""
+
+
+class Compressor:
+    """Streaming compressor: ``feed`` tar chunks, then ``finish``; returns blob bytes."""
+
+    def feed(self, data: bytes) -> bytes:
+        raise NotImplementedError
+
+    def finish(self) -> bytes:
+        raise NotImplementedError
+
+
+class Identity(Compressor):
+    def feed(self, data: bytes) -> bytes:
+        return data
+
+    def finish(self) -> bytes:
+        return b""
+
+
+class GzipZlib(Compressor):
+    def __init__(self, header: bytes, level: int, mem_level: int, strategy: int) -> None:
+        self._pending_header = header
+        self._deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, mem_level, strategy)
+        self._crc = 0
+        self._size = 0
+
+    def feed(self, data: bytes) -> bytes:
+        self._crc = zlib.crc32(data, self._crc)
+        self._size += len(data)
+        out = self._pending_header + self._deflate.compress(data)
+        self._pending_header = b""
+        return out
+
+    def finish(self) -> bytes:
+        tail = self._deflate.flush(zlib.Z_FINISH)
+        trailer = struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF)
+        out = self._pending_header + tail + trailer
+        self._pending_header = b""
+        return out
+
+
+class GzipGo(GoGzipWriter, Compressor):
+    """Go's gzip (``GoGzipWriter``) as a recipe's compressor."""
+
+
+class GzipGoParallel(ParallelGoGzipWriter, Compressor):
+    """Go's gzip from proven restart points, segments on several threads."""
+
+    def feed(self, data: bytes) -> bytes:
+        try:
+            return super().feed(data)
+        except RestartError as exc:
+            self.close()
+            raise RecipeError(f"gzip-go restart points: {exc}") from exc
+
+    def finish(self) -> bytes:
+        try:
+            return super().finish()
+        except RestartError as exc:
+            raise RecipeError(f"gzip-go restart points: {exc}") from exc
+
+
+class Zstd(Compressor):
+    def __init__(self, options: dict[Any, int], tar_size: int, pledge: bool) -> None:
+        self._c = zstd.ZstdCompressor(options=options)
+        if pledge:
+            self._c.set_pledged_input_size(tar_size)
+
+    def feed(self, data: bytes) -> bytes:
+        return self._c.compress(data)
+
+    def finish(self) -> bytes:
+        return self._c.flush()

@@ -1,0 +1,398 @@
+"""Restart points: Go-made gzip recompressed on every core, still bit for bit.
+
+Recompression is most of a node's rebuild (Go level 6 runs at 25-36 MB/s on
+one core here) and deflate is a single stream, so cores only help if the
+stream can be cut. At Go's levels 4-9 every position is hashed
+(``fastSkipHashing == skipNever``), so at a block boundary the matcher holds
+nothing the input before it does not determine, except a few numbers: the
+window's offset (it slides at points the input fixes), the pending lazy
+literal and its match, and the output's bit position. The origin's sequential
+run (recipe detection) records them about every ``RESTART_INTERVAL`` bytes of
+tar, and *proves* each one by compressing the segment from it and comparing
+with the blob's bits (``prove_restarts``); a point whose segment differs is
+dropped and its segment merged into the one before. The node compresses the
+segments in threads (``krill._goflate.segment`` releases the GIL) and joins
+them: each segment is written at its bit position within its first byte, so
+joining is one OR of the byte where two segments meet.
+
+Levels 1-3 stay sequential: level 1's table and levels 2-3's hash chains
+depend on where earlier matches ended (positions inside long matches are not
+hashed), which the preceding window does not determine.
+
+Memory on the node: at most ``workers`` segments in flight plus the one being
+gathered, each ``RESTART_INTERVAL + LOOKAHEAD`` bytes of tar and its
+compressed output, about 3 x 4.1 MiB + 3 x 1.5 MiB with 2 workers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import os
+import zlib
+from collections import deque
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "LOOKAHEAD",
+    "MAX_RESTARTS",
+    "PARALLEL_LEVELS",
+    "RESTART_INTERVAL",
+    "ParallelGoGzipWriter",
+    "Proof",
+    "RestartError",
+    "RestartPoint",
+    "Segment",
+    "parse_restarts",
+    "prove_restarts",
+    "segments",
+]
+
+# Levels whose matcher state at a block boundary follows from the preceding window.
+PARALLEL_LEVELS = frozenset(range(4, 10))
+# 4 MiB: a 60 MB layer still makes 14 segments, so 2 workers finish within a segment of each
+# other; each costs 32 KiB of re-hashing and a 27-byte entry in the recipe.
+RESTART_INTERVAL = 4 << 20
+# Input a segment's encoder may need past its end: its window (64 KiB) may start up to one
+# byte after the last block's end. Two windows, to spare the arithmetic.
+LOOKAHEAD = 2 << 16
+# A recipe lists at most this many (4 MiB apart: a 256 GiB layer); the header stays < 1 MiB.
+MAX_RESTARTS = 1 << 16
+_WINDOW = 1 << 16
+_MAX_MATCH = 258
+_MAX_OFFSET = 1 << 15
+
+
+class RestartError(ValueError):
+    """A recipe's restart points are malformed, or a segment did not end where it should."""
+
+
+def _native() -> Any:
+    """krill._goflate, built by setup.py (recipes check gogzip.missing_reason() first)."""
+    return importlib.import_module("krill._goflate")
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPoint:
+    """A block boundary of the sequential stream and the matcher state a restart needs.
+
+    ``in_off``/``bit_off``: where the block ends in the tar and in the deflate
+    stream; ``win``: ``in_off`` minus the window's input offset; ``avail``,
+    ``length``, ``offset``: the pending lazy literal and the match found at it.
+    """
+
+    in_off: int
+    bit_off: int
+    win: int
+    avail: int
+    length: int
+    offset: int
+
+    @property
+    def base(self) -> int:
+        """The tar offset of the window a restarted encoder starts with."""
+        return self.in_off - self.win
+
+    def start(self) -> tuple[int, int, int, int, int]:
+        """The state as ``krill._goflate.segment`` takes it (lead bits: ``bit_off % 8``)."""
+        return (self.win, self.avail, self.length, self.offset, self.bit_off & 7)
+
+    def to_json(self) -> list[int]:
+        return [self.in_off, self.bit_off, self.win, self.avail, self.length, self.offset]
+
+
+def parse_restarts(value: object) -> tuple[RestartPoint, ...]:
+    """Restart points from a recipe's JSON, checked for shape and order (RestartError if not).
+
+    The values a Go matcher can hold are checked again in C before use; a
+    well-formed point that is simply wrong makes a wrong blob, which the
+    digest check refuses.
+    """
+    if not isinstance(value, list) or len(value) > MAX_RESTARTS:
+        raise RestartError(f"restarts must be a list of at most {MAX_RESTARTS} points")
+    points = tuple(_parse_point(item) for item in value)
+    for before, after in itertools.pairwise(points):
+        if after.in_off <= before.in_off or after.bit_off <= before.bit_off:
+            raise RestartError("restart points must be in increasing order")
+    return points
+
+
+def _parse_point(item: object) -> RestartPoint:
+    if not isinstance(item, list) or len(item) != 6:
+        raise RestartError("a restart point is [in_off, bit_off, win, avail, length, offset]")
+    if not all(type(v) is int for v in item):  # bool is an int subclass: refuse it too
+        raise RestartError("restart point fields must be integers")
+    point = RestartPoint(*item)
+    in_range = (
+        0 <= point.win <= min(point.in_off, _WINDOW)
+        and 0 < point.in_off < 1 << 50
+        and 0 < point.bit_off < 1 << 53
+        and point.avail in (0, 1)
+        and 3 <= point.length <= _MAX_MATCH
+        and 0 <= point.offset <= _MAX_OFFSET
+    )
+    if not in_range:
+        raise RestartError(f"restart point {item} is out of range")
+    return point
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """The stream between two restart points (None: its beginning, its end)."""
+
+    start: RestartPoint | None
+    stop: RestartPoint | None
+
+    def input_range(self, tar_size: int) -> tuple[int, int]:
+        """The tar bytes its encoder reads: its window's start to its end plus lookahead."""
+        lo = self.start.base if self.start else 0
+        hi = tar_size if self.stop is None else min(tar_size, self.stop.in_off + LOOKAHEAD)
+        return lo, hi
+
+    @property
+    def byte_off(self) -> int:
+        """Where its first byte is in the deflate stream."""
+        return self.start.bit_off >> 3 if self.start else 0
+
+
+def segments(points: Sequence[RestartPoint]) -> list[Segment]:
+    bounds: list[RestartPoint | None] = [None, *points, None]
+    return [Segment(a, b) for a, b in itertools.pairwise(bounds)]
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentBits:
+    """A segment's output: ``data[0]`` is the stream's byte ``byte_off``; ``nbits`` counts
+    from that byte's bit 0 (the previous segment's bits in it are zero here)."""
+
+    data: bytes
+    nbits: int
+    lead: int
+    reached: bool  # the encoder stopped at the stop point's input offset (or the end)
+
+
+def compress_segment(level: int, segment: Segment, data: bytes) -> SegmentBits:
+    """``data`` is the tar from ``segment.input_range``'s start (to its end, or shorter)."""
+    lo = segment.start.base if segment.start else 0
+    start = segment.start.start() if segment.start else None
+    stop = segment.stop.in_off - lo if segment.stop else -1
+    try:
+        out, nbits, reached = _native().segment(level, data, start, stop, segment.stop is None)
+    except ValueError as exc:  # a point that is no state of Go's matcher over this data
+        raise RestartError(str(exc)) from exc
+    lead = segment.start.bit_off & 7 if segment.start else 0
+    return SegmentBits(out, nbits, lead, reached)
+
+
+def ends_where_planned(segment: Segment, bits: SegmentBits) -> bool:
+    """The encoder stopped at the stop point's input offset, at its bit offset."""
+    stop = segment.stop
+    return bits.reached and (stop is None or segment.byte_off * 8 + bits.nbits == stop.bit_off)
+
+
+# --- the origin: proving -----------------------------------------------------------------
+
+
+class Proof(Enum):
+    """What compressing a segment from its start point showed."""
+
+    REPRODUCED = "reproduced"  # the blob's bits, ending at the stop point's offsets
+    START_WRONG = "start-wrong"  # other bits: the start state is not the sequential run's
+    STOP_WRONG = "stop-wrong"  # the blob's bits, but the stop point's bit offset is not there
+
+
+def prove_restarts(
+    level: int,
+    points: Sequence[RestartPoint],
+    tar: Path,
+    blob: Path,
+    deflate_offset: int,
+    workers: int,
+) -> tuple[RestartPoint, ...]:
+    """The points whose segments reproduce the blob's bits; the others dropped.
+
+    A segment whose bits differ drops its start point (the first segment, its
+    stop); one with the right bits ending elsewhere than its stop point's bit
+    offset drops the stop. The merged segment is proven again over the longer
+    range; the loop ends because a segment from the stream's beginning is the
+    sequential run itself. ``deflate_offset``: the gzip header's length.
+    """
+    kept = list(points)
+    proven: set[Segment] = set()
+    tar_size = tar.stat().st_size
+    with open(tar, "rb") as t, open(blob, "rb") as b, ThreadPoolExecutor(max(1, workers)) as pool:
+
+        def verdict(segment: Segment) -> Proof:
+            lo, hi = segment.input_range(tar_size)
+            bits = compress_segment(level, segment, os.pread(t.fileno(), hi - lo, lo))
+            at = deflate_offset + segment.byte_off
+            if not bits.reached or not _same_bits(bits, os.pread(b.fileno(), len(bits.data), at)):
+                return Proof.START_WRONG if segment.start else Proof.STOP_WRONG
+            return Proof.REPRODUCED if ends_where_planned(segment, bits) else Proof.STOP_WRONG
+
+        while True:
+            todo = [s for s in segments(kept) if s not in proven]
+            verdicts = dict(zip(todo, pool.map(verdict, todo), strict=True))
+            proven.update(s for s, v in verdicts.items() if v is Proof.REPRODUCED)
+            wrong = {_blamed(s, v) for s, v in verdicts.items() if v is not Proof.REPRODUCED}
+            wrong.discard(None)  # a segment with no points failed: nothing is left to drop
+            if not wrong:
+                return tuple(kept)
+            kept = [p for p in kept if p not in wrong]
+
+
+def _blamed(segment: Segment, verdict: Proof) -> RestartPoint | None:
+    return segment.start if verdict is Proof.START_WRONG else segment.stop
+
+
+def _same_bits(bits: SegmentBits, expected: bytes) -> bool:
+    """Equal, but for the previous segment's bits in the first byte and the padding of the last."""
+    if len(expected) != len(bits.data) or not bits.data:
+        return False
+    want = bytearray(expected)
+    want[0] &= 0xFF ^ ((1 << bits.lead) - 1)
+    if tail := bits.nbits & 7:
+        want[-1] &= (1 << tail) - 1
+    return want == bits.data
+
+
+# --- the node: compressing in parallel ---------------------------------------------------
+
+
+class _BitJoiner:
+    """Segments in, stream bytes out: where two meet mid-byte, their bytes are ORed."""
+
+    def __init__(self) -> None:
+        self._tail: int | None = None  # the last, partial byte so far
+
+    def join(self, bits: SegmentBits) -> bytes:
+        data = bits.data
+        if self._tail is not None:
+            data = bytes([self._tail | data[0]]) + data[1:]
+        if bits.nbits & 7:
+            self._tail = data[-1]
+            return data[:-1]
+        self._tail = None
+        return data
+
+
+class _TarWindow:
+    """The tar received so far from some offset on, as the chunks that came (not copied)."""
+
+    def __init__(self) -> None:
+        self._chunks: deque[bytes] = deque()
+        self.lo = 0  # offset of the first chunk
+        self.end = 0  # bytes received
+
+    def append(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self.end += len(data)
+
+    def read(self, lo: int, hi: int) -> bytes:
+        out, pos = [], self.lo
+        for chunk in self._chunks:
+            a, b = max(lo, pos), min(hi, pos + len(chunk))
+            if a < b:
+                out.append(chunk[a - pos : b - pos])
+            pos += len(chunk)
+        return b"".join(out)
+
+    def forget_before(self, offset: int) -> None:
+        while self._chunks and self.lo + len(self._chunks[0]) <= offset:
+            self.lo += len(self._chunks.popleft())
+
+
+class ParallelGoGzipWriter:
+    """Go's gzip of the tar fed in, its segments compressed on ``workers`` threads.
+
+    Same interface and bytes as ``GoGzipWriter``: ``feed`` chunks, then
+    ``finish``. A segment starts once its input (to its end plus
+    ``LOOKAHEAD``) has come; ``feed`` waits for the oldest segment when
+    ``workers`` are busy, so memory stays at a few segments.
+    """
+
+    def __init__(
+        self,
+        header: bytes,
+        level: int,
+        points: Sequence[RestartPoint],
+        tar_size: int,
+        workers: int,
+    ) -> None:
+        if level not in PARALLEL_LEVELS:
+            raise RestartError(f"level {level} is compressed in sequence, not from restart points")
+        if points and points[-1].in_off >= tar_size:
+            raise RestartError("a restart point lies past the end of the tar")
+        self._level = level
+        self._tar_size = tar_size
+        self._workers = max(1, workers)
+        self._pending: deque[Segment] = deque(segments(points))
+        self._running: deque[tuple[Segment, Future[SegmentBits]]] = deque()
+        self._window = _TarWindow()
+        self._joiner = _BitJoiner()
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="krill-gogzip")
+        self._header = header
+        self._crc = 0
+
+    def feed(self, data: bytes) -> bytes:
+        self._crc = zlib.crc32(data, self._crc)
+        self._window.append(data)
+        out = [self._take_header()]
+        while self._pending and self._ready(self._pending[0]):
+            out.extend(self._start(self._pending.popleft(), self._window.end))
+        while self._running and self._running[0][1].done():
+            out.append(self._collect())
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        out = [self._take_header()]
+        try:
+            while self._pending:
+                out.extend(self._start(self._pending.popleft(), self._window.end))
+            while self._running:
+                out.append(self._collect())
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        size = self._window.end & 0xFFFFFFFF
+        out.append((self._crc & 0xFFFFFFFF).to_bytes(4, "little") + size.to_bytes(4, "little"))
+        return b"".join(out)
+
+    def close(self) -> None:
+        """Stop the threads (after an error elsewhere; ``finish`` does it otherwise)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _take_header(self) -> bytes:
+        header, self._header = self._header, b""
+        return header
+
+    def _ready(self, segment: Segment) -> bool:
+        """Its whole input is here (the last segment waits for ``finish``)."""
+        return (
+            segment.stop is not None and segment.input_range(self._tar_size)[1] <= self._window.end
+        )
+
+    def _start(self, segment: Segment, received: int) -> Iterable[bytes]:
+        """Hand a segment to a worker, first waiting for the oldest if all are busy."""
+        done = [self._collect()] if len(self._running) >= self._workers else []
+        lo, hi = segment.input_range(self._tar_size)
+        data = self._window.read(lo, min(hi, received))
+        job = self._pool.submit(compress_segment, self._level, segment, data)
+        self._running.append((segment, job))
+        following = self._pending[0].input_range(self._tar_size)[0] if self._pending else hi
+        self._window.forget_before(min(following, hi))
+        return done
+
+    def _collect(self) -> bytes:
+        segment, future = self._running.popleft()
+        bits = future.result()
+        if not ends_where_planned(segment, bits):
+            raise RestartError(
+                "a segment did not end at its restart point: the delta's restart points "
+                "do not fit this tar"
+            )
+        return self._joiner.join(bits)
