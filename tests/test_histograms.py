@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestServer
+from pytest_aiohttp import AiohttpClient
 
 from krill.agent.cache import CacheLimits, NodeCache
 from krill.agent.fetcher import BlobFetcher, CachedBlob
@@ -38,6 +40,7 @@ from tests.clocks import ManualClock
 from tests.components import docker_registry
 from tests.metrics_text import parse_metrics, read_metrics
 from tests.polling import until_sync
+from tests.test_delta_origin import _push_versions, _versions
 
 REPOSITORY = "team/timed"
 
@@ -143,6 +146,18 @@ def test_a_pull_the_origin_fills_from_its_upstream_is_timed_under_upstream(
         assert count(pulled, "krill_agent_pull_seconds", source="origin") == 0
         assert get(url) == layer.data
         assert count(agent.metrics(), "krill_agent_pull_seconds", source="cache") == 1
+
+
+async def test_the_origin_times_each_delta_it_computes(
+    tmp_path: Path, origin_server: TestServer, aiohttp_client: AiohttpClient
+) -> None:
+    v1, v2 = _versions()
+    await _push_versions(tmp_path, origin_server, v1, v2)  # the tag move queues the pairs
+    client = await aiohttp_client(origin_server)
+    seen = parse_metrics(await (await client.get("/metrics")).text())
+    assert seen.get('krill_origin_delta_compute_seconds_count{result="ok"}', 0) >= 1
+    computed = seen['krill_origin_delta_computed_total{result="ok"}']
+    assert seen['krill_origin_delta_compute_seconds_count{result="ok"}'] == computed
 
 
 # ---- the delta path, on a clock the test moves ------------------------------------

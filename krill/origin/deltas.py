@@ -55,6 +55,7 @@ from aiohttp import web
 from krill import oci
 from krill.atomicfile import write_atomic
 from krill.blobstore import BlobStore
+from krill.clock import SYSTEM_CLOCK, Clock
 from krill.delta import MEDIA_TYPE
 from krill.delta.format import FORMAT_NAME
 from krill.digests import Digest
@@ -112,9 +113,14 @@ class DeltaEngine:
     """Plans pairs on tag moves, computes them in a process pool, answers lookups."""
 
     def __init__(
-        self, app: web.Application, settings: DeltaSettings, prefetch: Prefetch | None = None
+        self,
+        app: web.Application,
+        settings: DeltaSettings,
+        prefetch: Prefetch | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.app = app
+        self.clock = clock  # times computations (krill_origin_delta_compute_seconds)
         self.settings = settings
         self.prefetch = prefetch  # None: a registry of record, where pushes bring every layer
         self.store: BlobStore = app[STORE]
@@ -337,6 +343,7 @@ class DeltaEngine:
         if not (self.store.has(pair.target) and self.store.has(pair.base)):
             return
         self.work.mkdir(parents=True, exist_ok=True)
+        started = self.clock.monotonic()
         result = await self.pool.run(
             compute_delta_job,
             str(self.store.path(pair.base)),
@@ -345,6 +352,8 @@ class DeltaEngine:
             self.settings.max_ratio,
         )
         self.metrics.computed.labels(result.outcome.value).inc()
+        seconds = self.clock.monotonic() - started
+        self.metrics.compute_seconds.labels(result.outcome.value).observe(seconds)
         if result.outcome is DeltaOutcome.OK:
             entry = await asyncio.to_thread(self._publish, pair, result)
         else:

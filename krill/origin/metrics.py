@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from krill.httpmetrics import request_histogram
+from krill.httpmetrics import REQUEST_BUCKETS, request_histogram
 
 __all__ = ["DeltaMetrics", "OriginMetrics"]
 
@@ -68,6 +68,14 @@ class DeltaMetrics:
             "Delta lookups by answer (hit, none).",
             ["answer"],
             registry=registry,
+        )
+        self.compute_seconds = Histogram(
+            "krill_origin_delta_compute_seconds",
+            "Seconds one delta took in the worker pool (decompress both layers, diff, "
+            "encode, verify), by result",
+            ["result"],
+            registry=registry,
+            buckets=(*REQUEST_BUCKETS, 600.0, 1800.0),  # a multi-GB layer takes minutes
         )
         self.queued = Gauge(
             "krill_origin_delta_queue", "Delta pairs waiting to be computed.", registry=registry
