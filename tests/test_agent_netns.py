@@ -9,7 +9,8 @@ once. Before the peer port listened on every interface by default, each
 agent's swarm was bound to its loopback: no peer could reach it, and the
 pulls came from the origin (or failed). Here the agents must trade pieces:
 each served the whole blob from the swarm, the agents uploaded to each
-other, and the origin sent less than two copies.
+other, and the origin sent less than two copies. And a node whose peer port
+a firewall closes says so (``swarm.peer_port_unreachable``, a metric).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from krill.processes import logged_process
 from tests.components import krill_command
 from tests.metrics_text import parse_metrics
 from tests.netns import Cluster, in_ns
+from tests.polling import until_sync
 
 pytestmark = [
     pytest.mark.slow,
@@ -71,14 +73,74 @@ def readdressed(words: list[str], addresses: dict[str, str]) -> list[str]:
 
 
 @pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    """Three hosts on one bridge, 100 Mbit/s links; every namespace removed at the end."""
+def cluster() -> Iterator[Callable[[float], Cluster]]:
+    """Builds three hosts on one bridge with links of the given rate (Mbit/s); every
+    namespace is removed at the end, whatever happened."""
     net = Cluster(prefix=f"krt{os.getpid()}-", subnet="10.78.0")
+
+    def build(rate_mbit: float) -> Cluster:
+        net.build(hosts=3, rate_mbit=rate_mbit, mtu=1500)
+        return net
+
     try:
-        net.build(hosts=3, rate_mbit=100.0, mtu=1500)
-        yield net
+        yield build
     finally:
         net.remove()
+
+
+@contextlib.contextmanager
+def readme_services(net: Cluster, work: Path) -> Iterator[None]:
+    """README's tracker and origin on h0, README's agent on h1 and h2, until the block ends."""
+    server_ip = net.ip(ORIGIN_HOST)
+    addresses = {
+        "http://tracker:7000": f"http://{server_ip}:7000",
+        "http://origin:5000": f"http://{server_ip}:5000",
+    }
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    services = {
+        "tracker": (ORIGIN_HOST, readdressed(readme_command("tracker"), addresses)),
+        "origin": (ORIGIN_HOST, readdressed(
+            readme_command("origin"), {**addresses, "/var/lib/krill/origin": str(work / "origin")}
+        )),
+    }
+    for host in AGENT_HOSTS:
+        data = {**addresses, "/var/lib/krill/agent": str(work / f"agent{host}")}
+        services[f"agent{host}"] = (host, readdressed(readme_command("agent"), data))
+    with contextlib.ExitStack() as stack:
+        for name, (host, words) in services.items():
+            assert words[0] == "krill"
+            stack.enter_context(logged_process(
+                in_ns(net.ns(host), *krill_command(*words[1:])), work / f"{name}.log",
+                grace=10, env=env,
+            ))
+            if name == "origin":  # the agents need both servers up
+                net.wait_http(ORIGIN_HOST, f"http://{server_ip}:7000/health")
+                net.wait_http(ORIGIN_HOST, f"http://{server_ip}:5000/v2/")
+        for host in AGENT_HOSTS:
+            net.wait_http(host, "http://127.0.0.1:7400/health")
+        yield
+
+
+def push_random_blob(net: Cluster, work: Path) -> str:
+    blob = work / "blob"
+    blob.write_bytes(os.urandom(BLOB_SIZE))
+    digest = _sha256(blob)
+    net.push_blob(ORIGIN_HOST, f"http://{net.ip(ORIGIN_HOST)}:5000", REPOSITORY, blob, digest)
+    return digest
+
+
+def start_pull(net: Cluster, host: int, digest: str, work: Path) -> subprocess.Popen[str]:
+    """GET the blob from the node's registry endpoint, as containerd would (curl)."""
+    return subprocess.Popen(
+        in_ns(net.ns(host), "curl", "-sS", "-f", "-o", str(work / f"pulled{host}"),
+              f"http://127.0.0.1:7401/v2/{REPOSITORY}/blobs/{digest}"),
+        stderr=subprocess.PIPE, text=True,
+    )
+
+
+def finish_pull(pull: subprocess.Popen[str]) -> None:
+    _, stderr = pull.communicate(timeout=180)
+    assert pull.returncode == 0, stderr
 
 
 def _sha256(path: Path) -> str:
@@ -89,68 +151,22 @@ def _sha256(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def _agent_metrics(net: Cluster, host: int) -> dict[str, float]:
-    text = net.run(host, "curl", "-sS", "-f", "http://127.0.0.1:7400/metrics").stdout
-    return parse_metrics(text)
+def _metrics(net: Cluster, host: int, url: str = "http://127.0.0.1:7400") -> dict[str, float]:
+    return parse_metrics(net.run(host, "curl", "-sS", "-f", f"{url}/metrics").stdout)
 
 
 def test_the_readme_agent_command_on_two_hosts_forms_a_swarm(
-    cluster: Cluster, tmp_path: Path
+    cluster: Callable[[float], Cluster], tmp_path: Path
 ) -> None:
-    server_ip = cluster.ip(ORIGIN_HOST)
-    addresses = {
-        "http://tracker:7000": f"http://{server_ip}:7000",
-        "http://origin:5000": f"http://{server_ip}:5000",
-    }
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    commands = {
-        "tracker": readdressed(readme_command("tracker"), addresses),
-        "origin": readdressed(
-            readme_command("origin"),
-            {**addresses, "/var/lib/krill/origin": str(tmp_path / "origin")},
-        ),
-    }
-    agent_words = readme_command("agent")
-    assert agent_words[:2] == ["krill", "agent"]
-    with contextlib.ExitStack() as stack:
-        for name, words in commands.items():
-            stack.enter_context(logged_process(
-                in_ns(cluster.ns(ORIGIN_HOST), *krill_command(*words[1:])),
-                tmp_path / f"{name}.log", grace=10, env=env,
-            ))
-        cluster.wait_http(ORIGIN_HOST, f"http://{server_ip}:7000/health")
-        cluster.wait_http(ORIGIN_HOST, f"http://{server_ip}:5000/v2/")
-        for host in AGENT_HOSTS:
-            words = readdressed(
-                agent_words, {**addresses, "/var/lib/krill/agent": str(tmp_path / f"agent{host}")}
-            )
-            stack.enter_context(logged_process(
-                in_ns(cluster.ns(host), *krill_command(*words[1:])),
-                tmp_path / f"agent{host}.log", grace=10, env=env,
-            ))
-        for host in AGENT_HOSTS:
-            cluster.wait_http(host, "http://127.0.0.1:7400/health")
-
-        blob = tmp_path / "blob"
-        blob.write_bytes(os.urandom(BLOB_SIZE))
-        digest = _sha256(blob)
-        cluster.push_blob(ORIGIN_HOST, f"http://{server_ip}:5000", REPOSITORY, blob, digest)
-        sent_before = cluster.tx_bytes(ORIGIN_HOST)
-
-        # Both nodes pull at once, through their registry endpoints, as containerd would.
-        pulls = [
-            subprocess.Popen(
-                in_ns(cluster.ns(host), "curl", "-sS", "-f", "-o", str(tmp_path / f"pulled{host}"),
-                      f"http://127.0.0.1:7401/v2/{REPOSITORY}/blobs/{digest}"),
-                stderr=subprocess.PIPE, text=True,
-            )
-            for host in AGENT_HOSTS
-        ]
-        for pull in pulls:
-            _, stderr = pull.communicate(timeout=120)
-            assert pull.returncode == 0, stderr
-        origin_egress = cluster.tx_bytes(ORIGIN_HOST) - sent_before
-        metrics = {host: _agent_metrics(cluster, host) for host in AGENT_HOSTS}
+    net = cluster(100.0)
+    with readme_services(net, tmp_path):
+        digest = push_random_blob(net, tmp_path)
+        sent_before = net.tx_bytes(ORIGIN_HOST)
+        # Both nodes pull at once, through their registry endpoints.
+        for pull in [start_pull(net, host, digest, tmp_path) for host in AGENT_HOSTS]:
+            finish_pull(pull)
+        origin_egress = net.tx_bytes(ORIGIN_HOST) - sent_before
+        metrics = {host: _metrics(net, host) for host in AGENT_HOSTS}
 
     logs = {host: (tmp_path / f"agent{host}.log").read_text() for host in AGENT_HOSTS}
     for host in AGENT_HOSTS:
@@ -168,3 +184,36 @@ def test_the_readme_agent_command_on_two_hosts_forms_a_swarm(
     for host in AGENT_HOSTS:
         assert "swarm.peer_port_unreachable" not in logs[host]
         assert metrics[host]["krill_agent_swarm_unreachable_downloads"] == 0
+
+
+@pytest.mark.skipif(shutil.which("iptables") is None, reason="needs iptables")
+def test_a_node_whose_peer_port_a_firewall_closes_says_so(
+    cluster: Callable[[float], Cluster], tmp_path: Path
+) -> None:
+    """h2 drops connections to its peer port. It still pulls (it dials h1 and the origin),
+    but nobody can dial it: after 10 s of download with h1 holding pieces it warns, once.
+    h1, which h2 dialled, does not. Links of 10 Mbit/s make each pull last over 13 s."""
+    firewalled, reachable = AGENT_HOSTS[1], AGENT_HOSTS[0]
+    net = cluster(10.0)
+    net.run(firewalled, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "6882", "-j", "DROP")
+    tracker = f"http://{net.ip(ORIGIN_HOST)}:7000"
+    announced = 'krill_tracker_announces_total{event="started",result="ok"}'
+    with readme_services(net, tmp_path):
+        digest = push_random_blob(net, tmp_path)
+        first = start_pull(net, reachable, digest, tmp_path)
+        # h1 and the origin's seed in the tracker first: h2 then dials h1 itself.
+        until_sync(
+            lambda: _metrics(net, ORIGIN_HOST, tracker).get(announced, 0) >= 2,
+            "h1 and the origin announced", within=60, interval=0.1,
+        )
+        second = start_pull(net, firewalled, digest, tmp_path)
+        finish_pull(first)
+        finish_pull(second)
+        metrics = {host: _metrics(net, host) for host in AGENT_HOSTS}
+
+    logs = {host: (tmp_path / f"agent{host}.log").read_text() for host in AGENT_HOSTS}
+    assert _sha256(tmp_path / f"pulled{firewalled}") == digest
+    assert logs[firewalled].count("swarm.peer_port_unreachable") == 1, logs[firewalled][-3000:]
+    assert metrics[firewalled]["krill_agent_swarm_unreachable_downloads"] == 1
+    assert "swarm.peer_port_unreachable" not in logs[reachable]
+    assert metrics[reachable]["krill_agent_swarm_unreachable_downloads"] == 0
