@@ -20,6 +20,7 @@ from krill.config import ConfigError, load_config, parse_hostport
 from krill.oci import MAX_MANIFEST_BYTES
 from krill.origin.cacheretention import CacheLimits
 from krill.origin.storage_url import parse_storage_url
+from krill.tls import ServerTls, check_server_tls
 
 ENV_PREFIX = "KRILL_ORIGIN_"
 
@@ -125,10 +126,7 @@ class OriginConfig:
             raise ConfigError("delta_workers and delta_history must be at least 1")
         if not 0 < self.delta_max_ratio <= 1:
             raise ConfigError("delta_max_ratio must be in (0, 1]")
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ConfigError("tls_cert and tls_key go together: give both, or neither for http")
-        if self.client_ca is not None and self.tls_cert is None:
-            raise ConfigError("client_ca needs tls_cert and tls_key (client certificates need TLS)")
+        check_server_tls(ServerTls(self.tls_cert, self.tls_key, self.client_ca))
 
     def cache_limits(self) -> CacheLimits | None:
         """A mirror's retention limits; None for a registry of record (it never evicts)."""
