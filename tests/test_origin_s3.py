@@ -12,9 +12,11 @@ pulls the image back identical (from the bucket, through the local cache).
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,7 @@ from krill.digests import Digest
 from krill.origin.appkeys import STORE
 from krill.origin.config import OriginConfig
 from krill.origin.server import create_app
-from krill.origin.storage import install_object_storage
+from krill.origin.storage import CACHE_CHECK_INTERVAL, install_object_storage
 from krill.origin.storage_gc import sweep_bucket
 from krill.origin.storage_url import parse_storage_url, s3_credentials
 from krill.s3backend import S3Backend, S3Location
@@ -274,6 +276,40 @@ async def test_periodic_bucket_sweep(
     clock.advance(600.0)
     await until(lambda: clock.sleepers > 0, "the bucket sweep done and asleep again")
     assert await bucket_digests(bucket) == {digest_of(kept)}
+
+
+async def test_local_cache_is_kept_under_its_limit(
+    start_s3_origin: StartS3Origin, s3_location: S3Location
+) -> None:
+    """Past local_cache_max_bytes the least recently used local copies go (never a manifest,
+    nor a blob served within seed_ttl); a removed blob is still served, and copied back."""
+    clock = ManualClock()
+    origin = await start_s3_origin(
+        s3_location, clock=clock, local_cache_max_bytes=150_000, seed_ttl=600.0
+    )
+    client, store = origin.client, origin.app[STORE]
+    oldest, older, served = payload(20, 100_000), payload(21, 100_000), payload(22, 100_000)
+    for data in (oldest, older, served):
+        assert (await push(client, "team/app", data)).status == 201
+    image = build_image([random_files(23, 1, 2048)])
+    await push_image(client, "team/app", image)
+    for age, data in ((2000, oldest), (1000, older)):  # committed long ago
+        when = time.time() - age
+        os.utime(store.path(Digest.parse(digest_of(data))), (when, when))
+    assert (await client.get(f"/v2/team/app/blobs/{digest_of(served)}")).status == 200
+
+    await until(lambda: clock.sleepers > 0, "the cache check asleep on the clock")
+    clock.advance(CACHE_CHECK_INTERVAL)
+    await until(lambda: clock.sleepers > 0, "the cache check done and asleep again")
+
+    def local(data: bytes) -> bool:
+        return store.has(Digest.parse(digest_of(data)))
+
+    assert not local(oldest) and not local(older)
+    assert local(served) and store.has(Digest.parse(image.manifest.digest))
+    resp = await client.get(f"/v2/team/app/blobs/{digest_of(oldest)}")
+    assert resp.status == 200 and await resp.read() == oldest
+    await until(lambda: local(oldest), "the evicted blob copied back")
 
 
 async def test_sweep_refuses_a_data_directory_without_repositories(

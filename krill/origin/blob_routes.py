@@ -31,9 +31,11 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     digest = parse_digest(request.match_info["digest"])
     app = request.app
     if app[REPOSITORIES].has_blob(repo, digest):
-        if app[STORE].has(digest):
-            return blob_file_response(app, digest)
         object_store = app.get(OBJECT_STORE)
+        if app[STORE].has(digest):
+            if object_store is not None:
+                object_store.touch(digest)  # the bounded cache keeps it longest
+            return blob_file_response(app, digest)
         if object_store is not None:
             from_bucket = await bucket_blob_response(request, object_store, digest)
             if from_bucket is not None:

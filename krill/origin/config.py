@@ -38,6 +38,9 @@ class OriginConfig:
     s3_region: str = "us-east-1"
     # An AWS credentials file; else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (origin.storage_url).
     s3_credentials: Path | None = None
+    # With s3:// storage, keep local copies under this many bytes (0: no limit; least
+    # recently served removed first, never manifests; origin.storage_cache).
+    local_cache_max_bytes: int = 0
     # Pull-through: the registry to mirror (e.g. https://registry-1.docker.io).
     upstream: str | None = None
     # A file holding "username:password" (one line) for the upstream registry.
@@ -120,6 +123,8 @@ class OriginConfig:
             raise ConfigError("tag_ttl must be zero or more seconds")
         if self.cache_max_age < 0 or self.cache_max_bytes < 0:
             raise ConfigError("cache_max_age and cache_max_bytes must be zero or more")
+        if self.local_cache_max_bytes < 0:
+            raise ConfigError("local_cache_max_bytes must be zero or more (0: no limit)")
         if self.gc_interval < 0 or self.gc_grace < 0:
             raise ConfigError("gc_interval and gc_grace must be zero or more seconds")
         if self.delta_workers < 1 or self.delta_history < 1:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -41,8 +42,9 @@ from krill.clierror import CliError
 from krill.clock import SYSTEM_CLOCK, Clock
 from krill.config import ConfigError
 from krill.digests import Digest, DigestError
-from krill.origin.appkeys import CONFIG, GC_LOCK, STORE
+from krill.origin.appkeys import CONFIG, GC_LOCK, REPOSITORIES, STORE
 from krill.origin.config import OriginConfig
+from krill.origin.storage_cache import evict_to_fit
 from krill.origin.storage_gc import held, sweep_bucket
 from krill.origin.storage_url import parse_storage_url, s3_credentials
 from krill.registry_errors import RegistryError
@@ -60,6 +62,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Seconds between checks of the local cache's size (local_cache_max_bytes).
+CACHE_CHECK_INTERVAL = 30.0
 # Routes whose 201 means "a blob or manifest was just committed to the local store".
 WRITE_THROUGH_ROUTES = frozenset({"upload_start", "upload_finish", "manifest_put"})
 
@@ -72,6 +76,12 @@ class ObjectStore:
         self._fills: SingleFlight[bool] = SingleFlight()
         # Fills nobody awaits, held until done (the loop keeps only weak references).
         self._background: set[asyncio.Task[bool]] = set()
+        # When each blob was last answered from the local store (origin.storage_cache).
+        self.last_served: dict[Digest, float] = {}
+
+    def touch(self, digest: Digest) -> None:
+        """Note that a blob was just served from the local store (the cache keeps it longest)."""
+        self.last_served[digest] = time.time()
 
     async def write_through(self, app: web.Application, digest: Digest) -> None:
         """Put a just-committed local blob to the bucket; 503 UNAVAILABLE if it can't be.
@@ -177,8 +187,9 @@ def install_object_storage(
     Call it on the app ``create_app`` returned, before it runs. The bucket is
     checked when the app starts: a missing bucket, rejected credentials or an
     unreachable endpoint stop the origin with a message saying which. With
-    ``gc_interval`` set, the bucket is swept (origin.storage_gc) as often, on
-    ``clock``.
+    ``gc_interval`` set, the bucket is swept (origin.storage_gc) as often, and
+    with ``local_cache_max_bytes`` the local copies are kept under it
+    (origin.storage_cache), both timed on ``clock``.
     """
     location = object_store_location(config)
     if location is None:
@@ -196,14 +207,16 @@ def install_object_storage(
             "origin.object_storage location=%s access_key=%s", location, credentials.access_key
         )
         app[OBJECT_STORE] = ObjectStore(backend)
-        sweeping = None
+        background = []
         if config.gc_interval > 0:
-            sweeping = asyncio.create_task(_sweep_periodically(app, clock))
+            background.append(asyncio.create_task(_sweep_periodically(app, clock)))
+        if config.local_cache_max_bytes > 0:
+            background.append(asyncio.create_task(_keep_cache_bounded(app, clock)))
         yield
-        if sweeping is not None:
-            sweeping.cancel()
+        for task in background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await sweeping
+                await task
         await app[OBJECT_STORE].close()
 
     app.cleanup_ctx.append(open_bucket)
@@ -240,6 +253,25 @@ async def _sweep_periodically(app: web.Application, clock: Clock) -> None:
             log.info("gc.bucket_skipped reason=%s", exc)
         except Exception:
             log.exception("gc.bucket_failed")
+
+
+async def _keep_cache_bounded(app: web.Application, clock: Clock) -> None:
+    """Every ``CACHE_CHECK_INTERVAL``, evict local copies past ``local_cache_max_bytes``."""
+    config = app[CONFIG]
+    object_store = app[OBJECT_STORE]
+    while True:
+        await clock.sleep(CACHE_CHECK_INTERVAL)
+        try:
+            await evict_to_fit(
+                app[STORE],
+                app[REPOSITORIES],
+                object_store.backend,
+                config.local_cache_max_bytes,
+                object_store.last_served,
+                config.seed_ttl,
+            )
+        except Exception:
+            log.exception("origin.cache_evict_failed")
 
 
 @web.middleware
