@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
@@ -51,6 +52,8 @@ __all__ = [
     "store_writable",
     "writable",
 ]
+
+log = logging.getLogger(__name__)
 
 # Per check; the chart's readiness probe gives the whole request 5 s.
 CHECK_TIMEOUT = 2.0
@@ -116,6 +119,8 @@ async def _run_one(check: Check, seconds: float, clock: Clock) -> CheckResult:
     except Exception as exc:  # any failure of the dependency is this check's answer
         outcome, detail = Outcome.FAIL, str(exc) or repr(exc)
     elapsed = round(clock.monotonic() - started, 4)
+    if outcome in (Outcome.FAIL, Outcome.TIMEOUT):  # the body says it too; a probe runs often
+        log.debug("ready.check_failed check=%s outcome=%s detail=%r", check.name, outcome, detail)
     return CheckResult(check.name, outcome, detail, elapsed)
 
 
