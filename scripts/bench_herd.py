@@ -289,7 +289,7 @@ def run_bench(args: argparse.Namespace) -> int:
             from herd_agents import agents_pull
 
             log("pull through krill agents ...")
-            run = agents_pull(procs, work, args.nodes)
+            run = agents_pull(procs, work, args.nodes, args.profile)
             figures.krill = [p.seconds for p in run.pulls]
             figures.node_cpu = run.agent_cpu
             figures.agents = run
@@ -338,6 +338,12 @@ def main() -> int:
         "seed then, not super-seeding) only, no HTTP piece claims",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample agent 1 with py-spy (native frames) during the pull; prints its top "
+        "functions and keeps the raw samples in the work dir (with --keep)",
+    )
     parser.add_argument(
         "--skip-registry",
         action="store_true",

@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -77,6 +79,7 @@ class NodePull:
 class AgentRun:
     pulls: list[NodePull]
     agent_cpu: float  # user + sys seconds of every agent, "go" until all are done
+    loop_cpu: float  # of which their main threads (the event loop: all Python but workers)
 
 
 def agent_command(index: int, work: Path) -> list[str]:
@@ -96,7 +99,8 @@ def agent_command(index: int, work: Path) -> list[str]:
     )
 
 
-def agents_pull(procs: Processes, work: Path, nodes: int) -> AgentRun:
+def agents_pull(procs: Processes, work: Path, nodes: int, profile: bool = False) -> AgentRun:
+    """``profile``: py-spy samples agent 1 from "go" until its client is done (--profile)."""
     hosts = range(1, nodes + 1)
     agents = {i: procs.start(in_ns(host_ns(i), *agent_command(i, work)), work / f"agent{i}.log")
               for i in hosts}
@@ -114,6 +118,8 @@ def agents_pull(procs: Processes, work: Path, nodes: int) -> AgentRun:
             raise RuntimeError("a client driver failed to start; see its log")
     log(f"{nodes} agents and clients ready; go")
     cpu_before = {i: cpu_seconds(agent.pid) for i, agent in agents.items()}
+    loop_before = {i: thread_cpu(agent.pid) for i, agent in agents.items()}
+    profiler = start_profiler(procs, agents[1].pid, work) if profile else None
     sampler = LinkSampler(nodes + 1)
     sampler.start()
     machine_before = cpu_times()
@@ -123,6 +129,11 @@ def agents_pull(procs: Processes, work: Path, nodes: int) -> AgentRun:
         client.stdin.flush()
     results = {i: read_line(client) for i, client in clients.items()}
     agent_cpu = sum(cpu_seconds(agents[i].pid) - cpu_before[i] for i in hosts)
+    loop_cpu = sum(thread_cpu(agents[i].pid) - loop_before[i] for i in hosts)
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its samples and exits
+        profiler.wait(60)
+        log_profile(work / "agent1.pyspy")
     busy = cpu_busy(machine_before, cpu_times())
     sampler.stop()
     log("origin egress Mbit/s per second: " + " ".join(f"{v:.0f}" for v in sampler.rates(0)))
@@ -131,7 +142,55 @@ def agents_pull(procs: Processes, work: Path, nodes: int) -> AgentRun:
     for client in clients.values():
         assert client.stdin is not None
         client.stdin.close()
-    return AgentRun(pulls, agent_cpu)
+    return AgentRun(pulls, agent_cpu, loop_cpu)
+
+
+def thread_cpu(pid: int) -> float:
+    """User + sys CPU-seconds of a process's main thread (its event loop), from /proc."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_profiler(procs: Processes, pid: int, work: Path) -> subprocess.Popen[str]:
+    """py-spy sampling every Python thread of ``pid`` with native frames, 100 times a second
+    (native frames need it to pause the process for each sample: a cost, so agent 1 only)."""
+    py_spy = Path(sys.executable).parent / "py-spy"
+    if not py_spy.exists():
+        raise RuntimeError(f"--profile needs py-spy ({py_spy}): pip install py-spy")
+    return procs.start(
+        [str(py_spy), "record", "--pid", str(pid), "--rate", "100", "--native",
+         "--format", "raw", "--output", str(work / "agent1.pyspy")],
+        work / "py-spy.log",
+    )
+
+
+# With native frames py-spy also samples threads blocked in these (its idle filter
+# does not see them): waits, not work, so they are left out of the profile.
+IDLE_FRAMES = frozenset({
+    "_queue_SimpleQueue_get", "epoll_wait", "EpollSelector.select", "pthread_cond_wait",
+    "pthread_cond_timedwait", "sem_wait", "sem_timedwait", "__futex_abstimed_wait_common",
+})
+
+
+def log_profile(path: Path, top: int = 25) -> None:
+    """The functions agent 1 spent its busy samples in (self time, then inclusive)."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [frame.split(" (", 1)[0] for frame in stack.split(";")]
+        if IDLE_FRAMES.intersection(frames):
+            continue
+        samples = int(count)
+        total += samples
+        own[frames[-1]] = own.get(frames[-1], 0) + samples
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + samples
+    for title, table in (("self", own), ("inclusive", inclusive)):
+        log(f"agent 1 profile, {title} time, top {top} of {total} busy samples ({path}):")
+        for frame, samples in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            log(f"  {samples / total:6.1%}  {frame}")
 
 
 def node_pull(index: int, result: dict[str, Any], work: Path) -> NodePull:
