@@ -126,7 +126,8 @@ class S3Backend:
         except KeyMissingError:
             return None
         async with resp:
-            return BlobInfo(digest, int(resp.headers["Content-Length"]), _mtime(resp.headers))
+            size = int(resp.headers.get("Content-Length", "0"))
+            return BlobInfo(digest, size, _mtime(resp.headers))
 
     async def exists(self, digest: Digest) -> bool:
         return await self.stat(digest) is not None
