@@ -54,10 +54,12 @@ def origin_process(root: Path, *extra: str, port: int | None = None) -> Iterator
 
 
 @contextlib.contextmanager
-def tracker_process(root: Path, origin: str, port: int | None = None) -> Iterator[str]:
+def tracker_process(
+    root: Path, origin: str, port: int | None = None, extra: tuple[str, ...] = ()
+) -> Iterator[str]:
     port = port or free_port()
     root.mkdir(parents=True, exist_ok=True)
-    args = ["tracker", "--listen", f"127.0.0.1:{port}", "--origin", origin]
+    args = ["tracker", "--listen", f"127.0.0.1:{port}", "--origin", origin, *extra]
     url = f"http://127.0.0.1:{port}"
     with krill_process(args, root / "tracker.log", f"{url}/health"):
         yield url
@@ -149,14 +151,18 @@ def build_layout(
     return PushedImage(layout, top, images)
 
 
-def push(image: PushedImage, registry: str, reference: str) -> None:
-    """skopeo copy the layout to ``registry`` (a base URL) as ``reference`` (name:tag)."""
+def push(image: PushedImage, registry: str, reference: str, creds: str | None = None) -> None:
+    """skopeo copy the layout to ``registry`` (a base URL) as ``reference`` (name:tag).
+
+    ``creds`` (``user:password``) for an origin with ``--auth``.
+    """
     host = registry.removeprefix("http://")
     skopeo(
         "copy",
         "--all",
         "--preserve-digests",
         *SKOPEO_FLAGS,
+        *(("--dest-creds", creds) if creds else ()),
         f"oci:{image.layout}:latest",
         f"docker://{host}/{reference}",
     )

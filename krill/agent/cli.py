@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from krill.clierror import CliError
+from krill.securityflags import SECURITY_FLAGS, add_security_flags
 
 if TYPE_CHECKING:  # imported where used: the CLI starts without loading aiohttp
     import aiohttp
@@ -49,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="delta or full layer: whichever the measured rates say is faster (default), "
         "or always the delta when there is one (links paid per byte)",
     )
+    add_security_flags(parser, "origin/tracker")
     parser.add_argument("--config", type=Path, help="TOML file with AgentConfig settings")
     parser.add_argument("--log-level", help="debug, info, warning")
     parser.set_defaults(func=run)
@@ -89,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         "peer_port": args.peer_port,
         "log_level": args.log_level,
         "delta_policy": args.delta_policy,
+        **{name: getattr(args, name) for name in SECURITY_FLAGS},
     }
     config = load_config(AgentConfig, file=args.config, env_prefix="KRILL_AGENT_", flags=flags)
     setup_logging(config.log_level)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from krill.agent.deltachoice import DeltaPolicy
 from krill.config import ConfigError, parse_hostport
+from krill.tls import ClientTls, ServerTls, check_client_tls, check_server_tls
 
 GiB = 1024**3
 
@@ -95,6 +96,18 @@ class AgentConfig:
     platform_os: str = "linux"
     platform_architecture: str = field(default_factory=node_architecture)
     log_level: str = "info"
+    # Security (docs/security.md). The control API serves https with tls_cert/tls_key and,
+    # with client_ca, only to clients with a certificate it signed. Towards origin and
+    # tracker: trust only the CA in `ca` (else the system's), present client_cert/client_key
+    # to a server that asks, and send the node credentials in origin_credentials (TOML:
+    # user, password, announce_key; krill.nodeauth).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    ca: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    origin_credentials: Path | None = None
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen)
@@ -113,6 +126,8 @@ class AgentConfig:
                 "swarm_deadline, origin_timeout and delta_lookup_timeout must be positive seconds"
             )
         self.delta_policy = _delta_policy(self.delta_policy)
+        check_server_tls(self.server_tls)
+        check_client_tls(self.client_tls)
         for name in ("tracker", "origin"):
             url = getattr(self, name)
             if url and not url.startswith(("http://", "https://")):
@@ -129,6 +144,15 @@ class AgentConfig:
     @property
     def tracker_base(self) -> str:
         return self.tracker.removesuffix("/announce")
+
+    @property
+    def server_tls(self) -> ServerTls:
+        """The control API's TLS (the registry endpoint stays plain http on loopback)."""
+        return ServerTls(self.tls_cert, self.tls_key, self.client_ca)
+
+    @property
+    def client_tls(self) -> ClientTls:
+        return ClientTls(self.ca, self.client_cert, self.client_key)
 
 
 def _delta_policy(value: str) -> DeltaPolicy:

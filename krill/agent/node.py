@@ -30,7 +30,9 @@ from krill.agent.metrics import AgentMetrics
 from krill.agent.namespaces import NamespaceMap
 from krill.agent.sources import OriginHttpSource
 from krill.blobstore import BlobStore
+from krill.nodeauth import keyed_announce_url, load_node_credentials, node_middlewares
 from krill.originclient import OriginClient
+from krill.tls import client_ssl_context
 
 if TYPE_CHECKING:  # krill.swarm loads libtorrent: only when the node starts an engine
     from krill.swarm import PeerReachability, SwarmEngine
@@ -95,9 +97,14 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
     cache.load()
     layers = LayerIndex(config.data / "layers.json")
     layers.load()
-    connector = aiohttp.TCPConnector(limit=256)
+    # --ca/--client-cert towards origin and tracker; node credentials where the origin
+    # wants them (krill.nodeauth: /krill/v1/* and blob reads, the swarm's piece feed too).
+    connector = aiohttp.TCPConnector(limit=256, ssl=client_ssl_context(config.client_tls) or True)
+    middlewares = node_middlewares(config.origin_credentials, [config.origin])
     async with (
-        aiohttp.ClientSession(connector=connector, auto_decompress=False) as session,
+        aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, middlewares=middlewares
+        ) as session,
         contextlib.AsyncExitStack() as stack,
         asyncio.TaskGroup() as tasks,
     ):
@@ -190,7 +197,8 @@ async def _start_swarm(
         log.warning("agent.swarm_unavailable reason=krill.swarm missing; HTTP fallback only")
         return None
     settings = SwarmSettings(
-        tracker_url=config.announce_url,
+        # With the tracker's announce_keys, this node's key ends the URL (docs/security.md).
+        tracker_url=keyed_announce_url(config.announce_url, _announce_key(config)),
         listen_host=config.peer_host,
         peer_port=config.peer_port,
         upload_rate_limit=config.upload_rate_limit,
@@ -218,6 +226,12 @@ async def _start_swarm(
             "get pieces from this one (use --peer-host 0.0.0.0 or this node's address)",
         )
     return engine
+
+
+def _announce_key(config: AgentConfig) -> str | None:
+    if config.origin_credentials is None:
+        return None
+    return load_node_credentials(config.origin_credentials).announce_key
 
 
 def _loopback(host: str) -> bool:

@@ -13,6 +13,7 @@ from krill.agent.control import build_control_app
 from krill.agent.node import running_node
 from krill.agent.registry import build_registry_app
 from krill.config import parse_hostport
+from krill.tls import server_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,14 @@ async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
                 await runner.setup()
                 runners.append(runner)
                 host, port = parse_hostport(address)
-                await web.TCPSite(runner, host, port, backlog=1024).start()
-                log.info("agent.listening api=%s address=%s:%d", name, host, port)
+                # The control API speaks TLS when configured; the registry endpoint is for
+                # this node's containerd over loopback and stays http.
+                tls = server_ssl_context(config.server_tls) if name == "control" else None
+                await web.TCPSite(runner, host, port, backlog=1024, ssl_context=tls).start()
+                log.info(
+                    "agent.listening api=%s address=%s:%d tls=%s",
+                    name, host, port, "off" if tls is None else "on",
+                )  # fmt: skip
             await stop.wait()
         finally:
             for runner in reversed(runners):

@@ -11,8 +11,11 @@ The file's shape is fixed by issue 19 (and zot's, which it follows)::
 Krill adds optional keys with defaults, never changes these: ``token_ttl``
 (seconds a Bearer token from ``/auth/token`` is good for), ``credential_cache``
 (seconds a checked password is remembered, so bcrypt runs once per client
-session rather than once per request) and ``realm`` (the token endpoint's URL
-as clients must see it, when a proxy in front changes the host or scheme).
+session rather than once per request), ``realm`` (the token endpoint's URL
+as clients must see it, when a proxy in front changes the host or scheme)
+and ``nodes`` (users of the htpasswd file that are Krill nodes: agents and
+trackers, who may use ``/krill/v1/*`` and read any blob by digest; see
+docs/security.md for what that lets a node learn).
 
 A relative ``htpasswd`` path is taken from the auth file's directory, so a
 Kubernetes Secret mounted as one directory works without absolute paths.
@@ -33,7 +36,7 @@ from krill.origin.auth_rules import AccessPolicy, AccessRule, RepositoryGlob, pa
 
 __all__ = ["AuthSettings", "load_auth_settings"]
 
-_TOP_KEYS = {"htpasswd", "access", "token_ttl", "credential_cache", "realm"}
+_TOP_KEYS = {"htpasswd", "access", "token_ttl", "credential_cache", "realm", "nodes"}
 _RULE_KEYS = {"repositories", "anonymous", "users"}
 
 
@@ -48,6 +51,8 @@ class AuthSettings:
     # A password change or removed user takes effect within this many seconds.
     credential_cache: float = 60.0
     realm: str | None = None
+    # Users that are Krill nodes (agents, trackers): /krill/v1/* and blobs by digest.
+    nodes: frozenset[str] = frozenset()
 
 
 def load_auth_settings(path: Path) -> AuthSettings:
@@ -72,6 +77,7 @@ def load_auth_settings(path: Path) -> AuthSettings:
         token_ttl=_positive_seconds(data, "token_ttl", 300.0, path),
         credential_cache=_positive_seconds(data, "credential_cache", 60.0, path),
         realm=_optional_url(data.get("realm"), path),
+        nodes=_nodes(data.get("nodes", []), path),
     )
 
 
@@ -110,6 +116,14 @@ def _rule(table: object, where: str) -> AccessRule:
             for name, perms in users.items()
         },
     )
+
+
+def _nodes(value: object, path: Path) -> frozenset[str]:
+    where = f"{path}: nodes"
+    names = frozenset(_string(name, where) for name in _list(value, where))
+    if any(not name or ":" in name for name in names):
+        raise ConfigError(f'{where}: node names are htpasswd users, e.g. nodes = ["node1"]')
+    return names
 
 
 def _string(value: object, where: str) -> str:

@@ -30,8 +30,14 @@ from a repository the caller may not read becomes a plain upload, as the
 spec lets a registry do with any mount it declines: no one learns another
 repository's blobs by mounting them.
 
-Not covered yet (docs/security.md): ``/krill/v1/*`` (metainfo, deltas, piece
-claims), ``/health`` and ``/metrics`` stay open.
+``/krill/v1/*`` (metainfo, deltas, piece claims and blobs) is for Krill's
+own nodes: it serves any blob by digest, whatever repository it is in, so it
+needs a user the auth file lists under ``nodes`` (401 with a Basic challenge
+without credentials, 403 for a user who is not a node). A node may also read
+any ``/v2/<name>/blobs/<digest>`` for the same reason (its HTTP fallback asks
+there); manifests, tags and the catalog it gets only as the rules say, so a
+node cannot list or resolve a private repository without a client's
+credentials. ``/health``, ``/ready`` and ``/metrics`` stay open.
 """
 
 from __future__ import annotations
@@ -66,6 +72,10 @@ __all__ = ["auth_middleware", "install_auth"]
 log = logging.getLogger(__name__)
 
 _UPLOADS = "/blobs/uploads/"
+_BLOBS = "/blobs/"
+_NODE_PREFIX = "/krill/v1/"
+# Nodes send Basic credentials up front (krill.nodeauth); the realm names what is asked for.
+_NODE_CHALLENGE = 'Basic realm="krill nodes", charset="UTF-8"'
 _METHOD_PERMISSIONS = {
     hdrs.METH_GET: Permission.READ,
     hdrs.METH_HEAD: Permission.READ,
@@ -100,7 +110,8 @@ def install_auth(app: web.Application, clock: Clock = SYSTEM_CLOCK) -> None:
 
 
 class NeedKind(enum.Enum):
-    OPEN = "open"  # not the registry API: /health, /metrics, /krill/v1/*, /auth/token
+    OPEN = "open"  # not the registry API: /health, /metrics, /auth/token
+    NODE = "node"  # /krill/v1/*: blobs by digest, for the auth file's nodes only
     SIGNED_IN = "signed_in"  # the /v2/ probe (and /v2/ paths no route knows)
     CATALOG = "catalog"
     REPOSITORY = "repository"
@@ -111,11 +122,14 @@ class Need:
     kind: NeedKind
     repository: str = ""
     permission: Permission = Permission.READ
+    blob: bool = False  # GET/HEAD /v2/<name>/blobs/<digest>, which nodes may read anywhere
 
 
 def needed_access(request: web.Request) -> Need:
     """What ``request`` needs, from its path and method."""
     path = request.path
+    if path.startswith(_NODE_PREFIX):
+        return Need(NeedKind.NODE)
     if not path.startswith("/v2/"):
         return Need(NeedKind.OPEN)
     if path == "/v2/_catalog":
@@ -124,10 +138,12 @@ def needed_access(request: web.Request) -> Need:
     if not name:
         return Need(NeedKind.SIGNED_IN)
     parse_name(name)  # NAME_INVALID before a hostile name reaches a header, a log or a cache
-    if path[len("/v2/") + len(name) :].startswith(_UPLOADS):
+    rest = path[len("/v2/") + len(name) :]
+    if rest.startswith(_UPLOADS):
         return Need(NeedKind.REPOSITORY, name, Permission.WRITE)
     permission = _METHOD_PERMISSIONS.get(request.method, Permission.WRITE)
-    return Need(NeedKind.REPOSITORY, name, permission)
+    blob = permission is Permission.READ and rest.startswith(_BLOBS)
+    return Need(NeedKind.REPOSITORY, name, permission, blob)
 
 
 @web.middleware
@@ -140,6 +156,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     caller = await identify(auth, request)
     if isinstance(caller, CallerOutcome):
         raise unauthorized(request, need, caller)
+    if need.kind is NeedKind.NODE or (need.blob and is_node(auth, caller)):
+        check_node(auth, caller, request.path)
+        return await handler(request)
     if need.kind is NeedKind.SIGNED_IN:
         if caller.via is Via.NOTHING:
             raise unauthorized(request, need)
@@ -152,6 +171,25 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if decision is Decision.UNAUTHENTICATED:
         raise unauthorized(request, need, insufficient_scope=token_lacks_scope(auth, caller, need))
     return await handler(without_unreadable_mount(request, auth, caller))
+
+
+def is_node(auth: OriginAuth, caller: Caller) -> bool:
+    return caller.user is not None and caller.user in auth.settings.nodes
+
+
+def check_node(auth: OriginAuth, caller: Caller, path: str) -> None:
+    """Raise 401 for a caller without credentials, 403 for one who is not a node."""
+    if caller.via is Via.NOTHING:
+        raise RegistryError(
+            "UNAUTHORIZED",
+            "Krill's node endpoints need a node's credentials (--origin-credentials)",
+            headers={hdrs.WWW_AUTHENTICATE: _NODE_CHALLENGE},
+        )
+    if not is_node(auth, caller):
+        log.info("auth.node_refused user=%s path=%r", caller.user, path[:128])
+        raise RegistryError(
+            "DENIED", f"{caller.user} is not a node (the auth file's nodes = [...] lists them)"
+        )
 
 
 def decide(auth: OriginAuth, caller: Caller, repository: str, needed: Permission) -> Decision:

@@ -49,6 +49,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--tracker", metavar="URL", help="seed blobs via this tracker (base URL)")
     parser.add_argument("--peer-port", type=int, metavar="N", help="BitTorrent port (0 = any)")
     parser.add_argument(
+        "--announce-key",
+        metavar="FILE",
+        help="file holding this origin's key in the tracker's --announce-keys (docs/security.md)",
+    )
+    parser.add_argument(
         "--auth",
         metavar="FILE",
         help="TOML file of users (htpasswd) and repository access rules (docs/security.md); "
@@ -110,6 +115,7 @@ CONFIG_FLAGS = (
     "log_level",
     "tracker",
     "peer_port",
+    "announce_key",
     "auth",
     "tls_cert",
     "tls_key",

@@ -78,6 +78,9 @@ class OriginConfig:
     # Swarm seeding: the tracker's announce URL turns it on.
     tracker: str | None = None
     peer_port: int = 0
+    # A file holding this origin's key in the tracker's announce_keys (docs/security.md);
+    # libtorrent announces to <tracker>/announce/<key>.
+    announce_key: Path | None = None
     seed_ttl: float = 600.0
     # The origin's BitTorrent seed super-seeds (BEP 16): it offers each node only a
     # piece or two, so nodes take the origin's share of a blob over HTTP piece claims

@@ -29,10 +29,11 @@ from aiohttp import web
 
 from krill.atomicfile import write_atomic
 from krill.blobstore import BlobStore
-from krill.config import parse_hostport
+from krill.config import ConfigError, parse_hostport
 from krill.digests import Digest
 from krill.endpoints import METAINFO
 from krill.metainfo import METAINFO_CONTENT_TYPE, MetainfoError, check_metainfo, make_metainfo
+from krill.nodeauth import check_announce_key, keyed_announce_url
 from krill.origin.appkeys import BLOB_PUSHED
 from krill.origin.config import OriginConfig
 from krill.origin.errors import blob_not_on_origin, stored_digest
@@ -127,13 +128,26 @@ def swarm_settings_for(config: OriginConfig) -> SwarmSettings:
         raise ValueError("seeding needs the tracker's URL: set the origin's tracker")
     host, _ = parse_hostport(config.listen)
     return SwarmSettings(
-        tracker_url=announce_url(config.tracker),
+        tracker_url=keyed_announce_url(announce_url(config.tracker), _announce_key(config)),
         listen_host=host,
         peer_port=config.peer_port,
         seed_ttl=config.seed_ttl,
         origin=True,
         super_seeding=config.super_seed,
     )
+
+
+def _announce_key(config: OriginConfig) -> str | None:
+    """The key in ``config.announce_key``'s file; ConfigError if it cannot be used."""
+    if config.announce_key is None:
+        return None
+    try:
+        key = config.announce_key.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read announce_key {config.announce_key}: {exc.strerror}"
+        ) from None
+    return check_announce_key(key, f"the key in {config.announce_key}")
 
 
 def install_seeding(app: web.Application, store: BlobStore, settings: SwarmSettings) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from krill.clierror import CliError
 from krill.config import load_config, parse_hostport
 from krill.logs import setup_logging
+from krill.securityflags import SECURITY_FLAGS, add_security_flags
 from krill.tracker.config import TrackerConfig
 
 
@@ -22,6 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--origin", metavar="URL", action="append",
         help="origin to fetch metainfo from (repeatable, tried in order)",
     )
+    parser.add_argument(
+        "--announce-keys", type=Path, metavar="FILE",
+        help="NODE:KEY lines; only announces to /announce/KEY with a listed key are answered",
+    )  # fmt: skip
+    add_security_flags(parser, "origin")
     parser.add_argument("--config", metavar="FILE", help="TOML config file")
     parser.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
     parser.set_defaults(func=run)
@@ -31,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     flags = {
         "listen": args.listen, "redis": args.redis, "origin": args.origin,
         "log_level": args.log_level,
+        "announce_keys": args.announce_keys,
+        **{name: getattr(args, name) for name in SECURITY_FLAGS},
     }
     config = load_config(
         TrackerConfig, file=args.config, env_prefix="KRILL_TRACKER_", flags=flags
@@ -40,11 +49,16 @@ def run(args: argparse.Namespace) -> int:
     from aiohttp import web
     from redis.exceptions import RedisError
 
+    from krill.tls import server_ssl_context
     from krill.tracker.server import create_app  # after logging is set up
 
     host, port = parse_hostport(config.listen)
+    ssl_context = server_ssl_context(config.server_tls)
     try:
-        web.run_app(create_app(config), host=host, port=port, print=None, access_log=None)
+        web.run_app(
+            create_app(config), host=host, port=port, ssl_context=ssl_context,
+            print=None, access_log=None,
+        )  # fmt: skip
     except RedisError as exc:
 
         raise CliError(f"cannot use Redis at {config.redis}: {exc}; is it running?") from None

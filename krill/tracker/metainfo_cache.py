@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import OrderedDict
 
 import aiohttp
@@ -38,7 +39,16 @@ class MetainfoUnavailable(Exception):
 
 
 class MetainfoCache:
-    def __init__(self, origins: list[str], max_entries: int, origin_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        origins: list[str],
+        max_entries: int,
+        origin_timeout: float = 5.0,
+        *,
+        ssl: ssl.SSLContext | bool = True,
+        middlewares: tuple[aiohttp.ClientMiddlewareType, ...] = (),
+    ) -> None:
+        """``ssl`` and ``middlewares`` are the session's: the origin's CA, node credentials."""
         if max_entries <= 0:
             raise ValueError(f"max_entries must be positive, got {max_entries}")
         self._origins = origins
@@ -48,10 +58,16 @@ class MetainfoCache:
         self._entries: OrderedDict[Digest, bytes] = OrderedDict()
         self._fetches: SingleFlight[bytes] = SingleFlight()
         self._session: aiohttp.ClientSession | None = None
+        self._ssl = ssl
+        self._middlewares = middlewares
 
     async def start(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self._origin_timeout)
-        self._session = aiohttp.ClientSession(timeout=timeout)
+        self._session = aiohttp.ClientSession(
+            timeout=timeout,
+            connector=aiohttp.TCPConnector(ssl=self._ssl),
+            middlewares=self._middlewares,
+        )
 
     async def close(self) -> None:
         await self._fetches.close()

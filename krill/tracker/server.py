@@ -27,8 +27,10 @@ from krill.digests import Digest, DigestError
 from krill.endpoints import METAINFO
 from krill.httpmetrics import latency_middleware, request_histogram
 from krill.metainfo import METAINFO_CONTENT_TYPE
+from krill.nodeauth import node_middlewares
 from krill.readiness import ready_handler
 from krill.requestid import install_request_ids
+from krill.tls import client_ssl_context
 from krill.tracker.announce import (
     AnnounceError,
     choose_peers,
@@ -36,6 +38,7 @@ from krill.tracker.announce import (
     parse_announce,
     parse_query,
 )
+from krill.tracker.announce_keys import AnnounceKeys, load_announce_keys
 from krill.tracker.config import TrackerConfig
 from krill.tracker.metainfo_cache import MetainfoCache, MetainfoUnavailable
 from krill.tracker.peerstore import (
@@ -75,6 +78,7 @@ STORE_KEY = web.AppKey("peer_store", PeerStore)
 CONFIG_KEY = web.AppKey("config", TrackerConfig)
 METAINFO_KEY = web.AppKey("metainfo", MetainfoCache)
 METRICS_KEY = web.AppKey("metrics", TrackerMetrics)
+ANNOUNCE_KEYS_KEY = web.AppKey("announce_keys", AnnounceKeys)
 
 
 def create_app(config: TrackerConfig) -> web.Application:
@@ -84,12 +88,17 @@ def create_app(config: TrackerConfig) -> web.Application:
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = metrics
     app[METAINFO_KEY] = MetainfoCache(
-        config.origin, config.metainfo_cache_entries, config.metainfo_timeout
-    )
+        config.origin, config.metainfo_cache_entries, config.metainfo_timeout,
+        ssl=client_ssl_context(config.client_tls) or True,
+        middlewares=node_middlewares(config.origin_credentials, config.origin),
+    )  # fmt: skip
+    keys = config.announce_keys
+    app[ANNOUNCE_KEYS_KEY] = AnnounceKeys({}) if keys is None else load_announce_keys(keys)
     app.cleanup_ctx.append(_peer_store_context)
     app.cleanup_ctx.append(_sweeper_context)
     app.cleanup_ctx.append(_metainfo_context)
     app.router.add_get("/announce", handle_announce)
+    app.router.add_get("/announce/{key}", handle_announce)  # announce_keys (docs/security.md)
     app.router.add_get(METAINFO.route, handle_metainfo)
     app.router.add_get("/metainfo/{digest}", handle_metainfo)
     app.router.add_get("/health", handle_health)
@@ -147,6 +156,11 @@ def bencoded(value: dict[str, object]) -> web.Response:
 async def handle_announce(request: web.Request) -> web.Response:
     config = request.app[CONFIG_KEY]
     metrics = request.app[METRICS_KEY]
+    refusal = request.app[ANNOUNCE_KEYS_KEY].refusal(request.match_info.get("key"))
+    if refusal is not None:
+        metrics.announces.labels(event="unauthorized", result="failure").inc()
+        log.info("tracker.announce_unauthorized remote=%s reason=%r", request.remote, refusal)
+        return bencoded({"failure reason": refusal})
     try:
         announce = parse_announce(
             parse_query(request.rel_url.raw_query_string),
