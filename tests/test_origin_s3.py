@@ -12,12 +12,14 @@ pulls the image back identical (from the bucket, through the local cache).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import re
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,7 +41,8 @@ from krill.origin.storage import CACHE_CHECK_INTERVAL, install_object_storage
 from krill.origin.storage_gc import sweep_bucket
 from krill.origin.storage_url import parse_storage_url, s3_credentials
 from krill.s3backend import S3Backend, S3Location
-from tests.agent_cluster import origin_process
+from tests.agent_cluster import Agent, agent_process, build_layout, origin_process, tracker_process
+from tests.agent_cluster import push as push_layout
 from tests.clocks import ManualClock
 from tests.components import SKOPEO_FLAGS, free_port, krill_command, skopeo
 from tests.fixtures_origin import digest_of, error_code
@@ -50,7 +53,7 @@ from tests.imagebuild import (
     read_oci_layout_digests,
     write_oci_layout,
 )
-from tests.polling import until
+from tests.polling import until, until_sync
 from tests.s3_fixtures import SeaweedFS, s3_location, seaweedfs
 
 __all__ = ["s3_location", "seaweedfs"]  # fixtures used here
@@ -425,3 +428,54 @@ def test_no_credentials_says_where_it_looked(tmp_path: Path) -> None:
     nowhere = {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "absent")}
     with pytest.raises(ConfigError, match="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
         s3_credentials(None, nowhere)
+
+
+@pytest.mark.slow
+def test_agents_pull_through_the_swarm_from_an_origin_on_a_bucket(
+    seaweedfs: SeaweedFS, s3_location: S3Location, tmp_path: Path
+) -> None:
+    """Seeding reads the origin's local files: two agents pull an image pushed to an
+    S3-backed origin through the swarm. Then, with those agents gone and the origin's local
+    layer copies removed, a third agent still pulls it identical: the origin has no file to
+    seed, so the agent falls back to HTTP, answered from the bucket (and copied back)."""
+    config = tmp_path / "origin.toml"
+    config.write_text(f's3_credentials = "{credentials_file(seaweedfs, tmp_path)}"\n')
+    tracker_port = free_port()
+    tracker = f"http://127.0.0.1:{tracker_port}"
+    with contextlib.ExitStack() as stack:
+        origin = stack.enter_context(
+            origin_process(
+                tmp_path / "origin",
+                *("--config", str(config), "--tracker", tracker),
+                *("--storage", storage_url(s3_location)),
+            )
+        )
+        stack.enter_context(tracker_process(tmp_path / "tracker", origin, port=tracker_port))
+        image = build_layout(tmp_path / "layout", seed=41, layer_size=2 << 20)
+        push_layout(image, origin, "team/app:1")
+
+        def pull(agent: Agent, name: str) -> set[str]:
+            out = tmp_path / f"out-{name}"
+            source = f"docker://{agent.registry_hostport}/team/app:1"
+            skopeo("copy", *SKOPEO_FLAGS, source, f"oci:{out}:latest")
+            return read_oci_layout_digests(out)
+
+        with contextlib.ExitStack() as herd:
+            agents = [
+                herd.enter_context(agent_process(tmp_path / f"agent{i}", origin, tracker))
+                for i in range(2)
+            ]
+            with ThreadPoolExecutor(2) as pool:
+                pulled = list(pool.map(pull, agents, ["a", "b"]))
+        assert pulled == [image.digests, image.digests]
+
+        blobs = tmp_path / "origin/data/blobs/sha256"
+        for layer in (layer for img in image.images for layer in img.layers):
+            (blobs / layer.digest[7:9] / layer.digest[7:]).unlink()
+        late = stack.enter_context(agent_process(tmp_path / "agent-late", origin, tracker))
+        assert pull(late, "late") == image.digests
+        layers = [layer for img in image.images for layer in img.layers]
+        until_sync(
+            lambda: all((blobs / d.digest[7:9] / d.digest[7:]).exists() for d in layers),
+            "the origin's copies of the layers back from the bucket",
+        )
