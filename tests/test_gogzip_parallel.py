@@ -140,6 +140,7 @@ def test_a_node_refuses_unproven_points_instead_of_writing_other_bytes(tmp_path:
         [[100, 800, 50, 0, 300, 0]],
         [[100, 800, 50, 0, 3, 0], [90, 900, 50, 0, 3, 0]],
         [[100, 800, 50, True, 3, 0]],
+        [[100_000, 800, 0, 0, 3, 0], [100_001, 900, 65_536, 0, 3, 0]],
     ],
 )
 def test_malformed_restart_points_are_refused(restarts: object) -> None:
@@ -147,6 +148,12 @@ def test_malformed_restart_points_are_refused(restarts: object) -> None:
         Recipe.from_json(
             {"kind": "gzip-go", "level": 6, "header": go_header(6).hex(), "restarts": restarts}
         )
+
+
+def test_restart_points_past_the_tar_are_refused() -> None:
+    recipe = go_gzip_recipe(6, go_header(6), parse_restarts([[100_000, 800, 50, 0, 3, 0]]))
+    with pytest.raises(RecipeError, match="past the end"):
+        recipe.compressor(100_000, workers=2)
 
 
 def test_restart_points_at_a_sequential_level_are_refused() -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 from krill.delta.gogzip import GoGzipWriter
-from krill.delta.restarts import ParallelGoGzipWriter, RestartError
+from krill.delta.restarts import ParallelGoGzipWriter, RestartError, RestartPoint
 from krill.delta.zstdlib import zstd
 
 __all__ = [
@@ -76,6 +77,19 @@ class GzipGo(GoGzipWriter, Compressor):
 
 class GzipGoParallel(ParallelGoGzipWriter, Compressor):
     """Go's gzip from proven restart points, segments on several threads."""
+
+    def __init__(
+        self,
+        header: bytes,
+        level: int,
+        points: Sequence[RestartPoint],
+        tar_size: int,
+        workers: int,
+    ) -> None:
+        try:
+            super().__init__(header, level, points, tar_size, workers)
+        except RestartError as exc:
+            raise RecipeError(f"gzip-go restart points: {exc}") from exc
 
     def feed(self, data: bytes) -> bytes:
         try:

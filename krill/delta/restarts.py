@@ -119,6 +119,8 @@ def parse_restarts(value: object) -> tuple[RestartPoint, ...]:
     for before, after in itertools.pairwise(points):
         if after.in_off <= before.in_off or after.bit_off <= before.bit_off:
             raise RestartError("restart points must be in increasing order")
+        if after.base < before.base:
+            raise RestartError("a restart point's window starts before the previous one's")
     return points
 
 
