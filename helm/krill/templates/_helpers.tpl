@@ -82,18 +82,19 @@ seccompProfile: {type: RuntimeDefault}
      2 s, so the 5 s timeout holds a slow dependency's "timeout" answer.
      Call with (dict "port" "registry" "startupSeconds" 150). */}}
 {{- define "krill.probes" -}}
+{{- $host := ternary (printf ", host: %s" .host) "" (hasKey . "host") -}}
 startupProbe:
-  httpGet: {path: /health, port: {{ .port }}}
+  httpGet: {path: /health, port: {{ .port }}{{ $host }}}
   periodSeconds: 5
   timeoutSeconds: 5
   failureThreshold: {{ div .startupSeconds 5 }}
 livenessProbe:
-  httpGet: {path: /health, port: {{ .port }}}
+  httpGet: {path: /health, port: {{ .port }}{{ $host }}}
   periodSeconds: 20
   timeoutSeconds: 5
   failureThreshold: 3
 readinessProbe:
-  httpGet: {path: /ready, port: {{ .port }}}
+  httpGet: {path: /ready, port: {{ .port }}{{ $host }}}
   periodSeconds: 10
   timeoutSeconds: 5
   failureThreshold: 3
