@@ -271,3 +271,15 @@ def test_segment_ranges_cover_the_stream() -> None:
         (8_950_000, 12_000_000),
     ]
     assert compress_segment(6, Segment(None, None), b"").nbits > 0
+
+
+@pytest.mark.slow
+def test_segments_past_the_hash_offset_rebase_are_gos_bytes(
+    go_oracle: GoOracle, tmp_path: Path
+) -> None:
+    """Over 16 MiB Go rebases its hash offsets; restarted encoders start from a fresh offset."""
+    data = python_tar(20 << 20)
+    blob, points = sequential(data, 4, record_every=2 << 20)
+    assert points[-1].in_off > 17 << 20
+    assert proven(tmp_path, data, blob, 4, points) == tuple(points)
+    assert parallel(data, 4, points) == blob == go_oracle.gzip(data, 4)
