@@ -236,6 +236,7 @@ class RestartableOrigin:
     port: int
     data: Path
     logs: Path
+    extra: tuple[str, ...] = ()  # more ``krill origin`` arguments (--tracker URL)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -245,6 +246,7 @@ class RestartableOrigin:
     @contextlib.contextmanager
     def running(self, name: str) -> Iterator[subprocess.Popen[bytes]]:
         args = ["origin", "--listen", f"127.0.0.1:{self.port}", "--data", str(self.data)]
+        args += self.extra
         with krill_process(args, self.logs / f"{name}.log", f"{self.url}/v2/") as proc:
             self.process = proc
             yield proc

@@ -1,0 +1,106 @@
+"""The origin SIGKILLed while a herd of agents pulls one blob through the swarm.
+
+Real processes on loopback: a seeding origin on a fixed port (so it can be
+started again where everyone expects it), a tracker, agents whose downloads
+are held to 4 MiB/s (``download_rate_limit``, which paces the origin's piece
+feed too), so a 16 MiB blob takes seconds and the kill provably lands mid-pull.
+
+* One agent already holds the blob: the others finish from it (and from each
+  other) with the origin gone.
+* Nobody holds it all: the swarm alone cannot finish; the agents keep asking
+  the origin for pieces, and complete byte-exact once it is back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.agent_cluster import Agent, agent_process, tracker_process, wait_until
+from tests.components import free_port
+from tests.faults import RestartableOrigin, get_body, push_blob
+
+pytestmark = pytest.mark.slow
+
+MiB = 1024 * 1024
+REPO = "team/app"
+BLOB_SIZE = 16 * MiB
+PACED: dict[str, object] = {
+    "download_rate_limit": 4 * MiB,
+    "swarm_deadline": 60.0,
+    "stall_timeout": 120.0,
+    "deltas": False,
+}
+
+
+def received(agent: Agent) -> float:
+    """Blob bytes the agent has received: from peers, the origin's piece feed or HTTP."""
+    metrics = agent.metrics()
+    return (
+        metrics.get('krill_agent_swarm_payload_bytes{direction="downloaded"}', 0.0)
+        + metrics.get("krill_agent_swarm_origin_feed_bytes", 0.0)
+        + metrics.get("krill_agent_origin_http_bytes_total", 0.0)
+    )
+
+
+@dataclass
+class Herd:
+    origin: RestartableOrigin
+    agents: list[Agent]
+
+
+@contextlib.contextmanager
+def herd(tmp_path: Path, agents: int, settings: list[dict[str, object]]) -> Iterator[Herd]:
+    tracker_port = free_port()
+    tracker = f"http://127.0.0.1:{tracker_port}"
+    origin = RestartableOrigin(
+        free_port(), tmp_path / "origin" / "data", tmp_path, ("--tracker", tracker)
+    )
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(origin.running("origin-1"))
+        stack.enter_context(tracker_process(tmp_path / "tracker", origin.url, port=tracker_port))
+        started = [
+            stack.enter_context(
+                agent_process(tmp_path / f"agent{i}", origin.url, tracker, settings=settings[i])
+            )
+            for i in range(agents)
+        ]
+        yield Herd(origin, started)
+
+
+def start_pulls(pool: ThreadPoolExecutor, agents: list[Agent], digest: str) -> list[Future[bytes]]:
+    return [pool.submit(get_body, f"{agent.registry}/v2/{REPO}/blobs/{digest}") for agent in agents]
+
+
+def test_with_the_origin_killed_mid_herd_agents_finish_from_a_peer_holding_the_blob(
+    tmp_path: Path,
+) -> None:
+    data = bytes(range(256)) * (BLOB_SIZE // 256)
+    unpaced: dict[str, object] = {**PACED, "download_rate_limit": 0}
+    with herd(tmp_path, 3, [unpaced, PACED, PACED]) as h, ThreadPoolExecutor(2) as pool:
+        holder, *pulling = h.agents
+        digest = push_blob(h.origin.url, data)
+        assert get_body(f"{holder.registry}/v2/{REPO}/blobs/{digest}") == data
+        pulls = start_pulls(pool, pulling, digest)
+        wait_until(lambda: all(received(a) > 0 for a in pulling), "both pulls under way")
+        h.origin.kill()
+        assert all(received(a) < BLOB_SIZE for a in pulling), "the kill came too late"
+        assert [p.result(timeout=300) for p in pulls] == [data, data]
+
+
+def test_with_the_origin_killed_mid_herd_agents_finish_once_it_returns(tmp_path: Path) -> None:
+    data = bytes(range(256)) * (BLOB_SIZE // 256)
+    with herd(tmp_path, 3, [PACED] * 3) as h, ThreadPoolExecutor(3) as pool:
+        digest = push_blob(h.origin.url, data)
+        pulls = start_pulls(pool, h.agents, digest)
+        wait_until(lambda: all(received(a) > 0 for a in h.agents), "every pull under way")
+        h.origin.kill()
+        assert all(received(a) < BLOB_SIZE for a in h.agents), "the kill came too late"
+        assert not any(p.done() for p in pulls)
+        with h.origin.running("origin-2"):
+            assert [p.result(timeout=300) for p in pulls] == [data, data, data]
