@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp import hdrs
 
 from krill.bodies import BodyTooLarge, read_limited
 from krill.digests import Digest
@@ -47,6 +48,7 @@ class Answer:
     status: int
     content_type: str
     body: bytes
+    challenge: str | None = None  # WWW-Authenticate of a 401: how the client may sign in
 
 
 class OriginClient:
@@ -92,12 +94,31 @@ class OriginClient:
         headers = {**request_id_headers(), **(headers or {})}
         async with self.session.get(url, params=params, headers=headers) as response:
             content_type = response.headers.get("Content-Type", "")
+            challenge = response.headers.get(hdrs.WWW_AUTHENTICATE)
             if ok is not None and response.status != ok:
-                return Answer(url, response.status, content_type, b"")
+                return Answer(url, response.status, content_type, b"", challenge)
             body = await read_limited(
                 response.content, limit, what, declared=response.content_length
             )
-            return Answer(url, response.status, content_type, body)
+            return Answer(url, response.status, content_type, body, challenge)
+
+    async def head(self, url: str, *, authorization: str | None = None) -> tuple[int, str | None]:
+        """``HEAD url`` as a client (its ``Authorization``, or none): the status and challenge.
+
+        The agent asks this way whether a client may read a manifest or blob
+        (``agent.access``); the node's own credentials are not added to a
+        request that carries a client's, and a client without one is asked
+        about anonymously (the node credential is only for ``/krill/v1/``
+        and for fetching).
+        """
+        headers = request_id_headers()
+        if authorization:
+            headers[hdrs.AUTHORIZATION] = authorization
+        # middlewares=(): the session's (the node's credentials) must not speak for the client.
+        async with self.session.head(
+            url, headers=headers, allow_redirects=False, middlewares=()
+        ) as response:
+            return response.status, response.headers.get(hdrs.WWW_AUTHENTICATE)
 
     async def open_blob(
         self,
@@ -121,9 +142,7 @@ class OriginClient:
             return await self.session.get(url, headers=headers)
         return await self.session.get(url, headers=headers, timeout=timeouts)
 
-    async def lookup_delta(
-        self, target: Digest, have: Iterable[Digest], repository: str
-    ) -> Answer:
+    async def lookup_delta(self, target: Digest, have: Iterable[Digest], repository: str) -> Answer:
         """``GET /krill/v1/deltas/<target>?have=...&repo=...``; the body is read only on 200."""
         params = {"have": ",".join(str(b) for b in have), "repo": repository}
         return await self.get_bytes(
@@ -154,9 +173,7 @@ class OriginClient:
         return answer.body
 
 
-async def fetch_metainfo(
-    session: aiohttp.ClientSession, base_url: str, digest: Digest
-) -> bytes:
+async def fetch_metainfo(session: aiohttp.ClientSession, base_url: str, digest: Digest) -> bytes:
     """GET ``{base_url}/krill/v1/metainfo/<digest>`` (origin or tracker) and check it.
 
     Raises MetainfoError with the server's status and message when it fails,

@@ -15,6 +15,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests import imagebuild
 from tests.agent_cluster import agent_process, origin_process
 from tests.components import free_port, krill_process, skopeo
@@ -112,9 +114,11 @@ def test_an_origin_without_auth_warns_once_that_it_is_open(tmp_path: Path) -> No
 
 
 def test_through_an_agent_public_images_pull_and_private_ones_do_not(tmp_path: Path) -> None:
-    """Until agents carry node credentials and forward clients' (docs/security.md): the
-    agent asks the origin anonymously, so what anonymous may read works through it and a
-    private repository is refused, never served from the origin's store by another route."""
+    """An agent without node credentials: what anonymous may read works through it; a
+    private repository is refused with 401 and a challenge at the agent's own token
+    endpoint (not a 502), even for bob: such an agent cannot check who reads its cache
+    later, so it does not fetch with a client's credentials (with node credentials it
+    does: tests/test_security_private.py)."""
     auth = write_auth_files(tmp_path / "auth")
     image = imagebuild.build_image([imagebuild.random_files(4, count=1, size=4096)])
     layout = imagebuild.write_oci_layout(tmp_path / "layout", image.manifest, [image], "v1")
@@ -153,3 +157,16 @@ def test_through_an_agent_public_images_pull_and_private_ones_do_not(tmp_path: P
             )
             assert refused.returncode != 0
             assert not (tmp_path / "private" / "index.json").exists()
+            manifest = f"{agent.registry}/v2/private/app/manifests/v1"
+            accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+            status, _ = get(manifest, accept)
+            assert status == 401
+            status, _ = get(manifest, {**accept, "Authorization": "Basic " + basic_value(
+                "bob", PASSWORDS["bob"])})  # fmt: skip
+            assert status == 401
+            request = urllib.request.Request(manifest, headers=accept)
+            with pytest.raises(urllib.error.HTTPError) as challenged:
+                urllib.request.urlopen(request, timeout=30)
+            assert challenged.value.headers["WWW-Authenticate"].startswith(
+                f'Bearer realm="{agent.registry}/auth/token"'
+            )

@@ -32,6 +32,15 @@ log = logging.getLogger(__name__)
 DEFAULT_ACCEPT = ", ".join(oci.MANIFEST_TYPES)
 
 
+class OriginRefused(Exception):
+    """The origin refused the client's credentials (401, with its challenge) or access (403)."""
+
+    def __init__(self, status: int, challenge: str | None) -> None:
+        super().__init__(f"the origin answered {status}")
+        self.status = status
+        self.challenge = challenge
+
+
 @dataclass(frozen=True)
 class Manifest:
     body: bytes
@@ -58,20 +67,34 @@ class ManifestCache:
         self._timeout = timeout
         self._tags: dict[tuple[str, str], tuple[Digest, float]] = {}
 
-    async def get(self, repository: str, reference: str, accept: str | None = None) -> Manifest:
-        """The manifest; every one handed out is reported to ``on_manifest`` (layer index)."""
-        manifest = await self._get(repository, reference, accept)
+    async def get(
+        self,
+        repository: str,
+        reference: str,
+        accept: str | None = None,
+        authorization: str | None = None,
+    ) -> Manifest:
+        """The manifest; every one handed out is reported to ``on_manifest`` (layer index).
+
+        ``authorization`` is the client's header, sent to the origin when the
+        manifest is fetched (a private repository's manifests are the
+        client's to read, not the node's). Whether the client may read a
+        cached one is ``agent.access``'s question, asked before this.
+        """
+        manifest = await self._get(repository, reference, accept, authorization)
         if self._on_manifest is not None:
             await self._on_manifest(repository, manifest)
         return manifest
 
-    async def _get(self, repository: str, reference: str, accept: str | None) -> Manifest:
+    async def _get(
+        self, repository: str, reference: str, accept: str | None, authorization: str | None
+    ) -> Manifest:
         ref = parse_reference(reference)
         if isinstance(ref, Digest):
             cached = self._load(ref)
             if cached is not None:
                 return cached
-            return await self._fetch(repository, str(ref), accept, expected=ref)
+            return await self._fetch(repository, str(ref), accept, authorization, expected=ref)
         key = (repository, ref)
         hit = self._tags.get(key)
         if hit is not None and hit[1] > time.monotonic():
@@ -79,7 +102,7 @@ class ManifestCache:
             if cached is not None:
                 return cached
         try:
-            manifest = await self._fetch(repository, ref, accept, expected=None)
+            manifest = await self._fetch(repository, ref, accept, authorization, expected=None)
         except RegistryError as exc:
             stale = self._load(hit[0]) if hit is not None and exc.code == "UNAVAILABLE" else None
             if stale is None:
@@ -103,10 +126,17 @@ class ManifestCache:
         self._store.put_bytes(manifest.body, manifest.digest)
 
     async def _fetch(
-        self, repository: str, reference: str, accept: str | None, expected: Digest | None
+        self,
+        repository: str,
+        reference: str,
+        accept: str | None,
+        authorization: str | None,
+        expected: Digest | None,
     ) -> Manifest:
         url = self._origin.manifest_url(repository, reference)
         headers = {"Accept": accept or DEFAULT_ACCEPT}
+        if authorization:
+            headers["Authorization"] = authorization
         if not self._origin.configured:
             raise RegistryError("UNAVAILABLE", "this agent has no origin configured")
         try:
@@ -130,6 +160,8 @@ class ManifestCache:
             raise RegistryError(
                 "MANIFEST_UNKNOWN", f"manifest {repository}:{reference} is not on the origin"
             )
+        if status in (401, 403):
+            raise OriginRefused(status, answer.challenge)
         if status != 200:
             raise RegistryError(
                 "UNAVAILABLE",

@@ -4,6 +4,16 @@ Routes: ``/v2/``, ``/v2/<name>/manifests/<ref>`` and ``/v2/<name>/blobs/<digest>
 (GET and HEAD). ``?ns=<upstream host>`` selects the origin repository (see
 ``agent.namespaces``). Anything that would write answers 405 ``UNSUPPORTED``
 with the origin's address, because pushes belong there.
+
+Private repositories (docs/security.md): an agent with node credentials
+serves a manifest or blob (from its cache, the swarm or a delta) only after
+the origin accepted the client's ``Authorization`` for it
+(``agent.access``), and sends that header with the manifest fetches it
+makes for the client. A refused client gets the origin's 401 challenge with
+its realm pointed at ``/auth/token`` here, which forwards to the origin's
+(``agent.token_proxy``). An agent without node credentials asks the origin
+anonymously and passes its 401 on the same way: it cannot check later
+readers, so it serves only what anonymous may read.
 """
 
 from __future__ import annotations
@@ -11,14 +21,18 @@ from __future__ import annotations
 import logging
 import re
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
+from krill.agent.access import Access, AccessDecision, RepositoryAccess, agent_realm_challenge
+from krill.agent.manifests import OriginRefused
 from krill.agent.node import AgentNode
 from krill.agent.serving import blob_response
 from krill.agent.sources import BlobNotFound, SourceUnavailable
+from krill.agent.token_proxy import TOKEN_PATH, forward_token_request
 from krill.digests import Digest
 from krill.httpmetrics import latency_middleware
 from krill.names import InvalidNameError
+from krill.originclient import OriginClient
 from krill.registry_errors import RegistryError, error_middleware
 from krill.registry_params import API_HEADERS, parse_digest
 from krill.requestid import install_request_ids
@@ -26,6 +40,8 @@ from krill.requestid import install_request_ids
 log = logging.getLogger(__name__)
 
 NODE = web.AppKey("node", AgentNode)
+# None: no node credentials, nothing private can be on this node, so nothing is checked.
+ACCESS: web.AppKey[RepositoryAccess | None] = web.AppKey("access")
 
 _MANIFEST_PATH = re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)$")
 _BLOB_PATH = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)$")
@@ -36,10 +52,25 @@ def build_registry_app(node: AgentNode) -> web.Application:
     app = web.Application(middlewares=[timed, error_middleware])
     install_request_ids(app)
     app[NODE] = node
+    app[ACCESS] = _repository_access(node)
+    app.router.add_route("GET", TOKEN_PATH, handle_token)
+    app.router.add_route("POST", TOKEN_PATH, handle_token)
     app.router.add_route("GET", "/v2/", handle_base)
     app.router.add_route("HEAD", "/v2/", handle_base)
     app.router.add_route("*", "/v2/{path:.+}", handle_v2)
     return app
+
+
+def _repository_access(node: AgentNode) -> RepositoryAccess | None:
+    if node.config.origin_credentials is None:
+        return None
+    origin = OriginClient(node.session, node.config.origin)
+    return RepositoryAccess(origin, timeout=node.config.origin_timeout)
+
+
+async def handle_token(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    return await forward_token_request(request, OriginClient(node.session, node.config.origin))
 
 
 async def handle_base(request: web.Request) -> web.Response:
@@ -82,7 +113,21 @@ async def _manifest(
 ) -> web.Response:
     repository = origin_repository(request, node, name)
     accept = ", ".join(request.headers.getall("Accept", [])) or None
-    manifest = await node.manifests.get(repository, reference, accept)
+    # A client's credentials go to the origin only from an agent that checks every
+    # later reader (node credentials): otherwise a manifest one client's password
+    # fetched would be in the cache for the next client without one.
+    authorization = None
+    access = request.app[ACCESS]
+    if access is not None:
+        authorization = request.headers.get(hdrs.AUTHORIZATION)
+        decision = await access.manifest(repository, reference, authorization)
+        _require(request, decision, f"manifest {repository}:{reference}")
+    try:
+        manifest = await node.manifests.get(repository, reference, accept, authorization)
+    except OriginRefused as exc:
+        access_status = Access.UNAUTHORIZED if exc.status == 401 else Access.DENIED
+        _require(request, AccessDecision(access_status, exc.challenge), f"{repository}:{reference}")
+        raise
     headers = {
         **API_HEADERS,
         "Docker-Content-Digest": str(manifest.digest),
@@ -97,7 +142,36 @@ async def _blob(
 ) -> web.StreamResponse:
     repository = origin_repository(request, node, name)
     digest = parse_digest(digest_text)
+    access = request.app[ACCESS]
+    if access is not None:
+        decision = await access.blob(
+            repository, str(digest), request.headers.get(hdrs.AUTHORIZATION)
+        )
+        _require(request, decision, f"blob {digest} in {repository}")
     return await serve_blob(request, node, digest, repository)
+
+
+def _require(request: web.Request, decision: AccessDecision, what: str) -> None:
+    """Raise the registry error for anything but ALLOWED (see the module doc)."""
+    if decision.access is Access.ALLOWED:
+        return
+    if decision.access is Access.UNAUTHORIZED:
+        token_url = f"{request.scheme}://{request.host}{TOKEN_PATH}"
+        challenge = agent_realm_challenge(decision.challenge, token_url)
+        raise RegistryError(
+            "UNAUTHORIZED",
+            f"the origin needs credentials to read {what}",
+            headers={hdrs.WWW_AUTHENTICATE: challenge},
+        )
+    if decision.access is Access.DENIED:
+        raise RegistryError("DENIED", f"the origin does not let these credentials read {what}")
+    if decision.access is Access.NOT_FOUND:
+        code = "BLOB_UNKNOWN" if what.startswith("blob") else "MANIFEST_UNKNOWN"
+        raise RegistryError(code, f"{what} is not on the origin")
+    raise RegistryError(
+        "UNAVAILABLE",
+        f"the origin cannot be asked whether these credentials may read {what}; try the upstream",
+    )
 
 
 async def serve_blob(
