@@ -1,13 +1,20 @@
 """Turning a blob on this node into an HTTP response (GET/HEAD, with Range).
 
-* A cached blob is sent with aiohttp's ``FileResponse`` (sendfile), pinned in
-  the cache until the last byte is out.
+* A cached blob is sent with ``krill.sendfile.ThreadedFileResponse``
+  (aiohttp's ``FileResponse``: Range, 416, HEAD; its ``sendfile`` bursts run
+  on worker threads), pinned in the cache until the last byte is out.
 * A blob still arriving is streamed from the transfer's partial file: bytes
   are sent only once the transfer reports them available (piece-verified for
-  the swarm), in order, and the response switches to the committed file when
-  the transfer finishes. Headers go out only after a source has committed
-  (the fetcher returns only then). If the transfer fails midway the connection
-  is aborted, so the client sees a short body, never a wrong complete one.
+  the swarm), in order. Once the transfer has verified the whole blob
+  (``available`` is its size: the sha256 matched), the rest of the response
+  goes out with ``sendfile`` from the same descriptor, which stays valid when
+  the file is renamed into the store. The profile of issue 16 put 13 % of a
+  herd agent's samples in the ``send`` of these chunks and 3 % in their
+  ``pread``; with the early hand-over of a swarm's tail (commit 338a9ab) the
+  rest sent after the check is often a third of the blob. Headers go out
+  only after a source has committed (the fetcher returns only then). If the
+  transfer fails midway the connection is aborted, so the client sees a
+  short body, never a wrong complete one.
 
 Each whole-blob GET reports its time to first byte and its total time, by
 source, from the request's arrival (``krill.httpmetrics.stopwatch``: the
@@ -32,6 +39,7 @@ from krill.agent.ranges import ByteRange, parse_range
 from krill.agent.sources import OriginHttpTransfer, TransferFailed
 from krill.httpmetrics import Stopwatch, stopwatch
 from krill.registry_errors import API_HEADERS, RegistryError
+from krill.sendfile import RawSocket, ThreadedFileResponse, raw_socket, send_file_range
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +76,7 @@ class PullTimer:
             self._metrics.pull_done(self._source, self._watch.elapsed())
 
 
-class PinnedFileResponse(web.FileResponse):
+class PinnedFileResponse(ThreadedFileResponse):
     """A FileResponse that keeps its blob pinned in the cache until it has been sent."""
 
     def __init__(
@@ -159,11 +167,15 @@ async def _stream(
         response.headers["Content-Range"] = byte_range.content_range(blob.size)
     response.content_length = byte_range.length
     fd = await _open_blob_file(blob)
+    raw = raw_socket(request)
     try:
         await response.prepare(request)
         position = byte_range.start
         while position < byte_range.end:
             available = await wait_progress(blob, position, stall_timeout)
+            if raw is not None and available >= blob.size:
+                await _send_verified_rest(raw, fd, blob, position, byte_range.end, metrics, timer)
+                break
             upto = min(available, byte_range.end, position + CHUNK)
             data = await blob.transfer.read(fd, position, upto)
             if not data:
@@ -181,6 +193,21 @@ async def _stream(
     finally:
         os.close(fd)
     return response
+
+
+async def _send_verified_rest(
+    raw: RawSocket,
+    fd: int,
+    blob: InflightBlob,
+    start: int,
+    end: int,
+    metrics: PullMetrics,
+    timer: PullTimer,
+) -> None:
+    """Bytes ``start``..``end`` with sendfile: the whole blob is verified, none can change now."""
+    timer.first_byte()
+    await send_file_range(raw, fd, start, end - start)
+    metrics.served(blob.source, end - start)
 
 
 async def _open_blob_file(blob: InflightBlob) -> int:
