@@ -11,6 +11,8 @@
   returns" does not depend on how fast a restart is on a loaded machine).
 * ``RestartableOrigin``: a ``krill origin`` process on a fixed port and data
   directory, to SIGKILL and start again; and the small helpers around it.
+* ``SilentPeer`` and ``announce``: a peer that accepts connections and never
+  sends, put into a swarm by announcing it to the tracker.
 """
 
 from __future__ import annotations
@@ -19,27 +21,37 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import socket
 import subprocess
+import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote_from_bytes
 
 import pytest
 
+from krill import bencode
 from krill.blobstore import BlobStore
+from krill.endpoints import METAINFO
+from krill.metainfo import info_hash
 from tests.agent_cluster import ServingThread
 from tests.components import free_port, krill_process
 
 __all__ = [
     "GatedProxy",
     "RestartableOrigin",
+    "SilentPeer",
     "SmallDisk",
+    "announce",
+    "blob_infohash",
     "gated_proxy",
     "get_body",
     "incoming_files",
     "push_blob",
     "sha256_digest",
+    "silent_peer",
     "small_disk",
     "stored_blobs",
 ]
@@ -280,3 +292,57 @@ def incoming_files(store_root: Path) -> list[Path]:
     """Temp files of writes under way (or interrupted) in the store at ``store_root``."""
     incoming = store_root / "incoming"
     return list(incoming.iterdir()) if incoming.exists() else []
+
+
+def blob_infohash(origin: str, digest: str) -> bytes:
+    """The infohash of a blob's swarm, from the origin's metainfo for it."""
+    with urllib.request.urlopen(METAINFO.url(origin, digest), timeout=30) as response:
+        return bytes.fromhex(info_hash(response.read()))
+
+
+def announce(
+    tracker: str, infohash: bytes, port: int, *, peer_id: bytes, left: int = 1
+) -> dict[bytes, object]:
+    """One announce of a peer the test plays (``left=0``: a seeder); the decoded answer."""
+    query = (
+        f"info_hash={quote_from_bytes(infohash)}&peer_id={quote_from_bytes(peer_id)}"
+        f"&port={port}&uploaded=0&downloaded=0&left={left}&compact=1&numwant=50"
+    )
+    with urllib.request.urlopen(f"{tracker}/announce?{query}", timeout=30) as response:
+        decoded = bencode.decode(response.read())
+    assert isinstance(decoded, dict)
+    return decoded
+
+
+class SilentPeer:
+    """A "peer" that accepts connections and never sends a byte (nor reads one)."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self.accepted = 0
+        self._connections: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # the listener closed
+            while True:
+                connection, _ = self._listener.accept()
+                self._connections.append(connection)
+                self.accepted += 1
+
+    def close(self) -> None:
+        self._listener.close()
+        for connection in self._connections:
+            connection.close()
+        self._thread.join(10)
+
+
+@contextlib.contextmanager
+def silent_peer() -> Iterator[SilentPeer]:
+    peer = SilentPeer()
+    try:
+        yield peer
+    finally:
+        peer.close()

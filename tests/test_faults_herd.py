@@ -9,6 +9,10 @@ feed too), so a 16 MiB blob takes seconds and the kill provably lands mid-pull.
   other) with the origin gone.
 * Nobody holds it all: the swarm alone cannot finish; the agents keep asking
   the origin for pieces, and complete byte-exact once it is back.
+* A seeding agent SIGKILLed while another pulls from the swarm: the pull
+  finishes (from the origin).
+* A peer that accepts connections and never sends, listed first by the
+  tracker (a seeder): libtorrent connects to it, and the pull is not held up.
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ import pytest
 
 from tests.agent_cluster import Agent, agent_process, tracker_process, wait_until
 from tests.components import free_port
-from tests.faults import RestartableOrigin, get_body, push_blob
+from tests.faults import (
+    RestartableOrigin,
+    announce,
+    blob_infohash,
+    get_body,
+    push_blob,
+    silent_peer,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +62,7 @@ def received(agent: Agent) -> float:
 @dataclass
 class Herd:
     origin: RestartableOrigin
+    tracker: str
     agents: list[Agent]
 
 
@@ -70,7 +82,7 @@ def herd(tmp_path: Path, agents: int, settings: list[dict[str, object]]) -> Iter
             )
             for i in range(agents)
         ]
-        yield Herd(origin, started)
+        yield Herd(origin, tracker, started)
 
 
 def start_pulls(pool: ThreadPoolExecutor, agents: list[Agent], digest: str) -> list[Future[bytes]]:
@@ -104,3 +116,34 @@ def test_with_the_origin_killed_mid_herd_agents_finish_once_it_returns(tmp_path:
         assert not any(p.done() for p in pulls)
         with h.origin.running("origin-2"):
             assert [p.result(timeout=300) for p in pulls] == [data, data, data]
+
+
+def test_a_seeding_agent_killed_mid_transfer_does_not_stop_a_pull(tmp_path: Path) -> None:
+    data = bytes(range(256)) * (BLOB_SIZE // 256)
+    unpaced: dict[str, object] = {**PACED, "download_rate_limit": 0}
+    with herd(tmp_path, 2, [unpaced, PACED]) as h, ThreadPoolExecutor(1) as pool:
+        seeder, puller = h.agents
+        digest = push_blob(h.origin.url, data)
+        assert get_body(f"{seeder.registry}/v2/{REPO}/blobs/{digest}") == data
+        (pull,) = start_pulls(pool, [puller], digest)
+        wait_until(lambda: received(puller) > 0, "the pull under way")
+        seeder.process.kill()
+        seeder.process.wait()
+        assert received(puller) < BLOB_SIZE, "the kill came too late"
+        assert pull.result(timeout=300) == data
+
+
+def test_a_peer_that_accepts_and_never_sends_does_not_hold_up_a_pull(tmp_path: Path) -> None:
+    data = bytes(range(256)) * (BLOB_SIZE // 256)
+    with (
+        herd(tmp_path, 1, [PACED]) as h,
+        silent_peer() as silent,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        (puller,) = h.agents
+        digest = push_blob(h.origin.url, data)
+        infohash = blob_infohash(h.origin.url, digest)
+        announce(h.tracker, infohash, silent.port, peer_id=b"-KA0100-silent000000", left=0)
+        (pull,) = start_pulls(pool, [puller], digest)
+        wait_until(lambda: silent.accepted > 0, "the agent to connect to the silent peer")
+        assert pull.result(timeout=300) == data

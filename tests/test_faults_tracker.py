@@ -22,20 +22,15 @@ import signal
 import socket
 import struct
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote_from_bytes
 
 import pytest
 
-from krill import bencode
-from krill.endpoints import METAINFO
-from krill.metainfo import info_hash
 from tests.agent_cluster import Agent, agent_process, origin_process, wait_until
 from tests.components import free_port, krill_process, redis_server
-from tests.faults import get_body, push_blob
+from tests.faults import announce, blob_infohash, get_body, push_blob
 
 pytestmark = pytest.mark.slow
 
@@ -80,14 +75,7 @@ class RestartableTracker:
 
     def announce(self, infohash: bytes) -> dict[bytes, object]:
         """A leecher's announce (our watcher); the tracker's decoded answer."""
-        query = (
-            f"info_hash={quote_from_bytes(infohash)}&peer_id=-KA0100-watcher00000"
-            f"&port={WATCHER_PORT}&uploaded=0&downloaded=0&left=1&compact=1&numwant=50"
-        )
-        with urllib.request.urlopen(f"{self.url}/announce?{query}", timeout=30) as response:
-            decoded = bencode.decode(response.read())
-        assert isinstance(decoded, dict)
-        return decoded
+        return announce(self.url, infohash, WATCHER_PORT, peer_id=b"-KA0100-watcher00000")
 
     def peers(self, infohash: bytes) -> set[tuple[str, int]]:
         """Who the tracker hands our watcher for ``infohash`` (the watcher excluded)."""
@@ -97,11 +85,6 @@ class RestartableTracker:
             (socket.inet_ntoa(raw[i : i + 4]), struct.unpack("!H", raw[i + 4 : i + 6])[0])
             for i in range(0, len(raw), 6)
         }
-
-
-def blob_infohash(origin: str, digest: str) -> bytes:
-    with urllib.request.urlopen(METAINFO.url(origin, digest), timeout=30) as response:
-        return bytes.fromhex(info_hash(response.read()))
 
 
 def pull(agent: Agent, digest: str) -> bytes:
