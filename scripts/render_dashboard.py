@@ -290,7 +290,7 @@ def evaluate_panel(panel: dict[str, Any], run: Run) -> PanelData:
             node = parse(substitute(target["expr"], variables))
             result = query_range(node, run.store, start, end, run.interval)
         except Unsupported as exc:
-            data.skipped.append(f"{target.get('refId', '?')}: {exc}")
+            data.skipped.append(f"target {target.get('refId', '?')}: {exc}")
             continue
         for labels, points in sorted(result.items()):
             data.series.append(Series(legend_for(target.get("legendFormat", ""), labels), points))
