@@ -351,7 +351,7 @@ async def test_a_fast_link_fetches_the_layer_whole_and_a_slow_one_takes_the_delt
 ) -> None:
     offered = Offered(tmp_path)
     fast, slow = CountingMetrics(), CountingMetrics()
-    caplog.set_level(logging.INFO, logger="krill.agent.deltas")
+    caplog.set_level(logging.INFO, logger="krill.agent.deltachoice")
 
     took_delta, rebuilder = await offered.run(DeltaPolicy.FASTEST, 1e9, fast)
     assert not took_delta and offered.fetched == []  # neither the delta nor the config
@@ -385,7 +385,7 @@ async def test_fewest_bytes_takes_the_delta_even_on_a_fast_link(tmp_path: Path) 
     assert seen["krill_agent_delta_hits_total"] == 1
     assert seen["krill_agent_delta_bytes_forgone_total"] == 0
     # The rebuild was timed (0 s on the ManualClock: not a sample) and its kind learnt.
-    assert rebuilder.rates.last_kind[Compression.GZIP] is RecipeKind.GZIP_ZLIB
+    assert rebuilder.chooser.rates.last_kind[Compression.GZIP] is RecipeKind.GZIP_ZLIB
 
 
 async def test_a_full_choice_is_counted_with_the_bytes_it_forwent(tmp_path: Path) -> None:

@@ -1,18 +1,19 @@
 """Delta or full, by the clock, on a shaped link: the same agent takes the full layer while
 its measured link is fast and the delta once the link is slow.
 
-Two network namespaces on a bridge (``tests/netns.py``): h0 runs a real origin, h1 a
-real agent (default ``delta_policy``, "fastest"; no tracker, so every blob comes over
-the origin's HTTP API and every download is a rate sample). The big layer is ~21 MB
-of tar, ~8 MB of gzip; its delta is a few KB, and before it has rebuilt anything
-the agent reckons a gzip rebuild at 20 MB/s of tar (~1 s). So the full layer wins
-above ~62 Mbit/s and the delta below.
+Two network namespaces on a bridge (``tests/netns.py``): h0 runs a real origin (with
+its tracker, so it serves every blob's metainfo), h1 a real agent (default
+``delta_policy``, "fastest"; no tracker, so every blob comes over the origin's HTTP
+API and every download is a rate sample). The big layer is ~21 MB of tar, ~8 MB of
+gzip; its delta is a few KB, and before it has rebuilt anything the agent reckons a
+gzip rebuild at 20 MB/s of tar (~1 s). So the full layer wins above ~62 Mbit/s and
+the delta below.
 
 1. Link unshaped (a veth: hundreds of MB/s). The agent pulls v1 (its big layer is
    the first rate sample), then v2: the full layer, reason ``full_faster``.
 2. Both directions of h1's link shaped to 10 Mbit/s with ``tc tbf``. The agent pulls
    three 2 MiB blobs, real downloads that move its measured rate down, then v3: the
-   delta, reason ``delta_faster``, rebuilt from v2's layer.
+   delta, reason ``delta_faster``, rebuilt from v2's layer and served while rebuilt.
 
 Nothing here reads or moves the agent's clock: the rates are what the agent measured
 on the link. Every blob pulled is checked against its digest.
@@ -180,15 +181,25 @@ def origin_and_agent(net: Cluster, root: Path) -> Iterator[Node]:
     node = Node(net, root)
     config = root / "agent.toml"
     config.write_text('delta_policy = "fastest"\n')
-    origin = ["origin", "--listen", f"{net.ip(ORIGIN)}:5000", "--data", str(root / "origin")]
+    tracker_url = f"http://{net.ip(ORIGIN)}:7000"
+    tracker = ["tracker", "--listen", f"{net.ip(ORIGIN)}:7000", "--origin", node.origin]
+    # --tracker: the origin then serves every blob's metainfo, which a streamed rebuild
+    # checks its pieces against (the agent itself has no tracker: no swarm, HTTP only).
+    origin = [
+        "origin", "--listen", f"{net.ip(ORIGIN)}:5000", "--data", str(root / "origin"),
+        "--tracker", tracker_url,
+    ]  # fmt: skip
     agent = [
         "agent", "--listen", "127.0.0.1:7400", "--registry-listen", "127.0.0.1:7401",
         "--data", str(root / "agent"), "--origin", node.origin, "--config", str(config),
     ]  # fmt: skip
     with contextlib.ExitStack() as stack:
-        stack.enter_context(logged_process(
-            in_ns(net.ns(ORIGIN), *krill_command(*origin)), root / "origin.log", grace=10, env=env
-        ))  # fmt: skip
+        for name, words in (("tracker", tracker), ("origin", origin)):
+            stack.enter_context(logged_process(
+                in_ns(net.ns(ORIGIN), *krill_command(*words)), root / f"{name}.log",
+                grace=10, env=env,
+            ))  # fmt: skip
+        net.wait_http(ORIGIN, f"{tracker_url}/health")
         net.wait_http(ORIGIN, f"{node.origin}/v2/")
         stack.enter_context(logged_process(
             in_ns(net.ns(NODE), *krill_command(*agent)), root / "agent.log", grace=10, env=env
@@ -240,4 +251,12 @@ def test_a_fast_link_takes_the_full_layer_and_a_slow_one_the_delta(
         assert crossed == 3 * (2 << 20) + len(v3.config.data) + delta["size"], (crossed, delta)
         saved = slow["krill_agent_delta_bytes_saved_total"]
         assert saved == len(v3.layers[1].data) - delta["size"]
-    print("\n".join(choices))
+        # Served while rebuilt (agent.rebuildstream): the bytes count as the delta's, not
+        # the cache's, and the origin's metainfo was there to check the pieces against.
+        assert slow['krill_agent_served_bytes_total{source="delta"}'] == len(v3.layers[1].data)
+        log = (tmp_path / "agent.log").read_text()
+        assert "delta.not_streamed" not in log
+    first = slow['krill_agent_pull_first_byte_seconds_sum{source="delta"}']
+    last = slow['krill_agent_pull_seconds_sum{source="delta"}']
+    hit = [line for line in log.splitlines() if "delta.hit" in line]
+    print("\n".join([*choices, *hit, f"delta pull: first byte {first:.3f} s, last {last:.3f} s"]))

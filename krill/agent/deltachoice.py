@@ -38,27 +38,38 @@ Both averages are over *seconds per byte*, not bytes per second: the time of
 the next download is what is predicted, and averaging rates would let one
 fast sample hide a slow link. ``SMOOTHING`` weighs the newest sample.
 
-Everything here is pure: ``Rates`` holds the measurements and is changed only
-by its ``observe_*`` methods; ``decide`` reads it. The agent's
-``DeltaRebuilder`` owns one ``Rates``, feeds it, and acts on the ``Decision``.
+The model is pure: ``Rates`` holds the measurements and is changed only by
+its ``observe_*`` methods; ``decide`` reads it. ``DeltaChooser`` is the
+agent's one instance of it: it holds the node's ``Rates`` and the policy,
+counts and logs each choice, and settles a choice's seconds saved once the
+path taken has been timed. The agent's ``DeltaRebuilder`` owns one, feeds it,
+and acts on its ``Decision``.
 """
 
 from __future__ import annotations
 
+import logging
 import struct
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+from krill.digests import Digest
 
 __all__ = [
     "BLOB_HEAD_BYTES",
     "DEFAULT_LINK_RATE",
     "DEFAULT_RATIOS",
     "DEFAULT_REBUILD_RATES",
+    "MAX_AWAITED_DOWNLOADS",
     "MIN_SAMPLE_BYTES",
     "SMOOTHING",
     "Choice",
+    "ChoiceMetrics",
     "Compression",
     "Decision",
+    "DeltaChooser",
     "DeltaPolicy",
     "Estimate",
     "LayerCosts",
@@ -71,8 +82,11 @@ __all__ = [
     "estimate",
     "estimate_tar_bytes",
     "kind_of_recipe",
+    "read_blob_ends",
     "tar_bytes_from_blob_ends",
 ]
+
+log = logging.getLogger(__name__)
 
 MB = 1_000_000
 # 100 Mbit/s: a node's share of a busy 1 Gbit/s link, or a modest edge link. Only used
@@ -85,6 +99,9 @@ MIN_SAMPLE_BYTES = 1 << 20
 SMOOTHING = 0.4
 # The head of a blob read to learn its tar size (a zstd frame header is at most 18 bytes).
 BLOB_HEAD_BYTES = 32
+# Full-layer choices waiting for their download to finish, so the seconds the choice
+# saved can be measured; a download that never finishes must not keep one forever.
+MAX_AWAITED_DOWNLOADS = 256
 
 
 class DeltaPolicy(StrEnum):
@@ -334,6 +351,14 @@ def _plausible(tar_bytes: int, blob_bytes: int) -> int | None:
     return tar_bytes if tar_bytes >= 0.9 * blob_bytes else None
 
 
+def read_blob_ends(path: Path) -> tuple[bytes, bytes]:
+    """A blob's first ``BLOB_HEAD_BYTES`` and last 4 bytes (where gzip keeps ISIZE). Blocking."""
+    with open(path, "rb") as f:
+        head = f.read(BLOB_HEAD_BYTES)
+        f.seek(max(0, f.seek(0, 2) - 4))
+        return head, f.read(4)
+
+
 def estimate_tar_bytes(
     layer_bytes: int, compression: Compression, base_bytes: int, base_tar_bytes: int | None
 ) -> int:
@@ -353,3 +378,85 @@ def kind_of_recipe(described: str) -> RecipeKind | None:
         return RecipeKind(described.split("(", 1)[0])
     except ValueError:
         return None
+
+
+# ---- the agent's chooser --------------------------------------------------------
+
+
+class ChoiceMetrics(Protocol):
+    def delta_choice(self, decision: Decision) -> None: ...
+
+    def delta_seconds(self, choice: Choice, saved: float) -> None:
+        """Seconds a choice saved (negative: lost): the path taken, measured, against
+        the other path's estimate."""
+        ...
+
+
+class DeltaChooser:
+    """This node's rates and policy; each choice counted, logged and, once timed, settled."""
+
+    def __init__(self, policy: DeltaPolicy, metrics: ChoiceMetrics) -> None:
+        self.policy = policy
+        self.rates = Rates()
+        self._metrics = metrics
+        self._awaiting_full: dict[Digest, Decision] = {}  # ordered: the oldest are dropped
+
+    def choose(
+        self,
+        target: Digest,
+        costs: LayerCosts,
+    ) -> Decision:
+        decision = decide(self.policy, costs, self.rates)
+        self._metrics.delta_choice(decision)
+        expected = decision.estimate
+        log.info(
+            "delta.choice digest=%s choice=%s reason=%s policy=%s delta_s=%.3f full_s=%.3f "
+            "layer_bytes=%d delta_bytes=%d tar_bytes_est=%d recipe_est=%s link_Bps=%.0f "
+            "link_samples=%d rebuild_Bps=%.0f rebuild_samples=%d",
+            target, decision.choice, decision.reason, self.policy,
+            expected.delta_seconds, expected.full_seconds,
+            costs.layer_bytes, costs.delta_bytes, costs.tar_bytes, costs.kind,
+            expected.link_rate, self.rates.link.samples,
+            expected.rebuild_rate, self.rates.rebuild[costs.kind].samples,
+        )  # fmt: skip
+        if decision.choice is Choice.FULL:
+            self._awaiting_full[target] = decision
+            while len(self._awaiting_full) > MAX_AWAITED_DOWNLOADS:
+                del self._awaiting_full[next(iter(self._awaiting_full))]
+        return decision
+
+    def costs(
+        self,
+        *,
+        layer_bytes: int,
+        media_type: str,
+        delta_bytes: int,
+        base_bytes: int,
+        base_tar_bytes: int | None,
+    ) -> LayerCosts:
+        """Both paths' work for a layer, the tar size and recipe kind estimated."""
+        compression = compression_of(media_type)
+        return LayerCosts(
+            layer_bytes=layer_bytes,
+            delta_bytes=delta_bytes,
+            tar_bytes=estimate_tar_bytes(layer_bytes, compression, base_bytes, base_tar_bytes),
+            kind=self.rates.likely_kind(compression),
+        )
+
+    def observe_download(self, digest: Digest, nbytes: int, seconds: float) -> None:
+        """A blob finished downloading (swarm or origin): a link rate sample, and the
+        measured half of a full choice's seconds saved."""
+        self.rates.observe_download(nbytes, seconds)
+        decision = self._awaiting_full.pop(digest, None)
+        if decision is not None:
+            self._metrics.delta_seconds(Choice.FULL, decision.estimate.delta_seconds - seconds)
+
+    def observe_rebuild(self, recipe: str, tar_bytes: int, seconds: float) -> None:
+        """A rebuild finished: ``recipe`` as ``Recipe.describe`` writes it."""
+        kind = kind_of_recipe(recipe)
+        if kind is not None:
+            self.rates.observe_rebuild(kind, tar_bytes, seconds)
+
+    def delta_taken(self, decision: Decision, seconds: float) -> None:
+        """The delta path took ``seconds`` (from the choice to the layer in the cache)."""
+        self._metrics.delta_seconds(Choice.DELTA, decision.estimate.full_seconds - seconds)

@@ -153,26 +153,33 @@ class BlobFetcher:
     async def _start(self, digest: Digest, repository: str | None) -> CachedBlob | InflightBlob:
         try:
             rebuilt = await self._try_delta(digest, repository)
-            if rebuilt is not None:
+            if isinstance(rebuilt, CachedBlob):
                 self._inflight.pop(digest, None)
                 return rebuilt
-            blob = await self._commit_source(digest, repository)
+            # A layer still being rebuilt is streamed like a download (agent.rebuildstream).
+            blob = rebuilt or await self._commit_source(digest, repository)
         except BaseException:
             self._inflight.pop(digest, None)
             raise
         self._finish_later(blob)
         return blob
 
-    async def _try_delta(self, digest: Digest, repository: str | None) -> CachedBlob | None:
-        """The layer rebuilt from a cached base and a delta, or None to fetch it whole."""
+    async def _try_delta(
+        self, digest: Digest, repository: str | None
+    ) -> CachedBlob | InflightBlob | None:
+        """The layer rebuilt from a cached base and a delta (or being rebuilt, its first
+        piece verified), or None to fetch it whole."""
         if self.deltas is None:
             return None
         started = self._clock.monotonic()
-        if not await self.deltas.rebuild(digest, repository, self.ensure):
+        rebuilt = await self.deltas.rebuild(digest, repository, self.ensure)
+        if rebuilt is False:
             return None
+        if rebuilt is not True:
+            return InflightBlob(digest, rebuilt, "delta", started)
         self._on_downloaded("delta", self._clock.monotonic() - started)
-        rebuilt = await self.cached(digest)
-        return dataclasses.replace(rebuilt, source="delta") if rebuilt is not None else None
+        cached = await self.cached(digest)
+        return dataclasses.replace(cached, source="delta") if cached is not None else None
 
     async def cached(self, digest: Digest) -> CachedBlob | None:
         if not await self.cache.ensure_verified(digest):
@@ -251,7 +258,7 @@ class BlobFetcher:
                 await self.cache.add(blob.digest, pin_for=pin_for)
             seconds = self._clock.monotonic() - blob.started
             self._on_downloaded(blob.source, seconds)
-            if self.deltas is not None:  # the measured link rate that delta-or-full reads
+            if self.deltas is not None and blob.source != "delta":  # link rate samples
                 self.deltas.observe_download(blob.digest, blob.size, seconds)
             log.info("fetch.done digest=%s source=%s bytes=%d", blob.digest, blob.source, blob.size)
         except TransferFailed as exc:
