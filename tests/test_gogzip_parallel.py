@@ -101,8 +101,9 @@ def test_origin_proves_every_honest_point(tmp_path: Path, level: int) -> None:
         lambda p: RestartPoint(p.in_off, p.bit_off, p.win // 4, p.avail, p.length, p.offset),
         lambda p: RestartPoint(p.in_off, p.bit_off + 8, p.win, p.avail, p.length, p.offset),
         lambda p: RestartPoint(p.in_off, p.bit_off, p.win, 1, 258, 1),
+        lambda p: RestartPoint(p.in_off, p.bit_off, p.win, 1, 258, 40_000),
     ],
-    ids=["window-offset", "bit-offset", "pending-match"],
+    ids=["window-offset", "bit-offset", "pending-match", "impossible-state"],
 )
 def test_a_corrupt_restart_point_is_dropped_and_its_segment_compressed_in_sequence(
     tmp_path: Path, corrupt: Callable[[RestartPoint], RestartPoint]

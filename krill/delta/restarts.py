@@ -231,7 +231,10 @@ def prove_restarts(
 
         def verdict(segment: Segment) -> Proof:
             lo, hi = segment.input_range(tar_size)
-            bits = compress_segment(level, segment, os.pread(t.fileno(), hi - lo, lo))
+            try:
+                bits = compress_segment(level, segment, os.pread(t.fileno(), hi - lo, lo))
+            except RestartError:  # the start state cannot even be loaded over this window
+                return Proof.START_WRONG
             at = deflate_offset + segment.byte_off
             if not bits.reached or not _same_bits(bits, os.pread(b.fileno(), len(bits.data), at)):
                 return Proof.START_WRONG if segment.start else Proof.STOP_WRONG
