@@ -123,8 +123,14 @@ class RebuildTransfer:
 
     @property
     def partial_path(self) -> Path:
-        """The file being written (its fd stays valid when it is renamed and adopted)."""
-        return self._partial if self._partial is not None else self._out
+        """The file being written (an fd on it stays valid when it is renamed and adopted).
+
+        Once the codec has ended its temp file has become ``out``; once committed that
+        is gone too, and a reader waits for ``wait_done``'s path in the store.
+        """
+        if self._partial is None or self._rebuild.done():
+            return self._out
+        return self._partial
 
     @property
     def committed(self) -> bool:
