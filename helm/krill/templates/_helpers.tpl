@@ -39,11 +39,30 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{- define "krill.originURL" -}}
-http://{{ include "krill.fullname" . }}-origin:{{ .Values.origin.port }}
+{{ ternary "https" "http" (ne .Values.security.tls.secretName "") }}://{{ include "krill.fullname" . }}-origin:{{ .Values.origin.port }}
 {{- end -}}
 
 {{- define "krill.trackerURL" -}}
-http://{{ include "krill.fullname" . }}-tracker:{{ .Values.tracker.port }}
+{{ ternary "https" "http" (include "krill.trackerTLS" . | eq "true") }}://{{ include "krill.fullname" . }}-tracker:{{ .Values.tracker.port }}
+{{- end -}}
+
+{{/* Whether the tracker serves https (security.tls.secretName and .tracker). */}}
+{{- define "krill.trackerTLS" -}}
+{{ and (ne .Values.security.tls.secretName "") .Values.security.tls.tracker }}
+{{- end -}}
+
+{{/* Secret volumes and their mounts (docs/security.md): .ctx, .secrets (a list of
+     [volume name, Secret name, mount path] for the Secrets that are set). */}}
+{{- define "krill.secretMounts" -}}
+{{- range .secrets }}{{ if index . 1 }}
+- {name: {{ index . 0 }}, mountPath: {{ index . 2 }}, readOnly: true}
+{{- end }}{{ end }}
+{{- end -}}
+{{- define "krill.secretVolumes" -}}
+{{- range .secrets }}{{ if index . 1 }}
+- name: {{ index . 0 }}
+  secret: {secretName: {{ index . 1 }}}
+{{- end }}{{ end }}
 {{- end -}}
 
 {{/* The security context of the origin's and tracker's containers: the image's
@@ -83,6 +102,7 @@ seccompProfile: {type: RuntimeDefault}
      Call with (dict "port" "registry" "startupSeconds" 150). */}}
 {{- define "krill.probes" -}}
 {{- $host := ternary (printf ", host: %s" .host) "" (hasKey . "host") -}}
+{{- $host = printf "%s%s" $host (ternary ", scheme: HTTPS" "" (and (hasKey . "https") .https)) -}}
 startupProbe:
   httpGet: {path: /health, port: {{ .port }}{{ $host }}}
   periodSeconds: 5
