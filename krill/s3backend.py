@@ -35,6 +35,7 @@ import hashlib
 import logging
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -69,6 +70,7 @@ from krill.s3sign import Credentials
 __all__ = [
     "DEFAULT_PART_SIZE",
     "MIN_PART_SIZE",
+    "ListedObject",
     "S3Backend",
     "S3BucketMissingError",
     "S3Client",
@@ -86,6 +88,15 @@ MIN_PART_SIZE = 5 << 20
 MAX_PARTS = 10_000
 # Parts of one upload sent at once: memory is this many parts per upload.
 PARTS_IN_FLIGHT = 4
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """One object of a listing: its key (relative to the location's prefix), size, mtime."""
+
+    key: str
+    size: int
+    modified: float
 
 
 class S3Backend:
@@ -223,7 +234,48 @@ class S3Backend:
             return True
 
     async def list(self) -> AsyncIterator[BlobInfo]:
-        prefix = self.location.key("blobs/sha256/")
+        async for listed in self.list_objects("blobs/sha256/"):
+            info = _listed_blob(listed)
+            if info is not None:
+                yield info
+
+    # Small objects by key (the origin's repository metadata, origin.storage_metadata).
+    # Keys are relative to the location's prefix; no digest check (their names are not
+    # their hashes), so they are for metadata a reader can check, never for blob bytes.
+
+    async def put_object(self, relative: str, data: bytes) -> None:
+        """Write (or replace) a small object; one PUT, atomic in S3."""
+        async with await self.client.send("PUT", self.location.key(relative), body=data):
+            pass
+
+    async def get_object(self, relative: str) -> bytes | None:
+        """A small object's bytes, or None if there is no such object."""
+        try:
+            resp = await self.client.send("GET", self.location.key(relative))
+        except KeyMissingError:
+            return None
+        async with resp:
+            return await resp.read()
+
+    async def object_modified(self, relative: str) -> float | None:
+        """When the object was last written (seconds since the epoch), or None if absent."""
+        try:
+            resp = await self.client.send("HEAD", self.location.key(relative))
+        except KeyMissingError:
+            return None
+        async with resp:
+            return _mtime(resp.headers)
+
+    async def delete_object(self, relative: str) -> None:
+        """Remove an object; removing one that is not there is no error (as in S3)."""
+        key = self.location.key(relative)
+        async with await self.client.send("DELETE", key, ok=(204, 200, 404)):
+            pass
+
+    async def list_objects(self, relative_prefix: str) -> AsyncIterator[ListedObject]:
+        """Every object under a prefix, keys relative to the location's prefix."""
+        prefix = self.location.key(relative_prefix)
+        strip = len(self.location.key(""))
         token: str | None = None
         while True:
             query = {"list-type": "2", "prefix": prefix}
@@ -233,9 +285,7 @@ class S3Backend:
                 root = ET.fromstring(await resp.read())
             for item in root:
                 if item.tag.rsplit("}", 1)[-1] == "Contents":
-                    info = _listed_blob(item, prefix)
-                    if info is not None:
-                        yield info
+                    yield _listed_object(item, strip)
             token = child_text(root, "NextContinuationToken")
             if child_text(root, "IsTruncated") != "true" or not token:
                 return
@@ -337,18 +387,23 @@ def _total_size(resp: aiohttp.ClientResponse) -> int:
     return resp.content_length or 0
 
 
-def _listed_blob(item: ET.Element, prefix: str) -> BlobInfo | None:
-    """A listed key as a blob, or None for anything else under the prefix."""
-    name = child_text(item, "Key")[len(prefix) :]
-    shard, _, hex_digest = name.partition("/")
+def _listed_object(item: ET.Element, strip: int) -> ListedObject:
+    modified = dt.datetime.fromisoformat(child_text(item, "LastModified")).timestamp()
+    return ListedObject(
+        child_text(item, "Key")[strip:], int(child_text(item, "Size") or 0), modified
+    )
+
+
+def _listed_blob(listed: ListedObject) -> BlobInfo | None:
+    """A listed key as a blob, or None for anything else under the blobs' prefix."""
+    shard, _, hex_digest = listed.key.removeprefix("blobs/sha256/").partition("/")
     if len(hex_digest) != 64 or not hex_digest.startswith(shard):
         return None
     try:
         digest = Digest.parse(f"sha256:{hex_digest}")
     except DigestError:
         return None
-    modified = dt.datetime.fromisoformat(child_text(item, "LastModified")).timestamp()
-    return BlobInfo(digest, int(child_text(item, "Size") or 0), modified)
+    return BlobInfo(digest, listed.size, listed.modified)
 
 
 async def _body_chunks(resp: aiohttp.ClientResponse, where: str) -> AsyncIterator[bytes]:
