@@ -37,7 +37,7 @@ from krill.digests import Digest
 from krill.origin.appkeys import STORE
 from krill.origin.config import OriginConfig
 from krill.origin.server import create_app
-from krill.origin.storage import CACHE_CHECK_INTERVAL, install_object_storage
+from krill.origin.storage import CACHE_CHECK_INTERVAL
 from krill.origin.storage_gc import sweep_bucket
 from krill.origin.storage_url import parse_storage_url, s3_credentials
 from krill.s3backend import S3Backend, S3Location
@@ -115,8 +115,7 @@ def start_s3_origin(
             deltas=False,
             **settings,
         )
-        app = create_app(config)
-        install_object_storage(app, config, clock=clock)
+        app = create_app(config, clock=clock)  # storage = s3://: write- and read-through
         server: TestServer = await aiohttp_server(app)
         return S3Origin(await aiohttp_client(server), app)
 
@@ -271,14 +270,16 @@ async def test_periodic_bucket_sweep(
 ) -> None:
     clock = ManualClock()
     origin = await start_s3_origin(s3_location, clock=clock, gc_interval=600.0, gc_grace=0.0)
-    kept, dropped = payload(9, 1000), payload(10, 1000)
-    for data in (kept, dropped):
-        assert (await push(origin.client, "team/app", data)).status == 201
+    kept = build_image([random_files(9, 1, 1000)])
+    await push_image(origin.client, "team/app", kept)
+    dropped = payload(10, 1000)
+    assert (await push(origin.client, "team/app", dropped)).status == 201
     await origin.client.delete(f"/v2/team/app/blobs/{digest_of(dropped)}")
-    await until(lambda: clock.sleepers > 0, "the bucket sweep asleep on the clock")
+    both = 2  # the local collection and the bucket sweep, each timed on the clock
+    await until(lambda: clock.sleepers == both, "both collections asleep on the clock")
     clock.advance(600.0)
-    await until(lambda: clock.sleepers > 0, "the bucket sweep done and asleep again")
-    assert await bucket_digests(bucket) == {digest_of(kept)}
+    await until(lambda: clock.sleepers == both, "both collections done and asleep again")
+    assert await bucket_digests(bucket) == {b.digest for b in (*kept.blobs(), kept.manifest)}
 
 
 async def test_local_cache_is_kept_under_its_limit(

@@ -182,7 +182,6 @@ def run(args: argparse.Namespace) -> int:
     from krill.origin.auth_tls import server_ssl_context
     from krill.origin.config import load_origin_config
     from krill.origin.server import create_app
-    from krill.origin.storage import install_object_storage
 
     config = load_origin_config(
         file=args.config, flags={name: getattr(args, name) for name in CONFIG_FLAGS}
@@ -194,8 +193,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"cannot create data directory {config.data}: {exc.strerror}") from None
     host, port = config.listen_address
     ssl_context = server_ssl_context(config)
-    app = create_app(config)
-    install_object_storage(app, config)  # storage = s3://...: write-through, read-through
+    app = create_app(config)  # with storage = s3://...: write-through, read-through
     log.info(
         "origin.starting listen=%s:%d tls=%s data=%s storage=%s upstream=%s",
         host,

@@ -23,6 +23,7 @@ from krill.origin.appkeys import CONFIG, REPOSITORIES, STORE
 from krill.origin.errors import manifest_unknown
 from krill.origin.manifests import check_and_store_manifest, unlink_manifest
 from krill.origin.pullthrough import PULL_THROUGH
+from krill.origin.storage_metadata import METADATA
 from krill.origin.tagging import delete_tag, move_tag
 from krill.registry_errors import RegistryError
 from krill.registry_params import API_HEADERS, parse_reference, repo_name
@@ -110,6 +111,11 @@ async def put_manifest(request: web.Request) -> web.Response:
             "DIGEST_INVALID", f"manifest bytes hash to {digest}, not to {reference} in the URL"
         )
     missing = await asyncio.to_thread(check_and_store_manifest, app, repo, digest, body, parsed)
+    metadata = app.get(METADATA)
+    if missing and metadata is not None:  # pushed through another origin on the bucket?
+        elsewhere = await metadata.in_bucket(repo, missing)
+        store = check_and_store_manifest
+        missing = await asyncio.to_thread(store, app, repo, digest, body, parsed, elsewhere)
     if missing:
         raise RegistryError(
             "MANIFEST_BLOB_UNKNOWN",

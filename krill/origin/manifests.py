@@ -18,13 +18,22 @@ from krill.origin.appkeys import GC_LOCK, REPOSITORIES, STORE
 __all__ = ["missing_references", "referrer_descriptor", "store_manifest", "unlink_manifest"]
 
 
-def missing_references(app: web.Application, repo: str, parsed: oci.ParsedManifest) -> list[str]:
-    """Blobs and child manifests the manifest names that ``repo`` does not have."""
+def missing_references(
+    app: web.Application,
+    repo: str,
+    parsed: oci.ParsedManifest,
+    elsewhere: frozenset[Digest] = frozenset(),
+) -> list[str]:
+    """Blobs and child manifests the manifest names that ``repo`` does not have.
+
+    ``elsewhere``: blobs ``repo`` links whose bytes are in the origin's bucket but
+    not in its local store (pushed through another origin on the same bucket).
+    """
     repos, store = app[REPOSITORIES], app[STORE]
     missing = [
         str(d.digest)
         for d in parsed.blob_references()
-        if not (repos.has_blob(repo, d.digest) and store.has(d.digest))
+        if not (repos.has_blob(repo, d.digest) and (store.has(d.digest) or d.digest in elsewhere))
     ]
     missing += [
         str(m.digest) for m in parsed.manifests if repos.manifest_media_type(repo, m.digest) is None
@@ -33,7 +42,12 @@ def missing_references(app: web.Application, repo: str, parsed: oci.ParsedManife
 
 
 def check_and_store_manifest(
-    app: web.Application, repo: str, digest: Digest, body: bytes, parsed: oci.ParsedManifest
+    app: web.Application,
+    repo: str,
+    digest: Digest,
+    body: bytes,
+    parsed: oci.ParsedManifest,
+    elsewhere: frozenset[Digest] = frozenset(),
 ) -> list[str]:
     """Store the manifest unless ``repo`` lacks what it names; return what it lacks.
 
@@ -42,7 +56,7 @@ def check_and_store_manifest(
     Blocking (fsyncs, the lock): run it in a thread.
     """
     with app[GC_LOCK].shared():
-        missing = missing_references(app, repo, parsed)
+        missing = missing_references(app, repo, parsed, elsewhere)
         if not missing:
             store_manifest(app, repo, digest, body, parsed)
         return missing

@@ -95,6 +95,22 @@ class Repositories:
         """Every manifest linked in ``repo``."""
         return [digest for digest, _mtime in _entries(self.dir(repo) / _MANIFESTS)]
 
+    def manifest_links(self, repo: str) -> list[tuple[Digest, float]]:
+        """Each manifest linked in ``repo`` with when it was linked (mtime)."""
+        return _entries(self.dir(repo) / _MANIFESTS)
+
+    def blob_links(self, repo: str) -> list[tuple[Digest, float]]:
+        """Each blob linked in ``repo`` with when it was last linked (mtime)."""
+        return _entries(self.dir(repo) / _LAYERS)
+
+    def tag_times(self, repo: str) -> list[tuple[str, float]]:
+        """Each tag of ``repo`` with when it last moved (mtime)."""
+        found = []
+        for tag in self.tags(repo):
+            with contextlib.suppress(FileNotFoundError):
+                found.append((tag, (self.dir(repo) / _TAGS / tag).stat().st_mtime))
+        return found
+
     def blob_linked_since(self, repo: str, digest: Digest, since: float) -> bool:
         """Whether ``digest`` was linked into ``repo`` (pushed, mounted, fetched) since then."""
         try:

@@ -49,6 +49,7 @@ from krill.origin.metrics import OriginMetrics
 from krill.origin.pullthrough import PULL_THROUGH, PullThrough
 from krill.origin.readiness import origin_checks
 from krill.origin.repositories import Repositories
+from krill.origin.storage import install_object_storage
 from krill.origin.taghistory import TagHistory
 from krill.origin.uploads import UploadSessions
 from krill.readiness import ready_handler
@@ -100,6 +101,7 @@ def create_app(config: OriginConfig, *, clock: Clock = SYSTEM_CLOCK) -> web.Appl
         from krill.origin.seeding import install_seeding, swarm_settings_for
 
         install_seeding(app, store, swarm_settings_for(config))
+    install_object_storage(app, config, clock=clock)  # storage = s3://... (docs/storage.md)
     return app
 
 

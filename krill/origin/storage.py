@@ -7,12 +7,9 @@ keeps working exactly as on a directory, and in addition:
   bucket. Uploads still land in ``incoming/`` and are verified and committed
   to the local store first (so nothing unverified ever reaches the bucket);
   then the committed file is put to the bucket under its digest (hashed again
-  on the way: the object appears only if it matches). This runs as the
-  innermost middleware on the routes that create a blob or a manifest
-  (``WRITE_THROUGH_ROUTES``, by the ``Docker-Content-Digest`` they answer
-  with), so the upload and manifest handlers stay as they are. If the bucket
-  refuses, the client gets 503 ``UNAVAILABLE`` and pushes again (the blob is
-  then already local; only the put is repeated).
+  on the way: the object appears only if it matches). If the bucket refuses,
+  the client gets 503 ``UNAVAILABLE`` and pushes again (the blob is then
+  already local; only the put is repeated).
 * **read-through**: a blob linked in a repository but missing from the local
   store is streamed from the bucket, ``Range`` passed on
   (``origin.storage_responses``), while it is copied into the store in the
@@ -20,11 +17,14 @@ keeps working exactly as on a directory, and in addition:
   on it is served like any local blob. Keeping the local file keeps sendfile,
   the piece claims and the swarm seeding (libtorrent reads the file in place)
   unchanged.
+* **repository metadata** (links and tags) is in the bucket too
+  (``origin.storage_metadata``), written through and read through around the
+  unchanged handlers by one middleware (``origin.storage_sync``), so several
+  origins on one bucket answer as one registry.
 
-What stays local in this version (docs/storage.md, "Object storage"):
-repository links, tags and tag history, deltas and their index, metainfo
-sidecars, and a pull-through mirror's fills. So the bucket is the durable
-copy of pushed blob bytes, not yet a store several replicas can share.
+What stays local (docs/storage.md, "Object storage"): tag history, deltas
+and their index, metainfo sidecars, upload sessions, and a pull-through
+mirror's fills.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -41,11 +41,13 @@ from krill.blobbackend import BlobMissingError, BlobReader, DigestMismatchError,
 from krill.clierror import CliError
 from krill.clock import SYSTEM_CLOCK, Clock
 from krill.config import ConfigError
-from krill.digests import Digest, DigestError
+from krill.digests import Digest
 from krill.origin.appkeys import CONFIG, GC_LOCK, REPOSITORIES, STORE
 from krill.origin.config import OriginConfig
 from krill.origin.storage_cache import evict_to_fit
-from krill.origin.storage_gc import held, sweep_bucket
+from krill.origin.storage_gc import held, reconcile_with_bucket, sweep_bucket
+from krill.origin.storage_metadata import METADATA, BucketMetadata
+from krill.origin.storage_sync import bucket_sync
 from krill.origin.storage_url import parse_storage_url, s3_credentials
 from krill.registry_errors import RegistryError
 from krill.s3backend import S3Backend, S3Error, S3Location
@@ -53,7 +55,6 @@ from krill.singleflight import SingleFlight
 
 __all__ = [
     "OBJECT_STORE",
-    "WRITE_THROUGH_ROUTES",
     "ObjectStore",
     "collect_bucket",
     "install_object_storage",
@@ -64,8 +65,6 @@ log = logging.getLogger(__name__)
 
 # Seconds between checks of the local cache's size (local_cache_max_bytes).
 CACHE_CHECK_INTERVAL = 30.0
-# Routes whose 201 means "a blob or manifest was just committed to the local store".
-WRITE_THROUGH_ROUTES = frozenset({"upload_start", "upload_finish", "manifest_put"})
 
 
 class ObjectStore:
@@ -171,6 +170,8 @@ class ObjectStore:
 
 
 OBJECT_STORE = web.AppKey("krill_origin_object_store", ObjectStore)
+# Set once install_object_storage has added its parts (a second call adds nothing).
+INSTALLED = web.AppKey("krill_origin_object_storage_installed", bool)
 
 
 def object_store_location(config: OriginConfig) -> S3Location | None:
@@ -192,7 +193,7 @@ def install_object_storage(
     (origin.storage_cache), both timed on ``clock``.
     """
     location = object_store_location(config)
-    if location is None:
+    if location is None or app.get(INSTALLED):
         return
     credentials = s3_credentials(config.s3_credentials)
 
@@ -207,6 +208,12 @@ def install_object_storage(
             "origin.object_storage location=%s access_key=%s", location, credentials.access_key
         )
         app[OBJECT_STORE] = ObjectStore(backend)
+        app[METADATA] = BucketMetadata(app, backend, clock)
+        try:
+            await app[METADATA].publish_if_new()
+        except S3Error as exc:
+            await backend.close()
+            raise CliError(f"cannot publish repository metadata to the bucket: {exc}") from None
         background = []
         if config.gc_interval > 0:
             background.append(asyncio.create_task(_sweep_periodically(app, clock)))
@@ -220,7 +227,12 @@ def install_object_storage(
         await app[OBJECT_STORE].close()
 
     app.cleanup_ctx.append(open_bucket)
-    app.middlewares.append(write_through)
+    app.middlewares.append(bucket_sync(_write_blob))
+    app[INSTALLED] = True
+
+
+async def _write_blob(app: web.Application, digest: Digest) -> None:
+    await app[OBJECT_STORE].write_through(app, digest)
 
 
 def collect_bucket(config: OriginConfig, *, dry_run: bool) -> str | None:
@@ -232,6 +244,7 @@ def collect_bucket(config: OriginConfig, *, dry_run: bool) -> str | None:
     async def sweep() -> str:
         backend = S3Backend(location, s3_credentials(config.s3_credentials))
         try:
+            await reconcile_with_bucket(backend, config.data, config.gc_grace, dry_run=dry_run)
             report = await sweep_bucket(backend, config.data, config.gc_grace, dry_run=dry_run)
         except S3Error as exc:
             raise CliError(f"cannot sweep the bucket: {exc}") from None
@@ -247,8 +260,10 @@ async def _sweep_periodically(app: web.Application, clock: Clock) -> None:
     config = app[CONFIG]
     while True:
         await clock.sleep(config.gc_interval)
+        backend = app[OBJECT_STORE].backend
         try:
-            await sweep_bucket(app[OBJECT_STORE].backend, config.data, config.gc_grace)
+            await reconcile_with_bucket(backend, config.data, config.gc_grace)
+            await sweep_bucket(backend, config.data, config.gc_grace)
         except ConfigError as exc:  # no repositories yet: nothing could be unlinked
             log.info("gc.bucket_skipped reason=%s", exc)
         except Exception:
@@ -272,19 +287,3 @@ async def _keep_cache_bounded(app: web.Application, clock: Clock) -> None:
             )
         except Exception:
             log.exception("origin.cache_evict_failed")
-
-
-@web.middleware
-async def write_through(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """After a push's 201, put its blob (or manifest) to the bucket before answering."""
-    response = await handler(request)
-    if response.status != 201 or request.match_info.route.name not in WRITE_THROUGH_ROUTES:
-        return response
-    try:
-        digest = Digest.parse(response.headers.get("Docker-Content-Digest", ""))
-    except DigestError:
-        return response
-    await request.app[OBJECT_STORE].write_through(request.app, digest)
-    return response

@@ -1,30 +1,37 @@
-"""Garbage collection of the bucket: remove objects no repository links any more.
+"""Garbage collection of the bucket: mark from every manifest linked in it, sweep the rest.
 
-The local collection (``origin.gc``) decides what is garbage by marking from
-manifests, and removes a blob's file *and its repository links*. The bucket
-holds only blobs and manifests that were linked when they were written
-through, so its rule is simpler and follows the local one: an object whose
-digest no repository links (as a blob or as a manifest) and which was
-written more than ``grace`` seconds ago is removed. A blob the local
-collection removed goes from the bucket on the sweep after it; a blob only
-unlinked by ``DELETE /v2/<name>/blobs/<digest>`` from its last repository
-goes too (nothing can serve it any more; a push links and writes it again).
-Because the rule reads links, not local files, a blob missing from the local
-cache but linked is never touched.
+The bucket holds the registry's metadata too (``origin.storage_metadata``:
+links and tags under ``<prefix>/repositories/``), so it is collected by the
+same rule as a data directory (``origin.gc``), read from the bucket:
 
-Safety beside a serving origin, with the same ``gc.lock`` as the local sweep
-(``origin.gclock``):
+* **mark**: every manifest a repository links in the bucket (and, for an
+  origin on this machine, in ``--data``: a push links locally before it
+  writes through), its config and layers, an index's children;
+* **sweep**: an object written more than ``grace`` seconds ago that nothing
+  marks and that no repository linked within the grace period (a blob
+  uploaded whose manifest is still coming) is deleted, with its layer links
+  in the bucket and in ``--data`` (and its local copy).
 
-* each batch checks the links and deletes under the **exclusive** lock;
-* a manifest push checks that its blobs are linked, and links itself, under
-  the **shared** lock (``origin.manifests``), so it either sees a blob
-  before the batch (linked: kept) or after (missing: it says which to push);
-* a write-through asks the bucket "do you have it?" under the **shared**
-  lock, after the push linked the blob: if the answer is yes, no batch can
-  have decided the object is unlinked and delete it afterwards.
+Safety beside serving origins, in batches of ``BATCH``:
 
-A data directory with no repositories at all is refused: it is a fresh or
-wrong ``--data``, and sweeping would empty the bucket.
+* on this machine, each batch runs under the **exclusive** ``gc.lock``
+  (``origin.gclock``), which a manifest push holds shared from its "are the
+  blobs there" check to its local link, and a blob write-through holds
+  shared while it asks the bucket whether the blob is there; so a push
+  either finished before the batch (marked) or checks after it (told what
+  to push again);
+* for origins on other machines, which no lock reaches, each batch first
+  lists the bucket's links again, marks the manifests linked since the
+  collection started, and keeps every blob a link appeared for since (a
+  write-through puts the link before it asks for the bytes). What remains is
+  the moment between that listing and the batch's deletes: a manifest
+  another machine links then, naming an old unreferenced blob the batch is
+  deleting, can be accepted. docs/storage.md says how to avoid it.
+
+A bucket with no repository metadata at all is refused: it was written by
+an origin older than this metadata (whose links were only in its
+``--data``), and sweeping it would empty it; an origin started on it
+publishes its local links first.
 """
 
 from __future__ import annotations
@@ -33,17 +40,29 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from krill.blobbackend import BlobBackend, BlobInfo
+from krill import oci
+from krill.blobbackend import BlobInfo, BlobMissingError
 from krill.config import ConfigError
 from krill.digests import Digest
+from krill.origin.gc import CLOCK_SLACK
 from krill.origin.gclock import GcLock
 from krill.origin.repositories import Repositories
+from krill.origin.storage_metadata import (
+    MANIFEST_READ_LIMIT,
+    MetaEntry,
+    MetaKind,
+    meta_key,
+    metadata_entries,
+    metadata_published,
+)
+from krill.s3backend import S3Backend
 
-__all__ = ["BATCH", "BucketSweep", "held", "sweep_bucket"]
+__all__ = ["BATCH", "BucketSweep", "held", "reconcile_with_bucket", "sweep_bucket"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +77,8 @@ class BucketSweep:
     dry_run: bool
     objects: int = 0
     bytes: int = 0
-    kept_linked: int = 0
+    kept_recent: int = 0
+    links: int = 0
 
     def line(self) -> str:
         verb = "would remove" if self.dry_run else "removed"
@@ -75,60 +95,242 @@ async def held(lock: contextlib.AbstractContextManager[None]) -> AsyncIterator[N
         lock.__exit__(None, None, None)  # closes the descriptor: does not block
 
 
+@dataclass
+class _Links:
+    """The bucket's metadata at one listing: manifests to mark, and layer links by blob."""
+
+    manifests: dict[Digest, str]  # digest -> a repository linking it
+    layers: dict[Digest, list[MetaEntry]]
+
+    @classmethod
+    def of(cls, entries: list[MetaEntry]) -> _Links:
+        manifests: dict[Digest, str] = {}
+        layers: dict[Digest, list[MetaEntry]] = {}
+        for entry in entries:
+            digest = entry.digest
+            if digest is None:
+                continue
+            if entry.kind is MetaKind.MANIFEST:
+                manifests.setdefault(digest, entry.repo)
+            elif entry.kind is MetaKind.LAYER:
+                layers.setdefault(digest, []).append(entry)
+        return cls(manifests, layers)
+
+
+class _Marker:
+    """The live set, grown from manifests (each read once: bytes from --data or the bucket)."""
+
+    def __init__(self, backend: S3Backend, data: Path) -> None:
+        self.backend = backend
+        self.store = BlobStoreReader(data)
+        self.repos = Repositories(data / REPOSITORIES_DIR)
+        self.live: set[Digest] = set()
+
+    async def mark(self, links: _Links) -> None:
+        local = await asyncio.to_thread(self._local_manifests)
+        for digest, repo in {**local, **links.manifests}.items():
+            await self._mark_manifest(repo, digest)
+
+    def _local_manifests(self) -> dict[Digest, str]:
+        return {d: repo for repo in self.repos.names() for d in self.repos.manifests(repo)}
+
+    async def _mark_manifest(self, repo: str, digest: Digest) -> None:
+        if digest in self.live:
+            return
+        self.live.add(digest)
+        body = await self._bytes(digest)
+        media_type = await self._media_type(repo, digest)
+        try:
+            parsed = oci.parse_manifest(body, media_type) if body is not None else None
+        except oci.ManifestError as exc:
+            log.warning("gc.manifest_unreadable repo=%s digest=%s error=%s", repo, digest, exc)
+            return
+        if parsed is None:
+            return
+        self.live.update(d.digest for d in parsed.blob_references())
+        for child in parsed.manifests:
+            await self._mark_manifest(repo, child.digest)
+
+    async def _bytes(self, digest: Digest) -> bytes | None:
+        local = await asyncio.to_thread(self.store.read, digest)
+        if local is not None:
+            return local
+        try:
+            async with self.backend.open(digest, 0, MANIFEST_READ_LIMIT) as reader:
+                return b"".join([chunk async for chunk in reader.chunks])
+        except BlobMissingError:
+            return None
+
+    async def _media_type(self, repo: str, digest: Digest) -> str | None:
+        local = self.repos.manifest_media_type(repo, digest)
+        if local is not None:
+            return local
+        stored = await self.backend.get_object(meta_key(repo, MetaKind.MANIFEST, digest.hex))
+        return stored.decode() or None if stored else None
+
+
+class BlobStoreReader:
+    """Reads of ``--data``'s blob files, without opening a ``BlobStore`` (which clears
+    ``incoming/``: beside a serving origin, its uploads in progress)."""
+
+    def __init__(self, data: Path) -> None:
+        self.root = data / "blobs"
+
+    def path(self, digest: Digest) -> Path:
+        return self.root / digest.algorithm / digest.hex[:2] / digest.hex
+
+    def read(self, digest: Digest) -> bytes | None:
+        try:
+            return self.path(digest).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def delete(self, digest: Digest) -> None:
+        self.path(digest).unlink(missing_ok=True)
+
+
 async def sweep_bucket(
-    backend: BlobBackend,
+    backend: S3Backend,
     data: Path,
     grace: float,
     *,
     dry_run: bool = False,
     now: Callable[[], float] = time.time,
+    between: Callable[[], Awaitable[None]] | None = None,
 ) -> BucketSweep:
-    """Remove the bucket's objects that no repository in ``data`` links (see above)."""
-    repos = Repositories(data / REPOSITORIES_DIR)
-    if not (data / REPOSITORIES_DIR).is_dir() or next(repos.names(), None) is None:
+    """Remove the bucket's objects no manifest references (see above)."""
+    start = now()
+    cutoff = start - grace - CLOCK_SLACK
+    if not await metadata_published(backend):
         raise ConfigError(
-            f"{data} has no repositories; not sweeping the bucket ({backend.description}), "
-            "which would remove every object: pass the origin's own --data directory"
+            f"{backend.description} holds no repository metadata; not sweeping it, which "
+            "would remove every object: start an origin of this version on it once (it "
+            "publishes its links), or check the storage URL"
         )
+    first = _Links.of(await metadata_entries(backend))
+    marker = _Marker(backend, data)
+    await marker.mark(first)
     report = BucketSweep(dry_run)
-    cutoff = now() - grace
-    old = [info async for info in backend.list() if info.modified < cutoff]
+    old = [i async for i in backend.list() if i.modified < cutoff and i.digest not in marker.live]
+    if between is not None:  # a test's hook: push while the collection is between its phases
+        await between()
     lock = GcLock(data)
     for batch in _batches(old):
         async with held(lock.exclusive()):
-            linked = await asyncio.to_thread(_linked_among, repos, [i.digest for i in batch])
+            links = _Links.of(await metadata_entries(backend))  # pushes elsewhere since
+            await marker.mark(links)
             for info in batch:
-                if info.digest in linked:
-                    report.kept_linked += 1
+                if info.digest in marker.live:
                     continue
-                await _remove(backend, info, report)
+                if _recently_linked(info.digest, first, links, marker.repos, cutoff):
+                    report.kept_recent += 1
+                    continue
+                await _remove(backend, marker, info, links.layers.get(info.digest, []), report)
     log.info(
-        "gc.bucket_done dry_run=%s objects=%d bytes=%d kept_linked=%d",
+        "gc.bucket_done dry_run=%s objects=%d bytes=%d links=%d kept_recent=%d",
         dry_run,
         report.objects,
         report.bytes,
-        report.kept_linked,
+        report.links,
+        report.kept_recent,
     )
     return report
 
 
-async def _remove(backend: BlobBackend, info: BlobInfo, report: BucketSweep) -> None:
+def _recently_linked(
+    digest: Digest, first: _Links, now: _Links, repos: Repositories, cutoff: float
+) -> bool:
+    """Linked within the grace period, or since the collection began (in the bucket or here).
+
+    "Since the collection began" is checked by presence, not by time: object
+    times have one-second resolution, too coarse for ``--grace 0``.
+    """
+    before = {(e.repo, e.leaf) for e in first.layers.get(digest, [])}
+    for entry in now.layers.get(digest, []):
+        if entry.modified >= cutoff or (entry.repo, entry.leaf) not in before:
+            return True
+    return any(repos.blob_linked_since(repo, digest, cutoff) for repo in repos.names())
+
+
+async def _remove(
+    backend: S3Backend,
+    marker: _Marker,
+    info: BlobInfo,
+    links: list[MetaEntry],
+    report: BucketSweep,
+) -> None:
     report.objects += 1
     report.bytes += info.size
-    if not report.dry_run:
-        await backend.delete(info.digest)
-        log.info("gc.bucket_removed digest=%s bytes=%d", info.digest, info.size)
+    report.links += len(links)
+    if report.dry_run:
+        return
+    for entry in links:
+        await backend.delete_object(meta_key(entry.repo, MetaKind.LAYER, entry.leaf))
+    await backend.delete(info.digest)
+    await asyncio.to_thread(_forget_locally, marker, info.digest)
+    log.info("gc.bucket_removed digest=%s bytes=%d links=%d", info.digest, info.size, len(links))
 
 
-def _linked_among(repos: Repositories, digests: list[Digest]) -> set[Digest]:
-    """Which of ``digests`` some repository links, as a blob or as a manifest."""
-    linked: set[Digest] = set()
-    for repo in repos.names():
-        linked.update(repos.manifests(repo))
-        linked.update(d for d in digests if repos.has_blob(repo, d))
-    return linked
+def _forget_locally(marker: _Marker, digest: Digest) -> None:
+    """The local copy and links of a blob the bucket no longer has (this origin's cache)."""
+    for repo in marker.repos.names():
+        marker.repos.unlink_blob(repo, digest)
+    marker.store.delete(digest)
 
 
 def _batches(items: list[BlobInfo]) -> Iterator[list[BlobInfo]]:
     for first in range(0, len(items), BATCH):
         yield items[first : first + BATCH]
+
+
+async def reconcile_with_bucket(
+    backend: S3Backend,
+    data: Path,
+    grace: float,
+    *,
+    dry_run: bool = False,
+    now: Callable[[], float] = time.time,
+) -> int:
+    """Drop ``--data``'s links and tags the bucket no longer has; return how many.
+
+    They were deleted (or collected) through another origin on the bucket,
+    and this origin would otherwise go on answering for them from its cache.
+    Only those older than the grace period go: a push on this origin links
+    locally first and writes to the bucket after. A bucket with no metadata
+    at all drops nothing (see ``sweep_bucket``).
+    """
+    if not await metadata_published(backend):
+        return 0
+    entries = await metadata_entries(backend)
+    published = {(e.repo, e.kind, e.leaf) for e in entries}
+    cutoff = now() - grace - CLOCK_SLACK
+    repos = Repositories(data / REPOSITORIES_DIR)
+    dropped = await asyncio.to_thread(_drop_unpublished, repos, published, cutoff, dry_run)
+    log.info("gc.reconciled dry_run=%s dropped=%d", dry_run, dropped)
+    return dropped
+
+
+def _drop_unpublished(
+    repos: Repositories, published: set[tuple[str, MetaKind, str]], cutoff: float, dry_run: bool
+) -> int:
+    dropped = 0
+    for repo in list(repos.names()):
+        stale: list[tuple[MetaKind, str, Callable[[], object]]] = []
+        for digest, mtime in repos.blob_links(repo):
+            if mtime < cutoff:
+                stale.append((MetaKind.LAYER, digest.hex, partial(repos.unlink_blob, repo, digest)))
+        for digest, mtime in repos.manifest_links(repo):
+            if mtime < cutoff:
+                unlink = partial(repos.unlink_manifest, repo, digest)
+                stale.append((MetaKind.MANIFEST, digest.hex, unlink))
+        for tag, mtime in repos.tag_times(repo):
+            if mtime < cutoff:
+                stale.append((MetaKind.TAG, tag, partial(repos.delete_tag, repo, tag)))
+        for kind, leaf, drop in stale:
+            if (repo, kind, leaf) in published:
+                continue
+            dropped += 1
+            if not dry_run:
+                drop()
+                log.info("gc.unpublished_dropped repo=%s kind=%s name=%s", repo, kind.value, leaf)
+    return dropped

@@ -1,0 +1,211 @@
+"""Keeping an origin's repositories in step with its bucket, around the unchanged handlers.
+
+One middleware (the innermost, installed by ``origin.storage``) does, per
+route, what ``origin.storage_metadata`` describes:
+
+* before a handler reads: the link or tag it will read is brought in from
+  the bucket (blob and manifest GET/HEAD, the tags list, a mount's source,
+  and before a delete the thing deleted, so the handler finds it);
+* after a handler wrote (its 201 or 202): blob bytes, then the link, then
+  the tag go to the bucket before the client gets the answer. A bucket that
+  refuses makes it 503 ``UNAVAILABLE`` ("push it again"): the change is
+  made locally, and the retry repeats only the bucket's part.
+
+So the upload, manifest and blob handlers stay as they are on a directory
+origin. A bucket that fails while we only read is logged and the local
+state answers: an origin keeps serving what it has while its bucket is
+briefly away.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from krill.digests import Digest, DigestError, is_digest
+from krill.names import is_valid_name
+from krill.origin.storage_metadata import METADATA, BucketMetadata
+from krill.registry_errors import RegistryError
+from krill.s3backend import S3Error
+
+__all__ = ["BlobWriter", "bucket_sync"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Puts a just-committed local blob to the bucket (ObjectStore.write_through).
+BlobWriter = Callable[[web.Application, Digest], Awaitable[None]]
+
+
+def _digest(text: str | None) -> Digest | None:
+    try:
+        return Digest.parse(text or "")
+    except DigestError:
+        return None
+
+
+def _created(response: web.StreamResponse) -> Digest | None:
+    """The digest a 201 answers with (what was just committed), else None."""
+    if response.status != 201:
+        return None
+    return _digest(response.headers.get("Docker-Content-Digest"))
+
+
+def unavailable(what: str, exc: S3Error) -> RegistryError:
+    log.error("origin.metadata_write_failed what=%s error=%s", what, exc)
+    return RegistryError(
+        "UNAVAILABLE",
+        f"{what} is stored on this origin but could not be written to its object store "
+        f"({exc}); push it again",
+        headers={"Retry-After": "10"},
+    )
+
+
+async def reading(what: str, step: Awaitable[object]) -> None:
+    """A read-through step; a failing bucket leaves the local state to answer."""
+    try:
+        await step
+    except S3Error as exc:
+        log.warning("origin.metadata_read_failed what=%s error=%s", what, exc)
+
+
+async def writing(what: str, step: Awaitable[None]) -> None:
+    """A write-through step; a failing bucket is the client's 503."""
+    try:
+        await step
+    except S3Error as exc:
+        raise unavailable(what, exc) from None
+
+
+class _Sync:
+    """One request's view: the bucket's metadata, the blob writer, the repository."""
+
+    def __init__(self, request: web.Request, metadata: BucketMetadata, put_blob: BlobWriter):
+        self.request = request
+        self.metadata = metadata
+        self.put_blob = put_blob
+        self.repo = request.match_info["name"]
+
+    async def blob_pushed(self, response: web.StreamResponse) -> None:
+        """A blob (or mounted blob) answered 201: its link, then its bytes, to the bucket.
+
+        The link goes first so a collection listing the bucket meanwhile sees the
+        blob linked (and recent) before the bytes are checked for.
+        """
+        digest = _created(response)
+        if digest is not None:
+            await writing(str(digest), self.metadata.put_layer_link(self.repo, digest))
+            await self.put_blob(self.request.app, digest)
+
+    async def manifest_pushed(self, response: web.StreamResponse, tag: str | None) -> None:
+        digest = _created(response)
+        if digest is None:
+            return
+        await self.put_blob(self.request.app, digest)
+        await writing(str(digest), self.metadata.put_manifest_link(self.repo, digest))
+        if tag is not None:
+            await writing(f"{self.repo}:{tag}", self.metadata.put_tag(self.repo, tag))
+
+
+async def _blob(sync: _Sync, handler: Handler) -> web.StreamResponse:
+    digest = _digest(sync.request.match_info["digest"])
+    if digest is not None:
+        await reading(str(digest), sync.metadata.read_layer_link(sync.repo, digest))
+    return await handler(sync.request)
+
+
+async def _blob_delete(sync: _Sync, handler: Handler) -> web.StreamResponse:
+    response = await _blob(sync, handler)
+    digest = _digest(sync.request.match_info["digest"])
+    if response.status == 202 and digest is not None:
+        await writing(str(digest), sync.metadata.delete_layer_link(sync.repo, digest))
+    return response
+
+
+async def _manifest_get(sync: _Sync, handler: Handler) -> web.StreamResponse:
+    reference = sync.request.match_info["reference"]
+    digest = _digest(reference)
+    if digest is not None:
+        await reading(str(digest), sync.metadata.read_manifest(sync.repo, digest))
+    elif not is_digest(reference):
+        await reading(reference, sync.metadata.refresh_tag(sync.repo, reference))
+    return await handler(sync.request)
+
+
+async def _manifest_put(sync: _Sync, handler: Handler) -> web.StreamResponse:
+    reference = sync.request.match_info["reference"]
+    if is_digest(reference):
+        response = await handler(sync.request)
+        await sync.manifest_pushed(response, None)
+        return response
+    async with sync.metadata.tag_lock(sync.repo, reference):
+        response = await handler(sync.request)
+        await sync.manifest_pushed(response, reference)
+    return response
+
+
+async def _manifest_delete(sync: _Sync, handler: Handler) -> web.StreamResponse:
+    reference = sync.request.match_info["reference"]
+    metadata, repo = sync.metadata, sync.repo
+    digest = _digest(reference)
+    if digest is None:  # a tag (or nonsense, which the handler refuses)
+        await reading(reference, metadata.refresh_tag(repo, reference, force=True))
+        async with metadata.tag_lock(repo, reference):
+            response = await handler(sync.request)
+            if response.status == 202:
+                await writing(f"{repo}:{reference}", metadata.put_tag(repo, reference))
+        return response
+    await reading(str(digest), metadata.read_manifest(repo, digest))
+    await reading(repo, metadata.refresh_tags(repo, force=True))
+    response = await handler(sync.request)
+    if response.status == 202:
+        await writing(str(digest), metadata.delete_manifest(repo, digest))
+    return response
+
+
+async def _tags(sync: _Sync, handler: Handler) -> web.StreamResponse:
+    await reading(sync.repo, sync.metadata.refresh_tags(sync.repo))
+    return await handler(sync.request)
+
+
+async def _upload_start(sync: _Sync, handler: Handler) -> web.StreamResponse:
+    query = sync.request.query
+    source, digest = query.get("from"), _digest(query.get("mount"))
+    if source and digest is not None and is_valid_name(source):
+        await reading(str(digest), sync.metadata.read_layer_link(source, digest))
+    return await _upload_finish(sync, handler)
+
+
+async def _upload_finish(sync: _Sync, handler: Handler) -> web.StreamResponse:
+    response = await handler(sync.request)
+    await sync.blob_pushed(response)
+    return response
+
+
+SYNCED: dict[str, Callable[[_Sync, Handler], Awaitable[web.StreamResponse]]] = {
+    "blob": _blob,
+    "blob_delete": _blob_delete,
+    "manifest": _manifest_get,
+    "manifest_put": _manifest_put,
+    "manifest_delete": _manifest_delete,
+    "tags": _tags,
+    "upload_start": _upload_start,
+    "upload_finish": _upload_finish,
+}
+
+
+def bucket_sync(put_blob: BlobWriter) -> Middleware:
+    """The middleware: each synced route's steps around its handler (see the module doc)."""
+
+    @web.middleware
+    async def sync(request: web.Request, handler: Handler) -> web.StreamResponse:
+        steps = SYNCED.get(request.match_info.route.name or "")
+        metadata = request.app.get(METADATA)
+        if steps is None or metadata is None or not is_valid_name(request.match_info["name"]):
+            return await handler(request)
+        return await steps(_Sync(request, metadata, put_blob), handler)
+
+    return sync

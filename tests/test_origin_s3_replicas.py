@@ -1,0 +1,302 @@
+"""Two origins on one bucket are one registry (issue 17's first check), and gc over it is safe.
+
+As processes (real ``krill origin`` on one SeaweedFS bucket prefix, skopeo):
+an image pushed to origin A pulls identical from origin B; A is SIGKILLed
+and B still serves it, and an image B never saw; a manifest deleted by
+digest on B and ``krill origin gc --grace 0`` leave its own layers 404 on B
+while a layer it shared with a kept image answers 200.
+
+In process (two apps on the same prefix, each with its own data directory,
+so no ``gc.lock`` is shared, as between machines): a tag moved on one is
+seen by the other once its tag TTL has passed; a manifest pushed to one
+origin naming a blob pushed to the other is accepted; a manifest pushed
+while a bucket collection is between its mark and its sweep, naming an old
+unreferenced blob, keeps that blob; a deletion on one origin reaches the
+other's cached links at its collection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from pytest_aiohttp import AiohttpClient, AiohttpServer
+
+from krill.digests import Digest
+from krill.origin.config import OriginConfig
+from krill.origin.server import create_app
+from krill.origin.storage_gc import sweep_bucket
+from krill.origin.storage_metadata import TAG_TTL
+from krill.s3backend import S3Backend, S3Location
+from tests.clocks import ManualClock
+from tests.components import SKOPEO_FLAGS, free_port, krill_command, krill_process, skopeo
+from tests.fixtures_origin import digest_of, error_code
+from tests.imagebuild import (
+    build_image,
+    random_files,
+    read_oci_layout_digests,
+    write_oci_layout,
+)
+from tests.s3_fixtures import SeaweedFS, s3_location, seaweedfs
+from tests.test_origin_s3 import credentials_file, payload, push, push_image, storage_url
+
+__all__ = ["s3_location", "seaweedfs"]  # fixtures used here
+
+
+def status_of(url: str, method: str = "GET") -> int:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def origin_args(root: Path, port: int, config: Path, location: S3Location) -> list[str]:
+    return [
+        "origin",
+        "--config",
+        str(config),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--data",
+        str(root / "data"),
+        "--storage",
+        storage_url(location),
+    ]
+
+
+def copy_image(src: str, dest: str) -> None:
+    skopeo("copy", *SKOPEO_FLAGS, src, dest)
+
+
+@pytest.mark.slow
+async def test_two_origins_share_one_bucket(
+    seaweedfs: SeaweedFS, s3_location: S3Location, tmp_path: Path
+) -> None:
+    shared = random_files(31, 2, 64 << 10)
+    kept = build_image([shared, random_files(32, 2, 2 << 20)])
+    gone = build_image([shared, random_files(33, 2, 2 << 20)])
+    assert kept.layers[0].digest == gone.layers[0].digest
+    layouts = {
+        name: write_oci_layout(tmp_path / name, image.manifest, [image], "v1")
+        for name, image in (("kept", kept), ("gone", gone))
+    }
+    config = tmp_path / "origin.toml"
+    config.write_text(f's3_credentials = "{credentials_file(seaweedfs, tmp_path)}"\n')
+    port_a, port_b = free_port(), free_port()
+    a_root, b_root = tmp_path / "a", tmp_path / "b"
+    b_url = f"http://127.0.0.1:{port_b}"
+    a_args = origin_args(a_root, port_a, config, s3_location)
+    b_args = origin_args(b_root, port_b, config, s3_location)
+    for root in (a_root, b_root):
+        root.mkdir()
+    with krill_process(b_args, b_root / "origin.log", f"{b_url}/v2/"):
+        with krill_process(a_args, a_root / "origin.log", f"http://127.0.0.1:{port_a}/v2/") as a:
+            for name, layout in layouts.items():
+                dest = f"docker://127.0.0.1:{port_a}/team/{name}:v1"
+                await asyncio.to_thread(copy_image, f"oci:{layout}:v1", dest)
+            first = tmp_path / "from-b-first"
+            src = f"docker://127.0.0.1:{port_b}/team/gone:v1"
+            await asyncio.to_thread(copy_image, src, f"oci:{first}:v1")
+            assert read_oci_layout_digests(first) == read_oci_layout_digests(layouts["gone"])
+            a.send_signal(signal.SIGKILL)
+            a.wait(timeout=30)
+
+        for name in ("gone", "kept"):  # B alone; it never served "kept" before
+            out = tmp_path / f"from-b-{name}"
+            src = f"docker://127.0.0.1:{port_b}/team/{name}:v1"
+            await asyncio.to_thread(copy_image, src, f"oci:{out}:v1")
+            assert read_oci_layout_digests(out) == read_oci_layout_digests(layouts[name])
+
+        url = f"{b_url}/v2/team/gone/manifests/{gone.manifest.digest}"
+        assert await asyncio.to_thread(status_of, url, "DELETE") == 202
+        args = ["origin", "gc", "--config", str(config), "--data", str(b_root / "data")]
+        args += ["--storage", storage_url(s3_location), "--grace", "0"]
+        done = await asyncio.to_thread(
+            subprocess.run, krill_command(*args), capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        own = (gone.config, gone.layers[1], gone.manifest)
+        assert f"bucket: removed 3 objects, {sum(len(b.data) for b in own)} bytes" in done.stdout
+
+        def blob_status(repo: str, digest: str) -> int:
+            return status_of(f"{b_url}/v2/team/{repo}/blobs/{digest}")
+
+        for blob in (gone.config, *gone.layers[1:]):
+            assert await asyncio.to_thread(blob_status, "gone", blob.digest) == 404
+        assert await asyncio.to_thread(blob_status, "gone", gone.layers[0].digest) == 200
+        assert await asyncio.to_thread(blob_status, "kept", gone.layers[0].digest) == 200
+        assert await asyncio.to_thread(status_of, url) == 404
+        out = tmp_path / "kept-after-gc"
+        src = f"docker://127.0.0.1:{port_b}/team/kept:v1"
+        await asyncio.to_thread(copy_image, src, f"oci:{out}:v1")
+        assert read_oci_layout_digests(out) == read_oci_layout_digests(layouts["kept"])
+
+
+# In process: two apps on one prefix.
+
+
+@dataclass
+class Replica:
+    client: TestClient
+    data: Path
+    clock: ManualClock
+
+
+StartReplica = Callable[[str], Awaitable[Replica]]
+
+
+@pytest.fixture
+def start_replica(
+    tmp_path: Path,
+    seaweedfs: SeaweedFS,
+    s3_location: S3Location,
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+) -> StartReplica:
+    async def start(name: str) -> Replica:
+        clock = ManualClock()
+        data = tmp_path / name
+        config = OriginConfig(
+            data=data,
+            storage=storage_url(s3_location),
+            s3_credentials=credentials_file(seaweedfs, tmp_path),
+            deltas=False,
+        )
+        server: TestServer = await aiohttp_server(create_app(config, clock=clock))
+        return Replica(await aiohttp_client(server), data, clock)
+
+    return start
+
+
+@pytest.fixture
+async def bucket(seaweedfs: SeaweedFS, s3_location: S3Location) -> AsyncIterator[S3Backend]:
+    backend = S3Backend(s3_location, seaweedfs.credentials)
+    yield backend
+    await backend.close()
+
+
+async def manifest_digest(client: TestClient, repo: str, tag: str) -> str | None:
+    resp = await client.head(f"/v2/{repo}/manifests/{tag}")
+    return resp.headers["Docker-Content-Digest"] if resp.status == 200 else None
+
+
+async def test_a_tag_moved_on_one_origin_is_seen_by_the_other(
+    start_replica: StartReplica,
+) -> None:
+    a, b = await start_replica("a"), await start_replica("b")
+    first = build_image([random_files(40, 1, 2048)])
+    second = build_image([random_files(41, 1, 2048)])
+    await push_image(a.client, "team/app", first)
+    assert await manifest_digest(b.client, "team/app", "v1") == first.manifest.digest
+    await push_image(a.client, "team/app", second)
+    # B trusts what it read for TAG_TTL seconds (its clock stands still), then reads again.
+    assert await manifest_digest(b.client, "team/app", "v1") == first.manifest.digest
+    b.clock.advance(TAG_TTL)
+    assert await manifest_digest(b.client, "team/app", "v1") == second.manifest.digest
+    tags = await (await b.client.get("/v2/team/app/tags/list")).json()
+    assert tags["tags"] == ["v1"]
+    assert (await a.client.delete("/v2/team/app/manifests/v1")).status == 202
+    b.clock.advance(TAG_TTL)
+    assert await manifest_digest(b.client, "team/app", "v1") is None
+
+
+async def test_a_manifest_may_name_blobs_pushed_through_the_other_origin(
+    start_replica: StartReplica,
+) -> None:
+    a, b = await start_replica("a"), await start_replica("b")
+    image = build_image([random_files(42, 1, 4096)])
+    for blob in image.blobs():
+        assert (await push(a.client, "team/app", blob.data)).status == 201
+    resp = await b.client.put(
+        "/v2/team/app/manifests/v1",
+        data=image.manifest.data,
+        headers={"Content-Type": image.manifest.media_type},
+    )
+    assert resp.status == 201, await resp.text()
+    for blob in image.blobs():
+        got = await a.client.get(f"/v2/team/app/blobs/{blob.digest}")
+        assert got.status == 200 and await got.read() == blob.data
+    missing = payload(43, 100)
+    lacking = build_image([random_files(44, 1, 100)])
+    for blob in lacking.blobs():
+        if blob is not lacking.layers[0]:
+            assert (await push(a.client, "team/app", blob.data)).status == 201
+    resp = await b.client.put(
+        "/v2/team/app/manifests/v2",
+        data=lacking.manifest.data,
+        headers={"Content-Type": lacking.manifest.media_type},
+    )
+    assert resp.status == 400 and await error_code(resp) == "MANIFEST_BLOB_UNKNOWN"
+    assert digest_of(missing) not in await resp.text()
+    assert lacking.layers[0].digest in await resp.text()
+
+
+async def bucket_digests(bucket: S3Backend) -> set[str]:
+    return {str(info.digest) async for info in bucket.list()}
+
+
+async def test_a_push_on_another_origin_during_a_bucket_collection_keeps_its_blobs(
+    start_replica: StartReplica, bucket: S3Backend
+) -> None:
+    """The collection runs with A's data directory; B (another machine, as far as locks
+    go) pushes, between the collection's mark and its sweep, a manifest naming a blob
+    nothing referenced when the collection marked (and old enough to go)."""
+    a, b = await start_replica("a"), await start_replica("b")
+    base = build_image([random_files(45, 1, 4096)])
+    await push_image(a.client, "team/base", base)
+    assert (await a.client.delete(f"/v2/team/base/manifests/{base.manifest.digest}")).status == 202
+    reused = build_image([random_files(45, 1, 4096)], docker=True)  # same layer bytes, config
+    assert reused.layers[0].digest == base.layers[0].digest
+
+    async def push_meanwhile() -> None:
+        resp = await b.client.put(
+            "/v2/team/base/manifests/again",
+            data=reused.manifest.data,
+            headers={"Content-Type": reused.manifest.media_type},
+        )
+        assert resp.status == 201, await resp.text()
+
+    report = await sweep_bucket(bucket, a.data, 0.0, now=_later, between=push_meanwhile)
+    kept = {b.digest for b in reused.blobs()} | {reused.manifest.digest}
+    assert kept <= await bucket_digests(bucket)
+    assert report.objects == 1  # only the deleted manifest's own object
+    got = await a.client.get(f"/v2/team/base/blobs/{reused.layers[0].digest}")
+    assert got.status == 200 and await got.read() == reused.layers[0].data
+
+
+def _later() -> float:
+    """A collection's "now" far enough ahead that everything pushed counts as old."""
+    import time
+
+    return time.time() + 3600
+
+
+async def test_a_deletion_reaches_the_other_origins_cache_at_its_collection(
+    start_replica: StartReplica, bucket: S3Backend
+) -> None:
+    a, b = await start_replica("a"), await start_replica("b")
+    image = build_image([random_files(46, 1, 4096)])
+    await push_image(a.client, "team/app", image)
+    layer = f"/v2/team/app/blobs/{image.layers[0].digest}"
+    assert (await b.client.get(layer)).status == 200  # B now has the link cached
+    assert (await a.client.delete(f"/v2/team/app/manifests/{image.manifest.digest}")).status == 202
+    await sweep_bucket(bucket, a.data, 0.0, now=_later)
+    assert not (await bucket_digests(bucket)) & {b.digest for b in image.blobs()}
+    assert (await a.client.get(layer)).status == 404
+    from krill.origin.storage_gc import reconcile_with_bucket
+
+    await reconcile_with_bucket(bucket, b.data, 0.0, now=_later)
+    assert (await b.client.get(layer)).status == 404
+    manifest = f"/v2/team/app/manifests/{image.manifest.digest}"
+    assert (await b.client.get(manifest)).status == 404
+    assert Digest.parse(image.manifest.digest)
