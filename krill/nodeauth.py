@@ -26,6 +26,7 @@ error messages (``NodeCredentials`` hides it).
 
 from __future__ import annotations
 
+import logging
 import re
 import tomllib
 from collections.abc import Iterable
@@ -46,6 +47,7 @@ __all__ = [
     "load_node_credentials",
     "node_auth_middleware",
     "node_middlewares",
+    "redact_announce_keys",
 ]
 
 _KEYS = {"user", "password", "announce_key"}
@@ -97,11 +99,39 @@ def keyed_announce_url(announce_url: str, key: str | None) -> str:
     """The announce URL with this node's key as its last path segment (``.../announce/KEY``).
 
     In the path rather than the query because libtorrent appends its own
-    query, whose ``key`` parameter is BitTorrent's client key, not ours.
+    query, whose ``key`` parameter is BitTorrent's client key, not ours. The
+    swarm engine logs its tracker URL (and libtorrent's tracker errors quote
+    it), so keys are also redacted from every log line (``redact_announce_keys``).
     """
     if key is None:
         return announce_url
+    redact_announce_keys()
     return f"{announce_url.rstrip('/')}/{key}"
+
+
+class _AnnounceKeyRedactor(logging.Filter):
+    """Replaces ``/announce/<KEY>`` in a record's message before any handler formats it."""
+
+    _PATTERN = re.compile(r"(/announce/)[A-Za-z0-9_-]{16,128}")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "/announce/" in message:
+            record.msg, record.args = self._PATTERN.sub(r"\1<redacted>", message), None
+        return True
+
+
+def redact_announce_keys() -> None:
+    """Keep announce keys out of every line the root logger's handlers write (idempotent).
+
+    They ride in URLs that code outside Krill's control prints (the swarm
+    engine's tracker URL, libtorrent's tracker errors, the request log's
+    path); one pattern covers every key, so the cost is one substring check
+    per log line whatever the number of nodes.
+    """
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _AnnounceKeyRedactor) for f in handler.filters):
+            handler.addFilter(_AnnounceKeyRedactor())
 
 
 def node_auth_middleware(

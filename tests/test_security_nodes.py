@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import bcrypt
 import pytest
-from aiohttp.test_utils import TestServer
+from pytest_aiohttp import AiohttpServer
 
 from krill.config import ConfigError
 from krill.nodeauth import keyed_announce_url, load_node_credentials
@@ -122,10 +122,10 @@ async def test_node_endpoints_need_a_node_credential(
 
 
 async def test_a_tracker_with_announce_keys_answers_only_listed_keys(
-    tmp_path: Path, aiohttp_server: object
+    tmp_path: Path, aiohttp_server: AiohttpServer
 ) -> None:
     config = TrackerConfig(announce_keys=write_announce_keys(tmp_path / "keys"))
-    server: TestServer = await aiohttp_server(create_tracker_app(config))  # type: ignore[operator]
+    server = await aiohttp_server(create_tracker_app(config))
     base = f"http://{server.host}:{server.port}"
     query = urllib.parse.urlencode(
         {"info_hash": b"h" * 20, "peer_id": b"p" * 20, "port": 6881, "left": 0}
@@ -246,6 +246,9 @@ def test_a_swarm_with_node_credentials_and_announce_keys_pulls_peer_to_peer(
     for password in NODE_PASSWORDS.values():
         assert password not in text
         assert base64.b64encode(password.encode()).decode() not in text
+    assert "/announce/<redacted>" in text  # the swarm engine's tracker URL, key redacted
+    for key in ANNOUNCE_KEYS.values():
+        assert key not in text
 
 
 @pytest.mark.slow

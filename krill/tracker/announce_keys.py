@@ -19,7 +19,7 @@ import hashlib
 from pathlib import Path
 
 from krill.config import ConfigError
-from krill.nodeauth import check_announce_key
+from krill.nodeauth import check_announce_key, redact_announce_keys
 
 __all__ = ["AnnounceKeys", "load_announce_keys"]
 
@@ -73,6 +73,7 @@ def load_announce_keys(path: Path) -> AnnounceKeys:
         raise ConfigError(f"{path} lists no NODE:KEY lines (no node could announce)")
     if len(set(keys.values())) != len(keys):
         raise ConfigError(f"{path}: two nodes share a key (give each node its own)")
+    redact_announce_keys()  # the request log prints each announce's path
     return AnnounceKeys(keys)
 
 
