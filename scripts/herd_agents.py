@@ -80,6 +80,7 @@ class AgentRun:
     pulls: list[NodePull]
     agent_cpu: float  # user + sys seconds of every agent, "go" until all are done
     loop_cpu: float  # of which their main threads (the event loop: all Python but workers)
+    announces: float = float("nan")  # announces the tracker answered, "go" until all are done
 
 
 def agent_command(index: int, work: Path) -> list[str]:
@@ -123,6 +124,7 @@ def agents_pull(procs: Processes, work: Path, nodes: int, profile: bool = False)
     sampler = LinkSampler(nodes + 1)
     sampler.start()
     machine_before = cpu_times()
+    announces_before = tracker_announces()
     for client in clients.values():
         assert client.stdin is not None
         client.stdin.write("go\n")
@@ -130,6 +132,7 @@ def agents_pull(procs: Processes, work: Path, nodes: int, profile: bool = False)
     results = {i: read_line(client) for i, client in clients.items()}
     agent_cpu = sum(cpu_seconds(agents[i].pid) - cpu_before[i] for i in hosts)
     loop_cpu = sum(thread_cpu(agents[i].pid) - loop_before[i] for i in hosts)
+    announces = tracker_announces() - announces_before
     if profiler is not None:
         profiler.send_signal(signal.SIGINT)  # py-spy writes its samples and exits
         profiler.wait(60)
@@ -142,7 +145,7 @@ def agents_pull(procs: Processes, work: Path, nodes: int, profile: bool = False)
     for client in clients.values():
         assert client.stdin is not None
         client.stdin.close()
-    return AgentRun(pulls, agent_cpu, loop_cpu)
+    return AgentRun(pulls, agent_cpu, loop_cpu, announces)
 
 
 def thread_cpu(pid: int) -> float:
@@ -212,6 +215,19 @@ def logged_epoch(path: Path, event: str) -> float | None:
         if f" {event} " in line:
             return datetime.fromisoformat(line.split(" ", 1)[0]).timestamp()
     return None
+
+
+def tracker_announces() -> float:
+    """Every announce the tracker has answered (its metric, all events and results), from h0.
+
+    The scaling model of docs/benchmarks.md grows the tracker's load from it.
+    """
+    text = CLUSTER.run(0, "curl", "-sS", f"{tracker_url()}/metrics").stdout
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("krill_tracker_announces_total{")
+    )
 
 
 def served_from(index: int) -> str:

@@ -78,6 +78,7 @@ class Figures:
         record.update(
             first_byte_s=sorted(first), last_piece_to_last_byte_s=sorted(tail),
             served_from=sources, agent_loop_cpu_s_per_gib=loop,
+            tracker_announces=self.agents.announces,
         )
         return [
             f"of the agents' CPU per GiB: {loop:.2f} in their event-loop threads (Python), "
@@ -87,5 +88,6 @@ class Figures:
             f"p99 {percentile(first, 99):.2f}s",
             f"last piece (agent's swarm.download_done) to last byte: "
             f"p50 {percentile(tail, 50):.3f}s, p99 {percentile(tail, 99):.3f}s",
-            f"agents served from: {', '.join(sources)}",
+            f"agents served from: {', '.join(sources)}; the tracker answered "
+            f"{self.agents.announces:.0f} announces during the pull",
         ]
