@@ -6,13 +6,22 @@ submit raises ``BrokenProcessPool``. ``WorkerPool`` then starts a fresh
 executor, so one bad layer does not end delta computation for the origin's
 lifetime. Workers are spawned, not forked: the origin's event loop, threads
 and sockets must not be copied into them.
+
+A worker dies with its origin (``PR_SET_PDEATHSIG``). Otherwise an origin
+that is SIGKILLed or OOM-killed leaves its idle workers waiting on their
+job queue forever, each holding its memory, and a busy one finishes a delta
+nobody will publish. ``tests/test_faults_origin_delta.py`` found this.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -23,6 +32,23 @@ __all__ = ["WorkerPool"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent: int) -> None:
+    """Worker initializer: have the kernel SIGKILL this process when ``parent`` dies.
+
+    The request is tied to the thread that started the worker; the pool starts
+    workers from the thread that submits jobs, the origin's event loop thread,
+    which lives as long as the origin does.
+    """
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+            log.warning("delta.worker_pdeathsig_failed errno=%d", ctypes.get_errno())
+    if os.getppid() != parent:  # the origin died before the request took effect
+        os._exit(1)
 
 
 class WorkerPool:
@@ -76,7 +102,12 @@ class WorkerPool:
             broken.shutdown(wait=False, cancel_futures=True)
 
     def _new_executor(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=die_with_parent,
+            initargs=(os.getpid(),),
+        )
 
     async def close(self) -> None:
         """Stop the workers, waiting for a running job without blocking the event loop."""
