@@ -11,8 +11,9 @@ so no ``gc.lock`` is shared, as between machines): a tag moved on one is
 seen by the other once its tag TTL has passed; a manifest pushed to one
 origin naming a blob pushed to the other is accepted; a manifest pushed
 while a bucket collection is between its mark and its sweep, naming an old
-unreferenced blob, keeps that blob; a deletion on one origin reaches the
-other's cached links at its collection.
+unreferenced blob, keeps that blob; an upload in progress survives a
+bucket collection; a deletion on one origin reaches the other's cached
+links at its collection.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,10 +32,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
-from krill.digests import Digest
 from krill.origin.config import OriginConfig
 from krill.origin.server import create_app
-from krill.origin.storage_gc import sweep_bucket
+from krill.origin.storage_gc import reconcile_with_bucket, sweep_bucket
 from krill.origin.storage_metadata import TAG_TTL
 from krill.s3backend import S3Backend, S3Location
 from tests.clocks import ManualClock
@@ -274,10 +275,23 @@ async def test_a_push_on_another_origin_during_a_bucket_collection_keeps_its_blo
     assert got.status == 200 and await got.read() == reused.layers[0].data
 
 
+async def test_an_upload_in_progress_survives_a_bucket_collection(
+    start_replica: StartReplica, bucket: S3Backend
+) -> None:
+    a = await start_replica("a")
+    await push_image(a.client, "team/app", build_image([random_files(47, 1, 2048)]))
+    data = payload(48, 300_000)
+    resp = await a.client.post("/v2/team/app/blobs/uploads/")
+    location = resp.headers["Location"]
+    assert (await a.client.patch(location, data=data[:1000])).status == 202
+    await sweep_bucket(bucket, a.data, 0.0, now=_later)
+    resp = await a.client.put(location, params={"digest": digest_of(data)}, data=data[1000:])
+    assert resp.status == 201
+    assert digest_of(data) in await bucket_digests(bucket)
+
+
 def _later() -> float:
     """A collection's "now" far enough ahead that everything pushed counts as old."""
-    import time
-
     return time.time() + 3600
 
 
@@ -293,10 +307,7 @@ async def test_a_deletion_reaches_the_other_origins_cache_at_its_collection(
     await sweep_bucket(bucket, a.data, 0.0, now=_later)
     assert not (await bucket_digests(bucket)) & {b.digest for b in image.blobs()}
     assert (await a.client.get(layer)).status == 404
-    from krill.origin.storage_gc import reconcile_with_bucket
-
     await reconcile_with_bucket(bucket, b.data, 0.0, now=_later)
     assert (await b.client.get(layer)).status == 404
     manifest = f"/v2/team/app/manifests/{image.manifest.digest}"
     assert (await b.client.get(manifest)).status == 404
-    assert Digest.parse(image.manifest.digest)

@@ -166,7 +166,7 @@ class _Marker:
         if local is not None:
             return local
         stored = await self.backend.get_object(meta_key(repo, MetaKind.MANIFEST, digest.hex))
-        return stored.decode() or None if stored else None
+        return (stored.decode() or None) if stored else None
 
 
 class BlobStoreReader:
@@ -219,10 +219,11 @@ async def sweep_bucket(
         async with held(lock.exclusive()):
             links = _Links.of(await metadata_entries(backend))  # pushes elsewhere since
             await marker.mark(links)
+            names = await asyncio.to_thread(lambda: list(marker.repos.names()))
             for info in batch:
                 if info.digest in marker.live:
                     continue
-                if _recently_linked(info.digest, first, links, marker.repos, cutoff):
+                if _recently_linked(info.digest, first, links, (marker.repos, names), cutoff):
                     report.kept_recent += 1
                     continue
                 await _remove(backend, marker, info, links.layers.get(info.digest, []), report)
@@ -238,7 +239,11 @@ async def sweep_bucket(
 
 
 def _recently_linked(
-    digest: Digest, first: _Links, now: _Links, repos: Repositories, cutoff: float
+    digest: Digest,
+    first: _Links,
+    now: _Links,
+    local: tuple[Repositories, list[str]],
+    cutoff: float,
 ) -> bool:
     """Linked within the grace period, or since the collection began (in the bucket or here).
 
@@ -249,7 +254,8 @@ def _recently_linked(
     for entry in now.layers.get(digest, []):
         if entry.modified >= cutoff or (entry.repo, entry.leaf) not in before:
             return True
-    return any(repos.blob_linked_since(repo, digest, cutoff) for repo in repos.names())
+    repos, names = local
+    return any(repos.blob_linked_since(repo, digest, cutoff) for repo in names)
 
 
 async def _remove(

@@ -83,7 +83,9 @@ async def writing(what: str, step: Awaitable[None]) -> None:
 class _Sync:
     """One request's view: the bucket's metadata, the blob writer, the repository."""
 
-    def __init__(self, request: web.Request, metadata: BucketMetadata, put_blob: BlobWriter):
+    def __init__(
+        self, request: web.Request, metadata: BucketMetadata, put_blob: BlobWriter
+    ) -> None:
         self.request = request
         self.metadata = metadata
         self.put_blob = put_blob
