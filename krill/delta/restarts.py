@@ -299,11 +299,12 @@ class _TarWindow:
         self.end += len(data)
 
     def read(self, lo: int, hi: int) -> bytes:
+        """Bytes ``lo:hi`` (within what was received), copied once."""
         out, pos = [], self.lo
         for chunk in self._chunks:
             a, b = max(lo, pos), min(hi, pos + len(chunk))
             if a < b:
-                out.append(chunk[a - pos : b - pos])
+                out.append(memoryview(chunk)[a - pos : b - pos])
             pos += len(chunk)
         return b"".join(out)
 
