@@ -44,7 +44,7 @@ import asyncio
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -64,6 +64,7 @@ __all__ = [
     "BucketMetadata",
     "MetaEntry",
     "MetaKind",
+    "bucket_tags",
     "metadata_entries",
     "metadata_published",
 ]
@@ -118,16 +119,23 @@ def meta_key(repo: str, kind: MetaKind, leaf: str) -> str:
     return f"{ROOT}{repo}/{kind.value}/{leaf}"
 
 
-async def metadata_entries(backend: S3Backend, repo: str | None = None) -> list[MetaEntry]:
-    """Every metadata object in the bucket (or of one repository)."""
-    prefix = ROOT if repo is None else f"{ROOT}{repo}/"
-    found = []
+async def metadata_entries(backend: S3Backend) -> list[MetaEntry]:
+    """Every metadata object in the bucket."""
+    return [entry async for entry in _entries(backend, ROOT)]
+
+
+async def bucket_tags(backend: S3Backend, repo: str) -> list[str]:
+    """The tags the bucket has for ``repo`` (not for repositories nested under its name)."""
+    prefix = f"{ROOT}{repo}/{MetaKind.TAG.value}/"
+    return [e.leaf async for e in _entries(backend, prefix) if e.repo == repo]
+
+
+async def _entries(backend: S3Backend, prefix: str) -> AsyncIterator[MetaEntry]:
     async for listed in backend.list_objects(prefix):
         match = _KEY.match(listed.key)
         if match is not None:
             kind = MetaKind(match["kind"])
-            found.append(MetaEntry(match["repo"], kind, match["leaf"], listed.modified))
-    return found
+            yield MetaEntry(match["repo"], kind, match["leaf"], listed.modified)
 
 
 class BucketMetadata:
@@ -196,9 +204,9 @@ class BucketMetadata:
 
     async def delete_manifest(self, repo: str, digest: Digest) -> None:
         """The manifest's link and every tag of ``repo`` the bucket has pointing to it."""
-        for entry in await metadata_entries(self.backend, repo):
-            if entry.kind is MetaKind.TAG and await self._bucket_tag(repo, entry.leaf) == digest:
-                await self.backend.delete_object(meta_key(repo, MetaKind.TAG, entry.leaf))
+        for tag in await bucket_tags(self.backend, repo):
+            if await self._bucket_tag(repo, tag) == digest:
+                await self.backend.delete_object(meta_key(repo, MetaKind.TAG, tag))
         await self.backend.delete_object(meta_key(repo, MetaKind.MANIFEST, digest.hex))
 
     # read through
@@ -274,9 +282,7 @@ class BucketMetadata:
 
     async def refresh_tags(self, repo: str, *, force: bool = False) -> None:
         """Every tag of ``repo`` the bucket or the local copy has, refreshed."""
-        names = {
-            e.leaf for e in await metadata_entries(self.backend, repo) if e.kind is MetaKind.TAG
-        }
+        names = set(await bucket_tags(self.backend, repo))
         names.update(self.app[REPOSITORIES].tags(repo))
         for tag in sorted(names):
             await self.refresh_tag(repo, tag, force=force)

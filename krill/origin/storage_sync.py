@@ -26,7 +26,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from krill.digests import Digest, DigestError, is_digest
-from krill.names import is_valid_name
+from krill.names import InvalidNameError, is_valid_name, validate_tag
 from krill.origin.storage_metadata import METADATA, BucketMetadata
 from krill.registry_errors import RegistryError
 from krill.s3backend import S3Error
@@ -44,6 +44,14 @@ def _digest(text: str | None) -> Digest | None:
     try:
         return Digest.parse(text or "")
     except DigestError:
+        return None
+
+
+def _tag(text: str) -> str | None:
+    """A valid tag, else None (the handler then answers the error; no bucket request)."""
+    try:
+        return validate_tag(text)
+    except InvalidNameError:
         return None
 
 
@@ -132,8 +140,8 @@ async def _manifest_get(sync: _Sync, handler: Handler) -> web.StreamResponse:
     digest = _digest(reference)
     if digest is not None:
         await reading(str(digest), sync.metadata.read_manifest(sync.repo, digest))
-    elif not is_digest(reference):
-        await reading(reference, sync.metadata.refresh_tag(sync.repo, reference))
+    elif (tag := _tag(reference)) is not None:
+        await reading(tag, sync.metadata.refresh_tag(sync.repo, tag))
     return await handler(sync.request)
 
 
@@ -143,9 +151,12 @@ async def _manifest_put(sync: _Sync, handler: Handler) -> web.StreamResponse:
         response = await handler(sync.request)
         await sync.manifest_pushed(response, None)
         return response
-    async with sync.metadata.tag_lock(sync.repo, reference):
+    tag = _tag(reference)
+    if tag is None:
+        return await handler(sync.request)
+    async with sync.metadata.tag_lock(sync.repo, tag):
         response = await handler(sync.request)
-        await sync.manifest_pushed(response, reference)
+        await sync.manifest_pushed(response, tag)
     return response
 
 
@@ -153,12 +164,15 @@ async def _manifest_delete(sync: _Sync, handler: Handler) -> web.StreamResponse:
     reference = sync.request.match_info["reference"]
     metadata, repo = sync.metadata, sync.repo
     digest = _digest(reference)
-    if digest is None:  # a tag (or nonsense, which the handler refuses)
-        await reading(reference, metadata.refresh_tag(repo, reference, force=True))
-        async with metadata.tag_lock(repo, reference):
+    if digest is None:
+        tag = _tag(reference)
+        if tag is None:
+            return await handler(sync.request)
+        await reading(tag, metadata.refresh_tag(repo, tag, force=True))
+        async with metadata.tag_lock(repo, tag):
             response = await handler(sync.request)
             if response.status == 202:
-                await writing(f"{repo}:{reference}", metadata.put_tag(repo, reference))
+                await writing(f"{repo}:{tag}", metadata.put_tag(repo, tag))
         return response
     await reading(str(digest), metadata.read_manifest(repo, digest))
     await reading(repo, metadata.refresh_tags(repo, force=True))
