@@ -34,7 +34,7 @@ from yarl import URL
 from krill.clock import SYSTEM_CLOCK, Clock
 from krill.config import ConfigError
 from krill.digests import Digest
-from krill.origin.appkeys import STORE
+from krill.origin.appkeys import METRICS, STORE
 from krill.origin.config import OriginConfig
 from krill.origin.server import create_app
 from krill.origin.storage import CACHE_CHECK_INTERVAL
@@ -53,6 +53,7 @@ from tests.imagebuild import (
     read_oci_layout_digests,
     write_oci_layout,
 )
+from tests.metrics_text import parse_metrics
 from tests.polling import until, until_sync
 from tests.s3_fixtures import SeaweedFS, s3_location, seaweedfs
 
@@ -280,6 +281,9 @@ async def test_periodic_bucket_sweep(
     clock.advance(600.0)
     await until(lambda: clock.sleepers == both, "both collections done and asleep again")
     assert await bucket_digests(bucket) == {b.digest for b in (*kept.blobs(), kept.manifest)}
+    counted = parse_metrics(origin.app[METRICS].render().decode())
+    assert counted['krill_origin_gc_freed_objects_total{kind="bucket"}'] == 1.0
+    assert counted['krill_origin_gc_freed_bytes_total{kind="bucket"}'] == len(dropped)
 
 
 async def test_local_cache_is_kept_under_its_limit(

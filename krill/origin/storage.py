@@ -42,7 +42,7 @@ from krill.clierror import CliError
 from krill.clock import SYSTEM_CLOCK, Clock
 from krill.config import ConfigError
 from krill.digests import Digest
-from krill.origin.appkeys import CONFIG, GC_LOCK, REPOSITORIES, STORE
+from krill.origin.appkeys import CONFIG, GC_LOCK, METRICS, REPOSITORIES, STORE
 from krill.origin.config import OriginConfig
 from krill.origin.storage_cache import evict_to_fit
 from krill.origin.storage_gc import held, reconcile_with_bucket, sweep_bucket
@@ -63,6 +63,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# The gc metrics' label for what the bucket's collection freed.
+BUCKET_KIND = "bucket"
 # Seconds between checks of the local cache's size (local_cache_max_bytes).
 CACHE_CHECK_INTERVAL = 30.0
 
@@ -256,15 +258,22 @@ def collect_bucket(config: OriginConfig, *, dry_run: bool) -> str | None:
 
 
 async def _sweep_periodically(app: web.Application, clock: Clock) -> None:
-    """Every ``gc_interval``, remove the bucket's unlinked objects (failures are logged)."""
+    """Every ``gc_interval``, collect the bucket (failures are logged).
+
+    What it frees is counted in ``krill_origin_gc_freed_{objects,bytes}_total``
+    with ``kind="bucket"``, beside the local collection's kinds.
+    """
     config = app[CONFIG]
+    metrics = app[METRICS]
     while True:
         await clock.sleep(config.gc_interval)
         backend = app[OBJECT_STORE].backend
         try:
             await reconcile_with_bucket(backend, config.data, config.gc_grace)
-            await sweep_bucket(backend, config.data, config.gc_grace)
-        except ConfigError as exc:  # no repositories yet: nothing could be unlinked
+            report = await sweep_bucket(backend, config.data, config.gc_grace)
+            metrics.gc_freed_objects.labels(BUCKET_KIND).inc(report.objects)
+            metrics.gc_freed_bytes.labels(BUCKET_KIND).inc(report.bytes)
+        except ConfigError as exc:  # the bucket holds no metadata yet: nothing to mark from
             log.info("gc.bucket_skipped reason=%s", exc)
         except Exception:
             log.exception("gc.bucket_failed")
