@@ -53,7 +53,6 @@ from krill.origin.gc import CLOCK_SLACK
 from krill.origin.gclock import GcLock
 from krill.origin.repositories import Repositories
 from krill.origin.storage_metadata import (
-    MANIFEST_READ_LIMIT,
     MetaEntry,
     MetaKind,
     meta_key,
@@ -156,7 +155,7 @@ class _Marker:
         if local is not None:
             return local
         try:
-            async with self.backend.open(digest, 0, MANIFEST_READ_LIMIT) as reader:
+            async with self.backend.open(digest) as reader:  # whole: a cut one marks nothing
                 return b"".join([chunk async for chunk in reader.chunks])
         except BlobMissingError:
             return None

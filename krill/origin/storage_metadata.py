@@ -76,8 +76,6 @@ ROOT = "repositories/"
 PUBLISHED = ROOT + "_published"
 # Seconds a tag read from the bucket is trusted before it is read again.
 TAG_TTL = 5.0
-# The largest manifest read back from the bucket (as the origin's default push limit).
-MANIFEST_READ_LIMIT = 4 << 20
 
 _KEY = re.compile(r"^repositories/(?P<repo>.+)/(?P<kind>_layers|_manifests|_tags)/(?P<leaf>[^/]+)$")
 
@@ -250,7 +248,7 @@ class BucketMetadata:
         if self.app[STORE].has(digest):
             return await asyncio.to_thread(self.app[STORE].read_bytes, digest)
         try:
-            async with self.backend.open(digest, 0, MANIFEST_READ_LIMIT) as reader:
+            async with self.backend.open(digest) as reader:  # pushed under a size limit
                 body = b"".join([chunk async for chunk in reader.chunks])
         except LookupError:
             return None
