@@ -17,11 +17,13 @@ aiohttp's and ``BodyTooLarge`` exceptions as they come and return any status,
 so each caller keeps its own error messages and outcomes (a 503 for the
 registry endpoint, a delta miss, the next origin for the tracker). The one
 exception is ``metainfo``, which is the same everywhere: it raises
-``MetainfoError`` for anything but a checked torrent.
+``MetainfoError`` for anything but a checked torrent (``MetainfoNotFound`` when an
+origin says it has no such blob).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -34,10 +36,20 @@ from krill.endpoints import DELTAS, METAINFO, Endpoint
 from krill.metainfo import MAX_METAINFO_BYTES, MetainfoError, check_metainfo
 from krill.requestid import request_id_headers
 
-__all__ = ["Answer", "OriginClient", "fetch_metainfo"]
+__all__ = ["Answer", "MetainfoNotFound", "OriginClient", "fetch_metainfo"]
 
 # A delta lookup answers a few hundred bytes of JSON.
 MAX_DELTA_ANSWER = 64 * 1024
+
+
+class MetainfoNotFound(MetainfoError):
+    """The server says it has no such blob: 404 with the registry code ``BLOB_UNKNOWN``.
+
+    Only an origin answers that way (its store decides); a tracker's 404 means
+    "no origin gave me metainfo", which may be an origin down, so it stays a
+    plain ``MetainfoError``, and so does an origin that does not seed (404
+    ``UNSUPPORTED``: it has no metainfo endpoint).
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,9 +180,21 @@ class OriginClient:
             raise MetainfoError(f"GET {url} failed: {exc!r}") from exc
         if answer.status != 200:
             detail = answer.body[:200].decode(errors="replace")
-            raise MetainfoError(f"GET {url} answered {answer.status}: {detail}")
+            failure = MetainfoNotFound if _blob_unknown(answer) else MetainfoError
+            raise failure(f"GET {url} answered {answer.status}: {detail}")
         check_metainfo(answer.body, digest)
         return answer.body
+
+
+def _blob_unknown(answer: Answer) -> bool:
+    """Whether ``answer`` is the registry's 404 ``BLOB_UNKNOWN``."""
+    if answer.status != 404:
+        return False
+    try:
+        errors = json.loads(answer.body)["errors"]
+        return any(error.get("code") == "BLOB_UNKNOWN" for error in errors)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 async def fetch_metainfo(session: aiohttp.ClientSession, base_url: str, digest: Digest) -> bytes:

@@ -52,12 +52,7 @@ class KnownBug:
     test: str  # the strict xfail test reproducing it
 
 
-KNOWN_BUGS: list[KnownBug] = [
-    KnownBug(  # well-formed, unknown, no ?repo=: 503 unless a registry probe's fetch is shared
-        lambda p: p.service == "control" and p.what == "digest" and "%3A" in p.target,
-        "test_agent_control_blob_of_an_unknown_digest_without_repo_is_a_404",
-    ),
-]
+KNOWN_BUGS: list[KnownBug] = []
 
 
 @dataclass
@@ -179,7 +174,8 @@ class Corpus:
                 else:
                     await self.scenario(job)
 
-        await asyncio.gather(*(one(job) for job in [*probes, *scenarios]))
+        jobs: list[Probe | Scenario] = [*probes, *scenarios]
+        await asyncio.gather(*(one(job) for job in jobs))
 
 
 def known_bug(probe: Probe) -> KnownBug | None:
@@ -287,12 +283,10 @@ def test_agent_preheat_of_deeply_nested_json_is_a_400(cluster: Cluster) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="krill/agent/fetcher.py: with no ?repo= the swarm finds no "
-                   "metainfo (origin and tracker answer 404) and the HTTP fallback cannot ask the "
-                   "origin, so the fetch is SourceUnavailable: 503 UNAVAILABLE, not 404")
 def test_agent_control_blob_of_an_unknown_digest_without_repo_is_a_404(cluster: Cluster) -> None:
-    """The corpus met this only when the probe ran alone; a registry probe for the same digest
-    (with its repository) in flight at the same time shares its fetch, which ends in a 404."""
+    """Was 503: with no ?repo= the HTTP fallback cannot ask the origin, and "no metainfo"
+    was SourceUnavailable. The origin's 404 BLOB_UNKNOWN for the metainfo is now
+    BlobNotFound. Sent alone, so no registry probe for the digest shares its fetch."""
     unknown = "sha256:" + "5" * 64
     for method in ("HEAD", "GET"):
         probe = Probe("control", "digest", method, f"/blobs/{unknown}", Expect.REGISTRY_ERROR)

@@ -213,6 +213,11 @@ class BlobFetcher:
             try:
                 return await self._try_swarm(digest, repository)
             except Exception as exc:  # any swarm trouble: the origin is the way out
+                if isinstance(exc, BlobNotFound) and repository is None:
+                    # The origin said it has no such blob, and without a repository
+                    # there is no other way to ask it: a 404, not a 503.
+                    self._on_event("fallback", Fallback.FAILED)
+                    raise
                 reason = _fallback_reason(exc)
                 errors.append(f"swarm: {exc or 'no bytes within the deadline'}")
                 log.info("fetch.fallback digest=%s reason=%s error=%r", digest, reason, exc)

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from krill.agent.sources import SourceUnavailable, TransferFailed
+from krill.agent.sources import BlobNotFound, SourceUnavailable, TransferFailed
 from krill.digests import Digest
 from krill.metainfo import MetainfoError
-from krill.originclient import OriginClient
+from krill.originclient import MetainfoNotFound, OriginClient
 
 if TYPE_CHECKING:  # libtorrent is loaded only once the node starts an engine
     from krill.swarm import Download, SwarmEngine
@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # libtorrent is loaded only once the node starts an engine
 __all__ = ["SwarmSource", "SwarmTransfer"]
 
 log = logging.getLogger(__name__)
+
 
 class SwarmTransfer:
     """Adapts a ``krill.swarm.Download``: failures read as ``TransferFailed``.
@@ -104,11 +105,19 @@ class SwarmSource:
         return SwarmTransfer(download, self._failure)
 
     async def metainfo(self, digest: Digest) -> bytes:
-        """The blob's torrent, from the first server (tracker, then origin) that has it."""
+        """The blob's torrent, from the first server (tracker, then origin) that has it.
+
+        Raises ``BlobNotFound`` when none has it and the origin said the blob is not
+        in its store (the tracker's own 404 only means no origin answered it), else
+        ``SourceUnavailable``.
+        """
         errors = []
+        unknown = False
         for server in self._servers:
             try:
                 return await server.metainfo(digest)
             except (MetainfoError, aiohttp.ClientError, OSError) as exc:
                 errors.append(str(exc))
-        raise SourceUnavailable("no metainfo: " + "; ".join(errors or ["no tracker or origin"]))
+                unknown = unknown or isinstance(exc, MetainfoNotFound)
+        reason = "no metainfo: " + "; ".join(errors or ["no tracker or origin"])
+        raise BlobNotFound(reason) if unknown else SourceUnavailable(reason)
