@@ -45,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--peer-port", type=int, help="swarm peer port, TCP (default 0: any free port)"
     )
     parser.add_argument(
+        "--peer-encryption",
+        choices=("off", "allowed", "required"),
+        help="BitTorrent protocol encryption between peers (default allowed, libtorrent's); "
+        "obfuscation against passive observers, not authentication: docs/security.md",
+    )
+    parser.add_argument(
         "--delta-policy",
         choices=("fastest", "fewest-bytes"),
         help="delta or full layer: whichever the measured rates say is faster (default), "
@@ -89,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         "origin": args.origin,
         "peer_host": args.peer_host,
         "peer_port": args.peer_port,
+        "peer_encryption": args.peer_encryption,
         "log_level": args.log_level,
         "delta_policy": args.delta_policy,
         **{name: getattr(args, name) for name in SECURITY_FLAGS},

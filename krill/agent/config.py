@@ -15,6 +15,10 @@ from krill.agent.deltachoice import DeltaPolicy
 from krill.config import ConfigError, parse_hostport
 from krill.tls import ClientTls, ServerTls, check_client_tls, check_server_tls
 
+# krill.swarm.PeerEncryption's values, spelled here so loading a config never needs
+# libtorrent (an agent without it runs on the HTTP fallback).
+PEER_ENCRYPTION_MODES = ("off", "allowed", "required")
+
 GiB = 1024**3
 
 _MACHINE_TO_GOARCH = {
@@ -55,6 +59,10 @@ class AgentConfig:
     # node can reach (pulls then come from the origin, at N times its egress).
     peer_host: str = "0.0.0.0"
     peer_port: int = 0  # 0 = any free port; a fixed one is easier to open in a firewall
+    # BitTorrent protocol encryption between peers (krill.swarm.PeerEncryption, whose
+    # docstring says what it does and doesn't protect): "off", "allowed" (libtorrent's
+    # default) or "required".
+    peer_encryption: str = "allowed"
     # Seconds the swarm gets to deliver its first verified bytes before the agent
     # falls back to plain HTTP from the origin.
     swarm_deadline: float = 5.0
@@ -113,6 +121,11 @@ class AgentConfig:
         parse_hostport(self.listen)
         parse_hostport(self.registry_listen)
         _check_peer_address(self.peer_host, self.peer_port)
+        if self.peer_encryption not in PEER_ENCRYPTION_MODES:
+            raise ConfigError(
+                f"peer_encryption must be one of {', '.join(PEER_ENCRYPTION_MODES)}, "
+                f"got {self.peer_encryption!r}"
+            )
         if not 0 < self.cache_low_watermark < self.cache_high_watermark <= 1:
             raise ConfigError(
                 "cache watermarks must satisfy 0 < cache_low_watermark < "

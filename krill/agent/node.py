@@ -190,7 +190,7 @@ async def _start_swarm(
         log.info("agent.swarm_disabled reason=%s", "no tracker" if config.use_swarm else "setting")
         return None
     try:
-        from krill.swarm import SwarmEngine, SwarmSettings
+        from krill.swarm import PeerEncryption, SwarmEngine, SwarmSettings
     except ModuleNotFoundError as exc:
         if exc.name != "krill.swarm":
             raise
@@ -201,6 +201,7 @@ async def _start_swarm(
         tracker_url=keyed_announce_url(config.announce_url, _announce_key(config)),
         listen_host=config.peer_host,
         peer_port=config.peer_port,
+        peer_encryption=PeerEncryption(config.peer_encryption),
         upload_rate_limit=config.upload_rate_limit,
         download_rate_limit=config.download_rate_limit,
         seed_ttl=config.seed_ttl,

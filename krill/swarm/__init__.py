@@ -76,6 +76,7 @@ from krill.swarm.reachability import PeerReachability, Reachability
 from krill.swarm.settings import (
     AGENT_PEER_ID_PREFIX,
     ORIGIN_PEER_ID_PREFIX,
+    PeerEncryption,
     SwarmSettings,
     session_settings,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "Download",
     "DownloadFailed",
     "Pacer",
+    "PeerEncryption",
     "PeerReachability",
     "Reachability",
     "SwarmEngine",

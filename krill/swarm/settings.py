@@ -9,12 +9,14 @@ record).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import libtorrent as lt
 
 __all__ = [
     "AGENT_PEER_ID_PREFIX",
     "ORIGIN_PEER_ID_PREFIX",
+    "PeerEncryption",
     "SwarmSettings",
     "listen_interface",
     "session_settings",
@@ -23,6 +25,44 @@ __all__ = [
 ORIGIN_PEER_ID_PREFIX = "-KO"  # the tracker hands peers with this prefix out first
 AGENT_PEER_ID_PREFIX = "-KA"
 _PEER_ID_VERSION = "0100-"
+
+
+class PeerEncryption(StrEnum):
+    """BitTorrent protocol encryption (MSE/PE) between peers; docs/security.md.
+
+    It is obfuscation, not security: RC4 keyed by an unauthenticated Diffie-Hellman
+    exchange hides layer bytes from a passive observer of the wire, not from an
+    active one (anyone can connect and take part), and it costs a handshake per
+    connection and, when required, RC4 over every byte. Integrity never depends on
+    it: every piece is SHA-1 checked and every blob's sha256 verified.
+    """
+
+    OFF = "off"  # plaintext only, both ways: no handshake cost
+    ALLOWED = "allowed"  # libtorrent's default: encrypted handshake tried, plaintext accepted
+    REQUIRED = "required"  # RC4 over the whole stream, plaintext peers refused
+
+
+def encryption_settings(mode: PeerEncryption) -> lt.settings_pack:
+    """libtorrent's policy settings for ``mode`` (in/out policy, level, RC4 preference)."""
+    policy = lt.enc_policy
+    if mode is PeerEncryption.OFF:
+        return {
+            "out_enc_policy": int(policy.pe_disabled),
+            "in_enc_policy": int(policy.pe_disabled),
+        }
+    if mode is PeerEncryption.REQUIRED:
+        return {
+            "out_enc_policy": int(policy.pe_forced),
+            "in_enc_policy": int(policy.pe_forced),
+            "allowed_enc_level": int(lt.enc_level.pe_rc4),
+            "prefer_rc4": True,
+        }
+    return {
+        "out_enc_policy": int(policy.pe_enabled),
+        "in_enc_policy": int(policy.pe_enabled),
+        "allowed_enc_level": int(lt.enc_level.pe_both),
+        "prefer_rc4": False,
+    }
 
 
 @dataclass
@@ -96,6 +136,8 @@ class SwarmSettings:
     # first pull (6-12 s for 64 MiB at 100 Mbit/s, scripts/bench-herd) has had its
     # peers dial in.
     unreachable_after: float = 10.0
+    # Protocol encryption between peers (PeerEncryption); ALLOWED is libtorrent's default.
+    peer_encryption: PeerEncryption = PeerEncryption.ALLOWED
 
 
 def listen_interface(host: str, port: int) -> str:
@@ -116,6 +158,7 @@ def session_settings(settings: SwarmSettings) -> lt.settings_pack:
     )
     return {
         "listen_interfaces": listen_interface(settings.listen_host, settings.peer_port),
+        **encryption_settings(settings.peer_encryption),
         "peer_fingerprint": prefix + _PEER_ID_VERSION,
         "alert_mask": int(alerts),
         "alert_queue_size": 100_000,  # a 64 MiB blob alone makes 1024 piece alerts
