@@ -43,6 +43,7 @@ from herd_common import (
     TAG,
     LinkSampler,
     Processes,
+    agents_start_timeout,
     cpu_busy,
     cpu_times,
     driver,
@@ -105,8 +106,9 @@ def agents_pull(procs: Processes, work: Path, nodes: int, profile: bool = False)
     hosts = range(1, nodes + 1)
     agents = {i: procs.start(in_ns(host_ns(i), *agent_command(i, work)), work / f"agent{i}.log")
               for i in hosts}
+    timeout = agents_start_timeout(nodes)
     for i in hosts:
-        CLUSTER.wait_http(i, f"http://127.0.0.1:{AGENT_CONTROL_PORT}/health", timeout=60)
+        CLUSTER.wait_http(i, f"http://127.0.0.1:{AGENT_CONTROL_PORT}/health", timeout=timeout)
     clients = {
         i: procs.start(
             in_ns(host_ns(i), *driver("--client")), work / f"client{i}.log",

@@ -32,6 +32,15 @@ AGENT_CONTROL_PORT, AGENT_REGISTRY_PORT, AGENT_PEER_PORT = 7400, 7401, 6882
 REPOSITORY, TAG = "bench/herd", "v1"
 
 
+def agents_start_timeout(nodes: int) -> float:
+    """Seconds to wait for N agents started at once to answer /health.
+
+    Each spends a few CPU-seconds importing Python and libtorrent; on a shared
+    2-core machine (load 15-30) 32 of them took over a minute.
+    """
+    return 60.0 + 5.0 * nodes
+
+
 def host_ns(index: int) -> str:
     return CLUSTER.ns(index)
 

@@ -50,6 +50,7 @@ from herd_common import (
     ORIGIN_PORT,
     REGISTRY_PORT,
     Processes,
+    agents_start_timeout,
     host_ip,
     host_ns,
     in_ns,
@@ -245,8 +246,9 @@ def krill_phase(procs: Processes, work: Path, figures: ImageFigures) -> None:
         i: procs.start(in_ns(host_ns(i), *agent_command(i, work)), work / f"agent{i}.log")
         for i in hosts
     }
+    timeout = agents_start_timeout(nodes)
     for i in hosts:
-        CLUSTER.wait_http(i, f"http://127.0.0.1:{AGENT_CONTROL_PORT}/health", timeout=60)
+        CLUSTER.wait_http(i, f"http://127.0.0.1:{AGENT_CONTROL_PORT}/health", timeout=timeout)
     reference = f"{host_ip(0)}:{ORIGIN_PORT}/{REPOSITORY}:{TAG}"
     with containerds(work, "krill", nodes) as ctrds:
         commands = {
