@@ -6,10 +6,11 @@ Per file (member content larger than the small-file limit), smallest wins:
 * zstd with the paired base file as prefix (paired by path, then by name),
   with long-distance matching and a window covering prefix + file: a cheap
   level-3 gate first, a higher level only where no diff won clearly,
-* a binary diff for changed files up to ``bsdiff_max_bytes``, tried only
-  where the gate left a lot: HDiffPatch by default (OP_HDIFF, see
-  hdiff.py), bsdiff4 with ``diff_engine="bsdiff"``; binaries over
-  ``diff_segment_bytes`` are diffed in one segment per worker, in parallel,
+* a binary diff for changed files, tried only where the gate left a lot:
+  HDiffPatch by default (OP_HDIFF, see hdiff.py), bsdiff4 with
+  ``diff_engine="bsdiff"``; binaries over ``diff_segment_bytes`` are diffed
+  in one segment per worker, in parallel, and binaries over
+  ``bsdiff_max_bytes`` in as many segments as keep each op within it,
 * literal zstd for files with no partner.
 
 Everything else (headers, padding, small files, end-of-archive) is the meta

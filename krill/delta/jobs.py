@@ -50,17 +50,22 @@ def partner_piece(
 
 
 def segmentable(job: Job, base: BinaryIO, target: BinaryIO, options: EncodeOptions) -> bool:
-    """Whether a job is a large binary to diff in segments (see ``segments``)."""
-    seg = options.diff_segment_bytes
+    """Whether a job is a large binary to diff in segments (see ``segments``).
+
+    With HDiffPatch every binary over ``diff_segment_bytes`` is split (the
+    segments run in parallel). Binaries too big for one diff op (over
+    ``bsdiff_max_bytes``, which keeps the applier's memory bounded) are split
+    with either engine: segments are the only way they get a binary diff.
+    """
     rng, partner = job.target, job.base
-    return not (
-        partner is None
-        or options.diff_engine != "hdiff"
-        or seg <= 0
-        or rng.size <= seg
-        or not options.diff_allowed(rng.size, partner.size)
-        or not (looks_binary(target, rng) and looks_binary(base, partner))
-    )
+    if partner is None or options.diff_segment_bytes <= 0 or rng.size <= options.diff_segment_bytes:
+        return False
+    oversized = not options.diff_allowed(rng.size, partner.size)
+    if options.diff_engine != "hdiff" and not oversized:
+        return False
+    if _segment_count(rng.size, partner.size, options) is None:
+        return False
+    return looks_binary(target, rng) and looks_binary(base, partner)
 
 
 def segments(job: Job, options: EncodeOptions) -> list[Job]:
@@ -71,22 +76,57 @@ def segments(job: Job, options: EncodeOptions) -> list[Job]:
     near 40% of the partner; a margin of 1/8 segment on each side covers the
     shift. HDiffPatch releases the GIL, so segments diff in parallel threads:
     measured on 4.7-25 MB libraries, 2-7 segments cost 0.1-0.5% size and
-    halve the time on 2 cores. Text and data files are not split (their
-    matches can be anywhere in the partner): see ``segmentable``.
+    halve the time on 2 cores. A binary over ``bsdiff_max_bytes`` gets as
+    many segments as it takes for each segment and its window to fit that
+    bound (libarrow.so, 65 MB: 3 segments, docs/deltas.md). Text and data
+    files are not split (their matches can be anywhere in the partner): see
+    ``segmentable``.
     """
     rng, partner = job.target, job.base
     assert partner is not None, "segmentable() checks the job has a partner"
-    count = min(options.workers, -(-rng.size // options.diff_segment_bytes))
+    count = _segment_count(rng.size, partner.size, options)
+    assert count is not None, "segmentable() checks the segments fit"
     step = -(-rng.size // count)
-    margin = max(64 << 10, step // 8)
+    margin = _margin(step)
     jobs = []
     for start in range(0, rng.size, step):
         end = min(rng.size, start + step)
-        lo = max(0, start * partner.size // rng.size - margin)
-        hi = min(partner.size, end * partner.size // rng.size + margin)
-        window = Range(partner.offset + lo, hi - lo)
+        window = _window(partner, rng.size, start, end, margin)
         jobs.append(Job(Range(rng.offset + start, end - start), window))
     return jobs
+
+
+# A segment's margin on each side of its proportional window: 1/8 segment, at least 64 KiB.
+_MARGIN_DIVISOR = 8
+_MIN_MARGIN = 64 << 10
+# A file that would need more segments than this to fit the diff-op bound is coded by zstd
+# (only a partner far larger than the file, which no relinked binary has, gets there).
+_MAX_SEGMENTS = 256
+
+
+def _segment_count(size: int, partner_size: int, options: EncodeOptions) -> int | None:
+    """One segment per worker, or more where that many would not fit one diff op each.
+
+    None when no count up to _MAX_SEGMENTS fits (the partner is far larger than the file).
+    """
+    wanted = min(options.workers, -(-size // options.diff_segment_bytes))
+    for count in range(max(1, wanted), _MAX_SEGMENTS + 1):
+        step = -(-size // count)
+        window = -(-step * partner_size // size) + 2 * _margin(step) + 1
+        if options.diff_allowed(step, min(window, partner_size)):
+            return count
+    return None
+
+
+def _margin(step: int) -> int:
+    return max(_MIN_MARGIN, step // _MARGIN_DIVISOR)
+
+
+def _window(partner: Range, size: int, start: int, end: int, margin: int) -> Range:
+    """The partner bytes at the same proportion as target bytes ``start:end``, plus margins."""
+    lo = max(0, start * partner.size // size - margin)
+    hi = min(partner.size, end * partner.size // size + margin)
+    return Range(partner.offset + lo, hi - lo)
 
 
 def looks_binary(f: BinaryIO, rng: Range) -> bool:

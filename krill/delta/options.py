@@ -32,11 +32,14 @@ class EncodeOptions:
     top_level_max_bytes: int = 8 << 20
     meta_level: int = 19
     small_file_limit: int = 4096
-    # Largest file (and partner) a binary diff is tried on; 0 turns binary diffs off.
+    # Largest binary-diff op: a file and its partner, or one segment of a larger binary and
+    # its partner window (the applier holds both, and the diff, in memory). 0 turns binary
+    # diffs off.
     bsdiff_max_bytes: int = 32 << 20
     diff_engine: DiffEngine = "hdiff"
-    # Binary files larger than this are diffed in `workers` segments, each against the
-    # same-proportion window of the partner, in parallel (+0.1-0.5% size at 2 segments).
+    # Binary files larger than this are diffed in `workers` segments (more where a segment
+    # and its window would exceed bsdiff_max_bytes), each against the same-proportion window
+    # of the partner, in parallel (+0.1-0.5% size at 2 segments).
     diff_segment_bytes: int = 4 << 20
     workers: int = max(1, min(4, os.cpu_count() or 1))
     piece_bytes: int = fmt.MAX_PIECE_BYTES
