@@ -27,7 +27,13 @@ import pytest
 
 from krill.blobstore import BlobStore
 from krill.digests import Digest
-from tests.agent_cluster import Agent, agent_process, origin_process, wait_until
+from tests.agent_cluster import (
+    Agent,
+    agent_process,
+    origin_and_tracker,
+    origin_process,
+    wait_until,
+)
 from tests.faults import (
     SmallDisk,
     gated_proxy,
@@ -126,3 +132,26 @@ def test_a_layer_bigger_than_the_agents_free_disk_fails_cleanly_and_pulls_once_s
             disk.resize(64 * MiB)  # in place: the same agent process carries on
             assert get_body(blob_url(agent, big_digest)) == big
             wait_until(lambda: big_digest in indexed(disk.path), "the layer in the cache index")
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_swarm_pull_bigger_than_the_agents_free_disk_fails_cleanly(tmp_path: Path) -> None:
+    """The same through the swarm (a seeding origin and a tracker): libtorrent, not the
+    HTTP fallback, would write the layer."""
+    big = os.urandom(8 * MiB)
+    with origin_and_tracker(tmp_path / "servers") as (origin, tracker):
+        digest = push_blob(origin, big)
+        root = tmp_path / "agent"
+        with (
+            small_disk(root / "data", 4 * MiB) as disk,
+            agent_process(root, origin, tracker, settings=HTTP_ONLY) as agent,
+        ):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                get_body(blob_url(agent, digest))
+            assert refused.value.code == 503
+            store = disk.path / "blobs"
+            wait_until(lambda: incoming_files(store) == [], "the partial file to be removed")
+            assert stored_blobs(store) == set()
+            disk.resize(64 * MiB)
+            assert get_body(blob_url(agent, digest)) == big

@@ -36,6 +36,7 @@ from krill.agent.sources import (
     SourceUnavailable,
     Transfer,
     TransferFailed,
+    check_room,
 )
 from krill.clock import SYSTEM_CLOCK, Clock
 from krill.digests import Digest
@@ -242,6 +243,7 @@ class BlobFetcher:
         try:
             async with asyncio.timeout(self._deadline):
                 transfer = await self._swarm.start(digest, repository)
+                check_room(self.cache.store, digest, transfer.size)
                 await transfer.wait_available(0)
         except BaseException:
             if transfer is not None:

@@ -109,7 +109,11 @@ class OriginHttpSource:
             raise SourceUnavailable("HTTP fallback needs a repository name to ask the origin")
         response = await self.open_response(repository, digest, offset=0)
         size = _content_length(response)
-        _check_room(self.store, digest, size, response)
+        try:
+            check_room(self.store, digest, size)
+        except SourceUnavailable:
+            response.release()
+            raise
         writer = self.store.writer()
         transfer = OriginHttpTransfer(self, repository, digest, size, writer, response)
         transfer.begin()
@@ -151,20 +155,18 @@ def _content_length(response: aiohttp.ClientResponse) -> int:
     return length
 
 
-def _check_room(
-    store: BlobStore, digest: Digest, size: int, response: aiohttp.ClientResponse
-) -> None:
+def check_room(store: BlobStore, digest: Digest, size: int) -> None:
     """Refuse, before any byte is promised to a client, a blob the cache disk cannot hold.
 
-    Past this point the client has its 200 and Content-Length, and a disk that
-    fills mid-blob can only cut its connection: containerd retries this node
-    and never moves on to the next host. A 503 now sends it there. (Another
-    download can still take the room meanwhile; that pull is cut, nothing kept.)
+    Once a source is chosen the client gets its 200 and Content-Length, and a
+    disk that fills mid-blob can only cut its connection: containerd retries
+    this node and never moves on to the next host. A 503 now sends it there.
+    (Another download can still take the room meanwhile; that pull is cut,
+    nothing kept.) Every source calls this once it knows the size.
     """
     free = shutil.disk_usage(store.root).free
     if free < size:
-        response.release()
-        log.warning("origin_fetch.no_room digest=%s bytes=%d free=%d", digest, size, free)
+        log.warning("fetch.no_room digest=%s bytes=%d free=%d", digest, size, free)
         raise SourceUnavailable(
             f"this node's cache disk has {free} bytes free, too few for {digest} "
             f"({size} bytes); free space under {store.root} or lower cache_budget"
