@@ -210,12 +210,8 @@ def install_object_storage(
             "origin.object_storage location=%s access_key=%s", location, credentials.access_key
         )
         app[OBJECT_STORE] = ObjectStore(backend)
-        app[METADATA] = BucketMetadata(app, backend, clock)
-        try:
-            await app[METADATA].publish_if_new()
-        except S3Error as exc:
-            await backend.close()
-            raise CliError(f"cannot publish repository metadata to the bucket: {exc}") from None
+        if not config.upstream:  # a mirror's metadata follows its upstream, in --data
+            await _share_metadata(app, backend, clock)
         background = []
         if config.gc_interval > 0:
             background.append(asyncio.create_task(_sweep_periodically(app, clock)))
@@ -233,6 +229,16 @@ def install_object_storage(
     app[INSTALLED] = True
 
 
+async def _share_metadata(app: web.Application, backend: S3Backend, clock: Clock) -> None:
+    """Links and tags in the bucket too (origin.storage_metadata); stop if it refuses them."""
+    app[METADATA] = BucketMetadata(app, backend, clock)
+    try:
+        await app[METADATA].publish_if_new()
+    except S3Error as exc:
+        await backend.close()
+        raise CliError(f"cannot publish repository metadata to the bucket: {exc}") from None
+
+
 async def _write_blob(app: web.Application, digest: Digest) -> None:
     await app[OBJECT_STORE].write_through(app, digest)
 
@@ -242,6 +248,8 @@ def collect_bucket(config: OriginConfig, *, dry_run: bool) -> str | None:
     location = object_store_location(config)
     if location is None:
         return None
+    if config.upstream:
+        return "bucket: skipped (a pull-through mirror's links are only in --data)"
 
     async def sweep() -> str:
         backend = S3Backend(location, s3_credentials(config.s3_credentials))
@@ -265,6 +273,8 @@ async def _sweep_periodically(app: web.Application, clock: Clock) -> None:
     """
     config = app[CONFIG]
     metrics = app[METRICS]
+    if config.upstream:  # a mirror: nothing in the bucket says what is linked
+        return
     while True:
         await clock.sleep(config.gc_interval)
         backend = app[OBJECT_STORE].backend

@@ -12,7 +12,9 @@ route, what ``origin.storage_metadata`` describes:
   made locally, and the retry repeats only the bucket's part.
 
 So the upload, manifest and blob handlers stay as they are on a directory
-origin. A bucket that fails while we only read is logged and the local
+origin. A pull-through mirror keeps its metadata in ``--data`` (its tags
+follow its upstream, its fills are local): only the bytes pushed to it go
+to the bucket. A bucket that fails while we only read is logged and the local
 state answers: an origin keeps serving what it has while its bucket is
 briefly away.
 """
@@ -201,6 +203,9 @@ async def _upload_finish(sync: _Sync, handler: Handler) -> web.StreamResponse:
     return response
 
 
+# Routes whose 201 means "a blob or manifest was just committed to the local store".
+BYTES_ROUTES = frozenset({"upload_start", "upload_finish", "manifest_put"})
+
 SYNCED: dict[str, Callable[[_Sync, Handler], Awaitable[web.StreamResponse]]] = {
     "blob": _blob,
     "blob_delete": _blob_delete,
@@ -218,10 +223,23 @@ def bucket_sync(put_blob: BlobWriter) -> Middleware:
 
     @web.middleware
     async def sync(request: web.Request, handler: Handler) -> web.StreamResponse:
-        steps = SYNCED.get(request.match_info.route.name or "")
-        metadata = request.app.get(METADATA)
-        if steps is None or metadata is None or not is_valid_name(request.match_info["name"]):
+        route = request.match_info.route.name or ""
+        steps = SYNCED.get(route)
+        if steps is None or not is_valid_name(request.match_info["name"]):
             return await handler(request)
+        metadata = request.app.get(METADATA)
+        if metadata is None:  # a mirror: its metadata stays local, only pushed bytes go up
+            return await _bytes_only(request, handler, route, put_blob)
         return await steps(_Sync(request, metadata, put_blob), handler)
 
     return sync
+
+
+async def _bytes_only(
+    request: web.Request, handler: Handler, route: str, put_blob: BlobWriter
+) -> web.StreamResponse:
+    response = await handler(request)
+    digest = _created(response)
+    if digest is not None and route in BYTES_ROUTES:
+        await put_blob(request.app, digest)
+    return response
