@@ -11,7 +11,12 @@ tags. This measures those at a few concurrency levels, in the same run:
   rounds alternate between the two servers;
 * a ``krill agent`` (with its origin and tracker, as ``krill up`` starts
   them) answers manifest GET/HEAD by digest and blob HEAD/GET for blobs it
-  has cached.
+  has cached;
+* ``krill tracker`` and a bare aiohttp handler answer compact announces
+  (``scripts/bench_load_tracker.py``): issue 20's goal is >= 0.7x.
+
+After the levels, ``--herd`` clients (200) GET one uncached blob through the
+agent at once: errors (the goal is none) and when their last bytes arrived.
 
 For each server and level: requests per second (median round), p50 and p99
 latency over every request of the level, and the server's CPU seconds per
@@ -44,8 +49,9 @@ from email.message import Message
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bench_load_tracker import announce_paths, trackers
 from bench_serve import krill_origin
-from benchlib import cpu_seconds, free_port
+from benchlib import cpu_seconds, free_port, timed_get, write_random_blob
 
 from krill.processes import logged_process as process
 from krill.processes import wait_http
@@ -65,6 +71,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tags", type=int, default=50, help="tags in the tag list")
     parser.add_argument("--workdir", type=Path, help="keep files here (default: a temp dir)")
     parser.add_argument("--no-agent", action="store_true", help="skip the agent's figures")
+    parser.add_argument(
+        "--no-tracker", action="store_true", help="skip announces (tracker vs bare aiohttp)"
+    )
+    parser.add_argument(
+        "--herd", type=int, default=200, help="concurrent pulls of one uncached blob (agent)"
+    )
+    parser.add_argument("--herd-size-mib", type=int, default=16, help="that blob's size")
     return parser.parse_args(argv)
 
 
@@ -347,6 +360,9 @@ def report(servers: list[Server], levels: list[int]) -> str:
         if "krill-origin" in rates and "docker-registry" in rates:
             ratio = rates["krill-origin"] / rates["docker-registry"]
             lines.append(f"  ratio origin/docker-registry: {ratio:.2f}x req/s")
+        if "krill-tracker" in rates and "bare-aiohttp" in rates:
+            ratio = rates["krill-tracker"] / rates["bare-aiohttp"]
+            lines.append(f"  ratio tracker/bare aiohttp announce: {ratio:.2f}x (goal >= 0.7x)")
     lines.append("peak RSS: " + ", ".join(f"{s.name} {s.peak_rss_mib():.0f} MiB" for s in servers))
     return "\n".join(lines)
 
@@ -361,6 +377,7 @@ async def bench(args: argparse.Namespace, work: Path) -> int:
             Server("docker-registry", registry, registry_pid, origin_mix(image)),
             Server("krill-origin", origin, origin_pid, origin_mix(image)),
         ]
+        herd_line = ""
         if not args.no_agent:
             agent_origin, agent_registry, agent_pid = stack.enter_context(
                 krill_cluster(work / "cluster")
@@ -368,6 +385,14 @@ async def bench(args: argparse.Namespace, work: Path) -> int:
             push_image(agent_origin, image, 1)
             warm_agent(agent_registry, image)
             servers.append(Server("krill-agent", agent_registry, agent_pid, agent_mix(image)))
+            herd_line = await herd(agent_origin, agent_registry, args, work)
+        if not args.no_tracker:
+            (tracker, tracker_pid), (bare, bare_pid) = stack.enter_context(
+                trackers(work / "trackers", origin)
+            )
+            mix = [Call("GET", path) for path in announce_paths()]
+            servers.append(Server("krill-tracker", tracker, tracker_pid, mix))
+            servers.append(Server("bare-aiohttp", bare, bare_pid, mix))
         for server in servers[:2]:
             push_image(server.base, image, args.tags)
         await measure(servers, levels, args.requests, args.rounds)
@@ -375,10 +400,47 @@ async def bench(args: argparse.Namespace, work: Path) -> int:
             f"{args.requests} requests per round, {args.rounds} rounds per level, "
             f"{args.tags} tags; origin and docker-registry: manifest HEAD+GET by tag, "
             "blob HEAD, tag list; agent: manifest HEAD+GET by digest, cached 64 KiB blob "
-            "HEAD+GET"
+            "HEAD+GET; tracker and bare aiohttp: compact announces of 256 peers in 8 swarms"
         )
         print(report(servers, levels))
+        if herd_line:
+            print(herd_line)
     return 0
+
+
+async def herd(origin: str, registry: str, args: argparse.Namespace, work: Path) -> str:
+    """``--herd`` clients GET one uncached blob through the agent at once; a one-line report.
+
+    The agent fetches it once (single flight) and streams it to every client as it
+    arrives; each client checks it got every byte.
+    """
+    size = args.herd_size_mib << 20
+    path = work / "herd-blob"
+    digest = write_random_blob(path, size)
+    location = send("POST", f"{origin}/v2/{REPO}/blobs/uploads/", b"")["Location"]
+    location = origin + location if location.startswith("/") else location
+    sep = "&" if "?" in location else "?"
+    binary = {"Content-Type": "application/octet-stream"}
+    send("PUT", f"{location}{sep}digest={digest}", path.read_bytes(), binary)
+    path.unlink()
+    url = f"{registry}/v2/{REPO}/blobs/{digest}"
+    started = time.perf_counter()
+    results = await asyncio.gather(
+        *(timed_get(url) for _ in range(args.herd)), return_exceptions=True
+    )
+    wall = time.perf_counter() - started
+    done = [r for r in results if not isinstance(r, BaseException) and r[0] == size]
+    errors = len(results) - len(done)
+    ends = [r[2] for r in done]
+    spread = (
+        f"last byte p50 {percentile(ends, 0.5):.2f} s, p99 {percentile(ends, 0.99):.2f} s"
+        if ends
+        else "no client finished"
+    )
+    return (
+        f"{args.herd} concurrent GETs of one uncached {args.herd_size_mib} MiB blob through "
+        f"the agent: {errors} errors, all done in {wall:.2f} s ({spread})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

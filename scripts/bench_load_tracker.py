@@ -1,0 +1,77 @@
+"""Tracker announces per second: ``krill tracker`` against a bare aiohttp handler.
+
+Called by ``scripts/bench_load.py`` (``scripts/bench-load``). Issue 20's goal
+is at least 0.7x: the tracker's parsing, peer store and handout may cost at
+most that much over the cheapest answer aiohttp can give on the same machine.
+
+The bare server answers every ``GET /announce`` with one fixed bencoded body
+and no work. The tracker gets real announces, compact, from 256 peers
+(distinct peer ids and ports) in 8 swarms. Both are separate processes that
+log nothing per request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote_from_bytes
+
+from benchlib import free_port
+
+from krill.processes import logged_process as process
+from krill.processes import wait_http
+
+SWARMS = 8
+PEERS = 256
+BARE_ANSWER = b"d8:intervali30e12:min intervali5e5:peers0:e"
+
+
+def announce_paths() -> list[str]:
+    """One announce per peer: each peer in one of ``SWARMS`` swarms, leeching."""
+    paths = []
+    for peer in range(PEERS):
+        info_hash = bytes([peer % SWARMS]) * 20
+        peer_id = b"-KA0100-" + b"%012d" % peer
+        paths.append(
+            f"/announce?info_hash={quote_from_bytes(info_hash)}"
+            f"&peer_id={quote_from_bytes(peer_id)}&port={20000 + peer}"
+            "&uploaded=0&downloaded=0&left=1000&compact=1&numwant=50"
+        )
+    return paths
+
+
+def serve_bare_announce(port: int) -> None:
+    """The baseline: every GET /announce answered with the same bencoded body."""
+    from aiohttp import web
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=BARE_ANSWER, content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/announce", handler)
+    app.router.add_get("/health", handler)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+@contextlib.contextmanager
+def trackers(work: Path, origin: str) -> Iterator[tuple[tuple[str, int], tuple[str, int]]]:
+    """``krill tracker`` (memory store) and the bare server: ((url, pid), (url, pid))."""
+    work.mkdir(parents=True, exist_ok=True)
+    tracker_port, bare_port = free_port(), free_port()
+    tracker_cmd = [sys.executable, "-m", "krill.cli", "tracker", "--listen"]
+    tracker_cmd += [f"127.0.0.1:{tracker_port}", "--origin", origin, "--log-level", "warning"]
+    bare_cmd = [sys.executable, __file__, str(bare_port)]
+    with (
+        process(tracker_cmd, work / "tracker.log") as tracker,
+        process(bare_cmd, work / "bare-announce.log") as bare,
+    ):
+        tracker_url, bare_url = f"http://127.0.0.1:{tracker_port}", f"http://127.0.0.1:{bare_port}"
+        wait_http(f"{tracker_url}/health", tracker, timeout=60, name="krill tracker")
+        wait_http(f"{bare_url}/health", bare, timeout=60, name="bare announce server")
+        yield (tracker_url, tracker.pid), (bare_url, bare.pid)
+
+
+if __name__ == "__main__":
+    serve_bare_announce(int(sys.argv[1]))
