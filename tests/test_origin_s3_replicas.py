@@ -12,8 +12,9 @@ seen by the other once its tag TTL has passed; a manifest pushed to one
 origin naming a blob pushed to the other is accepted; a manifest pushed
 while a bucket collection is between its mark and its sweep, naming an old
 unreferenced blob, keeps that blob; an upload in progress survives a
-bucket collection; a deletion on one origin reaches the other's cached
-links at its collection.
+bucket collection, and one begun on the other origin fails cleanly there;
+a deletion on one origin reaches the other's cached links at its
+collection.
 """
 
 from __future__ import annotations
@@ -287,6 +288,23 @@ async def test_an_upload_in_progress_survives_a_bucket_collection(
     await sweep_bucket(bucket, a.data, 0.0, now=_later)
     resp = await a.client.put(location, params={"digest": digest_of(data)}, data=data[1000:])
     assert resp.status == 201
+    assert digest_of(data) in await bucket_digests(bucket)
+
+
+async def test_an_upload_begun_on_one_origin_fails_cleanly_on_the_other(
+    start_replica: StartReplica, bucket: S3Backend
+) -> None:
+    """Upload sessions are per origin: a client sent to another replica midway (its origin
+    died) is told to start again, and that upload lands in the bucket."""
+    a, b = await start_replica("a"), await start_replica("b")
+    data = payload(49, 200_000)
+    resp = await a.client.post("/v2/team/app/blobs/uploads/")
+    location = resp.headers["Location"]
+    assert (await a.client.patch(location, data=data[:1000])).status == 202
+    resp = await b.client.patch(location, data=data[1000:2000])
+    assert resp.status == 404 and await error_code(resp) == "BLOB_UPLOAD_UNKNOWN"
+    assert "start the upload again" in await resp.text()
+    assert (await push(b.client, "team/app", data)).status == 201
     assert digest_of(data) in await bucket_digests(bucket)
 
 
