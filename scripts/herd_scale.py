@@ -47,13 +47,14 @@ def one_run(nodes: int, rate: float, extra: list[str]) -> dict[str, Any]:
         "--skip-registry",
         *extra,
     ]
-    log(f"scale: N={nodes} at {rate:g} Mbit/s, load {os.getloadavg()[0]:.1f}: {' '.join(cmd)}")
+    load_start = os.getloadavg()
+    log(f"scale: N={nodes} at {rate:g} Mbit/s, load {load_start[0]:.1f}: {' '.join(cmd)}")
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     sys.stderr.write(done.stdout)
     if done.returncode != 0:
         raise RuntimeError(f"bench_herd.py --nodes {nodes} failed ({done.returncode})")
     record: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    record.update(nodes=nodes, rate_mbit=rate, load_start=os.getloadavg())
+    record.update(nodes=nodes, rate_mbit=rate, load_start=load_start)  # "load" is at its end
     return record
 
 
@@ -92,6 +93,17 @@ def plot(args: argparse.Namespace) -> int:
     left.set_xlabel("nodes (N) and link rate")
     left.set_ylabel("pull time / (size / link rate)")
     left.set_ylim(0, max(p99) * 1.25)
+    for n, top, record in zip(nodes, p99, records, strict=True):
+        start, end = record.get("load_start", record["load"])[0], record["load"][0]
+        left.annotate(
+            f"load {start:.0f}-{end:.0f}",
+            (n, top),
+            textcoords="offset points",
+            xytext=(0, 8),
+            ha="center",
+            fontsize=8,
+            color="dimgray",
+        )
     right = left.twinx()
     right.plot(nodes, egress, "^--", color="tab:green", label="origin egress")
     right.set_ylabel("origin egress / blob size")
