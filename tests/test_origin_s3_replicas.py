@@ -8,7 +8,7 @@ while a layer it shared with a kept image answers 200.
 
 In process (two apps on the same prefix, each with its own data directory,
 so no ``gc.lock`` is shared, as between machines): a tag moved on one is
-seen by the other once its tag TTL has passed; a manifest pushed to one
+seen by the other once its tag TTL has passed, with its history; a manifest pushed to one
 origin naming a blob pushed to the other is accepted; a manifest pushed
 while a bucket collection is between its mark and its sweep, naming an old
 unreferenced blob, keeps that blob; an upload in progress survives a
@@ -30,9 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
+from krill.digests import Digest
+from krill.origin.appkeys import TAG_HISTORY
 from krill.origin.config import OriginConfig
 from krill.origin.server import create_app
 from krill.origin.storage_gc import reconcile_with_bucket, sweep_bucket
@@ -152,6 +155,7 @@ class Replica:
     client: TestClient
     data: Path
     clock: ManualClock
+    app: web.Application
 
 
 StartReplica = Callable[[str], Awaitable[Replica]]
@@ -174,8 +178,9 @@ def start_replica(
             s3_credentials=credentials_file(seaweedfs, tmp_path),
             deltas=False,
         )
-        server: TestServer = await aiohttp_server(create_app(config, clock=clock))
-        return Replica(await aiohttp_client(server), data, clock)
+        app = create_app(config, clock=clock)
+        server: TestServer = await aiohttp_server(app)
+        return Replica(await aiohttp_client(server), data, clock, app)
 
     return start
 
@@ -210,6 +215,28 @@ async def test_a_tag_moved_on_one_origin_is_seen_by_the_other(
     assert (await a.client.delete("/v2/team/app/manifests/v1")).status == 202
     b.clock.advance(TAG_TTL)
     assert await manifest_digest(b.client, "team/app", "v1") is None
+
+
+async def test_tag_history_recorded_on_one_origin_reaches_the_other(
+    start_replica: StartReplica,
+) -> None:
+    """B's delta planner knows the versions pushed through A (its previous manifests)."""
+    a, b = await start_replica("a"), await start_replica("b")
+    first = build_image([random_files(50, 1, 2048)])
+    second = build_image([random_files(51, 1, 2048)])
+    await push_image(a.client, "team/app", first)
+    await push_image(a.client, "team/app", second)
+    assert await manifest_digest(b.client, "team/app", "v1") == second.manifest.digest
+    history = b.app[TAG_HISTORY]
+    previous = history.previous_manifests(
+        "team/app", 5, exclude=Digest.parse(second.manifest.digest)
+    )
+    assert previous == [Digest.parse(first.manifest.digest)]
+    moves = [(e.old, e.new) for e in history.history("team/app")]
+    assert moves[:2] == [
+        (None, Digest.parse(first.manifest.digest)),
+        (Digest.parse(first.manifest.digest), Digest.parse(second.manifest.digest)),
+    ]
 
 
 async def test_a_manifest_may_name_blobs_pushed_through_the_other_origin(

@@ -9,6 +9,8 @@ small object next to the blobs, under the directory layout's names::
     <prefix>/repositories/<name>/_layers/<hex>      empty: the blob is linked in <name>
     <prefix>/repositories/<name>/_manifests/<hex>   the manifest's media type
     <prefix>/repositories/<name>/_tags/<tag>        the digest the tag points to
+    <prefix>/repositories/<name>/_tag_history/<ns>-<tag>
+                                                    one move of the tag (its history line)
 
 The local files under ``--data/repositories`` stay as they were (every other
 module reads them, synchronously, often in threads) and become a cache of
@@ -34,8 +36,10 @@ these objects:
 
 Concurrent writers of one tag on two origins: the last PUT wins (S3 has no
 compare-and-swap that every S3-compatible store implements). Links are
-idempotent. Tag history stays per origin (each records the moves it makes
-or sees).
+idempotent. Tag history: each origin publishes the moves pushes and
+deletes make through it, and merges the others' into its own history before
+it adopts a tag moved elsewhere (so its delta planner knows the versions
+pushed elsewhere); adopting records a line of its own too.
 """
 
 from __future__ import annotations
@@ -53,9 +57,10 @@ from aiohttp import web
 from krill import oci
 from krill.clock import Clock
 from krill.digests import Digest, DigestError
-from krill.origin.appkeys import REPOSITORIES, STORE
+from krill.origin.appkeys import REPOSITORIES, STORE, TAG_HISTORY
 from krill.origin.manifests import store_manifest
 from krill.origin.tagging import delete_tag, move_tag
+from krill.origin.taghistory import TagEvent, event_line, parse_event
 from krill.s3backend import S3Backend, S3Error
 
 __all__ = [
@@ -74,6 +79,8 @@ log = logging.getLogger(__name__)
 ROOT = "repositories/"
 # Written once the bucket holds the registry's metadata (no repository name starts with _).
 PUBLISHED = ROOT + "_published"
+# Each origin's tag moves, one object each: <time ns>-<tag> holding the history line.
+HISTORY_DIR = "_tag_history"
 # Seconds a tag read from the bucket is trusted before it is read again.
 TAG_TTL = 5.0
 
@@ -117,6 +124,11 @@ def meta_key(repo: str, kind: MetaKind, leaf: str) -> str:
     return f"{ROOT}{repo}/{kind.value}/{leaf}"
 
 
+def history_key(repo: str, event: TagEvent) -> str:
+    """One object per tag move: time first, so a listing comes oldest first."""
+    return f"{ROOT}{repo}/{HISTORY_DIR}/{round(event.time * 1e9):020d}-{event.tag}"
+
+
 async def metadata_entries(backend: S3Backend) -> list[MetaEntry]:
     """Every metadata object in the bucket."""
     return [entry async for entry in _entries(backend, ROOT)]
@@ -145,6 +157,7 @@ class BucketMetadata:
         self.clock = clock
         self._tag_checked: dict[tuple[str, str], float] = {}
         self._tag_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._history_seen: set[str] = set()  # history objects published or merged here
 
     async def publish_if_new(self) -> int:
         """On a bucket no origin has published metadata to yet, publish ``--data``'s.
@@ -197,15 +210,47 @@ class BucketMetadata:
             await self.backend.put_object(key, str(digest).encode())
         self._tag_checked[(repo, tag)] = self.clock.monotonic()
 
+    async def put_history(self, repo: str, tags: Iterable[str]) -> None:
+        """Publish the latest local move of each tag (the one a push or delete just made)."""
+        history = self.app[TAG_HISTORY]
+        for tag in tags:
+            event = await asyncio.to_thread(history.last_event, repo, tag)
+            if event is not None:
+                key = history_key(repo, event)
+                await self.backend.put_object(key, event_line(event).encode())
+                self._history_seen.add(key)
+
+    async def merge_history(self, repo: str) -> None:
+        """Add the moves other origins published for ``repo`` to the local tag history, so
+        the delta planner here knows the versions pushed elsewhere."""
+        prefix = f"{ROOT}{repo}/{HISTORY_DIR}/"
+        keys = [o.key async for o in self.backend.list_objects(prefix)]
+        events = []
+        for key in keys:
+            if key in self._history_seen:
+                continue
+            data = await self.backend.get_object(key)
+            event = parse_event(repo, data.decode("utf-8", "replace")) if data else None
+            if event is not None:
+                events.append(event)
+            self._history_seen.add(key)
+        if events:
+            added = await asyncio.to_thread(self.app[TAG_HISTORY].merge, repo, events)
+            log.info("origin.history_read_through repo=%s events=%d", repo, added)
+
     async def delete_layer_link(self, repo: str, digest: Digest) -> None:
         await self.backend.delete_object(meta_key(repo, MetaKind.LAYER, digest.hex))
 
-    async def delete_manifest(self, repo: str, digest: Digest) -> None:
-        """The manifest's link and every tag of ``repo`` the bucket has pointing to it."""
+    async def delete_manifest(self, repo: str, digest: Digest) -> list[str]:
+        """The manifest's link and every tag of ``repo`` the bucket has pointing to it;
+        return those tags."""
+        deleted = []
         for tag in await bucket_tags(self.backend, repo):
             if await self._bucket_tag(repo, tag) == digest:
                 await self.backend.delete_object(meta_key(repo, MetaKind.TAG, tag))
+                deleted.append(tag)
         await self.backend.delete_object(meta_key(repo, MetaKind.MANIFEST, digest.hex))
+        return deleted
 
     # read through
 
@@ -271,6 +316,7 @@ class BucketMetadata:
             local = self.app[REPOSITORIES].get_tag(repo, tag)
             if bucket == local:
                 return
+            await self.merge_history(repo)  # before the hooks: the delta planner reads it
             if bucket is None:
                 await delete_tag(self.app, repo, tag)
                 log.info("origin.tag_read_through repo=%s tag=%s new=none", repo, tag)

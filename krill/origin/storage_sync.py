@@ -120,6 +120,7 @@ class _Sync:
         await writing(str(digest), self.metadata.put_manifest_link(self.repo, digest))
         if tag is not None:
             await writing(f"{self.repo}:{tag}", self.metadata.put_tag(self.repo, tag))
+            await writing(f"{self.repo}:{tag}", self.metadata.put_history(self.repo, [tag]))
 
 
 async def _blob(sync: _Sync, handler: Handler) -> web.StreamResponse:
@@ -175,13 +176,19 @@ async def _manifest_delete(sync: _Sync, handler: Handler) -> web.StreamResponse:
             response = await handler(sync.request)
             if response.status == 202:
                 await writing(f"{repo}:{tag}", metadata.put_tag(repo, tag))
+                await writing(f"{repo}:{tag}", metadata.put_history(repo, [tag]))
         return response
     await reading(str(digest), metadata.read_manifest(repo, digest))
     await reading(repo, metadata.refresh_tags(repo, force=True))
     response = await handler(sync.request)
     if response.status == 202:
-        await writing(str(digest), metadata.delete_manifest(repo, digest))
+        await writing(str(digest), _delete_manifest(metadata, repo, digest))
     return response
+
+
+async def _delete_manifest(metadata: BucketMetadata, repo: str, digest: Digest) -> None:
+    tags = await metadata.delete_manifest(repo, digest)
+    await metadata.put_history(repo, tags)
 
 
 async def _tags(sync: _Sync, handler: Handler) -> web.StreamResponse:
