@@ -296,13 +296,16 @@ async def reconcile_with_bucket(
     dry_run: bool = False,
     now: Callable[[], float] = time.time,
 ) -> int:
-    """Drop ``--data``'s links and tags the bucket no longer has; return how many.
+    """Drop ``--data``'s manifest links and tags the bucket no longer has; return how many.
 
-    They were deleted (or collected) through another origin on the bucket,
-    and this origin would otherwise go on answering for them from its cache.
-    Only those older than the grace period go: a push on this origin links
-    locally first and writes to the bucket after. A bucket with no metadata
-    at all drops nothing (see ``sweep_bucket``).
+    They were deleted through another origin on the bucket, and this origin
+    would otherwise go on answering for them from its cache; with them gone,
+    this origin's local collection finds the blobs only they referenced and
+    removes the local copies and links. Blob links are left to that
+    collection: some are this origin's own by design (the deltas it links
+    into repositories, which stay local). Only entries older than the grace
+    period go: a push on this origin links locally first and writes to the
+    bucket after. A bucket no origin has published to is left alone.
     """
     if not await metadata_published(backend):
         return 0
@@ -321,9 +324,6 @@ def _drop_unpublished(
     dropped = 0
     for repo in list(repos.names()):
         stale: list[tuple[MetaKind, str, Callable[[], object]]] = []
-        for digest, mtime in repos.blob_links(repo):
-            if mtime < cutoff:
-                stale.append((MetaKind.LAYER, digest.hex, partial(repos.unlink_blob, repo, digest)))
         for digest, mtime in repos.manifest_links(repo):
             if mtime < cutoff:
                 unlink = partial(repos.unlink_manifest, repo, digest)

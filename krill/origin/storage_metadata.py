@@ -31,8 +31,10 @@ these objects:
   (``tag_lock``), from the local write to the bucket's, so a refresh cannot
   undo a push it overlaps;
 * **deletions** remove the bucket's objects too; another origin that cached
-  a deleted link forgets it at its next collection (``reconcile``), which
-  drops local links and tags the bucket no longer has.
+  a deleted link forgets it at its own collection
+  (``storage_gc.reconcile_with_bucket`` drops the manifest links and tags
+  the bucket no longer has; the local collection then the blobs only they
+  referenced).
 
 Concurrent writers of one tag on two origins: the last PUT wins (S3 has no
 compare-and-swap that every S3-compatible store implements). Links are
