@@ -13,6 +13,7 @@ origin naming a blob pushed to the other is accepted; a manifest pushed
 while a bucket collection is between its mark and its sweep, naming an old
 unreferenced blob, keeps that blob; an upload in progress survives a
 bucket collection, and one begun on the other origin fails cleanly there;
+a manifest push puts back a blob it names that left the bucket meanwhile;
 a deletion on one origin reaches the other's cached links at its
 collection.
 """
@@ -334,6 +335,25 @@ async def test_an_upload_begun_on_one_origin_fails_cleanly_on_the_other(
     assert "start the upload again" in await resp.text()
     assert (await push(b.client, "team/app", data)).status == 201
     assert digest_of(data) in await bucket_digests(bucket)
+
+
+async def test_a_manifest_push_puts_back_a_blob_collected_meanwhile(
+    start_replica: StartReplica, bucket: S3Backend
+) -> None:
+    """A blob a manifest names, gone from the bucket when the manifest is linked there (a
+    collection on another machine took it), is put back from this origin's local copy."""
+    a = await start_replica("a")
+    image = build_image([random_files(52, 1, 4096)])
+    await push_image(a.client, "team/app", image)
+    layer = Digest.parse(image.layers[0].digest)
+    assert await bucket.delete(layer)
+    resp = await a.client.put(
+        "/v2/team/app/manifests/again",
+        data=image.manifest.data,
+        headers={"Content-Type": image.manifest.media_type},
+    )
+    assert resp.status == 201
+    assert await bucket.exists(layer)
 
 
 def _later() -> float:

@@ -23,10 +23,12 @@ Safety beside serving origins, in batches of ``BATCH``:
 * for origins on other machines, which no lock reaches, each batch first
   lists the bucket's links again, marks the manifests linked since the
   collection started, and keeps every blob a link appeared for since (a
-  write-through puts the link before it asks for the bytes). What remains is
-  the moment between that listing and the batch's deletes: a manifest
-  another machine links then, naming an old unreferenced blob the batch is
-  deleting, can be accepted. docs/storage.md says how to avoid it.
+  write-through puts the link before it asks for the bytes), and a manifest
+  push, once linked in the bucket, checks its blobs are still there
+  (``storage_sync``: put back from its local copy, or 503). What remains is
+  a push whose link and check both fall between a batch's listing and its
+  delete of an old unreferenced blob it names; docs/storage.md says how to
+  avoid it.
 
 A bucket with no repository metadata at all is refused: it was written by
 an origin older than this metadata (whose links were only in its

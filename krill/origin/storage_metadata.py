@@ -50,7 +50,7 @@ import asyncio
 import logging
 import re
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -201,6 +201,34 @@ class BucketMetadata:
             return
         key = meta_key(repo, MetaKind.MANIFEST, digest.hex)
         await self.backend.put_object(key, media_type.encode())
+
+    async def lost_references(
+        self, repo: str, digest: Digest, put_blob: Callable[[Digest], Awaitable[None]]
+    ) -> list[Digest]:
+        """After the manifest is linked in the bucket: the blobs it names that the bucket no
+        longer has and this origin cannot put back (``put_blob``) from its local copy.
+
+        A bucket collection on another machine may delete an old, unreferenced
+        blob after it listed the links and before this manifest was linked
+        (docs/storage.md); asking once the link is visible catches it whenever
+        the deletion came first.
+        """
+        media_type = self.app[REPOSITORIES].manifest_media_type(repo, digest)
+        body = await self._manifest_bytes(digest)
+        if media_type is None or body is None:
+            return []
+        references = [d.digest for d in oci.parse_manifest(body, media_type).blob_references()]
+        present = await asyncio.gather(*(self.backend.exists(d) for d in references))
+        lost = []
+        for reference, there in zip(references, present, strict=True):
+            if there:
+                continue
+            if self.app[STORE].has(reference):
+                await put_blob(reference)
+                log.warning("origin.reference_restored digest=%s manifest=%s", reference, digest)
+            else:
+                lost.append(reference)
+        return lost
 
     async def put_tag(self, repo: str, tag: str) -> None:
         """Publish the local value of ``repo:tag`` (or its absence)."""

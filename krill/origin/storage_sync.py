@@ -9,7 +9,9 @@ route, what ``origin.storage_metadata`` describes:
 * after a handler wrote (its 201 or 202): blob bytes, then the link, then
   the tag go to the bucket before the client gets the answer. A bucket that
   refuses makes it 503 ``UNAVAILABLE`` ("push it again"): the change is
-  made locally, and the retry repeats only the bucket's part.
+  made locally, and the retry repeats only the bucket's part. A manifest,
+  once linked there, has its blobs checked in the bucket (a collection on
+  another machine may have just removed one: put back, or 503).
 
 So the upload, manifest and blob handlers stay as they are on a directory
 origin. A pull-through mirror keeps its metadata in ``--data`` (its tags
@@ -118,9 +120,31 @@ class _Sync:
             return
         await self.put_blob(self.request.app, digest)
         await writing(str(digest), self.metadata.put_manifest_link(self.repo, digest))
+        await self.check_references(digest)
         if tag is not None:
             await writing(f"{self.repo}:{tag}", self.metadata.put_tag(self.repo, tag))
             await writing(f"{self.repo}:{tag}", self.metadata.put_history(self.repo, [tag]))
+
+    async def check_references(self, digest: Digest) -> None:
+        """503 (push again) if a blob the manifest names left the bucket and has no local copy
+        here: a collection elsewhere removed it while the manifest was on its way."""
+        app = self.request.app
+
+        async def put_back(blob: Digest) -> None:
+            await self.put_blob(app, blob)
+
+        try:
+            lost = await self.metadata.lost_references(self.repo, digest, put_back)
+        except S3Error as exc:
+            raise unavailable(str(digest), exc) from None
+        if lost:
+            log.error("origin.manifest_names_collected_blobs manifest=%s lost=%s", digest, lost)
+            raise RegistryError(
+                "UNAVAILABLE",
+                f"a garbage collection removed {', '.join(map(str, lost[:10]))} while this "
+                "manifest was pushed; push the image again (its blobs, then the manifest)",
+                headers={"Retry-After": "1"},
+            )
 
 
 async def _blob(sync: _Sync, handler: Handler) -> web.StreamResponse:
