@@ -17,6 +17,8 @@ tags. This measures those at a few concurrency levels, in the same run:
 
 After the levels, ``--herd`` clients (200) GET one uncached blob through the
 agent at once: errors (the goal is none) and when their last bytes arrived.
+Last, ``--pushes`` clients (100) each push a blob and pull it back, all at
+once, against the origin and docker-registry (``scripts/bench_load_push.py``).
 
 For each server and level: requests per second (median round), p50 and p99
 latency over every request of the level, and the server's CPU seconds per
@@ -49,6 +51,7 @@ from email.message import Message
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bench_load_push import run_pushes
 from bench_load_tracker import announce_paths, trackers
 from bench_serve import krill_origin
 from benchlib import cpu_seconds, free_port, timed_get, write_random_blob
@@ -78,6 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--herd", type=int, default=200, help="concurrent pulls of one uncached blob (agent)"
     )
     parser.add_argument("--herd-size-mib", type=int, default=16, help="that blob's size")
+    parser.add_argument(
+        "--pushes", type=int, default=100, help="concurrent push+pull clients per server"
+    )
+    parser.add_argument("--push-size-kib", type=int, default=1024, help="each pushed blob")
+    parser.add_argument("--only-pushes", action="store_true", help="skip everything else")
     return parser.parse_args(argv)
 
 
@@ -377,6 +385,9 @@ async def bench(args: argparse.Namespace, work: Path) -> int:
             Server("docker-registry", registry, registry_pid, origin_mix(image)),
             Server("krill-origin", origin, origin_pid, origin_mix(image)),
         ]
+        if args.only_pushes:
+            await report_pushes(servers[:2], args)
+            return 0
         herd_line = ""
         if not args.no_agent:
             agent_origin, agent_registry, agent_pid = stack.enter_context(
@@ -405,7 +416,18 @@ async def bench(args: argparse.Namespace, work: Path) -> int:
         print(report(servers, levels))
         if herd_line:
             print(herd_line)
+        await report_pushes(servers[:2], args)
     return 0
+
+
+async def report_pushes(servers: list[Server], args: argparse.Namespace) -> None:
+    """``--pushes`` clients push and pull their own blob at once, per server in turn."""
+    if args.pushes <= 0:
+        return
+    print(f"{args.pushes} concurrent clients, each pushing a {args.push_size_kib} KiB blob:")
+    for server in servers:
+        run = await run_pushes(server.name, server.base, args.pushes, args.push_size_kib << 10)
+        print(run.report() + f"; peak RSS {server.peak_rss_mib():.0f} MiB")
 
 
 async def herd(origin: str, registry: str, args: argparse.Namespace, work: Path) -> str:
