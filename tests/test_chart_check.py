@@ -21,12 +21,16 @@ from types import ModuleType
 
 import pytest
 from prometheus_client import CollectorRegistry
+from yarl import URL
 
 from krill.agent.containerd_config import parse_registry_spec, write_hosts_files
 from krill.agent.metrics import AgentMetrics
 from krill.cli import build_parser
+from krill.origin.config import load_origin_config
 from krill.origin.deltas import DeltaMetrics
 from krill.origin.metrics import OriginMetrics
+from krill.origin.storage_url import parse_storage_url
+from krill.s3backend import S3Location
 from krill.tracker.server import TrackerMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,8 +64,17 @@ def test_every_variant_renders_lints_and_validates(rendered: dict[str, list[dict
         rendered
     )
     kinds = {o["kind"] for o in rendered["everything"]}
-    assert {"StatefulSet", "Deployment", "DaemonSet", "PodDisruptionBudget", "ServiceMonitor",
-            "NetworkPolicy", "Ingress", "ConfigMap", "Service"} <= kinds
+    assert {
+        "StatefulSet",
+        "Deployment",
+        "DaemonSet",
+        "PodDisruptionBudget",
+        "ServiceMonitor",
+        "NetworkPolicy",
+        "Ingress",
+        "ConfigMap",
+        "Service",
+    } <= kinds
 
 
 def _copy_chart(tmp_path: Path) -> Path:
@@ -135,6 +148,46 @@ def test_every_krill_container_passes_flags_the_cli_accepts(
     assert checked >= 4 * len(rendered)
 
 
+def test_origins_on_object_storage_get_its_settings_and_credentials(
+    rendered: dict[str, list[dict]],
+) -> None:
+    """origin.storage reaches the origin as settings krill loads (flags and KRILL_ORIGIN_
+    env), the credentials only as references to the Secret; on the volume, no S3 at all."""
+    origin = next(
+        o
+        for o in rendered["object-storage"]
+        if o["kind"] == "StatefulSet" and o["metadata"]["name"].endswith("-origin")
+    )
+    assert origin["spec"]["replicas"] == 3
+    container = origin["spec"]["template"]["spec"]["containers"][0]
+    secret_env = {
+        e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e
+    }
+    assert {name: ref["name"] for name, ref in secret_env.items()} == {
+        "AWS_ACCESS_KEY_ID": "krill-s3",
+        "AWS_SECRET_ACCESS_KEY": "krill-s3",
+        "AWS_SESSION_TOKEN": "krill-s3",
+    }
+    assert secret_env["AWS_SESSION_TOKEN"]["optional"] is True
+    environ = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    args = [a.removeprefix("--").split("=", 1) for a in container["args"] if "=" in a]
+    flags = {k.replace("-", "_"): v for k, v in args if k in ("storage", "s3-region")}
+    config = load_origin_config(flags=flags, environ=environ)
+    assert config.storage == "s3://krill/prod?endpoint=http://minio.minio:9000"
+    assert config.s3_region == "eu-west-1"
+    assert config.local_cache_max_bytes == 100 << 30
+    location = parse_storage_url(config.storage, config.s3_endpoint, config.s3_region)
+    assert location == S3Location(URL("http://minio.minio:9000/"), "krill", "prod", "eu-west-1")
+    plain = next(
+        o
+        for o in rendered["default"]
+        if o["kind"] == "StatefulSet" and o["metadata"]["name"].endswith("-origin")
+    )
+    plain_container = plain["spec"]["template"]["spec"]["containers"][0]
+    assert not any(a.startswith(("--storage", "--s3")) for a in plain_container["args"])
+    assert not any(e["name"].startswith("AWS_") for e in plain_container.get("env", []))
+
+
 def test_every_workload_has_probes_limits_and_a_security_context(
     rendered: dict[str, list[dict]],
 ) -> None:
@@ -179,8 +232,12 @@ def test_the_dashboard_plots_only_metrics_the_services_export() -> None:
     registry = CollectorRegistry()
     DeltaMetrics(registry)
     exported = set()
-    for reg in (registry, OriginMetrics().registry, AgentMetrics().registry,
-                TrackerMetrics().registry):
+    for reg in (
+        registry,
+        OriginMetrics().registry,
+        AgentMetrics().registry,
+        TrackerMetrics().registry,
+    ):
         for family in reg.collect():
             exported.add(family.name)
             exported |= {f"{family.name}_total", f"{family.name}_created"}
@@ -230,11 +287,17 @@ V2_WITH_PATH = f"""version = 2
             {"conf.d/10-registry.toml": V2_WITH_PATH},
             None,
         ),
-        ('version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n  sandbox_image = "x"\n', {},
-         "sets no config_path"),
+        (
+            'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n  sandbox_image = "x"\n',
+            {},
+            "sets no config_path",
+        ),
         ("", {}, "only versions 2 and 3"),
-        (V2_WITH_PATH.replace(CERTS, "/etc/other.d"), {},
-         "set agent.containerdConfigPath=/etc/other.d"),
+        (
+            V2_WITH_PATH.replace(CERTS, "/etc/other.d"),
+            {},
+            "set agent.containerdConfigPath=/etc/other.d",
+        ),
         (None, {}, "is not on this node"),
     ],
     ids=["v2", "v3-list", "imports", "unset", "v1", "elsewhere", "missing"],
@@ -266,8 +329,15 @@ def test_stopping_removes_only_the_hosts_toml_files_krill_wrote(tmp_path: Path) 
     (tmp_path / "docker.io" / "ca.crt").write_text("a certificate of the user's")
     (tmp_path / "quay.io").mkdir()
     (tmp_path / "quay.io" / "hosts.toml").write_text('server = "https://quay.io"\n')
-    argv = ["remove", "--dir", str(tmp_path), "docker.io", "registry.local:5000=http://r:5000",
-            "quay.io", "ghcr.io"]
+    argv = [
+        "remove",
+        "--dir",
+        str(tmp_path),
+        "docker.io",
+        "registry.local:5000=http://r:5000",
+        "quay.io",
+        "ghcr.io",
+    ]
     assert script.main(argv) == 0
     assert not (tmp_path / "docker.io" / "hosts.toml").exists()
     assert (tmp_path / "docker.io" / "ca.crt").exists()
