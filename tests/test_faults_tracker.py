@@ -10,8 +10,8 @@ SIGKILLed and started again where the agents expect it), three agents.
   third agent gets the blob from its peers over the swarm, with no HTTP
   fallback.
 * Redis killed and restarted empty under a running tracker: the swarm forms
-  again in the new Redis. (An announce during the outage should get a
-  bencoded failure; it gets a 500 page: a strict xfail names the fix.)
+  again in the new Redis; an announce during the outage gets a bencoded
+  failure (libtorrent logs it and retries), not a 500 page.
 """
 
 from __future__ import annotations
@@ -188,13 +188,6 @@ def test_redis_killed_under_the_tracker_and_restarted_empty_the_swarm_forms_agai
             wait_until(lambda: swarm_downloaded(second) > 0, "bytes from peers")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: with Redis down, the announce handler (krill/tracker/server.py) lets "
-    "redis' ConnectionError escape and aiohttp answers a 500 page with a logged traceback; "
-    "fix: RedisPeerStore raises a PeerStoreUnavailable the handler turns into a bencoded "
-    "'failure reason' (left: server.py is being edited by another engineer)",
-)
 def test_an_announce_while_redis_is_down_gets_a_bencoded_failure(tmp_path: Path) -> None:
     redis_port = free_port()
     with redis_server(tmp_path / "redis", redis_port) as redis:

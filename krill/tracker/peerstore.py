@@ -19,11 +19,27 @@ again would stay in memory, and in the swarm count, forever.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, cast
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+
+class PeerStoreUnavailable(Exception):
+    """The store cannot be reached (Redis down): the announce can be retried later."""
+
+
+@contextlib.contextmanager
+def _unavailable_on_redis_errors() -> Iterator[None]:
+    """Redis' own errors (connection refused, timeouts) as the store's one error type."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise PeerStoreUnavailable(f"the tracker's Redis is unreachable ({exc})") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,16 +140,21 @@ class RedisPeerStore:
     async def upsert(self, info_hash: bytes, entry: PeerEntry, ttl: int) -> None:
         key = self._key(info_hash)
         value = f"{entry.expires:.3f}|{int(entry.seeder)}|{int(entry.origin)}"
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, _field(entry.ip, entry.port), value)
-            pipe.expire(key, ttl * 2)
-            await pipe.execute()
+        with _unavailable_on_redis_errors():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, _field(entry.ip, entry.port), value)
+                pipe.expire(key, ttl * 2)
+                await pipe.execute()
 
     async def remove(self, info_hash: bytes, ip: str, port: int) -> None:
-        await self._redis.hdel(self._key(info_hash), _field(ip, port))
+        with _unavailable_on_redis_errors():
+            await self._redis.hdel(self._key(info_hash), _field(ip, port))
 
     async def peers(self, info_hash: bytes) -> list[PeerEntry]:
-        key = self._key(info_hash)
+        with _unavailable_on_redis_errors():
+            return await self._live_peers(self._key(info_hash))
+
+    async def _live_peers(self, key: str) -> list[PeerEntry]:
         raw = await self._snapshot(key)
         now = time.time()
         live, expired = [], []

@@ -32,6 +32,7 @@ from krill.readiness import ready_handler
 from krill.requestid import install_request_ids
 from krill.tls import client_ssl_context
 from krill.tracker.announce import (
+    Announce,
     AnnounceError,
     choose_peers,
     compact_peers,
@@ -45,6 +46,7 @@ from krill.tracker.peerstore import (
     MemoryPeerStore,
     PeerEntry,
     PeerStore,
+    PeerStoreUnavailable,
     RedisPeerStore,
     sweep_interval,
 )
@@ -153,6 +155,21 @@ def bencoded(value: dict[str, object]) -> web.Response:
     return web.Response(body=bencode.encode(value), content_type="text/plain")
 
 
+async def _record_and_list(request: web.Request, announce: Announce) -> list[PeerEntry]:
+    """Record (or drop, on ``stopped``) the announcing peer; the swarm's live peers."""
+    config = request.app[CONFIG_KEY]
+    store = request.app[STORE_KEY]
+    if announce.event == "stopped":
+        await store.remove(announce.info_hash, announce.ip, announce.port)
+    else:
+        entry = PeerEntry(
+            announce.ip, announce.port, announce.seeder, announce.origin,
+            time.time() + config.peer_ttl,
+        )
+        await store.upsert(announce.info_hash, entry, config.peer_ttl)
+    return await store.peers(announce.info_hash)
+
+
 async def handle_announce(request: web.Request) -> web.Response:
     config = request.app[CONFIG_KEY]
     metrics = request.app[METRICS_KEY]
@@ -172,16 +189,13 @@ async def handle_announce(request: web.Request) -> web.Response:
         metrics.announces.labels(event="invalid", result="failure").inc()
         log.info("tracker.announce_refused remote=%s reason=%r", request.remote, str(exc))
         return bencoded({"failure reason": str(exc)})
-    store = request.app[STORE_KEY]
-    if announce.event == "stopped":
-        await store.remove(announce.info_hash, announce.ip, announce.port)
-    else:
-        entry = PeerEntry(
-            announce.ip, announce.port, announce.seeder, announce.origin,
-            time.time() + config.peer_ttl,
-        )
-        await store.upsert(announce.info_hash, entry, config.peer_ttl)
-    peers = await store.peers(announce.info_hash)
+    try:
+        peers = await _record_and_list(request, announce)
+    except PeerStoreUnavailable as exc:
+        # A bencoded failure, not a 500 page: libtorrent logs the reason and retries.
+        metrics.announces.labels(event=announce.event or "none", result="failure").inc()
+        log.warning("tracker.peer_store_unavailable error=%s", exc)
+        return bencoded({"failure reason": f"{exc}; announce again later"})
     handout = [] if announce.event == "stopped" else choose_peers(peers, announce)
     metrics.announces.labels(event=announce.event or "none", result="ok").inc()
     metrics.peers_returned.inc(len(handout))
