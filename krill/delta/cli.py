@@ -45,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--bsdiff-max",
         type=int,
         default=_DEFAULTS.bsdiff_max_bytes,
-        help="largest file a binary diff (--engine) is tried on, bytes (default %(default)s)",
+        help="largest stretch one binary-diff op covers, bytes; bigger files are diffed in "
+        "segments of at most this (default %(default)s)",
     )
     create.add_argument(
         "--engine",

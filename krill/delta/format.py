@@ -40,8 +40,9 @@ MAX_META_OP_BYTES = 64 << 20
 # Tars up to 1 PiB; a larger declared size is a crafted header.
 MAX_TAR_BYTES = 1 << 50
 # bsdiff/hdiff ops hold base range, diff and output in memory at once (about 3x, bsdiff up to
-# 5x). The encoder emits them only for files up to EncodeOptions.bsdiff_max_bytes (32 MiB);
-# the applier allows that plus a margin, so a crafted op cannot cost 5 x 256 MiB.
+# 5x). The encoder emits ops of at most EncodeOptions.bsdiff_max_bytes (32 MiB) of file and
+# base each (bigger files in segments); the applier allows that plus a margin, so a crafted
+# op cannot cost 5 x 256 MiB.
 MAX_DIFF_OP_BYTES = 40 << 20
 
 OP_END = 0
@@ -318,8 +319,8 @@ class OpReader:
             name = "bsdiff" if kind == OP_BSDIFF else "hdiff"
             raise DeltaFormatError(
                 f"{name} op of {out_len} bytes against {base_len} base bytes: binary-diff ops "
-                f"are limited to {MAX_DIFF_OP_BYTES} bytes (the encoder diffs files up to "
-                f"32 MiB); the delta is crafted or from an encoder with a larger --bsdiff-max"
+                f"are limited to {MAX_DIFF_OP_BYTES} bytes (the encoder's ops cover up to 32 MiB); "
+                f"the delta is crafted or from an encoder with a larger --bsdiff-max"
             )
         if base_len > MAX_PIECE_BYTES:
             raise DeltaFormatError(f"op uses {base_len} base bytes, over {MAX_PIECE_BYTES}")
