@@ -66,5 +66,6 @@ KRILL_DEBS=(
   mmdebstrap:mmdebstrap  # scripts/build-image: the root filesystem
   umoci:umoci  # scripts/build-image: the OCI image layout
   runc:runc  # containerd's runtime (tests/test_image.py runs the image)
+  iptables:iptables  # tests/test_agent_netns.py blocks a peer port to prove the unreachable warning
   go:golang-go  # builds the Go gzip oracle the gogzip tests compare against (tests/goflate)
 )
