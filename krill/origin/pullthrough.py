@@ -284,8 +284,10 @@ class PullThrough:
     async def _stream(self, request: web.Request, fill: BlobFill) -> web.StreamResponse:
         headers = {**blob_headers(fill.digest), BLOB_SOURCE_HEADER: "upstream"}
         response = await fill.stream(request, headers)
-        if response is None:  # committed before this client started
-            return blob_file_response(self.app, fill.digest)
+        if response is None:  # committed before this client started: still fetched for it
+            committed = blob_file_response(self.app, fill.digest)
+            committed.headers[BLOB_SOURCE_HEADER] = "upstream"
+            return committed
         return response
 
     async def _serve_after_upstream_head(
