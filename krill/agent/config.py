@@ -13,7 +13,7 @@ from pathlib import Path
 
 from krill.agent.deltachoice import DeltaPolicy
 from krill.config import ConfigError, parse_hostport
-from krill.tls import ClientTls, ServerTls, check_client_tls, check_server_tls
+from krill.securityflags import SecuritySettings
 
 # krill.swarm.PeerEncryption's values, spelled here so loading a config never needs
 # libtorrent (an agent without it runs on the HTTP fallback).
@@ -40,7 +40,7 @@ def node_architecture() -> str:
 
 
 @dataclass
-class AgentConfig:
+class AgentConfig(SecuritySettings):
     """Everything the agent can be told; defaults suit one node next to containerd."""
 
     # Control API (health, blobs, preheat, metrics).
@@ -104,18 +104,12 @@ class AgentConfig:
     platform_os: str = "linux"
     platform_architecture: str = field(default_factory=node_architecture)
     log_level: str = "info"
-    # Security (docs/security.md). The control API serves https with tls_cert/tls_key and,
-    # with client_ca, only to clients with a certificate it signed. Towards origin and
+    # Security (docs/security.md), the fields of SecuritySettings. The control API serves
+    # https with tls_cert/tls_key and, with client_ca, only to clients with a certificate
+    # it signed (the registry endpoint stays plain http on loopback). Towards origin and
     # tracker: trust only the CA in `ca` (else the system's), present client_cert/client_key
     # to a server that asks, and send the node credentials in origin_credentials (TOML:
     # user, password, announce_key; krill.nodeauth).
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    client_ca: Path | None = None
-    ca: Path | None = None
-    client_cert: Path | None = None
-    client_key: Path | None = None
-    origin_credentials: Path | None = None
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen)
@@ -139,8 +133,7 @@ class AgentConfig:
                 "swarm_deadline, origin_timeout and delta_lookup_timeout must be positive seconds"
             )
         self.delta_policy = _delta_policy(self.delta_policy)
-        check_server_tls(self.server_tls)
-        check_client_tls(self.client_tls)
+        self.check_security()
         for name in ("tracker", "origin"):
             url = getattr(self, name)
             if url and not url.startswith(("http://", "https://")):
@@ -157,15 +150,6 @@ class AgentConfig:
     @property
     def tracker_base(self) -> str:
         return self.tracker.removesuffix("/announce")
-
-    @property
-    def server_tls(self) -> ServerTls:
-        """The control API's TLS (the registry endpoint stays plain http on loopback)."""
-        return ServerTls(self.tls_cert, self.tls_key, self.client_ca)
-
-    @property
-    def client_tls(self) -> ClientTls:
-        return ClientTls(self.ca, self.client_cert, self.client_key)
 
 
 def _delta_policy(value: str) -> DeltaPolicy:

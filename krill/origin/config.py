@@ -20,13 +20,13 @@ from krill.config import ConfigError, load_config, parse_hostport
 from krill.oci import MAX_MANIFEST_BYTES
 from krill.origin.cacheretention import CacheLimits
 from krill.origin.storage_url import parse_storage_url
-from krill.tls import ServerTls, check_server_tls
+from krill.securityflags import ServerTlsSettings
 
 ENV_PREFIX = "KRILL_ORIGIN_"
 
 
 @dataclass
-class OriginConfig:
+class OriginConfig(ServerTlsSettings):
     """Everything ``krill origin`` can be told."""
 
     listen: str = "127.0.0.1:5000"
@@ -64,11 +64,9 @@ class OriginConfig:
     upstream_prefetch_concurrency: int = 4
     # Users and repository access rules (origin.auth_config, docs/security.md); None: open.
     auth: Path | None = None
-    # TLS (origin.auth_tls): serve https with this certificate chain and key; with
-    # client_ca, also require a client certificate it signed (mTLS between components).
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    client_ca: Path | None = None
+    # TLS (origin.auth_tls; the fields tls_cert, tls_key, client_ca of ServerTlsSettings):
+    # serve https with this certificate chain and key; with client_ca, also require a
+    # client certificate it signed (mTLS between components).
     log_level: str = "info"
     max_manifest_size: int = MAX_MANIFEST_BYTES
     # Upload sessions idle this long are discarded (their temp file removed).
@@ -134,7 +132,7 @@ class OriginConfig:
             raise ConfigError("delta_workers and delta_history must be at least 1")
         if not 0 < self.delta_max_ratio <= 1:
             raise ConfigError("delta_max_ratio must be in (0, 1]")
-        check_server_tls(ServerTls(self.tls_cert, self.tls_key, self.client_ca))
+        self.check_security()
 
     def cache_limits(self) -> CacheLimits | None:
         """A mirror's retention limits; None for a registry of record (it never evicts)."""

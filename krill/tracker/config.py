@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from krill.config import ConfigError, parse_hostport
-from krill.tls import ClientTls, ServerTls, check_client_tls, check_server_tls
+from krill.securityflags import SecuritySettings
 
 
 @dataclass
-class TrackerConfig:
+class TrackerConfig(SecuritySettings):
     # Where to listen, HOST:PORT.
     listen: str = "127.0.0.1:7000"
     # redis://host:port/db; when set, peers live in Redis so trackers behind one address share
@@ -35,17 +35,10 @@ class TrackerConfig:
     metainfo_timeout: float = 5.0
     log_level: str = "info"
     # Security (docs/security.md). announce_keys: a file of NODE:KEY lines; when set, only
-    # announces to /announce/<KEY> with a listed key are answered. tls_cert/tls_key serve
-    # https (client_ca: mutual TLS); ca, client_cert/client_key and origin_credentials (TOML:
-    # user, password) are for the tracker's own requests to the origin.
+    # announces to /announce/<KEY> with a listed key are answered. From SecuritySettings:
+    # tls_cert/tls_key serve https (client_ca: mutual TLS); ca, client_cert/client_key and
+    # origin_credentials (TOML: user, password) are for the tracker's own requests to the origin.
     announce_keys: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    client_ca: Path | None = None
-    ca: Path | None = None
-    client_cert: Path | None = None
-    client_key: Path | None = None
-    origin_credentials: Path | None = None
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen)
@@ -62,13 +55,4 @@ class TrackerConfig:
                 f"({self.interval}s), or peers expire between their announces"
             )
         self.origin = [url.rstrip("/") for url in self.origin]
-        check_server_tls(self.server_tls)
-        check_client_tls(self.client_tls)
-
-    @property
-    def server_tls(self) -> ServerTls:
-        return ServerTls(self.tls_cert, self.tls_key, self.client_ca)
-
-    @property
-    def client_tls(self) -> ClientTls:
-        return ClientTls(self.ca, self.client_cert, self.client_key)
+        self.check_security()
