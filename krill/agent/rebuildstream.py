@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from krill import bencode
-from krill.agent.sources import TransferFailed
+from krill.agent.sources import GrowingFile, TransferFailed
 from krill.clock import SYSTEM_CLOCK, Clock
 from krill.clock import timeout as clock_timeout
 from krill.delta import RebuildResult
@@ -95,7 +95,7 @@ class PieceHashes:
 Commit = Callable[[RebuildResult], Awaitable[Path]]
 
 
-class RebuildTransfer:
+class RebuildTransfer(GrowingFile):
     """A rebuild in progress as a ``Transfer``: ``available`` counts verified pieces."""
 
     def __init__(
@@ -107,8 +107,8 @@ class RebuildTransfer:
         commit: Commit,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        super().__init__(pieces.length)
         self.digest = digest
-        self.size = pieces.length
         self._pieces = pieces
         self._rebuild = rebuild
         self._out = out  # the codec's output path; its temp file sits beside it
@@ -116,9 +116,6 @@ class RebuildTransfer:
         self._clock = clock
         self._verified = 0
         self._partial: Path | None = None
-        self.available = 0
-        self._changed = asyncio.Event()
-        self._done: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._run(), name=f"rebuild-stream-{digest.hex[:12]}")
 
     @property
@@ -143,26 +140,9 @@ class RebuildTransfer:
         """The codec's run in its worker thread (the work directory's owner waits for it)."""
         return self._rebuild
 
-    async def wait_available(self, offset: int) -> int:
-        while True:
-            if self._done.done():
-                self._done.result()  # raises TransferFailed
-                return self.available
-            if self.available > offset:
-                return self.available
-            self._changed.clear()
-            await self._changed.wait()
-
-    async def wait_done(self) -> Path:
-        return await asyncio.shield(self._done)
-
     def cancel(self) -> None:
         """Stop serving it; the codec's thread runs to its end (a thread cannot be stopped)."""
         self._task.cancel()
-
-    async def read(self, fd: int, offset: int, limit: int) -> bytes:
-        """Verified bytes: the caller keeps ``limit`` within ``available``."""
-        return await asyncio.to_thread(os.pread, fd, limit - offset, offset)
 
     # ---- the verifier ----------------------------------------------------------
 
@@ -239,12 +219,6 @@ class RebuildTransfer:
         """``verified`` bytes checked: all but the last servable until the commit."""
         self._verified = verified
         self.available = min(verified, self.size - 1)
-        self._changed.set()
-
-    def _fail(self, exc: TransferFailed) -> None:
-        if not self._done.done():
-            self._done.set_exception(exc)
-            self._done.exception()  # marked retrieved: readers may never call wait_done
         self._changed.set()
 
 

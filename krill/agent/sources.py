@@ -72,6 +72,45 @@ class Transfer(Protocol):
         ...
 
 
+class GrowingFile:
+    """The reader's half of a transfer that writes one file front to back.
+
+    ``available`` only grows, each rise sets ``_changed`` for waiting readers,
+    and ``_done`` ends it with the committed path or a ``TransferFailed``. The
+    origin fetch and the delta rebuild stream share this; they differ only in
+    what makes bytes available (flushed, or piece-hash verified).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.available = 0
+        self._changed = asyncio.Event()
+        self._done: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
+
+    async def wait_available(self, offset: int) -> int:
+        while True:
+            if self._done.done():
+                self._done.result()  # raises TransferFailed
+                return self.available
+            if self.available > offset:
+                return self.available
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def wait_done(self) -> Path:
+        return await asyncio.shield(self._done)
+
+    async def read(self, fd: int, offset: int, limit: int) -> bytes:
+        """Bytes the caller saw ``available`` (``limit`` stays within it): already on disk."""
+        return await asyncio.to_thread(os.pread, fd, limit - offset, offset)
+
+    def _fail(self, exc: Exception) -> None:
+        if not self._done.done():
+            self._done.set_exception(exc)
+            self._done.exception()  # marked retrieved: readers may never call wait_done
+        self._changed.set()
+
+
 class BlobSource(Protocol):
     """Starts transfers; ``name`` labels metrics and logs ('swarm', 'origin')."""
 
@@ -173,7 +212,7 @@ def check_room(store: BlobStore, digest: Digest, size: int) -> None:
         )
 
 
-class OriginHttpTransfer:
+class OriginHttpTransfer(GrowingFile):
     """One blob streaming from the origin into the store, resuming with Range on breaks."""
 
     def __init__(
@@ -185,43 +224,23 @@ class OriginHttpTransfer:
         writer: BlobWriter,
         response: aiohttp.ClientResponse,
     ) -> None:
+        super().__init__(size)
         self._source = source
         self._repository = repository
         self.digest = digest
-        self.size = size
         self._writer = writer
         self._response: aiohttp.ClientResponse | None = response
         # The origin is fetching it from its upstream registry as it sends it (metrics label).
         self.from_upstream = response.headers.get(BLOB_SOURCE_HEADER) == "upstream"
         self.partial_path = writer.path
-        self.available = 0
-        self._changed = asyncio.Event()
-        self._done: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[None] | None = None
 
     def begin(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"origin-fetch-{self.digest.hex[:12]}")
 
-    async def wait_available(self, offset: int) -> int:
-        while True:
-            if self._done.done():
-                self._done.result()  # raises TransferFailed
-                return self.available
-            if self.available > offset:
-                return self.available
-            self._changed.clear()
-            await self._changed.wait()
-
-    async def wait_done(self) -> Path:
-        return await asyncio.shield(self._done)
-
     def cancel(self) -> None:
         if self._task is not None:
             self._task.cancel()
-
-    async def read(self, fd: int, offset: int, limit: int) -> bytes:
-        """The bytes were flushed by this process before they counted as available."""
-        return await asyncio.to_thread(os.pread, fd, limit - offset, offset)
 
     async def _run(self) -> None:
         try:
@@ -251,11 +270,6 @@ class OriginHttpTransfer:
     def _write_and_flush(self, chunk: bytes) -> None:
         self._writer.write(chunk)
         self._writer.flush()
-
-    def _fail(self, exc: Exception) -> None:
-        if not self._done.done():
-            self._done.set_exception(exc)
-            self._done.exception()  # mark retrieved: readers may never call wait_done
 
     async def _copy_with_resume(self) -> None:
         attempts = 0
