@@ -41,7 +41,6 @@ import json
 import statistics
 import sys
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -53,8 +52,15 @@ from urllib.parse import urlsplit
 
 from bench_load_push import run_pushes
 from bench_load_tracker import announce_paths, trackers
-from bench_serve import krill_origin
-from benchlib import cpu_seconds, free_port, timed_get, write_random_blob
+from benchlib import (
+    cpu_seconds,
+    docker_registry,
+    free_port,
+    krill_origin,
+    run_bench,
+    timed_get,
+    write_random_blob,
+)
 
 from krill.processes import logged_process as process
 from krill.processes import wait_http
@@ -144,16 +150,21 @@ def build_image() -> Image:
 def push_image(base: str, image: Image, tags: int) -> None:
     """Blobs (POST, then PUT with the body), then the manifest under tags v0..v{tags-1}."""
     for blob in image.blobs():
-        location = send("POST", f"{base}/v2/{REPO}/blobs/uploads/", b"")["Location"]
-        location = base + location if location.startswith("/") else location
-        sep = "&" if "?" in location else "?"
-        # A form Content-Type (urllib's default) would have Go's registry read the body
-        # as form fields while looking up ?digest=, leaving it nothing to hash.
-        binary = {"Content-Type": "application/octet-stream"}
-        send("PUT", f"{location}{sep}digest={blob.digest}", blob.data, binary)
+        push_blob(base, blob.digest, blob.data)
     for n in range(tags):
         url = f"{base}/v2/{REPO}/manifests/v{n}"
         send("PUT", url, image.manifest.data, {"Content-Type": OCI_MANIFEST})
+
+
+def push_blob(base: str, digest: str, data: bytes) -> None:
+    """A monolithic upload: POST, then PUT with the body."""
+    location = send("POST", f"{base}/v2/{REPO}/blobs/uploads/", b"")["Location"]
+    location = base + location if location.startswith("/") else location
+    sep = "&" if "?" in location else "?"
+    # A form Content-Type (urllib's default) would have Go's registry read the body
+    # as form fields while looking up ?digest=, leaving it nothing to hash.
+    binary = {"Content-Type": "application/octet-stream"}
+    send("PUT", f"{location}{sep}digest={digest}", data, binary)
 
 
 def send(method: str, url: str, data: bytes, headers: dict[str, str] | None = None) -> Message:
@@ -284,25 +295,6 @@ class Server:
 
 
 @contextlib.contextmanager
-def docker_registry(root: Path) -> Iterator[tuple[str, int]]:
-    """docker-registry as its packaged config runs it (blob descriptors cached in memory),
-    without its access log: Krill's services run at warning level and log no request lines."""
-    port = free_port()
-    root.mkdir(parents=True, exist_ok=True)
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\nlog: {level: warn, accesslog: {disabled: true}}\n"
-        f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, "
-        "cache: {blobdescriptor: inmemory}}\n"
-        f"http: {{addr: '127.0.0.1:{port}'}}\n"
-    )
-    log = root / "registry.log"
-    with process(["docker-registry", "serve", str(config)], log) as proc:
-        wait_http(f"http://127.0.0.1:{port}/v2/", proc, name="docker-registry", log_path=log)
-        yield f"http://127.0.0.1:{port}", proc.pid
-
-
-@contextlib.contextmanager
 def krill_cluster(work: Path) -> Iterator[tuple[str, str, int]]:
     """origin, tracker and agent as ``krill up`` starts them: (origin, registry, agent pid)."""
     work.mkdir(parents=True, exist_ok=True)
@@ -379,7 +371,9 @@ async def bench(args: argparse.Namespace, work: Path) -> int:
     levels = [int(x) for x in args.levels.split(",")]
     image = build_image()
     with contextlib.ExitStack() as stack:
-        registry, registry_pid = stack.enter_context(docker_registry(work / "registry"))
+        registry, registry_pid = stack.enter_context(
+            docker_registry(work / "registry", packaged=True)
+        )
         origin, origin_pid = stack.enter_context(krill_origin(work / "origin"))
         servers = [
             Server("docker-registry", registry, registry_pid, origin_mix(image)),
@@ -439,11 +433,7 @@ async def herd(origin: str, registry: str, args: argparse.Namespace, work: Path)
     size = args.herd_size_mib << 20
     path = work / "herd-blob"
     digest = write_random_blob(path, size)
-    location = send("POST", f"{origin}/v2/{REPO}/blobs/uploads/", b"")["Location"]
-    location = origin + location if location.startswith("/") else location
-    sep = "&" if "?" in location else "?"
-    binary = {"Content-Type": "application/octet-stream"}
-    send("PUT", f"{location}{sep}digest={digest}", path.read_bytes(), binary)
+    push_blob(origin, digest, path.read_bytes())
     path.unlink()
     url = f"{registry}/v2/{REPO}/blobs/{digest}"
     started = time.perf_counter()
@@ -466,12 +456,7 @@ async def herd(origin: str, registry: str, args: argparse.Namespace, work: Path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(bench(args, args.workdir))
-    with tempfile.TemporaryDirectory(prefix="krill-bench-load-") as tmp:
-        return asyncio.run(bench(args, Path(tmp)))
+    return run_bench(bench, parse_args(argv), "krill-bench-load-")
 
 
 if __name__ == "__main__":

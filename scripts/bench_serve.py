@@ -11,20 +11,21 @@ median round) and the ratio origin / docker-registry.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import statistics
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 from bench_agent_serve import bench_agent
-from benchlib import cpu_seconds, free_port, one_round, timed_get, write_random_blob
-
-from krill.processes import logged_process as process
-from krill.processes import wait_http
+from benchlib import (
+    cpu_seconds,
+    docker_registry,
+    krill_origin,
+    one_round,
+    run_bench,
+    timed_get,
+    write_random_blob,
+)
 
 REPO = "bench/blob"
 
@@ -44,34 +45,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-agent", action="store_true", help="skip the agent's figures")
     return parser.parse_args(argv)
-
-
-@contextlib.contextmanager
-def docker_registry(root: Path) -> Iterator[tuple[str, int]]:
-    port = free_port()
-    root.mkdir(parents=True, exist_ok=True)
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\nlog: {level: warn}\n"
-        f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}}}\n"
-        f"http: {{addr: '127.0.0.1:{port}'}}\n"
-    )
-    log = root / "registry.log"
-    with process(["docker-registry", "serve", str(config)], log) as proc:
-        wait_http(f"http://127.0.0.1:{port}/v2/", proc, name="docker-registry", log_path=log)
-        yield f"http://127.0.0.1:{port}", proc.pid
-
-
-@contextlib.contextmanager
-def krill_origin(root: Path) -> Iterator[tuple[str, int]]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "krill.cli", "origin", "--listen", f"127.0.0.1:{port}"]
-    cmd += ["--data", str(root / "data"), "--log-level", "warning"]
-    root.mkdir(parents=True, exist_ok=True)
-    log = root / "origin.log"
-    with process(cmd, log) as proc:
-        wait_http(f"http://127.0.0.1:{port}/v2/", proc, name="krill origin", log_path=log)
-        yield f"http://127.0.0.1:{port}", proc.pid
 
 
 async def push(session: aiohttp.ClientSession, base: str, path: Path, digest: str) -> None:
@@ -143,12 +116,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(bench(args, args.workdir))
-    with tempfile.TemporaryDirectory(prefix="krill-bench-serve-") as tmp:
-        return asyncio.run(bench(args, Path(tmp)))
+    return run_bench(bench, parse_args(argv), "krill-bench-serve-")
 
 
 if __name__ == "__main__":

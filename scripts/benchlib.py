@@ -1,4 +1,5 @@
-"""What the serving benchmarks share: a random blob, the cheapest HTTP client, metrics.
+"""What the serving benchmarks share: the servers they start, a random blob, the
+cheapest HTTP client, metrics, and the work directory.
 
 A general HTTP client spends more CPU per byte than the servers under test,
 so it would measure itself; ``timed_get`` receives into one reused buffer,
@@ -7,16 +8,24 @@ counts the body and drops it, and notes when the first body byte arrived.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
+import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from krill.processes import logged_process as process
+from krill.processes import wait_http
 
 
 def free_port() -> int:
@@ -137,3 +146,52 @@ def read_metrics(base_url: str) -> dict[str, float]:
             labels = ",".join(f'{k}="{v}"' for k, v in sample.labels.items())
             out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
     return out
+
+
+@contextlib.contextmanager
+def docker_registry(root: Path, *, packaged: bool = False) -> Iterator[tuple[str, int]]:
+    """docker-registry on loopback with filesystem storage: (base URL, pid).
+
+    ``packaged``: as its packaged config runs it (blob descriptors cached in memory),
+    without its access log, since Krill's services run at warning level and log no
+    request lines; bench-load's many small requests would otherwise time the log.
+    """
+    port = free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "config.yml"
+    log_setting = "{level: warn, accesslog: {disabled: true}}" if packaged else "{level: warn}"
+    cache = ", cache: {blobdescriptor: inmemory}" if packaged else ""
+    config.write_text(
+        f"version: 0.1\nlog: {log_setting}\n"
+        f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}{cache}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n"
+    )
+    log = root / "registry.log"
+    with process(["docker-registry", "serve", str(config)], log) as proc:
+        wait_http(f"http://127.0.0.1:{port}/v2/", proc, name="docker-registry", log_path=log)
+        yield f"http://127.0.0.1:{port}", proc.pid
+
+
+@contextlib.contextmanager
+def krill_origin(root: Path) -> Iterator[tuple[str, int]]:
+    """``krill origin`` on loopback, data under ``root``, at warning level: (base URL, pid)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "krill.cli", "origin", "--listen", f"127.0.0.1:{port}"]
+    cmd += ["--data", str(root / "data"), "--log-level", "warning"]
+    root.mkdir(parents=True, exist_ok=True)
+    log = root / "origin.log"
+    with process(cmd, log) as proc:
+        wait_http(f"http://127.0.0.1:{port}/v2/", proc, name="krill origin", log_path=log)
+        yield f"http://127.0.0.1:{port}", proc.pid
+
+
+Bench = Callable[[argparse.Namespace, Path], Coroutine[object, object, int]]
+
+
+def run_bench(bench: Bench, args: argparse.Namespace, prefix: str) -> int:
+    """Run ``bench`` in ``args.workdir`` (kept) or in a temporary directory (removed)."""
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        return asyncio.run(bench(args, args.workdir))
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        return asyncio.run(bench(args, Path(tmp)))
