@@ -17,6 +17,11 @@ path, status, seconds): aiohttp's own access log is written after the
 request's context is gone, so only this line carries the request's id
 (``krill.requestid``) into the log.
 
+A service that also counts its answers by status passes ``on_answer``: the
+middleware already knows each request's final status (an HTTP error raised
+counts as its status, anything else as 500), so a second middleware need not
+work it out again.
+
 The middleware also leaves a ``Stopwatch`` on the request (``stopwatch``):
 code deeper down that reports a phase of the same request (the agent's time
 to first byte of a blob) measures from the same start on the same clock.
@@ -25,7 +30,7 @@ to first byte of a blob) measures from the same start on the same clock.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -92,11 +97,17 @@ def route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def latency_middleware(histogram: Histogram, clock: Clock = SYSTEM_CLOCK) -> Middleware:
+def latency_middleware(
+    histogram: Histogram,
+    clock: Clock = SYSTEM_CLOCK,
+    *,
+    on_answer: Callable[[web.Request, int], None] | None = None,
+) -> Middleware:
     """A middleware observing each request's seconds in ``histogram`` (labels method, route).
 
     Failed requests are observed too: a slow 503 is exactly what the latency
-    panel should show.
+    panel should show. ``on_answer(request, status)`` is called for every
+    request, after the observation.
     """
 
     @web.middleware
@@ -114,6 +125,8 @@ def latency_middleware(histogram: Histogram, clock: Clock = SYSTEM_CLOCK) -> Mid
             seconds = watch.elapsed()
             route = route_of(request)
             histogram.labels(request.method, route).observe(seconds)
+            if on_answer is not None:
+                on_answer(request, status)
             log.debug(
                 "http.request method=%s route=%s path=%s status=%d seconds=%.4f",
                 request.method, route, request.path, status, seconds,

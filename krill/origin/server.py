@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -69,8 +69,8 @@ def create_app(config: OriginConfig, *, clock: Clock = SYSTEM_CLOCK) -> web.Appl
     ``clock`` times the pull-through tag TTL (tests pass one they move by hand).
     """
     origin_metrics = OriginMetrics()
-    timed = latency_middleware(origin_metrics.request_seconds, clock)
-    app = web.Application(middlewares=[timed, metrics_middleware, error_middleware])
+    timed = latency_middleware(origin_metrics.request_seconds, clock, on_answer=count_request)
+    app = web.Application(middlewares=[timed, error_middleware])
     install_request_ids(app)
     store = BlobStore(config.data)
     app[CONFIG] = config
@@ -126,22 +126,10 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
 
-@web.middleware
-async def metrics_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+def count_request(request: web.Request, status: int) -> None:
     """Count every request by method, route name and final status."""
     route = request.match_info.route.name or "unmatched"
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        request.app[METRICS].requests.labels(request.method, route, str(status)).inc()
+    request.app[METRICS].requests.labels(request.method, route, str(status)).inc()
 
 
 async def count_blob_bytes(request: web.Request, response: web.StreamResponse) -> None:
