@@ -21,6 +21,11 @@ A relative ``htpasswd`` path is taken from the auth file's directory, so a
 Kubernetes Secret mounted as one directory works without absolute paths.
 Every mistake is a ``ConfigError`` naming the file and the key, raised at
 start-up: an origin that misread its access rules must not start serving.
+
+``token_key_file`` (optional) names a file of HMAC keys for Bearer tokens,
+shared by origin replicas so each accepts the others' tokens
+(``auth_tokens.TokenKeys``; relative to the auth file like ``htpasswd``).
+Without it each process signs with a key of its own.
 """
 
 from __future__ import annotations
@@ -33,10 +38,19 @@ from typing import Any
 
 from krill.config import ConfigError
 from krill.origin.auth_rules import AccessPolicy, AccessRule, RepositoryGlob, parse_permissions
+from krill.origin.auth_tokens import TokenKeys
 
 __all__ = ["AuthSettings", "load_auth_settings"]
 
-_TOP_KEYS = {"htpasswd", "access", "token_ttl", "credential_cache", "realm", "nodes"}
+_TOP_KEYS = {
+    "htpasswd",
+    "access",
+    "token_ttl",
+    "credential_cache",
+    "realm",
+    "nodes",
+    "token_key_file",
+}
 _RULE_KEYS = {"repositories", "anonymous", "users"}
 
 
@@ -53,6 +67,8 @@ class AuthSettings:
     realm: str | None = None
     # Users that are Krill nodes (agents, trackers): /krill/v1/* and blobs by digest.
     nodes: frozenset[str] = frozenset()
+    # Keys shared by origin replicas (token_key_file); None: a key of this process's own.
+    token_keys: TokenKeys | None = None
 
 
 def load_auth_settings(path: Path) -> AuthSettings:
@@ -78,6 +94,7 @@ def load_auth_settings(path: Path) -> AuthSettings:
         credential_cache=_positive_seconds(data, "credential_cache", 60.0, path),
         realm=_optional_url(data.get("realm"), path),
         nodes=_nodes(data.get("nodes", []), path),
+        token_keys=_token_keys(data.get("token_key_file"), path),
     )
 
 
@@ -124,6 +141,14 @@ def _nodes(value: object, path: Path) -> frozenset[str]:
     if any(not name or ":" in name for name in names):
         raise ConfigError(f'{where}: node names are htpasswd users, e.g. nodes = ["node1"]')
     return names
+
+
+def _token_keys(value: object, path: Path) -> TokenKeys | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f'{path}: token_key_file must be a file name, e.g. "token-key"')
+    return TokenKeys.load(path.parent / value)
 
 
 def _string(value: object, where: str) -> str:

@@ -98,14 +98,16 @@ def install_auth(app: web.Application, clock: Clock = SYSTEM_CLOCK) -> None:
     passwords = PasswordChecker(
         settings.htpasswd, cache_seconds=settings.credential_cache, clock=clock
     )
-    app[AUTH] = OriginAuth(settings, passwords, TokenIssuer(settings.token_ttl, clock))
+    tokens = TokenIssuer(settings.token_ttl, clock, settings.token_keys)
+    app[AUTH] = OriginAuth(settings, passwords, tokens)
     app.middlewares.append(auth_middleware)
     app.router.add_routes(auth_endpoint.routes())
     log.info(
-        "origin.auth_enabled rules=%d users=%d htpasswd=%s",
+        "origin.auth_enabled rules=%d users=%d htpasswd=%s token_keys=%s",
         len(settings.policy.rules),
         len(passwords.users),
         settings.htpasswd,
+        "this process" if settings.token_keys is None else len(settings.token_keys.keys),
     )
 
 

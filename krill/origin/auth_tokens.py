@@ -9,13 +9,21 @@ the server grants the subset of the asked-for actions the caller may have;
 a client that gets less than it asked for finds out from the 401/403 on use.
 
 A token here is ``krill.<payload>.<signature>``: the payload (subject, the
-granted access, an expiry) as base64url JSON, signed with HMAC-SHA256 under
-a key made when the origin starts. The token is opaque to clients (the spec
-does not ask them to read it), so it needs no JWT machinery: only this
-origin process reads its own tokens. That makes two things true on purpose:
-a restart invalidates every token (clients fetch a new one on the 401 they
-then get), and expiry is checked on the origin's monotonic clock
-(``krill.clock``), so a wall-clock step can neither revive nor kill tokens.
+granted access, an expiry) as base64url JSON, signed with HMAC-SHA256. The
+token is opaque to clients (the spec does not ask them to read it), so it
+needs no JWT machinery: only origins read it. The key is either made when
+the process starts (a restart invalidates every token; clients fetch a new
+one on the 401) or read from the auth file's ``token_key_file``, which
+origin replicas behind one address share so that a token one issued is
+accepted by the others (``TokenKeys``: the first key signs, every key in the
+file verifies, so a key can be rotated without a flag day).
+
+The expiry is a Unix time, since replicas compare it on their own clocks,
+but it is read from the origin's monotonic clock (``krill.clock``) anchored
+to the wall clock once at start: a wall-clock step after start neither
+revives nor kills tokens, and tests move time with a clock they step by
+hand. Replicas must agree on the time within what they can tolerate as
+extra token life (NTP keeps them within milliseconds).
 """
 
 from __future__ import annotations
@@ -26,10 +34,13 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from krill.clock import Clock
+from krill.config import ConfigError
 from krill.names import is_valid_name
 from krill.origin.auth_rules import ALL_PERMISSIONS, AccessPolicy, Permission
 
@@ -41,6 +52,7 @@ __all__ = [
     "IssuedToken",
     "RequestedScopes",
     "TokenIssuer",
+    "TokenKeys",
     "actions_of",
     "parse_scopes",
 ]
@@ -61,6 +73,9 @@ _PERMISSION_ACTIONS = {
 }
 _TOKEN_PREFIX = "krill."
 _MAX_TOKEN_CHARS = 16 * 1024
+# A shared key is a line of text; 32 characters of `openssl rand -hex 32` is 128 bits at least.
+_MIN_KEY_CHARS = 32
+_MAX_KEYS = 16
 
 
 def actions_of(permissions: Iterable[Permission]) -> list[str]:
@@ -138,23 +153,76 @@ class IssuedToken:
     expires_in: int
 
 
-class TokenIssuer:
-    """Signs grants into tokens and reads them back, on this process's key."""
+@dataclass(frozen=True)
+class TokenKeys:
+    """HMAC keys: the first signs new tokens, any of them verifies a token."""
 
-    def __init__(self, ttl: float, clock: Clock) -> None:
+    keys: tuple[bytes, ...] = field(repr=False)  # secrets: never in a log line or a repr
+
+    @classmethod
+    def random(cls) -> TokenKeys:
+        """A key for this process alone (no ``token_key_file``)."""
+        return cls((secrets.token_bytes(32),))
+
+    @classmethod
+    def load(cls, path: Path) -> TokenKeys:
+        """The keys in ``path``: one per line, ``#`` comments; ConfigError naming the line."""
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(f"cannot read token_key_file {path}: {reason}") from None
+        keys: list[bytes] = []
+        for number, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if len(line) < _MIN_KEY_CHARS:
+                # Never quote the line: it is (a piece of) a secret.
+                raise ConfigError(
+                    f"{path}:{number}: a token key needs at least {_MIN_KEY_CHARS} characters "
+                    "(make one with `openssl rand -hex 32`)"
+                )
+            keys.append(line.encode())
+        if not keys or len(keys) > _MAX_KEYS:
+            raise ConfigError(
+                f"{path}: expected 1 to {_MAX_KEYS} keys, one per line (the first signs new "
+                "tokens; the others are still accepted while a new key rolls out)"
+            )
+        return cls(tuple(keys))
+
+
+class TokenIssuer:
+    """Signs grants into tokens and reads them back, with ``keys``."""
+
+    def __init__(
+        self,
+        ttl: float,
+        clock: Clock,
+        keys: TokenKeys | None = None,
+        *,
+        wall: float | None = None,
+    ) -> None:
+        """``wall``: the Unix time at ``clock``'s present reading (now, unless a test says)."""
         self._ttl = ttl
         self._clock = clock
-        self._key = secrets.token_bytes(32)
+        self._keys: Sequence[bytes] = (keys or TokenKeys.random()).keys
+        start = time.time() if wall is None else wall
+        self._wall_offset = start - clock.monotonic()
+
+    def now(self) -> float:
+        """Unix time, as the monotonic clock has advanced since start."""
+        return self._clock.monotonic() + self._wall_offset
 
     def issue(self, grant: Grant) -> IssuedToken:
         payload = {
             "sub": grant.subject,
-            "exp": self._clock.monotonic() + self._ttl,
+            "exp": round(self.now() + self._ttl, 3),
             "access": {repo: actions_of(perms) for repo, perms in grant.access.items()},
             "catalog": grant.catalog,
         }
         body = _b64encode(json.dumps(payload, separators=(",", ":")).encode())
-        token = f"{_TOKEN_PREFIX}{body}.{_b64encode(self._sign(body))}"
+        token = f"{_TOKEN_PREFIX}{body}.{_b64encode(_sign(self._keys[0], body))}"
         return IssuedToken(token, int(self._ttl))
 
     def verify(self, token: str) -> Grant | None:
@@ -163,12 +231,15 @@ class TokenIssuer:
             return None
         body, _, signature = token.removeprefix(_TOKEN_PREFIX).partition(".")
         try:
-            if not hmac.compare_digest(_b64decode(signature), self._sign(body)):
+            mac = _b64decode(signature)
+            # Every key is tried (no early exit), so timing tells nothing about which matched.
+            matches = [hmac.compare_digest(mac, _sign(key, body)) for key in self._keys]
+            if not any(matches):
                 return None
             payload = json.loads(_b64decode(body))
         except (ValueError, binascii.Error):
             return None
-        if payload["exp"] <= self._clock.monotonic():
+        if payload["exp"] <= self.now():
             return None
         access = {
             repo: frozenset().union(*(_ACTION_PERMISSIONS[a] for a in actions))
@@ -176,8 +247,9 @@ class TokenIssuer:
         }
         return Grant(payload["sub"], access, payload["catalog"])
 
-    def _sign(self, body: str) -> bytes:
-        return hmac.new(self._key, body.encode(), hashlib.sha256).digest()
+
+def _sign(key: bytes, body: str) -> bytes:
+    return hmac.new(key, body.encode(), hashlib.sha256).digest()
 
 
 def _b64encode(data: bytes) -> str:
