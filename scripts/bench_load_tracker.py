@@ -8,10 +8,17 @@ The bare server answers every ``GET /announce`` with one fixed bencoded body
 and no work. The tracker gets real announces, compact, from 256 peers
 (distinct peer ids and ports) in 8 swarms. Both are separate processes that
 log nothing per request.
+
+Alone, ``.venv/bin/python scripts/bench_load_tracker.py --compare`` runs only
+these two with ``scripts/bench_load.py``'s client and report (same levels,
+rounds and ratio line), without docker-registry, the origin or the agent:
+the quick check while working on ``krill/tracker``.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import sys
 from collections.abc import Iterator
@@ -73,5 +80,37 @@ def trackers(work: Path, origin: str) -> Iterator[tuple[tuple[str, int], tuple[s
         yield (tracker_url, tracker.pid), (bare_url, bare.pid)
 
 
+async def compare(argv: list[str]) -> None:
+    """Tracker vs bare handler only, measured and reported as ``scripts/bench_load.py`` does."""
+    import tempfile
+
+    from bench_load import Call, Server, measure, report  # imports this module: not at the top
+
+    parser = argparse.ArgumentParser(description="krill tracker vs a bare aiohttp handler")
+    parser.add_argument("--compare", action="store_true", required=True)
+    parser.add_argument("--levels", default="1,16,64", help="concurrency levels, comma-separated")
+    parser.add_argument("--requests", type=int, default=3000, help="requests per round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per level")
+    args = parser.parse_args(argv)
+    levels = [int(x) for x in args.levels.split(",")]
+    with tempfile.TemporaryDirectory(prefix="bench-tracker-") as tmp:
+        # The origin is never asked: announces need no metainfo.
+        with trackers(Path(tmp), "http://127.0.0.1:9") as ((tracker, tpid), (bare, bpid)):
+            mix = [Call("GET", path) for path in announce_paths()]
+            servers = [
+                Server("krill-tracker", tracker, tpid, mix),
+                Server("bare-aiohttp", bare, bpid, mix),
+            ]
+            await measure(servers, levels, args.requests, args.rounds)
+            print(
+                f"{args.requests} requests per round, {args.rounds} rounds per level; "
+                f"compact announces of {PEERS} peers in {SWARMS} swarms"
+            )
+            print(report(servers, levels))  # reads peak RSS: while the servers run
+
+
 if __name__ == "__main__":
-    serve_bare_announce(int(sys.argv[1]))
+    if sys.argv[1:2] and sys.argv[1].isdigit():
+        serve_bare_announce(int(sys.argv[1]))
+    else:
+        asyncio.run(compare(sys.argv[1:]))

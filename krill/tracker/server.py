@@ -35,6 +35,7 @@ from krill.tracker.announce import (
     Announce,
     AnnounceError,
     choose_peers,
+    compact_answer,
     compact_peers,
     parse_announce,
     parse_query,
@@ -74,6 +75,21 @@ class TrackerMetrics:
         )
         self.swarms = Gauge("krill_tracker_swarms", "Swarms known", registry=self.registry)
         self.request_seconds = request_histogram("krill_tracker_request_seconds", self.registry)
+        self._announce_children: dict[tuple[str, str], Counter] = {}
+
+    def announce(self, event: str, result: str) -> Counter:
+        """The announce counter's child for (event, result), looked up once per pair.
+
+        ``labels()`` validates and joins its labels on every call, a cost each
+        announce paid twice; the pairs are few (events x results).
+        """
+        key = (event, result)
+        child = self._announce_children.get(key)
+        if child is None:
+            child = self._announce_children[key] = self.announces.labels(
+                event=event, result=result
+            )
+        return child
 
 
 STORE_KEY = web.AppKey("peer_store", PeerStore)
@@ -175,7 +191,7 @@ async def handle_announce(request: web.Request) -> web.Response:
     metrics = request.app[METRICS_KEY]
     refusal = request.app[ANNOUNCE_KEYS_KEY].refusal(request.match_info.get("key"))
     if refusal is not None:
-        metrics.announces.labels(event="unauthorized", result="failure").inc()
+        metrics.announce("unauthorized", "failure").inc()
         log.info("tracker.announce_unauthorized remote=%s reason=%r", request.remote, refusal)
         return bencoded({"failure reason": refusal})
     try:
@@ -186,39 +202,39 @@ async def handle_announce(request: web.Request) -> web.Response:
             max_numwant=config.max_numwant,
         )
     except AnnounceError as exc:
-        metrics.announces.labels(event="invalid", result="failure").inc()
+        metrics.announce("invalid", "failure").inc()
         log.info("tracker.announce_refused remote=%s reason=%r", request.remote, str(exc))
         return bencoded({"failure reason": str(exc)})
     try:
         peers = await _record_and_list(request, announce)
     except PeerStoreUnavailable as exc:
         # A bencoded failure, not a 500 page: libtorrent logs the reason and retries.
-        metrics.announces.labels(event=announce.event or "none", result="failure").inc()
+        metrics.announce(announce.event or "none", "failure").inc()
         log.warning("tracker.peer_store_unavailable error=%s", exc)
         return bencoded({"failure reason": f"{exc}; announce again later"})
     handout = [] if announce.event == "stopped" else choose_peers(peers, announce)
-    metrics.announces.labels(event=announce.event or "none", result="ok").inc()
+    metrics.announce(announce.event or "none", "ok").inc()
     metrics.peers_returned.inc(len(handout))
-    log.debug(
-        "tracker.announce info_hash=%s peer=%s:%d event=%s left=%d handed=%d",
-        announce.info_hash.hex(), announce.ip, announce.port, announce.event or "none",
-        announce.left, len(handout),
-    )
+    if log.isEnabledFor(logging.DEBUG):  # else the arguments (a hex string) are built for nothing
+        log.debug(
+            "tracker.announce info_hash=%s peer=%s:%d event=%s left=%d handed=%d",
+            announce.info_hash.hex(), announce.ip, announce.port, announce.event or "none",
+            announce.left, len(handout),
+        )
     seeders = sum(1 for p in peers if p.seeder)
-    answer: dict[str, object] = {
+    if announce.compact:
+        v4, v6 = compact_peers(handout)
+        body = compact_answer(
+            config.interval, config.min_interval, seeders, len(peers) - seeders, v4, v6
+        )
+        return web.Response(body=body, content_type="text/plain")
+    return bencoded({
         "interval": config.interval,
         "min interval": config.min_interval,
         "complete": seeders,
         "incomplete": len(peers) - seeders,
-    }
-    if announce.compact:
-        v4, v6 = compact_peers(handout)
-        answer["peers"] = v4
-        if v6:
-            answer["peers6"] = v6
-    else:
-        answer["peers"] = [{"ip": p.ip, "port": p.port} for p in handout]
-    return bencoded(answer)
+        "peers": [{"ip": p.ip, "port": p.port} for p in handout],
+    })  # fmt: skip
 
 
 async def handle_metainfo(request: web.Request) -> web.Response:
