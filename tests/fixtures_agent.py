@@ -11,8 +11,9 @@ And helpers several agent test modules use:
   gives it (misbehaving on purpose, usually);
 * the delta path's pieces: a node holding v1's layers that has served v1 and
   v2 (``node_holding``), a real delta between the two
-  (``versions_with_a_delta``), metrics that count (``CountingMetrics``) and
-  one rebuild against an origin offering a given delta (``rebuild_with``).
+  (``versions_with_a_delta``), metrics that count (``CountingMetrics``), a
+  rebuilder asking an origin that offers a given delta (``rebuilder_offering``)
+  and one rebuild with it (``rebuild_with``).
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from aiohttp.test_utils import TestServer
 
 from krill.agent.cache import CacheLimits, NodeCache
 from krill.agent.deltachoice import Choice, Decision, DeltaPolicy
-from krill.agent.deltas import DeltaRebuilder
+from krill.agent.deltas import DeltaMetrics, DeltaRebuilder, EnsureBlob
 from krill.agent.layers import LayerIndex
 from krill.blobstore import BlobStore
+from krill.clock import SYSTEM_CLOCK, Clock
 from krill.delta import create_delta
 from krill.digests import Digest
 from krill.endpoints import DELTAS
@@ -143,6 +145,67 @@ def versions_with_a_delta(tmp_path: Path) -> tuple[Image, Image, bytes]:
 
 
 @dataclass(frozen=True)
+class Offering:
+    """A node holding v1 and a rebuilder whose origin offers a delta for v2's layer 1."""
+
+    rebuilder: DeltaRebuilder
+    ensure: EnsureBlob  # puts the delta or v2's config into the cache, as the fetcher would
+    target: Digest  # v2's layer 1
+    store: BlobStore
+    cache: NodeCache
+
+
+@contextlib.asynccontextmanager
+async def rebuilder_offering(
+    node: Path,
+    v1: Image,
+    v2: Image,
+    delta: bytes,
+    metrics: DeltaMetrics,
+    *,
+    policy: DeltaPolicy = DeltaPolicy.FEWEST_BYTES,
+    routes: dict[str, Handler] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    fetched: list[Digest] | None = None,
+) -> AsyncIterator[Offering]:
+    """The origin (``fake_origin``, plus ``routes``) offers ``delta`` against v1's layer 1.
+
+    The delta and the config reach the cache as the fetcher would put them there:
+    verified against the digests the origin named; ``fetched`` lists each one asked for.
+    The default policy takes every delta: most tests are about rebuilding, not the choice.
+    """
+    target, base = v2.layers[1].digest, v1.layers[1].digest
+    offer = {"status": "ok", "target": target, "base": base, "size": len(delta)}
+    offer["delta"] = str(Digest.of_bytes(delta))
+    store, cache, index = await node_holding(node, v1, v2)
+    remote = {Digest.of_bytes(delta): delta, Digest.parse(v2.config.digest): v2.config.data}
+
+    async def ensure(digest: Digest, repository: str) -> int:
+        if fetched is not None:
+            fetched.append(digest)
+        await cache.add(store.put_bytes(remote[digest], digest))
+        return len(remote[digest])
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(offer)
+
+    async with (
+        fake_origin({DELTAS.route: answer, **(routes or {})}) as origin,
+        aiohttp.ClientSession() as session,
+    ):
+        rebuilder = DeltaRebuilder(
+            OriginClient(session, origin),
+            cache,
+            index,
+            metrics,
+            lookup_timeout=5.0,
+            policy=policy,
+            clock=clock,
+        )
+        yield Offering(rebuilder, ensure, Digest.parse(target), store, cache)
+
+
+@dataclass(frozen=True)
 class Rebuilt:
     ok: bool  # what DeltaRebuilder.rebuild answered
     metrics: CountingMetrics
@@ -151,33 +214,8 @@ class Rebuilt:
 
 
 async def rebuild_with(tmp_path: Path, v1: Image, v2: Image, delta: bytes) -> Rebuilt:
-    """Serve v1 then v2 to a rebuilder holding v1; the origin offers ``delta`` for v2's layer.
-
-    The delta and the config reach the cache as the fetcher would put them there:
-    verified against the digests the origin named.
-    """
-    target, base = v2.layers[1].digest, v1.layers[1].digest
-    offer = {"status": "ok", "target": target, "base": base, "size": len(delta)}
-    offer["delta"] = str(Digest.of_bytes(delta))
-    store, cache, index = await node_holding(tmp_path, v1, v2)
-    remote = {Digest.of_bytes(delta): delta, Digest.parse(v2.config.digest): v2.config.data}
-
-    async def ensure(digest: Digest, repository: str) -> int:
-        await cache.add(store.put_bytes(remote[digest], digest))
-        return len(remote[digest])
-
-    async def answer(request: web.Request) -> web.Response:
-        return web.json_response(offer)
-
+    """Serve v1 then v2 to a rebuilder holding v1; the origin offers ``delta`` for v2's layer."""
     metrics = CountingMetrics()
-    async with (
-        fake_origin({DELTAS.route: answer}) as origin,
-        aiohttp.ClientSession() as session,
-    ):
-        client = OriginClient(session, origin)
-        # Every delta taken: these tests are about rebuilding, not about the choice.
-        rebuilder = DeltaRebuilder(
-            client, cache, index, metrics, lookup_timeout=5.0, policy=DeltaPolicy.FEWEST_BYTES
-        )
-        ok = await rebuilder.rebuild(Digest.parse(target), DELTA_REPO, ensure)
-    return Rebuilt(ok, metrics, store, cache)
+    async with rebuilder_offering(tmp_path, v1, v2, delta, metrics) as offered:
+        ok = await offered.rebuilder.rebuild(offered.target, DELTA_REPO, offered.ensure)
+    return Rebuilt(ok, metrics, offered.store, offered.cache)

@@ -17,9 +17,7 @@ import logging
 import tarfile
 from pathlib import Path
 
-import aiohttp
 import pytest
-from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -44,16 +42,14 @@ from krill.agent.deltachoice import (
 )
 from krill.agent.deltas import DeltaRebuilder
 from krill.agent.metrics import AgentMetrics
+from krill.agent.rebuildstream import RebuildTransfer
 from krill.delta.zstdlib import zstd
 from krill.digests import Digest
-from krill.endpoints import DELTAS
-from krill.originclient import OriginClient
 from tests.clocks import ManualClock
 from tests.fixtures_agent import (
     DELTA_REPO,
     CountingMetrics,
-    fake_origin,
-    node_holding,
+    rebuilder_offering,
     versions_with_a_delta,
 )
 from tests.imagebuild import Image
@@ -304,42 +300,16 @@ class Offered:
 
     async def run(
         self, policy: DeltaPolicy, link_rate: float, metrics: CountingMetrics | AgentMetrics
-    ) -> tuple[bool, DeltaRebuilder]:
+    ) -> tuple[bool | RebuildTransfer, DeltaRebuilder]:
         """One ``rebuild`` of v2's layer after the node measured ``link_rate`` once."""
-        v1, v2, delta = self.v1, self.v2, self.delta
-        offer = {
-            "status": "ok",
-            "target": str(self.target),
-            "base": v1.layers[1].digest,
-            "delta": str(Digest.of_bytes(delta)),
-            "size": len(delta),
-        }
-        store, cache, index = await node_holding(self.tmp_path / policy / str(link_rate), v1, v2)
-        remote = {Digest.of_bytes(delta): delta, Digest.parse(v2.config.digest): v2.config.data}
-
-        async def ensure(digest: Digest, repository: str) -> int:
-            self.fetched.append(digest)
-            await cache.add(store.put_bytes(remote[digest], digest))
-            return len(remote[digest])
-
-        async def answer(request: web.Request) -> web.Response:
-            return web.json_response(offer)
-
-        async with (
-            fake_origin({DELTAS.route: answer}) as origin,
-            aiohttp.ClientSession() as session,
-        ):
-            rebuilder = DeltaRebuilder(
-                OriginClient(session, origin),
-                cache,
-                index,
-                metrics,
-                lookup_timeout=5.0,
-                policy=policy,
-                clock=ManualClock(),
-            )
+        node = self.tmp_path / policy / str(link_rate)
+        async with rebuilder_offering(
+            node, self.v1, self.v2, self.delta, metrics,
+            policy=policy, clock=ManualClock(), fetched=self.fetched,
+        ) as offered:  # fmt: skip
+            rebuilder = offered.rebuilder
             rebuilder.observe_download(Digest.of_bytes(b"earlier"), 10 * MB, 10 * MB / link_rate)
-            return await rebuilder.rebuild(self.target, DELTA_REPO, ensure), rebuilder
+            return await rebuilder.rebuild(self.target, DELTA_REPO, offered.ensure), rebuilder
 
 
 def _layer_bytes(image: Image) -> int:

@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
-from krill.agent.deltachoice import DeltaPolicy
-from krill.agent.deltas import DeltaRebuilder, EnsureBlob
 from krill.agent.rebuildstream import RebuildTransfer
 from krill.agent.sources import TransferFailed
 from krill.delta import create_delta
 from krill.digests import Digest
-from krill.endpoints import DELTAS, METAINFO
+from krill.endpoints import METAINFO
 from krill.metainfo import make_metainfo, piece_length_for
-from krill.originclient import OriginClient
-from tests.fixtures_agent import DELTA_REPO, CountingMetrics, fake_origin, node_holding
+from tests.fixtures_agent import DELTA_REPO, CountingMetrics, Offering, rebuilder_offering
 from tests.imagebuild import Image, build_image, random_files
 
 LAYER_FILES = 12  # x 96 KiB of incompressible data: a ~1.1 MB layer, 18 pieces of 64 KiB
@@ -98,46 +93,19 @@ async def read_like_serving(transfer: RebuildTransfer) -> Read:
     return read
 
 
-@contextlib.asynccontextmanager
-async def rebuilder_offering(
-    tmp_path: Path, pair: Pair, metainfo: bytes, metrics: CountingMetrics
-) -> AsyncIterator[tuple[DeltaRebuilder, EnsureBlob]]:
-    offer = {
-        "status": "ok",
-        "target": pair.v2.layers[1].digest,
-        "base": pair.v1.layers[1].digest,
-        "delta": str(Digest.of_bytes(pair.delta)),
-        "size": len(pair.delta),
-    }
-    store, cache, index = await node_holding(tmp_path / "node", pair.v1, pair.v2)
-    remote = {
-        Digest.of_bytes(pair.delta): pair.delta,
-        Digest.parse(pair.v2.config.digest): pair.v2.config.data,
-    }
-
-    async def ensure(digest: Digest, repository: str) -> int:
-        await cache.add(store.put_bytes(remote[digest], digest))
-        return len(remote[digest])
-
-    async def lookup(request: web.Request) -> web.Response:
-        return web.json_response(offer)
+def offering(
+    tmp_path: Path, pair: Pair, bad_piece: int | None, metrics: CountingMetrics
+) -> contextlib.AbstractAsyncContextManager[Offering]:
+    """A rebuilder whose origin offers the delta and serves the target's metainfo (with
+    ``bad_piece``'s hash flipped)."""
+    metainfo = _metainfo(tmp_path, pair, bad_piece)
 
     async def torrent(request: web.Request) -> web.Response:
         return web.Response(body=metainfo)
 
-    async with (
-        fake_origin({DELTAS.route: lookup, METAINFO.route: torrent}) as origin,
-        aiohttp.ClientSession() as session,
-    ):
-        rebuilder = DeltaRebuilder(
-            OriginClient(session, origin),
-            cache,
-            index,
-            metrics,
-            lookup_timeout=5.0,
-            policy=DeltaPolicy.FEWEST_BYTES,
-        )
-        yield rebuilder, ensure
+    return rebuilder_offering(
+        tmp_path / "node", pair.v1, pair.v2, pair.delta, metrics, routes={METAINFO.route: torrent}
+    )
 
 
 def _piece(pair: Pair) -> int:
@@ -151,21 +119,21 @@ def _never_past(read: Read, end: int, pair: Pair) -> None:
     assert all(available <= end for available, _ in read.seen)
 
 
+async def stream(offered: Offering) -> tuple[RebuildTransfer, Read]:
+    """Start the rebuild and read it as serving does, to its end or its failure."""
+    transfer = await offered.rebuilder.rebuild(offered.target, DELTA_REPO, offered.ensure)
+    assert isinstance(transfer, RebuildTransfer)
+    return transfer, await read_like_serving(transfer)
+
+
 async def test_a_rebuild_is_streamed_piece_by_piece_and_committed(tmp_path: Path) -> None:
     pair = _pair(tmp_path)
     assert len(pair.target) > 8 * _piece(pair)  # several pieces, or nothing is shown
     metrics = CountingMetrics()
-    async with rebuilder_offering(tmp_path, pair, _metainfo(tmp_path, pair, None), metrics) as (
-        rebuilder,
-        ensure,
-    ):
-        transfer = await rebuilder.rebuild(
-            Digest.parse(pair.v2.layers[1].digest), DELTA_REPO, ensure
-        )
-        assert isinstance(transfer, RebuildTransfer)
-        read = await read_like_serving(transfer)
+    async with offering(tmp_path, pair, None, metrics) as offered:
+        transfer, read = await stream(offered)
         stored = await transfer.wait_done()
-        await rebuilder.close()
+        await offered.rebuilder.close()
     assert read.error is None and read.body == pair.target
     # The last byte went out only once the whole digest had been checked and stored.
     assert all(committed for available, committed in read.seen if available == len(pair.target))
@@ -177,12 +145,9 @@ async def test_a_rebuild_is_streamed_piece_by_piece_and_committed(tmp_path: Path
 async def test_a_bad_first_piece_falls_back_to_the_full_layer_at_once(tmp_path: Path) -> None:
     pair = _pair(tmp_path)
     metrics = CountingMetrics()
-    async with rebuilder_offering(tmp_path, pair, _metainfo(tmp_path, pair, 0), metrics) as (
-        rebuilder,
-        ensure,
-    ):
-        target = Digest.parse(pair.v2.layers[1].digest)
-        assert await rebuilder.rebuild(target, DELTA_REPO, ensure) is False
+    async with offering(tmp_path, pair, 0, metrics) as offered:
+        rebuilder = offered.rebuilder
+        assert await rebuilder.rebuild(offered.target, DELTA_REPO, offered.ensure) is False
         await rebuilder.close()
     assert metrics.failures == ["piece"] and metrics.hits == 0
 
@@ -191,20 +156,15 @@ async def test_a_piece_that_fails_its_hash_is_never_served(tmp_path: Path) -> No
     pair = _pair(tmp_path)
     bad = 7
     metrics = CountingMetrics()
-    async with rebuilder_offering(tmp_path, pair, _metainfo(tmp_path, pair, bad), metrics) as (
-        rebuilder,
-        ensure,
-    ):
-        target = Digest.parse(pair.v2.layers[1].digest)
-        transfer = await rebuilder.rebuild(target, DELTA_REPO, ensure)
-        assert isinstance(transfer, RebuildTransfer)
-        read = await read_like_serving(transfer)
-        await rebuilder.close()
+    async with offering(tmp_path, pair, bad, metrics) as offered:
+        _, read = await stream(offered)
+        await offered.rebuilder.close()
         assert read.error is not None and "piece 7" in str(read.error)
         _never_past(read, bad * _piece(pair), pair)
         assert metrics.failures == ["piece"] and metrics.hits == 0
         # The client was cut off; its retry fetches the layer whole, no second rebuild.
-        assert await rebuilder.rebuild(target, DELTA_REPO, ensure) is False
+        retry = await offered.rebuilder.rebuild(offered.target, DELTA_REPO, offered.ensure)
+        assert retry is False
         assert metrics.failures == ["piece"]
     assert not list((tmp_path / "node" / "blobs" / "incoming").iterdir())
 
@@ -213,15 +173,9 @@ async def test_a_bad_last_piece_keeps_the_whole_body_from_the_client(tmp_path: P
     pair = _pair(tmp_path)
     last = (len(pair.target) - 1) // _piece(pair)
     metrics = CountingMetrics()
-    async with rebuilder_offering(tmp_path, pair, _metainfo(tmp_path, pair, last), metrics) as (
-        rebuilder,
-        ensure,
-    ):
-        target = Digest.parse(pair.v2.layers[1].digest)
-        transfer = await rebuilder.rebuild(target, DELTA_REPO, ensure)
-        assert isinstance(transfer, RebuildTransfer)
-        read = await read_like_serving(transfer)
-        await rebuilder.close()
+    async with offering(tmp_path, pair, last, metrics) as offered:
+        _, read = await stream(offered)
+        await offered.rebuilder.close()
     assert read.error is not None
     _never_past(read, last * _piece(pair), pair)
     assert metrics.failures == ["piece"]
