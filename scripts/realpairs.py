@@ -164,13 +164,21 @@ def elf_machine(path: Path) -> str | None:
 _HASH_SUFFIX = re.compile(r"-[0-9a-f]{8}(?=\.)")
 
 
-def _match_key(rel: str) -> str:
+def _match_key(rel: str, version: str) -> str:
+    if version:
+        rel = rel.replace(version, "{version}")
     return _HASH_SUFFIX.sub("", rel)
 
 
-def elf_pairs(base: Path, target: Path) -> list[tuple[str, str, str]]:
+def _upstream(version: str) -> str:
+    return version.split(":", 1)[-1]
+
+
+def elf_pairs(base: Path, target: Path, old: str = "",
+              new: str = "") -> list[tuple[str, str, str]]:
     """(base relpath, target relpath, machine) for each ELF file of the target that has a
-    counterpart in the base: the same path, or the same path once auditwheel hashes are gone."""
+    counterpart in the base: the same path, or the same path once auditwheel hashes or the
+    package versions ``old``/``new`` (bind9's libdns-9.18.49-1~deb12u3-Debian.so) are gone."""
     def elves(tree: Path) -> dict[str, str]:
         out = {}
         for p in sorted(tree.rglob("*")):
@@ -179,11 +187,11 @@ def elf_pairs(base: Path, target: Path) -> list[tuple[str, str, str]]:
                 out[str(p.relative_to(tree))] = machine
         return out
 
-    old, new = elves(base), elves(target)
-    by_key = {_match_key(rel): rel for rel in old}
+    before, after = elves(base), elves(target)
+    by_key = {_match_key(rel, _upstream(old)): rel for rel in before}
     pairs = []
-    for rel, machine in new.items():
-        counterpart = rel if rel in old else by_key.get(_match_key(rel))
+    for rel, machine in after.items():
+        counterpart = rel if rel in before else by_key.get(_match_key(rel, _upstream(new)))
         if counterpart:
             pairs.append((counterpart, rel, machine))
     return pairs
@@ -213,7 +221,7 @@ WHEELS = [
     ("pyarrow", "19.0.0", "19.0.1"),
     ("lxml", "5.3.0", "5.3.1"),
     ("cryptography", "44.0.0", "44.0.1"),
-    ("grpcio", "1.68.0", "1.68.1"),
+    ("grpcio", "1.75.0", "1.75.1"),
 ]
 # Debian bookworm: the two versions the apt sources hold (bookworm / bookworm-security), older
 # first. libssl3 and libpython3.11 are the pairs issue 21 measured; the rest are new to it.
@@ -232,7 +240,7 @@ DEBS = [
     ("postgresql-15", "15.18-0+deb12u1", "15.20-0+deb12u1"),
     ("git", "1:2.39.5-0+deb12u2", "1:2.39.5-0+deb12u3"),
     ("libnss3", "2:3.87.1-1+deb12u2", "2:3.87.1-1+deb12u4"),
-    ("nginx-core", "1.22.1-9+deb12u9", "1.22.1-9+deb12u12"),
+    ("nginx", "1.22.1-9+deb12u9", "1.22.1-9+deb12u12"),
     ("sudo", "1.9.13p3-1+deb12u2", "1.9.13p3-1+deb12u4"),
     ("libssh-4", "0.10.6-0+deb12u2", "0.10.6-0+deb12u3"),
     ("libperl5.36", "5.36.0-7+deb12u3", "5.36.0-7+deb12u4"),
@@ -281,7 +289,8 @@ def write_list(dest: Path, built: list[tuple[PairSpec, Path]]) -> int:
     """dest/pairs.tsv: one line per (base, target) ELF file pair, absolute paths."""
     lines = [LIST_HEADER]
     for spec, pair_dir in built:
-        for b, t, machine in elf_pairs(pair_dir / "base", pair_dir / "target"):
+        for b, t, machine in elf_pairs(pair_dir / "base", pair_dir / "target", spec.old,
+                                       spec.new):
             bp, tp = pair_dir / "base" / b, pair_dir / "target" / t
             same = bp.stat().st_size == tp.stat().st_size and bp.read_bytes() == tp.read_bytes()
             lines.append("\t".join([spec.name, spec.kind, spec.arch, machine, str(bp), str(tp),
