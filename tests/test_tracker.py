@@ -9,6 +9,7 @@ import struct
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote_from_bytes
 
 import aiohttp
@@ -39,7 +40,7 @@ def peer_id(n: int, prefix: bytes = b"-KA0100-") -> bytes:
 async def announce(
     session: aiohttp.ClientSession, base: str, *, port: int | None = 6881,
     info_hash: bytes | None = INFO_HASH, pid: bytes = peer_id(1), **params: object,
-) -> dict[bytes, object]:
+) -> dict[bytes, Any]:
     """One GET /announce with raw percent-encoded binary params; returns the decoded answer."""
     query = {"uploaded": 0, "downloaded": 0, "left": 100, "compact": 1, **params}
     parts = [f"peer_id={quote_from_bytes(pid)}"]
@@ -152,7 +153,7 @@ async def test_numwant_is_capped_and_non_compact_lists_work(http: aiohttp.Client
     ],
 )
 async def test_bad_announces_get_a_bencoded_failure(
-    http: aiohttp.ClientSession, kwargs: dict[str, object], reason: bytes
+    http: aiohttp.ClientSession, kwargs: dict[str, Any], reason: bytes
 ) -> None:
     async with running_tracker() as base:
         answer = await announce(http, base, **kwargs)  # asserts HTTP 200

@@ -84,7 +84,7 @@ class ReadThenOtherTrackerWrites(RedisPeerStore):
         super().__init__(url)
         self._then = then
 
-    async def _snapshot(self, key: str) -> dict[bytes, bytes]:
+    async def _snapshot(self, key: str) -> tuple[float, dict[bytes, bytes]]:
         raw = await super()._snapshot(key)
         await self._then()
         return raw

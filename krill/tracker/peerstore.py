@@ -6,7 +6,14 @@ loopback every peer has the same IP, so the address includes the port.
 
 The Redis store lets several trackers behind one address share one view and
 survive restarts: each swarm is a Redis hash ``krill:tracker:<infohash hex>``
-mapping ``ip|port`` to ``expires|seeder|origin``. Expired fields are removed
+mapping ``ip|port`` to ``expires|seeder|origin``. ``expires`` is on the Redis
+server's clock (its ``TIME``, read inside the scripts that write and read a
+swarm), never a tracker's: trackers sharing the database may disagree about
+the time, and with their own clocks a tracker running an hour ahead would
+drop every peer the others record, and one running behind would keep dead
+peers for an hour (tests/test_faults_clock_skew.py). A ``PeerEntry`` keeps
+its ``expires`` on the local clock; the store moves it between clocks by the
+time left. Expired fields are removed
 lazily when the swarm is read -- each only if it still holds the value that
 was read, because another tracker may have refreshed the peer in between --
 and the whole key carries a Redis TTL so a swarm nobody announces to any
@@ -20,6 +27,7 @@ again would stay in memory, and in the swarm count, forever.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -133,18 +141,34 @@ class RedisPeerStore:
     return removed
     """
 
+    # One round trip: the entry's expiry is Redis' own time plus the seconds it has left.
+    UPSERT = """
+    local now = redis.call('TIME')
+    local expires = tonumber(now[1]) + tonumber(now[2]) / 1000000 + tonumber(ARGV[2])
+    redis.call('HSET', KEYS[1], ARGV[1], string.format("%.6f", expires) .. ARGV[3])
+    redis.call('EXPIRE', KEYS[1], ARGV[4])
+    """
+
+    # The swarm and Redis' time in one read, so expiry is judged on the clock that set it.
+    SNAPSHOT = """
+    local now = redis.call('TIME')
+    return {now[1], now[2], redis.call('HGETALL', KEYS[1])}
+    """
+
     def __init__(self, url: str) -> None:
         self._redis = aioredis.Redis.from_url(url)
         self._delete_unchanged = self._redis.register_script(self.DELETE_UNCHANGED)
+        self._upsert = self._redis.register_script(self.UPSERT)
+        self._read = self._redis.register_script(self.SNAPSHOT)
 
     async def upsert(self, info_hash: bytes, entry: PeerEntry, ttl: int) -> None:
-        key = self._key(info_hash)
-        value = f"{entry.expires:.3f}|{int(entry.seeder)}|{int(entry.origin)}"
+        left = entry.expires - time.time()
+        flags = f"|{int(entry.seeder)}|{int(entry.origin)}"
+        field = _field(entry.ip, entry.port)
         with _unavailable_on_redis_errors():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, _field(entry.ip, entry.port), value)
-                pipe.expire(key, ttl * 2)
-                await pipe.execute()
+            await self._upsert(
+                keys=[self._key(info_hash)], args=[field, f"{left:.6f}", flags, ttl * 2]
+            )
 
     async def remove(self, info_hash: bytes, ip: str, port: int) -> None:
         with _unavailable_on_redis_errors():
@@ -155,15 +179,15 @@ class RedisPeerStore:
             return await self._live_peers(self._key(info_hash))
 
     async def _live_peers(self, key: str) -> list[PeerEntry]:
-        raw = await self._snapshot(key)
-        now = time.time()
+        redis_now, raw = await self._snapshot(key)
+        to_local = time.time() - redis_now  # expiries come back on this tracker's clock
         live, expired = [], []
         for field, value in raw.items():
             entry = _parse_entry(field, value)
-            if entry is None or entry.expires <= now:
+            if entry is None or entry.expires <= redis_now:
                 expired += [field, value]
             else:
-                live.append(entry)
+                live.append(dataclasses.replace(entry, expires=entry.expires + to_local))
         if expired:
             await self._delete_unchanged(keys=[key], args=expired)
         return live
@@ -184,12 +208,14 @@ class RedisPeerStore:
     async def close(self) -> None:
         await self._redis.aclose()
 
-    async def _snapshot(self, key: str) -> dict[bytes, bytes]:
-        """The swarm's hash as it is now (a separate step so tests can interleave other writers)."""
-        raw = await self._redis.hgetall(key)
+    async def _snapshot(self, key: str) -> tuple[float, dict[bytes, bytes]]:
+        """Redis' time and the swarm's hash as it is now (a separate step so tests can
+        interleave other writers)."""
+        seconds, micros, flat = await self._read(keys=[key])
         # The client is made without decode_responses, so redis-py hands back bytes;
-        # its stubs cannot know that and say bytes | str.
-        return cast(dict[bytes, bytes], raw)
+        # its stubs cannot know that.
+        fields = cast(list[bytes], flat)
+        return int(seconds) + int(micros) / 1e6, dict(zip(fields[::2], fields[1::2], strict=True))
 
     def _key(self, info_hash: bytes) -> str:
         return self.PREFIX + info_hash.hex()
