@@ -67,5 +67,6 @@ KRILL_DEBS=(
   umoci:umoci  # scripts/build-image: the OCI image layout
   runc:runc  # containerd's runtime (tests/test_image.py runs the image)
   iptables:iptables  # tests/test_agent_netns.py blocks a peer port to prove the unreachable warning
+  faketime:faketime  # tests/test_faults_clock_skew.py runs nodes with their clocks hours off (libfaketime)
   go:golang-go  # builds the Go gzip oracle the gogzip tests compare against (tests/goflate)
 )
