@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -35,6 +36,9 @@ import realpairs  # noqa: E402
 from bench_elf_report import render, write_plot  # noqa: E402
 
 TOOLS = ("krill", "bsdiff", "hdiffpatch", "xdelta3", "zstd")
+# "krill-raw": the bare file through `krill delta create`, which codes a non-tar input as its
+# meta stream (zstd with the base as prefix), not by its per-file diff path: not the default.
+ALL_TOOLS = (*TOOLS, "krill-raw")
 # HDiffPatch through its Python binding (the `hdiffpatch` package Krill itself uses), with
 # zstd -19 over the diff as `hdiffz -c-zstd` would: an own process, like every other tool.
 HDIFF = """
@@ -150,12 +154,13 @@ class Measure:
 
 def measure(tool: str, base: Path, target: Path, work: Path, krill: Krill,
             gz: tuple[Path, Path] | None = None) -> Measure:
-    """``gz``: the layer's gzip files, which Krill (and only Krill) diffs and rebuilds exactly;
-    the other tools diff the tars under them, as a user of theirs would."""
+    """``gz``: what Krill (and only Krill) diffs and rebuilds exactly instead: a layer's gzip
+    files (the other tools diff the tars under them, as a user of theirs would), or a single
+    file's one-member tars (``one_file_tar``)."""
     patch, out = work / f"{tool}.patch", work / f"{tool}.out"
     want = target
     inproc, stats = 0.0, None
-    if tool == "krill":
+    if tool in ("krill", "krill-raw"):
         b, t = gz or (base, target)
         want = t
         kw = {"cwd": krill.src, "env": krill.env()}
@@ -180,7 +185,7 @@ def measure(tool: str, base: Path, target: Path, work: Path, krill: Krill,
         app = run(["zstd", "-q", "-f", "-d", f"--long={wlog}", f"--patch-from={base}",
                    str(patch), "-o", str(out)])
     else:
-        raise ValueError(f"unknown tool {tool!r}; choose from {', '.join(TOOLS)}")
+        raise ValueError(f"unknown tool {tool!r}; choose from {', '.join(ALL_TOOLS)}")
     if digest(out) != digest(want):
         raise RuntimeError(f"{tool} rebuilt the wrong bytes for {target}")
     size = patch.stat().st_size
@@ -234,6 +239,21 @@ def layer_files(cache: Path, spec: realpairs.PairSpec, pair_dir: Path) -> dict[s
             for ext in (".tar", ".tar.gz")}
 
 
+def one_file_tar(base: Path, target: Path, rel: str, work: Path) -> tuple[Path, Path]:
+    """Each side as a one-member layer tar under the target's path, as the file sits in a
+    layer: Krill's per-file coding (pairing, binary diff, and the ELF transform) runs on tar
+    members; a bare file would be coded as the meta stream instead (tool ``krill-raw``)."""
+    out = []
+    for side, src in (("base", base), ("target", target)):
+        tar = work / f"onefile-{side}.tar"
+        info = tarfile.TarInfo(rel)
+        info.size, info.mode, info.mtime = src.stat().st_size, 0o755, 1700000000
+        with tarfile.open(tar, "w", format=tarfile.PAX_FORMAT) as tf, open(src, "rb") as f:
+            tf.addfile(info, f)
+        out.append(tar)
+    return out[0], out[1]
+
+
 def emit(results: Path, row: dict) -> None:
     row["load"] = round(os.getloadavg()[0], 2)
     with open(results, "a") as f:
@@ -259,8 +279,10 @@ def bench(args: argparse.Namespace, krill: Krill, results: Path) -> None:
                     "level": "file", "pair": spec.name, "kind": spec.kind, "arch": spec.arch,
                     "machine": machine, "file": t, "bytes": target.stat().st_size,
                     "krill_rev": krill.rev, "tools": {}}
+                tars = one_file_tar(base, target, t, work)
                 for tool in tools:
-                    row["tools"][tool] = asdict(measure(tool, base, target, work, krill))
+                    row["tools"][tool] = asdict(measure(tool, base, target, work, krill,
+                                                        gz=tars if tool == "krill" else None))
                 emit(results, row)
                 sizes = " ".join(f"{k}={v['size']}" for k, v in row["tools"].items())
                 log(f"{spec.name} {t}: {row['bytes']} B; {sizes}")
