@@ -328,7 +328,14 @@ def write_readme(dest: Path, built: list[tuple[PairSpec, Path]], n_files: int) -
         "e_machine; `identical` says whether the two files are byte-for-byte the same, as "
         "many are in a security update). A "
         "target file is paired with the base file of the same path, or of the same path once "
-        "auditwheel's `-<8 hex>` hash suffix is dropped. Symlinks are not listed.",
+        "auditwheel's `-<8 hex>` hash suffix or the package version (bind9's "
+        "`libdns-<version>-Debian.so`) is dropped. Symlinks are not listed.",
+        "",
+        "Measuring: `scripts/bench-elf --corpus " + str(dest) + "` (per file: the largest "
+        "changed ELF files of each pair; per layer: a tar of each side's tree). Note that "
+        "`krill delta create` codes a bare, non-tar file as its meta stream (zstd with the base "
+        "as prefix); bench-elf hands Krill each file as a one-member tar, so the per-file diff "
+        "path runs, as it does for a file in a layer.",
         "",
         "| pair | base | target | ELF file pairs |",
         "|---|---|---|---|",
