@@ -37,7 +37,7 @@ from krill.digests import Digest
 from krill.origin.appkeys import METRICS, STORE
 from krill.origin.config import OriginConfig
 from krill.origin.server import create_app
-from krill.origin.storage import CACHE_CHECK_INTERVAL
+from krill.origin.storage import CACHE_CHECK_INTERVAL, OBJECT_STORE
 from krill.origin.storage_gc import sweep_bucket
 from krill.origin.storage_url import parse_storage_url, s3_credentials
 from krill.s3backend import S3Backend, S3Location
@@ -192,6 +192,51 @@ async def test_blob_missing_locally_is_streamed_from_the_bucket_and_filled(
     assert store.delete(digest)
     head = await client.head(url)
     assert head.status == 200 and head.headers["Content-Length"] == str(len(data))
+
+
+async def test_cold_get_reads_the_bucket_once_and_fills_the_cache(
+    start_s3_origin: StartS3Origin, s3_location: S3Location
+) -> None:
+    origin = await start_s3_origin(s3_location)
+    data = payload(5, 3 << 20)  # several chunks of the tap
+    assert (await push(origin.client, "team/app", data)).status == 201
+    digest = Digest.parse(digest_of(data))
+    store = origin.app[STORE]
+    assert store.delete(digest)
+    backend = origin.app[OBJECT_STORE].backend
+    reads: list[tuple[int, int | None]] = []
+    real_open = backend.open
+
+    def counting_open(d: Digest, start: int = 0, length: int | None = None) -> Any:
+        reads.append((start, length))
+        return real_open(d, start, length)
+
+    backend.open = counting_open  # type: ignore[method-assign]
+    resp = await origin.client.get(f"/v2/team/app/blobs/{digest}")
+    assert resp.status == 200 and await resp.read() == data
+    assert reads == [(0, None)]  # one read of the object, shared by the client and the copy
+    assert store.path(digest).read_bytes() == data  # committed before the response ended
+
+
+async def test_cold_get_of_a_damaged_object_is_cut_short_and_not_cached(
+    start_s3_origin: StartS3Origin, s3_location: S3Location, bucket: S3Backend
+) -> None:
+    origin = await start_s3_origin(s3_location)
+    data = payload(6, 2 << 20)
+    assert (await push(origin.client, "team/app", data)).status == 201
+    digest = Digest.parse(digest_of(data))
+    store = origin.app[STORE]
+    assert store.delete(digest)
+    damaged = bytearray(data)
+    damaged[-1] ^= 0xFF  # same size: only the digest tells
+    async with await bucket.client.send("PUT", s3_location.blob_key(digest), body=bytes(damaged)):
+        pass
+    resp = await origin.client.get(f"/v2/team/app/blobs/{digest}")
+    assert resp.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()  # stopped short of the declared length: never a whole wrong body
+    assert not store.has(digest)
+    assert not any(store.root.joinpath("incoming").iterdir())
 
 
 async def test_bucket_gone_after_start_makes_pushes_unavailable(

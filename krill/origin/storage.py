@@ -11,12 +11,13 @@ keeps working exactly as on a directory, and in addition:
   the client gets 503 ``UNAVAILABLE`` and pushes again (the blob is then
   already local; only the put is repeated).
 * **read-through**: a blob linked in a repository but missing from the local
-  store is streamed from the bucket, ``Range`` passed on
-  (``origin.storage_responses``), while it is copied into the store in the
-  background (verified, once however many ask at the same moment); from then
-  on it is served like any local blob. Keeping the local file keeps sendfile,
-  the piece claims and the swarm seeding (libtorrent reads the file in place)
-  unchanged.
+  store is copied into the store from the bucket (verified, once however many
+  ask at the same moment), and the GET that started the copy is answered from
+  its chunks as they come (``origin.storage_fill``: one read of the object);
+  others, and ranged GETs, are streamed from the bucket, ``Range`` passed on
+  (``origin.storage_responses``). From then on it is served like any local
+  blob. Keeping the local file keeps sendfile, the piece claims and the swarm
+  seeding (libtorrent reads the file in place) unchanged.
 * **repository metadata** (links and tags) is in the bucket too
   (``origin.storage_metadata``), written through and read through around the
   unchanged handlers by one middleware (``origin.storage_sync``), so several
@@ -37,7 +38,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from krill.blobbackend import BlobMissingError, BlobReader, DigestMismatchError, PutOutcome
+from krill.blobbackend import BlobReader, DigestMismatchError, PutOutcome
 from krill.clierror import CliError
 from krill.clock import SYSTEM_CLOCK, Clock
 from krill.config import ConfigError
@@ -45,13 +46,13 @@ from krill.digests import Digest
 from krill.origin.appkeys import CONFIG, GC_LOCK, METRICS, REPOSITORIES, STORE
 from krill.origin.config import OriginConfig
 from krill.origin.storage_cache import evict_to_fit
+from krill.origin.storage_fill import FillTap, copy_in
 from krill.origin.storage_gc import held, reconcile_with_bucket, sweep_bucket
 from krill.origin.storage_metadata import METADATA, BucketMetadata
 from krill.origin.storage_sync import bucket_sync
 from krill.origin.storage_url import parse_storage_url, s3_credentials
 from krill.registry_errors import RegistryError
 from krill.s3backend import S3Backend, S3Error, S3Location
-from krill.singleflight import SingleFlight
 
 __all__ = [
     "OBJECT_STORE",
@@ -74,9 +75,9 @@ class ObjectStore:
 
     def __init__(self, backend: S3Backend) -> None:
         self.backend = backend
-        self._fills: SingleFlight[bool] = SingleFlight()
-        # Fills nobody awaits, held until done (the loop keeps only weak references).
-        self._background: set[asyncio.Task[bool]] = set()
+        # Copies into the local store under way, one per blob (held: the loop keeps
+        # only weak references to tasks nobody awaits).
+        self._fills: dict[Digest, asyncio.Task[bool]] = {}
         # When each blob was last answered from the local store (origin.storage_cache).
         self.last_served: dict[Digest, float] = {}
 
@@ -131,43 +132,45 @@ class ObjectStore:
 
     async def fill(self, app: web.Application, digest: Digest) -> bool:
         """Copy a blob from the bucket into the local store; False if the bucket lacks it."""
-        return await self._fills.run(digest, lambda: self._copy_in(app, digest))
+        task = self._fills.get(digest) or self._start(app, digest, None)
+        return await asyncio.shield(task)
 
-    def start_fill(self, app: web.Application, digest: Digest) -> None:
-        """Start copying a blob into the local store, unless that is under way (not awaited)."""
-        if self._fills.in_flight(digest) is not None:
-            return
-        task = asyncio.get_running_loop().create_task(self.fill(app, digest))
-        self._background.add(task)
-        task.add_done_callback(self._filled)
+    def start_fill(
+        self, app: web.Application, digest: Digest, *, tap: bool = False
+    ) -> FillTap | None:
+        """Start copying a blob into the local store, unless that is under way (not awaited).
 
-    def _filled(self, task: asyncio.Task[bool]) -> None:
-        self._background.discard(task)
+        With ``tap``, the request asking gets the copy's chunks as they come
+        (``origin.storage_fill``): a tap when this call started the copy, None
+        when one was under way already (the caller then reads the bucket itself).
+        """
+        if digest in self._fills:
+            return None
+        taken = FillTap() if tap else None
+        self._start(app, digest, taken)
+        return taken
+
+    def _start(
+        self, app: web.Application, digest: Digest, tap: FillTap | None
+    ) -> asyncio.Task[bool]:
+        task = asyncio.get_running_loop().create_task(
+            copy_in(app[STORE], self.backend, digest, tap)
+        )
+        self._fills[digest] = task
+        task.add_done_callback(lambda done: self._filled(digest, done))
+        return task
+
+    def _filled(self, digest: Digest, task: asyncio.Task[bool]) -> None:
+        if self._fills.get(digest) is task:
+            del self._fills[digest]
         if not task.cancelled() and task.exception() is not None:
             log.warning("origin.read_through_failed error=%s", task.exception())
 
-    async def _copy_in(self, app: web.Application, digest: Digest) -> bool:
-        store = app[STORE]
-        try:
-            with store.writer() as writer:
-                async with self.backend.open(digest) as reader:
-                    async for chunk in reader.chunks:
-                        await asyncio.to_thread(writer.write, chunk)
-                await asyncio.to_thread(writer.commit, digest)
-        except BlobMissingError:
-            return False
-        except DigestMismatchError as exc:  # damaged in the bucket: say so, serve nothing
-            log.error("origin.read_through_corrupt digest=%s error=%s", digest, exc)
-            return False
-        except S3Error as exc:
-            raise RegistryError(
-                "UNAVAILABLE", f"{digest} could not be read from the object store: {exc}"
-            ) from None
-        log.info("origin.read_through digest=%s", digest)
-        return True
-
     async def close(self) -> None:
-        await self._fills.close()
+        fills = list(self._fills.values())
+        for task in fills:
+            task.cancel()
+        await asyncio.gather(*fills, return_exceptions=True)
         await self.backend.close()
 
 

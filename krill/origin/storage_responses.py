@@ -2,10 +2,14 @@
 
 On an origin whose storage is a bucket (``origin.storage``), a linked blob
 the local cache lacks is answered from the bucket while a copy into the local
-store starts in the background (verified, one copy however many ask). The
-client gets its first byte after two round trips to the bucket (its size,
-then the ranged GET), not after the whole blob was copied, which for a layer
-of gigabytes would run into clients' header timeouts. Once the copy is in,
+store is made (verified, one copy however many ask). A whole-blob GET that
+finds no copy under way starts it and is answered from its chunks
+(``origin.storage_fill``: the object is read once, and the response ends only
+after the digest matched); a ranged GET, a HEAD and a GET arriving while a
+copy is under way read the bucket themselves. The client gets its first byte
+after one or two round trips to the bucket, not after the whole blob was
+copied, which for a layer of gigabytes would run into clients' header
+timeouts. Once the copy is in,
 later requests get the local file with sendfile, and the swarm seed and the
 piece claims (which read local files) can serve it.
 
@@ -28,6 +32,8 @@ from krill.blobbackend import BlobMissingError
 from krill.digests import Digest
 from krill.origin.blobresponses import blob_head_response, blob_headers
 from krill.origin.storage import ObjectStore
+from krill.origin.storage_fill import Filled, FillEnd, FillTap, Opened
+from krill.registry_errors import RegistryError
 from krill.registry_params import parse_range
 from krill.s3backend import S3Error
 
@@ -40,6 +46,10 @@ async def bucket_blob_response(
     request: web.Request, object_store: ObjectStore, digest: Digest
 ) -> web.StreamResponse | None:
     """The blob from the bucket (GET, with its Range) or its size (HEAD); None if not there."""
+    if request.method == "GET" and "Range" not in request.headers:
+        tap = object_store.start_fill(request.app, digest, tap=True)
+        if tap is not None:  # this request started the copy: answered from its chunks
+            return await _tapped_response(request, tap, digest)
     size = await object_store.size(digest)
     if size is None:
         return None
@@ -65,6 +75,57 @@ async def bucket_blob_response(
         return None
     await response.write_eof()
     log.debug("origin.served_from_bucket digest=%s start=%d bytes=%d", digest, start, count)
+    return response
+
+
+async def _tapped_response(
+    request: web.Request, tap: FillTap, digest: Digest
+) -> web.StreamResponse | None:
+    """The whole blob, from the copy into the local store this request started.
+
+    The last chunk is held back until the copy has verified the digest, so a
+    client never receives a complete body that does not match it: on a
+    mismatch (or a bucket failing midway) the response stops one chunk short
+    and the connection is closed.
+    """
+    response = web.StreamResponse(
+        status=200, headers={**blob_headers(digest), "Accept-Ranges": "bytes"}
+    )
+    try:
+        first = await tap.next()
+        if isinstance(first, FillEnd):  # nothing read: no object, or the bucket failed
+            if first.outcome is Filled.MISSING:
+                return None
+            raise RegistryError(
+                "UNAVAILABLE", f"{digest} could not be read from the object store: {first.reason}"
+            )
+        assert isinstance(first, Opened)
+        response.content_length = first.size
+        await response.prepare(request)
+        held: bytes | None = None
+        while not isinstance(item := await tap.next(), FillEnd):
+            assert isinstance(item, bytes)
+            if held is not None:
+                await response.write(held)
+            held = item
+        if item.outcome is not Filled.FILLED:
+            log.warning(
+                "origin.bucket_stream_broken digest=%s outcome=%s reason=%s",
+                digest,
+                item.outcome.value,
+                item.reason,
+            )
+            _cut_short(request)
+            return response
+        if held is not None:
+            await response.write(held)
+        await response.write_eof()
+    except ConnectionError:  # the client went away
+        log.debug("origin.bucket_stream_client_gone digest=%s", digest)
+        return response
+    finally:
+        tap.detach()  # the copy goes on without this response
+    log.debug("origin.served_from_bucket_copy digest=%s", digest)
     return response
 
 
