@@ -215,7 +215,8 @@ async def test_cold_get_reads_the_bucket_once_and_fills_the_cache(
     resp = await origin.client.get(f"/v2/team/app/blobs/{digest}")
     assert resp.status == 200 and await resp.read() == data
     assert reads == [(0, None)]  # one read of the object, shared by the client and the copy
-    assert store.path(digest).read_bytes() == data  # committed before the response ended
+    await until(lambda: store.has(digest), "the copy's commit (after the digest matched)")
+    assert store.path(digest).read_bytes() == data
 
 
 async def test_cold_get_of_a_damaged_object_is_cut_short_and_not_cached(

@@ -14,11 +14,12 @@ copy goes on alone, at the store's pace, so the next request finds the local
 file. The copy runs in a task of its own (``ObjectStore._fills``), not in
 the request's.
 
-The client gets only verified bytes: the copy commits (checks the digest)
-before it tells the tap it is done, and the response holds its last chunk
-back until then. A mismatch drops the local file (the writer is aborted) and
-the response is cut short, one chunk before its declared length, so the
-client sees a broken download, never a complete wrong one.
+The client gets only verified bytes: the copy checks the digest of all it
+read before it tells the tap it is done (the commit's fsync and rename come
+after), and the response holds its last chunk back until then. A mismatch
+drops the local file (the writer is aborted) and the response is cut short,
+one chunk before its declared length, so the client sees a broken download,
+never a complete wrong one.
 """
 
 from __future__ import annotations
@@ -101,19 +102,35 @@ async def copy_in(
     """Copy a blob from the bucket into the local store (verified); False if it can't be.
 
     With a tap, each chunk goes to it too, and it is told the outcome only
-    after the commit. Without one, a failing bucket is 503 ``UNAVAILABLE`` to
+    once the digest matched. Without one, a failing bucket is 503 ``UNAVAILABLE`` to
     whoever awaits the copy.
     """
     outcome, reason = Filled.FILLED, ""
     try:
         with store.writer() as writer:
-            async with backend.open(digest) as reader:
-                if tap is not None:
-                    await tap.give(Opened(reader.size))
-                async for chunk in reader.chunks:
+            # One chunk is written (and hashed, in a thread) while the next is read.
+            writing: asyncio.Future[None] | None = None
+            try:
+                async with backend.open(digest) as reader:
                     if tap is not None:
-                        await tap.give(chunk)
-                    await asyncio.to_thread(writer.write, chunk)
+                        await tap.give(Opened(reader.size))
+                    async for chunk in reader.chunks:
+                        if tap is not None:
+                            await tap.give(chunk)
+                        if writing is not None:
+                            await writing
+                        writing = asyncio.ensure_future(asyncio.to_thread(writer.write, chunk))
+                if writing is not None:
+                    await writing
+            finally:  # never abort the writer under a thread still writing to it
+                if writing is not None and not writing.done():
+                    await asyncio.wait([writing])
+            actual = writer.digest()
+            if actual != digest:
+                raise DigestMismatchError(digest, actual)
+            if tap is not None:  # verified: the client may have its last chunk before the fsync
+                await tap.give(FillEnd(Filled.FILLED))
+                tap = None
             await asyncio.to_thread(writer.commit, digest)
     except BlobMissingError:
         outcome = Filled.MISSING
