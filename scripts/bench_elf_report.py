@@ -104,6 +104,17 @@ def render(rows: list[Row], before: list[Row] | None, command: str) -> str:
         *summary(rows, tools, "file"),
         "",
     ]
+    # A security update often changes a file by a build ID and a date only: bsdiff's ~200 B
+    # there is under Krill's fixed cost per delta (header, signature, the member's tar header),
+    # so the medians also come without those files, and as a total of bytes.
+    real = [r for r in files if r["tools"].get("bsdiff", {}).get("size", 0) >= 1000]
+    for tool in (t for t in tools if t != "bsdiff"):
+        total = sum(r["tools"][tool]["size"] for r in files) / max(
+            1, sum(r["tools"]["bsdiff"]["size"] for r in files if "bsdiff" in r["tools"]))
+        lines.append(f"- {tool}: median {fmt(median(ratios(real, tool)))} of bsdiff over the "
+                     f"{len(real)} files whose bsdiff delta is >= 1 KB; all files' bytes summed "
+                     f"{fmt(total)}.")
+    lines.append("")
     aware = sum(1 for r in files if "krill" in r["tools"] and elf_aware(r["tools"]["krill"]))
     lines += [f"Krill deltas that used the ELF transform (header stats): {aware} of {len(files)}.",
               ""]
