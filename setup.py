@@ -12,7 +12,11 @@ setup(
     ext_modules=[
         Extension(
             "krill._goflate",
-            sources=["krill/_native/goflate.c"],
+            sources=[
+                "krill/_native/goflate.c",
+                "krill/_native/elfnorm.c",  # the ELF-aware delta transform
+                "krill/_native/elfx86.c",
+            ],
             # -O2 as the issue asks; -fno-strict-overflow keeps Go's wrapping int arithmetic
             # from being assumed away where C would call it undefined.
             extra_compile_args=["-O2", "-std=c11", "-fno-strict-overflow"],

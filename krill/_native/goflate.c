@@ -25,6 +25,8 @@
 #include <string.h>
 #include <stdlib.h>
 
+#include "elfnorm.h"
+
 /* ---- constants (deflate.go, deflatefast.go, huffman_bit_writer.go) ---------------------- */
 
 #define WINDOW_SIZE (1 << 15)
@@ -1472,6 +1474,7 @@ static PyMethodDef goflate_functions[] = {
      "the stream's end if final. The output starts lead_bits (bit_off % 8) into its first byte, as in the "
      "stream; nbits counts them. reached: the segment ended exactly there. The GIL is released while "
      "compressing."},
+    ELFNORM_METHODS
     {NULL, NULL, 0, NULL},
 };
 

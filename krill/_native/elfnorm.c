@@ -1,0 +1,810 @@
+/*
+ * The ELF-aware delta transform (Courgette's idea, written for Krill).
+ *
+ * When a library is rebuilt, code moves, and every call, jump, RIP-relative
+ * load, ADRP/BL and R_*_RELATIVE addend that points across the moved code
+ * changes: a generic diff pays for that sea of 4-byte changes. Here each such
+ * field is replaced by a label index (labels = the distinct target addresses,
+ * sorted in the base), and the target's labels get the base's index where
+ * they point to the same thing. The normalized target then differs from the
+ * normalized base only where the code really changed; the delta carries that
+ * diff plus the target's label table as differences from the base's (a run
+ * of labels shifted by the same amount costs a zero byte each).
+ *
+ * Fields, in a fixed order ("candidates"):
+ *   phase 1: x86-64 E8/E9/0F8x rel32 and RIP-relative disp32 (elfx86.c) or
+ *            aarch64 B/BL imm26 and ADRP imm21 in SHF_EXECINSTR sections;
+ *            r_offset of every SHT_RELA entry, r_addend of RELATIVE ones;
+ *   phase 2: the 8-byte slot each RELATIVE relocation points at.
+ * Their positions depend only on bytes the transform never changes (opcode
+ * bits, r_info, headers), so the inverse finds them again in the normalized
+ * target (phase 2 after phase 1 is restored). Which candidates were replaced
+ * is carried in the side data (a run-length mask); a candidate overlapping an
+ * earlier one is never replaced. All of that holds for well-formed files; for
+ * any other input the encoder runs elf_restore and compares before it keeps
+ * the ELF op, so a misparse costs size, never bytes. Every read is bounds
+ * checked: hostile input gets a ValueError or an identity transform.
+ *
+ * Memory: the encoder holds 32 bytes per candidate per file; elf_restore
+ * writes fields as it finds them and holds only the output, the label table
+ * and a bitmap of n/8 bytes.
+ */
+#include "elfnorm.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+enum { K_X86 = 1, K_B26 = 2, K_ADRP = 3, K_ABS64 = 4 };
+#define MAX_SPANS 1024
+#define MAX_LOADS 64
+#define SIDE_VERSION 1
+
+typedef struct {
+    uint64_t off, size, addr;
+} Span;
+
+typedef struct {
+    const uint8_t *b;
+    size_t n;
+    int machine; /* 62 (x86-64), 183 (aarch64), 0: not an ELF this transform reads */
+    Span exec[MAX_SPANS];
+    int nexec;
+    Span rela[MAX_SPANS];
+    int nrela;
+    Span load[MAX_LOADS]; /* off, filesz, vaddr */
+    int nload;
+    uint64_t lo, hi; /* the image's address range */
+} Elf;
+
+typedef struct {
+    uint64_t pos, addr, va;
+    uint32_t ctx;
+    uint8_t kind, width, tail, take;
+} Cand;
+
+static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+static uint32_t rd32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t rd64(const uint8_t *p) { return rd32(p) | (uint64_t)rd32(p + 4) << 32; }
+static void wr32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24);
+}
+static void wr64(uint8_t *p, uint64_t v) { wr32(p, (uint32_t)v), wr32(p + 4, (uint32_t)(v >> 32)); }
+static int fits(uint64_t off, uint64_t size, size_t n) { return off <= n && size <= n - off; }
+
+static int span_cmp(const void *a, const void *b) {
+    const Span *x = a, *y = b;
+    return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/* Keeps spans sorted by offset and drops any overlapping an earlier one. */
+static int disjoint(Span *s, int n) {
+    qsort(s, (size_t)n, sizeof *s, span_cmp);
+    int k = 0;
+    uint64_t end = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i].size == 0 || (k && s[i].off < end)) continue;
+        s[k++] = s[i];
+        end = s[i].off + s[i].size;
+    }
+    return k;
+}
+
+static void parse(Elf *e, const uint8_t *b, size_t n) {
+    memset(e, 0, sizeof *e);
+    e->b = b, e->n = n;
+    if (n < 64 || memcmp(b, "\x7f" "ELF\x02\x01", 6) != 0) return;
+    int machine = rd16(b + 18);
+    if (machine != 62 && machine != 183) return;
+    e->machine = machine;
+    uint64_t phoff = rd64(b + 32), shoff = rd64(b + 40);
+    unsigned phentsize = rd16(b + 54), phnum = rd16(b + 56), shentsize = rd16(b + 58),
+             shnum = rd16(b + 60);
+    if (phentsize == 56 && fits(phoff, (uint64_t)phnum * 56, n)) {
+        for (unsigned i = 0; i < phnum && e->nload < MAX_LOADS; i++) {
+            const uint8_t *ph = b + phoff + (uint64_t)i * 56;
+            if (rd32(ph) != 1) continue; /* PT_LOAD */
+            Span *l = &e->load[e->nload++];
+            l->off = rd64(ph + 8), l->addr = rd64(ph + 16), l->size = rd64(ph + 32);
+            uint64_t memsz = rd64(ph + 40), end = l->addr + memsz;
+            if (end < l->addr) end = UINT64_MAX;
+            if (e->nload == 1 || l->addr < e->lo) e->lo = l->addr;
+            if (end > e->hi) e->hi = end;
+        }
+    }
+    int have_loads = e->nload > 0;
+    if (shentsize == 64 && fits(shoff, (uint64_t)shnum * 64, n)) {
+        for (unsigned i = 0; i < shnum; i++) {
+            const uint8_t *sh = b + shoff + (uint64_t)i * 64;
+            uint32_t type = rd32(sh + 4);
+            uint64_t flags = rd64(sh + 8), addr = rd64(sh + 16), off = rd64(sh + 24),
+                     size = rd64(sh + 32), entsize = rd64(sh + 56);
+            if (!have_loads && (flags & 2) && size && addr + size > addr) { /* SHF_ALLOC */
+                if (e->hi == 0 || addr < e->lo) e->lo = addr;
+                if (addr + size > e->hi) e->hi = addr + size;
+            }
+            if (type == 8 || !fits(off, size, n)) continue; /* SHT_NOBITS */
+            Span s = {off, size, addr};
+            if ((flags & 4) && e->nexec < MAX_SPANS) e->exec[e->nexec++] = s;
+            else if (type == 4 && entsize == 24 && e->nrela < MAX_SPANS) e->rela[e->nrela++] = s;
+        }
+    }
+    e->nexec = disjoint(e->exec, e->nexec);
+    e->nrela = disjoint(e->rela, e->nrela);
+}
+
+static int relative_type(const Elf *e, uint32_t type) {
+    return e->machine == 62 ? (type == 8 || type == 37) : (type == 1027 || type == 1032);
+}
+
+/* The file offset of an 8-byte slot at virtual address va, or UINT64_MAX. */
+static uint64_t slot_offset(const Elf *e, uint64_t va) {
+    for (int i = 0; i < e->nload; i++) {
+        const Span *l = &e->load[i];
+        if (va >= l->addr && va - l->addr < l->size && l->size - (va - l->addr) >= 8) {
+            uint64_t off = l->off + (va - l->addr);
+            if (off >= l->off && fits(off, 8, e->n)) return off;
+        }
+    }
+    return UINT64_MAX;
+}
+
+/* ---- the scanner: every candidate of one phase, in order, to a visitor ------------------- */
+
+typedef struct Scan Scan;
+typedef int (*Visit)(Scan *s, uint64_t pos, int kind, int width, int tail, uint64_t va);
+struct Scan {
+    const Elf *e;
+    uint8_t *cover; /* one bit per byte: inside an earlier candidate */
+    Visit visit;
+    void *state;
+};
+
+static int covered(const uint8_t *cover, uint64_t pos, int width) {
+    for (int i = 0; i < width; i++)
+        if (cover[(pos + i) >> 3] & (1u << ((pos + i) & 7))) return 1;
+    return 0;
+}
+
+/* Reports a candidate (take = 0 when it overlaps an earlier one) and marks its bytes. */
+static int emit(Scan *s, const uint8_t *buf, uint64_t pos, int kind, int width, int tail,
+                uint64_t va) {
+    (void)buf;
+    int free_ = !covered(s->cover, pos, width);
+    for (int i = 0; i < width; i++) s->cover[(pos + i) >> 3] |= (uint8_t)(1u << ((pos + i) & 7));
+    return s->visit(s, pos, free_ ? kind : -kind, width, tail, va);
+}
+
+static int scan_phase1(Scan *s, const uint8_t *buf) {
+    const Elf *e = s->e;
+    for (int i = 0; i < e->nexec; i++) {
+        const Span *x = &e->exec[i];
+        uint64_t pos = x->off, end = x->off + x->size;
+        if (e->machine == 62) {
+            while (pos < end) {
+                X86Insn ins;
+                int len = x86_decode(buf + pos, end - pos, &ins);
+                if (len <= 0) {
+                    pos++;
+                    continue;
+                }
+                if (ins.field >= 0) {
+                    uint64_t f = pos + (uint64_t)ins.field;
+                    if (emit(s, buf, f, K_X86, 4, ins.tail, x->addr + (f - x->off)) < 0) return -1;
+                }
+                pos += (uint64_t)len;
+            }
+        } else {
+            for (; end - pos >= 4; pos += 4) {
+                uint32_t w = rd32(buf + pos);
+                int kind = (w & 0x7C000000u) == 0x14000000u   ? K_B26
+                           : (w & 0x9F000000u) == 0x90000000u ? K_ADRP
+                                                              : 0;
+                if (kind && emit(s, buf, pos, kind, 4, 0, x->addr + (pos - x->off)) < 0) return -1;
+            }
+        }
+    }
+    for (int i = 0; i < e->nrela; i++) {
+        const Span *r = &e->rela[i];
+        for (uint64_t p = r->off; r->off + r->size - p >= 24; p += 24) {
+            uint32_t type = (uint32_t)rd64(buf + p + 8);
+            if (emit(s, buf, p, K_ABS64, 8, 0, 0) < 0) return -1;
+            if (relative_type(e, type) && emit(s, buf, p + 16, K_ABS64, 8, 0, 0) < 0) return -1;
+        }
+    }
+    return 0;
+}
+
+static int scan_phase2(Scan *s, const uint8_t *buf) {
+    const Elf *e = s->e;
+    for (int i = 0; i < e->nrela; i++) {
+        const Span *r = &e->rela[i];
+        for (uint64_t p = r->off; r->off + r->size - p >= 24; p += 24) {
+            if (!relative_type(e, (uint32_t)rd64(buf + p + 8))) continue;
+            uint64_t slot = slot_offset(e, rd64(buf + p));
+            if (slot != UINT64_MAX && emit(s, buf, slot, K_ABS64, 8, 0, 0) < 0) return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- field values --------------------------------------------------------------------- */
+
+static int64_t sext(uint64_t v, int bits) {
+    uint64_t m = 1ull << (bits - 1);
+    v &= (1ull << bits) - 1;
+    return (int64_t)((v ^ m) - m);
+}
+
+/* The address a field points at, decoded from its bytes. */
+static uint64_t field_addr(const uint8_t *p, int kind, int tail, uint64_t va) {
+    uint32_t w = rd32(p);
+    switch (kind) {
+    case K_X86: return va + (uint64_t)tail + (uint64_t)(int64_t)(int32_t)w;
+    case K_B26: return va + (uint64_t)(sext(w, 26) * 4);
+    case K_ADRP: {
+        uint64_t imm = ((w >> 5) & 0x7FFFF) << 2 | ((w >> 29) & 3);
+        return (va & ~0xFFFull) + (uint64_t)(sext(imm, 21) * 4096);
+    }
+    default: return rd64(p);
+    }
+}
+
+/* The largest label index a field of this kind can hold. */
+static uint64_t index_limit(int kind) {
+    return kind == K_B26 ? (1u << 26) : kind == K_ADRP ? (1u << 21) : (1ull << 32);
+}
+
+/* The field's bytes carrying `index` (forward) in place of its value. */
+static void put_index(uint8_t *p, int kind, uint64_t idx) {
+    uint32_t w = rd32(p);
+    switch (kind) {
+    case K_X86: wr32(p, (uint32_t)idx); break;
+    case K_B26: wr32(p, (w & 0xFC000000u) | (uint32_t)idx); break;
+    case K_ADRP: wr32(p, (w & 0x9F00001Fu) | (uint32_t)(idx & 3) << 29 | (uint32_t)(idx >> 2) << 5); break;
+    default: wr64(p, idx);
+    }
+}
+
+static uint64_t get_index(const uint8_t *p, int kind) {
+    uint32_t w = rd32(p);
+    switch (kind) {
+    case K_X86: return w;
+    case K_B26: return w & 0x3FFFFFF;
+    case K_ADRP: return ((w >> 5) & 0x7FFFF) << 2 | ((w >> 29) & 3);
+    default: return rd64(p);
+    }
+}
+
+/* The field's bytes pointing at `addr`; 0, or -1 where the address does not fit the field. */
+static int put_addr(uint8_t *p, int kind, int tail, uint64_t va, uint64_t addr) {
+    uint32_t w = rd32(p);
+    int64_t d;
+    switch (kind) {
+    case K_X86:
+        d = (int64_t)(addr - va - (uint64_t)tail);
+        if (d != (int32_t)d) return -1;
+        wr32(p, (uint32_t)(int32_t)d);
+        return 0;
+    case K_B26:
+        d = (int64_t)(addr - va);
+        if (d & 3 || d / 4 != sext((uint64_t)(d / 4), 26)) return -1;
+        wr32(p, (w & 0xFC000000u) | ((uint32_t)(d / 4) & 0x3FFFFFF));
+        return 0;
+    case K_ADRP: {
+        if (addr & 0xFFF) return -1;
+        d = (int64_t)(addr - (va & ~0xFFFull)) / 4096;
+        if (d != sext((uint64_t)d, 21)) return -1;
+        uint32_t imm = (uint32_t)d & 0x1FFFFF;
+        wr32(p, (w & 0x9F00001Fu) | (imm & 3) << 29 | (imm >> 2) << 5);
+        return 0;
+    }
+    default: wr64(p, addr); return 0;
+    }
+}
+
+/* ---- forward: the candidates of a file, with their addresses and contexts --------------- */
+
+typedef struct {
+    Cand *v;
+    size_t n, cap;
+    const uint8_t *buf;
+    size_t nphase1;
+} CandList;
+
+static int collect(Scan *s, uint64_t pos, int kind, int width, int tail, uint64_t va) {
+    CandList *c = s->state;
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 4096;
+        Cand *v = realloc(c->v, cap * sizeof *v);
+        if (!v) return -1;
+        c->v = v, c->cap = cap;
+    }
+    int k = kind < 0 ? -kind : kind;
+    Cand *x = &c->v[c->n++];
+    x->pos = pos, x->va = va, x->kind = (uint8_t)k, x->width = (uint8_t)width, x->tail = (uint8_t)tail;
+    x->addr = field_addr(c->buf + pos, k, tail, va);
+    /* Only fields pointing into the image are labels: a misdecoded "call" in data points
+     * anywhere, and as a label it would cost a table entry instead of four unchanged bytes. */
+    x->take = kind > 0 && x->addr >= s->e->lo && x->addr < s->e->hi;
+    x->ctx = 0;
+    return 0;
+}
+
+static uint32_t mix(uint32_t h, uint32_t v) { return (h ^ v) * 16777619u; }
+
+/* aarch64 words with their label bits cleared: what stays when code moves. */
+static uint32_t a64_stable(uint32_t w) {
+    if ((w & 0x7C000000u) == 0x14000000u) return w & 0xFC000000u;
+    if ((w & 0x9F000000u) == 0x90000000u) return w & 0x9F00001Fu;
+    return w;
+}
+
+/* A hash of the bytes around each candidate, its own and other fields' values left out:
+ * a context found once in the base and once in the target pairs their labels. */
+static void contexts(const Elf *e, CandList *c, const uint8_t *cover) {
+    const uint8_t *b = c->buf;
+    for (size_t i = 0; i < c->n; i++) {
+        Cand *x = &c->v[i];
+        uint32_t h = mix(2166136261u, x->kind);
+        if (x->kind == K_B26 || x->kind == K_ADRP) {
+            for (int k = -3; k <= 1; k++) {
+                int64_t p = (int64_t)x->pos + 4 * k;
+                if (p >= 0 && (uint64_t)p + 4 <= e->n) h = mix(h, a64_stable(rd32(b + p)));
+            }
+        } else {
+            uint64_t lo = x->pos >= 16 ? x->pos - 16 : 0, hi = x->pos + x->width + 8;
+            if (hi > e->n) hi = e->n;
+            for (uint64_t p = lo; p < hi; p++)
+                h = mix(h, (cover[p >> 3] & (1u << (p & 7))) ? 0x100u : b[p]);
+        }
+        x->ctx = h;
+    }
+}
+
+/* All candidates of `b` (phase 1 then phase 2, read from the same unchanged bytes). */
+static int candidates(Elf *e, const uint8_t *b, size_t n, CandList *c) {
+    parse(e, b, n);
+    memset(c, 0, sizeof *c);
+    c->buf = b;
+    if (!e->machine) return 0;
+    uint8_t *cover = calloc(n / 8 + 1, 1);
+    if (!cover) return -1;
+    Scan s = {e, cover, collect, c};
+    int rc = scan_phase1(&s, b);
+    c->nphase1 = c->n;
+    if (rc == 0) rc = scan_phase2(&s, b);
+    if (rc == 0) contexts(e, c, cover);
+    free(cover);
+    return rc;
+}
+
+static int u64_cmp(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Sorted distinct addresses of the taken candidates. */
+static uint64_t *label_set(const CandList *c, size_t *count) {
+    uint64_t *v = malloc((c->n + 1) * sizeof *v);
+    if (!v) return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < c->n; i++)
+        if (c->v[i].take) v[k++] = c->v[i].addr;
+    qsort(v, k, sizeof *v, u64_cmp);
+    size_t u = 0;
+    for (size_t i = 0; i < k; i++)
+        if (!u || v[i] != v[u - 1]) v[u++] = v[i];
+    *count = u;
+    return v;
+}
+
+static int64_t find(const uint64_t *v, size_t n, uint64_t key) {
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (v[mid] < key) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < n && v[lo] == key ? (int64_t)lo : -1;
+}
+
+/* The normalized bytes: every taken candidate holds the index of its address in `table`
+ * (map[i] for label i of `labels`). A candidate whose index does not fit is left alone. */
+static uint8_t *normalize(const CandList *c, size_t n, const uint64_t *labels, size_t nlabels,
+                          const int64_t *map) {
+    uint8_t *out = malloc(n ? n : 1);
+    if (!out) return NULL;
+    memcpy(out, c->buf, n);
+    for (size_t i = 0; i < c->n; i++) {
+        Cand *x = &c->v[i];
+        if (!x->take) continue;
+        int64_t l = find(labels, nlabels, x->addr);
+        uint64_t idx = map ? (uint64_t)map[l] : (uint64_t)l;
+        if (idx >= index_limit(x->kind)) {
+            x->take = 0;
+            continue;
+        }
+        put_index(out + x->pos, x->kind, idx);
+    }
+    return out;
+}
+
+/* ---- matching the target's labels to the base's ------------------------------------------ */
+
+typedef struct {
+    uint32_t ctx, label;
+} CtxLabel;
+
+static int ctx_cmp(const void *a, const void *b) {
+    const CtxLabel *x = a, *y = b;
+    return x->ctx < y->ctx ? -1 : x->ctx > y->ctx;
+}
+
+static CtxLabel *ctx_labels(const CandList *c, const uint64_t *labels, size_t nl, size_t *count) {
+    CtxLabel *v = malloc((c->n + 1) * sizeof *v);
+    if (!v) return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < c->n; i++)
+        if (c->v[i].take) v[k].ctx = c->v[i].ctx, v[k++].label = (uint32_t)find(labels, nl, c->v[i].addr);
+    qsort(v, k, sizeof *v, ctx_cmp);
+    *count = k;
+    return v;
+}
+
+/* For each target label, the base label it matches or -1. Courgette's "adjustment", simply:
+ * (1) a field whose context occurs once in each file pairs the two labels it points at;
+ * (2) walking the target's labels in address order, an unpaired one takes the base label at
+ *     its address plus the shift of the last paired label (code moves in runs), or of the
+ *     next paired one. Any choice is correct; better ones make the normalized files agree. */
+static int64_t *match(const CandList *bc, const uint64_t *lb, size_t nb, const CandList *tc,
+                      const uint64_t *lt, size_t nt) {
+    int64_t *assign = malloc((nt + 1) * sizeof *assign);
+    uint8_t *used = calloc(nb + 1, 1);
+    size_t nbc = 0, ntc = 0;
+    CtxLabel *bv = ctx_labels(bc, lb, nb, &nbc), *tv = ctx_labels(tc, lt, nt, &ntc);
+    int64_t *next_shift = malloc((nt + 1) * sizeof *next_shift);
+    if (!assign || !used || !bv || !tv || !next_shift) {
+        free(assign), free(used), free(bv), free(tv), free(next_shift);
+        return NULL;
+    }
+    for (size_t i = 0; i < nt; i++) assign[i] = -1;
+    size_t i = 0, j = 0;
+    while (i < nbc && j < ntc) {
+        if (bv[i].ctx < tv[j].ctx) i++;
+        else if (bv[i].ctx > tv[j].ctx) j++;
+        else {
+            size_t i2 = i, j2 = j;
+            while (i2 < nbc && bv[i2].ctx == bv[i].ctx) i2++;
+            while (j2 < ntc && tv[j2].ctx == tv[j].ctx) j2++;
+            if (i2 - i == 1 && j2 - j == 1 && assign[tv[j].label] < 0 && !used[bv[i].label]) {
+                assign[tv[j].label] = bv[i].label;
+                used[bv[i].label] = 1;
+            }
+            i = i2, j = j2;
+        }
+    }
+    int64_t shift = 0, have = 0;
+    for (size_t k = nt; k-- > 0;) { /* the shift of the next paired label, for (2) */
+        if (assign[k] >= 0) shift = (int64_t)(lb[assign[k]] - lt[k]), have = 1;
+        next_shift[k] = have ? shift : INT64_MIN;
+    }
+    shift = 0;
+    for (size_t k = 0; k < nt; k++) {
+        if (assign[k] >= 0) {
+            shift = (int64_t)(lb[assign[k]] - lt[k]);
+            continue;
+        }
+        int64_t tries[2] = {shift, next_shift[k]};
+        for (int t = 0; t < 2; t++) {
+            if (t == 1 && (tries[1] == INT64_MIN || tries[1] == tries[0])) break;
+            int64_t l = find(lb, nb, lt[k] + (uint64_t)tries[t]);
+            if (l >= 0 && !used[l]) {
+                assign[k] = l, used[l] = 1;
+                break;
+            }
+        }
+    }
+    free(used), free(bv), free(tv), free(next_shift);
+    return assign;
+}
+
+/* ---- side data: header, mask of replaced candidates, label table ----------------------- */
+
+typedef struct {
+    uint8_t *p;
+    size_t n, cap;
+    int fail;
+} Buf;
+
+static void put_varint(Buf *b, uint64_t v) {
+    if (b->n + 10 > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 4096;
+        uint8_t *p = realloc(b->p, cap);
+        if (!p) {
+            b->fail = 1;
+            return;
+        }
+        b->p = p, b->cap = cap;
+    }
+    while (v >= 0x80) b->p[b->n++] = (uint8_t)(v | 0x80), v >>= 7;
+    b->p[b->n++] = (uint8_t)v;
+}
+
+static uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
+static int64_t unzigzag(uint64_t v) { return (int64_t)(v >> 1) ^ -(int64_t)(v & 1); }
+
+typedef struct {
+    const uint8_t *p;
+    size_t n, at;
+    int fail;
+} Reader;
+
+static uint64_t get_varint(Reader *r) {
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (r->at >= r->n) break;
+        uint8_t c = r->p[r->at++];
+        v |= (uint64_t)(c & 0x7F) << shift;
+        if (!(c & 0x80)) return v;
+    }
+    r->fail = 1;
+    return 0;
+}
+
+static int side_encode(Buf *out, const CandList *tc, const uint64_t *lb, size_t nb,
+                       const uint64_t *lt, size_t nt, const int64_t *assign) {
+    size_t nnew = 0;
+    for (size_t k = 0; k < nt; k++) nnew += assign[k] < 0;
+    put_varint(out, SIDE_VERSION);
+    put_varint(out, tc->n);
+    put_varint(out, tc->nphase1);
+    put_varint(out, nb);
+    put_varint(out, nnew);
+    size_t run = 0;
+    int state = 1;
+    for (size_t i = 0; i < tc->n; i++) {
+        if (tc->v[i].take == state) {
+            run++;
+            continue;
+        }
+        put_varint(out, run);
+        state ^= 1, run = 1;
+    }
+    put_varint(out, run);
+    uint64_t *tb = malloc((nb + 1) * sizeof *tb);
+    if (!tb) return -1;
+    uint8_t *set = calloc(nb + 1, 1);
+    if (!set) {
+        free(tb);
+        return -1;
+    }
+    for (size_t k = 0; k < nt; k++)
+        if (assign[k] >= 0) tb[assign[k]] = lt[k], set[assign[k]] = 1;
+    int64_t prev = 0;
+    for (size_t i = 0; i < nb; i++) { /* unmatched base labels repeat the shift: zero bytes */
+        int64_t d = set[i] ? (int64_t)(tb[i] - lb[i]) : prev;
+        put_varint(out, zigzag(d - prev));
+        prev = d;
+    }
+    uint64_t last = 0;
+    for (size_t k = 0; k < nt; k++)
+        if (assign[k] < 0) put_varint(out, zigzag((int64_t)(lt[k] - last))), last = lt[k];
+    free(tb), free(set);
+    return out->fail ? -1 : 0;
+}
+
+/* ---- inverse ----------------------------------------------------------------------------- */
+
+typedef struct {
+    uint8_t *out;
+    const uint8_t *mask; /* one byte per candidate */
+    size_t ncand, at;
+    const uint64_t *table;
+    size_t ntable;
+    const char *error;
+} Restore;
+
+static int restore_field(Scan *s, uint64_t pos, int kind, int width, int tail, uint64_t va) {
+    Restore *r = s->state;
+    (void)width;
+    if (r->at >= r->ncand) {
+        r->error = "the ELF file has more fields than the delta's mask";
+        return -1;
+    }
+    if (!r->mask[r->at++]) return 0;
+    if (kind < 0) {
+        r->error = "the delta's mask replaces an overlapping field";
+        return -1;
+    }
+    uint64_t idx = get_index(r->out + pos, kind);
+    if (idx >= r->ntable) {
+        r->error = "a field's label index is outside the delta's label table";
+        return -1;
+    }
+    if (put_addr(r->out + pos, kind, tail, va, r->table[idx]) < 0) {
+        r->error = "a label's address does not fit its field";
+        return -1;
+    }
+    return 0;
+}
+
+/* Decodes the side data into the mask and table; an error message or NULL. */
+static const char *side_decode(Reader *rd, const uint64_t *lb, size_t nb_have, size_t n,
+                               uint8_t **mask, size_t *ncand, size_t *nphase1, uint64_t **table,
+                               size_t *ntable) {
+    uint64_t version = get_varint(rd), nc = get_varint(rd), n1 = get_varint(rd),
+             nb = get_varint(rd), nnew = get_varint(rd);
+    if (rd->fail || version != SIDE_VERSION) return "ELF side data: bad header";
+    if (nc > 2 * (uint64_t)n + 16 || n1 > nc || nnew > nc) return "ELF side data: counts out of range";
+    if (nb != nb_have) return "ELF side data: made against a base with another label count";
+    *mask = malloc(nc + 1);
+    *table = malloc((nb + nnew + 1) * sizeof **table);
+    if (!*mask || !*table) return "out of memory";
+    size_t i = 0;
+    for (int state = 1; i < nc; state ^= 1) {
+        uint64_t run = get_varint(rd);
+        if (rd->fail || run > nc - i) return "ELF side data: bad mask";
+        memset(*mask + i, state, run);
+        i += run;
+        if (run == 0 && i) return "ELF side data: bad mask";
+    }
+    int64_t d = 0;
+    for (size_t k = 0; k < nb; k++) d += unzigzag(get_varint(rd)), (*table)[k] = lb[k] + (uint64_t)d;
+    uint64_t last = 0;
+    for (size_t k = 0; k < nnew; k++) last += (uint64_t)unzigzag(get_varint(rd)), (*table)[nb + k] = last;
+    if (rd->fail || rd->at != rd->n) return "ELF side data: bad label table";
+    *ncand = nc, *nphase1 = n1, *ntable = nb + nnew;
+    return NULL;
+}
+
+/* ---- Python entry points (the GIL is released while computing) --------------------------- */
+
+typedef struct {
+    uint8_t *norm_b, *norm_t;
+    uint64_t *lb;
+    size_t nb;
+    Buf side;
+    int oom;
+} Encoded;
+
+static void encode_base(const uint8_t *b, size_t n, Encoded *r, CandList *bc) {
+    Elf *e = malloc(sizeof *e);
+    if (!e || candidates(e, b, n, bc) < 0 || !(r->lb = label_set(bc, &r->nb)) ||
+        !(r->norm_b = normalize(bc, n, r->lb, r->nb, NULL)))
+        r->oom = 1;
+    free(e);
+}
+
+static void encode_target(const uint8_t *t, size_t n, Encoded *r, CandList *bc) {
+    CandList tc = {0};
+    size_t nt = 0;
+    uint64_t *lt = NULL;
+    int64_t *assign = NULL, *map = NULL;
+    Elf *e = malloc(sizeof *e);
+    if (!e || candidates(e, t, n, &tc) < 0 || !(lt = label_set(&tc, &nt)) ||
+        !(assign = match(bc, r->lb, r->nb, &tc, lt, nt)) || !(map = malloc((nt + 1) * sizeof *map))) {
+        r->oom = 1;
+    } else {
+        size_t fresh = r->nb;
+        for (size_t k = 0; k < nt; k++) map[k] = assign[k] >= 0 ? assign[k] : (int64_t)fresh++;
+        if (!(r->norm_t = normalize(&tc, n, lt, nt, map)) ||
+            side_encode(&r->side, &tc, r->lb, r->nb, lt, nt, assign) < 0)
+            r->oom = 1;
+    }
+    free(e), free(tc.v), free(lt), free(assign), free(map);
+}
+
+static PyObject *take_bytes(uint8_t *p, size_t n) {
+    PyObject *o = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
+    free(p);
+    return o;
+}
+
+static void encoded_free(Encoded *r) {
+    free(r->norm_b), free(r->norm_t), free(r->lb), free(r->side.p);
+}
+
+PyObject *elfnorm_base(PyObject *Py_UNUSED(module), PyObject *args) {
+    Py_buffer base;
+    if (!PyArg_ParseTuple(args, "y*", &base)) return NULL;
+    Encoded r = {0};
+    CandList bc = {0};
+    Py_BEGIN_ALLOW_THREADS
+    encode_base(base.buf, (size_t)base.len, &r, &bc);
+    Py_END_ALLOW_THREADS
+    size_t n = (size_t)base.len;
+    PyBuffer_Release(&base);
+    free(bc.v);
+    PyObject *res = NULL;
+    if (r.oom) PyErr_NoMemory();
+    else {
+        uint8_t *labels = malloc(r.nb * 8 + 1);
+        if (!labels) PyErr_NoMemory();
+        else {
+            for (size_t i = 0; i < r.nb; i++) wr64(labels + 8 * i, r.lb[i]);
+            PyObject *nb = take_bytes(r.norm_b, n), *lb = take_bytes(labels, r.nb * 8);
+            r.norm_b = NULL;
+            if (nb && lb) res = PyTuple_Pack(2, nb, lb);
+            Py_XDECREF(nb), Py_XDECREF(lb);
+        }
+    }
+    encoded_free(&r);
+    return res;
+}
+
+PyObject *elfnorm_encode(PyObject *Py_UNUSED(module), PyObject *args) {
+    Py_buffer base, target;
+    if (!PyArg_ParseTuple(args, "y*y*", &base, &target)) return NULL;
+    Encoded r = {0};
+    CandList bc = {0};
+    Py_BEGIN_ALLOW_THREADS
+    encode_base(base.buf, (size_t)base.len, &r, &bc);
+    if (!r.oom) encode_target(target.buf, (size_t)target.len, &r, &bc);
+    Py_END_ALLOW_THREADS
+    size_t nb = (size_t)base.len, nt = (size_t)target.len;
+    PyBuffer_Release(&base), PyBuffer_Release(&target);
+    free(bc.v);
+    PyObject *res = NULL;
+    if (r.oom) PyErr_NoMemory();
+    else {
+        PyObject *a = take_bytes(r.norm_b, nb), *b = take_bytes(r.norm_t, nt),
+                 *c = PyBytes_FromStringAndSize((const char *)r.side.p, (Py_ssize_t)r.side.n);
+        r.norm_b = r.norm_t = NULL;
+        if (a && b && c) res = PyTuple_Pack(3, a, b, c);
+        Py_XDECREF(a), Py_XDECREF(b), Py_XDECREF(c);
+    }
+    encoded_free(&r);
+    return res;
+}
+
+static const char *restore(uint8_t *out, size_t n, const uint8_t *side, size_t side_n,
+                           const uint8_t *lbytes, size_t nb) {
+    uint64_t *lb = malloc((nb + 1) * sizeof *lb), *table = NULL;
+    uint8_t *mask = NULL, *cover = calloc(n / 8 + 1, 1);
+    Elf *e = malloc(sizeof *e);
+    const char *err = NULL;
+    size_t ncand = 0, n1 = 0, ntable = 0;
+    if (!lb || !cover || !e) err = "out of memory";
+    if (!err) {
+        for (size_t i = 0; i < nb; i++) lb[i] = rd64(lbytes + 8 * i);
+        Reader rd = {side, side_n, 0, 0};
+        err = side_decode(&rd, lb, nb, n, &mask, &ncand, &n1, &table, &ntable);
+    }
+    if (!err) {
+        parse(e, out, n);
+        Restore r = {out, mask, ncand, 0, table, ntable, NULL};
+        Scan s = {e, cover, restore_field, &r};
+        if (e->machine && scan_phase1(&s, out) == 0) {
+            if (r.at != n1) r.error = "the ELF file's fields do not match the delta's mask";
+            else scan_phase2(&s, out);
+        }
+        if (r.error) err = r.error;
+        else if (r.at != ncand) err = "the ELF file has fewer fields than the delta's mask";
+    }
+    free(lb), free(table), free(mask), free(cover), free(e);
+    return err;
+}
+
+PyObject *elfnorm_restore(PyObject *Py_UNUSED(module), PyObject *args) {
+    Py_buffer norm, side, labels;
+    if (!PyArg_ParseTuple(args, "y*y*y*", &norm, &side, &labels)) return NULL;
+    PyObject *out = NULL;
+    const char *err = NULL;
+    if (labels.len % 8) err = "base labels must be u64 values";
+    else if (!(out = PyBytes_FromStringAndSize(norm.buf, norm.len))) err = "";
+    if (!err) {
+        uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+        Py_BEGIN_ALLOW_THREADS
+        err = restore(o, (size_t)norm.len, side.buf, (size_t)side.len, labels.buf, (size_t)labels.len / 8);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&norm), PyBuffer_Release(&side), PyBuffer_Release(&labels);
+    if (err) {
+        Py_XDECREF(out);
+        if (*err) PyErr_SetString(PyExc_ValueError, err);
+        return NULL;
+    }
+    return out;
+}
