@@ -84,22 +84,34 @@ def layer_url(agent: Agent, cluster: Cluster, index: int) -> tuple[str, bytes]:
     return f"{agent.registry}/v2/{REPOSITORY}/blobs/{layer.digest}", layer.data
 
 
+def pull_timed_under(agent: Agent, url: str, data: bytes, source: str) -> dict[str, float]:
+    """GET ``url`` through ``agent`` (it must answer ``data``): timed once under ``source``,
+    both to its first byte and to its end. The agent's metrics after the pull.
+
+    The pull is observed when the agent's handler ends, which can be just after the
+    client has read the last byte: the test waits for it rather than race it.
+    """
+    assert get(url) == data
+    until_sync(
+        lambda: count(agent.metrics(), "krill_agent_pull_seconds", source=source) >= 1,
+        f"the pull timed under {source}",
+    )
+    pulled = agent.metrics()
+    assert count(pulled, "krill_agent_pull_first_byte_seconds", source=source) == 1
+    assert count(pulled, "krill_agent_pull_seconds", source=source) == 1
+    return pulled
+
+
 def test_a_swarm_pull_then_a_cached_one_move_their_sources_histograms(cluster: Cluster) -> None:
     agent = cluster.swarm_agent
     url, data = layer_url(agent, cluster, 0)
-    assert get(url) == data
-    pulled = agent.metrics()
-    assert count(pulled, "krill_agent_pull_first_byte_seconds", source="swarm") == 1
-    assert count(pulled, "krill_agent_pull_seconds", source="swarm") == 1
+    pulled = pull_timed_under(agent, url, data, "swarm")
     assert pulled['krill_agent_pull_seconds_sum{source="swarm"}'] > 0
     until_sync(
         lambda: count(agent.metrics(), "krill_agent_swarm_download_seconds") == 1,
         "the swarm download's time observed once its file is committed",
     )
-    assert get(url) == data
-    again = agent.metrics()
-    assert count(again, "krill_agent_pull_seconds", source="cache") == 1
-    assert count(again, "krill_agent_pull_first_byte_seconds", source="cache") == 1
+    again = pull_timed_under(agent, url, data, "cache")
     assert count(again, "krill_agent_pull_seconds", source="swarm") == 1
     assert get(url, {"Range": "bytes=10-"}) == data[10:]
     ranged = agent.metrics()
@@ -113,10 +125,7 @@ def test_a_swarm_pull_then_a_cached_one_move_their_sources_histograms(cluster: C
 def test_an_http_fallback_pull_is_timed_under_the_origin(cluster: Cluster) -> None:
     agent = cluster.http_agent
     url, data = layer_url(agent, cluster, 1)
-    assert get(url) == data
-    pulled = agent.metrics()
-    assert count(pulled, "krill_agent_pull_seconds", source="origin") == 1
-    assert count(pulled, "krill_agent_pull_first_byte_seconds", source="origin") == 1
+    pulled = pull_timed_under(agent, url, data, "origin")
     assert count(pulled, "krill_agent_pull_seconds", source="swarm") == 0
     assert count(pulled, "krill_agent_swarm_download_seconds") == 0
     origin = read_metrics(cluster.origin)
@@ -133,16 +142,11 @@ def test_a_pull_the_origin_fills_from_its_upstream_is_timed_under_upstream(
         upstream = stack.enter_context(docker_registry(tmp_path / "upstream"))
         image = build_layout(tmp_path / "layout", seed=43)
         push(image, upstream, "team/mirrored:1")
-        origin = stack.enter_context(
-            origin_process(tmp_path / "origin", "--upstream", upstream)
-        )
+        origin = stack.enter_context(origin_process(tmp_path / "origin", "--upstream", upstream))
         agent = stack.enter_context(agent_process(tmp_path / "agent", origin))
         layer = image.images[0].layers[0]
         url = f"{agent.registry}/v2/team/mirrored/blobs/{layer.digest}"
-        assert get(url) == layer.data
-        pulled = agent.metrics()
-        assert count(pulled, "krill_agent_pull_seconds", source="upstream") == 1
-        assert count(pulled, "krill_agent_pull_first_byte_seconds", source="upstream") == 1
+        pulled = pull_timed_under(agent, url, layer.data, "upstream")
         assert count(pulled, "krill_agent_pull_seconds", source="origin") == 0
         assert get(url) == layer.data
         assert count(agent.metrics(), "krill_agent_pull_seconds", source="cache") == 1
