@@ -161,7 +161,9 @@ def test_origins_on_object_storage_get_its_settings_and_credentials(
     assert origin["spec"]["replicas"] == 3
     container = origin["spec"]["template"]["spec"]["containers"][0]
     secret_env = {
-        e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
     }
     assert {name: ref["name"] for name, ref in secret_env.items()} == {
         "AWS_ACCESS_KEY_ID": "krill-s3",
@@ -171,8 +173,12 @@ def test_origins_on_object_storage_get_its_settings_and_credentials(
     assert secret_env["AWS_SESSION_TOKEN"]["optional"] is True
     environ = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     args = [a.removeprefix("--").split("=", 1) for a in container["args"] if "=" in a]
-    flags = {k.replace("-", "_"): v for k, v in args if k in ("storage", "s3-region")}
+    wanted = ("storage", "s3-region", "replicas", "replica-url")
+    flags = {k.replace("-", "_"): v for k, v in args if k in wanted}
     config = load_origin_config(flags=flags, environ=environ)
+    # Rendezvous over the ready pods of the headless Service; $(POD_IP) set by Kubernetes.
+    assert config.replicas == "dns+http://krill-krill-origin-replicas.krill-system.svc:5000"
+    assert config.replica_url == "http://$(POD_IP):5000"
     assert config.storage == "s3://krill/prod?endpoint=http://minio.minio:9000"
     assert config.s3_region == "eu-west-1"
     assert config.local_cache_max_bytes == 100 << 30

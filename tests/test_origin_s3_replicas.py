@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -42,7 +43,9 @@ from krill.origin.gc import GarbageCollector
 from krill.origin.server import create_app
 from krill.origin.storage_gc import reconcile_with_bucket, sweep_bucket
 from krill.origin.storage_metadata import TAG_TTL
+from krill.rendezvous import owner
 from krill.s3backend import S3Backend, S3Location
+from tests.agent_cluster import tracker_process
 from tests.clocks import ManualClock
 from tests.components import SKOPEO_FLAGS, free_port, krill_command, krill_process, skopeo
 from tests.fixtures_origin import digest_of, error_code
@@ -378,3 +381,71 @@ async def test_a_deletion_reaches_the_other_origins_cache_at_its_collection(
     assert (await b.client.get(layer)).status == 404
     manifest = f"/v2/team/app/manifests/{image.manifest.digest}"
     assert (await b.client.get(manifest)).status == 404
+
+
+def seeded(log: Path, digest: str) -> bool:
+    return f"swarm.seeding digest={digest}" in log.read_text()
+
+
+@pytest.mark.slow
+async def test_the_owner_of_a_blob_seeds_and_caches_it_and_the_next_takes_over(
+    seaweedfs: SeaweedFS, s3_location: S3Location, tmp_path: Path
+) -> None:
+    """Rendezvous ownership with two ``krill origin`` processes on one bucket.
+
+    A blob pushed to A but owned by B: its metainfo asked of A is answered
+    with B's, and B (not A) seeds it, copying it in from the bucket; A,
+    asked for the blob with its local copy gone, streams it from the bucket
+    without caching it. With B killed, A answers the metainfo itself and
+    seeds the blob.
+    """
+    config = tmp_path / "origin.toml"
+    config.write_text(f's3_credentials = "{credentials_file(seaweedfs, tmp_path)}"\n')
+    port_a, port_b = free_port(), free_port()
+    a_url, b_url = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+    data = next(
+        d
+        for d in (payload(seed, 300_000) for seed in range(100, 200))
+        if owner(digest_of(d), [a_url, b_url]) == b_url
+    )
+    digest = digest_of(data)
+    with tracker_process(tmp_path / "tracker", a_url) as tracker:
+
+        def args(root: Path, port: int, me: str) -> list[str]:
+            root.mkdir()
+            return [
+                *origin_args(root, port, config, s3_location),
+                *("--tracker", tracker, "--peer-port", str(free_port())),
+                *("--replicas", f"{a_url},{b_url}", "--replica-url", me),
+            ]
+
+        a_root, b_root = tmp_path / "a", tmp_path / "b"
+        a_log, b_log = a_root / "origin.log", b_root / "origin.log"
+        a_blob = a_root / "data/blobs/sha256" / digest[7:9] / digest[7:]
+        b_blob = b_root / "data/blobs/sha256" / digest[7:9] / digest[7:]
+        with krill_process(args(b_root, port_b, b_url), b_log, f"{b_url}/v2/") as b:
+            with krill_process(args(a_root, port_a, a_url), a_log, f"{a_url}/v2/"):
+                async with aiohttp.ClientSession() as http:
+                    resp = await http.post(
+                        f"{a_url}/v2/team/app/blobs/uploads/", params={"digest": digest}, data=data
+                    )
+                    assert resp.status == 201
+                    metainfo = f"{a_url}/krill/v1/metainfo/{digest}"
+                    async with http.get(metainfo) as resp:
+                        assert resp.status == 200
+                        from_a = await resp.read()
+                    async with http.get(f"{b_url}/krill/v1/metainfo/{digest}") as resp:
+                        assert await resp.read() == from_a  # the owner's, answered by A
+                    assert seeded(b_log, digest) and not seeded(a_log, digest)
+                    assert b_blob.read_bytes() == data  # the owner copied it in to seed it
+
+                    a_blob.unlink()
+                    async with http.get(f"{a_url}/v2/team/app/blobs/{digest}") as resp:
+                        assert resp.status == 200 and await resp.read() == data
+                    assert not a_blob.exists()  # not the owner: streamed, not cached
+
+                    b.send_signal(signal.SIGKILL)
+                    b.wait(timeout=30)
+                    async with http.get(metainfo) as resp:
+                        assert resp.status == 200 and await resp.read() == from_a
+                    assert seeded(a_log, digest) and a_blob.read_bytes() == data

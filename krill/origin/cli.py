@@ -36,6 +36,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible store's base URL")
     parser.add_argument("--s3-region", metavar="REGION", help="S3 region (default us-east-1)")
+    parser.add_argument(
+        "--replicas",
+        metavar="URLS",
+        help="the origins on the same bucket: URL,URL,... or dns+http://SERVICE:PORT",
+    )
+    parser.add_argument("--replica-url", metavar="URL", help="this origin's URL among --replicas")
     parser.add_argument("--upstream", metavar="URL", help="registry to pull through from")
     parser.add_argument(
         "--upstream-credentials",
@@ -108,6 +114,8 @@ CONFIG_FLAGS = (
     "storage",
     "s3_endpoint",
     "s3_region",
+    "replicas",
+    "replica_url",
     "upstream",
     "upstream_credentials",
     "tag_ttl",

@@ -41,6 +41,11 @@ class OriginConfig(ServerTlsSettings):
     # With s3:// storage, keep local copies under this many bytes (0: no limit; least
     # recently served removed first, never manifests; origin.storage_cache).
     local_cache_max_bytes: int = 0
+    # Several origins on one bucket: the replicas' base URLs (comma-separated) or
+    # dns+http://SERVICE:PORT, and this one's URL among them; a blob's seeding and caching
+    # owner is chosen by rendezvous hashing over the live ones (origin.storage_replicas).
+    replicas: str | None = None
+    replica_url: str | None = None
     # Pull-through: the registry to mirror (e.g. https://registry-1.docker.io).
     upstream: str | None = None
     # A file holding "username:password" (one line) for the upstream registry.
@@ -126,6 +131,11 @@ class OriginConfig(ServerTlsSettings):
             raise ConfigError("cache_max_age and cache_max_bytes must be zero or more")
         if self.local_cache_max_bytes < 0:
             raise ConfigError("local_cache_max_bytes must be zero or more (0: no limit)")
+        if self.replicas and (not self.replica_url or isinstance(storage, Path) or storage is None):
+            raise ConfigError(
+                "replicas needs s3:// storage and replica_url (this origin's URL as the "
+                "other replicas reach it)"
+            )
         if self.gc_interval < 0 or self.gc_grace < 0:
             raise ConfigError("gc_interval and gc_grace must be zero or more seconds")
         if self.delta_workers < 1 or self.delta_history < 1:

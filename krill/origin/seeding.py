@@ -38,7 +38,9 @@ from krill.origin.appkeys import BLOB_PUSHED
 from krill.origin.config import OriginConfig
 from krill.origin.errors import blob_not_on_origin, stored_digest
 from krill.origin.piececlaims import install_piece_claims
+from krill.origin.storage_seeding import fill_for_seeding, metainfo_from_owner
 from krill.registry_errors import RegistryError
+from krill.registry_params import parse_digest
 from krill.singleflight import SingleFlight
 from krill.swarm import SwarmEngine, SwarmSettings
 
@@ -170,6 +172,15 @@ def install_seeding(app: web.Application, store: BlobStore, settings: SwarmSetti
 
 async def _handle_metainfo(request: web.Request) -> web.Response:
     engine = request.app[SWARM_ENGINE_KEY]
+    try:
+        wanted = parse_digest(request.match_info["digest"])
+    except RegistryError as exc:
+        return exc.response()
+    # On several origins on one bucket, the blob's owner seeds it (origin.storage_seeding).
+    from_owner = await metainfo_from_owner(request, wanted)
+    if from_owner is not None:
+        return from_owner
+    await fill_for_seeding(request.app, wanted)
     try:
         digest = stored_digest(request, engine.store)
     except RegistryError as exc:

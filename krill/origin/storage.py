@@ -49,6 +49,7 @@ from krill.origin.storage_cache import evict_to_fit
 from krill.origin.storage_fill import FillTap, copy_in
 from krill.origin.storage_gc import held, reconcile_with_bucket, sweep_bucket
 from krill.origin.storage_metadata import METADATA, BucketMetadata
+from krill.origin.storage_replicas import install_replicas
 from krill.origin.storage_sync import bucket_sync
 from krill.origin.storage_url import parse_storage_url, s3_credentials
 from krill.registry_errors import RegistryError
@@ -228,6 +229,8 @@ def install_object_storage(
         await app[OBJECT_STORE].close()
 
     app.cleanup_ctx.append(open_bucket)
+    if config.replicas and config.replica_url:  # config checks both are set together
+        install_replicas(app, config.replicas, config.replica_url)
     app.middlewares.append(bucket_sync(_write_blob))
     app[INSTALLED] = True
 

@@ -33,6 +33,7 @@ from krill.digests import Digest
 from krill.origin.blobresponses import blob_head_response, blob_headers
 from krill.origin.storage import ObjectStore
 from krill.origin.storage_fill import Filled, FillEnd, FillTap, Opened
+from krill.origin.storage_replicas import REPLICAS
 from krill.registry_errors import RegistryError
 from krill.registry_params import parse_range
 from krill.s3backend import S3Error
@@ -46,14 +47,18 @@ async def bucket_blob_response(
     request: web.Request, object_store: ObjectStore, digest: Digest
 ) -> web.StreamResponse | None:
     """The blob from the bucket (GET, with its Range) or its size (HEAD); None if not there."""
-    if request.method == "GET" and "Range" not in request.headers:
+    replicas = request.app.get(REPLICAS)
+    # Of several origins on one bucket, only the blob's owner keeps a copy of it.
+    caching = replicas is None or replicas.owns(digest)
+    if caching and request.method == "GET" and "Range" not in request.headers:
         tap = object_store.start_fill(request.app, digest, tap=True)
         if tap is not None:  # this request started the copy: answered from its chunks
             return await _tapped_response(request, tap, digest)
     size = await object_store.size(digest)
     if size is None:
         return None
-    object_store.start_fill(request.app, digest)
+    if caching:
+        object_store.start_fill(request.app, digest)
     if request.method == "HEAD":
         return blob_head_response(digest, size)
     wanted = parse_range(request.headers.get("Range"), size)

@@ -1,0 +1,145 @@
+"""The origin replicas sharing one bucket, which of them are alive, and which owns a blob.
+
+With ``replicas`` set (a comma-separated list of the replicas' base URLs, or
+``dns+http://NAME:PORT``, the headless Service whose addresses are the
+replicas, resolved again every ``REFRESH`` seconds) and ``replica_url`` (this
+origin's own URL as the others reach it), each origin probes every
+replica's ``/ready`` every ``REFRESH`` seconds. A blob's owner is the
+rendezvous-hash owner (``krill.rendezvous``) of its digest among the live
+replicas, this origin always counted live. The owner is the one replica that
+copies the blob into its local cache and seeds it into the swarm; the others
+answer from the bucket without caching it, and send metainfo requests to the
+owner (``origin.storage_seeding``), so a herd pulling through several
+origins costs the origins about one copy of the blob. A replica that stops
+answering ``/ready`` drops out at the next probe, and its blobs go to the
+next in each ranking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from krill.config import ConfigError
+from krill.digests import Digest
+from krill.rendezvous import rank
+
+__all__ = ["REFRESH", "REPLICAS", "ReplicaSet", "install_replicas", "parse_replicas"]
+
+log = logging.getLogger(__name__)
+
+# Seconds between probes of the replicas' /ready (and DNS lookups of a headless Service).
+REFRESH = 5.0
+PROBE_TIMEOUT = 2.0
+DNS_SCHEME = "dns+"
+
+
+def parse_replicas(spec: str) -> tuple[list[str], URL | None]:
+    """Static URLs, or the one ``dns+http://NAME:PORT`` to resolve; ConfigError if neither."""
+    spec = spec.strip()
+    if spec.startswith(DNS_SCHEME):
+        url = URL(spec[len(DNS_SCHEME) :])
+        if url.scheme not in ("http", "https") or not url.host or url.port is None:
+            raise ConfigError(f"replicas = {spec!r}: use dns+http://NAME:PORT (a headless Service)")
+        return [], url
+    urls = [u.strip().rstrip("/") for u in spec.split(",") if u.strip()]
+    for u in urls:
+        if URL(u).scheme not in ("http", "https") or not URL(u).host:
+            raise ConfigError(
+                f"replicas: {u!r} is not an http(s) URL; list the replicas' base URLs"
+            )
+    if not urls:
+        raise ConfigError("replicas is empty; list the replicas' base URLs or dns+http://NAME:PORT")
+    return urls, None
+
+
+class ReplicaSet:
+    """The replicas, their liveness, and the owner of each blob among the live ones."""
+
+    def __init__(self, me: str, members: list[str], dns: URL | None = None) -> None:
+        self.me = me.rstrip("/")
+        self.members = sorted({*members, self.me})
+        self.dns = dns
+        self.live: set[str] = set(self.members)  # until the first probe says otherwise
+        # For requests to other replicas (probes, forwarded metainfo), while the app runs.
+        self.session: aiohttp.ClientSession | None = None
+
+    def ranking(self, digest: Digest) -> list[str]:
+        """The live replicas, the blob's owner first."""
+        return rank(str(digest), self.live | {self.me})
+
+    def owns(self, digest: Digest) -> bool:
+        return self.ranking(digest)[0] == self.me
+
+    async def refresh(self, session: aiohttp.ClientSession) -> None:
+        """Resolve the Service (if any), then probe every replica's /ready once."""
+        if self.dns is not None:
+            self.members = sorted({*await _resolve(self.dns), self.me})
+        others = [m for m in self.members if m != self.me]
+        answers = await asyncio.gather(*(_ready(session, m) for m in others))
+        live = {self.me} | {m for m, ok in zip(others, answers, strict=True) if ok}
+        if live != self.live:
+            log.info("origin.replicas_live live=%s", ",".join(sorted(live)))
+        self.live = live
+
+
+async def _resolve(url: URL) -> list[str]:
+    """Every address the name has: one URL per replica behind a headless Service."""
+    assert url.host is not None and url.port is not None
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            url.host, url.port, type=socket.SOCK_STREAM
+        )
+    except OSError as exc:
+        log.warning("origin.replicas_dns_failed name=%s error=%s", url.host, exc)
+        return []
+    hosts = {str(info[4][0]) for info in infos}
+    return [str(url.with_host(h)).rstrip("/") for h in sorted(hosts)]
+
+
+async def _ready(session: aiohttp.ClientSession, base: str) -> bool:
+    try:
+        async with session.get(f"{base}/ready") as resp:
+            return resp.status == 200
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return False
+
+
+REPLICAS = web.AppKey("krill_origin_replicas", ReplicaSet)
+
+
+def install_replicas(app: web.Application, spec: str, me: str) -> None:
+    """Probe the replicas for the app's lifetime; ``app[REPLICAS]`` says who owns what."""
+    members, dns = parse_replicas(spec)
+    replicas = ReplicaSet(me, members, dns)
+    app[REPLICAS] = replicas
+
+    async def probe(app: web.Application) -> AsyncIterator[None]:
+        timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
+        session = aiohttp.ClientSession(timeout=timeout)
+        replicas.session = session
+
+        async def loop() -> None:
+            while True:
+                try:
+                    await replicas.refresh(session)
+                except Exception:
+                    log.exception("origin.replicas_probe_failed")
+                await asyncio.sleep(REFRESH)
+
+        task = asyncio.create_task(loop())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        replicas.session = None
+        await session.close()
+
+    app.cleanup_ctx.append(probe)
