@@ -37,6 +37,7 @@ import bcrypt
 
 from krill.clock import Clock
 from krill.config import ConfigError
+from krill.linefile import colon_lines
 from krill.singleflight import SingleFlight
 
 __all__ = ["Htpasswd", "PasswordChecker"]
@@ -59,19 +60,10 @@ class Htpasswd:
     @classmethod
     def load(cls, path: Path) -> Htpasswd:
         """Parse ``path``; ConfigError naming the line for anything but bcrypt entries."""
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read htpasswd file {path}: {exc.strerror}") from None
         hashes: dict[str, bytes] = {}
-        for number, line in enumerate(text.splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            user, sep, hashed = line.partition(":")
-            if not sep or not user:
-                raise ConfigError(f"{path}:{number}: expected 'user:hash' (as htpasswd -B writes)")
-            hashes[user] = _bcrypt_hash(hashed.encode(), f"{path}:{number} (user {user})")
+        expected = "'user:hash' (as htpasswd -B writes)"
+        for where, user, hashed in colon_lines(path, "htpasswd file", expected):
+            hashes[user] = _bcrypt_hash(hashed.encode(), f"{where} (user {user})")
         return cls(hashes)
 
     def cost(self) -> int:

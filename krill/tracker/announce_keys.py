@@ -19,6 +19,7 @@ import hashlib
 from pathlib import Path
 
 from krill.config import ConfigError
+from krill.linefile import colon_lines
 from krill.nodeauth import check_announce_key, redact_announce_keys
 
 __all__ = ["AnnounceKeys", "load_announce_keys"]
@@ -56,19 +57,9 @@ class AnnounceKeys:
 
 def load_announce_keys(path: Path) -> AnnounceKeys:
     """Read ``NODE:KEY`` lines; ConfigError naming the file and line (never the key)."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read announce_keys {path}: {exc.strerror}") from None
     keys: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        node, sep, key = line.partition(":")
-        if not sep or not node:
-            raise ConfigError(f"{path}:{number}: expected NODE:KEY")
-        keys[node] = check_announce_key(key, f"{path}:{number}: the key of {node}")
+    for where, node, key in colon_lines(path, "announce_keys", "NODE:KEY"):
+        keys[node] = check_announce_key(key, f"{where}: the key of {node}")
     if not keys:
         raise ConfigError(f"{path} lists no NODE:KEY lines (no node could announce)")
     if len(set(keys.values())) != len(keys):
