@@ -30,7 +30,7 @@ TOKEN_PATH = "/auth/token"
 # A token request is a short form; a token answer is a few hundred bytes of JSON.
 MAX_TOKEN_BYTES = 64 * 1024
 _FORWARDED = (hdrs.AUTHORIZATION, hdrs.CONTENT_TYPE, hdrs.ACCEPT)
-_RETURNED = (hdrs.CONTENT_TYPE, hdrs.CACHE_CONTROL, hdrs.WWW_AUTHENTICATE)
+_RETURNED = (hdrs.CONTENT_TYPE, hdrs.CACHE_CONTROL, hdrs.WWW_AUTHENTICATE, hdrs.RETRY_AFTER)
 
 
 async def forward_token_request(request: web.Request, origin: OriginClient) -> web.Response:

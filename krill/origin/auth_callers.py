@@ -14,6 +14,11 @@ A header that is present but wrong (bad password, forged or expired token,
 another scheme) is never treated as anonymous: the caller meant to be
 someone, and silently serving them as nobody would hide the mistake. It is
 a ``CallerOutcome`` that ends in a 401.
+
+Every password check (Basic here, the OAuth2 form in ``auth_endpoint``) goes
+through ``check_password``, which the ``LoginThrottle`` can answer with 429
+before bcrypt runs when the same user has failed too often from the same
+client address.
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ from aiohttp import hdrs, web
 from krill.origin.auth_config import AuthSettings
 from krill.origin.auth_passwords import PasswordChecker
 from krill.origin.auth_rules import AccessPolicy
+from krill.origin.auth_throttle import LoginThrottle, too_many_attempts
 from krill.origin.auth_tokens import Grant, TokenIssuer
 
-__all__ = ["AUTH", "Caller", "CallerOutcome", "OriginAuth", "Via", "identify"]
+__all__ = ["AUTH", "Caller", "CallerOutcome", "OriginAuth", "Via", "check_password", "identify"]
 
 
 class Via(enum.Enum):
@@ -65,6 +71,7 @@ class OriginAuth:
     settings: AuthSettings
     passwords: PasswordChecker
     tokens: TokenIssuer
+    throttle: LoginThrottle
 
     @property
     def policy(self) -> AccessPolicy:
@@ -84,19 +91,32 @@ async def identify(auth: OriginAuth, request: web.Request) -> Caller | CallerOut
         grant = auth.tokens.verify(credentials.strip())
         return CallerOutcome.BAD_TOKEN if grant is None else Caller(grant.subject, Via.TOKEN, grant)
     if scheme.lower() == "basic":
-        return await check_basic(auth, credentials.strip())
+        return await check_basic(auth, credentials.strip(), request.remote or "")
     return CallerOutcome.UNREADABLE
 
 
-async def check_basic(auth: OriginAuth, credentials: str) -> Caller | CallerOutcome:
+async def check_basic(auth: OriginAuth, credentials: str, address: str) -> Caller | CallerOutcome:
     """A ``Basic`` header's user, if the htpasswd file accepts the password."""
     pair = decode_basic(credentials)
     if pair is None:
         return CallerOutcome.UNREADABLE
     user, password = pair
-    if not await auth.passwords.check(user, password):
+    if not await check_password(auth, user, password, address):
         return CallerOutcome.BAD_PASSWORD
     return Caller(user, Via.PASSWORD)
+
+
+async def check_password(auth: OriginAuth, user: str, password: str, address: str) -> bool:
+    """Whether ``password`` is ``user``'s; 429 (``RegistryError``) while throttled."""
+    wait = auth.throttle.retry_after(user, address)
+    if wait is not None:
+        raise too_many_attempts(wait)
+    valid = await auth.passwords.check(user, password)
+    if valid:
+        auth.throttle.succeeded(user, address)
+    else:
+        auth.throttle.failed(user, address)
+    return valid
 
 
 def decode_basic(credentials: str) -> tuple[str, str] | None:

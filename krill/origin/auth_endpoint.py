@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from aiohttp import hdrs, web
 
-from krill.origin.auth_callers import AUTH, Caller, Via, identify
+from krill.origin.auth_callers import AUTH, Caller, Via, check_password, identify
 from krill.origin.auth_tokens import (
     CATALOG_SCOPE,
     SERVICE,
@@ -73,7 +73,9 @@ async def token_by_oauth_post(request: web.Request) -> web.Response:
         )
     auth = request.app[AUTH]
     user, password = _text(form.get("username")), _text(form.get("password"))
-    if not user or password is None or not await auth.passwords.check(user, password):
+    if not user or password is None:
+        raise bad_credentials()
+    if not await check_password(auth, user, password, request.remote or ""):
         raise bad_credentials()
     grant = grant_for(
         request, Caller(user, Via.PASSWORD), parse_scopes([_text(form.get("scope")) or ""])

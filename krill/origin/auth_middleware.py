@@ -56,6 +56,7 @@ from krill.origin.auth_callers import AUTH, Caller, CallerOutcome, OriginAuth, V
 from krill.origin.auth_config import load_auth_settings
 from krill.origin.auth_passwords import PasswordChecker
 from krill.origin.auth_rules import Decision, Permission
+from krill.origin.auth_throttle import LoginThrottle
 from krill.origin.auth_tokens import (
     CATALOG_SCOPE,
     SERVICE,
@@ -99,7 +100,7 @@ def install_auth(app: web.Application, clock: Clock = SYSTEM_CLOCK) -> None:
         settings.htpasswd, cache_seconds=settings.credential_cache, clock=clock
     )
     tokens = TokenIssuer(settings.token_ttl, clock, settings.token_keys)
-    app[AUTH] = OriginAuth(settings, passwords, tokens)
+    app[AUTH] = OriginAuth(settings, passwords, tokens, LoginThrottle(clock))
     app.middlewares.append(auth_middleware)
     app.router.add_routes(auth_endpoint.routes())
     log.info(
