@@ -21,6 +21,7 @@ collection.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import time
@@ -36,6 +37,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
+from krill import oci
 from krill.digests import Digest
 from krill.origin.appkeys import TAG_HISTORY
 from krill.origin.config import OriginConfig
@@ -56,6 +58,7 @@ from tests.imagebuild import (
     write_oci_layout,
 )
 from tests.s3_fixtures import SeaweedFS, s3_location, seaweedfs
+from tests.test_origin_referrers import SIGNATURE, artifact
 from tests.test_origin_s3 import credentials_file, payload, push, push_image, storage_url
 
 __all__ = ["s3_location", "seaweedfs"]  # fixtures used here
@@ -449,3 +452,27 @@ async def test_the_owner_of_a_blob_seeds_and_caches_it_and_the_next_takes_over(
                     async with http.get(metainfo) as resp:
                         assert resp.status == 200 and await resp.read() == from_a
                     assert seeded(a_log, digest) and a_blob.read_bytes() == data
+
+
+async def test_the_catalog_and_referrers_of_one_origin_are_answered_by_the_other(
+    start_replica: StartReplica,
+) -> None:
+    a, b = await start_replica("a"), await start_replica("b")
+    image = build_image([random_files(61, 1, 4096)])
+    await push_image(a.client, "team/cataloged", image)
+    subject = image.manifest.data
+    signature = json.dumps(artifact(b"{}", subject, SIGNATURE)).encode()
+    assert (await push(a.client, "team/cataloged", b"{}")).status == 201
+    resp = await a.client.put(
+        f"/v2/team/cataloged/manifests/{digest_of(signature)}",
+        data=signature,
+        headers={"Content-Type": oci.OCI_MANIFEST},
+    )
+    assert resp.status == 201, await resp.text()
+
+    resp = await b.client.get("/v2/_catalog")
+    assert resp.status == 200 and "team/cataloged" in (await resp.json())["repositories"]
+    resp = await b.client.get(f"/v2/team/cataloged/referrers/{digest_of(subject)}")
+    assert resp.status == 200
+    listed = [m["digest"] for m in (await resp.json())["manifests"]]
+    assert listed == [digest_of(signature)]

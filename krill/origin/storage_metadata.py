@@ -158,6 +158,7 @@ class BucketMetadata:
         self.backend = backend
         self.clock = clock
         self._tag_checked: dict[tuple[str, str], float] = {}
+        self._catalog_checked: float | None = None
         self._tag_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._history_seen: set[str] = set()  # history objects published or merged here
 
@@ -318,6 +319,39 @@ class BucketMetadata:
         await asyncio.to_thread(store_manifest, app, repo, digest, body, parsed)
         log.info("origin.link_read_through repo=%s digest=%s kind=manifest", repo, digest)
         return True
+
+    async def adopt_repositories(self) -> None:
+        """Bring in one manifest of each repository the bucket has and ``--data`` lacks.
+
+        For the catalog, which lists the local repositories: one linked
+        manifest makes a repository exist here. The bucket's whole metadata is
+        listed, at most once per ``TAG_TTL`` (a catalog is asked for rarely).
+        """
+        now = self.clock.monotonic()
+        if self._catalog_checked is not None and now - self._catalog_checked < TAG_TTL:
+            return
+        self._catalog_checked = now
+        local = set(await asyncio.to_thread(lambda: list(self.app[REPOSITORIES].names())))
+        wanted: dict[str, Digest] = {}
+        async for entry in _entries(self.backend, ROOT):
+            digest = entry.digest
+            if entry.kind is MetaKind.MANIFEST and entry.repo not in local and digest is not None:
+                wanted.setdefault(entry.repo, digest)
+        for repo, digest in wanted.items():
+            await self.read_manifest(repo, digest)
+
+    async def adopt_manifests(self, repo: str) -> None:
+        """Bring in every manifest of ``repo`` the bucket has and ``--data`` lacks.
+
+        For the referrers API: storing a manifest locally records it as a
+        referrer of its subject, so a referrer pushed through another origin
+        is listed here too.
+        """
+        prefix = f"{ROOT}{repo}/{MetaKind.MANIFEST.value}/"
+        async for entry in _entries(self.backend, prefix):
+            digest = entry.digest
+            if entry.repo == repo and digest is not None:
+                await self.read_manifest(repo, digest)
 
     async def _manifest_bytes(self, digest: Digest) -> bytes | None:
         if self.app[STORE].has(digest):

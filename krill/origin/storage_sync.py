@@ -5,7 +5,10 @@ route, what ``origin.storage_metadata`` describes:
 
 * before a handler reads: the link or tag it will read is brought in from
   the bucket (blob and manifest GET/HEAD, the tags list, a mount's source,
-  and before a delete the thing deleted, so the handler finds it);
+  and before a delete the thing deleted, so the handler finds it); for the
+  catalog, one manifest of each repository the bucket has and ``--data``
+  lacks, and for the referrers API every manifest of the repository (storing
+  one records it as its subject's referrer);
 * after a handler wrote (its 201 or 202): blob bytes, then the link, then
   the tag go to the bucket before the client gets the answer. A bucket that
   refuses makes it 503 ``UNAVAILABLE`` ("push it again"): the change is
@@ -215,6 +218,11 @@ async def _delete_manifest(metadata: BucketMetadata, repo: str, digest: Digest) 
     await metadata.put_history(repo, tags)
 
 
+async def _referrers(sync: _Sync, handler: Handler) -> web.StreamResponse:
+    await reading(sync.repo, sync.metadata.adopt_manifests(sync.repo))
+    return await handler(sync.request)
+
+
 async def _tags(sync: _Sync, handler: Handler) -> web.StreamResponse:
     await reading(sync.repo, sync.metadata.refresh_tags(sync.repo))
     return await handler(sync.request)
@@ -244,6 +252,7 @@ SYNCED: dict[str, Callable[[_Sync, Handler], Awaitable[web.StreamResponse]]] = {
     "manifest_put": _manifest_put,
     "manifest_delete": _manifest_delete,
     "tags": _tags,
+    "referrers": _referrers,
     "upload_start": _upload_start,
     "upload_finish": _upload_finish,
 }
@@ -255,6 +264,9 @@ def bucket_sync(put_blob: BlobWriter) -> Middleware:
     @web.middleware
     async def sync(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = request.match_info.route.name or ""
+        if route == "catalog" and (metadata := request.app.get(METADATA)) is not None:
+            await reading("catalog", metadata.adopt_repositories())
+            return await handler(request)
         steps = SYNCED.get(route)
         if steps is None or not is_valid_name(request.match_info["name"]):
             return await handler(request)
