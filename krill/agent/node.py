@@ -202,6 +202,7 @@ async def _start_swarm(
         listen_host=config.peer_host,
         peer_port=config.peer_port,
         peer_encryption=PeerEncryption(config.peer_encryption),
+        tracker_ca=config.ca,  # an https tracker is checked against --ca too
         upload_rate_limit=config.upload_rate_limit,
         download_rate_limit=config.download_rate_limit,
         seed_ttl=config.seed_ttl,

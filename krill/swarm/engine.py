@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 from collections.abc import Coroutine
 from pathlib import Path
@@ -88,7 +89,9 @@ class SwarmEngine:
         self._http: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> SwarmEngine:
-        self._session = await asyncio.to_thread(_new_session, session_settings(self.settings))
+        self._session = await asyncio.to_thread(
+            _new_session, session_settings(self.settings), self.settings.tracker_ca
+        )
         self._torrents.session = self._session
         self._bell = AlertBell(self._session)
         try:
@@ -455,8 +458,35 @@ class SwarmEngine:
         return self._session
 
 
-def _new_session(params: lt.settings_pack) -> lt.session:
-    return lt.session(params)
+# OpenSSL's default verify paths come from these when set (X509_get_default_cert_*_env).
+_CA_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+def _new_session(params: lt.settings_pack, tracker_ca: Path | None) -> lt.session:
+    """libtorrent's session; with ``tracker_ca``, its https announces trust only that CA.
+
+    libtorrent 2.x has no setting for the CA of its https tracker connections:
+    the session's TLS context loads OpenSSL's default verify paths once, when
+    the session is made, and OpenSSL takes those from ``SSL_CERT_FILE`` and
+    ``SSL_CERT_DIR``. So they point at the CA (and at no directory: only that
+    CA, as ``--ca`` means for Krill's own clients) for exactly this call and
+    are put back after, leaving every other TLS client of the process alone
+    (tests/test_security_tracker_tls.py: announces to an https tracker with a
+    test CA work with it and fail without it).
+    """
+    if tracker_ca is None:
+        return lt.session(params)
+    saved = {name: os.environ.get(name) for name in _CA_ENV}
+    os.environ["SSL_CERT_FILE"] = str(tracker_ca)
+    os.environ["SSL_CERT_DIR"] = os.devnull  # not a directory: no certificate found there
+    try:
+        return lt.session(params)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 import libtorrent as lt
 
@@ -138,6 +139,9 @@ class SwarmSettings:
     unreachable_after: float = 10.0
     # Protocol encryption between peers (PeerEncryption); ALLOWED is libtorrent's default.
     peer_encryption: PeerEncryption = PeerEncryption.ALLOWED
+    # The CA an https tracker's certificate must chain to (the node's --ca); None: the
+    # system's. libtorrent has no setting for it: see engine._new_session.
+    tracker_ca: Path | None = None
 
 
 def listen_interface(host: str, port: int) -> str:
