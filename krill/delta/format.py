@@ -23,10 +23,10 @@ from typing import Any, BinaryIO, NoReturn
 from krill.digests import Digest, DigestError
 
 MAGIC = b"KRLDELTA"
-# Version 2 added OP_HDIFF; a version-1 delta (no such op) is still read.
-VERSION = 2
-FORMAT_NAME = "krill-delta/2"
-FORMAT_NAMES = {1: "krill-delta/1", 2: "krill-delta/2"}
+# Version 2 added OP_HDIFF, version 3 OP_ELF; older deltas (without them) are still read.
+VERSION = 3
+FORMAT_NAME = "krill-delta/3"
+FORMAT_NAMES = {1: "krill-delta/1", 2: "krill-delta/2", 3: "krill-delta/3"}
 MEDIA_TYPE = "application/vnd.krill.delta.v1"
 
 MAX_HEADER_BYTES = 1 << 20
@@ -52,6 +52,7 @@ OP_ZPREFIX = 3  # zstd frame decompressed with a base range as prefix
 OP_ZLIT = 4  # zstd frame on its own
 OP_BSDIFF = 5  # bsdiff control/diff/extra blocks (zstd) against a base range
 OP_HDIFF = 6  # (v2) an uncompressed HDiffPatch diff (HDIFF13), one zstd frame, against a base range
+OP_ELF = 7  # (v3) ELF side data + HDIFF13 diff of the normalized files, one zstd frame (elf.py)
 
 _HEAD = struct.Struct(">8sHI")
 _U32 = struct.Struct(">I")
@@ -61,10 +62,11 @@ _ZPREFIX = struct.Struct(">QIII")
 _ZLIT = struct.Struct(">II")
 _BSDIFF = struct.Struct(">QIIIII")  # base_off, base_len, out_len, ctrl, diff, extra lengths
 _HDIFF = struct.Struct(">QIIII")  # base_off, base_len, out_len, raw diff length, comp length
+_ELF = struct.Struct(">QIIIII")  # base_off, base_len, out_len, side length, raw diff length, comp
 # The numbers each op carries after its kind byte (OP_END carries none): for tools and tests
 # that take a delta apart.
 OP_FIELDS = {OP_META: _META, OP_COPY: _COPY, OP_ZPREFIX: _ZPREFIX, OP_ZLIT: _ZLIT,
-             OP_BSDIFF: _BSDIFF, OP_HDIFF: _HDIFF}
+             OP_BSDIFF: _BSDIFF, OP_HDIFF: _HDIFF, OP_ELF: _ELF}
 
 
 def max_hdiff_raw(out_len: int) -> int:
@@ -204,7 +206,8 @@ def _meta_params(doc: Any) -> MetaParams:
 class Op:
     """One decoded op: ``kind``, base range, output length, payload blocks.
 
-    ``raw_len`` is the decompressed size of an OP_HDIFF payload (0 for other ops).
+    ``raw_len`` is the decompressed size of an OP_HDIFF or OP_ELF payload (0 for other ops);
+    ``side_len`` how much of an OP_ELF's is side data (mask and label table).
     """
 
     kind: int
@@ -213,6 +216,7 @@ class Op:
     base_len: int = 0
     payload: tuple[bytes, ...] = ()
     raw_len: int = 0
+    side_len: int = 0
 
 
 def encode_meta(raw_len: int, comp: bytes) -> bytes:
@@ -243,6 +247,18 @@ def encode_bsdiff(
 def encode_hdiff(base_off: int, base_len: int, out_len: int, raw_len: int, comp: bytes) -> bytes:
     head = _HDIFF.pack(base_off, base_len, out_len, raw_len, len(comp))
     return bytes([OP_HDIFF]) + head + comp
+
+
+def encode_elf(
+    base_off: int, base_len: int, out_len: int, side_len: int, raw_len: int, comp: bytes
+) -> bytes:
+    head = _ELF.pack(base_off, base_len, out_len, side_len, raw_len, len(comp))
+    return bytes([OP_ELF]) + head + comp
+
+
+def max_elf_side(out_len: int) -> int:
+    """The largest side data (mask + label table) an OP_ELF of ``out_len`` bytes may carry."""
+    return out_len + (1 << 20)
 
 
 class OpReader:
@@ -310,13 +326,21 @@ class OpReader:
                 raise DeltaFormatError(f"hdiff op: a {raw_len}-byte diff for {out_len} bytes")
             op = self._with_base(kind, off, base_len, out_len, (comp_len,))
             return Op(kind, out_len, off, base_len, op.payload, raw_len)
+        if kind == OP_ELF:
+            off, base_len, out_len, side_len, raw_len, comp_len = self._unpack(_ELF)
+            if side_len > max_elf_side(out_len) or raw_len - side_len > max_hdiff_raw(out_len):
+                raise DeltaFormatError(f"ELF op: {raw_len} payload bytes for {out_len} bytes")
+            if side_len > raw_len:
+                raise DeltaFormatError("ELF op: side data longer than its payload")
+            op = self._with_base(kind, off, base_len, out_len, (comp_len,))
+            return Op(kind, out_len, off, base_len, op.payload, raw_len, side_len)
         raise DeltaFormatError(f"unknown op {kind}")
 
     def _with_base(
         self, kind: int, off: int, base_len: int, out_len: int, lengths: tuple[int, ...]
     ) -> Op:
-        if kind in (OP_BSDIFF, OP_HDIFF) and max(base_len, out_len) > MAX_DIFF_OP_BYTES:
-            name = "bsdiff" if kind == OP_BSDIFF else "hdiff"
+        if kind in (OP_BSDIFF, OP_HDIFF, OP_ELF) and max(base_len, out_len) > MAX_DIFF_OP_BYTES:
+            name = {OP_BSDIFF: "bsdiff", OP_HDIFF: "hdiff", OP_ELF: "ELF"}[kind]
             raise DeltaFormatError(
                 f"{name} op of {out_len} bytes against {base_len} base bytes: binary-diff ops "
                 f"are limited to {MAX_DIFF_OP_BYTES} bytes (the encoder's ops cover up to 32 MiB); "

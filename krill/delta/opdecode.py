@@ -16,8 +16,8 @@ from typing import BinaryIO
 
 from bsdiff4 import core as bsdiff_core
 
+from krill.delta import elf, hdiff
 from krill.delta import format as fmt
-from krill.delta import hdiff
 from krill.delta.format import DeltaFormatError
 from krill.delta.layerfiles import window_log_for
 from krill.delta.ranges import CHUNK, Range, read_range
@@ -52,6 +52,8 @@ def decode_content(op: fmt.Op, base: bytes) -> bytes:
             data = _unbsdiff(op, base)
         elif op.kind == fmt.OP_HDIFF:
             data = _unhdiff(op, base)
+        elif op.kind == fmt.OP_ELF:
+            data = _unelf(op, base)
         else:
             raise DeltaFormatError(f"op {op.kind} carries no content")
     except (zstd.ZstdError, EOFError, ValueError, MemoryError) as exc:
@@ -65,7 +67,7 @@ def decode_content(op: fmt.Op, base: bytes) -> bytes:
 
 def stream_content(op: fmt.Op, base: BinaryIO, write: Callable[[bytes], None]) -> None:
     """Decode a large op straight into the output (zstd a chunk at a time)."""
-    if op.kind in (fmt.OP_BSDIFF, fmt.OP_HDIFF):  # whole buffers: about 3x the file, alone
+    if op.kind in (fmt.OP_BSDIFF, fmt.OP_HDIFF, fmt.OP_ELF):  # whole buffers (3-4x the file), alone
         data = decode_content(op, read_base(base, op.base_off, op.base_len))
         for start in range(0, len(data), CHUNK):
             write(data[start : start + CHUNK])
@@ -147,4 +149,16 @@ def _unhdiff(op: fmt.Op, base: bytes) -> bytes:
     try:
         return hdiff.patch(base, raw, op.out_len)
     except hdiff.HDiffError as exc:
+        raise DeltaFormatError(str(exc)) from exc
+
+
+def _unelf(op: fmt.Op, base: bytes) -> bytes:
+    raw = _unzstd(op.payload[0], op.raw_len, window_log_for(op.raw_len))
+    if len(raw) != op.raw_len:
+        raise DeltaFormatError("ELF op's payload is shorter than it declares")
+    side, diff = raw[: op.side_len], raw[op.side_len :]
+    del raw
+    try:
+        return elf.patch(base, side, diff, op.out_len)
+    except elf.ElfError as exc:
         raise DeltaFormatError(str(exc)) from exc

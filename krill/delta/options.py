@@ -37,6 +37,8 @@ class EncodeOptions:
     # diffs off.
     bsdiff_max_bytes: int = 32 << 20
     diff_engine: DiffEngine = "hdiff"
+    # Changed ELF files (x86-64, aarch64) get OP_ELF where it round-trips (krill/delta/elf.py).
+    elf_transform: bool = True
     # Binary files larger than this are diffed in `workers` segments (more where a segment
     # and its window would exceed bsdiff_max_bytes), each against the same-proportion window
     # of the partner, in parallel (+0.1-0.5% size at 2 segments).
