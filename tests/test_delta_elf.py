@@ -8,6 +8,7 @@ words and a .rela.dyn of RELATIVE entries, so every field kind is exercised.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import random
 import shutil
@@ -19,13 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from krill import _goflate
 from krill.delta import elf, hdiff
 from krill.delta import format as fmt
 from krill.delta.encode import EncodeOptions
 from krill.delta.piececoder import zstd_literal
 from tests.components import krill_command
 from tests.test_delta_support import Entry, build_tar, compress, round_trip
+
+_goflate = importlib.import_module("krill._goflate")
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build ELF")
 
@@ -52,7 +54,7 @@ def _build(tmp: Path, name: str, inserted: int, stripped: bool) -> bytes:
     src.write_text(_c_source(600, inserted))
     # Hidden visibility: calls go straight to the callee, not through the PLT, as in most
     # real libraries' internal code.
-    gcc = ["gcc", "-O1", "-shared", "-fPIC", "-fvisibility=hidden", "-o", out, src]
+    gcc: list[str | Path] = ["gcc", "-O1", "-shared", "-fPIC", "-fvisibility=hidden", "-o", out, src]
     subprocess.run(gcc, check=True)
     if stripped:
         subprocess.run(["strip", out], check=True)
