@@ -1,12 +1,13 @@
-"""The agent's serving switches to sendfile once a transfer has verified the whole blob.
+"""The agent's serving sends a transfer's verified bytes with sendfile as they arrive.
 
-``krill.agent.serving`` streams a blob still arriving with ``pread`` + ``write``
-of the bytes its transfer counts as verified; once ``available`` equals the
-blob's size it sends the rest with ``krill.sendfile``. These tests drive a
-transfer by hand (no timing: each step is an explicit call) behind a real
-aiohttp server on loopback, and check that the body is the blob's bytes in
-order, that nothing past ``available`` left before the transfer completed,
-and that Range answers are the same slices either way.
+``krill.agent.serving`` streams a blob still arriving: on plain TCP each run
+of bytes its transfer counts as verified goes out with ``krill.sendfile``
+(on TLS, ``pread`` + ``write``). These tests drive a transfer by hand (no
+timing: each step is an explicit call) behind a real aiohttp server on
+loopback, and check that the body is the blob's bytes in order, that
+nothing past ``available`` left before the transfer completed (neither read
+nor counted as served), and that Range answers are the same slices either
+way.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class HandDrivenTransfer:
         self.partial_path = path
         self.available = 0
         self.reads_past_available = 0
+        self.served = 0
+        self.served_past_available = 0
         self._changed = asyncio.Event()
         self._done: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
 
@@ -83,7 +86,11 @@ async def served(
     cache = NodeCache(BlobStore(tmp_path / "store"), CacheLimits(budget=1 << 30))
 
     class Metrics:
-        def served(self, source: str, count: int) -> None: ...
+        def served(self, source: str, count: int) -> None:
+            transfer.served += count
+            if transfer.served > transfer.available:
+                transfer.served_past_available += 1
+
         def pull_first_byte(self, source: str, seconds: float) -> None: ...
         def pull_done(self, source: str, seconds: float) -> None: ...
 
@@ -121,6 +128,29 @@ async def test_stream_then_sendfile_gives_the_blob_in_order(
         transfer.verify(SIZE)  # the whole blob verified: the rest goes with sendfile
         rest = await response.read()
     assert first + rest == data
+    assert transfer.reads_past_available == 0
+    assert transfer.served_past_available == 0
+    assert transfer.served == SIZE
+
+
+async def test_each_verified_step_is_sent_as_it_comes(
+    served: tuple[str, HandDrivenTransfer], blob_bytes: tuple[Path, bytes]
+) -> None:
+    """Small verified steps, each read by the client before the next: every byte is
+    sent once, in order, none before it was verified."""
+    url, transfer = served
+    _, data = blob_bytes
+    steps = [1, 70_000, 1 << 20, (1 << 20) + 1, SIZE - 1]
+    body = b""
+    async with aiohttp.ClientSession() as http:
+        transfer.verify(steps[0])
+        async with http.get(url) as response:
+            for before, upto in zip(steps, [*steps[1:], SIZE], strict=True):
+                body += await read_exactly(response, before - len(body))
+                transfer.verify(upto)
+            body += await response.read()
+    assert body == data
+    assert transfer.served_past_available == 0
     assert transfer.reads_past_available == 0
 
 

@@ -4,17 +4,19 @@
   (aiohttp's ``FileResponse``: Range, 416, HEAD; its ``sendfile`` bursts run
   on worker threads), pinned in the cache until the last byte is out.
 * A blob still arriving is streamed from the transfer's partial file: bytes
-  are sent only once the transfer reports them available (piece-verified for
-  the swarm), in order. Once the transfer has verified the whole blob
-  (``available`` is its size: the sha256 matched), the rest of the response
-  goes out with ``sendfile`` from the same descriptor, which stays valid when
-  the file is renamed into the store. The profile of issue 16 put 13 % of a
-  herd agent's samples in the ``send`` of these chunks and 3 % in their
-  ``pread``; with the early hand-over of a swarm's tail (commit 338a9ab) the
-  rest sent after the check is often a third of the blob. Headers go out
-  only after a source has committed (the fetcher returns only then). If the
-  transfer fails midway the connection is aborted, so the client sees a
-  short body, never a wrong complete one.
+  are sent only once the transfer reports them available (piece-verified and
+  in the file for the swarm), in order. On a plain TCP connection each run of
+  available bytes goes out with ``sendfile`` from the partial file's
+  descriptor (which stays valid when the file is renamed into the store);
+  on TLS, where the kernel cannot copy, it is ``pread`` into Python and
+  ``write``. The profile of issue 16 put 13 % of a herd agent's samples in
+  the ``send`` of those chunks and 5 % in their ``pread`` (half of it the
+  kernel faulting in fresh pages for each new 1 MiB buffer); sendfile has
+  neither the read nor the buffer. The blob's last byte stays back until
+  the transfer has checked the whole digest (``available`` holds it back).
+  Headers go out only after a source has committed (the fetcher returns
+  only then). If the transfer fails midway the connection is aborted, so the
+  client sees a short body, never a wrong complete one.
 
 Each whole-blob GET reports its time to first byte and its total time, by
 source, from the request's arrival (``krill.httpmetrics.stopwatch``: the
@@ -173,9 +175,11 @@ async def _stream(
         position = byte_range.start
         while position < byte_range.end:
             available = await wait_progress(blob, position, stall_timeout)
-            if raw is not None and available >= blob.size:
-                await _send_verified_rest(raw, fd, blob, position, byte_range.end, metrics, timer)
-                break
+            if raw is not None:
+                upto = min(available, byte_range.end)
+                await _send_verified(raw, fd, blob, position, upto, metrics, timer)
+                position = upto
+                continue
             upto = min(available, byte_range.end, position + CHUNK)
             data = await blob.transfer.read(fd, position, upto)
             if not data:
@@ -195,7 +199,7 @@ async def _stream(
     return response
 
 
-async def _send_verified_rest(
+async def _send_verified(
     raw: RawSocket,
     fd: int,
     blob: InflightBlob,
@@ -204,7 +208,8 @@ async def _send_verified_rest(
     metrics: PullMetrics,
     timer: PullTimer,
 ) -> None:
-    """Bytes ``start``..``end`` with sendfile: the whole blob is verified, none can change now."""
+    """Bytes ``start``..``end`` with sendfile: the transfer counts them as verified
+    (piece-checked and in the file), so they no longer change."""
     timer.first_byte()
     await send_file_range(raw, fd, start, end - start)
     metrics.served(blob.source, end - start)
