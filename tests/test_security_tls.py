@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -143,6 +144,18 @@ def test_tracker_and_agent_speak_mutual_tls_with_a_ca_made_here(tmp_path: Path, 
         assert imagebuild.read_oci_layout_digests(out) == image.digests
         status, body = https_get(f"{api}/blobs/{layer.digest}", trusting(pki, client_cert=True))
         assert status == 200 and digest_of(body) == layer.digest
+        preheat = [
+            "agent", "preheat", "public/tls:1", "--agent", api, "--ca", str(pki.ca),
+        ]  # fmt: skip
+        tls_client = ["--client-cert", str(pki.client_cert), "--client-key", str(pki.client_key)]
+        done = subprocess.run(
+            krill_command(*preheat, *tls_client), capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        refused = subprocess.run(
+            krill_command(*preheat), capture_output=True, text=True, timeout=120
+        )
+        assert refused.returncode != 0 and "cannot reach the agent" in refused.stderr
 
 
 def test_tls_settings_of_tracker_and_clients_are_checked_at_start(tmp_path: Path, pki: Pki) -> None:

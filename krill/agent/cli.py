@@ -19,6 +19,8 @@ from krill.clierror import CliError
 from krill.securityflags import SECURITY_FLAGS, add_security_flags
 
 if TYPE_CHECKING:  # imported where used: the CLI starts without loading aiohttp
+    import ssl
+
     import aiohttp
 
 DEFAULT_AGENT_API = "http://127.0.0.1:7400"
@@ -66,6 +68,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     pre.add_argument("image", help="image reference, e.g. team/app:1.0 or docker.io/library/x:1")
     pre.add_argument("--agent", default=DEFAULT_AGENT_API, help="agent control API URL")
     pre.add_argument("--all-platforms", action="store_true", help="every platform in an index")
+    pre.add_argument("--ca", type=Path, metavar="FILE", help="CA of an https control API")
+    pre.add_argument(
+        "--client-cert", type=Path, metavar="FILE",
+        help="certificate to present to a control API with --client-ca",
+    )  # fmt: skip
+    pre.add_argument("--client-key", type=Path, metavar="FILE", help="key of --client-cert")
     pre.set_defaults(func=run_preheat)
 
     cfg = sub.add_parser("containerd-config", help="write containerd hosts.toml files")
@@ -122,15 +130,21 @@ def run_containerd_config(args: argparse.Namespace) -> int:
 
 
 def run_preheat(args: argparse.Namespace) -> int:
-    return asyncio.run(_preheat(args.agent.rstrip("/"), args.image, args.all_platforms))
+    from krill.tls import ClientTls, client_ssl_context
+
+    tls = client_ssl_context(ClientTls(args.ca, args.client_cert, args.client_key))
+    return asyncio.run(_preheat(args.agent.rstrip("/"), args.image, args.all_platforms, tls))
 
 
-async def _preheat(agent: str, image: str, all_platforms: bool) -> int:
+async def _preheat(
+    agent: str, image: str, all_platforms: bool, tls: ssl.SSLContext | None = None
+) -> int:
     import aiohttp
 
     bar = _ProgressBar(image)
     try:
-        async with aiohttp.ClientSession() as session:
+        connector = aiohttp.TCPConnector(ssl=tls if tls is not None else True)
+        async with aiohttp.ClientSession(connector=connector) as session:
             async with session.post(
                 f"{agent}/preheat", json={"image": image, "all_platforms": all_platforms}
             ) as response:
