@@ -54,7 +54,8 @@ def _build(tmp: Path, name: str, inserted: int, stripped: bool) -> bytes:
     src.write_text(_c_source(600, inserted))
     # Hidden visibility: calls go straight to the callee, not through the PLT, as in most
     # real libraries' internal code.
-    gcc: list[str | Path] = ["gcc", "-O1", "-shared", "-fPIC", "-fvisibility=hidden", "-o", out, src]
+    gcc: list[str | Path] = ["gcc", "-O1", "-shared", "-fPIC", "-fvisibility=hidden"]
+    gcc += ["-o", out, src]
     subprocess.run(gcc, check=True)
     if stripped:
         subprocess.run(["strip", out], check=True)
