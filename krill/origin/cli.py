@@ -60,6 +60,11 @@ def register(subparsers: Any) -> None:
         help="file holding this origin's key in the tracker's --announce-keys (docs/security.md)",
     )
     parser.add_argument(
+        "--peer-encryption",
+        choices=("off", "allowed", "required"),
+        help="BitTorrent protocol encryption of the seed (default allowed; docs/security.md)",
+    )
+    parser.add_argument(
         "--auth",
         metavar="FILE",
         help="TOML file of users (htpasswd) and repository access rules (docs/security.md); "
@@ -124,6 +129,7 @@ CONFIG_FLAGS = (
     "tracker",
     "peer_port",
     "announce_key",
+    "peer_encryption",
     "auth",
     "tls_cert",
     "tls_key",

@@ -25,6 +25,9 @@ from krill.securityflags import ServerTlsSettings
 ENV_PREFIX = "KRILL_ORIGIN_"
 
 
+# krill.swarm.PeerEncryption's values (the swarm package is imported only to seed).
+_PEER_ENCRYPTION_MODES = ("off", "allowed", "required")
+
 @dataclass
 class OriginConfig(ServerTlsSettings):
     """Everything ``krill origin`` can be told."""
@@ -84,6 +87,9 @@ class OriginConfig(ServerTlsSettings):
     # A file holding this origin's key in the tracker's announce_keys (docs/security.md);
     # libtorrent announces to <tracker>/announce/<key>.
     announce_key: Path | None = None
+    # BitTorrent protocol encryption of the seed's peer connections, as the agent's
+    # peer_encryption (off, allowed, required; krill.swarm.PeerEncryption, docs/security.md).
+    peer_encryption: str = "allowed"
     seed_ttl: float = 600.0
     # The origin's BitTorrent seed super-seeds (BEP 16): it offers each node only a
     # piece or two, so nodes take the origin's share of a blob over HTTP piece claims
@@ -142,6 +148,11 @@ class OriginConfig(ServerTlsSettings):
             raise ConfigError("delta_workers and delta_history must be at least 1")
         if not 0 < self.delta_max_ratio <= 1:
             raise ConfigError("delta_max_ratio must be in (0, 1]")
+        if self.peer_encryption not in _PEER_ENCRYPTION_MODES:
+            raise ConfigError(
+                f"peer_encryption must be one of {', '.join(_PEER_ENCRYPTION_MODES)}, "
+                f"got {self.peer_encryption!r}"
+            )
         self.check_security()
 
     def cache_limits(self) -> CacheLimits | None:

@@ -42,7 +42,7 @@ from krill.origin.storage_seeding import fill_for_seeding, metainfo_from_owner
 from krill.registry_errors import RegistryError
 from krill.registry_params import parse_digest
 from krill.singleflight import SingleFlight
-from krill.swarm import SwarmEngine, SwarmSettings
+from krill.swarm import PeerEncryption, SwarmEngine, SwarmSettings
 
 __all__ = [
     "SWARM_ENGINE_KEY",
@@ -136,6 +136,7 @@ def swarm_settings_for(config: OriginConfig) -> SwarmSettings:
         seed_ttl=config.seed_ttl,
         origin=True,
         super_seeding=config.super_seed,
+        peer_encryption=PeerEncryption(config.peer_encryption),
     )
 
 
