@@ -12,16 +12,47 @@ its side, host ingress on the switch side), so every host is a machine with
 a network card of that rate. Every address lives only inside namespaces
 created here, and ``Cluster.remove`` deletes every namespace with the
 cluster's prefix (what a crashed earlier run left, too). Needs root.
+
+Faults and processes for the tests that break the network under a pull
+(``tests/test_faults_partition*.py``):
+
+* ``Cluster.unplugged(i)``: host i's switch port down, as if its cable were
+  pulled; ``Cluster.cut(group, others)``: every packet between the two sets
+  of hosts dropped (iptables in each host of ``group``, both directions),
+  while each set still reaches itself and anyone not named;
+* ``Cluster.krill(i, args, log)``: a real ``krill`` process on host i;
+  ``Cluster.fetch(i, url, out)``: curl on host i, in the background;
+  ``Cluster.metrics(i, url)``: a service's Prometheus samples, read from host i;
+* ``krill_services``: origin and tracker on one host, an agent on each of
+  others (``KrillServices.push`` a blob, ``.pull`` it through an agent), and
+  ``received``: the blob bytes an agent has taken in, by any path.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import subprocess
+import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Cluster", "in_ns", "sh"]
+from krill.processes import logged_process
+from tests.metrics_text import parse_metrics
+
+__all__ = [
+    "Cluster",
+    "KrillServices",
+    "finish",
+    "in_ns",
+    "krill_services",
+    "received",
+    "sh",
+    "sha256_file",
+]
 
 # tbf's bucket must hold a whole GSO super-packet (64 KiB plus headers): a smaller
 # one makes tbf cut every super-packet into MTU-sized ones in software, work a
@@ -102,6 +133,55 @@ class Cluster:
         sh(*in_ns(self.switch, "ip", "link", "set", f"p{index}", "master", "br0"))
         sh(*in_ns(self.switch, "ip", "link", "set", f"p{index}", "mtu", str(mtu), "up"))
 
+    @contextlib.contextmanager
+    def unplugged(self, index: int) -> Iterator[None]:
+        """Host ``index``'s switch port down for the block: unplugged, its own link still up."""
+        port = f"p{index}"
+        sh(*in_ns(self.switch, "ip", "link", "set", port, "down"))
+        try:
+            yield
+        finally:
+            sh(*in_ns(self.switch, "ip", "link", "set", port, "up"))
+
+    @contextlib.contextmanager
+    def cut(self, group: Iterable[int], others: Iterable[int]) -> Iterator[None]:
+        """No packet between ``group`` and ``others`` for the block, either way.
+
+        Dropped, not refused: a partition sends no RST or ICMP, so connections
+        hang until their timeouts, as they do when a switch between two racks
+        fails. Hosts in neither set, and hosts within one set, still talk.
+        """
+        group, addresses = list(group), [self.ip(other) for other in others]
+        try:
+            for host in group:
+                for address in addresses:
+                    self.run(host, "iptables", "-A", "INPUT", "-s", address, "-j", "DROP")
+                    self.run(host, "iptables", "-A", "OUTPUT", "-d", address, "-j", "DROP")
+            yield
+        finally:
+            for host in group:  # these namespaces hold no other rules
+                self.run(host, "iptables", "-F", "INPUT", check=False)
+                self.run(host, "iptables", "-F", "OUTPUT", check=False)
+
+    def krill(
+        self, index: int, args: list[str], log: Path
+    ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+        """``krill ARGS`` on host ``index`` until the block ends, its output in ``log``."""
+        command = in_ns(self.ns(index), sys.executable, "-m", "krill.cli", *args)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        return logged_process(command, log, grace=10, env=env)
+
+    def fetch(self, index: int, url: str, out: Path) -> subprocess.Popen[str]:
+        """GET ``url`` from host ``index`` into ``out`` in the background (curl; ``finish`` it)."""
+        return subprocess.Popen(
+            in_ns(self.ns(index), "curl", "-sS", "-f", "-o", str(out), url),
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def metrics(self, index: int, url: str) -> dict[str, float]:
+        """The samples at ``url`` (a /metrics endpoint), read from host ``index``."""
+        return parse_metrics(self.run(index, "curl", "-sS", "-f", url).stdout)
+
     def tx_bytes(self, index: int) -> int:
         """Bytes host ``index`` has sent on its link."""
         return int(self.run(index, "cat", "/sys/class/net/eth0/statistics/tx_bytes").stdout)
@@ -145,6 +225,86 @@ class Cluster:
         ).stdout.strip()
         if status != "201":
             raise RuntimeError(f"PUT {url} answered {status}")
+
+
+# Agents that outlast a partition: the swarm's requests time out and are retried
+# well within these, and a stalled client stream is not cut while the network heals.
+AGENT_CONFIG = "stall_timeout = 120.0\nswarm_deadline = 30.0\norigin_timeout = 30.0\n"
+ORIGIN_PORT, TRACKER_PORT, AGENT_PORT, REGISTRY_PORT = 5000, 7000, 7400, 7401
+
+
+@dataclass(frozen=True)
+class KrillServices:
+    """Origin and tracker on host ``server``; agents (API :7400, registry :7401) on the rest."""
+
+    net: Cluster
+    server: int
+    repository: str = "netns/app"
+
+    @property
+    def origin(self) -> str:
+        return f"http://{self.net.ip(self.server)}:{ORIGIN_PORT}"
+
+    def push(self, path: Path, digest: str) -> None:
+        self.net.push_blob(self.server, self.origin, self.repository, path, digest)
+
+    def pull(self, host: int, digest: str, out: Path) -> subprocess.Popen[str]:
+        """GET the blob through host ``host``'s agent into ``out``, in the background."""
+        url = f"http://127.0.0.1:{REGISTRY_PORT}/v2/{self.repository}/blobs/{digest}"
+        return self.net.fetch(host, url, out)
+
+
+@contextlib.contextmanager
+def krill_services(
+    net: Cluster, server: int, agents: Iterable[int], work: Path, agent_config: str = AGENT_CONFIG
+) -> Iterator[KrillServices]:
+    """Start origin (seeding through the tracker) and tracker on ``server``, an agent on each
+    of ``agents``; all stopped when the block ends, their logs in ``work``."""
+    services = KrillServices(net, server)
+    tracker = f"http://{net.ip(server)}:{TRACKER_PORT}"
+    (work / "agent.toml").write_text(agent_config)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(net.krill(server, [
+            "tracker", "--listen", f"0.0.0.0:{TRACKER_PORT}", "--origin", services.origin,
+        ], work / "tracker.log"))  # fmt: skip
+        stack.enter_context(net.krill(server, [
+            "origin", "--listen", f"0.0.0.0:{ORIGIN_PORT}", "--data", str(work / "origin"),
+            "--tracker", tracker,
+        ], work / "origin.log"))  # fmt: skip
+        net.wait_http(server, f"{tracker}/health")
+        net.wait_http(server, f"{services.origin}/v2/")
+        agents = list(agents)
+        for host in agents:
+            stack.enter_context(net.krill(host, [
+                "agent", "--listen", f"127.0.0.1:{AGENT_PORT}",
+                "--registry-listen", f"127.0.0.1:{REGISTRY_PORT}",
+                "--data", str(work / f"agent{host}"), "--origin", services.origin,
+                "--tracker", tracker, "--config", str(work / "agent.toml"),
+            ], work / f"agent{host}.log"))  # fmt: skip
+        for host in agents:
+            net.wait_http(host, f"http://127.0.0.1:{AGENT_PORT}/health")
+        yield services
+
+
+def received(net: Cluster, host: int) -> float:
+    """Blob bytes the agent on ``host`` has received, from peers, the origin's piece feed or
+    its HTTP fallback."""
+    metrics = net.metrics(host, f"http://127.0.0.1:{AGENT_PORT}/metrics")
+    return (
+        metrics.get('krill_agent_swarm_payload_bytes{direction="downloaded"}', 0.0)
+        + metrics.get("krill_agent_swarm_origin_feed_bytes", 0.0)
+        + metrics.get("krill_agent_origin_http_bytes_total", 0.0)
+    )
+
+
+def finish(fetch: subprocess.Popen[str], timeout: float = 300) -> None:
+    """Wait for a ``Cluster.fetch``; fail with curl's message if it failed."""
+    _, stderr = fetch.communicate(timeout=timeout)
+    assert fetch.returncode == 0, stderr
+
+
+def sha256_file(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def shape(ns: str, dev: str, rate_mbit: float) -> None:

@@ -1,0 +1,136 @@
+"""A partition between two groups of nodes in the middle of a pull.
+
+Five network namespaces on one bridge (``tests/netns.py``), links shaped to
+20 Mbit/s so a 24 MiB blob takes seconds to cross: h0 runs origin and
+tracker, group A is h1 and h2, group B h3 and h4, an agent on each. All four
+pull the same blob at once, through the swarm. Once every agent of B has its
+first bytes, packets between B and the others are dropped (iptables, both
+ways: no RST, no ICMP, as when a link between two racks fails). The tracker
+still hands each group the other's members; connecting to them hangs.
+
+* **B cut from A and from the origin at once**, healed: A's pulls complete
+  during the partition (from the origin and each other); B's cannot (its two
+  agents can only trade what they had), and complete once the partition
+  heals. ``PARTITION_SECONDS`` after A finished is the fault's length, not a
+  wait for something to happen: longer than the swarm's request timeouts,
+  shorter than the agent's stall timeout.
+* **B cut from A only**, never healed during the pulls: B still reaches the
+  origin, so every pull completes during the partition.
+
+Every pull is byte-exact (curl ``-f``: an agent that gave up would fail the
+transfer, never end it early as if complete), so nothing unverified is
+served, and afterwards every agent holds the blob under its digest in its
+cache, with no partial file left.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.faults import incoming_files, stored_blobs
+from tests.netns import Cluster, KrillServices, finish, krill_services, received, sha256_file
+from tests.polling import until_sync
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+    pytest.mark.skipif(
+        not all(shutil.which(tool) for tool in ("ip", "tc", "curl", "iptables")),
+        reason="needs ip, tc (iproute2), iptables and curl",
+    ),
+]
+
+BLOB_SIZE = 24 * 1024 * 1024
+RATE_MBIT = 20.0
+PARTITION_SECONDS = 8.0
+SERVER = 0
+GROUP_A, GROUP_B = (1, 2), (3, 4)
+
+
+@pytest.fixture(scope="module")
+def net() -> Iterator[Cluster]:
+    cluster = Cluster(prefix=f"kpg{os.getpid()}-", subnet="10.81.0")
+    try:
+        cluster.build(hosts=5, rate_mbit=RATE_MBIT, mtu=1500)
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("groups")
+
+
+@pytest.fixture(scope="module")
+def services(net: Cluster, work: Path) -> Iterator[KrillServices]:
+    """One cluster for both tests: each pulls a blob of its own."""
+    with krill_services(net, SERVER, GROUP_A + GROUP_B, work) as services:
+        yield services
+
+
+def push_random_blob(services: KrillServices, path: Path) -> str:
+    path.write_bytes(os.urandom(BLOB_SIZE))
+    digest = sha256_file(path)
+    services.push(path, digest)
+    return digest
+
+
+def this_pull(net: Cluster, hosts: tuple[int, ...]) -> Callable[[int], float]:
+    """Bytes each agent receives from now on (the agents are shared: counters only grow)."""
+    before = {host: received(net, host) for host in hosts}
+    return lambda host: received(net, host) - before[host]
+
+
+def assert_cached_whole(work: Path, host: int, digest: str) -> None:
+    """The agent's cache holds the blob, committed under its digest, and no write under way."""
+    store = work / f"agent{host}" / "blobs"
+    assert digest in stored_blobs(store), host
+    assert incoming_files(store) == [], host
+
+
+def test_a_group_cut_from_the_rest_and_the_origin_finishes_after_the_heal(
+    net: Cluster, services: KrillServices, work: Path, tmp_path: Path
+) -> None:
+    digest = push_random_blob(services, tmp_path / "blob")
+    hosts = GROUP_A + GROUP_B
+    got = this_pull(net, hosts)
+    pulls = {h: services.pull(h, digest, tmp_path / f"pulled{h}") for h in hosts}
+    until_sync(lambda: all(got(h) > 0 for h in GROUP_B), "group B's first bytes", interval=0.1)
+    with net.cut(GROUP_B, (SERVER, *GROUP_A)):
+        at_cut = max(got(h) for h in GROUP_B)
+        for host in GROUP_A:  # the group that still reaches the origin is not held up
+            finish(pulls[host])
+        assert all(pulls[h].poll() is None for h in GROUP_B), "B finished without the origin"
+        time.sleep(PARTITION_SECONDS)  # the partition's length (see the module doc)
+    assert at_cut < BLOB_SIZE, "the partition came after B had the whole blob"
+    for host in GROUP_B:
+        finish(pulls[host])
+    for host in hosts:
+        assert sha256_file(tmp_path / f"pulled{host}") == digest, host
+        assert_cached_whole(work, host, digest)
+
+
+def test_a_group_cut_from_the_rest_but_not_the_origin_finishes_during_the_partition(
+    net: Cluster, services: KrillServices, work: Path, tmp_path: Path
+) -> None:
+    digest = push_random_blob(services, tmp_path / "blob")
+    hosts = GROUP_A + GROUP_B
+    got = this_pull(net, hosts)
+    pulls = {h: services.pull(h, digest, tmp_path / f"pulled{h}") for h in hosts}
+    until_sync(lambda: all(got(h) > 0 for h in hosts), "every agent's first bytes", interval=0.1)
+    with net.cut(GROUP_B, GROUP_A):
+        at_cut = max(got(h) for h in hosts)
+        for host in hosts:
+            finish(pulls[host])
+    assert at_cut < BLOB_SIZE, "the partition came after an agent had the whole blob"
+    for host in hosts:
+        assert sha256_file(tmp_path / f"pulled{host}") == digest, host
+        assert_cached_whole(work, host, digest)
