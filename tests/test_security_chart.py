@@ -142,3 +142,21 @@ def test_values_file_documents_every_security_key() -> None:
     text = Path(CHART / "values.yaml").read_text()
     for key in ("authSecret", "nodeCredentialsSecret", "announceKeysSecret", "secretName"):
         assert f"  {key}:" in text
+
+
+@pytest.mark.parametrize("values", [{}, SECURED], ids=["defaults", "secured"])
+def test_only_what_must_be_reachable_is_exposed(values: dict) -> None:
+    """Inside the cluster only (no NodePort, LoadBalancer or Ingress); on the node's network
+    the agent offers its peer port alone: its registry endpoint and control API stay on
+    loopback, and only the agent shares the host's network."""
+    objects = render(values)
+    assert not [o for o in objects if o["kind"] == "Ingress"]
+    for service in (o for o in objects if o["kind"] == "Service"):
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP", service["metadata"]
+    for kind in ("StatefulSet", "Deployment"):
+        spec = workload(objects, kind)
+        assert not spec.get("hostNetwork")
+        assert not [p for c in spec["containers"] for p in c.get("ports", []) if "hostPort" in p]
+    agent = container_args(objects, "DaemonSet")
+    assert agent["--registry-listen"].startswith("127.0.0.1:")
+    assert agent["--listen"].startswith("127.0.0.1:")
