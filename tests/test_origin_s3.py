@@ -181,14 +181,19 @@ async def test_blob_missing_locally_is_streamed_from_the_bucket_and_filled(
     assert first.headers["Content-Range"] == f"bytes 1000-1999/{len(data)}"
     assert second.status == 200 and await second.read() == data
     assert second.headers["Docker-Content-Digest"] == str(digest)
-    await until(lambda: store.has(digest), "the background copy into the local store")
+    filling = origin.app[OBJECT_STORE].filling
+    await until(
+        lambda: store.has(digest) and not filling(digest), "the background copy into the store"
+    )
     assert store.path(digest).read_bytes() == data
 
     assert store.delete(digest)  # the first request after this one is answered from the bucket
     past_end = await client.get(url, headers={"Range": f"bytes={len(data)}-"})
     assert past_end.status == 416 and await error_code(past_end) == "RANGE_INVALID"
     assert past_end.headers["Content-Range"] == f"bytes */{len(data)}"
-    await until(lambda: store.has(digest), "the copy the refused request started")
+    await until(
+        lambda: store.has(digest) and not filling(digest), "the copy the refused request started"
+    )
     assert store.delete(digest)
     head = await client.head(url)
     assert head.status == 200 and head.headers["Content-Length"] == str(len(data))

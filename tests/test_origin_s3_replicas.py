@@ -27,9 +27,10 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 import pytest
@@ -41,8 +42,11 @@ from krill import oci
 from krill.digests import Digest
 from krill.origin.appkeys import TAG_HISTORY
 from krill.origin.config import OriginConfig
+from krill.origin.deltas import DELTA_ENGINE
 from krill.origin.gc import GarbageCollector
 from krill.origin.server import create_app
+from krill.origin.storage_deltaindex import index_key
+from krill.origin.storage_deltas import BUCKET_DELTAS
 from krill.origin.storage_gc import reconcile_with_bucket, sweep_bucket
 from krill.origin.storage_metadata import TAG_TTL
 from krill.rendezvous import owner
@@ -52,12 +56,15 @@ from tests.clocks import ManualClock
 from tests.components import SKOPEO_FLAGS, free_port, krill_command, krill_process, skopeo
 from tests.fixtures_origin import digest_of, error_code
 from tests.imagebuild import (
+    Image,
     build_image,
     random_files,
     read_oci_layout_digests,
     write_oci_layout,
 )
 from tests.s3_fixtures import SeaweedFS, s3_location, seaweedfs
+from tests.test_delta_origin import _settle as settle
+from tests.test_delta_origin import _versions as delta_versions
 from tests.test_origin_referrers import SIGNATURE, artifact
 from tests.test_origin_s3 import credentials_file, payload, push, push_image, storage_url
 
@@ -166,7 +173,8 @@ class Replica:
     app: web.Application
 
 
-StartReplica = Callable[[str], Awaitable[Replica]]
+class StartReplica(Protocol):
+    def __call__(self, name: str, *, deltas: bool = False) -> Awaitable[Replica]: ...
 
 
 @pytest.fixture
@@ -177,14 +185,14 @@ def start_replica(
     aiohttp_server: AiohttpServer,
     aiohttp_client: AiohttpClient,
 ) -> StartReplica:
-    async def start(name: str) -> Replica:
+    async def start(name: str, *, deltas: bool = False) -> Replica:
         clock = ManualClock()
         data = tmp_path / name
         config = OriginConfig(
             data=data,
             storage=storage_url(s3_location),
             s3_credentials=credentials_file(seaweedfs, tmp_path),
-            deltas=False,
+            deltas=deltas,
         )
         app = create_app(config, clock=clock)
         server: TestServer = await aiohttp_server(app)
@@ -476,3 +484,38 @@ async def test_the_catalog_and_referrers_of_one_origin_are_answered_by_the_other
     assert resp.status == 200
     listed = [m["digest"] for m in (await resp.json())["manifests"]]
     assert listed == [digest_of(signature)]
+
+
+async def push_tagged(client: TestClient, repo: str, image: Image, tag: str) -> None:
+    for blob in image.blobs():
+        assert (await push(client, repo, blob.data)).status == 201
+    resp = await client.put(
+        f"/v2/{repo}/manifests/{tag}",
+        data=image.manifest.data,
+        headers={"Content-Type": image.manifest.media_type},
+    )
+    assert resp.status == 201, await resp.text()
+
+
+@pytest.mark.slow
+async def test_a_delta_computed_by_one_origin_is_served_by_the_other(
+    start_replica: StartReplica, bucket: S3Backend
+) -> None:
+    a, b = await start_replica("a", deltas=True), await start_replica("b", deltas=True)
+    v1, v2 = delta_versions()
+    await push_tagged(a.client, "team/app", v1, "latest")
+    await push_tagged(a.client, "team/app", v2, "latest")  # the move: A computes the deltas
+    await settle(a.app[DELTA_ENGINE])
+    target, base = v2.layers[1].digest, v1.layers[1].digest
+    lookup = f"/krill/v1/deltas/{target}"
+    params = {"have": base, "repo": "team/app"}
+    on_a = await (await a.client.get(lookup, params=params)).json()
+    assert on_a["status"] == "ok", on_a
+    await a.app[BUCKET_DELTAS].settle()  # shared in the background
+    assert await bucket.get_object(index_key(Digest.parse(target))) is not None
+
+    on_b = await (await b.client.get(lookup, params=params)).json()
+    assert on_b["status"] == "ok" and on_b["delta"] == on_a["delta"], on_b
+    from_a = await (await a.client.get(f"/v2/team/app/blobs/{on_a['delta']}")).read()
+    resp = await b.client.get(f"/v2/team/app/blobs/{on_b['delta']}")
+    assert resp.status == 200 and await resp.read() == from_a

@@ -35,6 +35,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -54,6 +55,9 @@ from krill.origin.storage_sync import bucket_sync
 from krill.origin.storage_url import parse_storage_url, s3_credentials
 from krill.registry_errors import RegistryError
 from krill.s3backend import S3Backend, S3Error, S3Location
+
+if TYPE_CHECKING:
+    from krill.origin.storage_deltas import BucketDeltas
 
 __all__ = [
     "OBJECT_STORE",
@@ -136,6 +140,10 @@ class ObjectStore:
         task = self._fills.get(digest) or self._start(app, digest, None)
         return await asyncio.shield(task)
 
+    def filling(self, digest: Digest) -> bool:
+        """Whether a copy of the blob into the local store is under way."""
+        return digest in self._fills
+
     def start_fill(
         self, app: web.Application, digest: Digest, *, tap: bool = False
     ) -> FillTap | None:
@@ -216,6 +224,7 @@ def install_object_storage(
         app[OBJECT_STORE] = ObjectStore(backend)
         if not config.upstream:  # a mirror's metadata follows its upstream, in --data
             await _share_metadata(app, backend, clock)
+        deltas = _share_deltas(app, backend)
         background = []
         if config.gc_interval > 0:
             background.append(asyncio.create_task(_sweep_periodically(app, clock)))
@@ -226,6 +235,8 @@ def install_object_storage(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if deltas is not None:
+            await deltas.close()
         await app[OBJECT_STORE].close()
 
     app.cleanup_ctx.append(open_bucket)
@@ -243,6 +254,19 @@ async def _share_metadata(app: web.Application, backend: S3Backend, clock: Clock
     except S3Error as exc:
         await backend.close()
         raise CliError(f"cannot publish repository metadata to the bucket: {exc}") from None
+
+
+def _share_deltas(app: web.Application, backend: S3Backend) -> BucketDeltas | None:
+    """Deltas and their index in the bucket too, when the origin computes deltas."""
+    # Imported here: origin.storage_deltas reads this module's OBJECT_STORE.
+    from krill.origin.deltas import DELTA_ENGINE
+    from krill.origin.storage_deltas import BUCKET_DELTAS, BucketDeltas
+
+    if DELTA_ENGINE not in app:
+        return None
+    deltas = BucketDeltas(app, backend, app[DELTA_ENGINE].index)
+    app[BUCKET_DELTAS] = deltas
+    return deltas
 
 
 async def _write_blob(app: web.Application, digest: Digest) -> None:

@@ -54,6 +54,7 @@ from krill.digests import Digest
 from krill.origin.gc import CLOCK_SLACK
 from krill.origin.gclock import GcLock
 from krill.origin.repositories import Repositories
+from krill.origin.storage_deltaindex import live_deltas
 from krill.origin.storage_metadata import (
     MetaEntry,
     MetaKind,
@@ -131,6 +132,8 @@ class _Marker:
         local = await asyncio.to_thread(self._local_manifests)
         for digest, repo in {**local, **links.manifests}.items():
             await self._mark_manifest(repo, digest)
+        # Deltas shared through the bucket (origin.storage_deltas): kept with target and base.
+        self.live |= await live_deltas(self.backend, self.live)
 
     def _local_manifests(self) -> dict[Digest, str]:
         return {d: repo for repo in self.repos.names() for d in self.repos.manifests(repo)}

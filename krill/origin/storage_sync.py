@@ -8,7 +8,8 @@ route, what ``origin.storage_metadata`` describes:
   and before a delete the thing deleted, so the handler finds it); for the
   catalog, one manifest of each repository the bucket has and ``--data``
   lacks, and for the referrers API every manifest of the repository (storing
-  one records it as its subject's referrer);
+  one records it as its subject's referrer); before a delta lookup, the
+  deltas other origins shared for it (``origin.storage_deltas``);
 * after a handler wrote (its 201 or 202): blob bytes, then the link, then
   the tag go to the bucket before the client gets the answer. A bucket that
   refuses makes it 503 ``UNAVAILABLE`` ("push it again"): the change is
@@ -267,6 +268,9 @@ def bucket_sync(put_blob: BlobWriter) -> Middleware:
         if route == "catalog" and (metadata := request.app.get(METADATA)) is not None:
             await reading("catalog", metadata.adopt_repositories())
             return await handler(request)
+        if route == "delta_lookup":
+            await _adopt_deltas(request)
+            return await handler(request)
         steps = SYNCED.get(route)
         if steps is None or not is_valid_name(request.match_info["name"]):
             return await handler(request)
@@ -276,6 +280,21 @@ def bucket_sync(put_blob: BlobWriter) -> Middleware:
         return await steps(_Sync(request, metadata, put_blob), handler)
 
     return sync
+
+
+async def _adopt_deltas(request: web.Request) -> None:
+    """Before a delta lookup: the deltas other origins shared for it (origin.storage_deltas)."""
+    # Imported here: origin.storage_deltas imports origin.storage, which imports this module.
+    from krill.origin.storage_deltas import BUCKET_DELTAS
+
+    deltas = request.app.get(BUCKET_DELTAS)
+    target = _digest(request.match_info.get("digest"))
+    if deltas is None or target is None:
+        return
+    have = [d for h in request.query.get("have", "").split(",")[:64] if (d := _digest(h))]
+    repo = request.query.get("repo")
+    repo = repo if repo and is_valid_name(repo) else None
+    await reading(str(target), deltas.adopt(target, have, repo))
 
 
 async def _bytes_only(
