@@ -273,3 +273,61 @@ def test_a_version_2_delta_still_applies(tmp_path: Path) -> None:
     applied = apply_delta(tmp_path / "b.tgz", old, tmp_path / "out")
     assert applied.path.read_bytes() == target
     assert fmt.FORMAT_NAMES[2] == "krill-delta/2"
+
+
+def _elf_op_at(delta: bytes) -> int:
+    """Offset of the first OP_ELF in a delta."""
+    import io
+
+    f = io.BytesIO(delta)
+    header = fmt.read_header(f)
+    reader = fmt.OpReader(
+        f, base_size=header.base.tar_size, target_size=header.target.tar_size,
+        delta_size=len(delta),
+    )
+    while True:
+        at = f.tell()
+        op = reader.next()
+        assert op.kind != fmt.OP_END, "the delta should have an ELF op"
+        if op.kind == fmt.OP_ELF:
+            return at
+
+
+def test_crafted_elf_ops_are_format_errors(
+    tmp_path: Path, x86_pairs: dict[str, tuple[bytes, bytes]]
+) -> None:
+    """Side data longer than the payload, oversized, or a corrupt side table: refused."""
+    from tests.delta_crafting import apply_fails, resign
+
+    base = _layer({"lib.so": x86_pairs["unstripped"][0]})
+    target = _layer({"lib.so": x86_pairs["unstripped"][1]})
+    result, _ = round_trip(tmp_path / "ok", base, target)
+    delta = (tmp_path / "ok" / "delta.krd").read_bytes()
+    base_path = tmp_path / "ok" / "base.blob"
+    at = _elf_op_at(delta)
+    head = struct.Struct(">QIIIII")
+    off, base_len, out_len, side_len, raw_len, comp_len = head.unpack_from(delta, at + 1)
+
+    def crafted(*fields: int, payload: bytes | None = None) -> bytes:
+        start = at + 1 + head.size
+        body = delta[start:] if payload is None else payload + delta[start + comp_len :]
+        return resign(delta[: at + 1] + head.pack(*fields) + body)
+
+    from krill.delta.zstdlib import zstd
+
+    raw = zstd.decompress(delta[at + 1 + head.size : at + 1 + head.size + comp_len])
+    bad_side = zstd_literal(b"\x09" + raw[1:], 3)  # a side-data version no node knows
+
+    cases = {
+        "side": crafted(off, base_len, out_len, raw_len + 1, raw_len, comp_len),
+        "huge": crafted(off, base_len, out_len, out_len + (2 << 20), raw_len, comp_len),
+        # the side data shifted by a byte: the mask and table no longer fit the file
+        "shifted": crafted(off, base_len, out_len, side_len - 1, raw_len, comp_len),
+        "version": crafted(
+            off, base_len, out_len, side_len, raw_len, len(bad_side), payload=bad_side
+        ),
+    }
+    for name, data in cases.items():
+        message = apply_fails(tmp_path / name, base_path, data)
+        assert "ELF" in message or "HDIFF13" in message, (name, message)
+    assert result.stats.get("elf") == 1
