@@ -49,14 +49,27 @@ def announce_paths() -> list[str]:
     return paths
 
 
-def serve_bare_announce(port: int) -> None:
-    """The baseline: every GET /announce answered with the same bencoded body."""
+def serve_bare_announce(port: int, middlewares: bool = False) -> None:
+    """The baseline: every GET /announce answered with the same bencoded body.
+
+    ``middlewares``: behind the two every Krill service runs (latency
+    histogram, request id), to show what they cost on their own.
+    """
     from aiohttp import web
+    from prometheus_client import CollectorRegistry
+
+    from krill.httpmetrics import latency_middleware, request_histogram
+    from krill.requestid import install_request_ids
 
     async def handler(request: web.Request) -> web.Response:
         return web.Response(body=BARE_ANSWER, content_type="text/plain")
 
-    app = web.Application()
+    if middlewares:
+        histogram = request_histogram("bare_request_seconds", CollectorRegistry())
+        app = web.Application(middlewares=[latency_middleware(histogram)])
+        install_request_ids(app)
+    else:
+        app = web.Application()
     app.router.add_get("/announce", handler)
     app.router.add_get("/health", handler)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
@@ -91,6 +104,10 @@ async def compare(argv: list[str]) -> None:
     parser.add_argument("--levels", default="1,16,64", help="concurrency levels, comma-separated")
     parser.add_argument("--requests", type=int, default=3000, help="requests per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per level")
+    parser.add_argument(
+        "--middlewares", action="store_true",
+        help="also the bare handler behind Krill's latency and request-id middlewares",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-tracker-") as tmp:
@@ -101,16 +118,24 @@ async def compare(argv: list[str]) -> None:
                 Server("krill-tracker", tracker, tpid, mix),
                 Server("bare-aiohttp", bare, bpid, mix),
             ]
-            await measure(servers, levels, args.requests, args.rounds)
-            print(
-                f"{args.requests} requests per round, {args.rounds} rounds per level; "
-                f"compact announces of {PEERS} peers in {SWARMS} swarms"
-            )
-            print(report(servers, levels))  # reads peak RSS: while the servers run
+            with contextlib.ExitStack() as stack:
+                if args.middlewares:
+                    port = free_port()
+                    command = [sys.executable, __file__, str(port), "middlewares"]
+                    proc = stack.enter_context(process(command, Path(tmp) / "bare-mw.log"))
+                    url = f"http://127.0.0.1:{port}"
+                    wait_http(f"{url}/health", proc, timeout=60, name="bare + middlewares")
+                    servers.append(Server("bare+middlewares", url, proc.pid, mix))
+                await measure(servers, levels, args.requests, args.rounds)
+                print(
+                    f"{args.requests} requests per round, {args.rounds} rounds per level; "
+                    f"compact announces of {PEERS} peers in {SWARMS} swarms"
+                )
+                print(report(servers, levels))  # reads peak RSS: while the servers run
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] and sys.argv[1].isdigit():
-        serve_bare_announce(int(sys.argv[1]))
+        serve_bare_announce(int(sys.argv[1]), middlewares=sys.argv[2:3] == ["middlewares"])
     else:
         asyncio.run(compare(sys.argv[1:]))
