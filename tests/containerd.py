@@ -51,7 +51,12 @@ class Containerd:
         return proc
 
     def pull(
-        self, reference: str, hosts_dir: Path, *, platforms: Sequence[str] = (), all_platforms=False
+        self,
+        reference: str,
+        hosts_dir: Path,
+        *,
+        platforms: Sequence[str] = (),
+        all_platforms: bool = False,
     ) -> subprocess.CompletedProcess[str]:
         """``ctr images pull`` with hosts.toml from ``hosts_dir``, unpacked with native."""
         args = ["images", "pull", "--hosts-dir", str(hosts_dir), "--snapshotter", "native"]

@@ -137,15 +137,30 @@ def flaky_origin_app(origin: str, seen_ranges: list[str], *, hang: bool = False)
             await response.prepare(request)
             await response.write(body[: len(body) // 2])
             if hang:
-                await asyncio.sleep(5)  # far past the agent's stall_timeout
-            assert request.transport is not None
-            request.transport.abort()  # the connection breaks mid-body
+                await _until_dropped(request, limit=5.0)  # far past the agent's stall_timeout
+            if request.transport is not None:
+                request.transport.abort()  # the connection breaks mid-body
             return response
         return web.Response(status=status, body=body, headers=reply_headers)
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", forward)
     return app
+
+
+async def _until_dropped(request: web.Request, limit: float) -> None:
+    """Hold a response until its client drops the connection, or ``limit`` seconds pass.
+
+    A stalled body is what the agent's stall_timeout is for: once it gives up and
+    closes the connection, there is nothing left to hold (a fixed sleep here kept the
+    test's server, and so the test, waiting seconds after the agent was done).
+    """
+    deadline = asyncio.get_running_loop().time() + limit
+    while asyncio.get_running_loop().time() < deadline:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(0.05)
 
 
 def test_http_fallback_resumes_a_broken_origin_transfer_with_range(tmp_path: Path) -> None:
