@@ -9,13 +9,16 @@ A layer this node can rebuild from a delta (``agent.deltas``) is tried that
 way first, inside the same single-flight task; any failure there falls through
 to the sources below.
 
-Source choice, per blob: the swarm gets ``swarm_deadline`` seconds to deliver
-its first verified bytes (metainfo lookup included). If it cannot (tracker
-down, no peers, no metainfo) the swarm download is cancelled and the origin's
+Source choice, per blob: the swarm gets ``swarm_deadline`` seconds to find the
+blob's metainfo and start, then as long to deliver its first verified bytes;
+that wait goes on, a deadline at a time, while each window shows progress
+anywhere in the blob (pieces verified out of order: a slow start, not a dead
+swarm). If it cannot (tracker down, no peers, no metainfo) the swarm
+download is cancelled and the origin's
 HTTP API is asked instead; if that fails too the caller gets
 ``SourceUnavailable`` at once, which the endpoint turns into a 503 so
 containerd moves on to the next host in ``hosts.toml``. Nothing here waits
-past the deadline without bytes to show for it.
+past a deadline without progress to show for it.
 """
 
 from __future__ import annotations
@@ -244,12 +247,36 @@ class BlobFetcher:
             async with asyncio.timeout(self._deadline):
                 transfer = await self._swarm.start(digest, repository)
                 check_room(self.cache.store, digest, transfer.size)
-                await transfer.wait_available(0)
+            await self._first_bytes(digest, transfer)
         except BaseException:
             if transfer is not None:
                 transfer.cancel()
             raise
         return InflightBlob(digest, transfer, self._swarm.name, started)
+
+    async def _first_bytes(self, digest: Digest, transfer: Transfer) -> None:
+        """Wait for the transfer's first servable bytes while it makes headway.
+
+        Each ``swarm_deadline`` window must show progress anywhere in the blob
+        (``progress``: pieces verified, for the swarm). A node that pulls a whole
+        image asks for every layer at once, and the first bytes of one layer can
+        take longer than the deadline while the others share the link; counting
+        from the request alone sent such a layer to the origin in every
+        image-herd run (docs/benchmarks.md, issue 16).
+        """
+        while True:
+            before = _progress(transfer)
+            try:
+                async with asyncio.timeout(self._deadline):
+                    await transfer.wait_available(0)
+                return
+            except TimeoutError:
+                if _progress(transfer) == before:
+                    raise
+                log.info(
+                    "fetch.swarm_slow_start digest=%s progress=%d deadline=%.1f",
+                    digest, _progress(transfer), self._deadline,
+                )
 
     def _finish_later(self, blob: InflightBlob) -> None:
         task = asyncio.create_task(self._finish(blob), name=f"finish-{blob.digest.hex[:12]}")
@@ -287,6 +314,13 @@ class BlobFetcher:
             else:
                 task.cancel()
         await asyncio.gather(*self._finishers.values(), *starts, return_exceptions=True)
+
+
+def _progress(transfer: Transfer) -> int:
+    """A count that grows while a transfer gets anywhere: the swarm's verified pieces
+    (in any order), else its servable prefix."""
+    progress = getattr(transfer, "progress", None)
+    return int(progress) if progress is not None else transfer.available
 
 
 async def wait_progress(blob: InflightBlob, position: int, stall_timeout: float) -> int:

@@ -58,6 +58,12 @@ class SwarmTransfer:
         available = int(self._download.available)
         return available if self._download.done else min(available, self.size - 1)
 
+    @property
+    def progress(self) -> int:
+        """Pieces verified so far, in any order: the fetcher's sign that a download
+        whose first bytes are late is still moving (``fetcher._first_bytes``)."""
+        return int(self._download.verified_pieces)
+
     async def wait_available(self, offset: int) -> int:
         try:
             if offset >= self.size - 1:  # the last byte waits for the full-file check
