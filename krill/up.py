@@ -2,7 +2,10 @@
 
 Each service runs as its own ``krill`` subprocess with embedded defaults:
 data under a temporary directory (or ``--data``), the tracker's in-memory
-peer store, loopback addresses only. When all answer their health checks the
+peer store, loopback addresses only; with ``--storage s3://BUCKET[/PREFIX]``
+the origin keeps everything durable in that bucket (credentials from the
+environment, as for ``krill origin``; docs/storage.md) and its directory is
+its local cache. When all answer their health checks the
 addresses and the skopeo/containerd commands to use are printed, and a
 machine-readable ``up.json`` is written into the data directory (scripts read
 it). Ctrl-C (or SIGTERM) stops everything; a temporary data dir is removed.
@@ -38,6 +41,7 @@ class Addresses:
     agent: str  # control API host:port
     registry: str  # the agent's registry endpoint host:port
     data: str
+    storage: str | None = None  # the origin's s3:// URL, None: on its directory
 
     def as_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -55,6 +59,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--tracker-port", type=int, default=7000)
     parser.add_argument("--agent-port", type=int, default=7400)
     parser.add_argument("--registry-port", type=int, default=7401)
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        help="the origin's object storage, s3://BUCKET[/PREFIX][?endpoint=URL] "
+        "(credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; default: on --data)",
+    )
+    parser.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible store's base URL")
+    parser.add_argument("--s3-region", metavar="REGION", help="S3 region (default us-east-1)")
     parser.set_defaults(func=run)
 
 
@@ -71,13 +83,15 @@ def run(args: argparse.Namespace) -> int:
             agent=f"127.0.0.1:{_usable_port(args.agent_port)}",
             registry=f"127.0.0.1:{_usable_port(args.registry_port)}",
             data=str(data),
+            storage=args.storage,
         )
         logs = data / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         with contextlib.ExitStack() as services:
             procs: dict[str, subprocess.Popen[bytes]] = {}
             try:
-                for name, argv, health in service_commands(addresses, data):
+                commands = service_commands(addresses, data, _storage_flags(args))
+                for name, argv, health in commands:
                     proc = services.enter_context(_service(argv, logs / f"{name}.log"))
                     procs[name] = proc
                     wait_http(
@@ -103,7 +117,21 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def service_commands(a: Addresses, data: Path) -> list[tuple[str, list[str], str]]:
+def _storage_flags(args: argparse.Namespace) -> list[str]:
+    flags = []
+    for flag, value in (
+        ("--storage", args.storage),
+        ("--s3-endpoint", args.s3_endpoint),
+        ("--s3-region", args.s3_region),
+    ):
+        if value:
+            flags += [flag, value]
+    return flags
+
+
+def service_commands(
+    a: Addresses, data: Path, origin_flags: list[str] | None = None
+) -> list[tuple[str, list[str], str]]:
     """(name, krill arguments, health URL) for each service, in start order."""
     return [
         (
@@ -116,6 +144,7 @@ def service_commands(a: Addresses, data: Path) -> list[tuple[str, list[str], str
                 str(data / "origin"),
                 "--tracker",
                 f"http://{a.tracker}",
+                *(origin_flags or []),
             ],
             f"http://{a.origin}/v2/",
         ),
@@ -194,7 +223,8 @@ def _usable_port(preferred: int) -> int:
 
 def _banner(a: Addresses, logs: Path) -> str:
     hosts = "/etc/containerd/certs.d"
-    return f"""Krill is up (loopback only; data in {a.data}, logs in {logs}):
+    where = f"; the origin's store: {a.storage}" if a.storage else ""
+    return f"""Krill is up (loopback only; data in {a.data}, logs in {logs}{where}):
   origin    http://{a.origin}    push images here
   tracker   http://{a.tracker}
   agent     http://{a.agent}    /health /metrics /preheat /blobs/<digest>
