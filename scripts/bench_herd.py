@@ -43,101 +43,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
 import resource
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from benchlib import cpu_seconds
 from herd_common import (
     CLUSTER,
-    PEER_PORT,
-    REGISTRY_PORT,
     REPOSITORY,
     TAG,
-    Processes,
-    host_ip,
+    add_cluster_arguments,
+    herd_cluster,
     host_ns,
     in_ns,
-    krill,
     log,
     origin_url,
     registry_url,
-    sh,
-    tracker_url,
+    run_as_root,
+    start_servers,
+    wait_for_exits,
 )
-
-# Congestion control is a per-namespace setting, but a namespace may only pick one
-# of the machine's "allowed" ones (or whatever the machine's default is).
-ALLOWED_CC = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
-AVAILABLE_CC = Path("/proc/sys/net/ipv4/tcp_available_congestion_control")
-
-
-@contextlib.contextmanager
-def congestion_control_allowed(name: str) -> Iterator[None]:
-    """Let the hosts' namespaces use TCP congestion control ``name`` for the run.
-
-    Adds it to the machine's allowed list if it is missing, and puts the list back
-    afterwards (also on Ctrl-C): the machine's own default is never changed.
-    """
-    if name not in AVAILABLE_CC.read_text().split():
-        if shutil.which("modprobe"):
-            sh("modprobe", f"tcp_{name}", check=False)
-        if name not in AVAILABLE_CC.read_text().split():
-            raise RuntimeError(
-                f"TCP congestion control {name!r} is not available on this machine "
-                f"(available: {AVAILABLE_CC.read_text().strip()}); pick one with --tcp-cc"
-            )
-    before = ALLOWED_CC.read_text().strip()
-    if name in before.split():
-        yield
-        return
-    try:
-        ALLOWED_CC.write_text(f"{before} {name}\n")
-        yield
-    finally:
-        ALLOWED_CC.write_text(before + "\n")
-
-
-
-def start_servers(procs: Processes, work: Path, claims: bool) -> int:
-    """Tracker, origin and docker-registry on h0; returns docker-registry's pid."""
-    ns, ip = host_ns(0), host_ip(0)
-    procs.start(
-        in_ns(ns, *krill("tracker", "--listen", f"{ip}:7000", "--origin", origin_url())),
-        work / "tracker.log",
-    )
-    procs.start(
-        in_ns(ns, *krill("origin", "--listen", f"{ip}:5000", "--data", str(work / "origin"),
-                         "--tracker", tracker_url(), "--peer-port", str(PEER_PORT))),
-        work / "origin.log",
-        # Without claims a super-seeding origin would hardly send anything (3.5x the
-        # limit measured): run it as a plain seed, as before claims existed.
-        env=None if claims else {"KRILL_ORIGIN_SUPER_SEED": "false"},
-    )
-    registry_dir = work / "registry"
-    registry_dir.mkdir()
-    config = registry_dir / "config.yml"
-    config.write_text(
-        "version: 0.1\nlog: {level: warn}\n"
-        f"storage: {{filesystem: {{rootdirectory: {registry_dir / 'data'}}}}}\n"
-        f"http: {{addr: '{ip}:{REGISTRY_PORT}'}}\n"
-    )
-    registry = procs.start(
-        in_ns(ns, "docker-registry", "serve", str(config)), work / "registry.log"
-    )
-    for url in (f"{tracker_url()}/health", f"{origin_url()}/v2/", f"{registry_url()}/v2/"):
-        CLUSTER.wait_http(0, url)
-    return registry.pid
 
 
 def sha256_of(path: Path) -> str:
@@ -212,18 +142,10 @@ def registry_pull(
         )
         for i in range(1, nodes + 1)
     }
-    times: list[float] = []
-    while running:
-        for i, proc in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[i]
-            if proc.returncode != 0:
-                stderr = proc.stderr.read().strip() if proc.stderr else ""
-                raise RuntimeError(f"registry GET failed with {proc.returncode}: {stderr}")
-            times.append(time.monotonic() - start)
-            (work / f"registry-copy-{i}").unlink()
-        time.sleep(0.01)  # a poll interval for the curls' exits, not a wait for an event
+    times = wait_for_exits(
+        running, start, "registry GET",
+        on_exit=lambda i: (work / f"registry-copy-{i}").unlink(),
+    )
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     curl_cpu = (children.ru_utime - children_before.ru_utime
                 + children.ru_stime - children_before.ru_stime)
@@ -233,40 +155,14 @@ def registry_pull(
 # ---- main ----
 
 
-@contextlib.contextmanager
-def cleanup_on_exit(procs: Processes, work: Path, keep: bool) -> Iterator[None]:
-    def interrupted(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGHUP, interrupted)
-    try:
-        yield
-    finally:
-        procs.stop_all()
-        CLUSTER.remove()
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
-
-
 def run_bench(args: argparse.Namespace) -> int:
-    if os.geteuid() != 0:
-        sys.stderr.write("bench-herd: needs root (network namespaces and tc); run with sudo\n")
-        return 2
     size = args.size_mib * 1024 * 1024
     limit = size * 8 / (args.rate_mbit * 1e6)
-    work = Path(tempfile.mkdtemp(prefix="krill-bench-herd-"))
-    procs = Processes()
-    # Signal handlers first (cleanup_on_exit), so a SIGTERM while the allowed list
-    # is changed still puts it back.
-    with cleanup_on_exit(procs, work, args.keep), congestion_control_allowed(args.tcp_cc):
-        log(
-            f"cluster: {args.nodes} nodes + origin host, {args.rate_mbit} Mbit/s links "
-            f"(MTU {args.mtu}, TCP {args.tcp_cc}), {args.size_mib} MiB layer "
-            f"(limit {limit:.2f} s), {'engine only' if args.engine_only else 'krill agent'}; "
-            f"work dir {work}"
-        )
-        CLUSTER.build(args.nodes + 1, args.rate_mbit, args.mtu, args.tcp_cc)
+    what = (
+        f", {args.size_mib} MiB layer (limit {limit:.2f} s), "
+        f"{'engine only' if args.engine_only else 'krill agent'}"
+    )
+    with herd_cluster(args, "krill-bench-herd-", what) as (work, procs):
         registry_pid = start_servers(procs, work, not args.no_claims)
         files = image_files(work, size)
         digest = push_image(origin_url(), *files)
@@ -308,23 +204,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", type=int, default=16)
-    parser.add_argument("--rate-mbit", type=float, default=100.0)
+    add_cluster_arguments(parser, nodes=16, mtu=9000)
     parser.add_argument("--size-mib", type=int, default=64)
-    parser.add_argument(
-        "--mtu",
-        type=int,
-        default=9000,
-        help="link MTU (default 9000: jumbo frames, as on most data-centre fabrics, e.g. "
-        "AWS VPCs; 1500 costs this machine's emulated network more CPU)",
-    )
-    parser.add_argument(
-        "--tcp-cc",
-        default="cubic",
-        help="the hosts' TCP congestion control (default cubic: Linux's default, "
-        "so the hosts behave as stock Linux even where this machine defaults to "
-        "another, e.g. bbr, which is measured too)",
-    )
     parser.add_argument(
         "--engine-only",
         action="store_true",
@@ -337,17 +218,11 @@ def main() -> int:
         help="with --engine-only: nodes take pieces from peers and the origin's seed (a plain "
         "seed then, not super-seeding) only, no HTTP piece claims",
     )
-    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     parser.add_argument(
         "--profile",
         action="store_true",
         help="sample agent 1 with py-spy (native frames) during the pull; prints its top "
         "functions and keeps the raw samples in the work dir (with --keep)",
-    )
-    parser.add_argument(
-        "--skip-registry",
-        action="store_true",
-        help="Krill only (for tuning runs); no speed-up figure",
     )
     # Per-node driver modes this script starts inside each node namespace.
     parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
@@ -368,14 +243,7 @@ def main() -> int:
         from herd_agents import client_main
 
         return asyncio.run(client_main(args))
-    try:
-        return run_bench(args)
-    except KeyboardInterrupt:
-        log("interrupted; cluster removed")
-        return 130
-    except RuntimeError as exc:  # a command that failed, a missing TCP algorithm
-        sys.stderr.write(f"bench-herd: {exc}; cluster removed\n")
-        return 1
+    return run_as_root(lambda: run_bench(args))
 
 
 if __name__ == "__main__":

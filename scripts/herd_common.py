@@ -10,12 +10,18 @@ through ``Processes``, talk to their per-node drivers in JSON lines
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +102,181 @@ class Processes:
                 proc.kill()
                 proc.wait()
 
+
+# Congestion control is a per-namespace setting, but a namespace may only pick one
+# of the machine's "allowed" ones (or whatever the machine's default is).
+ALLOWED_CC = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+AVAILABLE_CC = Path("/proc/sys/net/ipv4/tcp_available_congestion_control")
+
+
+@contextlib.contextmanager
+def congestion_control_allowed(name: str) -> Iterator[None]:
+    """Let the hosts' namespaces use TCP congestion control ``name`` for the run.
+
+    Adds it to the machine's allowed list if it is missing, and puts the list back
+    afterwards (also on Ctrl-C): the machine's own default is never changed.
+    """
+    if name not in AVAILABLE_CC.read_text().split():
+        if shutil.which("modprobe"):
+            sh("modprobe", f"tcp_{name}", check=False)
+        if name not in AVAILABLE_CC.read_text().split():
+            raise RuntimeError(
+                f"TCP congestion control {name!r} is not available on this machine "
+                f"(available: {AVAILABLE_CC.read_text().strip()}); pick one with --tcp-cc"
+            )
+    before = ALLOWED_CC.read_text().strip()
+    if name in before.split():
+        yield
+        return
+    try:
+        ALLOWED_CC.write_text(f"{before} {name}\n")
+        yield
+    finally:
+        ALLOWED_CC.write_text(before + "\n")
+
+
+
+def start_servers(procs: Processes, work: Path, claims: bool) -> int:
+    """Tracker, origin and docker-registry on h0; returns docker-registry's pid."""
+    ns, ip = host_ns(0), host_ip(0)
+    procs.start(
+        in_ns(ns, *krill("tracker", "--listen", f"{ip}:7000", "--origin", origin_url())),
+        work / "tracker.log",
+    )
+    procs.start(
+        in_ns(ns, *krill("origin", "--listen", f"{ip}:5000", "--data", str(work / "origin"),
+                         "--tracker", tracker_url(), "--peer-port", str(PEER_PORT))),
+        work / "origin.log",
+        # Without claims a super-seeding origin would hardly send anything (3.5x the
+        # limit measured): run it as a plain seed, as before claims existed.
+        env=None if claims else {"KRILL_ORIGIN_SUPER_SEED": "false"},
+    )
+    registry_dir = work / "registry"
+    registry_dir.mkdir()
+    config = registry_dir / "config.yml"
+    config.write_text(
+        "version: 0.1\nlog: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {registry_dir / 'data'}}}}}\n"
+        f"http: {{addr: '{ip}:{REGISTRY_PORT}'}}\n"
+    )
+    registry = procs.start(
+        in_ns(ns, "docker-registry", "serve", str(config)), work / "registry.log"
+    )
+    for url in (f"{tracker_url()}/health", f"{origin_url()}/v2/", f"{registry_url()}/v2/"):
+        CLUSTER.wait_http(0, url)
+    return registry.pid
+
+
+
+@contextlib.contextmanager
+def cleanup_on_exit(procs: Processes, work: Path, keep: bool) -> Iterator[None]:
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGHUP, interrupted)
+    try:
+        yield
+    finally:
+        procs.stop_all()
+        CLUSTER.remove()
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser, nodes: int, mtu: int) -> None:
+    """The options every herd benchmark's cluster takes (``herd_cluster`` reads them)."""
+    parser.add_argument("--nodes", type=int, default=nodes)
+    parser.add_argument("--rate-mbit", type=float, default=100.0)
+    parser.add_argument(
+        "--mtu",
+        type=int,
+        default=mtu,
+        help=f"link MTU (default {mtu}; 9000 is jumbo frames, as on most data-centre "
+        "fabrics, e.g. AWS VPCs; 1500 costs this machine's emulated network more CPU)",
+    )
+    parser.add_argument(
+        "--tcp-cc",
+        default="cubic",
+        help="the hosts' TCP congestion control (default cubic: Linux's default, "
+        "so the hosts behave as stock Linux even where this machine defaults to "
+        "another, e.g. bbr, which is measured too)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    parser.add_argument(
+        "--skip-registry",
+        action="store_true",
+        help="Krill only (for tuning runs); no speed-up figure",
+    )
+
+
+@contextlib.contextmanager
+def herd_cluster(
+    args: argparse.Namespace, prefix: str, what: str = ""
+) -> Iterator[tuple[Path, Processes]]:
+    """The cluster of ``args`` (nodes, rate, MTU, TCP) built in namespaces, with a
+    work directory and the ``Processes`` started in it; all removed on the way out
+    (unless ``--keep``: the work directory stays)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    procs = Processes()
+    # Signal handlers first (cleanup_on_exit), so a SIGTERM while the allowed list
+    # is changed still puts it back.
+    with cleanup_on_exit(procs, work, args.keep), congestion_control_allowed(args.tcp_cc):
+        log(
+            f"cluster: {args.nodes} nodes + origin host, {args.rate_mbit} Mbit/s links "
+            f"(MTU {args.mtu}, TCP {args.tcp_cc}){what}; work dir {work}"
+        )
+        CLUSTER.build(args.nodes + 1, args.rate_mbit, args.mtu, args.tcp_cc)
+        yield work, procs
+
+
+def run_as_root(body: Callable[[], int]) -> int:
+    """``body()``'s exit code; 2 when not root, 130 on Ctrl-C, 1 when a command failed
+    (the cluster is removed by ``herd_cluster`` either way)."""
+    if os.geteuid() != 0:
+        log("needs root (network namespaces, tc); run with sudo")
+        return 2
+    try:
+        return body()
+    except KeyboardInterrupt:
+        log("interrupted; cluster removed")
+        return 130
+    except RuntimeError as exc:  # a command that failed, a missing TCP algorithm
+        log(f"{exc}; cluster removed")
+        return 1
+
+
+def wait_for_exits(
+    running: dict[int, subprocess.Popen[str]],
+    start: float,
+    what: str,
+    timeout: float | None = None,
+    on_exit: Callable[[int], None] | None = None,
+) -> list[float]:
+    """Seconds from ``start`` until each node's process exited 0, in the order they did.
+
+    A non-zero exit raises RuntimeError with the tail of that process's stderr
+    (it must have been started with ``stderr=PIPE``); ``on_exit(node)`` runs as
+    each one succeeds.
+    """
+    times: list[float] = []
+    while running:
+        for i, proc in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[i]
+            if proc.returncode != 0:
+                stderr = proc.stderr.read().strip()[-2000:] if proc.stderr else ""
+                raise RuntimeError(f"node {i}: {what} failed ({proc.returncode}): {stderr}")
+            times.append(time.monotonic() - start)
+            if on_exit is not None:
+                on_exit(i)
+        if timeout is not None and time.monotonic() - start > timeout:
+            raise RuntimeError(f"{what} still running after {timeout:.0f} s")
+        time.sleep(0.01)  # a poll interval for the exits, not a wait for an event
+    return times
 
 
 def krill(*args: str) -> list[str]:

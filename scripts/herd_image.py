@@ -35,7 +35,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,7 +49,9 @@ from herd_common import (
     ORIGIN_PORT,
     REGISTRY_PORT,
     Processes,
+    add_cluster_arguments,
     agents_start_timeout,
+    herd_cluster,
     host_ip,
     host_ns,
     in_ns,
@@ -59,7 +60,10 @@ from herd_common import (
     origin_url,
     percentile,
     registry_url,
+    run_as_root,
     sh,
+    start_servers,
+    wait_for_exits,
 )
 
 from tests import containerd
@@ -214,20 +218,7 @@ def herd_pull(commands: dict[int, list[str]]) -> list[float]:
         )
         for i, cmd in commands.items()
     }
-    times: list[float] = []
-    while running:
-        for i, proc in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[i]
-            if proc.returncode != 0:
-                stderr = proc.stderr.read().strip()[-2000:] if proc.stderr else ""
-                raise RuntimeError(f"node {i}: ctr pull failed ({proc.returncode}): {stderr}")
-            times.append(time.monotonic() - start)
-        if time.monotonic() - start > PULL_TIMEOUT:
-            raise RuntimeError(f"ctr pulls still running after {PULL_TIMEOUT:.0f} s")
-        time.sleep(0.01)  # a poll interval for the ctr exits, not a wait for an event
-    return times
+    return wait_for_exits(running, start, "ctr pull", timeout=PULL_TIMEOUT)
 
 
 def check_unpacked(ctrds: dict[int, containerd.Containerd], layers: int) -> None:
@@ -297,43 +288,24 @@ def run_image_herd(args: argparse.Namespace, procs: Processes, work: Path) -> Im
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", type=int, default=8)
-    parser.add_argument("--rate-mbit", type=float, default=100.0)
-    parser.add_argument("--mtu", type=int, default=1500)
-    parser.add_argument("--tcp-cc", default="cubic", help="the hosts' TCP congestion control")
+    add_cluster_arguments(parser, nodes=8, mtu=1500)
     parser.add_argument(
         "--layers-mib",
         default="8,16,24,48",
         help="layer sizes in MiB, smallest first (default 8,16,24,48: 96 MiB; the native "
         "snapshotter copies every lower layer into each new snapshot)",
     )
-    parser.add_argument("--skip-registry", action="store_true", help="Krill only")
-    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     args = parser.parse_args()
     layer_sizes(args.layers_mib)  # a bad list fails before the cluster is built
-    if os.geteuid() != 0:
-        log("needs root (network namespaces, tc, containerd); run with sudo")
-        return 2
-    from bench_herd import cleanup_on_exit, congestion_control_allowed, start_servers
 
-    work = Path(tempfile.mkdtemp(prefix="krill-bench-image-herd-"))
-    procs = Processes()
-    try:
-        with cleanup_on_exit(procs, work, args.keep), congestion_control_allowed(args.tcp_cc):
-            log(
-                f"cluster: {args.nodes} nodes + origin host, {args.rate_mbit} Mbit/s links "
-                f"(MTU {args.mtu}, TCP {args.tcp_cc}); work dir {work}"
-            )
-            CLUSTER.build(args.nodes + 1, args.rate_mbit, args.mtu, args.tcp_cc)
+    def run() -> int:
+        what = f" (image herd, {args.layers_mib} MiB layers)"
+        with herd_cluster(args, "krill-bench-image-herd-", what) as (work, procs):
             start_servers(procs, work, claims=True)
             run_image_herd(args, procs, work).report()
-    except KeyboardInterrupt:
-        log("interrupted; cluster removed")
-        return 130
-    except RuntimeError as exc:
-        log(f"{exc}; cluster removed")
-        return 1
-    return 0
+        return 0
+
+    return run_as_root(run)
 
 
 if __name__ == "__main__":
