@@ -364,7 +364,7 @@ static void contexts(const Elf *e, CandList *c, const uint8_t *cover) {
 }
 
 /* All candidates of `b` (phase 1 then phase 2, read from the same unchanged bytes). */
-static int candidates(Elf *e, const uint8_t *b, size_t n, CandList *c) {
+static int candidates(Elf *e, const uint8_t *b, size_t n, CandList *c, int with_contexts) {
     parse(e, b, n);
     memset(c, 0, sizeof *c);
     c->buf = b;
@@ -375,14 +375,33 @@ static int candidates(Elf *e, const uint8_t *b, size_t n, CandList *c) {
     int rc = scan_phase1(&s, b);
     c->nphase1 = c->n;
     if (rc == 0) rc = scan_phase2(&s, b);
-    if (rc == 0) contexts(e, c, cover);
+    if (rc == 0 && with_contexts) contexts(e, c, cover); /* only matching needs them */
     free(cover);
     return rc;
 }
 
-static int u64_cmp(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
+/* LSD radix sort, 16 bits a pass (qsort was most of the base's normalization on a node). */
+static int radix_sort(uint64_t *v, size_t n) {
+    uint64_t *tmp = malloc((n + 1) * sizeof *tmp);
+    size_t *count = malloc(65536 * sizeof *count);
+    if (!tmp || !count) {
+        free(tmp), free(count);
+        return -1;
+    }
+    for (int shift = 0; shift < 64; shift += 16) {
+        memset(count, 0, 65536 * sizeof *count);
+        for (size_t i = 0; i < n; i++) count[(v[i] >> shift) & 0xFFFF]++;
+        if (count[(n ? v[0] >> shift : 0) & 0xFFFF] == n) continue; /* all equal here */
+        size_t sum = 0;
+        for (size_t k = 0; k < 65536; k++) {
+            size_t c = count[k];
+            count[k] = sum, sum += c;
+        }
+        for (size_t i = 0; i < n; i++) tmp[count[(v[i] >> shift) & 0xFFFF]++] = v[i];
+        memcpy(v, tmp, n * sizeof *v);
+    }
+    free(tmp), free(count);
+    return 0;
 }
 
 /* Sorted distinct addresses of the taken candidates. */
@@ -392,7 +411,10 @@ static uint64_t *label_set(const CandList *c, size_t *count) {
     size_t k = 0;
     for (size_t i = 0; i < c->n; i++)
         if (c->v[i].take) v[k++] = c->v[i].addr;
-    qsort(v, k, sizeof *v, u64_cmp);
+    if (radix_sort(v, k) < 0) {
+        free(v);
+        return NULL;
+    }
     size_t u = 0;
     for (size_t i = 0; i < k; i++)
         if (!u || v[i] != v[u - 1]) v[u++] = v[i];
@@ -669,9 +691,9 @@ typedef struct {
     int oom;
 } Encoded;
 
-static void encode_base(const uint8_t *b, size_t n, Encoded *r, CandList *bc) {
+static void encode_base(const uint8_t *b, size_t n, Encoded *r, CandList *bc, int with_contexts) {
     Elf *e = malloc(sizeof *e);
-    if (!e || candidates(e, b, n, bc) < 0 || !(r->lb = label_set(bc, &r->nb)) ||
+    if (!e || candidates(e, b, n, bc, with_contexts) < 0 || !(r->lb = label_set(bc, &r->nb)) ||
         !(r->norm_b = normalize(bc, n, r->lb, r->nb, NULL)))
         r->oom = 1;
     free(e);
@@ -683,7 +705,7 @@ static void encode_target(const uint8_t *t, size_t n, Encoded *r, CandList *bc) 
     uint64_t *lt = NULL;
     int64_t *assign = NULL, *map = NULL;
     Elf *e = malloc(sizeof *e);
-    if (!e || candidates(e, t, n, &tc) < 0 || !(lt = label_set(&tc, &nt)) ||
+    if (!e || candidates(e, t, n, &tc, 1) < 0 || !(lt = label_set(&tc, &nt)) ||
         !(assign = match(bc, r->lb, r->nb, &tc, lt, nt)) || !(map = malloc((nt + 1) * sizeof *map))) {
         r->oom = 1;
     } else {
@@ -712,7 +734,7 @@ PyObject *elfnorm_base(PyObject *Py_UNUSED(module), PyObject *args) {
     Encoded r = {0};
     CandList bc = {0};
     Py_BEGIN_ALLOW_THREADS
-    encode_base(base.buf, (size_t)base.len, &r, &bc);
+    encode_base(base.buf, (size_t)base.len, &r, &bc, 0);
     Py_END_ALLOW_THREADS
     size_t n = (size_t)base.len;
     PyBuffer_Release(&base);
@@ -740,7 +762,7 @@ PyObject *elfnorm_encode(PyObject *Py_UNUSED(module), PyObject *args) {
     Encoded r = {0};
     CandList bc = {0};
     Py_BEGIN_ALLOW_THREADS
-    encode_base(base.buf, (size_t)base.len, &r, &bc);
+    encode_base(base.buf, (size_t)base.len, &r, &bc, 1);
     if (!r.oom) encode_target(target.buf, (size_t)target.len, &r, &bc);
     Py_END_ALLOW_THREADS
     size_t nb = (size_t)base.len, nt = (size_t)target.len;
