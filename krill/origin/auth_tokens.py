@@ -217,7 +217,7 @@ class TokenIssuer:
     def issue(self, grant: Grant) -> IssuedToken:
         payload = {
             "sub": grant.subject,
-            "exp": round(self.now() + self._ttl, 3),
+            "exp": self.now() + self._ttl,  # a float: JSON carries it exactly
             "access": {repo: actions_of(perms) for repo, perms in grant.access.items()},
             "catalog": grant.catalog,
         }
