@@ -6,13 +6,17 @@ while it makes the session (``krill.swarm.engine._new_session``). A real
 ``krill tracker --tls-cert/--tls-key`` with a certificate from a CA made in
 the test: two engines given that CA find each other through it and trade a
 blob; an engine without it gets libtorrent's certificate error; the process
-environment is left as it was.
+environment is left as it was. The origin's ``--tracker-ca`` makes its
+readiness check (and its seed) trust the same CA.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +26,7 @@ from krill.blobstore import BlobStore
 from krill.digests import sha256_file
 from krill.metainfo import make_metainfo
 from krill.swarm import SwarmEngine, SwarmSettings
-from tests.components import free_port
+from tests.components import free_port, krill_process
 from tests.polling import until
 from tests.test_origin_auth_tls import Pki, make_pki
 from tests.test_security_tls import https_process
@@ -80,3 +84,23 @@ async def test_without_the_ca_libtorrent_refuses_the_tracker(
             lambda: any("certificate verify failed" in r.getMessage() for r in caplog.records),
             "libtorrent's tracker error",
         )
+
+
+@pytest.mark.parametrize("with_ca", [True, False], ids=["tracker-ca", "system-store"])
+def test_the_origin_checks_an_https_tracker_against_its_tracker_ca(
+    tmp_path: Path, pki: Pki, announce_url: str, with_ca: bool
+) -> None:
+    """``krill origin --tracker-ca``: its readiness check (and its seed) trust that CA."""
+    port = free_port()
+    args = [
+        "origin", "--listen", f"127.0.0.1:{port}", "--data", str(tmp_path / "data"),
+        "--tracker", announce_url.removesuffix("/announce"),
+        *(["--tracker-ca", str(pki.ca)] if with_ca else []),
+    ]  # fmt: skip
+    with krill_process(args, tmp_path / "origin.log", f"http://127.0.0.1:{port}/health"):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=30) as resp:
+                body = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            body = json.loads(exc.read())
+    assert body["checks"]["tracker"]["outcome"] == ("pass" if with_ca else "fail"), body

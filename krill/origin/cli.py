@@ -60,6 +60,11 @@ def register(subparsers: Any) -> None:
         help="file holding this origin's key in the tracker's --announce-keys (docs/security.md)",
     )
     parser.add_argument(
+        "--tracker-ca",
+        metavar="FILE",
+        help="CA of an https tracker (its readiness check and the seed's announces)",
+    )
+    parser.add_argument(
         "--peer-encryption",
         choices=("off", "allowed", "required"),
         help="BitTorrent protocol encryption of the seed (default allowed; docs/security.md)",
@@ -130,6 +135,7 @@ CONFIG_FLAGS = (
     "peer_port",
     "announce_key",
     "peer_encryption",
+    "tracker_ca",
     "auth",
     "tls_cert",
     "tls_key",

@@ -28,6 +28,7 @@ ENV_PREFIX = "KRILL_ORIGIN_"
 # krill.swarm.PeerEncryption's values (the swarm package is imported only to seed).
 _PEER_ENCRYPTION_MODES = ("off", "allowed", "required")
 
+
 @dataclass
 class OriginConfig(ServerTlsSettings):
     """Everything ``krill origin`` can be told."""
@@ -90,6 +91,9 @@ class OriginConfig(ServerTlsSettings):
     # BitTorrent protocol encryption of the seed's peer connections, as the agent's
     # peer_encryption (off, allowed, required; krill.swarm.PeerEncryption, docs/security.md).
     peer_encryption: str = "allowed"
+    # The CA an https tracker's certificate must chain to (only it is trusted): the
+    # readiness check and the seed's announces (krill.swarm's tracker_ca). None: the system's.
+    tracker_ca: Path | None = None
     seed_ttl: float = 600.0
     # The origin's BitTorrent seed super-seeds (BEP 16): it offers each node only a
     # piece or two, so nodes take the origin's share of a blob over HTTP piece claims

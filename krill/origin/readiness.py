@@ -12,12 +12,15 @@ is ``skipped``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 from aiohttp import web
 
 from krill.origin.appkeys import CONFIG, STORE
 from krill.origin.storage import OBJECT_STORE, ObjectStore
 from krill.readiness import Check, Skipped, serves_health, store_writable
+from krill.tls import ClientTls, client_ssl_context
 
 __all__ = ["origin_checks"]
 
@@ -26,7 +29,7 @@ def origin_checks(app: web.Application) -> list[Check]:
     return [
         Check("store", lambda: store_writable(app[STORE])),
         Check("bucket", lambda: bucket_reachable(app.get(OBJECT_STORE))),
-        Check("tracker", lambda: _tracker_reachable(app[CONFIG].tracker)),
+        Check("tracker", lambda: _tracker_reachable(app[CONFIG].tracker, app[CONFIG].tracker_ca)),
     ]
 
 
@@ -37,11 +40,13 @@ async def bucket_reachable(objects: ObjectStore | None) -> str:
     return f"{objects.backend.description} answered"
 
 
-async def _tracker_reachable(announce_url: str | None) -> str:
+async def _tracker_reachable(announce_url: str | None, ca: Path | None) -> str:
     if not announce_url:
         raise Skipped("no tracker configured (the origin does not seed)")
     base = announce_url.rstrip("/").removesuffix("/announce")
     # A session per probe: readiness is asked every few seconds at most, and the
     # origin has no client session of its own to borrow.
-    async with aiohttp.ClientSession() as session:
+    tls = client_ssl_context(ClientTls(ca=ca))
+    connector = aiohttp.TCPConnector(ssl=tls if tls is not None else True)
+    async with aiohttp.ClientSession(connector=connector) as session:
         return await serves_health(session, base)

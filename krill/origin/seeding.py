@@ -137,6 +137,7 @@ def swarm_settings_for(config: OriginConfig) -> SwarmSettings:
         origin=True,
         super_seeding=config.super_seed,
         peer_encryption=PeerEncryption(config.peer_encryption),
+        tracker_ca=config.tracker_ca,
     )
 
 
