@@ -65,6 +65,7 @@ from tests.imagebuild import (
 from tests.s3_fixtures import SeaweedFS, s3_location, seaweedfs
 from tests.test_delta_origin import _settle as settle
 from tests.test_delta_origin import _versions as delta_versions
+from tests.test_origin_auth import write_auth_files
 from tests.test_origin_referrers import SIGNATURE, artifact
 from tests.test_origin_s3 import credentials_file, payload, push, push_image, storage_url
 
@@ -174,7 +175,9 @@ class Replica:
 
 
 class StartReplica(Protocol):
-    def __call__(self, name: str, *, deltas: bool = False) -> Awaitable[Replica]: ...
+    def __call__(
+        self, name: str, *, deltas: bool = False, auth: Path | None = None
+    ) -> Awaitable[Replica]: ...
 
 
 @pytest.fixture
@@ -185,7 +188,7 @@ def start_replica(
     aiohttp_server: AiohttpServer,
     aiohttp_client: AiohttpClient,
 ) -> StartReplica:
-    async def start(name: str, *, deltas: bool = False) -> Replica:
+    async def start(name: str, *, deltas: bool = False, auth: Path | None = None) -> Replica:
         clock = ManualClock()
         data = tmp_path / name
         config = OriginConfig(
@@ -193,6 +196,7 @@ def start_replica(
             storage=storage_url(s3_location),
             s3_credentials=credentials_file(seaweedfs, tmp_path),
             deltas=deltas,
+            auth=auth,
         )
         app = create_app(config, clock=clock)
         server: TestServer = await aiohttp_server(app)
@@ -480,6 +484,11 @@ async def test_the_catalog_and_referrers_of_one_origin_are_answered_by_the_other
 
     resp = await b.client.get("/v2/_catalog")
     assert resp.status == 200 and "team/cataloged" in (await resp.json())["repositories"]
+    # With --auth the auth middleware answers the catalog itself: still the bucket's.
+    await push_image(a.client, "public/app", build_image([random_files(62, 1, 4096)]))
+    guarded = await start_replica("c", auth=write_auth_files(b.data.parent / "auth"))
+    resp = await guarded.client.get("/v2/_catalog")  # anonymous: what public/** allows
+    assert resp.status == 200 and (await resp.json())["repositories"] == ["public/app"]
     resp = await b.client.get(f"/v2/team/cataloged/referrers/{digest_of(subject)}")
     assert resp.status == 200
     listed = [m["digest"] for m in (await resp.json())["manifests"]]

@@ -51,7 +51,7 @@ from krill.origin.storage_fill import FillTap, copy_in
 from krill.origin.storage_gc import held, reconcile_with_bucket, sweep_bucket
 from krill.origin.storage_metadata import METADATA, BucketMetadata
 from krill.origin.storage_replicas import install_replicas
-from krill.origin.storage_sync import bucket_sync
+from krill.origin.storage_sync import bucket_sync, catalog_sync
 from krill.origin.storage_url import parse_storage_url, s3_credentials
 from krill.registry_errors import RegistryError
 from krill.s3backend import S3Backend, S3Error, S3Location
@@ -243,6 +243,7 @@ def install_object_storage(
     if config.replicas and config.replica_url:  # config checks both are set together
         install_replicas(app, config.replicas, config.replica_url)
     app.middlewares.append(bucket_sync(_write_blob))
+    app.middlewares.insert(0, catalog_sync())  # outermost: see catalog_sync
     app[INSTALLED] = True
 
 

@@ -39,7 +39,7 @@ from krill.origin.storage_metadata import METADATA, BucketMetadata
 from krill.registry_errors import RegistryError
 from krill.s3backend import S3Error
 
-__all__ = ["BlobWriter", "bucket_sync"]
+__all__ = ["BlobWriter", "bucket_sync", "catalog_sync"]
 
 log = logging.getLogger(__name__)
 
@@ -265,9 +265,6 @@ def bucket_sync(put_blob: BlobWriter) -> Middleware:
     @web.middleware
     async def sync(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = request.match_info.route.name or ""
-        if route == "catalog" and (metadata := request.app.get(METADATA)) is not None:
-            await reading("catalog", metadata.adopt_repositories())
-            return await handler(request)
         if route == "delta_lookup":
             await _adopt_deltas(request)
             return await handler(request)
@@ -278,6 +275,26 @@ def bucket_sync(put_blob: BlobWriter) -> Middleware:
         if metadata is None:  # a mirror: its metadata stays local, only pushed bytes go up
             return await _bytes_only(request, handler, route, put_blob)
         return await steps(_Sync(request, metadata, put_blob), handler)
+
+    return sync
+
+
+def catalog_sync() -> Middleware:
+    """Before ``/v2/_catalog``: the repositories other origins put in the bucket.
+
+    Installed outermost, because with ``--auth`` the auth middleware answers
+    the catalog itself (from the local repositories, filtered per caller)
+    without reaching the inner handlers. The adoption lists the bucket at
+    most once per ``TAG_TTL`` whoever asks, and reveals nothing: the catalog
+    is still filtered as before.
+    """
+
+    @web.middleware
+    async def sync(request: web.Request, handler: Handler) -> web.StreamResponse:
+        metadata = request.app.get(METADATA)
+        if request.match_info.route.name == "catalog" and metadata is not None:
+            await reading("catalog", metadata.adopt_repositories())
+        return await handler(request)
 
     return sync
 
