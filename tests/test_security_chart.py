@@ -85,7 +85,7 @@ def test_each_security_flag_points_into_its_secret(secured: list[dict]) -> None:
     expected = {
         "StatefulSet": {
             "--auth": "krill-auth", "--tls-cert": "krill-tls", "--tls-key": "krill-tls",
-            "--announce-key": "krill-announce",
+            "--announce-key": "krill-announce", "--tracker-ca": "krill-tls",
         },
         "Deployment": {
             "--ca": "krill-tls", "--tls-cert": "krill-tls", "--tls-key": "krill-tls",
@@ -122,7 +122,9 @@ def test_without_security_values_nothing_changes() -> None:
     objects = render({})
     for kind in ("StatefulSet", "Deployment", "DaemonSet"):
         args = container_args(objects, kind)
-        assert not {"--auth", "--ca", "--tls-cert", "--origin-credentials"} & set(args)
+        assert not {"--auth", "--ca", "--tls-cert", "--origin-credentials", "--tracker-ca"} & set(
+            args
+        )
         assert all(
             "secret" not in v or v["secret"]["secretName"] in {"", None} or v["name"] == "upstream"
             for v in workload(objects, kind)["volumes"]
@@ -134,6 +136,7 @@ def test_tls_without_the_tracker_flag_keeps_the_tracker_on_http() -> None:
     objects = render({"security": {"tls": {"secretName": "krill-tls"}}})
     tracker = container_args(objects, "Deployment")
     assert "--tls-cert" not in tracker and tracker["--ca"].endswith("ca.crt")
+    assert "--tracker-ca" not in container_args(objects, "StatefulSet")
     assert container_args(objects, "DaemonSet")["--tracker"].startswith("http://")
     assert container_args(objects, "DaemonSet")["--origin"].startswith("https://")
 
