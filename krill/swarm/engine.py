@@ -465,14 +465,10 @@ _CA_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR")
 def _new_session(params: lt.settings_pack, tracker_ca: Path | None) -> lt.session:
     """libtorrent's session; with ``tracker_ca``, its https announces trust only that CA.
 
-    libtorrent 2.x has no setting for the CA of its https tracker connections:
-    the session's TLS context loads OpenSSL's default verify paths once, when
-    the session is made, and OpenSSL takes those from ``SSL_CERT_FILE`` and
-    ``SSL_CERT_DIR``. So they point at the CA (and at no directory: only that
-    CA, as ``--ca`` means for Krill's own clients) for exactly this call and
-    are put back after, leaving every other TLS client of the process alone
-    (tests/test_security_tracker_tls.py: announces to an https tracker with a
-    test CA work with it and fail without it).
+    libtorrent 2.x has no CA setting: its TLS context loads OpenSSL's default
+    verify paths (``SSL_CERT_FILE``/``SSL_CERT_DIR``) once, when the session is
+    made; they name the CA (and no directory) for this call only, then are put
+    back (tests/test_security_tracker_tls.py).
     """
     if tracker_ca is None:
         return lt.session(params)
