@@ -35,7 +35,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -47,6 +46,7 @@ from krill.digests import Digest
 from krill.origin.appkeys import CONFIG, GC_LOCK, METRICS, REPOSITORIES, STORE
 from krill.origin.config import OriginConfig
 from krill.origin.storage_cache import evict_to_fit
+from krill.origin.storage_deltas import BUCKET_DELTAS, BucketDeltas
 from krill.origin.storage_fill import FillTap, copy_in
 from krill.origin.storage_gc import held, reconcile_with_bucket, sweep_bucket
 from krill.origin.storage_metadata import METADATA, BucketMetadata
@@ -55,9 +55,6 @@ from krill.origin.storage_sync import bucket_sync, catalog_sync
 from krill.origin.storage_url import parse_storage_url, s3_credentials
 from krill.registry_errors import RegistryError
 from krill.s3backend import S3Backend, S3Error, S3Location
-
-if TYPE_CHECKING:
-    from krill.origin.storage_deltas import BucketDeltas
 
 __all__ = [
     "OBJECT_STORE",
@@ -259,13 +256,12 @@ async def _share_metadata(app: web.Application, backend: S3Backend, clock: Clock
 
 def _share_deltas(app: web.Application, backend: S3Backend) -> BucketDeltas | None:
     """Deltas and their index in the bucket too, when the origin computes deltas."""
-    # Imported here: origin.storage_deltas reads this module's OBJECT_STORE.
+    # Imported here: origin.deltas is only needed when the origin computes deltas.
     from krill.origin.deltas import DELTA_ENGINE
-    from krill.origin.storage_deltas import BUCKET_DELTAS, BucketDeltas
 
     if DELTA_ENGINE not in app:
         return None
-    deltas = BucketDeltas(app, backend, app[DELTA_ENGINE].index)
+    deltas = BucketDeltas(app, backend, app[OBJECT_STORE], app[DELTA_ENGINE].index)
     app[BUCKET_DELTAS] = deltas
     return deltas
 

@@ -24,14 +24,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from krill.digests import Digest
 from krill.origin.appkeys import REPOSITORIES, STORE
 from krill.origin.deltaindex import DeltaIndex
-from krill.origin.storage import OBJECT_STORE
 from krill.origin.storage_deltaindex import delta_of, index_key, parse_index
 from krill.origin.storage_metadata import METADATA
 from krill.s3backend import S3Backend
@@ -41,12 +40,24 @@ __all__ = ["BUCKET_DELTAS", "BucketDeltas"]
 log = logging.getLogger(__name__)
 
 
+class BlobCopier(Protocol):
+    """What of ``origin.storage.ObjectStore`` this module uses (passed in, not imported:
+    ``origin.storage`` builds this module's object, so importing it back would be a cycle)."""
+
+    async def write_through(self, app: web.Application, digest: Digest) -> None: ...
+
+    async def fill(self, app: web.Application, digest: Digest) -> bool: ...
+
+
 class BucketDeltas:
     """Shares an origin's delta outcomes through its bucket, and adopts the others'."""
 
-    def __init__(self, app: web.Application, backend: S3Backend, index: DeltaIndex) -> None:
+    def __init__(
+        self, app: web.Application, backend: S3Backend, objects: BlobCopier, index: DeltaIndex
+    ) -> None:
         self.app = app
         self.backend = backend
+        self.objects = objects
         self.index = index
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -66,7 +77,7 @@ class BucketDeltas:
         delta = delta_of(entry)
         assert delta is not None
         try:
-            await self.app[OBJECT_STORE].write_through(self.app, delta)
+            await self.objects.write_through(self.app, delta)
             metadata = self.app.get(METADATA)
             if metadata is not None:
                 repos = self.app[REPOSITORIES]
@@ -101,7 +112,7 @@ class BucketDeltas:
             delta = delta_of(entry)
             if base not in wanted or delta is None:
                 continue
-            if await self.app[OBJECT_STORE].fill(self.app, delta):
+            if await self.objects.fill(self.app, delta):
                 await asyncio.to_thread(self.index.record, target, Digest.parse(base), entry, False)
                 log.info("origin.delta_adopted target=%s base=%s delta=%s", target, base, delta)
 

@@ -35,6 +35,7 @@ from aiohttp.typedefs import Middleware
 
 from krill.digests import Digest, DigestError, is_digest
 from krill.names import InvalidNameError, is_valid_name, validate_tag
+from krill.origin.storage_deltas import BUCKET_DELTAS
 from krill.origin.storage_metadata import METADATA, BucketMetadata
 from krill.registry_errors import RegistryError
 from krill.s3backend import S3Error
@@ -301,9 +302,6 @@ def catalog_sync() -> Middleware:
 
 async def _adopt_deltas(request: web.Request) -> None:
     """Before a delta lookup: the deltas other origins shared for it (origin.storage_deltas)."""
-    # Imported here: origin.storage_deltas imports origin.storage, which imports this module.
-    from krill.origin.storage_deltas import BUCKET_DELTAS
-
     deltas = request.app.get(BUCKET_DELTAS)
     target = _digest(request.match_info.get("digest"))
     if deltas is None or target is None:
