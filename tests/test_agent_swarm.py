@@ -21,6 +21,7 @@ from tests.agent_cluster import (
     origin_and_tracker,
     push,
     seeding_origin,
+    started_together,
     tracker_process,
     wait_until,
 )
@@ -61,14 +62,16 @@ def test_two_agents_pulling_the_same_image_get_bytes_from_each_other(tmp_path: P
         origin_url, tracker_url = stack.enter_context(origin_and_tracker(tmp_path))
         image = build_layout(tmp_path / "layout", seed=31, layer_size=4 * MiB)
         push(image, origin_url, "team/big:1")
-        agents = [
-            stack.enter_context(
-                agent_process(
-                    tmp_path / f"agent{i}", origin_url, tracker_url, settings=SWARM_SETTINGS
-                )
+        agents = stack.enter_context(
+            started_together(
+                [
+                    agent_process(
+                        tmp_path / f"agent{i}", origin_url, tracker_url, settings=SWARM_SETTINGS
+                    )
+                    for i in range(2)
+                ]
             )
-            for i in range(2)
-        ]
+        )
 
         def pull(agent: Agent) -> set[str]:
             out = tmp_path / f"out-{agent.registry_hostport.replace(':', '-')}"
@@ -111,17 +114,19 @@ def test_eight_agents_fetch_one_blob_and_the_origin_sends_it_about_once(tmp_path
         store: BlobStore = origin.app[STORE]
         digest = store.put_bytes(data, Digest.of_bytes(data))
         del data
-        agents = [
-            stack.enter_context(
-                agent_process(
-                    tmp_path / f"agent{i}",
-                    origin.url,
-                    tracker_url,
-                    settings={"swarm_deadline": 60.0},
-                )
+        agents = stack.enter_context(
+            started_together(
+                [
+                    agent_process(
+                        tmp_path / f"agent{i}",
+                        origin.url,
+                        tracker_url,
+                        settings={"swarm_deadline": 60.0},
+                    )
+                    for i in range(8)
+                ]
             )
-            for i in range(8)
-        ]
+        )
         with ThreadPoolExecutor(8) as pool:
             digests = list(pool.map(lambda a: sha256_of_url(f"{a.api}/blobs/{digest}"), agents))
         assert digests == [str(digest)] * 8
@@ -167,11 +172,13 @@ def test_with_the_origin_gone_an_agent_still_gets_a_blob_from_its_peers(tmp_path
     tracker_url = f"http://127.0.0.1:{tracker_port}"
     with contextlib.ExitStack() as stack:
         stack.enter_context(tracker_process(tmp_path / "tracker", origin_url, port=tracker_port))
-        first, second = (
-            stack.enter_context(
-                agent_process(tmp_path / name, origin_url, tracker_url, settings=SWARM_SETTINGS)
+        first, second = stack.enter_context(
+            started_together(
+                [
+                    agent_process(tmp_path / name, origin_url, tracker_url, settings=SWARM_SETTINGS)
+                    for name in ("first", "second")
+                ]
             )
-            for name in ("first", "second")
         )
         with origin_process(tmp_path / "origin", "--tracker", tracker_url, port=origin_port):
             image = build_layout(tmp_path / "layout", seed=34, layer_size=MiB)

@@ -25,7 +25,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_cluster import Agent, agent_process, tracker_process, wait_until
+from tests.agent_cluster import (
+    Agent,
+    agent_process,
+    started_together,
+    tracker_process,
+    wait_until,
+)
 from tests.components import free_port
 from tests.faults import (
     RestartableOrigin,
@@ -76,12 +82,14 @@ def herd(tmp_path: Path, agents: int, settings: list[dict[str, object]]) -> Iter
     with contextlib.ExitStack() as stack:
         stack.enter_context(origin.running("origin-1"))
         stack.enter_context(tracker_process(tmp_path / "tracker", origin.url, port=tracker_port))
-        started = [
-            stack.enter_context(
-                agent_process(tmp_path / f"agent{i}", origin.url, tracker, settings=settings[i])
+        started = stack.enter_context(
+            started_together(
+                [
+                    agent_process(tmp_path / f"agent{i}", origin.url, tracker, settings=settings[i])
+                    for i in range(agents)
+                ]
             )
-            for i in range(agents)
-        ]
+        )
         yield Herd(origin, tracker, started)
 
 

@@ -28,7 +28,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_cluster import Agent, agent_process, origin_process, wait_until
+from tests.agent_cluster import (
+    Agent,
+    agent_process,
+    origin_process,
+    started_together,
+    wait_until,
+)
 from tests.components import free_port, krill_process, redis_server
 from tests.faults import announce, blob_infohash, get_body, push_blob
 
@@ -111,12 +117,16 @@ def herd(tmp_path: Path, redis: str | None = None) -> Iterator[Herd]:
         origin = stack.enter_context(origin_process(tmp_path / "origin", "--tracker", tracker_url))
         tracker = RestartableTracker(tracker_port, tmp_path / "tracker", origin, redis)
         stack.enter_context(tracker.running("tracker-1"))
-        agents = [
-            stack.enter_context(
-                agent_process(tmp_path / f"agent{i}", origin, tracker_url, settings=AGENT_SETTINGS)
+        agents = stack.enter_context(
+            started_together(
+                [
+                    agent_process(
+                        tmp_path / f"agent{i}", origin, tracker_url, settings=AGENT_SETTINGS
+                    )
+                    for i in range(3)
+                ]
             )
-            for i in range(3)
-        ]
+        )
         yield Herd(origin, tracker, agents)
 
 
