@@ -276,11 +276,16 @@ def seeding_origin(
 @contextlib.contextmanager
 def origin_and_tracker(root: Path) -> Iterator[tuple[str, str]]:
     """A seeding origin (``--tracker``) and its tracker, as real processes: (origin, tracker)."""
-    tracker_port = free_port()
+    origin_port, tracker_port = free_port(), free_port()
     tracker = f"http://127.0.0.1:{tracker_port}"
-    with (
-        origin_process(root / "origin", "--tracker", tracker) as origin,
-        tracker_process(root / "tracker", origin, port=tracker_port),
+    origin = f"http://127.0.0.1:{origin_port}"
+    # Each only needs the other's address up front (the tracker asks the origin for
+    # metainfo when a swarm is announced), so both start at once.
+    with started_together(
+        [
+            origin_process(root / "origin", "--tracker", tracker, port=origin_port),
+            tracker_process(root / "tracker", origin, port=tracker_port),
+        ]
     ):
         yield origin, tracker
 
