@@ -184,9 +184,12 @@ def test_truncated_and_odd_elf_files_round_trip(x86_pairs: dict[str, tuple[bytes
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
-def test_hostile_elf_round_trips_or_is_refused(data: st.DataObject) -> None:
+def test_hostile_elf_round_trips_or_is_refused(
+    x86_pairs: dict[str, tuple[bytes, bytes]], data: st.DataObject
+) -> None:
     """Random overwrites of headers, section tables and code: bit-exact or no ELF op."""
-    source = data.draw(st.sampled_from([_a64_elf(0), _a64_elf(1, 600)]))
+    sources = [_a64_elf(0), _a64_elf(1, 600), *x86_pairs["stripped"]]
+    source = data.draw(st.sampled_from(sources))
     mutated = bytearray(source)
     for _ in range(data.draw(st.integers(1, 8))):
         region = data.draw(st.sampled_from(["header", "anywhere", "tail"]))
