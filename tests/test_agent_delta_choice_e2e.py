@@ -157,7 +157,7 @@ class Node:
             answers.append(json.loads(self.net.run(ORIGIN, "curl", "-sS", "-f", url).stdout))
             return answers[-1]["status"] == "ok"
 
-        until_sync(ready, f"the origin's delta for {target}", within=300, interval=0.5)
+        until_sync(ready, f"the origin's delta for {target}", within=300, interval=0.1)
         return answers[-1]
 
     def metrics(self) -> dict[str, float]:

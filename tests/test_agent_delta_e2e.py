@@ -102,7 +102,7 @@ def wait_for_delta(origin: str, target: str, base: str, timeout: float = 180) ->
         answers.append(json.loads(urllib.request.urlopen(url, timeout=10).read()))
         return answers[-1]["status"] == "ok"
 
-    until_sync(ready, f"the origin's delta for {target} from {base}", within=timeout, interval=0.5)
+    until_sync(ready, f"the origin's delta for {target} from {base}", within=timeout, interval=0.1)
     return answers[-1]
 
 
