@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -70,6 +71,8 @@ class Stopwatch:
 
 log = logging.getLogger(__name__)
 
+# Distinct (method, route) pairs whose histogram child a latency middleware keeps.
+_MAX_CACHED_CHILDREN = 1024
 _STOPWATCH = web.RequestKey("stopwatch", Stopwatch)
 
 
@@ -110,6 +113,11 @@ def latency_middleware(
     request, after the observation.
     """
 
+    # The labelled child per (method, route): a dict lookup instead of prometheus'
+    # label validation and lock on every request. Bounded, as clients choose methods.
+    children: dict[tuple[str, str], Any] = {}
+    debug = log.isEnabledFor
+
     @web.middleware
     async def time_request(request: web.Request, handler: Handler) -> web.StreamResponse:
         watch = request[_STOPWATCH] = Stopwatch(clock)
@@ -124,12 +132,19 @@ def latency_middleware(
         finally:
             seconds = watch.elapsed()
             route = route_of(request)
-            histogram.labels(request.method, route).observe(seconds)
+            key = (request.method, route)
+            child = children.get(key)
+            if child is None:
+                child = histogram.labels(*key)
+                if len(children) < _MAX_CACHED_CHILDREN:
+                    children[key] = child
+            child.observe(seconds)
             if on_answer is not None:
                 on_answer(request, status)
-            log.debug(
-                "http.request method=%s route=%s path=%s status=%d seconds=%.4f",
-                request.method, route, request.path, status, seconds,
-            )  # fmt: skip
+            if debug(logging.DEBUG):
+                log.debug(
+                    "http.request method=%s route=%s path=%s status=%d seconds=%.4f",
+                    request.method, route, request.path, status, seconds,
+                )  # fmt: skip
 
     return time_request

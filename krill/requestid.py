@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import re
-import secrets
 from collections.abc import Iterator
 from contextvars import ContextVar
+from os import urandom
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -41,7 +41,7 @@ __all__ = [
 HEADER = "X-Request-Id"
 
 # Ids from clients are logged and echoed: printable, no spaces or quotes, bounded.
-_ACCEPTABLE = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
+_ACCEPTABLE = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$").match
 
 _REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 _REQUEST_KEY = web.RequestKey("request_id", str)
@@ -69,25 +69,36 @@ def request_id_headers() -> dict[str, str]:
 
 
 def _new_id() -> str:
-    return secrets.token_hex(16)
-
-
-def _id_for(request: web.Request) -> str:
-    offered = request.headers.get(HEADER, "")
-    return offered if _ACCEPTABLE.match(offered) else _new_id()
+    # 32 hex digits, as ``secrets.token_hex(16)`` makes them, without its call.
+    return urandom(16).hex()
 
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request[_REQUEST_KEY] = _id_for(request)
-    with bound_request_id(request_id):
-        return await handler(request)
+    offered = request.headers.get(HEADER)
+    request_id = offered if offered and _ACCEPTABLE(offered) else _new_id()
+    request[_REQUEST_KEY] = request_id
+    # A token reset, not ``bound_request_id``: no generator object per request.
+    token = _REQUEST_ID.set(request_id)
+    try:
+        response = await handler(request)
+    except web.HTTPException as error:  # raised answers (404, 401...) carry it too
+        error.headers[HEADER] = request_id
+        raise
+    finally:
+        _REQUEST_ID.reset(token)
+    if not response.prepared:
+        response.headers[HEADER] = request_id
+    return response
 
 
 async def _echo(request: web.BaseRequest, response: web.StreamResponse) -> None:
-    request_id = request.get(_REQUEST_KEY)
-    if request_id is not None:
-        response.headers[HEADER] = request_id
+    # Streamed answers (prepared inside their handler) and aiohttp's own 500
+    # for an exception: the answers the middleware cannot reach.
+    if HEADER not in response.headers:
+        request_id = request.get(_REQUEST_KEY)
+        if request_id is not None:
+            response.headers[HEADER] = request_id
 
 
 def install_request_ids(app: web.Application) -> None:
