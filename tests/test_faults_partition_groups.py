@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,6 +53,7 @@ RATE_MBIT = 20.0
 PARTITION_SECONDS = 8.0
 SERVER = 0
 GROUP_A, GROUP_B = (1, 2), (3, 4)
+HOSTS = GROUP_A + GROUP_B
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +98,26 @@ def assert_cached_whole(work: Path, host: int, digest: str) -> None:
     assert incoming_files(store) == [], host
 
 
+def start_pulls(
+    net: Cluster, services: KrillServices, tmp_path: Path
+) -> tuple[str, Callable[[int], float], dict[int, subprocess.Popen[str]]]:
+    """A new blob on the origin and every agent pulling it: its digest, the bytes each
+    agent has received of it so far, the pulls."""
+    digest = push_random_blob(services, tmp_path / "blob")
+    got = this_pull(net, HOSTS)
+    return digest, got, {h: services.pull(h, digest, tmp_path / f"pulled{h}") for h in HOSTS}
+
+
+def assert_everyone_has_it(work: Path, tmp_path: Path, digest: str) -> None:
+    for host in HOSTS:
+        assert sha256_file(tmp_path / f"pulled{host}") == digest, host
+        assert_cached_whole(work, host, digest)
+
+
 def test_a_group_cut_from_the_rest_and_the_origin_finishes_after_the_heal(
     net: Cluster, services: KrillServices, work: Path, tmp_path: Path
 ) -> None:
-    digest = push_random_blob(services, tmp_path / "blob")
-    hosts = GROUP_A + GROUP_B
-    got = this_pull(net, hosts)
-    pulls = {h: services.pull(h, digest, tmp_path / f"pulled{h}") for h in hosts}
+    digest, got, pulls = start_pulls(net, services, tmp_path)
     until_sync(lambda: all(got(h) > 0 for h in GROUP_B), "group B's first bytes", interval=0.1)
     with net.cut(GROUP_B, (SERVER, *GROUP_A)):
         at_cut = max(got(h) for h in GROUP_B)
@@ -113,24 +128,17 @@ def test_a_group_cut_from_the_rest_and_the_origin_finishes_after_the_heal(
     assert at_cut < BLOB_SIZE, "the partition came after B had the whole blob"
     for host in GROUP_B:
         finish(pulls[host])
-    for host in hosts:
-        assert sha256_file(tmp_path / f"pulled{host}") == digest, host
-        assert_cached_whole(work, host, digest)
+    assert_everyone_has_it(work, tmp_path, digest)
 
 
 def test_a_group_cut_from_the_rest_but_not_the_origin_finishes_during_the_partition(
     net: Cluster, services: KrillServices, work: Path, tmp_path: Path
 ) -> None:
-    digest = push_random_blob(services, tmp_path / "blob")
-    hosts = GROUP_A + GROUP_B
-    got = this_pull(net, hosts)
-    pulls = {h: services.pull(h, digest, tmp_path / f"pulled{h}") for h in hosts}
-    until_sync(lambda: all(got(h) > 0 for h in hosts), "every agent's first bytes", interval=0.1)
+    digest, got, pulls = start_pulls(net, services, tmp_path)
+    until_sync(lambda: all(got(h) > 0 for h in HOSTS), "every agent's first bytes", interval=0.1)
     with net.cut(GROUP_B, GROUP_A):
-        at_cut = max(got(h) for h in hosts)
-        for host in hosts:
+        at_cut = max(got(h) for h in HOSTS)
+        for host in HOSTS:
             finish(pulls[host])
     assert at_cut < BLOB_SIZE, "the partition came after an agent had the whole blob"
-    for host in hosts:
-        assert sha256_file(tmp_path / f"pulled{host}") == digest, host
-        assert_cached_whole(work, host, digest)
+    assert_everyone_has_it(work, tmp_path, digest)
