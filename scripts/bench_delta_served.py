@@ -41,12 +41,10 @@ for extra in (ROOT, ROOT / "scripts"):
 from realpairs import PairSpec, fetch, gzip_layer, tar_tree, unpack  # noqa: E402
 
 from krill import oci  # noqa: E402
-from krill.endpoints import DELTAS  # noqa: E402
 from krill.processes import logged_process  # noqa: E402
 from tests.components import krill_command  # noqa: E402
 from tests.imagebuild import Blob, Image  # noqa: E402
 from tests.netns import Cluster, in_ns, shape  # noqa: E402
-from tests.polling import until_sync  # noqa: E402
 
 ORIGIN, NODE = 0, 1
 REPOSITORY = "bench/served"
@@ -156,16 +154,8 @@ class Hosts:
                                self._file(image.manifest.data), image.manifest.media_type)
 
     def wait_for_delta(self, target: str, base: str) -> int:
-        """Ask the origin (the first call queues the pair) until its delta is ready; its size."""
-        url = f"{DELTAS.url(self.origin, target)}?have={base}"
-        answers: list[dict] = []
-
-        def ready() -> bool:
-            answers.append(json.loads(self.net.run(ORIGIN, "curl", "-sS", "-f", url).stdout))
-            return answers[-1]["status"] == "ok"
-
-        until_sync(ready, f"the origin's delta for {target}", within=900, interval=1.0)
-        return int(answers[-1]["size"])
+        """The size of the origin's delta ``base`` -> ``target``, once it is computed."""
+        return int(self.net.wait_for_delta(ORIGIN, self.origin, target, base, within=900)["size"])
 
     def pull(self, image: Image, tag: str, agent: Path) -> Pull:
         """Manifest and config as containerd asks for them; the layer timed by curl."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -40,8 +41,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from krill.endpoints import DELTAS
 from krill.processes import logged_process
 from tests.metrics_text import parse_metrics
+from tests.polling import until_sync
 
 __all__ = [
     "Cluster",
@@ -197,6 +200,21 @@ class Cluster:
                 return
             time.sleep(0.2)  # a poll interval: nothing signals a process's listen
         raise TimeoutError(f"{url} did not answer from {self.ns(index)} in {timeout:.0f} s")
+
+    def wait_for_delta(
+        self, index: int, origin: str, target: str, bases: str, within: float = 300
+    ) -> dict:
+        """Ask the origin (from host ``index``; the first call queues the pairs) until it has
+        a delta to ``target`` from one of ``bases`` (comma-separated); its answer."""
+        url = f"{DELTAS.url(origin, target)}?have={bases}"
+        answers: list[dict] = []
+
+        def ready() -> bool:
+            answers.append(json.loads(self.run(index, "curl", "-sS", "-f", url).stdout))
+            return answers[-1]["status"] == "ok"
+
+        until_sync(ready, f"the origin's delta for {target}", within=within, interval=0.1)
+        return answers[-1]
 
     def push_blob(self, index: int, base: str, repository: str, path: Path, digest: str) -> None:
         """Monolithic upload (POST, then PUT ?digest=) from host ``index``."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import random
 import shutil
@@ -33,13 +32,11 @@ from pathlib import Path
 
 import pytest
 
-from krill.endpoints import DELTAS
 from krill.processes import logged_process
 from tests.components import krill_command
 from tests.imagebuild import Image, build_image, random_files
 from tests.metrics_text import parse_metrics
 from tests.netns import Cluster, in_ns, shape
-from tests.polling import until_sync
 
 pytestmark = [
     pytest.mark.slow,
@@ -149,16 +146,7 @@ class Node:
         assert "sha256:" + hashlib.sha256(out.read_bytes()).hexdigest() == digest
 
     def wait_for_delta(self, target: str, bases: str) -> dict:
-        """Ask the origin (the first call queues the pairs) until a delta is computed."""
-        url = f"{DELTAS.url(self.origin, target)}?have={bases}"
-        answers: list[dict] = []
-
-        def ready() -> bool:
-            answers.append(json.loads(self.net.run(ORIGIN, "curl", "-sS", "-f", url).stdout))
-            return answers[-1]["status"] == "ok"
-
-        until_sync(ready, f"the origin's delta for {target}", within=300, interval=0.1)
-        return answers[-1]
+        return self.net.wait_for_delta(ORIGIN, self.origin, target, bases)
 
     def metrics(self) -> dict[str, float]:
         return parse_metrics(self.net.run(NODE, "curl", "-sS", "-f", f"{AGENT_API}/metrics").stdout)
