@@ -30,6 +30,7 @@ from types import FrameType
 
 from krill.clierror import CliError
 from krill.processes import ProcessFailed, logged_process, wait_http
+from krill.storageflags import add_storage_flags
 
 HEALTH_TIMEOUT = 60.0
 
@@ -59,14 +60,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--tracker-port", type=int, default=7000)
     parser.add_argument("--agent-port", type=int, default=7400)
     parser.add_argument("--registry-port", type=int, default=7401)
-    parser.add_argument(
-        "--storage",
-        metavar="URL",
-        help="the origin's object storage, s3://BUCKET[/PREFIX][?endpoint=URL] "
+    add_storage_flags(
+        parser,
+        "the origin's object storage, s3://BUCKET[/PREFIX][?endpoint=URL] "
         "(credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; default: on --data)",
     )
-    parser.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible store's base URL")
-    parser.add_argument("--s3-region", metavar="REGION", help="S3 region (default us-east-1)")
     parser.set_defaults(func=run)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from krill.clierror import CliError
 from krill.logs import setup_logging
+from krill.storageflags import add_storage_flags
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +30,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML file with origin settings")
     parser.add_argument("--listen", metavar="HOST:PORT", help="address to serve on")
     parser.add_argument("--data", metavar="DIR", help="directory for blobs and metadata")
-    parser.add_argument(
-        "--storage",
-        metavar="URL",
-        help="file://DIR or s3://BUCKET[/PREFIX][?endpoint=URL] (then --data is the local cache)",
+    add_storage_flags(
+        parser, "file://DIR or s3://BUCKET[/PREFIX][?endpoint=URL] (then --data is the local cache)"
     )
-    parser.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible store's base URL")
-    parser.add_argument("--s3-region", metavar="REGION", help="S3 region (default us-east-1)")
     parser.add_argument(
         "--replicas",
         metavar="URLS",
