@@ -37,7 +37,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--registry-listen", help="registry endpoint HOST:PORT for containerd")
     parser.add_argument("--data", type=Path, help="directory for the node cache")
     parser.add_argument("--tracker", help="tracker base URL, e.g. http://tracker:7000")
-    parser.add_argument("--origin", help="origin base URL, e.g. http://origin:5000")
+    parser.add_argument(
+        "--origin",
+        help="origin base URL, e.g. http://origin:5000; for replicas sharing one store, "
+        "their URLs comma-separated or dns+http://SERVICE:PORT (each blob is asked of "
+        "the replica that owns it first)",
+    )
     parser.add_argument(
         "--peer-host",
         help="address the swarm's peer port listens on (default 0.0.0.0: every interface; "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from krill.agent.deltachoice import DeltaPolicy
 from krill.config import ConfigError, parse_hostport
+from krill.replicas import DNS_SCHEME, parse_replicas
 from krill.securityflags import SecuritySettings
 
 # krill.swarm.PeerEncryption's values, spelled here so loading a config never needs
@@ -51,7 +52,16 @@ class AgentConfig(SecuritySettings):
     data: Path = Path("/var/lib/krill/agent")
     # Tracker base URL (announce is <tracker>/announce, metainfo <tracker>/krill/v1/metainfo/...).
     tracker: str = ""
+    # The origin's base URL; or its replicas sharing one store: a comma-separated list of
+    # base URLs, or ``dns+http://NAME:PORT`` (a headless Service: every address is a
+    # replica). With several, each blob is asked of its rendezvous owner first (the
+    # replica that caches and seeds it, krill.rendezvous) and of the others when it
+    # fails (agent.origins). After loading, ``origin`` is one URL (the first listed,
+    # or the Service's name: any replica) for manifests, tags, metainfo and health;
+    # ``origins`` is the list and ``origin_dns`` the name to resolve.
     origin: str = ""
+    origins: list[str] = field(default_factory=list)
+    origin_dns: str = ""
     # The swarm's (libtorrent's) TCP listener. Peers on other nodes dial this node's
     # address as the tracker saw it (the source address of our announces: the
     # tracker ignores a client's ``ip=``), so the listener must take connections on
@@ -134,11 +144,31 @@ class AgentConfig(SecuritySettings):
             )
         self.delta_policy = _delta_policy(self.delta_policy)
         self.check_security()
+        self._split_origin()
         for name in ("tracker", "origin"):
             url = getattr(self, name)
             if url and not url.startswith(("http://", "https://")):
                 raise ConfigError(f"--{name} must be an http(s) URL, got {url!r}")
             setattr(self, name, url.rstrip("/"))
+
+    def _split_origin(self) -> None:
+        """``origin`` given as a list or a ``dns+`` name -> ``origins``/``origin_dns``.
+
+        Done once: a config built again from these fields (``dataclasses.replace``)
+        already has its list and keeps it.
+        """
+        if self.origins or self.origin_dns or not self.origin:
+            return
+        if "," not in self.origin and not self.origin.startswith(DNS_SCHEME):
+            self.origins = [self.origin.rstrip("/")]
+            return
+        urls, dns = parse_replicas(self.origin, "--origin")
+        if dns is not None:
+            self.origin_dns = str(dns)
+            self.origin = str(dns)  # the Service's name answers from any replica
+        else:
+            self.origins = urls
+            self.origin = urls[0]
 
     @property
     def announce_url(self) -> str:

@@ -28,7 +28,7 @@ from krill.agent.layers import LayerIndex
 from krill.agent.manifests import Manifest, ManifestCache
 from krill.agent.metrics import AgentMetrics
 from krill.agent.namespaces import NamespaceMap
-from krill.agent.sources import OriginHttpSource
+from krill.agent.origins import origin_http_source
 from krill.blobstore import BlobStore
 from krill.nodeauth import keyed_announce_url, load_node_credentials, node_middlewares
 from krill.originclient import OriginClient
@@ -100,7 +100,7 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
     # --ca/--client-cert towards origin and tracker; node credentials where the origin
     # wants them (krill.nodeauth: /krill/v1/* and blob reads, the swarm's piece feed too).
     connector = aiohttp.TCPConnector(limit=256, ssl=client_ssl_context(config.client_tls) or True)
-    middlewares = node_middlewares(config.origin_credentials, [config.origin])
+    middlewares = node_middlewares(config.origin_credentials, [config.origin, *config.origins])
     async with (
         aiohttp.ClientSession(
             connector=connector, auto_decompress=False, middlewares=middlewares
@@ -116,13 +116,7 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
 
             tracker = OriginClient(session, config.tracker_base)
             swarm_source = SwarmSource(engine, [tracker, origin])
-        origin_source = OriginHttpSource(
-            origin,
-            store,
-            timeout=config.origin_timeout,
-            resume_attempts=config.origin_resume_attempts,
-            on_bytes=metrics.origin_http_bytes.inc,
-        )
+        origin_source = origin_http_source(config, session, store, metrics)
         fetcher = BlobFetcher(
             cache,
             swarm=swarm_source,

@@ -20,16 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from krill.config import ConfigError
 from krill.digests import Digest
 from krill.rendezvous import rank
+from krill.replicas import parse_replicas, resolve_replicas
 
 __all__ = ["REFRESH", "REPLICAS", "ReplicaSet", "install_replicas", "parse_replicas"]
 
@@ -38,26 +37,6 @@ log = logging.getLogger(__name__)
 # Seconds between probes of the replicas' /ready (and DNS lookups of a headless Service).
 REFRESH = 5.0
 PROBE_TIMEOUT = 2.0
-DNS_SCHEME = "dns+"
-
-
-def parse_replicas(spec: str) -> tuple[list[str], URL | None]:
-    """Static URLs, or the one ``dns+http://NAME:PORT`` to resolve; ConfigError if neither."""
-    spec = spec.strip()
-    if spec.startswith(DNS_SCHEME):
-        url = URL(spec[len(DNS_SCHEME) :])
-        if url.scheme not in ("http", "https") or not url.host or url.port is None:
-            raise ConfigError(f"replicas = {spec!r}: use dns+http://NAME:PORT (a headless Service)")
-        return [], url
-    urls = [u.strip().rstrip("/") for u in spec.split(",") if u.strip()]
-    for u in urls:
-        if URL(u).scheme not in ("http", "https") or not URL(u).host:
-            raise ConfigError(
-                f"replicas: {u!r} is not an http(s) URL; list the replicas' base URLs"
-            )
-    if not urls:
-        raise ConfigError("replicas is empty; list the replicas' base URLs or dns+http://NAME:PORT")
-    return urls, None
 
 
 class ReplicaSet:
@@ -81,27 +60,13 @@ class ReplicaSet:
     async def refresh(self, session: aiohttp.ClientSession) -> None:
         """Resolve the Service (if any), then probe every replica's /ready once."""
         if self.dns is not None:
-            self.members = sorted({*await _resolve(self.dns), self.me})
+            self.members = sorted({*await resolve_replicas(self.dns), self.me})
         others = [m for m in self.members if m != self.me]
         answers = await asyncio.gather(*(_ready(session, m) for m in others))
         live = {self.me} | {m for m, ok in zip(others, answers, strict=True) if ok}
         if live != self.live:
             log.info("origin.replicas_live live=%s", ",".join(sorted(live)))
         self.live = live
-
-
-async def _resolve(url: URL) -> list[str]:
-    """Every address the name has: one URL per replica behind a headless Service."""
-    assert url.host is not None and url.port is not None
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            url.host, url.port, type=socket.SOCK_STREAM
-        )
-    except OSError as exc:
-        log.warning("origin.replicas_dns_failed name=%s error=%s", url.host, exc)
-        return []
-    hosts = {str(info[4][0]) for info in infos}
-    return [str(url.with_host(h)).rstrip("/") for h in sorted(hosts)]
 
 
 async def _ready(session: aiohttp.ClientSession, base: str) -> bool:

@@ -1,0 +1,199 @@
+"""Several origin replicas, ranked per blob: the owner first, the others when it fails.
+
+Origin replicas sharing one store agree, by rendezvous hashing of a blob's
+digest over the live replicas (``krill.rendezvous``), on which of them caches
+and seeds it (``origin.storage_replicas``). An agent that asks that replica
+first gets the blob from its cache (the store is read once, by the owner), so
+a herd's HTTP fallback costs the origins about one read of the store per
+blob however many replicas there are; asking any other replica works too,
+but reads the store again for every node.
+
+The agent ranks the same way, over the replicas it was given (a list, or a
+headless Service's addresses, looked up again every ``REFRESH`` seconds).
+It cannot see which replicas the origins count live, so the rankings agree
+while every replica is up; when one is down the agent's next choice is the
+origins' next owner too, since removing a member keeps every other member's
+relative order. A replica that fails to answer (refused, timed out, a 5xx)
+is moved to the end of every ranking for ``RETRY_AFTER`` seconds, so the
+next blobs skip it at once and it is tried again later. A transfer that
+breaks midway resumes with a Range request on the next replica in the
+blob's ranking (``OriginHttpTransfer`` asks ``open_response`` again).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import aiohttp
+from yarl import URL
+
+from krill.agent.config import AgentConfig
+from krill.agent.metrics import AgentMetrics
+from krill.agent.sources import BlobNotFound, OriginHttpSource, SourceUnavailable
+from krill.blobstore import BlobStore
+from krill.clock import SYSTEM_CLOCK, Clock
+from krill.digests import Digest
+from krill.originclient import OriginClient
+from krill.rendezvous import rank
+from krill.replicas import resolve_replicas
+
+__all__ = ["REFRESH", "RETRY_AFTER", "OriginSet", "RankedOriginSource", "origin_http_source"]
+
+log = logging.getLogger(__name__)
+
+# Seconds between DNS lookups of a headless Service's addresses.
+REFRESH = 5.0
+# Seconds a replica that failed stays at the end of every ranking.
+RETRY_AFTER = 10.0
+
+
+class OriginSet:
+    """The origin replicas and which of them failed lately."""
+
+    def __init__(
+        self,
+        members: list[str],
+        dns: URL | None = None,
+        *,
+        retry_after: float = RETRY_AFTER,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.members = sorted({m.rstrip("/") for m in members})
+        self.dns = dns
+        self.retry_after = retry_after
+        self._clock = clock
+        self._down_until: dict[str, float] = {}
+        self._resolved_at: float | None = None
+
+    async def refresh(self) -> None:
+        """Look the Service up again when ``REFRESH`` seconds have passed (no-op for a list)."""
+        if self.dns is None:
+            return
+        now = self._clock.monotonic()
+        if self._resolved_at is not None and now - self._resolved_at < REFRESH:
+            return
+        self._resolved_at = now
+        found = await resolve_replicas(self.dns)
+        if found and found != self.members:
+            log.info("agent.origins dns=%s members=%s", self.dns.host, ",".join(found))
+            self.members = found
+
+    def ranking(self, digest: Digest) -> list[str]:
+        """The replicas for this blob: its owner first; those that failed lately last."""
+        now = self._clock.monotonic()
+        ranked = rank(str(digest), self.members)
+        up = [m for m in ranked if self._down_until.get(m, 0.0) <= now]
+        down = sorted((m for m in ranked if m not in up), key=lambda m: self._down_until[m])
+        return up + down
+
+    def failed(self, member: str) -> None:
+        if member not in self._down_until or self._down_until[member] <= self._clock.monotonic():
+            log.warning("agent.origin_down origin=%s retry_in=%.0fs", member, self.retry_after)
+        self._down_until[member] = self._clock.monotonic() + self.retry_after
+
+    def answered(self, member: str) -> None:
+        if self._down_until.pop(member, None) is not None:
+            log.info("agent.origin_up origin=%s", member)
+
+
+class RankedOriginSource(OriginHttpSource):
+    """The HTTP fallback over several replicas: each request goes down the blob's ranking.
+
+    One ``OriginHttpSource`` per replica does the asking; this class only
+    chooses the order, so timeouts, status handling and the transfer's
+    Range resume are those of a single origin.
+    """
+
+    def __init__(
+        self,
+        origins: OriginSet,
+        session: aiohttp.ClientSession,
+        store: BlobStore,
+        *,
+        primary: str,
+        timeout: float,
+        resume_attempts: int = 5,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__(
+            OriginClient(session, primary),
+            store,
+            timeout=timeout,
+            resume_attempts=resume_attempts,
+            on_bytes=on_bytes,
+        )
+        self.origins = origins
+        self._session = session
+        self._sources: dict[str, OriginHttpSource] = {}
+
+    def _source(self, base: str) -> OriginHttpSource:
+        source = self._sources.get(base)
+        if source is None:
+            source = self._sources[base] = OriginHttpSource(
+                OriginClient(self._session, base), self.store, timeout=self._timeout
+            )
+        return source
+
+    async def open_response(
+        self, repository: str, digest: Digest, offset: int
+    ) -> aiohttp.ClientResponse:
+        """The first replica in the blob's ranking that answers; SourceUnavailable if none.
+
+        BlobNotFound only when every replica that answered said 404 (they share
+        a store, so one 404 is almost surely all; the rest are asked anyway, in
+        case they do not).
+        """
+        await self.origins.refresh()
+        ranking = self.origins.ranking(digest)
+        if not ranking:
+            raise SourceUnavailable("no origin replica known (the Service has no addresses yet)")
+        errors: list[str] = []
+        not_found: BlobNotFound | None = None
+        for position, base in enumerate(ranking):
+            try:
+                response = await self._source(base).open_response(repository, digest, offset)
+            except BlobNotFound as exc:
+                self.origins.answered(base)
+                not_found = exc
+                continue
+            except SourceUnavailable as exc:
+                self.origins.failed(base)
+                errors.append(str(exc))
+                continue
+            self.origins.answered(base)
+            log.info(
+                "origin_fetch.replica digest=%s origin=%s rank=%d offset=%d",
+                digest, base, position, offset,
+            )
+            return response
+        if not_found is not None and not errors:
+            raise not_found
+        if not_found is not None:
+            errors.append(str(not_found))
+        raise SourceUnavailable("every origin replica failed: " + "; ".join(errors))
+
+
+def origin_http_source(
+    config: AgentConfig, session: aiohttp.ClientSession, store: BlobStore, metrics: AgentMetrics
+) -> OriginHttpSource:
+    """The node's HTTP fallback: one origin as before, or its replicas ranked per blob."""
+    on_bytes = metrics.origin_http_bytes.inc
+    if len(config.origins) <= 1 and not config.origin_dns:
+        return OriginHttpSource(
+            OriginClient(session, config.origin),
+            store,
+            timeout=config.origin_timeout,
+            resume_attempts=config.origin_resume_attempts,
+            on_bytes=on_bytes,
+        )
+    dns = URL(config.origin_dns) if config.origin_dns else None
+    return RankedOriginSource(
+        OriginSet(config.origins, dns),
+        session,
+        store,
+        primary=config.origin,
+        timeout=config.origin_timeout,
+        resume_attempts=config.origin_resume_attempts,
+        on_bytes=on_bytes,
+    )

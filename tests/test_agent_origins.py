@@ -1,0 +1,145 @@
+"""An agent given several origin replicas asks each blob's owner first, the others when it fails.
+
+Two ``krill origin`` processes on one SeaweedFS bucket prefix, ranking their
+blobs by rendezvous hashing (``--replicas``), and an agent given both
+(``--origin A,B``, HTTP fallback only: no tracker). Origin B is reached
+through a gated proxy, which is also B's ``--replica-url``, so the agent and
+the origins rank the same two URLs. Blobs pulled through the agent come
+each from its owner: each origin's ``krill_origin_bytes_served`` is exactly
+the bytes of the blobs it owns. Then a large blob owned by B: its response is
+held after its first MiB, B is SIGKILLed, and the rest (what the sockets
+held, then a Range request to A) completes the blob, verified; a blob owned
+by B asked for afterwards comes from A without waiting on B.
+
+The agent's config parsing of the list and the ``dns+`` form is checked too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from krill.agent.config import AgentConfig
+from krill.config import ConfigError
+from krill.rendezvous import owner
+from krill.s3backend import S3Location
+from tests.agent_cluster import agent_process
+from tests.components import free_port, krill_process
+from tests.faults import gated_proxy
+from tests.metrics_text import read_metrics
+from tests.polling import until
+from tests.s3_fixtures import SeaweedFS, s3_location, seaweedfs
+from tests.test_origin_s3 import credentials_file, payload, storage_url
+
+__all__ = ["s3_location", "seaweedfs"]  # fixtures used here
+
+SERVED = "krill_origin_bytes_served_total"
+
+
+def test_the_origin_setting_takes_a_list_or_a_service_name() -> None:
+    one = AgentConfig(origin="http://a:8000/")
+    assert (one.origin, one.origins, one.origin_dns) == ("http://a:8000", ["http://a:8000"], "")
+    two = AgentConfig(origin="http://a:8000, http://b:8000/")
+    assert (two.origin, two.origins) == ("http://a:8000", ["http://a:8000", "http://b:8000"])
+    service = AgentConfig(origin="dns+http://krill-origin-replicas:5000")
+    assert service.origin == "http://krill-origin-replicas:5000"
+    assert service.origin_dns == "http://krill-origin-replicas:5000" and service.origins == []
+    with pytest.raises(ConfigError, match="--origin"):
+        AgentConfig(origin="http://a:8000,ftp://b")
+    with pytest.raises(ConfigError, match="dns"):
+        AgentConfig(origin="dns+ftp://replicas:21")
+
+
+def blob_via(agent_registry: str, digest: str) -> bytes:
+    url = f"{agent_registry}/v2/team/app/blobs/{digest}"
+    with urllib.request.urlopen(url, timeout=120) as resp:
+        return bytes(resp.read())
+
+
+def push_blob(origin: str, data: bytes) -> str:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    url = f"{origin}/v2/team/app/blobs/uploads/?digest={digest}"
+    request = urllib.request.Request(url, data=data, method="POST")
+    with urllib.request.urlopen(request, timeout=120) as resp:
+        assert resp.status == 201
+    return digest
+
+
+def served(origin: str) -> float:
+    return read_metrics(origin).get(SERVED, 0.0)
+
+
+@pytest.mark.slow
+async def test_an_agent_asks_each_blobs_owner_and_finishes_from_the_other_when_it_dies(
+    seaweedfs: SeaweedFS, s3_location: S3Location, tmp_path: Path
+) -> None:
+    config = tmp_path / "origin.toml"
+    config.write_text(f's3_credentials = "{credentials_file(seaweedfs, tmp_path)}"\n')
+    port_a, port_b = free_port(), free_port()
+    a_url, b_direct = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+    with gated_proxy(port_b) as proxy:
+        b_url = proxy.url  # how the agent and A reach B
+        members = [a_url, b_url]
+
+        def args(name: str, port: int, me: str) -> list[str]:
+            root = tmp_path / name
+            root.mkdir()
+            return [
+                *("origin", "--config", str(config), "--listen", f"127.0.0.1:{port}"),
+                *("--data", str(root / "data"), "--storage", storage_url(s3_location)),
+                *("--replicas", ",".join(members), "--replica-url", me),
+            ]
+
+        small = [payload(seed, 200_000) for seed in range(300, 340)]
+        by_owner = {m: [d for d in small if owner(_digest(d), members) == m] for m in members}
+        first = by_owner[a_url][:3] + by_owner[b_url][:3]
+        later = by_owner[b_url][3]
+        big = next(
+            d
+            for d in (payload(seed, 32 << 20) for seed in range(400, 420))
+            if owner(_digest(d), members) == b_url
+        )
+        b_log, a_log = tmp_path / "b" / "origin.log", tmp_path / "a" / "origin.log"
+        with (
+            krill_process(args("b", port_b, b_url), b_log, f"{b_direct}/v2/") as b,
+            krill_process(args("a", port_a, a_url), a_log, f"{a_url}/v2/"),
+        ):
+            for data in [*first, later, big]:
+                await asyncio.to_thread(push_blob, a_url, data)
+            before = {a_url: served(a_url), b_url: served(b_direct)}
+            settings = {"origin_timeout": 2.0}
+            with agent_process(tmp_path / "agent", f"{a_url},{b_url}", settings=settings) as agent:
+                for data in first:
+                    assert await asyncio.to_thread(blob_via, agent.registry, _digest(data)) == data
+                owned = {m: sum(len(d) for d in first if d in by_owner[m]) for m in members}
+                assert served(a_url) - before[a_url] == owned[a_url]
+                assert served(b_direct) - before[b_url] == owned[b_url]
+
+                # B dies while sending the big blob: the agent resumes it from A.
+                proxy.stop_responses_after(1 << 20)
+                pull = asyncio.create_task(
+                    asyncio.to_thread(blob_via, agent.registry, _digest(big))
+                )
+                await until(lambda: proxy.waiting_at_gate, "the big blob at the gate", within=60)
+                b.send_signal(signal.SIGKILL)
+                b.wait(timeout=30)
+                proxy.open_gate()
+                assert hashlib.sha256(await pull).hexdigest() == _digest(big)[7:]
+                agent_log = (tmp_path / "agent" / "agent.log").read_text()
+                assert f"origin_fetch.resume digest={_digest(big)}" in agent_log
+                assert f"agent.origin_down origin={b_url}" in agent_log
+
+                # B's next blob comes from A, which now owns it (B is out of A's ranking).
+                assert await asyncio.to_thread(blob_via, agent.registry, _digest(later)) == later
+                agent_log = (tmp_path / "agent" / "agent.log").read_text()
+                line = f"origin_fetch.replica digest={_digest(later)} origin={a_url} rank=0"
+                assert line in agent_log
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
