@@ -23,6 +23,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
+from krill.agent.config import AgentConfig
 from krill.agent.containerd_config import parse_registry_spec, write_hosts_files
 from krill.agent.metrics import AgentMetrics
 from krill.cli import build_parser
@@ -184,6 +185,12 @@ def test_origins_on_object_storage_get_its_settings_and_credentials(
     assert config.local_cache_max_bytes == 100 << 30
     location = parse_storage_url(config.storage, config.s3_endpoint, config.s3_region)
     assert location == S3Location(URL("http://minio.minio:9000/"), "krill", "prod", "eu-west-1")
+    agent = next(o for o in rendered["object-storage"] if o["kind"] == "DaemonSet")
+    agent_args = agent["spec"]["template"]["spec"]["containers"][0]["args"]
+    origin_flag = next(a for a in agent_args if a.startswith("--origin="))
+    agent_config = AgentConfig(origin=origin_flag.split("=", 1)[1])
+    # Agents rank the replicas of the same headless Service (each blob's owner first).
+    assert agent_config.origin_dns == config.replicas.removeprefix("dns+")
     plain = next(
         o
         for o in rendered["default"]
