@@ -30,6 +30,10 @@ Then, in one run:
 3. plain registry: every node GETs the manifest and the layer from
    docker-registry with curl, all at once.
 
+``--shared-store`` (``herd_origins``) runs instead the herd through one
+origin on a SeaweedFS bucket, then through two origins sharing it (agents
+given both), in one run: issue 17's "origin egress stays ~1x".
+
 Prints p50/p99 pull time as a multiple of the physical limit (size / rate),
 origin egress (bytes sent by h0's link during the Krill phase) as a multiple
 of the blob size, the speed-up over the plain registry, and with agents: the
@@ -103,12 +107,14 @@ def image_files(work: Path, size: int) -> tuple[Path, Path, Path]:
     return layer, config, manifest
 
 
-def push_image(base: str, layer: Path, config: Path, manifest: Path) -> str:
+def push_image(
+    base: str, layer: Path, config: Path, manifest: Path, repository: str = REPOSITORY
+) -> str:
     """Push the image's blobs, then its manifest, from h0; returns the layer's digest."""
     for blob in (config, layer):
-        CLUSTER.push_blob(0, base, REPOSITORY, blob, sha256_of(blob))
+        CLUSTER.push_blob(0, base, repository, blob, sha256_of(blob))
     CLUSTER.push_manifest(
-        0, base, REPOSITORY, TAG, manifest, "application/vnd.oci.image.manifest.v1+json"
+        0, base, repository, TAG, manifest, "application/vnd.oci.image.manifest.v1+json"
     )
     return sha256_of(layer)
 
@@ -219,6 +225,13 @@ def main() -> int:
         "seed then, not super-seeding) only, no HTTP piece claims",
     )
     parser.add_argument(
+        "--shared-store",
+        action="store_true",
+        help="origins on one S3 bucket (SeaweedFS on the origin host): the herd through one "
+        "origin, then through two sharing the bucket (agents given both), in one run; "
+        "prints each one's p50/p99 and total origin egress (herd_origins)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="sample agent 1 with py-spy (native frames) during the pull; prints its top "
@@ -232,6 +245,7 @@ def main() -> int:
     parser.add_argument("--origin", help=argparse.SUPPRESS)
     parser.add_argument("--listen-host", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--repository", default=REPOSITORY, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.no_claims and not args.engine_only:
         parser.error("--no-claims needs --engine-only (agents always claim pieces)")
@@ -243,6 +257,12 @@ def main() -> int:
         from herd_agents import client_main
 
         return asyncio.run(client_main(args))
+    if args.shared_store:
+        if args.engine_only:
+            parser.error("--shared-store runs real agents; it takes no --engine-only")
+        from herd_origins import run_shared_store
+
+        return run_as_root(lambda: run_shared_store(args))
     return run_as_root(lambda: run_bench(args))
 
 

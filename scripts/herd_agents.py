@@ -84,34 +84,58 @@ class AgentRun:
     announces: float = float("nan")  # announces the tracker answered, "go" until all are done
 
 
-def agent_command(index: int, work: Path) -> list[str]:
-    """README's agent command (addresses and data dir are this cluster's) + the chart's config."""
-    config = work / f"agent{index}.toml"
+def agent_command(index: int, work: Path, origins: str = "", label: str = "") -> list[str]:
+    """README's agent command (addresses and data dir are this cluster's) + the chart's config.
+
+    ``origins``: the ``--origin`` value (default the one origin); ``label`` tells the
+    files of one run's agents from another's.
+    """
+    config = work / f"agent{label}{index}.toml"
     config.write_text(CHART_AGENT_CONFIG)
     return krill(
         "agent",
         "--listen", f"0.0.0.0:{AGENT_CONTROL_PORT}",
         "--registry-listen", f"127.0.0.1:{AGENT_REGISTRY_PORT}",
-        "--data", str(work / f"agent{index}"),
+        "--data", str(work / f"agent{label}{index}"),
         "--tracker", tracker_url(),
-        "--origin", origin_url(),
+        "--origin", origins or origin_url(),
         "--peer-port", str(AGENT_PEER_PORT),
         "--config", str(config),
         "--log-level", "info",
     )
 
 
-def agents_pull(procs: Processes, work: Path, nodes: int, profile: bool = False) -> AgentRun:
-    """``profile``: py-spy samples agent 1 from "go" until its client is done (--profile)."""
+def agents_pull(
+    procs: Processes,
+    work: Path,
+    nodes: int,
+    profile: bool = False,
+    *,
+    origins: str = "",
+    repository: str = REPOSITORY,
+    label: str = "",
+    stop_agents: bool = False,
+) -> AgentRun:
+    """``profile``: py-spy samples agent 1 from "go" until its client is done (--profile).
+
+    ``origins``, ``label``: as ``agent_command``; ``repository``: the image pulled;
+    ``stop_agents``: stop the agents once measured (so another pull can start its own).
+    """
     hosts = range(1, nodes + 1)
-    agents = {i: procs.start(in_ns(host_ns(i), *agent_command(i, work)), work / f"agent{i}.log")
-              for i in hosts}
+    agents = {
+        i: procs.start(
+            in_ns(host_ns(i), *agent_command(i, work, origins, label)),
+            work / f"agent{label}{i}.log",
+        )
+        for i in hosts
+    }
     timeout = agents_start_timeout(nodes)
     for i in hosts:
         CLUSTER.wait_http(i, f"http://127.0.0.1:{AGENT_CONTROL_PORT}/health", timeout=timeout)
     clients = {
         i: procs.start(
-            in_ns(host_ns(i), *driver("--client")), work / f"client{i}.log",
+            in_ns(host_ns(i), *driver("--client", "--repository", repository)),
+            work / f"client{label}{i}.log",
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
         for i in hosts
@@ -143,10 +167,15 @@ def agents_pull(procs: Processes, work: Path, nodes: int, profile: bool = False)
     sampler.stop()
     log("origin egress Mbit/s per second: " + " ".join(f"{v:.0f}" for v in sampler.rates(0)))
     log(f"machine CPU busy during the pull: {busy:.0%}")
-    pulls = [node_pull(i, results[i], work) for i in hosts]
+    pulls = [node_pull(i, results[i], work, label) for i in hosts]
     for client in clients.values():
         assert client.stdin is not None
         client.stdin.close()
+    if stop_agents:
+        for proc in [*clients.values(), *agents.values()]:
+            proc.terminate()
+        for proc in [*clients.values(), *agents.values()]:
+            proc.wait(30)
     return AgentRun(pulls, agent_cpu, loop_cpu, announces)
 
 
@@ -198,11 +227,11 @@ def log_profile(path: Path, top: int = 25) -> None:
             log(f"  {samples / total:6.1%}  {frame}")
 
 
-def node_pull(index: int, result: dict[str, Any], work: Path) -> NodePull:
+def node_pull(index: int, result: dict[str, Any], work: Path, label: str = "") -> NodePull:
     if "error" in result:
         raise RuntimeError(f"node {index}: {result['error']}")
     go, last_byte = float(result["go_epoch"]), float(result["last_byte_epoch"])
-    done = logged_epoch(work / f"agent{index}.log", "swarm.download_done")
+    done = logged_epoch(work / f"agent{label}{index}.log", "swarm.download_done")
     return NodePull(
         seconds=last_byte - go,
         first_byte=float(result["first_byte"]),
@@ -252,7 +281,7 @@ async def client_main(args: argparse.Namespace) -> int:
     """Resolve the tag, then stream the layer, as containerd does; report times from "go"."""
     import aiohttp
 
-    base = f"http://127.0.0.1:{AGENT_REGISTRY_PORT}/v2/{REPOSITORY}"
+    base = f"http://127.0.0.1:{AGENT_REGISTRY_PORT}/v2/{args.repository}"
     async with aiohttp.ClientSession() as http:
         emit({"ready": True})
         await asyncio.to_thread(sys.stdin.readline)  # "go"

@@ -31,7 +31,9 @@ if str(ROOT) not in sys.path:  # tests.netns: the cluster code the netns tests u
 
 from tests.netns import Cluster, in_ns, sh  # noqa: E402
 
-CLUSTER = Cluster(prefix="krillbench-", subnet="10.77.0")  # addresses only inside its namespaces
+# Addresses only inside its namespaces. KRILL_HERD_PREFIX names another set of namespaces,
+# so two herd runs on one machine (two people's) do not remove each other's cluster.
+CLUSTER = Cluster(prefix=os.environ.get("KRILL_HERD_PREFIX", "krillbench-"), subnet="10.77.0")
 ORIGIN_PORT, TRACKER_PORT, REGISTRY_PORT, PEER_PORT = 5000, 7000, 5001, 6881
 # The agent's ports, as README.md and the chart set them (control, registry, peer).
 AGENT_CONTROL_PORT, AGENT_REGISTRY_PORT, AGENT_PEER_PORT = 7400, 7401, 6882
