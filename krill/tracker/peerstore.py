@@ -27,14 +27,15 @@ again would stay in memory, and in the swarm count, forever.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Protocol, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+from krill.tracker.swarmview import PeerEntry, SwarmView
 
 
 class PeerStoreUnavailable(Exception):
@@ -50,19 +51,14 @@ def _unavailable_on_redis_errors() -> Iterator[None]:
         raise PeerStoreUnavailable(f"the tracker's Redis is unreachable ({exc})") from exc
 
 
-@dataclass(frozen=True, slots=True)
-class PeerEntry:
-    ip: str
-    port: int
-    seeder: bool
-    origin: bool
-    expires: float
-
-
 class PeerStore(Protocol):
     async def upsert(self, info_hash: bytes, entry: PeerEntry, ttl: int) -> None: ...
     async def remove(self, info_hash: bytes, ip: str, port: int) -> None: ...
     async def peers(self, info_hash: bytes) -> list[PeerEntry]: ...
+    async def record(self, info_hash: bytes, entry: PeerEntry, ttl: int) -> SwarmView:
+        """``upsert``, then the swarm's live peers as a view: the announce path in one step."""
+        ...
+    async def view(self, info_hash: bytes) -> SwarmView: ...
     async def swarm_count(self) -> int: ...
     async def sweep(self) -> int: ...
     async def close(self) -> None: ...
@@ -73,27 +69,86 @@ def sweep_interval(peer_ttl: int) -> float:
     return peer_ttl / 2
 
 
+class _Swarm:
+    """One swarm in memory: its peers by address, and its view while nothing has changed.
+
+    ``next_expiry`` is no later than the earliest expiry of any peer, so until
+    then a read needs no scan for expired peers (an upsert only lowers it).
+    """
+
+    __slots__ = ("entries", "next_expiry", "view")
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, int], PeerEntry] = {}
+        self.next_expiry = math.inf
+        self.view: SwarmView | None = None
+
+    def put(self, entry: PeerEntry) -> None:
+        key = (entry.ip, entry.port)
+        old = self.entries.get(key)
+        self.entries[key] = entry
+        if old is None or old.seeder != entry.seeder or old.origin != entry.origin:
+            self.view = None  # a re-announce that changes only the expiry keeps the view
+        if entry.expires < self.next_expiry:
+            self.next_expiry = entry.expires
+
+    def drop_expired(self, now: float) -> None:
+        if now < self.next_expiry:
+            return
+        entries = self.entries
+        expired = [k for k, e in entries.items() if e.expires <= now]
+        for key in expired:
+            del entries[key]
+        if expired:
+            self.view = None
+        self.next_expiry = min((e.expires for e in entries.values()), default=math.inf)
+
+    def current_view(self) -> SwarmView:
+        view = self.view
+        if view is None:
+            view = self.view = SwarmView(list(self.entries.values()))
+        return view
+
+
+_EMPTY = SwarmView([])
+
+
 class MemoryPeerStore:
     """Peers in a dict; lost on restart (clients re-announce within one interval)."""
 
     def __init__(self) -> None:
-        self._swarms: dict[bytes, dict[tuple[str, int], PeerEntry]] = {}
+        self._swarms: dict[bytes, _Swarm] = {}
 
     async def upsert(self, info_hash: bytes, entry: PeerEntry, ttl: int) -> None:
-        self._swarms.setdefault(info_hash, {})[(entry.ip, entry.port)] = entry
+        swarm = self._swarms.get(info_hash)
+        if swarm is None:
+            swarm = self._swarms[info_hash] = _Swarm()
+        swarm.put(entry)
+
+    async def record(self, info_hash: bytes, entry: PeerEntry, ttl: int) -> SwarmView:
+        swarm = self._swarms.get(info_hash)
+        if swarm is None:
+            swarm = self._swarms[info_hash] = _Swarm()
+        swarm.put(entry)
+        return self._live(info_hash, swarm, time.time())
 
     async def remove(self, info_hash: bytes, ip: str, port: int) -> None:
         swarm = self._swarms.get(info_hash)
-        if swarm is not None:
-            swarm.pop((ip, port), None)
-            if not swarm:
+        if swarm is not None and swarm.entries.pop((ip, port), None) is not None:
+            swarm.view = None
+            if not swarm.entries:
                 del self._swarms[info_hash]
 
     async def peers(self, info_hash: bytes) -> list[PeerEntry]:
-        if info_hash not in self._swarms:
+        swarm = self._swarms.get(info_hash)
+        if swarm is None:
             return []
-        swarm = self._drop_expired(info_hash, time.time())
-        return list(swarm.values())
+        self._live(info_hash, swarm, time.time())
+        return list(swarm.entries.values())  # the view's copies may hold older expiries
+
+    async def view(self, info_hash: bytes) -> SwarmView:
+        swarm = self._swarms.get(info_hash)
+        return _EMPTY if swarm is None else self._live(info_hash, swarm, time.time())
 
     async def swarm_count(self) -> int:
         """Swarms with at least one live peer (expired ones are swept first)."""
@@ -103,22 +158,21 @@ class MemoryPeerStore:
     async def sweep(self) -> int:
         """Forget expired peers, and swarms left empty, everywhere; returns how many peers."""
         now = time.time()
-        before = sum(len(swarm) for swarm in self._swarms.values())
-        for info_hash in list(self._swarms):
-            self._drop_expired(info_hash, now)
-        return before - sum(len(swarm) for swarm in self._swarms.values())
+        before = sum(len(swarm.entries) for swarm in self._swarms.values())
+        for info_hash, swarm in list(self._swarms.items()):
+            self._live(info_hash, swarm, now)
+        return before - sum(len(swarm.entries) for swarm in self._swarms.values())
 
     def __len__(self) -> int:
         """Swarms held in memory right now, swept or not."""
         return len(self._swarms)
 
-    def _drop_expired(self, info_hash: bytes, now: float) -> dict[tuple[str, int], PeerEntry]:
-        swarm = self._swarms[info_hash]
-        for key in [k for k, e in swarm.items() if e.expires <= now]:
-            del swarm[key]
-        if not swarm:
+    def _live(self, info_hash: bytes, swarm: _Swarm, now: float) -> SwarmView:
+        swarm.drop_expired(now)
+        if not swarm.entries:
             del self._swarms[info_hash]
-        return swarm
+            return _EMPTY
+        return swarm.current_view()
 
     async def close(self) -> None:
         self._swarms.clear()
@@ -155,20 +209,38 @@ class RedisPeerStore:
     return {now[1], now[2], redis.call('HGETALL', KEYS[1])}
     """
 
+    # An announce: UPSERT, then SNAPSHOT, in one round trip instead of two.
+    UPSERT_AND_SNAPSHOT = """
+    local now = redis.call('TIME')
+    local expires = tonumber(now[1]) + tonumber(now[2]) / 1000000 + tonumber(ARGV[2])
+    redis.call('HSET', KEYS[1], ARGV[1], string.format("%.6f", expires) .. ARGV[3])
+    redis.call('EXPIRE', KEYS[1], ARGV[4])
+    return {now[1], now[2], redis.call('HGETALL', KEYS[1])}
+    """
+
     def __init__(self, url: str) -> None:
         self._redis = aioredis.Redis.from_url(url)
         self._delete_unchanged = self._redis.register_script(self.DELETE_UNCHANGED)
         self._upsert = self._redis.register_script(self.UPSERT)
         self._read = self._redis.register_script(self.SNAPSHOT)
+        self._upsert_and_read = self._redis.register_script(self.UPSERT_AND_SNAPSHOT)
 
     async def upsert(self, info_hash: bytes, entry: PeerEntry, ttl: int) -> None:
-        left = entry.expires - time.time()
-        flags = f"|{int(entry.seeder)}|{int(entry.origin)}"
-        field = _field(entry.ip, entry.port)
         with _unavailable_on_redis_errors():
-            await self._upsert(
-                keys=[self._key(info_hash)], args=[field, f"{left:.6f}", flags, ttl * 2]
-            )
+            await self._upsert(keys=[self._key(info_hash)], args=_upsert_args(entry, ttl))
+
+    async def record(self, info_hash: bytes, entry: PeerEntry, ttl: int) -> SwarmView:
+        """Upsert and read back in one script: one round trip per announce instead of two.
+
+        Nothing is cached: other trackers sharing the database change swarms unseen.
+        """
+        key = self._key(info_hash)
+        with _unavailable_on_redis_errors():
+            answer = await self._upsert_and_read(keys=[key], args=_upsert_args(entry, ttl))
+            return SwarmView(await self._live(key, *_snapshot_of(answer)))
+
+    async def view(self, info_hash: bytes) -> SwarmView:
+        return SwarmView(await self.peers(info_hash))
 
     async def remove(self, info_hash: bytes, ip: str, port: int) -> None:
         with _unavailable_on_redis_errors():
@@ -179,7 +251,10 @@ class RedisPeerStore:
             return await self._live_peers(self._key(info_hash))
 
     async def _live_peers(self, key: str) -> list[PeerEntry]:
-        redis_now, raw = await self._snapshot(key)
+        return await self._live(key, *await self._snapshot(key))
+
+    async def _live(self, key: str, redis_now: float, raw: dict[bytes, bytes]) -> list[PeerEntry]:
+        """The live peers of ``raw`` (read at ``redis_now``); the expired ones are deleted."""
         to_local = time.time() - redis_now  # expiries come back on this tracker's clock
         live, expired = [], []
         for field, value in raw.items():
@@ -187,7 +262,7 @@ class RedisPeerStore:
             if entry is None or entry.expires <= redis_now:
                 expired += [field, value]
             else:
-                live.append(dataclasses.replace(entry, expires=entry.expires + to_local))
+                live.append(entry._replace(expires=entry.expires + to_local))
         if expired:
             await self._delete_unchanged(keys=[key], args=expired)
         return live
@@ -211,14 +286,27 @@ class RedisPeerStore:
     async def _snapshot(self, key: str) -> tuple[float, dict[bytes, bytes]]:
         """Redis' time and the swarm's hash as it is now (a separate step so tests can
         interleave other writers)."""
-        seconds, micros, flat = await self._read(keys=[key])
-        # The client is made without decode_responses, so redis-py hands back bytes;
-        # its stubs cannot know that.
-        fields = cast(list[bytes], flat)
-        return int(seconds) + int(micros) / 1e6, dict(zip(fields[::2], fields[1::2], strict=True))
+        return _snapshot_of(await self._read(keys=[key]))
 
     def _key(self, info_hash: bytes) -> str:
         return self.PREFIX + info_hash.hex()
+
+
+def _snapshot_of(answer: object) -> tuple[float, dict[bytes, bytes]]:
+    """(Redis' time, the swarm's hash) from a script ending like SNAPSHOT."""
+    seconds, micros, flat = cast(list[object], answer)
+    # The client is made without decode_responses, so redis-py hands back bytes;
+    # its stubs cannot know that.
+    fields = cast(list[bytes], flat)
+    now = int(cast(bytes, seconds)) + int(cast(bytes, micros)) / 1e6
+    return now, dict(zip(fields[::2], fields[1::2], strict=True))
+
+
+def _upsert_args(entry: PeerEntry, ttl: int) -> list[str | int]:
+    """ARGV of UPSERT: the field, the seconds the entry has left, its flags, the key's TTL."""
+    left = entry.expires - time.time()
+    flags = f"|{int(entry.seeder)}|{int(entry.origin)}"
+    return [_field(entry.ip, entry.port), f"{left:.6f}", flags, ttl * 2]
 
 
 def _field(ip: str, port: int) -> str:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from aiohttp import web
 from prometheus_client import (
@@ -19,8 +19,11 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Metric,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from krill import bencode
 from krill.digests import Digest, DigestError
@@ -34,11 +37,9 @@ from krill.tls import client_ssl_context
 from krill.tracker.announce import (
     Announce,
     AnnounceError,
+    announce_from_query,
     choose_peers,
     compact_answer,
-    compact_peers,
-    parse_announce,
-    parse_query,
 )
 from krill.tracker.announce_keys import AnnounceKeys, load_announce_keys
 from krill.tracker.config import TrackerConfig
@@ -52,6 +53,7 @@ from krill.tracker.peerstore import (
     sweep_interval,
 )
 from krill.tracker.readiness import tracker_checks
+from krill.tracker.swarmview import SwarmView
 
 log = logging.getLogger(__name__)
 
@@ -61,35 +63,47 @@ class TrackerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.announces = Counter(
-            "krill_tracker_announces", "Announces handled", ["event", "result"],
-            registry=self.registry,
-        )
-        self.peers_returned = Counter(
-            "krill_tracker_peers_returned", "Peers handed out in announce answers",
-            registry=self.registry,
-        )
+        self.announce_counts = AnnounceCounts(self.registry)
         self.metainfo_requests = Counter(
             "krill_tracker_metainfo_requests", "Metainfo requests", ["result"],
             registry=self.registry,
         )
         self.swarms = Gauge("krill_tracker_swarms", "Swarms known", registry=self.registry)
         self.request_seconds = request_histogram("krill_tracker_request_seconds", self.registry)
-        self._announce_children: dict[tuple[str, str], Counter] = {}
 
-    def announce(self, event: str, result: str) -> Counter:
-        """The announce counter's child for (event, result), looked up once per pair.
-
-        ``labels()`` validates and joins its labels on every call, a cost each
-        announce paid twice; the pairs are few (events x results).
-        """
+    def announced(self, event: str, result: str, handed: int = 0) -> None:
+        """Count one announce answered with ``result`` that handed out ``handed`` peers."""
+        counts = self.announce_counts
         key = (event, result)
-        child = self._announce_children.get(key)
-        if child is None:
-            child = self._announce_children[key] = self.announces.labels(
-                event=event, result=result
-            )
-        return child
+        counts.announces[key] = counts.announces.get(key, 0) + 1
+        counts.peers_returned += handed
+
+
+class AnnounceCounts(Collector):
+    """``krill_tracker_announces_total{event,result}`` and ``krill_tracker_peers_returned_total``,
+    counted in plain ints and exported at scrape time.
+
+    A ``prometheus_client.Counter`` child takes a lock on every ``inc``:
+    twice per announce, ~1 us of its CPU (docs/benchmarks.md); the tracker
+    counts on its event loop, where the scrape runs too.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.announces: dict[tuple[str, str], int] = {}
+        self.peers_returned = 0
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        announces = CounterMetricFamily(
+            "krill_tracker_announces", "Announces handled", labels=["event", "result"]
+        )
+        for (event, result), count in sorted(self.announces.items()):
+            announces.add_metric([event, result], count)
+        yield announces
+        yield CounterMetricFamily(
+            "krill_tracker_peers_returned", "Peers handed out in announce answers",
+            value=self.peers_returned,
+        )  # fmt: skip
 
 
 STORE_KEY = web.AppKey("peer_store", PeerStore)
@@ -171,68 +185,75 @@ def bencoded(value: dict[str, object]) -> web.Response:
     return web.Response(body=bencode.encode(value), content_type="text/plain")
 
 
-async def _record_and_list(request: web.Request, announce: Announce) -> list[PeerEntry]:
+async def _record(request: web.Request, announce: Announce) -> SwarmView:
     """Record (or drop, on ``stopped``) the announcing peer; the swarm's live peers."""
     config = request.app[CONFIG_KEY]
     store = request.app[STORE_KEY]
     if announce.event == "stopped":
         await store.remove(announce.info_hash, announce.ip, announce.port)
-    else:
-        entry = PeerEntry(
-            announce.ip, announce.port, announce.seeder, announce.origin,
-            time.time() + config.peer_ttl,
-        )
-        await store.upsert(announce.info_hash, entry, config.peer_ttl)
-    return await store.peers(announce.info_hash)
+        return await store.view(announce.info_hash)
+    entry = PeerEntry(
+        announce.ip, announce.port, announce.seeder, announce.origin,
+        time.time() + config.peer_ttl,
+    )  # fmt: skip
+    return await store.record(announce.info_hash, entry, config.peer_ttl)
 
 
 async def handle_announce(request: web.Request) -> web.Response:
-    config = request.app[CONFIG_KEY]
-    metrics = request.app[METRICS_KEY]
-    refusal = request.app[ANNOUNCE_KEYS_KEY].refusal(request.match_info.get("key"))
+    app = request.app
+    config = app[CONFIG_KEY]
+    metrics = app[METRICS_KEY]
+    refusal = app[ANNOUNCE_KEYS_KEY].refusal(request.match_info.get("key"))
     if refusal is not None:
-        metrics.announce("unauthorized", "failure").inc()
+        metrics.announced("unauthorized", "failure")
         log.info("tracker.announce_unauthorized remote=%s reason=%r", request.remote, refusal)
         return bencoded({"failure reason": refusal})
     try:
-        announce = parse_announce(
-            parse_query(request.rel_url.raw_query_string),
+        announce = announce_from_query(
+            request.rel_url.raw_query_string,
             request.remote or "0.0.0.0",
             default_numwant=config.default_numwant,
             max_numwant=config.max_numwant,
         )
     except AnnounceError as exc:
-        metrics.announce("invalid", "failure").inc()
+        metrics.announced("invalid", "failure")
         log.info("tracker.announce_refused remote=%s reason=%r", request.remote, str(exc))
         return bencoded({"failure reason": str(exc)})
     try:
-        peers = await _record_and_list(request, announce)
+        swarm = await _record(request, announce)
     except PeerStoreUnavailable as exc:
         # A bencoded failure, not a 500 page: libtorrent logs the reason and retries.
-        metrics.announce(announce.event or "none", "failure").inc()
+        metrics.announced(announce.event or "none", "failure")
         log.warning("tracker.peer_store_unavailable error=%s", exc)
         return bencoded({"failure reason": f"{exc}; announce again later"})
-    handout = [] if announce.event == "stopped" else choose_peers(peers, announce)
-    metrics.announce(announce.event or "none", "ok").inc()
-    metrics.peers_returned.inc(len(handout))
+    if announce.event == "stopped":
+        v4 = v6 = b""
+        handout: list[PeerEntry] = []
+        handed = 0
+    elif announce.compact:
+        v4, v6, handed = swarm.compact(
+            announce.ip, announce.port, announce.seeder, announce.numwant
+        )
+    else:
+        handout = choose_peers(swarm.peers, announce)
+        handed = len(handout)
+    metrics.announced(announce.event or "none", "ok", handed)
     if log.isEnabledFor(logging.DEBUG):  # else the arguments (a hex string) are built for nothing
         log.debug(
             "tracker.announce info_hash=%s peer=%s:%d event=%s left=%d handed=%d",
             announce.info_hash.hex(), announce.ip, announce.port, announce.event or "none",
-            announce.left, len(handout),
+            announce.left, handed,
         )
-    seeders = sum(1 for p in peers if p.seeder)
     if announce.compact:
-        v4, v6 = compact_peers(handout)
         body = compact_answer(
-            config.interval, config.min_interval, seeders, len(peers) - seeders, v4, v6
+            config.interval, config.min_interval, swarm.seeders, swarm.leechers, v4, v6
         )
         return web.Response(body=body, content_type="text/plain")
     return bencoded({
         "interval": config.interval,
         "min interval": config.min_interval,
-        "complete": seeders,
-        "incomplete": len(peers) - seeders,
+        "complete": swarm.seeders,
+        "incomplete": swarm.leechers,
         "peers": [{"ip": p.ip, "port": p.port} for p in handout],
     })  # fmt: skip
 

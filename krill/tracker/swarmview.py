@@ -1,0 +1,173 @@
+"""A swarm's live peers as an announce answer needs them, built once per change of the swarm.
+
+Between two changes of who is in a swarm (a peer joins, leaves, expires, or
+becomes a seeder) every announce to it hands out the same peers, and a
+re-announce, the bulk of a tracker's traffic, changes nothing but an
+expiry. So the memory store keeps one ``SwarmView`` per swarm and drops it
+only on such a change: the seeder count, the two handout groups (complete:
+seeders and origins, which can serve every piece; incomplete: the rest) and
+each group's BEP 23 / BEP 7 compact bytes, packed once. An announce that gets
+a whole group (a swarm no bigger than ``numwant``, the usual case) cuts the
+asking peer's 6 or 18 bytes out and rotates the rest at a random peer:
+slicing bytes, where choosing, packing and joining 32 peers one by one was a
+fifth of an announce's CPU (docs/benchmarks.md, "Announces from a cached
+swarm view"). A group bigger than what is wanted is sampled peer by peer as
+``choose_peers`` does.
+
+The policy is ``announce.choose_peers``'s (tests/test_tracker_swarmview.py
+holds the two to the same peers): complete peers first, then incomplete, a
+random order within each, never the asking peer, nothing but incomplete
+peers for a seeder.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import random
+import struct
+from typing import NamedTuple
+
+__all__ = ["HANDOUT_RNG", "Group", "PeerEntry", "SwarmView", "packed_peer"]
+
+log = logging.getLogger(__name__)
+
+# One generator for every announce: seeding a new random.Random from os.urandom on each
+# announce was a fifth of the handout's cost.
+HANDOUT_RNG = random.Random()
+
+
+class PeerEntry(NamedTuple):
+    """One peer of a swarm as the stores keep it (``krill.tracker.peerstore`` re-exports it).
+
+    A named tuple: one is made per announce, at a third of a frozen dataclass' cost.
+    """
+
+    ip: str
+    port: int
+    seeder: bool
+    origin: bool
+    expires: float
+
+
+@functools.lru_cache(maxsize=65536)
+def packed_peer(ip: str, port: int) -> tuple[int, bytes]:
+    """(IP version, packed address and port) of a peer; ValueError or struct.error if none."""
+    version, address = _packed_ip(ip)
+    return version, address + struct.pack("!H", port)
+
+
+@functools.lru_cache(maxsize=65536)
+def _packed_ip(ip: str) -> tuple[int, bytes]:
+    """(version, packed bytes) of an address; ValueError if it is none.
+
+    Cached: parsing with ``ipaddress`` was over half of an announce's CPU
+    (scripts/bench-load: 32 peers handed out per announce, each parsed again),
+    while a cluster has a few thousand addresses at most. ValueError is not
+    cached, so a bad entry costs its parse every time (and is logged).
+    """
+    address = ipaddress.ip_address(ip)
+    return address.version, address.packed
+
+
+class Group:
+    """Peers of one kind, with their compact bytes and where each peer sits in them."""
+
+    __slots__ = ("peers", "v4", "v6", "where")
+
+    def __init__(self, peers: list[PeerEntry]) -> None:
+        self.peers = peers
+        v4: list[bytes] = []
+        v6: list[bytes] = []
+        # (ip, port) -> (IP version, byte offset) in v4 or v6.
+        self.where: dict[tuple[str, int], tuple[int, int]] = {}
+        for peer in peers:
+            try:
+                version, packed = packed_peer(peer.ip, peer.port)
+            except (ValueError, struct.error):
+                # Stored by an older tracker or something else sharing the Redis database: one
+                # bad entry must not fail the answer for everyone in the swarm.
+                log.warning("tracker.unpackable_peer ip=%r port=%r", peer.ip, peer.port)
+                continue
+            chunks = v4 if version == 4 else v6
+            self.where[(peer.ip, peer.port)] = (version, len(chunks) * len(packed))
+            chunks.append(packed)
+        self.v4 = b"".join(v4)
+        self.v6 = b"".join(v6)
+
+    def whole(self, ip: str, port: int, rng: random.Random) -> tuple[bytes, bytes]:
+        """Every peer of the group but (ip, port), packed, each family rotated at random."""
+        v4, v6 = self.v4, self.v6
+        mine = self.where.get((ip, port))
+        if mine is not None:
+            version, at = mine
+            if version == 4:
+                v4 = v4[:at] + v4[at + 6 :]
+            else:
+                v6 = v6[:at] + v6[at + 18 :]
+        return _rotated(v4, 6, rng), _rotated(v6, 18, rng)
+
+
+def _rotated(packed: bytes, width: int, rng: random.Random) -> bytes:
+    count = len(packed) // width
+    if count < 2:
+        return packed
+    cut = rng.randrange(count) * width
+    return packed[cut:] + packed[:cut]
+
+
+class SwarmView:
+    """What an announce answer needs of a swarm: its counts and its two handout groups."""
+
+    __slots__ = ("complete", "incomplete", "peers", "seeders")
+
+    def __init__(self, peers: list[PeerEntry]) -> None:
+        self.peers = peers
+        self.seeders = sum(1 for p in peers if p.seeder)
+        self.complete = Group([p for p in peers if p.seeder or p.origin])
+        self.incomplete = Group([p for p in peers if not (p.seeder or p.origin)])
+
+    @property
+    def leechers(self) -> int:
+        return len(self.peers) - self.seeders
+
+    def compact(
+        self, ip: str, port: int, seeder: bool, numwant: int, rng: random.Random = HANDOUT_RNG
+    ) -> tuple[bytes, bytes, int]:
+        """(v4, v6, peers handed out) for the peer at (ip, port): ``choose_peers``' policy."""
+        groups = (self.incomplete,) if seeder else (self.complete, self.incomplete)
+        v4 = v6 = b""
+        handed = 0
+        for group in groups:
+            want = numwant - handed
+            if want <= 0:
+                break
+            size = len(group.peers) - ((ip, port) in group.where)
+            if size <= 0:
+                continue
+            if want >= size:
+                four, six = group.whole(ip, port, rng)
+                handed += size
+            else:
+                four, six = _sampled(group.peers, ip, port, want, rng)
+                handed += want
+            v4 += four
+            v6 += six
+        return v4, v6, handed
+
+
+def _sampled(
+    peers: list[PeerEntry], ip: str, port: int, count: int, rng: random.Random
+) -> tuple[bytes, bytes]:
+    """``count`` peers of ``peers`` but (ip, port), chosen at random, packed."""
+    others = [p for p in peers if p.port != port or p.ip != ip]
+    v4: list[bytes] = []
+    v6: list[bytes] = []
+    for peer in rng.sample(others, count):
+        try:
+            version, packed = packed_peer(peer.ip, peer.port)
+        except (ValueError, struct.error):
+            continue  # logged when the view was built
+        (v4 if version == 4 else v6).append(packed)
+    return b"".join(v4), b"".join(v6)
