@@ -76,24 +76,36 @@ def x86_pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[bytes
 
 
 def _a64_elf(shift: int, words: int = 4000) -> bytes:
-    """An aarch64 ELF64: .text of BL/ADRP words pointing into itself and .data, and a
-    .rela.dyn of R_AARCH64_RELATIVE entries; ``shift`` NOP words inserted mid-.text (and
-    .data moved by as many pages) move half the targets, like a relinked library."""
+    """An aarch64 ELF64: .text of BL, ADRP, ADRP+ADD and ADRP+LDR words pointing into itself
+    and .data, and a .rela.dyn of R_AARCH64_RELATIVE entries; ``shift`` NOP words inserted
+    mid-.text (and .data moved by as many pages and 24 bytes) move half the targets and the
+    low 12 bits of every .data address, like a relinked library."""
     rng = random.Random(7)
     text_off, text_addr = 0x1000, 0x1000
     n_text = words + shift
-    data_addr = 0x100000 + 0x1000 * shift
+    data_addr = 0x100000 + 0x1018 * shift
 
     def addr(i: int) -> int:  # where logical word i lands
         return text_addr + 4 * (i + (shift if i >= words // 2 else 0))
 
     body: list[int] = []
+    user = 0  # the ADD/LDR word the previous ADRP asked for, or 0
     for i in range(words):
         if i == words // 2:
             body += [0xD503201F] * shift  # NOP
         pc = addr(i)
-        pick = rng.randrange(4)
-        if pick == 0:  # BL to a function start (every 16th word)
+        pick = rng.randrange(6)
+        low, reg = data_addr + 8 * rng.randrange(512), rng.randrange(31)
+        if user:
+            body.append(user)
+            user = 0
+        elif pick >= 4 and i not in (words // 2 - 1, words - 1):  # ADRP + ADD/LDR of `low`
+            imm = ((low >> 12) - (pc >> 12)) & 0x1FFFFF
+            body.append(0x90000000 | (imm & 3) << 29 | (imm >> 2) << 5 | reg)
+            lo12 = low & 0xFFF
+            user = (0x91000000 | lo12 << 10 if pick == 4 else 0xF9400000 | (lo12 >> 3) << 10)
+            user |= reg << 5 | rng.randrange(31)
+        elif pick == 0:  # BL to a function start (every 16th word)
             target = addr(16 * rng.randrange(words // 16))
             body.append(0x94000000 | (((target - pc) // 4) & 0x3FFFFFF))
         elif pick == 1:  # ADRP of a .data page
@@ -116,8 +128,8 @@ def _a64_elf(shift: int, words: int = 4000) -> bytes:
         64, sh_off, 0, 64, 56, 2, 64, 4, 0,
     )
     phdrs = struct.pack("<IIQQQQQQ", 1, 5, 0, 0, 0, data_off, data_off, 0x1000)
-    phdrs += struct.pack("<IIQQQQQQ", 1, 6, data_off, data_addr, data_addr, len(data), len(data),
-                         0x1000)
+    phdrs += struct.pack("<IIQQQQQQ", 1, 6, data_off, data_addr, data_addr, len(data), 0x5000,
+                         0x1000)  # .data then .bss: every address the code points at
     image = bytearray(header + phdrs)
     image += bytes(text_off - len(image)) + text + relas + data
 
@@ -156,6 +168,22 @@ def test_aarch64_fields_round_trip_smaller() -> None:
     base, target = _a64_elf(0), _a64_elf(5)
     coded, plain = _sizes(base, target)
     assert coded < 0.8 * plain, (coded, plain)
+
+
+def test_aarch64_adrp_pairs_beat_adrp_alone() -> None:
+    """Side data version 2 labels ADRP+ADD/LDR by their full address: when .data moves by
+    other than whole pages, the ADD/LDR low bits no longer show up in the diff."""
+    base, target = _a64_elf(0), _a64_elf(5)
+    sizes = {}
+    for version in (1, 2):
+        norm_base, norm_target, side = _goflate.elf_encode(base, target, version)
+        assert side[0] == version
+        assert _goflate.elf_base(base, version)[0] == norm_base
+        assert elf.patch(base, side, hdiff.diff(norm_base, norm_target), len(target)) == target
+        sizes[version] = len(zstd_literal(side + hdiff.diff(norm_base, norm_target), 19))
+    assert sizes[2] < 0.7 * sizes[1], sizes
+    with pytest.raises(ValueError, match="version 3"):
+        _goflate.elf_base(base, 3)
 
 
 def test_the_base_normalization_is_the_encoders() -> None:

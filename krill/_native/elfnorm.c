@@ -34,10 +34,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { K_X86 = 1, K_B26 = 2, K_ADRP = 3, K_ABS64 = 4 };
+enum { K_X86 = 1, K_B26 = 2, K_ADRP = 3, K_ABS64 = 4, K_APAIR = 5 };
+#define A64_REACH 8 /* how many words after an ADRP its ADD/LDR/STR is looked for */
 #define MAX_SPANS 1024
 #define MAX_LOADS 64
-#define SIDE_VERSION 1
+/* Side data versions: 1 (format 3) reads an ADRP alone (its page is the label); 2 (format 4)
+ * pairs it with the ADD/LDR/STR carrying its low 12 bits (the full address is the label). */
+#define SIDE_VERSION 2
 
 typedef struct {
     uint64_t off, size, addr;
@@ -159,6 +162,7 @@ struct Scan {
     uint8_t *cover; /* one bit per byte: inside an earlier candidate */
     Visit visit;
     void *state;
+    int pairs; /* side version >= 2: ADRP+ADD/LDR/STR pairs */
 };
 
 static int covered(const uint8_t *cover, uint64_t pos, int width) {
@@ -171,9 +175,40 @@ static int covered(const uint8_t *cover, uint64_t pos, int width) {
 static int emit(Scan *s, const uint8_t *buf, uint64_t pos, int kind, int width, int tail,
                 uint64_t va) {
     (void)buf;
-    int free_ = !covered(s->cover, pos, width);
+    uint64_t user = pos + 4u * (uint64_t)tail;
+    int pair = kind == K_APAIR;
+    int free_ = !covered(s->cover, pos, width) && !(pair && covered(s->cover, user, 4));
     for (int i = 0; i < width; i++) s->cover[(pos + i) >> 3] |= (uint8_t)(1u << ((pos + i) & 7));
+    for (int i = 0; pair && i < 4; i++) s->cover[(user + i) >> 3] |= (uint8_t)(1u << ((user + i) & 7));
     return s->visit(s, pos, free_ ? kind : -kind, width, tail, va);
+}
+
+/* aarch64 ADD (immediate, 64-bit, unshifted) and LDR/STR (unsigned offset): the
+ * instructions that carry an ADRP's low 12 bits. Only opcode and register bits are read,
+ * which the transform never changes. */
+static int a64_lo12_scale(uint32_t w) {
+    if ((w & 0xFFC00000u) == 0x91000000u) return 0;
+    if ((w & 0x3B000000u) == 0x39000000u) {
+        int size = (int)(w >> 30);
+        return (w & (1u << 26)) && (w & (1u << 23)) ? (size ? -1 : 4) : size;
+    }
+    return -1;
+}
+
+static int is_branch26(uint32_t w) { return (w & 0x7C000000u) == 0x14000000u; }
+
+/* The word distance (1..A64_REACH) to the first ADD/LDR/STR using the ADRP's register rd
+ * as its base and not yet paired, or 0: stops at a branch or a word writing rd. */
+static int a64_user(const uint8_t *cover, const uint8_t *buf, uint64_t pos, uint64_t end, uint32_t rd) {
+    for (int k = 1; k <= A64_REACH && end - pos >= 4u * (uint64_t)k + 4; k++) {
+        uint64_t p = pos + 4u * (uint64_t)k;
+        uint32_t w = rd32(buf + p);
+        if (is_branch26(w)) return 0;
+        if (a64_lo12_scale(w) >= 0 && ((w >> 5) & 0x1F) == rd && !(cover[p >> 3] & (1u << (p & 7))))
+            return k;
+        if ((w & 0x1F) == rd) return 0;
+    }
+    return 0;
 }
 
 static int scan_phase1(Scan *s, const uint8_t *buf) {
@@ -201,7 +236,10 @@ static int scan_phase1(Scan *s, const uint8_t *buf) {
                 int kind = (w & 0x7C000000u) == 0x14000000u   ? K_B26
                            : (w & 0x9F000000u) == 0x90000000u ? K_ADRP
                                                               : 0;
-                if (kind && emit(s, buf, pos, kind, 4, 0, x->addr + (pos - x->off)) < 0) return -1;
+                int tail = 0;
+                if (kind == K_ADRP && s->pairs && (tail = a64_user(s->cover, buf, pos, end, w & 0x1F)) > 0)
+                    kind = K_APAIR;
+                if (kind && emit(s, buf, pos, kind, 4, tail, x->addr + (pos - x->off)) < 0) return -1;
             }
         }
     }
@@ -247,22 +285,28 @@ static uint64_t field_addr(const uint8_t *p, int kind, int tail, uint64_t va) {
         uint64_t imm = ((w >> 5) & 0x7FFFF) << 2 | ((w >> 29) & 3);
         return (va & ~0xFFFull) + (uint64_t)(sext(imm, 21) * 4096);
     }
+    case K_APAIR: {
+        uint32_t u = rd32(p + 4 * tail);
+        return field_addr(p, K_ADRP, 0, va) + ((uint64_t)((u >> 10) & 0xFFF) << a64_lo12_scale(u));
+    }
     default: return rd64(p);
     }
 }
 
 /* The largest label index a field of this kind can hold. */
 static uint64_t index_limit(int kind) {
-    return kind == K_B26 ? (1u << 26) : kind == K_ADRP ? (1u << 21) : (1ull << 32);
+    return kind == K_B26 ? (1u << 26) : kind == K_ADRP || kind == K_APAIR ? (1u << 21) : (1ull << 32);
 }
 
 /* The field's bytes carrying `index` (forward) in place of its value. */
-static void put_index(uint8_t *p, int kind, uint64_t idx) {
+static void put_index(uint8_t *p, int kind, int tail, uint64_t idx) {
     uint32_t w = rd32(p);
+    if (kind == K_APAIR) wr32(p + 4 * tail, rd32(p + 4 * tail) & ~(0xFFFu << 10));
     switch (kind) {
     case K_X86: wr32(p, (uint32_t)idx); break;
     case K_B26: wr32(p, (w & 0xFC000000u) | (uint32_t)idx); break;
-    case K_ADRP: wr32(p, (w & 0x9F00001Fu) | (uint32_t)(idx & 3) << 29 | (uint32_t)(idx >> 2) << 5); break;
+    case K_ADRP: /* fall through */
+    case K_APAIR: wr32(p, (w & 0x9F00001Fu) | (uint32_t)(idx & 3) << 29 | (uint32_t)(idx >> 2) << 5); break;
     default: wr64(p, idx);
     }
 }
@@ -272,7 +316,8 @@ static uint64_t get_index(const uint8_t *p, int kind) {
     switch (kind) {
     case K_X86: return w;
     case K_B26: return w & 0x3FFFFFF;
-    case K_ADRP: return ((w >> 5) & 0x7FFFF) << 2 | ((w >> 29) & 3);
+    case K_ADRP: /* fall through */
+    case K_APAIR: return ((w >> 5) & 0x7FFFF) << 2 | ((w >> 29) & 3);
     default: return rd64(p);
     }
 }
@@ -298,6 +343,14 @@ static int put_addr(uint8_t *p, int kind, int tail, uint64_t va, uint64_t addr) 
         if (d != sext((uint64_t)d, 21)) return -1;
         uint32_t imm = (uint32_t)d & 0x1FFFFF;
         wr32(p, (w & 0x9F00001Fu) | (imm & 3) << 29 | (imm >> 2) << 5);
+        return 0;
+    }
+    case K_APAIR: {
+        uint32_t u = rd32(p + 4 * tail);
+        int scale = a64_lo12_scale(u);
+        uint64_t lo = addr & 0xFFF;
+        if (scale < 0 || lo & ((1u << scale) - 1) || put_addr(p, K_ADRP, 0, va, addr - lo) < 0) return -1;
+        wr32(p + 4 * tail, (u & ~(0xFFFu << 10)) | (uint32_t)(lo >> scale) << 10);
         return 0;
     }
     default: wr64(p, addr); return 0;
@@ -328,6 +381,8 @@ static int collect(Scan *s, uint64_t pos, int kind, int width, int tail, uint64_
     /* Only fields pointing into the image are labels: a misdecoded "call" in data points
      * anywhere, and as a label it would cost a table entry instead of four unchanged bytes. */
     x->take = kind > 0 && x->addr >= s->e->lo && x->addr < s->e->hi;
+    if (k == K_APAIR && x->addr - (x->addr & 0xFFF) != field_addr(c->buf + pos, K_ADRP, 0, va))
+        x->take = 0; /* an LDR offset past the page: the inverse would split it otherwise */
     x->ctx = 0;
     return 0;
 }
@@ -338,6 +393,7 @@ static uint32_t mix(uint32_t h, uint32_t v) { return (h ^ v) * 16777619u; }
 static uint32_t a64_stable(uint32_t w) {
     if ((w & 0x7C000000u) == 0x14000000u) return w & 0xFC000000u;
     if ((w & 0x9F000000u) == 0x90000000u) return w & 0x9F00001Fu;
+    if (a64_lo12_scale(w) >= 0) return w & ~(0xFFFu << 10);
     return w;
 }
 
@@ -348,7 +404,8 @@ static void contexts(const Elf *e, CandList *c, const uint8_t *cover) {
     for (size_t i = 0; i < c->n; i++) {
         Cand *x = &c->v[i];
         uint32_t h = mix(2166136261u, x->kind);
-        if (x->kind == K_B26 || x->kind == K_ADRP) {
+        if (x->kind == K_B26 || x->kind == K_ADRP || x->kind == K_APAIR) {
+            if (x->kind == K_APAIR) h = mix(mix(h, x->tail), a64_stable(rd32(b + x->pos + 4 * x->tail)));
             for (int k = -3; k <= 1; k++) {
                 int64_t p = (int64_t)x->pos + 4 * k;
                 if (p >= 0 && (uint64_t)p + 4 <= e->n) h = mix(h, a64_stable(rd32(b + p)));
@@ -364,14 +421,15 @@ static void contexts(const Elf *e, CandList *c, const uint8_t *cover) {
 }
 
 /* All candidates of `b` (phase 1 then phase 2, read from the same unchanged bytes). */
-static int candidates(Elf *e, const uint8_t *b, size_t n, CandList *c, int with_contexts) {
+static int candidates(Elf *e, const uint8_t *b, size_t n, CandList *c, int with_contexts,
+                      int version) {
     parse(e, b, n);
     memset(c, 0, sizeof *c);
     c->buf = b;
     if (!e->machine) return 0;
     uint8_t *cover = calloc(n / 8 + 1, 1);
     if (!cover) return -1;
-    Scan s = {e, cover, collect, c};
+    Scan s = {e, cover, collect, c, version >= 2};
     int rc = scan_phase1(&s, b);
     c->nphase1 = c->n;
     if (rc == 0) rc = scan_phase2(&s, b);
@@ -448,7 +506,7 @@ static uint8_t *normalize(const CandList *c, size_t n, const uint64_t *labels, s
             x->take = 0;
             continue;
         }
-        put_index(out + x->pos, x->kind, idx);
+        put_index(out + x->pos, x->kind, x->tail, idx);
     }
     return out;
 }
@@ -576,10 +634,10 @@ static uint64_t get_varint(Reader *r) {
 }
 
 static int side_encode(Buf *out, const CandList *tc, const uint64_t *lb, size_t nb,
-                       const uint64_t *lt, size_t nt, const int64_t *assign) {
+                       const uint64_t *lt, size_t nt, const int64_t *assign, int version) {
     size_t nnew = 0;
     for (size_t k = 0; k < nt; k++) nnew += assign[k] < 0;
-    put_varint(out, SIDE_VERSION);
+    put_varint(out, (uint64_t)version);
     put_varint(out, tc->n);
     put_varint(out, tc->nphase1);
     put_varint(out, nb);
@@ -655,10 +713,11 @@ static int restore_field(Scan *s, uint64_t pos, int kind, int width, int tail, u
 /* Decodes the side data into the mask and table; an error message or NULL. */
 static const char *side_decode(Reader *rd, const uint64_t *lb, size_t nb_have, size_t n,
                                uint8_t **mask, size_t *ncand, size_t *nphase1, uint64_t **table,
-                               size_t *ntable) {
+                               size_t *ntable, int *version_out) {
     uint64_t version = get_varint(rd), nc = get_varint(rd), n1 = get_varint(rd),
              nb = get_varint(rd), nnew = get_varint(rd);
-    if (rd->fail || version != SIDE_VERSION) return "ELF side data: bad header";
+    if (rd->fail || version < 1 || version > SIDE_VERSION) return "ELF side data: bad header";
+    *version_out = (int)version;
     if (nc > 2 * (uint64_t)n + 16 || n1 > nc || nnew > nc) return "ELF side data: counts out of range";
     if (nb != nb_have) return "ELF side data: made against a base with another label count";
     *mask = malloc(nc + 1);
@@ -691,28 +750,29 @@ typedef struct {
     int oom;
 } Encoded;
 
-static void encode_base(const uint8_t *b, size_t n, Encoded *r, CandList *bc, int with_contexts) {
+static void encode_base(const uint8_t *b, size_t n, Encoded *r, CandList *bc, int with_contexts,
+                        int version) {
     Elf *e = malloc(sizeof *e);
-    if (!e || candidates(e, b, n, bc, with_contexts) < 0 || !(r->lb = label_set(bc, &r->nb)) ||
+    if (!e || candidates(e, b, n, bc, with_contexts, version) < 0 || !(r->lb = label_set(bc, &r->nb)) ||
         !(r->norm_b = normalize(bc, n, r->lb, r->nb, NULL)))
         r->oom = 1;
     free(e);
 }
 
-static void encode_target(const uint8_t *t, size_t n, Encoded *r, CandList *bc) {
+static void encode_target(const uint8_t *t, size_t n, Encoded *r, CandList *bc, int version) {
     CandList tc = {0};
     size_t nt = 0;
     uint64_t *lt = NULL;
     int64_t *assign = NULL, *map = NULL;
     Elf *e = malloc(sizeof *e);
-    if (!e || candidates(e, t, n, &tc, 1) < 0 || !(lt = label_set(&tc, &nt)) ||
+    if (!e || candidates(e, t, n, &tc, 1, version) < 0 || !(lt = label_set(&tc, &nt)) ||
         !(assign = match(bc, r->lb, r->nb, &tc, lt, nt)) || !(map = malloc((nt + 1) * sizeof *map))) {
         r->oom = 1;
     } else {
         size_t fresh = r->nb;
         for (size_t k = 0; k < nt; k++) map[k] = assign[k] >= 0 ? assign[k] : (int64_t)fresh++;
         if (!(r->norm_t = normalize(&tc, n, lt, nt, map)) ||
-            side_encode(&r->side, &tc, r->lb, r->nb, lt, nt, assign) < 0)
+            side_encode(&r->side, &tc, r->lb, r->nb, lt, nt, assign, version) < 0)
             r->oom = 1;
     }
     free(e), free(tc.v), free(lt), free(assign), free(map);
@@ -728,13 +788,25 @@ static void encoded_free(Encoded *r) {
     free(r->norm_b), free(r->norm_t), free(r->lb), free(r->side.p);
 }
 
+static int bad_version(int version) {
+    if (version >= 1 && version <= SIDE_VERSION) return 0;
+    PyErr_Format(PyExc_ValueError, "ELF side data version %d is not known here (1..%d)", version,
+                 SIDE_VERSION);
+    return 1;
+}
+
 PyObject *elfnorm_base(PyObject *Py_UNUSED(module), PyObject *args) {
     Py_buffer base;
-    if (!PyArg_ParseTuple(args, "y*", &base)) return NULL;
+    int version = SIDE_VERSION;
+    if (!PyArg_ParseTuple(args, "y*|i", &base, &version)) return NULL;
+    if (bad_version(version)) {
+        PyBuffer_Release(&base);
+        return NULL;
+    }
     Encoded r = {0};
     CandList bc = {0};
     Py_BEGIN_ALLOW_THREADS
-    encode_base(base.buf, (size_t)base.len, &r, &bc, 0);
+    encode_base(base.buf, (size_t)base.len, &r, &bc, 0, version);
     Py_END_ALLOW_THREADS
     size_t n = (size_t)base.len;
     PyBuffer_Release(&base);
@@ -758,12 +830,17 @@ PyObject *elfnorm_base(PyObject *Py_UNUSED(module), PyObject *args) {
 
 PyObject *elfnorm_encode(PyObject *Py_UNUSED(module), PyObject *args) {
     Py_buffer base, target;
-    if (!PyArg_ParseTuple(args, "y*y*", &base, &target)) return NULL;
+    int version = SIDE_VERSION;
+    if (!PyArg_ParseTuple(args, "y*y*|i", &base, &target, &version)) return NULL;
+    if (bad_version(version)) {
+        PyBuffer_Release(&base), PyBuffer_Release(&target);
+        return NULL;
+    }
     Encoded r = {0};
     CandList bc = {0};
     Py_BEGIN_ALLOW_THREADS
-    encode_base(base.buf, (size_t)base.len, &r, &bc, 1);
-    if (!r.oom) encode_target(target.buf, (size_t)target.len, &r, &bc);
+    encode_base(base.buf, (size_t)base.len, &r, &bc, 1, version);
+    if (!r.oom) encode_target(target.buf, (size_t)target.len, &r, &bc, version);
     Py_END_ALLOW_THREADS
     size_t nb = (size_t)base.len, nt = (size_t)target.len;
     PyBuffer_Release(&base), PyBuffer_Release(&target);
@@ -788,16 +865,17 @@ static const char *restore(uint8_t *out, size_t n, const uint8_t *side, size_t s
     Elf *e = malloc(sizeof *e);
     const char *err = NULL;
     size_t ncand = 0, n1 = 0, ntable = 0;
+    int version = 0;
     if (!lb || !cover || !e) err = "out of memory";
     if (!err) {
         for (size_t i = 0; i < nb; i++) lb[i] = rd64(lbytes + 8 * i);
         Reader rd = {side, side_n, 0, 0};
-        err = side_decode(&rd, lb, nb, n, &mask, &ncand, &n1, &table, &ntable);
+        err = side_decode(&rd, lb, nb, n, &mask, &ncand, &n1, &table, &ntable, &version);
     }
     if (!err) {
         parse(e, out, n);
         Restore r = {out, mask, ncand, 0, table, ntable, NULL};
-        Scan s = {e, cover, restore_field, &r};
+        Scan s = {e, cover, restore_field, &r, version >= 2};
         if (e->machine && scan_phase1(&s, out) == 0) {
             if (r.at != n1) r.error = "the ELF file's fields do not match the delta's mask";
             else scan_phase2(&s, out);

@@ -29,6 +29,8 @@ from krill.delta import hdiff
 __all__ = ["ElfDiff", "ElfError", "available", "diff", "looks_elf", "patch"]
 
 MAGIC = b"\x7fELF\x02\x01"  # ELF64, little-endian: the only layout the transform reads
+# What elf_encode writes (2: aarch64 ADRP+ADD/LDR/STR pairs, format 4); 1 is still restored.
+SIDE_VERSION = 2
 
 
 class ElfError(ValueError):
@@ -87,7 +89,10 @@ def diff(base: bytes, data: bytes) -> ElfDiff | None:
 def patch(base: bytes, side: bytes, raw: bytes, out_len: int) -> bytes:
     """Rebuild ``out_len`` bytes from ``base``, the side data and the normalized diff."""
     native = _native()
-    norm_base, labels = native.elf_base(base)
+    try:  # the side data's version says how the base is read (format 3 deltas carry 1)
+        norm_base, labels = native.elf_base(base, side[0] if side else SIDE_VERSION)
+    except ValueError as exc:
+        raise ElfError(f"ELF op does not fit its base: {exc}") from exc
     try:
         norm_target = hdiff.patch(norm_base, raw, out_len)
     except hdiff.HDiffError as exc:

@@ -23,10 +23,11 @@ from typing import Any, BinaryIO, NoReturn
 from krill.digests import Digest, DigestError
 
 MAGIC = b"KRLDELTA"
-# Version 2 added OP_HDIFF, version 3 OP_ELF; older deltas (without them) are still read.
-VERSION = 3
-FORMAT_NAME = "krill-delta/3"
-FORMAT_NAMES = {1: "krill-delta/1", 2: "krill-delta/2", 3: "krill-delta/3"}
+# Version 2 added OP_HDIFF, version 3 OP_ELF, version 4 OP_ELF side data version 2 (aarch64
+# ADRP+ADD/LDR/STR pairs, which a version-3 reader would misapply); older deltas still read.
+VERSION = 4
+FORMAT_NAME = "krill-delta/4"
+FORMAT_NAMES = {1: "krill-delta/1", 2: "krill-delta/2", 3: "krill-delta/3", 4: "krill-delta/4"}
 MEDIA_TYPE = "application/vnd.krill.delta.v1"
 
 MAX_HEADER_BYTES = 1 << 20
