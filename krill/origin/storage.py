@@ -43,6 +43,7 @@ from krill.clierror import CliError
 from krill.clock import SYSTEM_CLOCK, Clock
 from krill.config import ConfigError
 from krill.digests import Digest
+from krill.origin import gctombstones as tombstones
 from krill.origin.appkeys import CONFIG, GC_LOCK, METRICS, REPOSITORIES, STORE
 from krill.origin.config import OriginConfig
 from krill.origin.storage_cache import evict_to_fit
@@ -97,6 +98,7 @@ class ObjectStore:
         path = app[STORE].path(digest)
         try:
             async with held(app[GC_LOCK].shared()):
+                await tombstones.lift(self.backend, [digest])  # we count on it if it's there
                 present = await self.backend.exists(digest)
             outcome = PutOutcome.ALREADY_PRESENT
             if not present:

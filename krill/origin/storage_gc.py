@@ -21,14 +21,16 @@ Safety beside serving origins, in batches of ``BATCH``:
   either finished before the batch (marked) or checks after it (told what
   to push again);
 * for origins on other machines, which no lock reaches, each batch first
+  lays a tombstone on each of its blobs (``origin.gctombstones``), then
   lists the bucket's links again, marks the manifests linked since the
   collection started, and keeps every blob a link appeared for since (a
-  write-through puts the link before it asks for the bytes), and a manifest
-  push, once linked in the bucket, checks its blobs are still there
+  write-through puts the link before it asks for the bytes), and deletes a
+  blob only if its tombstone is still there: a push that counts on a blob
+  lifts its tombstone before it looks for the bytes, and a manifest push,
+  once linked in the bucket, checks its blobs are still there
   (``storage_sync``: put back from its local copy, or 503). What remains is
-  a push whose link and check both fall between a batch's listing and its
-  delete of an old unreferenced blob it names; docs/storage.md says how to
-  avoid it.
+  a delete between a push's look for the bytes and the batch's look at the
+  tombstone just before it (``origin.gctombstones``).
 
 A bucket with no repository metadata at all is refused: it was written by
 an origin older than this metadata (whose links were only in its
@@ -51,6 +53,7 @@ from krill import oci
 from krill.blobbackend import BlobInfo, BlobMissingError
 from krill.config import ConfigError
 from krill.digests import Digest
+from krill.origin import gctombstones as tombstones
 from krill.origin.gc import CLOCK_SLACK
 from krill.origin.gclock import GcLock
 from krill.origin.repositories import Repositories
@@ -201,6 +204,7 @@ async def sweep_bucket(
     dry_run: bool = False,
     now: Callable[[], float] = time.time,
     between: Callable[[], Awaitable[None]] | None = None,
+    in_batch: Callable[[], Awaitable[None]] | None = None,
 ) -> BucketSweep:
     """Remove the bucket's objects no manifest references (see above)."""
     start = now()
@@ -221,16 +225,29 @@ async def sweep_bucket(
     lock = GcLock(data)
     for batch in _batches(old):
         async with held(lock.exclusive()):
+            if not dry_run:  # before the links are read again (origin.gctombstones)
+                await tombstones.lay(backend, (i.digest for i in batch))
             links = _Links.of(await metadata_entries(backend))  # pushes elsewhere since
             await marker.mark(links)
             names = await asyncio.to_thread(lambda: list(marker.repos.names()))
+            if in_batch is not None:  # a test's hook: push after the batch read the links
+                await in_batch()
+            kept: list[Digest] = []
             for info in batch:
                 if info.digest in marker.live:
+                    kept.append(info.digest)
                     continue
                 if _recently_linked(info.digest, first, links, (marker.repos, names), cutoff):
                     report.kept_recent += 1
+                    kept.append(info.digest)
+                    continue
+                if not dry_run and not await tombstones.laid(backend, info.digest):
+                    log.info("gc.bucket_kept_lifted digest=%s", info.digest)  # a push counts on it
+                    report.kept_recent += 1
                     continue
                 await _remove(backend, marker, info, links.layers.get(info.digest, []), report)
+            if not dry_run:
+                await tombstones.lift(backend, kept)
     log.info(
         "gc.bucket_done dry_run=%s objects=%d bytes=%d links=%d kept_recent=%d",
         dry_run,
@@ -277,6 +294,7 @@ async def _remove(
     for entry in links:
         await backend.delete_object(meta_key(entry.repo, MetaKind.LAYER, entry.leaf))
     await backend.delete(info.digest)
+    await tombstones.lift(backend, [info.digest])
     await asyncio.to_thread(_forget_locally, marker, info.digest)
     log.info("gc.bucket_removed digest=%s bytes=%d links=%d", info.digest, info.size, len(links))
 

@@ -59,6 +59,7 @@ from aiohttp import web
 from krill import oci
 from krill.clock import Clock
 from krill.digests import Digest, DigestError
+from krill.origin import gctombstones as tombstones
 from krill.origin.appkeys import REPOSITORIES, STORE, TAG_HISTORY
 from krill.origin.manifests import store_manifest
 from krill.origin.tagging import delete_tag, move_tag
@@ -219,6 +220,7 @@ class BucketMetadata:
         if media_type is None or body is None:
             return []
         references = [d.digest for d in oci.parse_manifest(body, media_type).blob_references()]
+        await tombstones.lift(self.backend, references)  # before looking (origin.gctombstones)
         present = await asyncio.gather(*(self.backend.exists(d) for d in references))
         lost = []
         for reference, there in zip(references, present, strict=True):
