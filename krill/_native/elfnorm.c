@@ -13,8 +13,10 @@
  *
  * Fields, in a fixed order ("candidates"):
  *   phase 1: x86-64 E8/E9/0F8x rel32 and RIP-relative disp32 (elfx86.c) or
- *            aarch64 B/BL imm26 and ADRP imm21 in SHF_EXECINSTR sections;
+ *            aarch64 B/BL imm26 and ADRP imm21 in SHF_EXECINSTR sections, an ADRP
+ *            with the ADD/LDR/STR holding its low 12 bits as one field (side v2);
  *            r_offset of every SHT_RELA entry, r_addend of RELATIVE ones;
+ *            .eh_frame_hdr's table and each FDE's pc_begin (side v3);
  *   phase 2: the 8-byte slot each RELATIVE relocation points at.
  * Their positions depend only on bytes the transform never changes (opcode
  * bits, r_info, headers), so the inverse finds them again in the normalized
@@ -25,7 +27,7 @@
  * the ELF op, so a misparse costs size, never bytes. Every read is bounds
  * checked: hostile input gets a ValueError or an identity transform.
  *
- * Memory: the encoder holds 32 bytes per candidate per file; elf_restore
+ * Memory: the encoder holds 40 bytes per candidate per file; elf_restore
  * writes fields as it finds them and holds only the output, the label table
  * and a bitmap of n/8 bytes.
  */
@@ -34,13 +36,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { K_X86 = 1, K_B26 = 2, K_ADRP = 3, K_ABS64 = 4, K_APAIR = 5 };
+enum { K_X86 = 1, K_B26 = 2, K_ADRP = 3, K_ABS64 = 4, K_APAIR = 5, K_EHPC = 6, K_EHLOC = 7, K_EHFDE = 8 };
+/* K_EH*: 32-bit fields relative to `va` like K_X86 with tail 0 (.eh_frame FDE pc_begin,
+ * .eh_frame_hdr's table entries); their own kinds only for the matching contexts. */
+#define IS_REL32(k) ((k) == K_X86 || (k) >= K_EHPC)
 #define A64_REACH 8 /* how many words after an ADRP its ADD/LDR/STR is looked for */
 #define MAX_SPANS 1024
 #define MAX_LOADS 64
 /* Side data versions: 1 (format 3) reads an ADRP alone (its page is the label); 2 (format 4)
- * pairs it with the ADD/LDR/STR carrying its low 12 bits (the full address is the label). */
-#define SIDE_VERSION 2
+ * pairs it with the ADD/LDR/STR carrying its low 12 bits (the full address is the label);
+ * 3 (format 4) also reads .eh_frame_hdr's table and .eh_frame's FDE pc_begin fields. */
+#define SIDE_VERSION 3
 
 typedef struct {
     uint64_t off, size, addr;
@@ -55,12 +61,14 @@ typedef struct {
     Span rela[MAX_SPANS];
     int nrela;
     Span load[MAX_LOADS]; /* off, filesz, vaddr */
+    Span ehhdr;           /* PT_GNU_EH_FRAME: off, filesz, vaddr (size 0: none) */
     int nload;
     uint64_t lo, hi; /* the image's address range */
 } Elf;
 
 typedef struct {
     uint64_t pos, addr, va;
+    uint64_t hint; /* K_EH*: file offset of the FDE the field belongs to (contexts only) */
     uint32_t ctx;
     uint8_t kind, width, tail, take;
 } Cand;
@@ -107,6 +115,10 @@ static void parse(Elf *e, const uint8_t *b, size_t n) {
     if (phentsize == 56 && fits(phoff, (uint64_t)phnum * 56, n)) {
         for (unsigned i = 0; i < phnum && e->nload < MAX_LOADS; i++) {
             const uint8_t *ph = b + phoff + (uint64_t)i * 56;
+            if (rd32(ph) == 0x6474E550u) { /* PT_GNU_EH_FRAME */
+                e->ehhdr.off = rd64(ph + 8), e->ehhdr.addr = rd64(ph + 16), e->ehhdr.size = rd64(ph + 32);
+                continue;
+            }
             if (rd32(ph) != 1) continue; /* PT_LOAD */
             Span *l = &e->load[e->nload++];
             l->off = rd64(ph + 8), l->addr = rd64(ph + 16), l->size = rd64(ph + 32);
@@ -141,17 +153,24 @@ static int relative_type(const Elf *e, uint32_t type) {
     return e->machine == 62 ? (type == 8 || type == 37) : (type == 1027 || type == 1032);
 }
 
-/* The file offset of an 8-byte slot at virtual address va, or UINT64_MAX. */
-static uint64_t slot_offset(const Elf *e, uint64_t va) {
+/* The file offset of `len` bytes at virtual address va, or UINT64_MAX; *avail (if given):
+ * the bytes of its segment in the file from there. */
+static uint64_t va_offset(const Elf *e, uint64_t va, uint64_t len, uint64_t *avail) {
     for (int i = 0; i < e->nload; i++) {
         const Span *l = &e->load[i];
-        if (va >= l->addr && va - l->addr < l->size && l->size - (va - l->addr) >= 8) {
+        if (va >= l->addr && va - l->addr < l->size && l->size - (va - l->addr) >= len) {
             uint64_t off = l->off + (va - l->addr);
-            if (off >= l->off && fits(off, 8, e->n)) return off;
+            if (off >= l->off && fits(off, len, e->n)) {
+                if (avail) *avail = l->size - (va - l->addr) < e->n - off ? l->size - (va - l->addr) : e->n - off;
+                return off;
+            }
         }
     }
     return UINT64_MAX;
 }
+
+/* The file offset of an 8-byte slot at virtual address va, or UINT64_MAX. */
+static uint64_t slot_offset(const Elf *e, uint64_t va) { return va_offset(e, va, 8, NULL); }
 
 /* ---- the scanner: every candidate of one phase, in order, to a visitor ------------------- */
 
@@ -163,6 +182,8 @@ struct Scan {
     Visit visit;
     void *state;
     int pairs; /* side version >= 2: ADRP+ADD/LDR/STR pairs */
+    int eh;    /* side version >= 3: .eh_frame_hdr and .eh_frame */
+    uint64_t hint;
 };
 
 static int covered(const uint8_t *cover, uint64_t pos, int width) {
@@ -211,6 +232,8 @@ static int a64_user(const uint8_t *cover, const uint8_t *buf, uint64_t pos, uint
     return 0;
 }
 
+static int scan_eh(Scan *s, const uint8_t *buf);
+
 static int scan_phase1(Scan *s, const uint8_t *buf) {
     const Elf *e = s->e;
     for (int i = 0; i < e->nexec; i++) {
@@ -251,6 +274,78 @@ static int scan_phase1(Scan *s, const uint8_t *buf) {
             if (relative_type(e, type) && emit(s, buf, p + 16, K_ABS64, 8, 0, 0) < 0) return -1;
         }
     }
+    return scan_eh(s, buf);
+}
+
+/* ---- .eh_frame_hdr and .eh_frame (DWARF call frame info, one FDE per function) ---------- */
+
+static int uleb(const uint8_t *buf, uint64_t *q, uint64_t end) {
+    for (int i = 0; i < 10 && *q < end; i++)
+        if (!(buf[(*q)++] & 0x80)) return 0;
+    return -1;
+}
+
+/* The pointer encoding of FDEs under the CIE at `cie` ('R' of a "z..." augmentation), or -1. */
+static int cie_fde_encoding(const uint8_t *buf, uint64_t cie, uint64_t end) {
+    if (cie > end || end - cie < 10) return -1;
+    uint32_t len = rd32(buf + cie);
+    if (len < 6 || len > end - cie - 4 || rd32(buf + cie + 4) != 0) return -1;
+    uint64_t q = cie + 8, stop = cie + 4 + len;
+    int version = buf[q++];
+    const uint8_t *aug = buf + q;
+    while (q < stop && buf[q]) q++;
+    if (q++ >= stop || aug[0] != 'z' || (version != 1 && version != 3)) return -1;
+    if (uleb(buf, &q, stop) || uleb(buf, &q, stop)) return -1; /* code, data alignment */
+    if (version == 1 ? q++ >= stop : uleb(buf, &q, stop)) return -1;
+    if (uleb(buf, &q, stop)) return -1; /* augmentation data length */
+    for (const uint8_t *c = aug + 1; *c && q < stop; c++) {
+        if (*c == 'R') return buf[q];
+        if (*c == 'L') q++;
+        else if (*c == 'P') {
+            int enc = buf[q++] & 0x0F;
+            q += enc == 2 || enc == 0x0A ? 2 : enc == 3 || enc == 0x0B ? 4 : 8;
+        } else if (*c != 'S' && *c != 'B') return -1;
+    }
+    return -1;
+}
+
+static int emit_eh(Scan *s, const uint8_t *buf, uint64_t pos, int kind, uint64_t va, uint64_t fde) {
+    s->hint = fde;
+    int rc = emit(s, buf, pos, kind, 4, 0, va);
+    s->hint = UINT64_MAX;
+    return rc;
+}
+
+/* .eh_frame_hdr's binary-search table (function start, FDE address; datarel sdata4) and each
+ * FDE's pcrel sdata4 pc_begin in .eh_frame: one field per function, moving with the code.
+ * What is read to find them (encodings, counts, record lengths, CIE ids) is never changed;
+ * a field is read only after it is emitted (the inverse has restored it by then). */
+static int scan_eh(Scan *s, const uint8_t *buf) {
+    const Elf *e = s->e;
+    const Span *h = &e->ehhdr;
+    if (!s->eh || h->size < 12 || !fits(h->off, h->size, e->n)) return 0;
+    const uint8_t *p = buf + h->off;
+    if (p[0] != 1 || p[1] != 0x1B || p[2] != 0x03 || p[3] != 0x3B) return 0;
+    if (emit_eh(s, buf, h->off + 4, K_EHPC, h->addr + 4, UINT64_MAX) < 0) return -1;
+    uint64_t eh_va = h->addr + 4 + (uint64_t)(int64_t)(int32_t)rd32(p + 4), count = rd32(p + 8);
+    if (count > (h->size - 12) / 8) count = 0;
+    for (uint64_t i = 0; i < count; i++) {
+        uint64_t f = h->off + 12 + 8 * i;
+        uint64_t fde = va_offset(e, h->addr + (uint64_t)(int64_t)(int32_t)rd32(buf + f + 4), 16, NULL);
+        if (emit_eh(s, buf, f, K_EHLOC, h->addr, fde) < 0 ||
+            emit_eh(s, buf, f + 4, K_EHFDE, h->addr, fde) < 0)
+            return -1;
+    }
+    uint64_t avail = 0, start = va_offset(e, eh_va, 8, &avail);
+    if (start == UINT64_MAX) return 0;
+    for (uint64_t pos = start, end = start + avail; end - pos >= 16;) {
+        uint32_t len = rd32(buf + pos), id = rd32(buf + pos + 4);
+        if (len < 12 || len > end - pos - 4) break;
+        if (id && id <= pos + 4 - start && cie_fde_encoding(buf, pos + 4 - id, end) == 0x1B &&
+            emit_eh(s, buf, pos + 8, K_EHPC, eh_va + (pos + 8 - start), pos) < 0)
+            return -1;
+        pos += 4 + (uint64_t)len;
+    }
     return 0;
 }
 
@@ -279,7 +374,8 @@ static int64_t sext(uint64_t v, int bits) {
 static uint64_t field_addr(const uint8_t *p, int kind, int tail, uint64_t va) {
     uint32_t w = rd32(p);
     switch (kind) {
-    case K_X86: return va + (uint64_t)tail + (uint64_t)(int64_t)(int32_t)w;
+    case K_X86: case K_EHPC: case K_EHLOC: case K_EHFDE:
+        return va + (uint64_t)tail + (uint64_t)(int64_t)(int32_t)w;
     case K_B26: return va + (uint64_t)(sext(w, 26) * 4);
     case K_ADRP: {
         uint64_t imm = ((w >> 5) & 0x7FFFF) << 2 | ((w >> 29) & 3);
@@ -303,7 +399,7 @@ static void put_index(uint8_t *p, int kind, int tail, uint64_t idx) {
     uint32_t w = rd32(p);
     if (kind == K_APAIR) wr32(p + 4 * tail, rd32(p + 4 * tail) & ~(0xFFFu << 10));
     switch (kind) {
-    case K_X86: wr32(p, (uint32_t)idx); break;
+    case K_X86: case K_EHPC: case K_EHLOC: case K_EHFDE: wr32(p, (uint32_t)idx); break;
     case K_B26: wr32(p, (w & 0xFC000000u) | (uint32_t)idx); break;
     case K_ADRP: /* fall through */
     case K_APAIR: wr32(p, (w & 0x9F00001Fu) | (uint32_t)(idx & 3) << 29 | (uint32_t)(idx >> 2) << 5); break;
@@ -314,7 +410,7 @@ static void put_index(uint8_t *p, int kind, int tail, uint64_t idx) {
 static uint64_t get_index(const uint8_t *p, int kind) {
     uint32_t w = rd32(p);
     switch (kind) {
-    case K_X86: return w;
+    case K_X86: case K_EHPC: case K_EHLOC: case K_EHFDE: return w;
     case K_B26: return w & 0x3FFFFFF;
     case K_ADRP: /* fall through */
     case K_APAIR: return ((w >> 5) & 0x7FFFF) << 2 | ((w >> 29) & 3);
@@ -327,7 +423,7 @@ static int put_addr(uint8_t *p, int kind, int tail, uint64_t va, uint64_t addr) 
     uint32_t w = rd32(p);
     int64_t d;
     switch (kind) {
-    case K_X86:
+    case K_X86: case K_EHPC: case K_EHLOC: case K_EHFDE:
         d = (int64_t)(addr - va - (uint64_t)tail);
         if (d != (int32_t)d) return -1;
         wr32(p, (uint32_t)(int32_t)d);
@@ -384,6 +480,7 @@ static int collect(Scan *s, uint64_t pos, int kind, int width, int tail, uint64_
     if (k == K_APAIR && x->addr - (x->addr & 0xFFF) != field_addr(c->buf + pos, K_ADRP, 0, va))
         x->take = 0; /* an LDR offset past the page: the inverse would split it otherwise */
     x->ctx = 0;
+    x->hint = s->hint;
     return 0;
 }
 
@@ -410,6 +507,12 @@ static void contexts(const Elf *e, CandList *c, const uint8_t *cover) {
                 int64_t p = (int64_t)x->pos + 4 * k;
                 if (p >= 0 && (uint64_t)p + 4 <= e->n) h = mix(h, a64_stable(rd32(b + p)));
             }
+        } else if (x->kind >= K_EHPC && x->hint != UINT64_MAX && x->hint + 16 <= e->n) {
+            /* the FDE's pc_range and instructions: what stays when the function moves */
+            uint64_t from = x->hint + 12, to = x->hint + 4 + rd32(b + x->hint);
+            if (to > from + 32) to = from + 32;
+            if (to > e->n) to = e->n;
+            for (uint64_t p = from; p < to; p++) h = mix(h, b[p]);
         } else {
             uint64_t lo = x->pos >= 16 ? x->pos - 16 : 0, hi = x->pos + x->width + 8;
             if (hi > e->n) hi = e->n;
@@ -429,7 +532,7 @@ static int candidates(Elf *e, const uint8_t *b, size_t n, CandList *c, int with_
     if (!e->machine) return 0;
     uint8_t *cover = calloc(n / 8 + 1, 1);
     if (!cover) return -1;
-    Scan s = {e, cover, collect, c, version >= 2};
+    Scan s = {e, cover, collect, c, version >= 2, version >= 3, UINT64_MAX};
     int rc = scan_phase1(&s, b);
     c->nphase1 = c->n;
     if (rc == 0) rc = scan_phase2(&s, b);
@@ -875,7 +978,7 @@ static const char *restore(uint8_t *out, size_t n, const uint8_t *side, size_t s
     if (!err) {
         parse(e, out, n);
         Restore r = {out, mask, ncand, 0, table, ntable, NULL};
-        Scan s = {e, cover, restore_field, &r, version >= 2};
+        Scan s = {e, cover, restore_field, &r, version >= 2, version >= 3, UINT64_MAX};
         if (e->machine && scan_phase1(&s, out) == 0) {
             if (r.at != n1) r.error = "the ELF file's fields do not match the delta's mask";
             else scan_phase2(&s, out);
