@@ -138,8 +138,9 @@ def find_session(request: web.Request, repo: str) -> UploadSession:
     if session is None:
         raise RegistryError(
             "BLOB_UPLOAD_UNKNOWN",
-            f"upload {session_id[:80]!r} is not in progress (it finished, failed, or the "
-            "origin restarted); start the upload again",
+            f"upload {session_id[:80]!r} is not in progress here (it finished, failed, the "
+            "origin restarted, or it was begun on another origin replica: an upload session "
+            "lives on the replica that began it); start the upload again",
         )
     return session
 
