@@ -23,6 +23,7 @@ import bcrypt
 import pytest
 from aiohttp.test_utils import TestServer
 
+from krill.origin.auth_tokens import DEFAULT_LEEWAY
 from krill.origin.config import OriginConfig
 from krill.origin.server import create_app
 from tests import containerd, imagebuild
@@ -376,7 +377,7 @@ async def test_tokens_expire_on_the_origin_clock(
     bearer = {"Authorization": f"Bearer {body['token']}"}
     async with aiohttp.ClientSession(headers=bearer) as session:
         assert (await session.get(f"{origin.url}/v2/")).status == 200
-        clock.advance(301)
+        clock.advance(300 + DEFAULT_LEEWAY + 1)  # token_ttl, and the replicas' clock leeway
         resp = await session.get(f"{origin.url}/v2/")
         assert resp.status == 401
         assert 'error="invalid_token"' in challenge_of(resp)

@@ -9,7 +9,9 @@ The file's shape is fixed by issue 19 (and zot's, which it follows)::
     users = { alice = ["read", "write", "delete"] }
 
 Krill adds optional keys with defaults, never changes these: ``token_ttl``
-(seconds a Bearer token from ``/auth/token`` is good for), ``credential_cache``
+(seconds a Bearer token from ``/auth/token`` is good for), ``token_leeway``
+(seconds of clock difference between origin replicas forgiven when a token's
+``nbf`` and ``exp`` are checked, 0-300, default 30), ``credential_cache``
 (seconds a checked password is remembered, so bcrypt runs once per client
 session rather than once per request), ``realm`` (the token endpoint's URL
 as clients must see it, when a proxy in front changes the host or scheme)
@@ -38,7 +40,7 @@ from typing import Any
 
 from krill.config import ConfigError
 from krill.origin.auth_rules import AccessPolicy, AccessRule, RepositoryGlob, parse_permissions
-from krill.origin.auth_tokens import TokenKeys
+from krill.origin.auth_tokens import DEFAULT_LEEWAY, MAX_LEEWAY, TokenKeys
 
 __all__ = ["AuthSettings", "load_auth_settings"]
 
@@ -46,6 +48,7 @@ _TOP_KEYS = {
     "htpasswd",
     "access",
     "token_ttl",
+    "token_leeway",
     "credential_cache",
     "realm",
     "nodes",
@@ -62,6 +65,9 @@ class AuthSettings:
     policy: AccessPolicy
     # Docker's token server hands out 5-minute tokens; clients fetch a new one on expiry.
     token_ttl: float = 300.0
+    # Replicas' clocks may differ by this much (NTP keeps them within milliseconds; a VM resumed
+    # from a snapshot or a node without NTP drifts by seconds) without refusing fresh tokens.
+    token_leeway: float = DEFAULT_LEEWAY
     # A password change or removed user takes effect within this many seconds.
     credential_cache: float = 60.0
     realm: str | None = None
@@ -91,6 +97,7 @@ def load_auth_settings(path: Path) -> AuthSettings:
         htpasswd=path.parent / data["htpasswd"],
         policy=policy,
         token_ttl=_positive_seconds(data, "token_ttl", 300.0, path),
+        token_leeway=_leeway(data.get("token_leeway", DEFAULT_LEEWAY), path),
         credential_cache=_positive_seconds(data, "credential_cache", 60.0, path),
         realm=_optional_url(data.get("realm"), path),
         nodes=_nodes(data.get("nodes", []), path),
@@ -167,6 +174,18 @@ def _positive_seconds(data: Mapping[str, Any], key: str, default: float, path: P
     value = data.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ConfigError(f"{path}: {key} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _leeway(value: object, path: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+        0 <= value <= MAX_LEEWAY
+    ):
+        raise ConfigError(
+            f"{path}: token_leeway must be 0 to {MAX_LEEWAY:g} seconds (the clock difference "
+            f"between origin replicas to forgive; keep their clocks in sync with NTP), "
+            f"got {value!r}"
+        )
     return float(value)
 
 

@@ -99,7 +99,9 @@ def install_auth(app: web.Application, clock: Clock = SYSTEM_CLOCK) -> None:
     passwords = PasswordChecker(
         settings.htpasswd, cache_seconds=settings.credential_cache, clock=clock
     )
-    tokens = TokenIssuer(settings.token_ttl, clock, settings.token_keys)
+    tokens = TokenIssuer(
+        settings.token_ttl, clock, settings.token_keys, leeway=settings.token_leeway
+    )
     app[AUTH] = OriginAuth(settings, passwords, tokens, LoginThrottle(clock))
     app.middlewares.append(auth_middleware)
     app.router.add_routes(auth_endpoint.routes())

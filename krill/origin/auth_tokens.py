@@ -18,12 +18,24 @@ origin replicas behind one address share so that a token one issued is
 accepted by the others (``TokenKeys``: the first key signs, every key in the
 file verifies, so a key can be rotated without a flag day).
 
-The expiry is a Unix time, since replicas compare it on their own clocks,
-but it is read from the origin's monotonic clock (``krill.clock``) anchored
-to the wall clock once at start: a wall-clock step after start neither
-revives nor kills tokens, and tests move time with a clock they step by
-hand. Replicas must agree on the time within what they can tolerate as
-extra token life (NTP keeps them within milliseconds).
+The times in a token (``nbf``, not before, and ``iat``, issued at: the
+moment it was signed; ``exp``, its expiry) are Unix times, since replicas
+compare them on their own clocks, but they are read from the origin's
+monotonic clock (``krill.clock``) anchored to the wall clock once at start:
+a wall-clock step after start neither revives nor kills tokens, and tests
+move time with a clock they step by hand.
+
+Replicas' clocks differ. A replica checks ``nbf`` and ``exp`` with a bounded
+``leeway`` (``token_leeway`` in the auth file, 30 s by default, at most
+``MAX_LEEWAY``): a token signed by a replica whose clock runs up to that far
+ahead is accepted at once, not refused as "not yet valid" (nor, without the
+``nbf`` check, accepted for as long as the skew), and one that expired up to
+that long ago by this replica's clock is still accepted. Beyond the leeway a
+token is refused (401 ``invalid_token``; a token from too far in the future
+is logged with the skew), so a replica hours off shows up at once rather than
+as tokens living hours longer
+(tests/test_origin_auth_skew.py runs replicas under libfaketime). Tokens
+from before ``nbf`` existed carry only ``exp`` and are checked on it alone.
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,6 +59,8 @@ from krill.origin.auth_rules import ALL_PERMISSIONS, AccessPolicy, Permission
 
 __all__ = [
     "CATALOG_SCOPE",
+    "DEFAULT_LEEWAY",
+    "MAX_LEEWAY",
     "SERVICE",
     "TOKEN_PATH",
     "Grant",
@@ -71,11 +86,16 @@ _PERMISSION_ACTIONS = {
     Permission.WRITE: "push",
     Permission.DELETE: "delete",
 }
+log = logging.getLogger(__name__)
+
 _TOKEN_PREFIX = "krill."
 _MAX_TOKEN_CHARS = 16 * 1024
 # A shared key is a line of text; 32 characters of `openssl rand -hex 32` is 128 bits at least.
 _MIN_KEY_CHARS = 32
 _MAX_KEYS = 16
+# Seconds of clock difference between replicas a token check forgives (token_leeway).
+DEFAULT_LEEWAY = 30.0
+MAX_LEEWAY = 300.0
 
 
 def actions_of(permissions: Iterable[Permission]) -> list[str]:
@@ -202,9 +222,14 @@ class TokenIssuer:
         keys: TokenKeys | None = None,
         *,
         wall: float | None = None,
+        leeway: float = 0.0,
     ) -> None:
-        """``wall``: the Unix time at ``clock``'s present reading (now, unless a test says)."""
+        """``wall``: the Unix time at ``clock``'s present reading (now, unless a test says);
+        ``leeway``: seconds of clock difference forgiven on ``nbf`` and ``exp``."""
+        if not 0 <= leeway <= MAX_LEEWAY:
+            raise ValueError(f"token leeway must be 0-{MAX_LEEWAY:g} s, got {leeway!r}")
         self._ttl = ttl
+        self._leeway = leeway
         self._clock = clock
         self._keys: Sequence[bytes] = (keys or TokenKeys.random()).keys
         start = time.time() if wall is None else wall
@@ -215,9 +240,12 @@ class TokenIssuer:
         return self._clock.monotonic() + self._wall_offset
 
     def issue(self, grant: Grant) -> IssuedToken:
+        now = self.now()
         payload = {
             "sub": grant.subject,
-            "exp": self.now() + self._ttl,  # a float: JSON carries it exactly
+            "nbf": now,
+            "iat": now,
+            "exp": now + self._ttl,  # a float: JSON carries it exactly
             "access": {repo: actions_of(perms) for repo, perms in grant.access.items()},
             "catalog": grant.catalog,
         }
@@ -226,7 +254,8 @@ class TokenIssuer:
         return IssuedToken(token, int(self._ttl))
 
     def verify(self, token: str) -> Grant | None:
-        """The grant a token carries; None if it is forged, malformed or expired."""
+        """The grant a token carries; None if it is forged, malformed, expired or not yet valid
+        (by this replica's clock, give or take the leeway)."""
         if len(token) > _MAX_TOKEN_CHARS or not token.startswith(_TOKEN_PREFIX):
             return None
         body, _, signature = token.removeprefix(_TOKEN_PREFIX).partition(".")
@@ -239,7 +268,18 @@ class TokenIssuer:
             payload = json.loads(_b64decode(body))
         except (ValueError, binascii.Error):
             return None
-        if payload["exp"] <= self.now():
+        now = self.now()
+        if payload["exp"] + self._leeway <= now:
+            return None
+        not_before = payload.get("nbf")
+        if not_before is not None and not_before - self._leeway > now:
+            # Signed with a shared key, so by a replica: whose clock is ahead of this one's.
+            log.warning(
+                "origin.token_from_the_future ahead_s=%.1f leeway_s=%g: a replica sharing "
+                "token_key_file signs with a clock this far ahead of ours; sync the replicas' "
+                "clocks (NTP) or raise token_leeway",
+                not_before - now, self._leeway,
+            )  # fmt: skip
             return None
         access = {
             repo: frozenset().union(*(_ACTION_PERMISSIONS[a] for a in actions))
