@@ -23,12 +23,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from yarl import URL
 
 from krill.agent.config import AgentConfig
+from krill.agent.origins import OriginSet
 from krill.config import ConfigError
-from krill.rendezvous import owner
+from krill.digests import Digest
+from krill.rendezvous import owner, rank
 from krill.s3backend import S3Location
 from tests.agent_cluster import agent_process
+from tests.clocks import ManualClock
 from tests.components import free_port, krill_process
 from tests.faults import gated_proxy
 from tests.metrics_text import read_metrics
@@ -53,6 +57,28 @@ def test_the_origin_setting_takes_a_list_or_a_service_name() -> None:
         AgentConfig(origin="http://a:8000,ftp://b")
     with pytest.raises(ConfigError, match="dns"):
         AgentConfig(origin="dns+ftp://replicas:21")
+
+
+def test_a_failed_origin_goes_last_for_a_while_then_is_tried_first_again() -> None:
+    clock = ManualClock()
+    members = ["http://a:5000", "http://b:5000", "http://c:5000"]
+    origins = OriginSet(members, retry_after=10.0, clock=clock)
+    digest = Digest.parse(_digest(b"layer"))
+    ranked = origins.ranking(digest)
+    assert ranked == rank(str(digest), members)  # the origins' own order
+    origins.failed(ranked[0])
+    assert origins.ranking(digest) == [*ranked[1:], ranked[0]]
+    clock.advance(10.0)
+    assert origins.ranking(digest) == ranked
+    origins.failed(ranked[1])
+    origins.answered(ranked[1])  # it answered another request meanwhile
+    assert origins.ranking(digest) == ranked
+
+
+async def test_a_service_name_resolves_to_one_url_per_address() -> None:
+    origins = OriginSet([], URL("http://localhost:5000"))
+    await origins.refresh()
+    assert "http://127.0.0.1:5000" in origins.members
 
 
 def blob_via(agent_registry: str, digest: str) -> bytes:
