@@ -75,6 +75,24 @@ def serve_bare_announce(port: int, middlewares: bool = False) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
+def serve_tracker_floor(port: int) -> None:
+    """``krill tracker``'s own app (its middlewares, routes and metrics) with an announce
+    handler that answers the bare handler's body and does nothing else: what the tracker
+    would cost with a free announce path, the floor of its CPU per announce."""
+    from aiohttp import web
+
+    from krill.tracker import server
+    from krill.tracker.config import TrackerConfig
+
+    async def free_announce(request: web.Request) -> web.Response:
+        return web.Response(body=BARE_ANSWER, content_type="text/plain")
+
+    server.handle_announce = free_announce  # create_app routes /announce to it
+    config = TrackerConfig(listen=f"127.0.0.1:{port}", origin=["http://127.0.0.1:9"])
+    web.run_app(server.create_app(config), host="127.0.0.1", port=port, access_log=None,
+                print=None)  # fmt: skip
+
+
 @contextlib.contextmanager
 def trackers(work: Path, origin: str) -> Iterator[tuple[tuple[str, int], tuple[str, int]]]:
     """``krill tracker`` (memory store) and the bare server: ((url, pid), (url, pid))."""
@@ -108,6 +126,10 @@ async def compare(argv: list[str]) -> None:
         "--middlewares", action="store_true",
         help="also the bare handler behind Krill's latency and request-id middlewares",
     )  # fmt: skip
+    parser.add_argument(
+        "--floor", action="store_true",
+        help="also the tracker's own app with an announce handler that does nothing",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-tracker-") as tmp:
@@ -119,13 +141,15 @@ async def compare(argv: list[str]) -> None:
                 Server("bare-aiohttp", bare, bpid, mix),
             ]
             with contextlib.ExitStack() as stack:
-                if args.middlewares:
+                extras = [("middlewares", "bare+middlewares")] if args.middlewares else []
+                extras += [("floor", "tracker-free-handler")] if args.floor else []
+                for kind, name in extras:
                     port = free_port()
-                    command = [sys.executable, __file__, str(port), "middlewares"]
-                    proc = stack.enter_context(process(command, Path(tmp) / "bare-mw.log"))
+                    command = [sys.executable, __file__, str(port), kind]
+                    proc = stack.enter_context(process(command, Path(tmp) / f"{kind}.log"))
                     url = f"http://127.0.0.1:{port}"
-                    wait_http(f"{url}/health", proc, timeout=60, name="bare + middlewares")
-                    servers.append(Server("bare+middlewares", url, proc.pid, mix))
+                    wait_http(f"{url}/health", proc, timeout=60, name=name)
+                    servers.append(Server(name, url, proc.pid, mix))
                 await measure(servers, levels, args.requests, args.rounds)
                 print(
                     f"{args.requests} requests per round, {args.rounds} rounds per level; "
@@ -136,6 +160,9 @@ async def compare(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] and sys.argv[1].isdigit():
-        serve_bare_announce(int(sys.argv[1]), middlewares=sys.argv[2:3] == ["middlewares"])
+        if sys.argv[2:3] == ["floor"]:
+            serve_tracker_floor(int(sys.argv[1]))
+        else:
+            serve_bare_announce(int(sys.argv[1]), middlewares=sys.argv[2:3] == ["middlewares"])
     else:
         asyncio.run(compare(sys.argv[1:]))
