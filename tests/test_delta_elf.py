@@ -182,8 +182,8 @@ def test_aarch64_adrp_pairs_beat_adrp_alone() -> None:
         assert elf.patch(base, side, hdiff.diff(norm_base, norm_target), len(target)) == target
         sizes[version] = len(zstd_literal(side + hdiff.diff(norm_base, norm_target), 19))
     assert sizes[3] <= sizes[2] < 0.7 * sizes[1], sizes
-    with pytest.raises(ValueError, match="version 4"):
-        _goflate.elf_base(base, 4)
+    with pytest.raises(ValueError, match="version 5"):
+        _goflate.elf_base(base, 5)
 
 
 def test_the_base_normalization_is_the_encoders() -> None:
@@ -240,16 +240,20 @@ def _eh_frame_hdr(image: bytes) -> tuple[int, int]:
     raise AssertionError("no PT_GNU_EH_FRAME")
 
 
-def test_eh_frame_fields_shrink_the_diff(x86_pairs: dict[str, tuple[bytes, bytes]]) -> None:
-    """Side data version 3 labels .eh_frame_hdr's table and FDE pc_begin fields too."""
-    base, target = x86_pairs["unstripped"]
+@pytest.mark.parametrize("kind", ["stripped", "unstripped"])
+def test_eh_frame_and_symbol_fields_shrink_the_diff(
+    x86_pairs: dict[str, tuple[bytes, bytes]], kind: str
+) -> None:
+    """Side data version 3 labels .eh_frame_hdr's table and FDE pc_begin fields too, version 4
+    CIE pointers and symbol values."""
+    base, target = x86_pairs[kind]
     sizes = {}
-    for version in (2, 3):
+    for version in (2, 3, 4):
         norm_base, norm_target, side = _goflate.elf_encode(base, target, version)
         raw = hdiff.diff(norm_base, norm_target)
         assert elf.patch(base, side, raw, len(target)) == target
         sizes[version] = len(zstd_literal(side + raw, 19))
-    assert sizes[3] < sizes[2], sizes
+    assert sizes[4] < sizes[3] < sizes[2], sizes
 
 
 def test_mangled_eh_frames_round_trip(x86_pairs: dict[str, tuple[bytes, bytes]]) -> None:

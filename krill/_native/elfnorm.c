@@ -16,7 +16,8 @@
  *            aarch64 B/BL imm26 and ADRP imm21 in SHF_EXECINSTR sections, an ADRP
  *            with the ADD/LDR/STR holding its low 12 bits as one field (side v2);
  *            r_offset of every SHT_RELA entry, r_addend of RELATIVE ones;
- *            .eh_frame_hdr's table and each FDE's pc_begin (side v3);
+ *            .eh_frame_hdr's table and each FDE's pc_begin (side v3), CIE pointers
+ *            and symbol values (side v4);
  *   phase 2: the 8-byte slot each RELATIVE relocation points at.
  * Their positions depend only on bytes the transform never changes (opcode
  * bits, r_info, headers), so the inverse finds them again in the normalized
@@ -36,17 +37,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { K_X86 = 1, K_B26 = 2, K_ADRP = 3, K_ABS64 = 4, K_APAIR = 5, K_EHPC = 6, K_EHLOC = 7, K_EHFDE = 8 };
+enum { K_X86 = 1, K_B26 = 2, K_ADRP = 3, K_ABS64 = 4, K_APAIR = 5, K_EHPC = 6, K_EHLOC = 7, K_EHFDE = 8,
+       K_EHCIE = 9 };
 /* K_EH*: 32-bit fields relative to `va` like K_X86 with tail 0 (.eh_frame FDE pc_begin,
  * .eh_frame_hdr's table entries); their own kinds only for the matching contexts. */
-#define IS_REL32(k) ((k) == K_X86 || (k) >= K_EHPC)
 #define A64_REACH 8 /* how many words after an ADRP its ADD/LDR/STR is looked for */
 #define MAX_SPANS 1024
 #define MAX_LOADS 64
 /* Side data versions: 1 (format 3) reads an ADRP alone (its page is the label); 2 (format 4)
  * pairs it with the ADD/LDR/STR carrying its low 12 bits (the full address is the label);
- * 3 (format 4) also reads .eh_frame_hdr's table and .eh_frame's FDE pc_begin fields. */
-#define SIDE_VERSION 3
+ * 3 (format 4) also reads .eh_frame_hdr's table and .eh_frame's FDE pc_begin fields; 4 (format
+ * 4) also symbol values (.dynsym, .symtab) and .eh_frame's CIE pointers. */
+#define SIDE_VERSION 4
 
 typedef struct {
     uint64_t off, size, addr;
@@ -60,6 +62,8 @@ typedef struct {
     int nexec;
     Span rela[MAX_SPANS];
     int nrela;
+    Span sym[MAX_SPANS]; /* SHT_SYMTAB, SHT_DYNSYM */
+    int nsym;
     Span load[MAX_LOADS]; /* off, filesz, vaddr */
     Span ehhdr;           /* PT_GNU_EH_FRAME: off, filesz, vaddr (size 0: none) */
     int nload;
@@ -143,10 +147,12 @@ static void parse(Elf *e, const uint8_t *b, size_t n) {
             Span s = {off, size, addr};
             if ((flags & 4) && e->nexec < MAX_SPANS) e->exec[e->nexec++] = s;
             else if (type == 4 && entsize == 24 && e->nrela < MAX_SPANS) e->rela[e->nrela++] = s;
+            else if ((type == 2 || type == 11) && entsize == 24 && e->nsym < MAX_SPANS) e->sym[e->nsym++] = s;
         }
     }
     e->nexec = disjoint(e->exec, e->nexec);
     e->nrela = disjoint(e->rela, e->nrela);
+    e->nsym = disjoint(e->sym, e->nsym);
 }
 
 static int relative_type(const Elf *e, uint32_t type) {
@@ -183,6 +189,7 @@ struct Scan {
     void *state;
     int pairs; /* side version >= 2: ADRP+ADD/LDR/STR pairs */
     int eh;    /* side version >= 3: .eh_frame_hdr and .eh_frame */
+    int syms;  /* side version >= 4: symbol values, CIE pointers */
     uint64_t hint;
 };
 
@@ -233,6 +240,7 @@ static int a64_user(const uint8_t *cover, const uint8_t *buf, uint64_t pos, uint
 }
 
 static int scan_eh(Scan *s, const uint8_t *buf);
+static int scan_syms(Scan *s, const uint8_t *buf);
 
 static int scan_phase1(Scan *s, const uint8_t *buf) {
     const Elf *e = s->e;
@@ -274,7 +282,7 @@ static int scan_phase1(Scan *s, const uint8_t *buf) {
             if (relative_type(e, type) && emit(s, buf, p + 16, K_ABS64, 8, 0, 0) < 0) return -1;
         }
     }
-    return scan_eh(s, buf);
+    return scan_eh(s, buf) < 0 ? -1 : scan_syms(s, buf);
 }
 
 /* ---- .eh_frame_hdr and .eh_frame (DWARF call frame info, one FDE per function) ---------- */
@@ -339,12 +347,27 @@ static int scan_eh(Scan *s, const uint8_t *buf) {
     uint64_t avail = 0, start = va_offset(e, eh_va, 8, &avail);
     if (start == UINT64_MAX) return 0;
     for (uint64_t pos = start, end = start + avail; end - pos >= 16;) {
-        uint32_t len = rd32(buf + pos), id = rd32(buf + pos + 4);
+            uint32_t len = rd32(buf + pos);
         if (len < 12 || len > end - pos - 4) break;
+        if (s->syms && emit_eh(s, buf, pos + 4, K_EHCIE, eh_va + (pos + 4 - start), pos) < 0) return -1;
+        uint32_t id = rd32(buf + pos + 4); /* read once restored */
         if (id && id <= pos + 4 - start && cie_fde_encoding(buf, pos + 4 - id, end) == 0x1B &&
             emit_eh(s, buf, pos + 8, K_EHPC, eh_va + (pos + 8 - start), pos) < 0)
             return -1;
         pos += 4 + (uint64_t)len;
+    }
+    return 0;
+}
+
+/* st_value of every symbol defined in a section (function and object addresses). */
+static int scan_syms(Scan *s, const uint8_t *buf) {
+    const Elf *e = s->e;
+    for (int i = 0; s->syms && i < e->nsym; i++) {
+        const Span *y = &e->sym[i];
+        for (uint64_t p = y->off; y->off + y->size - p >= 24; p += 24) {
+            unsigned shndx = rd16(buf + p + 6);
+            if (shndx && shndx < 0xFF00 && emit(s, buf, p + 8, K_ABS64, 8, 0, 0) < 0) return -1;
+        }
     }
     return 0;
 }
@@ -381,6 +404,7 @@ static uint64_t field_addr(const uint8_t *p, int kind, int tail, uint64_t va) {
         uint64_t imm = ((w >> 5) & 0x7FFFF) << 2 | ((w >> 29) & 3);
         return (va & ~0xFFFull) + (uint64_t)(sext(imm, 21) * 4096);
     }
+    case K_EHCIE: return va - w;
     case K_APAIR: {
         uint32_t u = rd32(p + 4 * tail);
         return field_addr(p, K_ADRP, 0, va) + ((uint64_t)((u >> 10) & 0xFFF) << a64_lo12_scale(u));
@@ -399,7 +423,7 @@ static void put_index(uint8_t *p, int kind, int tail, uint64_t idx) {
     uint32_t w = rd32(p);
     if (kind == K_APAIR) wr32(p + 4 * tail, rd32(p + 4 * tail) & ~(0xFFFu << 10));
     switch (kind) {
-    case K_X86: case K_EHPC: case K_EHLOC: case K_EHFDE: wr32(p, (uint32_t)idx); break;
+    case K_X86: case K_EHPC: case K_EHLOC: case K_EHFDE: case K_EHCIE: wr32(p, (uint32_t)idx); break;
     case K_B26: wr32(p, (w & 0xFC000000u) | (uint32_t)idx); break;
     case K_ADRP: /* fall through */
     case K_APAIR: wr32(p, (w & 0x9F00001Fu) | (uint32_t)(idx & 3) << 29 | (uint32_t)(idx >> 2) << 5); break;
@@ -410,7 +434,7 @@ static void put_index(uint8_t *p, int kind, int tail, uint64_t idx) {
 static uint64_t get_index(const uint8_t *p, int kind) {
     uint32_t w = rd32(p);
     switch (kind) {
-    case K_X86: case K_EHPC: case K_EHLOC: case K_EHFDE: return w;
+    case K_X86: case K_EHPC: case K_EHLOC: case K_EHFDE: case K_EHCIE: return w;
     case K_B26: return w & 0x3FFFFFF;
     case K_ADRP: /* fall through */
     case K_APAIR: return ((w >> 5) & 0x7FFFF) << 2 | ((w >> 29) & 3);
@@ -441,6 +465,10 @@ static int put_addr(uint8_t *p, int kind, int tail, uint64_t va, uint64_t addr) 
         wr32(p, (w & 0x9F00001Fu) | (imm & 3) << 29 | (imm >> 2) << 5);
         return 0;
     }
+    case K_EHCIE:
+        if (va - addr > UINT32_MAX) return -1;
+        wr32(p, (uint32_t)(va - addr));
+        return 0;
     case K_APAIR: {
         uint32_t u = rd32(p + 4 * tail);
         int scale = a64_lo12_scale(u);
@@ -532,7 +560,7 @@ static int candidates(Elf *e, const uint8_t *b, size_t n, CandList *c, int with_
     if (!e->machine) return 0;
     uint8_t *cover = calloc(n / 8 + 1, 1);
     if (!cover) return -1;
-    Scan s = {e, cover, collect, c, version >= 2, version >= 3, UINT64_MAX};
+    Scan s = {e, cover, collect, c, version >= 2, version >= 3, version >= 4, UINT64_MAX};
     int rc = scan_phase1(&s, b);
     c->nphase1 = c->n;
     if (rc == 0) rc = scan_phase2(&s, b);
@@ -978,7 +1006,7 @@ static const char *restore(uint8_t *out, size_t n, const uint8_t *side, size_t s
     if (!err) {
         parse(e, out, n);
         Restore r = {out, mask, ncand, 0, table, ntable, NULL};
-        Scan s = {e, cover, restore_field, &r, version >= 2, version >= 3, UINT64_MAX};
+        Scan s = {e, cover, restore_field, &r, version >= 2, version >= 3, version >= 4, UINT64_MAX};
         if (e->machine && scan_phase1(&s, out) == 0) {
             if (r.at != n1) r.error = "the ELF file's fields do not match the delta's mask";
             else scan_phase2(&s, out);

@@ -23,9 +23,9 @@ from typing import Any, BinaryIO, NoReturn
 from krill.digests import Digest, DigestError
 
 MAGIC = b"KRLDELTA"
-# Version 2 added OP_HDIFF, version 3 OP_ELF, version 4 OP_ELF side data versions 2-3 (aarch64
-# ADRP+ADD/LDR/STR pairs, .eh_frame: a version-3 reader would misapply them); older deltas
-# are still read.
+# Version 2 added OP_HDIFF, version 3 OP_ELF, version 4 OP_ELF side data versions 2-4 (aarch64
+# ADRP+ADD/LDR/STR pairs, .eh_frame, symbols: a version-3 reader would misapply them); older
+# deltas are still read.
 VERSION = 4
 FORMAT_NAME = "krill-delta/4"
 FORMAT_NAMES = {1: "krill-delta/1", 2: "krill-delta/2", 3: "krill-delta/3", 4: "krill-delta/4"}
