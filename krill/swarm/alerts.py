@@ -98,14 +98,20 @@ class AlertHandlers:
         )
 
     def _torrent_of(self, alert: lt.torrent_alert) -> Torrent | None:
-        return self._torrents.get(str(alert.handle.info_hashes().v1))
+        """The alert's torrent, found by its name (see ``TorrentTable.info_hash_named``)."""
+        info_hash = self._torrents.info_hash_named(alert.torrent_name)
+        return None if info_hash is None else self._torrents.get(info_hash)
 
     def _piece_finished(self, alert: lt.piece_finished_alert) -> None:
-        torrent = self._torrent_of(alert)
+        # One per piece of every download: the cheapest lookup (the name, not the handle).
+        info_hash = self._torrents.info_hash_named(alert.torrent_name)
+        if info_hash is None:
+            return
+        torrent = self._torrents.get(info_hash)
         if torrent is not None and torrent.download is not None:
             torrent.download.piece_verified(int(alert.piece_index))
             if torrent.download.all_verified:
-                self._engine.publish(str(alert.handle.info_hashes().v1))
+                self._engine.publish(info_hash)
 
     def _torrent_finished(self, alert: lt.torrent_finished_alert) -> None:
         # "Finished" means every piece libtorrent *wants*: pieces the origin feed

@@ -84,10 +84,17 @@ class TorrentTable:
         self._clock = clock
         self._removal_begun = removal_begun
         self._torrents: dict[str, Torrent] = {}
+        # Infohash by torrent name: every Krill torrent is named after its blob's hex
+        # digest (``check_metainfo``), and an alert carries the name as a plain string
+        # (``alert.torrent_name``, ~3 us) where the infohash takes a handle, its hashes
+        # and a hex conversion (~16 us): a piece alert per piece, so per byte.
+        self._names: dict[str, str] = {}
         self._removals: dict[str, asyncio.Future[None]] = {}
         # The torrent with this infohash, if any: the dict's own ``get`` (no Python
         # frame), since every piece alert and every fed piece looks its torrent up.
         self.get: Callable[[str], Torrent | None] = self._torrents.get
+        # The infohash of the torrent with this name (a blob's hex digest), if any.
+        self.info_hash_named: Callable[[str], str | None] = self._names.get
 
     def __len__(self) -> int:
         return len(self._torrents)
@@ -104,6 +111,7 @@ class TorrentTable:
 
     def add(self, info_hash: str, torrent: Torrent) -> None:
         self._torrents[info_hash] = torrent
+        self._names[torrent.digest.hex] = info_hash
 
     def seeded(self, digest: Digest) -> Torrent | None:
         """The torrent seeding ``digest`` from the store, if any."""
@@ -144,6 +152,8 @@ class TorrentTable:
         Synchronous, so nobody can find (and rely on) a torrent that is about to go.
         """
         torrent = self._torrents.pop(info_hash, None)
+        if torrent is not None and self._names.get(torrent.digest.hex) == info_hash:
+            del self._names[torrent.digest.hex]
         if torrent is None or self.session is None:
             return None
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -183,6 +193,7 @@ class TorrentTable:
             for torrent in self._torrents.values():
                 self.session.remove_torrent(torrent.handle)
         self._torrents.clear()
+        self._names.clear()
 
 
 class TorrentLink:
