@@ -241,8 +241,15 @@ def session_settings(settings: SwarmSettings) -> lt.settings_pack:
         # Disk threads: one blob's writes go to the page cache and are cheap; the
         # default of 10 threads per process mostly adds context switches (a node
         # runs one engine; 16 nodes on one 2-core host spent ~10 % of the CPU
-        # waking threads in the herd benchmark).
-        "aio_threads": 2,
+        # waking threads in the herd benchmark). An agent writes one blob at a time
+        # and hashes each piece from the buffers it is about to write: one thread
+        # does both (hashing_threads 0 puts hash jobs on the disk thread), which
+        # saves hand-offs between threads per piece (scripts/bench-herd N=16, four
+        # alternated runs: 10.8 -> 9.4 agent CPU-s per GiB; docs/profile-agent.md).
+        # An origin reads many blobs for many peers from a real disk: its reads keep
+        # two threads, and hashing its own.
+        "aio_threads": 2 if settings.origin else 1,
+        "hashing_threads": 1 if settings.origin else 0,
         "upload_rate_limit": settings.upload_rate_limit,
         "download_rate_limit": settings.download_rate_limit,
         # Rate limits apply to local (LAN) peers too; in a cluster every peer is local.
