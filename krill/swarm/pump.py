@@ -36,10 +36,15 @@ _TICK_SECONDS = 1.0
 # and asks for cache flushes a streaming reader waits for, so shorter while one waits.
 # (Real time, not the engine's clock: it is how often libtorrent is looked at.)
 _ALERT_WAIT_SECONDS = 0.2
-_ALERT_WAIT_READERS_SECONDS = 0.02
+_ALERT_WAIT_READERS_SECONDS = 0.05
 # At most this often the pump handles a batch of alerts (see the module doc). A
-# streaming reader learns of new bytes at most this much later.
-_MIN_ALERT_BATCH_SECONDS = 0.025
+# streaming reader learns of new bytes at most this much later, which costs a pull
+# nothing: the end is not batched (``urgent``) and the reader's lag leaves by
+# sendfile at loopback speed. Each batch costs the loop more than its alerts (the
+# pause, the bell, housekeeping, the reader it wakes): 25 ms here and a flush for
+# readers every 50 ms (download._MIN_FLUSH_INTERVAL) cost 16 agents 2.8 CPU-s per
+# GiB pulled in their event loops, 100 ms and 250 ms 2.0 (docs/profile-agent.md).
+_MIN_ALERT_BATCH_SECONDS = 0.1
 
 
 class AlertPump:
