@@ -21,7 +21,11 @@ more disappears by itself.
 
 The memory store has no TTL to lean on, so the server runs ``sweep``
 periodically (``sweep_interval``): without it a swarm nobody announces to
-again would stay in memory, and in the swarm count, forever.
+again would stay in memory, and in the swarm count, forever. It keeps each
+swarm's ``SwarmView`` (counts and packed handout, ``krill.tracker.swarmview``)
+until the swarm changes, and scans a swarm for expired peers only once the
+earliest expiry it knows of has passed. ``record`` is the announce path:
+upsert and view in one call (for Redis, one script and one round trip).
 """
 
 from __future__ import annotations

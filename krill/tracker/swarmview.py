@@ -10,8 +10,8 @@ each group's BEP 23 / BEP 7 compact bytes, packed once. An announce that gets
 a whole group (a swarm no bigger than ``numwant``, the usual case) cuts the
 asking peer's 6 or 18 bytes out and rotates the rest at a random peer:
 slicing bytes, where choosing, packing and joining 32 peers one by one was a
-fifth of an announce's CPU (docs/benchmarks.md, "Announces from a cached
-swarm view"). A group bigger than what is wanted is sampled peer by peer as
+fifth of the announce handler's time (docs/benchmarks.md, "Announces from a
+cached swarm view"). A group bigger than what is wanted is sampled peer by peer as
 ``choose_peers`` does.
 
 The policy is ``announce.choose_peers``'s (tests/test_tracker_swarmview.py
