@@ -62,6 +62,30 @@ async def test_expired_peers_are_cleaned_out_of_redis(redis_url: str) -> None:
         await client.aclose()
 
 
+async def test_foreign_fields_with_newlines_are_read_and_cleaned_up(redis_url: str) -> None:
+    """A swarm comes back from Redis as one newline-joined string; a field or value holding a
+    newline (written by something else in the database) must not shift the others."""
+    store = RedisPeerStore(redis_url)
+    client = aioredis.Redis.from_url(redis_url)
+    key = RedisPeerStore.PREFIX + INFO_HASH.hex()
+    try:
+        seeder = PeerEntry("127.0.0.1", 7001, True, False, time.time() + 60)
+        await store.upsert(INFO_HASH, seeder, 60)
+        await client.hset(key, "odd\nfield", "1|0|0")
+        await client.hset(key, "127.0.0.1|7002", "later\n|0|0")
+        view = await store.record(
+            INFO_HASH, PeerEntry("127.0.0.1", 7003, False, False, time.time() + 60), 60
+        )
+        assert sorted(p.port for p in view.peers) == [7001, 7003]
+        assert (view.seeders, view.leechers) == (1, 1)
+        assert sorted(await client.hkeys(key)) == [b"127.0.0.1|7001", b"127.0.0.1|7003"]
+        # Without them, the joined reply again.
+        assert sorted(p.port for p in await store.peers(INFO_HASH)) == [7001, 7003]
+    finally:
+        await store.close()
+        await client.aclose()
+
+
 async def test_each_swarm_key_expires_by_itself(redis_url: str) -> None:
     """The key TTL is what forgets a swarm nobody announces to (Redis has no sweep)."""
     async with (
