@@ -31,12 +31,12 @@ import itertools
 import os
 import zlib
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 __all__ = [
     "LOOKAHEAD",
@@ -48,7 +48,10 @@ __all__ = [
     "RestartError",
     "RestartPoint",
     "Segment",
+    "SegmentBits",
+    "SegmentedWriter",
     "parse_restarts",
+    "prove_points",
     "prove_restarts",
     "segments",
 ]
@@ -143,17 +146,31 @@ def _parse_point(item: object) -> RestartPoint:
     return point
 
 
+class Point(Protocol):
+    """What segments, proofs and the parallel writer need of any family's restart point."""
+
+    @property
+    def in_off(self) -> int: ...
+    @property
+    def bit_off(self) -> int: ...
+    @property
+    def base(self) -> int: ...
+
+
+P = TypeVar("P", bound=Point)
+
+
 @dataclass(frozen=True, slots=True)
-class Segment:
+class Segment(Generic[P]):
     """The stream between two restart points (None: its beginning, its end)."""
 
-    start: RestartPoint | None
-    stop: RestartPoint | None
+    start: P | None
+    stop: P | None
 
-    def input_range(self, tar_size: int) -> tuple[int, int]:
+    def input_range(self, tar_size: int, lookahead: int = LOOKAHEAD) -> tuple[int, int]:
         """The tar bytes its encoder reads: its window's start to its end plus lookahead."""
         lo = self.start.base if self.start else 0
-        hi = tar_size if self.stop is None else min(tar_size, self.stop.in_off + LOOKAHEAD)
+        hi = tar_size if self.stop is None else min(tar_size, self.stop.in_off + lookahead)
         return lo, hi
 
     @property
@@ -162,8 +179,8 @@ class Segment:
         return self.start.bit_off >> 3 if self.start else 0
 
 
-def segments(points: Sequence[RestartPoint]) -> list[Segment]:
-    bounds: list[RestartPoint | None] = [None, *points, None]
+def segments(points: Sequence[P]) -> list[Segment[P]]:
+    bounds: list[P | None] = [None, *points, None]
     return [Segment(a, b) for a, b in itertools.pairwise(bounds)]
 
 
@@ -178,7 +195,7 @@ class SegmentBits:
     reached: bool  # the encoder stopped at the stop point's input offset (or the end)
 
 
-def compress_segment(level: int, segment: Segment, data: bytes) -> SegmentBits:
+def compress_segment(level: int, segment: Segment[RestartPoint], data: bytes) -> SegmentBits:
     """``data`` is the tar from ``segment.input_range``'s start (to its end, or shorter)."""
     lo = segment.start.base if segment.start else 0
     start = segment.start.start() if segment.start else None
@@ -191,7 +208,7 @@ def compress_segment(level: int, segment: Segment, data: bytes) -> SegmentBits:
     return SegmentBits(out, nbits, lead, reached)
 
 
-def ends_where_planned(segment: Segment, bits: SegmentBits) -> bool:
+def ends_where_planned(segment: Segment[RestartPoint], bits: SegmentBits) -> bool:
     """The encoder stopped at the stop point's input offset, at its bit offset."""
     stop = segment.stop
     return bits.reached and (stop is None or segment.byte_off * 8 + bits.nbits == stop.bit_off)
@@ -224,12 +241,10 @@ def prove_restarts(
     range; the loop ends because a segment from the stream's beginning is the
     sequential run itself. ``deflate_offset``: the gzip header's length.
     """
-    kept = list(points)
-    proven: set[Segment] = set()
     tar_size = tar.stat().st_size
-    with open(tar, "rb") as t, open(blob, "rb") as b, ThreadPoolExecutor(max(1, workers)) as pool:
+    with open(tar, "rb") as t, open(blob, "rb") as b:
 
-        def verdict(segment: Segment) -> Proof:
+        def verdict(segment: Segment[RestartPoint]) -> Proof:
             lo, hi = segment.input_range(tar_size)
             try:
                 bits = compress_segment(level, segment, os.pread(t.fileno(), hi - lo, lo))
@@ -240,6 +255,21 @@ def prove_restarts(
                 return Proof.START_WRONG if segment.start else Proof.STOP_WRONG
             return Proof.REPRODUCED if ends_where_planned(segment, bits) else Proof.STOP_WRONG
 
+        return prove_points(points, verdict, workers)
+
+
+def prove_points(
+    points: Sequence[P], verdict: Callable[[Segment[P]], Proof], workers: int
+) -> tuple[P, ...]:
+    """The points left once every segment between them is ``REPRODUCED`` (``verdict``).
+
+    Each failed segment drops the point it blames (its start, or its stop when
+    its start is the stream's beginning or its bits were right but ended
+    elsewhere), and the merged segments are judged again, on ``workers`` threads.
+    """
+    kept = list(points)
+    proven: set[Segment[P]] = set()
+    with ThreadPoolExecutor(max(1, workers)) as pool:
         while True:
             todo = [s for s in segments(kept) if s not in proven]
             verdicts = dict(zip(todo, pool.map(verdict, todo), strict=True))
@@ -251,7 +281,7 @@ def prove_restarts(
             kept = [p for p in kept if p not in wrong]
 
 
-def _blamed(segment: Segment, verdict: Proof) -> RestartPoint | None:
+def _blamed(segment: Segment[P], verdict: Proof) -> P | None:
     return segment.start if verdict is Proof.START_WRONG else segment.stop
 
 
@@ -313,37 +343,37 @@ class _TarWindow:
             self.lo += len(self._chunks.popleft())
 
 
-class ParallelGoGzipWriter:
-    """Go's gzip of the tar fed in, its segments compressed on ``workers`` threads.
+class SegmentedWriter(Generic[P]):
+    """A gzip member of the tar fed in, its segments compressed on ``workers`` threads.
 
-    Same interface and bytes as ``GoGzipWriter``: ``feed`` chunks, then
-    ``finish``. A segment starts once its input (to its end plus
-    ``LOOKAHEAD``) has come; ``feed`` waits for the oldest segment when
-    ``workers`` are busy, so memory stays at a few segments.
+    ``feed`` chunks, then ``finish``, as the sequential writers. A segment
+    starts once its input (to its end plus ``lookahead``) has come; ``feed``
+    waits for the oldest segment when ``workers`` are busy, so memory stays at
+    a few segments. A family says how a segment is compressed (``_compress``)
+    and whether it ended where its stop point said (``_fits``).
     """
 
-    def __init__(
-        self,
-        header: bytes,
-        level: int,
-        points: Sequence[RestartPoint],
-        tar_size: int,
-        workers: int,
-    ) -> None:
-        if level not in PARALLEL_LEVELS:
-            raise RestartError(f"level {level} is compressed in sequence, not from restart points")
+    lookahead = LOOKAHEAD
+
+    def __init__(self, header: bytes, points: Sequence[P], tar_size: int, workers: int) -> None:
         if points and points[-1].in_off >= tar_size:
             raise RestartError("a restart point lies past the end of the tar")
-        self._level = level
         self._tar_size = tar_size
         self._workers = max(1, workers)
-        self._pending: deque[Segment] = deque(segments(points))
-        self._running: deque[tuple[Segment, Future[SegmentBits]]] = deque()
+        self._pending: deque[Segment[P]] = deque(segments(points))
+        self._running: deque[tuple[Segment[P], Future[SegmentBits]]] = deque()
         self._window = _TarWindow()
         self._joiner = _BitJoiner()
-        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="krill-gogzip")
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="krill-gzip")
         self._header = header
         self._crc = 0
+
+    def _compress(self, segment: Segment[P], data: bytes) -> SegmentBits:
+        """``data``: the tar over ``segment.input_range`` (shorter only for the last)."""
+        raise NotImplementedError
+
+    def _fits(self, segment: Segment[P], bits: SegmentBits) -> bool:
+        raise NotImplementedError
 
     def feed(self, data: bytes) -> bytes:
         self._crc = zlib.crc32(data, self._crc)
@@ -376,29 +406,55 @@ class ParallelGoGzipWriter:
         header, self._header = self._header, b""
         return header
 
-    def _ready(self, segment: Segment) -> bool:
+    def _ready(self, segment: Segment[P]) -> bool:
         """Its whole input is here (the last segment waits for ``finish``)."""
         return (
-            segment.stop is not None and segment.input_range(self._tar_size)[1] <= self._window.end
+            segment.stop is not None
+            and segment.input_range(self._tar_size, self.lookahead)[1] <= self._window.end
         )
 
-    def _start(self, segment: Segment, received: int) -> Iterable[bytes]:
+    def _start(self, segment: Segment[P], received: int) -> Iterable[bytes]:
         """Hand a segment to a worker, first waiting for the oldest if all are busy."""
         done = [self._collect()] if len(self._running) >= self._workers else []
-        lo, hi = segment.input_range(self._tar_size)
+        lo, hi = segment.input_range(self._tar_size, self.lookahead)
         data = self._window.read(lo, min(hi, received))
-        job = self._pool.submit(compress_segment, self._level, segment, data)
+        job = self._pool.submit(self._compress, segment, data)
         self._running.append((segment, job))
-        following = self._pending[0].input_range(self._tar_size)[0] if self._pending else hi
+        following = (
+            self._pending[0].input_range(self._tar_size, self.lookahead)[0] if self._pending else hi
+        )
         self._window.forget_before(min(following, hi))
         return done
 
     def _collect(self) -> bytes:
         segment, future = self._running.popleft()
         bits = future.result()
-        if not ends_where_planned(segment, bits):
+        if not self._fits(segment, bits):
             raise RestartError(
                 "a segment did not end at its restart point: the delta's restart points "
                 "do not fit this tar"
             )
         return self._joiner.join(bits)
+
+
+class ParallelGoGzipWriter(SegmentedWriter[RestartPoint]):
+    """Go's gzip from proven restart points: same bytes as ``GoGzipWriter``."""
+
+    def __init__(
+        self,
+        header: bytes,
+        level: int,
+        points: Sequence[RestartPoint],
+        tar_size: int,
+        workers: int,
+    ) -> None:
+        if level not in PARALLEL_LEVELS:
+            raise RestartError(f"level {level} is compressed in sequence, not from restart points")
+        self._level = level
+        super().__init__(header, points, tar_size, workers)
+
+    def _compress(self, segment: Segment[RestartPoint], data: bytes) -> SegmentBits:
+        return compress_segment(self._level, segment, data)
+
+    def _fits(self, segment: Segment[RestartPoint], bits: SegmentBits) -> bool:
+        return ends_where_planned(segment, bits)
