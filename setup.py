@@ -16,6 +16,7 @@ setup(
                 "krill/_native/goflate.c",
                 "krill/_native/elfnorm.c",  # the ELF-aware delta transform
                 "krill/_native/elfx86.c",
+                "krill/_native/zblocks.c",  # deflate block boundaries, for zlib restarts
             ],
             # -O2 as the issue asks; -fno-strict-overflow keeps Go's wrapping int arithmetic
             # from being assumed away where C would call it undefined.

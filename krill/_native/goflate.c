@@ -26,6 +26,7 @@
 #include <stdlib.h>
 
 #include "elfnorm.h"
+#include "zblocks.h"
 
 /* ---- constants (deflate.go, deflatefast.go, huffman_bit_writer.go) ---------------------- */
 
@@ -1475,6 +1476,7 @@ static PyMethodDef goflate_functions[] = {
      "stream; nbits counts them. reached: the segment ended exactly there. The GIL is released while "
      "compressing."},
     ELFNORM_METHODS
+    ZBLOCKS_METHODS
     {NULL, NULL, 0, NULL},
 };
 

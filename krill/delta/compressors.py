@@ -9,21 +9,30 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from krill.delta.gogzip import GoGzipWriter
-from krill.delta.restarts import ParallelGoGzipWriter, RestartError, RestartPoint
+from krill.delta.restarts import (
+    ParallelGoGzipWriter,
+    RestartError,
+    RestartPoint,
+    SegmentedWriter,
+)
+from krill.delta.zlibrestarts import ParallelZlibWriter, ZlibPoint, ZlibSetting
 from krill.delta.zstdlib import zstd
 
 __all__ = [
     "Compressor",
     "GzipGo",
-    "GzipGoParallel",
     "GzipZlib",
     "Identity",
+    "ParallelGzip",
     "RecipeError",
     "Zstd",
+    "gzip_go_parallel",
+    "gzip_zlib_parallel",
 ]
 
 
@@ -75,34 +84,49 @@ class GzipGo(GoGzipWriter, Compressor):
     """Go's gzip (``GoGzipWriter``) as a recipe's compressor."""
 
 
-class GzipGoParallel(ParallelGoGzipWriter, Compressor):
-    """Go's gzip from proven restart points, segments on several threads."""
+class ParallelGzip(Compressor):
+    """A ``SegmentedWriter`` (Go's or zlib's gzip from proven restart points) as a
+    recipe's compressor: its RestartError is the recipe's failure."""
 
-    def __init__(
-        self,
-        header: bytes,
-        level: int,
-        points: Sequence[RestartPoint],
-        tar_size: int,
-        workers: int,
-    ) -> None:
+    def __init__(self, family: str, make: Callable[[], SegmentedWriter[Any]]) -> None:
+        self._family = family
+        with self._errors():
+            self._writer = make()
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
         try:
-            super().__init__(header, level, points, tar_size, workers)
+            yield
         except RestartError as exc:
-            raise RecipeError(f"gzip-go restart points: {exc}") from exc
+            if hasattr(self, "_writer"):
+                self._writer.close()
+            raise RecipeError(f"{self._family} restart points: {exc}") from exc
 
     def feed(self, data: bytes) -> bytes:
-        try:
-            return super().feed(data)
-        except RestartError as exc:
-            self.close()
-            raise RecipeError(f"gzip-go restart points: {exc}") from exc
+        with self._errors():
+            return self._writer.feed(data)
 
     def finish(self) -> bytes:
-        try:
-            return super().finish()
-        except RestartError as exc:
-            raise RecipeError(f"gzip-go restart points: {exc}") from exc
+        with self._errors():
+            return self._writer.finish()
+
+
+def gzip_go_parallel(
+    header: bytes, level: int, points: Sequence[RestartPoint], tar_size: int, workers: int
+) -> ParallelGzip:
+    """Go's gzip from proven restart points, segments on several threads."""
+    return ParallelGzip(
+        "gzip-go", lambda: ParallelGoGzipWriter(header, level, points, tar_size, workers)
+    )
+
+
+def gzip_zlib_parallel(
+    header: bytes, setting: ZlibSetting, points: Sequence[ZlibPoint], tar_size: int, workers: int
+) -> ParallelGzip:
+    """zlib's gzip from proven restart points (levels 4-9), segments on several threads."""
+    return ParallelGzip(
+        "gzip-zlib", lambda: ParallelZlibWriter(header, setting, points, tar_size, workers)
+    )
 
 
 class Zstd(Compressor):

@@ -32,16 +32,25 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
+from krill.delta.blobread import (
+    CHUNK,
+    GZIP_MAGIC,
+    MAX_GZIP_HEADER,
+    blob_kind,
+    gzip_header,
+    iter_tar_chunks,
+)
 from krill.delta.compressors import (
     Compressor,
     GzipGo,
-    GzipGoParallel,
     GzipZlib,
     Identity,
     RecipeError,
     Zstd,
+    gzip_go_parallel,
+    gzip_zlib_parallel,
 )
 from krill.delta.gogzip import (
     GO_LEVELS,
@@ -57,6 +66,13 @@ from krill.delta.restarts import (
     RestartPoint,
     parse_restarts,
     prove_restarts,
+)
+from krill.delta.zlibrestarts import (
+    ZLIB_PARALLEL_LEVELS,
+    ZlibPoint,
+    ZlibSetting,
+    find_zlib_restarts,
+    parse_zlib_restarts,
 )
 from krill.delta.zstdlib import zstd
 
@@ -75,11 +91,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
 PROBE_CHUNK = 1 << 16
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-MAX_GZIP_HEADER = 1 << 20
 ZSTD_VERSION = zstd.zstd_version
 # Compression ratios no stream can exceed (see Recipe.max_tar_size), with a little margin.
 _MAX_DEFLATE_RATIO = 1040
@@ -110,6 +122,7 @@ class Recipe:
             return
         if self.kind == "gzip-zlib":
             _gzip_params(self.params)
+            _zlib_restarts(self.params)
             return
         if self.kind == "gzip-go":
             _go_params(self.params)
@@ -132,13 +145,17 @@ class Recipe:
         if self.kind == "identity":
             return Identity()
         if self.kind == "gzip-zlib":
-            return GzipZlib(*_gzip_params(self.params))
+            header, *setting = _gzip_params(self.params)
+            if workers > 1 and (zpoints := _zlib_restarts(self.params)):
+                zlib_setting = ZlibSetting(*setting)
+                return gzip_zlib_parallel(header, zlib_setting, zpoints, tar_size, workers)
+            return GzipZlib(header, *setting)
         if self.kind == "gzip-go":
             self.check_usable()
             header, level = _go_params(self.params)
             points = _go_restarts(self.params)
             if workers > 1 and points:
-                return GzipGoParallel(header, level, points, tar_size, workers)
+                return gzip_go_parallel(header, level, points, tar_size, workers)
             return GzipGo(header, level)
         if self.kind == "zstd":
             return Zstd(
@@ -171,14 +188,30 @@ class Recipe:
 IDENTITY = Recipe("identity", {})
 
 
-def gzip_recipe(level: int = 6, header: bytes | None = None) -> Recipe:
-    """zlib gzip as Python's gzip module writes it with mtime 0 (the default for convert)."""
+def gzip_recipe(
+    level: int = 6,
+    header: bytes | None = None,
+    *,
+    mem_level: int = 8,
+    strategy: int = 0,
+    restarts: Sequence[ZlibPoint] = (),
+) -> Recipe:
+    """zlib gzip as Python's gzip module writes it with mtime 0 (the default for convert).
+
+    ``restarts``: proven restart points (levels 4-9, krill/delta/zlibrestarts.py); a node
+    that predates them ignores the key and compresses in sequence.
+    """
     if header is None:
         header = gzip.compress(b"", compresslevel=level, mtime=0)[:10]
-    return Recipe(
-        "gzip-zlib",
-        {"level": level, "mem_level": 8, "strategy": 0, "header": header.hex()},
-    )
+    params: dict[str, Any] = {
+        "level": level,
+        "mem_level": mem_level,
+        "strategy": strategy,
+        "header": header.hex(),
+    }
+    if restarts:
+        params["restarts"] = [point.to_json() for point in restarts]
+    return Recipe("gzip-zlib", params)
 
 
 def go_gzip_recipe(
@@ -249,6 +282,18 @@ def _go_restarts(params: dict[str, Any]) -> tuple[RestartPoint, ...]:
     return points
 
 
+def _zlib_restarts(params: dict[str, Any]) -> tuple[ZlibPoint, ...]:
+    if "restarts" not in params:
+        return ()
+    try:
+        points = parse_zlib_restarts(params["restarts"])
+    except RestartError as exc:
+        raise RecipeError(f"bad gzip-zlib recipe: {exc}") from exc
+    if points and int(params["level"]) not in ZLIB_PARALLEL_LEVELS:
+        raise RecipeError("bad gzip-zlib recipe: restart points at a level compressed in sequence")
+    return points
+
+
 def _zstd_options(params: dict[str, Any], tar_size: int) -> dict[Any, int]:
     p = zstd.CompressionParameter
     try:
@@ -264,38 +309,6 @@ def _zstd_options(params: dict[str, Any], tar_size: int) -> dict[Any, int]:
     if not lo <= level <= hi:
         raise RecipeError(f"bad zstd recipe: level {level} outside {lo}..{hi}")
     return options
-
-
-# --- reading blobs --------------------------------------------------------------------------
-
-
-def blob_kind(path: Path) -> str:
-    """'gzip', 'zstd' or 'tar', by magic number."""
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic[:2] == GZIP_MAGIC:
-        return "gzip"
-    if magic == ZSTD_MAGIC:
-        return "zstd"
-    return "tar"
-
-
-def iter_tar_chunks(path: Path) -> Iterator[bytes]:
-    """The uncompressed tar of a layer blob, in chunks (any gzip/zstd is accepted)."""
-    kind = blob_kind(path)
-    with open(path, "rb") as raw:
-        reader: BinaryIO
-        if kind == "gzip":
-            reader = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
-        elif kind == "zstd":
-            reader = zstd.ZstdFile(raw, mode="rb")  # type: ignore[assignment]
-        else:
-            reader = raw
-        try:
-            while chunk := reader.read(CHUNK):
-                yield chunk
-        except (OSError, EOFError, zlib.error, zstd.ZstdError) as exc:
-            raise RecipeError(f"{path.name}: cannot decompress {kind} layer: {exc}") from exc
 
 
 # --- detection ------------------------------------------------------------------------------
@@ -321,6 +334,8 @@ def detect_recipe(
         if _reproduces(blob, tar, compressor):
             if isinstance(compressor, GzipGo) and (points := compressor.restart_points()):
                 recipe = _with_proven_restarts(recipe, points, blob, tar, workers)
+            elif recipe.kind == "gzip-zlib":
+                recipe = _with_zlib_restarts(recipe, blob, tar, workers, restart_every)
             log.info("delta.recipe.detected blob=%s recipe=%s", blob.name, recipe.describe())
             return recipe
     if kind == "gzip":
@@ -362,6 +377,21 @@ def _with_proven_restarts(
     return go_gzip_recipe(level, header, proven)
 
 
+def _with_zlib_restarts(
+    recipe: Recipe, blob: Path, tar: Path, workers: int | None, every: int
+) -> Recipe:
+    """``recipe`` with proven restart points at its levels 4-9 (see zlibrestarts.py)."""
+    header, level, mem_level, strategy = _gzip_params(recipe.params)
+    workers = workers or min(4, os.cpu_count() or 1)
+    setting = ZlibSetting(level, mem_level, strategy)
+    proven, planned = find_zlib_restarts(setting, tar, blob, len(header), workers, every)
+    if len(proven) < planned:
+        log.warning(
+            "delta.recipe.restarts_dropped blob=%s kept=%d of=%d", blob.name, len(proven), planned
+        )
+    return gzip_recipe(level, header, mem_level=mem_level, strategy=strategy, restarts=proven)
+
+
 def _reproduces(blob: Path, tar: Path, compressor: Compressor) -> bool:
     """Run ``compressor`` over ``tar`` and compare to ``blob``, stopping at the first difference."""
     with open(blob, "rb") as expected, open(tar, "rb") as source:
@@ -388,7 +418,7 @@ def _gzip_candidates(blob: Path) -> Iterator[Recipe]:
     Go's default header is also Python gzip's, so a Go-shaped header only puts
     Go's levels first; a wrong candidate costs one chunk either way.
     """
-    header = _gzip_header(blob)
+    header = gzip_header(blob)
     go = [] if missing_reason() else [go_gzip_recipe(lv, header) for lv in candidate_levels(header)]
     if looks_go_made(header):
         yield from go
@@ -410,32 +440,6 @@ def _zlib_candidates(header: bytes) -> Iterator[Recipe]:
             for strategy in (zlib.Z_DEFAULT_STRATEGY, zlib.Z_FILTERED):
                 params = {"level": level, "mem_level": mem_level, "strategy": strategy}
                 yield Recipe("gzip-zlib", {**params, "header": header.hex()})
-
-
-def _gzip_header(blob: Path) -> bytes:
-    """The gzip member header exactly as stored (RFC 1952, with optional fields)."""
-    with open(blob, "rb") as f:
-        head = f.read(MAX_GZIP_HEADER)
-    if len(head) < 10 or head[:3] != b"\x1f\x8b\x08":
-        raise RecipeError("not a deflate gzip stream")
-    flags, pos = head[3], 10
-    if flags & 0xE0:
-        raise RecipeError("gzip header has reserved flags set")
-    if flags & 4:  # FEXTRA
-        if pos + 2 > len(head):
-            raise RecipeError("gzip header truncated")
-        pos += 2 + int.from_bytes(head[pos : pos + 2], "little")
-    for flag in (8, 16):  # FNAME, FCOMMENT: zero-terminated
-        if flags & flag:
-            end = head.find(b"\0", pos)
-            if end < 0:
-                raise RecipeError("gzip header name/comment too long")
-            pos = end + 1
-    if flags & 2:  # FHCRC
-        pos += 2
-    if pos > len(head):
-        raise RecipeError("gzip header truncated")
-    return head[:pos]
 
 
 def _zstd_candidates(blob: Path) -> Iterator[Recipe]:

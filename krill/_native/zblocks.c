@@ -1,0 +1,285 @@
+/*
+ * krill._goflate.deflate_blocks: where each block of a raw deflate stream (RFC 1951)
+ * starts, in bits of the stream and in bytes of its output.
+ *
+ * The origin needs these to cut a zlib-made gzip layer into segments a node can
+ * recompress in parallel (krill/delta/zlibrestarts.py): Python's zlib decompresses
+ * but never says where a block ended. Written for Krill from RFC 1951.
+ *
+ * Only the block structure matters, so nothing is decompressed: literals are
+ * counted, matches add their length (their distance is checked against the
+ * output so far, as an inflater without a preset window would), stored blocks
+ * are skipped. Memory: two 64 KiB decoding tables and the list of blocks.
+ * Every way a stream can be invalid that zlib's inflate refuses is refused
+ * here too (with ValueError), so a bad blob makes no restart points.
+ */
+#include "zblocks.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TABLE_BITS 15
+#define TABLE_SIZE (1u << TABLE_BITS)
+#define SYM_MASK 0x1FFu
+#define LEN_SHIFT 9
+
+typedef struct {
+    const uint8_t *p;
+    size_t n;     /* bytes */
+    uint64_t pos; /* bits consumed */
+} Bits;
+
+typedef struct {
+    uint64_t bit_off;
+    uint64_t out_off;
+    int btype;
+} Block;
+
+typedef struct {
+    Block *items;
+    size_t len, cap;
+} Blocks;
+
+/* The next (at least) 56 bits at pos, least significant first; zeros past the end. */
+static inline uint64_t peek(const Bits *b) {
+    size_t i = (size_t)(b->pos >> 3);
+    uint64_t v = 0;
+    if (i + 8 <= b->n) {
+        for (int k = 0; k < 8; k++) v |= (uint64_t)b->p[i + k] << (8 * k);
+    } else {
+        for (size_t k = 0; i + k < b->n && k < 8; k++) v |= (uint64_t)b->p[i + k] << (8 * k);
+    }
+    return v >> (b->pos & 7);
+}
+
+static inline int overrun(const Bits *b) { return b->pos > (uint64_t)b->n * 8; }
+
+static inline unsigned take(Bits *b, unsigned n) {
+    unsigned v = (unsigned)(peek(b) & ((1u << n) - 1));
+    b->pos += n;
+    return v;
+}
+
+static unsigned reverse(unsigned code, unsigned len) {
+    unsigned r = 0;
+    for (unsigned i = 0; i < len; i++, code >>= 1) r = (r << 1) | (code & 1);
+    return r;
+}
+
+/*
+ * A lookup table over `bits` bits for the canonical code with these lengths:
+ * entry = symbol | length << 9, 0 where no code matches. Refuses (-1) an
+ * oversubscribed code, and an incomplete one unless it has a single 1-bit code
+ * (or none) and is not the code-length code, as zlib's inflate does.
+ */
+static int build(uint16_t *table, unsigned bits, const uint8_t *lens, unsigned n, int is_codes) {
+    unsigned count[16] = {0}, next[16] = {0};
+    for (unsigned s = 0; s < n; s++) count[lens[s]]++;
+    count[0] = 0;
+    unsigned max = 0;
+    for (unsigned l = 1; l <= 15; l++)
+        if (count[l]) max = l;
+    memset(table, 0, sizeof(uint16_t) << bits);
+    if (max == 0) return 0; /* nothing to decode: any use fails */
+    int left = 1;
+    for (unsigned l = 1; l <= 15; l++) {
+        left <<= 1;
+        left -= (int)count[l];
+        if (left < 0) return -1;
+    }
+    if (left > 0 && (is_codes || max != 1)) return -1;
+    unsigned code = 0;
+    for (unsigned l = 1; l <= 15; l++) {
+        code = (code + count[l - 1]) << 1;
+        next[l] = code;
+    }
+    for (unsigned s = 0; s < n; s++) {
+        unsigned l = lens[s];
+        if (!l) continue;
+        if (l > bits) return -1;
+        unsigned r = reverse(next[l]++, l);
+        for (unsigned e = r; e < (1u << bits); e += 1u << l) table[e] = (uint16_t)(s | l << LEN_SHIFT);
+    }
+    return 0;
+}
+
+static inline int decode(Bits *b, const uint16_t *table, unsigned bits, unsigned *sym) {
+    uint16_t e = table[peek(b) & ((1u << bits) - 1)];
+    if (!(e >> LEN_SHIFT)) return -1;
+    b->pos += e >> LEN_SHIFT;
+    *sym = e & SYM_MASK;
+    return 0;
+}
+
+static const uint16_t LEN_BASE[29] = {3,  4,  5,  6,  7,  8,  9,  10, 11,  13,  15,  17,  19,  23, 27,
+                                      31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258};
+static const uint8_t LEN_EXTRA[29] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2,
+                                      2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0};
+static const uint16_t DIST_BASE[30] = {1,    2,    3,    4,    5,    7,     9,     13,    17,  25,
+                                       33,   49,   65,   97,   129,  193,   257,   385,   513, 769,
+                                       1025, 1537, 2049, 3073, 4097, 6145,  8193,  12289, 16385, 24577};
+static const uint8_t DIST_EXTRA[30] = {0, 0, 0, 0, 1, 1, 2, 2,  3,  3,  4,  4,  5,  5,  6,
+                                       6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13};
+static const uint8_t CL_ORDER[19] = {16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15};
+
+typedef struct {
+    uint16_t *lit, *dist;
+    uint64_t out;
+} Scan;
+
+/* The symbols of one fixed or dynamic block, up to its end-of-block code. */
+static const char *codes(Bits *b, Scan *s) {
+    for (;;) {
+        unsigned sym;
+        if (decode(b, s->lit, TABLE_BITS, &sym) < 0) return "invalid literal/length code";
+        if (overrun(b)) return "truncated";
+        if (sym < 256) {
+            s->out++;
+            continue;
+        }
+        if (sym == 256) return NULL;
+        sym -= 257;
+        if (sym >= 29) return "invalid literal/length code";
+        unsigned len = LEN_BASE[sym] + take(b, LEN_EXTRA[sym]);
+        unsigned d;
+        if (decode(b, s->dist, TABLE_BITS, &d) < 0 || d >= 30) return "invalid distance code";
+        uint64_t dist = DIST_BASE[d] + take(b, DIST_EXTRA[d]);
+        if (overrun(b)) return "truncated";
+        if (dist > s->out) return "invalid distance too far back";
+        s->out += len;
+    }
+}
+
+static const char *dynamic_tables(Bits *b, Scan *s) {
+    unsigned nlen = take(b, 5) + 257, ndist = take(b, 5) + 1, ncode = take(b, 4) + 4;
+    if (nlen > 286 || ndist > 30) return "too many length or distance symbols";
+    uint8_t cl[19] = {0}, lens[320] = {0};
+    for (unsigned i = 0; i < ncode; i++) cl[CL_ORDER[i]] = (uint8_t)take(b, 3);
+    if (overrun(b)) return "truncated";
+    uint16_t cltab[1 << 7];
+    if (build(cltab, 7, cl, 19, 1) < 0) return "invalid code lengths set";
+    unsigned have = 0;
+    while (have < nlen + ndist) {
+        unsigned sym;
+        if (decode(b, cltab, 7, &sym) < 0) return "invalid code lengths set";
+        if (sym < 16) {
+            lens[have++] = (uint8_t)sym;
+            continue;
+        }
+        unsigned repeat, value = 0;
+        if (sym == 16) {
+            if (have == 0) return "invalid bit length repeat";
+            value = lens[have - 1];
+            repeat = 3 + take(b, 2);
+        } else if (sym == 17) {
+            repeat = 3 + take(b, 3);
+        } else {
+            repeat = 11 + take(b, 7);
+        }
+        if (have + repeat > nlen + ndist) return "invalid bit length repeat";
+        while (repeat--) lens[have++] = (uint8_t)value;
+    }
+    if (overrun(b)) return "truncated";
+    if (lens[256] == 0) return "invalid code -- missing end-of-block";
+    if (build(s->lit, TABLE_BITS, lens, nlen, 0) < 0) return "invalid literal/lengths set";
+    if (build(s->dist, TABLE_BITS, lens + nlen, ndist, 0) < 0) return "invalid distances set";
+    return NULL;
+}
+
+static void fixed_tables(Scan *s) {
+    uint8_t lens[320];
+    for (int i = 0; i < 144; i++) lens[i] = 8;
+    for (int i = 144; i < 256; i++) lens[i] = 9;
+    for (int i = 256; i < 280; i++) lens[i] = 7;
+    for (int i = 280; i < 288; i++) lens[i] = 8;
+    for (int i = 0; i < 30; i++) lens[288 + i] = 5;
+    build(s->lit, TABLE_BITS, lens, 288, 0);
+    build(s->dist, TABLE_BITS, lens + 288, 30, 0);
+}
+
+static int push(Blocks *out, uint64_t bit_off, uint64_t out_off, int btype) {
+    if (out->len == out->cap) {
+        size_t cap = out->cap ? out->cap * 2 : 256;
+        Block *items = realloc(out->items, cap * sizeof(Block));
+        if (!items) return -1;
+        out->items = items;
+        out->cap = cap;
+    }
+    out->items[out->len++] = (Block){bit_off, out_off, btype};
+    return 0;
+}
+
+/* Every block of the stream, until the final one ends; NULL or the reason it is invalid. */
+static const char *scan(Bits *b, Scan *s, Blocks *out) {
+    int last = 0;
+    while (!last) {
+        uint64_t start = b->pos;
+        last = (int)take(b, 1);
+        int btype = (int)take(b, 2);
+        if (overrun(b)) return "truncated";
+        if (push(out, start, s->out, btype) < 0) return "out of memory";
+        const char *err = NULL;
+        if (btype == 0) {
+            b->pos = (b->pos + 7) & ~(uint64_t)7;
+            unsigned len = take(b, 16), nlen = take(b, 16);
+            if (overrun(b)) return "truncated";
+            if (len != (~nlen & 0xFFFFu)) return "invalid stored block lengths";
+            b->pos += (uint64_t)len * 8;
+            if (overrun(b)) return "truncated";
+            s->out += len;
+        } else if (btype == 1) {
+            fixed_tables(s);
+            err = codes(b, s);
+        } else if (btype == 2) {
+            err = dynamic_tables(b, s);
+            if (!err) err = codes(b, s);
+        } else {
+            return "invalid block type";
+        }
+        if (err) return err;
+    }
+    return NULL;
+}
+
+PyObject *zblocks_scan(PyObject *module, PyObject *args) {
+    (void)module;
+    Py_buffer view;
+    Py_ssize_t offset = 0;
+    if (!PyArg_ParseTuple(args, "y*|n", &view, &offset)) return NULL;
+    if (offset < 0 || offset > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "offset outside the data");
+        return NULL;
+    }
+    Bits b = {(const uint8_t *)view.buf + offset, (size_t)(view.len - offset), 0};
+    Scan s = {malloc(sizeof(uint16_t) * TABLE_SIZE), malloc(sizeof(uint16_t) * TABLE_SIZE), 0};
+    Blocks blocks = {NULL, 0, 0};
+    const char *err = "out of memory";
+    if (s.lit && s.dist) {
+        Py_BEGIN_ALLOW_THREADS;
+        err = scan(&b, &s, &blocks);
+        Py_END_ALLOW_THREADS;
+    }
+    free(s.lit);
+    free(s.dist);
+    PyBuffer_Release(&view);
+    PyObject *list = NULL;
+    if (err) {
+        PyErr_Format(PyExc_ValueError, "invalid deflate stream: %s", err);
+    } else if ((list = PyList_New((Py_ssize_t)blocks.len)) != NULL) {
+        for (size_t i = 0; i < blocks.len; i++) {
+            Block *k = &blocks.items[i];
+            PyObject *t = Py_BuildValue("(KKi)", (unsigned long long)k->bit_off,
+                                        (unsigned long long)k->out_off, k->btype);
+            if (!t) {
+                Py_CLEAR(list);
+                break;
+            }
+            PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+        }
+    }
+    free(blocks.items);
+    if (!list) return NULL;
+    return Py_BuildValue("(NKK)", list, (unsigned long long)b.pos, (unsigned long long)s.out);
+}
