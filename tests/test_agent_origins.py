@@ -22,11 +22,14 @@ import signal
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
 from yarl import URL
 
 from krill.agent.config import AgentConfig
-from krill.agent.origins import OriginSet
+from krill.agent.origins import FailoverOriginClient, OriginSet
 from krill.config import ConfigError
 from krill.digests import Digest
 from krill.rendezvous import owner, rank
@@ -73,6 +76,33 @@ def test_a_failed_origin_goes_last_for_a_while_then_is_tried_first_again() -> No
     origins.failed(ranked[1])
     origins.answered(ranked[1])  # it answered another request meanwhile
     assert origins.ranking(digest) == ranked
+
+
+async def test_manifests_go_to_the_next_replica_when_the_first_listed_is_gone(
+    aiohttp_server: AiohttpServer,
+) -> None:
+    asked: list[str] = []
+
+    async def manifest(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.Response(body=b"{}", content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/v2/{repo:.+}/manifests/{ref}", manifest)
+    server = await aiohttp_server(app)
+    gone = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    alive = str(server.make_url("")).rstrip("/")
+    origins = OriginSet([gone, alive])
+    async with aiohttp.ClientSession() as session:
+        client = FailoverOriginClient(session, origins)
+        url = client.manifest_url("team/app", "v1")
+        assert url.startswith(gone)  # the first listed
+        for _ in range(2):  # the second time, the gone one is not asked first
+            answer = await client.get_bytes(url, limit=1024, what="manifest", ok=200)
+            assert answer.status == 200 and answer.body == b"{}"
+            assert origins.failing() == {gone}
+        assert asked == ["/v2/team/app/manifests/v1"] * 2
+        assert client.manifest_url("team/app", "v1").startswith(alive)
 
 
 async def test_a_service_name_resolves_to_one_url_per_address() -> None:

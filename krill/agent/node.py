@@ -28,7 +28,7 @@ from krill.agent.layers import LayerIndex
 from krill.agent.manifests import Manifest, ManifestCache
 from krill.agent.metrics import AgentMetrics
 from krill.agent.namespaces import NamespaceMap
-from krill.agent.origins import origin_http_source
+from krill.agent.origins import origin_client, origin_http_source, origin_set
 from krill.blobstore import BlobStore
 from krill.nodeauth import keyed_announce_url, load_node_credentials, node_middlewares
 from krill.originclient import OriginClient
@@ -108,7 +108,8 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
         contextlib.AsyncExitStack() as stack,
         asyncio.TaskGroup() as tasks,
     ):
-        origin = OriginClient(session, config.origin)
+        replicas = origin_set(config)
+        origin = origin_client(config, session, replicas)
         engine = await _start_swarm(config, store, stack, session)
         swarm_source = None
         if engine is not None:
@@ -116,7 +117,7 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
 
             tracker = OriginClient(session, config.tracker_base)
             swarm_source = SwarmSource(engine, [tracker, origin])
-        origin_source = origin_http_source(config, session, store, metrics)
+        origin_source = origin_http_source(config, session, store, metrics, replicas)
         fetcher = BlobFetcher(
             cache,
             swarm=swarm_source,

@@ -22,8 +22,9 @@ blob's ranking (``OriginHttpTransfer`` asks ``open_response`` again).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import aiohttp
 from yarl import URL
@@ -34,11 +35,20 @@ from krill.agent.sources import BlobNotFound, OriginHttpSource, SourceUnavailabl
 from krill.blobstore import BlobStore
 from krill.clock import SYSTEM_CLOCK, Clock
 from krill.digests import Digest
-from krill.originclient import OriginClient
+from krill.originclient import Answer, OriginClient
 from krill.rendezvous import rank
 from krill.replicas import resolve_replicas
 
-__all__ = ["REFRESH", "RETRY_AFTER", "OriginSet", "RankedOriginSource", "origin_http_source"]
+__all__ = [
+    "REFRESH",
+    "RETRY_AFTER",
+    "FailoverOriginClient",
+    "OriginSet",
+    "RankedOriginSource",
+    "origin_client",
+    "origin_http_source",
+    "origin_set",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +69,7 @@ class OriginSet:
         retry_after: float = RETRY_AFTER,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self.members = sorted({m.rstrip("/") for m in members})
+        self.members = list(dict.fromkeys(m.rstrip("/") for m in members))  # as listed
         self.dns = dns
         self.retry_after = retry_after
         self._clock = clock
@@ -86,6 +96,11 @@ class OriginSet:
         up = [m for m in ranked if self._down_until.get(m, 0.0) <= now]
         down = sorted((m for m in ranked if m not in up), key=lambda m: self._down_until[m])
         return up + down
+
+    def failing(self) -> set[str]:
+        """The replicas that failed within the last ``retry_after`` seconds."""
+        now = self._clock.monotonic()
+        return {m for m, until in self._down_until.items() if until > now}
 
     def failed(self, member: str) -> None:
         if member not in self._down_until or self._down_until[member] <= self._clock.monotonic():
@@ -174,12 +189,102 @@ class RankedOriginSource(OriginHttpSource):
         raise SourceUnavailable("every origin replica failed: " + "; ".join(errors))
 
 
+class FailoverOriginClient(OriginClient):
+    """Requests that may go to any replica (manifests, tags, metainfo, delta lookups).
+
+    The first replica listed that has not failed lately is asked; one that
+    cannot be reached, times out or answers a 5xx is marked failed (the
+    ``OriginSet`` the blob fallback shares) and the next is asked with the
+    same path, so a pull goes on when the first replica listed is gone.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, origins: OriginSet) -> None:
+        super().__init__(session, origins.members[0])
+        self.origins = origins
+
+    @property
+    def base_url(self) -> str:
+        """The replica asked first now (URLs built from it are sent on to others if need be)."""
+        return self._preferred()[0]
+
+    @base_url.setter
+    def base_url(self, value: str) -> None:
+        """Ignored: the replica list decides (``OriginClient.__init__`` sets it)."""
+
+    def _preferred(self) -> list[str]:
+        up = [m for m in self.origins.members if m not in self.origins.failing()]
+        return up + [m for m in self.origins.members if m not in up]
+
+    async def get_bytes(
+        self,
+        url: str,
+        *,
+        limit: int,
+        what: str,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        ok: int | None = None,
+    ) -> Answer:
+        base = next((m for m in self.origins.members if url.startswith(m + "/")), None)
+        if base is None:  # not one of ours (a full URL from elsewhere): as it is
+            return await super().get_bytes(
+                url, limit=limit, what=what, params=params, headers=headers, ok=ok
+            )
+        path = url[len(base) :]
+        candidates = self._preferred()
+        for position, member in enumerate(candidates):
+            last = position == len(candidates) - 1
+            try:
+                answer = await super().get_bytes(
+                    member + path, limit=limit, what=what, params=params, headers=headers, ok=ok
+                )
+            except (aiohttp.ClientConnectionError, TimeoutError, OSError):
+                self.origins.failed(member)
+                if last:
+                    raise
+                continue
+            except asyncio.CancelledError:  # the caller's deadline ran out on this one
+                self.origins.failed(member)
+                raise
+            if answer.status >= 500 and not last:
+                self.origins.failed(member)
+                continue
+            self.origins.answered(member)
+            return answer
+        raise AssertionError("unreachable: the last candidate returns or raises")
+
+
+def origin_set(config: AgentConfig) -> OriginSet | None:
+    """The replicas to rank, or None for one origin (asked as before)."""
+    if len(config.origins) <= 1 and not config.origin_dns:
+        return None
+    dns = URL(config.origin_dns) if config.origin_dns else None
+    return OriginSet(config.origins, dns)
+
+
+def origin_client(
+    config: AgentConfig, session: aiohttp.ClientSession, origins: OriginSet | None
+) -> OriginClient:
+    """The node's client for what any replica answers: failing over along a static list.
+
+    A Service name (``dns+``) is asked by name: it resolves to every replica,
+    and the connector tries the next address when one refuses.
+    """
+    if origins is None or origins.dns is not None:
+        return OriginClient(session, config.origin)
+    return FailoverOriginClient(session, origins)
+
+
 def origin_http_source(
-    config: AgentConfig, session: aiohttp.ClientSession, store: BlobStore, metrics: AgentMetrics
+    config: AgentConfig,
+    session: aiohttp.ClientSession,
+    store: BlobStore,
+    metrics: AgentMetrics,
+    origins: OriginSet | None,
 ) -> OriginHttpSource:
     """The node's HTTP fallback: one origin as before, or its replicas ranked per blob."""
     on_bytes = metrics.origin_http_bytes.inc
-    if len(config.origins) <= 1 and not config.origin_dns:
+    if origins is None:
         return OriginHttpSource(
             OriginClient(session, config.origin),
             store,
@@ -187,9 +292,8 @@ def origin_http_source(
             resume_attempts=config.origin_resume_attempts,
             on_bytes=on_bytes,
         )
-    dns = URL(config.origin_dns) if config.origin_dns else None
     return RankedOriginSource(
-        OriginSet(config.origins, dns),
+        origins,
         session,
         store,
         primary=config.origin,

@@ -7,8 +7,17 @@ was configured to do without them, so they cannot make it unready.
 
 from __future__ import annotations
 
+import asyncio
+
 from krill.agent.node import AgentNode
-from krill.readiness import Check, Skipped, port_accepts, serves_health, store_writable
+from krill.readiness import (
+    Check,
+    CheckFailed,
+    Skipped,
+    port_accepts,
+    serves_health,
+    store_writable,
+)
 
 __all__ = ["agent_checks"]
 
@@ -23,9 +32,19 @@ def agent_checks(node: AgentNode) -> list[Check]:
 
 
 async def _origin_reachable(node: AgentNode) -> str:
+    """Some origin answers (with several replicas listed, any one of them will do)."""
     if not node.config.origin:
         raise Skipped("no origin configured")
-    return await serves_health(node.session, node.config.origin)
+    urls = node.config.origins if len(node.config.origins) > 1 else [node.config.origin]
+    outcomes = await asyncio.gather(
+        *(serves_health(node.session, url) for url in urls), return_exceptions=True
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, CheckFailed):
+            raise outcome
+    if any(isinstance(outcome, str) for outcome in outcomes):
+        return "; ".join(str(outcome) for outcome in outcomes)
+    raise CheckFailed("; ".join(str(outcome) for outcome in outcomes))
 
 
 async def _tracker_reachable(node: AgentNode) -> str:
