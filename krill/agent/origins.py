@@ -18,6 +18,11 @@ is moved to the end of every ranking for ``RETRY_AFTER`` seconds, so the
 next blobs skip it at once and it is tried again later. A transfer that
 breaks midway resumes with a Range request on the next replica in the
 blob's ranking (``OriginHttpTransfer`` asks ``open_response`` again).
+
+What any replica answers as well (manifests, tags, metainfo, delta lookups)
+goes to the first replica listed that has not failed lately, and on to the
+next when it fails (``FailoverOriginClient``), sharing the same record of
+failures.
 """
 
 from __future__ import annotations
