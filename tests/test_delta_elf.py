@@ -48,13 +48,14 @@ def _c_source(functions: int, inserted: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _build(tmp: Path, name: str, inserted: int, stripped: bool) -> bytes:
+def _build(tmp: Path, name: str, inserted: int, stripped: bool, relr: bool = False) -> bytes:
     src = tmp / f"{name}.c"
     out = tmp / f"{name}.so"
     src.write_text(_c_source(600, inserted))
     # Hidden visibility: calls go straight to the callee, not through the PLT, as in most
     # real libraries' internal code.
     gcc: list[str | Path] = ["gcc", "-O1", "-shared", "-fPIC", "-fvisibility=hidden"]
+    gcc += ["-Wl,-z,pack-relative-relocs"] if relr else []  # .relr.dyn, as glibc's own
     gcc += ["-o", out, src]
     subprocess.run(gcc, check=True)
     if stripped:
@@ -66,9 +67,11 @@ def _build(tmp: Path, name: str, inserted: int, stripped: bool) -> bytes:
 def x86_pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[bytes, bytes]]:
     tmp = tmp_path_factory.mktemp("elf")
     return {
-        kind: (_build(tmp, f"{kind}-a", 0, kind == "stripped"),
-               _build(tmp, f"{kind}-b", 3, kind == "stripped"))
-        for kind in ("stripped", "unstripped")
+        kind: (_build(tmp, f"{kind}-a", 0, kind != "unstripped", kind == "relr"),
+               # relr: enough new code to move .rodata by pages, so every RELR slot changes
+               _build(tmp, f"{kind}-b", 150 if kind == "relr" else 3, kind != "unstripped",
+                      kind == "relr"))
+        for kind in ("stripped", "unstripped", "relr")
     }
 
 
@@ -182,8 +185,8 @@ def test_aarch64_adrp_pairs_beat_adrp_alone() -> None:
         assert elf.patch(base, side, hdiff.diff(norm_base, norm_target), len(target)) == target
         sizes[version] = len(zstd_literal(side + hdiff.diff(norm_base, norm_target), 19))
     assert sizes[3] <= sizes[2] < 0.7 * sizes[1], sizes
-    with pytest.raises(ValueError, match="version 5"):
-        _goflate.elf_base(base, 5)
+    with pytest.raises(ValueError, match="version 6"):
+        _goflate.elf_base(base, 6)
 
 
 def test_the_base_normalization_is_the_encoders() -> None:
@@ -216,7 +219,7 @@ def test_hostile_elf_round_trips_or_is_refused(
     x86_pairs: dict[str, tuple[bytes, bytes]], data: st.DataObject
 ) -> None:
     """Random overwrites of headers, section tables and code: bit-exact or no ELF op."""
-    sources = [_a64_elf(0), _a64_elf(1, 600), *x86_pairs["stripped"]]
+    sources = [_a64_elf(0), _a64_elf(1, 600), *x86_pairs["stripped"], x86_pairs["relr"][1]]
     source = data.draw(st.sampled_from(sources))
     mutated = bytearray(source)
     for _ in range(data.draw(st.integers(1, 8))):
@@ -254,6 +257,19 @@ def test_eh_frame_and_symbol_fields_shrink_the_diff(
         assert elf.patch(base, side, raw, len(target)) == target
         sizes[version] = len(zstd_literal(side + raw, 19))
     assert sizes[4] < sizes[3] < sizes[2], sizes
+
+
+def test_relr_fields_shrink_the_diff(x86_pairs: dict[str, tuple[bytes, bytes]]) -> None:
+    """Side data version 5 reads SHT_RELR: its address entries and the slots it relocates."""
+    base, target = x86_pairs["relr"]
+    assert b".relr.dyn" in target
+    sizes = {}
+    for version in (4, 5):
+        norm_base, norm_target, side = _goflate.elf_encode(base, target, version)
+        raw = hdiff.diff(norm_base, norm_target)
+        assert elf.patch(base, side, raw, len(target)) == target
+        sizes[version] = len(zstd_literal(side + raw, 19))
+    assert sizes[5] < sizes[4], sizes
 
 
 def test_mangled_eh_frames_round_trip(x86_pairs: dict[str, tuple[bytes, bytes]]) -> None:

@@ -17,8 +17,8 @@
  *            with the ADD/LDR/STR holding its low 12 bits as one field (side v2);
  *            r_offset of every SHT_RELA entry, r_addend of RELATIVE ones;
  *            .eh_frame_hdr's table and each FDE's pc_begin (side v3), CIE pointers
- *            and symbol values (side v4);
- *   phase 2: the 8-byte slot each RELATIVE relocation points at.
+ *            and symbol values (side v4); SHT_RELR address entries (side v5);
+ *   phase 2: the 8-byte slot each RELATIVE relocation (and, side v5, SHT_RELR) points at.
  * Their positions depend only on bytes the transform never changes (opcode
  * bits, r_info, headers), so the inverse finds them again in the normalized
  * target (phase 2 after phase 1 is restored). Which candidates were replaced
@@ -38,7 +38,9 @@
 #include <string.h>
 
 enum { K_X86 = 1, K_B26 = 2, K_ADRP = 3, K_ABS64 = 4, K_APAIR = 5, K_EHPC = 6, K_EHLOC = 7, K_EHFDE = 8,
-       K_EHCIE = 9 };
+       K_EHCIE = 9, K_RELR = 10 };
+/* K_RELR: an address entry of SHT_RELR (even; odd entries are bitmaps): its label index is
+ * stored doubled, so the normalized entry stays even and the inverse reads the table alike. */
 /* K_EH*: 32-bit fields relative to `va` like K_X86 with tail 0 (.eh_frame FDE pc_begin,
  * .eh_frame_hdr's table entries); their own kinds only for the matching contexts. */
 #define A64_REACH 8 /* how many words after an ADRP its ADD/LDR/STR is looked for */
@@ -47,8 +49,9 @@ enum { K_X86 = 1, K_B26 = 2, K_ADRP = 3, K_ABS64 = 4, K_APAIR = 5, K_EHPC = 6, K
 /* Side data versions: 1 (format 3) reads an ADRP alone (its page is the label); 2 (format 4)
  * pairs it with the ADD/LDR/STR carrying its low 12 bits (the full address is the label);
  * 3 (format 4) also reads .eh_frame_hdr's table and .eh_frame's FDE pc_begin fields; 4 (format
- * 4) also symbol values (.dynsym, .symtab) and .eh_frame's CIE pointers. */
-#define SIDE_VERSION 4
+ * 4) also symbol values (.dynsym, .symtab) and .eh_frame's CIE pointers; 5 (format 4) also
+ * SHT_RELR address entries and the slots they relocate. */
+#define SIDE_VERSION 5
 
 typedef struct {
     uint64_t off, size, addr;
@@ -64,6 +67,8 @@ typedef struct {
     int nrela;
     Span sym[MAX_SPANS]; /* SHT_SYMTAB, SHT_DYNSYM */
     int nsym;
+    Span relr[MAX_SPANS]; /* SHT_RELR (packed relative relocations) */
+    int nrelr;
     Span load[MAX_LOADS]; /* off, filesz, vaddr */
     Span ehhdr;           /* PT_GNU_EH_FRAME: off, filesz, vaddr (size 0: none) */
     int nload;
@@ -148,11 +153,13 @@ static void parse(Elf *e, const uint8_t *b, size_t n) {
             if ((flags & 4) && e->nexec < MAX_SPANS) e->exec[e->nexec++] = s;
             else if (type == 4 && entsize == 24 && e->nrela < MAX_SPANS) e->rela[e->nrela++] = s;
             else if ((type == 2 || type == 11) && entsize == 24 && e->nsym < MAX_SPANS) e->sym[e->nsym++] = s;
+            else if (type == 19 && entsize == 8 && e->nrelr < MAX_SPANS) e->relr[e->nrelr++] = s;
         }
     }
     e->nexec = disjoint(e->exec, e->nexec);
     e->nrela = disjoint(e->rela, e->nrela);
     e->nsym = disjoint(e->sym, e->nsym);
+    e->nrelr = disjoint(e->relr, e->nrelr);
 }
 
 static int relative_type(const Elf *e, uint32_t type) {
@@ -190,6 +197,7 @@ struct Scan {
     int pairs; /* side version >= 2: ADRP+ADD/LDR/STR pairs */
     int eh;    /* side version >= 3: .eh_frame_hdr and .eh_frame */
     int syms;  /* side version >= 4: symbol values, CIE pointers */
+    int relr;  /* side version >= 5: SHT_RELR */
     uint64_t hint;
 };
 
@@ -369,11 +377,34 @@ static int scan_syms(Scan *s, const uint8_t *buf) {
             if (shndx && shndx < 0xFF00 && emit(s, buf, p + 8, K_ABS64, 8, 0, 0) < 0) return -1;
         }
     }
+    for (int i = 0; s->relr && i < e->nrelr; i++) {
+        const Span *y = &e->relr[i];
+        for (uint64_t p = y->off; y->off + y->size - p >= 8; p += 8)
+            if (!(buf[p] & 1) && emit(s, buf, p, K_RELR, 8, 0, 0) < 0) return -1;
+    }
     return 0;
 }
 
 static int scan_phase2(Scan *s, const uint8_t *buf) {
     const Elf *e = s->e;
+    for (int i = 0; s->relr && i < e->nrelr; i++) { /* the slots SHT_RELR relocates */
+        const Span *y = &e->relr[i];
+        uint64_t next = 0;
+        for (uint64_t p = y->off; y->off + y->size - p >= 8; p += 8) {
+            uint64_t v = rd64(buf + p), slot;
+            if (!(v & 1)) {
+                if ((slot = slot_offset(e, v)) != UINT64_MAX && emit(s, buf, slot, K_ABS64, 8, 0, 0) < 0)
+                    return -1;
+                next = v + 8;
+                continue;
+            }
+            for (int bit = 1; bit < 64; bit++)
+                if ((v >> bit) & 1 && (slot = slot_offset(e, next + 8u * (uint64_t)(bit - 1))) != UINT64_MAX &&
+                    emit(s, buf, slot, K_ABS64, 8, 0, 0) < 0)
+                    return -1;
+            next += 63 * 8;
+        }
+    }
     for (int i = 0; i < e->nrela; i++) {
         const Span *r = &e->rela[i];
         for (uint64_t p = r->off; r->off + r->size - p >= 24; p += 24) {
@@ -405,6 +436,7 @@ static uint64_t field_addr(const uint8_t *p, int kind, int tail, uint64_t va) {
         return (va & ~0xFFFull) + (uint64_t)(sext(imm, 21) * 4096);
     }
     case K_EHCIE: return va - w;
+    case K_RELR: return rd64(p);
     case K_APAIR: {
         uint32_t u = rd32(p + 4 * tail);
         return field_addr(p, K_ADRP, 0, va) + ((uint64_t)((u >> 10) & 0xFFF) << a64_lo12_scale(u));
@@ -423,6 +455,7 @@ static void put_index(uint8_t *p, int kind, int tail, uint64_t idx) {
     uint32_t w = rd32(p);
     if (kind == K_APAIR) wr32(p + 4 * tail, rd32(p + 4 * tail) & ~(0xFFFu << 10));
     switch (kind) {
+    case K_RELR: wr64(p, idx << 1); break;
     case K_X86: case K_EHPC: case K_EHLOC: case K_EHFDE: case K_EHCIE: wr32(p, (uint32_t)idx); break;
     case K_B26: wr32(p, (w & 0xFC000000u) | (uint32_t)idx); break;
     case K_ADRP: /* fall through */
@@ -435,6 +468,7 @@ static uint64_t get_index(const uint8_t *p, int kind) {
     uint32_t w = rd32(p);
     switch (kind) {
     case K_X86: case K_EHPC: case K_EHLOC: case K_EHFDE: case K_EHCIE: return w;
+    case K_RELR: return rd64(p) >> 1;
     case K_B26: return w & 0x3FFFFFF;
     case K_ADRP: /* fall through */
     case K_APAIR: return ((w >> 5) & 0x7FFFF) << 2 | ((w >> 29) & 3);
@@ -465,6 +499,10 @@ static int put_addr(uint8_t *p, int kind, int tail, uint64_t va, uint64_t addr) 
         wr32(p, (w & 0x9F00001Fu) | (imm & 3) << 29 | (imm >> 2) << 5);
         return 0;
     }
+    case K_RELR:
+        if (addr & 1) return -1;
+        wr64(p, addr);
+        return 0;
     case K_EHCIE:
         if (va - addr > UINT32_MAX) return -1;
         wr32(p, (uint32_t)(va - addr));
@@ -560,7 +598,7 @@ static int candidates(Elf *e, const uint8_t *b, size_t n, CandList *c, int with_
     if (!e->machine) return 0;
     uint8_t *cover = calloc(n / 8 + 1, 1);
     if (!cover) return -1;
-    Scan s = {e, cover, collect, c, version >= 2, version >= 3, version >= 4, UINT64_MAX};
+    Scan s = {e, cover, collect, c, version >= 2, version >= 3, version >= 4, version >= 5, UINT64_MAX};
     int rc = scan_phase1(&s, b);
     c->nphase1 = c->n;
     if (rc == 0) rc = scan_phase2(&s, b);
@@ -1006,7 +1044,7 @@ static const char *restore(uint8_t *out, size_t n, const uint8_t *side, size_t s
     if (!err) {
         parse(e, out, n);
         Restore r = {out, mask, ncand, 0, table, ntable, NULL};
-        Scan s = {e, cover, restore_field, &r, version >= 2, version >= 3, version >= 4, UINT64_MAX};
+        Scan s = {e, cover, restore_field, &r, version >= 2, version >= 3, version >= 4, version >= 5, UINT64_MAX};
         if (e->machine && scan_phase1(&s, out) == 0) {
             if (r.at != n1) r.error = "the ELF file's fields do not match the delta's mask";
             else scan_phase2(&s, out);

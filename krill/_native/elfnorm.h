@@ -21,10 +21,10 @@ PyObject *elfnorm_restore(PyObject *module, PyObject *args);
 
 #define ELFNORM_METHODS                                                                          \
     {"elf_base", elfnorm_base, METH_VARARGS,                                                   \
-     "elf_base(base, version=4) -> (normalized, labels): the base's normalization and label "   \
+     "elf_base(base, version=5) -> (normalized, labels): the base's normalization and label "   \
      "addresses (u64 LE each), computed from the base alone, as side data `version` reads it."},                                            \
     {"elf_encode", elfnorm_encode, METH_VARARGS,                                               \
-     "elf_encode(base, target, version=4) -> (norm_base, norm_target, side): the target normalized with "  \
+     "elf_encode(base, target, version=5) -> (norm_base, norm_target, side): the target normalized with "  \
      "labels matched to the base's, and the side data elf_restore needs."},                     \
     {"elf_restore", elfnorm_restore, METH_VARARGS,                                             \
      "elf_restore(norm_target, side, base_labels) -> target; ValueError if they do not fit."},

@@ -30,8 +30,8 @@ __all__ = ["ElfDiff", "ElfError", "available", "diff", "looks_elf", "patch"]
 
 MAGIC = b"\x7fELF\x02\x01"  # ELF64, little-endian: the only layout the transform reads
 # What elf_encode writes (format 4; 2: aarch64 ADRP+ADD/LDR/STR pairs, 3: and .eh_frame,
-# 4: and symbol values); every earlier version is still restored.
-SIDE_VERSION = 4
+# 4: and symbol values, 5: and SHT_RELR); every earlier version is still restored.
+SIDE_VERSION = 5
 
 
 class ElfError(ValueError):

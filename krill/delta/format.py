@@ -23,9 +23,9 @@ from typing import Any, BinaryIO, NoReturn
 from krill.digests import Digest, DigestError
 
 MAGIC = b"KRLDELTA"
-# Version 2 added OP_HDIFF, version 3 OP_ELF, version 4 OP_ELF side data versions 2-4 (aarch64
-# ADRP+ADD/LDR/STR pairs, .eh_frame, symbols: a version-3 reader would misapply them); older
-# deltas are still read.
+# Version 2 added OP_HDIFF, version 3 OP_ELF, version 4 OP_ELF side data versions 2-5 (aarch64
+# ADRP+ADD/LDR/STR pairs, .eh_frame, symbols, RELR: a version-3 reader would misapply
+# them); older deltas are still read.
 VERSION = 4
 FORMAT_NAME = "krill-delta/4"
 FORMAT_NAMES = {1: "krill-delta/1", 2: "krill-delta/2", 3: "krill-delta/3", 4: "krill-delta/4"}
@@ -67,8 +67,15 @@ _HDIFF = struct.Struct(">QIIII")  # base_off, base_len, out_len, raw diff length
 _ELF = struct.Struct(">QIIIII")  # base_off, base_len, out_len, side length, raw diff length, comp
 # The numbers each op carries after its kind byte (OP_END carries none): for tools and tests
 # that take a delta apart.
-OP_FIELDS = {OP_META: _META, OP_COPY: _COPY, OP_ZPREFIX: _ZPREFIX, OP_ZLIT: _ZLIT,
-             OP_BSDIFF: _BSDIFF, OP_HDIFF: _HDIFF, OP_ELF: _ELF}
+OP_FIELDS = {
+    OP_META: _META,
+    OP_COPY: _COPY,
+    OP_ZPREFIX: _ZPREFIX,
+    OP_ZLIT: _ZLIT,
+    OP_BSDIFF: _BSDIFF,
+    OP_HDIFF: _HDIFF,
+    OP_ELF: _ELF,
+}
 
 
 def max_hdiff_raw(out_len: int) -> int:
