@@ -193,9 +193,9 @@ static void fixed_tables(Scan *s) {
     for (int i = 144; i < 256; i++) lens[i] = 9;
     for (int i = 256; i < 280; i++) lens[i] = 7;
     for (int i = 280; i < 288; i++) lens[i] = 8;
-    for (int i = 0; i < 30; i++) lens[288 + i] = 5;
+    for (int i = 0; i < 32; i++) lens[288 + i] = 5; /* 30 and 31 decode, then are refused */
     build(s->lit, TABLE_BITS, lens, 288, 0);
-    build(s->dist, TABLE_BITS, lens + 288, 30, 0);
+    build(s->dist, TABLE_BITS, lens + 288, 32, 0);
 }
 
 static int push(Blocks *out, uint64_t bit_off, uint64_t out_off, int btype) {

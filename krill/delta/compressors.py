@@ -121,11 +121,17 @@ def gzip_go_parallel(
 
 
 def gzip_zlib_parallel(
-    header: bytes, setting: ZlibSetting, points: Sequence[ZlibPoint], tar_size: int, workers: int
+    header: bytes,
+    setting: ZlibSetting,
+    points: Sequence[ZlibPoint],
+    end_bit: int,
+    tar_size: int,
+    workers: int,
 ) -> ParallelGzip:
     """zlib's gzip from proven restart points (levels 4-9), segments on several threads."""
     return ParallelGzip(
-        "gzip-zlib", lambda: ParallelZlibWriter(header, setting, points, tar_size, workers)
+        "gzip-zlib",
+        lambda: ParallelZlibWriter(header, setting, points, end_bit, tar_size, workers),
     )
 
 

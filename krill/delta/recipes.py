@@ -146,9 +146,11 @@ class Recipe:
             return Identity()
         if self.kind == "gzip-zlib":
             header, *setting = _gzip_params(self.params)
-            if workers > 1 and (zpoints := _zlib_restarts(self.params)):
+            zpoints, end_bit = _zlib_restarts(self.params)
+            if workers > 1 and zpoints:
                 zlib_setting = ZlibSetting(*setting)
-                return gzip_zlib_parallel(header, zlib_setting, zpoints, tar_size, workers)
+                args = (header, zlib_setting, zpoints, end_bit, tar_size, workers)
+                return gzip_zlib_parallel(*args)
             return GzipZlib(header, *setting)
         if self.kind == "gzip-go":
             self.check_usable()
@@ -195,11 +197,13 @@ def gzip_recipe(
     mem_level: int = 8,
     strategy: int = 0,
     restarts: Sequence[ZlibPoint] = (),
+    deflate_bits: int = 0,
 ) -> Recipe:
     """zlib gzip as Python's gzip module writes it with mtime 0 (the default for convert).
 
-    ``restarts``: proven restart points (levels 4-9, krill/delta/zlibrestarts.py); a node
-    that predates them ignores the key and compresses in sequence.
+    ``restarts``: proven restart points (levels 4-9, krill/delta/zlibrestarts.py) and
+    ``deflate_bits`` the stream's length; a node that predates them ignores both keys
+    and compresses in sequence.
     """
     if header is None:
         header = gzip.compress(b"", compresslevel=level, mtime=0)[:10]
@@ -211,6 +215,7 @@ def gzip_recipe(
     }
     if restarts:
         params["restarts"] = [point.to_json() for point in restarts]
+        params["deflate_bits"] = deflate_bits
     return Recipe("gzip-zlib", params)
 
 
@@ -282,16 +287,20 @@ def _go_restarts(params: dict[str, Any]) -> tuple[RestartPoint, ...]:
     return points
 
 
-def _zlib_restarts(params: dict[str, Any]) -> tuple[ZlibPoint, ...]:
+def _zlib_restarts(params: dict[str, Any]) -> tuple[tuple[ZlibPoint, ...], int]:
+    """The recipe's restart points and its stream's length in bits (none: ((), 0))."""
     if "restarts" not in params:
-        return ()
+        return (), 0
     try:
         points = parse_zlib_restarts(params["restarts"])
     except RestartError as exc:
         raise RecipeError(f"bad gzip-zlib recipe: {exc}") from exc
+    end_bit = params.get("deflate_bits")
+    if points and (type(end_bit) is not int or not points[-1].bit_off < end_bit < 1 << 53):
+        raise RecipeError("bad gzip-zlib recipe: deflate_bits must follow the last restart point")
     if points and int(params["level"]) not in ZLIB_PARALLEL_LEVELS:
         raise RecipeError("bad gzip-zlib recipe: restart points at a level compressed in sequence")
-    return points
+    return (points, end_bit) if points and type(end_bit) is int else ((), 0)
 
 
 def _zstd_options(params: dict[str, Any], tar_size: int) -> dict[Any, int]:
@@ -384,12 +393,14 @@ def _with_zlib_restarts(
     header, level, mem_level, strategy = _gzip_params(recipe.params)
     workers = workers or min(4, os.cpu_count() or 1)
     setting = ZlibSetting(level, mem_level, strategy)
-    proven, planned = find_zlib_restarts(setting, tar, blob, len(header), workers, every)
+    proven, planned, end_bit = find_zlib_restarts(setting, tar, blob, len(header), workers, every)
     if len(proven) < planned:
         log.warning(
             "delta.recipe.restarts_dropped blob=%s kept=%d of=%d", blob.name, len(proven), planned
         )
-    return gzip_recipe(level, header, mem_level=mem_level, strategy=strategy, restarts=proven)
+    return gzip_recipe(
+        level, header, mem_level=mem_level, strategy=strategy, restarts=proven, deflate_bits=end_bit
+    )
 
 
 def _reproduces(blob: Path, tar: Path, compressor: Compressor) -> bool:

@@ -53,6 +53,7 @@ __all__ = [
     "parse_restarts",
     "prove_points",
     "prove_restarts",
+    "same_bits",
     "segments",
 ]
 
@@ -251,7 +252,7 @@ def prove_restarts(
             except RestartError:  # the start state cannot even be loaded over this window
                 return Proof.START_WRONG
             at = deflate_offset + segment.byte_off
-            if not bits.reached or not _same_bits(bits, os.pread(b.fileno(), len(bits.data), at)):
+            if not bits.reached or not same_bits(bits, os.pread(b.fileno(), len(bits.data), at)):
                 return Proof.START_WRONG if segment.start else Proof.STOP_WRONG
             return Proof.REPRODUCED if ends_where_planned(segment, bits) else Proof.STOP_WRONG
 
@@ -285,7 +286,7 @@ def _blamed(segment: Segment[P], verdict: Proof) -> P | None:
     return segment.start if verdict is Proof.START_WRONG else segment.stop
 
 
-def _same_bits(bits: SegmentBits, expected: bytes) -> bool:
+def same_bits(bits: SegmentBits, expected: bytes) -> bool:
     """Equal, but for the previous segment's bits in the first byte and the padding of the last."""
     if len(expected) != len(bits.data) or not bits.data:
         return False
@@ -314,6 +315,11 @@ class _BitJoiner:
             return data[:-1]
         self._tail = None
         return data
+
+    def rest(self) -> bytes:
+        """The last partial byte (its padding zero), when the last segment ended mid-byte."""
+        tail, self._tail = self._tail, None
+        return b"" if tail is None else bytes([tail])
 
 
 class _TarWindow:
@@ -392,6 +398,7 @@ class SegmentedWriter(Generic[P]):
                 out.extend(self._start(self._pending.popleft(), self._window.end))
             while self._running:
                 out.append(self._collect())
+            out.append(self._joiner.rest())
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
         size = self._window.end & 0xFFFFFFFF

@@ -17,10 +17,12 @@ byte-aligned boundary tried at levels 4, 6 and 9 (memLevel 8 and 9) was
 clean; at level 3 none was (``deflate_fast`` skips positions inside long
 matches), so levels 1-3 stay sequential.
 
-Only byte-aligned boundaries are used (about one block in eight; blocks end
-every ~16 K symbols, 60-200 KB of tar), so segments join as whole bytes. The
-origin finds the boundaries with ``krill._goflate.deflate_blocks``, a block
-scanner that decompresses nothing into memory.
+Blocks end every ~16 K symbols (32 K at memLevel 9), 60-300 KB of tar. A
+segment starting mid-byte is shifted into place and joined as Go's are (one OR
+where two meet); the recipe also records the stream's length in bits
+(``deflate_bits``), so the last segment's end is known too. The origin finds
+the boundaries with ``krill._goflate.deflate_blocks``, a block scanner that
+decompresses nothing into memory.
 
 A segment's encoder gets ``LOOKAHEAD`` bytes past its stop, enough for it to
 pass the stop (zlib matches while 262 bytes are ahead), and is then finished:
@@ -56,6 +58,7 @@ from krill.delta.restarts import (
     SegmentBits,
     SegmentedWriter,
     prove_points,
+    same_bits,
 )
 
 __all__ = [
@@ -124,8 +127,8 @@ def parse_zlib_restarts(value: object) -> tuple[ZlibPoint, ...]:
         if not isinstance(item, list) or len(item) != 2 or not all(type(v) is int for v in item):
             raise RestartError("a zlib restart point is [in_off, bit_off], two integers")
         point = ZlibPoint(*item)
-        if not (0 < point.in_off < 1 << 50 and 0 < point.bit_off < 1 << 53) or point.bit_off & 7:
-            raise RestartError(f"zlib restart point {item} is out of range or not byte-aligned")
+        if not (0 < point.in_off < 1 << 50 and 0 < point.bit_off < 1 << 53):
+            raise RestartError(f"zlib restart point {item} is out of range")
         points.append(point)
     for before, after in itertools.pairwise(points):
         if after.in_off <= before.in_off or after.bit_off <= before.bit_off:
@@ -134,10 +137,11 @@ def parse_zlib_restarts(value: object) -> tuple[ZlibPoint, ...]:
 
 
 def compress_zlib_segment(
-    setting: ZlibSetting, segment: Segment[ZlibPoint], data: bytes
+    setting: ZlibSetting, segment: Segment[ZlibPoint], data: bytes, end_bit: int
 ) -> SegmentBits:
     """The original's bytes from ``segment.start`` to its stop; ``data``: the tar from
-    ``segment.start.base`` to the stop plus ``LOOKAHEAD`` (to the end for the last).
+    ``segment.start.base`` to the stop plus ``LOOKAHEAD`` (to the end for the last);
+    ``end_bit``: the stream's length in bits (the last segment ends mid-byte).
 
     ``reached``: what followed the stop inflated to the lookahead bytes, so a
     block boundary of this run lies exactly at the stop's offsets.
@@ -148,15 +152,33 @@ def compress_zlib_segment(
     begin = start.in_off - lo if start else 0
     deflate = setting.compressobj(bytes(view[:begin]) if start else None)
     out = deflate.compress(view[begin:]) + deflate.flush(zlib.Z_FINISH)
-    if stop is None:
-        return SegmentBits(out, len(out) * 8, 0, True)
-    cut = (stop.bit_off - (start.bit_off if start else 0)) >> 3
-    end = stop.in_off - lo
-    reached = 0 <= cut < len(out) and 0 < end <= len(data)
+    first = start.bit_off if start else 0
+    lead = first & 7
+    if stop is None:  # end_bit: where the whole stream's final block ends
+        rel = end_bit - first
+        fits = len(out) * 8 - 8 < rel <= len(out) * 8
+        return SegmentBits(_shifted(out, lead, rel if fits else 0), lead + rel, lead, fits)
+    rel, end = stop.bit_off - first, stop.in_off - lo
+    reached = 0 <= rel >> 3 < len(out) and 0 < end <= len(data)
     if reached:
+        tail = out[rel >> 3 :]
+        tail = _shifted(tail, -(rel & 7), len(tail) * 8) if rel & 7 else tail
         window = bytes(view[max(0, end - _WINDOW) : end])
-        reached = _inflates_to(out[cut:], window, view[end:])
-    return SegmentBits(out[:cut] if reached else out, cut * 8 if reached else 0, 0, reached)
+        reached = _inflates_to(tail, window, view[end:])
+    if not reached:  # the bits well before the stop still say whether the start was right
+        prefix = max(0, min(rel, len(out) * 8) - 16 * LOOKAHEAD)
+        return SegmentBits(_shifted(out, lead, prefix), lead + prefix, lead, False)
+    return SegmentBits(_shifted(out, lead, rel), lead + rel, lead, True)
+
+
+def _shifted(data: bytes, shift: int, nbits: int) -> bytes:
+    """The first ``nbits`` bits of ``data`` moved ``shift`` bits up (down if negative), as
+    deflate packs them (least significant bit first), in whole bytes."""
+    if not shift and not nbits & 7:
+        return data[: nbits >> 3]
+    value = int.from_bytes(data[: (nbits + 7) >> 3], "little") & ((1 << nbits) - 1)
+    value = value << shift if shift >= 0 else value >> -shift
+    return value.to_bytes((nbits + shift + 7) >> 3, "little")
 
 
 def _inflates_to(tail: bytes, window: bytes, expected: memoryview) -> bool:
@@ -167,14 +189,16 @@ def _inflates_to(tail: bytes, window: bytes, expected: memoryview) -> bool:
         got = inflate.decompress(tail, len(expected) + 1)
     except zlib.error:
         return False
-    return inflate.eof and not inflate.unused_data and got == expected
+    # Shifted down to a byte, the final byte's padding can be a whole zero byte past the end.
+    return inflate.eof and inflate.unused_data in (b"", b"\0") and got == expected
 
 
 # --- the origin: finding and proving points ------------------------------------------------
 
 
-def block_boundaries(blob: Path, deflate_offset: int) -> list[tuple[int, int]]:
-    """(bit_off, in_off) of every byte-aligned block start inside the blob's deflate stream.
+def block_boundaries(blob: Path, deflate_offset: int) -> tuple[list[tuple[int, int]], int]:
+    """(bit_off, in_off) of every block start inside the blob's deflate stream (not the
+    first), and the stream's length in bits.
 
     The blob is mapped, not read: the scanner keeps two 64 KiB tables whatever
     its size. RestartError if the stream is not valid deflate.
@@ -184,16 +208,16 @@ def block_boundaries(blob: Path, deflate_offset: int) -> list[tuple[int, int]]:
             raise RestartError("the blob ends inside its gzip header")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             try:
-                blocks, _end, _size = _native().deflate_blocks(mapped, deflate_offset)
+                blocks, end_bit, _size = _native().deflate_blocks(mapped, deflate_offset)
             except ValueError as exc:
                 raise RestartError(str(exc)) from exc
-    return [(bit, out) for bit, out, _type in blocks if bit & 7 == 0 and out > 0]
+    return [(bit, out) for bit, out, _type in blocks if out > 0], end_bit
 
 
 def plan_points(
     boundaries: Sequence[tuple[int, int]], tar_size: int, every: int = RESTART_INTERVAL
 ) -> list[ZlibPoint]:
-    """About one point per ``every`` bytes of tar: the aligned boundary nearest each target.
+    """About one point per ``every`` bytes of tar: the boundary nearest each target.
 
     No point within ``every / 4`` of the tar's end: that segment would be too
     short to be worth a thread.
@@ -220,6 +244,7 @@ def prove_zlib_restarts(
     tar: Path,
     blob: Path,
     deflate_offset: int,
+    end_bit: int,
     workers: int,
 ) -> tuple[ZlibPoint, ...]:
     """The points whose segments reproduce the blob's bytes (``restarts.prove_points``)."""
@@ -228,10 +253,10 @@ def prove_zlib_restarts(
 
         def verdict(segment: Segment[ZlibPoint]) -> Proof:
             lo, hi = segment.input_range(tar_size, LOOKAHEAD)
-            bits = compress_zlib_segment(setting, segment, os.pread(t.fileno(), hi - lo, lo))
+            tar_bytes = os.pread(t.fileno(), hi - lo, lo)
+            bits = compress_zlib_segment(setting, segment, tar_bytes, end_bit)
             at = deflate_offset + segment.byte_off
-            same = bits.data == os.pread(b.fileno(), len(bits.data), at)
-            if not same:
+            if not same_bits(bits, os.pread(b.fileno(), len(bits.data), at)):
                 return Proof.START_WRONG if segment.start else Proof.STOP_WRONG
             return Proof.REPRODUCED if bits.reached else Proof.STOP_WRONG
 
@@ -245,14 +270,17 @@ def find_zlib_restarts(
     deflate_offset: int,
     workers: int,
     every: int = RESTART_INTERVAL,
-) -> tuple[tuple[ZlibPoint, ...], int]:
-    """Proven points for a blob the setting reproduces, and how many were planned."""
+) -> tuple[tuple[ZlibPoint, ...], int, int]:
+    """Proven points for a blob the setting reproduces, how many were planned, and the
+    deflate stream's length in bits."""
     if setting.level not in ZLIB_PARALLEL_LEVELS:
-        return (), 0
-    planned = plan_points(block_boundaries(blob, deflate_offset), tar.stat().st_size, every)
+        return (), 0, 0
+    boundaries, end_bit = block_boundaries(blob, deflate_offset)
+    planned = plan_points(boundaries, tar.stat().st_size, every)
     if not planned:
-        return (), 0
-    return prove_zlib_restarts(setting, planned, tar, blob, deflate_offset, workers), len(planned)
+        return (), 0, end_bit
+    args = (setting, planned, tar, blob, deflate_offset, end_bit, workers)
+    return prove_zlib_restarts(*args), len(planned), end_bit
 
 
 # --- the node ----------------------------------------------------------------------------
@@ -268,16 +296,20 @@ class ParallelZlibWriter(SegmentedWriter[ZlibPoint]):
         header: bytes,
         setting: ZlibSetting,
         points: Sequence[ZlibPoint],
+        end_bit: int,
         tar_size: int,
         workers: int,
     ) -> None:
         if setting.level not in ZLIB_PARALLEL_LEVELS:
             raise RestartError(f"zlib level {setting.level} is compressed in sequence")
+        if points and not points[-1].bit_off < end_bit < 1 << 53:
+            raise RestartError("the deflate stream's end lies before the last restart point")
         self._setting = setting
+        self._end_bit = end_bit
         super().__init__(header, points, tar_size, workers)
 
     def _compress(self, segment: Segment[ZlibPoint], data: bytes) -> SegmentBits:
-        return compress_zlib_segment(self._setting, segment, data)
+        return compress_zlib_segment(self._setting, segment, data, self._end_bit)
 
     def _fits(self, segment: Segment[ZlibPoint], bits: SegmentBits) -> bool:
         return bits.reached
