@@ -414,12 +414,18 @@ class SwarmEngine:
         self._pump.hurry()
 
     def _pump_urgent(self) -> bool:
-        """Don't pause: a removal's alert is awaited, or a download's last pieces arrive."""
+        """Don't pause: a removal's alert is awaited, a reader waits for a download's
+        first bytes (time to first byte: its first piece's alert, then the flush's), or
+        a download's last pieces arrive."""
         if self._torrents.removing:
             return True
         recent = self._clock.monotonic() - _NEARLY_DONE_PROGRESS_SECONDS
         return any(
-            not d.done and d.pieces_left <= _NEARLY_DONE_PIECES and d.last_progress >= recent
+            not d.done
+            and (
+                (d.has_readers and d.available == 0)
+                or (d.pieces_left <= _NEARLY_DONE_PIECES and d.last_progress >= recent)
+            )
             for d in self._downloads.values()
         )
 
