@@ -180,7 +180,9 @@ class Recipe:
         return blob_size  # identity: the blob is the tar
 
     def describe(self) -> str:
-        shown = {k: v for k, v in self.params.items() if k not in ("header", "restarts")}
+        shown = {
+            k: v for k, v in self.params.items() if k not in ("header", "restarts", "deflate_bits")
+        }
         if restarts := self.params.get("restarts"):
             shown["restarts"] = len(restarts)
         extras = ",".join(f"{k}={v}" for k, v in sorted(shown.items()))
