@@ -421,3 +421,34 @@ def test_crafted_elf_ops_are_format_errors(
         message = apply_fails(tmp_path / name, base_path, data)
         assert "ELF" in message or "HDIFF13" in message, (name, message)
     assert result.stats.get("elf") == 1
+
+
+def test_a_format_3_delta_with_version_1_side_data_still_applies(
+    tmp_path: Path, x86_pairs: dict[str, tuple[bytes, bytes]]
+) -> None:
+    """A delta written before side data v2 (format krill-delta/3, its ELF op's side data v1)
+    applies as before: the node reads the base as that version did."""
+    from krill.delta import apply_delta
+    from tests.delta_crafting import resign
+
+    lib_base, lib_target = x86_pairs["unstripped"]
+    base, target = _layer({"lib.so": lib_base}), _layer({"lib.so": lib_target})
+    round_trip(tmp_path / "ok", base, target)
+    delta = (tmp_path / "ok" / "delta.krd").read_bytes()
+    at = _elf_op_at(delta)
+    head = struct.Struct(">QIIIII")
+    off, base_len, out_len, _, _, comp_len = head.unpack_from(delta, at + 1)
+    norm_base, norm_target, side = _goflate.elf_encode(lib_base, lib_target, 1)
+    assert side[0] == 1
+    payload = side + hdiff.diff(norm_base, norm_target)
+    comp = zstd_literal(payload, 19)
+    op = delta[at : at + 1] + head.pack(off, base_len, out_len, len(side), len(payload), len(comp))
+    body = delta[: at] + op + comp + delta[at + 1 + head.size + comp_len :]
+    magic, _, length = struct.unpack(">8sHI", body[:14])
+    doc = json.loads(body[14 : 14 + length])
+    doc["format"] = "krill-delta/3"
+    text = json.dumps(doc).encode()
+    old = tmp_path / "v3.krd"
+    old.write_bytes(resign(struct.pack(">8sHI", magic, 3, len(text)) + text + body[14 + length :]))
+    applied = apply_delta(tmp_path / "ok" / "base.blob", old, tmp_path / "out")
+    assert applied.path.read_bytes() == target
