@@ -15,6 +15,7 @@ setup(
             sources=[
                 "krill/_native/goflate.c",
                 "krill/_native/elfnorm.c",  # the ELF-aware delta transform
+                "krill/_native/elfscan.c",
                 "krill/_native/elfx86.c",
                 "krill/_native/zblocks.c",  # deflate block boundaries, for zlib restarts
             ],
