@@ -44,7 +44,7 @@ import itertools
 import mmap
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,8 @@ __all__ = [
 
 # deflate_slow: every position hashed, so a clean block boundary restarts from its window.
 ZLIB_PARALLEL_LEVELS = frozenset(range(4, 10))
+# Boundaries tried per restart point (nearest first), when the nearest does not restart.
+_CANDIDATES = 8
 # zlib matches while MIN_LOOKAHEAD (262) bytes are ahead; 8 KiB lets the encoder pass the stop
 # and leaves a final block small enough to inflate as the check (0.2% extra work per segment).
 LOOKAHEAD = 8 << 10
@@ -215,12 +217,18 @@ def block_boundaries(blob: Path, deflate_offset: int) -> tuple[list[tuple[int, i
 
 
 def plan_points(
-    boundaries: Sequence[tuple[int, int]], tar_size: int, every: int = RESTART_INTERVAL
+    boundaries: Sequence[tuple[int, int]],
+    tar_size: int,
+    every: int = RESTART_INTERVAL,
+    usable: Callable[[ZlibPoint, ZlibPoint], bool] | None = None,
 ) -> list[ZlibPoint]:
     """About one point per ``every`` bytes of tar: the boundary nearest each target.
 
-    No point within ``every / 4`` of the tar's end: that segment would be too
-    short to be worth a thread.
+    ``usable(point, next_boundary)``, if given, screens candidates (nearest
+    first, up to ``_CANDIDATES`` per target): a boundary where zlib had a lazy
+    match pending does not restart, and on binaries many do not. No point
+    within ``every / 4`` of the tar's end: that segment would be too short to
+    be worth a thread.
     """
     ordered = sorted((out, bit) for bit, out in boundaries if 0 < out < tar_size)
     offsets = [out for out, _bit in ordered]
@@ -229,12 +237,21 @@ def plan_points(
     while target < tar_size - every // 4 and len(points) < MAX_RESTARTS:
         after = points[-1].in_off if points else 0
         i = bisect.bisect_left(offsets, target)
-        near = [j for j in (i - 1, i) if 0 <= j < len(ordered) and offsets[j] > after]
-        if not near:
-            break
-        out, bit = ordered[min(near, key=lambda j: abs(offsets[j] - target))]
-        points.append(ZlibPoint(out, bit))
-        target = out + every
+        near = range(max(0, i - _CANDIDATES), min(len(ordered) - 1, i + _CANDIDATES))
+        tries = sorted(
+            (j for j in near if offsets[j] > after), key=lambda j: abs(offsets[j] - target)
+        )
+        chosen = next(
+            (
+                ZlibPoint(offsets[j], ordered[j][1])
+                for j in tries[:_CANDIDATES]
+                if usable is None or usable(ZlibPoint(*ordered[j]), ZlibPoint(*ordered[j + 1]))
+            ),
+            None,
+        )
+        if chosen is not None:
+            points.append(chosen)
+        target = (chosen.in_off if chosen else target) + every
     return points
 
 
@@ -276,7 +293,19 @@ def find_zlib_restarts(
     if setting.level not in ZLIB_PARALLEL_LEVELS:
         return (), 0, 0
     boundaries, end_bit = block_boundaries(blob, deflate_offset)
-    planned = plan_points(boundaries, tar.stat().st_size, every)
+    with open(tar, "rb") as t, open(blob, "rb") as b:
+
+        def usable(point: ZlibPoint, following: ZlibPoint) -> bool:
+            """The block after the point reproduces: a cheap screen before the proof."""
+            segment = Segment(point, following)
+            lo, hi = segment.input_range(tar_size, LOOKAHEAD)
+            bits = compress_zlib_segment(setting, segment, os.pread(t.fileno(), hi - lo, lo), 0)
+            at = deflate_offset + segment.byte_off
+            expected = os.pread(b.fileno(), len(bits.data), at)
+            return bits.reached and same_bits(bits, expected)
+
+        tar_size = tar.stat().st_size
+        planned = plan_points(boundaries, tar_size, every, usable)
     if not planned:
         return (), 0, end_bit
     args = (setting, planned, tar, blob, deflate_offset, end_bit, workers)
