@@ -36,6 +36,7 @@ from krill.config import ConfigError
 from krill.digests import Digest
 from krill.origin.appkeys import METRICS, STORE
 from krill.origin.config import OriginConfig
+from krill.origin.gc import CLOCK_SLACK
 from krill.origin.server import create_app
 from krill.origin.storage import CACHE_CHECK_INTERVAL, OBJECT_STORE
 from krill.origin.storage_gc import sweep_bucket
@@ -317,6 +318,14 @@ async def test_gc_removes_from_the_bucket_what_no_repository_links(
     assert kept.layers[0].digest == deleted.layers[0].digest  # the shared layer stayed
 
 
+async def until_older_than_grace(bucket: S3Backend, digest: Digest) -> None:
+    """Until the bucket's time for the blob is past ``--grace 0`` and the collection's
+    slack: a sweep starting within the slack of the write rightly keeps the blob."""
+    info = await bucket.stat(digest)
+    assert info is not None
+    await until(lambda: time.time() - CLOCK_SLACK > info.modified, "the blob past the grace")
+
+
 async def test_periodic_bucket_sweep(
     start_s3_origin: StartS3Origin, s3_location: S3Location, bucket: S3Backend
 ) -> None:
@@ -326,7 +335,9 @@ async def test_periodic_bucket_sweep(
     await push_image(origin.client, "team/app", kept)
     dropped = payload(10, 1000)
     assert (await push(origin.client, "team/app", dropped)).status == 201
-    await origin.client.delete(f"/v2/team/app/blobs/{digest_of(dropped)}")
+    resp = await origin.client.delete(f"/v2/team/app/blobs/{digest_of(dropped)}")
+    assert resp.status == 202
+    await until_older_than_grace(bucket, Digest.parse(digest_of(dropped)))
     both = 2  # the local collection and the bucket sweep, each timed on the clock
     await until(lambda: clock.sleepers == both, "both collections asleep on the clock")
     clock.advance(600.0)
