@@ -26,6 +26,7 @@ from tests.test_origin_s3_replicas import (
     _later,
     bucket,
     bucket_digests,
+    pushing_manifest,
     start_replica,
 )
 
@@ -52,14 +53,7 @@ async def test_a_push_after_the_batch_read_the_links_keeps_the_blob_it_names(
     assert (await b.client.head(f"/v2/team/base/blobs/{layer.digest}")).status == 200
     assert not (b.data / "blobs/sha256" / layer.digest[7:9] / layer.digest[7:]).exists()
 
-    async def push_meanwhile() -> None:
-        resp = await b.client.put(
-            "/v2/team/base/manifests/again",
-            data=reused.manifest.data,
-            headers={"Content-Type": reused.manifest.media_type},
-        )
-        assert resp.status == 201, await resp.text()
-
+    push_meanwhile = pushing_manifest(b.client, "team/base", "again", reused)
     report = await sweep_bucket(bucket, a.data, 0.0, now=_later, in_batch=push_meanwhile)
     assert layer.digest in await bucket_digests(bucket)
     assert report.objects == 1  # the deleted manifest, not the layer

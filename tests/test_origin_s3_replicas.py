@@ -27,7 +27,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -290,6 +290,22 @@ async def test_a_manifest_may_name_blobs_pushed_through_the_other_origin(
     assert lacking.layers[0].digest in await resp.text()
 
 
+def pushing_manifest(
+    client: TestClient, repo: str, reference: str, image: Image
+) -> Callable[[], Awaitable[None]]:
+    """A ``sweep_bucket`` hook: push ``image``'s manifest (201) while the collection runs."""
+
+    async def push_manifest() -> None:
+        resp = await client.put(
+            f"/v2/{repo}/manifests/{reference}",
+            data=image.manifest.data,
+            headers={"Content-Type": image.manifest.media_type},
+        )
+        assert resp.status == 201, await resp.text()
+
+    return push_manifest
+
+
 async def bucket_digests(bucket: S3Backend) -> set[str]:
     return {str(info.digest) async for info in bucket.list()}
 
@@ -307,14 +323,7 @@ async def test_a_push_on_another_origin_during_a_bucket_collection_keeps_its_blo
     reused = build_image([random_files(45, 1, 4096)], docker=True)  # same layer bytes, config
     assert reused.layers[0].digest == base.layers[0].digest
 
-    async def push_meanwhile() -> None:
-        resp = await b.client.put(
-            "/v2/team/base/manifests/again",
-            data=reused.manifest.data,
-            headers={"Content-Type": reused.manifest.media_type},
-        )
-        assert resp.status == 201, await resp.text()
-
+    push_meanwhile = pushing_manifest(b.client, "team/base", "again", reused)
     report = await sweep_bucket(bucket, a.data, 0.0, now=_later, between=push_meanwhile)
     kept = {b.digest for b in reused.blobs()} | {reused.manifest.digest}
     assert kept <= await bucket_digests(bucket)
