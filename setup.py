@@ -16,6 +16,8 @@ setup(
                 "krill/_native/goflate.c",
                 "krill/_native/elfnorm.c",  # the ELF-aware delta transform
                 "krill/_native/elfscan.c",
+                "krill/_native/elffields.c",
+                "krill/_native/elflabels.c",
                 "krill/_native/elfx86.c",
                 "krill/_native/zblocks.c",  # deflate block boundaries, for zlib restarts
             ],

@@ -28,11 +28,15 @@
  * the ELF op, so a misparse costs size, never bytes. Every read is bounds
  * checked: hostile input gets a ValueError or an identity transform.
  *
+ * Parts: elfscan.c finds the fields, elffields.c reads and writes their values, elflabels.c
+ * builds and matches the label tables, this file normalizes, codes the side data, inverts.
+ *
  * Memory: the encoder holds 40 bytes per candidate per file; elf_restore
  * writes fields as it finds them and holds only the output, the label table
  * and a bitmap of n/8 bytes.
  */
 #include "elfnorm.h"
+#include "elfcand.h"
 #include "elfscan.h"
 
 #include <stdlib.h>
@@ -45,124 +49,9 @@
  * SHT_RELR address entries and the slots they relocate. */
 #define SIDE_VERSION 5
 
-typedef struct {
-    uint64_t pos, addr, va;
-    uint64_t hint; /* K_EH*: file offset of the FDE the field belongs to (contexts only) */
-    uint32_t ctx;
-    uint8_t kind, width, tail, take;
-} Cand;
-
-/* ---- field values --------------------------------------------------------------------- */
-
-static int64_t sext(uint64_t v, int bits) {
-    uint64_t m = 1ull << (bits - 1);
-    v &= (1ull << bits) - 1;
-    return (int64_t)((v ^ m) - m);
-}
-
-/* The address a field points at, decoded from its bytes. */
-static uint64_t field_addr(const uint8_t *p, int kind, int tail, uint64_t va) {
-    uint32_t w = rd32(p);
-    switch (kind) {
-    case K_X86: case K_EHPC: case K_EHLOC: case K_EHFDE:
-        return va + (uint64_t)tail + (uint64_t)(int64_t)(int32_t)w;
-    case K_B26: return va + (uint64_t)(sext(w, 26) * 4);
-    case K_ADRP: {
-        uint64_t imm = ((w >> 5) & 0x7FFFF) << 2 | ((w >> 29) & 3);
-        return (va & ~0xFFFull) + (uint64_t)(sext(imm, 21) * 4096);
-    }
-    case K_EHCIE: return va - w;
-    case K_RELR: return rd64(p);
-    case K_APAIR: {
-        uint32_t u = rd32(p + 4 * tail);
-        return field_addr(p, K_ADRP, 0, va) + ((uint64_t)((u >> 10) & 0xFFF) << a64_lo12_scale(u));
-    }
-    default: return rd64(p);
-    }
-}
-
-/* The largest label index a field of this kind can hold. */
-static uint64_t index_limit(int kind) {
-    return kind == K_B26 ? (1u << 26) : kind == K_ADRP || kind == K_APAIR ? (1u << 21) : (1ull << 32);
-}
-
-/* The field's bytes carrying `index` (forward) in place of its value. */
-static void put_index(uint8_t *p, int kind, int tail, uint64_t idx) {
-    uint32_t w = rd32(p);
-    if (kind == K_APAIR) wr32(p + 4 * tail, rd32(p + 4 * tail) & ~(0xFFFu << 10));
-    switch (kind) {
-    case K_RELR: wr64(p, idx << 1); break;
-    case K_X86: case K_EHPC: case K_EHLOC: case K_EHFDE: case K_EHCIE: wr32(p, (uint32_t)idx); break;
-    case K_B26: wr32(p, (w & 0xFC000000u) | (uint32_t)idx); break;
-    case K_ADRP: /* fall through */
-    case K_APAIR: wr32(p, (w & 0x9F00001Fu) | (uint32_t)(idx & 3) << 29 | (uint32_t)(idx >> 2) << 5); break;
-    default: wr64(p, idx);
-    }
-}
-
-static uint64_t get_index(const uint8_t *p, int kind) {
-    uint32_t w = rd32(p);
-    switch (kind) {
-    case K_X86: case K_EHPC: case K_EHLOC: case K_EHFDE: case K_EHCIE: return w;
-    case K_RELR: return rd64(p) >> 1;
-    case K_B26: return w & 0x3FFFFFF;
-    case K_ADRP: /* fall through */
-    case K_APAIR: return ((w >> 5) & 0x7FFFF) << 2 | ((w >> 29) & 3);
-    default: return rd64(p);
-    }
-}
-
-/* The field's bytes pointing at `addr`; 0, or -1 where the address does not fit the field. */
-static int put_addr(uint8_t *p, int kind, int tail, uint64_t va, uint64_t addr) {
-    uint32_t w = rd32(p);
-    int64_t d;
-    switch (kind) {
-    case K_X86: case K_EHPC: case K_EHLOC: case K_EHFDE:
-        d = (int64_t)(addr - va - (uint64_t)tail);
-        if (d != (int32_t)d) return -1;
-        wr32(p, (uint32_t)(int32_t)d);
-        return 0;
-    case K_B26:
-        d = (int64_t)(addr - va);
-        if (d & 3 || d / 4 != sext((uint64_t)(d / 4), 26)) return -1;
-        wr32(p, (w & 0xFC000000u) | ((uint32_t)(d / 4) & 0x3FFFFFF));
-        return 0;
-    case K_ADRP: {
-        if (addr & 0xFFF) return -1;
-        d = (int64_t)(addr - (va & ~0xFFFull)) / 4096;
-        if (d != sext((uint64_t)d, 21)) return -1;
-        uint32_t imm = (uint32_t)d & 0x1FFFFF;
-        wr32(p, (w & 0x9F00001Fu) | (imm & 3) << 29 | (imm >> 2) << 5);
-        return 0;
-    }
-    case K_RELR:
-        if (addr & 1) return -1;
-        wr64(p, addr);
-        return 0;
-    case K_EHCIE:
-        if (va - addr > UINT32_MAX) return -1;
-        wr32(p, (uint32_t)(va - addr));
-        return 0;
-    case K_APAIR: {
-        uint32_t u = rd32(p + 4 * tail);
-        int scale = a64_lo12_scale(u);
-        uint64_t lo = addr & 0xFFF;
-        if (scale < 0 || lo & ((1u << scale) - 1) || put_addr(p, K_ADRP, 0, va, addr - lo) < 0) return -1;
-        wr32(p + 4 * tail, (u & ~(0xFFFu << 10)) | (uint32_t)(lo >> scale) << 10);
-        return 0;
-    }
-    default: wr64(p, addr); return 0;
-    }
-}
+/* Field values (elffields.c) and labels (elflabels.c) are declared in elfcand.h. */
 
 /* ---- forward: the candidates of a file, with their addresses and contexts --------------- */
-
-typedef struct {
-    Cand *v;
-    size_t n, cap;
-    const uint8_t *buf;
-    size_t nphase1;
-} CandList;
 
 static int collect(Scan *s, uint64_t pos, int kind, int width, int tail, uint64_t va) {
     CandList *c = s->state;
@@ -175,11 +64,11 @@ static int collect(Scan *s, uint64_t pos, int kind, int width, int tail, uint64_
     int k = kind < 0 ? -kind : kind;
     Cand *x = &c->v[c->n++];
     x->pos = pos, x->va = va, x->kind = (uint8_t)k, x->width = (uint8_t)width, x->tail = (uint8_t)tail;
-    x->addr = field_addr(c->buf + pos, k, tail, va);
+    x->addr = elf_field_addr(c->buf + pos, k, tail, va);
     /* Only fields pointing into the image are labels: a misdecoded "call" in data points
      * anywhere, and as a label it would cost a table entry instead of four unchanged bytes. */
     x->take = kind > 0 && x->addr >= s->e->lo && x->addr < s->e->hi;
-    if (k == K_APAIR && x->addr - (x->addr & 0xFFF) != field_addr(c->buf + pos, K_ADRP, 0, va))
+    if (k == K_APAIR && x->addr - (x->addr & 0xFFF) != elf_field_addr(c->buf + pos, K_ADRP, 0, va))
         x->take = 0; /* an LDR offset past the page: the inverse would split it otherwise */
     x->ctx = 0;
     x->hint = s->hint;
@@ -243,58 +132,6 @@ static int candidates(Elf *e, const uint8_t *b, size_t n, CandList *c, int with_
     return rc;
 }
 
-/* LSD radix sort, 16 bits a pass (qsort was most of the base's normalization on a node). */
-static int radix_sort(uint64_t *v, size_t n) {
-    uint64_t *tmp = malloc((n + 1) * sizeof *tmp);
-    size_t *count = malloc(65536 * sizeof *count);
-    if (!tmp || !count) {
-        free(tmp), free(count);
-        return -1;
-    }
-    for (int shift = 0; shift < 64; shift += 16) {
-        memset(count, 0, 65536 * sizeof *count);
-        for (size_t i = 0; i < n; i++) count[(v[i] >> shift) & 0xFFFF]++;
-        if (count[(n ? v[0] >> shift : 0) & 0xFFFF] == n) continue; /* all equal here */
-        size_t sum = 0;
-        for (size_t k = 0; k < 65536; k++) {
-            size_t c = count[k];
-            count[k] = sum, sum += c;
-        }
-        for (size_t i = 0; i < n; i++) tmp[count[(v[i] >> shift) & 0xFFFF]++] = v[i];
-        memcpy(v, tmp, n * sizeof *v);
-    }
-    free(tmp), free(count);
-    return 0;
-}
-
-/* Sorted distinct addresses of the taken candidates. */
-static uint64_t *label_set(const CandList *c, size_t *count) {
-    uint64_t *v = malloc((c->n + 1) * sizeof *v);
-    if (!v) return NULL;
-    size_t k = 0;
-    for (size_t i = 0; i < c->n; i++)
-        if (c->v[i].take) v[k++] = c->v[i].addr;
-    if (radix_sort(v, k) < 0) {
-        free(v);
-        return NULL;
-    }
-    size_t u = 0;
-    for (size_t i = 0; i < k; i++)
-        if (!u || v[i] != v[u - 1]) v[u++] = v[i];
-    *count = u;
-    return v;
-}
-
-static int64_t find(const uint64_t *v, size_t n, uint64_t key) {
-    size_t lo = 0, hi = n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (v[mid] < key) lo = mid + 1;
-        else hi = mid;
-    }
-    return lo < n && v[lo] == key ? (int64_t)lo : -1;
-}
-
 /* The normalized bytes: every taken candidate holds the index of its address in `table`
  * (map[i] for label i of `labels`). A candidate whose index does not fit is left alone. */
 static uint8_t *normalize(const CandList *c, size_t n, const uint64_t *labels, size_t nlabels,
@@ -305,94 +142,15 @@ static uint8_t *normalize(const CandList *c, size_t n, const uint64_t *labels, s
     for (size_t i = 0; i < c->n; i++) {
         Cand *x = &c->v[i];
         if (!x->take) continue;
-        int64_t l = find(labels, nlabels, x->addr);
+        int64_t l = elf_label_find(labels, nlabels, x->addr);
         uint64_t idx = map ? (uint64_t)map[l] : (uint64_t)l;
-        if (idx >= index_limit(x->kind)) {
+        if (idx >= elf_index_limit(x->kind)) {
             x->take = 0;
             continue;
         }
-        put_index(out + x->pos, x->kind, x->tail, idx);
+        elf_put_index(out + x->pos, x->kind, x->tail, idx);
     }
     return out;
-}
-
-/* ---- matching the target's labels to the base's ------------------------------------------ */
-
-typedef struct {
-    uint32_t ctx, label;
-} CtxLabel;
-
-static int ctx_cmp(const void *a, const void *b) {
-    const CtxLabel *x = a, *y = b;
-    return x->ctx < y->ctx ? -1 : x->ctx > y->ctx;
-}
-
-static CtxLabel *ctx_labels(const CandList *c, const uint64_t *labels, size_t nl, size_t *count) {
-    CtxLabel *v = malloc((c->n + 1) * sizeof *v);
-    if (!v) return NULL;
-    size_t k = 0;
-    for (size_t i = 0; i < c->n; i++)
-        if (c->v[i].take) v[k].ctx = c->v[i].ctx, v[k++].label = (uint32_t)find(labels, nl, c->v[i].addr);
-    qsort(v, k, sizeof *v, ctx_cmp);
-    *count = k;
-    return v;
-}
-
-/* For each target label, the base label it matches or -1. Courgette's "adjustment", simply:
- * (1) a field whose context occurs once in each file pairs the two labels it points at;
- * (2) walking the target's labels in address order, an unpaired one takes the base label at
- *     its address plus the shift of the last paired label (code moves in runs), or of the
- *     next paired one. Any choice is correct; better ones make the normalized files agree. */
-static int64_t *match(const CandList *bc, const uint64_t *lb, size_t nb, const CandList *tc,
-                      const uint64_t *lt, size_t nt) {
-    int64_t *assign = malloc((nt + 1) * sizeof *assign);
-    uint8_t *used = calloc(nb + 1, 1);
-    size_t nbc = 0, ntc = 0;
-    CtxLabel *bv = ctx_labels(bc, lb, nb, &nbc), *tv = ctx_labels(tc, lt, nt, &ntc);
-    int64_t *next_shift = malloc((nt + 1) * sizeof *next_shift);
-    if (!assign || !used || !bv || !tv || !next_shift) {
-        free(assign), free(used), free(bv), free(tv), free(next_shift);
-        return NULL;
-    }
-    for (size_t i = 0; i < nt; i++) assign[i] = -1;
-    size_t i = 0, j = 0;
-    while (i < nbc && j < ntc) {
-        if (bv[i].ctx < tv[j].ctx) i++;
-        else if (bv[i].ctx > tv[j].ctx) j++;
-        else {
-            size_t i2 = i, j2 = j;
-            while (i2 < nbc && bv[i2].ctx == bv[i].ctx) i2++;
-            while (j2 < ntc && tv[j2].ctx == tv[j].ctx) j2++;
-            if (i2 - i == 1 && j2 - j == 1 && assign[tv[j].label] < 0 && !used[bv[i].label]) {
-                assign[tv[j].label] = bv[i].label;
-                used[bv[i].label] = 1;
-            }
-            i = i2, j = j2;
-        }
-    }
-    int64_t shift = 0, have = 0;
-    for (size_t k = nt; k-- > 0;) { /* the shift of the next paired label, for (2) */
-        if (assign[k] >= 0) shift = (int64_t)(lb[assign[k]] - lt[k]), have = 1;
-        next_shift[k] = have ? shift : INT64_MIN;
-    }
-    shift = 0;
-    for (size_t k = 0; k < nt; k++) {
-        if (assign[k] >= 0) {
-            shift = (int64_t)(lb[assign[k]] - lt[k]);
-            continue;
-        }
-        int64_t tries[2] = {shift, next_shift[k]};
-        for (int t = 0; t < 2; t++) {
-            if (t == 1 && (tries[1] == INT64_MIN || tries[1] == tries[0])) break;
-            int64_t l = find(lb, nb, lt[k] + (uint64_t)tries[t]);
-            if (l >= 0 && !used[l]) {
-                assign[k] = l, used[l] = 1;
-                break;
-            }
-        }
-    }
-    free(used), free(bv), free(tv), free(next_shift);
-    return assign;
 }
 
 /* ---- side data: header, mask of replaced candidates, label table ----------------------- */
@@ -503,12 +261,12 @@ static int restore_field(Scan *s, uint64_t pos, int kind, int width, int tail, u
         r->error = "the delta's mask replaces an overlapping field";
         return -1;
     }
-    uint64_t idx = get_index(r->out + pos, kind);
+    uint64_t idx = elf_get_index(r->out + pos, kind);
     if (idx >= r->ntable) {
         r->error = "a field's label index is outside the delta's label table";
         return -1;
     }
-    if (put_addr(r->out + pos, kind, tail, va, r->table[idx]) < 0) {
+    if (elf_put_addr(r->out + pos, kind, tail, va, r->table[idx]) < 0) {
         r->error = "a label's address does not fit its field";
         return -1;
     }
@@ -558,7 +316,7 @@ typedef struct {
 static void encode_base(const uint8_t *b, size_t n, Encoded *r, CandList *bc, int with_contexts,
                         int version) {
     Elf *e = malloc(sizeof *e);
-    if (!e || candidates(e, b, n, bc, with_contexts, version) < 0 || !(r->lb = label_set(bc, &r->nb)) ||
+    if (!e || candidates(e, b, n, bc, with_contexts, version) < 0 || !(r->lb = elf_label_set(bc, &r->nb)) ||
         !(r->norm_b = normalize(bc, n, r->lb, r->nb, NULL)))
         r->oom = 1;
     free(e);
@@ -570,8 +328,8 @@ static void encode_target(const uint8_t *t, size_t n, Encoded *r, CandList *bc, 
     uint64_t *lt = NULL;
     int64_t *assign = NULL, *map = NULL;
     Elf *e = malloc(sizeof *e);
-    if (!e || candidates(e, t, n, &tc, 1, version) < 0 || !(lt = label_set(&tc, &nt)) ||
-        !(assign = match(bc, r->lb, r->nb, &tc, lt, nt)) || !(map = malloc((nt + 1) * sizeof *map))) {
+    if (!e || candidates(e, t, n, &tc, 1, version) < 0 || !(lt = elf_label_set(&tc, &nt)) ||
+        !(assign = elf_label_match(bc, r->lb, r->nb, &tc, lt, nt)) || !(map = malloc((nt + 1) * sizeof *map))) {
         r->oom = 1;
     } else {
         size_t fresh = r->nb;
