@@ -5,6 +5,11 @@ agents their origins (``krill agent --origin``): ``http://a:8000,http://b:8000``
 or ``dns+http://NAME:PORT``, whose every address is a replica, looked up
 again now and then so the list follows the Service's endpoints. Shared
 library: both services read the same spelling.
+
+``ReplicaRanking`` is what ranks them per blob for a client (the agent's
+``OriginSet``): the swarm's piece feed takes it through its settings, so
+its claims and the agent's HTTP fallback ask the same replica first and
+skip the same failed one, without the swarm package importing the agent's.
 """
 
 from __future__ import annotations
@@ -12,16 +17,39 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import Protocol
 
 from yarl import URL
 
 from krill.config import ConfigError
+from krill.digests import Digest
 
-__all__ = ["DNS_SCHEME", "parse_replicas", "resolve_replicas"]
+__all__ = ["DNS_SCHEME", "ReplicaRanking", "parse_replicas", "resolve_replicas"]
 
 log = logging.getLogger(__name__)
 
 DNS_SCHEME = "dns+"
+
+
+class ReplicaRanking(Protocol):
+    """Replicas in the order to ask them for one blob, told what became of asking.
+
+    One object per client, shared by every path that asks the replicas, so
+    a replica one path found failing is skipped by the others too.
+    """
+
+    async def refresh(self) -> None:
+        """Look the replicas up again if their list comes from DNS and is due."""
+
+    def ranking(self, digest: Digest) -> list[str]:
+        """Base URLs for this blob: its owner first, those that failed lately last."""
+        ...
+
+    def failed(self, member: str) -> None:
+        """``member`` did not answer as it should: rank it last for a while."""
+
+    def answered(self, member: str) -> None:
+        """``member`` answered: it is up again."""
 
 
 def parse_replicas(spec: str, what: str = "replicas") -> tuple[list[str], URL | None]:

@@ -28,7 +28,7 @@ from krill.agent.layers import LayerIndex
 from krill.agent.manifests import Manifest, ManifestCache
 from krill.agent.metrics import AgentMetrics
 from krill.agent.namespaces import NamespaceMap
-from krill.agent.origins import origin_client, origin_http_source, origin_set
+from krill.agent.origins import OriginSet, origin_client, origin_http_source, origin_set
 from krill.blobstore import BlobStore
 from krill.nodeauth import keyed_announce_url, load_node_credentials, node_middlewares
 from krill.originclient import OriginClient
@@ -110,7 +110,7 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
     ):
         replicas = origin_set(config)
         origin = origin_client(config, session, replicas)
-        engine = await _start_swarm(config, store, stack, session)
+        engine = await _start_swarm(config, store, stack, session, replicas)
         swarm_source = None
         if engine is not None:
             from krill.agent.swarm_source import SwarmSource
@@ -180,6 +180,7 @@ async def _start_swarm(
     store: BlobStore,
     stack: contextlib.AsyncExitStack,
     session: aiohttp.ClientSession,
+    replicas: OriginSet | None,
 ) -> SwarmEngine | None:
     if not (config.use_swarm and config.tracker):
         log.info("agent.swarm_disabled reason=%s", "no tracker" if config.use_swarm else "setting")
@@ -202,8 +203,10 @@ async def _start_swarm(
         download_rate_limit=config.download_rate_limit,
         seed_ttl=config.seed_ttl,
         # Claim pieces from the origin over HTTP so a herd's nodes take different
-        # ones from it (krill.piecefeed); the rest comes from peers.
-        origin_urls=(config.origin,) if config.origin else (),
+        # ones from it (krill.piecefeed); the rest comes from peers. With replicas, each
+        # blob's from its owner, ranked and demoted as for the HTTP fallback.
+        origin_urls=tuple(config.origins) or ((config.origin,) if config.origin else ()),
+        origin_ranking=replicas,
         # The node cache hashes every blob again after a restart before serving it
         # (agent.cache.NodeCache.load/ensure_verified), so a crash costs a re-fetch:
         # no fsync per download (50-130 ms each in the herd benchmark).

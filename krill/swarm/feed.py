@@ -9,26 +9,39 @@ once (1.01-1.08x the blob in the herd benchmark, against 1.35-1.7x when
 libtorrent's nodes fetched popular pieces from its seed; docs/swarm.md).
 A download that stalls fills from the origin what no peer has.
 
+With several origin replicas (``SwarmSettings.origin_ranking``) each blob's
+claims go to its owner, the replica its ranking puts first, as the agent's
+HTTP fallback does: a herd's claims for one blob meet in one claim book, and
+the replicas share the egress blob by blob. A claim or piece request that
+fails reports the replica failed (to the ranking both paths share) and goes
+on with the next one (``ReplicaPieceFeed``); a run of pieces resumes where it
+broke. The next replica starts its own round of claims, so the node walks
+past the chunks it already has.
+
 ``Pacer`` holds the feed to ``download_rate_limit``, on the engine's clock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import cast
 
 import aiohttp
 import libtorrent as lt
 
 from krill.clock import Clock
+from krill.digests import Digest
 from krill.piecefeed import OriginPieceFeed, PieceFeedError, consecutive_runs
+from krill.replicas import ReplicaRanking
 from krill.swarm.download import Download
 from krill.swarm.settings import ORIGIN_PEER_ID_PREFIX, SwarmSettings
 from krill.swarm.stats import Counters
 from krill.swarm.torrents import TorrentTable
 
-__all__ = ["OriginFeeder", "Pacer"]
+__all__ = ["OriginFeeder", "Pacer", "ReplicaPieceFeed"]
 
 log = logging.getLogger("krill.swarm")  # the engine's log lines keep one logger name
 
@@ -77,6 +90,105 @@ class Pacer:
         return max(0.0, self._bytes / self._rate - (self._clock.monotonic() - self._start))
 
 
+class ReplicaPieceFeed:
+    """One blob's claims and pieces from the first replica in its ranking that answers.
+
+    Without a ranking (one origin) every request goes to ``origins[0]``, as
+    ``OriginPieceFeed`` alone would. With one, each request asks the blob's
+    ranking again, so a replica the agent's HTTP path found failing is
+    skipped here too; an empty ranking (a Service not resolved yet) falls
+    back to ``origins[0]``, its name.
+    """
+
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        origins: tuple[str, ...],
+        ranking: ReplicaRanking | None,
+        digest: Digest,
+        size: int,
+        piece_length: int,
+    ) -> None:
+        self._http = http
+        self._origins = origins
+        self._ranking = ranking
+        self.digest = digest
+        self.size = size
+        self.piece_length = piece_length
+        self._feeds: dict[str, OriginPieceFeed] = {}
+
+    async def _candidates(self) -> list[str]:
+        if self._ranking is None:
+            return [self._origins[0]]
+        await self._ranking.refresh()
+        return self._ranking.ranking(self.digest) or [self._origins[0]]
+
+    def _feed(self, base: str) -> OriginPieceFeed:
+        feed = self._feeds.get(base)
+        if feed is None:
+            feed = self._feeds[base] = OriginPieceFeed(
+                self._http, base, self.digest, self.size, self.piece_length
+            )
+        return feed
+
+    def _failed(self, base: str, exc: PieceFeedError) -> None:
+        if self._ranking is not None:
+            log.warning(
+                "swarm.origin_replica_failed digest=%s origin=%s error=%s", self.digest, base, exc
+            )
+            self._ranking.failed(base)
+
+    def _answered(self, base: str) -> None:
+        if self._ranking is not None:
+            self._ranking.answered(base)
+
+    async def claim(self) -> range | None:
+        """The next pieces a replica gives this node, or None once all are handed out."""
+        errors: list[PieceFeedError] = []
+        for base in await self._candidates():
+            try:
+                claimed = await self._feed(base).claim()
+            except PieceFeedError as exc:
+                self._failed(base, exc)
+                errors.append(exc)
+                continue
+            self._answered(base)
+            return claimed
+        raise _all_failed(errors)
+
+    async def pieces(self, run: range) -> AsyncIterator[tuple[int, bytes]]:
+        """Pieces of ``run`` in order; a run broken midway goes on from the next replica."""
+        errors: list[PieceFeedError] = []
+        start = run.start
+        for base in await self._candidates():
+            if start >= run.stop:  # the last piece came before the replica failed
+                return
+            try:
+                # An async generator (typed as an iterator): closed here when the
+                # caller stops early, not left to the garbage collector.
+                stream = cast(
+                    AsyncGenerator[tuple[int, bytes], None],
+                    self._feed(base).pieces(range(start, run.stop)),
+                )
+                async with contextlib.aclosing(stream):
+                    async for index, data in stream:
+                        start = index + 1
+                        yield index, data
+            except PieceFeedError as exc:
+                self._failed(base, exc)
+                errors.append(exc)
+                continue
+            self._answered(base)
+            return
+        raise _all_failed(errors)
+
+
+def _all_failed(errors: list[PieceFeedError]) -> PieceFeedError:
+    if len(errors) == 1:
+        return errors[0]
+    return PieceFeedError("every origin replica failed: " + "; ".join(map(str, errors)))
+
+
 class OriginFeeder:
     """Runs the origin feed of each download an engine starts (one ``run`` each)."""
 
@@ -98,9 +210,9 @@ class OriginFeeder:
 
     async def run(self, info_hash: str, download: Download) -> None:
         """Claim chunks from the origin and hand their pieces to libtorrent; then fill stalls."""
-        feed = OriginPieceFeed(
-            self._http, self._settings.origin_urls[0], download.digest,
-            download.size, download.piece_length,
+        feed = ReplicaPieceFeed(
+            self._http, self._settings.origin_urls, self._settings.origin_ranking,
+            download.digest, download.size, download.piece_length,
         )
         pacer = Pacer(self._settings.download_rate_limit, self._clock)
         if not await self._wait_until_checked(info_hash, download):
@@ -112,7 +224,7 @@ class OriginFeeder:
         await self._fill_stalls(info_hash, download, feed, pacer)
 
     async def _claim_until_done(
-        self, info_hash: str, download: Download, feed: OriginPieceFeed, pacer: Pacer
+        self, info_hash: str, download: Download, feed: ReplicaPieceFeed, pacer: Pacer
     ) -> None:
         # A new round began while this node was still pulling: the origin hands out
         # chunks from the start again, and the node walks past the ones it has. At
@@ -188,7 +300,7 @@ class OriginFeeder:
         self,
         info_hash: str,
         download: Download,
-        feed: OriginPieceFeed,
+        feed: ReplicaPieceFeed,
         wanted: list[int],
         pacer: Pacer,
     ) -> None:
@@ -228,7 +340,7 @@ class OriginFeeder:
                 download.deadlines_dropped(min(pending))
 
     async def _fill_stalls(
-        self, info_hash: str, download: Download, feed: OriginPieceFeed, pacer: Pacer
+        self, info_hash: str, download: Download, feed: ReplicaPieceFeed, pacer: Pacer
     ) -> None:
         """While the download runs: after ``fill_after`` s without progress, fetch from
         the origin the missing pieces that no connected peer has, until none are left.

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import libtorrent as lt
 
+from krill.replicas import ReplicaRanking
+
 __all__ = [
     "AGENT_PEER_ID_PREFIX",
     "ORIGIN_PEER_ID_PREFIX",
@@ -121,6 +123,12 @@ class SwarmSettings:
     # speed of its link, instead of libtorrent's nodes fetching popular pieces from
     # it several times over. Empty = peers only (the origin's seed is one of them).
     origin_urls: tuple[str, ...] = ()
+    # Several origin replicas: ranks them per blob (the agent's OriginSet). Each
+    # download claims from its blob's owner, so a herd's claims for one blob meet in
+    # one claim book and replicas share the egress blob by blob; a replica that fails
+    # is reported here and skipped (by the agent's HTTP fallback too) while the feed
+    # goes on with the next. None = origin_urls[0] for every blob.
+    origin_ranking: ReplicaRanking | None = None
     # With origin_urls: after a download has made no progress this long, it fetches
     # from the origin the missing pieces that no connected peer has (their claimer
     # died, say, or every chunk was claimed before this node came).
