@@ -86,4 +86,5 @@ async def resolve_replicas(url: URL) -> list[str]:
         log.warning("replicas.dns_failed name=%s error=%s", url.host, exc)
         return []
     hosts = {str(info[4][0]) for info in infos}
+    # ``with_host`` brackets an IPv6 literal (an AAAA answer): http://[fd00::5]:5000.
     return [str(url.with_host(h)).rstrip("/") for h in sorted(hosts)]

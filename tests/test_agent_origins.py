@@ -11,7 +11,8 @@ held after its first MiB, B is SIGKILLed, and the rest (what the sockets
 held, then a Range request to A) completes the blob, verified; a blob owned
 by B asked for afterwards comes from A without waiting on B.
 
-The agent's config parsing of the list and the ``dns+`` form is checked too.
+The agent's config parsing of the list and the ``dns+`` form is checked too, and
+a Service's IPv6 (AAAA) answers as bracketed URLs that connect.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import signal
+import socket
 import urllib.request
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from pytest_aiohttp import AiohttpServer
 from yarl import URL
 
 from krill.agent.config import AgentConfig
-from krill.agent.origins import FailoverOriginClient, OriginSet
+from krill.agent.origins import FailoverOriginClient, OriginSet, origin_set
 from krill.config import ConfigError
 from krill.digests import Digest
 from krill.rendezvous import owner, rank
@@ -109,6 +111,50 @@ async def test_a_service_name_resolves_to_one_url_per_address() -> None:
     origins = OriginSet([], URL("http://localhost:5000"))
     await origins.refresh()
     assert "http://127.0.0.1:5000" in origins.members
+
+
+async def test_a_services_ipv6_addresses_become_bracketed_urls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """AAAA answers are IPv6 literals: in a URL they need brackets, or the port reads
+    as part of the address."""
+
+    async def answers(host: str, port: int, **_kwargs: object) -> list[tuple[object, ...]]:
+        assert (host, port) == ("krill-origin-replicas", 5000)
+        return [
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fd00::5", port, 0, 0)),
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fd00::6", port, 0, 0)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", port)),
+        ]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", answers)
+    origins = OriginSet([], URL("http://krill-origin-replicas:5000"))
+    await origins.refresh()
+    assert origins.members == [
+        "http://10.0.0.7:5000", "http://[fd00::5]:5000", "http://[fd00::6]:5000"
+    ]
+    digest = Digest.parse(_digest(b"layer"))
+    assert origins.ranking(digest) == rank(str(digest), origins.members)
+
+
+async def test_a_replica_found_at_an_ipv6_address_answers_at_its_url(
+    aiohttp_server: AiohttpServer,
+) -> None:
+    async def ready(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/ready", ready)
+    server = await aiohttp_server(app, host="::1")
+    origins = origin_set(AgentConfig(origin=f"dns+http://[::1]:{server.port}"))
+    assert origins is not None
+    await origins.refresh()
+    assert origins.members == [f"http://[::1]:{server.port}"]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{origins.members[0]}/ready") as resp,
+    ):
+        assert resp.status == 200
 
 
 def blob_via(agent_registry: str, digest: str) -> bytes:
