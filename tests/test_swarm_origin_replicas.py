@@ -8,7 +8,9 @@ replica, and the ranking both paths share puts the dead one last.
 
 Two minimal origin apps (``tests.swarm_helpers``), each with the blobs, and a
 lone node (its tracker knows no peers), so every piece comes through claims.
-Each origin's claim book counts what it was asked for.
+Each origin's claim book counts what it was asked for. And the feed alone: a
+run of pieces whose replica dies midway goes on from the next at the piece
+where it broke.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 
 from krill.agent.origins import OriginSet
 from krill.blobstore import BlobStore
@@ -28,11 +31,14 @@ from krill.origin.piececlaims import piece_claims
 from krill.originclient import fetch_metainfo
 from krill.rendezvous import owner
 from krill.swarm import SwarmEngine, SwarmSettings
+from krill.swarm.feed import ReplicaPieceFeed
+from tests.clocks import ManualClock
 from tests.components import free_port
 from tests.polling import until
-from tests.swarm_helpers import running_origin_app, running_tracker
+from tests.swarm_helpers import running_origin_app, running_tracker, serving
 
 MIB = 1024 * 1024
+PIECE = 64 * 1024
 RELAY_CHUNK = 64 * 1024
 
 
@@ -177,3 +183,47 @@ async def test_a_download_whose_owner_dies_midway_finishes_from_the_other_replic
     assert piece_claims(app_a).claims_issued > 0, "the rest was claimed from A"
     assert origins.ranking(digest) == [a, b], "B is last for the agent's HTTP path too"
     assert b in origins.failing()
+
+
+def dying_origin(data: bytes, pieces_sent: int) -> web.Application:
+    """An origin whose blob responses stop after ``pieces_sent`` pieces: it died."""
+
+    async def blob(request: web.Request) -> web.StreamResponse:
+        first, last = (int(n) for n in request.headers["Range"][6:].split("-"))
+        response = web.StreamResponse(
+            status=206, headers={"Content-Range": f"bytes {first}-{last}/{len(data)}"}
+        )
+        response.content_length = last - first + 1
+        await response.prepare(request)
+        await response.write(data[first : first + pieces_sent * PIECE])
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/krill/v1/blobs/{digest}", blob)
+    return app
+
+
+async def test_a_run_of_pieces_broken_midway_goes_on_from_the_next_replica(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(8 * PIECE)
+    store = BlobStore(tmp_path / "good")
+    async with (
+        running_tracker() as tracker,
+        running_origin_app(store, tracker + "/announce") as (good, app),
+        serving(dying_origin(data, pieces_sent=3)) as dying,
+        aiohttp.ClientSession() as http,
+    ):
+        members = [good, dying]
+        while owner(str(Digest.of_bytes(data)), members) != dying:
+            data = os.urandom(8 * PIECE)
+        digest = store.put_bytes(data)
+        origins = OriginSet(members, clock=ManualClock())
+        feed = ReplicaPieceFeed(http, (good, dying), origins, digest, len(data), PIECE)
+        got = [(index, piece) async for index, piece in feed.pieces(range(0, 8))]
+    assert [index for index, _ in got] == list(range(8))
+    assert b"".join(piece for _, piece in got) == data
+    assert piece_claims(app).bytes_requested == 5 * PIECE, "from piece 3 on, not again from 0"
+    assert origins.ranking(digest) == [good, dying]
