@@ -23,7 +23,15 @@ _TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=10)
 
 
 class PieceFeedError(Exception):
-    """The origin did not answer a claim or a piece request as it should."""
+    """The origin did not answer a claim or a piece request as it should.
+
+    ``status`` is the HTTP status when it answered one it should not have (a
+    404, say): the origin is up, unlike when it could not be reached.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class OriginPieceFeed:
@@ -52,7 +60,9 @@ class OriginPieceFeed:
                 if response.status == 204:
                     return None
                 if response.status != 200:
-                    raise PieceFeedError(f"claim for {self.digest} answered {response.status}")
+                    raise PieceFeedError(
+                        f"claim for {self.digest} answered {response.status}", response.status
+                    )
                 answer = await response.json()
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise PieceFeedError(f"claim for {self.digest} failed: {exc}") from exc
@@ -83,7 +93,8 @@ class OriginPieceFeed:
             async with self._http.get(url, headers=headers, timeout=_TIMEOUT) as response:
                 if response.status != 206:
                     raise PieceFeedError(
-                        f"pieces of {self.digest} answered {response.status}, not 206"
+                        f"pieces of {self.digest} answered {response.status}, not 206",
+                        response.status,
                     )
                 expected = f"bytes {start}-{stop - 1}/{self.size}"
                 if response.headers.get("Content-Range") != expected:

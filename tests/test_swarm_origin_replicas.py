@@ -227,3 +227,29 @@ async def test_a_run_of_pieces_broken_midway_goes_on_from_the_next_replica(
     assert b"".join(piece for _, piece in got) == data
     assert piece_claims(app).bytes_requested == 5 * PIECE, "from piece 3 on, not again from 0"
     assert origins.ranking(digest) == [good, dying]
+
+
+async def test_a_replica_without_the_blob_is_passed_over_but_not_marked_failed(
+    tmp_path: Path,
+) -> None:
+    """Its cache lost the blob (a 404): the next replica is asked, and the first stays
+    up for every path, unlike one that cannot be reached."""
+    data = os.urandom(4 * PIECE)
+    store = BlobStore(tmp_path / "has")
+    async with (
+        running_tracker() as tracker,
+        running_origin_app(store, tracker + "/announce") as (has, app_has),
+        running_origin_app(BlobStore(tmp_path / "lost"), tracker + "/announce") as (lost, _),
+        aiohttp.ClientSession() as http,
+    ):
+        members = [has, lost]
+        while owner(str(Digest.of_bytes(data)), members) != lost:
+            data = os.urandom(4 * PIECE)
+        digest = store.put_bytes(data)
+        origins = OriginSet(members, clock=ManualClock())
+        feed = ReplicaPieceFeed(http, (has, lost), origins, digest, len(data), PIECE)
+        claimed = await feed.claim()
+        assert claimed is not None and claimed.start == 0
+    assert piece_claims(app_has).claims_issued == 1
+    assert origins.failing() == set()
+    assert origins.ranking(digest) == [lost, has], "the owner is still asked first"

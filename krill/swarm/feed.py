@@ -13,9 +13,9 @@ With several origin replicas (``SwarmSettings.origin_ranking``) each blob's
 claims go to its owner, the replica its ranking puts first, as the agent's
 HTTP fallback does: a herd's claims for one blob meet in one claim book, and
 the replicas share the egress blob by blob. A claim or piece request that
-fails reports the replica failed (to the ranking both paths share) and goes
-on with the next one (``ReplicaPieceFeed``); a run of pieces resumes where it
-broke. The next replica starts its own round of claims, so the node walks
+fails reports the replica failed (to the ranking both paths share; a 4xx
+reports it up) and goes on with the next one (``ReplicaPieceFeed``); a run
+of pieces resumes where it broke. The next replica starts its own round of claims, so the node walks
 past the chunks it already has.
 
 ``Pacer`` holds the feed to ``download_rate_limit``, on the engine's clock.
@@ -132,10 +132,16 @@ class ReplicaPieceFeed:
         return feed
 
     def _failed(self, base: str, exc: PieceFeedError) -> None:
-        if self._ranking is not None:
-            log.warning(
-                "swarm.origin_replica_failed digest=%s origin=%s error=%s", self.digest, base, exc
-            )
+        """A replica that could not be reached or answered a 5xx is failed for every
+        path; one that answered otherwise (a 404: its cache lost the blob) is up."""
+        if self._ranking is None:
+            return
+        log.warning(
+            "swarm.origin_replica_failed digest=%s origin=%s error=%s", self.digest, base, exc
+        )
+        if exc.status is not None and exc.status < 500:
+            self._ranking.answered(base)
+        else:
             self._ranking.failed(base)
 
     def _answered(self, base: str) -> None:
