@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from random import Random
 
 from aiohttp import web
@@ -31,11 +31,14 @@ from aiohttp.typedefs import Handler
 
 __all__ = [
     "HEADER",
+    "bind_request_id",
     "bound_request_id",
     "current_request_id",
+    "id_for_request",
     "install_request_ids",
     "request_id_headers",
     "request_id_middleware",
+    "unbind_request_id",
 ]
 
 HEADER = "X-Request-Id"
@@ -60,6 +63,24 @@ def bound_request_id(request_id: str) -> Iterator[None]:
         yield
     finally:
         _REQUEST_ID.reset(token)
+
+
+def id_for_request(offered: str | None) -> str:
+    """The id a request gets: ``offered`` (its ``X-Request-Id``) when sane, else a new one.
+
+    With ``bind_request_id``, for a hot route that does the middleware's work inline
+    (the tracker's announce) instead of paying for an app-wide middleware.
+    """
+    return offered if offered and _ACCEPTABLE(offered) else _new_id()
+
+
+def bind_request_id(request_id: str) -> Token[str | None]:
+    """Code from here on runs for ``request_id``; ``unbind_request_id(token)`` ends it."""
+    return _REQUEST_ID.set(request_id)
+
+
+def unbind_request_id(token: Token[str | None]) -> None:
+    _REQUEST_ID.reset(token)
 
 
 def request_id_headers() -> dict[str, str]:

@@ -76,18 +76,18 @@ def serve_bare_announce(port: int, middlewares: bool = False) -> None:
 
 
 def serve_tracker_floor(port: int) -> None:
-    """``krill tracker``'s own app (its middlewares, routes and metrics) with an announce
-    handler that answers the bare handler's body and does nothing else: what the tracker
+    """``krill tracker``'s own app (routes, request ids, latency histogram, metrics) whose
+    announce answers the bare handler's body and does nothing else: what the tracker
     would cost with a free announce path, the floor of its CPU per announce."""
     from aiohttp import web
 
     from krill.tracker import server
     from krill.tracker.config import TrackerConfig
 
-    async def free_announce(request: web.Request) -> web.Response:
+    async def free_answer(request: web.Request, state: server.AnnounceState) -> web.Response:
         return web.Response(body=BARE_ANSWER, content_type="text/plain")
 
-    server.handle_announce = free_announce  # create_app routes /announce to it
+    server.answer_announce = free_answer  # the announce routes' handlers call it
     config = TrackerConfig(listen=f"127.0.0.1:{port}", origin=["http://127.0.0.1:9"])
     web.run_app(server.create_app(config), host="127.0.0.1", port=port, access_log=None,
                 print=None)  # fmt: skip
