@@ -208,18 +208,18 @@ def dying_origin(data: bytes, pieces_sent: int) -> web.Application:
 async def test_a_run_of_pieces_broken_midway_goes_on_from_the_next_replica(
     tmp_path: Path,
 ) -> None:
-    data = os.urandom(8 * PIECE)
+    good_port, dying_port = free_port(), free_port()
+    good, dying = f"http://127.0.0.1:{good_port}", f"http://127.0.0.1:{dying_port}"
+    members = [good, dying]
+    data = blob_owned_by(dying, members, 8 * PIECE)
     store = BlobStore(tmp_path / "good")
+    digest = store.put_bytes(data)
     async with (
         running_tracker() as tracker,
-        running_origin_app(store, tracker + "/announce") as (good, app),
-        serving(dying_origin(data, pieces_sent=3)) as dying,
+        running_origin_app(store, tracker + "/announce", good_port) as (_, app),
+        serving(dying_origin(data, pieces_sent=3), dying_port),
         aiohttp.ClientSession() as http,
     ):
-        members = [good, dying]
-        while owner(str(Digest.of_bytes(data)), members) != dying:
-            data = os.urandom(8 * PIECE)
-        digest = store.put_bytes(data)
         origins = OriginSet(members, clock=ManualClock())
         feed = ReplicaPieceFeed(http, (good, dying), origins, digest, len(data), PIECE)
         got = [(index, piece) async for index, piece in feed.pieces(range(0, 8))]
