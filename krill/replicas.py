@@ -15,6 +15,7 @@ skip the same failed one, without the swarm package importing the agent's.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 from typing import Protocol
@@ -24,7 +25,13 @@ from yarl import URL
 from krill.config import ConfigError
 from krill.digests import Digest
 
-__all__ = ["DNS_SCHEME", "ReplicaRanking", "parse_replicas", "resolve_replicas"]
+__all__ = [
+    "DNS_SCHEME",
+    "ReplicaRanking",
+    "bracket_ipv6_host",
+    "parse_replicas",
+    "resolve_replicas",
+]
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +95,24 @@ async def resolve_replicas(url: URL) -> list[str]:
     hosts = {str(info[4][0]) for info in infos}
     # ``with_host`` brackets an IPv6 literal (an AAAA answer): http://[fd00::5]:5000.
     return [str(url.with_host(h)).rstrip("/") for h in sorted(hosts)]
+
+
+def bracket_ipv6_host(url: str) -> str:
+    """``http://fd00::5:5000`` as ``http://[fd00::5]:5000``; any other URL as it is.
+
+    A pod's own URL is written from ``$(POD_IP)`` (the chart's ``--replica-url``),
+    and Kubernetes' expansion cannot add the brackets an IPv6 literal needs. An
+    unbracketed one is read only when the URL ends in ``:PORT`` (the last colon
+    is then the port's), the host before it is a valid IPv6 address, and nothing
+    follows but a path: no guess is made about anything else.
+    """
+    scheme, sep, rest = url.partition("://")
+    hostport, slash, path = rest.partition("/")
+    host, colon, port = hostport.rpartition(":")
+    if not sep or hostport.startswith("[") or ":" not in host or not port.isdigit():
+        return url
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return url
+    return f"{scheme}://[{host}]{colon}{port}{slash}{path}"

@@ -20,6 +20,7 @@ from krill.config import ConfigError, load_config, parse_hostport
 from krill.oci import MAX_MANIFEST_BYTES
 from krill.origin.cacheretention import CacheLimits
 from krill.origin.storage_url import parse_storage_url
+from krill.replicas import bracket_ipv6_host
 from krill.securityflags import ServerTlsSettings
 
 ENV_PREFIX = "KRILL_ORIGIN_"
@@ -122,6 +123,8 @@ class OriginConfig(ServerTlsSettings):
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen)
+        if self.replica_url:  # the chart writes it from $(POD_IP), unbracketed on IPv6
+            self.replica_url = bracket_ipv6_host(self.replica_url)
         storage = parse_storage_url(self.storage, self.s3_endpoint, self.s3_region)
         if isinstance(storage, Path):
             self.data = storage
