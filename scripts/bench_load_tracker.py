@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote_from_bytes
@@ -94,12 +96,32 @@ def serve_tracker_floor(port: int) -> None:
 
 
 @contextlib.contextmanager
-def trackers(work: Path, origin: str) -> Iterator[tuple[tuple[str, int], tuple[str, int]]]:
-    """``krill tracker`` (memory store) and the bare server: ((url, pid), (url, pid))."""
+def redis_server(work: Path) -> Iterator[str]:
+    """A redis-server on loopback without persistence, for ``--redis``; yields its URL."""
+    port = free_port()
+    command = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+    command += ["--appendonly", "no", "--dir", str(work)]
+    with process(command, work / "redis.log"):
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not listen on {port}")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+
+
+@contextlib.contextmanager
+def trackers(
+    work: Path, origin: str, redis: str | None = None
+) -> Iterator[tuple[tuple[str, int], tuple[str, int]]]:
+    """``krill tracker`` (memory store, or ``redis``) and the bare server: ((url, pid), ...)."""
     work.mkdir(parents=True, exist_ok=True)
     tracker_port, bare_port = free_port(), free_port()
     tracker_cmd = [sys.executable, "-m", "krill.cli", "tracker", "--listen"]
     tracker_cmd += [f"127.0.0.1:{tracker_port}", "--origin", origin, "--log-level", "warning"]
+    tracker_cmd += ["--redis", redis] if redis else []
     bare_cmd = [sys.executable, __file__, str(bare_port)]
     with (
         process(tracker_cmd, work / "tracker.log") as tracker,
@@ -130,11 +152,16 @@ async def compare(argv: list[str]) -> None:
         "--floor", action="store_true",
         help="also the tracker's own app with an announce handler that does nothing",
     )  # fmt: skip
+    parser.add_argument(
+        "--redis", action="store_true",
+        help="the tracker keeps its peers in a redis-server started for the run",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
-    with tempfile.TemporaryDirectory(prefix="bench-tracker-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-tracker-") as tmp, contextlib.ExitStack() as up:
+        redis = up.enter_context(redis_server(Path(tmp))) if args.redis else None
         # The origin is never asked: announces need no metainfo.
-        with trackers(Path(tmp), "http://127.0.0.1:9") as ((tracker, tpid), (bare, bpid)):
+        with trackers(Path(tmp), "http://127.0.0.1:9", redis) as ((tracker, tpid), (bare, bpid)):
             mix = [Call("GET", path) for path in announce_paths()]
             servers = [
                 Server("krill-tracker", tracker, tpid, mix),
