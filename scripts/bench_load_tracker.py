@@ -12,7 +12,10 @@ log nothing per request.
 Alone, ``.venv/bin/python scripts/bench_load_tracker.py --compare`` runs only
 these two with ``scripts/bench_load.py``'s client and report (same levels,
 rounds and ratio line), without docker-registry, the origin or the agent:
-the quick check while working on ``krill/tracker``.
+the quick check while working on ``krill/tracker``. ``--floor`` adds the
+tracker's own app with an announce that does nothing, ``--middlewares`` the bare
+handler behind the shared middlewares, ``--redis`` puts the tracker's peers in a
+redis-server started for the run.
 """
 
 from __future__ import annotations
