@@ -47,16 +47,16 @@ def log(msg: str) -> None:
     print(f"[bench-delta --apply-cores] {msg}", file=sys.stderr, flush=True)
 
 
-def wheels_pair(cache: Path) -> Path:
-    """base/target .tar.gz of all WHEELS installed side by side (zlib level 6, as convert)."""
-    d = cache / "pairs" / "wheels-layer"
+def wheels_pair(cache: Path, wheels: list[tuple[str, str, str]], name: str) -> Path:
+    """base/target .tar.gz of all ``wheels`` installed side by side (zlib level 6, as convert)."""
+    d = cache / "pairs" / name
     if (d / "ready").exists():
         return d
     d.mkdir(parents=True, exist_ok=True)
     for label, index in (("base", 1), ("target", 2)):
         tree, one = d / f"{label}-tree", d / "one-wheel"
         shutil.rmtree(tree, ignore_errors=True)
-        for spec in WHEELS:  # unpack() empties its tree: one wheel at a time, then merged
+        for spec in wheels:  # unpack() empties its tree: one wheel at a time, then merged
             unpack("pypi", fetch_wheel(cache, spec[0], spec[index]), one)
             shutil.copytree(one, tree, dirs_exist_ok=True)
             shutil.rmtree(one)
@@ -96,21 +96,23 @@ def without_restarts(delta: Path, out: Path) -> None:
 # `krill delta apply`'s function in a fresh process, timed three ways: wall, CPU of the main
 # thread (decompressing the base, the ops, hashing, handing out segments) and CPU of all threads.
 APPLY = """
-import sys, time
+import resource, sys, time
 from pathlib import Path
 from krill.delta import apply_delta
 wall, main, total = time.perf_counter(), time.thread_time(), time.process_time()
 apply_delta(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), workers=int(sys.argv[4]))
-print(time.perf_counter() - wall, time.thread_time() - main, time.process_time() - total)
+print(time.perf_counter() - wall, time.thread_time() - main, time.process_time() - total,
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
 
-def timed(base: Path, delta: Path, out: Path, workers: int) -> tuple[float, float, float]:
-    """(wall, main-thread CPU, all-threads CPU) seconds of one apply in its own process."""
+def timed(base: Path, delta: Path, out: Path, workers: int) -> tuple[float, float, float, float]:
+    """(wall, main-thread CPU, all-threads CPU) seconds and peak RSS (MiB) of one apply in its
+    own process (the RSS includes the interpreter and imports, ~40 MiB)."""
     cmd = [sys.executable, "-c", APPLY, str(base), str(delta), str(out), str(workers)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
-    wall, main, total = map(float, done.stdout.split())
-    return wall, main, total
+    wall, main, total, rss = map(float, done.stdout.split())
+    return wall, main, total, rss
 
 
 def bench_pair(name: str, d: Path, work: Path, repeat: int) -> list[str]:
@@ -151,13 +153,13 @@ def bench_pair(name: str, d: Path, work: Path, repeat: int) -> list[str]:
                     raise RuntimeError(f"{name}: apply rebuilt other bytes")
                 out.unlink()
                 best = run if best is None or run[2] < best[2] else best
-            wall, main, total = best
+            wall, main, total, rss = best
             # On 2 idle cores: the main thread's work, or half of all work, whichever is longer.
             idle = max(main, total / 2) if workers > 1 else total
             rows.append(
                 f"| {name} | {blob / 1e6:.1f} / {tar / 1e6:.1f} | {points} | {label} | {workers} "
                 f"| {wall:.2f} | {main:.2f} | {total:.2f} | {idle:.2f} "
-                f"| {tar / 1e6 / idle:.0f} | {blob * 8 / idle / 1e6:.0f} |"
+                f"| {tar / 1e6 / idle:.0f} | {blob * 8 / idle / 1e6:.0f} | {rss:.0f} |"
             )
     return rows
 
@@ -168,11 +170,19 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=ROOT / ".bench-cache")
     parser.add_argument("--pairs", default="wheels-layer,served-numpy,served-pandas,libssl3-deb")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--wheels",
+        help="pkg:old:new,... for the pair 'wheels-offline' (wheels already in CACHE/wheels, "
+        "e.g. copied from a local index, when WHEELS' versions cannot be downloaded)",
+    )
     args = parser.parse_args()
     pairs: dict[str, Path | None] = {}
     for name in args.pairs.split(","):
         if name == "wheels-layer":
-            pairs[name] = wheels_pair(args.cache)
+            pairs[name] = wheels_pair(args.cache, WHEELS, name)
+        elif name == "wheels-offline":
+            specs = [tuple(s.split(":")) for s in (args.wheels or "").split(",") if s]
+            pairs[name] = wheels_pair(args.cache, specs, name)  # type: ignore[arg-type]
         elif name.startswith("served-"):
             versions = {"numpy": ("2.2.5", "2.2.6"), "pandas": ("2.2.2", "2.2.3")}
             pkg = name.removeprefix("served-")
@@ -188,8 +198,9 @@ def main() -> None:
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
         "| pair | gzip / tar MB | points | delta | workers | wall s (loaded) | main-thread CPU s "
-        "| all-threads CPU s | est. wall s, idle cores | tar MB/s | break-even Mbit/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| all-threads CPU s | est. wall s, idle cores | tar MB/s | break-even Mbit/s "
+        "| peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, d in pairs.items():
         if d is None:

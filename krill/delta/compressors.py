@@ -14,12 +14,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from krill.delta.gogzip import GoGzipWriter
-from krill.delta.restarts import (
-    ParallelGoGzipWriter,
-    RestartError,
-    RestartPoint,
-    SegmentedWriter,
-)
+from krill.delta.restarts import RestartError, RestartPoint
+from krill.delta.segwriter import ParallelGoGzipWriter, SegmentedWriter
 from krill.delta.zlibrestarts import ParallelZlibWriter, ZlibPoint, ZlibSetting
 from krill.delta.zstdlib import zstd
 

@@ -29,10 +29,8 @@ from __future__ import annotations
 import importlib
 import itertools
 import os
-import zlib
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -43,13 +41,11 @@ __all__ = [
     "MAX_RESTARTS",
     "PARALLEL_LEVELS",
     "RESTART_INTERVAL",
-    "ParallelGoGzipWriter",
     "Proof",
     "RestartError",
     "RestartPoint",
     "Segment",
     "SegmentBits",
-    "SegmentedWriter",
     "parse_restarts",
     "prove_points",
     "prove_restarts",
@@ -300,168 +296,8 @@ def same_bits(bits: SegmentBits, expected: bytes) -> bool:
 # --- the node: compressing in parallel ---------------------------------------------------
 
 
-class _BitJoiner:
-    """Segments in, stream bytes out: where two meet mid-byte, their bytes are ORed."""
-
-    def __init__(self) -> None:
-        self._tail: int | None = None  # the last, partial byte so far
-
-    def join(self, bits: SegmentBits) -> bytes:
-        data = bits.data
-        if self._tail is not None:
-            data = bytes([self._tail | data[0]]) + data[1:]
-        if bits.nbits & 7:
-            self._tail = data[-1]
-            return data[:-1]
-        self._tail = None
-        return data
-
-    def rest(self) -> bytes:
-        """The last partial byte (its padding zero), when the last segment ended mid-byte."""
-        tail, self._tail = self._tail, None
-        return b"" if tail is None else bytes([tail])
-
-
-class _TarWindow:
-    """The tar received so far from some offset on, as the chunks that came (not copied)."""
-
-    def __init__(self) -> None:
-        self._chunks: deque[bytes] = deque()
-        self.lo = 0  # offset of the first chunk
-        self.end = 0  # bytes received
-
-    def append(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self.end += len(data)
-
-    def read(self, lo: int, hi: int) -> bytes:
-        """Bytes ``lo:hi`` (within what was received), copied once."""
-        out, pos = [], self.lo
-        for chunk in self._chunks:
-            a, b = max(lo, pos), min(hi, pos + len(chunk))
-            if a < b:
-                out.append(memoryview(chunk)[a - pos : b - pos])
-            pos += len(chunk)
-        return b"".join(out)
-
-    def forget_before(self, offset: int) -> None:
-        while self._chunks and self.lo + len(self._chunks[0]) <= offset:
-            self.lo += len(self._chunks.popleft())
-
-
-class SegmentedWriter(Generic[P]):
-    """A gzip member of the tar fed in, its segments compressed on ``workers`` threads.
-
-    ``feed`` chunks, then ``finish``, as the sequential writers. A segment
-    starts once its input (to its end plus ``lookahead``) has come; ``feed``
-    waits for the oldest segment when ``workers`` are busy, so memory stays at
-    a few segments. A family says how a segment is compressed (``_compress``)
-    and whether it ended where its stop point said (``_fits``).
-    """
-
-    lookahead = LOOKAHEAD
-
-    def __init__(self, header: bytes, points: Sequence[P], tar_size: int, workers: int) -> None:
-        if points and points[-1].in_off >= tar_size:
-            raise RestartError("a restart point lies past the end of the tar")
-        self._tar_size = tar_size
-        self._workers = max(1, workers)
-        self._pending: deque[Segment[P]] = deque(segments(points))
-        self._running: deque[tuple[Segment[P], Future[SegmentBits]]] = deque()
-        self._window = _TarWindow()
-        self._joiner = _BitJoiner()
-        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="krill-gzip")
-        self._header = header
-        self._crc = 0
-
-    def _compress(self, segment: Segment[P], data: bytes) -> SegmentBits:
-        """``data``: the tar over ``segment.input_range`` (shorter only for the last)."""
-        raise NotImplementedError
-
-    def _fits(self, segment: Segment[P], bits: SegmentBits) -> bool:
-        raise NotImplementedError
-
-    def feed(self, data: bytes) -> bytes:
-        self._crc = zlib.crc32(data, self._crc)
-        self._window.append(data)
-        out = [self._take_header()]
-        while self._pending and self._ready(self._pending[0]):
-            out.extend(self._start(self._pending.popleft(), self._window.end))
-        while self._running and self._running[0][1].done():
-            out.append(self._collect())
-        return b"".join(out)
-
-    def finish(self) -> bytes:
-        out = [self._take_header()]
-        try:
-            while self._pending:
-                out.extend(self._start(self._pending.popleft(), self._window.end))
-            while self._running:
-                out.append(self._collect())
-            out.append(self._joiner.rest())
-        finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-        size = self._window.end & 0xFFFFFFFF
-        out.append((self._crc & 0xFFFFFFFF).to_bytes(4, "little") + size.to_bytes(4, "little"))
-        return b"".join(out)
-
-    def close(self) -> None:
-        """Stop the threads (after an error elsewhere; ``finish`` does it otherwise)."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def _take_header(self) -> bytes:
-        header, self._header = self._header, b""
-        return header
-
-    def _ready(self, segment: Segment[P]) -> bool:
-        """Its whole input is here (the last segment waits for ``finish``)."""
-        return (
-            segment.stop is not None
-            and segment.input_range(self._tar_size, self.lookahead)[1] <= self._window.end
-        )
-
-    def _start(self, segment: Segment[P], received: int) -> Iterable[bytes]:
-        """Hand a segment to a worker, first waiting for the oldest if all are busy."""
-        done = [self._collect()] if len(self._running) >= self._workers else []
-        lo, hi = segment.input_range(self._tar_size, self.lookahead)
-        data = self._window.read(lo, min(hi, received))
-        job = self._pool.submit(self._compress, segment, data)
-        self._running.append((segment, job))
-        following = (
-            self._pending[0].input_range(self._tar_size, self.lookahead)[0] if self._pending else hi
-        )
-        self._window.forget_before(min(following, hi))
-        return done
-
-    def _collect(self) -> bytes:
-        segment, future = self._running.popleft()
-        bits = future.result()
-        if not self._fits(segment, bits):
-            raise RestartError(
-                "a segment did not end at its restart point: the delta's restart points "
-                "do not fit this tar"
-            )
-        return self._joiner.join(bits)
-
-
-class ParallelGoGzipWriter(SegmentedWriter[RestartPoint]):
-    """Go's gzip from proven restart points: same bytes as ``GoGzipWriter``."""
-
-    def __init__(
-        self,
-        header: bytes,
-        level: int,
-        points: Sequence[RestartPoint],
-        tar_size: int,
-        workers: int,
-    ) -> None:
-        if level not in PARALLEL_LEVELS:
-            raise RestartError(f"level {level} is compressed in sequence, not from restart points")
-        self._level = level
-        super().__init__(header, points, tar_size, workers)
-
-    def _compress(self, segment: Segment[RestartPoint], data: bytes) -> SegmentBits:
-        return compress_segment(self._level, segment, data)
-
-    def _fits(self, segment: Segment[RestartPoint], bits: SegmentBits) -> bool:
-        return ends_where_planned(segment, bits)
+def __getattr__(name: str) -> Any:
+    """The node's writers moved to segwriter.py (which imports this module); still here by name."""
+    if name in ("SegmentedWriter", "ParallelGoGzipWriter"):
+        return getattr(importlib.import_module("krill.delta.segwriter"), name)
+    raise AttributeError(name)

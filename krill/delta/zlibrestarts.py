@@ -44,7 +44,7 @@ import itertools
 import mmap
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,10 +56,11 @@ from krill.delta.restarts import (
     RestartError,
     Segment,
     SegmentBits,
-    SegmentedWriter,
     prove_points,
     same_bits,
 )
+from krill.delta.segstream import ShiftedEmitter
+from krill.delta.segwriter import SegmentedWriter, StreamWork
 
 __all__ = [
     "LOOKAHEAD",
@@ -69,6 +70,7 @@ __all__ = [
     "ZlibSetting",
     "block_boundaries",
     "compress_zlib_segment",
+    "compress_zlib_streamed",
     "find_zlib_restarts",
     "parse_zlib_restarts",
     "plan_points",
@@ -171,6 +173,62 @@ def compress_zlib_segment(
         prefix = max(0, min(rel, len(out) * 8) - 16 * LOOKAHEAD)
         return SegmentBits(_shifted(out, lead, prefix), lead + prefix, lead, False)
     return SegmentBits(_shifted(out, lead, rel), lead + rel, lead, True)
+
+
+def compress_zlib_streamed(
+    setting: ZlibSetting,
+    segment: Segment[ZlibPoint],
+    chunks: Iterable[memoryview],
+    emit: Callable[[bytes], None],
+    end_bit: int,
+) -> SegmentBits:
+    """``compress_zlib_segment`` over input that comes in ``chunks``, its output emitted
+    (shifted into place) as it comes, all but what follows the stop's byte.
+
+    The same compressobj calls on the same bytes: the bits are the same. What is
+    held is the priming window, the 32 KiB before the stop and the lookahead
+    after it, and the output from the stop's byte on. ``reached`` as there; the
+    returned bits are the segment's last, after what was emitted.
+    """
+    start, stop = segment.start, segment.stop
+    lo = start.base if start else 0
+    begin = start.in_off - lo if start else 0
+    first = start.bit_off if start else 0
+    rel = (stop.bit_off if stop else end_bit) - first
+    keep_from = max(0, stop.in_off - lo - _WINDOW) if stop else -1
+    out = ShiftedEmitter(first & 7, max(0, rel >> 3), emit)
+    prime, kept, pos = bytearray(), bytearray(), 0
+    deflate = None if start else setting.compressobj()
+    for chunk in chunks:
+        view = memoryview(chunk)
+        if stop and pos + len(view) > keep_from:
+            kept += view[max(0, keep_from - pos) :]
+        pos += len(view)
+        if deflate is None:
+            need = begin - len(prime)
+            prime += view[:need]
+            view = view[need:]
+            if len(prime) < begin:
+                continue
+            deflate = setting.compressobj(bytes(prime))
+        out.add(deflate.compress(view))
+    if deflate is None:  # the input ended inside the priming window: nothing fits
+        return SegmentBits(b"", 0, first & 7, False)
+    out.add(deflate.flush(zlib.Z_FINISH))
+    if stop is None:
+        fits = out.total * 8 - 8 < rel <= out.total * 8
+    else:
+        end = stop.in_off - lo
+        fits = out.consumed <= rel >> 3 < out.total and 0 < end - keep_from <= len(kept)
+        if fits:
+            tail = bytes(out.pending[(rel >> 3) - out.consumed :])
+            tail = _shifted(tail, -(rel & 7), len(tail) * 8) if rel & 7 else tail
+            at = end - keep_from
+            fits = _inflates_to(tail, bytes(kept[:at]), memoryview(kept)[at:])
+    if not fits:
+        return SegmentBits(b"", 0, first & 7, False)
+    data, nbits, lead = out.final(rel)
+    return SegmentBits(data, nbits, lead, True)
 
 
 def _shifted(data: bytes, shift: int, nbits: int) -> bytes:
@@ -342,3 +400,9 @@ class ParallelZlibWriter(SegmentedWriter[ZlibPoint]):
 
     def _fits(self, segment: Segment[ZlibPoint], bits: SegmentBits) -> bool:
         return bits.reached
+
+    def _streamed(self, segment: Segment[ZlibPoint]) -> StreamWork:
+        def work(chunks: Iterator[memoryview], emit: Callable[[bytes], None]) -> SegmentBits:
+            return compress_zlib_streamed(self._setting, segment, chunks, emit, self._end_bit)
+
+        return work
