@@ -31,6 +31,7 @@ upsert and view in one call (for Redis, one script and one round trip).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Iterator
@@ -274,11 +275,11 @@ class RedisPeerStore:
         to_local = time.time() - redis_now  # expiries come back on this tracker's clock
         live, expired = [], []
         for field, value in raw.items():
-            entry = _parse_entry(field, value)
-            if entry is None or entry.expires <= redis_now:
+            entry = _parse_entry(field, value, redis_now, to_local)
+            if entry is None:
                 expired += [field, value]
             else:
-                live.append(entry._replace(expires=entry.expires + to_local))
+                live.append(entry)
         if expired:
             await self._delete_unchanged(keys=[key], args=expired)
         return live
@@ -333,10 +334,27 @@ def _field(ip: str, port: int) -> str:
     return f"{ip}|{port}"
 
 
-def _parse_entry(field: bytes, value: bytes) -> PeerEntry | None:
+def _parse_entry(
+    field: bytes, value: bytes, redis_now: float, to_local: float
+) -> PeerEntry | None:
+    """The entry, its expiry moved to this tracker's clock; None if expired or unreadable.
+
+    Read for every peer of the swarm on every announce (32 here): the field's address
+    is parsed once per field (``_address``), the value as bytes.
+    """
     try:
-        ip, port = field.decode().rsplit("|", 1)
-        expires, seeder, origin = value.decode().split("|")
-        return PeerEntry(ip, int(port), seeder == "1", origin == "1", float(expires))
+        ip, port = _address(field)
+        expires_text, seeder, origin = value.split(b"|")
+        expires = float(expires_text)
     except ValueError:
         return None  # written by something else; treat as expired and clean it up
+    if expires <= redis_now:
+        return None
+    return PeerEntry(ip, port, seeder == b"1", origin == b"1", expires + to_local)
+
+
+@functools.lru_cache(maxsize=65536)
+def _address(field: bytes) -> tuple[str, int]:
+    """(ip, port) of a hash field ``ip|port``; ValueError (not cached) if it is none."""
+    ip, port = field.decode().rsplit("|", 1)
+    return ip, int(port)
