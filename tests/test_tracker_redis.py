@@ -151,3 +151,29 @@ def test_the_cli_says_in_one_line_when_redis_is_unreachable() -> None:
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"krill tracker: error: cannot use Redis at {url}")
     assert "Traceback" not in proc.stderr
+
+
+async def test_a_swarm_view_is_reused_only_while_its_members_are_unchanged(
+    redis_url: str,
+) -> None:
+    """Re-announces move only expiries, so the last view serves; a join, a peer that
+    completes, or another tracker's write to the swarm makes a new one."""
+    store = RedisPeerStore(redis_url)
+    other = RedisPeerStore(redis_url)  # a second tracker on the same database
+    try:
+        def entry(port: int, seeder: bool = False) -> PeerEntry:
+            return PeerEntry("127.0.0.1", port, seeder, False, time.time() + 60)
+
+        first = await store.record(INFO_HASH, entry(7001), 60)
+        second = await store.record(INFO_HASH, entry(7001), 60)
+        assert second is first
+        joined = await store.record(INFO_HASH, entry(7002), 60)
+        assert joined is not first and joined.leechers == 2
+        await other.record(INFO_HASH, entry(7003, seeder=True), 60)
+        seen = await store.record(INFO_HASH, entry(7001), 60)
+        assert seen is not joined and (seen.seeders, seen.leechers) == (1, 2)
+        completed = await store.record(INFO_HASH, entry(7002, seeder=True), 60)
+        assert (completed.seeders, completed.leechers) == (2, 1)
+    finally:
+        await store.close()
+        await other.close()
