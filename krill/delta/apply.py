@@ -22,11 +22,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from krill.atomicfile import atomic_output
 from krill.delta import format as fmt
 from krill.delta.format import DeltaFormatError
-from krill.delta.layerfiles import TarFile, materialize_tar
+from krill.delta.growingtar import GrowingTar
 from krill.delta.metastream import open_meta_decoder
 from krill.delta.opqueue import run_ops
 from krill.delta.ranges import Range, iter_range
@@ -92,12 +93,35 @@ def apply_delta(
     workers = workers or min(4, os.cpu_count() or 1)
     if blob_kind(base_blob) == "tar":
         return _apply_on_plain_base(base_blob, delta, header, recipe, out, workers)
-    base_tar = materialize_tar(base_blob, out.parent)
+    return _apply_on_growing_base(base_blob, delta, header, recipe, out, workers)
+
+
+def _apply_on_growing_base(
+    base_blob: Path, delta: Path, header: fmt.DeltaHeader, recipe: Recipe, out: Path, workers: int
+) -> ApplyResult:
+    """A compressed base is decompressed in a thread while the delta is applied from it.
+
+    The rebuild reads the base's tar as it grows (``growingtar.py``), so
+    decompressing it no longer runs before everything else. The base's digest
+    is checked before anything is published; when the rebuild fails, a base
+    that is not the delta's is the error reported (it is the cause).
+    """
+    growing = GrowingTar(base_blob, out.parent)
+    size = header.base.tar_size
+
+    def check_base() -> None:
+        tar = growing.result()
+        _check_base(tar.diff_id, tar.size, header)
+
     try:
-        _check_base(base_tar.diff_id, base_tar.size, header)
-        return _rebuild(base_tar, delta, header, recipe, out, workers, lambda: None)
+        try:
+            opener = cast(Callable[[], BinaryIO], growing.open)
+            return _rebuild(size, opener, delta, header, recipe, out, workers, check_base)
+        except Exception:
+            check_base()  # a base that is not the delta's raises here, from the original
+            raise
     finally:
-        base_tar.discard()
+        growing.discard()
 
 
 def _apply_on_plain_base(
@@ -110,11 +134,11 @@ def _apply_on_plain_base(
     """
     size = base_blob.stat().st_size
     _check_base(header.base.diff_id, size, header)
-    base_tar = TarFile(base_blob, header.base.diff_id, size, temporary=False)
     with ThreadPoolExecutor(1, thread_name_prefix="krill-delta-hash") as hasher:
         digest = hasher.submit(sha256_file, str(base_blob))
         return _rebuild(
-            base_tar,
+            size,
+            lambda: open(base_blob, "rb"),
             delta,
             header,
             recipe,
@@ -210,7 +234,8 @@ def _verified_header(delta: Path) -> fmt.DeltaHeader:
 
 
 def _rebuild(
-    base_tar: TarFile,
+    base_size: int,
+    open_base: Callable[[], BinaryIO],
     delta: Path,
     header: fmt.DeltaHeader,
     recipe: Recipe,
@@ -225,12 +250,12 @@ def _rebuild(
             identity=recipe.kind == "identity",
             max_size=header.target.size,
         )
-        with open(base_tar.path, "rb") as base, open(delta, "rb") as df:
-            meta = open_meta_decoder(base, base_tar.size, header.meta)
+        with open_base() as base, open(delta, "rb") as df:
+            meta = open_meta_decoder(base, base_size, header.meta)
             fmt.read_header(df)
             reader = fmt.OpReader(
                 df,
-                base_size=base_tar.size,
+                base_size=base_size,
                 target_size=header.target.tar_size,
                 delta_size=delta.stat().st_size,
             )
