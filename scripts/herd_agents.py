@@ -81,6 +81,7 @@ class AgentRun:
     pulls: list[NodePull]
     agent_cpu: float  # user + sys seconds of every agent, "go" until all are done
     loop_cpu: float  # of which their main threads (the event loop: all Python but workers)
+    system_cpu: float = float("nan")  # of which in the kernel (sys), every thread
     announces: float = float("nan")  # announces the tracker answered, "go" until all are done
 
 
@@ -146,6 +147,7 @@ def agents_pull(
     log(f"{nodes} agents and clients ready; go")
     cpu_before = {i: cpu_seconds(agent.pid) for i, agent in agents.items()}
     loop_before = {i: thread_cpu(agent.pid) for i, agent in agents.items()}
+    system_before = {i: system_cpu(agent.pid) for i, agent in agents.items()}
     profiler = start_profiler(procs, agents[1].pid, work) if profile else None
     sampler = LinkSampler(nodes + 1)
     sampler.start()
@@ -158,6 +160,7 @@ def agents_pull(
     results = {i: read_line(client) for i, client in clients.items()}
     agent_cpu = sum(cpu_seconds(agents[i].pid) - cpu_before[i] for i in hosts)
     loop_cpu = sum(thread_cpu(agents[i].pid) - loop_before[i] for i in hosts)
+    system = sum(system_cpu(agents[i].pid) - system_before[i] for i in hosts)
     announces = tracker_announces() - announces_before
     if profiler is not None:
         profiler.send_signal(signal.SIGINT)  # py-spy writes its samples and exits
@@ -176,13 +179,24 @@ def agents_pull(
             proc.terminate()
         for proc in [*clients.values(), *agents.values()]:
             proc.wait(30)
-    return AgentRun(pulls, agent_cpu, loop_cpu, announces)
+    return AgentRun(pulls, agent_cpu, loop_cpu, system, announces)
 
 
 def thread_cpu(pid: int) -> float:
     """User + sys CPU-seconds of a process's main thread (its event loop), from /proc."""
     fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def system_cpu(pid: int) -> float:
+    """System (kernel) CPU-seconds of a process, every thread, from /proc.
+
+    Kept apart because on this VM its share moves with the machine (first touches
+    of page-cache pages the host took back, docs/profile-agent.md) while user time
+    follows the agent's code: the steadier figure when comparing two trees.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
 def start_profiler(procs: Processes, pid: int, work: Path) -> subprocess.Popen[str]:

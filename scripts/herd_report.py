@@ -75,15 +75,18 @@ class Figures:
         tail = [p.after_last_piece for p in pulls]
         sources = sorted({p.source for p in pulls})
         loop = self.agents.loop_cpu / self.pulled_gib
+        system = self.agents.system_cpu / self.pulled_gib
         record.update(
             first_byte_s=sorted(first), last_piece_to_last_byte_s=sorted(tail),
             served_from=sources, agent_loop_cpu_s_per_gib=loop,
+            agent_system_cpu_s_per_gib=system,
             tracker_announces=self.agents.announces,
         )
         return [
             f"of the agents' CPU per GiB: {loop:.2f} in their event-loop threads (Python), "
             f"{self.node_cpu / self.pulled_gib - loop:.2f} in other threads (libtorrent, "
-            "reads and hashing in worker threads)",
+            "reads and hashing in worker threads); "
+            f"{self.node_cpu / self.pulled_gib - system:.2f} user, {system:.2f} system",
             f"'go' to first byte: p50 {percentile(first, 50):.2f}s, "
             f"p99 {percentile(first, 99):.2f}s",
             f"last piece (agent's swarm.download_done) to last byte: "
