@@ -16,12 +16,11 @@ import functools
 import ipaddress
 import logging
 import random
-import struct
 from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from krill.tracker.peerstore import PeerEntry
-from krill.tracker.swarmview import HANDOUT_RNG, packed_peer
+from krill.tracker.swarmview import HANDOUT_RNG, packable_peers
 
 log = logging.getLogger(__name__)
 
@@ -284,14 +283,7 @@ def compact_peers(peers: list[PeerEntry]) -> tuple[bytes, bytes]:
     """BEP 23 (IPv4, 6 bytes each) and BEP 7 (IPv6, 18 bytes each) compact lists."""
     v4: list[bytes] = []
     v6: list[bytes] = []
-    for peer in peers:
-        try:
-            version, packed = packed_peer(peer.ip, peer.port)
-        except (ValueError, struct.error):
-            # Stored by an older tracker or something else sharing the Redis database: one bad
-            # entry must not fail the answer for everyone in the swarm.
-            log.warning("tracker.unpackable_peer ip=%r port=%r", peer.ip, peer.port)
-            continue
+    for _, version, packed in packable_peers(peers):
         (v4 if version == 4 else v6).append(packed)
     return b"".join(v4), b"".join(v6)
 

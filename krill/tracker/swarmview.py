@@ -27,9 +27,17 @@ import ipaddress
 import logging
 import random
 import struct
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-__all__ = ["HANDOUT_RNG", "Group", "PeerEntry", "SwarmView", "packed_peer"]
+__all__ = [
+    "HANDOUT_RNG",
+    "Group",
+    "PeerEntry",
+    "SwarmView",
+    "packable_peers",
+    "packed_peer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +66,21 @@ def packed_peer(ip: str, port: int) -> tuple[int, bytes]:
     return version, address + struct.pack("!H", port)
 
 
+def packable_peers(peers: Iterable[PeerEntry]) -> Iterator[tuple[PeerEntry, int, bytes]]:
+    """Each peer with its IP version and packed address; one that has none is logged, left out.
+
+    Stored by an older tracker or something else sharing the Redis database: one
+    bad entry must not fail the answer for everyone in the swarm.
+    """
+    for peer in peers:
+        try:
+            version, packed = packed_peer(peer.ip, peer.port)
+        except (ValueError, struct.error):
+            log.warning("tracker.unpackable_peer ip=%r port=%r", peer.ip, peer.port)
+            continue
+        yield peer, version, packed
+
+
 @functools.lru_cache(maxsize=65536)
 def _packed_ip(ip: str) -> tuple[int, bytes]:
     """(version, packed bytes) of an address; ValueError if it is none.
@@ -82,14 +105,7 @@ class Group:
         v6: list[bytes] = []
         # (ip, port) -> (IP version, byte offset) in v4 or v6.
         self.where: dict[tuple[str, int], tuple[int, int]] = {}
-        for peer in peers:
-            try:
-                version, packed = packed_peer(peer.ip, peer.port)
-            except (ValueError, struct.error):
-                # Stored by an older tracker or something else sharing the Redis database: one
-                # bad entry must not fail the answer for everyone in the swarm.
-                log.warning("tracker.unpackable_peer ip=%r port=%r", peer.ip, peer.port)
-                continue
+        for peer, version, packed in packable_peers(peers):
             chunks = v4 if version == 4 else v6
             self.where[(peer.ip, peer.port)] = (version, len(chunks) * len(packed))
             chunks.append(packed)
