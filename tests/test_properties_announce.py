@@ -116,14 +116,26 @@ peers = st.builds(
 )
 
 
+# A swarm, the peer asking, how many it wants, and the handout's random seed.
+HANDOUTS = given(
+    st.lists(peers, max_size=30, unique_by=lambda p: (p.ip, p.port)),
+    peers,
+    st.integers(0, 40),
+    st.integers(0, 2**32),
+)
+
+
+def asking_as(me: PeerEntry, numwant: int) -> Announce:
+    """The announce ``me`` sends (as a seeder if it is one) for ``numwant`` peers."""
+    return Announce(b"i" * 20, b"p" * 20, me.ip, me.port, 0 if me.seeder else 1, "", numwant, True)
+
+
 @PROPERTY
-@given(st.lists(peers, max_size=30, unique_by=lambda p: (p.ip, p.port)), peers,
-       st.integers(0, 40), st.integers(0, 2**32))
+@HANDOUTS
 def test_the_handout_policy(
     swarm: list[PeerEntry], me: PeerEntry, numwant: int, seed: int
 ) -> None:
-    asking = Announce(b"i" * 20, b"p" * 20, me.ip, me.port, 0 if me.seeder else 1,
-                      "", numwant, True)
+    asking = asking_as(me, numwant)
     handed = choose_peers(swarm, asking, random.Random(seed))
     others = [p for p in swarm if (p.ip, p.port) != (me.ip, me.port)]
     candidates = [p for p in others if not (asking.seeder and (p.seeder or p.origin))]

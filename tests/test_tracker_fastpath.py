@@ -30,6 +30,7 @@ from krill.tracker.announce import (
 from krill.tracker.peerstore import MemoryPeerStore, PeerEntry
 from krill.tracker.swarmview import SwarmView, packed_peer
 from tests.polling import until
+from tests.test_properties_announce import HANDOUTS, asking_as
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SWARM = b"s" * 20
@@ -78,16 +79,6 @@ def test_a_client_announce_takes_the_fast_way_to_the_same_answer(
     assert fast(raw, "127.0.0.1") == general(raw, "127.0.0.1")
 
 
-peers = st.builds(
-    PeerEntry,
-    ip=st.sampled_from(["10.0.0.1", "10.0.0.2", "::1", "fe80::2"]),
-    port=st.integers(1, 6),
-    seeder=st.booleans(),
-    origin=st.booleans(),
-    expires=st.just(0.0),
-)
-
-
 def unpacked(v4: bytes, v6: bytes) -> list[bytes]:
     return [v4[i : i + 6] for i in range(0, len(v4), 6)] + [
         v6[i : i + 18] for i in range(0, len(v6), 18)
@@ -99,13 +90,11 @@ def packed(entries: list[PeerEntry]) -> list[bytes]:
 
 
 @PROPERTY
-@given(st.lists(peers, max_size=30, unique_by=lambda p: (p.ip, p.port)), peers,
-       st.integers(0, 40), st.integers(0, 2**32))
+@HANDOUTS
 def test_the_view_hands_out_as_choose_peers_does(
     swarm: list[PeerEntry], me: PeerEntry, numwant: int, seed: int
 ) -> None:
-    asking = Announce(b"i" * 20, b"p" * 20, me.ip, me.port, 0 if me.seeder else 1,
-                      "", numwant, True)
+    asking = asking_as(me, numwant)
     v4, v6, handed = SwarmView(swarm).compact(me.ip, me.port, asking.seeder, numwant,
                                               random.Random(seed))
     chosen = choose_peers(swarm, asking, random.Random(seed))
