@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import tempfile
 import threading
 from pathlib import Path
@@ -23,6 +24,9 @@ from krill.delta.recipes import iter_tar_chunks
 from krill.digests import Digest
 
 __all__ = ["GrowingReader", "GrowingTar"]
+
+# Decompressed chunks (1 MiB) waiting to be hashed and written: a few, the sink is faster.
+_QUEUED = 8
 
 
 class _Cancelled(Exception):
@@ -47,12 +51,33 @@ class GrowingTar:
         self._thread.start()
 
     def _run(self) -> None:
+        """Decompress here; hash and write in a second thread (``_sink``), so the first op,
+        which waits for the whole base on most layers (the meta prefix), waits for the
+        decompression alone: 1.4-1.5 s of a 387 MB base, not 1.85 s."""
+        chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED)
+        sink = threading.Thread(target=self._sink, args=(chunks,), name="krill-delta-base-sink")
+        sink.start()
+        try:
+            for chunk in iter_tar_chunks(self._blob):
+                if self._cancel or self._failed():
+                    raise _Cancelled
+                chunks.put(chunk)
+        except BaseException as exc:  # handed to the readers and to result()
+            self._fail(exc)
+        finally:
+            chunks.put(None)
+            sink.join()
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    def _sink(self, chunks: queue.Queue[bytes | None]) -> None:
         hasher, size = hashlib.sha256(), 0
         try:
             with os.fdopen(self._fd, "wb", buffering=0) as out:
-                for chunk in iter_tar_chunks(self._blob):
-                    if self._cancel:
-                        raise _Cancelled
+                while (chunk := chunks.get()) is not None:
+                    if self._failed():
+                        continue  # drain, so the decompressing thread never blocks
                     hasher.update(chunk)
                     view = memoryview(chunk)
                     while view:
@@ -61,16 +86,23 @@ class GrowingTar:
                     with self._cond:
                         self._written = size
                         self._cond.notify_all()
-            tar = TarFile(self.path, str(Digest.from_hasher(hasher)), size, temporary=True)
-            with self._cond:
-                self._tar = tar
-        except BaseException as exc:  # handed to the readers and to result()
-            with self._cond:
-                self._error = exc
-        finally:
-            with self._cond:
-                self._done = True
-                self._cond.notify_all()
+            if not self._failed():
+                tar = TarFile(self.path, str(Digest.from_hasher(hasher)), size, temporary=True)
+                with self._cond:
+                    self._tar = tar
+        except BaseException as exc:
+            self._fail(exc)
+            while chunks.get() is not None:
+                pass
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._cond:
+            self._error = self._error or exc
+            self._cond.notify_all()
+
+    def _failed(self) -> bool:
+        with self._cond:
+            return self._error is not None
 
     def wait_for(self, end: int | None) -> int:
         """Bytes on disk once ``end`` of them are (None: all); the thread's error if it failed."""
