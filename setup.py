@@ -13,7 +13,10 @@ setup(
         Extension(
             "krill._goflate",
             sources=[
-                "krill/_native/goflate.c",
+                "krill/_native/goflate.c",  # Go-compatible deflate: the Python type
+                "krill/_native/gohuff.c",
+                "krill/_native/gobits.c",
+                "krill/_native/golevels.c",
                 "krill/_native/elfnorm.c",  # the ELF-aware delta transform
                 "krill/_native/elfscan.c",
                 "krill/_native/elffields.c",

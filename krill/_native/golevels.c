@@ -1,0 +1,440 @@
+/* The matchers of every level (deflate.go, deflatefast.go) and the input steps, for goflate.c. */
+#include "goflate_int.h"
+
+/* ---- levels 2-9 (deflate.go) ------------------------------------------------------------ */
+
+static inline uint32_t hash4(const uint8_t *b) {
+    return (((uint32_t)b[3] | (uint32_t)b[2] << 8 | (uint32_t)b[1] << 16 | (uint32_t)b[0] << 24) * HASHMUL) >>
+           (32 - HASH_BITS);
+}
+
+/* matchLen: common prefix of a and b, at most max bytes (8 at a time; same result). */
+static inline int match_len(const uint8_t *a, const uint8_t *b, int max) {
+    int i = 0;
+    while (i + 8 <= max) {
+        uint64_t x, y;
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        if (x != y) return i + (__builtin_ctzll(x ^ y) >> 3);
+        i += 8;
+    }
+    while (i < max && a[i] == b[i]) i++;
+    return i;
+}
+
+/* fillDeflate: slide the window by 32 KiB when the matcher is near its end, then copy in. */
+static int fill_deflate(Deflater *d, const uint8_t *b, size_t n) {
+    if (d->index >= 2 * WINDOW_SIZE - (MIN_MATCH + MAX_MATCH)) {
+        memcpy(d->window, d->window + WINDOW_SIZE, WINDOW_SIZE);
+        d->index -= WINDOW_SIZE;
+        d->window_end -= WINDOW_SIZE;
+        d->in_base += WINDOW_SIZE;
+        d->block_start = d->block_start >= WINDOW_SIZE ? d->block_start - WINDOW_SIZE : INT32_MAX;
+        d->hash_offset += WINDOW_SIZE;
+        if (d->hash_offset > MAX_HASH_OFFSET) {
+            int delta = d->hash_offset - 1;
+            d->hash_offset -= delta;
+            d->chain_head -= delta;
+            for (int i = 0; i < WINDOW_SIZE; i++)
+                d->hash_prev[i] = (int64_t)d->hash_prev[i] > delta ? d->hash_prev[i] - (uint32_t)delta : 0;
+            for (int i = 0; i < HASH_SIZE; i++)
+                d->hash_head[i] = (int64_t)d->hash_head[i] > delta ? d->hash_head[i] - (uint32_t)delta : 0;
+        }
+    }
+    size_t room = (size_t)(d->window_cap - d->window_end);
+    if (n > room) n = room;
+    memcpy(d->window + d->window_end, b, n);
+    d->window_end += (int)n;
+    return (int)n;
+}
+
+static inline uint32_t load_u32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static int find_match(Deflater *d, int pos, int prev_head, int prev_length, int lookahead, int *out_length,
+                      int *out_offset) {
+    const uint8_t *win = d->window;
+    int min_match_look = lookahead < MAX_MATCH ? lookahead : MAX_MATCH;
+    int nice = min_match_look < d->cfg.nice ? min_match_look : d->cfg.nice;
+    int tries = d->cfg.chain, length = prev_length, offset = 0, ok = 0;
+    if (length >= d->cfg.good) tries >>= 2;
+    /* Go tests the byte just past the best match first; a longer match also needs the 3
+     * before it, so comparing those 4 bytes at once rejects the same candidates sooner.
+     * (length >= 3 always: callers pass minMatchLength - 1.) */
+    uint32_t w_end = load_u32(win + pos + length - 3);
+    const uint8_t *w_pos = win + pos;
+    int min_index = pos - WINDOW_SIZE;
+    for (int i = prev_head; tries > 0; tries--) {
+        if (w_end == load_u32(win + i + length - 3)) {
+            int n = match_len(win + i, w_pos, min_match_look);
+            if (n > length && (n > MIN_MATCH || pos - i <= 4096)) {
+                length = n;
+                offset = pos - i;
+                ok = 1;
+                if (n >= nice) break;
+                w_end = load_u32(win + pos + n - 3);
+            }
+        }
+        if (i == min_index) break;
+        i = (int)((int64_t)d->hash_prev[i & WINDOW_MASK] - d->hash_offset);
+        if (i < min_index || i < 0) break;
+    }
+    *out_length = length;
+    *out_offset = offset;
+    return ok;
+}
+
+/* ---- restart points (levels 4-9) ---------------------------------------------------------
+ *
+ * At the lazy levels every position is hashed (fastSkipHashing == skipNever), so at a block
+ * boundary the matcher's state is a function of the input before it, plus a few fields: the
+ * window's input offset (it slides by 32 KiB at points fixed by the input), the pending lazy
+ * literal and its match (byteAvailable, length, offset). Hash chains only ever reach back
+ * 32 KiB and never below the window's start, so a restarted encoder rebuilds them by hashing
+ * the preceding 32 KiB of the window in order. The Huffman writer keeps nothing across blocks
+ * but its bit position. A recording encoder notes such a state every record_every input
+ * bytes (in full-window steps only: one big Write); the origin proves each one by compressing
+ * the segment from it (krill/delta/restarts.py). */
+
+static int64_t bits_out(const Deflater *d) {
+    return ((d->out_taken + (int64_t)d->out_len) << 3) + (int64_t)d->nbits;
+}
+
+/* index: the window position the block just written ends at. */
+static void note_block_end(Deflater *d, int index) {
+    int64_t end = d->in_base + index;
+    if (d->stop_at >= 0 && end >= d->stop_at) {
+        d->stopped = 1;
+        d->overshot = end != d->stop_at;
+        return;
+    }
+    if (d->record_every <= 0 || end < d->next_record || d->sync || d->window_end != d->window_cap) return;
+    if (d->npoints == d->points_cap) {
+        size_t cap = d->points_cap ? d->points_cap * 2 : 64;
+        restart_point *p = realloc(d->points, cap * sizeof *p);
+        if (!p) return; /* a missing restart point costs speed, never bytes */
+        d->points = p;
+        d->points_cap = cap;
+    }
+    /* The lazy path writes a block either after a match (index is then the next position to
+     * look at, nothing pending) or after the literal before index, with the match found at
+     * index still pending; the caller then steps index past it. */
+    restart_point r = {end, bits_out(d), index, d->byte_available, d->byte_available ? d->length : MIN_MATCH - 1,
+                       d->byte_available ? d->offset : 0};
+    d->points[d->npoints++] = r;
+    d->next_record = end + d->record_every;
+}
+
+/* compressor.writeBlock: the window bytes of the block go along when they are still there. */
+static int deflate_write_block(Deflater *d, int index) {
+    if (index > 0) {
+        const uint8_t *input = NULL;
+        int input_len = 0;
+        if (d->block_start <= index) {
+            input = d->window + d->block_start;
+            input_len = index - d->block_start;
+        }
+        d->block_start = index;
+        if (!gf_write_block(d, d->tokens, d->ntokens, input, input_len)) return 0;
+        if (d->record_every > 0 || d->stop_at >= 0) note_block_end(d, index);
+    }
+    d->ntokens = 0;
+    return 1;
+}
+
+void gf_insert_hash(Deflater *d, int index) {
+    uint32_t *hh = &d->hash_head[hash4(d->window + index) & HASH_MASK];
+    d->hash_prev[index & WINDOW_MASK] = *hh;
+    *hh = (uint32_t)(index + d->hash_offset);
+}
+
+/* compressor.deflate: greedy (levels 2-3, with skipped hashing after long matches) or lazy
+ * (levels 4-9) matching over the window, a block every 2^14 tokens. */
+static int deflate_step(Deflater *d) {
+    const int fast_skip = d->cfg.fast_skip;
+    if (d->window_end - d->index < MIN_MATCH + MAX_MATCH && !d->sync) return 1;
+    d->max_insert_index = d->window_end - (MIN_MATCH - 1);
+    for (;;) {
+        int lookahead = d->window_end - d->index;
+        if (lookahead < MIN_MATCH + MAX_MATCH) {
+            if (!d->sync) break;
+            if (lookahead == 0) {
+                if (d->byte_available) {
+                    d->tokens[d->ntokens++] = d->window[d->index - 1];
+                    d->byte_available = 0;
+                }
+                if (d->ntokens > 0 && !deflate_write_block(d, d->index)) return 0;
+                break;
+            }
+        }
+        if (d->index < d->max_insert_index) {
+            uint32_t *hh = &d->hash_head[hash4(d->window + d->index) & HASH_MASK];
+            d->chain_head = (int)*hh;
+            d->hash_prev[d->index & WINDOW_MASK] = (uint32_t)d->chain_head;
+            *hh = (uint32_t)(d->index + d->hash_offset);
+        }
+        int prev_length = d->length, prev_offset = d->offset;
+        d->length = MIN_MATCH - 1;
+        d->offset = 0;
+        int min_index = d->index - WINDOW_SIZE;
+        if (min_index < 0) min_index = 0;
+
+        if (d->chain_head - d->hash_offset >= min_index &&
+            ((fast_skip != SKIP_NEVER && lookahead > MIN_MATCH - 1) ||
+             (fast_skip == SKIP_NEVER && lookahead > prev_length && prev_length < d->cfg.lazy))) {
+            int nl, no;
+            if (find_match(d, d->index, d->chain_head - d->hash_offset, MIN_MATCH - 1, lookahead, &nl, &no)) {
+                d->length = nl;
+                d->offset = no;
+            }
+        }
+        if ((fast_skip != SKIP_NEVER && d->length >= MIN_MATCH) ||
+            (fast_skip == SKIP_NEVER && prev_length >= MIN_MATCH && d->length <= prev_length)) {
+            if (fast_skip != SKIP_NEVER)
+                d->tokens[d->ntokens++] =
+                    MATCH_TOKEN(d->length - BASE_MATCH_LENGTH, d->offset - BASE_MATCH_OFFSET);
+            else
+                d->tokens[d->ntokens++] =
+                    MATCH_TOKEN(prev_length - BASE_MATCH_LENGTH, prev_offset - BASE_MATCH_OFFSET);
+            if (d->length <= fast_skip) {
+                int new_index = fast_skip != SKIP_NEVER ? d->index + d->length : d->index + prev_length - 1;
+                int index = d->index;
+                for (index++; index < new_index; index++)
+                    if (index < d->max_insert_index) gf_insert_hash(d, index);
+                d->index = index;
+                if (fast_skip == SKIP_NEVER) {
+                    d->byte_available = 0;
+                    d->length = MIN_MATCH - 1;
+                }
+            } else {
+                d->index += d->length;
+            }
+            if (d->ntokens == MAX_FLATE_BLOCK_TOKENS) {
+                if (!deflate_write_block(d, d->index)) return 0;
+                if (d->stopped) return 1;
+            }
+        } else {
+            if (fast_skip != SKIP_NEVER || d->byte_available) {
+                int i = fast_skip != SKIP_NEVER ? d->index : d->index - 1;
+                d->tokens[d->ntokens++] = d->window[i];
+                if (d->ntokens == MAX_FLATE_BLOCK_TOKENS) {
+                    if (!deflate_write_block(d, i + 1)) return 0;
+                    if (d->stopped) return 1;
+                }
+            }
+            d->index++;
+            if (fast_skip == SKIP_NEVER) d->byte_available = 1;
+        }
+    }
+    return 1;
+}
+
+/* ---- level 1 (deflatefast.go) ----------------------------------------------------------- */
+
+static inline uint32_t load32(const uint8_t *b) {
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+static inline uint64_t load64(const uint8_t *b) { return (uint64_t)load32(b) | (uint64_t)load32(b + 4) << 32; }
+
+static inline uint32_t fast_hash(uint32_t u) { return (u * HASHMUL) >> FAST_TABLE_SHIFT; }
+
+static void fast_shift_offsets(Deflater *d) {
+    if (d->prev_len == 0) {
+        memset(d->table, 0, sizeof(fast_entry) * FAST_TABLE_SIZE);
+        d->cur = MAX_MATCH_OFFSET + 1;
+        return;
+    }
+    for (int i = 0; i < FAST_TABLE_SIZE; i++) {
+        int64_t v = (int64_t)d->table[i].offset - d->cur + MAX_MATCH_OFFSET + 1;
+        d->table[i].offset = v < 0 ? 0 : (int32_t)v;
+    }
+    d->cur = MAX_MATCH_OFFSET + 1;
+}
+
+static void fast_reset(Deflater *d) {
+    d->prev_len = 0;
+    d->cur += MAX_MATCH_OFFSET;
+    if (d->cur >= FAST_BUFFER_RESET) fast_shift_offsets(d);
+}
+
+/* deflateFast.matchLen: the match may start in the previous block and run into this one. */
+static int32_t fast_match_len(Deflater *d, int32_t s, int32_t t, const uint8_t *src, int32_t len) {
+    int32_t s1 = s + MAX_MATCH - 4;
+    if (s1 > len) s1 = len;
+    if (t >= 0) return match_len(src + t, src + s, s1 - s);
+    int32_t tp = d->prev_len + t;
+    if (tp < 0) return 0;
+    int32_t alen = s1 - s, blen = d->prev_len - tp;
+    if (blen > alen) blen = alen;
+    int32_t n = match_len(src + s, d->prev + tp, blen);
+    if (n < blen) return n;
+    if (s + n == s1) return n;
+    return n + match_len(src + s + n, src, s1 - (s + n));
+}
+
+static void emit_literals(Deflater *d, const uint8_t *lit, int32_t n) {
+    for (int32_t i = 0; i < n; i++) d->tokens[d->ntokens++] = lit[i];
+}
+
+/* deflateFast.encode: Snappy-style greedy matching with a skip that grows over misses. */
+static void fast_encode(Deflater *d, const uint8_t *src, int32_t len) {
+    fast_entry *table = d->table;
+    d->ntokens = 0;
+    if (d->cur >= FAST_BUFFER_RESET) fast_shift_offsets(d);
+    if (len < FAST_MIN_NON_LITERAL_BLOCK) {
+        d->cur += MAX_STORE_BLOCK;
+        d->prev_len = 0;
+        emit_literals(d, src, len);
+        return;
+    }
+    int32_t s_limit = len - FAST_INPUT_MARGIN, next_emit = 0, s = 0;
+    uint32_t cv = load32(src);
+    uint32_t next_hash = fast_hash(cv);
+    for (;;) {
+        int32_t skip = 32, next_s = s;
+        fast_entry candidate;
+        for (;;) {
+            s = next_s;
+            int32_t between = skip >> 5;
+            next_s = s + between;
+            skip += between;
+            if (next_s > s_limit) goto emit_remainder;
+            candidate = table[next_hash & FAST_TABLE_MASK];
+            uint32_t now = load32(src + next_s);
+            table[next_hash & FAST_TABLE_MASK].offset = s + d->cur;
+            table[next_hash & FAST_TABLE_MASK].val = cv;
+            next_hash = fast_hash(now);
+            int64_t offset = (int64_t)s - ((int64_t)candidate.offset - d->cur);
+            if (offset > MAX_MATCH_OFFSET || cv != candidate.val) {
+                cv = now;
+                continue;
+            }
+            break;
+        }
+        emit_literals(d, src + next_emit, s - next_emit);
+        for (;;) {
+            s += 4;
+            int32_t t = candidate.offset - d->cur + 4;
+            int32_t l = fast_match_len(d, s, t, src, len);
+            d->tokens[d->ntokens++] = MATCH_TOKEN(l + 4 - BASE_MATCH_LENGTH, s - t - BASE_MATCH_OFFSET);
+            s += l;
+            next_emit = s;
+            if (s >= s_limit) goto emit_remainder;
+            uint64_t x = load64(src + s - 1);
+            uint32_t prev_hash = fast_hash((uint32_t)x);
+            table[prev_hash & FAST_TABLE_MASK].offset = d->cur + s - 1;
+            table[prev_hash & FAST_TABLE_MASK].val = (uint32_t)x;
+            x >>= 8;
+            uint32_t curr_hash = fast_hash((uint32_t)x);
+            candidate = table[curr_hash & FAST_TABLE_MASK];
+            table[curr_hash & FAST_TABLE_MASK].offset = d->cur + s;
+            table[curr_hash & FAST_TABLE_MASK].val = (uint32_t)x;
+            int64_t offset = (int64_t)s - ((int64_t)candidate.offset - d->cur);
+            if (offset > MAX_MATCH_OFFSET || (uint32_t)x != candidate.val) {
+                cv = (uint32_t)(x >> 8);
+                next_hash = fast_hash(cv);
+                s++;
+                break;
+            }
+        }
+    }
+emit_remainder:
+    if (next_emit < len) emit_literals(d, src + next_emit, len - next_emit);
+    d->cur += len;
+    d->prev_len = len;
+    memcpy(d->prev, src, (size_t)len);
+}
+
+/* compressor.encSpeed */
+static int enc_speed_step(Deflater *d) {
+    int end = d->window_end;
+    if (end < MAX_STORE_BLOCK) {
+        if (!d->sync) return 1;
+        if (end < 128) {
+            int ok = 1;
+            if (end == 0) return 1;
+            if (end <= 16) ok = gf_write_stored_block(d, d->window, end);
+            else ok = gf_write_block_huff(d, d->window, end);
+            d->window_end = 0;
+            fast_reset(d);
+            return ok;
+        }
+    }
+    fast_encode(d, d->window, end);
+    int ok;
+    if (d->ntokens > end - (end >> 4)) ok = gf_write_block_huff(d, d->window, end);
+    else ok = gf_write_block_dynamic(d, d->tokens, d->ntokens, d->window, end);
+    d->window_end = 0;
+    return ok;
+}
+
+/* ---- levels 0 and -2 (store, storeHuff) ------------------------------------------------- */
+
+static int store_step(Deflater *d) {
+    if (d->window_end > 0 && (d->window_end == MAX_STORE_BLOCK || d->sync)) {
+        int ok = gf_write_stored_block(d, d->window, d->window_end);
+        d->window_end = 0;
+        return ok;
+    }
+    return 1;
+}
+
+static int store_huff_step(Deflater *d) {
+    if ((d->window_end < d->window_cap && !d->sync) || d->window_end == 0) return 1;
+    int ok = gf_write_block_huff(d, d->window, d->window_end);
+    d->window_end = 0;
+    return ok;
+}
+
+int gf_step(Deflater *d) {
+    switch (d->level) {
+    case 0: return store_step(d);
+    case -2: return store_huff_step(d);
+    case 1: return enc_speed_step(d);
+    default: return deflate_step(d);
+    }
+}
+
+int gf_fill(Deflater *d, const uint8_t *b, size_t n) {
+    if (d->level >= 2) return fill_deflate(d, b, n);
+    size_t room = (size_t)(d->window_cap - d->window_end); /* fillStore */
+    if (n > room) n = room;
+    memcpy(d->window + d->window_end, b, n);
+    d->window_end += (int)n;
+    return (int)n;
+}
+
+/* As one Go Write of everything fed so far: step only when the window is full. */
+int gf_feed_whole(Deflater *d, const uint8_t *b, size_t n) {
+    while (n > 0) {
+        if (d->window_end == d->window_cap && !gf_step(d)) return 0;
+        int k = gf_fill(d, b, n);
+        b += k;
+        n -= (size_t)k;
+    }
+    return 1;
+}
+
+/* Exactly one Go Write call (compressor.write). */
+int gf_feed_go_write(Deflater *d, const uint8_t *b, size_t n) {
+    while (n > 0) {
+        if (!gf_step(d)) return 0;
+        int k = gf_fill(d, b, n);
+        b += k;
+        n -= (size_t)k;
+    }
+    return 1;
+}
+
+/* compressor.close: the rest, then an empty final stored block. */
+int gf_finish_stream(Deflater *d) {
+    d->sync = 1;
+    if (!gf_step(d)) return 0;
+    if (!gf_write_stored_header(d, 0, 1)) return 0;
+    gf_bits_flush(d);
+    return 1;
+}
