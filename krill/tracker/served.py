@@ -98,7 +98,7 @@ class RequestSeconds(Collector):
     def collect(self) -> Iterator[Metric]:
         for family in self.histogram.collect():
             for (method, route), plain in sorted(self.plain.items()):
-                if plain.counts != [0] * len(plain.counts):  # as a child: once observed
+                if any(plain.counts):  # as a prometheus child: exported once observed
                     labels = {"method": method, "route": route}
                     family.samples.extend(plain.samples(REQUEST_SECONDS, labels))
             yield family
