@@ -8,23 +8,59 @@ to libtorrent separately), no private flag. The info dictionary is exactly
 ``{length, name, piece length, pieces}`` with ``name`` = the digest's hex,
 bencoded with sorted keys.
 
-Piece-length policy (``piece_length_for``): the smallest power of two that
-keeps the blob at or under ``TARGET_PIECES`` pieces, clamped to
-[``MIN_PIECE_LENGTH``, ``MAX_PIECE_LENGTH``]. Why:
+Piece-length policy (``piece_length_for``, since 2026-12-06): start at
+``MIN_PIECE_LENGTH`` (64 KiB) and double while the blob still has at least
+``MIN_PIECES`` (64) pieces of the doubled length, up to
+``PREFERRED_PIECE_LENGTH`` (256 KiB); then double further while the blob has
+more than ``TARGET_PIECES`` (2048), up to ``MAX_PIECE_LENGTH`` (16 MiB). So a
+4 MiB blob has 64 pieces of 64 KiB, an 8 MiB one 64 of 128 KiB, anything from
+16 MiB to 512 MiB pieces of 256 KiB (a 64 MiB layer: 256), 1 GiB 2048 of
+512 KiB, as before. Why:
 
 * Small pieces let a peer re-share data sooner (a piece is shareable only
   once it is complete and hash-checked), which is what makes a herd of
   nodes feed each other instead of all waiting on the origin, and they make
-  streaming (in-order verified prefix) advance in small steps.
+  streaming (in-order verified prefix) advance in small steps. A small blob
+  keeps at least 64 pieces (while they are over 64 KiB) so a herd of dozens
+  still has something to trade, and its first verified byte is one small
+  piece away.
+* Every piece costs CPU on every node, per piece and per message: a HAVE to
+  each peer, a piece-finished alert, a hash job, piece-picker and interest
+  updates, and an origin-fed piece's copy into libtorrent. In the N=16
+  real-agent herd on 2 cores that cost is the pull time: 256 KiB pieces
+  instead of 64 KiB took 15 % of the agents' CPU per GiB at N=8 (five
+  alternated pairs, docs/profile-agent.md) and measured again at N=16 for
+  this rule (docs/benchmarks.md, issue 16).
 * Too many pieces cost metainfo size (20 bytes each), bitfield and HAVE
-  traffic and per-piece bookkeeping; ~2048 pieces keeps a 1 GiB layer's
-  metainfo at 40 KB.
+  traffic; ~2048 pieces keeps a 1 GiB layer's metainfo at 40 KB.
 * 64 KiB is the floor (four 16 KiB request blocks per piece, so a piece is
   still pipelined); 16 MiB is the ceiling so huge layers stay downloadable
   with bounded per-piece memory and re-fetch cost on a hash failure.
 
 This is part of the wire identity of a blob: changing it changes every
 infohash, so it must only change together across all origins.
+
+Upgrades. The rule before 2026-12-06 (``legacy_piece_length_for``: a
+64 KiB floor, the same 2048-piece target) gave other lengths for blobs of
+8 MiB to 512 MiB. What each side does with a torrent of the old length:
+
+* Origins make and keep only the current rule's torrent: a stored sidecar of
+  the old length is made again on its first request
+  (``check_metainfo(..., legacy=False)`` raises ``MetainfoOutdated``; one
+  SHA-1 pass over the blob, logged ``origin.metainfo_outdated``), so all
+  origins converge on one infohash per blob.
+* Everyone else (agents, the tracker's metainfo fetch, delta rebuilds)
+  accepts either length (``check_metainfo``'s default): a torrent handed out
+  before the upgrade (a tracker's in-memory cache, an origin not yet
+  upgraded during a rolling upgrade) still downloads, in its own swarm, with
+  the origin's piece claims cut in the torrent's piece length (the node says
+  which, ``origin.piececlaims``). Nothing else is accepted: a length neither
+  rule gives is still a different swarm, and refused.
+* Agents keep no metainfo across restarts; a blob in an agent's cache is
+  served from the file whatever torrent it came with.
+
+Upgrade agents before origins: an agent older than this accepts only the
+old length and falls back to the origin's HTTP for a new one.
 """
 
 from __future__ import annotations
@@ -36,7 +72,9 @@ from krill import bencode
 from krill.digests import Digest
 
 MIN_PIECE_LENGTH = 64 * 1024
+PREFERRED_PIECE_LENGTH = 256 * 1024
 MAX_PIECE_LENGTH = 16 * 1024 * 1024
+MIN_PIECES = 64
 TARGET_PIECES = 2048
 
 METAINFO_CONTENT_TYPE = "application/x-bittorrent"
@@ -49,11 +87,34 @@ class MetainfoError(Exception):
     """Metainfo that cannot be fetched or does not describe the blob asked for."""
 
 
+class MetainfoOutdated(MetainfoError):
+    """The blob's torrent as origins made it before the current piece-length rule."""
+
+
 def piece_length_for(size: int) -> int:
     """The piece length every origin uses for a blob of ``size`` bytes (see module doc)."""
     if size < 0:
         raise ValueError(f"blob size must not be negative, got {size}")
     length = MIN_PIECE_LENGTH
+    while length < PREFERRED_PIECE_LENGTH and 2 * length * MIN_PIECES <= size:
+        length *= 2
+    return _grown_to_target(length, size)
+
+
+def legacy_piece_length_for(size: int) -> int:
+    """The piece length origins used before 2026-12-06 (64 KiB floor), still accepted."""
+    if size < 0:
+        raise ValueError(f"blob size must not be negative, got {size}")
+    return _grown_to_target(MIN_PIECE_LENGTH, size)
+
+
+def accepted_piece_lengths(size: int) -> frozenset[int]:
+    """Piece lengths a torrent of ``size`` bytes may have: the current rule's and the old one's."""
+    return frozenset({piece_length_for(size), legacy_piece_length_for(size)})
+
+
+def _grown_to_target(length: int, size: int) -> int:
+    """``length`` doubled until the blob has at most TARGET_PIECES pieces (or the ceiling)."""
     while length < MAX_PIECE_LENGTH and length * TARGET_PIECES < size:
         length *= 2
     return length
@@ -100,7 +161,7 @@ def info_hash(metainfo: bytes) -> str:
     return hashlib.sha1(metainfo[start:end]).hexdigest()
 
 
-def check_metainfo(metainfo: bytes, digest: Digest) -> None:
+def check_metainfo(metainfo: bytes, digest: Digest, *, legacy: bool = True) -> None:
     """Raise MetainfoError unless ``metainfo`` is the torrent every origin makes for ``digest``.
 
     That is: a single-file torrent named for the digest, with a non-negative
@@ -109,6 +170,11 @@ def check_metainfo(metainfo: bytes, digest: Digest) -> None:
     nothing else: an extra info key gives another infohash (a swarm of its
     own), an extra top-level key (``announce``) would point libtorrent at
     another tracker. Whether the hashes are the blob's only the download shows.
+
+    With ``legacy`` (the default: nodes, trackers) the piece length of the
+    rule before 2026-12-06 is accepted too, so a torrent handed out before an
+    upgrade still downloads; without it (origins, for the torrent they keep)
+    that length raises ``MetainfoOutdated`` (module doc, "Upgrades").
     """
     info = _info_dict(metainfo)
     if set(info) != INFO_KEYS:
@@ -126,15 +192,28 @@ def check_metainfo(metainfo: bytes, digest: Digest) -> None:
         raise MetainfoError(f"metainfo for {digest} lacks a length or piece length")
     if length < 0:
         raise MetainfoError(f"metainfo for {digest} has a negative length {length}")
-    if piece_length != piece_length_for(length):
-        raise MetainfoError(
-            f"metainfo for {digest} has piece length {piece_length}, not the "
-            f"{piece_length_for(length)} every Krill origin uses for {length} bytes"
-        )
+    _check_piece_length(digest, length, piece_length, legacy)
     pieces = info.get(b"pieces", b"")
     expected_pieces = piece_count(length, piece_length)
     if not isinstance(pieces, bytes) or len(pieces) != 20 * expected_pieces:
         raise MetainfoError(f"metainfo for {digest} has the wrong number of piece hashes")
+
+
+def _check_piece_length(digest: Digest, length: int, piece_length: int, legacy: bool) -> None:
+    current = piece_length_for(length)
+    if piece_length == current:
+        return
+    if piece_length == legacy_piece_length_for(length):
+        if legacy:
+            return
+        raise MetainfoOutdated(
+            f"metainfo for {digest} has the old piece length {piece_length}; origins "
+            f"now use {current} for {length} bytes"
+        )
+    raise MetainfoError(
+        f"metainfo for {digest} has piece length {piece_length}, not the "
+        f"{current} every Krill origin uses for {length} bytes"
+    )
 
 
 def _info_dict(metainfo: bytes) -> dict[bytes, object]:

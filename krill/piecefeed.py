@@ -56,7 +56,9 @@ class OriginPieceFeed:
         """The next pieces the origin gives this node, or None once all are handed out."""
         url = CLAIMS.url(self._origin, self.digest)
         try:
-            async with self._http.post(url, timeout=_TIMEOUT) as response:
+            # The torrent's piece length: an origin cuts its claims in it (an old torrent's too).
+            params = {"piece_length": str(self.piece_length)}
+            async with self._http.post(url, params=params, timeout=_TIMEOUT) as response:
                 if response.status == 204:
                     return None
                 if response.status != 200:

@@ -20,9 +20,13 @@ from krill.metainfo import (
     MAX_PIECE_LENGTH,
     MIN_PIECE_LENGTH,
     MetainfoError,
+    MetainfoOutdated,
+    accepted_piece_lengths,
     check_metainfo,
     info_hash,
+    legacy_piece_length_for,
     make_metainfo,
+    piece_count,
     piece_length_for,
 )
 from krill.originclient import fetch_metainfo
@@ -48,14 +52,42 @@ def blob(tmp_path: Path) -> tuple[BlobStore, Digest]:
     [
         (0, MIN_PIECE_LENGTH),
         (1, MIN_PIECE_LENGTH),
-        (64 * 1024 * 1024, MIN_PIECE_LENGTH),  # the herd benchmark's blob: 1024 pieces
-        (128 * 1024 * 1024 + 1, 128 * 1024),
+        (4 * 1024 * 1024, MIN_PIECE_LENGTH),  # a small layer keeps 64 pieces
+        (8 * 1024 * 1024 - 1, MIN_PIECE_LENGTH),
+        (8 * 1024 * 1024, 128 * 1024),
+        (16 * 1024 * 1024, 256 * 1024),
+        (64 * 1024 * 1024, 256 * 1024),  # the herd benchmark's blob: 256 pieces
+        (512 * 1024 * 1024, 256 * 1024),
+        (512 * 1024 * 1024 + 1, 512 * 1024),
         (1024**3, 512 * 1024),
         (10**15, MAX_PIECE_LENGTH),
     ],
 )
 def test_piece_length_policy(size: int, expected: int) -> None:
     assert piece_length_for(size) == expected
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        (1, MIN_PIECE_LENGTH),
+        (64 * 1024 * 1024, MIN_PIECE_LENGTH),  # 1024 pieces, as origins made it until 2026-12-06
+        (128 * 1024 * 1024 + 1, 128 * 1024),
+        (1024**3, 512 * 1024),
+    ],
+)
+def test_the_old_rule_is_kept_for_torrents_handed_out_before_it_changed(
+    size: int, expected: int
+) -> None:
+    assert legacy_piece_length_for(size) == expected
+    assert accepted_piece_lengths(size) == {piece_length_for(size), expected}
+
+
+def test_a_small_blob_keeps_enough_pieces_for_a_herd() -> None:
+    for size in range(1 << 20, 1 << 30, 1 << 20):
+        pieces = piece_count(size, piece_length_for(size))
+        assert pieces >= 64 or piece_length_for(size) == MIN_PIECE_LENGTH, size
+        assert piece_length_for(size) <= max(256 * 1024, legacy_piece_length_for(size))
 
 
 def test_piece_count_stays_bounded_until_the_ceiling() -> None:
@@ -126,6 +158,21 @@ def test_metainfo_that_no_origin_would_make_is_refused(
     digest = Digest.of_bytes(b"x")
     with pytest.raises(MetainfoError, match=reason):
         check_metainfo(_torrent(digest, length, piece_length, pieces), digest)
+
+
+def test_an_old_rule_torrent_is_accepted_by_nodes_and_outdated_for_origins() -> None:
+    """A torrent handed out before the rule changed still downloads; origins remake theirs."""
+    digest = Digest.of_bytes(b"x")
+    size = 64 * 1024 * 1024
+    old = _torrent(digest, size, MIN_PIECE_LENGTH, bytes(20 * 1024))
+    check_metainfo(old, digest)
+    with pytest.raises(MetainfoOutdated, match="old piece length 65536; origins now use 262144"):
+        check_metainfo(old, digest, legacy=False)
+    current = _torrent(digest, size, 256 * 1024, bytes(20 * 256))
+    check_metainfo(current, digest, legacy=False)
+    with pytest.raises(MetainfoError, match="piece length 131072, not the 262144") as refused:
+        check_metainfo(_torrent(digest, size, 128 * 1024, bytes(20 * 512)), digest)
+    assert not isinstance(refused.value, MetainfoOutdated), "neither rule: another swarm"
 
 
 def test_an_empty_blob_has_a_valid_metainfo() -> None:

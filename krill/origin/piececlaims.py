@@ -6,11 +6,15 @@ its link, the herd's bottleneck, would carry the blob several times over
 (measured: 1.35-1.7x with libtorrent choosing, docs/swarm.md). So nodes ask
 the origin which pieces to take from it:
 
-* ``POST /krill/v1/claims/<digest>``: the next chunk of the blob nobody has
-  been given yet in this round (16 pieces, fewer towards the end), as
-  ``{"first": i, "end": j, "piece_length": n}`` (pieces ``i..j-1`` of the
-  blob's torrent), or ``204 No Content`` once every
-  chunk has been handed out: the node then gets the rest from its peers.
+* ``POST /krill/v1/claims/<digest>[?piece_length=n]``: the next chunk of the
+  blob nobody has been given yet in this round (16 pieces, fewer towards the
+  end), as ``{"first": i, "end": j, "piece_length": n}`` (pieces ``i..j-1``
+  of the blob's torrent), or ``204 No Content`` once every chunk has been
+  handed out: the node then gets the rest from its peers. A node names its
+  torrent's piece length: the current rule's or, for a torrent handed out
+  before the rule changed, the old one's (``krill.metainfo``, "Upgrades");
+  each length has its own round, since its pieces are other byte ranges.
+  Without it the current rule's is meant; any other length is a 400.
 * ``GET /krill/v1/blobs/<digest>`` (with ``Range``): the blob's bytes by
   digest, for the claimed pieces, sent with sendfile like any blob.
 
@@ -24,6 +28,7 @@ the blob, starts a new one.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -35,10 +40,12 @@ from aiohttp import web
 from krill.blobstore import BlobStore
 from krill.digests import Digest
 from krill.endpoints import BLOBS, CLAIMS
-from krill.metainfo import piece_count, piece_length_for
+from krill.metainfo import accepted_piece_lengths, piece_count, piece_length_for
 from krill.origin.blobresponses import stored_file_response
 from krill.origin.errors import blob_gone, stored_digest
 from krill.registry_errors import RegistryError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CHUNK_PIECES", "PieceClaims", "install_piece_claims", "piece_claims"]
 
@@ -76,20 +83,25 @@ class PieceClaims:
         self.chunk_pieces = chunk_pieces
         self.round_idle = round_idle
         self._clock = clock
-        self._rounds: OrderedDict[Digest, _Round] = OrderedDict()
+        self._rounds: OrderedDict[tuple[Digest, int], _Round] = OrderedDict()
         self.claims_issued = 0  # chunks handed out (tests, benchmarks)
         self.bytes_requested = 0  # bytes asked for through GET /krill/v1/blobs/<digest>
 
-    def claim(self, digest: Digest, size: int) -> range | None:
-        """The next unclaimed pieces of ``digest`` in this round, or None when all are out."""
-        piece_length = piece_length_for(size)
+    def claim(self, digest: Digest, size: int, piece_length: int | None = None) -> range | None:
+        """The next unclaimed pieces of ``digest`` in this round, or None when all are out.
+
+        ``piece_length`` is the torrent's (``piece_length_for(size)`` when None);
+        the caller has checked it is one of ``accepted_piece_lengths(size)``.
+        """
+        piece_length = piece_length or piece_length_for(size)
         pieces = piece_count(size, piece_length)
         now = self._clock()
-        current = self._rounds.get(digest)
+        key = (digest, piece_length)
+        current = self._rounds.get(key)
         if current is None or now - current.last_claim > self.round_idle:
             current = _Round(pieces=pieces, next_piece=0, last_claim=now)
-        self._rounds[digest] = current
-        self._rounds.move_to_end(digest)
+        self._rounds[key] = current
+        self._rounds.move_to_end(key)
         while len(self._rounds) > MAX_ROUNDS:
             self._rounds.popitem(last=False)
         remaining = current.pieces - current.next_piece
@@ -135,12 +147,38 @@ async def _handle_claim(request: web.Request) -> web.Response:
         digest, _path, size = _stored_blob(request)
     except RegistryError as exc:
         return exc.response()
-    claimed = request.app[_CLAIMS_KEY].claim(digest, size)
+    piece_length = _wanted_piece_length(request, digest, size)
+    if piece_length is None:
+        return web.Response(
+            status=400,
+            text=f"piece_length must be one of {sorted(accepted_piece_lengths(size))}",
+        )
+    claimed = request.app[_CLAIMS_KEY].claim(digest, size, piece_length)
     if claimed is None:
         return web.Response(status=204)
     return web.json_response(
-        {"first": claimed.start, "end": claimed.stop, "piece_length": piece_length_for(size)}
+        {"first": claimed.start, "end": claimed.stop, "piece_length": piece_length}
     )
+
+
+def _wanted_piece_length(request: web.Request, digest: Digest, size: int) -> int | None:
+    """The claim's piece length: the node's torrent's if it names an accepted one.
+
+    None for a length no rule gives a blob of ``size`` bytes (or not a number).
+    """
+    named = request.query.get("piece_length")
+    if named is None:
+        return piece_length_for(size)
+    try:
+        length = int(named)
+    except ValueError:
+        return None
+    if length not in accepted_piece_lengths(size):
+        log.info("origin.claim_refused digest=%s piece_length=%s", digest, named)
+        return None
+    if length != piece_length_for(size):
+        log.debug("origin.claim_old_piece_length digest=%s piece_length=%d", digest, length)
+    return length
 
 
 def piece_claims(app: web.Application) -> PieceClaims:

@@ -32,7 +32,13 @@ from krill.blobstore import BlobStore
 from krill.config import ConfigError, parse_hostport
 from krill.digests import Digest
 from krill.endpoints import METAINFO
-from krill.metainfo import METAINFO_CONTENT_TYPE, MetainfoError, check_metainfo, make_metainfo
+from krill.metainfo import (
+    METAINFO_CONTENT_TYPE,
+    MetainfoError,
+    MetainfoOutdated,
+    check_metainfo,
+    make_metainfo,
+)
 from krill.nodeauth import check_announce_key, keyed_announce_url
 from krill.origin.appkeys import BLOB_PUSHED
 from krill.origin.config import OriginConfig
@@ -84,14 +90,21 @@ class MetainfoSidecars:
             log.warning("origin.metainfo_prepare_failed error=%s", task.exception())
 
     def _load_or_make(self, digest: Digest) -> bytes:
-        """The blob's sidecar torrent; a missing or damaged one is made again."""
+        """The blob's sidecar torrent; a missing, damaged or outdated one is made again.
+
+        Outdated: made under the piece-length rule before the current one
+        (``krill.metainfo``, "Upgrades"). Only the current rule's torrent is
+        kept, so every origin hands out one infohash per blob.
+        """
         sidecar = self._store.sidecar_path(digest, "torrent")
         try:
             metainfo = sidecar.read_bytes()
-            check_metainfo(metainfo, digest)
+            check_metainfo(metainfo, digest, legacy=False)
             return metainfo
         except FileNotFoundError:
             pass
+        except MetainfoOutdated as exc:
+            log.info("origin.metainfo_outdated digest=%s detail=%s", digest, exc)
         except MetainfoError as exc:  # cut short by a crash, say: derived data, so rebuild it
             log.warning("origin.metainfo_damaged digest=%s error=%s", digest, exc)
         metainfo = make_metainfo(self._store.path(digest), digest)
