@@ -2,6 +2,8 @@
 
 krill._goflate (krill/_native/goflate.c) reproduces Go's compress/flate output
 byte for byte, for the ``gzip-go`` recompression recipe (krill/delta/gogzip.py).
+krill._announcequery (krill/_native/announcequery.c) parses the tracker's
+ordinary announce queries (krill/tracker/announce.py).
 An editable install builds it only at install time: scripts/lib/setup.sh
 reinstalls when this file or krill/_native/* change.
 """
@@ -27,6 +29,13 @@ setup(
             # -O2 as the issue asks; -fno-strict-overflow keeps Go's wrapping int arithmetic
             # from being assumed away where C would call it undefined.
             extra_compile_args=["-O2", "-std=c11", "-fno-strict-overflow"],
-        )
+        ),
+        # The tracker's parse of an ordinary announce query; krill.tracker.announce falls back
+        # to its Python parse when the extension is not built.
+        Extension(
+            "krill._announcequery",
+            sources=["krill/_native/announcequery.c"],
+            extra_compile_args=["-O2", "-std=c11"],
+        ),
     ],
 )
