@@ -246,7 +246,7 @@ def _rebuild(
     with atomic_output(out, prefix=f".{out.name}.", suffix=".krill-tmp") as dst:
         sink = LayerSink(
             dst,
-            recipe.compressor(header.target.tar_size, workers=workers),
+            recipe.compressor(header.target.tar_size, workers=workers, spill_dir=str(out.parent)),
             identity=recipe.kind == "identity",
             max_size=header.target.size,
         )

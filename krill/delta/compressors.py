@@ -108,11 +108,17 @@ class ParallelGzip(Compressor):
 
 
 def gzip_go_parallel(
-    header: bytes, level: int, points: Sequence[RestartPoint], tar_size: int, workers: int
+    header: bytes,
+    level: int,
+    points: Sequence[RestartPoint],
+    tar_size: int,
+    workers: int,
+    spill_dir: str | None = None,
 ) -> ParallelGzip:
     """Go's gzip from proven restart points, segments on several threads."""
     return ParallelGzip(
-        "gzip-go", lambda: ParallelGoGzipWriter(header, level, points, tar_size, workers)
+        "gzip-go",
+        lambda: ParallelGoGzipWriter(header, level, points, tar_size, workers, spill_dir),
     )
 
 
@@ -123,11 +129,15 @@ def gzip_zlib_parallel(
     end_bit: int,
     tar_size: int,
     workers: int,
+    spill_dir: str | None = None,
 ) -> ParallelGzip:
-    """zlib's gzip from proven restart points (levels 4-9), segments on several threads."""
+    """zlib's gzip from proven restart points (levels 4-9), segments on several threads.
+
+    ``spill_dir``: where a long segment's input may wait on disk so the writer runs
+    ahead of it (``segstream.py``); None: the writer waits for that segment."""
     return ParallelGzip(
         "gzip-zlib",
-        lambda: ParallelZlibWriter(header, setting, points, end_bit, tar_size, workers),
+        lambda: ParallelZlibWriter(header, setting, points, end_bit, tar_size, workers, spill_dir),
     )
 
 

@@ -140,8 +140,11 @@ class Recipe:
             return
         raise RecipeError(f"unknown recipe kind {self.kind!r}")
 
-    def compressor(self, tar_size: int, *, workers: int = 1) -> Compressor:
-        """A compressor for a tar of ``tar_size`` bytes, on up to ``workers`` threads."""
+    def compressor(
+        self, tar_size: int, *, workers: int = 1, spill_dir: str | None = None
+    ) -> Compressor:
+        """A compressor for a tar of ``tar_size`` bytes, on up to ``workers`` threads;
+        ``spill_dir``: where input for a long segment may wait on disk (see segstream.py)."""
         if self.kind == "identity":
             return Identity()
         if self.kind == "gzip-zlib":
@@ -149,7 +152,7 @@ class Recipe:
             zpoints, end_bit = _zlib_restarts(self.params)
             if workers > 1 and zpoints:
                 zlib_setting = ZlibSetting(*setting)
-                args = (header, zlib_setting, zpoints, end_bit, tar_size, workers)
+                args = (header, zlib_setting, zpoints, end_bit, tar_size, workers, spill_dir)
                 return gzip_zlib_parallel(*args)
             return GzipZlib(header, *setting)
         if self.kind == "gzip-go":
@@ -157,7 +160,7 @@ class Recipe:
             header, level = _go_params(self.params)
             points = _go_restarts(self.params)
             if workers > 1 and points:
-                return gzip_go_parallel(header, level, points, tar_size, workers)
+                return gzip_go_parallel(header, level, points, tar_size, workers, spill_dir)
             return GzipGo(header, level)
         if self.kind == "zstd":
             return Zstd(

@@ -11,6 +11,13 @@ worker hands its output back as it goes, so when it is the oldest segment the
 writer passes those bytes straight on. What the worker holds is the
 compressor's state, the channel and the few KiB after the stop it checks.
 
+A channel that is full does not make ``feed`` wait when it has somewhere to
+spill (``spill_dir``): what does not fit goes to an unlinked temp file, read back
+by the worker in order. The writer then runs ahead of a long unproven stretch
+and the other workers compress the segments after it meanwhile; waiting there
+left one core idle for most of a 48 MB stretch (issue 15). Memory stays the
+channel's bound; the disk holds at most the stretch.
+
 Compression is the same calls on the same bytes, only cut differently, and
 zlib's output with no flush does not depend on how its input is cut, so the
 bits are the sequential run's (tests/test_delta_segstream.py checks it).
@@ -18,10 +25,12 @@ bits are the sequential run's (tests/test_delta_segstream.py checks it).
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 __all__ = ["STREAM_BUFFER", "ChannelAborted", "SegmentChannel", "ShiftedEmitter"]
 
@@ -41,12 +50,30 @@ class ChannelAborted(RuntimeError):
     """The writer stopped (an error elsewhere) while a worker waited for input."""
 
 
-class SegmentChannel:
-    """Tar bytes from the writer to a worker (bounded), output bytes back."""
+class _Spilled:
+    """A piece of input written to the spill file at ``offset``, ``size`` bytes long."""
 
-    def __init__(self, limit: int = STREAM_BUFFER) -> None:
+    __slots__ = ("offset", "size")
+
+    def __init__(self, offset: int, size: int) -> None:
+        self.offset = offset
+        self.size = size
+
+
+class SegmentChannel:
+    """Tar bytes from the writer to a worker (bounded in memory), output bytes back.
+
+    ``spill_dir``: where input that does not fit goes instead of making ``push``
+    wait (None: ``push`` waits for the worker, the bound holds either way).
+    """
+
+    def __init__(self, limit: int = STREAM_BUFFER, spill_dir: str | None = None) -> None:
         self._cond = threading.Condition()
-        self._chunks: deque[memoryview] = deque()
+        self._chunks: deque[memoryview | _Spilled] = deque()
+        self._spill_dir = spill_dir
+        self._spill: BinaryIO | None = None
+        self._spill_end = 0
+        self.spilled = 0  # bytes that went to the spill file (tests, logs)
         self._held = 0
         self._limit = limit
         self._closed = False
@@ -61,13 +88,40 @@ class SegmentChannel:
         for at in range(0, len(view), _PIECE):
             piece = view[at : at + _PIECE]  # a view: the pushed buffer is not copied again
             with self._cond:
-                self._cond.wait_for(lambda: self._held < self._limit or self._aborted)
+                if self._spill_dir is None:
+                    self._cond.wait_for(lambda: self._held < self._limit or self._aborted)
                 if self._aborted:
                     return
-                self._chunks.append(piece)
-                self._held += len(piece)
-                self.peak = max(self.peak, self._held)
+                if self._held < self._limit:
+                    self._chunks.append(piece)
+                    self._held += len(piece)
+                    self.peak = max(self.peak, self._held)
+                else:
+                    self._chunks.append(self._spill_piece(piece))
                 self._cond.notify_all()
+
+    def _spill_piece(self, piece: memoryview) -> _Spilled:
+        """Write ``piece`` at the spill file's end (under the lock: the worker reads in order)."""
+        if self._spill is None:
+            self._spill = tempfile.TemporaryFile(dir=self._spill_dir, prefix=".krill-spill-")
+        spilled = _Spilled(self._spill_end, len(piece))
+        os.pwrite(self._spill.fileno(), piece, self._spill_end)
+        self._spill_end += len(piece)
+        self.spilled += len(piece)
+        return spilled
+
+    def _read_spilled(self, piece: _Spilled) -> memoryview:
+        assert self._spill is not None, "a spilled piece without a spill file"
+        data = os.pread(self._spill.fileno(), piece.size, piece.offset)
+        if len(data) != piece.size:
+            raise OSError(f"spill file short: {len(data)} of {piece.size} bytes read back")
+        return memoryview(data)
+
+    def _drop_spill(self) -> None:
+        with self._cond:
+            spill, self._spill = self._spill, None
+        if spill is not None:
+            spill.close()
 
     def close(self) -> None:
         """No more input: the worker finishes once it has taken what is here."""
@@ -82,20 +136,28 @@ class SegmentChannel:
             self._chunks.clear()
             self._held = 0
             self._cond.notify_all()
+        self._drop_spill()
 
     def chunks(self) -> Iterator[memoryview]:
         """The worker's side: the input as it comes, until ``close`` (ChannelAborted if aborted)."""
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._chunks or self._closed or self._aborted)
-                if self._aborted:
-                    raise ChannelAborted("segment stream aborted")
-                if not self._chunks:
-                    return
-                chunk = self._chunks.popleft()
-                self._held -= len(chunk)
-                self._cond.notify_all()
-            yield chunk
+        try:
+            while True:
+                with self._cond:
+                    self._cond.wait_for(lambda: self._chunks or self._closed or self._aborted)
+                    if self._aborted:
+                        raise ChannelAborted("segment stream aborted")
+                    if not self._chunks:
+                        return
+                    item = self._chunks.popleft()
+                    if isinstance(item, memoryview):
+                        self._held -= len(item)
+                        chunk = item
+                    else:  # read under the lock: ``abort`` may close the file meanwhile
+                        chunk = self._read_spilled(item)
+                    self._cond.notify_all()
+                yield chunk
+        finally:
+            self._drop_spill()
 
     def emit(self, data: bytes) -> None:
         """The worker's side: output bytes ready for the stream (whole bytes, in order)."""

@@ -386,6 +386,7 @@ class ParallelZlibWriter(SegmentedWriter[ZlibPoint]):
         end_bit: int,
         tar_size: int,
         workers: int,
+        spill_dir: str | None = None,
     ) -> None:
         if setting.level not in ZLIB_PARALLEL_LEVELS:
             raise RestartError(f"zlib level {setting.level} is compressed in sequence")
@@ -393,7 +394,7 @@ class ParallelZlibWriter(SegmentedWriter[ZlibPoint]):
             raise RestartError("the deflate stream's end lies before the last restart point")
         self._setting = setting
         self._end_bit = end_bit
-        super().__init__(header, points, tar_size, workers)
+        super().__init__(header, points, tar_size, workers, spill_dir)
 
     def _compress(self, segment: Segment[ZlibPoint], data: bytes) -> SegmentBits:
         return compress_zlib_segment(self._setting, segment, data, self._end_bit)
