@@ -89,10 +89,10 @@ def serve_tracker_floor(port: int) -> None:
     from krill.tracker import server
     from krill.tracker.config import TrackerConfig
 
-    async def free_answer(request: web.Request, state: server.AnnounceState) -> web.Response:
+    def free_plain_answer(request: web.Request, state: server.AnnounceState) -> web.Response:
         return web.Response(body=BARE_ANSWER, content_type="text/plain")
 
-    server.answer_announce = free_answer  # the announce routes' handlers call it
+    server.plain_answer = free_plain_answer  # the announce routes' handlers call it first
     config = TrackerConfig(listen=f"127.0.0.1:{port}", origin=["http://127.0.0.1:9"])
     web.run_app(server.create_app(config), host="127.0.0.1", port=port, access_log=None,
                 print=None)  # fmt: skip

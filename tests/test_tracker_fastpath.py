@@ -14,22 +14,33 @@ import random
 import time
 from urllib.parse import quote_from_bytes
 
+import aiohttp
+import pytest
+import yarl
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from krill import bencode
+from krill.tracker import server
 from krill.tracker.announce import (
     EVENTS,
     Announce,
     AnnounceError,
     announce_from_query,
     choose_peers,
+    compact_answer,
     compact_peers,
     parse_announce,
     parse_query,
 )
+from krill.tracker.config import TrackerConfig
 from krill.tracker.peerstore import MemoryPeerStore, PeerEntry
+from krill.tracker.server import create_app
 from krill.tracker.swarmview import SwarmView, packed_peer
+from tests.metrics_text import parse_metrics
 from tests.polling import until
+from tests.swarm_helpers import serving
 from tests.test_properties_announce import HANDOUTS, asking_as
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -144,3 +155,113 @@ async def test_a_peer_expires_out_of_an_unchanged_view() -> None:
     assert view.leechers == 2
     await until(lambda: time.time() > short.expires, "the short-lived peer's expiry to pass")
     assert (await store.view(SWARM)).leechers == 1
+
+
+v4_peers = st.builds(
+    PeerEntry,
+    ip=st.sampled_from(["10.0.0.1", "10.0.0.2"]),
+    port=st.integers(1, 12),
+    seeder=st.booleans(),
+    origin=st.booleans(),
+    expires=st.just(0.0),
+)
+
+
+def check_compact_answer(swarm: list[PeerEntry], me: PeerEntry, numwant: int, seed: int) -> None:
+    """The view's whole answer: ``compact``'s peers (the same ones when groups go out whole,
+    complete ones first), in what ``announce.compact_answer`` writes around them."""
+    asking = asking_as(me, numwant)
+    view = SwarmView(swarm)
+    body, handed = view.compact_answer(me.ip, me.port, asking.seeder, numwant, 30, 5,
+                                       random.Random(seed))
+    v4, v6, expected_handed = view.compact(me.ip, me.port, asking.seeder, numwant,
+                                           random.Random(seed))
+    answer = bencode.decode(body)
+    got = unpacked(answer[b"peers"], answer.get(b"peers6", b""))
+    assert body == compact_answer(30, 5, view.seeders, view.leechers, answer[b"peers"],
+                                  answer.get(b"peers6", b""))
+    assert handed == expected_handed == len(got)
+    assert sorted(got) == sorted(unpacked(v4, v6))
+    complete = set(packed([p for p in swarm if p.seeder or p.origin]))
+    for family in (unpacked(answer[b"peers"], b""), unpacked(b"", answer.get(b"peers6", b""))):
+        kinds = [b in complete for b in family]
+        assert kinds == sorted(kinds, reverse=True)  # complete peers first, per family
+
+
+@PROPERTY
+@HANDOUTS
+def test_the_views_answer_hands_out_as_compact_does(
+    swarm: list[PeerEntry], me: PeerEntry, numwant: int, seed: int
+) -> None:
+    check_compact_answer(swarm, me, numwant, seed)
+
+
+@PROPERTY
+@given(st.lists(v4_peers, max_size=24, unique_by=lambda p: (p.ip, p.port)), v4_peers,
+       st.integers(0, 40), st.integers(0, 2**32))
+def test_the_views_answer_of_whole_ipv4_groups(
+    swarm: list[PeerEntry], me: PeerEntry, numwant: int, seed: int
+) -> None:
+    if seed % 3 and swarm:  # the asker is usually in its swarm: it has just announced
+        me = swarm[seed % len(swarm)]
+    check_compact_answer(swarm, me, numwant, seed)
+
+
+def test_every_rotation_of_a_group_comes_out() -> None:
+    """The ring after the asking peer is rotated at random: each of the others leads once."""
+    swarm = [PeerEntry("10.0.0.1", port, False, False, 0.0) for port in range(1, 6)]
+    view = SwarmView(swarm)
+    leaders = set()
+    for fraction in (0.0, 0.2, 0.4, 0.6, 0.8, 0.99):
+        v4 = view.incomplete.whole_v4("10.0.0.1", 3, fraction)
+        assert sorted(unpacked(v4, b"")) == sorted(packed([p for p in swarm if p.port != 3]))
+        leaders.add(v4[:6])
+    assert len(leaders) == 4
+
+
+async def test_an_ordinary_announce_is_answered_as_the_general_way_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``plain_answer`` (the hot path) and ``answer_announce`` give the same answers: the
+    same counts and intervals, the same peers (their order is random) and the same
+    counters; and an ordinary announce does take the hot path."""
+    app = create_app(TrackerConfig(listen="127.0.0.1:0"))
+    taken: list[bool] = []
+    hot = server.plain_answer
+
+    def watched(request: web.Request, state: server.AnnounceState) -> web.Response | None:
+        answer = hot(request, state)
+        taken.append(answer is not None)
+        return answer
+
+    def general(request: web.Request, state: server.AnnounceState) -> web.Response | None:
+        taken.append(False)
+        return None
+
+    def query(port: int, left: int, prefix: bytes = b"-KA0100-") -> str:
+        pid = prefix + b"%012d" % port
+        return (f"/announce?info_hash={quote_from_bytes(SWARM)}&peer_id={quote_from_bytes(pid)}"
+                f"&port={port}&uploaded=0&downloaded=0&left={left}&compact=1&numwant=50")
+
+    async with serving(app) as base, aiohttp.ClientSession() as http:
+        async def answer(path: str) -> dict[bytes, object]:
+            async with http.get(yarl.URL(base + path, encoded=True)) as response:
+                assert response.headers["Content-Type"] == "text/plain"
+                return bencode.decode(await response.read())
+
+        peers = [query(7000 + n, 0 if n < 2 else 10) for n in range(8)]
+        peers.append(query(7100, 5, b"-KO0100-"))  # an origin, still filling
+        for path in peers:
+            await answer(path)
+        for path in peers:
+            monkeypatch.setattr(server, "plain_answer", watched)
+            fast = await answer(path)
+            monkeypatch.setattr(server, "plain_answer", general)
+            slow = await answer(path)
+            for got in (fast, slow):
+                got[b"peers"] = sorted(unpacked(got[b"peers"], b""))  # type: ignore[arg-type]
+            assert fast == slow
+        async with http.get(base + "/metrics") as metrics:
+            values = parse_metrics(await metrics.text())
+    assert taken == [True, False] * len(peers)
+    assert values['krill_tracker_announces_total{event="none",result="ok"}'] == 3 * len(peers)

@@ -8,6 +8,7 @@ middlewares did.
 
 from __future__ import annotations
 
+import logging
 import re
 from urllib.parse import quote_from_bytes
 
@@ -78,24 +79,43 @@ def test_a_plain_histogram_exports_what_a_prometheus_child_would() -> None:
     assert [(s.name, s.labels, s.value) for s in mine if "_created" not in s.name] == expected
 
 
+@pytest.mark.parametrize("plain", [True, False], ids=["ordinary announce", "general way"])
 async def test_an_unexpected_error_is_a_bencoded_failure_logged_under_the_request_id(
-    http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch, plain: bool
 ) -> None:
+    """On the general way (here: a non-compact announce) the id is bound while the store
+    works; an ordinary announce binds it only to log (it logs nothing otherwise)."""
     app = create_app(TrackerConfig(listen="127.0.0.1:0"))
     seen: list[str | None] = []
+    crashes: list[str | None] = []
 
-    async def broken_record(info_hash: bytes, entry: PeerEntry, ttl: int) -> SwarmView:
+    def broken_record_now(info_hash: bytes, entry: PeerEntry) -> SwarmView:
         seen.append(current_request_id())
         raise RuntimeError("a bug in the store")
 
-    async with serving(app) as base:
-        monkeypatch.setattr(app[STORE_KEY], "record", broken_record)
-        async with http.get(base + ANNOUNCE, headers={"X-Request-Id": "pull-8"}) as answer:
-            assert answer.status == 200 and answer.headers["X-Request-Id"] == "pull-8"
-            body = bencode.decode(await answer.read())
-        async with http.get(base + "/metrics") as metrics:
-            values = parse_metrics(await metrics.text())
+    async def broken_record(info_hash: bytes, entry: PeerEntry, ttl: int) -> SwarmView:
+        return broken_record_now(info_hash, entry)
+
+    class CrashIds(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "tracker.announce_crashed" and record.exc_info:
+                crashes.append(current_request_id())
+
+    handler = CrashIds()
+    logging.getLogger("krill.tracker.server").addHandler(handler)
+    try:
+        async with serving(app) as base:
+            monkeypatch.setattr(app[STORE_KEY], "record", broken_record)
+            monkeypatch.setattr(app[STORE_KEY], "record_now", broken_record_now)
+            url = base + (ANNOUNCE if plain else ANNOUNCE.replace("compact=1", "compact=0"))
+            async with http.get(url, headers={"X-Request-Id": "pull-8"}) as answer:
+                assert answer.status == 200 and answer.headers["X-Request-Id"] == "pull-8"
+                body = bencode.decode(await answer.read())
+            async with http.get(base + "/metrics") as metrics:
+                values = parse_metrics(await metrics.text())
+    finally:
+        logging.getLogger("krill.tracker.server").removeHandler(handler)
     assert body == {b"failure reason": b"internal tracker error"}
-    assert seen == ["pull-8"]
-    assert any(r.message == "tracker.announce_crashed" and r.exc_info for r in caplog.records)
+    assert seen == [None if plain else "pull-8"]
+    assert crashes == ["pull-8"]
     assert values['krill_tracker_announces_total{event="error",result="failure"}'] == 1

@@ -104,7 +104,7 @@ def announce_from_query(
         )  # fmt: skip
     info_hash, peer_id, port, left, event, numwant, compact = fields
     return Announce(
-        info_hash, peer_id, _normalise_ip(remote_ip), port, left, event,
+        info_hash, peer_id, normalised_ip(remote_ip), port, left, event,
         min(default_numwant if numwant < 0 else numwant, max_numwant), compact,
     )  # fmt: skip
 
@@ -210,7 +210,7 @@ def parse_announce(
     return Announce(
         info_hash=info_hash,
         peer_id=peer_id,
-        ip=_normalise_ip(remote_ip),
+        ip=normalised_ip(remote_ip),
         port=port,
         left=left,
         event=event,
@@ -242,7 +242,7 @@ def _integer(params: dict[str, bytes], name: str, default: int | None) -> int:
 
 
 @functools.lru_cache(maxsize=65536)
-def _normalise_ip(ip: str) -> str:
+def normalised_ip(ip: str) -> str:
     """The peer's address as it is stored and handed out: one an other peer can pack and dial.
 
     Cached like ``_packed_ip`` (a cluster has a few thousand addresses, each

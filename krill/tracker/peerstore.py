@@ -131,6 +131,10 @@ class MemoryPeerStore:
         swarm.put(entry)
 
     async def record(self, info_hash: bytes, entry: PeerEntry, ttl: int) -> SwarmView:
+        return self.record_now(info_hash, entry)
+
+    def record_now(self, info_hash: bytes, entry: PeerEntry) -> SwarmView:
+        """``record`` without a coroutine, for the announce path (the entry holds its expiry)."""
         swarm = self._swarms.get(info_hash)
         if swarm is None:
             swarm = self._swarms[info_hash] = _Swarm()

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -37,11 +37,14 @@ from krill.requestid import HEADER as REQUEST_ID_HEADER
 from krill.requestid import bind_request_id, id_for_request, unbind_request_id
 from krill.tls import client_ssl_context
 from krill.tracker.announce import (
+    ORIGIN_PEER_ID_PREFIX,
     Announce,
     AnnounceError,
     announce_from_query,
     choose_peers,
     compact_answer,
+    normalised_ip,
+    plain_fields,
 )
 from krill.tracker.announce_keys import AnnounceKeys, load_announce_keys
 from krill.tracker.config import TrackerConfig
@@ -112,13 +115,15 @@ class AnnounceCounts(Collector):
 class AnnounceState:
     """What an announce reads, held by its handler: no app lookups per announce."""
 
-    __slots__ = ("config", "keys", "metrics", "store")
+    __slots__ = ("config", "keys", "memory", "metrics", "store")
 
     def __init__(self, config: TrackerConfig, metrics: TrackerMetrics, keys: AnnounceKeys):
         self.config = config
         self.metrics = metrics
         self.keys = keys
         self.store: PeerStore = MemoryPeerStore()  # replaced as the app starts
+        # The store again if it is the memory one: ``plain_answer`` records synchronously.
+        self.memory: MemoryPeerStore | None = None
 
 
 STORE_KEY = web.AppKey("peer_store", PeerStore)
@@ -170,7 +175,9 @@ async def _peer_store_context(app: web.Application) -> AsyncIterator[None]:
         store = redis_store
     else:
         store = MemoryPeerStore()
-    app[STORE_KEY] = app[ANNOUNCE_STATE_KEY].store = store
+    state = app[ANNOUNCE_STATE_KEY]
+    app[STORE_KEY] = state.store = store
+    state.memory = store if isinstance(store, MemoryPeerStore) else None
     log.info("tracker.peer_store kind=%s", "redis" if config.redis else "memory")
     yield
     await store.close()
@@ -224,27 +231,90 @@ async def _record(state: AnnounceState, announce: Announce) -> SwarmView:
 def announce_handler(state: AnnounceState, route: str, clock: Clock) -> Handler:
     """The handler of one announce route: what the request-id and latency middlewares
     do for the other routes, done inline (a third of the tracker's CPU per announce
-    went to the middlewares: docs/benchmarks.md)."""
+    went to the middlewares: docs/benchmarks.md).
+
+    An ordinary announce is answered by ``plain_answer``, which logs nothing, so the
+    request id is bound (for the lines logged on an announce's behalf) only on the
+    general way, ``answer_announce``.
+    """
     request_seconds = state.metrics.request_seconds
     now = clock.monotonic
+    get_seconds = request_seconds.plain_histogram("GET", route)
 
     async def handle_announce(request: web.Request) -> web.StreamResponse:
         started = now()
         request_id = id_for_request(request.headers.get(REQUEST_ID_HEADER))
-        token = bind_request_id(request_id)  # for the lines logged on its behalf
         try:
-            response = await answer_announce(request, state)
+            response = plain_answer(request, state)
+            if response is None:
+                response = await _bound(request_id, answer_announce(request, state))
         except Exception:  # a bug: still bencoded, as a client can show it
+            token = bind_request_id(request_id)
             log.exception("tracker.announce_crashed")
+            unbind_request_id(token)
             state.metrics.announced("error", "failure")
             response = bencoded({"failure reason": "internal tracker error"})
         finally:
-            unbind_request_id(token)
-            request_seconds.plain_histogram(request.method, route).observe(now() - started)
+            seconds = (
+                get_seconds if request.method == "GET"
+                else request_seconds.plain_histogram(request.method, route)
+            )  # fmt: skip
+            seconds.observe(now() - started)
         response.headers[REQUEST_ID_HEADER] = request_id
         return response
 
     return handle_announce
+
+
+async def _bound(request_id: str, answer: Awaitable[web.Response]) -> web.Response:
+    """``answer`` awaited with ``request_id`` bound for the lines it logs."""
+    token = bind_request_id(request_id)
+    try:
+        return await answer
+    finally:
+        unbind_request_id(token)
+
+
+def plain_answer(request: web.Request, state: AnnounceState) -> web.Response | None:
+    """The answer to an ordinary announce; None for any other, which ``answer_announce`` gives.
+
+    Ordinary: compact, not ``stopped``, a query ``plain_fields`` reads, to the
+    memory store, with the announce key (if any) accepted and debug logging
+    off. That is nearly every announce a cluster sends, and it is answered
+    without a coroutine, an ``Announce``, a log line or a bound request id,
+    from the swarm's cached view (``SwarmView.compact_answer``): issue 20's
+    0.7x of a bare aiohttp handler needs the announce's own work near 10 us
+    (docs/benchmarks.md). The answers are ``answer_announce``'s
+    (tests/test_tracker_fastpath.py).
+    """
+    store = state.memory
+    if store is None:
+        return None
+    fields = plain_fields(request.raw_path.partition("?")[2])
+    if fields is None:
+        return None
+    info_hash, peer_id, port, left, event, numwant, compact = fields
+    if not compact or event == "stopped" or log.isEnabledFor(logging.DEBUG):
+        return None
+    if state.keys and state.keys.refusal(request.match_info.get("key")) is not None:
+        return None
+    try:
+        ip = normalised_ip(request.remote or "0.0.0.0")
+    except AnnounceError:
+        return None
+    seeder = left == 0 or event == "completed"
+    config = state.config
+    entry = PeerEntry(
+        ip, port, seeder, peer_id.startswith(ORIGIN_PEER_ID_PREFIX), time.time() + config.peer_ttl
+    )
+    view = store.record_now(info_hash, entry)
+    if numwant < 0:
+        numwant = config.default_numwant
+    body, handed = view.compact_answer(
+        ip, port, seeder, min(numwant, config.max_numwant), config.interval, config.min_interval
+    )
+    state.metrics.announced(event or "none", "ok", handed)
+    return web.Response(body=body, content_type="text/plain")
 
 
 async def answer_announce(request: web.Request, state: AnnounceState) -> web.Response:
