@@ -172,7 +172,7 @@ def check_compact_answer(swarm: list[PeerEntry], me: PeerEntry, numwant: int, se
     complete ones first), in what ``announce.compact_answer`` writes around them."""
     asking = asking_as(me, numwant)
     view = SwarmView(swarm)
-    body, handed = view.compact_answer(me.ip, me.port, asking.seeder, numwant, 30, 5,
+    body, handed = view.compact_answer(me.ip, me.port, asking.seeder, numwant, (30, 5),
                                        random.Random(seed))
     v4, v6, expected_handed = view.compact(me.ip, me.port, asking.seeder, numwant,
                                            random.Random(seed))

@@ -89,7 +89,7 @@ async def test_an_unexpected_error_is_a_bencoded_failure_logged_under_the_reques
     seen: list[str | None] = []
     crashes: list[str | None] = []
 
-    def broken_record_now(info_hash: bytes, entry: PeerEntry) -> SwarmView:
+    def broken_record_now(info_hash: bytes, entry: PeerEntry, now: float = 0) -> SwarmView:
         seen.append(current_request_id())
         raise RuntimeError("a bug in the store")
 

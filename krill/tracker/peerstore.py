@@ -131,15 +131,19 @@ class MemoryPeerStore:
         swarm.put(entry)
 
     async def record(self, info_hash: bytes, entry: PeerEntry, ttl: int) -> SwarmView:
-        return self.record_now(info_hash, entry)
+        return self.record_now(info_hash, entry, time.time())
 
-    def record_now(self, info_hash: bytes, entry: PeerEntry) -> SwarmView:
-        """``record`` without a coroutine, for the announce path (the entry holds its expiry)."""
+    def record_now(self, info_hash: bytes, entry: PeerEntry, now: float) -> SwarmView:
+        """``record`` without a coroutine, for the announce path: a re-announce that
+        changes nothing but the expiry comes back with the cached view, inline."""
         swarm = self._swarms.get(info_hash)
         if swarm is None:
             swarm = self._swarms[info_hash] = _Swarm()
         swarm.put(entry)
-        return self._live(info_hash, swarm, time.time())
+        view = swarm.view
+        if view is not None and now < swarm.next_expiry:
+            return view
+        return self._live(info_hash, swarm, now)
 
     async def remove(self, info_hash: bytes, ip: str, port: int) -> None:
         swarm = self._swarms.get(info_hash)

@@ -115,12 +115,22 @@ class AnnounceCounts(Collector):
 class AnnounceState:
     """What an announce reads, held by its handler: no app lookups per announce."""
 
-    __slots__ = ("config", "keys", "memory", "metrics", "store")
+    __slots__ = (
+        "config", "counts", "default_numwant", "intervals", "keyed", "keys", "max_numwant",
+        "memory", "metrics", "peer_ttl", "store",
+    )  # fmt: skip
 
     def __init__(self, config: TrackerConfig, metrics: TrackerMetrics, keys: AnnounceKeys):
         self.config = config
         self.metrics = metrics
+        self.counts = metrics.announce_counts
         self.keys = keys
+        self.keyed = len(keys) > 0
+        # The config's numbers, read by every announce: a slot each, not a lookup chain.
+        self.peer_ttl = config.peer_ttl
+        self.default_numwant = min(config.default_numwant, config.max_numwant)
+        self.max_numwant = config.max_numwant
+        self.intervals = (config.interval, config.min_interval)
         self.store: PeerStore = MemoryPeerStore()  # replaced as the app starts
         # The store again if it is the memory one: ``plain_answer`` records synchronously.
         self.memory: MemoryPeerStore | None = None
@@ -296,24 +306,27 @@ def plain_answer(request: web.Request, state: AnnounceState) -> web.Response | N
     info_hash, peer_id, port, left, event, numwant, compact = fields
     if not compact or event == "stopped" or log.isEnabledFor(logging.DEBUG):
         return None
-    if state.keys and state.keys.refusal(request.match_info.get("key")) is not None:
+    if state.keyed and state.keys.refusal(request.match_info.get("key")) is not None:
         return None
     try:
         ip = normalised_ip(request.remote or "0.0.0.0")
     except AnnounceError:
         return None
     seeder = left == 0 or event == "completed"
-    config = state.config
-    entry = PeerEntry(
-        ip, port, seeder, peer_id.startswith(ORIGIN_PEER_ID_PREFIX), time.time() + config.peer_ttl
+    now = time.time()
+    origin = peer_id[:3] == ORIGIN_PEER_ID_PREFIX
+    view = store.record_now(
+        info_hash, PeerEntry(ip, port, seeder, origin, now + state.peer_ttl), now
     )
-    view = store.record_now(info_hash, entry)
-    if numwant < 0:
-        numwant = config.default_numwant
     body, handed = view.compact_answer(
-        ip, port, seeder, min(numwant, config.max_numwant), config.interval, config.min_interval
-    )
-    state.metrics.announced(event or "none", "ok", handed)
+        ip, port, seeder,
+        state.default_numwant if numwant < 0 else min(numwant, state.max_numwant),
+        state.intervals,
+    )  # fmt: skip
+    counts = state.counts
+    key = (event or "none", "ok")
+    counts.announces[key] = counts.announces.get(key, 0) + 1
+    counts.peers_returned += handed
     return web.Response(body=body, content_type="text/plain")
 
 

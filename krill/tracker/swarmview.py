@@ -155,7 +155,7 @@ def _rotated(packed: bytes, width: int, rng: random.Random) -> bytes:
 class SwarmView:
     """What an announce answer needs of a swarm: its counts and its two handout groups."""
 
-    __slots__ = ("complete", "heads", "incomplete", "only_v4", "peers", "seeders")
+    __slots__ = ("complete", "head", "incomplete", "only_v4", "peers", "seeders")
 
     def __init__(self, peers: list[PeerEntry]) -> None:
         self.peers = peers
@@ -163,8 +163,8 @@ class SwarmView:
         self.complete = Group([p for p in peers if p.seeder or p.origin])
         self.incomplete = Group([p for p in peers if not (p.seeder or p.origin)])
         self.only_v4 = not (self.complete.v6 or self.incomplete.v6)
-        # (interval, min interval) -> the answer's bencoded start (``compact_answer``).
-        self.heads: dict[tuple[int, int], bytes] = {}
+        # (interval and min interval, the answer's bencoded start), by ``compact_answer``.
+        self.head: tuple[tuple[int, int], bytes] | None = None
 
     @property
     def leechers(self) -> int:
@@ -195,10 +195,11 @@ class SwarmView:
         return v4, v6, handed
 
     def compact_answer(
-        self, ip: str, port: int, seeder: bool, numwant: int, interval: int, min_interval: int,
+        self, ip: str, port: int, seeder: bool, numwant: int, intervals: tuple[int, int],
         rng: random.Random = HANDOUT_RNG,
     ) -> tuple[bytes, int]:
-        """(the bencoded compact answer, peers handed out) for the peer at (ip, port).
+        """(the bencoded compact answer, peers handed out) for the peer at (ip, port), with
+        ``intervals`` (interval, min interval).
 
         ``compact``'s peers in ``announce.compact_answer``'s bytes. The usual
         case (IPv4 only, every group handed out whole) is two or three slices
@@ -206,14 +207,12 @@ class SwarmView:
         path's handout, where choosing and packing peers one by one was a
         fifth of the handler's time.
         """
-        head = self.heads.get((interval, min_interval))
-        if head is None:
-            head = self.heads[interval, min_interval] = _answer_head(
-                interval, min_interval, self.seeders, self.leechers
-            )
+        head = self.head
+        if head is None or head[0] != intervals:
+            head = self.head = (intervals, _answer_head(*intervals, self.seeders, self.leechers))
         if not self.only_v4 or numwant < len(self.peers):
             v4, v6, handed = self.compact(ip, port, seeder, numwant, rng)
-            body = b"".join((head, b"%d:" % len(v4), v4))
+            body = b"".join((head[1], b"%d:" % len(v4), v4))
             if v6:
                 body += b"6:peers6%d:" % len(v6) + v6
             return body + b"e", handed
@@ -221,7 +220,14 @@ class SwarmView:
         v4 = self.incomplete.whole_v4(ip, port, fraction)
         if not seeder:
             v4 = self.complete.whole_v4(ip, port, fraction) + v4
-        return b"".join((head, b"%d:" % len(v4), v4, b"e")), len(v4) // 6
+        size = len(v4)
+        return b"".join((head[1], _LENGTHS[size] if size < 1200 else b"%d:" % size, v4, b"e")), (
+            size // 6
+        )
+
+
+# The bencoded length prefixes of peer lists of up to 200 IPv4 peers, written once.
+_LENGTHS = tuple(b"%d:" % size for size in range(1200))
 
 
 def _answer_head(interval: int, min_interval: int, complete: int, incomplete: int) -> bytes:
