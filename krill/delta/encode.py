@@ -45,6 +45,7 @@ from krill.delta import format as fmt
 from krill.delta.elf import looks_elf
 from krill.delta.jobs import Job, partner_piece, segmentable, segments, split
 from krill.delta.layerfiles import TarFile, materialize_tar, window_log_for
+from krill.delta.metaprefix import TRIAL_BYTES, choose_meta_cut, meta_cuts
 from krill.delta.metastream import MetaCoder
 from krill.delta.options import EncodeOptions
 from krill.delta.pairing import BaseIndex, hash_range, read_tar_range
@@ -153,7 +154,7 @@ def _encode_tars(
         base_layout = scan(base, base_tar.size)
         target_layout = scan(target, target_tar.size)
         limit = options.small_file_limit
-        prefix, meta = _meta_params(base, base_layout, target_layout, limit)
+        prefix, meta = _meta_params(base, base_layout, target, target_layout, limit)
         index = BaseIndex(base, bulk_members(base_layout, limit))
         fd, body_name = tempfile.mkstemp(prefix=".krill-delta-", suffix=".tmp", dir=out.parent)
         body_path = Path(body_name)
@@ -178,11 +179,24 @@ def _encode_tars(
 
 
 def _meta_params(
-    base: BinaryIO, base_layout: Layout, target_layout: Layout, limit: int
+    base: BinaryIO, base_layout: Layout, target: BinaryIO, target_layout: Layout, limit: int
 ) -> tuple[bytes, fmt.MetaParams]:
-    """The base's meta stream (the prefix) and the parameters the applier checks it against."""
+    """The base's meta stream up to the cut the clock chooses (metaprefix.py: the node's
+    first op waits for the base to be decompressed that far), and the parameters the
+    applier checks it against."""
     prefix = read_meta_prefix(base, base_layout, limit, fmt.MAX_META_PREFIX_BYTES)
     target_meta_size = sum(n for _, n in meta_ranges(target_layout, limit))
+    window_log = min(fmt.MAX_META_WINDOW_LOG, window_log_for(len(prefix) + target_meta_size))
+    cuts = meta_cuts(meta_ranges(base_layout, limit), base_layout.total_size, len(prefix))
+    target_meta = read_meta_prefix(target, target_layout, limit, TRIAL_BYTES)
+    cut = choose_meta_cut(prefix, cuts, target_meta, window_log, target_meta_size)
+    log.info(
+        "delta.meta_prefix len=%d of=%d base_tar_offset=%d",
+        cut.prefix_len,
+        len(prefix),
+        cut.tar_offset,
+    )
+    prefix = prefix[: cut.prefix_len]
     return prefix, fmt.MetaParams(
         prefix_len=len(prefix),
         prefix_sha256=hashlib.sha256(prefix).hexdigest(),
