@@ -217,8 +217,8 @@ class SwarmView:
                 body += b"6:peers6%d:" % len(v6) + v6
             return body + b"e", handed
         fraction = rng.random()
-        v4 = self.incomplete.whole_v4(ip, port, fraction)
-        if not seeder:
+        v4 = self.incomplete.whole_v4(ip, port, fraction) if self.incomplete.v4 else b""
+        if not seeder and self.complete.v4:
             v4 = self.complete.whole_v4(ip, port, fraction) + v4
         size = len(v4)
         return b"".join((head[1], _LENGTHS[size] if size < 1200 else b"%d:" % size, v4, b"e")), (
