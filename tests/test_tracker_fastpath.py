@@ -37,7 +37,7 @@ from krill.tracker.announce import (
 from krill.tracker.config import TrackerConfig
 from krill.tracker.peerstore import MemoryPeerStore, PeerEntry
 from krill.tracker.server import create_app
-from krill.tracker.swarmview import SwarmView, packed_peer
+from krill.tracker.swarmview import SwarmView, _ring_v4, packed_peer
 from tests.metrics_text import parse_metrics
 from tests.polling import until
 from tests.swarm_helpers import serving
@@ -207,16 +207,20 @@ def test_the_views_answer_of_whole_ipv4_groups(
     check_compact_answer(swarm, me, numwant, seed)
 
 
-def test_every_rotation_of_a_group_comes_out() -> None:
-    """The ring after the asking peer is rotated at random: each of the others leads once."""
+def test_each_member_gets_its_own_ring_and_an_outsider_a_random_rotation() -> None:
+    """A whole group goes out as the ring after the asking member (so each member sees a
+    different first peer), or, to a peer outside it, rotated at random."""
     swarm = [PeerEntry("10.0.0.1", port, False, False, 0.0) for port in range(1, 6)]
-    view = SwarmView(swarm)
-    leaders = set()
-    for fraction in (0.0, 0.2, 0.4, 0.6, 0.8, 0.99):
-        v4 = view.incomplete.whole_v4("10.0.0.1", 3, fraction)
-        assert sorted(unpacked(v4, b"")) == sorted(packed([p for p in swarm if p.port != 3]))
-        leaders.add(v4[:6])
-    assert len(leaders) == 4
+    group = SwarmView(swarm).incomplete
+    firsts = set()
+    for port in range(1, 6):
+        v4 = _ring_v4(group, ("10.0.0.1", port), 0.5)
+        assert sorted(unpacked(v4, b"")) == sorted(packed([p for p in swarm if p.port != port]))
+        assert v4[:6] == packed_peer("10.0.0.1", port % 5 + 1)[1]
+        firsts.add(v4[:6])
+    assert len(firsts) == 5
+    leaders = {_ring_v4(group, ("10.0.0.9", 1), f / 5)[:6] for f in range(5)}
+    assert len(leaders) == 5
 
 
 async def test_an_ordinary_announce_is_answered_as_the_general_way_answers(

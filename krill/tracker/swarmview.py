@@ -125,23 +125,25 @@ class Group:
                 v6 = v6[:at] + v6[at + 18 :]
         return _rotated(v4, 6, rng), _rotated(v6, 18, rng)
 
-    def whole_v4(self, ip: str, port: int, random_fraction: float) -> bytes:
-        """``whole``'s IPv4 list, for a group with no IPv6 peers: at most two slices.
 
-        Rotating the others at random is rotating, at random, the ring that
-        starts just after the asking peer: ``random_fraction`` (in [0, 1))
-        picks the rotation.
-        """
-        twice = self.v4_twice
-        size = len(self.v4)
-        mine = self.where.get((ip, port))
-        if mine is None:
-            cut = int(random_fraction * (size // 6)) * 6
-            return twice[cut : cut + size]
-        after = mine[1] + 6  # the asking peer's successor in the ring
-        others = size - 6
-        cut = after + int(random_fraction * (others // 6)) * 6
-        return twice[cut : after + others] + twice[after:cut]
+def _ring_v4(group: Group, key: tuple[str, int], fraction: float) -> bytes:
+    """Every IPv4 peer of ``group`` (which has no IPv6 ones) but ``key``: one slice.
+
+    The asking peer's own group comes as the ring of the others starting just
+    after it (each member gets a different order); a group it is not in,
+    rotated at ``fraction`` (random, in [0, 1)). Which order matters little:
+    the whole group goes out, and libtorrent ranks the peers it is given by
+    itself (BEP 40); that each asker sees a different first peer is what
+    spreads naive clients.
+    """
+    twice = group.v4_twice
+    size = len(group.v4)
+    mine = group.where.get(key)
+    if mine is None:
+        cut = int(fraction * (size // 6)) * 6
+        return twice[cut : cut + size]
+    after = mine[1] + 6  # the asking peer's successor in the ring
+    return twice[after : after + size - 6]
 
 
 def _rotated(packed: bytes, width: int, rng: random.Random) -> bytes:
@@ -217,9 +219,10 @@ class SwarmView:
                 body += b"6:peers6%d:" % len(v6) + v6
             return body + b"e", handed
         fraction = rng.random()
-        v4 = self.incomplete.whole_v4(ip, port, fraction) if self.incomplete.v4 else b""
+        key = (ip, port)
+        v4 = _ring_v4(self.incomplete, key, fraction) if self.incomplete.v4 else b""
         if not seeder and self.complete.v4:
-            v4 = self.complete.whole_v4(ip, port, fraction) + v4
+            v4 = _ring_v4(self.complete, key, fraction) + v4
         size = len(v4)
         return b"".join((head[1], _LENGTHS[size] if size < 1200 else b"%d:" % size, v4, b"e")), (
             size // 6
