@@ -197,7 +197,8 @@ def _meta_ops_delta(pair: Pair, pieces: int, piece: int) -> bytes:
     prefix = prefix[: meta["prefix_len"]]
     c = zstd.ZstdCompressor(
         options={zstd.CompressionParameter.window_log: meta["window_log"]},
-        zstd_dict=zstd.ZstdDict(prefix, is_raw=True).as_prefix,
+        # The encoder may cut the prefix to nothing (krill/delta/metaprefix.py).
+        zstd_dict=zstd.ZstdDict(prefix, is_raw=True).as_prefix if len(prefix) >= 8 else None,
     )
     ops = b"".join(
         fmt.encode_meta(piece, c.compress(bytes(piece), mode=c.FLUSH_BLOCK)) for _ in range(pieces)
