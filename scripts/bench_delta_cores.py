@@ -106,11 +106,20 @@ print(time.perf_counter() - wall, time.thread_time() - main, time.process_time()
 """
 
 
-def timed(base: Path, delta: Path, out: Path, workers: int) -> tuple[float, float, float, float]:
+def timed(
+    base: Path,
+    delta: Path,
+    out: Path,
+    workers: int,
+    tree: Path = ROOT,
+    lock: str | None = None,
+) -> tuple[float, float, float, float]:
     """(wall, main-thread CPU, all-threads CPU) seconds and peak RSS (MiB) of one apply in its
-    own process (the RSS includes the interpreter and imports, ~40 MiB)."""
+    own process (the RSS includes the interpreter and imports, ~40 MiB), with ``tree``'s krill;
+    ``lock``: a file held (flock) for the run, so benchmarks on a shared machine never overlap."""
     cmd = [sys.executable, "-c", APPLY, str(base), str(delta), str(out), str(workers)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+    cmd = ["flock", lock, *cmd] if lock else cmd
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tree)
     wall, main, total, rss = map(float, done.stdout.split())
     return wall, main, total, rss
 
@@ -164,6 +173,49 @@ def bench_pair(name: str, d: Path, work: Path, repeat: int) -> list[str]:
     return rows
 
 
+def create(tree: Path, d: Path, delta: Path, lock: str | None) -> None:
+    """The pair's delta made by ``tree``'s encoder (cached: an existing file is kept)."""
+    if delta.exists():
+        return
+    log(f"create with {tree}")
+    cmd = [*KRILL, "delta", "create", "--no-verify"]
+    cmd += [str(d / "base.tar.gz"), str(d / "target.tar.gz"), str(delta)]
+    cmd = ["flock", lock, *cmd] if lock else cmd
+    subprocess.run(cmd, check=True, cwd=tree, capture_output=True)
+
+
+def alternate(args: argparse.Namespace, d: Path) -> list[str]:
+    """Before (``--alternate TREE``, e.g. a git worktree) and after (this tree) applied in
+    turns, 2 workers, each tree's delta made by its own encoder: the load changes between runs,
+    so the two are compared round by round."""
+    work = args.cache / "work" / "alternate"
+    work.mkdir(parents=True, exist_ok=True)
+    trees = {"before": args.alternate.resolve(), "after": ROOT}
+    deltas = {name: work / f"{name}.krd" for name in trees}
+    for name, tree in trees.items():
+        create(tree, d, deltas[name], args.lock)
+    blob = (d / "target.tar.gz").stat().st_size
+    want = hashlib.sha256((d / "target.tar.gz").read_bytes()).hexdigest()
+    rows = []
+    for round_ in range(1, args.repeat + 1):
+        for name, tree in trees.items():
+            out = work / "out.tar.gz"
+            load = os.getloadavg()[0]
+            at = time.strftime("%H:%M:%S", time.gmtime())
+            wall, main, total, rss = timed(d / "base.tar.gz", deltas[name], out, 2, tree, args.lock)
+            same = hashlib.sha256(out.read_bytes()).hexdigest() == want
+            out.unlink()
+            if not same:
+                raise RuntimeError(f"{name}: apply rebuilt other bytes")
+            rows.append(
+                f"| {round_} | {name} | {at} | {load:.1f} | {deltas[name].stat().st_size} "
+                f"| {wall:.2f} | {main:.2f} | {total:.2f} | {rss:.0f} "
+                f"| {blob * 8 / wall / 1e6:.0f} | yes |"
+            )
+            log(rows[-1])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="bench-delta --apply-cores")
     parser.add_argument("--apply-cores", action="store_true")
@@ -175,7 +227,25 @@ def main() -> None:
         help="pkg:old:new,... for the pair 'wheels-offline' (wheels already in CACHE/wheels, "
         "e.g. copied from a local index, when WHEELS' versions cannot be downloaded)",
     )
+    parser.add_argument(
+        "--alternate",
+        type=Path,
+        help="a tree to compare with (e.g. a git worktree of the commit before): its apply and "
+        "this tree's, 2 workers, in turns, --repeat rounds, on the first pair",
+    )
+    parser.add_argument("--lock", help="flock this file around every run (a shared machine)")
     args = parser.parse_args()
+    if args.alternate:
+        name = args.pairs.split(",")[0]
+        specs = [tuple(s.split(":")) for s in (args.wheels or "").split(",") if s]
+        d = wheels_pair(args.cache, specs, name) if specs else args.cache / "pairs" / name
+        head = (
+            "| round | tree | UTC | load | delta bytes | wall s | main-thread CPU s "
+            "| all-threads CPU s | peak RSS MiB | break-even Mbit/s (wall) | bit-exact |"
+        )
+        rows = alternate(args, d)
+        print("\n".join([head, "|---|---|---|---|---|---|---|---|---|---|---|", *rows]))
+        return
     pairs: dict[str, Path | None] = {}
     for name in args.pairs.split(","):
         if name == "wheels-layer":
