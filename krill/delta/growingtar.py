@@ -78,7 +78,6 @@ class GrowingTar:
                 while (chunk := chunks.get()) is not None:
                     if self._failed():
                         continue  # drain, so the decompressing thread never blocks
-                    hasher.update(chunk)
                     view = memoryview(chunk)
                     while view:
                         view = view[out.write(view) or 0 :]
@@ -86,6 +85,7 @@ class GrowingTar:
                     with self._cond:
                         self._written = size
                         self._cond.notify_all()
+                    hasher.update(chunk)  # after readers were told: the hash waits, they don't
             if not self._failed():
                 tar = TarFile(self.path, str(Digest.from_hasher(hasher)), size, temporary=True)
                 with self._cond:
