@@ -15,7 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from krill.tracker.announce import C_PLAIN_FIELDS, EVENTS, python_plain_fields
+from krill.tracker.announce import (
+    C_PLAIN_FIELDS,
+    C_PLAIN_TARGET_FIELDS,
+    EVENTS,
+    python_plain_fields,
+    python_plain_target_fields,
+)
 
 pytestmark = pytest.mark.skipif(C_PLAIN_FIELDS is None, reason="krill._announcequery not built")
 
@@ -34,7 +40,9 @@ values = plain | twenty | loose | st.text(max_size=24)
 
 
 def c_fields(query: str) -> object:
-    assert C_PLAIN_FIELDS is not None
+    assert C_PLAIN_FIELDS is not None and C_PLAIN_TARGET_FIELDS is not None
+    for target in ("/announce?" + query, "/announce/KEY?" + query, "?" + query):
+        assert C_PLAIN_TARGET_FIELDS(target) == python_plain_target_fields(target)
     return C_PLAIN_FIELDS(query)
 
 
@@ -76,3 +84,12 @@ def test_a_client_announce_is_read_in_c(
 def test_a_query_that_is_not_a_str_is_a_type_error() -> None:
     with pytest.raises(TypeError):
         C_PLAIN_FIELDS(b"port=1")  # type: ignore[arg-type,misc]
+    with pytest.raises(TypeError):
+        C_PLAIN_TARGET_FIELDS(b"/announce?port=1")  # type: ignore[arg-type,misc]
+
+
+@pytest.mark.parametrize("target", ["/announce", "/announce?", "/annonce\u00e9?port=1", "", "?",
+                                    "/a?b?port=1&left=1"])
+def test_a_target_without_an_ordinary_query_is_none_in_both(target: str) -> None:
+    assert C_PLAIN_TARGET_FIELDS is not None
+    assert C_PLAIN_TARGET_FIELDS(target) is python_plain_target_fields(target) is None

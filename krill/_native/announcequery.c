@@ -140,17 +140,8 @@ static int split_query(const char *q, Py_ssize_t len, field fields[NFIELDS]) {
     return 0;
 }
 
-static PyObject *plain_announce(PyObject *module, PyObject *query) {
-    (void)module;
-    if (!PyUnicode_Check(query)) {
-        PyErr_SetString(PyExc_TypeError, "plain_announce(query): query must be a str");
-        return NULL;
-    }
-    if (!PyUnicode_IS_ASCII(query)) Py_RETURN_NONE;
-    Py_ssize_t len;
-    const char *q = PyUnicode_AsUTF8AndSize(query, &len);
-    if (q == NULL) return NULL;
-
+/* The fields of the ASCII query q[0:len], or None. */
+static PyObject *fields_of(const char *q, Py_ssize_t len) {
     field fields[NFIELDS];
     memset(fields, 0, sizeof fields);
     if (split_query(q, len, fields) < 0) Py_RETURN_NONE;
@@ -174,10 +165,56 @@ static PyObject *plain_announce(PyObject *module, PyObject *query) {
             Py_RETURN_NONE;
         }
     }
-    return Py_BuildValue(
-        "(y#y#iKOLO)", (const char *)info_hash, (Py_ssize_t)20, (const char *)peer_id,
-        (Py_ssize_t)20, (int)port, left, event,
-        fields[NUMWANT].seen ? (long long)numwant : -1LL, compact ? Py_True : Py_False);
+    /* Built item by item: Py_BuildValue parses its format string on every call. */
+    PyObject *items[7] = {
+        PyBytes_FromStringAndSize((const char *)info_hash, 20),
+        PyBytes_FromStringAndSize((const char *)peer_id, 20),
+        PyLong_FromUnsignedLongLong(port),
+        PyLong_FromUnsignedLongLong(left),
+        Py_NewRef(event),
+        PyLong_FromLongLong(fields[NUMWANT].seen ? (long long)numwant : -1LL),
+        Py_NewRef(compact ? Py_True : Py_False),
+    };
+    PyObject *answer = PyTuple_New(7);
+    for (int i = 0; i < 7; i++) {
+        if (items[i] == NULL || answer == NULL) {
+            for (int j = 0; j < 7; j++) Py_XDECREF(items[j]);
+            Py_XDECREF(answer);
+            return NULL;
+        }
+    }
+    for (int i = 0; i < 7; i++) PyTuple_SET_ITEM(answer, i, items[i]);
+    return answer;
+}
+
+static PyObject *plain_announce(PyObject *module, PyObject *query) {
+    (void)module;
+    if (!PyUnicode_Check(query)) {
+        PyErr_SetString(PyExc_TypeError, "plain_announce(query): query must be a str");
+        return NULL;
+    }
+    if (!PyUnicode_IS_ASCII(query)) Py_RETURN_NONE;
+    Py_ssize_t len;
+    const char *q = PyUnicode_AsUTF8AndSize(query, &len);
+    if (q == NULL) return NULL;
+    return fields_of(q, len);
+}
+
+/* plain_announce of the query in a request target ("/announce?QUERY"); None if it has no '?'.
+ * The announce path hands aiohttp's raw target over as it is: no split in Python. */
+static PyObject *plain_announce_target(PyObject *module, PyObject *target) {
+    (void)module;
+    if (!PyUnicode_Check(target)) {
+        PyErr_SetString(PyExc_TypeError, "plain_announce_target(target): target must be a str");
+        return NULL;
+    }
+    if (!PyUnicode_IS_ASCII(target)) Py_RETURN_NONE;
+    Py_ssize_t len;
+    const char *t = PyUnicode_AsUTF8AndSize(target, &len);
+    if (t == NULL) return NULL;
+    const char *mark = memchr(t, '?', (size_t)len);
+    if (mark == NULL) Py_RETURN_NONE;
+    return fields_of(mark + 1, len - (mark + 1 - t));
 }
 
 static PyMethodDef announcequery_functions[] = {
@@ -185,6 +222,9 @@ static PyMethodDef announcequery_functions[] = {
      "plain_announce(query) -> (info_hash, peer_id, port, left, event, numwant, compact) | None: "
      "an ordinary announce query's fields (numwant -1 if absent); None for any other query, "
      "which the general Python parse must read."},
+    {"plain_announce_target", (PyCFunction)plain_announce_target, METH_O,
+     "plain_announce_target(target) -> plain_announce(the query after the target's first '?'), "
+     "or None if it has none."},
     {NULL, NULL, 0, NULL},
 };
 

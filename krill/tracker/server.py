@@ -37,6 +37,7 @@ from krill.requestid import HEADER as REQUEST_ID_HEADER
 from krill.requestid import bind_request_id, id_for_request, unbind_request_id
 from krill.tls import client_ssl_context
 from krill.tracker.announce import (
+    EVENTS,
     ORIGIN_PEER_ID_PREFIX,
     Announce,
     AnnounceError,
@@ -44,7 +45,7 @@ from krill.tracker.announce import (
     choose_peers,
     compact_answer,
     normalised_ip,
-    plain_fields,
+    plain_target_fields,
 )
 from krill.tracker.announce_keys import AnnounceKeys, load_announce_keys
 from krill.tracker.config import TrackerConfig
@@ -285,6 +286,8 @@ async def _bound(request_id: str, answer: Awaitable[web.Response]) -> web.Respon
         unbind_request_id(token)
 
 
+# The counter key of an announce answered, by its event ("": none).
+_ANSWERED = {event: (event or "none", "ok") for event in EVENTS}
 # A named tuple made without its Python-level ``__new__``: 150 ns instead of 380 per announce.
 _new_entry = tuple.__new__
 
@@ -304,7 +307,7 @@ def plain_answer(request: web.Request, state: AnnounceState) -> web.Response | N
     store = state.memory
     if store is None:
         return None
-    fields = plain_fields(request.raw_path.partition("?")[2])
+    fields = plain_target_fields(request.raw_path)
     if fields is None:
         return None
     info_hash, peer_id, port, left, event, numwant, compact = fields
@@ -327,7 +330,7 @@ def plain_answer(request: web.Request, state: AnnounceState) -> web.Response | N
         state.intervals,
     )  # fmt: skip
     counts = state.counts
-    key = (event or "none", "ok")
+    key = _ANSWERED[event]
     counts.announces[key] = counts.announces.get(key, 0) + 1
     counts.peers_returned += handed
     return web.Response(body=body, content_type="text/plain")

@@ -136,14 +136,13 @@ def _ring_v4(group: Group, key: tuple[str, int], fraction: float) -> bytes:
     itself (BEP 40); that each asker sees a different first peer is what
     spreads naive clients.
     """
-    twice = group.v4_twice
-    size = len(group.v4)
     mine = group.where.get(key)
-    if mine is None:
-        cut = int(fraction * (size // 6)) * 6
-        return twice[cut : cut + size]
-    after = mine[1] + 6  # the asking peer's successor in the ring
-    return twice[after : after + size - 6]
+    if mine is not None:
+        after = mine[1] + 6  # the asking peer's successor in the ring
+        return group.v4_twice[after : after + len(group.v4) - 6]
+    size = len(group.v4)
+    cut = int(fraction * (size // 6)) * 6
+    return group.v4_twice[cut : cut + size]
 
 
 def _rotated(packed: bytes, width: int, rng: random.Random) -> bytes:
@@ -218,11 +217,10 @@ class SwarmView:
             if v6:
                 body += b"6:peers6%d:" % len(v6) + v6
             return body + b"e", handed
-        fraction = rng.random()
         key = (ip, port)
-        v4 = _ring_v4(self.incomplete, key, fraction) if self.incomplete.v4 else b""
+        v4 = _ring_v4(self.incomplete, key, rng.random())
         if not seeder and self.complete.v4:
-            v4 = _ring_v4(self.complete, key, fraction) + v4
+            v4 = _ring_v4(self.complete, key, rng.random()) + v4
         size = len(v4)
         return b"".join((head[1], _LENGTHS[size] if size < 1200 else b"%d:" % size, v4, b"e")), (
             size // 6
