@@ -8,6 +8,7 @@ rebuild tripped on first); a corrupt base fails cleanly; no temp file stays.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from krill.delta import apply_delta, create_delta
 from krill.delta.format import DeltaFormatError
 from krill.delta.growingtar import GrowingTar
 from krill.delta.recipes import RecipeError
+from krill.digests import sha256_file
 from tests.test_gogzip import python_tar
 
 
@@ -85,3 +87,33 @@ def test_a_corrupt_gzip_base_fails_cleanly(tmp_path: Path, tars: tuple[bytes, by
     with pytest.raises((RecipeError, DeltaFormatError)):
         apply_delta(broken, tmp_path / "d.krd", out_dir / "layer")
     assert not list(out_dir.iterdir())
+
+
+def test_the_tar_is_hashed_only_when_the_blob_is_not_the_claimed_one(tmp_path: Path) -> None:
+    """A blob that is the claimed one lends its claimed diff_id (its tar is not hashed); any
+    other blob's tar is hashed from disk, so another gzip of the same tar is still that tar,
+    and a claim about another blob changes nothing."""
+    data = python_tar(2 << 20)
+    blob = _gz(tmp_path / "b.tgz", data)
+    digest, diff_id = str(sha256_file(str(blob))), "sha256:" + hashlib.sha256(data).hexdigest()
+    for claimed, expected in [
+        ((digest, "sha256:" + "0" * 64), "sha256:" + "0" * 64),  # trusted: the blob is claimed
+        (("sha256:" + "1" * 64, "sha256:" + "0" * 64), diff_id),  # another blob: hashed
+        (None, diff_id),
+    ]:
+        grown = GrowingTar(blob, tmp_path, claimed)
+        try:
+            assert grown.result().diff_id == expected
+        finally:
+            grown.discard()
+
+
+def test_another_gzip_of_the_base_tar_still_applies(
+    tmp_path: Path, tars: tuple[bytes, bytes]
+) -> None:
+    base, target = _gz(tmp_path / "base.tgz", tars[0]), _gz(tmp_path / "target.tgz", tars[1])
+    create_delta(base, target, tmp_path / "d.krd")
+    other = tmp_path / "other.tgz"
+    other.write_bytes(gzip.compress(tars[0], compresslevel=1, mtime=0))
+    apply_delta(other, tmp_path / "d.krd", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == target.read_bytes()

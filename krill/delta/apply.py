@@ -106,7 +106,7 @@ def _apply_on_growing_base(
     is checked before anything is published; when the rebuild fails, a base
     that is not the delta's is the error reported (it is the cause).
     """
-    growing = GrowingTar(base_blob, out.parent)
+    growing = GrowingTar(base_blob, out.parent, (header.base.digest, header.base.diff_id))
     size = header.base.tar_size
 
     def check_base() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from krill.delta.layerfiles import TarFile
 from krill.delta.recipes import iter_tar_chunks
-from krill.digests import Digest
+from krill.digests import Digest, sha256_file
 
 __all__ = ["GrowingReader", "GrowingTar"]
 
@@ -36,11 +36,16 @@ class _Cancelled(Exception):
 class GrowingTar:
     """The base's tar written to a temp file by a thread; readers wait for what they need."""
 
-    def __init__(self, blob: Path, work_dir: Path) -> None:
+    def __init__(self, blob: Path, work_dir: Path, claimed: tuple[str, str] | None = None) -> None:
+        """``claimed``: the (blob digest, tar diff_id) the delta's header names for its base.
+        The tar is then not hashed as it comes: the blob is hashed at the end (a third of the
+        bytes) and, if it is the claimed one, its tar is the claimed tar (inflate output is
+        unique); only a blob that is not gets its tar hashed, from disk."""
         fd, name = tempfile.mkstemp(prefix=".krill-tar-", suffix=".tmp", dir=work_dir)
         self.path = Path(name)
         self._fd = fd
         self._blob = blob
+        self._claimed = claimed
         self._cond = threading.Condition()
         self._written = 0
         self._done = False
@@ -72,7 +77,7 @@ class GrowingTar:
                 self._cond.notify_all()
 
     def _sink(self, chunks: queue.Queue[bytes | None]) -> None:
-        hasher, size = hashlib.sha256(), 0
+        hasher, size = (None if self._claimed else hashlib.sha256()), 0
         try:
             with os.fdopen(self._fd, "wb", buffering=0) as out:
                 while (chunk := chunks.get()) is not None:
@@ -85,15 +90,25 @@ class GrowingTar:
                     with self._cond:
                         self._written = size
                         self._cond.notify_all()
-                    hasher.update(chunk)  # after readers were told: the hash waits, they don't
+                    if hasher is not None:  # after readers were told: the hash waits, not they
+                        hasher.update(chunk)
             if not self._failed():
-                tar = TarFile(self.path, str(Digest.from_hasher(hasher)), size, temporary=True)
+                diff_id = str(Digest.from_hasher(hasher)) if hasher else self._diff_id_by_blob()
+                tar = TarFile(self.path, diff_id, size, temporary=True)
                 with self._cond:
                     self._tar = tar
         except BaseException as exc:
             self._fail(exc)
             while chunks.get() is not None:
                 pass
+
+    def _diff_id_by_blob(self) -> str:
+        """The claimed diff_id if the blob is the claimed one, else the tar's own (re-read)."""
+        assert self._claimed is not None
+        digest, diff_id = self._claimed
+        if str(sha256_file(str(self._blob))) == digest:
+            return diff_id
+        return str(sha256_file(str(self.path)))
 
     def _fail(self, exc: BaseException) -> None:
         with self._cond:
