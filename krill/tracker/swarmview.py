@@ -12,9 +12,13 @@ asking peer's 6 or 18 bytes out and rotates the rest at a random peer:
 slicing bytes, where choosing, packing and joining 32 peers one by one was a
 fifth of the announce handler's time (docs/benchmarks.md, "Announces from a
 cached swarm view"). A group bigger than what is wanted is sampled peer by peer as
-``choose_peers`` does.
+``choose_peers`` does. On the announce path (``SwarmView.compact_answer``, IPv4
+swarms) each group's bytes are kept twice over, so a whole group is one slice:
+the asking peer's own group as the ring of the others starting after it, the
+other group rotated at random; with the answer's bencoded head kept too, the
+answer is one join (issue 20: docs/benchmarks.md, "Announces at 0.7x").
 
-The policy is ``announce.choose_peers``'s (tests/test_tracker_swarmview.py
+The policy is ``announce.choose_peers``'s (tests/test_tracker_fastpath.py
 holds the two to the same peers): complete peers first, then incomplete, a
 random order within each, never the asking peer, nothing but incomplete
 peers for a seeder.
