@@ -44,6 +44,11 @@ async def test_announces_and_other_routes_echo_or_make_request_ids(
                 assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-Id"]), path
             async with http.get(base + path) as fresh:
                 assert re.fullmatch(r"[0-9a-f]{32}", fresh.headers["X-Request-Id"]), path
+        made_ids = set()
+        for _ in range(5):  # an announce that brings no id gets a new one every time
+            async with http.get(base + ANNOUNCE) as fresh:
+                made_ids.add(fresh.headers["X-Request-Id"])
+        assert len(made_ids) == 5
 
 
 async def test_announce_latency_is_exported_beside_the_other_routes(

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 
@@ -239,6 +241,12 @@ async def _record(state: AnnounceState, announce: Announce) -> SwarmView:
     return await store.record(announce.info_hash, entry, config.peer_ttl)
 
 
+# The id of an announce that brings none: 32 hex digits as ``krill.requestid`` makes them,
+# a random 64-bit prefix per process and a counter, at half the cost of 128 random bits
+# formatted (0.2 against 0.4 us in a tight loop; ids must be unique, not secret).
+_NEW_REQUEST_IDS = map(f"{os.urandom(8).hex()}%016x".__mod__, itertools.count())
+
+
 def announce_handler(state: AnnounceState, route: str, clock: Clock) -> Handler:
     """The handler of one announce route: what the request-id and latency middlewares
     do for the other routes, done inline (a third of the tracker's CPU per announce
@@ -254,7 +262,8 @@ def announce_handler(state: AnnounceState, route: str, clock: Clock) -> Handler:
 
     async def handle_announce(request: web.Request) -> web.StreamResponse:
         started = now()
-        request_id = id_for_request(request.headers.get(REQUEST_ID_HEADER))
+        offered = request.headers.get(REQUEST_ID_HEADER)
+        request_id = next(_NEW_REQUEST_IDS) if offered is None else id_for_request(offered)
         try:
             response = plain_answer(request, state)
             if response is None:
