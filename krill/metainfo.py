@@ -11,11 +11,10 @@ bencoded with sorted keys.
 Piece-length policy (``piece_length_for``, since 2026-12-06): start at
 ``MIN_PIECE_LENGTH`` (64 KiB) and double while the blob still has at least
 ``MIN_PIECES`` (64) pieces of the doubled length, up to
-``PREFERRED_PIECE_LENGTH`` (256 KiB); then double further while the blob has
+``PREFERRED_PIECE_LENGTH`` (128 KiB); then double further while the blob has
 more than ``TARGET_PIECES`` (2048), up to ``MAX_PIECE_LENGTH`` (16 MiB). So a
-4 MiB blob has 64 pieces of 64 KiB, an 8 MiB one 64 of 128 KiB, anything from
-16 MiB to 512 MiB pieces of 256 KiB (a 64 MiB layer: 256), 1 GiB 2048 of
-512 KiB, as before. Why:
+4 MiB blob has 64 pieces of 64 KiB, anything from 8 MiB to 256 MiB pieces of
+128 KiB (a 64 MiB layer: 512), 1 GiB 2048 of 512 KiB, as before. Why:
 
 * Small pieces let a peer re-share data sooner (a piece is shareable only
   once it is complete and hash-checked), which is what makes a herd of
@@ -27,10 +26,12 @@ more than ``TARGET_PIECES`` (2048), up to ``MAX_PIECE_LENGTH`` (16 MiB). So a
 * Every piece costs CPU on every node, per piece and per message: a HAVE to
   each peer, a piece-finished alert, a hash job, piece-picker and interest
   updates, and an origin-fed piece's copy into libtorrent. In the N=16
-  real-agent herd on 2 cores that cost is the pull time: 256 KiB pieces
-  instead of 64 KiB took 15 % of the agents' CPU per GiB at N=8 (five
-  alternated pairs, docs/profile-agent.md) and measured again at N=16 for
-  this rule (docs/benchmarks.md, issue 16).
+  real-agent herd on 2 cores that CPU is pull time. But a piece is passed on
+  only once it is whole, so bigger pieces also add a store-and-forward delay
+  per hop. Alternated N=16 herds (docs/benchmarks.md, issue 16): 128 KiB
+  instead of 64 KiB took ~7 % of the agents' CPU per GiB with the same or a
+  slightly better p50; 256 KiB took ~14 % but made p50 ~4 % worse whenever
+  the CPU was not the limit (first byte ~0.15 s later). 128 KiB it is.
 * Too many pieces cost metainfo size (20 bytes each), bitfield and HAVE
   traffic; ~2048 pieces keeps a 1 GiB layer's metainfo at 40 KB.
 * 64 KiB is the floor (four 16 KiB request blocks per piece, so a piece is
@@ -42,7 +43,7 @@ infohash, so it must only change together across all origins.
 
 Upgrades. The rule before 2026-12-06 (``legacy_piece_length_for``: a
 64 KiB floor, the same 2048-piece target) gave other lengths for blobs of
-8 MiB to 512 MiB. What each side does with a torrent of the old length:
+8 MiB to 256 MiB. What each side does with a torrent of the old length:
 
 * Origins make and keep only the current rule's torrent: a stored sidecar of
   the old length is made again on its first request
@@ -72,7 +73,7 @@ from krill import bencode
 from krill.digests import Digest
 
 MIN_PIECE_LENGTH = 64 * 1024
-PREFERRED_PIECE_LENGTH = 256 * 1024
+PREFERRED_PIECE_LENGTH = 128 * 1024
 MAX_PIECE_LENGTH = 16 * 1024 * 1024
 MIN_PIECES = 64
 TARGET_PIECES = 2048

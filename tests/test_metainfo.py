@@ -55,9 +55,10 @@ def blob(tmp_path: Path) -> tuple[BlobStore, Digest]:
         (4 * 1024 * 1024, MIN_PIECE_LENGTH),  # a small layer keeps 64 pieces
         (8 * 1024 * 1024 - 1, MIN_PIECE_LENGTH),
         (8 * 1024 * 1024, 128 * 1024),
-        (16 * 1024 * 1024, 256 * 1024),
-        (64 * 1024 * 1024, 256 * 1024),  # the herd benchmark's blob: 256 pieces
-        (512 * 1024 * 1024, 256 * 1024),
+        (16 * 1024 * 1024, 128 * 1024),
+        (64 * 1024 * 1024, 128 * 1024),  # the herd benchmark's blob: 512 pieces
+        (256 * 1024 * 1024, 128 * 1024),
+        (256 * 1024 * 1024 + 1, 256 * 1024),
         (512 * 1024 * 1024 + 1, 512 * 1024),
         (1024**3, 512 * 1024),
         (10**15, MAX_PIECE_LENGTH),
@@ -87,7 +88,7 @@ def test_a_small_blob_keeps_enough_pieces_for_a_herd() -> None:
     for size in range(1 << 20, 1 << 30, 1 << 20):
         pieces = piece_count(size, piece_length_for(size))
         assert pieces >= 64 or piece_length_for(size) == MIN_PIECE_LENGTH, size
-        assert piece_length_for(size) <= max(256 * 1024, legacy_piece_length_for(size))
+        assert piece_length_for(size) <= max(128 * 1024, legacy_piece_length_for(size))
 
 
 def test_piece_count_stays_bounded_until_the_ceiling() -> None:
@@ -166,12 +167,12 @@ def test_an_old_rule_torrent_is_accepted_by_nodes_and_outdated_for_origins() -> 
     size = 64 * 1024 * 1024
     old = _torrent(digest, size, MIN_PIECE_LENGTH, bytes(20 * 1024))
     check_metainfo(old, digest)
-    with pytest.raises(MetainfoOutdated, match="old piece length 65536; origins now use 262144"):
+    with pytest.raises(MetainfoOutdated, match="old piece length 65536; origins now use 131072"):
         check_metainfo(old, digest, legacy=False)
-    current = _torrent(digest, size, 256 * 1024, bytes(20 * 256))
+    current = _torrent(digest, size, 128 * 1024, bytes(20 * 512))
     check_metainfo(current, digest, legacy=False)
-    with pytest.raises(MetainfoError, match="piece length 131072, not the 262144") as refused:
-        check_metainfo(_torrent(digest, size, 128 * 1024, bytes(20 * 512)), digest)
+    with pytest.raises(MetainfoError, match="piece length 262144, not the 131072") as refused:
+        check_metainfo(_torrent(digest, size, 256 * 1024, bytes(20 * 256)), digest)
     assert not isinstance(refused.value, MetainfoOutdated), "neither rule: another swarm"
 
 

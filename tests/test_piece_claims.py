@@ -44,7 +44,7 @@ def test_a_round_hands_out_every_piece_once_then_nothing_until_it_idles() -> Non
     clock = FakeClock()
     claims = PieceClaims(chunk_pieces=16, round_idle=30, clock=clock)
     digest = Digest.parse("sha256:" + "ab" * 32)
-    size = 299 * 256 * 1024 + 5  # 300 pieces of 256 KiB
+    size = 299 * 128 * 1024 + 5  # 300 pieces of 128 KiB
     handed = []
     while (claimed := claims.claim(digest, size)) is not None:
         handed.append(claimed)

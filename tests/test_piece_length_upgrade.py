@@ -29,8 +29,8 @@ from krill.origin.piececlaims import PieceClaims, piece_claims
 from krill.swarm import SwarmEngine, SwarmSettings
 from tests.swarm_helpers import running_origin_app, running_tracker
 
-SIZE = 16 * 1024 * 1024  # 64 pieces of 256 KiB now, 256 of 64 KiB under the old rule
-OLD, NEW = 64 * 1024, 256 * 1024
+SIZE = 16 * 1024 * 1024  # 128 pieces of 128 KiB now, 256 of 64 KiB under the old rule
+OLD, NEW = 64 * 1024, 128 * 1024
 
 
 def old_rule_metainfo(path: Path, digest: Digest) -> bytes:
@@ -51,9 +51,9 @@ def test_the_blob_of_these_tests_has_another_length_under_each_rule() -> None:
 def test_each_piece_length_has_its_own_round_of_claims() -> None:
     claims = PieceClaims(chunk_pieces=16, round_idle=30, clock=lambda: 0.0)
     digest = Digest.parse("sha256:" + "ab" * 32)
-    assert claims.claim(digest, SIZE) == range(0, 4), "64 pieces: chunks of 64/16"
+    assert claims.claim(digest, SIZE) == range(0, 8), "128 pieces: chunks of 128/16"
     assert claims.claim(digest, SIZE, OLD) == range(0, 16), "the old torrent's 256: 16 each"
-    assert claims.claim(digest, SIZE, NEW) == range(4, 8), "the current round goes on"
+    assert claims.claim(digest, SIZE, NEW) == range(8, 16), "the current round goes on"
     old_round = []
     while (claimed := claims.claim(digest, SIZE, OLD)) is not None:
         old_round += claimed
@@ -81,14 +81,14 @@ async def test_the_origin_remakes_an_old_torrent_and_claims_in_the_node_s_length
         check_metainfo(served, digest, legacy=False)
 
         answers = {}
-        for named in (None, str(OLD), str(NEW), "131072", "many"):
+        for named in (None, str(OLD), str(NEW), "262144", "many"):
             params = {} if named is None else {"piece_length": named}
             async with http.post(f"{origin}/krill/v1/claims/{digest}", params=params) as response:
                 answers[named] = (response.status, await response.read())
-    assert answers[None][0] == 200 and b'"piece_length": 262144' in answers[None][1]
+    assert answers[None][0] == 200 and b'"piece_length": 131072' in answers[None][1]
     assert answers[str(OLD)][0] == 200 and b'"piece_length": 65536' in answers[str(OLD)][1]
     assert answers[str(NEW)][0] == 200
-    assert answers["131072"] == (400, b"piece_length must be one of [65536, 262144]")
+    assert answers["262144"] == (400, b"piece_length must be one of [65536, 131072]")
     assert answers["many"][0] == 400
 
 
