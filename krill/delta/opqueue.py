@@ -24,7 +24,7 @@ from krill.delta.opdecode import (
     read_base,
     stream_content,
 )
-from krill.delta.ranges import Range, iter_range
+from krill.delta.ranges import CHUNK, Range, iter_range
 from krill.delta.zstdlib import zstd
 
 __all__ = ["IN_FLIGHT_BYTES", "run_ops"]
@@ -56,11 +56,14 @@ def run_ops(
     """Decode ops until OP_END; content ops run in threads, output is written in op order."""
     queue: deque[tuple[_Item, int]] = deque()
     in_flight = 0
+    ahead: list[Future[bytes]] = []  # the one large diff op decoding ahead, if any
 
     def drain_one() -> None:
         nonlocal in_flight
         item, size = queue.popleft()
         in_flight -= size
+        if ahead and item is ahead[0]:
+            ahead.clear()
         _write_item(item, base, write)
 
     def start(op: fmt.Op, pool: ThreadPoolExecutor) -> _Item:
@@ -72,9 +75,21 @@ def run_ops(
             return _Stream(op)  # decoded alone, by the writer: bounded memory
         return pool.submit(decode_content, op, read_base(base, op.base_off, op.base_len))
 
+    def start_ahead(op: fmt.Op, pool: ThreadPoolExecutor) -> Future[bytes]:
+        """A large diff op decoded in a worker while the writer drains what is before it
+        (decoded by the writer, it left the recompressing workers idle for its ~0.3 s)."""
+        while ahead:  # one at a time: its memory is outside the budget
+            drain_one()
+        future = pool.submit(decode_content, op, read_base(base, op.base_off, op.base_len))
+        ahead.append(future)
+        return future
+
     with ThreadPoolExecutor(workers, thread_name_prefix="krill-delta-apply") as pool:
         try:
             while (op := reader.next()).kind != fmt.OP_END:
+                if _decoded_ahead(op):
+                    queue.append((start_ahead(op, pool), 0))
+                    continue
                 cost = _queued_bytes(op)
                 # Make room *before* decoding or reading the base range, so what is held stays
                 # under the budget plus one op, whatever the ops claim.
@@ -90,6 +105,12 @@ def run_ops(
                     item.cancel()
 
 
+def _decoded_ahead(op: fmt.Op) -> bool:
+    """A large op decoded whole anyway (diffs: base, diff and output at once), so a worker
+    can do it ahead; large zstd ops still stream through the writer."""
+    return op.out_len > STREAM_OP_BYTES and op.kind in (fmt.OP_BSDIFF, fmt.OP_HDIFF, fmt.OP_ELF)
+
+
 def _write_item(item: _Item, base: BinaryIO, write: Write) -> None:
     if isinstance(item, Range):
         for chunk in iter_range(base, item, base_short):
@@ -97,7 +118,9 @@ def _write_item(item: _Item, base: BinaryIO, write: Write) -> None:
     elif isinstance(item, _Stream):
         stream_content(item.op, base, write)
     elif isinstance(item, Future):
-        write(item.result())
+        data = item.result()
+        for at in range(0, len(data), CHUNK):  # in pieces, as the writer's own decoding did
+            write(data[at : at + CHUNK])
     else:
         write(item)
 
