@@ -173,7 +173,7 @@ def session_settings(settings: SwarmSettings) -> lt.settings_pack:
         **encryption_settings(settings.peer_encryption),
         "peer_fingerprint": prefix + _PEER_ID_VERSION,
         "alert_mask": int(alerts),
-        "alert_queue_size": 100_000,  # a 64 MiB blob alone makes 1024 piece alerts
+        "alert_queue_size": 100_000,  # a 256 MiB blob alone makes 2048 piece alerts
         # Peers are found through our tracker only: no public DHT, no multicast
         # discovery, no router port mapping in a data centre.
         "enable_dht": False,
