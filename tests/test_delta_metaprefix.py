@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from krill.delta import apply_delta, create_delta, read_delta_header
-from krill.delta import metaprefix
+from krill.delta import apply_delta, create_delta, metaprefix, read_delta_header
 from krill.delta.metaprefix import MetaCut, choose_meta_cut, meta_cuts
 from krill.delta.tarscan import meta_ranges, read_meta_prefix, scan, scan_meta_prefix
 from tests.test_delta_support import Entry, build_tar
