@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,10 +20,27 @@ from krill import processes
 SKOPEO_FLAGS = ("--src-tls-verify=false", "--dest-tls-verify=false")
 
 
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now and never handed out before in this test run.
+
+    The kernel may give the same ephemeral port to two ``bind(0)`` calls in a row
+    once the first socket is closed: two agents of one herd, started together from
+    threads, then tried to listen on the same port and one exited with EADDRINUSE
+    (a CI failure of test_agent_swarm). Remembering what was handed out rules that
+    out; a port taken meanwhile by some other process's connection still can't be.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        with _HANDED_OUT_LOCK:
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
 
 
 def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
