@@ -74,6 +74,7 @@ typedef struct zd_state {
     /* window and hash chains */
     uint8_t *window; /* ZD_WINDOW_SIZE + ZD_WINDOW_PAD bytes, zeroed at start */
     uint16_t *prev;  /* ZD_WSIZE links */
+    uint16_t *prev2; /* ZD_WSIZE links two steps on (prev of prev), for walking chains faster */
     uint16_t *head;  /* hash_size heads */
     unsigned ins_h;
     long block_start;

@@ -56,9 +56,10 @@ int zd_init(zd_state *s, int level, int mem_level, int strategy) {
     s->sym_end = s->lit_bufsize - 1;
     s->window = calloc(ZD_WINDOW_SIZE + ZD_WINDOW_PAD, 1);
     s->prev = calloc(ZD_WSIZE, sizeof(uint16_t));
+    s->prev2 = calloc(ZD_WSIZE, sizeof(uint16_t));
     s->head = calloc(s->hash_size, sizeof(uint16_t));
     s->syms = malloc(s->lit_bufsize * sizeof(uint32_t));
-    if (!s->window || !s->prev || !s->head || !s->syms) {
+    if (!s->window || !s->prev || !s->prev2 || !s->head || !s->syms) {
         zd_free(s);
         return 0;
     }
@@ -71,11 +72,12 @@ int zd_init(zd_state *s, int level, int mem_level, int strategy) {
 void zd_free(zd_state *s) {
     free(s->window);
     free(s->prev);
+    free(s->prev2);
     free(s->head);
     free(s->syms);
     free(s->out);
     s->window = NULL, s->syms = NULL, s->out = NULL;
-    s->prev = s->head = NULL;
+    s->prev = s->prev2 = s->head = NULL;
 }
 
 /* Move positions down by a window size after the window slid (slide_hash). */
@@ -85,8 +87,9 @@ static void slide_chains(zd_state *s) {
         s->head[n] = (uint16_t)(m >= ZD_WSIZE ? m - ZD_WSIZE : 0);
     }
     for (unsigned n = 0; n < ZD_WSIZE; n++) {
-        unsigned m = s->prev[n];
+        unsigned m = s->prev[n], m2 = s->prev2[n];
         s->prev[n] = (uint16_t)(m >= ZD_WSIZE ? m - ZD_WSIZE : 0);
+        s->prev2[n] = (uint16_t)(m2 >= ZD_WSIZE ? m2 - ZD_WSIZE : 0);
     }
 }
 
@@ -94,11 +97,16 @@ static inline unsigned next_hash(const zd_state *s, unsigned h, unsigned c) {
     return ((h << s->hash_shift) ^ c) & s->hash_mask;
 }
 
-/* Put position str on its chain; returns the chain's previous head (INSERT_STRING). */
+/* Put position str on its chain; returns the chain's previous head (INSERT_STRING).
+ *
+ * prev2 holds the link after next, as it is now. The matcher reads it only where zlib
+ * would read prev[next]: next is then within MAX_DIST of the current position, so its
+ * slot has not been reused since, and prev2 is the value zlib will read (both slide alike). */
 static inline unsigned insert_string(zd_state *s, unsigned str) {
     s->ins_h = next_hash(s, s->ins_h, s->window[str + ZD_MIN_MATCH - 1]);
     unsigned head = s->head[s->ins_h];
     s->prev[str & ZD_WMASK] = (uint16_t)head;
+    s->prev2[str & ZD_WMASK] = s->prev[head & ZD_WMASK];
     s->head[s->ins_h] = (uint16_t)str;
     return head;
 }
@@ -166,14 +174,40 @@ void zd_set_dictionary(zd_state *s, const uint8_t *dict, size_t len) {
     s->avail_in = avail;
 }
 
+/* One candidate of the chain walk: whether it beats best_len, and by how much. */
+#define ZD_TRY(candidate)                                                               \
+    do {                                                                                \
+        const uint8_t *match = window + (candidate);                                    \
+        if (load16(match + best_len - 1) == scan_end && load16(match) == scan_start) {  \
+            unsigned len = ZD_MAX_MATCH;                                                \
+            for (unsigned i = 3; i < ZD_MAX_MATCH; i += 8) {                            \
+                uint64_t diff = load64(scan + i) ^ load64(match + i);                   \
+                if (diff) {                                                             \
+                    unsigned at = i + ((unsigned)__builtin_ctzll(diff) >> 3);           \
+                    len = at < ZD_MAX_MATCH ? at : ZD_MAX_MATCH;                        \
+                    break;                                                              \
+                }                                                                       \
+            }                                                                           \
+            if (len > best_len) {                                                       \
+                s->match_start = (candidate);                                           \
+                best_len = len;                                                         \
+                if (len >= nice) goto done;                                             \
+                scan_end = load16(scan + best_len - 1);                                 \
+            }                                                                           \
+        }                                                                               \
+    } while (0)
+
 /* Length of the longest match for strstart along the chain from cur_match, setting
  * match_start (zlib's longest_match). Bytes 0, 1 and the last two of the best length so
- * far are checked first; byte 2 is taken as equal, as zlib takes it (the hash implies it). */
+ * far are checked first; byte 2 is taken as equal, as zlib takes it (the hash implies it).
+ * The walk visits zlib's candidates in zlib's order and stops where zlib stops; it takes
+ * two steps per round, loading the next link and the one after it at once, so the chain's
+ * load latency is paid half as often. */
 static inline unsigned longest_match(zd_state *s, unsigned cur_match) {
     unsigned chain = s->max_chain;
     const uint8_t *window = s->window;
     const uint8_t *scan = window + s->strstart;
-    const uint16_t *prev = s->prev;
+    const uint16_t *prev = s->prev, *prev2 = s->prev2;
     unsigned best_len = s->prev_length;
     unsigned nice = s->nice_match;
     unsigned limit = s->strstart > ZD_MAX_DIST ? s->strstart - ZD_MAX_DIST : 0;
@@ -181,25 +215,16 @@ static inline unsigned longest_match(zd_state *s, unsigned cur_match) {
     if (nice > s->lookahead) nice = s->lookahead;
     uint16_t scan_start = load16(scan);
     uint16_t scan_end = load16(scan + best_len - 1);
-    do {
-        const uint8_t *match = window + cur_match;
-        if (load16(match + best_len - 1) != scan_end || load16(match) != scan_start) continue;
-        unsigned len = ZD_MAX_MATCH;
-        for (unsigned i = 3; i < ZD_MAX_MATCH; i += 8) {
-            uint64_t diff = load64(scan + i) ^ load64(match + i);
-            if (diff) {
-                unsigned at = i + ((unsigned)__builtin_ctzll(diff) >> 3);
-                len = at < ZD_MAX_MATCH ? at : ZD_MAX_MATCH;
-                break;
-            }
-        }
-        if (len > best_len) {
-            s->match_start = cur_match;
-            best_len = len;
-            if (len >= nice) break;
-            scan_end = load16(scan + best_len - 1);
-        }
-    } while ((cur_match = prev[cur_match & ZD_WMASK]) > limit && --chain != 0);
+    unsigned cur = cur_match;
+    for (;;) {
+        unsigned next = prev[cur & ZD_WMASK], after = prev2[cur & ZD_WMASK];
+        ZD_TRY(cur);
+        if (next <= limit || --chain == 0) break;
+        ZD_TRY(next);
+        if (after <= limit || --chain == 0) break;
+        cur = after;
+    }
+done:
     return best_len <= s->lookahead ? best_len : s->lookahead;
 }
 
