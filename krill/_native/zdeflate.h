@@ -73,8 +73,9 @@ typedef struct zd_state {
 
     /* window and hash chains */
     uint8_t *window; /* ZD_WINDOW_SIZE + ZD_WINDOW_PAD bytes, zeroed at start */
-    uint16_t *prev;  /* ZD_WSIZE links */
-    uint16_t *prev2; /* ZD_WSIZE links two steps on (prev of prev), for walking chains faster */
+    /* ZD_WSIZE chain links: 16-bit lane k of links[p & WMASK] is the position k+1 steps
+     * down p's chain (lane 0 is zlib's prev[]), so the walk loads once per 4 candidates */
+    uint64_t *links;
     uint16_t *head;  /* hash_size heads */
     unsigned ins_h;
     long block_start;
