@@ -225,3 +225,18 @@ def test_real_tar_is_zlibs() -> None:
     assert_same([data], 6, 8)
     assert_same([data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20)], 9, 9)
     assert_same([data[: 8 << 20]], 4, 1, zlib.Z_FILTERED, data[-(1 << 15) :])
+
+
+def test_zlib_setting_uses_it_where_it_can() -> None:
+    """The recipe's segments use the native encoder at the lazy levels when the system zlib
+    is the version it reproduces; other settings (and other zlibs) keep zlib's."""
+    from krill.delta.zlibrestarts import ZlibSetting
+
+    native = zlib.ZLIB_RUNTIME_VERSION == "1.2.13"
+    lazy = ZlibSetting(6, 8, zlib.Z_DEFAULT_STRATEGY).compressobj(b"window")
+    assert isinstance(lazy, _zdeflate.Compressor) is native
+    assert not isinstance(ZlibSetting(3, 8, 0).compressobj(), _zdeflate.Compressor)
+    assert not isinstance(ZlibSetting(6, 8, zlib.Z_RLE).compressobj(), _zdeflate.Compressor)
+    data = _text(random.Random(2), 100_000)
+    ref = zlib.compressobj(6, zlib.DEFLATED, -15, 8, 0, zdict=b"window")
+    assert lazy.compress(data) + lazy.flush() == ref.compress(data) + ref.flush()

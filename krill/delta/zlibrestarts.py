@@ -34,6 +34,10 @@ it (RestartError), and the blob digest is the last guard anyway.
 
 Memory on the node: as the Go writer's, ``workers`` segments of 4 MiB (plus
 32 KiB of window) and their output in flight.
+
+The segments are compressed by ``krill._zdeflate`` where it is built and the system zlib
+is the version it reproduces (1.2.13): the same bits as ``zlib.compressobj``, at ~1.5x its
+speed (docs/benchmarks.md), with the GIL released so workers use every core.
 """
 
 from __future__ import annotations
@@ -92,6 +96,24 @@ def _native() -> Any:
     return importlib.import_module("krill._goflate")
 
 
+# zlib versions whose deflate_slow output krill._zdeflate was checked against bit for bit
+# (tests/test_zdeflate.py); with any other system zlib, segments are compressed by zlib.
+_ZDEFLATE_MATCHES = frozenset({"1.2.13"})
+
+
+def _zdeflate() -> Any | None:
+    """krill._zdeflate's module when it is built and matches the system zlib, else None."""
+    if zlib.ZLIB_RUNTIME_VERSION not in _ZDEFLATE_MATCHES:
+        return None
+    try:
+        return importlib.import_module("krill._zdeflate")
+    except ImportError:
+        return None
+
+
+_ZDEFLATE = _zdeflate()
+
+
 @dataclass(frozen=True, slots=True)
 class ZlibSetting:
     """The deflateInit2 parameters a recipe recorded."""
@@ -101,9 +123,24 @@ class ZlibSetting:
     strategy: int
 
     def compressobj(self, zdict: bytes | None = None) -> Any:
+        """A raw deflate encoder with these settings, primed with ``zdict``: krill's own
+        (same bits, faster) for the lazy levels where it can, else zlib's."""
+        native = _ZDEFLATE if self.native_ok() else None
+        if native is not None:
+            return native.Compressor(self.level, self.mem_level, self.strategy, zdict)
         wbits = -zlib.MAX_WBITS
         args = (self.level, zlib.DEFLATED, wbits, self.mem_level, self.strategy)
         return zlib.compressobj(*args, zdict=zdict) if zdict else zlib.compressobj(*args)
+
+    def native_ok(self) -> bool:
+        """Whether krill._zdeflate encodes these settings (levels 4-9, memLevel 1-9,
+        default or filtered strategy) and is available."""
+        return (
+            _ZDEFLATE is not None
+            and self.level in ZLIB_PARALLEL_LEVELS
+            and 1 <= self.mem_level <= 9
+            and self.strategy in (zlib.Z_DEFAULT_STRATEGY, zlib.Z_FILTERED)
+        )
 
 
 @dataclass(frozen=True, slots=True)
