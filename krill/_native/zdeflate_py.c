@@ -18,6 +18,22 @@ typedef struct {
     int busy;  /* a call is compressing with the GIL released */
 } Compressor;
 
+/* An int argument; out-of-range values are clamped so the range check says ValueError
+ * (not OverflowError) whatever the size, and non-integers are a TypeError. */
+static int small_int(PyObject *obj, void *out) {
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "an integer is required, not %.100s", Py_TYPE(obj)->tp_name);
+        return 0;
+    }
+    int overflow = 0;
+    long v = PyLong_AsLongAndOverflow(obj, &overflow);
+    if (v == -1 && PyErr_Occurred()) return 0;
+    if (overflow > 0 || v > INT_MAX) v = INT_MAX;
+    if (overflow < 0 || v < INT_MIN) v = INT_MIN;
+    *(int *)out = (int)v;
+    return 1;
+}
+
 static int Compressor_init(Compressor *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"level", "mem_level", "strategy", "zdict", NULL};
     int level, mem_level = 8, strategy = 0;
@@ -27,8 +43,8 @@ static int Compressor_init(Compressor *self, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(PyExc_RuntimeError, "a Compressor is initialised once: make a new one");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "i|iiO", keywords, &level, &mem_level,
-                                     &strategy, &zdict_obj))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|O&O&O", keywords, small_int, &level,
+                                     small_int, &mem_level, small_int, &strategy, &zdict_obj))
         return -1;
     if (zdict_obj != Py_None && PyObject_GetBuffer(zdict_obj, &zdict, PyBUF_SIMPLE) < 0) return -1;
     const char *bad = NULL;
@@ -99,7 +115,7 @@ static PyObject *Compressor_compress(Compressor *self, PyObject *arg) {
 
 static PyObject *Compressor_flush(Compressor *self, PyObject *args) {
     int mode = ZD_FINISH;
-    if (!PyArg_ParseTuple(args, "|i", &mode)) return NULL;
+    if (!PyArg_ParseTuple(args, "|O&", small_int, &mode)) return NULL;
     if (!usable(self)) return NULL;
     if (mode == ZD_NO_FLUSH) return PyBytes_FromStringAndSize(NULL, 0); /* as zlib's flush() */
     if (mode < ZD_NO_FLUSH || mode > ZD_BLOCK) {
