@@ -68,7 +68,7 @@ class SwarmTransfer:
         try:
             if offset >= self.size - 1:  # the last byte waits for the full-file check
                 if self.size:
-                    await self._download.wait_available(offset)  # keeps the piece prioritised
+                    await self._download.wait_available(offset)  # a reader: steered to if it stalls
                 await self._download.wait_done()
                 return self.size
             await self._download.wait_available(offset)

@@ -44,6 +44,14 @@ _MIN_FLUSH_INTERVAL = 0.25
 # The digest task needs the prefix in the file soon, not at once: each flush makes
 # libtorrent close and reopen the file.
 _DIGEST_FLUSH_INTERVAL = 0.25
+# A waiting reader's next pieces get deadlines only once the streaming prefix has
+# stood still this long with its next piece not yet verified (``steer_if_starved``).
+# Deadlines for every waiting reader at once made a herd fetch in file order: at
+# N=16 (scripts/bench-herd --nodes 16 --mtu 1500) p50 1.28-1.30x with them against
+# 1.24-1.28x without, five alternated pairs, first byte no later
+# (docs/profile-agent.md, 2026-12-06). A reader whose prefix stalls (a lone node,
+# pieces arriving rarest first) still gets them, a second late.
+_STEER_AFTER_SECONDS = 1.0
 # Hashed per worker-thread call (~8 ms of one CPU): bounds how long a cancelled
 # download's or a stopping engine's digest thread runs on.
 _DIGEST_STRETCH = 16 * 1024 * 1024
@@ -116,6 +124,8 @@ class Download:
         self._done: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
         self._done.add_done_callback(_consume_exception)
         self._deadlined_until = 0
+        self._prefix_moved_at = clock.monotonic()  # when ``available`` last grew
+        self._starved = False  # readers' next piece stalled: deadlines are being set
         self._publishing = False
 
     @classmethod
@@ -151,7 +161,6 @@ class Download:
         Returns ``available``. Raises DownloadFailed if the download fails.
         """
         while self.available <= offset and not self._done.done():
-            self._steer_towards(offset)
             event = self._progress
             self._readers += 1
             try:
@@ -249,6 +258,30 @@ class Download:
         """Pieces from ``first`` on lost their deadlines (priority 0 drops them): set again."""
         self._deadlined_until = min(self._deadlined_until, first)
 
+    def steer_if_starved(self, now: float) -> None:
+        """Give the pieces at the prefix's end deadlines once readers have waited
+        ``_STEER_AFTER_SECONDS`` on a piece that has not arrived (the engine asks
+        between alert batches).
+
+        Not sooner: with deadlines from the first wait, every node of a herd fetched
+        the same few pieces in file order instead of rarest first, and pulled slower
+        (see ``_STEER_AFTER_SECONDS``). A prefix that keeps growing needs none.
+        """
+        if (
+            self._readers == 0
+            or self._next_missing >= self._num_pieces
+            or self._verified[self._next_missing]  # here: only a flush away
+            or now - self._prefix_moved_at < _STEER_AFTER_SECONDS
+        ):
+            return
+        if not self._starved:
+            self._starved = True
+            log.info(
+                "swarm.reader_starved digest=%s piece=%d stalled=%.1fs",
+                self.digest, self._next_missing, now - self._prefix_moved_at,
+            )
+        self._steer_towards(self._next_missing * self.piece_length)
+
     def _steer_towards(self, offset: int) -> None:
         """Give the pieces just ahead of a streaming reader deadlines (soonest first)."""
         if self._control is None:
@@ -305,6 +338,8 @@ class Download:
         available = min(self.size, self._next_missing * self.piece_length)
         if available != self.available:
             self.available = available
+            self._prefix_moved_at = self._clock.monotonic()
+            self._starved = False
             self._wake()
 
     def start_digest(self, spawn: Spawn, write_back: bool) -> None:

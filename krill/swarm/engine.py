@@ -442,12 +442,14 @@ class SwarmEngine:
             self._expire_idle_seeds(now)
 
     def _flush_for_readers(self, now: float) -> None:
-        """Ask libtorrent to write out pieces a streaming reader or a digest task waits for."""
+        """Flushes a streaming reader or a digest task waits for; deadlines if one starves."""
         for torrent in self._torrents:
             download = torrent.download
-            if download is not None and not download.done and download.wants_flush(now):
-                download.flush_started(now)
-                torrent.handle.flush_cache()
+            if download is not None and not download.done:
+                download.steer_if_starved(now)
+                if download.wants_flush(now):
+                    download.flush_started(now)
+                    torrent.handle.flush_cache()
 
     def _expire_idle_seeds(self, now: float) -> None:
         for info_hash, torrent in self._torrents.items():
