@@ -29,11 +29,12 @@ if str(ROOT) not in sys.path:
 
 from krill.delta.recipes import gzip_recipe  # noqa: E402
 
-# The wheel platform tags a machine architecture is asked for (pip takes several; manylinux_2_28
-# because newer releases, pyarrow among them, ship nothing older).
+# The wheel platform tags a machine architecture is asked for (pip takes several; manylinux_2_27
+# and 2_28 because newer releases, pyarrow, numpy 2.4 and scipy 1.17 among them, ship nothing
+# older).
 WHEEL_PLATFORMS = {
-    "x86_64": ("manylinux2014_x86_64", "manylinux_2_28_x86_64"),
-    "aarch64": ("manylinux2014_aarch64", "manylinux_2_28_aarch64"),
+    "x86_64": ("manylinux2014_x86_64", "manylinux_2_27_x86_64", "manylinux_2_28_x86_64"),
+    "aarch64": ("manylinux2014_aarch64", "manylinux_2_27_aarch64", "manylinux_2_28_aarch64"),
 }
 DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
@@ -51,7 +52,7 @@ def native_deb_arch() -> str:
 
 
 def fetch_wheel(cache: Path, package: str, version: str,
-                platforms: tuple[str, ...] = ("manylinux2014_x86_64",)) -> Path:
+                platforms: tuple[str, ...] = WHEEL_PLATFORMS["x86_64"]) -> Path:
     """One cp311 binary wheel of ``package==version`` for the first platform's architecture."""
     dest = cache / "wheels"
     dest.mkdir(parents=True, exist_ok=True)
