@@ -24,18 +24,37 @@ from krill.clierror import CliError
 from krill.config import ConfigError
 from krill.logs import ENV_LOG_FORMAT, LogFormat, log_format_from_env
 
-# Subcommand modules, in the order ``krill --help`` lists them.
-COMMAND_MODULES = (
-    "krill.origin.cli",
-    "krill.tracker.cli",
-    "krill.agent.cli",
-    "krill.up",
-    "krill.delta.cli",
-    "krill.convert",
-)
+# Each subcommand and the module that registers it, in the order ``krill --help`` lists them.
+COMMAND_MODULES = {
+    "origin": "krill.origin.cli",
+    "tracker": "krill.tracker.cli",
+    "agent": "krill.agent.cli",
+    "up": "krill.up",
+    "delta": "krill.delta.cli",
+    "convert": "krill.convert",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def named_command(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names, or None when it names none we know (or asks for help).
+
+    Only that subcommand's module is then loaded: the services' modules pull in aiohttp,
+    libtorrent and the rest, ~0.2 s that ``krill delta apply`` (timed by its users: a delta
+    must beat a download) should not pay.
+    """
+    words = iter(argv)
+    for word in words:
+        if word == "--log-format":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word if word in COMMAND_MODULES else None
+        elif not word.startswith("--log-format="):
+            return None  # --help, --version or a mistake: the whole parser answers
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``krill`` parser, with every subcommand or just ``only``."""
     parser = argparse.ArgumentParser(
         prog="krill",
         description="Peer-to-peer container-layer distribution that ships only what changed.",
@@ -48,13 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"log lines as text or one JSON object each (default: ${ENV_LOG_FORMAT} or text)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for command, module in COMMAND_MODULES.items():
+        if only is None or command == only:
+            importlib.import_module(module).register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(named_command(argv))
     args = parser.parse_args(argv)
     if args.log_format is not None:
         os.environ[ENV_LOG_FORMAT] = args.log_format

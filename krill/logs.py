@@ -26,7 +26,7 @@ import sys
 import time
 from enum import StrEnum
 
-from krill.requestid import current_request_id
+from krill.requestcontext import current_request_id
 
 __all__ = ["ENV_LOG_FORMAT", "LogFormat", "log_format_from_env", "setup_logging"]
 

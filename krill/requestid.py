@@ -20,14 +20,18 @@ request that started it and logs that request's id.
 
 from __future__ import annotations
 
-import contextlib
-import re
-from collections.abc import Iterator
-from contextvars import ContextVar, Token
-from random import Random
-
 from aiohttp import web
 from aiohttp.typedefs import Handler
+
+from krill.requestcontext import (
+    HEADER,
+    bind_request_id,
+    bound_request_id,
+    current_request_id,
+    id_for_request,
+    request_id_headers,
+    unbind_request_id,
+)
 
 __all__ = [
     "HEADER",
@@ -41,80 +45,22 @@ __all__ = [
     "unbind_request_id",
 ]
 
-HEADER = "X-Request-Id"
-
-# Ids from clients are logged and echoed: printable, no spaces or quotes, bounded.
-_ACCEPTABLE = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$").match
-
-_REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 _REQUEST_KEY = web.RequestKey("request_id", str)
-
-
-def current_request_id() -> str | None:
-    """The id of the request this code runs for, or None outside any request."""
-    return _REQUEST_ID.get()
-
-
-@contextlib.contextmanager
-def bound_request_id(request_id: str) -> Iterator[None]:
-    """Code in this block (and tasks it starts) runs for request ``request_id``."""
-    token = _REQUEST_ID.set(request_id)
-    try:
-        yield
-    finally:
-        _REQUEST_ID.reset(token)
-
-
-def id_for_request(offered: str | None) -> str:
-    """The id a request gets: ``offered`` (its ``X-Request-Id``) when sane, else a new one.
-
-    With ``bind_request_id``, for a hot route that does the middleware's work inline
-    (the tracker's announce) instead of paying for an app-wide middleware.
-    """
-    return offered if offered and _ACCEPTABLE(offered) else _new_id()
-
-
-def bind_request_id(request_id: str) -> Token[str | None]:
-    """Code from here on runs for ``request_id``; ``unbind_request_id(token)`` ends it."""
-    return _REQUEST_ID.set(request_id)
-
-
-def unbind_request_id(token: Token[str | None]) -> None:
-    _REQUEST_ID.reset(token)
-
-
-def request_id_headers() -> dict[str, str]:
-    """``{"X-Request-Id": id}`` to send on, or nothing outside a request."""
-    request_id = _REQUEST_ID.get()
-    return {HEADER: request_id} if request_id is not None else {}
-
-
-# Its own generator: a random.seed() elsewhere must not make ids repeat.
-_ID_BITS = Random().getrandbits
-
-
-def _new_id() -> str:
-    # 32 hex digits, as ``secrets.token_hex(16)`` makes them, from the process' Mersenne
-    # Twister (seeded from os.urandom at start): an id must be unique, not secret, and
-    # ``os.urandom`` is a getrandom() system call per request, which one profile of the
-    # tracker under load caught at a tenth of its CPU (docs/benchmarks.md).
-    return f"{_ID_BITS(128):032x}"
 
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    offered = request.headers.get(HEADER)
-    request_id = offered if offered and _ACCEPTABLE(offered) else _new_id()
+    request_id = id_for_request(request.headers.get(HEADER))
     request[_REQUEST_KEY] = request_id
     # A token reset, not ``bound_request_id``: no generator object per request.
-    token = _REQUEST_ID.set(request_id)
+    token = bind_request_id(request_id)
     try:
         response = await handler(request)
     except web.HTTPException as error:  # raised answers (404, 401...) carry it too
         error.headers[HEADER] = request_id
         raise
     finally:
-        _REQUEST_ID.reset(token)
+        unbind_request_id(token)
     if not response.prepared:
         response.headers[HEADER] = request_id
     return response

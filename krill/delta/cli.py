@@ -14,9 +14,8 @@ from typing import get_args
 
 from krill.clierror import CliError
 from krill.delta.apply import apply_delta
-from krill.delta.encode import EncodeOptions, create_delta
 from krill.delta.format import DeltaFormatError
-from krill.delta.options import DiffEngine
+from krill.delta.options import DiffEngine, EncodeOptions
 from krill.delta.recipes import RecipeError
 from krill.progress import Progress
 
@@ -86,6 +85,9 @@ def run_create(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise CliError(f"--bsdiff-max: {exc}") from None
+    # The encoder loads here, not with the module: `krill delta apply` never needs it.
+    from krill.delta.encode import create_delta
+
     started = time.monotonic()
     progress = Progress()
     try:
