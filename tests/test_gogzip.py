@@ -291,3 +291,26 @@ def test_docker_like_writes_of_real_files_reproduce(go_oracle: GoOracle, level: 
     writer = GoGzipWriter(blob[:10], level)
     ours = b"".join(writer.feed(tar[i : i + (1 << 20)]) for i in range(0, len(tar), 1 << 20))
     assert_same(blob, ours + writer.finish(), f"level {level}, {len(tar)} bytes of tar")
+
+
+@st.composite
+def long_chains(draw: st.DrawFn) -> bytes:
+    """A short motif repeated with sparse mutations: hash chains of hundreds of candidates,
+    many exactly 32 KiB back (the matcher reads its chain links four at a time, golevels.c
+    ``insert_string``; every lane it uses must be the link Go reads)."""
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    motif = rng.randbytes(draw(st.sampled_from([1, 3, 4, 7, 64, 4096, 32768])))
+    out = bytearray()
+    size = draw(st.sampled_from([5000, 40000, 70000, 140_000]))
+    every = draw(st.sampled_from([1, 17, 300, 5000]))
+    while len(out) < size:
+        out += motif
+        if rng.randrange(every) == 0:
+            out[rng.randrange(len(out))] = rng.randrange(256)
+    return bytes(out[:size])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=long_chains(), level=st.sampled_from([2, 3, 4, 5, 6, 7, 8, 9]))
+def test_long_hash_chains_match_go(go_oracle: GoOracle, data: bytes, level: int) -> None:
+    assert gzip_c(data, level) == go_oracle.gzip(data, level)

@@ -93,14 +93,15 @@ void gf_init_tables(void) {
 static void Deflater_free_buffers(Deflater *d) {
     free(d->window);
     free(d->hash_head);
-    free(d->hash_prev);
+    free(d->links);
     free(d->table);
     free(d->prev);
     free(d->tokens);
     free(d->out);
     free(d->points);
     d->window = d->prev = d->out = NULL;
-    d->hash_head = d->hash_prev = d->tokens = NULL;
+    d->hash_head = d->tokens = NULL;
+    d->links = NULL;
     d->table = NULL;
     d->points = NULL;
 }
@@ -116,12 +117,12 @@ static int deflater_setup(Deflater *d, int level) {
     if (level >= 2) {
         d->window_cap = 2 * WINDOW_SIZE;
         d->hash_head = calloc(HASH_SIZE, sizeof(uint32_t));
-        d->hash_prev = calloc(WINDOW_SIZE, sizeof(uint32_t));
+        d->links = calloc(WINDOW_SIZE, sizeof(uint64_t));
         d->tokens = malloc(sizeof(uint32_t) * (MAX_FLATE_BLOCK_TOKENS + 1));
         d->hash_offset = 1;
         d->length = MIN_MATCH - 1;
         d->chain_head = -1;
-        if (!d->hash_head || !d->hash_prev || !d->tokens) goto nomem;
+        if (!d->hash_head || !d->links || !d->tokens) goto nomem;
     } else {
         d->window_cap = MAX_STORE_BLOCK;
     }

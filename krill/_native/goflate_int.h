@@ -113,7 +113,7 @@ typedef struct {
 
     /* levels 2-9 (compressor in deflate.go) */
     uint32_t *hash_head; /* HASH_SIZE */
-    uint32_t *hash_prev; /* WINDOW_SIZE */
+    uint64_t *links;     /* WINDOW_SIZE: 4 chain distances per position (golevels.c, insert_string) */
     int chain_head, hash_offset, index, block_start, byte_available;
     int length, offset, max_insert_index;
 
