@@ -414,10 +414,10 @@ class SwarmEngine:
         self._pump.hurry()
 
     def _pump_urgent(self) -> bool:
-        """Don't pause: a removal's alert is awaited, a reader waits for a download's
-        first bytes (time to first byte: its first piece's alert, then the flush's), or
-        a download's last pieces arrive."""
-        if self._torrents.removing:
+        """Don't pause: a removal's or a stats alert is awaited (a hurry covers one pause;
+        a test's still clock never ended a second), a reader waits for a download's first
+        bytes (its first piece's alert, then the flush's), or its last pieces arrive."""
+        if self._torrents.removing or self._counters.awaited:
             return True
         recent = self._clock.monotonic() - _NEARLY_DONE_PROGRESS_SECONDS
         return any(

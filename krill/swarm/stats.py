@@ -56,6 +56,11 @@ class Counters:
         self._waiters.append(future)
         return future
 
+    @property
+    def awaited(self) -> bool:
+        """Someone waits for the next ``session_stats_alert`` (the pump must not pause)."""
+        return any(not waiter.done() for waiter in self._waiters)
+
     def session_stats(self, values: dict[str, int], torrents: int) -> None:
         """libtorrent's counters arrived: keep them and answer every waiter."""
         self.latest = SwarmStats(
