@@ -34,7 +34,7 @@ from krill.bodies import BodyTooLarge, read_limited
 from krill.digests import Digest
 from krill.endpoints import DELTAS, METAINFO, Endpoint
 from krill.metainfo import MAX_METAINFO_BYTES, MetainfoError, check_metainfo
-from krill.requestid import request_id_headers
+from krill.requestcontext import request_id_headers
 
 __all__ = ["Answer", "MetainfoNotFound", "OriginClient", "fetch_metainfo"]
 

@@ -6,9 +6,9 @@ only be matched by time and digest. ``install_request_ids(app)`` gives each
 request an id: the client's ``X-Request-Id`` when it sent a sane one (so a
 caller's own id carries through), else a new random one. The id is
 
-* put in the ``request_id`` context variable for the handler and every task it
-  starts (asyncio copies the context), so ``krill.logs`` adds it to each log
-  record;
+* put in the ``request_id`` context variable (``krill.requestcontext``) for
+  the handler and every task it starts (asyncio copies the context), so
+  ``krill.logs`` adds it to each log record;
 * echoed in the response's ``X-Request-Id`` header (streamed answers too: it is
   set as the response is prepared);
 * sent on by ``krill.originclient.OriginClient`` with every request the agent
@@ -23,27 +23,9 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from krill.requestcontext import (
-    HEADER,
-    bind_request_id,
-    bound_request_id,
-    current_request_id,
-    id_for_request,
-    request_id_headers,
-    unbind_request_id,
-)
+from krill.requestcontext import HEADER, bind_request_id, id_for_request, unbind_request_id
 
-__all__ = [
-    "HEADER",
-    "bind_request_id",
-    "bound_request_id",
-    "current_request_id",
-    "id_for_request",
-    "install_request_ids",
-    "request_id_headers",
-    "request_id_middleware",
-    "unbind_request_id",
-]
+__all__ = ["install_request_ids", "request_id_middleware"]
 
 _REQUEST_KEY = web.RequestKey("request_id", str)
 

@@ -25,7 +25,7 @@ from pytest_aiohttp import AiohttpClient
 
 from krill.cli import main
 from krill.logs import LogFormat, setup_logging
-from krill.requestid import HEADER, bound_request_id, current_request_id
+from krill.requestcontext import HEADER, bound_request_id, current_request_id
 from tests.agent_cluster import agent_process, build_layout, push
 from tests.components import free_port, krill_process
 from tests.fixtures_origin import StartOrigin

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from krill import bencode
 from krill.httpmetrics import REQUEST_BUCKETS
-from krill.requestid import current_request_id
+from krill.requestcontext import current_request_id
 from krill.tracker.config import TrackerConfig
 from krill.tracker.peerstore import PeerEntry
 from krill.tracker.served import PlainHistogram

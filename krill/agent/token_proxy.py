@@ -20,7 +20,7 @@ from aiohttp import hdrs, web
 from krill.bodies import BodyTooLarge, read_limited
 from krill.originclient import OriginClient
 from krill.registry_errors import RegistryError
-from krill.requestid import request_id_headers
+from krill.requestcontext import request_id_headers
 
 __all__ = ["TOKEN_PATH", "forward_token_request"]
 

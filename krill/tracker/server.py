@@ -35,8 +35,8 @@ from krill.endpoints import METAINFO
 from krill.metainfo import METAINFO_CONTENT_TYPE
 from krill.nodeauth import node_middlewares
 from krill.readiness import ready_handler
-from krill.requestid import HEADER as REQUEST_ID_HEADER
-from krill.requestid import bind_request_id, id_for_request, unbind_request_id
+from krill.requestcontext import HEADER as REQUEST_ID_HEADER
+from krill.requestcontext import bind_request_id, id_for_request, unbind_request_id
 from krill.tls import client_ssl_context
 from krill.tracker.announce import (
     EVENTS,
