@@ -14,9 +14,7 @@ section), never a compressed stream it would size itself.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from types import ModuleType
 
 MAGIC = b"HDIFF13&\x00"  # version type, '&', empty compressor name, NUL
 _SECTIONS = 4  # covers, RLE control, RLE codes, new data not covered
@@ -35,17 +33,16 @@ class HDiffHeader:
     header_len: int
 
 
-def _hdiffpatch() -> ModuleType:
-    """The binding, loaded on first use: most applies have no binary-diff op, and the
-    binding (with the attrs package under it) is ~20 ms of every ``krill delta apply``'s
-    start, which its users time."""
-    return importlib.import_module("hdiffpatch")
+# The binding is imported in the functions that call it: most applies have no binary-diff
+# op, and the binding (with the attrs package under it) is ~20 ms of every ``krill delta
+# apply``'s start, which its users time.
 
 
 def diff(old: bytes, new: bytes) -> bytes:
     """An uncompressed HDIFF13 diff rebuilding ``new`` from ``old``."""
-    diffed: bytes = _hdiffpatch().diff(old, new, "none", validate=False)
-    return diffed
+    import hdiffpatch
+
+    return hdiffpatch.diff(old, new, "none", validate=False)
 
 
 def patch(old: bytes, raw: bytes, new_size: int) -> bytes:
@@ -53,10 +50,11 @@ def patch(old: bytes, raw: bytes, new_size: int) -> bytes:
     header = parse_header(raw)
     if header.new_size != new_size or header.old_size != len(old):
         raise HDiffError("hdiff diff was made for other sizes than its op declares")
-    binding = _hdiffpatch()
+    import hdiffpatch
+
     try:
-        out: bytes = binding.apply(old, raw)
-    except binding.HDiffPatchError as exc:
+        out = hdiffpatch.apply(old, raw)
+    except hdiffpatch.HDiffPatchError as exc:
         raise HDiffError(f"corrupt hdiff diff: {exc}") from exc
     if len(out) != new_size:
         raise HDiffError("hdiff diff rebuilt the wrong number of bytes")
