@@ -20,9 +20,8 @@ import sys
 from collections.abc import Sequence
 
 from krill import __version__
-from krill.clierror import CliError
-from krill.config import ConfigError
-from krill.logs import ENV_LOG_FORMAT, LogFormat, log_format_from_env
+from krill.clierror import CliError, ConfigError
+from krill.logformat import ENV_LOG_FORMAT, LogFormat, log_format_from_env
 
 # Each subcommand and the module that registers it, in the order ``krill --help`` lists them.
 COMMAND_MODULES = {

@@ -18,11 +18,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+# Defined beside CliError so that krill.cli catches it without importing this module.
+from krill.clierror import ConfigError as ConfigError
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A setting that cannot be used; the message names it and says why."""
 
 
 def load_config(

@@ -21,21 +21,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
-from enum import StrEnum
 
+from krill.logformat import ENV_LOG_FORMAT, LogFormat, log_format_from_env
 from krill.requestcontext import current_request_id
 
 __all__ = ["ENV_LOG_FORMAT", "LogFormat", "log_format_from_env", "setup_logging"]
-
-ENV_LOG_FORMAT = "KRILL_LOG_FORMAT"
-
-
-class LogFormat(StrEnum):
-    TEXT = "text"
-    JSON = "json"
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -75,16 +67,6 @@ class _JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
-
-
-def log_format_from_env() -> LogFormat:
-    """``KRILL_LOG_FORMAT`` (text when unset); an unknown value is a ValueError naming both."""
-    value = os.environ.get(ENV_LOG_FORMAT, LogFormat.TEXT).strip().lower()
-    try:
-        return LogFormat(value)
-    except ValueError:
-        choices = ", ".join(f.value for f in LogFormat)
-        raise ValueError(f"{ENV_LOG_FORMAT}={value!r} is not a log format ({choices})") from None
 
 
 def setup_logging(level: str = "info", log_format: LogFormat | None = None) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,18 +29,45 @@ def test_named_command(argv: list[str], expected: str | None) -> None:
     assert named_command(argv) == expected
 
 
-def test_delta_apply_loads_neither_the_services_nor_the_encoder() -> None:
+def _loaded_by_delta_apply(modules: list[str]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter holds once ``krill delta apply``'s parser is
+    built and ``apply_delta`` imported (what the command loads before its first op)."""
     probe = (
         "import sys, krill.cli as c\n"
         "c.build_parser(c.named_command(['delta', 'apply', 'a', 'b', 'c']))\n"
         "from krill.delta import apply_delta\n"
-        "heavy = ['aiohttp', 'libtorrent', 'asyncio', 'hdiffpatch', 'krill.delta.encode']\n"
-        "print(' '.join(m for m in heavy if m in sys.modules))\n"
+        f"print(' '.join(m for m in {modules!r} if m in sys.modules))\n"
     )
-    loaded = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    assert loaded == ""
+    ).stdout.split()
+
+
+def test_delta_apply_loads_neither_the_services_nor_the_encoder() -> None:
+    heavy = ["aiohttp", "libtorrent", "asyncio", "hdiffpatch", "krill.delta.encode"]
+    assert _loaded_by_delta_apply(heavy) == []
+
+
+def test_delta_apply_loads_neither_the_config_loader_nor_the_log_setup() -> None:
+    """krill.cli catches ConfigError and checks --log-format without them (tomllib ~7 ms)."""
+    assert _loaded_by_delta_apply(["krill.config", "tomllib", "krill.logs"]) == []
+
+
+def test_config_error_is_one_class_wherever_it_is_imported_from() -> None:
+    from krill.clierror import ConfigError
+    from krill.config import ConfigError as ConfigErrorFromConfig
+
+    assert ConfigErrorFromConfig is ConfigError
+
+
+def test_a_config_error_is_one_line_with_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "tracker.toml"  # fails in load_config, before anything listens
+    assert main(["tracker", "--config", str(missing)]) == 2
+    assert capsys.readouterr().err == (
+        f"krill tracker: error: config file {missing} does not exist\n"
+    )
 
 
 def test_help_still_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
