@@ -197,6 +197,44 @@ def test_the_base_normalization_is_the_encoders() -> None:
     assert norm_base != base  # fields were replaced
 
 
+def _x86_elf_of_random_code(seed: int, size: int = 1 << 18) -> bytes:
+    """An x86-64 ELF64 whose .text is seeded noise rich in prefixes, escapes and calls: every
+    decoder path (legacy/REX/VEX/EVEX prefixes, 0F maps, ModRM/SIB forms, truncations)."""
+    rng = random.Random(seed)
+    hot = bytes([0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x2E, 0x40, 0x48, 0x4C, 0x0F, 0x38, 0x3A, 0xC4,
+                 0xC5, 0x62, 0xE8, 0xE9, 0xF6, 0xF7, 0x05, 0x04, 0x8D, 0x8B, 0x80, 0x8F])
+    text = bytearray(rng.randbytes(size))
+    for i in range(0, size - 8, 3):
+        r = rng.randrange(8)
+        if r < 3:
+            text[i] = hot[rng.randrange(len(hot))]
+        elif r == 3:  # a call into the image
+            text[i:i + 5] = b"\xe8" + struct.pack("<i", rng.randrange(-i, size - i) - 5)
+    text_off = text_addr = 0x1000
+    sh_off = text_off + size
+    header = struct.pack(
+        "<4sBBBBB7sHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 0, bytes(7), 3, 62, 1, 0,
+        64, sh_off, 0, 64, 56, 1, 64, 2, 0,
+    )
+    image = bytearray(header + struct.pack("<IIQQQQQQ", 1, 5, 0, 0, 0, sh_off, sh_off, 0x1000))
+    image += bytes(text_off - len(image)) + text + bytes(64)
+    image += struct.pack("<IIQQQQIIQQ", 0, 1, 6, text_addr, text_off, size, 0, 0, 16, 0)
+    return bytes(image)
+
+
+def test_the_x86_decoder_finds_the_fields_it_always_found() -> None:
+    """Deltas made by an older origin are applied by newer nodes: the node must find exactly
+    the fields the origin replaced, so the decoder's answers are part of the format. This
+    pins them (the normalized bytes and labels of seeded noise); the hash is that of the
+    decoder the format-4 deltas were first made with. A faster decoder must keep it."""
+    h = hashlib.sha256()
+    for seed in range(4):
+        norm, labels = _goflate.elf_base(_x86_elf_of_random_code(seed))
+        h.update(norm)
+        h.update(labels)
+    assert h.hexdigest() == "fcf3f072b87aad5988b7461875ff4fd9992591ce31108c9cf3dafa9c60cc940f"
+
+
 def _round_trips(base: bytes, data: bytes) -> None:
     coded = elf.diff(base, data)
     if coded is not None:

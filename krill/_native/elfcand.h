@@ -40,6 +40,20 @@ int elf_put_addr(uint8_t *p, int kind, int tail, uint64_t va, uint64_t addr);
 uint64_t *elf_label_set(const CandList *c, size_t *count);
 /* The index of `key` in the sorted `v`, or -1. */
 int64_t elf_label_find(const uint64_t *v, size_t n, uint64_t key);
+/* A bucket index over a sorted label table (elf_label_index), for many lookups. */
+typedef struct {
+    const uint64_t *v;
+    size_t n;
+    uint64_t lo;    /* v[0] */
+    unsigned shift; /* bucket of address a: (a - lo) >> shift */
+    size_t buckets; /* 0: no buckets, lookups search the whole table */
+    size_t *start;  /* buckets + 1 entries */
+} LabelIndex;
+/* Builds the index over v (which must outlive it); -1 when out of memory. */
+int elf_label_index(LabelIndex *ix, const uint64_t *v, size_t n);
+/* The same answer as elf_label_find(ix->v, ix->n, key), from one bucket. */
+int64_t elf_label_lookup(const LabelIndex *ix, uint64_t key);
+void elf_label_index_free(LabelIndex *ix);
 /* For each target label, the base label it matches or -1 (malloc'd; NULL when out of memory). */
 int64_t *elf_label_match(const CandList *bc, const uint64_t *lb, size_t nb, const CandList *tc,
                          const uint64_t *lt, size_t nt);

@@ -132,17 +132,21 @@ static int candidates(Elf *e, const uint8_t *b, size_t n, CandList *c, int with_
     return rc;
 }
 
-/* The normalized bytes: every taken candidate holds the index of its address in `table`
- * (map[i] for label i of `labels`). A candidate whose index does not fit is left alone. */
+/* The normalized bytes, into `out` (n bytes) or a new buffer when it is NULL: every taken
+ * candidate holds the index of its address in `table` (map[i] for label i of `labels`). A
+ * candidate whose index does not fit is left alone. NULL when out of memory. */
 static uint8_t *normalize(const CandList *c, size_t n, const uint64_t *labels, size_t nlabels,
-                          const int64_t *map) {
-    uint8_t *out = malloc(n ? n : 1);
-    if (!out) return NULL;
+                          const int64_t *map, uint8_t *out) {
+    LabelIndex ix;
+    if (elf_label_index(&ix, labels, nlabels) < 0 || (!out && !(out = malloc(n ? n : 1)))) {
+        elf_label_index_free(&ix);
+        return NULL;
+    }
     memcpy(out, c->buf, n);
     for (size_t i = 0; i < c->n; i++) {
         Cand *x = &c->v[i];
         if (!x->take) continue;
-        int64_t l = elf_label_find(labels, nlabels, x->addr);
+        int64_t l = elf_label_lookup(&ix, x->addr);
         uint64_t idx = map ? (uint64_t)map[l] : (uint64_t)l;
         if (idx >= elf_index_limit(x->kind)) {
             x->take = 0;
@@ -150,6 +154,7 @@ static uint8_t *normalize(const CandList *c, size_t n, const uint64_t *labels, s
         }
         elf_put_index(out + x->pos, x->kind, x->tail, idx);
     }
+    elf_label_index_free(&ix);
     return out;
 }
 
@@ -313,12 +318,14 @@ typedef struct {
     int oom;
 } Encoded;
 
+/* `into`: where the normalized base goes (n bytes), or NULL for a new buffer in r->norm_b. */
 static void encode_base(const uint8_t *b, size_t n, Encoded *r, CandList *bc, int with_contexts,
-                        int version) {
+                        int version, uint8_t *into) {
     Elf *e = malloc(sizeof *e);
     if (!e || candidates(e, b, n, bc, with_contexts, version) < 0 || !(r->lb = elf_label_set(bc, &r->nb)) ||
-        !(r->norm_b = normalize(bc, n, r->lb, r->nb, NULL)))
+        !(r->norm_b = normalize(bc, n, r->lb, r->nb, NULL, into)))
         r->oom = 1;
+    if (into) r->norm_b = NULL; /* the caller's */
     free(e);
 }
 
@@ -334,7 +341,7 @@ static void encode_target(const uint8_t *t, size_t n, Encoded *r, CandList *bc, 
     } else {
         size_t fresh = r->nb;
         for (size_t k = 0; k < nt; k++) map[k] = assign[k] >= 0 ? assign[k] : (int64_t)fresh++;
-        if (!(r->norm_t = normalize(&tc, n, lt, nt, map)) ||
+        if (!(r->norm_t = normalize(&tc, n, lt, nt, map, NULL)) ||
             side_encode(&r->side, &tc, r->lb, r->nb, lt, nt, assign, version) < 0)
             r->oom = 1;
     }
@@ -368,10 +375,16 @@ PyObject *elfnorm_base(PyObject *Py_UNUSED(module), PyObject *args) {
     }
     Encoded r = {0};
     CandList bc = {0};
+    /* Normalized straight into the bytes object returned: a base library is MBs, and a copy
+     * of it (into fresh, page-faulting memory) was a tenth of a node's normalization. */
+    PyObject *norm = PyBytes_FromStringAndSize(NULL, base.len);
+    if (!norm) {
+        PyBuffer_Release(&base);
+        return NULL;
+    }
     Py_BEGIN_ALLOW_THREADS
-    encode_base(base.buf, (size_t)base.len, &r, &bc, 0, version);
+    encode_base(base.buf, (size_t)base.len, &r, &bc, 0, version, (uint8_t *)PyBytes_AS_STRING(norm));
     Py_END_ALLOW_THREADS
-    size_t n = (size_t)base.len;
     PyBuffer_Release(&base);
     free(bc.v);
     PyObject *res = NULL;
@@ -381,12 +394,12 @@ PyObject *elfnorm_base(PyObject *Py_UNUSED(module), PyObject *args) {
         if (!labels) PyErr_NoMemory();
         else {
             for (size_t i = 0; i < r.nb; i++) wr64(labels + 8 * i, r.lb[i]);
-            PyObject *nb = take_bytes(r.norm_b, n), *lb = take_bytes(labels, r.nb * 8);
-            r.norm_b = NULL;
-            if (nb && lb) res = PyTuple_Pack(2, nb, lb);
-            Py_XDECREF(nb), Py_XDECREF(lb);
+            PyObject *lb = take_bytes(labels, r.nb * 8);
+            if (lb) res = PyTuple_Pack(2, norm, lb);
+            Py_XDECREF(lb);
         }
     }
+    Py_DECREF(norm);
     encoded_free(&r);
     return res;
 }
@@ -402,7 +415,7 @@ PyObject *elfnorm_encode(PyObject *Py_UNUSED(module), PyObject *args) {
     Encoded r = {0};
     CandList bc = {0};
     Py_BEGIN_ALLOW_THREADS
-    encode_base(base.buf, (size_t)base.len, &r, &bc, 1, version);
+    encode_base(base.buf, (size_t)base.len, &r, &bc, 1, version, NULL);
     if (!r.oom) encode_target(target.buf, (size_t)target.len, &r, &bc, version);
     Py_END_ALLOW_THREADS
     size_t nb = (size_t)base.len, nt = (size_t)target.len;

@@ -12,6 +12,8 @@ typedef struct {
     int tail;  /* bytes from that field's start to the instruction's end */
 } X86Insn;
 
+/* Builds the decoder's tables; called once by the module's init. */
+void elf_x86_init(void);
 /* Length of the instruction at p (at most avail bytes), or -1 if invalid or truncated. */
 int x86_decode(const uint8_t *p, size_t avail, X86Insn *out);
 

@@ -19,7 +19,6 @@ enum { I0 = 0, I8 = 1, I16 = 2, IZ = 3, I16_8 = 4, IMOFFS = 5, IV = 6, IGRP3 = 7
 #define M 0x80
 
 static unsigned char one[256], two[256];
-static int tables_ready;
 
 static void fill(unsigned char *t, int lo, int hi, unsigned char v) {
     for (int i = lo; i <= hi; i++) t[i] = v;
@@ -113,7 +112,6 @@ static void init_x86_tables(void) {
     two[0xC2] = M | I8;
     fill(two, 0xC4, 0xC6, M | I8);
     fill(two, 0xC8, 0xCF, I0);
-    tables_ready = 1;
 }
 
 /* Immediate bytes of a VEX/EVEX map-1 opcode (the legacy 0F map's imm8 ones). */
@@ -121,76 +119,90 @@ static int vex_map1_imm(unsigned op) {
     return (op >= 0x70 && op <= 0x73) || op == 0xC2 || (op >= 0xC4 && op <= 0xC6);
 }
 
-/* ModRM (+SIB, +disp): bytes consumed after the ModRM byte's position, or -1 if truncated.
- * *rip gets the disp32's offset from p when the operand is RIP-relative, else -1. */
-static int modrm_len(const uint8_t *p, size_t avail, int addr32, int *rip) {
-    if (avail < 1) return -1;
-    unsigned m = p[0], mod = m >> 6, rm = m & 7;
-    int len = 1;
-    *rip = -1;
-    if (mod == 3) return 1;
-    if (rm == 4) {
-        if (avail < 2) return -1;
-        len = 2;
-        if (mod == 0 && (p[1] & 7) == 5) len += 4;
-    } else if (mod == 0 && rm == 5) {
-        if (!addr32) *rip = 1;
-        len += 4;
+/* Prefix bytes: PF_SKIP for every legacy prefix, with PF_66/PF_67 for the two that change
+ * sizes; PF_REX for 40-4F. A byte with no bit is the opcode. */
+enum { PF_SKIP = 1, PF_66 = 2, PF_67 = 4, PF_REX = 8 };
+static unsigned char pfx[256];
+/* ModRM byte: MR_LEN bits = bytes of ModRM, SIB and displacement (a SIB's base-5 disp32
+ * excepted: it depends on the SIB byte); MR_SIB: a SIB follows; MR_RIP: mod 0, rm 5 (disp32,
+ * RIP-relative unless 0x67). The old code computed this with five branches per operand. */
+enum { MR_LEN = 0x0F, MR_SIB = 0x10, MR_RIP = 0x20 };
+static unsigned char modrm[256];
+/* Immediate bytes by kind (I0..IV) and operand sizes: [kind][opsize16 | addr32 << 1 | rexw << 2]. */
+static unsigned char imm_bytes[8][8];
+
+/* Fills the tables once, from the module's init (before any thread decodes). */
+void elf_x86_init(void) {
+    init_x86_tables();
+    static const unsigned char legacy[] = {0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65};
+    for (size_t k = 0; k < sizeof legacy; k++) pfx[legacy[k]] = PF_SKIP;
+    pfx[0x66] = PF_SKIP | PF_66;
+    pfx[0x67] = PF_SKIP | PF_67;
+    for (int b = 0x40; b <= 0x4F; b++) pfx[b] = PF_REX;
+    for (int m = 0; m < 256; m++) {
+        int mod = m >> 6, rm = m & 7, len = 1, flags = 0;
+        if (mod != 3) {
+            if (rm == 4) len = 2, flags |= MR_SIB;
+            else if (mod == 0 && rm == 5) len += 4, flags |= MR_RIP;
+            if (mod == 1) len += 1;
+            if (mod == 2) len += 4;
+        }
+        modrm[m] = (unsigned char)(len | flags);
     }
-    if (mod == 1) len += 1;
-    if (mod == 2) len += 4;
-    return (size_t)len <= avail ? len : -1;
+    for (int v = 0; v < 8; v++) {
+        int opsize16 = v & 1, addr32 = (v >> 1) & 1, rexw = (v >> 2) & 1;
+        imm_bytes[I8][v] = 1;
+        imm_bytes[I16][v] = 2;
+        imm_bytes[IZ][v] = opsize16 ? 2 : 4;
+        imm_bytes[I16_8][v] = 3;
+        imm_bytes[IMOFFS][v] = addr32 ? 4 : 8;
+        imm_bytes[IV][v] = rexw ? 8 : (opsize16 ? 2 : 4);
+    }
 }
 
 int x86_decode(const uint8_t *p, size_t avail, X86Insn *out) {
-    if (!tables_ready) init_x86_tables();
     size_t i = 0;
-    int opsize16 = 0, addr32 = 0, rexw = 0;
+    unsigned sizes = 0; /* opsize16 | addr32 << 1 | rexw << 2 */
     out->field = -1;
     out->tail = 0;
-    for (;; i++) { /* legacy prefixes, then REX */
+    for (;; i++) { /* legacy prefixes, then REX: only the last REX counts */
         if (i >= avail || i >= 14) return -1;
-        unsigned b = p[i];
-        if (b == 0x66) opsize16 = 1;
-        else if (b == 0x67) addr32 = 1;
-        else if (b == 0xF0 || b == 0xF2 || b == 0xF3 || b == 0x2E || b == 0x36 || b == 0x3E ||
-                 b == 0x26 || b == 0x64 || b == 0x65) {
-        } else if ((b & 0xF0) == 0x40) {
-            rexw = (b & 8) != 0;
-            if (i + 1 < avail && (p[i + 1] & 0xF0) == 0x40) continue; /* only the last REX counts */
+        unsigned c = pfx[p[i]];
+        if (c & PF_SKIP) {
+            sizes |= (c >> 1) & 3;
+            continue;
+        }
+        if (c & PF_REX) {
+            sizes = (sizes & 3) | ((p[i] & 8) >> 1);
+            if (i + 1 < avail && (pfx[p[i + 1]] & PF_REX)) continue;
             i++;
-            break;
-        } else
-            break;
+        }
+        break;
     }
     if (i >= avail) return -1;
     unsigned op = p[i++];
     unsigned attr;
-    int map3 = 0;
+    int opsize16 = sizes & 1;
     if (op == 0xC4 || op == 0xC5 || op == 0x62) { /* VEX3, VEX2, EVEX */
         unsigned map;
         size_t extra = op == 0xC4 ? 2 : op == 0xC5 ? 1 : 3;
         if (i + extra >= avail) return -1;
         map = op == 0xC5 ? 1 : (p[i] & (op == 0x62 ? 7 : 0x1F));
-        if (op == 0x62) rexw = (p[i + 1] & 0x80) != 0;
+        if (op == 0x62) sizes = (sizes & 3) | ((p[i + 1] & 0x80) >> 5);
         i += extra;
         unsigned vop = p[i++];
         if (map == 1 && vop == 0x77 && op != 0x62) return (int)i; /* vzeroupper/vzeroall */
-        if (map == 3) attr = M | I8, map3 = 1;
+        if (map == 3) attr = M | I8;
         else if (map == 1) attr = vex_map1_imm(vop) ? (M | I8) : M;
         else if (map == 2 || map == 5 || map == 6) attr = M;
         else return -1;
     } else if (op == 0x0F) {
         if (i >= avail) return -1;
         unsigned op2 = p[i++];
-        if (op2 == 0x38) {
+        if (op2 == 0x38 || op2 == 0x3A) {
             if (i >= avail) return -1;
             i++;
-            attr = M;
-        } else if (op2 == 0x3A) {
-            if (i >= avail) return -1;
-            i++;
-            attr = M | I8;
+            attr = op2 == 0x38 ? M : M | I8;
         } else {
             attr = two[op2];
             if (op2 >= 0x80 && op2 <= 0x8F && !opsize16) { /* jcc rel32 */
@@ -209,32 +221,27 @@ int x86_decode(const uint8_t *p, size_t avail, X86Insn *out) {
             return (int)i + 4;
         }
     }
-    (void)map3;
     if (attr & BAD) return -1;
-    int rip = -1;
     size_t modrm_at = i;
+    unsigned mr = 0;
     if (attr & M) {
-        int n = modrm_len(p + i, avail - i, addr32, &rip);
-        if (n < 0) return -1;
-        i += (size_t)n;
+        if (i >= avail) return -1;
+        mr = modrm[p[i]];
+        size_t len = mr & MR_LEN;
+        if (mr & MR_SIB) {
+            if (i + 1 >= avail) return -1;
+            if ((p[i] >> 6) == 0 && (p[i + 1] & 7) == 5) len += 4;
+        }
+        if (len > avail - i) return -1;
+        i += len;
     }
-    size_t imm = 0;
-    switch (attr & 0x3F) {
-    case I8: imm = 1; break;
-    case I16: imm = 2; break;
-    case IZ: imm = opsize16 ? 2 : 4; break;
-    case I16_8: imm = 3; break;
-    case IMOFFS: imm = addr32 ? 4 : 8; break;
-    case IV: imm = rexw ? 8 : (opsize16 ? 2 : 4); break;
-    case IGRP3: /* F6/F7: test r/m, imm has an immediate, the others don't */
-        if (((p[modrm_at] >> 3) & 7) < 2) imm = (op == 0xF6) ? 1 : (opsize16 ? 2 : 4);
-        break;
-    default: break;
-    }
+    unsigned kind = attr & 0x3F;
+    size_t imm = kind == IGRP3 ? (((p[modrm_at] >> 3) & 7) < 2 ? (op == 0xF6 ? 1 : (opsize16 ? 2 : 4)) : 0)
+                               : imm_bytes[kind & 7][sizes];
     i += imm;
     if (i > avail || i > 15) return -1;
-    if (rip >= 0) {
-        out->field = (int)(modrm_at + (size_t)rip);
+    if ((mr & MR_RIP) && !(sizes & 2)) {
+        out->field = (int)(modrm_at + 1);
         out->tail = (int)(4 + imm);
     }
     return (int)i;

@@ -429,6 +429,7 @@ static struct PyModuleDef goflate_module = {
 
 PyMODINIT_FUNC PyInit__goflate(void) {
     gf_init_tables();
+    elf_x86_init();
     if (PyType_Ready(&DeflaterType) < 0) return NULL;
     PyObject *m = PyModule_Create(&goflate_module);
     if (!m) return NULL;
