@@ -48,6 +48,11 @@ def test_delta_apply_loads_neither_the_services_nor_the_encoder() -> None:
     assert _loaded_by_delta_apply(heavy) == []
 
 
+def test_delta_apply_loads_no_other_recipe_machinery_nor_the_status_line() -> None:
+    """zlib's restart points load with the first gzip-zlib recipe that has them (~5 ms)."""
+    assert _loaded_by_delta_apply(["krill.delta.zlibrestarts", "krill.progress"]) == []
+
+
 def test_delta_apply_loads_neither_the_config_loader_nor_the_log_setup() -> None:
     """krill.cli catches ConfigError and checks --log-format without them (tomllib ~7 ms)."""
     assert _loaded_by_delta_apply(["krill.config", "tomllib", "krill.logs"]) == []

@@ -17,7 +17,6 @@ from krill.delta.apply import apply_delta
 from krill.delta.format import DeltaFormatError
 from krill.delta.options import DiffEngine, EncodeOptions
 from krill.delta.recipes import RecipeError
-from krill.progress import Progress
 
 _DEFAULTS = EncodeOptions()
 
@@ -85,8 +84,10 @@ def run_create(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise CliError(f"--bsdiff-max: {exc}") from None
-    # The encoder loads here, not with the module: `krill delta apply` never needs it.
+    # The encoder and the status line load here, not with the module: `krill delta apply`
+    # never needs them.
     from krill.delta.encode import create_delta
+    from krill.progress import Progress
 
     started = time.monotonic()
     progress = Progress()

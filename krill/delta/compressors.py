@@ -11,13 +11,15 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from krill.delta.gogzip import GoGzipWriter
 from krill.delta.restarts import RestartError, RestartPoint
 from krill.delta.segwriter import ParallelGoGzipWriter, SegmentedWriter
-from krill.delta.zlibrestarts import ParallelZlibWriter, ZlibPoint, ZlibSetting
 from krill.delta.zstdlib import zstd
+
+if TYPE_CHECKING:  # zlib's restart machinery loads with the first gzip-zlib recipe that has points
+    from krill.delta.zlibrestarts import ZlibPoint, ZlibSetting
 
 __all__ = [
     "Compressor",
@@ -135,6 +137,8 @@ def gzip_zlib_parallel(
 
     ``spill_dir``: where a long segment's input may wait on disk so the writer runs
     ahead of it (``segstream.py``); None: the writer waits for that segment."""
+    from krill.delta.zlibrestarts import ParallelZlibWriter  # ~5 ms other recipes do not pay
+
     return ParallelGzip(
         "gzip-zlib",
         lambda: ParallelZlibWriter(header, setting, points, end_bit, tar_size, workers, spill_dir),

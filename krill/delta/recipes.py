@@ -32,7 +32,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from krill.delta.blobread import (
     CHUNK,
@@ -67,14 +67,10 @@ from krill.delta.restarts import (
     parse_restarts,
     prove_restarts,
 )
-from krill.delta.zlibrestarts import (
-    ZLIB_PARALLEL_LEVELS,
-    ZlibPoint,
-    ZlibSetting,
-    find_zlib_restarts,
-    parse_zlib_restarts,
-)
 from krill.delta.zstdlib import zstd
+
+if TYPE_CHECKING:  # imported where a gzip-zlib recipe needs it: ~5 ms the others do not pay
+    from krill.delta.zlibrestarts import ZlibPoint
 
 __all__ = [
     "IDENTITY",
@@ -151,6 +147,8 @@ class Recipe:
             header, *setting = _gzip_params(self.params)
             zpoints, end_bit = _zlib_restarts(self.params)
             if workers > 1 and zpoints:
+                from krill.delta.zlibrestarts import ZlibSetting
+
                 zlib_setting = ZlibSetting(*setting)
                 args = (header, zlib_setting, zpoints, end_bit, tar_size, workers, spill_dir)
                 return gzip_zlib_parallel(*args)
@@ -296,6 +294,8 @@ def _zlib_restarts(params: dict[str, Any]) -> tuple[tuple[ZlibPoint, ...], int]:
     """The recipe's restart points and its stream's length in bits (none: ((), 0))."""
     if "restarts" not in params:
         return (), 0
+    from krill.delta.zlibrestarts import ZLIB_PARALLEL_LEVELS, parse_zlib_restarts
+
     try:
         points = parse_zlib_restarts(params["restarts"])
     except RestartError as exc:
@@ -395,6 +395,8 @@ def _with_zlib_restarts(
     recipe: Recipe, blob: Path, tar: Path, workers: int | None, every: int
 ) -> Recipe:
     """``recipe`` with proven restart points at its levels 4-9 (see zlibrestarts.py)."""
+    from krill.delta.zlibrestarts import ZlibSetting, find_zlib_restarts
+
     header, level, mem_level, strategy = _gzip_params(recipe.params)
     workers = workers or min(4, os.cpu_count() or 1)
     setting = ZlibSetting(level, mem_level, strategy)
