@@ -53,6 +53,12 @@ def test_delta_apply_loads_no_other_recipe_machinery_nor_the_status_line() -> No
     assert _loaded_by_delta_apply(["krill.delta.zlibrestarts", "krill.progress"]) == []
 
 
+def test_delta_apply_loads_the_binary_diff_decoders_with_their_first_op() -> None:
+    """A delta of zstd ops alone (data and script layers) never loads them (~2.5 ms)."""
+    decoders = ["bsdiff4", "krill.delta.hdiff", "krill.delta.elf"]
+    assert _loaded_by_delta_apply(decoders) == []
+
+
 def test_delta_apply_loads_neither_the_config_loader_nor_the_log_setup() -> None:
     """krill.cli catches ConfigError and checks --log-format without them (tomllib ~7 ms)."""
     assert _loaded_by_delta_apply(["krill.config", "tomllib", "krill.logs"]) == []

@@ -7,6 +7,11 @@ the window by the op's sizes) and checks the length it got, so a crafted op
 ends in DeltaFormatError, never in a large allocation or a wrong length.
 Ops up to STREAM_OP_BYTES are decoded whole (in worker threads: zstd,
 bsdiff4 and HDiffPatch release the GIL); larger ones stream to the writer.
+
+The binary-diff decoders (bsdiff4, hdiff.py, elf.py with HDiffPatch under it)
+are imported by the first op that needs them, not with this module: a delta
+of zstd ops alone (most layers of data or scripts) never does, and
+``krill delta apply``'s start is timed by its users (issue 15).
 """
 
 from __future__ import annotations
@@ -14,9 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import BinaryIO
 
-from bsdiff4 import core as bsdiff_core
-
-from krill.delta import elf, hdiff
 from krill.delta import format as fmt
 from krill.delta.format import DeltaFormatError
 from krill.delta.layerfiles import window_log_for
@@ -138,11 +140,15 @@ def _unbsdiff(op: fmt.Op, base: bytes) -> bytes:
     extra = _unzstd(extra_z, op.out_len, window_log_for(op.out_len))
     if len(control) % 24:
         raise DeltaFormatError("bsdiff control block is not a whole number of entries")
+    from bsdiff4 import core as bsdiff_core
+
     patched: bytes = bsdiff_core.patch(base, op.out_len, control, diff, extra)
     return patched
 
 
 def _unhdiff(op: fmt.Op, base: bytes) -> bytes:
+    from krill.delta import hdiff
+
     raw = _unzstd(op.payload[0], op.raw_len, window_log_for(op.raw_len))
     if len(raw) != op.raw_len:
         raise DeltaFormatError("hdiff diff is shorter than its op declares")
@@ -153,6 +159,8 @@ def _unhdiff(op: fmt.Op, base: bytes) -> bytes:
 
 
 def _unelf(op: fmt.Op, base: bytes) -> bytes:
+    from krill.delta import elf
+
     raw = _unzstd(op.payload[0], op.raw_len, window_log_for(op.raw_len))
     if len(raw) != op.raw_len:
         raise DeltaFormatError("ELF op's payload is shorter than it declares")
