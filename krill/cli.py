@@ -14,10 +14,12 @@ starts as subprocesses inherit it.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from krill import __version__
 from krill.clierror import CliError, ConfigError
@@ -95,5 +97,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def run() -> NoReturn:
+    """The ``krill`` console script: ``main``, then exit.
+
+    Everything is frozen out of the garbage collector first: the interpreter's
+    last collection at exit then skips every object (module tables, the
+    codec's dataclasses) instead of walking them, ~15 ms of a ``krill delta
+    apply``, whose wall time decides when a delta beats a full pull.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
