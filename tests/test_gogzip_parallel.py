@@ -8,6 +8,7 @@ whose recipe has no restart points (made before them) still applies.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from krill.delta.gogzip import GoGzipWriter, go_header
 from krill.delta.recipes import Recipe, RecipeError, detect_recipe, go_gzip_recipe
 from krill.delta.restarts import (
     LOOKAHEAD,
+    RESTART_INTERVAL,
+    TAIL_MIN,
     ParallelGoGzipWriter,
     RestartPoint,
     Segment,
@@ -29,6 +32,7 @@ from krill.delta.restarts import (
     parse_restarts,
     prove_restarts,
     segments,
+    thin_points,
 )
 from tests.delta_crafting import Pair, join
 from tests.goflate.oracle import GoOracle, go_oracle
@@ -205,6 +209,23 @@ def test_a_delta_with_restart_points_applies_in_parallel_and_one_without_them_in
     apply_delta(base, old, tmp_path / "old.tgz", workers=2)
     assert (tmp_path / "old.tgz").read_bytes() == target.read_bytes()
     assert json.dumps(read_delta_header(old).recipe).count("restarts") == 0
+
+
+def test_planned_segments_shrink_toward_the_end_of_the_tar() -> None:
+    """The last segments start only once the rebuild nears its end: they are planned short
+    (each at most half of what is left), so no long one runs alone on one core at the end."""
+    tar_size = 45_045_760
+    recorded = [RestartPoint(off, 8 * off, 0, 0, 3, 0) for off in range(100_000, tar_size, 130_000)]
+    kept = thin_points(recorded, tar_size)
+    starts = [0, *(p.in_off for p in kept)]
+    lengths = [b - a for a, b in itertools.pairwise([*starts, tar_size])]
+    assert all(n <= RESTART_INTERVAL + 130_000 for n in lengths)
+    assert sum(n > RESTART_INTERVAL // 2 for n in lengths) >= 9  # the body: ~4 MiB each
+    for start, n in zip(starts, lengths, strict=True):  # the tail: never over half of the rest
+        assert n <= max(TAIL_MIN, (tar_size - start) // 2) + 130_000
+    assert lengths[-1] <= TAIL_MIN
+    assert len(kept) <= tar_size // RESTART_INTERVAL + 5
+    assert thin_points(recorded, tar_size, every=300_000)[0].in_off in (230_000, 360_000)
 
 
 # --- fuzzing the C entry points --------------------------------------------------------------

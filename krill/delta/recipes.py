@@ -62,10 +62,12 @@ from krill.delta.gogzip import (
 from krill.delta.restarts import (
     PARALLEL_LEVELS,
     RESTART_INTERVAL,
+    TAIL_MIN,
     RestartError,
     RestartPoint,
     parse_restarts,
     prove_restarts,
+    thin_points,
 )
 from krill.delta.zstdlib import zstd
 
@@ -347,6 +349,7 @@ def detect_recipe(
         compressor = _detecting_compressor(recipe, tar, restart_every)
         if _reproduces(blob, tar, compressor):
             if isinstance(compressor, GzipGo) and (points := compressor.restart_points()):
+                points = thin_points(points, tar.stat().st_size, restart_every)
                 recipe = _with_proven_restarts(recipe, points, blob, tar, workers)
             elif recipe.kind == "gzip-zlib":
                 recipe = _with_zlib_restarts(recipe, blob, tar, workers, restart_every)
@@ -370,7 +373,8 @@ def _detecting_compressor(recipe: Recipe, tar: Path, restart_every: int) -> Comp
     if recipe.kind == "gzip-go":
         header, level = _go_params(recipe.params)
         if level in PARALLEL_LEVELS:
-            return GzipGo(header, level, record_every=restart_every)
+            # recorded closer than kept: thin_points picks segments that shrink at the end
+            return GzipGo(header, level, record_every=min(restart_every, TAIL_MIN) // 4)
     return recipe.compressor(tar.stat().st_size)
 
 

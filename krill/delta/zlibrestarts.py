@@ -62,6 +62,7 @@ from krill.delta.restarts import (
     SegmentBits,
     prove_points,
     same_bits,
+    segment_end,
 )
 from krill.delta.segstream import ShiftedEmitter
 from krill.delta.segwriter import SegmentedWriter, StreamWork
@@ -317,19 +318,18 @@ def plan_points(
     every: int = RESTART_INTERVAL,
     usable: Callable[[ZlibPoint, ZlibPoint], bool] | None = None,
 ) -> list[ZlibPoint]:
-    """About one point per ``every`` bytes of tar: the boundary nearest each target.
+    """About one point per ``every`` bytes of tar, closer toward its end (``segment_end``):
+    the boundary nearest each target.
 
     ``usable(point, next_boundary)``, if given, screens candidates (nearest
     first, up to ``_CANDIDATES`` per target): a boundary where zlib had a lazy
-    match pending does not restart, and on binaries many do not. No point
-    within ``every / 4`` of the tar's end: that segment would be too short to
-    be worth a thread.
+    match pending does not restart, and on binaries many do not.
     """
     ordered = sorted((out, bit) for bit, out in boundaries if 0 < out < tar_size)
     offsets = [out for out, _bit in ordered]
     points: list[ZlibPoint] = []
-    target = every
-    while target < tar_size - every // 4 and len(points) < MAX_RESTARTS:
+    target = segment_end(0, tar_size, every)
+    while target < tar_size and len(points) < MAX_RESTARTS:
         after = points[-1].in_off if points else 0
         i = bisect.bisect_left(offsets, target)
         near = range(max(0, i - _CANDIDATES), min(len(ordered) - 1, i + _CANDIDATES))
@@ -346,7 +346,7 @@ def plan_points(
         )
         if chosen is not None:
             points.append(chosen)
-        target = (chosen.in_off if chosen else target) + every
+        target = segment_end(chosen.in_off if chosen else target, tar_size, every)
     return points
 
 
