@@ -374,7 +374,7 @@ def _detecting_compressor(recipe: Recipe, tar: Path, restart_every: int) -> Comp
         header, level = _go_params(recipe.params)
         if level in PARALLEL_LEVELS:
             # recorded closer than kept: thin_points picks segments that shrink at the end
-            return GzipGo(header, level, record_every=min(restart_every, TAIL_MIN) // 4)
+            return GzipGo(header, level, record_every=max(1, min(restart_every, TAIL_MIN) // 4))
     return recipe.compressor(tar.stat().st_size)
 
 
