@@ -17,6 +17,7 @@ from krill.delta.apply import apply_delta
 from krill.delta.format import DeltaFormatError
 from krill.delta.options import DiffEngine, EncodeOptions
 from krill.delta.recipes import RecipeError
+from krill.malloctuning import keep_freed_memory
 
 _DEFAULTS = EncodeOptions()
 
@@ -123,6 +124,7 @@ def _verify(base: Path, delta: Path) -> None:
 def run_apply(args: argparse.Namespace) -> int:
 
     _check_inputs(args.base, args.delta)
+    keep_freed_memory()  # before the rebuild's threads start: krill/malloctuning.py
     started = time.monotonic()
     try:
         result = apply_delta(args.base, args.delta, args.out, workers=args.workers)
