@@ -27,6 +27,7 @@ setup(
                 "krill/_native/elflabels.c",
                 "krill/_native/elfx86.c",
                 "krill/_native/zblocks.c",  # deflate block boundaries, for zlib restarts
+                "krill/_native/hdiffapply.c",  # HDIFF13 patches without the hdiffpatch binding
             ],
             # -O2 as the issue asks; -fno-strict-overflow keeps Go's wrapping int arithmetic
             # from being assumed away where C would call it undefined.

@@ -21,6 +21,7 @@
 #include "goflate_int.h"
 
 #include "elfnorm.h"
+#include "hdiffapply.h"
 #include "zblocks.h"
 
 /* ---- tables (token.go, deflate.go, huffman_bit_writer.go) ---------------------------- */
@@ -416,6 +417,7 @@ static PyMethodDef goflate_functions[] = {
      "compressing."},
     ELFNORM_METHODS
     ZBLOCKS_METHODS
+    HDIFFAPPLY_METHODS
     {NULL, NULL, 0, NULL},
 };
 
