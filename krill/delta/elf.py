@@ -19,12 +19,12 @@ that only looks like ELF) costs size, never bytes.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
 from krill.delta import format as fmt
 from krill.delta import hdiff
+from krill.delta.goflatemod import load_goflate
 
 __all__ = ["ElfDiff", "ElfError", "available", "diff", "looks_elf", "patch"]
 
@@ -56,13 +56,7 @@ def available() -> bool:
 
 
 def _native() -> ModuleType:
-    try:
-        return importlib.import_module("krill._goflate")
-    except ImportError as exc:
-        raise ElfError(
-            f"Krill's C extension krill._goflate is not built here ({exc}); "
-            "reinstall Krill (pip install -e .) to apply deltas with ELF ops"
-        ) from exc
+    return load_goflate(ElfError, "apply deltas with ELF ops")
 
 
 def looks_elf(data: bytes | memoryview) -> bool:

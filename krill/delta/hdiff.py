@@ -16,9 +16,10 @@ compressed stream it would size itself. Nodes apply the diff with our own C
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+
+from krill.delta.goflatemod import load_goflate
 
 MAGIC = b"HDIFF13&\x00"  # version type, '&', empty compressor name, NUL
 _SECTIONS = 4  # covers, RLE control, RLE codes, new data not covered
@@ -64,14 +65,8 @@ def patch(old: bytes, raw: bytes, new_size: int) -> bytes:
     return out
 
 
-def _native() -> Any:
-    try:
-        return importlib.import_module("krill._goflate")
-    except ImportError as exc:
-        raise HDiffError(
-            f"Krill's C extension krill._goflate is not built here ({exc}); "
-            "reinstall Krill (pip install -e .) to apply deltas with binary-diff ops"
-        ) from exc
+def _native() -> ModuleType:
+    return load_goflate(HDiffError, "apply deltas with binary-diff ops")
 
 
 def parse_header(raw: bytes) -> HDiffHeader:
