@@ -114,7 +114,7 @@ const char *hdiff_apply(const uint8_t *old, size_t old_size, const uint8_t *sect
     Rle rle = {{covers.end, covers.end + sizes[1]}, {covers.end + sizes[1], covers.end + sizes[1] + sizes[2]},
                0, 0, 0};
     Cursor data = {rle.codes.end, rle.codes.end + sizes[3]};
-    uint64_t old_back = 0, new_back = 0, done = 0; /* done: bytes of out written */
+    uint64_t old_back = 0, new_back = 0; /* where the previous cover ended: new_back bytes written */
     for (uint64_t i = 0; i < cover_count; i++) {
         if (covers.p >= covers.end) return "hdiff diff: covers truncated";
         int back = *covers.p >> 7;
@@ -127,15 +127,13 @@ const char *hdiff_apply(const uint8_t *old, size_t old_size, const uint8_t *sect
         uint64_t new_pos = new_back + gap;
         if (length > new_size - new_pos || old_pos > old_size || length > old_size - old_pos)
             return "hdiff diff: cover outside the files";
-        if (new_pos < done) return "hdiff diff: covers overlap";
-        if (take_new(&data, &rle, out + done, new_pos - done) < 0) return "hdiff diff: new data or runs short";
+        if (take_new(&data, &rle, out + new_back, gap) < 0) return "hdiff diff: new data or runs short";
         memcpy(out + new_pos, old + old_pos, length);
         if (rle_take(&rle, out + new_pos, length) < 0) return "hdiff diff: runs short";
-        done = new_pos + length;
         old_back = old_pos + length;
         new_back = new_pos + length;
     }
-    if (take_new(&data, &rle, out + done, new_size - done) < 0) return "hdiff diff: new data or runs short";
+    if (take_new(&data, &rle, out + new_back, new_size - new_back) < 0) return "hdiff diff: new data or runs short";
     if (covers.p != covers.end || data.p != data.end || rle.codes.p != rle.codes.end ||
         rle.ctrl.p != rle.ctrl.end || rle.set_left || rle.copy_left)
         return "hdiff diff: sections longer than the files need";
