@@ -8,7 +8,7 @@ ends in DeltaFormatError, never in a large allocation or a wrong length.
 Ops up to STREAM_OP_BYTES are decoded whole (in worker threads: zstd,
 bsdiff4 and HDiffPatch release the GIL); larger ones stream to the writer.
 
-The binary-diff decoders (bsdiff4, hdiff.py, elf.py with HDiffPatch under it)
+The binary-diff decoders (bsdiff4, hdiff.py, elf.py; ~2 ms with bytecode cached)
 are imported by the first op that needs them, not with this module: a delta
 of zstd ops alone (most layers of data or scripts) never does, and
 ``krill delta apply``'s start is timed by its users (issue 15).
