@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from krill.delta import recipes
+from krill.delta import candidates, recipes
 from krill.delta.gogzip import GO_LEVELS, go_header
 from krill.delta.recipes import Recipe, RecipeError, detect_recipe, go_gzip_recipe
 from tests.components import krill_command
@@ -81,7 +81,8 @@ def test_recipe_refused_without_the_extension(monkeypatch: pytest.MonkeyPatch) -
 def test_detection_says_go_was_not_tried_without_the_extension(
     go_oracle: GoOracle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(recipes, "missing_reason", lambda: "krill._goflate is not built here")
+    for module in (recipes, candidates):
+        monkeypatch.setattr(module, "missing_reason", lambda: "krill._goflate is not built here")
     tar = _layer(5)
     with pytest.raises(RecipeError, match="Go-made gzip was not tried"):
         _detect(tmp_path, go_oracle.gzip(tar, 6), tar)
