@@ -21,6 +21,8 @@ setup(
                 "krill/_native/gohuff.c",
                 "krill/_native/gobits.c",
                 "krill/_native/golevels.c",
+                "krill/_native/gofast.c",
+                "krill/_native/goreuse.c",  # base tokens reused where the layers repeat
                 "krill/_native/elfnorm.c",  # the ELF-aware delta transform
                 "krill/_native/elfscan.c",
                 "krill/_native/elffields.c",

@@ -114,6 +114,7 @@ static int deflater_setup(Deflater *d, int level) {
     memset(&d->cfg, 0, sizeof(Deflater) - offsetof(Deflater, cfg));
     d->level = level;
     d->stop_at = -1;
+    d->reuse_next = INT64_MAX;
     if (level >= 0) d->cfg = LEVELS[level];
     if (level >= 2) {
         d->window_cap = 2 * WINDOW_SIZE;
@@ -319,13 +320,22 @@ static PyObject *segment_result(Deflater *d, int reached) {
 }
 
 static PyObject *goflate_segment(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"level", "data", "start", "stop", "final", NULL};
+    static char *kwlist[] = {"level", "data", "start", "stop", "final", "reuse", NULL};
     int level, final = 0;
     Py_buffer view;
-    PyObject *start;
+    PyObject *start, *reuse = Py_None;
     long long stop;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iy*OLp", kwlist, &level, &view, &start, &stop, &final))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iy*OLp|O", kwlist, &level, &view, &start, &stop, &final,
+                                     &reuse))
         return NULL;
+    reuse_span *spans = NULL;
+    Py_buffer *views = NULL;
+    Py_ssize_t nspans = 0;
+    if (!gf_parse_reuse(reuse, &spans, &views, &nspans)) {
+        gf_release_reuse(spans, views, nspans);
+        PyBuffer_Release(&view);
+        return NULL;
+    }
     PyObject *result = NULL;
     restart_point r = {0, 0, 0, 0, MIN_MATCH - 1, 0};
     int lead_bits = 0;
@@ -350,6 +360,9 @@ static PyObject *goflate_segment(PyObject *Py_UNUSED(module), PyObject *args, Py
         goto done;
     }
     d->stop_at = final ? -1 : stop;
+    d->spans = spans;
+    d->nspans = (size_t)nspans;
+    d->reuse_next = nspans ? spans[0].p1 : INT64_MAX;
     /* Stored blocks pad to the stream's byte boundary, so the segment is written at the bit
      * position it has in the stream: its first byte joins the previous segment's last by OR. */
     d->nbits = (unsigned)lead_bits;
@@ -378,6 +391,7 @@ done:
         Deflater_free_buffers(d);
         free(d);
     }
+    gf_release_reuse(spans, views, nspans);
     PyBuffer_Release(&view);
     return result;
 }
@@ -412,9 +426,15 @@ static PyMethodDef goflate_functions[] = {
      "segment(level, data, start, stop, final) -> (bytes, nbits, reached): compress data (which starts "
      "at the window's input offset) from a restart point's (win, avail, length, offset, lead_bits), or "
      "from a fresh stream if start is None, up to the block ending at stop (an offset into data), or to "
-     "the stream's end if final. The output starts lead_bits (bit_off % 8) into its first byte, as in the "
+     "the stream's end if final; reuse: spans (p1, p2, tokens, tok_pos) whose decisions come from a base "
+     "stream's tokens (goreuse.c). The output starts lead_bits (bit_off % 8) into its first byte, as in the "
      "stream; nbits counts them. reached: the segment ended exactly there. The GIL is released while "
      "compressing."},
+    {"reuse_spans", gf_reuse_spans, METH_VARARGS,
+     "reuse_spans(target_tokens, base_tokens, ranges, cuts, min_len, limit) -> [(p1, p2, q1)]: where the "
+     "target stream's tokens (deflate_tokens) equal the base's over aligned ranges (t_from, t_to, b_from), "
+     "as spans segment(reuse=...) can take them from the base: from after a match to a match's end, none "
+     "crossing a cut or past limit, at least min_len long. The GIL is released while comparing."},
     ELFNORM_METHODS
     ZBLOCKS_METHODS
     HDIFFAPPLY_METHODS

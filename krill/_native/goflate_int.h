@@ -99,6 +99,15 @@ typedef struct {
     int32_t length, offset;  /* the match found at in_off, when avail */
 } restart_point;
 
+/* A stretch of the input over which Go's matcher makes the decisions a base layer's stream
+ * records (goreuse.c): its tokens are taken from there instead of searched for. */
+typedef struct {
+    int64_t p1, p2;       /* input offsets: from the position after a match to the end of one */
+    const uint32_t *tok;  /* the base's tokens (token.go's encoding), the first at tok_pos */
+    size_t ntok;
+    int64_t tok_pos;
+} reuse_span;
+
 typedef struct {
     PyObject_HEAD
     level_cfg cfg;
@@ -147,6 +156,14 @@ typedef struct {
     size_t npoints, points_cap;
     int64_t stop_at; /* stop after the block ending here (-1: never) */
     int stopped, overshot;
+
+    /* reused tokens (segments only; goreuse.c) */
+    const reuse_span *spans;
+    size_t nspans, span_i;
+    int64_t reuse_next; /* the next input offset whose visit asks goreuse.c (INT64_MAX: none) */
+    int oracle;         /* inside spans[span_i]: decisions come from its tokens */
+    size_t tok_i;       /* the next of its tokens, at input offset tok_pos */
+    int64_t tok_pos;
 } Deflater;
 
 /* ---- between the parts ------------------------------------------------------------------- */
@@ -168,5 +185,28 @@ int gf_feed_whole(Deflater *d, const uint8_t *b, size_t n);
 int gf_feed_go_write(Deflater *d, const uint8_t *b, size_t n);
 int gf_finish_stream(Deflater *d);
 void gf_init_tables(void);
+int gf_reuse_at(Deflater *d);
+int gf_reuse_token(Deflater *d, int *length, int *offset);
+int gf_parse_reuse(PyObject *reuse, reuse_span **spans, Py_buffer **views, Py_ssize_t *n);
+void gf_release_reuse(reuse_span *spans, Py_buffer *views, Py_ssize_t n);
+PyObject *gf_reuse_spans(PyObject *module, PyObject *args);
+int gf_enc_speed_step(Deflater *d);
+int gf_store_step(Deflater *d);
+int gf_store_huff_step(Deflater *d);
+
+/* matchLen: common prefix of a and b, at most max bytes (8 at a time; same result). */
+static inline int gf_match_len(const uint8_t *a, const uint8_t *b, int max) {
+    int i = 0;
+    while (i + 8 <= max) {
+        uint64_t x, y;
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        if (x != y) return i + (__builtin_ctzll(x ^ y) >> 3);
+        i += 8;
+    }
+    while (i < max && a[i] == b[i]) i++;
+    return i;
+}
+
 
 #endif

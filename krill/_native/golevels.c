@@ -1,4 +1,5 @@
-/* The matchers of every level (deflate.go, deflatefast.go) and the input steps, for goflate.c. */
+/* The matchers of levels 2-9 (deflate.go) and the input steps, for goflate.c (level 1 and the
+ * store levels: gofast.c). */
 #include "goflate_int.h"
 
 #if defined(__SSE2__)
@@ -10,20 +11,6 @@
 static inline uint32_t hash4(const uint8_t *b) {
     return (((uint32_t)b[3] | (uint32_t)b[2] << 8 | (uint32_t)b[1] << 16 | (uint32_t)b[0] << 24) * HASHMUL) >>
            (32 - HASH_BITS);
-}
-
-/* matchLen: common prefix of a and b, at most max bytes (8 at a time; same result). */
-static inline int match_len(const uint8_t *a, const uint8_t *b, int max) {
-    int i = 0;
-    while (i + 8 <= max) {
-        uint64_t x, y;
-        memcpy(&x, a + i, 8);
-        memcpy(&y, b + i, 8);
-        if (x != y) return i + (__builtin_ctzll(x ^ y) >> 3);
-        i += 8;
-    }
-    while (i < max && a[i] == b[i]) i++;
-    return i;
 }
 
 /* fillDeflate: slide the window by 32 KiB when the matcher is near its end, then copy in. */
@@ -83,7 +70,7 @@ static int find_match(Deflater *d, int pos, int prev_head, int prev_length, int 
         }
         int next = anchor - (int)((lanes >> (16 * k++)) & 0xffff);
         if (w_end == load_u32(win + i + length - 3)) {
-            int n = match_len(win + i, w_pos, min_match_look);
+            int n = gf_match_len(win + i, w_pos, min_match_look);
             if (n > length && (n > MIN_MATCH || pos - i <= 4096)) {
                 length = n;
                 offset = pos - i;
@@ -233,16 +220,25 @@ static int deflate_step(Deflater *d) {
                 break;
             }
         }
-        if (d->index < d->max_insert_index) d->chain_head = (int)insert_string(d, d->index);
+        /* inside a span of reused tokens (goreuse.c; segments at levels 4-9 only), the token
+         * there stands for the search, and nothing is hashed */
+        int reused = d->in_base + d->index >= d->reuse_next && gf_reuse_at(d);
+        if (!reused && d->index < d->max_insert_index) d->chain_head = (int)insert_string(d, d->index);
         int prev_length = d->length, prev_offset = d->offset;
         d->length = MIN_MATCH - 1;
         d->offset = 0;
         int min_index = d->index - WINDOW_SIZE;
         if (min_index < 0) min_index = 0;
 
-        if (d->chain_head - d->hash_offset >= min_index &&
-            ((fast_skip != SKIP_NEVER && lookahead > MIN_MATCH - 1) ||
-             (fast_skip == SKIP_NEVER && lookahead > prev_length && prev_length < d->cfg.lazy))) {
+        if (reused) {
+            int nl, no;
+            if (gf_reuse_token(d, &nl, &no)) {
+                d->length = nl;
+                d->offset = no;
+            }
+        } else if (d->chain_head - d->hash_offset >= min_index &&
+                   ((fast_skip != SKIP_NEVER && lookahead > MIN_MATCH - 1) ||
+                    (fast_skip == SKIP_NEVER && lookahead > prev_length && prev_length < d->cfg.lazy))) {
             int nl, no;
             if (find_match(d, d->index, d->chain_head - d->hash_offset, MIN_MATCH - 1, lookahead, &nl, &no)) {
                 d->length = nl;
@@ -259,10 +255,14 @@ static int deflate_step(Deflater *d) {
                     MATCH_TOKEN(prev_length - BASE_MATCH_LENGTH, prev_offset - BASE_MATCH_OFFSET);
             if (d->length <= fast_skip) {
                 int new_index = fast_skip != SKIP_NEVER ? d->index + d->length : d->index + prev_length - 1;
-                int index = d->index;
-                for (index++; index < new_index; index++)
-                    if (index < d->max_insert_index) insert_string(d, index);
-                d->index = index;
+                if (reused) {
+                    d->index = new_index > d->index + 1 ? new_index : d->index + 1;
+                } else {
+                    int index = d->index;
+                    for (index++; index < new_index; index++)
+                        if (index < d->max_insert_index) insert_string(d, index);
+                    d->index = index;
+                }
                 if (fast_skip == SKIP_NEVER) {
                     d->byte_available = 0;
                     d->length = MIN_MATCH - 1;
@@ -290,169 +290,11 @@ static int deflate_step(Deflater *d) {
     return 1;
 }
 
-/* ---- level 1 (deflatefast.go) ----------------------------------------------------------- */
-
-static inline uint32_t load32(const uint8_t *b) {
-    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
-}
-
-static inline uint64_t load64(const uint8_t *b) { return (uint64_t)load32(b) | (uint64_t)load32(b + 4) << 32; }
-
-static inline uint32_t fast_hash(uint32_t u) { return (u * HASHMUL) >> FAST_TABLE_SHIFT; }
-
-static void fast_shift_offsets(Deflater *d) {
-    if (d->prev_len == 0) {
-        memset(d->table, 0, sizeof(fast_entry) * FAST_TABLE_SIZE);
-        d->cur = MAX_MATCH_OFFSET + 1;
-        return;
-    }
-    for (int i = 0; i < FAST_TABLE_SIZE; i++) {
-        int64_t v = (int64_t)d->table[i].offset - d->cur + MAX_MATCH_OFFSET + 1;
-        d->table[i].offset = v < 0 ? 0 : (int32_t)v;
-    }
-    d->cur = MAX_MATCH_OFFSET + 1;
-}
-
-static void fast_reset(Deflater *d) {
-    d->prev_len = 0;
-    d->cur += MAX_MATCH_OFFSET;
-    if (d->cur >= FAST_BUFFER_RESET) fast_shift_offsets(d);
-}
-
-/* deflateFast.matchLen: the match may start in the previous block and run into this one. */
-static int32_t fast_match_len(Deflater *d, int32_t s, int32_t t, const uint8_t *src, int32_t len) {
-    int32_t s1 = s + MAX_MATCH - 4;
-    if (s1 > len) s1 = len;
-    if (t >= 0) return match_len(src + t, src + s, s1 - s);
-    int32_t tp = d->prev_len + t;
-    if (tp < 0) return 0;
-    int32_t alen = s1 - s, blen = d->prev_len - tp;
-    if (blen > alen) blen = alen;
-    int32_t n = match_len(src + s, d->prev + tp, blen);
-    if (n < blen) return n;
-    if (s + n == s1) return n;
-    return n + match_len(src + s + n, src, s1 - (s + n));
-}
-
-static void emit_literals(Deflater *d, const uint8_t *lit, int32_t n) {
-    for (int32_t i = 0; i < n; i++) d->tokens[d->ntokens++] = lit[i];
-}
-
-/* deflateFast.encode: Snappy-style greedy matching with a skip that grows over misses. */
-static void fast_encode(Deflater *d, const uint8_t *src, int32_t len) {
-    fast_entry *table = d->table;
-    d->ntokens = 0;
-    if (d->cur >= FAST_BUFFER_RESET) fast_shift_offsets(d);
-    if (len < FAST_MIN_NON_LITERAL_BLOCK) {
-        d->cur += MAX_STORE_BLOCK;
-        d->prev_len = 0;
-        emit_literals(d, src, len);
-        return;
-    }
-    int32_t s_limit = len - FAST_INPUT_MARGIN, next_emit = 0, s = 0;
-    uint32_t cv = load32(src);
-    uint32_t next_hash = fast_hash(cv);
-    for (;;) {
-        int32_t skip = 32, next_s = s;
-        fast_entry candidate;
-        for (;;) {
-            s = next_s;
-            int32_t between = skip >> 5;
-            next_s = s + between;
-            skip += between;
-            if (next_s > s_limit) goto emit_remainder;
-            candidate = table[next_hash & FAST_TABLE_MASK];
-            uint32_t now = load32(src + next_s);
-            table[next_hash & FAST_TABLE_MASK].offset = s + d->cur;
-            table[next_hash & FAST_TABLE_MASK].val = cv;
-            next_hash = fast_hash(now);
-            int64_t offset = (int64_t)s - ((int64_t)candidate.offset - d->cur);
-            if (offset > MAX_MATCH_OFFSET || cv != candidate.val) {
-                cv = now;
-                continue;
-            }
-            break;
-        }
-        emit_literals(d, src + next_emit, s - next_emit);
-        for (;;) {
-            s += 4;
-            int32_t t = candidate.offset - d->cur + 4;
-            int32_t l = fast_match_len(d, s, t, src, len);
-            d->tokens[d->ntokens++] = MATCH_TOKEN(l + 4 - BASE_MATCH_LENGTH, s - t - BASE_MATCH_OFFSET);
-            s += l;
-            next_emit = s;
-            if (s >= s_limit) goto emit_remainder;
-            uint64_t x = load64(src + s - 1);
-            uint32_t prev_hash = fast_hash((uint32_t)x);
-            table[prev_hash & FAST_TABLE_MASK].offset = d->cur + s - 1;
-            table[prev_hash & FAST_TABLE_MASK].val = (uint32_t)x;
-            x >>= 8;
-            uint32_t curr_hash = fast_hash((uint32_t)x);
-            candidate = table[curr_hash & FAST_TABLE_MASK];
-            table[curr_hash & FAST_TABLE_MASK].offset = d->cur + s;
-            table[curr_hash & FAST_TABLE_MASK].val = (uint32_t)x;
-            int64_t offset = (int64_t)s - ((int64_t)candidate.offset - d->cur);
-            if (offset > MAX_MATCH_OFFSET || (uint32_t)x != candidate.val) {
-                cv = (uint32_t)(x >> 8);
-                next_hash = fast_hash(cv);
-                s++;
-                break;
-            }
-        }
-    }
-emit_remainder:
-    if (next_emit < len) emit_literals(d, src + next_emit, len - next_emit);
-    d->cur += len;
-    d->prev_len = len;
-    memcpy(d->prev, src, (size_t)len);
-}
-
-/* compressor.encSpeed */
-static int enc_speed_step(Deflater *d) {
-    int end = d->window_end;
-    if (end < MAX_STORE_BLOCK) {
-        if (!d->sync) return 1;
-        if (end < 128) {
-            int ok = 1;
-            if (end == 0) return 1;
-            if (end <= 16) ok = gf_write_stored_block(d, d->window, end);
-            else ok = gf_write_block_huff(d, d->window, end);
-            d->window_end = 0;
-            fast_reset(d);
-            return ok;
-        }
-    }
-    fast_encode(d, d->window, end);
-    int ok;
-    if (d->ntokens > end - (end >> 4)) ok = gf_write_block_huff(d, d->window, end);
-    else ok = gf_write_block_dynamic(d, d->tokens, d->ntokens, d->window, end);
-    d->window_end = 0;
-    return ok;
-}
-
-/* ---- levels 0 and -2 (store, storeHuff) ------------------------------------------------- */
-
-static int store_step(Deflater *d) {
-    if (d->window_end > 0 && (d->window_end == MAX_STORE_BLOCK || d->sync)) {
-        int ok = gf_write_stored_block(d, d->window, d->window_end);
-        d->window_end = 0;
-        return ok;
-    }
-    return 1;
-}
-
-static int store_huff_step(Deflater *d) {
-    if ((d->window_end < d->window_cap && !d->sync) || d->window_end == 0) return 1;
-    int ok = gf_write_block_huff(d, d->window, d->window_end);
-    d->window_end = 0;
-    return ok;
-}
-
 int gf_step(Deflater *d) {
     switch (d->level) {
-    case 0: return store_step(d);
-    case -2: return store_huff_step(d);
-    case 1: return enc_speed_step(d);
+    case 0: return gf_store_step(d);
+    case -2: return gf_store_huff_step(d);
+    case 1: return gf_enc_speed_step(d);
     default: return deflate_step(d);
     }
 }

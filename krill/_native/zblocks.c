@@ -46,7 +46,10 @@ static inline uint64_t peek(const Bits *b) {
     size_t i = (size_t)(b->pos >> 3);
     uint64_t v = 0;
     if (i + 8 <= b->n) {
-        for (int k = 0; k < 8; k++) v |= (uint64_t)b->p[i + k] << (8 * k);
+        memcpy(&v, b->p + i, 8); /* one load */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        v = __builtin_bswap64(v);
+#endif
     } else {
         for (size_t k = 0; i + k < b->n && k < 8; k++) v |= (uint64_t)b->p[i + k] << (8 * k);
     }
@@ -73,14 +76,18 @@ static unsigned reverse(unsigned code, unsigned len) {
  * oversubscribed code, and an incomplete one unless it has a single 1-bit code
  * (or none) and is not the code-length code, as zlib's inflate does.
  */
-static int build(uint16_t *table, unsigned bits, const uint8_t *lens, unsigned n, int is_codes) {
+static int build(uint16_t *table, unsigned *bits, const uint8_t *lens, unsigned n, int is_codes) {
     unsigned count[16] = {0}, next[16] = {0};
     for (unsigned s = 0; s < n; s++) count[lens[s]]++;
     count[0] = 0;
     unsigned max = 0;
     for (unsigned l = 1; l <= 15; l++)
         if (count[l]) max = l;
-    memset(table, 0, sizeof(uint16_t) << bits);
+    /* Over only as many bits as the longest code: a code is known by its first `max` bits,
+     * and a smaller table is quicker to fill (one per block). */
+    if (max > *bits) return -1;
+    *bits = max;
+    memset(table, 0, sizeof(uint16_t) << max);
     if (max == 0) return 0; /* nothing to decode: any use fails */
     int left = 1;
     for (unsigned l = 1; l <= 15; l++) {
@@ -97,9 +104,8 @@ static int build(uint16_t *table, unsigned bits, const uint8_t *lens, unsigned n
     for (unsigned s = 0; s < n; s++) {
         unsigned l = lens[s];
         if (!l) continue;
-        if (l > bits) return -1;
         unsigned r = reverse(next[l]++, l);
-        for (unsigned e = r; e < (1u << bits); e += 1u << l) table[e] = (uint16_t)(s | l << LEN_SHIFT);
+        for (unsigned e = r; e < (1u << max); e += 1u << l) table[e] = (uint16_t)(s | l << LEN_SHIFT);
     }
     return 0;
 }
@@ -126,15 +132,40 @@ static const uint8_t CL_ORDER[19] = {16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12
 typedef struct {
     uint16_t *lit, *dist;
     uint64_t out;
+    unsigned lit_bits, dist_bits; /* the tables' index widths */
+    /* deflate_tokens only: the symbols as Go's matcher tokens (NULL: only scan) */
+    uint32_t *tok;
+    size_t ntok, tokcap;
+    uint64_t stop_out; /* stop at the first block boundary or token at or past this output offset */
+    int nomem;
 } Scan;
+
+/* A stored block's bytes have no tokens: one marker stands for them (its low bits: how many). */
+#define TOKEN_STORED 0x80000000u
+
+static inline int emit(Scan *s, uint32_t t) {
+    if (s->ntok == s->tokcap) {
+        size_t cap = s->tokcap ? s->tokcap * 2 : 1 << 16;
+        uint32_t *p = realloc(s->tok, cap * sizeof *p);
+        if (!p) return s->nomem = 1, -1;
+        s->tok = p;
+        s->tokcap = cap;
+    }
+    s->tok[s->ntok++] = t;
+    return 0;
+}
 
 /* The symbols of one fixed or dynamic block, up to its end-of-block code. */
 static const char *codes(Bits *b, Scan *s) {
     for (;;) {
         unsigned sym;
-        if (decode(b, s->lit, TABLE_BITS, &sym) < 0) return "invalid literal/length code";
+        if (decode(b, s->lit, s->lit_bits, &sym) < 0) return "invalid literal/length code";
         if (overrun(b)) return "truncated";
         if (sym < 256) {
+            if (s->tok) {
+                if (s->out >= s->stop_out) return NULL;
+                if (emit(s, sym) < 0) return "out of memory";
+            }
             s->out++;
             continue;
         }
@@ -143,10 +174,15 @@ static const char *codes(Bits *b, Scan *s) {
         if (sym >= 29) return "invalid literal/length code";
         unsigned len = LEN_BASE[sym] + take(b, LEN_EXTRA[sym]);
         unsigned d;
-        if (decode(b, s->dist, TABLE_BITS, &d) < 0 || d >= 30) return "invalid distance code";
+        if (decode(b, s->dist, s->dist_bits, &d) < 0 || d >= 30) return "invalid distance code";
         uint64_t dist = DIST_BASE[d] + take(b, DIST_EXTRA[d]);
         if (overrun(b)) return "truncated";
         if (dist > s->out) return "invalid distance too far back";
+        if (s->tok) {
+            if (s->out >= s->stop_out) return NULL;
+            /* token.go's matchToken: 1<<30 | (length-3)<<22 | (offset-1) */
+            if (emit(s, 0x40000000u | (len - 3) << 22 | (uint32_t)(dist - 1)) < 0) return "out of memory";
+        }
         s->out += len;
     }
 }
@@ -158,11 +194,12 @@ static const char *dynamic_tables(Bits *b, Scan *s) {
     for (unsigned i = 0; i < ncode; i++) cl[CL_ORDER[i]] = (uint8_t)take(b, 3);
     if (overrun(b)) return "truncated";
     uint16_t cltab[1 << 7];
-    if (build(cltab, 7, cl, 19, 1) < 0) return "invalid code lengths set";
+    unsigned clbits = 7;
+    if (build(cltab, &clbits, cl, 19, 1) < 0) return "invalid code lengths set";
     unsigned have = 0;
     while (have < nlen + ndist) {
         unsigned sym;
-        if (decode(b, cltab, 7, &sym) < 0) return "invalid code lengths set";
+        if (decode(b, cltab, clbits, &sym) < 0) return "invalid code lengths set";
         if (sym < 16) {
             lens[have++] = (uint8_t)sym;
             continue;
@@ -182,8 +219,9 @@ static const char *dynamic_tables(Bits *b, Scan *s) {
     }
     if (overrun(b)) return "truncated";
     if (lens[256] == 0) return "invalid code -- missing end-of-block";
-    if (build(s->lit, TABLE_BITS, lens, nlen, 0) < 0) return "invalid literal/lengths set";
-    if (build(s->dist, TABLE_BITS, lens + nlen, ndist, 0) < 0) return "invalid distances set";
+    s->lit_bits = s->dist_bits = TABLE_BITS;
+    if (build(s->lit, &s->lit_bits, lens, nlen, 0) < 0) return "invalid literal/lengths set";
+    if (build(s->dist, &s->dist_bits, lens + nlen, ndist, 0) < 0) return "invalid distances set";
     return NULL;
 }
 
@@ -194,8 +232,9 @@ static void fixed_tables(Scan *s) {
     for (int i = 256; i < 280; i++) lens[i] = 7;
     for (int i = 280; i < 288; i++) lens[i] = 8;
     for (int i = 0; i < 32; i++) lens[288 + i] = 5; /* 30 and 31 decode, then are refused */
-    build(s->lit, TABLE_BITS, lens, 288, 0);
-    build(s->dist, TABLE_BITS, lens + 288, 32, 0);
+    s->lit_bits = s->dist_bits = TABLE_BITS;
+    build(s->lit, &s->lit_bits, lens, 288, 0);
+    build(s->dist, &s->dist_bits, lens + 288, 32, 0);
 }
 
 static int push(Blocks *out, uint64_t bit_off, uint64_t out_off, int btype) {
@@ -215,6 +254,7 @@ static const char *scan(Bits *b, Scan *s, Blocks *out) {
     int last = 0;
     while (!last) {
         uint64_t start = b->pos;
+        if (s->tok && s->out >= s->stop_out) return NULL;
         last = (int)take(b, 1);
         int btype = (int)take(b, 2);
         if (overrun(b)) return "truncated";
@@ -227,6 +267,7 @@ static const char *scan(Bits *b, Scan *s, Blocks *out) {
             if (len != (~nlen & 0xFFFFu)) return "invalid stored block lengths";
             b->pos += (uint64_t)len * 8;
             if (overrun(b)) return "truncated";
+            if (s->tok && len && emit(s, TOKEN_STORED | len) < 0) return "out of memory";
             s->out += len;
         } else if (btype == 1) {
             fixed_tables(s);
@@ -282,4 +323,57 @@ PyObject *zblocks_scan(PyObject *module, PyObject *args) {
     free(blocks.items);
     if (!list) return NULL;
     return Py_BuildValue("(NKK)", list, (unsigned long long)b.pos, (unsigned long long)s.out);
+}
+
+/* deflate_tokens: the symbols of the stream from a block boundary as Go's matcher tokens, for
+ * reusing a base layer's matches where a target layer's tokens are the same (segreuse). */
+PyObject *zblocks_tokens(PyObject *module, PyObject *args) {
+    (void)module;
+    Py_buffer view;
+    Py_ssize_t offset = 0;
+    unsigned long long bit_off = 0, out_off = 0, stop_out = ~0ULL;
+    if (!PyArg_ParseTuple(args, "y*|nKKK", &view, &offset, &bit_off, &out_off, &stop_out)) return NULL;
+    if (offset < 0 || offset > view.len || bit_off > (unsigned long long)(view.len - offset) * 8) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "offset outside the data");
+        return NULL;
+    }
+    Bits b = {(const uint8_t *)view.buf + offset, (size_t)(view.len - offset), bit_off};
+    Scan s = {malloc(sizeof(uint16_t) * TABLE_SIZE), malloc(sizeof(uint16_t) * TABLE_SIZE), out_off};
+    s.stop_out = stop_out;
+    Blocks blocks = {NULL, 0, 0};
+    const char *err = "out of memory";
+    if (s.lit && s.dist && emit(&s, 0) == 0) {
+        s.ntok = 0;
+        Py_BEGIN_ALLOW_THREADS;
+        err = scan(&b, &s, &blocks);
+        Py_END_ALLOW_THREADS;
+    }
+    free(s.lit);
+    free(s.dist);
+    PyBuffer_Release(&view);
+    PyObject *list = NULL, *toks = NULL;
+    if (err) {
+        PyErr_Format(PyExc_ValueError, "invalid deflate stream: %s", err);
+    } else if ((list = PyList_New((Py_ssize_t)blocks.len)) != NULL) {
+        for (size_t i = 0; i < blocks.len; i++) {
+            Block *k = &blocks.items[i];
+            PyObject *t = Py_BuildValue("(KKi)", (unsigned long long)k->bit_off,
+                                        (unsigned long long)k->out_off, k->btype);
+            if (!t) {
+                Py_CLEAR(list);
+                break;
+            }
+            PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+        }
+        if (list) toks = PyBytes_FromStringAndSize((const char *)s.tok, (Py_ssize_t)(s.ntok * sizeof(uint32_t)));
+    }
+    free(blocks.items);
+    free(s.tok);
+    if (!list || !toks) {
+        Py_XDECREF(list);
+        Py_XDECREF(toks);
+        return NULL;
+    }
+    return Py_BuildValue("(NNKK)", toks, list, (unsigned long long)b.pos, (unsigned long long)s.out);
 }

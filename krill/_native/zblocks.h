@@ -6,6 +6,7 @@
 #include <Python.h>
 
 PyObject *zblocks_scan(PyObject *module, PyObject *args);
+PyObject *zblocks_tokens(PyObject *module, PyObject *args);
 
 #define ZBLOCKS_METHODS                                                                          \
     {"deflate_blocks", zblocks_scan, METH_VARARGS,                                             \
@@ -13,6 +14,11 @@ PyObject *zblocks_scan(PyObject *module, PyObject *args);
      "raw deflate stream starting at byte offset of data begins, as (bit_off, out_off, btype) "  \
      "with bit_off counted from offset and out_off the bytes decompressed before it; end_bit: "  \
      "the bit after the final block. Nothing is decompressed into memory. ValueError if the "    \
-     "stream is invalid or truncated. The GIL is released while scanning."},
+     "stream is invalid or truncated. The GIL is released while scanning."},                  \
+    {"deflate_tokens", zblocks_tokens, METH_VARARGS,                                           \
+     "deflate_tokens(data, offset=0, bit_off=0, out_off=0, stop_out=2**64-1) -> (tokens, "    \
+     "blocks, end_bit, out_end): the symbols from the block starting at bit_off (out_off bytes " \
+     "into the output) as Go matcher tokens (native uint32s; 0x80000000|n stands for a stored " \
+     "block's n bytes), up to the first token or block at or past stop_out."},
 
 #endif

@@ -32,6 +32,7 @@ from krill.delta.metastream import open_meta_decoder
 from krill.delta.opqueue import run_ops
 from krill.delta.ranges import Range, iter_range
 from krill.delta.recipes import Recipe, RecipeError, blob_kind
+from krill.delta.segreuse import BaseTokens
 from krill.delta.sink import LayerSink
 from krill.digests import Digest, sha256_file
 
@@ -116,7 +117,8 @@ def _apply_on_growing_base(
     try:
         try:
             opener = cast(Callable[[], BinaryIO], growing.open)
-            return _rebuild(size, opener, delta, header, recipe, out, workers, check_base)
+            base = BaseTokens(base_blob, header.base.digest)
+            return _rebuild(size, opener, delta, header, recipe, out, workers, check_base, base)
         except Exception:
             check_base()  # a base that is not the delta's raises here, from the original
             raise
@@ -242,11 +244,15 @@ def _rebuild(
     out: Path,
     workers: int,
     check_base: Callable[[], None],
+    base_tokens: BaseTokens | None = None,
 ) -> ApplyResult:
     with atomic_output(out, prefix=f".{out.name}.", suffix=".krill-tmp") as dst:
+        compressor = recipe.compressor(
+            header.target.tar_size, workers=workers, spill_dir=str(out.parent), base=base_tokens
+        )
         sink = LayerSink(
             dst,
-            recipe.compressor(header.target.tar_size, workers=workers, spill_dir=str(out.parent)),
+            compressor,
             identity=recipe.kind == "identity",
             max_size=header.target.size,
         )

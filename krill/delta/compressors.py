@@ -19,6 +19,7 @@ from krill.delta.segwriter import ParallelGoGzipWriter, SegmentedWriter
 from krill.delta.zstdlib import zstd
 
 if TYPE_CHECKING:  # zlib's restart machinery loads with the first gzip-zlib recipe that has points
+    from krill.delta.segreuse import BaseTokens, ReuseSpan
     from krill.delta.zlibrestarts import ZlibPoint, ZlibSetting
 
 __all__ = [
@@ -116,11 +117,13 @@ def gzip_go_parallel(
     tar_size: int,
     workers: int,
     spill_dir: str | None = None,
+    reuse: tuple[Sequence[ReuseSpan], BaseTokens | None] = ((), None),
 ) -> ParallelGzip:
-    """Go's gzip from proven restart points, segments on several threads."""
+    """Go's gzip from proven restart points, segments on several threads; ``reuse``: spans
+    whose tokens come from the base blob (segreuse.py)."""
     return ParallelGzip(
         "gzip-go",
-        lambda: ParallelGoGzipWriter(header, level, points, tar_size, workers, spill_dir),
+        lambda: ParallelGoGzipWriter(header, level, points, tar_size, workers, spill_dir, reuse),
     )
 
 

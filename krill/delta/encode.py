@@ -52,6 +52,7 @@ from krill.delta.pairing import BaseIndex, hash_range, read_tar_range
 from krill.delta.piececoder import encode_piece
 from krill.delta.ranges import Range
 from krill.delta.recipes import Recipe, detect_recipe
+from krill.delta.segreuse import with_reuse
 from krill.delta.tarscan import Layout, Member, bulk_members, meta_ranges, read_meta_prefix, scan
 from krill.digests import sha256_file
 
@@ -124,6 +125,7 @@ def create_delta(
                 recipe,
                 out,
                 options,
+                (base_blob, target_blob),
             )
     finally:
         target_tar.discard()
@@ -148,6 +150,7 @@ def _encode_tars(
     recipe_future: Future[Recipe],
     out: Path,
     options: EncodeOptions,
+    blobs: tuple[Path, Path],
 ) -> EncodeResult:
     stats = _Stats()
     with open(base_tar.path, "rb") as base, open(target_tar.path, "rb") as target:
@@ -163,7 +166,15 @@ def _encode_tars(
                 sources = _Sources(base, target, index, options, stats)
                 meta_coder = MetaCoder(prefix, meta, options.meta_level)
                 _write_ops(body, target_layout, sources, meta_coder, recipe_future)
-            recipe = recipe_future.result()
+            recipe = with_reuse(
+                recipe_future.result(),
+                blobs[0],
+                base_tar.path,
+                infos[0].digest,
+                blobs[1],
+                target_tar.path,
+                min(4, os.cpu_count() or 1),
+            )
             header = fmt.DeltaHeader(infos[0], infos[1], recipe.to_json(), meta, stats.snapshot())
             size = _assemble(out, header.to_bytes(), body_path)
         finally:

@@ -28,8 +28,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +38,6 @@ from krill.delta.blobread import (
     GZIP_MAGIC,
     MAX_GZIP_HEADER,
     blob_kind,
-    gzip_header,
     iter_tar_chunks,
 )
 from krill.delta.compressors import (
@@ -54,9 +52,7 @@ from krill.delta.compressors import (
 )
 from krill.delta.gogzip import (
     GO_LEVELS,
-    candidate_levels,
     go_header,
-    looks_go_made,
     missing_reason,
 )
 from krill.delta.restarts import (
@@ -72,6 +68,7 @@ from krill.delta.restarts import (
 from krill.delta.zstdlib import zstd
 
 if TYPE_CHECKING:  # imported where a gzip-zlib recipe needs it: ~5 ms the others do not pay
+    from krill.delta.segreuse import BaseTokens, Reuse
     from krill.delta.zlibrestarts import ZlibPoint
 
 __all__ = [
@@ -125,6 +122,7 @@ class Recipe:
         if self.kind == "gzip-go":
             _go_params(self.params)
             _go_restarts(self.params)
+            _go_reuse(self.params)
             if (reason := missing_reason()) is not None:
                 raise RecipeError(reason)
             return
@@ -139,10 +137,16 @@ class Recipe:
         raise RecipeError(f"unknown recipe kind {self.kind!r}")
 
     def compressor(
-        self, tar_size: int, *, workers: int = 1, spill_dir: str | None = None
+        self,
+        tar_size: int,
+        *,
+        workers: int = 1,
+        spill_dir: str | None = None,
+        base: BaseTokens | None = None,
     ) -> Compressor:
         """A compressor for a tar of ``tar_size`` bytes, on up to ``workers`` threads;
-        ``spill_dir``: where input for a long segment may wait on disk (see segstream.py)."""
+        ``spill_dir``: where input for a long segment may wait on disk (see segstream.py);
+        ``base``: the base blob, whose tokens a Go recipe's reuse spans name (segreuse.py)."""
         if self.kind == "identity":
             return Identity()
         if self.kind == "gzip-zlib":
@@ -159,8 +163,12 @@ class Recipe:
             self.check_usable()
             header, level = _go_params(self.params)
             points = _go_restarts(self.params)
-            if workers > 1 and points:
-                return gzip_go_parallel(header, level, points, tar_size, workers, spill_dir)
+            reuse = _go_reuse(self.params, tar_size)
+            spans = reuse.spans if reuse and base and base.digest == reuse.base_digest else ()
+            if points and (workers > 1 or spans):  # segments, even on one core, to reuse
+                return gzip_go_parallel(
+                    header, level, points, tar_size, workers, spill_dir, (spans, base)
+                )
             return GzipGo(header, level)
         if self.kind == "zstd":
             return Zstd(
@@ -184,10 +192,14 @@ class Recipe:
 
     def describe(self) -> str:
         shown = {
-            k: v for k, v in self.params.items() if k not in ("header", "restarts", "deflate_bits")
+            k: v
+            for k, v in self.params.items()
+            if k not in ("header", "restarts", "deflate_bits", "reuse")
         }
         if restarts := self.params.get("restarts"):
             shown["restarts"] = len(restarts)
+        if isinstance(reuse := self.params.get("reuse"), dict):
+            shown["reuse"] = len(reuse.get("spans") or ())
         extras = ",".join(f"{k}={v}" for k, v in sorted(shown.items()))
         return f"{self.kind}({extras})" if extras else self.kind
 
@@ -225,16 +237,22 @@ def gzip_recipe(
 
 
 def go_gzip_recipe(
-    level: int = 6, header: bytes | None = None, restarts: Sequence[RestartPoint] = ()
+    level: int = 6,
+    header: bytes | None = None,
+    restarts: Sequence[RestartPoint] = (),
+    reuse: Reuse | None = None,
 ) -> Recipe:
     """Go's compress/gzip at ``level`` (-1 is recorded as 6: the same bytes); Go's header.
 
-    ``restarts``: proven restart points (levels 4-9), for parallel recompression.
+    ``restarts``: proven restart points (levels 4-9), for parallel recompression;
+    ``reuse``: proven spans whose tokens a node takes from the base (segreuse.py).
     """
     level = 6 if level == -1 else level
     params: dict[str, Any] = {"level": level, "header": (header or go_header(level)).hex()}
     if restarts:
         params["restarts"] = [point.to_json() for point in restarts]
+    if reuse and reuse.spans:
+        params["reuse"] = reuse.to_json()
     return Recipe("gzip-go", params)
 
 
@@ -292,6 +310,17 @@ def _go_restarts(params: dict[str, Any]) -> tuple[RestartPoint, ...]:
     return points
 
 
+def _go_reuse(params: dict[str, Any], tar_size: int | None = None) -> Reuse | None:
+    if "reuse" not in params:
+        return None
+    from krill.delta.segreuse import ReuseError, parse_reuse
+
+    try:
+        return parse_reuse(params["reuse"], tar_size)
+    except ReuseError as exc:
+        raise RecipeError(f"bad gzip-go recipe: {exc}") from exc
+
+
 def _zlib_restarts(params: dict[str, Any]) -> tuple[tuple[ZlibPoint, ...], int]:
     """The recipe's restart points and its stream's length in bits (none: ((), 0))."""
     if "restarts" not in params:
@@ -344,7 +373,9 @@ def detect_recipe(
         if _reproduces(blob, tar, Identity()):
             return IDENTITY
         raise RecipeError("blob is neither gzip, zstd nor its own tar")
-    candidates = _gzip_candidates(blob) if kind == "gzip" else _zstd_candidates(blob)
+    from krill.delta.candidates import gzip_candidates, zstd_candidates
+
+    candidates = gzip_candidates(blob) if kind == "gzip" else zstd_candidates(blob)
     for recipe in candidates:
         compressor = _detecting_compressor(recipe, tar, restart_every)
         if _reproduces(blob, tar, compressor):
@@ -432,52 +463,3 @@ def _reproduces(blob: Path, tar: Path, compressor: Compressor) -> bool:
         if not same(compressor.finish()):
             return False
         return expected.read(1) == b""
-
-
-def _gzip_candidates(blob: Path) -> Iterator[Recipe]:
-    """zlib's and Go's settings that could have written the blob's header, likelier first.
-
-    Go's default header is also Python gzip's, so a Go-shaped header only puts
-    Go's levels first; a wrong candidate costs one chunk either way.
-    """
-    header = gzip_header(blob)
-    go = [] if missing_reason() else [go_gzip_recipe(lv, header) for lv in candidate_levels(header)]
-    if looks_go_made(header):
-        yield from go
-    yield from _zlib_candidates(header)
-    if not looks_go_made(header):
-        yield from go
-
-
-def _zlib_candidates(header: bytes) -> Iterator[Recipe]:
-    xfl = header[8]
-    if xfl == 2:
-        levels = [9]
-    elif xfl == 4:
-        levels = [1]
-    else:
-        levels = [6, 5, 4, 3, 2, 7, 8, 0, 9, 1]
-    for mem_level in (8, 9):
-        for level in levels:
-            for strategy in (zlib.Z_DEFAULT_STRATEGY, zlib.Z_FILTERED):
-                params = {"level": level, "mem_level": mem_level, "strategy": strategy}
-                yield Recipe("gzip-zlib", {**params, "header": header.hex()})
-
-
-def _zstd_candidates(blob: Path) -> Iterator[Recipe]:
-    with open(blob, "rb") as f:
-        head = f.read(18)
-    if len(head) < 6:
-        raise RecipeError("zstd frame truncated")
-    descriptor = head[4]
-    if descriptor & 0x03:
-        raise RecipeError("zstd frame uses a dictionary")
-    checksum = bool(descriptor & 0x04)
-    single_segment = bool(descriptor & 0x20)
-    content_size = bool(descriptor >> 6) or single_segment
-    lo, hi = zstd.CompressionParameter.compression_level.bounds()
-    order = [3, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22]
-    order += list(range(-1, max(lo, -7) - 1, -1))
-    for level in order:
-        if lo <= level <= hi:
-            yield zstd_recipe(level, checksum=checksum, content_size=content_size)

@@ -233,13 +233,20 @@ class SegmentBits:
     reached: bool  # the encoder stopped at the stop point's input offset (or the end)
 
 
-def compress_segment(level: int, segment: Segment[RestartPoint], data: bytes) -> SegmentBits:
-    """``data`` is the tar from ``segment.input_range``'s start (to its end, or shorter)."""
+def compress_segment(
+    level: int,
+    segment: Segment[RestartPoint],
+    data: bytes,
+    reuse: Sequence[tuple[int, int, bytes, int]] = (),
+) -> SegmentBits:
+    """``data`` is the tar from ``segment.input_range``'s start (to its end, or shorter);
+    ``reuse``: spans whose tokens come from the base layer (segreuse.py)."""
     lo = segment.start.base if segment.start else 0
     start = segment.start.start() if segment.start else None
     stop = segment.stop.in_off - lo if segment.stop else -1
+    final = segment.stop is None
     try:
-        out, nbits, reached = _native().segment(level, data, start, stop, segment.stop is None)
+        out, nbits, reached = _native().segment(level, data, start, stop, final, reuse or None)
     except ValueError as exc:  # a point that is no state of Go's matcher over this data
         raise RestartError(str(exc)) from exc
     lead = segment.start.bit_off & 7 if segment.start else 0

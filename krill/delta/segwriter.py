@@ -11,7 +11,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Generic
+from typing import TYPE_CHECKING, Generic
 
 from krill.delta.restarts import (
     LOOKAHEAD,
@@ -27,6 +27,9 @@ from krill.delta.restarts import (
     segments,
 )
 from krill.delta.segstream import SegmentChannel
+
+if TYPE_CHECKING:  # loaded with the first recipe that has reuse spans
+    from krill.delta.segreuse import BaseTokens, ReuseSpan
 
 __all__ = ["ParallelGoGzipWriter", "SegmentedWriter", "StreamWork"]
 
@@ -300,14 +303,21 @@ class ParallelGoGzipWriter(SegmentedWriter[RestartPoint]):
         tar_size: int,
         workers: int,
         spill_dir: str | None = None,
+        reuse: tuple[Sequence[ReuseSpan], BaseTokens | None] = ((), None),
     ) -> None:
         if level not in PARALLEL_LEVELS:
             raise RestartError(f"level {level} is compressed in sequence, not from restart points")
         self._level = level
+        self._spans, self._base = reuse
         super().__init__(header, points, tar_size, workers, spill_dir)
 
     def _compress(self, segment: Segment[RestartPoint], data: bytes) -> SegmentBits:
-        return compress_segment(self._level, segment, data)
+        reuse: list[tuple[int, int, bytes, int]] = []
+        if self._spans and self._base is not None:
+            from krill.delta.segreuse import segment_reuse
+
+            reuse = segment_reuse(self._spans, segment, self._base)
+        return compress_segment(self._level, segment, data, reuse)
 
     def _fits(self, segment: Segment[RestartPoint], bits: SegmentBits) -> bool:
         return ends_where_planned(segment, bits)
