@@ -34,6 +34,7 @@ import importlib
 import itertools
 import logging
 import mmap
+import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,7 @@ from krill.delta.restarts import (
     same_bits,
     segments,
 )
+from krill.digests import sha256_file
 
 if TYPE_CHECKING:
     from krill.delta.recipes import Recipe
@@ -302,53 +304,54 @@ class BaseTokens:
     """The base blob's tokens for a span, decoded on demand (from any thread).
 
     Only the blob the delta names will do: its sha256 is checked on first use, and
-    a different blob (the same tar, compressed otherwise) disables reuse.
+    a different blob (the same tar, compressed otherwise) disables reuse. A span
+    reads only its own stretch of the blob: memory follows the span, not the layer.
     """
 
     def __init__(self, blob: Path, digest: str) -> None:
         self._blob = blob
         self._digest = digest
         self._lock = threading.Lock()
-        self._data: mmap.mmap | None = None
-        self._offset = 0
+        self._offset: int | None = None  # the deflate stream's start; None: not usable
         self._checked = False
 
     @property
     def digest(self) -> str:
         return self._digest
 
-    def _load(self) -> mmap.mmap | None:
+    def _stream_offset(self) -> int | None:
         with self._lock:
             if not self._checked:
                 self._checked = True
-                self._data = self._open_if_named()
-            return self._data
-
-    def _open_if_named(self) -> mmap.mmap | None:
-        try:
-            with open(self._blob, "rb") as f:
-                data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            if "sha256:" + hashlib.sha256(data).hexdigest() != self._digest:
-                data.close()
-                return None
-            self._offset = len(gzip_header(self._blob))
-            return data
-        except (OSError, ValueError):
-            return None
+                try:
+                    if str(sha256_file(str(self._blob))) == self._digest:
+                        self._offset = len(gzip_header(self._blob))
+                except (OSError, ValueError):
+                    self._offset = None
+            return self._offset
 
     def tokens(self, span: ReuseSpan) -> bytes | None:
         """The base's tokens from the block holding ``q1`` through ``q1 + (p2 - p1)``."""
-        data = self._load()
-        if data is None:
+        offset = self._stream_offset()
+        if offset is None:
             return None
+        start = offset + (span.bit_off >> 3)
         stop = span.q1 + span.p2 - span.p1
-        try:
-            tokens, _, _, _ = _native().deflate_tokens(
-                data, self._offset, span.bit_off, span.out_off, stop
-            )
-        except ValueError:  # not a block boundary of this stream: search instead
-            return None
-        return tokens
+        # Deflate grows incompressible data by a few bytes per 64 KiB: the tar's length
+        # plus a margin is enough in practice; a stream cut short is read again, longer.
+        size = stop - span.out_off + (64 << 10)
+        with open(self._blob, "rb") as f:
+            while True:
+                data = os.pread(f.fileno(), size, start)
+                try:
+                    tokens, _, _, _ = _native().deflate_tokens(
+                        data, 0, span.bit_off & 7, span.out_off, stop
+                    )
+                    return tokens
+                except ValueError:  # cut short, or not a block boundary of this stream
+                    if len(data) < size:
+                        return None  # the whole rest of the blob: search instead
+                    size *= 2
 
 
 def segment_reuse(
