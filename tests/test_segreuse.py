@@ -95,6 +95,35 @@ def test_tokens_expand_to_the_streams_bytes(data: bytes, level: int) -> None:
         assert got[: min(1000, len(data) - out_off)] == data[out_off : out_off + 1000][: len(got)]
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=layer_like(),
+    level=st.integers(4, 9),
+    picks=st.lists(st.integers(0, 10**6), max_size=8),
+)
+def test_decoding_from_a_token_inside_a_block_gives_the_tokens_from_there(
+    data: bytes, level: int, picks: list[int]
+) -> None:
+    """What a node does: the block's tables, then straight to the span's first token."""
+    raw = zlib.compress(data, level)[2:-4]
+    tokens, _, _, _ = _goflate.deflate_tokens(raw)
+    starts, at = [], 0
+    for t in array.array("I", tokens):
+        starts.append(at)
+        at += (t & 0xFFFF) if t & 0x80000000 else ((t >> 22 & 0xFF) + 3 if t & 0x40000000 else 1)
+    if not starts:
+        return
+    wanted = sorted({starts[p % len(starts)] for p in picks})
+    for q, (block_bit, token_bit) in zip(
+        wanted, _goflate.deflate_token_bits(raw, 0, wanted), strict=True
+    ):
+        if block_bit < 0:  # inside a stored block: no token starts there
+            continue
+        part, _, _, _ = _goflate.deflate_tokens(raw, 0, block_bit, q, q + 2000, token_bit)
+        got = expand(part, data[:q])
+        assert len(got) >= min(2000, len(data) - q) and got == data[q : q + len(got)]
+
+
 @settings(max_examples=200, deadline=None)
 @given(noise=st.binary(max_size=300), cut=st.integers(0, 400), flip=st.integers(0, 4000))
 def test_the_token_decoder_refuses_broken_streams_without_crashing(
@@ -162,7 +191,7 @@ def test_a_span_whose_tokens_are_not_the_targets_is_dropped_by_the_proof_and_fai
     # the first span's place in the target, the last one's tokens from the base: entered
     # (the tokens line up with p1) but not the decisions Go made there
     first, last = spans[0], spans[-1]
-    bad = ReuseSpan(first.p1, first.p2, last.q1, last.bit_off, last.out_off)
+    bad = ReuseSpan(first.p1, first.p2, last.q1, last.block_bit, last.token_bit)
     tars = write(tmp_path, base_tar=base, target_tar=target)
     tokens = BaseTokens(p["base"], recipe["reuse"]["base"])
     assert set(prove_spans(6, points, spans, tars["target_tar"], p["target"], tokens, 2)) == set(
@@ -227,17 +256,17 @@ def test_a_node_whose_base_is_another_blob_of_the_same_tar_searches_instead(
 
 
 def test_reuse_spans_are_checked_before_use() -> None:
-    good = {"base": "sha256:" + "0" * 64, "spans": [[70000, 140000, 1000, 24, 0]]}
-    assert parse_reuse(good, 200000).spans == (ReuseSpan(70000, 140000, 1000, 24, 0),)
+    good = {"base": "sha256:" + "0" * 64, "spans": [[70000, 140000, 1000, 24, 300]]}
+    assert parse_reuse(good, 200000).spans == (ReuseSpan(70000, 140000, 1000, 24, 300),)
     bad = [
         [],
         {"spans": []},
         {"base": "x", "spans": "no"},
         {"base": "x", "spans": [[1, 2, 3]]},
         {"base": "x", "spans": [[5, 4, 0, 0, 0]]},
-        {"base": "x", "spans": [[0, 10, 0, 0, 5]]},  # decoded from after q1
-        {"base": "x", "spans": [[0, 10, 0, 0, 0], [5, 20, 0, 0, 0]]},  # overlapping
-        {"base": "x", "spans": [[0, 10, 0, True, 0]]},
+        {"base": "x", "spans": [[0, 10, 0, 5, 5]]},  # the token inside its block's header
+        {"base": "x", "spans": [[0, 10, 0, 0, 3], [5, 20, 0, 0, 3]]},  # overlapping
+        {"base": "x", "spans": [[0, 10, 0, True, 3]]},
     ]
     for value in bad:
         with pytest.raises(ReuseError):

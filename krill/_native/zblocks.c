@@ -138,7 +138,16 @@ typedef struct {
     size_t ntok, tokcap;
     uint64_t stop_out; /* stop at the first block boundary or token at or past this output offset */
     int nomem;
+    /* enter the first block mid-way: its tables are read, then decoding goes on from the
+     * symbol at entry_bit, entry_out bytes into the output (NO_ENTRY: from the block's start) */
+    uint64_t entry_bit, entry_out;
+    /* deflate_token_bits: where the tokens starting at these output offsets (ascending) are */
+    const uint64_t *want;
+    size_t nwant, iwant;
+    uint64_t *want_block, *want_bit, block_bit;
 } Scan;
+
+#define NO_ENTRY UINT64_MAX
 
 /* A stored block's bytes have no tokens: one marker stands for them (its low bits: how many). */
 #define TOKEN_STORED 0x80000000u
@@ -156,11 +165,21 @@ static inline int emit(Scan *s, uint32_t t) {
 }
 
 /* The symbols of one fixed or dynamic block, up to its end-of-block code. */
+static void note_wanted(Scan *s, uint64_t at) {
+    while (s->iwant < s->nwant && s->want[s->iwant] < s->out) s->iwant++;
+    if (s->iwant < s->nwant && s->want[s->iwant] == s->out) {
+        s->want_block[s->iwant] = s->block_bit;
+        s->want_bit[s->iwant++] = at;
+    }
+}
+
 static const char *codes(Bits *b, Scan *s) {
     for (;;) {
         unsigned sym;
+        uint64_t at = b->pos;
         if (decode(b, s->lit, s->lit_bits, &sym) < 0) return "invalid literal/length code";
         if (overrun(b)) return "truncated";
+        if (s->want && sym != 256) note_wanted(s, at);
         if (sym < 256) {
             if (s->tok) {
                 if (s->out >= s->stop_out) return NULL;
@@ -249,6 +268,16 @@ static int push(Blocks *out, uint64_t bit_off, uint64_t out_off, int btype) {
     return 0;
 }
 
+/* With an entry point, skip from the first block's tables to the symbol there. */
+static const char *enter(Bits *b, Scan *s) {
+    if (s->entry_bit == NO_ENTRY) return NULL;
+    if (s->entry_bit < b->pos) return "entry point inside the block's header";
+    b->pos = s->entry_bit;
+    s->out = s->entry_out;
+    s->entry_bit = NO_ENTRY;
+    return overrun(b) ? "truncated" : NULL;
+}
+
 /* Every block of the stream, until the final one ends; NULL or the reason it is invalid. */
 static const char *scan(Bits *b, Scan *s, Blocks *out) {
     int last = 0;
@@ -259,7 +288,9 @@ static const char *scan(Bits *b, Scan *s, Blocks *out) {
         int btype = (int)take(b, 2);
         if (overrun(b)) return "truncated";
         if (push(out, start, s->out, btype) < 0) return "out of memory";
+        s->block_bit = start;
         const char *err = NULL;
+        if (s->entry_bit != NO_ENTRY && btype != 1 && btype != 2) return "entry inside a stored block";
         if (btype == 0) {
             b->pos = (b->pos + 7) & ~(uint64_t)7;
             unsigned len = take(b, 16), nlen = take(b, 16);
@@ -271,9 +302,11 @@ static const char *scan(Bits *b, Scan *s, Blocks *out) {
             s->out += len;
         } else if (btype == 1) {
             fixed_tables(s);
-            err = codes(b, s);
+            err = enter(b, s);
+            if (!err) err = codes(b, s);
         } else if (btype == 2) {
             err = dynamic_tables(b, s);
+            if (!err) err = enter(b, s);
             if (!err) err = codes(b, s);
         } else {
             return "invalid block type";
@@ -295,6 +328,7 @@ PyObject *zblocks_scan(PyObject *module, PyObject *args) {
     }
     Bits b = {(const uint8_t *)view.buf + offset, (size_t)(view.len - offset), 0};
     Scan s = {malloc(sizeof(uint16_t) * TABLE_SIZE), malloc(sizeof(uint16_t) * TABLE_SIZE), 0};
+    s.entry_bit = NO_ENTRY;
     Blocks blocks = {NULL, 0, 0};
     const char *err = "out of memory";
     if (s.lit && s.dist) {
@@ -332,7 +366,9 @@ PyObject *zblocks_tokens(PyObject *module, PyObject *args) {
     Py_buffer view;
     Py_ssize_t offset = 0;
     unsigned long long bit_off = 0, out_off = 0, stop_out = ~0ULL;
-    if (!PyArg_ParseTuple(args, "y*|nKKK", &view, &offset, &bit_off, &out_off, &stop_out)) return NULL;
+    long long entry_bit = -1;
+    if (!PyArg_ParseTuple(args, "y*|nKKKL", &view, &offset, &bit_off, &out_off, &stop_out, &entry_bit))
+        return NULL;
     if (offset < 0 || offset > view.len || bit_off > (unsigned long long)(view.len - offset) * 8) {
         PyBuffer_Release(&view);
         PyErr_SetString(PyExc_ValueError, "offset outside the data");
@@ -341,6 +377,8 @@ PyObject *zblocks_tokens(PyObject *module, PyObject *args) {
     Bits b = {(const uint8_t *)view.buf + offset, (size_t)(view.len - offset), bit_off};
     Scan s = {malloc(sizeof(uint16_t) * TABLE_SIZE), malloc(sizeof(uint16_t) * TABLE_SIZE), out_off};
     s.stop_out = stop_out;
+    s.entry_bit = entry_bit < 0 ? NO_ENTRY : (uint64_t)entry_bit;
+    s.entry_out = out_off;
     Blocks blocks = {NULL, 0, 0};
     const char *err = "out of memory";
     if (s.lit && s.dist && emit(&s, 0) == 0) {
@@ -376,4 +414,68 @@ PyObject *zblocks_tokens(PyObject *module, PyObject *args) {
         return NULL;
     }
     return Py_BuildValue("(NNKK)", toks, list, (unsigned long long)b.pos, (unsigned long long)s.out);
+}
+
+/* deflate_token_bits(data, offset, positions) -> [(block_bit, token_bit)]: for each output
+ * offset (ascending) where a token starts, the bit offsets of its block and of its symbol
+ * (-1, -1 where none starts): what a node needs to decode from that token on. */
+PyObject *zblocks_token_bits(PyObject *module, PyObject *args) {
+    (void)module;
+    Py_buffer view;
+    Py_ssize_t offset = 0;
+    PyObject *positions;
+    if (!PyArg_ParseTuple(args, "y*nO", &view, &offset, &positions)) return NULL;
+    PyObject *seq = PySequence_Fast(positions, "positions must be a sequence of offsets");
+    Py_ssize_t n = seq ? PySequence_Fast_GET_SIZE(seq) : 0;
+    uint64_t *want = malloc(sizeof(uint64_t) * ((size_t)n + 1));
+    uint64_t *wb = malloc(sizeof(uint64_t) * ((size_t)n + 1)), *wt = malloc(sizeof(uint64_t) * ((size_t)n + 1));
+    Scan s = {malloc(sizeof(uint16_t) * TABLE_SIZE), malloc(sizeof(uint16_t) * TABLE_SIZE), 0};
+    Blocks blocks = {NULL, 0, 0};
+    PyObject *result = NULL;
+    const char *err = "out of memory";
+    if (!seq || offset < 0 || offset > view.len) {
+        if (seq) PyErr_SetString(PyExc_ValueError, "offset outside the data");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        want[i] = (uint64_t)PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (PyErr_Occurred()) goto done;
+        if (i > 0 && want[i] <= want[i - 1]) {
+            PyErr_SetString(PyExc_ValueError, "positions must ascend");
+            goto done;
+        }
+        wb[i] = wt[i] = UINT64_MAX;
+    }
+    s.entry_bit = NO_ENTRY;
+    s.want = want, s.nwant = (size_t)n, s.want_block = wb, s.want_bit = wt;
+    Bits b = {(const uint8_t *)view.buf + offset, (size_t)(view.len - offset), 0};
+    if (s.lit && s.dist && want && wb && wt) {
+        Py_BEGIN_ALLOW_THREADS;
+        err = scan(&b, &s, &blocks);
+        Py_END_ALLOW_THREADS;
+    }
+    if (err) {
+        PyErr_Format(PyExc_ValueError, "invalid deflate stream: %s", err);
+        goto done;
+    }
+    if (!(result = PyList_New(n))) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long bb = wb[i] == UINT64_MAX ? -1 : (long long)wb[i], tb = wt[i] == UINT64_MAX ? -1 : (long long)wt[i];
+        PyObject *t = Py_BuildValue("(LL)", bb, tb);
+        if (!t) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyList_SET_ITEM(result, i, t);
+    }
+done:
+    free(want);
+    free(wb);
+    free(wt);
+    free(s.lit);
+    free(s.dist);
+    free(blocks.items);
+    Py_XDECREF(seq);
+    PyBuffer_Release(&view);
+    return result;
 }

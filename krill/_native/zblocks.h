@@ -7,6 +7,7 @@
 
 PyObject *zblocks_scan(PyObject *module, PyObject *args);
 PyObject *zblocks_tokens(PyObject *module, PyObject *args);
+PyObject *zblocks_token_bits(PyObject *module, PyObject *args);
 
 #define ZBLOCKS_METHODS                                                                          \
     {"deflate_blocks", zblocks_scan, METH_VARARGS,                                             \
@@ -19,6 +20,11 @@ PyObject *zblocks_tokens(PyObject *module, PyObject *args);
      "deflate_tokens(data, offset=0, bit_off=0, out_off=0, stop_out=2**64-1) -> (tokens, "    \
      "blocks, end_bit, out_end): the symbols from the block starting at bit_off (out_off bytes " \
      "into the output) as Go matcher tokens (native uint32s; 0x80000000|n stands for a stored " \
-     "block's n bytes), up to the first token or block at or past stop_out."},
+     "block's n bytes), up to the first token or block at or past stop_out; entry_bit >= 0: "   \
+     "read the block's tables, then decode from the symbol at entry_bit (out_off: its offset)."}, \
+    {"deflate_token_bits", zblocks_token_bits, METH_VARARGS,                                   \
+     "deflate_token_bits(data, offset, positions) -> [(block_bit, token_bit)]: for each output " \
+     "offset (ascending) where a token starts, the bit offsets of its block and its symbol, "   \
+     "(-1, -1) where none does."},
 
 #endif

@@ -28,7 +28,6 @@ whole stream): 0.85 s -> 0.63 s with spans over 41 % of the tar.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import importlib
 import itertools
@@ -74,9 +73,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Shorter spans are searched: leaving one re-hashes up to 32 KiB, and its tokens are decoded
-# from the start of the base's block (up to ~100 KiB of tar before it).
-MIN_SPAN = 64 << 10
+# Shorter spans are searched: each costs a read of the base, its block's tables, and on
+# leaving a re-hash of up to 32 KiB (pandas with every file's mtime changed, the spans over
+# 16 / 32 / 64 KiB: 32 / 23 / 12 % of the tar).
+MIN_SPAN = 16 << 10
 # Spans end this far before the tar's end: Go's last steps look at less than a full window.
 TAIL_GUARD = 64 << 10
 MAX_SPANS = 1 << 16
@@ -94,23 +94,18 @@ class ReuseError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ReuseSpan:
-    """Target tar ``[p1, p2)`` has the base's tokens from base tar offset ``q1``; they are
-    decoded from the base's block at ``bit_off`` (of its deflate stream), ``out_off`` bytes
-    into the base's tar."""
+    """Target tar ``[p1, p2)`` has the base's tokens from base tar offset ``q1``; a node
+    reads the tables of the base's block at ``block_bit`` (of its deflate stream) and
+    decodes from the token at ``token_bit``."""
 
     p1: int
     p2: int
     q1: int
-    bit_off: int
-    out_off: int
-
-    @property
-    def tok_pos(self) -> int:
-        """The target offset the first decoded token stands at."""
-        return self.out_off + self.p1 - self.q1
+    block_bit: int
+    token_bit: int
 
     def to_json(self) -> list[int]:
-        return [self.p1, self.p2, self.q1, self.bit_off, self.out_off]
+        return [self.p1, self.p2, self.q1, self.block_bit, self.token_bit]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,12 +134,12 @@ def parse_reuse(value: object, tar_size: int | None = None) -> Reuse:
 
 def _parse_span(item: object, tar_size: int | None) -> ReuseSpan:
     if not isinstance(item, list) or len(item) != 5 or not all(type(v) is int for v in item):
-        raise ReuseError("a reuse span is [p1, p2, q1, bit_off, out_off], integers")
+        raise ReuseError("a reuse span is [p1, p2, q1, block_bit, token_bit], integers")
     span = ReuseSpan(*item)
     end = 1 << 50 if tar_size is None else tar_size
-    if not (0 <= span.p1 < span.p2 <= end and 0 <= span.out_off <= span.q1 < 1 << 50):
+    if not (0 <= span.p1 < span.p2 <= end and 0 <= span.q1 < 1 << 50):
         raise ReuseError(f"reuse span {item} is out of range")
-    if not 0 <= span.bit_off < 1 << 53:
+    if not 0 <= span.block_bit < span.token_bit < 1 << 53:
         raise ReuseError(f"reuse span {item} is out of range")
     return span
 
@@ -202,17 +197,17 @@ def find_spans(
     (the restart points' offsets: a segment's spans lie inside it)."""
     native = _native()
     t_tokens, _, _, t_size = native.deflate_tokens(*_stream(target_blob))
-    b_tokens, b_blocks, _, _ = native.deflate_tokens(*_stream(base_blob))
+    b_tokens, _, _, _ = native.deflate_tokens(*_stream(base_blob))
     ranges = aligned_ranges(base_tar, target_tar)
     found = native.reuse_spans(
         t_tokens, b_tokens, ranges, list(cuts), MIN_SPAN, t_size - TAIL_GUARD
     )
-    starts = [out_off for _bit, out_off, _type in b_blocks]
-    spans = []
-    for p1, p2, q1 in found[:MAX_SPANS]:
-        bit_off, out_off, _type = b_blocks[bisect.bisect_right(starts, q1) - 1]
-        spans.append(ReuseSpan(p1, p2, q1, bit_off, out_off))
-    return spans
+    found = found[:MAX_SPANS]
+    wanted = sorted({q1 for _p1, _p2, q1 in found})
+    bits = dict(zip(wanted, native.deflate_token_bits(*_stream(base_blob), wanted), strict=True))
+    return [
+        ReuseSpan(p1, p2, q1, *bits[q1]) for p1, p2, q1 in found if bits[q1][0] >= 0
+    ]
 
 
 def with_reuse(
@@ -335,17 +330,18 @@ class BaseTokens:
         offset = self._stream_offset()
         if offset is None:
             return None
-        start = offset + (span.bit_off >> 3)
+        start = offset + (span.block_bit >> 3)
+        entry = span.token_bit - (span.block_bit & ~7)
         stop = span.q1 + span.p2 - span.p1
-        # Deflate grows incompressible data by a few bytes per 64 KiB: the tar's length
+        # Deflate grows incompressible data by a few bytes per 64 KiB: the span's length
         # plus a margin is enough in practice; a stream cut short is read again, longer.
-        size = stop - span.out_off + (64 << 10)
+        size = (entry >> 3) + (span.p2 - span.p1) + (64 << 10)
         with open(self._blob, "rb") as f:
             while True:
                 data = os.pread(f.fileno(), size, start)
                 try:
                     tokens, _, _, _ = _native().deflate_tokens(
-                        data, 0, span.bit_off & 7, span.out_off, stop
+                        data, 0, span.block_bit & 7, span.q1, stop, entry
                     )
                     return tokens
                 except ValueError:  # cut short, or not a block boundary of this stream
@@ -365,5 +361,5 @@ def segment_reuse(
         tokens = base.tokens(span)
         if tokens is None:
             return []
-        out.append((span.p1 - lo, span.p2 - lo, tokens, span.tok_pos - lo))
+        out.append((span.p1 - lo, span.p2 - lo, tokens, span.p1 - lo))
     return out
