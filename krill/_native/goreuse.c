@@ -177,7 +177,9 @@ static int find_spans(const uint32_t *tt, size_t nt, const uint32_t *bt, const i
                       int64_t limit, int64s *out) {
     size_t r = 0, c = 0, j = 0;
     int64_t tp = 0;
-    int64_t open = -1, q_open = 0, last_end = -1; /* the span being grown: its p1, q1, last clean end */
+    /* the span being grown: its p1, q1, last clean end, and the base's offset from the target
+     * (a span's tokens are read from the base in one run: one range, one shift) */
+    int64_t open = -1, q_open = 0, last_end = -1, shift = 0, open_shift = 0;
     for (size_t i = 0; i <= nt; i++) {
         uint32_t t = i < nt ? tt[i] : 0;
         int64_t len = i < nt ? token_bytes(t) : 0;
@@ -185,7 +187,8 @@ static int find_spans(const uint32_t *tt, size_t nt, const uint32_t *bt, const i
         while (c < nc && cuts[c] < tp) c++;
         int same = 0;
         if (i < nt && !(t & 0x80000000u) && r < nr && rg[r].t_from <= tp && tp + len <= rg[r].t_to && tp + len <= limit) {
-            int64_t want = tp - rg[r].t_from + rg[r].b_from;
+            shift = rg[r].b_from - rg[r].t_from;
+            int64_t want = tp + shift;
             if (j >= nb || bpos[j] > want || want - bpos[j] > 4096) { /* a jump: binary search */
                 size_t lo = 0, hi = nb;
                 while (lo < hi) {
@@ -198,7 +201,7 @@ static int find_spans(const uint32_t *tt, size_t nt, const uint32_t *bt, const i
             same = j < nb && bpos[j] == want && bt[j] == t;
         }
         int cut_here = c < nc && cuts[c] < tp + (len ? len : 1); /* at or inside this token */
-        if (open >= 0 && (!same || cut_here)) { /* the span ends at its last clean end */
+        if (open >= 0 && (!same || cut_here || shift != open_shift)) { /* ends at its last clean end */
             if (last_end - open >= min_len && push3(out, open, last_end, q_open) < 0) return -1;
             open = -1;
         }
@@ -206,6 +209,7 @@ static int find_spans(const uint32_t *tt, size_t nt, const uint32_t *bt, const i
         if (open < 0 && same && i > 0 && is_match(tt[i - 1])) {
             open = tp;
             q_open = bpos[j];
+            open_shift = shift;
             last_end = -1;
         }
         if (open >= 0 && is_match(t)) last_end = tp + len;
