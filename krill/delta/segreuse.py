@@ -232,10 +232,11 @@ def with_reuse(
     level = int(recipe.params["level"])
     try:
         spans = find_spans(base_blob, base_tar, target_blob, target_tar, [p.in_off for p in points])
-    except ValueError:  # the base is not a deflate stream (zstd, a plain tar): nothing to take
-        return recipe
-    base = BaseTokens(base_blob, base_digest)
-    proven = prove_spans(level, points, spans, target_tar, target_blob, base, workers)
+        base = BaseTokens(base_blob, base_digest)
+        proven = prove_spans(level, points, spans, target_tar, target_blob, base, workers)
+    except (OSError, ValueError) as exc:  # a base that is no deflate stream (zstd, a tar)
+        log.info("delta.recipe.reuse_skipped blob=%s reason=%s", target_blob.name, exc)
+        return recipe  # reuse only saves a node time: the delta is good without it
     covered = sum(span.p2 - span.p1 for span in proven)
     log.info(
         "delta.recipe.reuse blob=%s spans=%d of=%d bytes=%d tar=%d",
