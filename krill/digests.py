@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from dataclasses import dataclass
 
 # The spec's grammar: algorithm-component ([a-z0-9]+) joined by [+._-]; encoded [a-zA-Z0-9=_-]+.
@@ -61,6 +62,25 @@ class Digest:
 def is_digest(text: str) -> bool:
     """True when ``text`` looks like a digest reference (so not a tag)."""
     return ":" in text
+
+
+class FileDigest:
+    """A file's sha256, computed once by whichever thread asks first (the others wait).
+
+    A delta's apply needs its base blob's digest twice: to trust the base's tokens
+    early (segreuse.BaseTokens) and to trust its tar at the end (GrowingTar).
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._digest: Digest | None = None
+
+    def get(self) -> Digest:
+        with self._lock:
+            if self._digest is None:
+                self._digest = sha256_file(self._path)
+            return self._digest
 
 
 def sha256_file(path: str, chunk_size: int = 1 << 20) -> Digest:

@@ -34,7 +34,7 @@ from krill.delta.ranges import Range, iter_range
 from krill.delta.recipes import Recipe, RecipeError, blob_kind
 from krill.delta.segreuse import BaseTokens
 from krill.delta.sink import LayerSink
-from krill.digests import Digest, sha256_file
+from krill.digests import Digest, FileDigest, sha256_file
 
 __all__ = [
     "ApplyResult",
@@ -107,7 +107,9 @@ def _apply_on_growing_base(
     is checked before anything is published; when the rebuild fails, a base
     that is not the delta's is the error reported (it is the cause).
     """
-    growing = GrowingTar(base_blob, out.parent, (header.base.digest, header.base.diff_id))
+    blob_digest = FileDigest(str(base_blob))  # hashed once, for the tokens and for the tar
+    claimed = (header.base.digest, header.base.diff_id)
+    growing = GrowingTar(base_blob, out.parent, claimed, blob_digest)
     size = header.base.tar_size
 
     def check_base() -> None:
@@ -117,7 +119,7 @@ def _apply_on_growing_base(
     try:
         try:
             opener = cast(Callable[[], BinaryIO], growing.open)
-            base = BaseTokens(base_blob, header.base.digest)
+            base = BaseTokens(base_blob, header.base.digest, blob_digest)
             return _rebuild(size, opener, delta, header, recipe, out, workers, check_base, base)
         except Exception:
             check_base()  # a base that is not the delta's raises here, from the original

@@ -21,7 +21,7 @@ from typing import Any
 
 from krill.delta.layerfiles import TarFile
 from krill.delta.recipes import iter_tar_chunks
-from krill.digests import Digest, sha256_file
+from krill.digests import Digest, FileDigest, sha256_file
 
 __all__ = ["GrowingReader", "GrowingTar"]
 
@@ -36,16 +36,24 @@ class _Cancelled(Exception):
 class GrowingTar:
     """The base's tar written to a temp file by a thread; readers wait for what they need."""
 
-    def __init__(self, blob: Path, work_dir: Path, claimed: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        blob: Path,
+        work_dir: Path,
+        claimed: tuple[str, str] | None = None,
+        blob_digest: FileDigest | None = None,
+    ) -> None:
         """``claimed``: the (blob digest, tar diff_id) the delta's header names for its base.
         The tar is then not hashed as it comes: the blob is hashed at the end (a third of the
         bytes) and, if it is the claimed one, its tar is the claimed tar (inflate output is
-        unique); only a blob that is not gets its tar hashed, from disk."""
+        unique); only a blob that is not gets its tar hashed, from disk. ``blob_digest``:
+        the blob's digest, shared with whoever else needs it (hashed once)."""
         fd, name = tempfile.mkstemp(prefix=".krill-tar-", suffix=".tmp", dir=work_dir)
         self.path = Path(name)
         self._fd = fd
         self._blob = blob
         self._claimed = claimed
+        self._blob_digest = blob_digest or FileDigest(str(blob))
         self._cond = threading.Condition()
         self._written = 0
         self._done = False
@@ -106,7 +114,7 @@ class GrowingTar:
         """The claimed diff_id if the blob is the claimed one, else the tar's own (re-read)."""
         assert self._claimed is not None
         digest, diff_id = self._claimed
-        if str(sha256_file(str(self._blob))) == digest:
+        if str(self._blob_digest.get()) == digest:
             return diff_id
         return str(sha256_file(str(self.path)))
 

@@ -52,7 +52,7 @@ from krill.delta.restarts import (
     same_bits,
     segments,
 )
-from krill.digests import sha256_file
+from krill.digests import FileDigest
 
 if TYPE_CHECKING:
     from krill.delta.recipes import Recipe
@@ -306,9 +306,11 @@ class BaseTokens:
     reads only its own stretch of the blob: memory follows the span, not the layer.
     """
 
-    def __init__(self, blob: Path, digest: str) -> None:
+    def __init__(self, blob: Path, digest: str, blob_digest: FileDigest | None = None) -> None:
+        """``digest``: the one the delta names; ``blob_digest``: the blob's own, shared."""
         self._blob = blob
         self._digest = digest
+        self._blob_digest = blob_digest or FileDigest(str(blob))
         self._lock = threading.Lock()
         self._offset: int | None = None  # the deflate stream's start; None: not usable
         self._checked = False
@@ -322,7 +324,7 @@ class BaseTokens:
             if not self._checked:
                 self._checked = True
                 try:
-                    if str(sha256_file(str(self._blob))) == self._digest:
+                    if str(self._blob_digest.get()) == self._digest:
                         self._offset = len(gzip_header(self._blob))
                 except (OSError, ValueError):
                     self._offset = None
