@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from krill.delta.recipes import Recipe, detect_recipe, gzip_recipe
+from krill.delta.detect import detect_recipe
+from krill.delta.recipes import Recipe, gzip_recipe
 from krill.delta.segstream import SegmentChannel
 from krill.delta.segwriter import SegmentedWriter
 from krill.delta.zlibrestarts import ParallelZlibWriter, ZlibSetting, parse_zlib_restarts

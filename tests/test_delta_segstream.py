@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from krill.delta.recipes import Recipe, RecipeError, detect_recipe, gzip_recipe
+from krill.delta.detect import detect_recipe
+from krill.delta.recipes import Recipe, RecipeError, gzip_recipe
 from krill.delta.restarts import RESTART_INTERVAL
 from krill.delta.segstream import STREAM_BUFFER, SegmentChannel
 from krill.delta.segwriter import SegmentedWriter

@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from krill.delta import apply_delta, create_delta, read_delta_header
-from krill.delta.recipes import Recipe, RecipeError, detect_recipe, gzip_recipe
+from krill.delta.detect import detect_recipe
+from krill.delta.recipes import Recipe, RecipeError, gzip_recipe
 from krill.delta.zlibrestarts import (
     ZlibPoint,
     ZlibSetting,

@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from krill.delta import apply_delta, create_delta, read_delta_header
+from krill.delta.detect import detect_recipe
 from krill.delta.gogzip import GoGzipWriter, go_header
-from krill.delta.recipes import Recipe, RecipeError, detect_recipe, go_gzip_recipe
+from krill.delta.recipes import Recipe, RecipeError, go_gzip_recipe
 from krill.delta.restarts import (
     LOOKAHEAD,
     RESTART_INTERVAL,

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from krill.delta import candidates, recipes
+from krill.delta import detect, recipes
+from krill.delta.detect import detect_recipe
 from krill.delta.gogzip import GO_LEVELS, go_header
-from krill.delta.recipes import Recipe, RecipeError, detect_recipe, go_gzip_recipe
+from krill.delta.recipes import Recipe, RecipeError, go_gzip_recipe
 from tests.components import krill_command
 from tests.goflate.oracle import GoOracle, go_oracle
 from tests.imagebuild import make_tar, realistic_files
@@ -81,7 +82,7 @@ def test_recipe_refused_without_the_extension(monkeypatch: pytest.MonkeyPatch) -
 def test_detection_says_go_was_not_tried_without_the_extension(
     go_oracle: GoOracle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for module in (recipes, candidates):
+    for module in (recipes, detect):
         monkeypatch.setattr(module, "missing_reason", lambda: "krill._goflate is not built here")
     tar = _layer(5)
     with pytest.raises(RecipeError, match="Go-made gzip was not tried"):

@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from krill.delta import apply_delta, create_delta, read_delta_header
-from krill.delta.recipes import RecipeError, detect_recipe
+from krill.delta.detect import detect_recipe
+from krill.delta.recipes import RecipeError
 from krill.delta.restarts import Segment, parse_restarts
 from krill.delta.segreuse import (
     MIN_SPAN,

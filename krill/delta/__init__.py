@@ -24,12 +24,12 @@ if TYPE_CHECKING:
         read_delta_header,
         rebuild_layer,
     )
+    from krill.delta.detect import detect_recipe
     from krill.delta.encode import EncodeOptions, EncodeResult, create_delta
     from krill.delta.format import MEDIA_TYPE, DeltaFormatError, DeltaHeader
     from krill.delta.recipes import (
         Recipe,
         RecipeError,
-        detect_recipe,
         gzip_recipe,
         zstd_recipe,
     )
@@ -52,7 +52,7 @@ _HOMES = {
     "DeltaHeader": "format",
     "Recipe": "recipes",
     "RecipeError": "recipes",
-    "detect_recipe": "recipes",
+    "detect_recipe": "detect",
     "gzip_recipe": "recipes",
     "zstd_recipe": "recipes",
 }

@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from krill.delta.gogzip import GoGzipWriter
 from krill.delta.restarts import RestartError, RestartPoint
-from krill.delta.segwriter import ParallelGoGzipWriter, SegmentedWriter
+from krill.delta.segwriter import ParallelGoGzipWriter, ReuseFor, SegmentedWriter
 from krill.delta.zstdlib import zstd
 
 if TYPE_CHECKING:  # zlib's restart machinery loads with the first gzip-zlib recipe that has points
-    from krill.delta.segreuse import BaseTokens, ReuseSpan
     from krill.delta.zlibrestarts import ZlibPoint, ZlibSetting
 
 __all__ = [
@@ -117,10 +116,10 @@ def gzip_go_parallel(
     tar_size: int,
     workers: int,
     spill_dir: str | None = None,
-    reuse: tuple[Sequence[ReuseSpan], BaseTokens | None] = ((), None),
+    reuse: ReuseFor | None = None,
 ) -> ParallelGzip:
-    """Go's gzip from proven restart points, segments on several threads; ``reuse``: spans
-    whose tokens come from the base blob (segreuse.py)."""
+    """Go's gzip from proven restart points, segments on several threads; ``reuse``: a
+    segment's spans whose tokens come from the base blob (segreuse.py)."""
     return ParallelGzip(
         "gzip-go",
         lambda: ParallelGoGzipWriter(header, level, points, tar_size, workers, spill_dir, reuse),

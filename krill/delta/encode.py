@@ -42,6 +42,7 @@ from typing import BinaryIO
 
 from krill.atomicfile import atomic_output
 from krill.delta import format as fmt
+from krill.delta.detect import detect_recipe
 from krill.delta.elf import looks_elf
 from krill.delta.jobs import Job, partner_piece, segmentable, segments, split
 from krill.delta.layerfiles import TarFile, materialize_tar, window_log_for
@@ -51,8 +52,15 @@ from krill.delta.options import EncodeOptions
 from krill.delta.pairing import BaseIndex, hash_range, read_tar_range
 from krill.delta.piececoder import encode_piece
 from krill.delta.ranges import Range
-from krill.delta.recipes import Recipe, detect_recipe
-from krill.delta.segreuse import with_reuse
+from krill.delta.recipes import Recipe
+from krill.delta.restarts import parse_restarts
+from krill.delta.segreuse import (
+    MAX_PLANNED_TAR,
+    BaseTokens,
+    Reuse,
+    find_spans,
+    prove_spans,
+)
 from krill.delta.tarscan import Layout, Member, bulk_members, meta_ranges, read_meta_prefix, scan
 from krill.digests import sha256_file
 
@@ -133,6 +141,47 @@ def create_delta(
             base_tar.discard()
 
 
+def _with_reuse(
+    recipe: Recipe,
+    base_blob: Path,
+    base_tar: Path,
+    base_digest: str,
+    target_blob: Path,
+    target_tar: Path,
+    workers: int,
+) -> Recipe:
+    """``recipe`` with the proven spans where a node can take the target's tokens from the
+    base (segreuse.py); unchanged unless it is a Go recipe with restart points and the
+    base is gzip."""
+    if recipe.kind != "gzip-go" or not recipe.params.get("restarts"):
+        return recipe
+    if target_tar.stat().st_size > MAX_PLANNED_TAR:
+        log.info("delta.recipe.reuse_skipped blob=%s reason=tar-over-limit", target_blob.name)
+        return recipe
+    points = parse_restarts(recipe.params["restarts"])
+    level = int(recipe.params["level"])
+    try:
+        spans = find_spans(base_blob, base_tar, target_blob, target_tar, [p.in_off for p in points])
+        base = BaseTokens(base_blob, base_digest)
+        proven = prove_spans(level, points, spans, target_tar, target_blob, base, workers)
+    except (OSError, ValueError) as exc:  # a base that is no deflate stream (zstd, a tar)
+        log.info("delta.recipe.reuse_skipped blob=%s reason=%s", target_blob.name, exc)
+        return recipe  # reuse only saves a node time: the delta is good without it
+    covered = sum(span.p2 - span.p1 for span in proven)
+    log.info(
+        "delta.recipe.reuse blob=%s spans=%d of=%d bytes=%d tar=%d",
+        target_blob.name,
+        len(proven),
+        len(spans),
+        covered,
+        target_tar.stat().st_size,
+    )
+    if not proven:
+        return recipe
+    params = {**recipe.params, "reuse": Reuse(base_digest, proven).to_json()}
+    return Recipe(recipe.kind, params)
+
+
 def _layer_infos(
     base_blob: Path, base_tar: TarFile, target_blob: Path, target_tar: TarFile
 ) -> tuple[fmt.LayerInfo, fmt.LayerInfo]:
@@ -166,7 +215,7 @@ def _encode_tars(
                 sources = _Sources(base, target, index, options, stats)
                 meta_coder = MetaCoder(prefix, meta, options.meta_level)
                 _write_ops(body, target_layout, sources, meta_coder, recipe_future)
-            recipe = with_reuse(
+            recipe = _with_reuse(
                 recipe_future.result(),
                 blobs[0],
                 base_tar.path,

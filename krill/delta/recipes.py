@@ -18,23 +18,18 @@ parameters and get the same output:
   the frame's checksum and content-size flags. The recipe records the
   libzstd version and is refused by any other version.
 
-A recipe is *detected* by reproducing the blob: compress the tar with each
-candidate setting and compare against the blob, stopping at the first
-differing chunk, so wrong candidates cost little.
+A recipe is *detected* by reproducing the blob (``krill/delta/detect.py``).
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from krill.delta.blobread import (
-    CHUNK,
     GZIP_MAGIC,
     MAX_GZIP_HEADER,
     blob_kind,
@@ -57,18 +52,15 @@ from krill.delta.gogzip import (
 )
 from krill.delta.restarts import (
     PARALLEL_LEVELS,
-    RESTART_INTERVAL,
-    TAIL_MIN,
     RestartError,
     RestartPoint,
     parse_restarts,
-    prove_restarts,
-    thin_points,
 )
 from krill.delta.zstdlib import zstd
 
 if TYPE_CHECKING:  # imported where a gzip-zlib recipe needs it: ~5 ms the others do not pay
-    from krill.delta.segreuse import BaseTokens, Reuse
+    from krill.delta.segreuse import BaseTokens, Reuse, ReuseSpan
+    from krill.delta.segwriter import ReuseFor
     from krill.delta.zlibrestarts import ZlibPoint
 
 __all__ = [
@@ -77,7 +69,6 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "blob_kind",
-    "detect_recipe",
     "go_gzip_recipe",
     "gzip_recipe",
     "iter_tar_chunks",
@@ -166,8 +157,9 @@ class Recipe:
             reuse = _go_reuse(self.params, tar_size)
             spans = reuse.spans if reuse and base and base.digest == reuse.base_digest else ()
             if points and (workers > 1 or spans):  # segments, even on one core, to reuse
+                reuse_for = _reuse_for(spans, base) if spans and base else None
                 return gzip_go_parallel(
-                    header, level, points, tar_size, workers, spill_dir, (spans, base)
+                    header, level, points, tar_size, workers, spill_dir, reuse_for
                 )
             return GzipGo(header, level)
         if self.kind == "zstd":
@@ -310,6 +302,12 @@ def _go_restarts(params: dict[str, Any]) -> tuple[RestartPoint, ...]:
     return points
 
 
+def _reuse_for(spans: Sequence[ReuseSpan], base: BaseTokens) -> ReuseFor:
+    from krill.delta.segreuse import segment_reuse
+
+    return lambda segment: segment_reuse(spans, segment, base)
+
+
 def _go_reuse(params: dict[str, Any], tar_size: int | None = None) -> Reuse | None:
     if "reuse" not in params:
         return None
@@ -354,112 +352,3 @@ def _zstd_options(params: dict[str, Any], tar_size: int) -> dict[Any, int]:
     if not lo <= level <= hi:
         raise RecipeError(f"bad zstd recipe: level {level} outside {lo}..{hi}")
     return options
-
-
-# --- detection ------------------------------------------------------------------------------
-
-
-def detect_recipe(
-    blob: Path, tar: Path, *, workers: int | None = None, restart_every: int = RESTART_INTERVAL
-) -> Recipe:
-    """The recipe that turns ``tar`` back into ``blob`` exactly; RecipeError if none does.
-
-    A Go-made blob at levels 4-9 gets restart points, each proven on up to
-    ``workers`` threads (default: the cores, at most 4) by reproducing its
-    segment of the blob; ``restart_every``: tar bytes between them.
-    """
-    kind = blob_kind(blob)
-    if kind == "tar":
-        if _reproduces(blob, tar, Identity()):
-            return IDENTITY
-        raise RecipeError("blob is neither gzip, zstd nor its own tar")
-    from krill.delta.candidates import gzip_candidates, zstd_candidates
-
-    candidates = gzip_candidates(blob) if kind == "gzip" else zstd_candidates(blob)
-    for recipe in candidates:
-        compressor = _detecting_compressor(recipe, tar, restart_every)
-        if _reproduces(blob, tar, compressor):
-            if isinstance(compressor, GzipGo) and (points := compressor.restart_points()):
-                points = thin_points(points, tar.stat().st_size, restart_every)
-                recipe = _with_proven_restarts(recipe, points, blob, tar, workers)
-            elif recipe.kind == "gzip-zlib":
-                recipe = _with_zlib_restarts(recipe, blob, tar, workers, restart_every)
-            log.info("delta.recipe.detected blob=%s recipe=%s", blob.name, recipe.describe())
-            return recipe
-    if kind == "gzip":
-        hint = "made by GNU gzip, pigz or another deflate, neither zlib nor Go's compress/gzip"
-        if (reason := missing_reason()) is not None:
-            hint = f"not zlib; Go-made gzip was not tried: {reason}"
-    else:
-        hint = f"not made by streaming libzstd {ZSTD_VERSION}"
-
-    raise RecipeError(
-        f"cannot reproduce the target's {kind} compression ({hint}); "
-        "re-publish the image with `krill convert` to make its layers delta-able"
-    )
-
-
-def _detecting_compressor(recipe: Recipe, tar: Path, restart_every: int) -> Compressor:
-    """The recipe's compressor; at Go's levels 4-9 one that notes restart points on the way."""
-    if recipe.kind == "gzip-go":
-        header, level = _go_params(recipe.params)
-        if level in PARALLEL_LEVELS:
-            # recorded closer than kept: thin_points picks segments that shrink at the end
-            return GzipGo(header, level, record_every=max(1, min(restart_every, TAIL_MIN) // 4))
-    return recipe.compressor(tar.stat().st_size)
-
-
-def _with_proven_restarts(
-    recipe: Recipe, points: list[RestartPoint], blob: Path, tar: Path, workers: int | None
-) -> Recipe:
-    """``recipe`` with the points whose segments reproduce the blob (see restarts.py)."""
-    header, level = _go_params(recipe.params)
-    workers = workers or min(4, os.cpu_count() or 1)
-    proven = prove_restarts(level, points, tar, blob, len(header), workers)
-    if len(proven) < len(points):
-        log.warning(
-            "delta.recipe.restarts_dropped blob=%s kept=%d of=%d",
-            blob.name,
-            len(proven),
-            len(points),
-        )
-    return go_gzip_recipe(level, header, proven)
-
-
-def _with_zlib_restarts(
-    recipe: Recipe, blob: Path, tar: Path, workers: int | None, every: int
-) -> Recipe:
-    """``recipe`` with proven restart points at its levels 4-9 (see zlibrestarts.py)."""
-    from krill.delta.zlibrestarts import ZlibSetting, find_zlib_restarts
-
-    header, level, mem_level, strategy = _gzip_params(recipe.params)
-    workers = workers or min(4, os.cpu_count() or 1)
-    setting = ZlibSetting(level, mem_level, strategy)
-    proven, planned, end_bit = find_zlib_restarts(setting, tar, blob, len(header), workers, every)
-    if len(proven) < planned:
-        log.warning(
-            "delta.recipe.restarts_dropped blob=%s kept=%d of=%d", blob.name, len(proven), planned
-        )
-    return gzip_recipe(
-        level, header, mem_level=mem_level, strategy=strategy, restarts=proven, deflate_bits=end_bit
-    )
-
-
-def _reproduces(blob: Path, tar: Path, compressor: Compressor) -> bool:
-    """Run ``compressor`` over ``tar`` and compare to ``blob``, stopping at the first difference."""
-    with open(blob, "rb") as expected, open(tar, "rb") as source:
-
-        def same(out: bytes) -> bool:
-            return not out or expected.read(len(out)) == out
-
-        # A small first chunk: deflate emits its first block after about 16 K symbols, so a
-        # wrong candidate is refused after 64 KiB of work, not 1 MiB (3-13 ms at Go's levels).
-        read_size = PROBE_CHUNK
-        while chunk := source.read(read_size):
-            read_size = CHUNK
-            out = compressor.feed(chunk)
-            if not same(out):
-                return False
-        if not same(compressor.finish()):
-            return False
-        return expected.read(1) == b""

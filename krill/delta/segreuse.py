@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from krill.delta.blobread import gzip_header
 from krill.delta.restarts import (
@@ -48,14 +48,10 @@ from krill.delta.restarts import (
     Segment,
     compress_segment,
     ends_where_planned,
-    parse_restarts,
     same_bits,
     segments,
 )
 from krill.digests import FileDigest
-
-if TYPE_CHECKING:
-    from krill.delta.recipes import Recipe
 
 __all__ = [
     "MIN_SPAN",
@@ -68,7 +64,6 @@ __all__ = [
     "parse_reuse",
     "prove_spans",
     "segment_reuse",
-    "with_reuse",
 ]
 
 log = logging.getLogger(__name__)
@@ -210,46 +205,6 @@ def find_spans(
     return [
         ReuseSpan(p1, p2, q1, *bits[q1]) for p1, p2, q1 in found if bits[q1][0] >= 0
     ]
-
-
-def with_reuse(
-    recipe: Recipe,
-    base_blob: Path,
-    base_tar: Path,
-    base_digest: str,
-    target_blob: Path,
-    target_tar: Path,
-    workers: int,
-) -> Recipe:
-    """``recipe`` with the proven spans where a node can take the target's tokens from the
-    base; unchanged unless it is a Go recipe with restart points and the base is gzip."""
-    if recipe.kind != "gzip-go" or not recipe.params.get("restarts"):
-        return recipe
-    if target_tar.stat().st_size > MAX_PLANNED_TAR:
-        log.info("delta.recipe.reuse_skipped blob=%s reason=tar-over-limit", target_blob.name)
-        return recipe
-    points = parse_restarts(recipe.params["restarts"])
-    level = int(recipe.params["level"])
-    try:
-        spans = find_spans(base_blob, base_tar, target_blob, target_tar, [p.in_off for p in points])
-        base = BaseTokens(base_blob, base_digest)
-        proven = prove_spans(level, points, spans, target_tar, target_blob, base, workers)
-    except (OSError, ValueError) as exc:  # a base that is no deflate stream (zstd, a tar)
-        log.info("delta.recipe.reuse_skipped blob=%s reason=%s", target_blob.name, exc)
-        return recipe  # reuse only saves a node time: the delta is good without it
-    covered = sum(span.p2 - span.p1 for span in proven)
-    log.info(
-        "delta.recipe.reuse blob=%s spans=%d of=%d bytes=%d tar=%d",
-        target_blob.name,
-        len(proven),
-        len(spans),
-        covered,
-        target_tar.stat().st_size,
-    )
-    if not proven:
-        return recipe
-    params = {**recipe.params, "reuse": Reuse(base_digest, proven).to_json()}
-    return type(recipe)(recipe.kind, params)
 
 
 def prove_spans(

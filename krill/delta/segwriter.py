@@ -11,7 +11,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Generic
+from typing import Generic
 
 from krill.delta.restarts import (
     LOOKAHEAD,
@@ -28,10 +28,10 @@ from krill.delta.restarts import (
 )
 from krill.delta.segstream import SegmentChannel
 
-if TYPE_CHECKING:  # loaded with the first recipe that has reuse spans
-    from krill.delta.segreuse import BaseTokens, ReuseSpan
+# A segment's spans whose tokens come from the base: (p1, p2, tokens, tok_pos) (segreuse.py).
+ReuseFor = Callable[[Segment[RestartPoint]], Sequence[tuple[int, int, bytes, int]]]
 
-__all__ = ["ParallelGoGzipWriter", "SegmentedWriter", "StreamWork"]
+__all__ = ["ParallelGoGzipWriter", "ReuseFor", "SegmentedWriter", "StreamWork"]
 
 # Tar a writer may hand out past the oldest unfinished segment (the output of the segments
 # done meanwhile waits for it): while one worker compresses a long unproven stretch, the
@@ -303,20 +303,17 @@ class ParallelGoGzipWriter(SegmentedWriter[RestartPoint]):
         tar_size: int,
         workers: int,
         spill_dir: str | None = None,
-        reuse: tuple[Sequence[ReuseSpan], BaseTokens | None] = ((), None),
+        reuse: ReuseFor | None = None,
     ) -> None:
+        """``reuse``: a segment's spans of the base's tokens (segreuse.segment_reuse)."""
         if level not in PARALLEL_LEVELS:
             raise RestartError(f"level {level} is compressed in sequence, not from restart points")
         self._level = level
-        self._spans, self._base = reuse
+        self._reuse = reuse
         super().__init__(header, points, tar_size, workers, spill_dir)
 
     def _compress(self, segment: Segment[RestartPoint], data: bytes) -> SegmentBits:
-        reuse: list[tuple[int, int, bytes, int]] = []
-        if self._spans and self._base is not None:
-            from krill.delta.segreuse import segment_reuse
-
-            reuse = segment_reuse(self._spans, segment, self._base)
+        reuse = self._reuse(segment) if self._reuse is not None else ()
         return compress_segment(self._level, segment, data, reuse)
 
     def _fits(self, segment: Segment[RestartPoint], bits: SegmentBits) -> bool:
