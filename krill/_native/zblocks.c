@@ -316,6 +316,22 @@ static const char *scan(Bits *b, Scan *s, Blocks *out) {
     return NULL;
 }
 
+/* The blocks as [(bit_off, out_off, btype)], or NULL with the exception set. */
+static PyObject *blocks_list(const Blocks *blocks) {
+    PyObject *list = PyList_New((Py_ssize_t)blocks->len);
+    for (size_t i = 0; list && i < blocks->len; i++) {
+        const Block *k = &blocks->items[i];
+        PyObject *t = Py_BuildValue("(KKi)", (unsigned long long)k->bit_off,
+                                    (unsigned long long)k->out_off, k->btype);
+        if (!t) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+    }
+    return list;
+}
+
 PyObject *zblocks_scan(PyObject *module, PyObject *args) {
     (void)module;
     Py_buffer view;
@@ -342,17 +358,8 @@ PyObject *zblocks_scan(PyObject *module, PyObject *args) {
     PyObject *list = NULL;
     if (err) {
         PyErr_Format(PyExc_ValueError, "invalid deflate stream: %s", err);
-    } else if ((list = PyList_New((Py_ssize_t)blocks.len)) != NULL) {
-        for (size_t i = 0; i < blocks.len; i++) {
-            Block *k = &blocks.items[i];
-            PyObject *t = Py_BuildValue("(KKi)", (unsigned long long)k->bit_off,
-                                        (unsigned long long)k->out_off, k->btype);
-            if (!t) {
-                Py_CLEAR(list);
-                break;
-            }
-            PyList_SET_ITEM(list, (Py_ssize_t)i, t);
-        }
+    } else {
+        list = blocks_list(&blocks);
     }
     free(blocks.items);
     if (!list) return NULL;
@@ -393,18 +400,8 @@ PyObject *zblocks_tokens(PyObject *module, PyObject *args) {
     PyObject *list = NULL, *toks = NULL;
     if (err) {
         PyErr_Format(PyExc_ValueError, "invalid deflate stream: %s", err);
-    } else if ((list = PyList_New((Py_ssize_t)blocks.len)) != NULL) {
-        for (size_t i = 0; i < blocks.len; i++) {
-            Block *k = &blocks.items[i];
-            PyObject *t = Py_BuildValue("(KKi)", (unsigned long long)k->bit_off,
-                                        (unsigned long long)k->out_off, k->btype);
-            if (!t) {
-                Py_CLEAR(list);
-                break;
-            }
-            PyList_SET_ITEM(list, (Py_ssize_t)i, t);
-        }
-        if (list) toks = PyBytes_FromStringAndSize((const char *)s.tok, (Py_ssize_t)(s.ntok * sizeof(uint32_t)));
+    } else if ((list = blocks_list(&blocks)) != NULL) {
+        toks = PyBytes_FromStringAndSize((const char *)s.tok, (Py_ssize_t)(s.ntok * sizeof(uint32_t)));
     }
     free(blocks.items);
     free(s.tok);
