@@ -27,8 +27,9 @@ stated default before that:
 * the rebuild rate per recipe kind, tar bytes of the target per second of
   the whole rebuild (base decompressed, delta applied, recompressed, both
   digests checked), from this node's own rebuilds. Before any: the
-  conservative ``DEFAULT_REBUILD_RATES`` (below the rates docs/deltas.md
-  measured, since a node is rarely idle while it pulls).
+  conservative ``DEFAULT_REBUILD_RATES`` per core, for the cores a rebuild
+  gets (below the rates docs/benchmarks.md measured, since a node is rarely
+  idle while it pulls).
 * the target's tar size is not known before the delta's header is read, so it
   is the layer's compressed size times the base's own ratio (gzip's ISIZE
   trailer, zstd's frame content size), or ``DEFAULT_RATIOS`` when the base does
@@ -49,6 +50,7 @@ and acts on its ``Decision``.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -144,16 +146,24 @@ class Compression(StrEnum):
     NONE = "none"
 
 
-# Tar bytes per second of a whole rebuild, before this node measured its own. From
-# docs/deltas.md: zlib-6 recompression 23-40 MB/s and the Go port 28.8 MB/s on one core,
-# zstd level 3 168 MB/s, the apply itself 198-310 MB/s of tar; taken lower, because the
-# node decompresses the base too and is rarely idle while it pulls.
+# Tar bytes per second of a whole rebuild on one worker, before this node measured its
+# own. Whole `krill delta apply` runs on the 2-core bench VM (docs/benchmarks.md,
+# 2026-12-07): Go-made layers 56 MB/s of tar on one worker, 73-113 MB/s on two (restart
+# points, reused tokens); zlib-made 69-77 MB/s on two. Taken at about 70 %, because a node
+# is rarely idle while it pulls. (They were 20 MB/s whatever the cores before both
+# families recompressed in parallel: a fresh agent then took the whole layer at
+# 100 Mbit/s where the delta was 17-20 % faster, scripts/bench-delta-served.)
 DEFAULT_REBUILD_RATES: dict[RecipeKind, float] = {
-    RecipeKind.GZIP_ZLIB: 20 * MB,
-    RecipeKind.GZIP_GO: 20 * MB,
+    RecipeKind.GZIP_ZLIB: 40 * MB,
+    RecipeKind.GZIP_GO: 40 * MB,
     RecipeKind.ZSTD: 80 * MB,
     RecipeKind.IDENTITY: 150 * MB,
 }
+# What each further worker adds (apply_delta uses up to 4): one worker already overlaps
+# decompressing the base and decoding ops with recompressing, so a second adds a third
+# (pandas, Go-made: 0.81 s on one worker, 0.61 s on two).
+_DEFAULT_MAX_WORKERS = 4
+_PARALLEL_EFFICIENCY = 0.33
 # Tar bytes per compressed byte when the base's own ratio is unknown (the wheels layer
 # of the issue is 3.4, the bench pairs 2.3-3.6).
 DEFAULT_RATIOS: dict[Compression, float] = {
@@ -239,8 +249,18 @@ class Rates:
         return min(KINDS_OF[compression], key=lambda kind: self.rebuild[kind].rate)
 
 
-def _default_rebuilds() -> dict[RecipeKind, MovingRate]:
-    return {kind: MovingRate.starting_at(rate) for kind, rate in DEFAULT_REBUILD_RATES.items()}
+def _default_rebuilds(cores: int | None = None) -> dict[RecipeKind, MovingRate]:
+    """The per-core defaults for this node's cores (the workers a rebuild gets)."""
+    return {
+        kind: MovingRate.starting_at(rate * default_scale(cores))
+        for kind, rate in DEFAULT_REBUILD_RATES.items()
+    }
+
+
+def default_scale(cores: int | None = None) -> float:
+    """How many single cores' worth of rebuild ``cores`` give, before any measurement."""
+    workers = min(_DEFAULT_MAX_WORKERS, cores or os.cpu_count() or 1)
+    return 1.0 + (workers - 1) * _PARALLEL_EFFICIENCY
 
 
 @dataclass(frozen=True, slots=True)
