@@ -316,6 +316,23 @@ static const char *scan(Bits *b, Scan *s, Blocks *out) {
     return NULL;
 }
 
+/* Allocate the decoding tables, scan with the GIL released, free them: NULL or the reason
+ * the stream is invalid. */
+static const char *run_scan(Bits *b, Scan *s, Blocks *blocks) {
+    s->lit = malloc(sizeof(uint16_t) * TABLE_SIZE);
+    s->dist = malloc(sizeof(uint16_t) * TABLE_SIZE);
+    const char *err = "out of memory";
+    if (s->lit && s->dist) {
+        Py_BEGIN_ALLOW_THREADS;
+        err = scan(b, s, blocks);
+        Py_END_ALLOW_THREADS;
+    }
+    free(s->lit);
+    free(s->dist);
+    s->lit = s->dist = NULL;
+    return err;
+}
+
 /* The blocks as [(bit_off, out_off, btype)], or NULL with the exception set. */
 static PyObject *blocks_list(const Blocks *blocks) {
     PyObject *list = PyList_New((Py_ssize_t)blocks->len);
@@ -343,17 +360,10 @@ PyObject *zblocks_scan(PyObject *module, PyObject *args) {
         return NULL;
     }
     Bits b = {(const uint8_t *)view.buf + offset, (size_t)(view.len - offset), 0};
-    Scan s = {malloc(sizeof(uint16_t) * TABLE_SIZE), malloc(sizeof(uint16_t) * TABLE_SIZE), 0};
+    Scan s = {NULL, NULL, 0};
     s.entry_bit = NO_ENTRY;
     Blocks blocks = {NULL, 0, 0};
-    const char *err = "out of memory";
-    if (s.lit && s.dist) {
-        Py_BEGIN_ALLOW_THREADS;
-        err = scan(&b, &s, &blocks);
-        Py_END_ALLOW_THREADS;
-    }
-    free(s.lit);
-    free(s.dist);
+    const char *err = run_scan(&b, &s, &blocks);
     PyBuffer_Release(&view);
     PyObject *list = NULL;
     if (err) {
@@ -382,20 +392,16 @@ PyObject *zblocks_tokens(PyObject *module, PyObject *args) {
         return NULL;
     }
     Bits b = {(const uint8_t *)view.buf + offset, (size_t)(view.len - offset), bit_off};
-    Scan s = {malloc(sizeof(uint16_t) * TABLE_SIZE), malloc(sizeof(uint16_t) * TABLE_SIZE), out_off};
+    Scan s = {NULL, NULL, out_off};
     s.stop_out = stop_out;
     s.entry_bit = entry_bit < 0 ? NO_ENTRY : (uint64_t)entry_bit;
     s.entry_out = out_off;
     Blocks blocks = {NULL, 0, 0};
     const char *err = "out of memory";
-    if (s.lit && s.dist && emit(&s, 0) == 0) {
+    if (emit(&s, 0) == 0) { /* the token buffer exists even for no tokens */
         s.ntok = 0;
-        Py_BEGIN_ALLOW_THREADS;
-        err = scan(&b, &s, &blocks);
-        Py_END_ALLOW_THREADS;
+        err = run_scan(&b, &s, &blocks);
     }
-    free(s.lit);
-    free(s.dist);
     PyBuffer_Release(&view);
     PyObject *list = NULL, *toks = NULL;
     if (err) {
@@ -426,7 +432,7 @@ PyObject *zblocks_token_bits(PyObject *module, PyObject *args) {
     Py_ssize_t n = seq ? PySequence_Fast_GET_SIZE(seq) : 0;
     uint64_t *want = malloc(sizeof(uint64_t) * ((size_t)n + 1));
     uint64_t *wb = malloc(sizeof(uint64_t) * ((size_t)n + 1)), *wt = malloc(sizeof(uint64_t) * ((size_t)n + 1));
-    Scan s = {malloc(sizeof(uint16_t) * TABLE_SIZE), malloc(sizeof(uint16_t) * TABLE_SIZE), 0};
+    Scan s = {NULL, NULL, 0};
     Blocks blocks = {NULL, 0, 0};
     PyObject *result = NULL;
     const char *err = "out of memory";
@@ -446,11 +452,7 @@ PyObject *zblocks_token_bits(PyObject *module, PyObject *args) {
     s.entry_bit = NO_ENTRY;
     s.want = want, s.nwant = (size_t)n, s.want_block = wb, s.want_bit = wt;
     Bits b = {(const uint8_t *)view.buf + offset, (size_t)(view.len - offset), 0};
-    if (s.lit && s.dist && want && wb && wt) {
-        Py_BEGIN_ALLOW_THREADS;
-        err = scan(&b, &s, &blocks);
-        Py_END_ALLOW_THREADS;
-    }
+    if (want && wb && wt) err = run_scan(&b, &s, &blocks);
     if (err) {
         PyErr_Format(PyExc_ValueError, "invalid deflate stream: %s", err);
         goto done;
@@ -469,8 +471,6 @@ done:
     free(want);
     free(wb);
     free(wt);
-    free(s.lit);
-    free(s.dist);
     free(blocks.items);
     Py_XDECREF(seq);
     PyBuffer_Release(&view);
