@@ -81,6 +81,8 @@ __all__ = [
     "RecipeKind",
     "compression_of",
     "decide",
+    "default_rebuilds",
+    "default_scale",
     "estimate",
     "estimate_tar_bytes",
     "kind_of_recipe",
@@ -218,7 +220,7 @@ class Rates:
     """This node's measured link and rebuild rates; changed only by ``observe_*``."""
 
     link: MovingRate = field(default_factory=lambda: MovingRate.starting_at(DEFAULT_LINK_RATE))
-    rebuild: dict[RecipeKind, MovingRate] = field(default_factory=lambda: _default_rebuilds())
+    rebuild: dict[RecipeKind, MovingRate] = field(default_factory=lambda: default_rebuilds())
     # The recipe kind this node rebuilt last, per compression: the best guess for the
     # next layer of that compression (layers on one node mostly come from one builder).
     last_kind: dict[Compression, RecipeKind] = field(default_factory=dict)
@@ -249,7 +251,7 @@ class Rates:
         return min(KINDS_OF[compression], key=lambda kind: self.rebuild[kind].rate)
 
 
-def _default_rebuilds(cores: int | None = None) -> dict[RecipeKind, MovingRate]:
+def default_rebuilds(cores: int | None = None) -> dict[RecipeKind, MovingRate]:
     """The per-core defaults for this node's cores (the workers a rebuild gets)."""
     return {
         kind: MovingRate.starting_at(rate * default_scale(cores))
