@@ -84,7 +84,6 @@ MAX_SPANS = 1 << 16
 MAX_PLANNED_TAR = 256 << 20
 # Tar members start on 512-byte boundaries: shared files line up on them in both tars.
 _BLOCK = 512
-_READ = 8 << 20
 
 
 class ReuseError(ValueError):
