@@ -157,8 +157,10 @@ async def test_bad_announces_get_a_bencoded_failure(
 ) -> None:
     async with running_tracker() as base:
         answer = await announce(http, base, **kwargs)  # asserts HTTP 200
-        assert set(answer) == {b"failure reason"}
+        assert set(answer) == {b"failure reason", b"interval", b"min interval"}
         assert reason in answer[b"failure reason"]
+        # libtorrent takes a failure without an interval as "again in 1800 s"
+        assert answer[b"interval"] == answer[b"min interval"] == 30
 
 
 async def test_metainfo_is_fetched_from_an_origin_and_cached(

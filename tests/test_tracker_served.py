@@ -120,7 +120,9 @@ async def test_an_unexpected_error_is_a_bencoded_failure_logged_under_the_reques
                 values = parse_metrics(await metrics.text())
     finally:
         logging.getLogger("krill.tracker.server").removeHandler(handler)
-    assert body == {b"failure reason": b"internal tracker error"}
+    assert body == {
+        b"failure reason": b"internal tracker error", b"interval": 30, b"min interval": 30
+    }
     assert seen == [None if plain else "pull-8"]
     assert crashes == ["pull-8"]
     assert values['krill_tracker_announces_total{event="error",result="failure"}'] == 1

@@ -321,8 +321,9 @@ class RedisPeerStore:
 
     async def swarm_count(self) -> int:
         count = 0
-        async for _ in self._redis.scan_iter(match=self.PREFIX + "*", count=1000):
-            count += 1
+        with _unavailable_on_redis_errors():
+            async for _ in self._redis.scan_iter(match=self.PREFIX + "*", count=1000):
+                count += 1
         return count
 
     async def ping(self) -> None:

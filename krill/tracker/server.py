@@ -227,6 +227,18 @@ def bencoded(value: dict[str, object]) -> web.Response:
     return web.Response(body=bencode.encode(value), content_type="text/plain")
 
 
+def failure(reason: str, retry_in: int) -> web.Response:
+    """A refused announce, with when to announce again.
+
+    libtorrent reads ``interval`` from a failure too, and takes 1800 s when it is
+    missing: one announce refused during a Redis restart kept that peer out of the
+    new Redis for half an hour (a CI failure of test_faults_tracker). With it, the
+    peer retries after the larger of ``retry_in`` and its own backoff (17, 55,
+    117 s ... at libtorrent's default ``tracker_backoff``).
+    """
+    return bencoded({"failure reason": reason, "interval": retry_in, "min interval": retry_in})
+
+
 async def _record(state: AnnounceState, announce: Announce) -> SwarmView:
     """Record (or drop, on ``stopped``) the announcing peer; the swarm's live peers."""
     config = state.config
@@ -273,7 +285,7 @@ def announce_handler(state: AnnounceState, route: str, clock: Clock) -> Handler:
             log.exception("tracker.announce_crashed")
             unbind_request_id(token)
             state.metrics.announced("error", "failure")
-            response = bencoded({"failure reason": "internal tracker error"})
+            response = failure("internal tracker error", state.config.interval)
         finally:
             seconds = (
                 get_seconds if request.method == "GET"
@@ -353,7 +365,7 @@ async def answer_announce(request: web.Request, state: AnnounceState) -> web.Res
     if refusal is not None:
         metrics.announced("unauthorized", "failure")
         log.info("tracker.announce_unauthorized remote=%s reason=%r", request.remote, refusal)
-        return bencoded({"failure reason": refusal})
+        return failure(refusal, config.interval)
     try:
         announce = announce_from_query(
             request.rel_url.raw_query_string,
@@ -364,14 +376,14 @@ async def answer_announce(request: web.Request, state: AnnounceState) -> web.Res
     except AnnounceError as exc:
         metrics.announced("invalid", "failure")
         log.info("tracker.announce_refused remote=%s reason=%r", request.remote, str(exc))
-        return bencoded({"failure reason": str(exc)})
+        return failure(str(exc), config.interval)
     try:
         swarm = await _record(state, announce)
     except PeerStoreUnavailable as exc:
         # A bencoded failure, not a 500 page: libtorrent logs the reason and retries.
         metrics.announced(announce.event or "none", "failure")
         log.warning("tracker.peer_store_unavailable error=%s", exc)
-        return bencoded({"failure reason": f"{exc}; announce again later"})
+        return failure(f"{exc}; announce again later", config.min_interval)
     if announce.event == "stopped":
         v4 = v6 = b""
         handout: list[PeerEntry] = []
@@ -428,6 +440,9 @@ async def handle_health(request: web.Request) -> web.Response:
 
 async def handle_metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS_KEY]
-    metrics.swarms.set(await request.app[STORE_KEY].swarm_count())
+    try:
+        metrics.swarms.set(await request.app[STORE_KEY].swarm_count())
+    except PeerStoreUnavailable as exc:  # the rest still matters most while Redis is down
+        log.warning("tracker.swarm_count_unavailable error=%s", exc)
     body = generate_latest(metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
