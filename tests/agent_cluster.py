@@ -12,6 +12,7 @@ import contextlib
 import json
 import subprocess
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,15 @@ class Agent:
 
 
 wait_until = until_sync  # the name the process-driving tests use
+
+
+def ready(base: str) -> tuple[int, dict[str, dict[str, str]]]:
+    """A service's ``/ready``: its status and its checks by name."""
+    try:
+        with urllib.request.urlopen(f"{base}/ready", timeout=10) as response:
+            return response.status, json.loads(response.read())["checks"]
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())["checks"]
 
 
 @contextlib.contextmanager

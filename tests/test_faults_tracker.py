@@ -32,6 +32,7 @@ from tests.agent_cluster import (
     Agent,
     agent_process,
     origin_process,
+    ready,
     started_together,
     wait_until,
 )
@@ -216,11 +217,12 @@ def test_an_announce_while_redis_is_down_gets_a_bencoded_failure(tmp_path: Path)
 def test_a_seed_refused_while_redis_was_down_is_in_the_swarm_soon_after_it_is_back(
     tmp_path: Path,
 ) -> None:
-    """The origin's first announce is refused (Redis down); it retries in seconds.
+    """The origin's and an agent's announces are refused (Redis down); they retry in seconds.
 
     libtorrent read a failure without ``interval`` as "again in 1800 s", so a seed
     that announced into a Redis outage stayed out of the swarm for half an hour
     (and this file's Redis restart test failed in CI when an announce hit the gap).
+    The agent says it is refused (``/ready``) until the tracker takes it again.
     """
     redis_port = free_port()
     with contextlib.ExitStack() as stack:
@@ -229,16 +231,24 @@ def test_a_seed_refused_while_redis_was_down_is_in_the_swarm_soon_after_it_is_ba
         origin = stack.enter_context(origin_process(tmp_path / "origin", "--tracker", tracker.url))
         tracker.origin = origin
         stack.enter_context(tracker.running("tracker"))
+        agent = stack.enter_context(
+            agent_process(tmp_path / "agent", origin, tracker.url, settings=AGENT_SETTINGS)
+        )
         kill_redis(redis)
-        digest = push_blob(origin, bytes(range(256)) * (MiB // 256))
+        data = bytes(range(256)) * (MiB // 256)
+        digest = push_blob(origin, data)
+        assert pull(agent, digest) == data  # from the origin: the tracker hands out no one
         infohash = blob_infohash(origin, digest)
         refused = 'krill_tracker_announces_total{event="started",result="failure"}'
         wait_until(
-            lambda: read_metrics(tracker.url).get(refused, 0) > 0, "the origin's refused announce"
+            lambda: read_metrics(tracker.url).get(refused, 0) >= 2, "both refused announces"
         )
+        wait_until(lambda: ready(agent.api)[0] == 503, "the agent unready while refused")
+        assert "Redis is unreachable" in ready(agent.api)[1]["tracker"]["detail"]
         with redis_server(tmp_path / "redis-2", redis_port):  # empty: no persistence
             wait_until(
-                lambda: len(tracker.peers(infohash)) >= 1,
-                "the origin in the swarm once Redis is back",
+                lambda: len(tracker.peers(infohash)) >= 2,
+                "the origin and the agent in the swarm once Redis is back",
                 within=120,
             )
+            wait_until(lambda: ready(agent.api)[0] == 200, "the agent ready again")

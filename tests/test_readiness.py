@@ -38,7 +38,7 @@ from krill.readiness import (
 from krill.s3backend import S3Backend
 from krill.s3client import S3Location
 from krill.s3sign import Credentials
-from tests.agent_cluster import agent_process, origin_process, tracker_process
+from tests.agent_cluster import agent_process, origin_process, ready, tracker_process
 from tests.clocks import ManualClock
 from tests.components import free_port, redis_server
 from tests.fixtures_origin import StartOrigin
@@ -220,14 +220,6 @@ async def test_a_directory_origin_skips_the_bucket(
 
 
 # ---- real processes: the tracker stops and comes back ----------------------------
-
-
-def ready(base: str) -> tuple[int, dict[str, dict[str, str]]]:
-    try:
-        with urllib.request.urlopen(f"{base}/ready", timeout=10) as response:
-            return response.status, json.loads(response.read())["checks"]
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())["checks"]
 
 
 def health(base: str) -> dict[str, object]:

@@ -34,6 +34,7 @@ from tests.agent_cluster import (
     build_layout,
     origin_process,
     push,
+    ready,
     tracker_process,
 )
 from tests.components import SKOPEO_FLAGS, free_port, skopeo
@@ -235,6 +236,7 @@ def test_a_swarm_with_node_credentials_and_announce_keys_pulls_peer_to_peer(
             metrics = agent.metrics()
             assert metrics.get('krill_agent_served_bytes_total{source="swarm"}', 0) > 0
             assert metrics.get("krill_agent_origin_http_bytes_total", 0) == 0
+            assert metrics.get('krill_agent_swarm_announces{result="ok"}', 0) > 0
     logs = [
         tmp_path / "origin" / "origin.log",
         tmp_path / "tracker" / "tracker.log",
@@ -266,4 +268,12 @@ def test_an_agent_without_credentials_gets_no_swarm_from_an_auth_origin(tmp_path
             "the anonymous agent's layers to come over plain HTTP from the origin",
         )
         assert agent.metrics().get('krill_agent_served_bytes_total{source="swarm"}', 0) == 0
+        # The tracker refused its announces: counted, and /ready says so and why.
+        refused = 'krill_agent_swarm_announces{result="failed"}'
+        until_sync(lambda: agent.metrics().get(refused, 0) > 0, "the refused announce counted")
+        until_sync(lambda: ready(agent.api)[0] == 503, "the agent unready while refused")
+        tracker_check = ready(agent.api)[1]["tracker"]
+        assert tracker_check["outcome"] == "fail", tracker_check
+        assert "refused this node's last announce" in tracker_check["detail"], tracker_check
+        assert "announce key" in tracker_check["detail"], tracker_check
     assert "tracker.announce_unauthorized" in (tmp_path / "tracker" / "tracker.log").read_text()

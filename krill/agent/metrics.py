@@ -109,6 +109,13 @@ class AgentMetrics:
             "to this node (its peer port is likely unreachable: firewall, loopback bind)",
             registry=self.registry,
         )
+        self.swarm_announces = Gauge(
+            "krill_agent_swarm_announces",
+            "Announces of this node's swarms, by the tracker's answer (failed: refused, "
+            "unreachable or timed out; /ready's tracker check says why the last one failed)",
+            ["result"],
+            registry=self.registry,
+        )
         self.fallbacks = Counter(
             "krill_agent_fallbacks",
             "Blob fetches where the swarm gave way to HTTP",
@@ -232,6 +239,8 @@ class AgentMetrics:
         self.swarm_bytes.labels("downloaded").set(stats.downloaded)
         self.swarm_feed_bytes.set(stats.origin_feed_bytes)
         self.swarm_unreachable.set(stats.unreachable_downloads)
+        self.swarm_announces.labels("ok").set(stats.announces_ok)
+        self.swarm_announces.labels("failed").set(stats.announces_failed)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -48,9 +48,27 @@ async def _origin_reachable(node: AgentNode) -> str:
 
 
 async def _tracker_reachable(node: AgentNode) -> str:
+    """The tracker answers, and has not refused this node since it last took an announce.
+
+    A tracker that is up but refuses the node (a wrong announce key, its Redis
+    down) leaves the node out of every swarm while its pulls go on from the
+    origin, at the origin's cost: unready, with the tracker's reason, until an
+    announce is taken again. (Announces that got no answer are only counted:
+    the health check says whether the tracker is up now.)
+    """
     if not node.config.tracker:
         raise Skipped("no tracker configured")
-    return await serves_health(node.session, node.config.tracker_base)
+    health = await serves_health(node.session, node.config.tracker_base)
+    if node.swarm is None:
+        return health
+    stats = node.swarm.stats()
+    if stats.last_announce_refusal:
+        raise CheckFailed(
+            f"{health}, but it refused this node's last announce: "
+            f"{stats.last_announce_refusal!r} ({stats.announces_failed} announces failed, "
+            f"{stats.announces_ok} taken)"
+        )
+    return f"{health}; announces taken: {stats.announces_ok}, failed: {stats.announces_failed}"
 
 
 async def _swarm_listening(node: AgentNode) -> str:

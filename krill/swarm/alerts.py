@@ -166,6 +166,7 @@ class AlertHandlers:
         self._engine.torrent_failed(str(alert.handle.info_hashes().v1), alert.message())
 
     def _tracker_reply(self, alert: lt.tracker_reply_alert) -> None:
+        self._counters.announce_answered()
         self._engine.announced(str(alert.handle.info_hashes().v1))
 
     def _tracker_error(self, alert: lt.tracker_error_alert) -> None:
@@ -176,6 +177,7 @@ class AlertHandlers:
             log.debug("swarm.announce_skipped %s", alert.message())
             return
         log.warning("swarm.tracker_error %s", alert.message())
+        self._counters.announce_failed(str(alert.failure_reason()))
         self._engine.announced(str(alert.handle.info_hashes().v1))
 
     def _listen_failed(self, alert: lt.listen_failed_alert) -> None:
