@@ -112,7 +112,7 @@ class AgentMetrics:
         self.swarm_announces = Gauge(
             "krill_agent_swarm_announces",
             "Announces of this node's swarms, by the tracker's answer (failed: refused, "
-            "unreachable or timed out; /ready's tracker check says why the last one failed)",
+            "unreachable or timed out; /ready's tracker check quotes a refusal)",
             ["result"],
             registry=self.registry,
         )

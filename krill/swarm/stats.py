@@ -29,7 +29,7 @@ class SwarmStats:
     origin_feed_bytes: int = 0  # piece bytes fetched from origins over HTTP (krill.piecefeed)
     incoming_connections: int = 0  # peer connections accepted (0 for long: see reachability)
     unreachable_downloads: int = 0  # downloads warned about as likely unreachable
-    announces_ok: int = 0  # announces the tracker answered with peers
+    announces_ok: int = 0  # announces the tracker took (answered with its swarm)
     announces_failed: int = 0  # announces refused, failed or timed out
     # The tracker's reason for refusing an announce since the last one it answered
     # ("" then): the tracker is up, but this node is not in its swarms.
