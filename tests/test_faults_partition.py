@@ -1,7 +1,7 @@
 """A network partition in the middle of a pull, healed: the pull completes, byte-exact.
 
 Three network namespaces on one bridge (``tests/netns.py``), links shaped to
-20 Mbit/s so a 32 MiB blob takes seconds to cross: h0 runs origin and
+20 Mbit/s so a 16 MiB blob takes seconds to cross: h0 runs origin and
 tracker, h1 and h2 an agent each. Both agents pull the blob at once. Once
 h1 has received its first bytes, its switch port goes down: h1 is cut off
 from h0 and h2, while both keep running. h2's pull carries on and completes
@@ -38,7 +38,7 @@ pytestmark = [
     ),
 ]
 
-BLOB_SIZE = 32 * 1024 * 1024
+BLOB_SIZE = 16 * 1024 * 1024
 RATE_MBIT = 20.0
 PARTITION_SECONDS = 8.0
 SERVER, CUT_OFF, OTHER = 0, 1, 2

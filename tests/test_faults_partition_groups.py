@@ -1,7 +1,7 @@
 """A partition between two groups of nodes in the middle of a pull.
 
 Five network namespaces on one bridge (``tests/netns.py``), links shaped to
-20 Mbit/s so a 24 MiB blob takes seconds to cross: h0 runs origin and
+20 Mbit/s so a 12 MiB blob takes seconds to cross: h0 runs origin and
 tracker, group A is h1 and h2, group B h3 and h4, an agent on each. All four
 pull the same blob at once, through the swarm. Once every agent of B has its
 first bytes, packets between B and the others are dropped (iptables, both
@@ -48,7 +48,7 @@ pytestmark = [
     ),
 ]
 
-BLOB_SIZE = 24 * 1024 * 1024
+BLOB_SIZE = 12 * 1024 * 1024
 RATE_MBIT = 20.0
 PARTITION_SECONDS = 8.0
 SERVER = 0
