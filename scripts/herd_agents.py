@@ -74,6 +74,8 @@ class NodePull:
     first_byte: float  # to the first body byte of the layer
     after_last_piece: float  # from the agent's swarm.download_done to the last byte
     source: str  # where the agent's bytes came from (its served-bytes metric)
+    to_download: float = float("nan")  # "go" to the agent's swarm.download_started
+    download: float = float("nan")  # swarm.download_started to swarm.download_done
 
 
 @dataclass(frozen=True)
@@ -245,12 +247,17 @@ def node_pull(index: int, result: dict[str, Any], work: Path, label: str = "") -
     if "error" in result:
         raise RuntimeError(f"node {index}: {result['error']}")
     go, last_byte = float(result["go_epoch"]), float(result["last_byte_epoch"])
-    done = logged_epoch(work / f"agent{label}{index}.log", "swarm.download_done")
+    log_path = work / f"agent{label}{index}.log"
+    started = logged_epoch(log_path, "swarm.download_started")
+    done = logged_epoch(log_path, "swarm.download_done")
+    nan = float("nan")
     return NodePull(
         seconds=last_byte - go,
         first_byte=float(result["first_byte"]),
-        after_last_piece=float("nan") if done is None else last_byte - done,
+        after_last_piece=nan if done is None else last_byte - done,
         source=served_from(index),
+        to_download=nan if started is None else started - go,
+        download=nan if started is None or done is None else done - started,
     )
 
 

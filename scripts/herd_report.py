@@ -73,11 +73,14 @@ class Figures:
         pulls = self.agents.pulls
         first = [p.first_byte for p in pulls]
         tail = [p.after_last_piece for p in pulls]
+        start = [p.to_download for p in pulls]
+        middle = [p.download for p in pulls]
         sources = sorted({p.source for p in pulls})
         loop = self.agents.loop_cpu / self.pulled_gib
         system = self.agents.system_cpu / self.pulled_gib
         record.update(
             first_byte_s=sorted(first), last_piece_to_last_byte_s=sorted(tail),
+            go_to_download_started_s=sorted(start), download_s=sorted(middle),
             served_from=sources, agent_loop_cpu_s_per_gib=loop,
             agent_system_cpu_s_per_gib=system,
             tracker_announces=self.agents.announces,
@@ -89,6 +92,9 @@ class Figures:
             f"{self.node_cpu / self.pulled_gib - system:.2f} user, {system:.2f} system",
             f"'go' to first byte: p50 {percentile(first, 50):.2f}s, "
             f"p99 {percentile(first, 99):.2f}s",
+            f"'go' to the agent's swarm.download_started: p50 {percentile(start, 50):.2f}s, "
+            f"p99 {percentile(start, 99):.2f}s; the download itself (started to done): "
+            f"p50 {percentile(middle, 50):.2f}s, p99 {percentile(middle, 99):.2f}s",
             f"last piece (agent's swarm.download_done) to last byte: "
             f"p50 {percentile(tail, 50):.3f}s, p99 {percentile(tail, 99):.3f}s",
             f"agents served from: {', '.join(sources)}; the tracker answered "
