@@ -179,7 +179,7 @@ class Hosts:
                      f"{AGENT_REGISTRY}/v2/{REPOSITORY}/manifests/{tag}")
         self._get(image.config.digest, agent)
         first, last = self._get(image.layers[0].digest, agent)
-        return Pull(first, last, self._last_choice(agent))
+        return Pull(first, last, self.last_choice(agent))
 
     def _get(self, digest: str, agent: Path) -> tuple[float, float]:
         out = agent / "pulled"
@@ -209,7 +209,7 @@ class Hosts:
         return time.monotonic() - start
 
     @staticmethod
-    def _last_choice(agent: Path) -> str:
+    def last_choice(agent: Path) -> str:
         lines = [line for line in (agent / "agent.log").read_text().splitlines()
                  if "delta.choice" in line]
         return lines[-1].split("delta.choice", 1)[1].strip()[:120] if lines else "-"
@@ -266,7 +266,7 @@ def run_pair(net: Cluster, work: Path, name: str, v1: Image, v2: Image,
                   containerd.running_containerd(agent / "containerd") as ctrd):
                 hosts.containerd_pull(ctrd, "1", agent)
                 seconds = hosts.containerd_pull(ctrd, "2", agent)
-                unpacked[mode] = Unpacked(seconds, hosts._last_choice(agent))
+                unpacked[mode] = Unpacked(seconds, hosts.last_choice(agent))
             log(f"{name} {rate:g} Mbit/s {mode}: containerd pulled and unpacked v2 in "
                 f"{seconds:.2f} s ({unpacked[mode].choice})")
         rows.append(Row(name, rate, len(v2.layers[0].data), delta, pulls, unpacked))
