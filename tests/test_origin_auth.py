@@ -7,149 +7,43 @@ aiohttp requests check the exact answers (status, spec error code,
 ``krill origin --auth`` process and reads its log.
 """
 
+# ruff: noqa: F811
+
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
-import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import bcrypt
 import pytest
 from aiohttp.test_utils import TestServer
 
-from krill.origin.auth_tokens import DEFAULT_LEEWAY
 from krill.origin.config import OriginConfig
 from krill.origin.server import create_app
 from tests import containerd, imagebuild
 from tests.clocks import ManualClock
-from tests.components import skopeo
 from tests.fixtures_origin import StartOrigin, digest_of, error_code
 from tests.metrics_text import parse_metrics
 
-PASSWORDS = {
-    "alice": "alice-secret-1",
-    "bob": "bob-secret-2",
-    "carol": "carol-secret-3",
-    "dave": "dävé-sécret-4",  # htpasswd hashed the UTF-8 bytes; Basic carries the same
-}
-AUTH_TOML = """\
-htpasswd = "htpasswd"
-token_ttl = 300
-[[access]]
-repositories = ["public/**"]
-anonymous = ["read"]
-users = { alice = ["read", "write", "delete"] }
-[[access]]
-repositories = ["private/**"]
-users = { alice = ["read", "write"], bob = ["read"] }
-[[access]]
-repositories = ["team/*/app"]
-users = { alice = ["read", "write"], carol = ["read", "write"] }
-"""
-TLS_OFF = ("--src-tls-verify=false", "--dest-tls-verify=false")
-
-
-def write_auth_files(directory: Path, toml: str = AUTH_TOML) -> Path:
-    """An auth file and its htpasswd (bcrypt, ``$2y$`` as ``htpasswd -B`` writes, cost 4)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for user, password in PASSWORDS.items():
-        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()
-        lines.append(f"{user}:$2y${hashed[4:]}")
-    (directory / "htpasswd").write_text("\n".join(lines) + "\n")
-    (directory / "auth.toml").write_text(toml)
-    return directory / "auth.toml"
-
-
-def creds(user: str, password: str | None = None) -> str:
-    return f"{user}:{PASSWORDS[user] if password is None else password}"
-
-
-def basic(user: str, password: str | None = None) -> dict[str, str]:
-    """The ``Authorization: Basic`` header for ``user`` (their password unless given)."""
-    secret = PASSWORDS.get(user, "") if password is None else password
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()}
-
-
-@dataclass
-class Origin:
-    server: TestServer
-
-    @property
-    def host(self) -> str:
-        return f"{self.server.host}:{self.server.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
-
-    def ref(self, reference: str) -> str:
-        return f"docker://{self.host}/{reference}"
-
-
-@pytest.fixture
-def auth_file(tmp_path: Path) -> Path:
-    return write_auth_files(tmp_path / "auth")
-
-
-@pytest.fixture
-async def origin(start_origin: StartOrigin, auth_file: Path) -> Origin:
-    return Origin(await start_origin(auth=auth_file))
-
-
-@pytest.fixture
-def layout(tmp_path: Path) -> Iterator[Path]:
-    image = imagebuild.build_image([imagebuild.random_files(7, count=2, size=4096)])
-    yield imagebuild.write_oci_layout(tmp_path / "layout", image.manifest, [image], "v1")
-
-
-async def run_skopeo(*args: str) -> str:
-    """skopeo in a thread (the origin serves on this loop); its stdout."""
-    return (await asyncio.to_thread(skopeo, *args)).stdout
-
-
-async def skopeo_refused(*args: str) -> str:
-    """Run a skopeo command that must fail; its stderr."""
-    proc = await asyncio.to_thread(
-        subprocess.run, ["skopeo", *args], capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode != 0, f"skopeo {' '.join(args)} succeeded; expected a refusal"
-    return proc.stderr
-
-
-async def push(origin: Origin, layout: Path, reference: str, user: str = "alice") -> None:
-    await run_skopeo(
-        "copy", *TLS_OFF, "--dest-creds", creds(user), f"oci:{layout}:v1", origin.ref(reference)
-    )
-
-
-async def pushed_manifest(origin: Origin, layout: Path, reference: str) -> str:
-    """Push as alice; the manifest digest (read back as alice)."""
-    await push(origin, layout, reference)
-    name, _, tag = reference.partition(":")
-    async with aiohttp.ClientSession(headers=basic("alice")) as session:
-        resp = await session.head(f"{origin.url}/v2/{name}/manifests/{tag}")
-        assert resp.status == 200
-        return resp.headers["Docker-Content-Digest"]
-
-
-def first_layer(layout: Path) -> str:
-    """The digest of the first layer of the layout's image (a blob, not its manifest)."""
-    index = json.loads((layout / "index.json").read_text())
-    digest = index["manifests"][0]["digest"].removeprefix("sha256:")
-    manifest = json.loads((layout / "blobs" / "sha256" / digest).read_text())
-    return str(manifest["layers"][0]["digest"])
-
-
-def challenge_of(resp: aiohttp.ClientResponse) -> str:
-    return resp.headers.get("WWW-Authenticate", "")
-
+# With the fixtures auth_file, layout and origin by name: pytest looks fixtures up in this
+# module, and a test's parameter of that name is the fixture (so F811 is off here).
+from tests.origin_auth import (  # noqa: F401
+    TLS_OFF,
+    Origin,
+    auth_file,
+    basic,
+    challenge_of,
+    creds,
+    first_layer,
+    layout,
+    origin,
+    push,
+    pushed_manifest,
+    run_skopeo,
+    skopeo_refused,
+)
 
 # --- the checks issue 19 lists ---------------------------------------------------------------
 
@@ -283,121 +177,6 @@ async def test_a_repository_no_rule_matches_is_open_to_nobody(origin: Origin) ->
         assert resp.status == 403
         resp = await session.get(f"{origin.url}/v2/team/x/y/app/tags/list")  # * is one segment
         assert resp.status == 403
-
-
-# --- the token endpoint -----------------------------------------------------------------------
-
-
-async def token_for(
-    origin: Origin, scopes: list[str], auth: dict[str, str] | None
-) -> dict[str, object]:
-    params = [("service", "krill"), *(("scope", scope) for scope in scopes)]
-    async with aiohttp.ClientSession() as session:
-        resp = await session.get(f"{origin.url}/auth/token", params=params, headers=auth)
-        assert resp.status == 200
-        assert resp.headers["Cache-Control"] == "no-store"
-        body: dict[str, object] = await resp.json()
-        return body
-
-
-async def test_a_token_grants_only_the_permitted_subset(origin: Origin, layout: Path) -> None:
-    await push(origin, layout, "private/app:v1")
-    body = await token_for(origin, ["repository:private/app:pull,push"], basic("bob"))
-    assert body["token"] == body["access_token"]
-    assert body["expires_in"] == 300
-    assert str(body["issued_at"]).endswith("Z")
-    bearer = {"Authorization": f"Bearer {body['token']}"}
-    async with aiohttp.ClientSession(headers=bearer) as session:
-        assert (await session.get(f"{origin.url}/v2/")).status == 200
-        assert (await session.head(f"{origin.url}/v2/private/app/manifests/v1")).status == 200
-        resp = await session.post(f"{origin.url}/v2/private/app/blobs/uploads/")
-        assert resp.status == 403  # bob may not push: no token would let him
-        assert await error_code(resp) == "DENIED"
-
-
-async def test_a_token_without_the_scope_is_challenged_for_it(origin: Origin) -> None:
-    body = await token_for(origin, ["repository:public/app:pull"], basic("alice"))
-    bearer = {"Authorization": f"Bearer {body['token']}"}
-    async with aiohttp.ClientSession(headers=bearer) as session:
-        resp = await session.post(f"{origin.url}/v2/public/app/blobs/uploads/")
-        assert resp.status == 401  # alice may push: a token with push would work
-        assert 'error="insufficient_scope"' in challenge_of(resp)
-        assert 'scope="repository:public/app:pull,push"' in challenge_of(resp)
-        resp = await session.get(f"{origin.url}/v2/_catalog")
-        assert resp.status == 401
-        assert 'scope="registry:catalog:*"' in challenge_of(resp)
-
-
-async def test_an_anonymous_token_carries_only_anonymous_access(origin: Origin) -> None:
-    body = await token_for(
-        origin, ["repository:public/app:pull,push", "repository:private/app:pull"], None
-    )
-    bearer = {"Authorization": f"Bearer {body['token']}"}
-    async with aiohttp.ClientSession(headers=bearer) as session:
-        resp = await session.get(f"{origin.url}/v2/private/app/tags/list")
-        assert resp.status == 401
-        resp = await session.post(f"{origin.url}/v2/public/app/blobs/uploads/")
-        assert resp.status == 401
-        assert "insufficient_scope" not in challenge_of(resp)  # no token would let anonymous
-
-
-async def test_the_oauth2_password_form_gets_a_token_too(origin: Origin) -> None:
-    """containerd POSTs ``grant_type=password`` first when it has a password."""
-    form = {
-        "grant_type": "password",
-        "service": "krill",
-        "client_id": "containerd-client",
-        "username": "bob",
-        "password": PASSWORDS["bob"],
-        "scope": "repository:private/app:pull,push registry:catalog:*",
-    }
-    url = f"{origin.url}/auth/token"
-    async with aiohttp.ClientSession() as session:
-        resp = await session.post(url, data=form)
-        assert resp.status == 200
-        body = await resp.json()
-        assert body["scope"] == "repository:private/app:pull registry:catalog:*"
-        bearer = {"Authorization": f"Bearer {body['access_token']}"}
-        resp = await session.get(f"{origin.url}/v2/_catalog", headers=bearer)
-        assert resp.status == 200
-        resp = await session.post(url, data={**form, "password": "wrong"})
-        assert resp.status == 401
-        resp = await session.post(url, data={**form, "grant_type": "refresh_token"})
-        assert resp.status == 400
-        resp = await session.get(url, params={"service": "elsewhere"})
-        assert resp.status == 400
-
-
-async def test_tokens_expire_on_the_origin_clock(
-    start_origin: StartOrigin, auth_file: Path
-) -> None:
-    clock = ManualClock()
-    origin = Origin(await start_origin(auth=auth_file, clock=clock))
-    body = await token_for(origin, ["repository:public/app:pull,push"], basic("alice"))
-    bearer = {"Authorization": f"Bearer {body['token']}"}
-    async with aiohttp.ClientSession(headers=bearer) as session:
-        assert (await session.get(f"{origin.url}/v2/")).status == 200
-        clock.advance(300 + DEFAULT_LEEWAY + 1)  # token_ttl, and the replicas' clock leeway
-        resp = await session.get(f"{origin.url}/v2/")
-        assert resp.status == 401
-        assert 'error="invalid_token"' in challenge_of(resp)
-        forged = str(body["token"])[:-4] + "AAAA"
-        resp = await session.get(f"{origin.url}/v2/", headers={"Authorization": f"Bearer {forged}"})
-        assert resp.status == 401
-
-
-async def test_the_probe_challenges_a_caller_without_credentials(origin: Origin) -> None:
-    """containers/image sends credentials only to a registry whose /v2/ probe challenged it."""
-    async with aiohttp.ClientSession() as session:
-        resp = await session.get(f"{origin.url}/v2/")
-        assert resp.status == 401
-        assert challenge_of(resp) == f'Bearer realm="{origin.url}/auth/token",service="krill"'
-        assert (await session.get(f"{origin.url}/v2/", headers=basic("bob"))).status == 200
-        assert (await session.get(f"{origin.url}/v2/", headers=basic("dave"))).status == 200
-        resp = await session.head(f"{origin.url}/v2/private/app/manifests/v1")
-        assert resp.status == 401 and challenge_of(resp).startswith("Bearer ")
-        for path in ("/health", "/metrics"):
-            assert (await session.get(f"{origin.url}{path}")).status == 200
 
 
 # --- delete, mounts, bcrypt caching -----------------------------------------------------------
