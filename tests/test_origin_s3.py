@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 import random
-import re
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -29,7 +28,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
-from yarl import URL
 
 from krill.clock import SYSTEM_CLOCK, Clock
 from krill.config import ConfigError
@@ -40,7 +38,6 @@ from krill.origin.gc import CLOCK_SLACK
 from krill.origin.server import create_app
 from krill.origin.storage import CACHE_CHECK_INTERVAL, OBJECT_STORE
 from krill.origin.storage_gc import sweep_bucket
-from krill.origin.storage_url import parse_storage_url, s3_credentials
 from krill.s3backend import S3Backend, S3Location
 from tests.agent_cluster import Agent, agent_process, build_layout, origin_process, tracker_process
 from tests.agent_cluster import push as push_layout
@@ -430,71 +427,6 @@ async def test_skopeo_round_trip_through_a_bucket(
         out = tmp_path / "out"
         await asyncio.to_thread(skopeo, "copy", *SKOPEO_FLAGS, dest, f"oci:{out}:v1")
     assert read_oci_layout_digests(out) == read_oci_layout_digests(src)
-
-
-# The storage setting and credentials (no store needed).
-
-
-def test_s3_url_with_endpoint_and_region_in_the_query() -> None:
-    location = parse_storage_url(
-        "s3://layers/krill/origin?endpoint=http://10.0.0.5:8333&region=eu-1"
-    )
-    assert location == S3Location(URL("http://10.0.0.5:8333/"), "layers", "krill/origin", "eu-1")
-
-
-def test_s3_url_takes_the_settings_and_defaults_to_aws() -> None:
-    assert parse_storage_url("s3://b", "http://h:9000", None) == S3Location(
-        URL("http://h:9000/"), "b", "", "us-east-1"
-    )
-    aws = parse_storage_url("s3://b/p/", None, "eu-west-1")
-    assert isinstance(aws, S3Location)
-    assert (aws.endpoint, aws.prefix) == (URL("https://s3.eu-west-1.amazonaws.com/"), "p")
-
-
-def test_file_url_sets_the_data_directory(tmp_path: Path) -> None:
-    config = OriginConfig(storage=f"file://{tmp_path}/store")
-    assert config.data == tmp_path / "store"
-
-
-@pytest.mark.parametrize(
-    ("url", "says"),
-    [
-        ("gs://bucket", "file://DIR or s3://BUCKET"),
-        ("s3:///prefix", "names no bucket"),
-        ("s3://AKID:secret@bucket", "must not carry credentials"),
-        ("s3://b?endpoint=ftp://h", "http:// or https://"),
-        ("file://", "names no directory"),
-    ],
-)
-def test_bad_storage_urls_say_what_is_wrong(url: str, says: str) -> None:
-    with pytest.raises(ConfigError, match=re.escape(says)):
-        OriginConfig(storage=url)
-
-
-def test_credentials_file_then_environment_then_default_file(tmp_path: Path) -> None:
-    explicit = tmp_path / "explicit"
-    explicit.write_text("[default]\naws_access_key_id = FILE\naws_secret_access_key = s1\n")
-    default = tmp_path / "default"
-    default.write_text("[ci]\naws_access_key_id = DEFAULT\naws_secret_access_key = s2\n")
-    env = {
-        "AWS_ACCESS_KEY_ID": "ENV",
-        "AWS_SECRET_ACCESS_KEY": "s3",
-        "AWS_SESSION_TOKEN": "tok",
-        "AWS_SHARED_CREDENTIALS_FILE": str(default),
-        "AWS_PROFILE": "ci",
-    }
-    with pytest.raises(ConfigError, match=r"no \[ci\] section"):
-        s3_credentials(explicit, env)
-    assert s3_credentials(explicit, {}).access_key == "FILE"
-    from_env = s3_credentials(None, env)
-    assert (from_env.access_key, from_env.session_token) == ("ENV", "tok")
-    assert s3_credentials(None, {**env, "AWS_ACCESS_KEY_ID": ""}).access_key == "DEFAULT"
-
-
-def test_no_credentials_says_where_it_looked(tmp_path: Path) -> None:
-    nowhere = {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "absent")}
-    with pytest.raises(ConfigError, match="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
-        s3_credentials(None, nowhere)
 
 
 @pytest.mark.slow
