@@ -20,7 +20,7 @@ import pytest
 from tests import imagebuild
 from tests.agent_cluster import agent_process, origin_process
 from tests.components import free_port, krill_process, skopeo
-from tests.test_origin_auth import PASSWORDS, TLS_OFF, creds, write_auth_files
+from tests.origin_auth import PASSWORDS, TLS_OFF, creds, write_auth_files
 
 WRONG = "not-alices-password-9"
 

@@ -27,7 +27,7 @@ from krill.origin.auth_rules import Permission
 from krill.origin.auth_tokens import Grant, TokenIssuer, TokenKeys
 from tests.clocks import ManualClock
 from tests.components import free_port, krill_process
-from tests.test_origin_auth import AUTH_TOML, PASSWORDS, write_auth_files
+from tests.origin_auth import AUTH_TOML, PASSWORDS, write_auth_files
 from tests.test_origin_auth_process import basic_value
 
 KEY = "3f1c0a9d2b7e4c8a1f6d5e0b9a8c7d6e5f4a3b2c1d0e9f8a"

@@ -22,8 +22,8 @@ from krill.config import ConfigError
 from krill.origin.auth_config import load_auth_settings
 from krill.origin.auth_tokens import DEFAULT_LEEWAY, Grant, TokenIssuer, TokenKeys
 from tests.clocks import ManualClock
+from tests.origin_auth import AUTH_TOML, PASSWORDS, write_auth_files
 from tests.test_faults_clock_skew import FAKETIME, skewed
-from tests.test_origin_auth import AUTH_TOML, PASSWORDS, write_auth_files
 from tests.test_origin_auth_process import basic_value
 from tests.test_origin_auth_replicas import KEY, get, origin
 

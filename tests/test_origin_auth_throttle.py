@@ -19,7 +19,7 @@ import aiohttp
 from krill.origin.auth_throttle import LoginThrottle
 from tests.clocks import ManualClock
 from tests.fixtures_origin import StartOrigin, error_code
-from tests.test_origin_auth import Origin, auth_file, basic
+from tests.origin_auth import Origin, auth_file, basic
 
 __all__ = ["auth_file"]  # the fixture, shared with tests/test_origin_auth.py
 

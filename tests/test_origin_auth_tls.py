@@ -25,8 +25,8 @@ from krill.origin.auth_tls import server_ssl_context
 from krill.origin.config import OriginConfig
 from tests import imagebuild
 from tests.components import free_port, krill_command, skopeo
+from tests.origin_auth import creds, write_auth_files
 from tests.polling import until_sync
-from tests.test_origin_auth import creds, write_auth_files
 
 EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
 

@@ -62,10 +62,10 @@ from tests.imagebuild import (
     read_oci_layout_digests,
     write_oci_layout,
 )
+from tests.origin_auth import write_auth_files
 from tests.s3_fixtures import SeaweedFS, s3_location, seaweedfs
 from tests.test_delta_origin import _settle as settle
 from tests.test_delta_origin import _versions as delta_versions
-from tests.test_origin_auth import write_auth_files
 from tests.test_origin_referrers import SIGNATURE, artifact
 from tests.test_origin_s3 import credentials_file, payload, push, push_image, storage_url
 

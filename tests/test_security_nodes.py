@@ -39,8 +39,8 @@ from tests.agent_cluster import (
 )
 from tests.components import SKOPEO_FLAGS, free_port, skopeo
 from tests.fixtures_origin import StartOrigin, digest_of
+from tests.origin_auth import AUTH_TOML, PASSWORDS, basic, write_auth_files
 from tests.polling import until_sync
-from tests.test_origin_auth import AUTH_TOML, PASSWORDS, basic, write_auth_files
 
 NODE_PASSWORDS = {"node1": "node1-secret-77", "node2": "node2-secret-88", "tracker": "trk-99"}
 ANNOUNCE_KEYS = {

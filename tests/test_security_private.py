@@ -29,8 +29,8 @@ from krill.originclient import OriginClient
 from tests import containerd
 from tests.agent_cluster import agent_process, build_layout, origin_process, push
 from tests.clocks import ManualClock
+from tests.origin_auth import PASSWORDS, creds
 from tests.test_agent_containerd import write_hosts
-from tests.test_origin_auth import PASSWORDS, creds
 from tests.test_security_nodes import write_credentials, write_node_auth
 
 ALICE = f"alice:{PASSWORDS['alice']}"

@@ -31,8 +31,8 @@ from tests import imagebuild
 from tests.agent_cluster import build_layout
 from tests.components import free_port, krill_command, skopeo
 from tests.fixtures_origin import digest_of
+from tests.origin_auth import PASSWORDS
 from tests.polling import until_sync
-from tests.test_origin_auth import PASSWORDS
 from tests.test_origin_auth_tls import Pki, answers, cert_dir, make_pki
 from tests.test_security_nodes import write_credentials, write_node_auth
 
