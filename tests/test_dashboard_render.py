@@ -8,7 +8,7 @@ Grafana would. No plotting library is needed: the evaluator imports none.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import math
 import sys
@@ -21,14 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "promql_subset", ROOT / "scripts" / "promql_subset.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    """``scripts/promql_subset.py`` as the renderer imports it: by name, from ``scripts/``
+    (it imports ``promql_samples`` beside it)."""
+    scripts = str(ROOT / "scripts")
+    if scripts not in sys.path:
+        sys.path.append(scripts)
+    return importlib.import_module("promql_subset")
 
 
 promql = _load()
