@@ -50,13 +50,13 @@ and acts on its ``Decision``.
 from __future__ import annotations
 
 import logging
-import os
 import struct
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from krill.delta.options import default_workers
 from krill.digests import Digest
 
 __all__ = [
@@ -161,10 +161,9 @@ DEFAULT_REBUILD_RATES: dict[RecipeKind, float] = {
     RecipeKind.ZSTD: 80 * MB,
     RecipeKind.IDENTITY: 150 * MB,
 }
-# What each further worker adds (apply_delta uses up to 4): one worker already overlaps
+# What each further worker adds (up to krill.delta.options.MAX_WORKERS): one worker overlaps
 # decompressing the base and decoding ops with recompressing, so a second adds a third
 # (pandas, Go-made: 0.81 s on one worker, 0.61 s on two).
-_DEFAULT_MAX_WORKERS = 4
 _PARALLEL_EFFICIENCY = 0.33
 # Tar bytes per compressed byte when the base's own ratio is unknown (the wheels layer
 # of the issue is 3.4, the bench pairs 2.3-3.6).
@@ -261,7 +260,7 @@ def default_rebuilds(cores: int | None = None) -> dict[RecipeKind, MovingRate]:
 
 def default_scale(cores: int | None = None) -> float:
     """How many single cores' worth of rebuild ``cores`` give, before any measurement."""
-    workers = min(_DEFAULT_MAX_WORKERS, cores or os.cpu_count() or 1)
+    workers = default_workers(cores)
     return 1.0 + (workers - 1) * _PARALLEL_EFFICIENCY
 
 

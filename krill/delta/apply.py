@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from krill.delta.format import DeltaFormatError
 from krill.delta.growingtar import GrowingTar
 from krill.delta.metastream import open_meta_decoder
 from krill.delta.opqueue import run_ops
+from krill.delta.options import default_workers
 from krill.delta.ranges import Range, iter_range
 from krill.delta.recipes import Recipe, RecipeError, blob_kind
 from krill.delta.segreuse import BaseTokens
@@ -91,7 +91,7 @@ def apply_delta(
     check_expected_target(header, expected_digest, expected_size)
     recipe = Recipe.from_json(header.recipe)
     _check_declared_sizes(header, recipe)
-    workers = workers or min(4, os.cpu_count() or 1)
+    workers = workers or default_workers()
     if blob_kind(base_blob) == "tar":
         return _apply_on_plain_base(base_blob, delta, header, recipe, out, workers)
     return _apply_on_growing_base(base_blob, delta, header, recipe, out, workers)

@@ -11,7 +11,6 @@ recipes.py, which only describes and runs recipes (what a node needs).
 from __future__ import annotations
 
 import logging
-import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 from krill.delta.blobread import CHUNK, blob_kind, gzip_header
 from krill.delta.compressors import Compressor, GzipGo, Identity
 from krill.delta.gogzip import candidate_levels, looks_go_made, missing_reason
+from krill.delta.options import default_workers
 from krill.delta.recipes import (
     IDENTITY,
     PROBE_CHUNK,
@@ -99,7 +99,7 @@ def _with_proven_restarts(
 ) -> Recipe:
     """``recipe`` with the points whose segments reproduce the blob (see restarts.py)."""
     header, level = _go_params(recipe.params)
-    workers = workers or min(4, os.cpu_count() or 1)
+    workers = workers or default_workers()
     proven = prove_restarts(level, points, tar, blob, len(header), workers)
     if len(proven) < len(points):
         log.warning(
@@ -118,7 +118,7 @@ def _with_zlib_restarts(
     from krill.delta.zlibrestarts import ZlibSetting, find_zlib_restarts
 
     header, level, mem_level, strategy = _gzip_params(recipe.params)
-    workers = workers or min(4, os.cpu_count() or 1)
+    workers = workers or default_workers()
     setting = ZlibSetting(level, mem_level, strategy)
     proven, planned, end_bit = find_zlib_restarts(setting, tar, blob, len(header), workers, every)
     if len(proven) < planned:

@@ -48,7 +48,7 @@ from krill.delta.jobs import Job, partner_piece, segmentable, segments, split
 from krill.delta.layerfiles import TarFile, materialize_tar, window_log_for
 from krill.delta.metaprefix import TRIAL_BYTES, choose_meta_cut, meta_cuts
 from krill.delta.metastream import MetaCoder
-from krill.delta.options import EncodeOptions
+from krill.delta.options import EncodeOptions, default_workers
 from krill.delta.pairing import BaseIndex, hash_range, read_tar_range
 from krill.delta.piececoder import encode_piece
 from krill.delta.ranges import Range
@@ -222,7 +222,7 @@ def _encode_tars(
                 infos[0].digest,
                 blobs[1],
                 target_tar.path,
-                min(4, os.cpu_count() or 1),
+                default_workers(),
             )
             header = fmt.DeltaHeader(infos[0], infos[1], recipe.to_json(), meta, stats.snapshot())
             size = _assemble(out, header.to_bytes(), body_path)

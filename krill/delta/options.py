@@ -13,7 +13,17 @@ from typing import Literal
 
 from krill.delta import format as fmt
 
-__all__ = ["DiffEngine", "EncodeOptions"]
+__all__ = ["MAX_WORKERS", "DiffEngine", "EncodeOptions", "default_workers"]
+
+# Threads one delta job (encode or apply) uses at most: recompression and segmented diffs
+# scale to about this many cores, and more would only take memory (64 MB each).
+MAX_WORKERS = 4
+
+
+def default_workers(cores: int | None = None) -> int:
+    """Worker threads for a delta job on ``cores`` cores (this machine's when None)."""
+    return max(1, min(MAX_WORKERS, cores or os.cpu_count() or 1))
+
 
 # "hdiff" (HDiffPatch: 4-6x faster, mostly smaller) or "bsdiff" (bsdiff4, format v1 ops).
 DiffEngine = Literal["hdiff", "bsdiff"]
@@ -43,7 +53,7 @@ class EncodeOptions:
     # and its window would exceed bsdiff_max_bytes), each against the same-proportion window
     # of the partner, in parallel (+0.1-0.5% size at 2 segments).
     diff_segment_bytes: int = 4 << 20
-    workers: int = max(1, min(4, os.cpu_count() or 1))
+    workers: int = default_workers()
     piece_bytes: int = fmt.MAX_PIECE_BYTES
 
     def __post_init__(self) -> None:
