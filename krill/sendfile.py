@@ -38,6 +38,7 @@ __all__ = [
     "raw_socket",
     "send_burst",
     "send_file_range",
+    "wait_writable",
 ]
 
 # A burst ends when the socket buffer is full, so bursts are short and a few
@@ -79,7 +80,10 @@ def send_burst(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
     return total
 
 
-async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+async def wait_writable(fd: int) -> None:
+    """Wait until ``fd`` is writable: a ``dup`` of a transport's socket (asyncio will
+    not watch the transport's own descriptor for anyone else)."""
+    loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
 
     def wake() -> None:
@@ -120,7 +124,7 @@ async def send_file_range(raw: RawSocket, file_fd: int, offset: int, count: int)
             if count > 0:
                 if transport.is_closing():
                     raise ConnectionResetError("connection closed during the blob body")
-                await _writable(loop, fd)
+                await wait_writable(fd)
     finally:
         os.close(fd)
         if not transport.is_closing():

@@ -35,6 +35,7 @@ __all__ = [
     "blob_head_response",
     "blob_headers",
     "stored_file_response",
+    "stored_headers",
 ]
 
 # FileResponse's read size when sendfile is unavailable (e.g. TLS); large is faster.
@@ -68,15 +69,12 @@ def blob_file_response(app: web.Application, digest: Digest) -> web.FileResponse
 
 def stored_file_response(path: Path, digest: Digest) -> web.FileResponse:
     """A committed blob file (verified when committed) with the registry's headers."""
-    return BlobFileResponse(
-        path,
-        chunk_size=FALLBACK_CHUNK_SIZE,
-        headers={
-            **blob_headers(digest),
-            "Accept-Ranges": "bytes",
-            "Cache-Control": "max-age=31536000",
-        },
-    )
+    return BlobFileResponse(path, chunk_size=FALLBACK_CHUNK_SIZE, headers=stored_headers(digest))
+
+
+def stored_headers(digest: Digest) -> dict[str, str]:
+    """A committed blob's headers: ``blob_headers`` and those of an immutable, rangeable file."""
+    return {**blob_headers(digest), "Accept-Ranges": "bytes", "Cache-Control": "max-age=31536000"}
 
 
 def range_applies(request: web.BaseRequest, stat: os.stat_result) -> bool:

@@ -103,6 +103,10 @@ class OriginConfig(ServerTlsSettings):
     # the origin then sent 1.2-1.3x the blob instead of 1.01x. Agents without the
     # HTTP piece feed (krill.swarm ``origin_urls``) would want this off.
     super_seed: bool = True
+    # Claimed pieces leave in turns, this many connections at a time, one piece each, so
+    # each piece is whole at its node sooner and can travel on (origin.pieceburst, which
+    # says how 4 was chosen). 0: every connection's pieces side by side.
+    piece_burst_slots: int = 4
     # Garbage collection (krill origin gc, docs/storage.md): every gc_interval seconds
     # (0: never; run `krill origin gc` instead), remove what no manifest references
     # and was committed or linked more than gc_grace seconds ago.
@@ -155,6 +159,8 @@ class OriginConfig(ServerTlsSettings):
             raise ConfigError("delta_workers and delta_history must be at least 1")
         if not 0 < self.delta_max_ratio <= 1:
             raise ConfigError("delta_max_ratio must be in (0, 1]")
+        if self.piece_burst_slots < 0:
+            raise ConfigError("piece_burst_slots must be zero (off) or more")
         if self.peer_encryption not in _PEER_ENCRYPTION_MODES:
             raise ConfigError(
                 f"peer_encryption must be one of {', '.join(_PEER_ENCRYPTION_MODES)}, "

@@ -43,11 +43,18 @@ from krill.endpoints import BLOBS, CLAIMS
 from krill.metainfo import accepted_piece_lengths, piece_count, piece_length_for
 from krill.origin.blobresponses import stored_file_response
 from krill.origin.errors import blob_gone, stored_digest
+from krill.origin.pieceburst import DEFAULT_SLOTS, PieceBurstResponse, PieceTurnstile
 from krill.registry_errors import RegistryError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHUNK_PIECES", "PieceClaims", "install_piece_claims", "piece_claims"]
+__all__ = [
+    "CHUNK_PIECES",
+    "PieceClaims",
+    "install_piece_claims",
+    "piece_claims",
+    "piece_turnstile",
+]
 
 # Pieces per claim: large enough that a node claims rarely (one small request per
 # chunk), small enough that a herd of a few dozen nodes all get a chunk at once
@@ -120,12 +127,20 @@ class PieceClaims:
 
 _CLAIMS_KEY = web.AppKey("piece_claims", PieceClaims)
 _STORE_KEY = web.AppKey("piece_store", BlobStore)
+_TURNSTILE_KEY: web.AppKey[PieceTurnstile | None] = web.AppKey("piece_turnstile")
 
 
-def install_piece_claims(app: web.Application, store: BlobStore) -> None:
-    """Add the claim and blob-by-digest routes, serving blobs from ``store``."""
+def install_piece_claims(
+    app: web.Application, store: BlobStore, burst_slots: int = DEFAULT_SLOTS
+) -> None:
+    """Add the claim and blob-by-digest routes, serving blobs from ``store``.
+
+    ``burst_slots``: connections that send a claimed piece at a time
+    (``origin.pieceburst``); 0 sends every connection's pieces side by side.
+    """
     app[_CLAIMS_KEY] = PieceClaims()
     app[_STORE_KEY] = store
+    app[_TURNSTILE_KEY] = PieceTurnstile(burst_slots) if burst_slots else None
     app.router.add_post(CLAIMS.route, _handle_claim, name="piece_claim")
     app.router.add_get(BLOBS.route, _handle_blob, name="piece_blob")
 
@@ -186,6 +201,11 @@ def piece_claims(app: web.Application) -> PieceClaims:
     return app[_CLAIMS_KEY]
 
 
+def piece_turnstile(app: web.Application) -> PieceTurnstile | None:
+    """The app's piece turnstile (None with ``burst_slots`` 0), for its counters."""
+    return app[_TURNSTILE_KEY]
+
+
 async def _handle_blob(request: web.Request) -> web.StreamResponse:
     try:
         digest, path, size = _stored_blob(request)
@@ -193,7 +213,10 @@ async def _handle_blob(request: web.Request) -> web.StreamResponse:
         return exc.response()
     if request.method == "GET":  # HEAD sends no body
         request.app[_CLAIMS_KEY].bytes_requested += _requested_length(request, size)
-    return stored_file_response(path, digest)
+    turnstile = request.app[_TURNSTILE_KEY]
+    if turnstile is None:
+        return stored_file_response(path, digest)
+    return PieceBurstResponse(path, digest, turnstile, piece_length_for(size))
 
 
 def _requested_length(request: web.Request, size: int) -> int:

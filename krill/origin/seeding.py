@@ -43,6 +43,7 @@ from krill.nodeauth import check_announce_key, keyed_announce_url
 from krill.origin.appkeys import BLOB_PUSHED
 from krill.origin.config import OriginConfig
 from krill.origin.errors import blob_not_on_origin, stored_digest
+from krill.origin.pieceburst import DEFAULT_SLOTS
 from krill.origin.piececlaims import install_piece_claims
 from krill.origin.storage_seeding import fill_for_seeding, metainfo_from_owner
 from krill.registry_errors import RegistryError
@@ -167,8 +168,14 @@ def _announce_key(config: OriginConfig) -> str | None:
     return check_announce_key(key, f"the key in {config.announce_key}")
 
 
-def install_seeding(app: web.Application, store: BlobStore, settings: SwarmSettings) -> None:
-    """Add the metainfo route and a SwarmEngine (origin mode) living as long as ``app``."""
+def install_seeding(
+    app: web.Application,
+    store: BlobStore,
+    settings: SwarmSettings,
+    piece_burst_slots: int = DEFAULT_SLOTS,
+) -> None:
+    """Add the metainfo route and a SwarmEngine (origin mode) living as long as ``app``,
+    and the piece claims (``piece_burst_slots``: ``OriginConfig.piece_burst_slots``)."""
     settings = dataclasses.replace(settings, origin=True)
     app[_METAINFO_KEY] = MetainfoSidecars(store)
 
@@ -182,7 +189,7 @@ def install_seeding(app: web.Application, store: BlobStore, settings: SwarmSetti
     pushed_hooks = app.get(BLOB_PUSHED)
     if pushed_hooks is not None:  # the full origin app (tests may install on a bare one)
         pushed_hooks.append(lambda digest: _prepare_metainfo(app, digest))
-    install_piece_claims(app, store)
+    install_piece_claims(app, store, piece_burst_slots)
 
 
 async def _handle_metainfo(request: web.Request) -> web.Response:

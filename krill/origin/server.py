@@ -100,7 +100,7 @@ def create_app(config: OriginConfig, *, clock: Clock = SYSTEM_CLOCK) -> web.Appl
     if config.tracker:  # seed blobs into the swarm: /krill/v1/metainfo + a SwarmEngine
         from krill.origin.seeding import install_seeding, swarm_settings_for
 
-        install_seeding(app, store, swarm_settings_for(config))
+        install_seeding(app, store, swarm_settings_for(config), config.piece_burst_slots)
     install_object_storage(app, config, clock=clock)  # storage = s3://... (docs/storage.md)
     return app
 
