@@ -142,6 +142,10 @@ class ThreadedFileResponse(web.FileResponse):
             return await super()._sendfile(request, fobj, offset, count)
         writer = await web.StreamResponse.prepare(self, request)
         assert writer is not None
-        await send_file_range(raw, fobj.fileno(), offset, count)
+        await self._send_body(raw, fobj.fileno(), offset, count)
         await web.StreamResponse.write_eof(self)
         return writer
+
+    async def _send_body(self, raw: RawSocket, file_fd: int, offset: int, count: int) -> None:
+        """The body's bytes, once the headers are queued (a subclass may pace them)."""
+        await send_file_range(raw, file_fd, offset, count)

@@ -32,15 +32,12 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
-from typing import IO, Any
-
-from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
+from pathlib import Path
 
 from krill.digests import Digest
-from krill.origin.blobresponses import BlobFileResponse, stored_headers
+from krill.origin.blobresponses import FALLBACK_CHUNK_SIZE, BlobFileResponse, stored_headers
 from krill.origin.config import OriginConfig
-from krill.sendfile import RawSocket, raw_socket, send_file_range, wait_writable
+from krill.sendfile import RawSocket, send_file_range, wait_writable
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +45,8 @@ __all__ = ["DEFAULT_SLOTS", "PieceBurstResponse", "PieceTurnstile"]
 
 # Connections sending a piece at once (OriginConfig's default): each piece arrives in
 # 4/N of the time it took side by side with N. Two left the link 10-15 % idle at
-# handovers; four and eight measured alike (docs/profile-agent.md, 2026-12-07 05:50).
+# handovers; three to eight measured alike (docs/profile-agent.md, "2026-12-07,
+# 05:40-06:08 UTC").
 DEFAULT_SLOTS: int = OriginConfig.piece_burst_slots
 # Unsent bytes below which a socket counts as drained, and its slot passes on: the
 # piece's tail still queued keeps the link busy while the next turn starts
@@ -146,21 +144,16 @@ def _notsent_lowat(fd: int) -> Iterator[None]:
 
 
 class PieceBurstResponse(BlobFileResponse):
-    """A stored blob's claimed pieces, sent through the origin's ``PieceTurnstile``."""
+    """A stored blob's claimed pieces, sent through the origin's ``PieceTurnstile``.
 
-    def __init__(self, path: Any, digest: Digest, turnstile: PieceTurnstile, piece: int) -> None:
-        super().__init__(path, chunk_size=1 << 20, headers=stored_headers(digest))
+    Only the body's pacing differs from any stored blob's answer: headers,
+    ``Range`` and the TLS fallback (no raw socket, no turns) are the parent's.
+    """
+
+    def __init__(self, path: Path, digest: Digest, turnstile: PieceTurnstile, piece: int) -> None:
+        super().__init__(path, chunk_size=FALLBACK_CHUNK_SIZE, headers=stored_headers(digest))
         self._turnstile = turnstile
         self._piece = piece
 
-    async def _sendfile(
-        self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int
-    ) -> AbstractStreamWriter:
-        raw = raw_socket(request)
-        if raw is None or self.compression:
-            return await super()._sendfile(request, fobj, offset, count)
-        writer = await web.StreamResponse.prepare(self, request)
-        assert writer is not None
-        await self._turnstile.send(raw, fobj.fileno(), offset, count, self._piece)
-        await web.StreamResponse.write_eof(self)
-        return writer
+    async def _send_body(self, raw: RawSocket, file_fd: int, offset: int, count: int) -> None:
+        await self._turnstile.send(raw, file_fd, offset, count, self._piece)
