@@ -65,7 +65,6 @@ class PieceTurnstile:
     def __init__(self, slots: int = DEFAULT_SLOTS, max_hold: float = _MAX_HOLD_SECONDS) -> None:
         if slots < 1:
             raise ValueError(f"a piece turnstile needs at least one slot, got {slots}")
-        self.slots = slots
         self.max_hold = max_hold
         self._turns = asyncio.Semaphore(slots)
         self.pieces_sent = 0  # tests, benchmarks
@@ -130,7 +129,7 @@ def _notsent_lowat(fd: int) -> Iterator[None]:
         try:
             before = sock.getsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT)
             sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, _NOTSENT_LOWAT)
-        except OSError as exc:  # not TCP (a Unix socket in a test): sent without the wait
+        except OSError as exc:  # not TCP (served on a Unix socket): turns without the wait
             log.debug("origin.piece_burst_no_lowat error=%s", exc)
             yield
             return

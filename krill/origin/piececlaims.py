@@ -216,6 +216,7 @@ async def _handle_blob(request: web.Request) -> web.StreamResponse:
     turnstile = request.app[_TURNSTILE_KEY]
     if turnstile is None:
         return stored_file_response(path, digest)
+    # A turn per piece of the current rule; an old torrent's 64 KiB pieces go two a turn.
     return PieceBurstResponse(path, digest, turnstile, piece_length_for(size))
 
 
