@@ -1,4 +1,5 @@
-"""The origin's metainfo route survives a damaged sidecar and a vanished blob."""
+"""The origin's seeding: its metainfo route survives a damaged sidecar and a vanished blob,
+and it super-seeds to few peers at a time."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import aiohttp
 
 from krill.blobstore import BlobStore
 from krill.metainfo import check_metainfo
+from krill.swarm import SwarmSettings
+from krill.swarm.superseed import SuperSeeding
 from tests.components import free_port
 from tests.swarm_helpers import running_origin, running_tracker
 
@@ -44,3 +47,16 @@ def test_the_origin_service_super_seeds_unless_told_not_to(tmp_path: Path) -> No
     base = {"listen": "127.0.0.1:5000", "data": tmp_path, "tracker": "http://127.0.0.1:1"}
     assert swarm_settings_for(OriginConfig(**base)).super_seeding
     assert not swarm_settings_for(OriginConfig(**base, super_seed=False)).super_seeding
+
+
+def test_an_origin_seeds_to_two_peers_at_a_time_in_either_mode_and_agents_to_any() -> None:
+    """A super-seed's uploads duplicate the claims' pieces: an origin keeps them few."""
+    origin = SuperSeeding(SwarmSettings(tracker_url="http://t/announce", origin=True))
+    agent = SuperSeeding(SwarmSettings(tracker_url="http://t/announce"))
+    assert (origin.upload_slots(True), origin.upload_slots(False)) == (2, 2)
+    assert (agent.upload_slots(True), agent.upload_slots(False)) == (-1, -1)
+    told = SuperSeeding(SwarmSettings(
+        tracker_url="http://t/announce", origin=True,
+        super_seed_upload_slots=-1, seed_upload_slots=5,
+    ))
+    assert (told.upload_slots(True), told.upload_slots(False)) == (-1, 5)

@@ -47,11 +47,14 @@ class SuperSeeding:
 
     def upload_slots(self, super_seeding: bool = False) -> int:
         """Peers a seeded torrent uploads to at once in that mode (-1: no own limit)."""
-        if super_seeding:
-            return self._settings.super_seed_upload_slots
-        if self._settings.seed_upload_slots is None:
+        chosen = (
+            self._settings.super_seed_upload_slots
+            if super_seeding
+            else self._settings.seed_upload_slots
+        )
+        if chosen is None:
             return 2 if self._settings.origin else -1
-        return self._settings.seed_upload_slots
+        return chosen
 
     def adjust(self, torrent: Torrent, status: lt.torrent_status) -> None:
         """A state update: off for a lone node or the last few of a herd."""
