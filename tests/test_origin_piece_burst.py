@@ -4,7 +4,8 @@ The origin's ``GET /krill/v1/blobs/<digest>`` sends a claimed range one piece
 per turn, ``slots`` connections at a time, so each piece is whole at its node
 sooner. These tests check what a node relies on: the bytes are exactly the
 blob's, the turns alternate between the connections that wait, and a client
-that stops reading does not keep the others waiting.
+that stops reading does not keep the others waiting, and the origin's
+metrics show the turns.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from krill.config import ConfigError
 from krill.digests import Digest
 from krill.endpoints import BLOBS
 from krill.metainfo import piece_length_for
-from krill.origin.config import load_origin_config
+from krill.origin.appkeys import METRICS
+from krill.origin.config import OriginConfig, load_origin_config
 from krill.origin.pieceburst import PieceTurnstile
 from krill.origin.piececlaims import install_piece_claims, piece_turnstile
+from krill.origin.server import create_app
 from tests.polling import until
 from tests.swarm_helpers import serving
 
@@ -158,3 +161,16 @@ def test_the_slots_are_configurable_and_zero_turns_the_turnstile_off(tmp_path: P
     assert piece_turnstile(app) is None
     with pytest.raises(ValueError, match="at least one slot"):
         PieceTurnstile(0)
+
+
+def test_the_origins_metrics_count_the_turns_and_those_that_ran_out(tmp_path: Path) -> None:
+    base = {"data": tmp_path / "origin", "tracker": "http://127.0.0.1:1"}
+    app = create_app(OriginConfig(**base))  # type: ignore[arg-type]
+    turnstile = piece_turnstile(app)
+    assert turnstile is not None
+    turnstile.pieces_sent, turnstile.holds_expired = 7, 2
+    text = app[METRICS].render().decode()
+    assert "krill_origin_piece_turns_total 7.0" in text
+    assert "krill_origin_piece_turns_expired_total 2.0" in text
+    off = create_app(OriginConfig(**base, piece_burst_slots=0))  # type: ignore[arg-type]
+    assert "krill_origin_piece_turns" not in off[METRICS].render().decode()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from krill.httpmetrics import REQUEST_BUCKETS, request_histogram
 
-__all__ = ["DeltaMetrics", "OriginMetrics"]
+__all__ = ["DeltaMetrics", "OriginMetrics", "PieceTurnMetrics"]
 
 
 class OriginMetrics:
@@ -46,6 +51,33 @@ class OriginMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _TurnCounts(Protocol):
+    """What ``PieceTurnMetrics`` reads (``origin.pieceburst.PieceTurnstile``)."""
+
+    pieces_sent: int
+    holds_expired: int
+
+
+class PieceTurnMetrics(Collector):
+    """The piece turnstile's counts, read at each scrape (they change in one place)."""
+
+    def __init__(self, turnstile: _TurnCounts) -> None:
+        self._turnstile = turnstile
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "krill_origin_piece_turns",
+            "Claimed pieces sent in turns (origin.pieceburst).",
+            value=self._turnstile.pieces_sent,
+        )
+        yield CounterMetricFamily(
+            "krill_origin_piece_turns_expired",
+            "Turns that ran out before their piece left: a node reading slowly (its "
+            "piece went on beside the next turn).",
+            value=self._turnstile.holds_expired,
+        )
 
 
 class DeltaMetrics:

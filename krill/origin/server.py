@@ -45,7 +45,7 @@ from krill.origin.auth_middleware import install_auth
 from krill.origin.config import OriginConfig
 from krill.origin.gclock import GcLock
 from krill.origin.gcservice import periodic_gc
-from krill.origin.metrics import OriginMetrics
+from krill.origin.metrics import OriginMetrics, PieceTurnMetrics
 from krill.origin.pullthrough import PULL_THROUGH, PullThrough
 from krill.origin.readiness import origin_checks
 from krill.origin.repositories import Repositories
@@ -98,9 +98,13 @@ def create_app(config: OriginConfig, *, clock: Clock = SYSTEM_CLOCK) -> web.Appl
 
         delta_routes.setup(app, deltas.settings_for(config), prefetch=app[PULL_THROUGH])
     if config.tracker:  # seed blobs into the swarm: /krill/v1/metainfo + a SwarmEngine
+        from krill.origin.piececlaims import piece_turnstile
         from krill.origin.seeding import install_seeding, swarm_settings_for
 
         install_seeding(app, store, swarm_settings_for(config), config.piece_burst_slots)
+        turnstile = piece_turnstile(app)
+        if turnstile is not None:
+            origin_metrics.registry.register(PieceTurnMetrics(turnstile))
     install_object_storage(app, config, clock=clock)  # storage = s3://... (docs/storage.md)
     return app
 
