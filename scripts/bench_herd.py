@@ -41,6 +41,8 @@ agents' CPU-seconds per GiB pulled next to curl's and docker-registry's, the
 time from "go" to the first byte and from the last piece to the last byte.
 On stderr, per second: the origin's egress and the machine's CPU use (a
 2-core machine emulating 16 hosts runs out of CPU before the links are full).
+Before "go" it times writing 64 MiB of fresh page cache (``page_write_cost``):
+on a VM whose host must back fresh memory again the pull pays for it too.
 """
 
 from __future__ import annotations
@@ -119,6 +121,23 @@ def push_image(
     return sha256_of(layer)
 
 
+def page_write_cost(work: Path, mib: int = 64) -> float:
+    """Microseconds of wall time per 4 KiB page to write ``mib`` MiB of fresh page cache.
+
+    The herd writes 1 GiB of fresh page cache per pull (16 nodes on one machine),
+    and on a VM whose host must back those pages again each costs ~10x more
+    (docs/profile-agent.md, "The page-cache state"): printed so a run's figure can
+    be read with the machine's state. The file stays until the work dir goes, so
+    the probe frees no pages the pull could then reuse.
+    """
+    chunk = os.urandom(1 << 20)
+    start = time.perf_counter()
+    with open(work / "page-write-probe", "wb") as f:
+        for _ in range(mib):
+            f.write(chunk)
+    return (time.perf_counter() - start) * 1e6 / (mib * 256)
+
+
 # ---- the plain registry pull ----
 
 
@@ -179,6 +198,7 @@ def run_bench(args: argparse.Namespace) -> int:
         from herd_report import Figures
 
         figures = Figures(args, limit, size)
+        figures.page_write_us = page_write_cost(work)
         sent_before = CLUSTER.tx_bytes(0)
         if args.engine_only:
             from herd_engine import swarm_pull

@@ -28,6 +28,7 @@ class Figures:
     plain: list[float] = field(default_factory=list)  # docker-registry, seconds per node
     curl_cpu: float = math.nan  # CPU-seconds of every curl of the registry pull
     registry_cpu: float = math.nan  # CPU-seconds of docker-registry during its pull
+    page_write_us: float = math.nan  # wall us per 4 KiB page of fresh page cache, before "go"
 
     @property
     def pulled_gib(self) -> float:
@@ -55,6 +56,9 @@ class Figures:
             f"{self.node_cpu / self.pulled_gib:.2f} (user+sys, 'go' to the last node done) | "
             f"curl from docker-registry {self.curl_cpu / self.pulled_gib:.2f} + "
             f"docker-registry {self.registry_cpu / self.pulled_gib:.2f}",
+            f"machine before 'go': fresh page cache cost {self.page_write_us:.1f} us per 4 KiB "
+            "page (about 1 when the memory is backed; a VM whose host must back it again "
+            "pays ~10x, and the pull with it: docs/profile-agent.md)",
         ]
         record: dict[str, object] = {
             "mode": mode, "krill_s": sorted(self.krill), "registry_s": sorted(self.plain),
@@ -62,6 +66,7 @@ class Figures:
             "node_cpu_s_per_gib": self.node_cpu / self.pulled_gib,
             "curl_cpu_s_per_gib": self.curl_cpu / self.pulled_gib,
             "registry_cpu_s_per_gib": self.registry_cpu / self.pulled_gib,
+            "page_write_us": self.page_write_us,
         }
         if self.agents is not None:
             lines += self._agent_lines(record)
