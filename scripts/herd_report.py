@@ -57,8 +57,8 @@ class Figures:
             f"curl from docker-registry {self.curl_cpu / self.pulled_gib:.2f} + "
             f"docker-registry {self.registry_cpu / self.pulled_gib:.2f}",
             f"machine before 'go': fresh page cache cost {self.page_write_us:.1f} us per 4 KiB "
-            "page (about 1 when the memory is backed; a VM whose host must back it again "
-            "pays ~10x, and the pull with it: docs/profile-agent.md)",
+            "page (about 1 when the memory is backed; several times that on a VM whose host "
+            "must back it again, and the pull pays it too: docs/profile-agent.md)",
         ]
         record: dict[str, object] = {
             "mode": mode, "krill_s": sorted(self.krill), "registry_s": sorted(self.plain),
