@@ -41,8 +41,11 @@ agents' CPU-seconds per GiB pulled next to curl's and docker-registry's, the
 time from "go" to the first byte and from the last piece to the last byte.
 On stderr, per second: the origin's egress and the machine's CPU use (a
 2-core machine emulating 16 hosts runs out of CPU before the links are full).
-Before "go" it times writing 64 MiB of fresh page cache (``page_write_cost``):
-on a VM whose host must back fresh memory again the pull pays for it too.
+This VM's host takes free memory back, and a herd of 16 emulated hosts would
+pay the host's cost of backing it again on 2 cores: the run pauses the VM's
+free page reporting, and just before each "go" (Krill's and the registry's)
+writes and frees as much fresh page cache as the pull will write, timed
+(``herd_memory``); ``--cold-memory`` does neither.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from benchlib import cpu_seconds
@@ -74,6 +78,7 @@ from herd_common import (
     start_servers,
     wait_for_exits,
 )
+from herd_memory import back_page_cache, page_reporting_paused, pull_footprint_mib
 
 
 def sha256_of(path: Path) -> str:
@@ -121,28 +126,12 @@ def push_image(
     return sha256_of(layer)
 
 
-def page_write_cost(work: Path, mib: int = 64) -> float:
-    """Microseconds of wall time per 4 KiB page to write ``mib`` MiB of fresh page cache.
-
-    The herd writes 1 GiB of fresh page cache per pull (16 nodes on one machine),
-    and on a VM whose host must back those pages again each costs ~10x more
-    (docs/profile-agent.md, "The page-cache state"): printed so a run's figure can
-    be read with the machine's state. The file stays until the work dir goes, so
-    the probe frees no pages the pull could then reuse.
-    """
-    chunk = os.urandom(1 << 20)
-    start = time.perf_counter()
-    with open(work / "page-write-probe", "wb") as f:
-        for _ in range(mib):
-            f.write(chunk)
-    return (time.perf_counter() - start) * 1e6 / (mib * 256)
-
-
 # ---- the plain registry pull ----
 
 
 def registry_pull(
-    work: Path, nodes: int, digest: str, registry_pid: int
+    work: Path, nodes: int, digest: str, registry_pid: int,
+    before_go: Callable[[], None] = lambda: None,
 ) -> tuple[list[float], float, float]:
     """Every node GETs the manifest, then the layer, from docker-registry, all at once.
 
@@ -156,6 +145,7 @@ def registry_pull(
             "-H", "Accept: application/vnd.oci.image.manifest.v1+json",
             f"{base}/manifests/{TAG}", "-o", "/dev/null",
             "-C", "-", f"{base}/blobs/{digest}", "-o"]  # -C -: a retry resumes the file
+    before_go()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_before = cpu_seconds(registry_pid)
     start = time.monotonic()
@@ -187,7 +177,10 @@ def run_bench(args: argparse.Namespace) -> int:
         f", {args.size_mib} MiB layer (limit {limit:.2f} s), "
         f"{'engine only' if args.engine_only else 'krill agent'}"
     )
-    with herd_cluster(args, "krill-bench-herd-", what) as (work, procs):
+    with (
+        herd_cluster(args, "krill-bench-herd-", what) as (work, procs),
+        page_reporting_paused(not args.cold_memory) as memory,
+    ):
         registry_pid = start_servers(procs, work, not args.no_claims)
         files = image_files(work, size)
         digest = push_image(origin_url(), *files)
@@ -197,21 +190,30 @@ def run_bench(args: argparse.Namespace) -> int:
 
         from herd_report import Figures
 
-        figures = Figures(args, limit, size)
-        figures.page_write_us = page_write_cost(work)
+        figures = Figures(args, limit, size, memory=memory)
+        footprint = pull_footprint_mib(args.nodes, args.size_mib)
+
+        def back_memory(which: str) -> Callable[[], None]:
+            def back() -> None:
+                if not args.cold_memory:
+                    figures.backing[which] = back_page_cache(work, footprint)
+            return back
+
         sent_before = CLUSTER.tx_bytes(0)
         if args.engine_only:
             from herd_engine import swarm_pull
 
             log("swarm pull (engine only) ...")
             figures.krill, figures.node_cpu = swarm_pull(
-                procs, work, args.nodes, digest, not args.no_claims
+                procs, work, args.nodes, digest, not args.no_claims, back_memory("krill")
             )
         else:
             from herd_agents import agents_pull
 
             log("pull through krill agents ...")
-            run = agents_pull(procs, work, args.nodes, args.profile)
+            run = agents_pull(
+                procs, work, args.nodes, args.profile, before_go=back_memory("krill")
+            )
             figures.krill = [p.seconds for p in run.pulls]
             figures.node_cpu = run.agent_cpu
             figures.agents = run
@@ -222,7 +224,7 @@ def run_bench(args: argparse.Namespace) -> int:
         else:
             log("plain registry pull ...")
             figures.plain, figures.curl_cpu, figures.registry_cpu = registry_pull(
-                work, args.nodes, digest, registry_pid
+                work, args.nodes, digest, registry_pid, back_memory("registry")
             )
         figures.report()
     return 0
@@ -232,6 +234,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_cluster_arguments(parser, nodes=16, mtu=9000)
     parser.add_argument("--size-mib", type=int, default=64)
+    parser.add_argument(
+        "--cold-memory",
+        action="store_true",
+        help="neither pause the VM's free page reporting nor back its free memory before "
+        "each 'go' (herd_memory): the pulls then also pay for pages the host took back",
+    )
     parser.add_argument(
         "--engine-only",
         action="store_true",

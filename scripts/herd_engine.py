@@ -17,6 +17,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,9 +45,13 @@ if TYPE_CHECKING:
 
 
 def swarm_pull(
-    procs: Processes, work: Path, nodes: int, digest: str, claims: bool
+    procs: Processes, work: Path, nodes: int, digest: str, claims: bool,
+    before_go: Callable[[], None] = lambda: None,
 ) -> tuple[list[float], float]:
-    """Seconds each node took, and the CPU-seconds (user + sys) the drivers used pulling."""
+    """Seconds each node took, and the CPU-seconds (user + sys) the drivers used pulling.
+
+    ``before_go`` runs once every node is ready, just before "go" (herd_memory).
+    """
     tracker = tracker_url()
     drivers = []
     for index in range(1, nodes + 1):
@@ -71,6 +76,7 @@ def swarm_pull(
     for driver in drivers:  # each prints "ready" once its engine listens
         if read_line(driver) != {"ready": True}:
             raise RuntimeError("a swarm driver failed to start; see its log")
+    before_go()
     log(f"{nodes} nodes ready; go")
     for driver in drivers:
         assert driver.stdin is not None

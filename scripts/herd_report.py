@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from herd_agents import AgentRun
 from herd_common import percentile
+from herd_memory import Backing
 
 GiB = 1024**3
 
@@ -28,7 +29,8 @@ class Figures:
     plain: list[float] = field(default_factory=list)  # docker-registry, seconds per node
     curl_cpu: float = math.nan  # CPU-seconds of every curl of the registry pull
     registry_cpu: float = math.nan  # CPU-seconds of docker-registry during its pull
-    page_write_us: float = math.nan  # wall us per 4 KiB page of fresh page cache, before "go"
+    memory: str = ""  # what herd_memory did to the machine's free page reporting
+    backing: dict[str, Backing] = field(default_factory=dict)  # "krill"/"registry": herd_memory
 
     @property
     def pulled_gib(self) -> float:
@@ -56,9 +58,11 @@ class Figures:
             f"{self.node_cpu / self.pulled_gib:.2f} (user+sys, 'go' to the last node done) | "
             f"curl from docker-registry {self.curl_cpu / self.pulled_gib:.2f} + "
             f"docker-registry {self.registry_cpu / self.pulled_gib:.2f}",
-            f"machine before 'go': fresh page cache cost {self.page_write_us:.1f} us per 4 KiB "
-            "page (about 1 when the memory is backed; several times that on a VM whose host "
-            "must back it again, and the pull pays it too: docs/profile-agent.md)",
+            f"machine: {self.memory}",
+            *(
+                f"machine before {which}'s 'go': {self.backing.get(which, Backing()).describe()}"
+                for which in (["krill"] if args.skip_registry else ["krill", "registry"])
+            ),
         ]
         record: dict[str, object] = {
             "mode": mode, "krill_s": sorted(self.krill), "registry_s": sorted(self.plain),
@@ -66,7 +70,7 @@ class Figures:
             "node_cpu_s_per_gib": self.node_cpu / self.pulled_gib,
             "curl_cpu_s_per_gib": self.curl_cpu / self.pulled_gib,
             "registry_cpu_s_per_gib": self.registry_cpu / self.pulled_gib,
-            "page_write_us": self.page_write_us,
+            "backing_step_us": {k: b.step_us for k, b in self.backing.items()},
         }
         if self.agents is not None:
             lines += self._agent_lines(record)

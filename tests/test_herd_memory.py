@@ -1,0 +1,84 @@
+"""scripts/herd_memory.py: what the herd bench does to the machine's memory before "go".
+
+The bench changes a kernel setting for its run, so what matters is that it puts
+it back whatever happens, says what it did, and leaves nothing on disk.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load() -> ModuleType:
+    """``scripts/herd_memory.py`` as bench_herd imports it: by name, from ``scripts/``."""
+    scripts = str(ROOT / "scripts")
+    if scripts not in sys.path:
+        sys.path.append(scripts)
+    return importlib.import_module("herd_memory")
+
+
+memory = _load()
+
+
+@pytest.fixture
+def reporting_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A stand-in for the kernel's page_reporting_order parameter, set to 9."""
+    setting = tmp_path / "page_reporting_order"
+    setting.write_text("9\n")
+    monkeypatch.setattr(memory, "REPORTING_ORDER", setting)
+    return setting
+
+
+def test_reporting_is_paused_inside_and_restored_after(reporting_order: Path) -> None:
+    with memory.page_reporting_paused() as said:
+        assert reporting_order.read_text() == memory.NO_REPORTING
+        assert "9 -> 11" in said and "restored" in said
+    assert reporting_order.read_text() == "9"
+
+
+def test_reporting_is_restored_when_the_run_fails(reporting_order: Path) -> None:
+    with pytest.raises(RuntimeError), memory.page_reporting_paused():
+        raise RuntimeError("the bench failed mid-run")
+    assert reporting_order.read_text() == "9"
+
+
+def test_cold_memory_leaves_the_setting_alone(reporting_order: Path) -> None:
+    with memory.page_reporting_paused(enabled=False) as said:
+        assert reporting_order.read_text() == "9\n"
+    assert "--cold-memory" in said
+
+
+def test_a_kernel_without_page_reporting_is_said_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory, "REPORTING_ORDER", tmp_path / "absent")
+    with memory.page_reporting_paused() as said:
+        assert "no free page reporting" in said
+    assert not (tmp_path / "absent").exists()
+
+
+def test_backing_writes_timed_steps_and_leaves_no_file(tmp_path: Path) -> None:
+    backing = memory.back_page_cache(tmp_path, 2 * memory.STEP_MIB)
+    assert backing.mib == 2 * memory.STEP_MIB
+    assert all(us > 0 for us in backing.step_us)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_report_line_counts_cold_steps_apart() -> None:
+    line = memory.Backing([0.9, 12.0, 13.0]).describe()
+    assert line.startswith("backed 192 MiB of fresh page cache, 128 MiB of it cold")
+    assert "12.5 us per 4 KiB page cold" in line and "0.9 us per 4 KiB page backed" in line
+    assert "cold" not in memory.Backing([1.0]).describe().split("of it cold")[1]
+    assert "--cold-memory" in memory.Backing().describe()
+
+
+def test_the_footprint_is_a_copy_per_node_with_a_quarter_to_spare() -> None:
+    assert memory.pull_footprint_mib(16, 64) == 1280
+    assert memory.pull_footprint_mib(10**6, 64) < 10**6 * 64  # capped by free memory
