@@ -25,6 +25,10 @@ cached:
 ``ctr`` runs in the node's namespace (the client side of ``ctr images pull``
 does the fetching); the containerd daemons run in this namespace, reached
 only through their unix sockets, and do the unpacking.
+
+As ``bench_herd``, the run pauses the VM's free page reporting and backs, just
+before each phase's "go", the page cache that phase will write (``herd_memory``;
+``--cold-memory`` does neither).
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ from herd_common import (
     start_servers,
     wait_for_exits,
 )
+from herd_memory import Backing, back_page_cache, page_reporting_paused, pull_footprint_mib
 
 from tests import containerd
 from tests.imagebuild import Image, build_image, gzip_bytes, random_files
@@ -88,6 +93,18 @@ class ImageFigures:
     egress: float = float("nan")  # origin host's sent bytes in the Krill phase / image bytes
     sources: list[str] = field(default_factory=list)
     load_start: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    memory: str = ""  # what herd_memory did to the machine's free page reporting
+    backing: dict[str, Backing] = field(default_factory=dict)  # "krill"/"registry"
+
+    def back_memory(self, work: Path, which: str) -> None:
+        """Just before a phase's "go": back the page cache it will write (herd_memory).
+
+        Per node: the agent's copy of each layer, containerd's, and the native
+        snapshotter's unpacked snapshots (each copies the ones below it): ~4 copies.
+        """
+        if not self.args.cold_memory:
+            footprint = pull_footprint_mib(self.args.nodes, self.image_bytes >> 20, copies=4)
+            self.backing[which] = back_page_cache(work, footprint)
 
     def report(self) -> None:
         limit = self.image_bytes * 8 / (self.args.rate_mbit * 1e6)
@@ -112,6 +129,12 @@ class ImageFigures:
             "agent_cpu_s_per_gib": self.agent_cpu / (self.args.nodes * self.image_bytes / GiB),
             "served_from": self.sources,
         }
+        lines.append(f"machine: {self.memory}")
+        lines += [
+            f"machine before {name}'s 'go': {self.backing.get(name, Backing()).describe()}"
+            for name, times in rows
+            if times
+        ]
         for name, times in rows:
             if not times:
                 continue
@@ -247,6 +270,7 @@ def krill_phase(procs: Processes, work: Path, figures: ImageFigures) -> None:
             for i in hosts
         }
         cpu_before = sum(cpu_seconds(agent.pid) for agent in agents.values())
+        figures.back_memory(work, "krill")
         sent_before = CLUSTER.tx_bytes(0)
         log(f"{nodes} agents and containerds ready; go (through the agents)")
         figures.krill = herd_pull(commands)
@@ -263,12 +287,15 @@ def registry_phase(work: Path, figures: ImageFigures) -> None:
     reference = f"{host_ip(0)}:{REGISTRY_PORT}/{REPOSITORY}:{TAG}"
     with containerds(work, "registry", nodes) as ctrds:
         commands = {i: ctr_pull(ctrds[i], reference, "--plain-http") for i in ctrds}
+        figures.back_memory(work, "registry")
         log(f"{nodes} containerds ready; go (straight from docker-registry {registry_url()})")
         figures.plain = herd_pull(commands)
         check_unpacked(ctrds, figures.layers)
 
 
-def run_image_herd(args: argparse.Namespace, procs: Processes, work: Path) -> ImageFigures:
+def run_image_herd(
+    args: argparse.Namespace, procs: Processes, work: Path, memory: str
+) -> ImageFigures:
     """Build and push the image, then the two phases; the cluster and servers are up."""
     sizes = layer_sizes(args.layers_mib)
     image = make_image(sizes)
@@ -279,7 +306,7 @@ def run_image_herd(args: argparse.Namespace, procs: Processes, work: Path) -> Im
         f"image: {len(sizes)} layers ({args.layers_mib} MiB of random files), "
         f"{total / 2**20:.1f} MiB of blobs"
     )
-    figures = ImageFigures(args, total, len(sizes), load_start=os.getloadavg())
+    figures = ImageFigures(args, total, len(sizes), load_start=os.getloadavg(), memory=memory)
     krill_phase(procs, work, figures)
     if not args.skip_registry:
         registry_phase(work, figures)
@@ -295,14 +322,24 @@ def main() -> int:
         help="layer sizes in MiB, smallest first (default 8,16,24,48: 96 MiB; the native "
         "snapshotter copies every lower layer into each new snapshot)",
     )
+    parser.add_argument(
+        "--cold-memory",
+        action="store_true",
+        help="neither pause the VM's free page reporting nor back its free memory before "
+        "each 'go' (herd_memory): the pulls then also pay for pages the host took back",
+    )
     args = parser.parse_args()
     layer_sizes(args.layers_mib)  # a bad list fails before the cluster is built
 
     def run() -> int:
         what = f" (image herd, {args.layers_mib} MiB layers)"
-        with herd_cluster(args, "krill-bench-image-herd-", what) as (work, procs):
+        with (
+            herd_cluster(args, "krill-bench-image-herd-", what) as (work, procs),
+            page_reporting_paused(not args.cold_memory) as memory,
+        ):
             start_servers(procs, work, claims=True)
-            run_image_herd(args, procs, work).report()
+            figures = run_image_herd(args, procs, work, memory)
+            figures.report()
         return 0
 
     return run_as_root(run)

@@ -85,15 +85,15 @@ def back_page_cache(work: Path, mib: int) -> Backing:
     return backing
 
 
-def pull_footprint_mib(nodes: int, size_mib: int) -> int:
-    """MiB of fresh page cache a pull writes (a copy per node), with a quarter to spare,
-    never more than half the memory the machine has free."""
+def pull_footprint_mib(nodes: int, size_mib: int, copies: int = 1) -> int:
+    """MiB of fresh page cache a pull writes (``copies`` per node), with a quarter to
+    spare, never more than half the memory the machine has free."""
     available_kib = next(
         int(line.split()[1])
         for line in Path("/proc/meminfo").read_text().splitlines()
         if line.startswith("MemAvailable:")
     )
-    return min(nodes * size_mib * 5 // 4, available_kib // 2048)
+    return min(nodes * size_mib * copies * 5 // 4, available_kib // 2048)
 
 
 @contextlib.contextmanager
