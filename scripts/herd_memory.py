@@ -104,6 +104,13 @@ def page_reporting_paused(enabled: bool = True) -> Iterator[str]:
         return
     try:
         before = REPORTING_ORDER.read_text().strip()
+        if before == NO_REPORTING:  # another run's pause: that run puts it back
+            yield (
+                f"free page reporting already paused (page_reporting_order {before}: another "
+                f"bench run, or one killed before it could restore the setting; the kernel's "
+                f"default is on its command line, /proc/cmdline)"
+            )
+            return
         REPORTING_ORDER.write_text(NO_REPORTING)
     except OSError:
         yield "no free page reporting to pause on this machine"

@@ -49,6 +49,13 @@ def test_reporting_is_restored_when_the_run_fails(reporting_order: Path) -> None
     assert reporting_order.read_text() == "9"
 
 
+def test_a_pause_already_in_place_is_left_to_whoever_made_it(reporting_order: Path) -> None:
+    reporting_order.write_text(memory.NO_REPORTING)
+    with memory.page_reporting_paused() as said:
+        assert "already paused" in said
+    assert reporting_order.read_text() == memory.NO_REPORTING  # not "restored" to paused
+
+
 def test_cold_memory_leaves_the_setting_alone(reporting_order: Path) -> None:
     with memory.page_reporting_paused(enabled=False) as said:
         assert reporting_order.read_text() == "9\n"
