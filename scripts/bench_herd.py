@@ -79,7 +79,7 @@ from herd_common import (
     start_servers,
     wait_for_exits,
 )
-from herd_memory import back_page_cache, page_reporting_paused, pull_footprint_mib
+from herd_memory import add_cold_memory_argument, prepared_machine, pull_footprint_mib
 
 
 def sha256_of(path: Path) -> str:
@@ -180,7 +180,7 @@ def run_bench(args: argparse.Namespace) -> int:
     )
     with (
         herd_cluster(args, "krill-bench-herd-", what) as (work, procs),
-        page_reporting_paused(not args.cold_memory) as memory,
+        prepared_machine(work, not args.cold_memory) as machine,
     ):
         registry_pid = start_servers(procs, work, not args.no_claims)
         files = image_files(work, size)
@@ -191,14 +191,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
         from herd_report import Figures
 
-        figures = Figures(args, limit, size, memory=memory)
+        figures = Figures(args, limit, size, machine=machine)
         footprint = pull_footprint_mib(args.nodes, args.size_mib)
-
-        def back_memory(which: str) -> Callable[[], None]:
-            def back() -> None:
-                if not args.cold_memory:
-                    figures.backing[which] = back_page_cache(work, footprint)
-            return back
 
         sent_before = CLUSTER.tx_bytes(0)
         if args.engine_only:
@@ -206,14 +200,16 @@ def run_bench(args: argparse.Namespace) -> int:
 
             log("swarm pull (engine only) ...")
             figures.krill, figures.node_cpu = swarm_pull(
-                procs, work, args.nodes, digest, not args.no_claims, back_memory("krill")
+                procs, work, args.nodes, digest, not args.no_claims,
+                machine.before_go("krill", footprint),
             )
         else:
             from herd_agents import agents_pull
 
             log("pull through krill agents ...")
             run = agents_pull(
-                procs, work, args.nodes, args.profile, before_go=back_memory("krill")
+                procs, work, args.nodes, args.profile,
+                before_go=machine.before_go("krill", footprint),
             )
             figures.krill = [p.seconds for p in run.pulls]
             figures.node_cpu = run.agent_cpu
@@ -225,7 +221,8 @@ def run_bench(args: argparse.Namespace) -> int:
         else:
             log("plain registry pull ...")
             figures.plain, figures.curl_cpu, figures.registry_cpu = registry_pull(
-                work, args.nodes, digest, registry_pid, back_memory("registry")
+                work, args.nodes, digest, registry_pid,
+                machine.before_go("registry", footprint),
             )
         figures.report()
     return 0
@@ -235,12 +232,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_cluster_arguments(parser, nodes=16, mtu=9000)
     parser.add_argument("--size-mib", type=int, default=64)
-    parser.add_argument(
-        "--cold-memory",
-        action="store_true",
-        help="neither pause the VM's free page reporting nor back its free memory before "
-        "each 'go' (herd_memory): the pulls then also pay for pages the host took back",
-    )
+    add_cold_memory_argument(parser)
     parser.add_argument(
         "--engine-only",
         action="store_true",

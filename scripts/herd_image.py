@@ -69,7 +69,12 @@ from herd_common import (
     start_servers,
     wait_for_exits,
 )
-from herd_memory import Backing, back_page_cache, page_reporting_paused, pull_footprint_mib
+from herd_memory import (
+    PreparedMachine,
+    add_cold_memory_argument,
+    prepared_machine,
+    pull_footprint_mib,
+)
 
 from tests import containerd
 from tests.imagebuild import Image, build_image, gzip_bytes, random_files
@@ -93,18 +98,17 @@ class ImageFigures:
     egress: float = float("nan")  # origin host's sent bytes in the Krill phase / image bytes
     sources: list[str] = field(default_factory=list)
     load_start: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    memory: str = ""  # what herd_memory did to the machine's free page reporting
-    backing: dict[str, Backing] = field(default_factory=dict)  # "krill"/"registry"
+    machine: PreparedMachine | None = None  # herd_memory: what was done before each "go"
 
-    def back_memory(self, work: Path, which: str) -> None:
+    def back_memory(self, phase: str) -> None:
         """Just before a phase's "go": back the page cache it will write (herd_memory).
 
         Per node: the agent's copy of each layer, containerd's, and the native
         snapshotter's unpacked snapshots (each copies the ones below it): ~4 copies.
         """
-        if not self.args.cold_memory:
-            footprint = pull_footprint_mib(self.args.nodes, self.image_bytes >> 20, copies=4)
-            self.backing[which] = back_page_cache(work, footprint)
+        if self.machine is not None:
+            mib = pull_footprint_mib(self.args.nodes, self.image_bytes >> 20, copies=4)
+            self.machine.back(phase, mib)
 
     def report(self) -> None:
         limit = self.image_bytes * 8 / (self.args.rate_mbit * 1e6)
@@ -129,12 +133,8 @@ class ImageFigures:
             "agent_cpu_s_per_gib": self.agent_cpu / (self.args.nodes * self.image_bytes / GiB),
             "served_from": self.sources,
         }
-        lines.append(f"machine: {self.memory}")
-        lines += [
-            f"machine before {name}'s 'go': {self.backing.get(name, Backing()).describe()}"
-            for name, times in rows
-            if times
-        ]
+        if self.machine is not None:
+            lines += self.machine.lines(name for name, times in rows if times)
         for name, times in rows:
             if not times:
                 continue
@@ -270,7 +270,7 @@ def krill_phase(procs: Processes, work: Path, figures: ImageFigures) -> None:
             for i in hosts
         }
         cpu_before = sum(cpu_seconds(agent.pid) for agent in agents.values())
-        figures.back_memory(work, "krill")
+        figures.back_memory("krill")
         sent_before = CLUSTER.tx_bytes(0)
         log(f"{nodes} agents and containerds ready; go (through the agents)")
         figures.krill = herd_pull(commands)
@@ -287,14 +287,14 @@ def registry_phase(work: Path, figures: ImageFigures) -> None:
     reference = f"{host_ip(0)}:{REGISTRY_PORT}/{REPOSITORY}:{TAG}"
     with containerds(work, "registry", nodes) as ctrds:
         commands = {i: ctr_pull(ctrds[i], reference, "--plain-http") for i in ctrds}
-        figures.back_memory(work, "registry")
+        figures.back_memory("registry")
         log(f"{nodes} containerds ready; go (straight from docker-registry {registry_url()})")
         figures.plain = herd_pull(commands)
         check_unpacked(ctrds, figures.layers)
 
 
 def run_image_herd(
-    args: argparse.Namespace, procs: Processes, work: Path, memory: str
+    args: argparse.Namespace, procs: Processes, work: Path, machine: PreparedMachine
 ) -> ImageFigures:
     """Build and push the image, then the two phases; the cluster and servers are up."""
     sizes = layer_sizes(args.layers_mib)
@@ -306,7 +306,9 @@ def run_image_herd(
         f"image: {len(sizes)} layers ({args.layers_mib} MiB of random files), "
         f"{total / 2**20:.1f} MiB of blobs"
     )
-    figures = ImageFigures(args, total, len(sizes), load_start=os.getloadavg(), memory=memory)
+    figures = ImageFigures(
+        args, total, len(sizes), load_start=os.getloadavg(), machine=machine
+    )
     krill_phase(procs, work, figures)
     if not args.skip_registry:
         registry_phase(work, figures)
@@ -322,12 +324,7 @@ def main() -> int:
         help="layer sizes in MiB, smallest first (default 8,16,24,48: 96 MiB; the native "
         "snapshotter copies every lower layer into each new snapshot)",
     )
-    parser.add_argument(
-        "--cold-memory",
-        action="store_true",
-        help="neither pause the VM's free page reporting nor back its free memory before "
-        "each 'go' (herd_memory): the pulls then also pay for pages the host took back",
-    )
+    add_cold_memory_argument(parser)
     args = parser.parse_args()
     layer_sizes(args.layers_mib)  # a bad list fails before the cluster is built
 
@@ -335,10 +332,10 @@ def main() -> int:
         what = f" (image herd, {args.layers_mib} MiB layers)"
         with (
             herd_cluster(args, "krill-bench-image-herd-", what) as (work, procs),
-            page_reporting_paused(not args.cold_memory) as memory,
+            prepared_machine(work, not args.cold_memory) as machine,
         ):
             start_servers(procs, work, claims=True)
-            figures = run_image_herd(args, procs, work, memory)
+            figures = run_image_herd(args, procs, work, machine)
             figures.report()
         return 0
 

@@ -26,10 +26,11 @@ what is measured.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,3 +123,54 @@ def page_reporting_paused(enabled: bool = True) -> Iterator[str]:
         )
     finally:
         REPORTING_ORDER.write_text(before)
+
+
+class PreparedMachine:
+    """One run's preparation: what was done to free page reporting, and each phase's backing.
+
+    Built by ``prepared_machine``; a bench calls ``back`` (or hands out ``before_go``)
+    just before each phase's "go", and prints ``lines`` with its figures.
+    """
+
+    def __init__(self, work: Path, reporting: str, enabled: bool) -> None:
+        self.work = work
+        self.reporting = reporting  # the line page_reporting_paused yielded
+        self.enabled = enabled
+        self.backing: dict[str, Backing] = {}  # phase ("krill", "registry") -> its backing
+
+    def back(self, phase: str, mib: int) -> None:
+        """Back ``mib`` MiB of page cache for ``phase`` (nothing with --cold-memory)."""
+        if self.enabled:
+            self.backing[phase] = back_page_cache(self.work, mib)
+
+    def before_go(self, phase: str, mib: int) -> Callable[[], None]:
+        """``back`` as a callback for a pull that calls it just before its "go"."""
+        return lambda: self.back(phase, mib)
+
+    def lines(self, phases: Iterable[str]) -> list[str]:
+        """The report's lines: page reporting, then each phase's backing."""
+        return [f"machine: {self.reporting}"] + [
+            f"machine before {phase}'s 'go': {self.backing.get(phase, Backing()).describe()}"
+            for phase in phases
+        ]
+
+    def step_us(self) -> dict[str, list[float]]:
+        """Each phase's backing, us per 4 KiB page per 64 MiB step (for the JSON record)."""
+        return {phase: backing.step_us for phase, backing in self.backing.items()}
+
+
+@contextlib.contextmanager
+def prepared_machine(work: Path, enabled: bool = True) -> Iterator[PreparedMachine]:
+    """Free page reporting paused for the block (``enabled``), and a ``PreparedMachine``."""
+    with page_reporting_paused(enabled) as reporting:
+        yield PreparedMachine(work, reporting, enabled)
+
+
+def add_cold_memory_argument(parser: argparse.ArgumentParser) -> None:
+    """``--cold-memory``: the same flag, and help, in every herd bench."""
+    parser.add_argument(
+        "--cold-memory",
+        action="store_true",
+        help="neither pause the VM's free page reporting nor back its free memory before "
+        "each 'go' (herd_memory): the pulls then also pay for pages the host took back",
+    )

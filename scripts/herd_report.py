@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from herd_agents import AgentRun
 from herd_common import percentile
-from herd_memory import Backing
+from herd_memory import PreparedMachine
 
 GiB = 1024**3
 
@@ -29,8 +29,7 @@ class Figures:
     plain: list[float] = field(default_factory=list)  # docker-registry, seconds per node
     curl_cpu: float = math.nan  # CPU-seconds of every curl of the registry pull
     registry_cpu: float = math.nan  # CPU-seconds of docker-registry during its pull
-    memory: str = ""  # what herd_memory did to the machine's free page reporting
-    backing: dict[str, Backing] = field(default_factory=dict)  # "krill"/"registry": herd_memory
+    machine: PreparedMachine | None = None  # herd_memory: what was done before each "go"
 
     @property
     def pulled_gib(self) -> float:
@@ -58,10 +57,10 @@ class Figures:
             f"{self.node_cpu / self.pulled_gib:.2f} (user+sys, 'go' to the last node done) | "
             f"curl from docker-registry {self.curl_cpu / self.pulled_gib:.2f} + "
             f"docker-registry {self.registry_cpu / self.pulled_gib:.2f}",
-            f"machine: {self.memory}",
             *(
-                f"machine before {which}'s 'go': {self.backing.get(which, Backing()).describe()}"
-                for which in (["krill"] if args.skip_registry else ["krill", "registry"])
+                self.machine.lines(["krill"] if args.skip_registry else ["krill", "registry"])
+                if self.machine is not None
+                else []
             ),
         ]
         record: dict[str, object] = {
@@ -70,7 +69,7 @@ class Figures:
             "node_cpu_s_per_gib": self.node_cpu / self.pulled_gib,
             "curl_cpu_s_per_gib": self.curl_cpu / self.pulled_gib,
             "registry_cpu_s_per_gib": self.registry_cpu / self.pulled_gib,
-            "backing_step_us": {k: b.step_us for k, b in self.backing.items()},
+            "backing_step_us": self.machine.step_us() if self.machine is not None else {},
         }
         if self.agents is not None:
             lines += self._agent_lines(record)

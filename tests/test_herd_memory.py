@@ -82,10 +82,33 @@ def test_the_report_line_counts_cold_steps_apart() -> None:
     line = memory.Backing([0.9, 12.0, 13.0]).describe()
     assert line.startswith("backed 192 MiB of fresh page cache, 128 MiB of it cold")
     assert "12.5 us per 4 KiB page cold" in line and "0.9 us per 4 KiB page backed" in line
-    assert "cold" not in memory.Backing([1.0]).describe().split("of it cold")[1]
+    assert memory.Backing([1.0]).describe() == (
+        "backed 64 MiB of fresh page cache, 0 MiB of it cold (1.0 us per 4 KiB page backed)"
+    )
     assert "--cold-memory" in memory.Backing().describe()
 
 
 def test_the_footprint_is_a_copy_per_node_with_a_quarter_to_spare() -> None:
     assert memory.pull_footprint_mib(16, 64) == 1280
     assert memory.pull_footprint_mib(10**6, 64) < 10**6 * 64  # capped by free memory
+
+
+def test_a_prepared_machine_backs_each_phase_and_reports_it(
+    reporting_order: Path, tmp_path: Path
+) -> None:
+    with memory.prepared_machine(tmp_path) as machine:
+        assert reporting_order.read_text() == memory.NO_REPORTING
+        machine.before_go("krill", memory.STEP_MIB)()  # as a pull calls it before "go"
+        lines = machine.lines(["krill", "registry"])
+    assert reporting_order.read_text() == "9"
+    assert lines[0].startswith("machine: free page reporting paused")
+    assert lines[1].startswith("machine before krill's 'go': backed 64 MiB")
+    assert "not backed" in lines[2]  # the registry phase never ran
+    assert list(machine.step_us()) == ["krill"]
+
+
+def test_with_cold_memory_nothing_is_backed(reporting_order: Path, tmp_path: Path) -> None:
+    with memory.prepared_machine(tmp_path, enabled=False) as machine:
+        machine.back("krill", memory.STEP_MIB)
+    assert machine.step_us() == {}
+    assert reporting_order.read_text() == "9\n"
