@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -80,7 +81,7 @@ class Containerd:
         return [line.split()[0] for line in out[1:] if line.strip()]
 
 
-def _config(root: Path) -> str:
+def _config(root: Path, sockets: Path) -> str:
     disabled = ", ".join(f'"{p}"' for p in DISABLED_PLUGINS)
     return (
         "version = 2\n"
@@ -88,9 +89,9 @@ def _config(root: Path) -> str:
         f'state = "{root / "state"}"\n'
         f"disabled_plugins = [{disabled}]\n"
         "[grpc]\n"
-        f'  address = "{root / "c.sock"}"\n'
+        f'  address = "{sockets / "c.sock"}"\n'
         "[ttrpc]\n"
-        f'  address = "{root / "c-ttrpc.sock"}"\n'
+        f'  address = "{sockets / "c-ttrpc.sock"}"\n'
         "[debug]\n"
         '  address = ""\n'
         '  level = "info"\n'
@@ -103,17 +104,21 @@ def _config(root: Path) -> str:
 def running_containerd(root: Path) -> Iterator[Containerd]:
     """Start containerd with everything under ``root``; stop it when the block ends.
 
-    The native snapshotter mounts nothing, so there is nothing to unmount.
+    The native snapshotter mounts nothing, so there is nothing to unmount. The sockets
+    live in a short directory of their own: a unix socket's path has room for ~104
+    bytes, which a root deep in pytest's or a bench's work directory overruns
+    (containerd then exits with "unix socket path too long").
     """
     root.mkdir(parents=True, exist_ok=True)
-    config = root / "config.toml"
-    config.write_text(_config(root))
-    socket = root / "c.sock"
-    cmd = ["containerd", "--config", str(config)]
-    with logged_process(cmd, root / "containerd.log") as proc:
-        instance = Containerd(root, socket)
-        _wait_ready(instance, proc)
-        yield instance
+    with tempfile.TemporaryDirectory(prefix="ctrd-", dir="/tmp") as short:
+        sockets = Path(short)
+        config = root / "config.toml"
+        config.write_text(_config(root, sockets))
+        cmd = ["containerd", "--config", str(config)]
+        with logged_process(cmd, root / "containerd.log") as proc:
+            instance = Containerd(root, sockets / "c.sock")
+            _wait_ready(instance, proc)
+            yield instance
 
 
 def _wait_ready(instance: Containerd, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
