@@ -176,9 +176,11 @@ def agents_pull(
     busy = cpu_busy(machine_before, cpu_times())
     sampler.stop()
     log("origin egress Mbit/s per second: " + " ".join(f"{v:.0f}" for v in sampler.rates(0)))
-    per_node = [sampler.rates(i, received=True) for i in hosts]  # a node's link is its limit
-    log("node ingress Mbit/s per second, mean of the nodes: "
-        + " ".join(f"{sum(second) / nodes:.0f}" for second in zip(*per_node, strict=True)))
+    # A node's downlink is its limit; its uplink carries what it forwards to its peers,
+    # which a herd needs busy (N - 1) / N of the pull (docs/benchmarks.md, the model).
+    for direction, received in (("ingress", True), ("egress", False)):
+        log(f"node {direction} Mbit/s per second, mean of the nodes: "
+            + " ".join(f"{v:.0f}" for v in sampler.mean_rates(hosts, received)))
     log(f"machine CPU busy during the pull: {busy:.0%}")
     pulls = [node_pull(i, results[i], work, label) for i in hosts]
     for client in clients.values():
