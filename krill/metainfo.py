@@ -8,28 +8,30 @@ to libtorrent separately), no private flag. The info dictionary is exactly
 ``{length, name, piece length, pieces}`` with ``name`` = the digest's hex,
 bencoded with sorted keys.
 
-Piece-length policy (``piece_length_for``, since 2026-12-07): start at
-``MIN_PIECE_LENGTH`` (64 KiB) and double while the blob has more than
-``TARGET_PIECES`` (2048) pieces, up to ``MAX_PIECE_LENGTH`` (16 MiB). So
-anything up to 128 MiB has pieces of 64 KiB (a 64 MiB layer: 1024), 256 MiB
-2048 of 128 KiB, 1 GiB 2048 of 512 KiB. Why:
+Piece-length policy (``piece_length_for``, since 2026-12-06): start at
+``MIN_PIECE_LENGTH`` (64 KiB) and double while the blob still has at least
+``MIN_PIECES`` (64) pieces of the doubled length, up to
+``PREFERRED_PIECE_LENGTH`` (128 KiB); then double further while the blob has
+more than ``TARGET_PIECES`` (2048), up to ``MAX_PIECE_LENGTH`` (16 MiB). So a
+4 MiB blob has 64 pieces of 64 KiB, anything from 8 MiB to 256 MiB pieces of
+128 KiB (a 64 MiB layer: 512), 1 GiB 2048 of 512 KiB, as before. Why:
 
 * Small pieces let a peer re-share data sooner (a piece is shareable only
   once it is complete and hash-checked), which is what makes a herd of
   nodes feed each other instead of all waiting on the origin, and they make
-  streaming (in-order verified prefix) advance in small steps.
+  streaming (in-order verified prefix) advance in small steps. A small blob
+  keeps at least 64 pieces (while they are over 64 KiB) so a herd of dozens
+  still has something to trade, and its first verified byte is one small
+  piece away.
 * Every piece costs CPU on every node, per piece and per message: a HAVE to
   each peer, a piece-finished alert, a hash job, piece-picker and interest
-  updates, and an origin-fed piece's copy into libtorrent. From 2026-12-06
-  to 2026-12-07 blobs of 8-256 MiB had 128 KiB pieces for that reason: with
-  8 upload slots per node it saved ~7 % of the agents' CPU per GiB at the
-  same p50 on 2 cores. With 16 slots (``SwarmSettings.unchoke_slots``), which
-  split a node's uplink twice as many ways so each piece takes twice as long
-  to pass on whole, 64 KiB pieces are faster at every herd size measured
-  (N=16 at 100 Mbit/s 1.20x the limit against 1.22x, at 50 Mbit/s 1.15x
-  against 1.18x, N=32 at 25 Mbit/s 1.20x against 1.27x) for 12-20 % more
-  agent CPU per GiB (docs/profile-agent.md, "the nodes' uplinks stop at
-  85 %"). A node on its own cores has that CPU to spare.
+  updates, and an origin-fed piece's copy into libtorrent. In the N=16
+  real-agent herd on 2 cores that CPU is pull time. But a piece is passed on
+  only once it is whole, so bigger pieces also add a store-and-forward delay
+  per hop. Alternated N=16 herds (docs/benchmarks.md, issue 16): 128 KiB
+  instead of 64 KiB took ~7 % of the agents' CPU per GiB with the same or a
+  slightly better p50; 256 KiB took ~14 % but made p50 ~4 % worse whenever
+  the CPU was not the limit (first byte ~0.15 s later). 128 KiB it is.
 * Too many pieces cost metainfo size (20 bytes each), bitfield and HAVE
   traffic; ~2048 pieces keeps a 1 GiB layer's metainfo at 40 KB.
 * 64 KiB is the floor (four 16 KiB request blocks per piece, so a piece is
@@ -39,10 +41,9 @@ anything up to 128 MiB has pieces of 64 KiB (a 64 MiB layer: 1024), 256 MiB
 This is part of the wire identity of a blob: changing it changes every
 infohash, so it must only change together across all origins.
 
-Upgrades. The rule of 2026-12-06 (``legacy_piece_length_for``: 128 KiB
-pieces for blobs of 8 MiB to 256 MiB) gave other lengths than the current one
-for blobs of 8 MiB to 128 MiB; the rule before it was the current one. What
-each side does with a torrent of the legacy length:
+Upgrades. The rule before 2026-12-06 (``legacy_piece_length_for``: a
+64 KiB floor, the same 2048-piece target) gave other lengths for blobs of
+8 MiB to 256 MiB. What each side does with a torrent of the old length:
 
 * Origins make and keep only the current rule's torrent: a stored sidecar of
   the old length is made again on its first request
@@ -59,9 +60,8 @@ each side does with a torrent of the legacy length:
 * Agents keep no metainfo across restarts; a blob in an agent's cache is
   served from the file whatever torrent it came with.
 
-Agents and origins of 2026-12-06 accept the current length as their own
-legacy one, so a rolling upgrade may go in either order; an agent older than
-2026-12-06 accepts only the current length.
+Upgrade agents before origins: an agent older than this accepts only the
+old length and falls back to the origin's HTTP for a new one.
 """
 
 from __future__ import annotations
@@ -73,9 +73,9 @@ from krill import bencode
 from krill.digests import Digest
 
 MIN_PIECE_LENGTH = 64 * 1024
-LEGACY_PREFERRED_PIECE_LENGTH = 128 * 1024  # the 2026-12-06 rule's (legacy_piece_length_for)
+PREFERRED_PIECE_LENGTH = 128 * 1024
 MAX_PIECE_LENGTH = 16 * 1024 * 1024
-LEGACY_MIN_PIECES = 64  # the 2026-12-06 rule: 128 KiB pieces only while a blob keeps 64
+MIN_PIECES = 64
 TARGET_PIECES = 2048
 
 METAINFO_CONTENT_TYPE = "application/x-bittorrent"
@@ -96,17 +96,17 @@ def piece_length_for(size: int) -> int:
     """The piece length every origin uses for a blob of ``size`` bytes (see module doc)."""
     if size < 0:
         raise ValueError(f"blob size must not be negative, got {size}")
-    return _grown_to_target(MIN_PIECE_LENGTH, size)
+    length = MIN_PIECE_LENGTH
+    while length < PREFERRED_PIECE_LENGTH and 2 * length * MIN_PIECES <= size:
+        length *= 2
+    return _grown_to_target(length, size)
 
 
 def legacy_piece_length_for(size: int) -> int:
-    """The piece length origins used on 2026-12-06 (128 KiB for 8-256 MiB), still accepted."""
+    """The piece length origins used before 2026-12-06 (64 KiB floor), still accepted."""
     if size < 0:
         raise ValueError(f"blob size must not be negative, got {size}")
-    length = MIN_PIECE_LENGTH
-    while length < LEGACY_PREFERRED_PIECE_LENGTH and 2 * length * LEGACY_MIN_PIECES <= size:
-        length *= 2
-    return _grown_to_target(length, size)
+    return _grown_to_target(MIN_PIECE_LENGTH, size)
 
 
 def accepted_piece_lengths(size: int) -> frozenset[int]:
@@ -173,7 +173,7 @@ def check_metainfo(metainfo: bytes, digest: Digest, *, legacy: bool = True) -> N
     another tracker. Whether the hashes are the blob's only the download shows.
 
     With ``legacy`` (the default: nodes, trackers) the piece length of the
-    2026-12-06 rule is accepted too, so a torrent handed out before an
+    rule before 2026-12-06 is accepted too, so a torrent handed out before an
     upgrade still downloads; without it (origins, for the torrent they keep)
     that length raises ``MetainfoOutdated`` (module doc, "Upgrades").
     """

@@ -26,6 +26,7 @@ from krill.metainfo import (
     info_hash,
     legacy_piece_length_for,
     make_metainfo,
+    piece_count,
     piece_length_for,
 )
 from krill.originclient import fetch_metainfo
@@ -51,10 +52,11 @@ def blob(tmp_path: Path) -> tuple[BlobStore, Digest]:
     [
         (0, MIN_PIECE_LENGTH),
         (1, MIN_PIECE_LENGTH),
-        (4 * 1024 * 1024, MIN_PIECE_LENGTH),
-        (64 * 1024 * 1024, MIN_PIECE_LENGTH),  # the herd benchmark's blob: 1024 pieces
-        (128 * 1024 * 1024, MIN_PIECE_LENGTH),
-        (128 * 1024 * 1024 + 1, 128 * 1024),
+        (4 * 1024 * 1024, MIN_PIECE_LENGTH),  # a small layer keeps 64 pieces
+        (8 * 1024 * 1024 - 1, MIN_PIECE_LENGTH),
+        (8 * 1024 * 1024, 128 * 1024),
+        (16 * 1024 * 1024, 128 * 1024),
+        (64 * 1024 * 1024, 128 * 1024),  # the herd benchmark's blob: 512 pieces
         (256 * 1024 * 1024, 128 * 1024),
         (256 * 1024 * 1024 + 1, 256 * 1024),
         (512 * 1024 * 1024 + 1, 512 * 1024),
@@ -70,27 +72,23 @@ def test_piece_length_policy(size: int, expected: int) -> None:
     ("size", "expected"),
     [
         (1, MIN_PIECE_LENGTH),
-        (4 * 1024 * 1024, MIN_PIECE_LENGTH),  # it kept 64 pieces of a small layer
-        (8 * 1024 * 1024 - 1, MIN_PIECE_LENGTH),
-        (8 * 1024 * 1024, 128 * 1024),
-        (64 * 1024 * 1024, 128 * 1024),  # 512 pieces, as origins made it on 2026-12-06
-        (256 * 1024 * 1024, 128 * 1024),
-        (256 * 1024 * 1024 + 1, 256 * 1024),
+        (64 * 1024 * 1024, MIN_PIECE_LENGTH),  # 1024 pieces, as origins made it until 2026-12-06
+        (128 * 1024 * 1024 + 1, 128 * 1024),
         (1024**3, 512 * 1024),
     ],
 )
-def test_the_legacy_rule_is_kept_for_torrents_handed_out_before_it_changed(
+def test_the_old_rule_is_kept_for_torrents_handed_out_before_it_changed(
     size: int, expected: int
 ) -> None:
     assert legacy_piece_length_for(size) == expected
     assert accepted_piece_lengths(size) == {piece_length_for(size), expected}
 
 
-def test_the_two_rules_differ_only_from_8_to_128_mib() -> None:
-    """Outside that range a torrent of either rule is the same torrent (one swarm)."""
+def test_a_small_blob_keeps_enough_pieces_for_a_herd() -> None:
     for size in range(1 << 20, 1 << 30, 1 << 20):
-        same = piece_length_for(size) == legacy_piece_length_for(size)
-        assert same == (not 8 << 20 <= size <= 128 << 20), size
+        pieces = piece_count(size, piece_length_for(size))
+        assert pieces >= 64 or piece_length_for(size) == MIN_PIECE_LENGTH, size
+        assert piece_length_for(size) <= max(128 * 1024, legacy_piece_length_for(size))
 
 
 def test_piece_count_stays_bounded_until_the_ceiling() -> None:
@@ -167,13 +165,13 @@ def test_an_old_rule_torrent_is_accepted_by_nodes_and_outdated_for_origins() -> 
     """A torrent handed out before the rule changed still downloads; origins remake theirs."""
     digest = Digest.of_bytes(b"x")
     size = 64 * 1024 * 1024
-    old = _torrent(digest, size, 128 * 1024, bytes(20 * 512))
+    old = _torrent(digest, size, MIN_PIECE_LENGTH, bytes(20 * 1024))
     check_metainfo(old, digest)
-    with pytest.raises(MetainfoOutdated, match="old piece length 131072; origins now use 65536"):
+    with pytest.raises(MetainfoOutdated, match="old piece length 65536; origins now use 131072"):
         check_metainfo(old, digest, legacy=False)
-    current = _torrent(digest, size, MIN_PIECE_LENGTH, bytes(20 * 1024))
+    current = _torrent(digest, size, 128 * 1024, bytes(20 * 512))
     check_metainfo(current, digest, legacy=False)
-    with pytest.raises(MetainfoError, match="piece length 262144, not the 65536") as refused:
+    with pytest.raises(MetainfoError, match="piece length 262144, not the 131072") as refused:
         check_metainfo(_torrent(digest, size, 256 * 1024, bytes(20 * 256)), digest)
     assert not isinstance(refused.value, MetainfoOutdated), "neither rule: another swarm"
 

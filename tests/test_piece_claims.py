@@ -44,7 +44,7 @@ def test_a_round_hands_out_every_piece_once_then_nothing_until_it_idles() -> Non
     clock = FakeClock()
     claims = PieceClaims(chunk_pieces=16, round_idle=30, clock=clock)
     digest = Digest.parse("sha256:" + "ab" * 32)
-    size = 299 * 64 * 1024 + 5  # 300 pieces of 64 KiB
+    size = 299 * 128 * 1024 + 5  # 300 pieces of 128 KiB
     handed = []
     while (claimed := claims.claim(digest, size)) is not None:
         handed.append(claimed)
@@ -125,7 +125,7 @@ async def test_a_herd_takes_disjoint_pieces_from_the_origin_and_trades_the_rest(
     tmp_path: Path,
 ) -> None:
     origin_store = BlobStore(tmp_path / "origin")
-    data = os.urandom(8 * 1024 * 1024)  # 128 pieces of 64 KiB for 4 nodes
+    data = os.urandom(8 * 1024 * 1024)  # 64 pieces of 128 KiB: 4 chunks for 4 nodes
     digest = origin_store.put_bytes(data)
     async with (
         running_tracker() as tracker,

@@ -1,5 +1,4 @@
-"""The piece-length rule changed (2026-12-06, and back on 2026-12-07): torrents of the old
-length keep working.
+"""The piece-length rule changed (2026-12-06): torrents of the old length keep working.
 
 ``krill.metainfo`` says what each side does ("Upgrades"): origins remake a
 stored torrent of the old length, nodes still download one handed out before
@@ -30,12 +29,12 @@ from krill.origin.piececlaims import PieceClaims, piece_claims
 from krill.swarm import SwarmEngine, SwarmSettings
 from tests.swarm_helpers import running_origin_app, running_tracker
 
-SIZE = 16 * 1024 * 1024  # 256 pieces of 64 KiB now, 128 of 128 KiB under the 2026-12-06 rule
-OLD, NEW = 128 * 1024, 64 * 1024
+SIZE = 16 * 1024 * 1024  # 128 pieces of 128 KiB now, 256 of 64 KiB under the old rule
+OLD, NEW = 64 * 1024, 128 * 1024
 
 
 def old_rule_metainfo(path: Path, digest: Digest) -> bytes:
-    """The torrent origins made for the blob before the rule changed (128 KiB pieces)."""
+    """The torrent origins made for the blob before the rule changed (64 KiB pieces)."""
     data = path.read_bytes()
     length = legacy_piece_length_for(len(data))
     hashes = b"".join(
@@ -52,13 +51,13 @@ def test_the_blob_of_these_tests_has_another_length_under_each_rule() -> None:
 def test_each_piece_length_has_its_own_round_of_claims() -> None:
     claims = PieceClaims(chunk_pieces=16, round_idle=30, clock=lambda: 0.0)
     digest = Digest.parse("sha256:" + "ab" * 32)
-    assert claims.claim(digest, SIZE) == range(0, 16), "256 pieces: chunks of 256/16"
-    assert claims.claim(digest, SIZE, OLD) == range(0, 8), "the old torrent's 128: 8 each"
-    assert claims.claim(digest, SIZE, NEW) == range(16, 31), "the current round goes on (240/16)"
+    assert claims.claim(digest, SIZE) == range(0, 8), "128 pieces: chunks of 128/16"
+    assert claims.claim(digest, SIZE, OLD) == range(0, 16), "the old torrent's 256: 16 each"
+    assert claims.claim(digest, SIZE, NEW) == range(8, 16), "the current round goes on"
     old_round = []
     while (claimed := claims.claim(digest, SIZE, OLD)) is not None:
         old_round += claimed
-    assert old_round == list(range(8, 128))
+    assert old_round == list(range(16, 256))
 
 
 async def test_the_origin_remakes_an_old_torrent_and_claims_in_the_node_s_length(
@@ -86,8 +85,8 @@ async def test_the_origin_remakes_an_old_torrent_and_claims_in_the_node_s_length
             params = {} if named is None else {"piece_length": named}
             async with http.post(f"{origin}/krill/v1/claims/{digest}", params=params) as response:
                 answers[named] = (response.status, await response.read())
-    assert answers[None][0] == 200 and b'"piece_length": 65536' in answers[None][1]
-    assert answers[str(OLD)][0] == 200 and b'"piece_length": 131072' in answers[str(OLD)][1]
+    assert answers[None][0] == 200 and b'"piece_length": 131072' in answers[None][1]
+    assert answers[str(OLD)][0] == 200 and b'"piece_length": 65536' in answers[str(OLD)][1]
     assert answers[str(NEW)][0] == 200
     assert answers["262144"] == (400, b"piece_length must be one of [65536, 131072]")
     assert answers["many"][0] == 400

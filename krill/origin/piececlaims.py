@@ -58,7 +58,7 @@ __all__ = [
 
 # Pieces per claim: large enough that a node claims rarely (one small request per
 # chunk), small enough that a herd of a few dozen nodes all get a chunk at once
-# (a 64 MiB blob has 1024 pieces of 64 KiB: 64 chunks).
+# (a 64 MiB blob has 512 pieces of 128 KiB: 32 chunks).
 CHUNK_PIECES = 16
 # A round of claims ends after this long without a claim (a herd claims every few
 # seconds at most while it pulls).

@@ -28,8 +28,6 @@ __all__ = [
 ORIGIN_PEER_ID_PREFIX = "-KO"  # the tracker hands peers with this prefix out first
 AGENT_PEER_ID_PREFIX = "-KA"
 _PEER_ID_VERSION = "0100-"
-AGENT_UNCHOKE_SLOTS = 16  # see SwarmSettings.unchoke_slots
-ORIGIN_UNCHOKE_SLOTS = 8
 
 
 class PeerEncryption(StrEnum):
@@ -82,17 +80,13 @@ class SwarmSettings:
     origin: bool = False  # announce as an origin (peer id -KO...), which trackers favour
     # Pieces ahead of a streaming reader that get a deadline (see the krill.swarm package doc).
     stream_window_pieces: int = 16
-    # Peers this engine uploads to at once; None = 16 for agents, 8 for origins
-    # (``unchoke_slots``). A node whose slots are full chokes peers that want what it
-    # has: in a herd of 16 with 8 slots a third of the node pairs were choked both
-    # ways while both were interested, and the pieces a node could ask its unchoking
-    # peers for ran short (docs/profile-agent.md, "the nodes' uplinks stop at 85 %").
-    # More slots split a node's uplink more ways, so each piece takes longer to pass
-    # on whole; with 64 KiB pieces (krill.metainfo) 16 slots are faster at every herd
-    # size measured: N=16 1.20x against 1.22x the limit at 100 Mbit/s, 1.15x against
-    # 1.18x at 50; N=32 at 25 Mbit/s 1.20x against 1.27x. An origin seeds every blob
-    # of an image at once with 2 slots each (seed_upload_slots); 8 caps all of them.
-    unchoke_slots: int | None = None
+    # Peers this engine uploads to at once. Fewer, faster flows beat many slow ones
+    # (a piece can be passed on only once it is complete, so a piece that arrives
+    # quickly from one peer spreads sooner than one trickling in from 15), but too
+    # few leave a node's link idle while its unchoked peers have nothing to ask for.
+    # scripts/bench-herd, 16 nodes with origin piece claims: 8 slots 1.14-1.24x the
+    # limit, 4 slots 1.19-1.28x, 15 slots 1.26-1.28x. See docs/swarm.md.
+    unchoke_slots: int = 8
     # Peers a seeded torrent uploads to at once (per torrent; -1 = no limit beyond
     # unchoke_slots). A herd's aim is that the origin sends each piece about once and
     # the nodes trade the rest; an origin feeding every node in parallel sends the
@@ -159,13 +153,6 @@ class SwarmSettings:
     # The CA an https tracker's certificate must chain to (the node's --ca); None: the
     # system's. libtorrent has no setting for it: see engine._new_session.
     tracker_ca: Path | None = None
-
-
-def unchoke_slots(settings: SwarmSettings) -> int:
-    """Peers the session uploads to at once (SwarmSettings.unchoke_slots, its None resolved)."""
-    if settings.unchoke_slots is not None:
-        return settings.unchoke_slots
-    return ORIGIN_UNCHOKE_SLOTS if settings.origin else AGENT_UNCHOKE_SLOTS
 
 
 def listen_interface(host: str, port: int) -> str:
@@ -245,7 +232,7 @@ def session_settings(settings: SwarmSettings) -> lt.settings_pack:
         # Re-decide every second: a cluster pull lasts seconds, and a node choked for
         # libtorrent's default 15 s at the end of a pull waits for pieces others hold.
         "choking_algorithm": int(lt.choking_algorithm_t.fixed_slots_choker),
-        "unchoke_slots_limit": unchoke_slots(settings),
+        "unchoke_slots_limit": settings.unchoke_slots,
         "seed_choking_algorithm": int(lt.seed_choking_algorithm_t.anti_leech),
         "unchoke_interval": 1,
         "optimistic_unchoke_interval": 1,
