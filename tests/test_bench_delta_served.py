@@ -14,33 +14,20 @@ report judges the choice by the path it took. No figure is asserted.
 from __future__ import annotations
 
 import gzip
-import importlib
 import io
 import os
 import random
 import shutil
-import sys
 import tarfile
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from tests import containerd
 from tests.netns import Cluster
+from tests.scripts_import import script_module
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load() -> ModuleType:
-    """``scripts/bench_delta_served.py`` as its wrapper runs it: by name, from ``scripts/``."""
-    scripts = str(ROOT / "scripts")
-    if scripts not in sys.path:
-        sys.path.append(scripts)
-    return importlib.import_module("bench_delta_served")
-
-
-bench = _load()
+bench = script_module("bench_delta_served")
 
 
 def _row(full: float, delta: float, fastest: float, choice: str) -> object:

@@ -8,28 +8,18 @@ Grafana would. No plotting library is needed: the evaluator imports none.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests.scripts_import import script_module
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load() -> ModuleType:
-    """``scripts/promql_subset.py`` as the renderer imports it: by name, from ``scripts/``
-    (it imports ``promql_samples`` beside it)."""
-    scripts = str(ROOT / "scripts")
-    if scripts not in sys.path:
-        sys.path.append(scripts)
-    return importlib.import_module("promql_subset")
-
-
-promql = _load()
+promql = script_module("promql_subset")  # as the renderer imports it (with promql_samples)
 
 
 def _store(series: dict[tuple[tuple[str, str], ...], list[tuple[float, float]]]) -> object:

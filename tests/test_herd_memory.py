@@ -6,25 +6,13 @@ it back whatever happens, says what it did, and leaves nothing on disk.
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.scripts_import import script_module
 
-
-def _load() -> ModuleType:
-    """``scripts/herd_memory.py`` as bench_herd imports it: by name, from ``scripts/``."""
-    scripts = str(ROOT / "scripts")
-    if scripts not in sys.path:
-        sys.path.append(scripts)
-    return importlib.import_module("herd_memory")
-
-
-memory = _load()
+memory = script_module("herd_memory")  # as bench_herd imports it
 
 
 @pytest.fixture
