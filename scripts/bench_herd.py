@@ -39,9 +39,11 @@ origin egress (bytes sent by h0's link during the Krill phase) as a multiple
 of the blob size, the speed-up over the plain registry, and with agents: the
 agents' CPU-seconds per GiB pulled next to curl's and docker-registry's, the
 time from "go" to the first byte and from the last piece to the last byte.
-On stderr, per second: the origin's egress, the nodes' mean ingress (real-agent
-mode) and the machine's CPU use (a 2-core machine emulating 16 hosts runs out
-of CPU before the links are full).
+On stderr, per second: the origin's egress, the nodes' mean ingress and egress
+(real-agent mode), and the machine's CPU use (80-95 % at N=16 and 100 Mbit/s;
+the nodes' uplinks carry ~85 % of the link at any rate, which is what holds a
+herd's p50 above the limit: docs/profile-agent.md, "the nodes' uplinks stop at
+85 %").
 This VM's host takes free memory back, and a herd of 16 emulated hosts would
 pay the host's cost of backing it again on 2 cores: the run pauses the VM's
 free page reporting, and just before each "go" (Krill's and the registry's)
