@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from krill import __version__
-from krill.clierror import CliError, ConfigError
+from krill.clierror import CliError, ConfigError, user_error_in
 from krill.logformat import ENV_LOG_FORMAT, LogFormat, log_format_from_env
 
 # Each subcommand and the module that registers it, in the order ``krill --help`` lists them.
@@ -91,10 +91,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (CliError, ConfigError) as exc:
-        sys.stderr.write(f"krill {args.command}: error: {exc}\n")
-        return getattr(exc, "code", 2)
+        return _show_error(args.command, exc)
+    except BaseExceptionGroup as group:
+        error = user_error_in(group)
+        if error is None:
+            raise
+        return _show_error(args.command, error)
     except KeyboardInterrupt:
         return 130
+
+
+def _show_error(command: str, exc: CliError | ConfigError) -> int:
+    """One line on stderr; the exit status: the CliError's code, 2 for a setting."""
+    sys.stderr.write(f"krill {command}: error: {exc}\n")
+    return getattr(exc, "code", 2)
 
 
 def run() -> NoReturn:

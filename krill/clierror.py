@@ -9,7 +9,10 @@ so that ``krill.cli`` can catch it without loading the config loader (tomllib:
 
 from __future__ import annotations
 
-__all__ = ["CliError", "ConfigError"]
+import errno
+import os
+
+__all__ = ["CliError", "ConfigError", "listen_failure", "user_error_in"]
 
 
 class CliError(Exception):
@@ -22,3 +25,36 @@ class CliError(Exception):
 
 class ConfigError(ValueError):
     """A setting that cannot be used; the message names it and says why."""
+
+
+# What to do about the errors a listener's bind gives, by errno.
+_BIND_ADVICE = {
+    errno.EADDRINUSE: "another process listens there: stop it or choose another port",
+    errno.EADDRNOTAVAIL: "no interface of this host has that address: use one it has, or 0.0.0.0",
+    errno.EACCES: "ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a higher one",
+}
+
+
+def listen_failure(exc: OSError, address: str, flag: str) -> CliError | None:
+    """A listener that could not bind ``address`` (given as ``flag``), as one line that says
+    what to do; None for any other OSError (a caller re-raises those)."""
+    advice = _BIND_ADVICE.get(exc.errno or 0)
+    if advice is None:
+        return None
+    return CliError(f"cannot listen on {address} ({flag}): {os.strerror(exc.errno or 0)}; {advice}")
+
+
+def user_error_in(group: BaseExceptionGroup) -> CliError | ConfigError | None:
+    """The first ``CliError`` or ``ConfigError`` in ``group`` (a TaskGroup's, say), if any.
+
+    A service that fails while starting inside a task group raises the group, not
+    the error; the CLI shows the error's one line either way.
+    """
+    for exc in group.exceptions:
+        if isinstance(exc, CliError | ConfigError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = user_error_in(exc)
+            if found is not None:
+                return found
+    return None

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 # Defined beside CliError so that krill.cli catches it without importing this module.
 from krill.clierror import ConfigError as ConfigError
+from krill.logformat import LOG_LEVELS
 
 T = TypeVar("T")
 
@@ -64,6 +65,8 @@ def _read_file(path: Path, hints: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:  # a directory, no permission, ...
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = key.replace("-", "_")
@@ -163,3 +166,38 @@ def parse_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int
     if not 0 <= number <= 65535:
         raise ConfigError(f"port {number} out of range in {text!r}")
     return host, number
+
+
+def check_log_level(value: str) -> str:
+    """``value`` in lower case; ConfigError unless it is one of ``LOG_LEVELS``.
+
+    Checked with the rest of the config, so a typo fails at start-up as one line
+    naming the setting, not as ``logging``'s traceback.
+    """
+    level = value.strip().lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return level
+
+
+def check_http_url(value: str, name: str) -> str:
+    """``value`` without its trailing slash; ConfigError unless it is an http(s) URL with a host.
+
+    ``name`` is the flag's name (``origin``): the message says ``--origin``. A bare
+    ``host:port`` is refused here rather than accepted and failing on every request.
+    """
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
+        raise ConfigError(
+            f"--{name.replace('_', '-')} must be an http:// or https:// URL "
+            f"(http://HOST:PORT), got {value!r}"
+        )
+    return value.rstrip("/")
+
+
+def check_port(value: int, name: str) -> None:
+    """ConfigError unless ``value`` is a TCP port number (0 = any free port)."""
+    if not 0 <= value <= 65535:
+        raise ConfigError(
+            f"--{name.replace('_', '-')} must be 0-65535 (0 = any free port), got {value}"
+        )

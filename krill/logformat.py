@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 
-__all__ = ["ENV_LOG_FORMAT", "LogFormat", "log_format_from_env"]
+__all__ = ["ENV_LOG_FORMAT", "LOG_LEVELS", "LogFormat", "log_format_from_env"]
 
 ENV_LOG_FORMAT = "KRILL_LOG_FORMAT"
+
+# The levels every service's ``log_level`` takes (``logging``'s names, lower case).
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class LogFormat(StrEnum):

@@ -50,3 +50,11 @@ def is_valid_name(name: str) -> bool:
     except InvalidNameError:
         return False
     return True
+
+
+def image_reference(repository: str, reference: str) -> str:
+    """``repo:tag`` or ``repo@sha256:...``, as users write them (for messages).
+
+    A tag never holds ":", a digest always does.
+    """
+    return f"{repository}{'@' if ':' in reference else ':'}{reference}"

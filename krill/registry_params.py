@@ -148,10 +148,10 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
         return ByteRange(max(0, size - count), size)
     start = parse_decimal(first)
     end = size if last == "" else parse_decimal(last) + 1
+    if start >= size:  # first: "bytes=N-" past the end would otherwise "end before it starts"
+        raise _invalid(f"Range {header[:80]!r} starts past the blob's {size} bytes", size)
     if end <= start:
         raise _invalid(f"Range {header[:80]!r} ends before it starts", size)
-    if start >= size:
-        raise _invalid(f"Range {header[:80]!r} starts past the blob's {size} bytes", size)
     return ByteRange(start, min(end, size))
 
 

@@ -177,7 +177,10 @@ def service_commands(
 @contextlib.contextmanager
 def _data_dir(requested: Path | None) -> Iterator[Path]:
     if requested is not None:
-        requested.mkdir(parents=True, exist_ok=True)
+        try:
+            requested.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CliError(f"cannot create --data {requested}: {exc.strerror or exc}") from None
         yield requested.resolve()
         return
     temp = Path(tempfile.mkdtemp(prefix="krill-up-"))
@@ -210,6 +213,8 @@ def _watch(procs: dict[str, subprocess.Popen[bytes]]) -> None:
 
 def _usable_port(preferred: int) -> int:
     """``preferred`` when it is free on 127.0.0.1, else any free port."""
+    if not 1 <= preferred <= 65535:
+        raise CliError(f"ports must be 1-65535, got {preferred}")
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

@@ -78,7 +78,7 @@ def test_preheat_bad_input(tmp_path: Path) -> None:
             status, body = post_json(f"{agent.api}/preheat", {"image": "team/missing:1"})
             assert status == 404 and body[0]["errors"][0]["code"] == "MANIFEST_UNKNOWN"
             status, body = post_json(f"{agent.api}/preheat", {"image": "Team/Bad:1"})
-            assert status == 400
+            assert status == 400 and body[0]["errors"][0]["code"] == "NAME_INVALID"
             status, body = post_json(f"{agent.api}/preheat", {"nothing": 1})
             assert status == 400
             proc = subprocess.run(

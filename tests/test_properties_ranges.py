@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+import pytest
 from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -67,6 +68,13 @@ def test_a_range_is_inside_the_blob_or_range_invalid(header: str, size: int) -> 
     if isinstance(got, ByteRange):
         assert 0 <= got.start <= got.end <= size
         assert got.length > 0 or size == 0
+
+
+def test_an_open_range_past_the_end_says_so() -> None:
+    """"bytes=N-" at or past the end is past the blob, not a range that "ends before it starts"."""
+    for header in ("bytes=10-", "bytes=11-"):
+        with pytest.raises(RegistryError, match="starts past the blob's 10 bytes"):
+            parse_range(header, 10)
 
 
 @PROPERTY

@@ -20,6 +20,7 @@ from krill.metainfo import MIN_PIECE_LENGTH
 from krill.originclient import fetch_metainfo
 from krill.tracker.config import TrackerConfig
 from krill.tracker.server import create_app
+from tests.components import free_port
 from tests.polling import until
 from tests.swarm_helpers import running_tracker, serving
 
@@ -139,8 +140,18 @@ async def test_when_every_origin_fails_the_answer_says_why(http: aiohttp.ClientS
 
     async with origin(nested) as (broken, _), running_tracker(origin=[broken]) as tracker:
         async with http.get(METAINFO.url(tracker, digest)) as answer:
-            assert answer.status == 404
+            # 503, not 404: the blob may exist; its origin gave no usable answer.
+            assert answer.status == 503
             assert "nested deeper" in await answer.text()
+
+
+async def test_an_origin_that_is_down_gets_503_not_404(http: aiohttp.ClientSession) -> None:
+    digest, _ = metainfo_for(b"blob")
+    down = f"http://127.0.0.1:{free_port()}"
+    async with running_tracker(origin=[down]) as tracker:
+        async with http.get(METAINFO.url(tracker, digest)) as answer:
+            assert answer.status == 503
+            assert down in await answer.text()
 
 
 async def test_concurrent_requests_share_one_origin_fetch(http: aiohttp.ClientSession) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from krill.clierror import CliError
+from krill.logformat import LOG_LEVELS
 from krill.securityflags import SECURITY_FLAGS, add_security_flags
 
 if TYPE_CHECKING:  # imported where used: the CLI starts without loading aiohttp
@@ -65,13 +66,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_security_flags(parser, "origin/tracker")
     parser.add_argument("--config", type=Path, help="TOML file with AgentConfig settings")
-    parser.add_argument("--log-level", help="debug, info, warning")
+    parser.add_argument("--log-level", choices=LOG_LEVELS)
     parser.set_defaults(func=run)
     sub = parser.add_subparsers(dest="agent_command", metavar="SUBCOMMAND")
 
     pre = sub.add_parser("preheat", help="pull an image's blobs onto the node ahead of time")
     pre.add_argument("image", help="image reference, e.g. team/app:1.0 or docker.io/library/x:1")
-    pre.add_argument("--agent", default=DEFAULT_AGENT_API, help="agent control API URL")
+    pre.add_argument(
+        "--agent", default=DEFAULT_AGENT_API,
+        help=f"the agent's control API, URL or HOST:PORT (default {DEFAULT_AGENT_API})",
+    )  # fmt: skip
     pre.add_argument("--all-platforms", action="store_true", help="every platform in an index")
     pre.add_argument("--ca", type=Path, metavar="FILE", help="CA of an https control API")
     pre.add_argument(
@@ -98,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from krill.agent.config import AgentConfig
     from krill.agent.server import serve
     from krill.config import load_config
+    from krill.datadir import hold_data_dir
     from krill.logs import setup_logging
 
     flags = {
@@ -118,18 +123,31 @@ def run(args: argparse.Namespace) -> int:
     if not config.origin:
 
         raise CliError("--origin URL is required (where manifests and fallback blobs come from)")
+    hold_data_dir(config.data, "agent")  # held until this process ends
     asyncio.run(serve(config))
     return 0
 
 
 def run_containerd_config(args: argparse.Namespace) -> int:
     from krill.agent.containerd_config import parse_registry_spec, write_hosts_files
+    from krill.config import parse_hostport
 
     try:
         specs = [parse_registry_spec(text) for text in args.registry]
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    for path in write_hosts_files(specs, args.agent, args.dir):
+    try:  # containerd takes any host name and falls back quietly: check it here
+        parse_hostport(args.agent.partition("://")[2] or args.agent)
+    except ValueError:
+        raise CliError(
+            f"--agent must be the agent's registry endpoint HOST:PORT (its --registry-listen), "
+            f"got {args.agent!r}"
+        ) from None
+    try:
+        written = write_hosts_files(specs, args.agent, args.dir)
+    except OSError as exc:
+        raise CliError(f"cannot write into --dir {args.dir}: {exc.strerror or exc}") from None
+    for path in written:
         sys.stdout.write(f"wrote {path}\n")
     return 0
 
@@ -138,7 +156,9 @@ def run_preheat(args: argparse.Namespace) -> int:
     from krill.tls import ClientTls, client_ssl_context
 
     tls = client_ssl_context(ClientTls(args.ca, args.client_cert, args.client_key))
-    return asyncio.run(_preheat(args.agent.rstrip("/"), args.image, args.all_platforms, tls))
+    # HOST:PORT as containerd-config's --agent takes it means http://HOST:PORT here.
+    agent = args.agent if "://" in args.agent else f"http://{args.agent}"
+    return asyncio.run(_preheat(agent.rstrip("/"), args.image, args.all_platforms, tls))
 
 
 async def _preheat(

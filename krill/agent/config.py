@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from krill.agent.deltachoice import DeltaPolicy
-from krill.config import ConfigError, parse_hostport
+from krill.config import ConfigError, check_http_url, check_log_level, check_port, parse_hostport
 from krill.replicas import DNS_SCHEME, parse_replicas
 from krill.securityflags import SecuritySettings
 
@@ -122,8 +122,7 @@ class AgentConfig(SecuritySettings):
     # user, password, announce_key; krill.nodeauth).
 
     def __post_init__(self) -> None:
-        parse_hostport(self.listen)
-        parse_hostport(self.registry_listen)
+        _check_two_listeners(parse_hostport(self.listen), parse_hostport(self.registry_listen))
         _check_peer_address(self.peer_host, self.peer_port)
         if self.peer_encryption not in PEER_ENCRYPTION_MODES:
             raise ConfigError(
@@ -147,9 +146,9 @@ class AgentConfig(SecuritySettings):
         self._split_origin()
         for name in ("tracker", "origin"):
             url = getattr(self, name)
-            if url and not url.startswith(("http://", "https://")):
-                raise ConfigError(f"--{name} must be an http(s) URL, got {url!r}")
-            setattr(self, name, url.rstrip("/"))
+            if url:
+                setattr(self, name, check_http_url(url, name))
+        self.log_level = check_log_level(self.log_level)
 
     def _split_origin(self) -> None:
         """``origin`` given as a list or a ``dns+`` name -> ``origins``/``origin_dns``.
@@ -190,6 +189,20 @@ def _delta_policy(value: str) -> DeltaPolicy:
         raise ConfigError(f"delta_policy must be one of {choices}, got {value!r}") from None
 
 
+_WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def _check_two_listeners(control: tuple[str, int], registry: tuple[str, int]) -> None:
+    """The control API and the registry endpoint need addresses of their own."""
+    (host, port), (other_host, other_port) = control, registry
+    overlap = host == other_host or host in _WILDCARDS or other_host in _WILDCARDS
+    if port and port == other_port and overlap:
+        raise ConfigError(
+            f"--listen ({host}:{port}) and --registry-listen ({other_host}:{other_port}) "
+            "need different ports: the control API and the registry endpoint are two servers"
+        )
+
+
 def _check_peer_address(host: str, port: int) -> None:
     """The peer listener's address must be an IP libtorrent can bind (not a host name)."""
     try:
@@ -199,5 +212,4 @@ def _check_peer_address(host: str, port: int) -> None:
             f"--peer-host must be an IP address to listen on (0.0.0.0 for every "
             f"interface, or this node's address), got {host!r}"
         ) from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--peer-port must be 0-65535 (0 = any free port), got {port}")
+    check_port(port, "peer_port")

@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from krill import oci
 from krill.agent.node import AgentNode
-from krill.agent.preheat import PreheatError, preheat
+from krill.agent.preheat import InvalidImageName, PreheatError, preheat
 from krill.agent.readiness import agent_checks
 from krill.agent.registry import NODE, serve_blob
 from krill.agent.sources import SourceUnavailable
@@ -79,7 +79,8 @@ async def handle_preheat(request: web.Request) -> web.StreamResponse:
     try:
         first = await anext(events)
     except (PreheatError, oci.ManifestError) as exc:
-        raise RegistryError("UNSUPPORTED", str(exc), status=400) from None
+        code = "NAME_INVALID" if isinstance(exc, InvalidImageName) else "UNSUPPORTED"
+        raise RegistryError(code, str(exc), status=400) from None
     await response.prepare(request)
     await _send(response, first)
     try:

@@ -23,6 +23,7 @@ from krill import oci
 from krill.blobstore import BlobStore
 from krill.bodies import BodyTooLarge
 from krill.digests import Digest
+from krill.names import image_reference
 from krill.originclient import OriginClient
 from krill.registry_errors import RegistryError
 from krill.registry_params import parse_reference
@@ -157,9 +158,8 @@ class ManifestCache:
             ) from None
         status, content_type, body = answer.status, answer.content_type, answer.body
         if status == 404:
-            raise RegistryError(
-                "MANIFEST_UNKNOWN", f"manifest {repository}:{reference} is not on the origin"
-            )
+            name = image_reference(repository, reference)
+            raise RegistryError("MANIFEST_UNKNOWN", f"manifest {name} is not on the origin")
         if status in (401, 403):
             raise OriginRefused(status, answer.challenge)
         if status != 200:

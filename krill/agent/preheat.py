@@ -28,6 +28,10 @@ class PreheatError(ValueError):
     """The image reference or its manifests cannot be used; the message says why."""
 
 
+class InvalidImageName(PreheatError):
+    """The reference's repository name breaks the spec's grammar (NAME_INVALID)."""
+
+
 @dataclass(frozen=True)
 class ImageReference:
     host: str | None
@@ -46,6 +50,9 @@ def parse_image_reference(text: str) -> ImageReference:
         host, rest = first, remainder
     if "@" in rest:
         repository, _, reference = rest.partition("@")
+        # name:tag@digest: the digest pins the image and the tag is only a label (as
+        # docker and containerd read it); with the host split off, ":" starts the tag.
+        repository = repository.partition(":")[0]
     else:
         head, colon, tag = rest.rpartition(":")
         repository, reference = (head, tag) if colon else (rest, "latest")
@@ -102,7 +109,7 @@ async def preheat(
     try:
         repository = node.namespaces.origin_repository(ref.repository, ref.host)
     except InvalidNameError as exc:
-        raise PreheatError(str(exc)) from None
+        raise InvalidImageName(str(exc)) from None
     blobs = await image_blobs(node, repository, ref.reference, all_platforms)
     total = sum(d.size for d in blobs)
     yield {

@@ -31,7 +31,7 @@ from krill.agent.sources import BlobNotFound, SourceUnavailable
 from krill.agent.token_proxy import TOKEN_PATH, forward_token_request
 from krill.digests import Digest
 from krill.httpmetrics import latency_middleware
-from krill.names import InvalidNameError
+from krill.names import InvalidNameError, image_reference
 from krill.originclient import OriginClient
 from krill.registry_errors import RegistryError, error_middleware
 from krill.registry_params import API_HEADERS, parse_digest
@@ -121,7 +121,7 @@ async def _manifest(
     if access is not None:
         authorization = request.headers.get(hdrs.AUTHORIZATION)
         decision = await access.manifest(repository, reference, authorization)
-        _require(request, decision, f"manifest {repository}:{reference}")
+        _require(request, decision, f"manifest {image_reference(repository, reference)}")
     try:
         manifest = await node.manifests.get(repository, reference, accept, authorization)
     except OriginRefused as exc:

@@ -12,6 +12,7 @@ from krill.agent.config import AgentConfig
 from krill.agent.control import build_control_app
 from krill.agent.node import running_node
 from krill.agent.registry import build_registry_app
+from krill.clierror import listen_failure
 from krill.config import parse_hostport
 from krill.tls import server_ssl_context
 
@@ -24,9 +25,9 @@ async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
     async with running_node(config) as node:
         runners = []
         try:
-            for name, app, address in (
-                ("control", build_control_app(node), config.listen),
-                ("registry", build_registry_app(node), config.registry_listen),
+            for name, app, address, flag in (
+                ("control", build_control_app(node), config.listen, "--listen"),
+                ("registry", build_registry_app(node), config.registry_listen, "--registry-listen"),
             ):
                 runner = web.AppRunner(app, handle_signals=False)
                 await runner.setup()
@@ -35,7 +36,11 @@ async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
                 # The control API speaks TLS when configured; the registry endpoint is for
                 # this node's containerd over loopback and stays http.
                 tls = server_ssl_context(config.server_tls) if name == "control" else None
-                await web.TCPSite(runner, host, port, backlog=1024, ssl_context=tls).start()
+                site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=tls)
+                try:
+                    await site.start()
+                except OSError as exc:
+                    raise listen_failure(exc, address, flag) or exc from None
                 log.info(
                     "agent.listening api=%s address=%s:%d tls=%s",
                     name, host, port, "off" if tls is None else "on",

@@ -13,7 +13,8 @@ import logging
 import sys
 from typing import Any
 
-from krill.clierror import CliError
+from krill.clierror import CliError, listen_failure
+from krill.logformat import LOG_LEVELS
 from krill.logs import setup_logging
 from krill.storageflags import add_storage_flags
 
@@ -77,7 +78,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--client-ca", metavar="FILE", help="require client certificates signed by this CA"
     )
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", choices=LOG_LEVELS)
     parser.set_defaults(func=run)
     commands = parser.add_subparsers(dest="origin_command", metavar="{gc,htpasswd}")
     gc = commands.add_parser(
@@ -100,7 +101,7 @@ def register(subparsers: Any) -> None:
         help="keep what was committed or linked this recently (default: gc_grace, 3600)",
     )
     gc.add_argument("--dry-run", action="store_true", help="report what would go; remove nothing")
-    gc.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    gc.add_argument("--log-level", choices=LOG_LEVELS)
     gc.set_defaults(func=run_gc)
     htpasswd = commands.add_parser(
         "htpasswd",
@@ -196,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT, then close connections and exit 0."""
     from aiohttp import web
 
+    from krill.datadir import hold_data_dir
     from krill.origin.auth_tls import server_ssl_context
     from krill.origin.config import load_origin_config
     from krill.origin.server import create_app
@@ -204,10 +206,7 @@ def run(args: argparse.Namespace) -> int:
         file=args.config, flags={name: getattr(args, name) for name in CONFIG_FLAGS}
     )
     setup_logging(config.log_level)
-    try:
-        config.data.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CliError(f"cannot create data directory {config.data}: {exc.strerror}") from None
+    hold_data_dir(config.data, "origin")  # held until this process ends
     host, port = config.listen_address
     ssl_context = server_ssl_context(config)
     app = create_app(config)  # with storage = s3://...: write-through, read-through
@@ -220,14 +219,17 @@ def run(args: argparse.Namespace) -> int:
         config.storage or "directory",
         config.upstream_for_display,
     )
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        ssl_context=ssl_context,
-        print=None,
-        access_log=None,
-        shutdown_timeout=10,
-    )
+    try:
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            ssl_context=ssl_context,
+            print=None,
+            access_log=None,
+            shutdown_timeout=10,
+        )
+    except OSError as exc:
+        raise listen_failure(exc, config.listen, "--listen") or exc from None
     log.info("origin.stopped")
     return 0

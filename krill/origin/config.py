@@ -16,7 +16,14 @@ from typing import Any
 
 from yarl import URL
 
-from krill.config import ConfigError, load_config, parse_hostport
+from krill.config import (
+    ConfigError,
+    check_http_url,
+    check_log_level,
+    check_port,
+    load_config,
+    parse_hostport,
+)
 from krill.oci import MAX_MANIFEST_BYTES
 from krill.origin.cacheretention import CacheLimits
 from krill.origin.storage_url import parse_storage_url
@@ -159,6 +166,10 @@ class OriginConfig(ServerTlsSettings):
             raise ConfigError("delta_workers and delta_history must be at least 1")
         if not 0 < self.delta_max_ratio <= 1:
             raise ConfigError("delta_max_ratio must be in (0, 1]")
+        if self.tracker:
+            self.tracker = check_http_url(self.tracker, "tracker")
+        check_port(self.peer_port, "peer_port")
+        self.log_level = check_log_level(self.log_level)
         if self.piece_burst_slots < 0:
             raise ConfigError("piece_burst_slots must be zero (off) or more")
         if self.peer_encryption not in _PEER_ENCRYPTION_MODES:

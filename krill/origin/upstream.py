@@ -28,6 +28,7 @@ from yarl import URL
 from krill import oci
 from krill.bodies import BodyTooLarge, read_limited
 from krill.digests import Digest
+from krill.names import image_reference
 from krill.registry_errors import RegistryError
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ class UpstreamClient:
         async with self.request(
             "GET", repo, f"manifests/{reference}", {"Accept": MANIFEST_ACCEPT}
         ) as resp:
-            check_status(resp, f"manifest {repo}:{reference}")
+            check_status(resp, f"manifest {image_reference(repo, reference)}")
             what = f"upstream manifest {repo}:{reference}"
             try:
                 body = await read_limited(resp.content, limit, what, resp.content_length)

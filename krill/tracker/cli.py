@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
-from krill.clierror import CliError
+from krill.clierror import CliError, listen_failure
 from krill.config import load_config, parse_hostport
+from krill.logformat import LOG_LEVELS
 from krill.logs import setup_logging
 from krill.securityflags import SECURITY_FLAGS, add_security_flags
 from krill.tracker.config import TrackerConfig
@@ -30,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     add_security_flags(parser, "origin")
     parser.add_argument("--config", metavar="FILE", help="TOML config file")
-    parser.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
+    parser.add_argument("--log-level", choices=LOG_LEVELS)
     parser.set_defaults(func=run)
 
 
@@ -54,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
 
     host, port = parse_hostport(config.listen)
     ssl_context = server_ssl_context(config.server_tls)
+    logging.getLogger(__name__).info(
+        "tracker.starting listen=%s:%d tls=%s peers=%s origins=%s",
+        host, port, "off" if ssl_context is None else "on",
+        "redis" if config.redis else "memory", ",".join(config.origin) or "none",
+    )  # fmt: skip
     try:
         web.run_app(
             create_app(config), host=host, port=port, ssl_context=ssl_context,
@@ -63,6 +70,5 @@ def run(args: argparse.Namespace) -> int:
 
         raise CliError(f"cannot use Redis at {config.redis}: {exc}; is it running?") from None
     except OSError as exc:
-
-        raise CliError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
+        raise listen_failure(exc, config.listen, "--listen") or exc from None
     return 0

@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from krill.config import ConfigError, parse_hostport
+from krill.config import ConfigError, check_http_url, check_log_level, parse_hostport
 from krill.securityflags import SecuritySettings
+
+# The URL schemes redis-py's ``from_url`` takes.
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass
@@ -54,5 +57,11 @@ class TrackerConfig(SecuritySettings):
                 f"peer_ttl ({self.peer_ttl}s) must be at least the announce interval "
                 f"({self.interval}s), or peers expire between their announces"
             )
-        self.origin = [url.rstrip("/") for url in self.origin]
+        self.origin = [check_http_url(url, "origin") for url in self.origin]
+        self.log_level = check_log_level(self.log_level)
+        if self.redis is not None and not self.redis.startswith(_REDIS_SCHEMES):
+            raise ConfigError(
+                f"--redis must be a redis://HOST:PORT/DB URL (rediss:// for TLS, unix:// "
+                f"for a socket), got {self.redis!r}"
+            )
         self.check_security()

@@ -26,7 +26,7 @@ import aiohttp
 
 from krill.digests import Digest
 from krill.metainfo import MetainfoError
-from krill.originclient import OriginClient
+from krill.originclient import MetainfoNotFound, OriginClient
 from krill.singleflight import SingleFlight
 
 __all__ = ["MetainfoCache", "MetainfoUnavailable"]
@@ -35,7 +35,15 @@ log = logging.getLogger(__name__)
 
 
 class MetainfoUnavailable(Exception):
-    """No configured origin could provide the metainfo."""
+    """No configured origin could provide the metainfo.
+
+    ``blob_unknown``: every origin asked said it has no such blob (404
+    ``BLOB_UNKNOWN``), rather than failing to answer.
+    """
+
+    def __init__(self, message: str, blob_unknown: bool = False) -> None:
+        super().__init__(message)
+        self.blob_unknown = blob_unknown
 
 
 class MetainfoCache:
@@ -90,6 +98,7 @@ class MetainfoCache:
                 "this tracker has no --origin configured to fetch metainfo from"
             )
         problems = []
+        unknown_everywhere = True
         for origin in self._origins_to_try():
             try:
                 body = await self._fetch_from(origin, digest)
@@ -97,18 +106,20 @@ class MetainfoCache:
                 log.info("tracker.metainfo_origin_failed digest=%s origin=%s reason=%r",
                          digest, origin, str(exc))
                 problems.append(str(exc))
+                unknown_everywhere = unknown_everywhere and isinstance(exc, MetainfoNotFound)
                 continue
             except Exception as exc:  # a bug or hostile answer at one origin must not stop us
                 log.warning("tracker.metainfo_origin_error digest=%s origin=%s error=%r",
                             digest, origin, exc, exc_info=True)
                 problems.append(f"{origin}: {exc!r}")
+                unknown_everywhere = False
                 continue
             self._last_good = origin
             self._remember(digest, body)
             log.info("tracker.metainfo_cached digest=%s origin=%s bytes=%d",
                      digest, origin, len(body))
             return body
-        raise MetainfoUnavailable("; ".join(problems))
+        raise MetainfoUnavailable("; ".join(problems), blob_unknown=unknown_everywhere)
 
     def _origins_to_try(self) -> list[str]:
         """Configured order, except that the origin which answered last goes first."""

@@ -427,9 +427,10 @@ async def handle_metainfo(request: web.Request) -> web.Response:
         body = await request.app[METAINFO_KEY].get(digest)
     except MetainfoUnavailable as exc:
         metrics.metainfo_requests.labels(result="unavailable").inc()
-        raise web.HTTPNotFound(
-            text=f"no origin could provide metainfo for {digest}: {exc}\n"
-        ) from None
+        # 404 when every origin said it has no such blob; 503 when one could not answer
+        # (down, timed out, a bad answer): the blob may well exist, ask again later.
+        failure = web.HTTPNotFound if exc.blob_unknown else web.HTTPServiceUnavailable
+        raise failure(text=f"no origin could provide metainfo for {digest}: {exc}\n") from None
     metrics.metainfo_requests.labels(result="ok").inc()
     return web.Response(body=body, content_type=METAINFO_CONTENT_TYPE)
 
