@@ -132,6 +132,11 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         raise ManifestError(f"manifest nests more than {MAX_MANIFEST_DEPTH} levels") from None
     if not isinstance(doc, dict):
         raise ManifestError("manifest must be a JSON object")
+    if doc.get("schemaVersion") == 1:
+        raise ManifestError(
+            "schemaVersion 1 (Docker's retired image format) is not supported: push an OCI "
+            "or Docker schemaVersion 2 manifest (skopeo copy --format oci or v2s2 converts)"
+        )
     media_type = _media_type(doc, content_type)
     body_type = doc.get("mediaType")
     if body_type and content_type and body_type != media_type:

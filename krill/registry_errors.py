@@ -128,11 +128,14 @@ def _not_found(request: web.Request, head: bool) -> web.Response:
         return error_response(
             "NAME_UNKNOWN", CODES["NAME_UNKNOWN"][1], status=404, head=head
         )
+    where = (
+        "Krill's metainfo and piece endpoints answer on an origin that seeds (one started "
+        "with --tracker)"
+        if request.path.startswith("/krill/v1/")
+        else "the registry API lives under /v2/"
+    )
     return error_response(
-        "UNSUPPORTED",
-        f"no such endpoint: {request.path[:200]}; the registry API lives under /v2/",
-        status=404,
-        head=head,
+        "UNSUPPORTED", f"no such endpoint: {request.path[:200]}; {where}", status=404, head=head
     )
 
 

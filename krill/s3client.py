@@ -36,6 +36,7 @@ __all__ = [
     "S3CredentialsError",
     "S3Error",
     "S3Location",
+    "S3StalledError",
     "S3UnreachableError",
     "child_text",
     "parse_error",
@@ -78,6 +79,15 @@ class S3CredentialsError(S3Error):
 
 class S3UnreachableError(S3Error):
     pass
+
+
+class S3StalledError(S3UnreachableError):
+    """The store took the request and said nothing for the session's ``sock_read``.
+
+    Not retried: a store silent that long (hung, paused, swapping) rarely answers
+    the next attempt sooner, and four attempts held a push ~4 minutes before its
+    503, past many clients' patience.
+    """
 
 
 class KeyMissingError(S3Error):
@@ -143,6 +153,8 @@ class S3Client:
         for delay in (*self.retry_delays, None):
             try:
                 resp = await self._send_once(method, key, query, headers, body, payload_hash)
+            except S3StalledError:
+                raise
             except S3UnreachableError:
                 if delay is None:
                     raise
@@ -184,6 +196,11 @@ class S3Client:
         url = URL(f"{target}?{canonical_query(query)}" if query else target, encoded=True)
         try:
             return await self._session.request(method, url, headers=signed.headers, data=body)
+        except aiohttp.SocketTimeoutError:  # sock_read passed without a byte (not a connect)
+            raise S3StalledError(
+                f"the object store at {endpoint} took a {method} and did not answer in time; "
+                "check that it is running and not overloaded"
+            ) from None
         except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
             raise S3UnreachableError(
                 f"cannot reach the object store at {endpoint} ({exc.__class__.__name__}: {exc}); "

@@ -38,6 +38,15 @@ async def test_base_check(origin_client: TestClient) -> None:
     assert resp.headers["Docker-Distribution-API-Version"] == "registry/2.0"
 
 
+async def test_an_unknown_path_says_where_the_endpoints_are(origin_client: TestClient) -> None:
+    resp = await origin_client.get("/v3/")
+    assert resp.status == 404
+    assert "the registry API lives under /v2/" in (await resp.json())["errors"][0]["message"]
+    resp = await origin_client.get(f"/krill/v1/metainfo/sha256:{'0' * 64}")  # not seeding
+    assert resp.status == 404
+    assert "started with --tracker" in (await resp.json())["errors"][0]["message"]
+
+
 async def test_chunked_upload_with_content_range(origin_client: TestClient) -> None:
     data = bytes(range(256)) * 40  # 10240 bytes in three chunks
     chunks = [data[:4000], data[4000:8000], data[8000:]]

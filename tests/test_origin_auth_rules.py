@@ -199,6 +199,22 @@ def test_the_issue_example_loads(tmp_path: Path) -> None:
     assert settings.policy.permissions("private/x", "bob") == {READ}
 
 
+def test_the_docs_example_loads_with_its_optional_keys_uncommented(tmp_path: Path) -> None:
+    """docs/security.md's auth file, as an operator would copy it and switch the options on."""
+    docs = (Path(__file__).parent.parent / "docs" / "security.md").read_text()
+    example = docs.split("```toml\n", 1)[1].split("```", 1)[0]
+    optional = ("token_ttl", "token_leeway", "credential_cache", "realm", "nodes")
+    text = "\n".join(
+        line.removeprefix("# ") if line.removeprefix("# ").startswith(optional) else line
+        for line in example.splitlines()
+    )
+    write_htpasswd(tmp_path / "htpasswd", "alice", "bob", "node1", "node2", "tracker")
+    (tmp_path / "auth.toml").write_text(text.replace("/etc/krill/htpasswd", "htpasswd"))
+    settings = load_auth_settings(tmp_path / "auth.toml")
+    assert settings.token_ttl == 300 and settings.nodes == {"node1", "node2", "tracker"}
+    assert settings.policy.permissions("private/x", "bob") == {READ}
+
+
 def test_a_relative_htpasswd_path_is_beside_the_auth_file(tmp_path: Path) -> None:
     (tmp_path / "auth.toml").write_text(ISSUE_EXAMPLE.format(htpasswd="users"))
     assert load_auth_settings(tmp_path / "auth.toml").htpasswd == tmp_path / "users"
@@ -211,7 +227,14 @@ def test_a_relative_htpasswd_path_is_beside_the_auth_file(tmp_path: Path) -> Non
             'htpasswd = "u"\n[[access]]\nrepositories = ["a/**"]\nanonymous = ["admin"]\n',
             "unknown permission 'admin'",
         ),
-        ('htpasswd = "u"\n[[access]]\nrepositories = ["a/?"]\n', "glob"),
+        (
+            'htpasswd = "u"\n[[access]]\nrepositories = ["a/?"]\n',
+            r"access\[0\]\.repositories: .*glob",
+        ),
+        (
+            'htpasswd = "u"\n[[access]]\nrepositories = ["a"]\ntoken_ttl = 5\n',
+            r"token_ttl belong\(s\) at the top of the file, above the first \[\[access\]\]",
+        ),
         ('htpasswd = "u"\n', "at least one \\[\\[access\\]\\] rule"),
         ('htpasswd = "u"\nhtpassword = "v"\n[[access]]\nrepositories = ["a"]\n', "unknown setting"),
         ('[[access]]\nrepositories = ["a"]\n', "htpasswd"),

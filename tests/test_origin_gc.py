@@ -7,6 +7,7 @@ collector reads only mtimes (of blobs and of their repository links).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -149,6 +150,28 @@ async def test_dry_run_deletes_nothing(
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
     for blob in image.blobs():
         assert await status(client, "team/app", blob.digest) == 200
+
+
+async def test_a_dry_run_reports_what_the_real_run_then_removes(
+    start_origin: StartOrigin, aiohttp_client: AiohttpClient
+) -> None:
+    """Delta-index entries for blobs the sweep takes are counted by the dry run too."""
+    client, data = await client_and_data(start_origin, aiohttp_client)
+    image = build_image([random_files(6, count=2, size=1000), random_files(7, count=2, size=1000)])
+    await push_image(client, "team/app", "1", image)
+    await client.delete(f"/v2/team/app/manifests/{image.manifest.digest}")
+    base, target = (layer.digest for layer in image.layers)
+    index = data / "deltas" / "index"
+    index.mkdir(parents=True)
+    (index / f"{target.removeprefix('sha256:')}.json").write_text(
+        json.dumps({base: {"status": "none"}})
+    )
+    age(data)
+    dry = await asyncio.to_thread(GarbageCollector(data, grace=0).collect, True)
+    real = await asyncio.to_thread(GarbageCollector(data, grace=0).collect)
+    assert dry.freed[GcKind.DELTA_INDEX].objects == 1
+    assert [line.replace("would remove", "removed") for line in dry.lines()] == real.lines()
+    assert not (index / f"{target.removeprefix('sha256:')}.json").exists()
 
 
 async def test_tag_delete_keeps_the_manifest_and_digest_delete_drops_its_tags(

@@ -149,3 +149,9 @@ def test_a_utf8_bom_is_accepted_and_utf16_is_refused() -> None:
     assert oci.parse_manifest(b"\xef\xbb\xbf" + text.encode(), None).layers
     with pytest.raises(oci.ManifestError, match="not UTF-8"):
         oci.parse_manifest(text.encode("utf-16"), None)
+
+
+def test_a_schema_1_manifest_is_refused_saying_what_to_push_instead() -> None:
+    body = json.dumps({"schemaVersion": 1, "name": "team/app", "tag": "1", "fsLayers": []})
+    with pytest.raises(oci.ManifestError, match=r"schemaVersion 1 .* is not supported"):
+        oci.parse_manifest(body.encode(), None)

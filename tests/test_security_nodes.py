@@ -100,6 +100,10 @@ async def test_node_endpoints_need_a_node_credential(
             async with session.get(base + path) as resp:
                 assert resp.status == 401, path
                 assert resp.headers["WWW-Authenticate"].startswith('Basic realm="krill nodes"')
+            wrong = {"Authorization": "Basic " + base64.b64encode(b"node1:wrong").decode()}
+            async with session.get(base + path, headers=wrong) as resp:
+                assert resp.status == 401, path  # and the nodes' challenge, not a token's
+                assert resp.headers["WWW-Authenticate"].startswith('Basic realm="krill nodes"')
             async with session.get(base + path, headers=basic("alice")) as resp:
                 assert resp.status == 403, path  # a user, but not a node
             async with session.get(base + path, headers=node_basic("node1")) as resp:

@@ -149,7 +149,8 @@ def test_the_cli_says_in_one_line_when_redis_is_unreachable() -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 1
-    assert proc.stderr.startswith(f"krill tracker: error: cannot use Redis at {url}")
+    last = proc.stderr.strip().splitlines()[-1]  # after the start-up log line
+    assert last.startswith(f"krill tracker: error: cannot use Redis at {url}")
     assert "Traceback" not in proc.stderr
 
 

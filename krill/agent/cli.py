@@ -205,6 +205,9 @@ class _ProgressBar:
         self._image = image
         self._blobs = 0
         self._done_blobs = 0
+        self._line = ""
+        # Redrawn in place on a terminal; in a CI log or a pipe, only the last state.
+        self._redraw = sys.stderr.isatty()
 
     def update(self, event: dict[str, Any]) -> None:
         if event["event"] == "start":
@@ -215,11 +218,13 @@ class _ProgressBar:
         done = event.get("done_bytes", total if event["event"] == "done" else 0)
         fraction = done / total if total else 1.0
         filled = int(self.WIDTH * fraction)
-        sys.stderr.write(
-            f"\r{self._image} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
+        self._line = (
+            f"{self._image} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
             f"{done / 2**20:7.1f}/{total / 2**20:.1f} MiB  {self._done_blobs}/{self._blobs} blobs"
         )
-        sys.stderr.flush()
+        if self._redraw:
+            sys.stderr.write("\r" + self._line)
+            sys.stderr.flush()
 
     def finish(self) -> None:
-        sys.stderr.write("\n")
+        sys.stderr.write("\n" if self._redraw else (self._line + "\n" if self._line else ""))

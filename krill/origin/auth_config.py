@@ -94,7 +94,8 @@ def load_auth_settings(path: Path) -> AuthSettings:
         )
     policy = AccessPolicy(_rule(rule, f"{path}: access[{i}]") for i, rule in enumerate(rules))
     return AuthSettings(
-        htpasswd=path.parent / data["htpasswd"],
+        # Absolute, so a message about it names the file read, whatever the working directory.
+        htpasswd=(path.parent / data["htpasswd"]).absolute(),
         policy=policy,
         token_ttl=_positive_seconds(data, "token_ttl", 300.0, path),
         token_leeway=_leeway(data.get("token_leeway", DEFAULT_LEEWAY), path),
@@ -120,13 +121,23 @@ def _rule(table: object, where: str) -> AccessRule:
         raise ConfigError(f"{where}: expected a table ([[access]])")
     unknown = set(table) - _RULE_KEYS
     if unknown:
+        misplaced = sorted(unknown & _TOP_KEYS)
+        hint = (
+            f"; {', '.join(misplaced)} belong(s) at the top of the file, above the first "
+            "[[access]] (TOML puts a key after a table header into that table)"
+            if misplaced else ""
+        )
         raise ConfigError(
-            f"{where}: unknown key(s) {sorted(unknown)} (known: {sorted(_RULE_KEYS)})"
+            f"{where}: unknown key(s) {sorted(unknown)} (known: {sorted(_RULE_KEYS)}){hint}"
         )
     patterns = table.get("repositories")
     if not isinstance(patterns, list) or not patterns:
         raise ConfigError(f'{where}: repositories = ["glob", ...] is required')
-    globs = tuple(RepositoryGlob(_string(p, f"{where}.repositories")) for p in patterns)
+    names = [_string(p, f"{where}.repositories") for p in patterns]
+    try:
+        globs = tuple(RepositoryGlob(name) for name in names)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.repositories: {exc}") from None
     users = table.get("users", {})
     if not isinstance(users, Mapping):
         raise ConfigError(f'{where}: users must be a table, e.g. users = {{ alice = ["read"] }}')

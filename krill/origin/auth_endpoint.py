@@ -108,7 +108,7 @@ def grant_for(request: web.Request, caller: Caller, asked: RequestedScopes) -> G
 def bad_credentials() -> RegistryError:
     return RegistryError(
         "UNAUTHORIZED",
-        "invalid credentials: send Basic user:password, or none for an anonymous token",
+        "invalid username or password (or none, for an anonymous token)",
         headers={hdrs.WWW_AUTHENTICATE: f'Basic realm="{SERVICE}"'},
     )
 

@@ -160,6 +160,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     auth = request.app[AUTH]
     caller = await identify(auth, request)
     if isinstance(caller, CallerOutcome):
+        if need.kind is NeedKind.NODE:  # nodes sign in with Basic, never with a token
+            raise node_unauthorized("invalid node credentials (--origin-credentials)")
         raise unauthorized(request, need, caller)
     if need.kind is NeedKind.NODE or (need.blob and is_node(auth, caller)):
         check_node(auth, caller, request.path)
@@ -185,16 +187,19 @@ def is_node(auth: OriginAuth, caller: Caller) -> bool:
 def check_node(auth: OriginAuth, caller: Caller, path: str) -> None:
     """Raise 401 for a caller without credentials, 403 for one who is not a node."""
     if caller.via is Via.NOTHING:
-        raise RegistryError(
-            "UNAUTHORIZED",
-            "Krill's node endpoints need a node's credentials (--origin-credentials)",
-            headers={hdrs.WWW_AUTHENTICATE: _NODE_CHALLENGE},
+        raise node_unauthorized(
+            "Krill's node endpoints need a node's credentials (--origin-credentials)"
         )
     if not is_node(auth, caller):
         log.info("auth.node_refused user=%s path=%r", caller.user, path[:128])
         raise RegistryError(
             "DENIED", f"{caller.user} is not a node (the auth file's nodes = [...] lists them)"
         )
+
+
+def node_unauthorized(message: str) -> RegistryError:
+    """401 with the Basic challenge of the node endpoints (docs/security.md)."""
+    return RegistryError("UNAUTHORIZED", message, headers={hdrs.WWW_AUTHENTICATE: _NODE_CHALLENGE})
 
 
 def decide(auth: OriginAuth, caller: Caller, repository: str, needed: Permission) -> Decision:

@@ -49,7 +49,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--tag-ttl", type=float, metavar="SECONDS", help="re-resolve upstream tags after this"
     )
-    parser.add_argument("--max-manifest-size", type=int, metavar="BYTES")
+    parser.add_argument(
+        "--max-manifest-size", type=int, metavar="BYTES",
+        help="refuse larger manifest PUTs with 413 SIZE_INVALID (default 4 MiB)",
+    )  # fmt: skip
     parser.add_argument("--tracker", metavar="URL", help="seed blobs via this tracker (base URL)")
     parser.add_argument("--peer-port", type=int, metavar="N", help="BitTorrent port (0 = any)")
     parser.add_argument(
@@ -209,6 +212,12 @@ def run(args: argparse.Namespace) -> int:
     hold_data_dir(config.data, "origin")  # held until this process ends
     host, port = config.listen_address
     ssl_context = server_ssl_context(config)
+    if config.auth is not None and ssl_context is None:
+        log.warning(
+            "origin.auth_over_http listen=%s detail=%r", config.listen,
+            "passwords and tokens cross the network in the clear: serve https "
+            "(--tls-cert/--tls-key) unless a TLS proxy is in front",
+        )  # fmt: skip
     app = create_app(config)  # with storage = s3://...: write-through, read-through
     log.info(
         "origin.starting listen=%s:%d tls=%s data=%s storage=%s upstream=%s",

@@ -83,6 +83,9 @@ class GcReport:
     freed: dict[GcKind, Freed] = field(default_factory=lambda: {k: Freed() for k in GcKind})
     kept_recent: int = 0  # unreferenced, but committed or linked within the grace period
     evicted: int = 0  # a mirror's manifests forgotten by its retention limits
+    # Blobs removed, or in a dry run those that would have been: what comes after
+    # (the delta index) counts them as gone either way, so both runs report alike.
+    swept: set[Digest] = field(default_factory=set)
 
     def add(self, kind: GcKind, size: int) -> None:
         self.freed[kind].objects += 1
@@ -91,7 +94,8 @@ class GcReport:
     def lines(self) -> list[str]:
         verb = "would remove" if self.dry_run else "removed"
         return [
-            f"{kind.value}: {verb} {freed.objects} objects, {freed.bytes} bytes"
+            f"{kind.value}: {verb} {freed.objects} object{'' if freed.objects == 1 else 's'}, "
+            f"{freed.bytes} bytes"
             for kind, freed in self.freed.items()
         ]
 
@@ -226,6 +230,7 @@ class GarbageCollector:
             with contextlib.suppress(FileNotFoundError):
                 report.add(GcKind.METAINFO, sidecar.stat().st_size)
         report.add(GcKind.DELTAS if is_delta else GcKind.BLOBS, stat.st_size)
+        report.swept.add(digest)
         if report.dry_run:
             return
         self.store.delete(digest)
@@ -239,9 +244,9 @@ class GarbageCollector:
             kept = {
                 base: entry
                 for base, entry in doc.items()
-                if self._present(target)
-                and self._present(_parses(base))
-                and (_delta_of(entry) is None or self._present(_delta_of(entry)))
+                if self._present(target, report)
+                and self._present(_parses(base), report)
+                and (_delta_of(entry) is None or self._present(_delta_of(entry), report))
             }
             dropped = len(doc) - len(kept)
             for _ in range(dropped):
@@ -254,14 +259,14 @@ class GarbageCollector:
                 path.unlink(missing_ok=True)
         markers = self.deltas / "unreproducible"
         for marker in sorted(markers.glob("*")) if markers.is_dir() else []:
-            if not self._present(_parses("sha256:" + marker.name)):
+            if not self._present(_parses("sha256:" + marker.name), report):
                 report.add(GcKind.DELTA_INDEX, 0)
                 if not report.dry_run:
                     marker.unlink(missing_ok=True)
 
-    def _present(self, digest: Digest | None) -> bool:
-        """In the store (after this run: a dry run counts what it would have removed)."""
-        return digest is not None and self.store.has(digest)
+    def _present(self, digest: Digest | None, report: GcReport) -> bool:
+        """In the store after this run (a dry run's would-be removals count as gone)."""
+        return digest is not None and digest not in report.swept and self.store.has(digest)
 
     def _sweep_orphan_sidecars(self, report: GcReport) -> None:
         blobs_root = self.store.path(Digest("sha256", "0" * 64)).parent.parent
