@@ -421,6 +421,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _recipe(compression: str, level: int | None) -> tuple[Recipe, str]:
     if compression == "zstd":
         return zstd_recipe(3 if level is None else level), oci.OCI_LAYER_ZSTD
+    if level is not None and not 0 <= level <= 9:
+        raise ConvertError(f"--level must be 0-9 for gzip (zlib's levels), got {level}")
     return gzip_recipe(6 if level is None else level), oci.OCI_LAYER_GZIP
 
 
@@ -485,6 +487,11 @@ def run(args: argparse.Namespace) -> int:
             report = asyncio.run(converting)
     except (ConvertError, RecipeError, oci.ManifestError, DigestError) as exc:
         raise CliError(str(exc)) from exc
+    except aiohttp.ClientSSLError as exc:
+        raise CliError(
+            f"registry connection failed: {exc}; a registry serving plain HTTP on loopback "
+            "needs --insecure"
+        ) from exc
     except aiohttp.ClientError as exc:
         raise CliError(f"registry connection failed: {exc}") from exc
     sys.stdout.write(_describe(report, recipe, dst))

@@ -174,3 +174,11 @@ def test_insecure_refuses_remote_hosts(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "only allowed for loopback" in result.stderr
+
+
+def test_a_gzip_level_zlib_has_not_is_one_line(tmp_path: Path) -> None:
+    result = _krill("convert", "--level", "42", "oci:" + str(tmp_path / "in") + ":v1",
+                    "oci:" + str(tmp_path / "out") + ":v1")  # fmt: skip
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    expected = "krill convert: error: --level must be 0-9 for gzip (zlib's levels), got 42"
+    assert result.stderr.strip() == expected

@@ -98,3 +98,51 @@ def test_binary_diff_limit_above_what_appliers_accept_is_refused(tmp_path: Path)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--bsdiff-max" in lines[0] and "appliers accept" in lines[0]
     assert not (tmp_path / "d.krd").exists()
+
+
+def _one_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_an_out_that_would_destroy_an_input_or_cannot_be_a_file_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A review found `create BASE TARGET TARGET` replaced the target with its delta."""
+    base, target_tar = _layers(tmp_path)
+    target = _layer(tmp_path / "target.tgz", target_tar, "gzip6")
+    kept = {p: p.read_bytes() for p in (base, target)}
+    for args in (("create", base, target, target), ("create", base, target, base)):
+        assert "writing it would destroy the input" in _one_line(_krill("delta", *args))
+    assert _krill("delta", "create", base, target, tmp_path / "d.krd").returncode == 0
+    refusals = {
+        ("apply", base, tmp_path / "d.krd", base): "writing it would destroy the input",
+        ("apply", base, tmp_path / "d.krd", tmp_path): "is a directory",
+        ("apply", base, tmp_path / "d.krd", tmp_path / "no" / "out"): "does not exist",
+        ("apply", base, tmp_path / "d.krd", tmp_path / "o", "--workers", "0"): "--workers",
+        ("create", base, target, tmp_path / "e.krd", "--level", "99"): "--level must be",
+    }
+    for args, expected in refusals.items():
+        assert expected in _one_line(_krill("delta", *args)), args
+    assert {p: p.read_bytes() for p in (base, target)} == kept
+
+
+def test_a_failed_create_leaves_an_existing_out_alone(tmp_path: Path) -> None:
+    base, _ = _layers(tmp_path)
+    (tmp_path / "target.tar").write_bytes(make_tar(realistic_files(3)))
+    subprocess.run(["gzip", "-6", "-n", str(tmp_path / "target.tar")], check=True)
+    (tmp_path / "d.krd").write_bytes(b"yesterday's delta")
+    _one_line(_krill("delta", "create", base, tmp_path / "target.tar.gz", tmp_path / "d.krd"))
+    assert (tmp_path / "d.krd").read_bytes() == b"yesterday's delta"
+
+
+def test_a_plain_base_of_the_wrong_size_is_named_by_its_size(tmp_path: Path) -> None:
+    base, target_tar = _layers(tmp_path)
+    target = _layer(tmp_path / "target.tgz", target_tar, "gzip6")
+    assert _krill("delta", "create", base, target, tmp_path / "d.krd").returncode == 0
+    (tmp_path / "wrong.tar").write_bytes(b"x" * 5000)
+    line = _one_line(_krill("delta", "apply", tmp_path / "wrong.tar", tmp_path / "d.krd",
+                            tmp_path / "out"))  # fmt: skip
+    assert "its tar is 5000 bytes, the delta was made from sha256:" in line

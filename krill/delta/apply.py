@@ -137,7 +137,11 @@ def _apply_on_plain_base(
     is safe; it saves one full read of the base from the critical path.
     """
     size = base_blob.stat().st_size
-    _check_base(header.base.diff_id, size, header)
+    if size != header.base.tar_size:  # its digest is not known yet: say what is
+        raise DeltaFormatError(
+            f"base layer does not match the delta: its tar is {size} bytes, the delta was "
+            f"made from {header.base.diff_id} ({header.base.tar_size} bytes)"
+        )
     with ThreadPoolExecutor(1, thread_name_prefix="krill-delta-hash") as hasher:
         digest = hasher.submit(sha256_file, str(base_blob))
         return _rebuild(

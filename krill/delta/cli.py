@@ -66,22 +66,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     apply.set_defaults(func=run_apply)
 
 
-def _check_inputs(*paths: Path) -> None:
+# zstd's levels (backports.zstd's CompressionParameter.compression_level.bounds()): the
+# negative ones are its fast levels. Spelled here so `krill delta apply` need not load zstd.
+_ZSTD_LEVELS = range(-131072, 23)
 
-    for path in paths:
+
+def _check_files(out: Path, *inputs: Path) -> None:
+    """Inputs that exist, and an OUT that can be written without destroying one of them."""
+    for path in inputs:
         if not path.is_file():
             raise CliError(f"{path}: no such file")
+    if out.is_dir():
+        raise CliError(f"OUT {out} is a directory; give the path of the file to write")
+    if not out.parent.is_dir():
+        raise CliError(f"OUT's directory {out.parent} does not exist")
+    for path in inputs:
+        if out.exists() and out.samefile(path):
+            raise CliError(f"OUT {out} is the input {path}: writing it would destroy the input")
+
+
+def _check_workers(workers: int | None) -> None:
+    if workers is not None and workers < 1:
+        raise CliError(f"--workers must be at least 1, got {workers}")
 
 
 def run_create(args: argparse.Namespace) -> int:
 
-    _check_inputs(args.base, args.target)
+    _check_files(args.out, args.base, args.target)
+    _check_workers(args.workers)
+    if args.level not in _ZSTD_LEVELS:
+        raise CliError(f"--level must be a zstd level, 1-22 (or negative for its fast ones), "
+                       f"got {args.level}")
     try:
         options = EncodeOptions(
             content_level=args.level,
             bsdiff_max_bytes=args.bsdiff_max,
             diff_engine=args.engine,
-            workers=max(1, args.workers),
+            workers=args.workers,
         )
     except ValueError as exc:
         raise CliError(f"--bsdiff-max: {exc}") from None
@@ -92,16 +113,19 @@ def run_create(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     progress = Progress()
+    published = False  # create_delta renames OUT into place only once it is complete
     try:
         with progress.ticking(f"creating the delta of {args.target.name}"):
             result = create_delta(args.base, args.target, args.out, options)
+        published = True
         if not args.no_verify:
             with progress.ticking("verifying: rebuilding the target from the delta"):
                 _verify(args.base, args.out)
     except RecipeError as exc:
         raise CliError(f"no delta for {args.target}: {exc}") from exc
     except (DeltaFormatError, OSError) as exc:
-        args.out.unlink(missing_ok=True)
+        if published:  # a delta that does not rebuild its target is not left behind
+            args.out.unlink(missing_ok=True)
         raise CliError(f"delta failed: {exc}") from exc
     percent = 100.0 * result.size / max(1, result.target_size)
     sys.stdout.write(
@@ -123,7 +147,8 @@ def _verify(base: Path, delta: Path) -> None:
 
 def run_apply(args: argparse.Namespace) -> int:
 
-    _check_inputs(args.base, args.delta)
+    _check_files(args.out, args.base, args.delta)
+    _check_workers(args.workers)
     keep_freed_memory()  # before the rebuild's threads start: krill/malloctuning.py
     started = time.monotonic()
     try:
