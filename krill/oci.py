@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
@@ -171,6 +172,25 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
 
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1, +1, -1, -1 as int8
+
+
+def refused_by_accept(accept_headers: Iterable[str], media_type: str) -> frozenset[str] | None:
+    """The types a request's ``Accept`` lists when they exclude ``media_type``, else None.
+
+    Only a client that lists manifest types and leaves out the stored one is
+    refused (registries store manifests as pushed and do not convert them); no
+    Accept, one without manifest types, or a wildcard takes whatever is stored.
+    """
+    accepted = frozenset(
+        part.split(";")[0].strip()
+        for header in accept_headers
+        for part in header.split(",")
+    )
+    if not accepted & set(MANIFEST_TYPES) or media_type in accepted:
+        return None
+    if accepted & {"*/*", "application/*"}:
+        return None
+    return accepted
 
 
 def nesting_depth(body: bytes) -> int:

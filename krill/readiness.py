@@ -11,7 +11,10 @@ the answer, the same JSON on all three:
     {"status": "ready", "checks": {"tracker": {"outcome": "pass", "detail": "...",
                                                "seconds": 0.004}, ...}}
 
-200 when every check passed or was skipped (not configured), 503 otherwise.
+200 when every check passed or was skipped (not configured), 503 otherwise. A
+check that is not ``required`` (the instance still does its job without it: an
+origin whose tracker is down still serves the registry) is reported but does
+not make it unready; the status is then ``degraded``, with 200.
 
 The checks run concurrently and each gets ``CHECK_TIMEOUT`` seconds, well
 under the chart's 5 s probe timeout: a dependency that hangs is reported as
@@ -82,6 +85,8 @@ Probe = Callable[[], Awaitable[str]]
 class Check:
     name: str
     probe: Probe
+    # False: a failure is shown (status "degraded") but the instance stays ready.
+    required: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +95,7 @@ class CheckResult:
     outcome: Outcome
     detail: str
     seconds: float
+    required: bool = True
 
     @property
     def passed(self) -> bool:
@@ -121,13 +127,14 @@ async def _run_one(check: Check, seconds: float, clock: Clock) -> CheckResult:
     elapsed = round(clock.monotonic() - started, 4)
     if outcome in (Outcome.FAIL, Outcome.TIMEOUT):  # the body says it too; a probe runs often
         log.debug("ready.check_failed check=%s outcome=%s detail=%r", check.name, outcome, detail)
-    return CheckResult(check.name, outcome, detail, elapsed)
+    return CheckResult(check.name, outcome, detail, elapsed, check.required)
 
 
 def ready_response(results: Sequence[CheckResult]) -> web.Response:
-    ready = all(result.passed for result in results)
+    ready = all(result.passed for result in results if result.required)
+    whole = all(result.passed for result in results)
     body = {
-        "status": "ready" if ready else "not_ready",
+        "status": "not_ready" if not ready else "ready" if whole else "degraded",
         "checks": {result.name: result.as_json() for result in results},
     }
     return web.json_response(body, status=200 if ready else 503)

@@ -84,6 +84,25 @@ def test_manifest_bytes_exactly_as_origin_has_them(cluster) -> None:
     assert int(head_headers["Content-Length"]) == len(body)
 
 
+def test_a_cached_manifest_still_answers_to_the_accept_header(cluster) -> None:
+    """A review found the agent served a cached OCI index to a client accepting only
+    Docker types (and 404 before it was cached): now it answers as the origin does."""
+    origin, agent, _ = cluster
+    docker_only = {"Accept": "application/vnd.docker.distribution.manifest.list.v2+json, "
+                   "application/vnd.docker.distribution.manifest.v2+json"}  # fmt: skip
+    url = f"{agent.registry}/v2/team/app/manifests/1"
+    assert request(url, headers={"Accept": "application/vnd.oci.image.index.v1+json"})[0] == 200
+    for method in ("GET", "HEAD"):  # cached now, by tag and by digest
+        status, _, body = request(url, method=method, headers=docker_only)
+        assert status == 404, method
+        if method == "GET":
+            assert error_code(body) == "MANIFEST_UNKNOWN"
+            assert "is not converted" in json.loads(body)["errors"][0]["message"]
+    assert request(f"{origin}/v2/team/app/manifests/1", headers=docker_only)[0] == 404
+    for accept in ("*/*", "application/json"):  # a wildcard, or no manifest type listed
+        assert request(url, headers={"Accept": accept})[0] == 200, accept
+
+
 def _first_layer(cluster) -> tuple[str, bytes]:
     origin, _, _ = cluster
     _, _, index = request(f"{origin}/v2/team/app/manifests/1")

@@ -131,6 +131,9 @@ async def test_ready_is_200_when_all_pass_or_are_skipped_and_503_otherwise() -> 
         "detail": "down",
         "seconds": pytest.approx(0, abs=5),
     }
+    degraded = ready_response(await run_checks([Check("a", fine), Check("c", broken, False)]))
+    assert degraded.status == 200 and isinstance(degraded.body, bytes)
+    assert json.loads(degraded.body)["status"] == "degraded"
 
 
 async def test_a_read_only_directory_is_not_writable(tmp_path: Path) -> None:
@@ -284,7 +287,7 @@ def test_ready_names_each_check_of_each_service(cluster: Cluster) -> None:
     assert status == 200 and checks["peer_store"]["outcome"] == "pass"
 
 
-def test_ready_turns_503_while_the_tracker_is_stopped_and_200_when_it_is_back(
+def test_while_the_tracker_is_stopped_the_agent_is_unready_and_the_origin_degraded(
     cluster: Cluster,
 ) -> None:
     agent, origin = cluster.agent, cluster.origin
@@ -294,8 +297,10 @@ def test_ready_turns_503_while_the_tracker_is_stopped_and_200_when_it_is_back(
     checks = ready(agent)[1]
     assert checks["tracker"]["outcome"] == "fail", checks
     assert checks["origin"]["outcome"] == "pass" and checks["cache"]["outcome"] == "pass"
-    until_sync(lambda: ready(origin)[0] == 503, "the origin turns unready")
-    assert ready(origin)[1]["tracker"]["outcome"] == "fail"
+    # The origin still serves the registry: it reports the tracker, and stays ready.
+    until_sync(lambda: ready(origin)[1]["tracker"]["outcome"] == "fail", "the origin sees it")
+    with urllib.request.urlopen(f"{origin}/ready", timeout=10) as response:
+        assert response.status == 200 and json.loads(response.read())["status"] == "degraded"
     cluster.start_tracker()
     until_sync(lambda: ready(agent)[0] == 200, "the agent is ready again")
-    until_sync(lambda: ready(origin)[0] == 200, "the origin is ready again")
+    until_sync(lambda: ready(origin)[1]["tracker"]["outcome"] == "pass", "the origin sees it back")

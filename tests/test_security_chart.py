@@ -163,3 +163,50 @@ def test_only_what_must_be_reachable_is_exposed(values: dict) -> None:
     agent = container_args(objects, "DaemonSet")
     assert agent["--registry-listen"].startswith("127.0.0.1:")
     assert agent["--listen"].startswith("127.0.0.1:")
+
+
+def test_prometheus_scrapes_each_origin_once_and_https_services_over_https() -> None:
+    """A review found every origin scraped twice (its two Services share the pods) and
+    https services scraped over http; both stop here."""
+    values = {**SECURED, "metrics": {"serviceMonitor": {"enabled": True}}}
+    objects = render(values)
+    monitor = next(o for o in objects if o["kind"] == "ServiceMonitor")["spec"]
+    services = [o for o in objects if o["kind"] == "Service"]
+    selected = [
+        s["metadata"]["name"] for s in services
+        if s["metadata"]["labels"].get("krill/scrape") != "no"
+        and all(s["metadata"]["labels"].get(k) == v
+                for k, v in monitor["selector"]["matchLabels"].items())
+    ]  # fmt: skip
+    assert monitor["selector"]["matchExpressions"] == [
+        {"key": "krill/scrape", "operator": "NotIn", "values": ["no"]}
+    ]
+    scraped_origin = [name for name in selected if name.startswith("krill-krill-origin")]
+    assert scraped_origin == ["krill-krill-origin"]
+    by_port = {e["port"]: e for e in monitor["endpoints"]}
+    for port, server in (("registry", "krill-krill-origin"), ("http", "krill-krill-tracker")):
+        assert by_port[port]["scheme"] == "https"
+        assert by_port[port]["tlsConfig"] == {
+            "ca": {"secret": {"name": "krill-tls", "key": "ca.crt"}}, "serverName": server,
+        }
+    plain = render({"metrics": {"serviceMonitor": {"enabled": True}}})
+    endpoints = next(o for o in plain if o["kind"] == "ServiceMonitor")["spec"]["endpoints"]
+    assert all("scheme" not in e and "tlsConfig" not in e for e in endpoints)
+
+
+def test_each_pod_mounts_only_the_secret_keys_it_reads(secured: list[dict]) -> None:
+    """Agents run on every node: no server key and no tracker credentials there."""
+    def items(kind: str) -> dict[str, list[str] | None]:
+        volumes = workload(secured, kind)["volumes"]
+        return {
+            v["secret"]["secretName"]: [i["key"] for i in v["secret"].get("items", [])] or None
+            for v in volumes if "secret" in v
+        }  # fmt: skip
+    assert items("DaemonSet") == {"krill-tls": ["ca.crt"], "krill-nodes": ["agent.toml"]}
+    tracker = items("Deployment")
+    assert tracker["krill-tls"] == ["ca.crt", "tls.crt", "tls.key"]  # tls.tracker is on
+    assert tracker["krill-nodes"] == ["tracker.toml"]
+    assert tracker["krill-announce"] == ["announce-keys"]
+    origin = items("StatefulSet")
+    assert origin["krill-tls"] is None and origin["krill-auth"] is None  # the whole Secrets
+    assert origin["krill-announce"] == ["origin-key"]

@@ -83,6 +83,14 @@ class ManifestCache:
         cached one is ``agent.access``'s question, asked before this.
         """
         manifest = await self._get(repository, reference, accept, authorization)
+        accepted = oci.refused_by_accept([accept] if accept else [], manifest.media_type)
+        if accepted is not None:  # a cached one, or the origin's answer to another Accept
+            raise RegistryError(
+                "MANIFEST_UNKNOWN",
+                f"manifest {image_reference(repository, reference)} is a {manifest.media_type} "
+                f"and is not converted; the client accepts only {', '.join(sorted(accepted))}",
+                status=404,
+            )
         if self._on_manifest is not None:
             await self._on_manifest(repository, manifest)
         return manifest
@@ -157,9 +165,12 @@ class ManifestCache:
                 f"the origin {self._origin.base_url} is unreachable; try the upstream",
             ) from None
         status, content_type, body = answer.status, answer.content_type, answer.body
-        if status == 404:
+        if status == 404:  # unknown, or stored as a type this Accept leaves out
             name = image_reference(repository, reference)
-            raise RegistryError("MANIFEST_UNKNOWN", f"manifest {name} is not on the origin")
+            detail = " (or not in a type the request's Accept lists)" if accept else ""
+            raise RegistryError(
+                "MANIFEST_UNKNOWN", f"manifest {name} is not on the origin{detail}"
+            )
         if status in (401, 403):
             raise OriginRefused(status, answer.challenge)
         if status != 200:

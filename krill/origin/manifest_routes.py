@@ -48,14 +48,8 @@ async def resolve_manifest(app: web.Application, repo: str, reference: Digest | 
 
 def check_accept(request: web.Request, media_type: str) -> None:
     """Refuse only a client that lists manifest types and excludes the stored one."""
-    accepted = {
-        part.split(";")[0].strip()
-        for header in request.headers.getall("Accept", [])
-        for part in header.split(",")
-    }
-    if not accepted & set(oci.MANIFEST_TYPES) or media_type in accepted:
-        return
-    if accepted & {"*/*", "application/*"}:
+    accepted = oci.refused_by_accept(request.headers.getall("Accept", []), media_type)
+    if accepted is None:
         return
     raise RegistryError(
         "MANIFEST_UNKNOWN",

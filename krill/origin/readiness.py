@@ -7,7 +7,10 @@ to tell a missing bucket or refused credentials from a working one.
 
 The tracker check asks ``/health`` at the tracker's base URL (``config.tracker``
 is its announce URL). Without a tracker the origin does not seed, so the check
-is ``skipped``.
+is ``skipped``. It is not required: an origin whose tracker is down still takes
+pushes and serves pulls (nodes fall back to HTTP), and an unready origin would
+leave its Services, turning a slower swarm into a registry outage. Its failure
+shows as status ``degraded``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,11 @@ def origin_checks(app: web.Application) -> list[Check]:
     return [
         Check("store", lambda: store_writable(app[STORE])),
         Check("bucket", lambda: bucket_reachable(app.get(OBJECT_STORE))),
-        Check("tracker", lambda: _tracker_reachable(app[CONFIG].tracker, app[CONFIG].tracker_ca)),
+        Check(
+            "tracker",
+            lambda: _tracker_reachable(app[CONFIG].tracker, app[CONFIG].tracker_ca),
+            required=False,
+        ),
     ]
 
 

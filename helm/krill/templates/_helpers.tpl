@@ -52,7 +52,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/* Secret volumes and their mounts (docs/security.md): .ctx, .secrets (a list of
-     [volume name, Secret name, mount path] for the Secrets that are set). */}}
+     [volume name, Secret name, mount path] or [..., keys] for the Secrets that are
+     set). With keys, only those files are mounted: a node gets the CA, not the
+     servers' private key, and its own credentials, not the tracker's. */}}
 {{- define "krill.secretMounts" -}}
 {{- range .secrets }}{{ if index . 1 }}
 - {name: {{ index . 0 }}, mountPath: {{ index . 2 }}, readOnly: true}
@@ -61,7 +63,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "krill.secretVolumes" -}}
 {{- range .secrets }}{{ if index . 1 }}
 - name: {{ index . 0 }}
-  secret: {secretName: {{ index . 1 }}}
+  secret:
+    secretName: {{ index . 1 }}
+    {{- if gt (len .) 3 }}
+    items:
+      {{- range index . 3 }}
+      - {key: {{ . }}, path: {{ . }}}
+      {{- end }}
+    {{- end }}
 {{- end }}{{ end }}
 {{- end -}}
 
