@@ -45,6 +45,7 @@ from krill.config import ConfigError
 from krill.digests import Digest
 from krill.origin import gctombstones as tombstones
 from krill.origin.appkeys import CONFIG, GC_LOCK, METRICS, REPOSITORIES, STORE
+from krill.origin.auth_tls import replica_ssl_context
 from krill.origin.config import OriginConfig
 from krill.origin.storage_cache import evict_to_fit
 from krill.origin.storage_deltas import BUCKET_DELTAS, BucketDeltas
@@ -240,7 +241,7 @@ def install_object_storage(
 
     app.cleanup_ctx.append(open_bucket)
     if config.replicas and config.replica_url:  # config checks both are set together
-        install_replicas(app, config.replicas, config.replica_url)
+        install_replicas(app, config.replicas, config.replica_url, replica_ssl_context(config))
     app.middlewares.append(bucket_sync(_write_blob))
     app.middlewares.insert(0, catalog_sync())  # outermost: see catalog_sync
     app[INSTALLED] = True

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -80,15 +81,21 @@ async def _ready(session: aiohttp.ClientSession, base: str) -> bool:
 REPLICAS = web.AppKey("krill_origin_replicas", ReplicaSet)
 
 
-def install_replicas(app: web.Application, spec: str, me: str) -> None:
-    """Probe the replicas for the app's lifetime; ``app[REPLICAS]`` says who owns what."""
+def install_replicas(
+    app: web.Application, spec: str, me: str, tls: ssl.SSLContext | None = None
+) -> None:
+    """Probe the replicas for the app's lifetime; ``app[REPLICAS]`` says who owns what.
+
+    ``tls``: how to reach replicas serving https (``auth_tls.replica_ssl_context``).
+    """
     members, dns = parse_replicas(spec)
     replicas = ReplicaSet(me, members, dns)
     app[REPLICAS] = replicas
 
     async def probe(app: web.Application) -> AsyncIterator[None]:
         timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
-        session = aiohttp.ClientSession(timeout=timeout)
+        connector = aiohttp.TCPConnector(ssl=tls if tls is not None else True)
+        session = aiohttp.ClientSession(timeout=timeout, connector=connector)
         replicas.session = session
 
         async def loop() -> None:
