@@ -61,6 +61,7 @@ class Answer:
     content_type: str
     body: bytes
     challenge: str | None = None  # WWW-Authenticate of a 401: how the client may sign in
+    link: str | None = None  # a paged list's next page (Link: <...>; rel="next")
 
 
 class OriginClient:
@@ -107,12 +108,13 @@ class OriginClient:
         async with self.session.get(url, params=params, headers=headers) as response:
             content_type = response.headers.get("Content-Type", "")
             challenge = response.headers.get(hdrs.WWW_AUTHENTICATE)
+            link = response.headers.get(hdrs.LINK)
             if ok is not None and response.status != ok:
-                return Answer(url, response.status, content_type, b"", challenge)
+                return Answer(url, response.status, content_type, b"", challenge, link)
             body = await read_limited(
                 response.content, limit, what, declared=response.content_length
             )
-            return Answer(url, response.status, content_type, body, challenge)
+            return Answer(url, response.status, content_type, body, challenge, link)
 
     async def head(self, url: str, *, authorization: str | None = None) -> tuple[int, str | None]:
         """``HEAD url`` as a client (its ``Authorization``, or none): the status and challenge.

@@ -238,3 +238,23 @@ def test_docker_manifest_list_round_trips_byte_identical(cluster, tmp_path: Path
     for img in image.images:
         for blob in img.blobs():
             assert (out / blob.digest.split(":", 1)[1]).read_bytes() == blob.data
+
+
+def test_tags_are_listed_from_the_origin_under_the_clients_name(cluster) -> None:
+    """skopeo inspect lists tags first, and failed on the agent's 404 before."""
+    origin, agent, _ = cluster
+    accept = {"Accept": "application/vnd.oci.image.index.v1+json"}
+    _, headers, index = request(f"{origin}/v2/team/app/manifests/1", headers=accept)
+    put = {"Content-Type": headers["Content-Type"]}
+    assert request(f"{origin}/v2/team/app/manifests/2", "PUT", put, index)[0] == 201
+    status, _, body = request(f"{agent.registry}/v2/team/app/tags/list")
+    assert status == 200 and json.loads(body) == {"name": "team/app", "tags": ["1", "2"]}
+    own = origin.removeprefix("http://")  # ns naming the origin itself: its own repositories
+    status, headers, body = request(f"{agent.registry}/v2/team/app/tags/list?n=1&ns={own}")
+    assert status == 200 and json.loads(body)["tags"] == ["1"]
+    ns = own.replace(":", "%3A")
+    assert headers["Link"] == f'</v2/team/app/tags/list?n=1&last=1&ns={ns}>; rel="next"'
+    status, _, body = request(f"{agent.registry}/v2/team/nothing/tags/list")
+    assert status == 404 and error_code(body) == "NAME_UNKNOWN"
+    inspected = skopeo("inspect", "--tls-verify=false", f"docker://{agent.registry_hostport}/team/app:1")
+    assert json.loads(inspected.stdout)["RepoTags"] == ["1", "2"]

@@ -1,9 +1,10 @@
 """The agent's pull-only OCI Distribution endpoint (what containerd talks to).
 
-Routes: ``/v2/``, ``/v2/<name>/manifests/<ref>`` and ``/v2/<name>/blobs/<digest>``
-(GET and HEAD). ``?ns=<upstream host>`` selects the origin repository (see
-``agent.namespaces``). Anything that would write answers 405 ``UNSUPPORTED``
-with the origin's address, because pushes belong there.
+Routes: ``/v2/``, ``/v2/<name>/manifests/<ref>``, ``/v2/<name>/blobs/<digest>``
+and ``/v2/<name>/tags/list`` (GET and HEAD; tags from the origin,
+``agent.taglist``). ``?ns=<upstream host>`` selects the origin repository
+(see ``agent.namespaces``). Anything that would write answers 405
+``UNSUPPORTED`` with the origin's address, because pushes belong there.
 
 Private repositories (docs/security.md): an agent with node credentials
 serves a manifest or blob (from its cache, the swarm or a delta) only after
@@ -28,6 +29,7 @@ from krill.agent.manifests import OriginRefused
 from krill.agent.node import AgentNode
 from krill.agent.serving import blob_response
 from krill.agent.sources import BlobNotFound, SourceUnavailable
+from krill.agent.taglist import fetch_tag_list, tag_list_response
 from krill.agent.token_proxy import TOKEN_PATH, forward_token_request
 from krill.digests import Digest
 from krill.httpmetrics import latency_middleware
@@ -45,6 +47,7 @@ ACCESS: web.AppKey[RepositoryAccess | None] = web.AppKey("access")
 
 _MANIFEST_PATH = re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)$")
 _BLOB_PATH = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)$")
+_TAGS_PATH = re.compile(r"^/v2/(?P<name>.+)/tags/list$")
 
 
 def build_registry_app(node: AgentNode) -> web.Application:
@@ -85,9 +88,11 @@ async def handle_v2(request: web.Request) -> web.StreamResponse:
         return await _manifest(request, node, match["name"], match["reference"])
     if match := _BLOB_PATH.match(request.path):
         return await _blob(request, node, match["name"], match["digest"])
+    if match := _TAGS_PATH.match(request.path):
+        return await _tags(request, node, match["name"])
     raise RegistryError(
         "UNSUPPORTED",
-        "this agent serves only /v2/<name>/manifests and /v2/<name>/blobs",
+        "this agent serves only /v2/<name>/manifests, /v2/<name>/blobs and /v2/<name>/tags/list",
         status=404,
     )
 
@@ -149,6 +154,30 @@ async def _blob(
         )
         _require(request, decision, f"blob {digest} in {repository}")
     return await serve_blob(request, node, digest, repository)
+
+
+async def _tags(request: web.Request, node: AgentNode, name: str) -> web.Response:
+    """The origin's tag list, with the client's credentials where manifests get them."""
+    repository = origin_repository(request, node, name)
+    authorization = None
+    if request.app[ACCESS] is not None:
+        authorization = request.headers.get(hdrs.AUTHORIZATION)
+    origin = OriginClient(node.session, node.config.origin)
+    answer = await fetch_tag_list(
+        origin, repository, request.query, authorization, node.config.origin_timeout
+    )
+    what = f"the tags of {repository}"
+    if answer.status == 401:
+        _require(request, AccessDecision(Access.UNAUTHORIZED, answer.challenge), what)
+    if answer.status == 403:
+        _require(request, AccessDecision(Access.DENIED, None), what)
+    if answer.status == 404:
+        raise RegistryError("NAME_UNKNOWN", f"repository {repository} is not on the origin")
+    if answer.status != 200:
+        raise RegistryError(
+            "UNAVAILABLE", f"the origin answered {answer.status} for {what}", status=502
+        )
+    return tag_list_response(answer, name, request.query.get("ns"), API_HEADERS)
 
 
 def _require(request: web.Request, decision: AccessDecision, what: str) -> None:
