@@ -175,6 +175,7 @@ def check_log_level(value: str) -> str:
     naming the setting, not as ``logging``'s traceback.
     """
     level = value.strip().lower()
+    level = "warning" if level == "warn" else level  # logging's own alias
     if level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
     return level

@@ -487,7 +487,7 @@ def run(args: argparse.Namespace) -> int:
             report = asyncio.run(converting)
     except (ConvertError, RecipeError, oci.ManifestError, DigestError) as exc:
         raise CliError(str(exc)) from exc
-    except aiohttp.ClientSSLError as exc:
+    except aiohttp.ClientConnectorSSLError as exc:  # not a certificate's: TLS to plain HTTP
         raise CliError(
             f"registry connection failed: {exc}; a registry serving plain HTTP on loopback "
             "needs --insecure"

@@ -17,7 +17,7 @@ __all__ = ["ENV_LOG_FORMAT", "LOG_LEVELS", "LogFormat", "log_format_from_env"]
 ENV_LOG_FORMAT = "KRILL_LOG_FORMAT"
 
 # The levels every service's ``log_level`` takes (``logging``'s names, lower case).
-LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class LogFormat(StrEnum):

@@ -84,8 +84,10 @@ class S3UnreachableError(S3Error):
 class S3StalledError(S3UnreachableError):
     """The store took the request and said nothing for the session's ``sock_read``.
 
-    Not retried: a store silent that long (hung, paused, swapping) rarely answers
-    the next attempt sooner, and four attempts held a push ~4 minutes before its
+    Tried again once only: the stalled connection is dropped, so a second try
+    gets a fresh one (a pooled connection a NAT or load balancer forgot stalls
+    the same way), but a store silent that long (hung, paused, swapping) rarely
+    answers a third sooner, and four attempts held a push ~4 minutes before its
     503, past many clients' patience.
     """
 
@@ -150,11 +152,14 @@ class S3Client:
         same parts), and stores shed load this way. Anything else fails at once.
         """
         payload_hash = payload_hash or hashlib.sha256(body).hexdigest()
+        stalled = False
         for delay in (*self.retry_delays, None):
             try:
                 resp = await self._send_once(method, key, query, headers, body, payload_hash)
             except S3StalledError:
-                raise
+                if stalled or delay is None:
+                    raise
+                stalled = True
             except S3UnreachableError:
                 if delay is None:
                     raise

@@ -256,5 +256,7 @@ def test_tags_are_listed_from_the_origin_under_the_clients_name(cluster) -> None
     assert headers["Link"] == f'</v2/team/app/tags/list?n=1&last=1&ns={ns}>; rel="next"'
     status, _, body = request(f"{agent.registry}/v2/team/nothing/tags/list")
     assert status == 404 and error_code(body) == "NAME_UNKNOWN"
+    status, _, body = request(f"{agent.registry}/v2/team/app/tags/list?n=x")
+    assert status == 400 and error_code(body) == "UNSUPPORTED"  # the origin's own answer
     inspected = skopeo("inspect", "--tls-verify=false", f"docker://{agent.registry_hostport}/team/app:1")
     assert json.loads(inspected.stdout)["RepoTags"] == ["1", "2"]

@@ -18,6 +18,7 @@ import pytest
 from krill.agent.preheat import parse_image_reference
 from krill.cli import main
 from krill.clierror import CliError, ConfigError, user_error_in
+from krill.config import check_log_level
 from krill.names import image_reference
 from tests.components import free_port, krill_command
 
@@ -99,8 +100,9 @@ def test_a_log_level_is_checked_from_flags_files_and_the_environment(
     config.write_text('log_level = "bogus"\n')
     assert run_main(capsys, "tracker", "--config", str(config)) == (
         2, "krill tracker: error: log_level must be one of debug, info, warning, error, "
-        "got 'bogus'",
+        "critical, got 'bogus'",
     )  # fmt: skip
+    assert check_log_level(" WARN ") == "warning" and check_log_level("INFO") == "info"
     monkeypatch.setenv("KRILL_ORIGIN_LOG_LEVEL", "bogus")
     code, err = run_main(capsys, "origin", "--data", str(tmp_path / "o"))
     assert code == 2 and "log_level must be one of" in err

@@ -5,7 +5,8 @@ The chart gives every origin replica one certificate (for the Service name) and
 checked that certificate against the system's CAs and the pod address, so every
 probe failed and each replica saw only itself alive: each owned, cached and
 seeded every blob. ``auth_tls.replica_ssl_context`` trusts the origin's own
-certificate, the host name aside, and presents it (for ``client_ca``).
+certificate (the leaf of its chain file, not the issuer after it), the host
+name aside, and presents it (for ``client_ca``).
 """
 
 from __future__ import annotations
@@ -50,9 +51,13 @@ def pki(tmp_path: Path) -> dict[str, tuple[Path, Path]]:
     openssl("req", "-x509", *EC_KEY, "-keyout", ca_key, "-out", ca_cert, "-days", "2",
             "-subj", "/CN=krill test CA", "-addext", "basicConstraints=critical,CA:TRUE",
             "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    origin_cert, origin_key = issue(tmp_path, "origin", ca=ca_cert)
+    chain = tmp_path / "origin-chain.crt"  # as cert-manager writes tls.crt: leaf, then issuer
+    chain.write_text(origin_cert.read_text() + ca_cert.read_text())
     return {
         "ca": (ca_cert, ca_key),
-        "origin": issue(tmp_path, "origin", ca=ca_cert),
+        "origin": (chain, origin_key),
+        "sibling": issue(tmp_path, "sibling", ca=ca_cert),  # same CA, another certificate
         "stranger": issue(tmp_path, "stranger"),
     }
 
@@ -96,8 +101,9 @@ async def test_a_replica_with_our_certificate_is_reached_and_a_stranger_is_not(
         assert await probe(url, context)
         by_the_book = ssl.create_default_context(cafile=ca)  # CA and host name checked
         assert not await probe(url, by_the_book)  # what the probes did: the pod address fails
-    stranger_cert, stranger_key = pki["stranger"]
-    async for url in replica(stranger_cert, stranger_key, client_ca=ca):
-        assert not await probe(url, context)
+    for other in ("stranger", "sibling"):  # a sibling from our CA is not one of us either
+        other_cert, other_key = pki[other]
+        async for url in replica(other_cert, other_key, client_ca=ca):
+            assert not await probe(url, context), other
     plain = load_origin_config(flags={"data": str(tmp_path / "data")}, environ={})
     assert replica_ssl_context(plain) is None

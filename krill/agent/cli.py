@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_security_flags(parser, "origin/tracker")
     parser.add_argument("--config", type=Path, help="TOML file with AgentConfig settings")
-    parser.add_argument("--log-level", choices=LOG_LEVELS)
+    parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS)
     parser.set_defaults(func=run)
     sub = parser.add_subparsers(dest="agent_command", metavar="SUBCOMMAND")
 
@@ -137,7 +137,7 @@ def run_containerd_config(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     try:  # containerd takes any host name and falls back quietly: check it here
-        parse_hostport(args.agent.partition("://")[2] or args.agent)
+        parse_hostport((args.agent.partition("://")[2] or args.agent).rstrip("/"))
     except ValueError:
         raise CliError(
             f"--agent must be the agent's registry endpoint HOST:PORT (its --registry-listen), "

@@ -68,6 +68,11 @@ class ManifestCache:
         self._timeout = timeout
         self._tags: dict[tuple[str, str], tuple[Digest, float]] = {}
 
+    @property
+    def origin(self) -> OriginClient:
+        """The client manifests are fetched with (failing over along the replicas)."""
+        return self._origin
+
     async def get(
         self,
         repository: str,

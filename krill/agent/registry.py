@@ -162,10 +162,10 @@ async def _tags(request: web.Request, node: AgentNode, name: str) -> web.Respons
     authorization = None
     if request.app[ACCESS] is not None:
         authorization = request.headers.get(hdrs.AUTHORIZATION)
-    origin = OriginClient(node.session, node.config.origin)
-    answer = await fetch_tag_list(
-        origin, repository, request.query, authorization, node.config.origin_timeout
-    )
+    answer = await fetch_tag_list(  # the manifests' client: it fails over along the replicas
+        node.manifests.origin, repository, request.query, authorization,
+        node.config.origin_timeout,
+    )  # fmt: skip
     what = f"the tags of {repository}"
     if answer.status == 401:
         _require(request, AccessDecision(Access.UNAUTHORIZED, answer.challenge), what)
@@ -173,6 +173,10 @@ async def _tags(request: web.Request, node: AgentNode, name: str) -> web.Respons
         _require(request, AccessDecision(Access.DENIED, None), what)
     if answer.status == 404:
         raise RegistryError("NAME_UNKNOWN", f"repository {repository} is not on the origin")
+    if answer.status == 400:  # the client's mistake (a bad n): the origin's error, as it is
+        return web.Response(
+            status=400, body=answer.body, content_type="application/json", headers=API_HEADERS
+        )
     if answer.status != 200:
         raise RegistryError(
             "UNAVAILABLE", f"the origin answered {answer.status} for {what}", status=502

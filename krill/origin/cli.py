@@ -81,7 +81,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--client-ca", metavar="FILE", help="require client certificates signed by this CA"
     )
-    parser.add_argument("--log-level", choices=LOG_LEVELS)
+    parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS)
     parser.set_defaults(func=run)
     commands = parser.add_subparsers(dest="origin_command", metavar="{gc,htpasswd}")
     gc = commands.add_parser(
@@ -104,7 +104,7 @@ def register(subparsers: Any) -> None:
         help="keep what was committed or linked this recently (default: gc_grace, 3600)",
     )
     gc.add_argument("--dry-run", action="store_true", help="report what would go; remove nothing")
-    gc.add_argument("--log-level", choices=LOG_LEVELS)
+    gc.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS)
     gc.set_defaults(func=run_gc)
     htpasswd = commands.add_parser(
         "htpasswd",

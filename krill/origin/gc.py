@@ -83,8 +83,8 @@ class GcReport:
     freed: dict[GcKind, Freed] = field(default_factory=lambda: {k: Freed() for k in GcKind})
     kept_recent: int = 0  # unreferenced, but committed or linked within the grace period
     evicted: int = 0  # a mirror's manifests forgotten by its retention limits
-    # Blobs removed, or in a dry run those that would have been: what comes after
-    # (the delta index) counts them as gone either way, so both runs report alike.
+    # Blobs removed, or in a dry run those that would have been: a dry run's
+    # delta-index pass counts them as gone, so it reports what the real run does.
     swept: set[Digest] = field(default_factory=set)
 
     def add(self, kind: GcKind, size: int) -> None:
@@ -265,8 +265,14 @@ class GarbageCollector:
                     marker.unlink(missing_ok=True)
 
     def _present(self, digest: Digest | None, report: GcReport) -> bool:
-        """In the store after this run (a dry run's would-be removals count as gone)."""
-        return digest is not None and digest not in report.swept and self.store.has(digest)
+        """In the store after this run (a dry run's would-be removals count as gone).
+
+        A real run asks the store only: a blob it failed to delete, or one pushed
+        again since, is there, and its delta-index entries stay.
+        """
+        if digest is None or (report.dry_run and digest in report.swept):
+            return False
+        return self.store.has(digest)
 
     def _sweep_orphan_sidecars(self, report: GcReport) -> None:
         blobs_root = self.store.path(Digest("sha256", "0" * 64)).parent.parent

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     add_security_flags(parser, "origin")
     parser.add_argument("--config", metavar="FILE", help="TOML config file")
-    parser.add_argument("--log-level", choices=LOG_LEVELS)
+    parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS)
     parser.set_defaults(func=run)
 
 
