@@ -17,11 +17,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import aiohttp
-
 from krill import oci
+from krill.agent.origins import ask_origin
 from krill.blobstore import BlobStore
-from krill.bodies import BodyTooLarge
 from krill.digests import Digest
 from krill.names import image_reference
 from krill.originclient import OriginClient
@@ -153,22 +151,13 @@ class ManifestCache:
             headers["Authorization"] = authorization
         if not self._origin.configured:
             raise RegistryError("UNAVAILABLE", "this agent has no origin configured")
-        try:
-            async with asyncio.timeout(self._timeout):
-                # Error bodies are skipped: only a 200's body is read.
-                answer = await self._origin.get_bytes(
-                    url, limit=oci.MAX_MANIFEST_BYTES, what="manifest", headers=headers, ok=200
-                )
-        except BodyTooLarge:
-            raise RegistryError(
-                "MANIFEST_INVALID", "manifest from the origin is too large", status=502
-            ) from None
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            log.warning("manifest.origin_unreachable url=%s error=%r", url, exc)
-            raise RegistryError(
-                "UNAVAILABLE",
-                f"the origin {self._origin.base_url} is unreachable; try the upstream",
-            ) from None
+        too_large = RegistryError(
+            "MANIFEST_INVALID", "manifest from the origin is too large", status=502
+        )
+        answer = await ask_origin(  # error bodies are skipped: only a 200's body is read
+            self._origin, url, what="manifest", limit=oci.MAX_MANIFEST_BYTES,
+            seconds=self._timeout, headers=headers, ok=200, too_large=too_large,
+        )  # fmt: skip
         status, content_type, body = answer.status, answer.content_type, answer.body
         if status == 404:  # unknown, or stored as a type this Accept leaves out
             name = image_reference(repository, reference)

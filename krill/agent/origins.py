@@ -38,9 +38,11 @@ from krill.agent.config import AgentConfig
 from krill.agent.metrics import AgentMetrics
 from krill.agent.sources import BlobNotFound, OriginHttpSource, SourceUnavailable
 from krill.blobstore import BlobStore
+from krill.bodies import BodyTooLarge
 from krill.clock import SYSTEM_CLOCK, Clock
 from krill.digests import Digest
 from krill.originclient import Answer, OriginClient
+from krill.registry_errors import RegistryError
 from krill.rendezvous import rank
 from krill.replicas import resolve_replicas
 
@@ -306,3 +308,32 @@ def origin_http_source(
         resume_attempts=config.origin_resume_attempts,
         on_bytes=on_bytes,
     )
+
+
+async def ask_origin(
+    origin: OriginClient,
+    url: str,
+    *,
+    what: str,
+    limit: int,
+    seconds: float,
+    headers: Mapping[str, str],
+    params: Mapping[str, str] | None = None,
+    ok: int | None = None,
+    too_large: RegistryError,
+) -> Answer:
+    """A bounded GET the agent makes for a client (a manifest, a tag list), its failures
+    as the registry errors the client gets: ``too_large`` past ``limit``, 503 when the
+    origin cannot be reached in ``seconds`` (containerd then tries the upstream)."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await origin.get_bytes(
+                url, limit=limit, what=what, params=params, headers=headers, ok=ok
+            )
+    except BodyTooLarge:
+        raise too_large from None
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        log.warning("origin.unreachable what=%s url=%s error=%r", what, url, exc)
+        raise RegistryError(
+            "UNAVAILABLE", f"the origin {origin.base_url} is unreachable; try the upstream"
+        ) from None

@@ -11,22 +11,17 @@ the client's name, and a next-page ``Link`` the client's path and ``ns``.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 from collections.abc import Mapping
 from urllib.parse import parse_qsl, urlencode
 
-import aiohttp
 from aiohttp import web
 
-from krill.bodies import BodyTooLarge
+from krill.agent.origins import ask_origin
 from krill.originclient import Answer, OriginClient
 from krill.registry_errors import RegistryError
 
 __all__ = ["MAX_TAG_LIST_BYTES", "fetch_tag_list", "tag_list_response"]
-
-log = logging.getLogger(__name__)
 
 MAX_TAG_LIST_BYTES = 16 << 20  # ~300,000 tags of 50 characters
 
@@ -42,20 +37,11 @@ async def fetch_tag_list(
     url = f"{origin.base_url}/v2/{repository}/tags/list"
     params = {key: query[key] for key in ("n", "last") if key in query}
     headers = {"Authorization": authorization} if authorization else {}
-    try:
-        async with asyncio.timeout(seconds):
-            return await origin.get_bytes(
-                url, limit=MAX_TAG_LIST_BYTES, what="tag list", params=params, headers=headers
-            )
-    except BodyTooLarge:
-        raise RegistryError(
-            "UNAVAILABLE", "the origin's tag list is too large", status=502
-        ) from None
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        log.warning("tags.origin_unreachable url=%s error=%r", url, exc)
-        raise RegistryError(
-            "UNAVAILABLE", f"the origin {origin.base_url} is unreachable; try the upstream"
-        ) from None
+    too_large = RegistryError("UNAVAILABLE", "the origin's tag list is too large", status=502)
+    return await ask_origin(
+        origin, url, what="tag list", limit=MAX_TAG_LIST_BYTES, seconds=seconds,
+        headers=headers, params=params, too_large=too_large,
+    )  # fmt: skip
 
 
 def tag_list_response(
