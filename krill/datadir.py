@@ -21,6 +21,7 @@ import errno
 import fcntl
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,7 +59,8 @@ def hold_data_dir(
     """Create ``path`` if need be and lock it for this process, or raise ConfigError.
 
     ``service`` names this process in the messages ("agent", "origin"). The lock
-    file holds the holder's pid, so the message for a busy directory names it.
+    file holds the holder's pid and host name (a pod's name, in a container, where
+    the pid alone may read 1), so the message for a busy directory names them.
     """
     lock_path = path / LOCK_NAME
     try:
@@ -83,19 +85,22 @@ def hold_data_dir(
         if monotonic() >= deadline:
             os.close(fd)
             raise ConfigError(
-                f"data directory {path} is in use by another krill process (pid {holder}); "
+                f"data directory {path} is in use by another krill process ({holder}); "
                 f"give each {service} its own --data directory"
             )
         if not warned:
-            log.warning("datadir.busy path=%s holder_pid=%s waiting=%.0fs", path, holder, wait)
+            log.warning("datadir.busy path=%s holder=%r waiting=%.0fs", path, holder, wait)
             warned = True
         sleep(_POLL_SECONDS)
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
     return DataDirLock(path, fd)
 
 
 def _holder(fd: int) -> str:
-    """The pid the lock's holder wrote, or "unknown" (it may be writing it right now)."""
-    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-    return text if text.isdigit() else "unknown"
+    """Who holds the lock, as its holder wrote it ("pid 12 on node-a"), or "pid unknown"
+    (it may be writing it right now)."""
+    pid, _, host = os.pread(fd, 300, 0).decode(errors="replace").strip().partition(" ")
+    if not pid.isdigit():
+        return "pid unknown"
+    return f"pid {pid} on {host}" if host else f"pid {pid}"

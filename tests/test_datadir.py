@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,8 @@ def test_the_holder_writes_its_pid_and_a_second_holder_is_refused_naming_it(
 ) -> None:
     data = tmp_path / "new" / "data"
     first = hold_data_dir(data, "agent")
-    assert (data / LOCK_NAME).read_text() == f"{os.getpid()}\n"
-    busy = rf"in use by another krill process \(pid {os.getpid()}\)"
+    assert (data / LOCK_NAME).read_text() == f"{os.getpid()} {socket.gethostname()}\n"
+    busy = rf"in use by another krill process \(pid {os.getpid()} on {socket.gethostname()}\)"
     with pytest.raises(ConfigError, match=busy):
         hold_data_dir(data, "agent", wait=0)
     first.release()
@@ -52,7 +53,7 @@ def test_running_services_hold_their_data_directories(tmp_path: Path) -> None:
     """What a second agent or origin on the same --data would meet: the holder's pid."""
     with origin_process(tmp_path / "origin") as origin:
         with agent_process(tmp_path / "agent", origin) as agent:
-            with pytest.raises(ConfigError, match=rf"\(pid {agent.process.pid}\)"):
+            with pytest.raises(ConfigError, match=rf"\(pid {agent.process.pid} on "):
                 hold_data_dir(agent.data, "agent", wait=0)
         hold_data_dir(agent.data, "agent", wait=0).release()  # free once it has stopped
         with pytest.raises(ConfigError, match="in use by another krill process"):
