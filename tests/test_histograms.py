@@ -116,8 +116,9 @@ def test_a_swarm_pull_then_a_cached_one_move_their_sources_histograms(cluster: C
     assert get(url, {"Range": "bytes=10-"}) == data[10:]
     ranged = agent.metrics()
     assert count(ranged, "krill_agent_pull_seconds", source="cache") == 1, "a Range GET is untimed"
-    # The registry endpoint's routes are patterns: every blob and manifest is one series.
-    assert count(ranged, "krill_agent_request_seconds", method="GET", route="/v2/{path}") == 3
+    # The registry endpoint's routes are patterns, one per kind: every blob is one series.
+    blobs = "/v2/{name}/blobs/{digest}"
+    assert count(ranged, "krill_agent_request_seconds", method="GET", route=blobs) == 3
     tracker = read_metrics(cluster.tracker)  # the agent announced its download
     assert count(tracker, "krill_tracker_request_seconds", method="GET", route="/announce") >= 1
 

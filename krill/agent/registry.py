@@ -60,6 +60,15 @@ def build_registry_app(node: AgentNode) -> web.Application:
     app.router.add_route("POST", TOKEN_PATH, handle_token)
     app.router.add_route("GET", "/v2/", handle_base)
     app.router.add_route("HEAD", "/v2/", handle_base)
+    # One route per kind, so request latency is labelled by kind (krill.httpmetrics);
+    # the handler is the same and tells the kinds apart itself, and the catch-all
+    # answers the rest (writes, unknown paths).
+    for pattern in (
+        r"/v2/{name:.+}/manifests/{reference:[^/]+}",
+        r"/v2/{name:.+}/blobs/{digest:[^/]+}",
+        "/v2/{name:.+}/tags/list",
+    ):
+        app.router.add_route("*", pattern, handle_v2)
     app.router.add_route("*", "/v2/{path:.+}", handle_v2)
     return app
 
