@@ -6,6 +6,10 @@ import random
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from krill.delta import cli, encode
+from krill.delta.format import DeltaFormatError
 from tests.components import krill_command
 from tests.imagebuild import make_tar, realistic_files
 from tests.test_delta_support import Entry, build_tar, compress, mutated_bytes
@@ -129,13 +133,31 @@ def test_an_out_that_would_destroy_an_input_or_cannot_be_a_file_is_refused(
     assert {p: p.read_bytes() for p in (base, target)} == kept
 
 
-def test_a_failed_create_leaves_an_existing_out_alone(tmp_path: Path) -> None:
-    base, _ = _layers(tmp_path)
-    (tmp_path / "target.tar").write_bytes(make_tar(realistic_files(3)))
-    subprocess.run(["gzip", "-6", "-n", str(tmp_path / "target.tar")], check=True)
-    (tmp_path / "d.krd").write_bytes(b"yesterday's delta")
-    _one_line(_krill("delta", "create", base, tmp_path / "target.tar.gz", tmp_path / "d.krd"))
-    assert (tmp_path / "d.krd").read_bytes() == b"yesterday's delta"
+def test_a_failed_create_keeps_an_existing_out_and_drops_a_delta_that_fails_verification(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """create_delta renames OUT into place only when complete: an error before that must
+    leave yesterday's OUT alone; a published delta that does not verify is removed."""
+    base, target_tar = _layers(tmp_path)
+    target = _layer(tmp_path / "target.tgz", target_tar, "gzip6")
+    out = tmp_path / "d.krd"
+    out.write_bytes(b"yesterday's delta")
+
+    def unreadable(*args: object) -> object:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(encode, "create_delta", unreadable)
+    assert cli.main(["delta", "create", str(base), str(target), str(out)]) == 1
+    assert out.read_bytes() == b"yesterday's delta"
+
+    def unverifiable(base_blob: Path, delta: Path) -> None:
+        raise DeltaFormatError("trailer checksum mismatch")
+
+    monkeypatch.undo()
+    monkeypatch.setattr(cli, "_verify", unverifiable)
+    assert cli.main(["delta", "create", str(base), str(target), str(out)]) == 1
+    assert not out.exists()
+    assert "delta failed: trailer checksum mismatch" in capsys.readouterr().err
 
 
 def test_a_plain_base_of_the_wrong_size_is_named_by_its_size(tmp_path: Path) -> None:
