@@ -23,6 +23,7 @@ origin says it has no such blob).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -98,14 +99,20 @@ class OriginClient:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         ok: int | None = None,
+        seconds: float | None = None,
     ) -> Answer:
         """GET ``url`` and read at most ``limit`` bytes of its body (``what`` names it in errors).
 
         With ``ok`` set, a different status is returned without reading its body.
+        ``seconds`` bounds one server's answer (a client of several replicas
+        bounds each, so a hung one leaves time to ask the next).
         Raises ``BodyTooLarge``, ``aiohttp.ClientError``, ``TimeoutError``, ``OSError``.
         """
         headers = {**request_id_headers(), **(headers or {})}
-        async with self.session.get(url, params=params, headers=headers) as response:
+        async with (
+            asyncio.timeout(seconds),
+            self.session.get(url, params=params, headers=headers) as response,
+        ):
             content_type = response.headers.get("Content-Type", "")
             challenge = response.headers.get(hdrs.WWW_AUTHENTICATE)
             link = response.headers.get(hdrs.LINK)
@@ -115,6 +122,10 @@ class OriginClient:
                 response.content, limit, what, declared=response.content_length
             )
             return Answer(url, response.status, content_type, body, challenge, link)
+
+    def described(self) -> str:
+        """The server(s) this client asks, for a message to a user."""
+        return f"the origin {self.base_url}"
 
     async def head(self, url: str, *, authorization: str | None = None) -> tuple[int, str | None]:
         """``HEAD url`` as a client (its ``Authorization``, or none): the status and challenge.

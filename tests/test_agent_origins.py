@@ -31,9 +31,10 @@ from pytest_aiohttp import AiohttpServer
 from yarl import URL
 
 from krill.agent.config import AgentConfig
-from krill.agent.origins import FailoverOriginClient, OriginSet, origin_set
+from krill.agent.origins import FailoverOriginClient, OriginSet, ask_origin, origin_set
 from krill.config import ConfigError
 from krill.digests import Digest
+from krill.registry_errors import RegistryError
 from krill.rendezvous import owner, rank
 from krill.s3backend import S3Location
 from tests.agent_cluster import agent_process
@@ -105,6 +106,47 @@ async def test_manifests_go_to_the_next_replica_when_the_first_listed_is_gone(
             assert origins.failing() == {gone}
         assert asked == ["/v2/team/app/manifests/v1"] * 2
         assert client.manifest_url("team/app", "v1").startswith(alive)
+
+
+async def test_a_hung_first_replica_times_out_and_the_next_answers_the_client(
+    aiohttp_server: AiohttpServer,
+) -> None:
+    """The bound is per replica: one bound on the whole was spent on the hung one,
+    and the client got a 503 naming the healthy replica (ops review, 2026-12-07)."""
+    never = asyncio.Event()
+
+    async def hung(request: web.Request) -> web.Response:
+        await never.wait()  # accepted the connection, never answers (SIGSTOPped)
+        raise AssertionError("unreachable")
+
+    async def tags(request: web.Request) -> web.Response:
+        return web.json_response({"name": "team/app", "tags": ["v1"]})
+
+    hung_app, alive_app = web.Application(), web.Application()
+    hung_app.router.add_get("/v2/{repo:.+}/tags/list", hung)
+    alive_app.router.add_get("/v2/{repo:.+}/tags/list", tags)
+    first = str((await aiohttp_server(hung_app)).make_url("")).rstrip("/")
+    second = str((await aiohttp_server(alive_app)).make_url("")).rstrip("/")
+    origins = OriginSet([first, second])
+    too_large = RegistryError("UNSUPPORTED", "too large")
+    async with aiohttp.ClientSession() as session:
+        client = FailoverOriginClient(session, origins)
+        url = f"{client.base_url}/v2/team/app/tags/list"
+        answer = await ask_origin(
+            client, url, what="tag list", limit=1024, seconds=0.2, headers={},
+            too_large=too_large,
+        )
+        assert answer.status == 200 and b"v1" in answer.body
+        assert origins.failing() == {first}
+        gone = f"http://127.0.0.1:{free_port()}"  # with no replica answering, the
+        neither = FailoverOriginClient(session, OriginSet([first, gone]))  # 503 names both
+        with pytest.raises(RegistryError) as refused:
+            await ask_origin(
+                neither, f"{first}/v2/team/app/tags/list", what="tag list", limit=1024,
+                seconds=0.2, headers={}, too_large=too_large,
+            )
+    assert refused.value.code == "UNAVAILABLE"
+    assert first in refused.value.message and gone in refused.value.message
 
 
 async def test_a_service_name_resolves_to_one_url_per_address() -> None:

@@ -231,11 +231,18 @@ class FailoverOriginClient(OriginClient):
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         ok: int | None = None,
+        seconds: float | None = None,
     ) -> Answer:
+        """As ``OriginClient.get_bytes``, from the first replica that answers.
+
+        ``seconds`` bounds each replica's answer: a hung replica times out and
+        the next is asked (a bound on the whole would spend it all on the first).
+        """
         base = next((m for m in self.origins.members if url.startswith(m + "/")), None)
         if base is None:  # not one of ours (a full URL from elsewhere): as it is
             return await super().get_bytes(
-                url, limit=limit, what=what, params=params, headers=headers, ok=ok
+                url, limit=limit, what=what, params=params, headers=headers, ok=ok,
+                seconds=seconds,
             )
         path = url[len(base) :]
         candidates = self._preferred()
@@ -243,10 +250,15 @@ class FailoverOriginClient(OriginClient):
             last = position == len(candidates) - 1
             try:
                 answer = await super().get_bytes(
-                    member + path, limit=limit, what=what, params=params, headers=headers, ok=ok
+                    member + path, limit=limit, what=what, params=params, headers=headers, ok=ok,
+                    seconds=seconds,
                 )
-            except (aiohttp.ClientConnectionError, TimeoutError, OSError):
+            except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
                 self.origins.failed(member)
+                log.warning(
+                    "origin.replica_failed what=%s origin=%s error=%r next=%s",
+                    what, member, exc, "none" if last else candidates[position + 1],
+                )
                 if last:
                     raise
                 continue
@@ -259,6 +271,9 @@ class FailoverOriginClient(OriginClient):
             self.origins.answered(member)
             return answer
         raise AssertionError("unreachable: the last candidate returns or raises")
+
+    def described(self) -> str:
+        return "every origin replica (" + ", ".join(self.origins.members) + ")"
 
 
 def origin_set(config: AgentConfig) -> OriginSet | None:
@@ -323,17 +338,16 @@ async def ask_origin(
     too_large: RegistryError,
 ) -> Answer:
     """A bounded GET the agent makes for a client (a manifest, a tag list), its failures
-    as the registry errors the client gets: ``too_large`` past ``limit``, 503 when the
-    origin cannot be reached in ``seconds`` (containerd then tries the upstream)."""
+    as the registry errors the client gets: ``too_large`` past ``limit``, 503 when no
+    origin answers, each within ``seconds`` (containerd then tries the upstream)."""
     try:
-        async with asyncio.timeout(seconds):
-            return await origin.get_bytes(
-                url, limit=limit, what=what, params=params, headers=headers, ok=ok
-            )
+        return await origin.get_bytes(
+            url, limit=limit, what=what, params=params, headers=headers, ok=ok, seconds=seconds
+        )
     except BodyTooLarge:
         raise too_large from None
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         log.warning("origin.unreachable what=%s url=%s error=%r", what, url, exc)
         raise RegistryError(
-            "UNAVAILABLE", f"the origin {origin.base_url} is unreachable; try the upstream"
+            "UNAVAILABLE", f"{origin.described()} is unreachable; try the upstream"
         ) from None

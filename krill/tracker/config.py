@@ -34,8 +34,9 @@ class TrackerConfig(SecuritySettings):
     # Metainfo documents kept in memory (each is ~20 bytes per piece, at most ~40 KB).
     metainfo_cache_entries: int = 4096
     # Seconds one origin gets to answer a metainfo request before the next is asked. Short:
-    # agents give up on the swarm after a few seconds, so a hung origin must not hold them.
-    metainfo_timeout: float = 5.0
+    # agents give up on the swarm after swarm_deadline (5 s by default), so a hung origin
+    # must leave time to ask another (at 5 s, a stopped replica sent every pull to HTTP).
+    metainfo_timeout: float = 2.0
     log_level: str = "info"
     # Security (docs/security.md). announce_keys: a file of NODE:KEY lines; when set, only
     # announces to /announce/<KEY> with a listed key are answered. From SecuritySettings:
