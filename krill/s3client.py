@@ -250,10 +250,20 @@ class S3Client:
             code=code,
         )
 
-    async def check_bucket(self) -> None:
-        """Fail now, with a message saying what to fix, if the bucket cannot be used."""
-        async with await self.send("GET", query={"list-type": "2", "max-keys": "1"}):
-            pass
+    async def check_bucket(self, *, once: bool = False) -> None:
+        """Fail now, with a message saying what to fix, if the bucket cannot be used.
+
+        ``once``: a single attempt, for a readiness probe, which reports what
+        it sees now (the retries would outlast its timeout and hide the cause).
+        """
+        query = {"list-type": "2", "max-keys": "1"}
+        if not once:
+            async with await self.send("GET", query=query):
+                return
+        empty = hashlib.sha256(b"").hexdigest()
+        async with await self._send_once("GET", None, query, None, b"", empty) as resp:
+            if resp.status != 200:
+                raise await self._error(resp, "GET", None)
 
     async def create_bucket(self) -> None:
         """Create the bucket (tests and set-up; an existing one of ours is fine)."""

@@ -3,14 +3,20 @@ its storage is one, and the tracker it seeds through answering when one is
 configured (``krill.readiness`` runs them).
 
 The bucket check lists at most one key, the request the origin makes at start
-to tell a missing bucket or refused credentials from a working one.
+to tell a missing bucket or refused credentials from a working one, once (no
+retries: the probe says what it sees now). It is not required: a store that
+is away is away for every replica alike, and each still serves what its
+cache holds (pushes and the rest get 503 and are retried); unready, every
+replica would leave its Services and drop the others from its replica set,
+a total outage where there was a partial one.
 
 The tracker check asks ``/health`` at the tracker's base URL (``config.tracker``
 is its announce URL). Without a tracker the origin does not seed, so the check
-is ``skipped``. It is not required: an origin whose tracker is down still takes
-pushes and serves pulls (nodes fall back to HTTP), and an unready origin would
-leave its Services, turning a slower swarm into a registry outage. Its failure
-shows as status ``degraded``.
+is ``skipped``. It is not required either: an origin whose tracker is down still
+takes pushes and serves pulls (nodes fall back to HTTP), and an unready origin
+would leave its Services, turning a slower swarm into a registry outage.
+
+A failed check that is not required shows as status ``degraded`` (still 200).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ __all__ = ["origin_checks"]
 def origin_checks(app: web.Application) -> list[Check]:
     return [
         Check("store", lambda: store_writable(app[STORE])),
-        Check("bucket", lambda: bucket_reachable(app.get(OBJECT_STORE))),
+        Check("bucket", lambda: bucket_reachable(app.get(OBJECT_STORE)), required=False),
         Check(
             "tracker",
             lambda: _tracker_reachable(app[CONFIG].tracker, app[CONFIG].tracker_ca),
@@ -43,7 +49,7 @@ def origin_checks(app: web.Application) -> list[Check]:
 async def bucket_reachable(objects: ObjectStore | None) -> str:
     if objects is None:
         raise Skipped("storage is a local directory")
-    await objects.backend.client.check_bucket()
+    await objects.backend.client.check_bucket(once=True)
     return f"{objects.backend.description} answered"
 
 

@@ -213,13 +213,15 @@ class BucketMetadata:
         A bucket collection on another machine may delete an old, unreferenced
         blob after it listed the links and before this manifest was linked
         (docs/storage.md); asking once the link is visible catches it whenever
-        the deletion came first.
+        the deletion came first. The repository's links to those blobs are
+        published again first (``_republish_layer_links``).
         """
         media_type = self.app[REPOSITORIES].manifest_media_type(repo, digest)
         body = await self._manifest_bytes(digest)
         if media_type is None or body is None:
             return []
         references = [d.digest for d in oci.parse_manifest(body, media_type).blob_references()]
+        await self._republish_layer_links(repo, references)
         await tombstones.lift(self.backend, references)  # before looking (origin.gctombstones)
         present = await asyncio.gather(*(self.backend.exists(d) for d in references))
         lost = []
@@ -232,6 +234,18 @@ class BucketMetadata:
             else:
                 lost.append(reference)
         return lost
+
+    async def _republish_layer_links(self, repo: str, references: list[Digest]) -> None:
+        """Put the bucket's links for the blobs ``repo`` links here (idempotent, empty PUTs).
+
+        A blob push whose bucket write failed (503, "push it again") is linked
+        locally: the retry's ``HEAD`` finds it and skips the upload, so without
+        this the link never reached the bucket and other replicas answered
+        ``BLOB_UNKNOWN`` for a layer of a pushed image.
+        """
+        repos = self.app[REPOSITORIES]
+        linked = [d for d in references if repos.has_blob(repo, d)]
+        await asyncio.gather(*(self.put_layer_link(repo, d) for d in linked))
 
     async def put_tag(self, repo: str, tag: str) -> None:
         """Publish the local value of ``repo:tag`` (or its absence)."""

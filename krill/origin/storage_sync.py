@@ -22,7 +22,7 @@ origin. A pull-through mirror keeps its metadata in ``--data`` (its tags
 follow its upstream, its fills are local): only the bytes pushed to it go
 to the bucket. A bucket that fails while we only read is logged and the local
 state answers: an origin keeps serving what it has while its bucket is
-briefly away.
+briefly away, and what it lacks is 503, not 404 (``found_or_unavailable``).
 """
 
 from __future__ import annotations
@@ -81,12 +81,46 @@ def unavailable(what: str, exc: S3Error) -> RegistryError:
     )
 
 
-async def reading(what: str, step: Awaitable[object]) -> None:
-    """A read-through step; a failing bucket leaves the local state to answer."""
+async def reading(what: str, step: Awaitable[object]) -> S3Error | None:
+    """A read-through step; a failing bucket leaves the local state to answer.
+
+    Returns the bucket's failure, if any, for ``found_or_unavailable``.
+    """
     try:
         await step
     except S3Error as exc:
         log.warning("origin.metadata_read_failed what=%s error=%s", what, exc)
+        return exc
+    return None
+
+
+async def found_or_unavailable(
+    what: str, failure: S3Error | None, answer: Awaitable[web.StreamResponse]
+) -> web.StreamResponse:
+    """The handler's answer, but 503 for its 404 when the bucket could not be read.
+
+    The local state answers while the bucket is away, but "unknown" is not
+    true then: the bucket may well hold it (pushed through another origin),
+    and clients take a 404 as final where a 503 is retried.
+    """
+    try:
+        response = await answer
+    except RegistryError as exc:
+        if failure is None or exc.status != 404:
+            raise
+        raise _unreadable(what, failure) from None
+    if failure is not None and response.status == 404:
+        raise _unreadable(what, failure)
+    return response
+
+
+def _unreadable(what: str, exc: S3Error) -> RegistryError:
+    return RegistryError(
+        "UNAVAILABLE",
+        f"{what} is not on this origin, and its object store, which may hold it, could not "
+        f"be read ({exc}); try again",
+        headers={"Retry-After": "10"},
+    )
 
 
 async def writing(what: str, step: Awaitable[None]) -> None:
@@ -154,9 +188,11 @@ class _Sync:
 
 async def _blob(sync: _Sync, handler: Handler) -> web.StreamResponse:
     digest = _digest(sync.request.match_info["digest"])
-    if digest is not None:
-        await reading(str(digest), sync.metadata.read_layer_link(sync.repo, digest))
-    return await handler(sync.request)
+    if digest is None:
+        return await handler(sync.request)
+    what = f"{sync.repo}@{digest}"
+    failure = await reading(what, sync.metadata.read_layer_link(sync.repo, digest))
+    return await found_or_unavailable(what, failure, handler(sync.request))
 
 
 async def _blob_delete(sync: _Sync, handler: Handler) -> web.StreamResponse:
@@ -170,11 +206,16 @@ async def _blob_delete(sync: _Sync, handler: Handler) -> web.StreamResponse:
 async def _manifest_get(sync: _Sync, handler: Handler) -> web.StreamResponse:
     reference = sync.request.match_info["reference"]
     digest = _digest(reference)
+    failure = None
     if digest is not None:
-        await reading(str(digest), sync.metadata.read_manifest(sync.repo, digest))
+        what = f"{sync.repo}@{digest}"
+        failure = await reading(what, sync.metadata.read_manifest(sync.repo, digest))
     elif (tag := _tag(reference)) is not None:
-        await reading(tag, sync.metadata.refresh_tag(sync.repo, tag))
-    return await handler(sync.request)
+        what = f"{sync.repo}:{tag}"
+        failure = await reading(what, sync.metadata.refresh_tag(sync.repo, tag))
+    else:
+        return await handler(sync.request)
+    return await found_or_unavailable(what, failure, handler(sync.request))
 
 
 async def _manifest_put(sync: _Sync, handler: Handler) -> web.StreamResponse:
@@ -226,8 +267,8 @@ async def _referrers(sync: _Sync, handler: Handler) -> web.StreamResponse:
 
 
 async def _tags(sync: _Sync, handler: Handler) -> web.StreamResponse:
-    await reading(sync.repo, sync.metadata.refresh_tags(sync.repo))
-    return await handler(sync.request)
+    failure = await reading(sync.repo, sync.metadata.refresh_tags(sync.repo))
+    return await found_or_unavailable(sync.repo, failure, handler(sync.request))
 
 
 async def _upload_start(sync: _Sync, handler: Handler) -> web.StreamResponse:
