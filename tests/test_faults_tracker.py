@@ -212,6 +212,7 @@ def test_an_announce_while_redis_is_down_gets_a_bencoded_failure(tmp_path: Path)
             # when to try again: the tracker's min interval (libtorrent backs off from there)
             assert answer[b"interval"] == answer[b"min interval"] == 1, answer
             assert tracker.process is not None and tracker.process.poll() is None
+            assert read_metrics(tracker.url)["krill_tracker_peer_store_up"] == 0
 
 
 def test_a_seed_refused_while_redis_was_down_is_in_the_swarm_soon_after_it_is_back(

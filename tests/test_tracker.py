@@ -282,3 +282,4 @@ async def test_health_and_metrics(http: aiohttp.ClientSession) -> None:
         assert values['krill_tracker_announces_total{event="none",result="ok"}'] == 1
         assert values['krill_tracker_announces_total{event="invalid",result="failure"}'] == 1
         assert values["krill_tracker_swarms"] == 1
+        assert values["krill_tracker_peer_store_up"] == 1

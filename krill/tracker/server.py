@@ -78,6 +78,11 @@ class TrackerMetrics:
             registry=self.registry,
         )
         self.swarms = Gauge("krill_tracker_swarms", "Swarms known", registry=self.registry)
+        self.peer_store_up = Gauge(
+            "krill_tracker_peer_store_up",
+            "1 if the peer store (memory or Redis) answered this scrape, else 0",
+            registry=self.registry,
+        )
         self.request_seconds = RequestSeconds(self.registry)
 
     def announced(self, event: str, result: str, handed: int = 0) -> None:
@@ -445,5 +450,8 @@ async def handle_metrics(request: web.Request) -> web.Response:
         metrics.swarms.set(await request.app[STORE_KEY].swarm_count())
     except PeerStoreUnavailable as exc:  # the rest still matters most while Redis is down
         log.warning("tracker.swarm_count_unavailable error=%s", exc)
+        metrics.peer_store_up.set(0)  # krill_tracker_swarms keeps its last known value
+    else:
+        metrics.peer_store_up.set(1)
     body = generate_latest(metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
