@@ -368,11 +368,15 @@ class OriginFeeder:
             if not filling and now - since < fill_after:
                 continue
             unsourced = self._unsourced(info_hash, download, range(download.num_pieces))
-            filling = bool(unsourced)
+            was_filling, filling = filling, bool(unsourced)
             if not filling:
-                # Stalled, yet every missing piece is with a peer or was fed: a fed
-                # piece libtorrent dropped unchecked may be fetched again next time.
-                download.forget_unverified_feed()
+                if not was_filling:
+                    # Stalled, yet every missing piece is with a peer or was fed: a fed
+                    # piece libtorrent dropped unchecked may be fetched again next time.
+                    # Not right after a fill batch: its pieces were handed over a moment
+                    # ago and are still being checked (forgetting them then fetched
+                    # them twice whenever the check took over fill_after).
+                    download.forget_unverified_feed()
                 seen, since = download.verified_pieces, now
                 continue
             start = random.randrange(len(unsourced))
