@@ -348,14 +348,19 @@ async def test_a_super_seeding_origin_answers_without_waiting_for_its_first_anno
     digest, _, metainfo = make_blob(store, 100_000)
     try:
         async with (
-            SwarmEngine(SwarmSettings(announce, origin=True), store) as plain,
+            # Its wait must outlast the super-seed's start on a loaded machine (default 2 s).
+            SwarmEngine(
+                SwarmSettings(announce, origin=True, first_announce_timeout=60), store
+            ) as plain,
             SwarmEngine(SwarmSettings(announce, origin=True, super_seeding=True), store) as sup,
         ):
             plain_seeding = asyncio.create_task(plain.seed(digest, metainfo))
             await until(announced.is_set, "the plain seed's announce reached the tracker")
             await sup.seed(digest, metainfo)
             assert not plain_seeding.done(), "the plain seed still waits for its announce"
-            await plain_seeding
+            plain_seeding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await plain_seeding
     finally:
         silent.close()
 

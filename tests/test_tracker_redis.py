@@ -49,7 +49,8 @@ async def test_expired_peers_are_cleaned_out_of_redis(redis_url: str) -> None:
     try:
         now = time.time()
         await store.upsert(INFO_HASH, PeerEntry("127.0.0.1", 7001, False, False, now), 1)
-        await store.upsert(INFO_HASH, PeerEntry("127.0.0.1", 7002, False, False, now + 60), 1)
+        # ttl 60: with 1, its key could expire (EXPIRE ttl+1) before the scan below.
+        await store.upsert(INFO_HASH, PeerEntry("127.0.0.1", 7002, False, False, now + 60), 60)
         assert [p.port for p in await store.peers(INFO_HASH)] == [7002]
     finally:
         await store.close()
