@@ -80,7 +80,7 @@ def start_store(procs: Processes, work: Path) -> Store:
     root = work / "weed"
     (root / "data").mkdir(parents=True)
     taken: set[int] = set()
-    port = s3_fixtures.free_port_pair(taken)  # < 45000 with its gRPC twin: both < 55535
+    port = s3_fixtures.free_port_pair(taken)  # with its gRPC twin, both below the ephemeral range
     procs.start(in_ns(host_ns(0), *s3_fixtures._weed_command(root, port, taken)),
                 work / "weed.log")
     endpoint = f"http://127.0.0.1:{port}"

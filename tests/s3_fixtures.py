@@ -14,7 +14,7 @@ The store is SIGKILLed at the end, not asked to stop: ``weed`` takes about
 in turn), and its data is a temporary directory nobody reads afterwards.
 
 Ports: SeaweedFS listens for gRPC on every HTTP port + 10000, so each port is
-chosen below 45000 with both it and its +10000 twin free.
+chosen with both it and its +10000 twin free and below the ephemeral range.
 """
 
 from __future__ import annotations
@@ -91,9 +91,11 @@ def _bindable(port: int) -> bool:
 
 
 def free_port_pair(taken: set[int]) -> int:
-    """A port below 45000 that is free along with its gRPC twin (port + 10000)."""
+    """A port that is free along with its gRPC twin (port + 10000), both below Linux's
+    ephemeral range (32768 on): no outgoing connection can take either between this
+    check and weed binding it."""
     while True:
-        port = random.randrange(20_000, 45_000)
+        port = random.randrange(12_000, 22_700)
         if {port, port + GRPC_OFFSET} & taken:
             continue
         if _bindable(port) and _bindable(port + GRPC_OFFSET):
