@@ -9,6 +9,13 @@ and structured inputs (text, long matches, runs, incompressible bytes that
 make stored blocks, inputs long enough to slide the window), every lazy level,
 every memLevel, with and without a preset dictionary, split into compress()
 calls at random, with zlib's other flush modes in between; and one real tar.
+
+One known difference: where the empty marker block of a Z_PARTIAL_FLUSH, Z_SYNC_FLUSH or
+Z_FULL_FLUSH fills the first 32 KiB of that flush() call's output, CPython's zlib writes it
+twice (its flush() hands deflate() 32 KiB of output space first) and ``Compressor`` once;
+the recipe never flushes so (compress() and Z_FINISH only). test_flush_modes_between_calls
+leaves out runs with a flush of 32 KiB or more, test_marker_written_twice_at_32k pins the
+difference down.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 _zdeflate = pytest.importorskip("krill._zdeflate", reason="the C extension is not built")
@@ -161,12 +168,35 @@ def test_flush_modes_between_calls(
     seed: int, level: int, mem_level: int, ops: list[tuple[int, int]]
 ) -> None:
     """The zlib recipe's tests write streams with sync and full flushes through the same
-    compressobj: those modes follow zlib too (empty marker blocks, history forgotten)."""
+    compressobj: those modes follow zlib too (empty marker blocks, history forgotten),
+    wherever no flush's output reaches 32 KiB (see test_marker_written_twice_at_32k)."""
     rnd = random.Random(seed)
     pieces: list[bytes | int] = []
     for size, mode in ops:
         pieces += [_long_matches(rnd, size), mode]
+    ref = zlib.compressobj(level, zlib.DEFLATED, -15, mem_level)
+    for piece in pieces:
+        out = ref.compress(piece) if isinstance(piece, bytes) else ref.flush(piece)
+        assume(isinstance(piece, bytes) or len(out) < 1 << 15)
     assert_same(pieces, level, mem_level)
+
+
+@pytest.mark.parametrize("mode", [zlib.Z_SYNC_FLUSH, zlib.Z_FULL_FLUSH])
+def test_marker_written_twice_at_32k(mode: int) -> None:
+    """The documented difference: a flush whose empty stored block ends at byte 32768 of
+    what the call returns. CPython's flush() gave deflate() those 32 KiB, so zlib is called
+    again and writes a second marker (00 00 00 ff ff, the stream being byte-aligned after
+    the first); the encoder writes one. The data is the same."""
+    data = random.Random(65539).randbytes(65539)  # the flush returns 32768 + 5 bytes
+    ref = zlib.compressobj(6, zlib.DEFLATED, -15, 9)
+    head, flushed = ref.compress(data), ref.flush(mode)
+    want = head + flushed + ref.flush()
+    assert len(flushed) == (1 << 15) + 5 and flushed.endswith(b"\0\0\xff\xff\0\0\0\xff\xff")
+    ours = _zdeflate.Compressor(6, 9)
+    got = ours.compress(data) + ours.flush(mode) + ours.flush()
+    at = len(head) + len(flushed) - 5
+    assert got != want and got[:at] + b"\0\0\0\xff\xff" + got[at:] == want
+    assert zlib.decompress(got, -15) == data
 
 
 @pytest.mark.parametrize("level", range(4, 10))

@@ -156,6 +156,13 @@ static int Deflater_init(Deflater *d, PyObject *args, PyObject *kwds) {
     int level = -1;
     long long record_every = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|iL", kwlist, &level, &record_every)) return -1;
+    /* Checked after the arguments (their __index__ may run Python code): a second __init__
+     * would free the buffers a compress() in another thread is using with the GIL released,
+     * and restart points only grow while the object lives (restart_points relies on it). */
+    if (d->window != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "a Deflater is initialised once: make a new one");
+        return -1;
+    }
     if (level < -2 || level > 9) {
         PyErr_Format(PyExc_ValueError, "invalid compression level %d: want value in range [-2, 9]", level);
         return -1;
@@ -177,6 +184,10 @@ static int Deflater_init(Deflater *d, PyObject *args, PyObject *kwds) {
 /* Take the output produced so far as a bytes object. */
 static PyObject *take_output(Deflater *d) {
     PyObject *r = PyBytes_FromStringAndSize((const char *)d->out, (Py_ssize_t)d->out_len);
+    if (!r) { /* the output is lost: going on would leave a gap in the stream */
+        d->finished = 1;
+        return NULL;
+    }
     d->out_taken += (int64_t)d->out_len;
     d->out_len = 0;
     if (d->out_cap > (1 << 22)) { /* keep memory bounded between calls */
@@ -197,7 +208,7 @@ static int enter(Deflater *d) {
         return 0;
     }
     if (d->finished) {
-        PyErr_SetString(PyExc_ValueError, "Deflater already finished");
+        PyErr_SetString(PyExc_ValueError, "Deflater already finished (or failed)");
         return 0;
     }
     d->busy = 1;
@@ -244,9 +255,17 @@ static PyObject *Deflater_finish(Deflater *d, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *Deflater_restart_points(Deflater *d, PyObject *Py_UNUSED(ignored)) {
-    PyObject *list = PyList_New((Py_ssize_t)d->npoints);
+    /* A compress() running with the GIL released reallocates and appends to points. */
+    if (d->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Deflater is compressing in another thread: ask when it returns");
+        return NULL;
+    }
+    /* n read once: Py_BuildValue may run Python code (the garbage collector) that feeds this
+     * object; points only grow (no re-initialisation), so the first n stay valid. */
+    size_t n = d->npoints;
+    PyObject *list = PyList_New((Py_ssize_t)n);
     if (!list) return NULL;
-    for (size_t i = 0; i < d->npoints; i++) {
+    for (size_t i = 0; i < n; i++) {
         const restart_point *r = &d->points[i];
         PyObject *t = Py_BuildValue("(LLiiii)", (long long)r->in_off, (long long)r->bit_off, r->win, r->avail,
                                     r->length, r->offset);
@@ -263,13 +282,15 @@ static PyObject *Deflater_restart_points(Deflater *d, PyObject *Py_UNUSED(ignore
 
 /* The state a restart point describes, over a window holding data[0:] (data starts at the
  * window's input offset). 0 if the point cannot be a state of Go's matcher over this data
- * (a crafted or corrupt point: refused before any memory is touched). */
+ * (a crafted or corrupt point: refused before the window is read at it). The sums are
+ * 64-bit: the fields are any int a caller passes, and win + avail must not wrap (the
+ * build's -fno-strict-overflow makes int overflow wrap, not trap). */
 static int restart_fits(const Deflater *d, const restart_point *r) {
-    int end = d->window_end;
-    if (r->win < 0 || r->avail < 0 || r->avail > 1 || r->win + r->avail > end) return 0;
+    int64_t end = d->window_end, win = r->win;
+    if (win < 0 || r->avail < 0 || r->avail > 1 || win + r->avail > end) return 0;
     if (!r->avail) return 1;
     if (r->length == MIN_MATCH - 1) return r->offset == 0;
-    return r->length >= MIN_MATCH && r->length <= MAX_MATCH && r->win + r->length <= end && r->offset >= 1 &&
+    return r->length >= MIN_MATCH && r->length <= MAX_MATCH && win + r->length <= end && r->offset >= 1 &&
            r->offset <= MAX_MATCH_OFFSET;
 }
 

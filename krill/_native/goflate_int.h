@@ -103,7 +103,8 @@ typedef struct {
  * records (goreuse.c): its tokens are taken from there instead of searched for. */
 typedef struct {
     int64_t p1, p2;       /* input offsets: from the position after a match to the end of one */
-    const uint32_t *tok;  /* the base's tokens (token.go's encoding), the first at tok_pos */
+    const uint8_t *tok;   /* the base's tokens (token.go's encoding, native uint32s at any
+                           * alignment: read with load_tok), the first at tok_pos */
     size_t ntok;
     int64_t tok_pos;
 } reuse_span;

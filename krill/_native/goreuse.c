@@ -20,6 +20,14 @@
  */
 #include "goflate_int.h"
 
+/* Token i of a token buffer: the buffers are any bytes-like object (a memoryview slice may
+ * start at any address), so the native uint32 is read through memcpy, not a cast. */
+static inline uint32_t load_tok(const uint8_t *tok, size_t i) {
+    uint32_t t;
+    memcpy(&t, tok + 4 * i, sizeof t);
+    return t;
+}
+
 /* Input bytes a token stands for; 0 for a stored block's marker (no tokens are known there). */
 static inline int64_t token_len(uint32_t t) {
     if (t & 0x80000000u) return 0;
@@ -34,7 +42,7 @@ static int seek(Deflater *d, const reuse_span *s) {
     size_t i = 0;
     int64_t pos = s->tok_pos;
     while (i < s->ntok && pos < s->p1) {
-        int64_t n = token_len(s->tok[i++]);
+        int64_t n = token_len(load_tok(s->tok, i++));
         if (n == 0) return 0;
         pos += n;
     }
@@ -84,7 +92,7 @@ int gf_reuse_at(Deflater *d) {
 int gf_reuse_token(Deflater *d, int *length, int *offset) {
     const reuse_span *s = &d->spans[d->span_i];
     if (d->tok_pos != d->in_base + d->index || d->tok_i >= s->ntok) return 0;
-    uint32_t t = s->tok[d->tok_i++];
+    uint32_t t = load_tok(s->tok, d->tok_i++);
     int64_t n = token_len(t);
     if (n == 0) { /* a stored block: the origin never makes such a span; the bits will differ */
         d->tok_pos = INT64_MAX;
@@ -103,6 +111,15 @@ int gf_reuse_token(Deflater *d, int *length, int *offset) {
     return 1;
 }
 
+/* The items of a sequence as a new tuple; TypeError saying what was wanted if not iterable.
+ * A tuple copy, not PySequence_Fast's list: parsing an item may run Python code (__index__)
+ * that changes a list under the loop; the copy also keeps every item alive while parsed. */
+static PyObject *tuple_of(PyObject *seq, const char *what) {
+    PyObject *t = PySequence_Tuple(seq);
+    if (!t && PyErr_ExceptionMatches(PyExc_TypeError)) PyErr_SetString(PyExc_TypeError, what);
+    return t;
+}
+
 /* reuse: a sequence of (p1, p2, tokens, tok_pos), offsets into the segment's data, in order;
  * tokens: native uint32s (krill._goflate.deflate_tokens). Their buffers stay held in views. */
 int gf_parse_reuse(PyObject *reuse, reuse_span **spans, Py_buffer **views, Py_ssize_t *n) {
@@ -110,9 +127,9 @@ int gf_parse_reuse(PyObject *reuse, reuse_span **spans, Py_buffer **views, Py_ss
     *views = NULL;
     *n = 0;
     if (reuse == Py_None) return 1;
-    PyObject *seq = PySequence_Fast(reuse, "reuse must be a sequence of (p1, p2, tokens, tok_pos)");
+    PyObject *seq = tuple_of(reuse, "reuse must be a sequence of (p1, p2, tokens, tok_pos)");
     if (!seq) return 0;
-    Py_ssize_t k = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t k = PyTuple_GET_SIZE(seq);
     *spans = calloc((size_t)k + 1, sizeof(reuse_span));
     *views = calloc((size_t)k + 1, sizeof(Py_buffer));
     if (!*spans || !*views) {
@@ -123,10 +140,10 @@ int gf_parse_reuse(PyObject *reuse, reuse_span **spans, Py_buffer **views, Py_ss
     for (Py_ssize_t i = 0; i < k; i++) {
         reuse_span *s = &(*spans)[i];
         long long p1, p2, pos;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "LLy*L", &p1, &p2, &(*views)[i], &pos)) break;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(seq, i), "LLy*L", &p1, &p2, &(*views)[i], &pos)) break;
         *n = i + 1;
         s->p1 = p1, s->p2 = p2, s->tok_pos = pos;
-        s->tok = (*views)[i].buf;
+        s->tok = (const uint8_t *)(*views)[i].buf;
         s->ntok = (size_t)(*views)[i].len / sizeof(uint32_t);
         if (p1 < 0 || p2 <= p1 || (i > 0 && p1 < (*spans)[i - 1].p2) || pos > p1) {
             PyErr_SetString(PyExc_ValueError, "reuse spans must be ordered, non-empty, and start after their tokens");
@@ -172,7 +189,7 @@ static inline int is_match(uint32_t t) { return (t & MATCH_TYPE) && !(t & 0x8000
  * aligned range (target bytes [t_from, t_to) are the base's from b_from), p1 after a match,
  * p2 at the end of one, none crossing a cut, none past limit, each at least min_len long.
  * bpos: each base token's input offset. Appends (p1, p2, q1) triples. */
-static int find_spans(const uint32_t *tt, size_t nt, const uint32_t *bt, const int64_t *bpos, size_t nb,
+static int find_spans(const uint8_t *tt, size_t nt, const uint8_t *bt, const int64_t *bpos, size_t nb,
                       const aligned_range *rg, size_t nr, const int64_t *cuts, size_t nc, int64_t min_len,
                       int64_t limit, int64s *out) {
     size_t r = 0, c = 0, j = 0;
@@ -181,7 +198,7 @@ static int find_spans(const uint32_t *tt, size_t nt, const uint32_t *bt, const i
      * (a span's tokens are read from the base in one run: one range, one shift) */
     int64_t open = -1, q_open = 0, last_end = -1, shift = 0, open_shift = 0;
     for (size_t i = 0; i <= nt; i++) {
-        uint32_t t = i < nt ? tt[i] : 0;
+        uint32_t t = i < nt ? load_tok(tt, i) : 0;
         int64_t len = i < nt ? token_bytes(t) : 0;
         while (r < nr && rg[r].t_to <= tp) r++;
         while (c < nc && cuts[c] < tp) c++;
@@ -198,7 +215,7 @@ static int find_spans(const uint32_t *tt, size_t nt, const uint32_t *bt, const i
                 j = lo;
             }
             while (j < nb && bpos[j] < want) j++;
-            same = j < nb && bpos[j] == want && bt[j] == t;
+            same = j < nb && bpos[j] == want && load_tok(bt, j) == t;
         }
         int cut_here = c < nc && cuts[c] < tp + (len ? len : 1); /* at or inside this token */
         if (open >= 0 && (!same || cut_here || shift != open_shift)) { /* ends at its last clean end */
@@ -206,7 +223,7 @@ static int find_spans(const uint32_t *tt, size_t nt, const uint32_t *bt, const i
             open = -1;
         }
         /* a span may start here if the token before was a match and this one is the base's */
-        if (open < 0 && same && i > 0 && is_match(tt[i - 1])) {
+        if (open < 0 && same && i > 0 && is_match(load_tok(tt, i - 1))) {
             open = tp;
             q_open = bpos[j];
             open_shift = shift;
@@ -225,10 +242,10 @@ PyObject *gf_reuse_spans(PyObject *module, PyObject *args) {
     PyObject *ranges, *cuts;
     long long min_len, limit;
     if (!PyArg_ParseTuple(args, "y*y*OOLL", &tv, &bv, &ranges, &cuts, &min_len, &limit)) return NULL;
-    PyObject *rs = PySequence_Fast(ranges, "ranges: a sequence of (t_from, t_to, b_from)");
-    PyObject *cs = rs ? PySequence_Fast(cuts, "cuts: a sequence of offsets") : NULL;
+    PyObject *rs = tuple_of(ranges, "ranges: a sequence of (t_from, t_to, b_from)");
+    PyObject *cs = rs ? tuple_of(cuts, "cuts: a sequence of offsets") : NULL;
     size_t nt = (size_t)tv.len / 4, nb = (size_t)bv.len / 4;
-    size_t nr = rs ? (size_t)PySequence_Fast_GET_SIZE(rs) : 0, nc = cs ? (size_t)PySequence_Fast_GET_SIZE(cs) : 0;
+    size_t nr = rs ? (size_t)PyTuple_GET_SIZE(rs) : 0, nc = cs ? (size_t)PyTuple_GET_SIZE(cs) : 0;
     aligned_range *rg = malloc((nr + 1) * sizeof *rg);
     int64_t *cv = malloc((nc + 1) * sizeof *cv), *bpos = malloc((nb + 1) * sizeof *bpos);
     int64s out = {NULL, 0, 0};
@@ -239,7 +256,7 @@ PyObject *gf_reuse_spans(PyObject *module, PyObject *args) {
     }
     for (size_t i = 0; i < nr; i++) {
         long long a, b, q;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(rs, (Py_ssize_t)i), "LLL", &a, &b, &q)) goto done;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(rs, (Py_ssize_t)i), "LLL", &a, &b, &q)) goto done;
         rg[i] = (aligned_range){a, b, q};
         if (b < a || (i > 0 && a < rg[i - 1].t_to)) {
             PyErr_SetString(PyExc_ValueError, "ranges must be ordered and not overlap");
@@ -247,13 +264,13 @@ PyObject *gf_reuse_spans(PyObject *module, PyObject *args) {
         }
     }
     for (size_t i = 0; i < nc; i++) {
-        cv[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(cs, (Py_ssize_t)i));
+        cv[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(cs, (Py_ssize_t)i));
         if (cv[i] == -1 && PyErr_Occurred()) goto done;
     }
     int64_t p = 0;
     for (size_t j = 0; j < nb; j++) {
         bpos[j] = p;
-        p += token_bytes(((const uint32_t *)bv.buf)[j]);
+        p += token_bytes(load_tok(bv.buf, j));
     }
     int rc;
     Py_BEGIN_ALLOW_THREADS

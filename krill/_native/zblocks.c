@@ -149,6 +149,16 @@ typedef struct {
 
 #define NO_ENTRY UINT64_MAX
 
+/* The one "reason" that is not the stream's fault: callers raise MemoryError for it (compared
+ * by address), ValueError for the others. */
+static const char OUT_OF_MEMORY[] = "out of memory";
+
+/* A scan's failure as the exception it calls for. */
+static void scan_error(const char *err) {
+    if (err == OUT_OF_MEMORY) PyErr_NoMemory();
+    else PyErr_Format(PyExc_ValueError, "invalid deflate stream: %s", err);
+}
+
 /* A stored block's bytes have no tokens: one marker stands for them (its low bits: how many). */
 #define TOKEN_STORED 0x80000000u
 
@@ -183,7 +193,7 @@ static const char *codes(Bits *b, Scan *s) {
         if (sym < 256) {
             if (s->tok) {
                 if (s->out >= s->stop_out) return NULL;
-                if (emit(s, sym) < 0) return "out of memory";
+                if (emit(s, sym) < 0) return OUT_OF_MEMORY;
             }
             s->out++;
             continue;
@@ -200,7 +210,7 @@ static const char *codes(Bits *b, Scan *s) {
         if (s->tok) {
             if (s->out >= s->stop_out) return NULL;
             /* token.go's matchToken: 1<<30 | (length-3)<<22 | (offset-1) */
-            if (emit(s, 0x40000000u | (len - 3) << 22 | (uint32_t)(dist - 1)) < 0) return "out of memory";
+            if (emit(s, 0x40000000u | (len - 3) << 22 | (uint32_t)(dist - 1)) < 0) return OUT_OF_MEMORY;
         }
         s->out += len;
     }
@@ -287,7 +297,7 @@ static const char *scan(Bits *b, Scan *s, Blocks *out) {
         last = (int)take(b, 1);
         int btype = (int)take(b, 2);
         if (overrun(b)) return "truncated";
-        if (push(out, start, s->out, btype) < 0) return "out of memory";
+        if (push(out, start, s->out, btype) < 0) return OUT_OF_MEMORY;
         s->block_bit = start;
         const char *err = NULL;
         if (s->entry_bit != NO_ENTRY && btype != 1 && btype != 2) return "entry inside a stored block";
@@ -298,7 +308,7 @@ static const char *scan(Bits *b, Scan *s, Blocks *out) {
             if (len != (~nlen & 0xFFFFu)) return "invalid stored block lengths";
             b->pos += (uint64_t)len * 8;
             if (overrun(b)) return "truncated";
-            if (s->tok && len && emit(s, TOKEN_STORED | len) < 0) return "out of memory";
+            if (s->tok && len && emit(s, TOKEN_STORED | len) < 0) return OUT_OF_MEMORY;
             s->out += len;
         } else if (btype == 1) {
             fixed_tables(s);
@@ -321,7 +331,7 @@ static const char *scan(Bits *b, Scan *s, Blocks *out) {
 static const char *run_scan(Bits *b, Scan *s, Blocks *blocks) {
     s->lit = malloc(sizeof(uint16_t) * TABLE_SIZE);
     s->dist = malloc(sizeof(uint16_t) * TABLE_SIZE);
-    const char *err = "out of memory";
+    const char *err = OUT_OF_MEMORY;
     if (s->lit && s->dist) {
         Py_BEGIN_ALLOW_THREADS;
         err = scan(b, s, blocks);
@@ -367,7 +377,7 @@ PyObject *zblocks_scan(PyObject *module, PyObject *args) {
     PyBuffer_Release(&view);
     PyObject *list = NULL;
     if (err) {
-        PyErr_Format(PyExc_ValueError, "invalid deflate stream: %s", err);
+        scan_error(err);
     } else {
         list = blocks_list(&blocks);
     }
@@ -397,7 +407,7 @@ PyObject *zblocks_tokens(PyObject *module, PyObject *args) {
     s.entry_bit = entry_bit < 0 ? NO_ENTRY : (uint64_t)entry_bit;
     s.entry_out = out_off;
     Blocks blocks = {NULL, 0, 0};
-    const char *err = "out of memory";
+    const char *err = OUT_OF_MEMORY;
     if (emit(&s, 0) == 0) { /* the token buffer exists even for no tokens */
         s.ntok = 0;
         err = run_scan(&b, &s, &blocks);
@@ -405,7 +415,7 @@ PyObject *zblocks_tokens(PyObject *module, PyObject *args) {
     PyBuffer_Release(&view);
     PyObject *list = NULL, *toks = NULL;
     if (err) {
-        PyErr_Format(PyExc_ValueError, "invalid deflate stream: %s", err);
+        scan_error(err);
     } else if ((list = blocks_list(&blocks)) != NULL) {
         toks = PyBytes_FromStringAndSize((const char *)s.tok, (Py_ssize_t)(s.ntok * sizeof(uint32_t)));
     }
@@ -428,6 +438,8 @@ PyObject *zblocks_token_bits(PyObject *module, PyObject *args) {
     Py_ssize_t offset = 0;
     PyObject *positions;
     if (!PyArg_ParseTuple(args, "y*nO", &view, &offset, &positions)) return NULL;
+    /* PyLong_AsUnsignedLongLong runs no Python code (no __index__), so a list can't change
+     * under the loop. */
     PyObject *seq = PySequence_Fast(positions, "positions must be a sequence of offsets");
     Py_ssize_t n = seq ? PySequence_Fast_GET_SIZE(seq) : 0;
     uint64_t *want = malloc(sizeof(uint64_t) * ((size_t)n + 1));
@@ -435,9 +447,13 @@ PyObject *zblocks_token_bits(PyObject *module, PyObject *args) {
     Scan s = {NULL, NULL, 0};
     Blocks blocks = {NULL, 0, 0};
     PyObject *result = NULL;
-    const char *err = "out of memory";
-    if (!seq || offset < 0 || offset > view.len) {
-        if (seq) PyErr_SetString(PyExc_ValueError, "offset outside the data");
+    if (!seq) goto done;
+    if (!want || !wb || !wt) { /* before the loop writes to them */
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (offset < 0 || offset > view.len) {
+        PyErr_SetString(PyExc_ValueError, "offset outside the data");
         goto done;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -452,9 +468,9 @@ PyObject *zblocks_token_bits(PyObject *module, PyObject *args) {
     s.entry_bit = NO_ENTRY;
     s.want = want, s.nwant = (size_t)n, s.want_block = wb, s.want_bit = wt;
     Bits b = {(const uint8_t *)view.buf + offset, (size_t)(view.len - offset), 0};
-    if (want && wb && wt) err = run_scan(&b, &s, &blocks);
+    const char *err = run_scan(&b, &s, &blocks);
     if (err) {
-        PyErr_Format(PyExc_ValueError, "invalid deflate stream: %s", err);
+        scan_error(err);
         goto done;
     }
     if (!(result = PyList_New(n))) goto done;

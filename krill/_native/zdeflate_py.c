@@ -5,6 +5,15 @@
  * concatenation of what compress() and flush(Z_FINISH) return is the same bytes (each
  * call may return a different share of them than zlib's would). The GIL is released while
  * compressing, so the recompressing workers of a delta apply run on all cores.
+ *
+ * Z_PARTIAL_FLUSH, Z_SYNC_FLUSH and Z_FULL_FLUSH write zlib's bytes too, except possibly
+ * where a flush() call's output reaches 32 KiB: CPython's flush() gives deflate() 32 KiB of
+ * output space first, and if the empty marker block is what fills it, deflate() is called
+ * again and writes a second marker; this encoder, whose output is not cut into such pieces,
+ * writes one. A flush returns the rest of the open block, so this takes a large block
+ * (mem_level 9's can reach 32 KiB); the data inflated is the same. The recipe
+ * (krill/delta/zlibrestarts.py) uses compress() and Z_FINISH only; tests/test_zdeflate.py
+ * compares the other modes with zlib where no flush reaches 32 KiB, and checks this case.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -39,15 +48,18 @@ static int Compressor_init(Compressor *self, PyObject *args, PyObject *kwargs) {
     int level, mem_level = 8, strategy = 0;
     PyObject *zdict_obj = Py_None;
     Py_buffer zdict = {0};
-    if (self->ready) {
-        PyErr_SetString(PyExc_RuntimeError, "a Compressor is initialised once: make a new one");
-        return -1;
-    }
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|O&O&O", keywords, small_int, &level,
                                      small_int, &mem_level, small_int, &strategy, &zdict_obj))
         return -1;
     if (zdict_obj != Py_None && PyObject_GetBuffer(zdict_obj, &zdict, PyBUF_SIMPLE) < 0) return -1;
+    /* Checked after the buffer is got (a __buffer__ method, Python 3.12+, may run any code):
+     * a second init would free the state a call in another thread is compressing with. */
     const char *bad = NULL;
+    if (self->ready) {
+        PyBuffer_Release(&zdict);
+        PyErr_SetString(PyExc_RuntimeError, "a Compressor is initialised once: make a new one");
+        return -1;
+    }
     if (level < 4 || level > 9) bad = "level must be 4-9 (zlib's lazy levels); use zlib for others";
     else if (mem_level < 1 || mem_level > 9) bad = "mem_level must be 1-9";
     else if (strategy != 0 && strategy != ZD_FILTERED)
@@ -96,14 +108,23 @@ static int usable(Compressor *self) {
 static PyObject *take_output(Compressor *self) {
     if (self->st.failed) return PyErr_NoMemory();
     PyObject *r = PyBytes_FromStringAndSize((const char *)self->st.out, (Py_ssize_t)self->st.out_len);
+    if (!r) { /* the output is lost: going on would leave a gap in the stream */
+        self->st.failed = 1;
+        return NULL;
+    }
     self->st.out_len = 0;
     return r;
 }
 
 static PyObject *Compressor_compress(Compressor *self, PyObject *arg) {
     Py_buffer view;
-    if (!usable(self)) return NULL;
+    /* The buffer first, then the checks, then busy, with no Python code in between: a
+     * __buffer__ method (Python 3.12+) may run any code, a compress() of this object too. */
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    if (!usable(self)) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
     self->busy = 1;
     Py_BEGIN_ALLOW_THREADS
     zd_deflate(&self->st, view.buf, (size_t)view.len, ZD_NO_FLUSH);
@@ -140,7 +161,9 @@ static PyMethodDef Compressor_methods[] = {
      "compress(data) -> bytes: feed data (any bytes-like object); returns the output ready so far."},
     {"flush", (PyCFunction)Compressor_flush, METH_VARARGS,
      "flush(mode=zlib.Z_FINISH) -> bytes: flush as zlib's compressobj().flush(mode) does (Z_FINISH "
-     "ends the stream) and return the output ready so far."},
+     "ends the stream) and return the output ready so far. Z_PARTIAL_FLUSH, Z_SYNC_FLUSH and "
+     "Z_FULL_FLUSH write one empty marker block where CPython's zlib writes two (when the marker "
+     "fills the first 32 KiB of a flush's output): the same data, not the same bytes."},
     {NULL, NULL, 0, NULL},
 };
 
