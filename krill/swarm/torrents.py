@@ -191,7 +191,10 @@ class TorrentTable:
         """The engine is stopping: ask libtorrent to drop every torrent, without waiting."""
         if self.session is not None:
             for torrent in self._torrents.values():
-                self.session.remove_torrent(torrent.handle)
+                # A handle libtorrent has already let go of (its removal finished) raises
+                # "invalid torrent handle"; the rest must still be dropped.
+                with contextlib.suppress(RuntimeError):
+                    self.session.remove_torrent(torrent.handle)
         self._torrents.clear()
         self._names.clear()
 
