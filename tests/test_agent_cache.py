@@ -130,6 +130,31 @@ async def test_unverified_blob_is_hashed_before_it_counts_as_cached(tmp_path: Pa
     assert not restarted.has(digest)
 
 
+async def test_a_verified_blob_written_to_since_is_hashed_again_before_it_is_served(
+    tmp_path: Path,
+) -> None:
+    """A review flipped a byte of a cached layer: it was served, 200 with the digest
+    header, to every client, because it had been verified once."""
+    clock = FakeClock()
+    cache = make_cache(tmp_path, clock)
+    intact, damaged = await put(cache, clock, 1), await put(cache, clock, 2)
+    assert await cache.ensure_verified(damaged)  # verified: one stat from now on
+    path = cache.store.path(damaged)
+    overwrite_byte(path, 100)
+    # The write's own time can fall in the clock tick of the commit's on a fast machine;
+    # a real one (a disk error, a stray process) comes later.
+    later = path.stat().st_mtime_ns + 1_000_000_000
+    os.utime(path, ns=(later, later))
+    assert await cache.ensure_verified(intact)
+    assert await cache.ensure_verified(damaged) is False
+    assert not cache.has(damaged) and not cache.store.has(damaged)
+    replaced = cache.store.path(intact)
+    copy = replaced.with_name("copy")
+    copy.write_bytes(replaced.read_bytes())
+    copy.replace(replaced)  # same bytes, a new inode: hashed again, and still good
+    assert await cache.ensure_verified(intact)
+
+
 @pytest.mark.slow
 def test_agent_refetches_a_blob_damaged_while_it_was_down(tmp_path: Path) -> None:
     with origin_process(tmp_path / "origin") as origin:

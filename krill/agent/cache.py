@@ -14,7 +14,11 @@ The index survives restarts, but a file on disk is only trusted once checked:
 on start every indexed blob is size-checked at once and sha256-hashed by a
 background thread; a blob that was not yet hashed is hashed before it is
 served (``ensure_verified``), and a damaged one is deleted and reported as
-missing so it is fetched again.
+missing so it is fetched again. A verified blob whose file changed since it was
+hashed (size, modification time or inode: something wrote to it or replaced
+it) is hashed again before it is served: its digest header would otherwise
+vouch for bytes nobody checked, and a client failing the digest retries
+into the same file.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
@@ -46,6 +51,21 @@ class CacheEntry:
     verified: bool = False
     # Seeding keeps a blob pinned until then (the swarm reads it in place).
     pinned_until: float = 0.0
+    # The file as it was when its bytes were verified (``file_stamp``); not in the index.
+    stamp: FileStamp | None = None
+
+
+# (size, mtime in ns, inode): a write or a replacement since changes one of them.
+FileStamp = tuple[int, int, int]
+
+
+def file_stamp(path: Path) -> FileStamp | None:
+    """The file's stamp, None when it is gone."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 @dataclass(frozen=True)
@@ -142,7 +162,10 @@ class NodeCache:
         if entry is None:
             return False
         if entry.verified:
-            return True
+            if file_stamp(self.store.path(digest)) == entry.stamp:  # one stat, no read
+                return True
+            log.warning("cache.changed_on_disk digest=%s: hashing it again", digest)
+            entry.verified = False
         lock = self._verify_locks.setdefault(digest, asyncio.Lock())
         try:
             async with lock:
@@ -156,12 +179,13 @@ class NodeCache:
         if entry is None or entry.verified:
             return entry is not None
         loop = asyncio.get_running_loop()
+        stamp = file_stamp(self.store.path(digest))  # before: a write while hashing shows later
         actual = await loop.run_in_executor(executor, self._hash_file, digest)
         if self._entries.get(digest) is not entry:  # evicted or replaced while hashing
             current = self._entries.get(digest)
             return current is not None and current.verified
         if actual == digest:
-            entry.verified = True
+            entry.verified, entry.stamp = True, stamp
             return True
         log.warning("cache.damaged digest=%s reason=sha256 found=%s", digest, actual)
         self._forget(digest, "damaged")
@@ -203,16 +227,17 @@ class NodeCache:
         The evicted files (possibly gigabytes) are unlinked and the index written
         in a worker thread, not on the event loop.
         """
-        size = await asyncio.to_thread(self.store.size, digest)
-        if size is None:
+        stamp = await asyncio.to_thread(file_stamp, self.store.path(digest))
+        if stamp is None:
             raise FileNotFoundError(f"blob {digest} is not in the store")
         now = self._clock()
         self._entries[digest] = CacheEntry(
-            size=size,
+            size=stamp[0],
             added=now,
             last_used=now,
             verified=True,
             pinned_until=now + pin_for if pin_for else 0.0,
+            stamp=stamp,
         )
         self._dirty = True
         return await self.trim()
