@@ -43,6 +43,7 @@ from tests.faults import (
     small_disk,
     stored_blobs,
 )
+from tests.metrics_text import read_metrics
 from tests.test_faults_origin_kill import CUT_SHORT
 
 pytestmark = pytest.mark.slow
@@ -132,6 +133,27 @@ def test_a_layer_bigger_than_the_agents_free_disk_fails_cleanly_and_pulls_once_s
             disk.resize(64 * MiB)  # in place: the same agent process carries on
             assert get_body(blob_url(agent, big_digest)) == big
             wait_until(lambda: big_digest in indexed(disk.path), "the layer in the cache index")
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_full_disk_evicts_cached_blobs_for_a_new_one_whatever_the_budget(
+    tmp_path: Path,
+) -> None:
+    """The cache's budget (20 GiB by default) is far above this disk: only the disk says
+    there is no room. A review found every new blob refused while older ones sat there."""
+    first, second = os.urandom(6 * MiB), os.urandom(6 * MiB)
+    with origin_process(tmp_path / "origin") as origin:
+        first_digest, second_digest = push_blob(origin, first), push_blob(origin, second)
+        with agent_on_a_small_disk(tmp_path, origin, 10 * MiB) as (agent, disk):
+            assert get_body(blob_url(agent, first_digest)) == first
+            wait_until(lambda: first_digest in indexed(disk.path), "the first blob cached")
+            assert get_body(blob_url(agent, second_digest)) == second
+            wait_until(lambda: second_digest in indexed(disk.path), "the second blob cached")
+            assert first_digest not in indexed(disk.path)
+            assert stored_blobs(disk.path / "blobs") == {second_digest}
+            evicted = 'krill_agent_cache_evictions_total{reason="disk_full"}'
+            assert read_metrics(agent.api).get(evicted) == 1
 
 
 @pytest.mark.root

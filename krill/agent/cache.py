@@ -9,6 +9,8 @@ downloads into and seeds from). This module keeps an index beside it
   frees real room instead of running on every insert).
 * A blob unused for ``max_age`` seconds goes whatever the usage.
 * Pinned blobs (being served, being downloaded, or still seeding) never go.
+* When a blob does not fit on the disk, whatever the budget says, least-recently-
+  used blobs go until it does (``make_room``).
 
 The index survives restarts, but a file on disk is only trusted once checked:
 on start every indexed blob is size-checked at once and sha256-hashed by a
@@ -28,6 +30,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
@@ -291,6 +294,30 @@ class NodeCache:
             evicted.append(digest)
         if usage > low:
             log.warning("cache.over_budget bytes=%d low=%d pinned=%d", usage, low, len(self._pins))
+        return evicted
+
+    async def make_room(self, needed: int) -> list[Digest]:
+        """Evict unpinned blobs, least recently used first, until the cache disk has
+        ``needed`` bytes free or nothing more may go; returns what went.
+
+        The budget alone does not protect the disk: it may be shared (containerd's
+        content store, logs) or set larger than the disk. A node whose disk filled
+        up answered 503 to every new blob while holding evictable ones, until they
+        aged out (``max_age``, days).
+        """
+        free = (await asyncio.to_thread(shutil.disk_usage, self.store.root)).free
+        evicted = []
+        for digest, entry in sorted(self._entries.items(), key=lambda kv: kv[1].last_used):
+            if free >= needed:
+                break
+            if self.is_pinned(digest):
+                continue
+            self._forget(digest, "disk_full")
+            evicted.append(digest)
+            free += entry.size
+        if evicted:
+            await asyncio.to_thread(self._delete_files, evicted)
+            await self.save_async()
         return evicted
 
     def _expire(self) -> list[Digest]:

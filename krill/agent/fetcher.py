@@ -39,7 +39,7 @@ from krill.agent.sources import (
     SourceUnavailable,
     Transfer,
     TransferFailed,
-    check_room,
+    ensure_room,
 )
 from krill.clock import SYSTEM_CLOCK, Clock
 from krill.digests import Digest
@@ -223,7 +223,7 @@ class BlobFetcher:
                     self._on_event("fallback", Fallback.FAILED)
                     raise
                 reason = _fallback_reason(exc)
-                errors.append(f"swarm: {exc or 'no bytes within the deadline'}")
+                errors.append(f"swarm: {str(exc) or 'no bytes within the deadline'}")
                 log.info("fetch.fallback digest=%s reason=%s error=%r", digest, reason, exc)
                 self._on_event("fallback", reason)
         if self._origin is not None:
@@ -246,7 +246,7 @@ class BlobFetcher:
         try:
             async with asyncio.timeout(self._deadline):
                 transfer = await self._swarm.start(digest, repository)
-                check_room(self.cache.store, digest, transfer.size)
+            await ensure_room(self.cache.store, digest, transfer.size, self.cache)
             await self._first_bytes(digest, transfer)
         except BaseException:
             if transfer is not None:

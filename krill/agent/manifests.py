@@ -5,8 +5,10 @@ hash of its bytes). Digest references are immutable, so they are cached on
 disk forever (a small ``BlobStore`` under ``<data>/manifests``, with the media
 type in a sidecar); a tag's answer is reused for ``tag_ttl`` seconds. When the
 origin cannot be reached, a tag seen before is still answered from the cache
-(stale but consistent), and anything else gets 503 quickly so containerd
-tries the next host.
+(stale but consistent; the origin is asked again after ``STALE_RETRY`` s, not
+on every request, each of which would wait its timeout out), and anything
+else gets 503 quickly so containerd tries the next host. A manifest that
+cannot be stored (a full disk) is still served: it was checked in memory.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from krill.registry_params import parse_reference
 log = logging.getLogger(__name__)
 
 DEFAULT_ACCEPT = ", ".join(oci.MANIFEST_TYPES)
+# Seconds a stale tag answer is reused before the unreachable origin is asked again.
+STALE_RETRY = 5.0
 
 
 class OriginRefused(Exception):
@@ -120,6 +124,8 @@ class ManifestCache:
             if stale is None:
                 raise
             log.warning("manifest.stale repo=%s tag=%s digest=%s", repository, ref, stale.digest)
+            # Asked again only after a pause: each ask waits the origin's timeout out.
+            self._tags[key] = (stale.digest, time.monotonic() + STALE_RETRY)
             return stale
         self._tags[key] = (manifest.digest, time.monotonic() + self._tag_ttl)
         return manifest
@@ -181,7 +187,10 @@ class ManifestCache:
                 status=502,
             )
         manifest = Manifest(body, content_type.split(";")[0].strip() or _body_type(body), digest)
-        await asyncio.to_thread(self._save, manifest)  # fsyncs: not on the event loop
+        try:
+            await asyncio.to_thread(self._save, manifest)  # fsyncs: not on the event loop
+        except OSError as exc:  # a full disk: the manifest is verified in memory, serve it
+            log.warning("manifest.not_cached digest=%s error=%s", digest, exc)
         return manifest
 
 

@@ -117,7 +117,7 @@ async def running_node(config: AgentConfig) -> AsyncIterator[AgentNode]:
 
             tracker = OriginClient(session, config.tracker_base)
             swarm_source = SwarmSource(engine, [tracker, origin])
-        origin_source = origin_http_source(config, session, store, metrics, replicas)
+        origin_source = origin_http_source(config, session, store, metrics, replicas, cache)
         fetcher = BlobFetcher(
             cache,
             swarm=swarm_source,

@@ -36,7 +36,7 @@ from yarl import URL
 
 from krill.agent.config import AgentConfig
 from krill.agent.metrics import AgentMetrics
-from krill.agent.sources import BlobNotFound, OriginHttpSource, SourceUnavailable
+from krill.agent.sources import BlobNotFound, OriginHttpSource, RoomMaker, SourceUnavailable
 from krill.blobstore import BlobStore
 from krill.bodies import BodyTooLarge
 from krill.clock import SYSTEM_CLOCK, Clock
@@ -137,6 +137,7 @@ class RankedOriginSource(OriginHttpSource):
         timeout: float,
         resume_attempts: int = 5,
         on_bytes: Callable[[int], None] | None = None,
+        room: RoomMaker | None = None,
     ) -> None:
         super().__init__(
             OriginClient(session, primary),
@@ -144,6 +145,7 @@ class RankedOriginSource(OriginHttpSource):
             timeout=timeout,
             resume_attempts=resume_attempts,
             on_bytes=on_bytes,
+            room=room,
         )
         self.origins = origins
         self._session = session
@@ -303,8 +305,11 @@ def origin_http_source(
     store: BlobStore,
     metrics: AgentMetrics,
     origins: OriginSet | None,
+    room: RoomMaker | None = None,
 ) -> OriginHttpSource:
-    """The node's HTTP fallback: one origin as before, or its replicas ranked per blob."""
+    """The node's HTTP fallback: one origin as before, or its replicas ranked per blob.
+
+    ``room`` (the node cache) evicts for a blob the disk has no room for."""
     on_bytes = metrics.origin_http_bytes.inc
     if origins is None:
         return OriginHttpSource(
@@ -313,6 +318,7 @@ def origin_http_source(
             timeout=config.origin_timeout,
             resume_attempts=config.origin_resume_attempts,
             on_bytes=on_bytes,
+            room=room,
         )
     return RankedOriginSource(
         origins,
@@ -322,6 +328,7 @@ def origin_http_source(
         timeout=config.origin_timeout,
         resume_attempts=config.origin_resume_attempts,
         on_bytes=on_bytes,
+        room=room,
     )
 
 

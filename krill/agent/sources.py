@@ -134,12 +134,14 @@ class OriginHttpSource:
         timeout: float,
         resume_attempts: int = 5,
         on_bytes: Callable[[int], None] | None = None,
+        room: RoomMaker | None = None,
     ) -> None:
         self._origin = origin
         self.store = store
         self._timeout = timeout
         self.resume_attempts = resume_attempts
         self.on_bytes = on_bytes
+        self.room = room
 
     async def start(self, digest: Digest, repository: str | None) -> OriginHttpTransfer:
         if not self._origin.configured:
@@ -149,8 +151,8 @@ class OriginHttpSource:
         response = await self.open_response(repository, digest, offset=0)
         size = _content_length(response)
         try:
-            check_room(self.store, digest, size)
-        except SourceUnavailable:
+            await ensure_room(self.store, digest, size, self.room)
+        except BaseException:
             response.release()
             raise
         writer = self.store.writer()
@@ -194,8 +196,25 @@ def _content_length(response: aiohttp.ClientResponse) -> int:
     return length
 
 
-def check_room(store: BlobStore, digest: Digest, size: int) -> None:
-    """Refuse, before any byte is promised to a client, a blob the cache disk cannot hold.
+class RoomMaker(Protocol):
+    """What frees disk for a blob: the node cache (``NodeCache.make_room``)."""
+
+    async def make_room(self, needed: int) -> list[Digest]: ...
+
+
+# Waits before resuming a broken origin transfer: doubling from the first, at most the last.
+_RESUME_FIRST_DELAY = 0.5
+_RESUME_MAX_DELAY = 8.0
+
+# Left free beyond the blob itself once room had to be made: the index and sidecars.
+_ROOM_MARGIN = 1 << 20
+
+
+async def ensure_room(
+    store: BlobStore, digest: Digest, size: int, room: RoomMaker | None
+) -> None:
+    """Refuse, before any byte is promised to a client, a blob the cache disk cannot hold,
+    once ``room`` has evicted what it may (the disk may be shared, or the budget too big).
 
     Once a source is chosen the client gets its 200 and Content-Length, and a
     disk that fills mid-blob can only cut its connection: containerd retries
@@ -204,6 +223,13 @@ def check_room(store: BlobStore, digest: Digest, size: int) -> None:
     nothing kept.) Every source calls this once it knows the size.
     """
     free = shutil.disk_usage(store.root).free
+    if free < size and room is not None:
+        evicted = await room.make_room(size + _ROOM_MARGIN)
+        free = shutil.disk_usage(store.root).free
+        log.info(
+            "fetch.made_room digest=%s bytes=%d evicted=%d free=%d",
+            digest, size, len(evicted), free,
+        )  # fmt: skip
     if free < size:
         log.warning("fetch.no_room digest=%s bytes=%d free=%d", digest, size, free)
         raise SourceUnavailable(
@@ -272,27 +298,45 @@ class OriginHttpTransfer(GrowingFile):
         self._writer.flush()
 
     async def _copy_with_resume(self) -> None:
-        attempts = 0
+        """Copy the body; after a break, ask again from where it stopped (``Range``).
+
+        The waits double from ``_RESUME_FIRST_DELAY`` (15.5 s over five attempts,
+        within the client's ``stall_timeout``): an origin restarting takes seconds,
+        and 3 s of quick retries failed every pull in flight. A resumed body that
+        brought bytes earns the next break a fresh count.
+        """
+        attempts, last_error = 0, "the connection broke"
         while self._writer.size < self.size:
             if self._response is None:
                 attempts += 1
                 if attempts > self._source.resume_attempts:
                     raise SourceUnavailable(
-                        f"origin transfer broke {attempts - 1} times at byte {self._writer.size}"
+                        f"origin transfer broke {attempts - 1} times at byte "
+                        f"{self._writer.size}; the last: {last_error}"
                     )
-                log.info("origin_fetch.resume digest=%s offset=%d", self.digest, self._writer.size)
-                await asyncio.sleep(min(0.2 * attempts, 2.0))
-                with contextlib.suppress(SourceUnavailable):
+                delay = min(_RESUME_FIRST_DELAY * 2 ** (attempts - 1), _RESUME_MAX_DELAY)
+                log.info(
+                    "origin_fetch.resume digest=%s offset=%d attempt=%d in=%.1fs",
+                    self.digest, self._writer.size, attempts, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                try:
                     self._response = await self._source.open_response(
                         self._repository, self.digest, self._writer.size
                     )
+                except SourceUnavailable as exc:
+                    last_error = str(exc)
+                    log.info("origin_fetch.resume_failed digest=%s error=%s", self.digest, exc)
                 continue
+            before = self._writer.size
             while (chunk := await self._next_chunk(self._response)) is not None:
                 await self._append(chunk)
                 if self._writer.size > self.size:
                     raise SizeMismatchError("origin sent more bytes than it declared")
             self._response.release()
             self._response = None
+            if self._writer.size > before:
+                attempts = 0
 
     async def _next_chunk(self, response: aiohttp.ClientResponse) -> bytes | None:
         """The next bytes from the origin; None when the body ended or the connection broke.
