@@ -124,7 +124,9 @@ def test_a_layer_bigger_than_the_agents_free_disk_fails_cleanly_and_pulls_once_s
             with pytest.raises(urllib.error.HTTPError) as refused:
                 get_body(blob_url(agent, big_digest))
             assert refused.value.code == 503  # before any byte: containerd tries the next host
-            assert json.loads(refused.value.read())["errors"][0]["code"] == "UNAVAILABLE"
+            error = json.loads(refused.value.read())["errors"][0]
+            assert error["code"] == "UNAVAILABLE"
+            assert "cache disk has" in error["message"]  # the cause, not just "failed"
             store = disk.path / "blobs"
             wait_until(lambda: incoming_files(store) == [], "the partial file to be removed")
             assert stored_blobs(store) == set()

@@ -232,6 +232,6 @@ async def serve_blob(
         log.info("blob.unavailable digest=%s repo=%s error=%s", digest, repository, exc)
         raise RegistryError(
             "UNAVAILABLE",
-            f"blob {digest} cannot be fetched now (swarm and origin failed); try the upstream",
+            f"blob {digest} cannot be fetched now ({str(exc)[:500]}); try the upstream",
         ) from None
     return await blob_response(request, blob, node.cache, node.metrics, node.config.stall_timeout)
