@@ -380,12 +380,13 @@ class DeltaRebuilder:
         not offered next time)."""
         if isinstance(exc, DeltaFailure):
             return exc
-        if isinstance(exc, PieceMismatch):
-            return DeltaFailure(Failure.PIECE, str(exc))
         if isinstance(exc, StreamCancelled):
             return DeltaFailure(Failure.CANCELLED, str(exc))
+        # A piece that fails its hash is the base's fault as often as the delta's.
         if not await self._cache.recheck(offer.base, self._executor):
             return DeltaFailure(Failure.BASE_DAMAGED, f"the cached base was damaged: {exc}")
+        if isinstance(exc, PieceMismatch):
+            return DeltaFailure(Failure.PIECE, str(exc))
         reason = Failure.RECIPE if isinstance(exc, RecipeError) else Failure.BAD_DELTA
         return DeltaFailure(reason, str(exc))
 
