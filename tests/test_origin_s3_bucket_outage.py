@@ -176,15 +176,7 @@ async def test_a_push_retried_after_a_bucket_failure_reaches_the_other_replica(
     # The retry, as registry clients make it: the blob is on this origin, so it is
     # not uploaded again; the other blobs and the manifest are.
     assert (await a.client.head(f"/v2/team/app/blobs/{layer.digest}")).status == 200
-    for blob in image.blobs():
-        if blob is not layer:
-            assert (await push(a.client, "team/app", blob.data)).status == 201
-    resp = await a.client.put(
-        "/v2/team/app/manifests/v1",
-        data=image.manifest.data,
-        headers={"Content-Type": image.manifest.media_type},
-    )
-    assert resp.status == 201, await resp.text()
+    await push_image(a.client, "team/app", image, found=frozenset({layer.digest}))
     got = await b.client.get(f"/v2/team/app/blobs/{layer.digest}")
     assert got.status == 200, await got.text()
     assert await got.read() == layer.data
