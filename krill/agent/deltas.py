@@ -300,7 +300,10 @@ class DeltaRebuilder:
             pins.enter_context(self._cache.pinned(offer.base))
             await self._fetch_delta(offer, repository, ensure)
             pins.enter_context(self._cache.pinned(offer.delta))
-            if not await self._cache.ensure_verified(offer.base):
+            had_base = self._cache.has(offer.base)  # pinned: only damage can drop it now
+            if not await self._cache.ensure_verified(offer.base):  # rehashed if it changed
+                if had_base:
+                    raise DeltaFailure(Failure.BASE_DAMAGED, "the cached base was damaged")
                 raise DeltaFailure(Failure.BASE_GONE, "the base left the cache")
             if not await self._cache.ensure_verified(offer.delta):
                 raise DeltaFailure(Failure.DELTA_FETCH, "the delta left the cache")
