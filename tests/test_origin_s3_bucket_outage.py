@@ -29,6 +29,7 @@ from yarl import URL
 
 from krill.origin.config import OriginConfig
 from krill.origin.server import create_app
+from krill.origin.storage import OBJECT_STORE
 from krill.s3backend import S3Location
 from tests.components import free_port
 from tests.fixtures_origin import error_code
@@ -122,7 +123,12 @@ async def replicas(
             s3_credentials=credentials_file(seaweedfs, tmp_path),
             deltas=False,
         )
-        server: TestServer = await aiohttp_server(create_app(config))
+        app = create_app(config)
+        server: TestServer = await aiohttp_server(app)
+        # One quick retry, not the client's 5 s of them (its retries are
+        # tests/test_blob_backend_conformance.py's): each request to a cut bucket
+        # would otherwise wait them all out.
+        app[OBJECT_STORE].backend.client.retry_delays = (0.0,)
         started.append(Replica(await aiohttp_client(server), relay))
     yield started[0], started[1]
     for replica in started:
