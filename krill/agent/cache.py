@@ -284,14 +284,10 @@ class NodeCache:
         usage = self.usage
         if usage <= high:
             return evicted
-        for digest, entry in sorted(self._entries.items(), key=lambda kv: kv[1].last_used):
+        for size in self._evict_lru(evicted, "lru"):
+            usage -= size
             if usage <= low:
                 break
-            if self.is_pinned(digest):
-                continue
-            self._forget(digest, "lru")
-            usage -= entry.size
-            evicted.append(digest)
         if usage > low:
             log.warning("cache.over_budget bytes=%d low=%d pinned=%d", usage, low, len(self._pins))
         return evicted
@@ -306,19 +302,26 @@ class NodeCache:
         aged out (``max_age``, days).
         """
         free = (await asyncio.to_thread(shutil.disk_usage, self.store.root)).free
-        evicted = []
-        for digest, entry in sorted(self._entries.items(), key=lambda kv: kv[1].last_used):
-            if free >= needed:
-                break
-            if self.is_pinned(digest):
-                continue
-            self._forget(digest, "disk_full")
-            evicted.append(digest)
-            free += entry.size
+        evicted: list[Digest] = []
+        if free < needed:
+            for size in self._evict_lru(evicted, "disk_full"):
+                free += size
+                if free >= needed:
+                    break
         if evicted:
             await asyncio.to_thread(self._delete_files, evicted)
             await self.save_async()
         return evicted
+
+    def _evict_lru(self, evicted: list[Digest], reason: str) -> Iterator[int]:
+        """Forget unpinned blobs, least recently used first, appending each to ``evicted``
+        and yielding its size; the caller stops the iteration when it has enough."""
+        for digest, entry in sorted(self._entries.items(), key=lambda kv: kv[1].last_used):
+            if self.is_pinned(digest):
+                continue
+            self._forget(digest, reason)
+            evicted.append(digest)
+            yield entry.size
 
     def _expire(self) -> list[Digest]:
         cutoff = self._clock() - self.limits.max_age
