@@ -206,6 +206,7 @@ def test_an_announce_while_redis_is_down_gets_a_bencoded_failure(tmp_path: Path)
         dead_origin = f"http://127.0.0.1:{free_port()}"
         tracker = RestartableTracker(free_port(), tmp_path / "tracker", dead_origin, redis)
         with tracker.running("tracker"):
+            assert read_metrics(tracker.url)["krill_tracker_peer_store_up"] == 1
             kill_redis(redis)
             answer = tracker.announce(bytes(range(20)))  # HTTP 200 with a reason
             assert b"failure reason" in answer, answer
