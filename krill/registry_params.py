@@ -30,6 +30,7 @@ __all__ = [
     "BEYOND_ANY_SIZE",
     "ByteRange",
     "is_ascii_number",
+    "lookup_reference",
     "parse_count",
     "parse_decimal",
     "parse_digest",
@@ -88,13 +89,37 @@ def parse_digest(text: str | None, *, what: str = "digest") -> Digest:
 
 
 def parse_reference(text: str) -> Digest | str:
-    """A manifest reference: a digest (has ':') or a validated tag."""
+    """A manifest reference to store under: a digest (has ':') or a valid tag.
+
+    An invalid tag is 400 ``MANIFEST_INVALID``: the push names something no
+    manifest may be stored as.
+    """
     if is_digest(text):
         return parse_digest(text)
     try:
         return validate_tag(text)
     except InvalidNameError as exc:
         raise RegistryError("MANIFEST_INVALID", str(exc), detail={"tag": text[:200]}) from None
+
+
+def lookup_reference(text: str) -> Digest | str:
+    """A manifest reference to read or delete: a digest or a valid tag.
+
+    An invalid tag names no manifest, so the answer is the spec's 404
+    ``MANIFEST_UNKNOWN`` ("if the manifest is not found in the repository, the
+    response code MUST be 404"; the conformance suite asks for
+    ``.INVALID_MANIFEST_NAME``), not a 400 a client would take for a bad request.
+    A malformed digest stays 400 ``DIGEST_INVALID``.
+    """
+    if is_digest(text):
+        return parse_digest(text)
+    try:
+        return validate_tag(text)
+    except InvalidNameError as exc:
+        raise RegistryError(
+            "MANIFEST_UNKNOWN", f"no manifest is tagged {text[:200]!r}: {exc}",
+            detail={"tag": text[:200]}, status=404,
+        ) from None
 
 
 def parse_count(request: web.Request) -> int | None:

@@ -9,6 +9,14 @@ origin cannot be reached, a tag seen before is still answered from the cache
 on every request, each of which would wait its timeout out), and anything
 else gets 503 quickly so containerd tries the next host. A manifest that
 cannot be stored (a full disk) is still served: it was checked in memory.
+
+A digest names the same bytes in every repository, but the spec answers 404
+for a manifest the repository does not hold, and a repository may be one the
+client cannot read. So the cache remembers the repositories the origin served
+each manifest under (a ``repos`` sidecar, one name a line), and a digest asked
+under any other repository goes to the origin first: its 200 adds the
+repository, its 404 or 401 is the answer. With the origin unreachable such a
+request is 503, never the cached bytes.
 """
 
 from __future__ import annotations
@@ -21,12 +29,13 @@ from dataclasses import dataclass
 
 from krill import oci
 from krill.agent.origins import ask_origin
+from krill.atomicfile import write_atomic
 from krill.blobstore import BlobStore
 from krill.digests import Digest
 from krill.names import image_reference
 from krill.originclient import OriginClient
 from krill.registry_errors import RegistryError
-from krill.registry_params import parse_reference
+from krill.registry_params import lookup_reference
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +114,10 @@ class ManifestCache:
     async def _get(
         self, repository: str, reference: str, accept: str | None, authorization: str | None
     ) -> Manifest:
-        ref = parse_reference(reference)
+        ref = lookup_reference(reference)
         if isinstance(ref, Digest):
             cached = self._load(ref)
-            if cached is not None:
+            if cached is not None and repository in self._repositories(ref):
                 return cached
             return await self._fetch(repository, str(ref), accept, authorization, expected=ref)
         key = (repository, ref)
@@ -136,12 +145,28 @@ class ManifestCache:
         media_type = self._store.sidecar_path(digest, "mediatype").read_text().strip()
         return Manifest(self._store.read_bytes(digest), media_type, digest)
 
-    def _save(self, manifest: Manifest) -> None:
-        """Store the body and its media type durably (blocking)."""
+    def _repositories(self, digest: Digest) -> frozenset[str]:
+        """The repositories the origin served this cached manifest under."""
+        try:
+            text = self._store.sidecar_path(digest, "repos").read_text()
+        except FileNotFoundError:  # cached before repositories were recorded
+            return frozenset()
+        return frozenset(text.split())
+
+    def _save(self, manifest: Manifest, repository: str) -> None:
+        """Store the body, its media type and its repositories durably (blocking).
+
+        The body goes last: a manifest is in the cache once its body is, and
+        then its sidecars are already there.
+        """
         sidecar = self._store.sidecar_path(manifest.digest, "mediatype")
         sidecar.parent.mkdir(parents=True, exist_ok=True)
         sidecar.write_text(manifest.media_type)
-        self._store.put_bytes(manifest.body, manifest.digest)
+        repositories = self._repositories(manifest.digest) | {repository}
+        repos = self._store.sidecar_path(manifest.digest, "repos")
+        write_atomic(repos, "".join(f"{name}\n" for name in sorted(repositories)))
+        if not self._store.has(manifest.digest):
+            self._store.put_bytes(manifest.body, manifest.digest)
 
     async def _fetch(
         self,
@@ -188,7 +213,7 @@ class ManifestCache:
             )
         manifest = Manifest(body, content_type.split(";")[0].strip() or _body_type(body), digest)
         try:
-            await asyncio.to_thread(self._save, manifest)  # fsyncs: not on the event loop
+            await asyncio.to_thread(self._save, manifest, repository)  # fsyncs: off the loop
         except OSError as exc:  # a full disk: the manifest is verified in memory, serve it
             log.warning("manifest.not_cached digest=%s error=%s", digest, exc)
         return manifest

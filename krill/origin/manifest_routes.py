@@ -26,7 +26,7 @@ from krill.origin.pullthrough import PULL_THROUGH
 from krill.origin.storage_metadata import METADATA
 from krill.origin.tagging import delete_tag, move_tag
 from krill.registry_errors import RegistryError
-from krill.registry_params import API_HEADERS, parse_reference, repo_name
+from krill.registry_params import API_HEADERS, lookup_reference, parse_reference, repo_name
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def check_accept(request: web.Request, media_type: str) -> None:
 
 async def get_manifest(request: web.Request) -> web.Response:
     repo = repo_name(request)
-    reference = parse_reference(request.match_info["reference"])
+    reference = lookup_reference(request.match_info["reference"])
     app = request.app
     digest = await resolve_manifest(app, repo, reference)
     media_type = app[REPOSITORIES].manifest_media_type(repo, digest)
@@ -137,7 +137,7 @@ async def delete_manifest(request: web.Request) -> web.Response:
     unreferenced; a deleted manifest drops out of its subject's referrers at once.
     """
     repo = repo_name(request)
-    reference = parse_reference(request.match_info["reference"])
+    reference = lookup_reference(request.match_info["reference"])
     app = request.app
     if isinstance(reference, str):
         if await delete_tag(app, repo, reference) is None:
