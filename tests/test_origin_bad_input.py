@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import ClientResponse
@@ -233,6 +234,31 @@ async def test_chunk_whose_length_contradicts_its_content_range(origin_client: T
     status = await origin_client.get(location)  # refused before any byte was taken: still at 0
     assert (status.status, status.headers["Range"]) == (204, "0-0")
     assert list(origin_client.app[STORE].digests()) == []
+
+
+async def test_chunked_body_shorter_than_its_content_range(origin_client: TestClient) -> None:
+    """A chunked body has no Content-Length to check before it is read; once read, a
+    length other than the range's ends the session (the OCI conformance review)."""
+
+    async def ten_bytes() -> AsyncIterator[bytes]:
+        yield b"0123456789"
+
+    start = await origin_client.post("/v2/team/app/blobs/uploads/")
+    location = start.headers["Location"]
+    resp = await origin_client.patch(location, data=ten_bytes(), headers={"Content-Range": "0-21"})
+    assert await error_of(resp) == (400, "BLOB_UPLOAD_INVALID")
+    gone = await origin_client.get(location)
+    assert await error_of(gone) == (404, "BLOB_UPLOAD_UNKNOWN")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "DELETE"])
+async def test_an_invalid_tag_names_no_manifest(origin_client: TestClient, method: str) -> None:
+    """404 MANIFEST_UNKNOWN, as the OCI conformance suite asks for ``.INVALID_MANIFEST_NAME``;
+    a push to it stays 400 MANIFEST_INVALID."""
+    resp = await origin_client.request(method, "/v2/team/app/manifests/.INVALID_MANIFEST_NAME")
+    assert resp.status == 404
+    if method != "HEAD":
+        assert await error_code(resp) == "MANIFEST_UNKNOWN"
 
 
 async def test_idle_upload_sessions_expire(origin_client: TestClient) -> None:

@@ -145,11 +145,15 @@ def find_session(request: web.Request, repo: str) -> UploadSession:
     return session
 
 
-def check_content_range(request: web.Request, session: UploadSession) -> None:
-    """A chunk must start where the previous one ended, and be as long as it says."""
+def check_content_range(request: web.Request, session: UploadSession) -> int | None:
+    """A chunk must start where the previous one ended: its length, when it says one.
+
+    A ``Content-Length`` that contradicts the range is refused here; a chunked
+    body's length is known only once received (``receive_chunk`` checks it).
+    """
     text = request.headers.get("Content-Range")
     if text is None:
-        return
+        return None
     match = _CONTENT_RANGE_RE.match(text.strip())
     if match is None:
         raise RegistryError("BLOB_UPLOAD_INVALID", f"malformed Content-Range {text[:80]!r}")
@@ -168,6 +172,7 @@ def check_content_range(request: web.Request, session: UploadSession) -> None:
             f"Content-Range {start}-{end} is {end - start + 1} bytes "
             f"but Content-Length is {length}",
         )
+    return end - start + 1
 
 
 async def receive_chunk(request: web.Request, session: UploadSession) -> None:
@@ -176,9 +181,16 @@ async def receive_chunk(request: web.Request, session: UploadSession) -> None:
     A disk error (ENOSPC) ends it too: the temp file may hold part of the chunk,
     and the session's offset could not say where a retry should start.
     """
-    check_content_range(request, session)
+    said = check_content_range(request, session)
+    before = session.offset
     try:
         await receive_body(request, session.open_writer())
+        if said is not None and session.offset - before != said:
+            raise RegistryError(
+                "BLOB_UPLOAD_INVALID",
+                f"Content-Range said {said} bytes but the body had {session.offset - before}; "
+                "start the upload again",
+            )
     except (RegistryError, OSError):
         request.app[UPLOADS].cancel(session)
         raise
