@@ -260,3 +260,45 @@ def test_tags_are_listed_from_the_origin_under_the_clients_name(cluster) -> None
     assert status == 400 and error_code(body) == "UNSUPPORTED"  # the origin's own answer
     inspected = skopeo("inspect", "--tls-verify=false", f"docker://{agent.registry_hostport}/team/app:1")
     assert json.loads(inspected.stdout)["RepoTags"] == ["1", "2"]
+
+
+def test_referrers_come_from_the_origin_filtered_by_artifact_type(cluster) -> None:
+    """Signature tools find signatures through the agent (the origin answers OCI-Subject,
+    so they never write the fallback tag); the agent filters by artifactType itself."""
+    origin, agent, _ = cluster
+    accept = {"Accept": "application/vnd.oci.image.index.v1+json"}
+    _, headers, index = request(f"{origin}/v2/team/app/manifests/1", headers=accept)
+    subject = {"mediaType": headers["Content-Type"], "digest": headers["Docker-Content-Digest"],
+               "size": len(index)}
+    empty = b"{}"
+    empty_digest = "sha256:" + hashlib.sha256(empty).hexdigest()
+    upload = f"{origin}/v2/team/app/blobs/uploads/?digest={empty_digest}"
+    assert request(upload, "POST", {"Content-Type": "application/octet-stream"}, empty)[0] == 201
+    for kind in ("application/vnd.example.sig", "application/vnd.example.sbom"):
+        artifact = json.dumps({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": kind,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty_digest,
+                       "size": 2},
+            "layers": [], "subject": subject,
+        }).encode()
+        digest = "sha256:" + hashlib.sha256(artifact).hexdigest()
+        put = {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
+        target = f"{origin}/v2/team/app/manifests/{digest}"
+        status, headers, _ = request(target, "PUT", put, artifact)
+        assert status == 201 and headers["OCI-Subject"] == subject["digest"]
+    url = f"{agent.registry}/v2/team/app/referrers/{subject['digest']}"
+    status, headers, body = request(url)
+    assert status == 200 and headers["Content-Type"] == "application/vnd.oci.image.index.v1+json"
+    kinds = sorted(m["artifactType"] for m in json.loads(body)["manifests"])
+    assert kinds == ["application/vnd.example.sbom", "application/vnd.example.sig"]
+    assert "OCI-Filters-Applied" not in headers
+    status, headers, body = request(f"{url}?artifactType=application/vnd.example.sig")
+    assert status == 200 and headers["OCI-Filters-Applied"] == "artifactType"
+    assert [m["artifactType"] for m in json.loads(body)["manifests"]] == [
+        "application/vnd.example.sig"
+    ]
+    status, _, body = request(f"{agent.registry}/v2/team/app/referrers/sha256:{'0' * 64}")
+    assert status == 200 and json.loads(body)["manifests"] == []
+    status, _, body = request(f"{agent.registry}/v2/team/app/referrers/nodigest")
+    assert status == 400 and error_code(body) == "DIGEST_INVALID"

@@ -1,10 +1,11 @@
 """The agent's pull-only OCI Distribution endpoint (what containerd talks to).
 
-Routes: ``/v2/``, ``/v2/<name>/manifests/<ref>``, ``/v2/<name>/blobs/<digest>``
-and ``/v2/<name>/tags/list`` (GET and HEAD; tags from the origin,
-``agent.taglist``). ``?ns=<upstream host>`` selects the origin repository
-(see ``agent.namespaces``). Anything that would write answers 405
-``UNSUPPORTED`` with the origin's address, because pushes belong there.
+Routes: ``/v2/``, ``/v2/<name>/manifests/<ref>``, ``/v2/<name>/blobs/<digest>``,
+``/v2/<name>/tags/list`` and ``/v2/<name>/referrers/<digest>`` (GET and HEAD;
+tags and referrers from the origin, ``agent.taglist``, ``agent.referrers``).
+``?ns=<upstream host>`` selects the origin repository (see ``agent.namespaces``).
+Anything that would write answers 405 ``UNSUPPORTED`` with the origin's
+address, because pushes belong there.
 
 Private repositories (docs/security.md): an agent with node credentials
 serves a manifest or blob (from its cache, the swarm or a delta) only after
@@ -27,6 +28,7 @@ from aiohttp import hdrs, web
 from krill.agent.access import Access, AccessDecision, RepositoryAccess, agent_realm_challenge
 from krill.agent.manifests import OriginRefused
 from krill.agent.node import AgentNode
+from krill.agent.referrers import fetch_referrers, referrers_response
 from krill.agent.serving import blob_response
 from krill.agent.sources import BlobNotFound, SourceUnavailable
 from krill.agent.taglist import fetch_tag_list, tag_list_response
@@ -48,6 +50,7 @@ ACCESS: web.AppKey[RepositoryAccess | None] = web.AppKey("access")
 _MANIFEST_PATH = re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)$")
 _BLOB_PATH = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)$")
 _TAGS_PATH = re.compile(r"^/v2/(?P<name>.+)/tags/list$")
+_REFERRERS_PATH = re.compile(r"^/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)$")
 
 
 def build_registry_app(node: AgentNode) -> web.Application:
@@ -67,6 +70,7 @@ def build_registry_app(node: AgentNode) -> web.Application:
         r"/v2/{name:.+}/manifests/{reference:[^/]+}",
         r"/v2/{name:.+}/blobs/{digest:[^/]+}",
         "/v2/{name:.+}/tags/list",
+        r"/v2/{name:.+}/referrers/{digest:[^/]+}",
     ):
         app.router.add_route("*", pattern, handle_v2)
     app.router.add_route("*", "/v2/{path:.+}", handle_v2)
@@ -99,9 +103,12 @@ async def handle_v2(request: web.Request) -> web.StreamResponse:
         return await _blob(request, node, match["name"], match["digest"])
     if match := _TAGS_PATH.match(request.path):
         return await _tags(request, node, match["name"])
+    if match := _REFERRERS_PATH.match(request.path):
+        return await _referrers(request, node, match["name"], match["digest"])
     raise RegistryError(
         "UNSUPPORTED",
-        "this agent serves only /v2/<name>/manifests, /v2/<name>/blobs and /v2/<name>/tags/list",
+        "this agent serves only /v2/<name>/manifests, /v2/<name>/blobs, /v2/<name>/tags/list "
+        "and /v2/<name>/referrers",
         status=404,
     )
 
@@ -191,6 +198,35 @@ async def _tags(request: web.Request, node: AgentNode, name: str) -> web.Respons
             "UNAVAILABLE", f"the origin answered {answer.status} for {what}", status=502
         )
     return tag_list_response(answer, name, request.query.get("ns"), API_HEADERS)
+
+
+async def _referrers(
+    request: web.Request, node: AgentNode, name: str, digest_text: str
+) -> web.Response:
+    """The origin's referrers of a manifest (``agent.referrers``), credentials as for tags."""
+    repository = origin_repository(request, node, name)
+    digest = parse_digest(digest_text)
+    authorization = None
+    if request.app[ACCESS] is not None:
+        authorization = request.headers.get(hdrs.AUTHORIZATION)
+    answer = await fetch_referrers(
+        node.manifests.origin, repository, digest, authorization, node.config.origin_timeout
+    )
+    what = f"the referrers of {digest} in {repository}"
+    if answer.status == 401:
+        _require(request, AccessDecision(Access.UNAUTHORIZED, answer.challenge), what)
+    if answer.status == 403:
+        _require(request, AccessDecision(Access.DENIED, None), what)
+    if answer.status in (400, 404):  # a bad digest, or an origin without the API: as it is
+        return web.Response(
+            status=answer.status, body=answer.body, content_type="application/json",
+            headers=API_HEADERS,
+        )  # fmt: skip
+    if answer.status != 200:
+        raise RegistryError(
+            "UNAVAILABLE", f"the origin answered {answer.status} for {what}", status=502
+        )
+    return referrers_response(answer, request.query.get("artifactType"), API_HEADERS)
 
 
 def _require(request: web.Request, decision: AccessDecision, what: str) -> None:
