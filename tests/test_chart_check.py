@@ -356,3 +356,27 @@ def test_stopping_removes_only_the_hosts_toml_files_krill_wrote(tmp_path: Path) 
     assert (tmp_path / "docker.io" / "ca.crt").exists()
     assert not (tmp_path / "registry.local:5000").exists()
     assert (tmp_path / "quay.io" / "hosts.toml").exists(), "a file krill did not write is kept"
+
+
+def test_an_operators_hosts_toml_is_kept_while_the_agent_runs_and_put_back_after(
+    tmp_path: Path,
+) -> None:
+    """containerd-config overwrote a hand-written hosts.toml (a corporate mirror, a CA)
+    with no copy (new-user review, stop 39): now it is kept, and restored on stop."""
+    own = 'server = "https://mirror.corp"\n[host."https://mirror.corp"]\n  ca = "/etc/corp.pem"\n'
+    (tmp_path / "docker.io").mkdir()
+    (tmp_path / "docker.io" / "hosts.toml").write_text(own)
+    specs = [parse_registry_spec("docker.io")]
+    first = write_hosts_files(specs, "127.0.0.1:7401", tmp_path)
+    kept = tmp_path / "docker.io" / "hosts.toml.before-krill"
+    assert [(w.path.name, w.kept) for w in first] == [("hosts.toml", kept)]
+    assert kept.read_text() == own
+    assert "127.0.0.1:7401" in (tmp_path / "docker.io" / "hosts.toml").read_text()
+    again = write_hosts_files(specs, "127.0.0.1:7401", tmp_path)  # the agent restarts
+    assert [w.kept for w in again] == [None], "Krill's own file is rewritten, not kept"
+    assert sorted(p.name for p in (tmp_path / "docker.io").iterdir()) == [
+        "hosts.toml", "hosts.toml.before-krill",
+    ]
+    assert _hosts_script().main(["remove", "--dir", str(tmp_path), "docker.io"]) == 0
+    assert (tmp_path / "docker.io" / "hosts.toml").read_text() == own
+    assert not kept.exists()

@@ -147,8 +147,10 @@ def run_containerd_config(args: argparse.Namespace) -> int:
         written = write_hosts_files(specs, args.agent, args.dir)
     except OSError as exc:
         raise CliError(f"cannot write into --dir {args.dir}: {exc.strerror or exc}") from None
-    for path in written:
-        sys.stdout.write(f"wrote {path}\n")
+    for file in written:
+        sys.stdout.write(f"wrote {file.path}\n")
+        if file.kept is not None:
+            sys.stdout.write(f"kept the {file.path.name} Krill did not write as {file.kept}\n")
     return 0
 
 

@@ -6,16 +6,25 @@ when the agent answers an error or is down) and lists the agent first as a
 ``host`` with only the ``pull`` and ``resolve`` capabilities (never ``push``).
 containerd adds ``?ns=<registry host>`` to mirror requests; the agent maps
 that to an origin repository (``agent.namespaces``).
+
+A ``hosts.toml`` Krill did not write (its first line lacks ``MARKER``: an
+operator's own mirror, a CA, a mirror another tool set up) is not lost: it is
+kept beside the new one as ``hosts.toml.before-krill`` (``.before-krill.2``...
+if that name is taken), which the chart's stop step puts back. Krill's own
+files are rewritten in place, so an agent that restarts keeps no copies.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from krill.atomicfile import write_atomic
 
+MARKER = "# Written by `krill agent containerd-config`"
+BACKUP_SUFFIX = ".before-krill"
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_SERVER = "https://registry-1.docker.io"
 
@@ -50,7 +59,7 @@ def parse_registry_spec(text: str) -> RegistrySpec:
 def hosts_toml(spec: RegistrySpec, agent: str) -> str:
     agent_url = agent if agent.startswith(("http://", "https://")) else f"http://{agent}"
     return (
-        "# Written by `krill agent containerd-config`: pull through the Krill agent,\n"
+        f"{MARKER}: pull through the Krill agent,\n"
         "# fall back to the upstream server when the agent cannot answer.\n"
         f'server = "{spec.server}"\n'
         "\n"
@@ -59,12 +68,36 @@ def hosts_toml(spec: RegistrySpec, agent: str) -> str:
     )
 
 
-def write_hosts_files(specs: list[RegistrySpec], agent: str, directory: Path) -> list[Path]:
-    """Write one ``hosts.toml`` per registry; returns the paths written."""
+@dataclass(frozen=True)
+class Written:
+    path: Path  # the hosts.toml written
+    kept: Path | None  # where the file it replaced was kept (one Krill did not write)
+
+
+def write_hosts_files(specs: list[RegistrySpec], agent: str, directory: Path) -> list[Written]:
+    """Write one ``hosts.toml`` per registry, keeping any that Krill did not write."""
     written = []
     for spec in specs:
         path = directory / spec.host / "hosts.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
+        kept = keep_foreign_file(path)
         write_atomic(path, hosts_toml(spec, agent))
-        written.append(path)
+        written.append(Written(path, kept))
     return written
+
+
+def keep_foreign_file(path: Path) -> Path | None:
+    """Copy ``path`` to a free ``.before-krill`` name unless it is absent or Krill's own."""
+    try:
+        with path.open("rb") as f:
+            first = f.readline()
+    except FileNotFoundError:
+        return None
+    if first.startswith(MARKER.encode()):
+        return None
+    for n in range(1, 1000):
+        kept = path.with_name(path.name + BACKUP_SUFFIX + (f".{n}" if n > 1 else ""))
+        if not kept.exists():
+            shutil.copy2(path, kept)  # a copy: the file stays in place until it is replaced
+            return kept
+    raise OSError(f"{path} has 999 kept copies beside it already; remove the old ones")

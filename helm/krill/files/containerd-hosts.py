@@ -16,7 +16,8 @@ containerd).
 the hosts.toml files of REGISTRY (``HOST`` or ``HOST=URL``) that
 ``krill agent containerd-config`` wrote (their first line says so), and
 nothing else, so containerd pulls from the registries directly while no agent
-runs on the node.
+runs on the node. A hosts.toml the operator had there before Krill's, which
+containerd-config kept as ``hosts.toml.before-krill``, is put back.
 
 Standard library only: the chart mounts it from a ConfigMap into the Krill
 image and runs it with the image's Python.
@@ -133,7 +134,11 @@ def remove(directory: Path, registries: list[str]) -> list[Path]:
         except (FileNotFoundError, NotADirectoryError):
             continue
         if first and first[0].startswith(MARKER):
-            path.unlink()
+            kept = path.with_name("hosts.toml.before-krill")
+            if kept.is_file():
+                kept.replace(path)  # the operator's own file, as it was before Krill's
+            else:
+                path.unlink()
             removed.append(path)
             try:
                 path.parent.rmdir()
