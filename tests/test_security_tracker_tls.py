@@ -2,7 +2,7 @@
 
 libtorrent has no setting for the CA of its tracker connections; the swarm
 engine points OpenSSL's default verify paths at ``SwarmSettings.tracker_ca``
-while it makes the session (``krill.swarm.engine._new_session``). A real
+while it makes the session (``krill.swarm.session.new_session``). A real
 ``krill tracker --tls-cert/--tls-key`` with a certificate from a CA made in
 the test: two engines given that CA find each other through it and trade a
 blob; an engine without it gets libtorrent's certificate error; the process

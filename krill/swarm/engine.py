@@ -1,18 +1,17 @@
 """``SwarmEngine``: one libtorrent session per process, seeding and downloading blobs.
 
-The engine wires the pieces together and owns the lifecycle: the session
-and its alert pump (``pump``, handlers in ``alerts``), the torrent table
-(``torrents``), single flight of downloads (``download``), the origin feed
-(``feed``), super-seeding (``superseed``) and the counters (``stats``). It
-seeds (``seed``), starts downloads, and publishes a finished download into
-the store; the package docstring (``krill.swarm``) states the guarantees.
+The engine wires the pieces together and owns the lifecycle: the session (made and
+checked in ``session``) and its alert pump (``pump``, handlers in ``alerts``), the
+torrent table (``torrents``), single flight of downloads (``download``), the origin
+feed (``feed``), super-seeding (``superseed``) and the counters (``stats``). It seeds
+(``seed``), starts downloads, and publishes a finished download into the store; the
+package docstring (``krill.swarm``) states the guarantees.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 from collections.abc import Coroutine
 from pathlib import Path
@@ -30,7 +29,8 @@ from krill.swarm.download import Download, DownloadFailed
 from krill.swarm.feed import OriginFeeder
 from krill.swarm.pump import AlertPump
 from krill.swarm.reachability import PeerReachability, ReachabilityWatch
-from krill.swarm.settings import SwarmSettings, listen_interface, session_settings
+from krill.swarm.session import check_listening, new_session
+from krill.swarm.settings import SwarmSettings, listen_interface
 from krill.swarm.stats import Counters, SwarmStats
 from krill.swarm.superseed import SuperSeeding
 from krill.swarm.torrents import Torrent, TorrentLink, TorrentTable, torrent_info
@@ -44,8 +44,7 @@ log = logging.getLogger("krill.swarm")  # the engine's log lines keep one logger
 # pieces keep coming: one stuck near its end must not end batching for all.
 _NEARLY_DONE_PIECES = 8
 _NEARLY_DONE_PROGRESS_SECONDS = 0.5
-# How long fetch_stats waits for libtorrent's answer.
-_STATS_TIMEOUT = 10.0
+_STATS_TIMEOUT = 10.0  # how long fetch_stats waits for libtorrent's answer
 
 
 class SwarmEngine:
@@ -89,10 +88,9 @@ class SwarmEngine:
         self._http: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> SwarmEngine:
-        self._session = await asyncio.to_thread(
-            _new_session, session_settings(self.settings), self.settings.tracker_ca
-        )
-        self._torrents.session = self._session
+        session = await asyncio.to_thread(new_session, self.settings)
+        check_listening(session, self.settings)  # or stop here (krill.swarm.session)
+        self._session = self._torrents.session = session
         self._bell = AlertBell(self._session)
         try:
             self._stopping = False
@@ -110,10 +108,10 @@ class SwarmEngine:
                 self._pump_task.cancel()
             self._close_bell()
             raise
+        settings = self.settings
         log.info(
             "swarm.started listen=%s:%d tracker=%s origin=%s",
-            self.settings.listen_host, self.peer_port, self.settings.tracker_url,
-            self.settings.origin,
+            settings.listen_host, self.peer_port, settings.tracker_url, settings.origin,
         )
         return self
 
@@ -464,33 +462,6 @@ class SwarmEngine:
         if self._session is None:
             raise RuntimeError("SwarmEngine is not running; use 'async with SwarmEngine(...)'")
         return self._session
-
-
-# OpenSSL's default verify paths come from these when set (X509_get_default_cert_*_env).
-_CA_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR")
-
-
-def _new_session(params: lt.settings_pack, tracker_ca: Path | None) -> lt.session:
-    """libtorrent's session; with ``tracker_ca``, its https announces trust only that CA.
-
-    libtorrent 2.x has no CA setting: its TLS context loads OpenSSL's default
-    verify paths (``SSL_CERT_FILE``/``SSL_CERT_DIR``) once, when the session is
-    made; they name the CA (and no directory) for this call only, then are put
-    back (tests/test_security_tracker_tls.py).
-    """
-    if tracker_ca is None:
-        return lt.session(params)
-    saved = {name: os.environ.get(name) for name in _CA_ENV}
-    os.environ["SSL_CERT_FILE"] = str(tracker_ca)
-    os.environ["SSL_CERT_DIR"] = os.devnull  # not a directory: no certificate found there
-    try:
-        return lt.session(params)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

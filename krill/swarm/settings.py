@@ -151,7 +151,7 @@ class SwarmSettings:
     # Protocol encryption between peers (PeerEncryption); ALLOWED is libtorrent's default.
     peer_encryption: PeerEncryption = PeerEncryption.ALLOWED
     # The CA an https tracker's certificate must chain to (the node's --ca); None: the
-    # system's. libtorrent has no setting for it: see engine._new_session.
+    # system's. libtorrent has no setting for it: see session.new_session.
     tracker_ca: Path | None = None
 
 
