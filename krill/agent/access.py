@@ -38,6 +38,7 @@ import aiohttp
 
 from krill.clock import SYSTEM_CLOCK, Clock
 from krill.clock import timeout as clock_timeout
+from krill.errortext import error_text
 from krill.originclient import OriginClient
 
 __all__ = ["Access", "AccessDecision", "RepositoryAccess", "agent_realm_challenge"]
@@ -115,7 +116,7 @@ class RepositoryAccess:
             async with clock_timeout(self._clock, self._timeout):
                 status, challenge = await self._origin.head(url, authorization=authorization)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            log.warning("access.origin_unreachable url=%s error=%r", url, exc)
+            log.warning("access.origin_unreachable url=%s error=%r", url, error_text(exc))
             return AccessDecision(Access.UNAVAILABLE)
         access = _STATUSES.get(status, Access.UNAVAILABLE)
         log.debug("access.decided url=%s status=%d access=%s", url, status, access.value)

@@ -43,6 +43,7 @@ from krill.agent.sources import (
 )
 from krill.clock import SYSTEM_CLOCK, Clock
 from krill.digests import Digest
+from krill.errortext import error_text
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,8 @@ class BlobFetcher:
                     raise
                 reason = _fallback_reason(exc)
                 errors.append(f"swarm: {str(exc) or 'no bytes within the deadline'}")
-                log.info("fetch.fallback digest=%s reason=%s error=%r", digest, reason, exc)
+                text = error_text(exc)
+                log.info("fetch.fallback digest=%s reason=%s error=%r", digest, reason, text)
                 self._on_event("fallback", reason)
         if self._origin is not None:
             try:
@@ -298,7 +300,7 @@ class BlobFetcher:
         except TransferFailed as exc:
             log.warning("fetch.failed digest=%s source=%s error=%s", blob.digest, blob.source, exc)
         except OSError as exc:  # committed, but the index could not be written: refetch later
-            log.warning("fetch.index_failed digest=%s error=%r", blob.digest, exc)
+            log.warning("fetch.index_failed digest=%s error=%r", blob.digest, error_text(exc))
         finally:
             self._inflight.pop(blob.digest, None)
 

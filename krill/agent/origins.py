@@ -41,6 +41,7 @@ from krill.blobstore import BlobStore
 from krill.bodies import BodyTooLarge
 from krill.clock import SYSTEM_CLOCK, Clock
 from krill.digests import Digest
+from krill.errortext import error_text
 from krill.originclient import Answer, OriginClient
 from krill.registry_errors import RegistryError
 from krill.rendezvous import rank
@@ -259,7 +260,7 @@ class FailoverOriginClient(OriginClient):
                 self.origins.failed(member)
                 log.warning(
                     "origin.replica_failed what=%s origin=%s error=%r next=%s",
-                    what, member, exc, "none" if last else candidates[position + 1],
+                    what, member, error_text(exc), "none" if last else candidates[position + 1],
                 )
                 if last:
                     raise
@@ -354,7 +355,7 @@ async def ask_origin(
     except BodyTooLarge:
         raise too_large from None
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        log.warning("origin.unreachable what=%s url=%s error=%r", what, url, exc)
+        log.warning("origin.unreachable what=%s url=%s error=%r", what, url, error_text(exc))
         raise RegistryError(
             "UNAVAILABLE", f"{origin.described()} is unreachable; try the upstream"
         ) from None

@@ -30,6 +30,7 @@ import aiohttp
 from krill.blobstore import BlobStore, BlobWriter, SizeMismatchError
 from krill.digests import Digest
 from krill.endpoints import BLOB_SOURCE_HEADER
+from krill.errortext import error_text
 from krill.originclient import OriginClient
 
 log = logging.getLogger(__name__)
@@ -280,7 +281,7 @@ class OriginHttpTransfer(GrowingFile):
             self._fail(TransferFailed("fetch from origin cancelled"))
             raise
         except Exception as exc:  # a mismatch, the origin gone, or the disk (ENOSPC, EIO)
-            log.warning("origin_fetch.failed digest=%s error=%r", self.digest, exc)
+            log.warning("origin_fetch.failed digest=%s error=%r", self.digest, error_text(exc))
             self._discard()
             self._fail(TransferFailed(f"fetch of {self.digest} from the origin failed: {exc}"))
         finally:
@@ -347,7 +348,7 @@ class OriginHttpTransfer(GrowingFile):
         try:
             chunk = await response.content.read(CHUNK)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            log.info("origin_fetch.broken digest=%s error=%r", self.digest, exc)
+            log.info("origin_fetch.broken digest=%s error=%r", self.digest, error_text(exc))
             return None
         return chunk or None
 

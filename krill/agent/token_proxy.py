@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import hdrs, web
 
 from krill.bodies import BodyTooLarge, read_limited
+from krill.errortext import error_text
 from krill.originclient import OriginClient
 from krill.registry_errors import RegistryError
 from krill.requestcontext import request_id_headers
@@ -53,7 +54,7 @@ async def forward_token_request(request: web.Request, origin: OriginClient) -> w
                 status=answer.status, body=payload, headers=_copied(answer.headers, _RETURNED)
             )
     except (aiohttp.ClientError, TimeoutError, OSError, BodyTooLarge) as exc:
-        log.warning("token.origin_unreachable url=%s error=%r", url, exc)
+        log.warning("token.origin_unreachable url=%s error=%r", url, error_text(exc))
         raise RegistryError(
             "UNAVAILABLE", f"the origin {origin.base_url} did not answer the token request"
         ) from None

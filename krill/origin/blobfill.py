@@ -29,6 +29,7 @@ from aiohttp import web
 
 from krill.blobstore import BlobStore, BlobWriter, DigestMismatchError, SizeMismatchError
 from krill.digests import Digest
+from krill.errortext import error_text
 from krill.origin.batching import Batches
 from krill.registry_errors import RegistryError
 
@@ -205,7 +206,7 @@ def _as_error(exc: BaseException) -> BaseException:
         return exc
     if isinstance(exc, UpstreamBlobCorrupt):
         return RegistryError("UNAVAILABLE", f"the upstream blob is corrupt: {exc}", status=502)
-    log.warning("upstream.blob_failed error=%r", exc)
+    log.warning("upstream.blob_failed error=%r", error_text(exc))
     return RegistryError(
         "UNAVAILABLE",
         f"fetching the blob from upstream failed: {exc.__class__.__name__}",

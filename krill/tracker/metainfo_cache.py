@@ -25,6 +25,7 @@ from collections import OrderedDict
 import aiohttp
 
 from krill.digests import Digest
+from krill.errortext import error_text
 from krill.metainfo import MetainfoError
 from krill.originclient import MetainfoNotFound, OriginClient
 from krill.singleflight import SingleFlight
@@ -110,8 +111,8 @@ class MetainfoCache:
                 continue
             except Exception as exc:  # a bug or hostile answer at one origin must not stop us
                 log.warning("tracker.metainfo_origin_error digest=%s origin=%s error=%r",
-                            digest, origin, exc, exc_info=True)
-                problems.append(f"{origin}: {exc!r}")
+                            digest, origin, error_text(exc), exc_info=True)
+                problems.append(f"{origin}: {error_text(exc)}")
                 unknown_everywhere = False
                 continue
             self._last_good = origin
