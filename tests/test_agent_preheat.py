@@ -42,6 +42,8 @@ def test_preheat_pulls_this_platform_or_all_platforms(tmp_path: Path) -> None:
             status, events = post_json(f"{agent.api}/preheat", {"image": "team/pre:1"})
             assert status == 200
             assert events[0]["event"] == "start" and events[0]["blobs"] == 3
+            index_digest = events[0]["digest"]  # the tag's manifest, as the agent resolved it
+            assert index_digest.startswith("sha256:")
             assert events[-1] == {
                 "event": "done",
                 "blobs": 3,
@@ -66,6 +68,8 @@ def test_preheat_pulls_this_platform_or_all_platforms(tmp_path: Path) -> None:
             )
             assert proc.returncode == 0, proc.stderr
             assert "6/6 blobs" in proc.stderr  # the progress bar's last state
+            # which image the tag named: it may name another by the time a node pulls it
+            assert f"team/pre:1 is {index_digest}, on this node now" in proc.stderr
             assert all(stored(agent.data, b.digest) for b in arm64.blobs())
 
 

@@ -187,6 +187,7 @@ async def _preheat(
     except aiohttp.ClientError as exc:
         raise CliError(f"cannot reach the agent at {agent}: {exc}") from None
     bar.finish()
+    bar.report()
     return 0
 
 
@@ -208,12 +209,14 @@ class _ProgressBar:
         self._blobs = 0
         self._done_blobs = 0
         self._line = ""
+        self._digest: str | None = None  # the manifest warmed, once the agent said
         # Redrawn in place on a terminal; in a CI log or a pipe, only the last state.
         self._redraw = sys.stderr.isatty()
 
     def update(self, event: dict[str, Any]) -> None:
         if event["event"] == "start":
             self._blobs = event["blobs"]
+            self._digest = event.get("digest")
         if event["event"] == "blob":
             self._done_blobs += 1
         total = event.get("total_bytes") or 0
@@ -230,3 +233,8 @@ class _ProgressBar:
 
     def finish(self) -> None:
         sys.stderr.write("\n" if self._redraw else (self._line + "\n" if self._line else ""))
+
+    def report(self) -> None:
+        """The digest warmed: a tag may name another image by the time a node pulls it."""
+        if self._digest is not None:
+            sys.stderr.write(f"{self._image} is {self._digest}, on this node now\n")

@@ -16,6 +16,7 @@ from typing import Any
 
 from krill import oci
 from krill.agent.fetcher import InflightBlob
+from krill.agent.manifests import Manifest
 from krill.agent.node import AgentNode
 from krill.names import InvalidNameError
 
@@ -69,10 +70,9 @@ def _platform_matches(platform: object, os_name: str, arch: str) -> bool:
 
 
 async def image_blobs(
-    node: AgentNode, repository: str, reference: str, all_platforms: bool
+    node: AgentNode, top: Manifest, repository: str, reference: str, all_platforms: bool
 ) -> list[oci.Descriptor]:
-    """Config and layer descriptors to pull (deduplicated, in manifest order)."""
-    top = await node.manifests.get(repository, reference)
+    """Config and layer descriptors of ``top`` to pull (deduplicated, in manifest order)."""
     parsed = oci.parse_manifest(top.body, top.media_type)
     manifests = [parsed]
     if parsed.is_index:
@@ -110,12 +110,14 @@ async def preheat(
         repository = node.namespaces.origin_repository(ref.repository, ref.host)
     except InvalidNameError as exc:
         raise InvalidImageName(str(exc)) from None
-    blobs = await image_blobs(node, repository, ref.reference, all_platforms)
+    top = await node.manifests.get(repository, ref.reference)
+    blobs = await image_blobs(node, top, repository, ref.reference, all_platforms)
     total = sum(d.size for d in blobs)
     yield {
         "event": "start",
         "image": image,
         "repository": repository,
+        "digest": str(top.digest),  # what the tag named when asked (it may move later)
         "blobs": len(blobs),
         "total_bytes": total,
     }
