@@ -2,21 +2,28 @@
 
 Precedence, lowest first: the dataclass defaults, a TOML file (``--config``),
 environment variables (``KRILL_<SERVICE>_<FIELD>``), command-line flags. Every
-value is converted to the field's declared type here, so a typo in an env var
-fails at start-up with a message naming the setting, not deep in a request.
+value is converted to the field's declared type here, strictly (a TOML ``10.7``
+or ``true`` for a whole number is refused, not truncated), so a typo fails at
+start-up with one line naming the setting and where it was set, not deep in a
+request. The ``check_*`` helpers are what the services' ``__post_init__`` use
+for their URLs, ports and numbers; their ``SettingError`` names the field, and
+``load_config`` adds the file and key, variable or flag that gave the value.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 # Defined beside CliError so that krill.cli catches it without importing this module.
 from krill.clierror import ConfigError as ConfigError
@@ -33,31 +40,83 @@ def load_config(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> T:
-    """Build ``cls`` (a dataclass) from defaults < file < env < flags."""
+    """Build ``cls`` (a dataclass) from defaults < file < env < flags.
+
+    A setting its class refuses (a ``SettingError``) is reported with where its value
+    came from: the file and key, the variable or the flag that set it last.
+    """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
     environ = os.environ if environ is None else environ
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
-    if file is not None:
-        values.update(_read_file(Path(file), hints))
-    for field in dataclasses.fields(cls):
-        env_name = f"{env_prefix}{field.name.upper()}"
-        if env_name in environ:
-            values[field.name] = _coerce(environ[env_name], hints[field.name], env_name)
-    for name, value in (flags or {}).items():
-        if value is None:
-            continue
-        if name not in hints:
-            raise ConfigError(f"unknown setting {name!r}")
-        values[name] = _coerce(value, hints[name], f"--{name.replace('_', '-')}")
+    sources: dict[str, str] = {}
+    given = [
+        *(_read_file(Path(file), hints) if file is not None else []),
+        *_from_environment(cls, env_prefix, environ),
+        *_from_flags(flags or {}, hints),
+    ]
+    for name, value, where in given:  # lowest precedence first: later ones win
+        values[name] = _coerce(value, hints[name], where)
+        sources[name] = where
     try:
         return cls(**values)
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
+    except SettingError as exc:
+        raise exc.set_by(sources.get(exc.setting)) from None
 
 
-def _read_file(path: Path, hints: Mapping[str, Any]) -> dict[str, Any]:
+class SettingError(ConfigError):
+    """A ConfigError about one setting, named by its field, so that ``load_config`` can add
+    where its value was set: a user with a file, an env var and flags needs to know which."""
+
+    def __init__(self, message: str, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+    def set_by(self, where: str | None) -> SettingError:
+        """This error with ``(from WHERE)`` added, unless the message already names it."""
+        if where is None or where in str(self):
+            return self
+        return SettingError(f"{self} (from {where})", self.setting)
+
+
+def _from_environment(
+    cls: type, env_prefix: str, environ: Mapping[str, str]
+) -> list[tuple[str, Any, str]]:
+    """(field, value, variable) for each field's ``PREFIX_FIELD`` variable that is set.
+
+    Only the fields' own names are looked up: other ``KRILL_*`` variables (Kubernetes
+    service links make ``KRILL_AGENT_PORT`` and the like) are none of our business.
+    """
+    found = []
+    for field in dataclasses.fields(cls):
+        env_name = f"{env_prefix}{field.name.upper()}"
+        if env_name in environ:
+            found.append((field.name, environ[env_name], env_name))
+    return found
+
+
+def _from_flags(flags: Mapping[str, Any], hints: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+    """(field, value, ``--flag``) for each flag given (None: not on the command line)."""
+    found = []
+    for name, value in flags.items():
+        if value is None:
+            continue
+        if name not in hints:
+            raise ConfigError(f"unknown setting {name!r}")
+        found.append((name, value, flag_name(name)))
+    return found
+
+
+def flag_name(field: str) -> str:
+    """``stall_timeout`` as the command line spells it: ``--stall-timeout``."""
+    return f"--{field.replace('_', '-')}"
+
+
+def _read_file(path: Path, hints: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+    """(field, value, ``PATH:KEY``) for each key of the TOML file at ``path``."""
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
@@ -67,17 +126,21 @@ def _read_file(path: Path, hints: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     except OSError as exc:  # a directory, no permission, ...
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    out: dict[str, Any] = {}
+    found = []
     for key, value in data.items():
         name = key.replace("-", "_")
         if name not in hints:
             raise ConfigError(f"{path}: unknown setting {key!r}")
-        out[name] = _coerce(value, hints[name], f"{path}:{key}")
-    return out
+        found.append((name, value, f"{path}:{key}"))
+    return found
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Convert ``value`` (a string from env/flags or a TOML value) to ``hint``."""
+    """Convert ``value`` (a string from env/flags or a TOML value) to ``hint``.
+
+    Strictly: a TOML value of another type is refused, never truncated (``10.7`` or
+    ``true`` for a whole number), and a string must spell the type in full.
+    """
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -106,16 +169,72 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             _typed_item(k, key_hint, f"{where} key"): _typed_item(v, value_hint, f"{where}.{k}")
             for k, v in value.items()
         }
-    try:
-        if hint is bool:
-            return _to_bool(value)
-        if hint is Path:
-            return Path(value)
-        if hint in (int, float, str):
-            return hint(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}") from None
+    converter = _SCALARS.get(hint)
+    return value if converter is None else converter(value, where)
+
+
+# A whole number or a decimal as env vars and flags may spell them: ASCII digits, no
+# "1_000" (TOML's own literals take that), no "nan" or "inf".
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]{1,30}")
+_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?")
+
+
+def _to_int(value: Any, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _WHOLE_NUMBER.fullmatch(value.strip()):
+        return int(value)
+    raise ConfigError(f"{where}: expected a whole number (like 10), got {_shown(value)}")
+
+
+def _to_float(value: Any, where: str) -> float:
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+        number = float(value)
+    if number is None or not math.isfinite(number):
+        raise ConfigError(
+            f"{where}: expected a finite number (like 30 or 0.5), got {_shown(value)}"
+        )
+    return number
+
+
+def _to_str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(
+            f'{where}: expected a string (in TOML, in quotes: "..."), got {_shown(value)}'
+        )
     return value
+
+
+def _to_path(value: Any, where: str) -> Path:
+    if not isinstance(value, str | os.PathLike):
+        raise ConfigError(f"{where}: expected a path (a string), got {_shown(value)}")
+    return Path(value)
+
+
+def _to_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{where}: expected true or false, got {_shown(value)}")
+
+
+_SCALARS: dict[Any, Callable[[Any, str], Any]] = {
+    int: _to_int, float: _to_float, str: _to_str, Path: _to_path, bool: _to_bool,
+}  # fmt: skip
+
+
+def _shown(value: Any) -> str:
+    """``value`` as the user wrote it: TOML's ``true``, not Python's ``True``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
 
 
 def _looks_like_json(value: Any, opener: str) -> bool:
@@ -144,17 +263,6 @@ def _typed_item(value: Any, hint: Any, where: str) -> Any:
     return _coerce(value, hint, where)
 
 
-def _to_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(value)
-
-
 def parse_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """Split ``HOST:PORT`` (``[v6]:PORT`` too); a bare ``:PORT`` binds ``default_host``."""
     host, sep, port = text.rpartition(":")
@@ -181,24 +289,118 @@ def check_log_level(value: str) -> str:
     return level
 
 
-def check_http_url(value: str, name: str) -> str:
-    """``value`` without its trailing slash; ConfigError unless it is an http(s) URL with a host.
+def check_hostport(value: str, name: str) -> tuple[str, int]:
+    """``parse_hostport`` for the setting ``name`` (``listen``): its error names the setting."""
+    try:
+        return parse_hostport(value)
+    except ConfigError as exc:
+        raise SettingError(f"{flag_name(name)}: {exc}", name) from None
 
-    ``name`` is the flag's name (``origin``): the message says ``--origin``. A bare
-    ``host:port`` is refused here rather than accepted and failing on every request.
+
+def check_http_url(value: str, name: str) -> str:
+    """``value`` without its trailing slash; SettingError unless it is a usable http(s) URL.
+
+    Usable: a host, a port of 1-65535 if one is given, no whitespace, and both parsers
+    (urllib's and yarl's, which every client here uses) take it. ``name`` is the field
+    (``origin``), the message says ``--origin``. Checked at start-up because a bare
+    ``host:port``, a port ``99999`` or a trailing space would otherwise be accepted and
+    then fail every request (or raise deep in a request handler).
     """
+    flag = flag_name(name)
     scheme, sep, rest = value.partition("://")
     if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
-        raise ConfigError(
-            f"--{name.replace('_', '-')} must be an http:// or https:// URL "
-            f"(http://HOST:PORT), got {value!r}"
+        raise SettingError(
+            f"{flag} must be an http:// or https:// URL (http://HOST:PORT), got {value!r}", name
         )
+    problem = _url_problem(value)
+    if problem is not None:
+        raise SettingError(f"{flag} = {value!r} {problem}", name)
     return value.rstrip("/")
 
 
+def _url_problem(url: str) -> str | None:
+    """What makes an http(s) ``url`` unusable, said so the user can fix it; None if nothing."""
+    from yarl import URL  # here: loading krill.config must not load yarl (krill delta apply)
+
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        return "contains whitespace or a control character: remove it"
+    invalid = "is not a valid URL ({}); write http://HOST:PORT, an IPv6 host as [::1]"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL": a [ without its ]
+        return invalid.format(exc)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or over 65535
+        port = 0
+    if port == 0:
+        return "has no usable port: give a number 1-65535 after the host, or none"
+    if not parts.hostname:
+        return "names no host: write http://HOST:PORT"
+    try:
+        URL(url)
+    except ValueError as exc:
+        return invalid.format(exc)
+    return None
+
+
+def check_replica_urls(spec: str, name: str) -> None:
+    """Each http(s) URL of a replica list (``URL,URL,...`` or ``dns+URL``), as ``check_http_url``.
+
+    ``krill.replicas.parse_replicas`` reads the list; this runs first so that a bad
+    port or an unclosed ``[`` is one line naming the setting, not yarl's ValueError.
+    Another scheme is left to ``parse_replicas``, whose message shows the forms it takes.
+    """
+    for item in spec.strip().removeprefix("dns+").split(","):
+        url = item.strip()
+        if url.partition("://")[0].lower() in ("http", "https"):
+            check_http_url(url, name)
+
+
 def check_port(value: int, name: str) -> None:
-    """ConfigError unless ``value`` is a TCP port number (0 = any free port)."""
+    """SettingError unless ``value`` is a TCP port number (0 = any free port)."""
     if not 0 <= value <= 65535:
-        raise ConfigError(
-            f"--{name.replace('_', '-')} must be 0-65535 (0 = any free port), got {value}"
+        raise SettingError(
+            f"{flag_name(name)} must be 0-65535 (0 = any free port), got {value}", name
         )
+
+
+def check_more_than_zero(config: object, meaning: str, *names: str) -> None:
+    """SettingError unless each field ``names`` of ``config`` is a finite number above 0.
+
+    For timeouts, intervals and sizes where 0 would not mean "off" but break every
+    request (a stall timeout of 0 aborts every pull). ``meaning`` is the unit, shown.
+    """
+    _check_each(config, names, "positive", lambda n: n > 0, meaning)
+
+
+def check_zero_or_more(config: object, meaning: str, *names: str) -> None:
+    """SettingError unless each field is a finite number, 0 or more (``meaning`` says what 0 is)."""
+    _check_each(config, names, "0 or more", lambda n: n >= 0, meaning)
+
+
+def check_at_least_one(config: object, meaning: str, *names: str) -> None:
+    """SettingError unless each field is a number, 1 or more (workers, sessions, ...)."""
+    _check_each(config, names, "at least 1", lambda n: n >= 1, meaning)
+
+
+def check_at_most(config: object, maximum: int, meaning: str, *names: str) -> None:
+    """SettingError unless each field is a finite number no more than ``maximum``."""
+    _check_each(config, names, f"at most {maximum}", lambda n: n <= maximum, meaning)
+
+
+def _check_each(
+    config: object, names: tuple[str, ...], rule: str, holds: Callable[[float], bool], meaning: str
+) -> None:
+    """SettingError for the first field of ``names`` that is no finite number or breaks ``rule``.
+
+    Finite first: ``nan`` passes every comparison's negation (``nan <= 0`` is False).
+    """
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SettingError(f"{name} must be a number ({meaning}), got {value!r}", name)
+        if not math.isfinite(value):
+            raise SettingError(f"{name} must be a finite number ({meaning}), got {value!r}", name)
+        if not holds(value):
+            raise SettingError(f"{name} must be {rule} ({meaning}), got {value!r}", name)

@@ -12,7 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from krill.agent.deltachoice import DeltaPolicy
-from krill.config import ConfigError, check_http_url, check_log_level, check_port, parse_hostport
+from krill.config import (
+    ConfigError,
+    SettingError,
+    check_at_most,
+    check_hostport,
+    check_http_url,
+    check_log_level,
+    check_more_than_zero,
+    check_port,
+    check_replica_urls,
+    check_zero_or_more,
+)
 from krill.replicas import DNS_SCHEME, parse_replicas
 from krill.securityflags import SecuritySettings
 
@@ -21,6 +32,10 @@ from krill.securityflags import SecuritySettings
 PEER_ENCRYPTION_MODES = ("off", "allowed", "required")
 
 GiB = 1024**3
+
+# libtorrent keeps its rate limits (bytes/s) in a C int: it took 2**31 silently as 0,
+# which means unlimited.
+MAX_RATE_LIMIT = 2**31 - 1
 
 _MACHINE_TO_GOARCH = {
     "x86_64": "amd64",
@@ -122,25 +137,17 @@ class AgentConfig(SecuritySettings):
     # user, password, announce_key; krill.nodeauth).
 
     def __post_init__(self) -> None:
-        _check_two_listeners(parse_hostport(self.listen), parse_hostport(self.registry_listen))
+        _check_two_listeners(
+            check_hostport(self.listen, "listen"),
+            check_hostport(self.registry_listen, "registry_listen"),
+        )
         _check_peer_address(self.peer_host, self.peer_port)
         if self.peer_encryption not in PEER_ENCRYPTION_MODES:
             raise ConfigError(
                 f"peer_encryption must be one of {', '.join(PEER_ENCRYPTION_MODES)}, "
                 f"got {self.peer_encryption!r}"
             )
-        if not 0 < self.cache_low_watermark < self.cache_high_watermark <= 1:
-            raise ConfigError(
-                "cache watermarks must satisfy 0 < cache_low_watermark < "
-                f"cache_high_watermark <= 1 (got {self.cache_low_watermark}, "
-                f"{self.cache_high_watermark})"
-            )
-        if self.cache_budget <= 0:
-            raise ConfigError(f"cache_budget must be positive bytes, got {self.cache_budget}")
-        if self.swarm_deadline <= 0 or self.origin_timeout <= 0 or self.delta_lookup_timeout <= 0:
-            raise ConfigError(
-                "swarm_deadline, origin_timeout and delta_lookup_timeout must be positive seconds"
-            )
+        self._check_numbers()
         self.delta_policy = _delta_policy(self.delta_policy)
         self.check_security()
         self._split_origin()
@@ -149,6 +156,33 @@ class AgentConfig(SecuritySettings):
             if url:
                 setattr(self, name, check_http_url(url, name))
         self.log_level = check_log_level(self.log_level)
+
+    def _check_numbers(self) -> None:
+        """Each number against what it means, so none loads and then breaks every pull.
+
+        A 0 stall timeout aborts every transfer and a 0 check interval spins the
+        eviction loop; where 0 means "never" or "unlimited" it stays allowed.
+        """
+        check_more_than_zero(
+            self, "seconds", "swarm_deadline", "origin_timeout", "stall_timeout",
+            "delta_lookup_timeout", "cache_check_interval", "cache_max_age",
+        )  # fmt: skip
+        check_more_than_zero(self, "bytes", "cache_budget")
+        check_zero_or_more(self, "seconds; 0: ask the origin every time", "tag_ttl")
+        check_zero_or_more(self, "seconds; 0: drop a torrent once it has no peers", "seed_ttl")
+        check_zero_or_more(self, "0: never resume", "origin_resume_attempts")
+        rates = ("upload_rate_limit", "download_rate_limit")
+        check_zero_or_more(self, "bytes/s; 0: unlimited", *rates)
+        check_at_most(self, MAX_RATE_LIMIT, "bytes/s; 0: unlimited", *rates)
+        watermarks = ("cache_low_watermark", "cache_high_watermark")
+        check_more_than_zero(self, "a fraction of cache_budget", *watermarks)
+        check_at_most(self, 1, "a fraction of cache_budget", *watermarks)
+        if not self.cache_low_watermark < self.cache_high_watermark:
+            raise ConfigError(
+                "cache watermarks must satisfy 0 < cache_low_watermark < "
+                f"cache_high_watermark <= 1 (got {self.cache_low_watermark}, "
+                f"{self.cache_high_watermark})"
+            )
 
     def _split_origin(self) -> None:
         """``origin`` given as a list or a ``dns+`` name -> ``origins``/``origin_dns``.
@@ -161,6 +195,7 @@ class AgentConfig(SecuritySettings):
         if "," not in self.origin and not self.origin.startswith(DNS_SCHEME):
             self.origins = [self.origin.rstrip("/")]
             return
+        check_replica_urls(self.origin, "origin")
         urls, dns = parse_replicas(self.origin, "--origin")
         if dns is not None:
             self.origin_dns = str(dns)
@@ -208,8 +243,9 @@ def _check_peer_address(host: str, port: int) -> None:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        raise ConfigError(
+        raise SettingError(
             f"--peer-host must be an IP address to listen on (0.0.0.0 for every "
-            f"interface, or this node's address), got {host!r}"
+            f"interface, or this node's address), got {host!r}",
+            "peer_host",
         ) from None
     check_port(port, "peer_port")

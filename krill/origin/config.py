@@ -18,16 +18,22 @@ from yarl import URL
 
 from krill.config import (
     ConfigError,
+    check_at_least_one,
+    check_at_most,
+    check_hostport,
     check_http_url,
     check_log_level,
+    check_more_than_zero,
     check_port,
+    check_replica_urls,
+    check_zero_or_more,
     load_config,
     parse_hostport,
 )
 from krill.oci import MAX_MANIFEST_BYTES
 from krill.origin.cacheretention import CacheLimits
 from krill.origin.storage_url import parse_storage_url
-from krill.replicas import bracket_ipv6_host
+from krill.replicas import bracket_ipv6_host, parse_replicas
 from krill.securityflags import ServerTlsSettings
 
 ENV_PREFIX = "KRILL_ORIGIN_"
@@ -133,51 +139,65 @@ class OriginConfig(ServerTlsSettings):
     delta_max_ratio: float = 0.5
 
     def __post_init__(self) -> None:
-        parse_hostport(self.listen)
+        check_hostport(self.listen, "listen")
         if self.replica_url:  # the chart writes it from $(POD_IP), unbracketed on IPv6
             self.replica_url = bracket_ipv6_host(self.replica_url)
+        self._check_urls()
         storage = parse_storage_url(self.storage, self.s3_endpoint, self.s3_region)
         if isinstance(storage, Path):
             self.data = storage
-        if self.upstream is not None and not self.upstream.startswith(("http://", "https://")):
-            raise ConfigError(f"upstream must be an http:// or https:// URL, got {self.upstream!r}")
-        if self.max_manifest_size <= 0:
-            raise ConfigError("max_manifest_size must be positive")
-        if self.upstream_tag_timeout <= 0 or self.upstream_timeout <= 0:
-            raise ConfigError("upstream_timeout and upstream_tag_timeout must be positive")
-        if self.upstream_prefetch_concurrency < 1:
-            raise ConfigError("upstream_prefetch_concurrency must be at least 1")
-        if self.max_upload_sessions < 1:
-            raise ConfigError("max_upload_sessions must be at least 1")
-        if self.tag_ttl < 0:
-            raise ConfigError("tag_ttl must be zero or more seconds")
-        if self.cache_max_age < 0 or self.cache_max_bytes < 0:
-            raise ConfigError("cache_max_age and cache_max_bytes must be zero or more")
-        if self.local_cache_max_bytes < 0:
-            raise ConfigError("local_cache_max_bytes must be zero or more (0: no limit)")
+        self._check_numbers()
         if self.replicas and (not self.replica_url or isinstance(storage, Path) or storage is None):
             raise ConfigError(
                 "replicas needs s3:// storage and replica_url (this origin's URL as the "
                 "other replicas reach it)"
             )
-        if self.gc_interval < 0 or self.gc_grace < 0:
-            raise ConfigError("gc_interval and gc_grace must be zero or more seconds")
-        if self.delta_workers < 1 or self.delta_history < 1:
-            raise ConfigError("delta_workers and delta_history must be at least 1")
-        if not 0 < self.delta_max_ratio <= 1:
-            raise ConfigError("delta_max_ratio must be in (0, 1]")
-        if self.tracker:
-            self.tracker = check_http_url(self.tracker, "tracker")
         check_port(self.peer_port, "peer_port")
         self.log_level = check_log_level(self.log_level)
-        if self.piece_burst_slots < 0:
-            raise ConfigError("piece_burst_slots must be zero (off) or more")
         if self.peer_encryption not in _PEER_ENCRYPTION_MODES:
             raise ConfigError(
                 f"peer_encryption must be one of {', '.join(_PEER_ENCRYPTION_MODES)}, "
                 f"got {self.peer_encryption!r}"
             )
         self.check_security()
+
+    def _check_urls(self) -> None:
+        """Every URL setting parsed now: a bad port or host would otherwise be found by the
+        first request that needs it (a mirror's first pull, the first seed's announce)."""
+        if self.upstream is not None:  # kept as written: a path after the host is the user's
+            check_http_url(self.upstream, "upstream")
+        if self.tracker:
+            self.tracker = check_http_url(self.tracker, "tracker")
+        if self.replica_url:
+            check_http_url(self.replica_url, "replica_url")
+        if self.replicas:
+            check_replica_urls(self.replicas, "replicas")
+            parse_replicas(self.replicas, "--replicas")  # empty, or dns+ without a port
+        if self.s3_endpoint:
+            check_http_url(self.s3_endpoint, "s3_endpoint")
+
+    def _check_numbers(self) -> None:
+        """Each number against what it means, so none loads and then breaks every request.
+
+        A 0 upload idle timeout discards every session before its first PATCH; where 0
+        means "never" or "no limit" it stays allowed.
+        """
+        check_more_than_zero(
+            self, "seconds", "upstream_timeout", "upstream_tag_timeout", "upload_idle_timeout"
+        )
+        check_more_than_zero(self, "bytes", "max_manifest_size")
+        check_zero_or_more(self, "seconds; 0: resolve upstream every time", "tag_ttl")
+        check_zero_or_more(self, "seconds; 0: drop a torrent once it has no peers", "seed_ttl")
+        check_zero_or_more(self, "seconds; 0: never, run `krill origin gc` instead", "gc_interval")
+        check_zero_or_more(self, "seconds", "gc_grace")
+        check_zero_or_more(self, "seconds; 0: no limit", "cache_max_age")
+        check_zero_or_more(self, "bytes; 0: no limit", "cache_max_bytes", "local_cache_max_bytes")
+        check_zero_or_more(self, "connections at a time; 0: off", "piece_burst_slots")
+        check_at_least_one(self, "blobs at once", "upstream_prefetch_concurrency")
+        check_at_least_one(self, "sessions open at once", "max_upload_sessions")
+        check_at_least_one(self, "a count", "delta_workers", "delta_history", "delta_max_queue")
+        check_more_than_zero(self, "a fraction of the layer", "delta_max_ratio")
+        check_at_most(self, 1, "a fraction of the layer", "delta_max_ratio")
 
     def cache_limits(self) -> CacheLimits | None:
         """A mirror's retention limits; None for a registry of record (it never evicts)."""

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from krill.config import ConfigError, check_http_url, check_log_level, parse_hostport
+from krill.config import (
+    ConfigError,
+    SettingError,
+    check_hostport,
+    check_http_url,
+    check_log_level,
+    check_more_than_zero,
+)
 from krill.securityflags import SecuritySettings
 
 # The URL schemes redis-py's ``from_url`` takes.
@@ -45,14 +52,11 @@ class TrackerConfig(SecuritySettings):
     announce_keys: Path | None = None
 
     def __post_init__(self) -> None:
-        parse_hostport(self.listen)
-        positive = (
-            "interval", "min_interval", "peer_ttl", "default_numwant", "max_numwant",
-            "metainfo_cache_entries", "metainfo_timeout",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        check_hostport(self.listen, "listen")
+        check_more_than_zero(self, "seconds", "interval", "min_interval", "peer_ttl")
+        check_more_than_zero(self, "peers", "default_numwant", "max_numwant")
+        check_more_than_zero(self, "documents", "metainfo_cache_entries")
+        check_more_than_zero(self, "seconds", "metainfo_timeout")
         if self.peer_ttl < self.interval:
             raise ConfigError(
                 f"peer_ttl ({self.peer_ttl}s) must be at least the announce interval "
@@ -61,8 +65,9 @@ class TrackerConfig(SecuritySettings):
         self.origin = [check_http_url(url, "origin") for url in self.origin]
         self.log_level = check_log_level(self.log_level)
         if self.redis is not None and not self.redis.startswith(_REDIS_SCHEMES):
-            raise ConfigError(
+            raise SettingError(
                 f"--redis must be a redis://HOST:PORT/DB URL (rediss:// for TLS, unix:// "
-                f"for a socket), got {self.redis!r}"
+                f"for a socket), got {self.redis!r}",
+                "redis",
             )
         self.check_security()
