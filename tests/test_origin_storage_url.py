@@ -48,6 +48,8 @@ def test_file_url_sets_the_data_directory(tmp_path: Path) -> None:
         ("s3://AKID:secret@bucket", "must not carry credentials"),
         ("s3://b?endpoint=ftp://h", "http:// or https://"),
         ("file://", "names no directory"),
+        ("s3://b?endpoint=http://minio:abc", "has no usable port"),  # was a traceback
+        ("s3://[b", "is not a URL (Invalid IPv6 URL)"),
     ],
 )
 def test_bad_storage_urls_say_what_is_wrong(url: str, says: str) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from yarl import URL
 
-from krill.config import ConfigError
+from krill.config import ConfigError, check_http_url
 from krill.s3backend import S3Location
 from krill.s3sign import Credentials
 
@@ -39,7 +39,10 @@ def parse_storage_url(
     """None (the data directory), a directory, or an S3 location; ConfigError saying why not."""
     if not url:
         return None
-    parsed = URL(url)
+    try:
+        parsed = URL(url)
+    except ValueError as exc:  # yarl's: an unclosed [IPv6], a port that is no number
+        raise ConfigError(f"storage {url!r} is not a URL ({exc})") from None
     if parsed.scheme == "file":
         if not parsed.path or parsed.path == "/":
             raise ConfigError(f"storage {url!r} names no directory; use file:///path/to/dir")
@@ -66,7 +69,7 @@ def parse_storage_url(
 def _endpoint(text: str | None, region: str) -> URL:
     if text is None:
         return URL(f"https://s3.{region}.amazonaws.com")
-    endpoint = URL(text)
+    endpoint = URL(check_http_url(text, "s3_endpoint"))
     if endpoint.scheme not in ("http", "https") or not endpoint.host:
         raise ConfigError(f"s3_endpoint must be an http:// or https:// URL, got {text!r}")
     return endpoint.with_path("/")
