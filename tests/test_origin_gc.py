@@ -231,3 +231,34 @@ async def test_the_origin_collects_every_gc_interval_and_counts_what_it_freed(
 
     await until(lambda: counted() == 3.0, "the periodic collection's count of freed blobs")
     assert await status(client, "team/app", image.layers[0].digest) == 404
+
+
+async def test_a_manifest_pushed_as_another_repositorys_layer_keeps_its_own_layers(
+    start_origin: StartOrigin, aiohttp_client: AiohttpClient
+) -> None:
+    """A writer of one repository pushed a public image's manifest bytes as a blob of its
+    own and named it as a layer; the mark saw those bytes as a live blob first and never
+    read them as a manifest, so gc deleted the public image's layers (security review)."""
+    client, data = await client_and_data(start_origin, aiohttp_client)
+    public, _ = two_images()
+    await push_image(client, "public/app", "1", public)
+    config = await push_blob(client, "aaa/evil", b"{}")  # "aaa" is marked before "public"
+    smuggled = await push_blob(client, "aaa/evil", public.manifest.data)
+    evil = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config,
+                   "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": smuggled, "size": len(public.manifest.data)}],
+    }).encode()  # fmt: skip
+    put = await client.put(
+        "/v2/aaa/evil/manifests/1", data=evil,
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    )  # fmt: skip
+    assert put.status == 201, await put.text()
+    age(data)
+    report = await asyncio.to_thread(GarbageCollector(data, grace=0).collect)
+    assert report.freed[GcKind.BLOBS].objects == 0
+    for blob in public.blobs():
+        assert await status(client, "public/app", blob.digest) == 200

@@ -157,14 +157,22 @@ class GarbageCollector:
 
     def _mark(self, live: set[Digest]) -> None:
         """Add every manifest linked in any repository, and all it references, to ``live``."""
+        visited: set[Digest] = set()
         for repo in self.repos.names():
             for digest in self.repos.manifests(repo):
-                self._mark_manifest(repo, digest, live)
+                self._mark_manifest(repo, digest, live, visited)
 
-    def _mark_manifest(self, repo: str, digest: Digest, live: set[Digest]) -> None:
-        if digest in live:
-            return
+    def _mark_manifest(
+        self, repo: str, digest: Digest, live: set[Digest], visited: set[Digest]
+    ) -> None:
+        """Mark a manifest and what it references. ``visited``, not ``live``, says whether
+        it was read: the same bytes may be live as another repository's layer first (a
+        writer pushing a public manifest as its own blob), and a manifest skipped for that
+        left its layers unmarked, for gc to delete (security review, stop 39)."""
         live.add(digest)
+        if digest in visited:
+            return
+        visited.add(digest)
         try:
             body = self.store.read_bytes(digest)
         except FileNotFoundError:
@@ -177,7 +185,7 @@ class GarbageCollector:
             return
         live.update(d.digest for d in parsed.blob_references())
         for child in parsed.manifests:
-            self._mark_manifest(repo, child.digest, live)
+            self._mark_manifest(repo, child.digest, live, visited)
 
     def _index_files(self) -> Iterator[tuple[Path, Digest, dict[str, dict[str, object]]]]:
         folder = self.deltas / "index"

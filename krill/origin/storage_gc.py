@@ -130,6 +130,7 @@ class _Marker:
         self.store = BlobStoreReader(data)
         self.repos = Repositories(data / REPOSITORIES_DIR)
         self.live: set[Digest] = set()
+        self.visited: set[Digest] = set()  # manifests read (a live blob may be one too: gc.py)
 
     async def mark(self, links: _Links) -> None:
         local = await asyncio.to_thread(self._local_manifests)
@@ -142,9 +143,10 @@ class _Marker:
         return {d: repo for repo in self.repos.names() for d in self.repos.manifests(repo)}
 
     async def _mark_manifest(self, repo: str, digest: Digest) -> None:
-        if digest in self.live:
-            return
         self.live.add(digest)
+        if digest in self.visited:
+            return
+        self.visited.add(digest)
         body = await self._bytes(digest)
         media_type = await self._media_type(repo, digest)
         try:
