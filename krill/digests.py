@@ -33,7 +33,7 @@ class Digest:
     @classmethod
     def parse(cls, text: str) -> Digest:
         """Parse and validate; raise DigestError saying what is wrong."""
-        match = _DIGEST_RE.match(text)
+        match = _DIGEST_RE.fullmatch(text)  # "$" alone also takes a final "\n"
         if match is None:
             raise DigestError(
                 f"not a digest: {text[:80]!r} (expected 'sha256:<64 hex digits>')"
@@ -41,7 +41,7 @@ class Digest:
         algorithm, encoded = match.groups()
         if algorithm not in SUPPORTED_ALGORITHMS:
             raise DigestError(f"unsupported digest algorithm {algorithm!r}; use sha256")
-        if not _SHA256_HEX_RE.match(encoded):
+        if not _SHA256_HEX_RE.fullmatch(encoded):
             raise DigestError(
                 f"sha256 digest must be 64 lowercase hex digits, got {encoded[:80]!r}"
             )

@@ -29,7 +29,7 @@ def validate_name(name: str) -> str:
         raise InvalidNameError(
             f"repository name is {len(name)} characters; at most {MAX_NAME_LENGTH}"
         )
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):  # fullmatch: "$" also matches before a final "\n"
         raise InvalidNameError(
             f"invalid repository name {name[:80]!r}: lowercase letters, digits and "
             "separators ('.', '_', '__', '-') in '/'-separated components"
@@ -39,7 +39,7 @@ def validate_name(name: str) -> str:
 
 def validate_tag(tag: str) -> str:
     """Return ``tag`` unchanged if it is a valid tag, else raise."""
-    if not _TAG_RE.match(tag):
+    if not _TAG_RE.fullmatch(tag):
         raise InvalidNameError(f"invalid tag {tag[:80]!r}: [a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}")
     return tag
 

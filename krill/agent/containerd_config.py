@@ -46,12 +46,12 @@ def parse_registry_spec(text: str) -> RegistrySpec:
     """``HOST`` or ``HOST=URL`` (the URL when the upstream is not ``https://HOST``)."""
     host, sep, server = text.partition("=")
     host = host.strip()
-    if not _HOST.match(host):
+    if not _HOST.fullmatch(host):
         raise ValueError(f"bad registry {text!r}; expected HOST[:PORT] or HOST[:PORT]=URL")
     if not sep:
         server = DOCKER_HUB_SERVER if host == DOCKER_HUB else f"https://{host}"
     server = server.strip()
-    if not _URL.match(server):
+    if not _URL.fullmatch(server):
         raise ValueError(f"bad upstream URL {server!r} for {host}; expected http(s)://...")
     return RegistrySpec(host, server.rstrip("/"))
 
