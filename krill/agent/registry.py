@@ -15,7 +15,9 @@ makes for the client. A refused client gets the origin's 401 challenge with
 its realm pointed at ``/auth/token`` here, which forwards to the origin's
 (``agent.token_proxy``). An agent without node credentials asks the origin
 anonymously and passes its 401 on the same way: it cannot check later
-readers, so it serves only what anonymous may read.
+readers, so it serves only what anonymous may read, and while the origin asks
+for credentials it checks that, as anonymous, before serving anything from
+its cache or the swarm (``agent.anonymous``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import re
 from aiohttp import hdrs, web
 
 from krill.agent.access import Access, AccessDecision, RepositoryAccess, agent_realm_challenge
+from krill.agent.anonymous import AnonymousReads
 from krill.agent.manifests import OriginRefused
 from krill.agent.node import AgentNode
 from krill.agent.referrers import fetch_referrers, referrers_response
@@ -46,6 +49,8 @@ log = logging.getLogger(__name__)
 NODE = web.AppKey("node", AgentNode)
 # None: no node credentials, nothing private can be on this node, so nothing is checked.
 ACCESS: web.AppKey[RepositoryAccess | None] = web.AppKey("access")
+# Without node credentials: anonymous decisions, while the origin is not open to all.
+ANONYMOUS = web.AppKey("anonymous", AnonymousReads)
 
 _MANIFEST_PATH = re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)$")
 _BLOB_PATH = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)$")
@@ -59,6 +64,11 @@ def build_registry_app(node: AgentNode) -> web.Application:
     install_request_ids(app)
     app[NODE] = node
     app[ACCESS] = _repository_access(node)
+    app[ANONYMOUS] = AnonymousReads(
+        OriginClient(node.session, node.config.origin),
+        node.config.data / "origin-access",
+        timeout=node.config.origin_timeout,
+    )
     app.router.add_route("GET", TOKEN_PATH, handle_token)
     app.router.add_route("POST", TOKEN_PATH, handle_token)
     app.router.add_route("GET", "/v2/", handle_base)
@@ -139,10 +149,13 @@ async def _manifest(
     # fetched would be in the cache for the next client without one.
     authorization = None
     access = request.app[ACCESS]
+    what = f"manifest {image_reference(repository, reference)}"
     if access is not None:
         authorization = request.headers.get(hdrs.AUTHORIZATION)
         decision = await access.manifest(repository, reference, authorization)
-        _require(request, decision, f"manifest {image_reference(repository, reference)}")
+        _require(request, decision, what)
+    elif (anonymous := await request.app[ANONYMOUS].manifest(repository, reference)) is not None:
+        _require(request, anonymous, what)
     try:
         manifest = await node.manifests.get(repository, reference, accept, authorization)
     except OriginRefused as exc:
@@ -164,11 +177,14 @@ async def _blob(
     repository = origin_repository(request, node, name)
     digest = parse_digest(digest_text)
     access = request.app[ACCESS]
+    what = f"blob {digest} in {repository}"
     if access is not None:
         decision = await access.blob(
             repository, str(digest), request.headers.get(hdrs.AUTHORIZATION)
         )
-        _require(request, decision, f"blob {digest} in {repository}")
+        _require(request, decision, what)
+    elif (anonymous := await request.app[ANONYMOUS].blob(repository, str(digest))) is not None:
+        _require(request, anonymous, what)
     return await serve_blob(request, node, digest, repository)
 
 
