@@ -251,6 +251,28 @@ async def test_chunked_body_shorter_than_its_content_range(origin_client: TestCl
     assert await error_of(gone) == (404, "BLOB_UPLOAD_UNKNOWN")
 
 
+async def test_an_upload_body_that_stops_is_refused_and_let_go(
+    origin_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pusher that sends part of a body and then nothing held its connection and file
+    forever (security review: 10,000 of them took every descriptor). Now 408 after the
+    idle time (60 s as shipped; a fraction of a second here), and nothing is stored."""
+    monkeypatch.setattr("krill.origin.upload_routes.BODY_IDLE_TIMEOUT", 0.2)
+    stalled = asyncio.Event()
+
+    async def part_then_nothing() -> AsyncIterator[bytes]:
+        yield b"first bytes"
+        await stalled.wait()  # never set: the body stops here
+        yield b""
+
+    digest = digest_of(b"first bytes and more")
+    resp = await origin_client.post(
+        f"/v2/team/app/blobs/uploads/?digest={digest}", data=part_then_nothing()
+    )
+    assert await error_of(resp) == (408, "BLOB_UPLOAD_INVALID")
+    assert store_is_empty(origin_client)
+
+
 @pytest.mark.parametrize("method", ["GET", "HEAD", "DELETE"])
 async def test_an_invalid_tag_names_no_manifest(origin_client: TestClient, method: str) -> None:
     """404 MANIFEST_UNKNOWN, as the OCI conformance suite asks for ``.INVALID_MANIFEST_NAME``;

@@ -19,7 +19,7 @@ from krill.blobstore import BlobWriter, DigestMismatchError, SizeMismatchError
 from krill.digests import Digest
 from krill.names import is_valid_name
 from krill.origin.appkeys import BLOB_PUSHED, REPOSITORIES, STORE, UPLOADS
-from krill.origin.batching import Batches
+from krill.origin.batching import Batches, BodyIdle
 from krill.origin.uploads import UploadSession
 from krill.registry_errors import RegistryError
 from krill.registry_params import API_HEADERS, parse_decimal, parse_digest, repo_name
@@ -30,6 +30,9 @@ READ_CHUNK = 1 << 20
 # Bytes gathered before one write (with its sha256) runs in a thread: large enough
 # that thread hops don't dominate, small enough to bound memory per upload.
 WRITE_BATCH = 4 << 20
+# Seconds an upload body may send nothing before it is refused (408) and its file and
+# connection are let go: a stalled pusher (or many) held them forever (security review).
+BODY_IDLE_TIMEOUT = 60.0
 # ASCII digits only; read with parse_decimal (int() raises past 4,300 digits: a 500).
 _CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$", re.ASCII)
 
@@ -40,7 +43,7 @@ async def receive_body(request: web.Request, writer: BlobWriter) -> int:
     Writing and hashing run in a thread, off the event loop: a batch at a
     time while the client sends faster than we write, else as bytes arrive.
     """
-    batches = Batches(request.content, READ_CHUNK, WRITE_BATCH)
+    batches = Batches(request.content, READ_CHUNK, WRITE_BATCH, idle=BODY_IDLE_TIMEOUT)
     try:
         async for batch in batches:
             await asyncio.to_thread(_write_all, writer, batch)
@@ -49,6 +52,12 @@ async def receive_body(request: web.Request, writer: BlobWriter) -> int:
             "BLOB_UPLOAD_INVALID",
             f"the upload body ended early after {batches.received} bytes "
             f"({exc.__class__.__name__}); restart the upload",
+        ) from None
+    except BodyIdle as exc:
+        raise RegistryError(
+            "BLOB_UPLOAD_INVALID",
+            f"the upload body stopped after {batches.received} bytes ({exc}); restart the upload",
+            status=408,
         ) from None
     return batches.received
 
