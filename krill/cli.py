@@ -102,9 +102,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _show_error(command: str, exc: CliError | ConfigError) -> int:
-    """One line on stderr; the exit status: the CliError's code, 2 for a setting."""
-    sys.stderr.write(f"krill {command}: error: {exc}\n")
+    """One line on stderr; the exit status: the CliError's code, 2 for a setting.
+
+    With ``--log-format json`` the line is a JSON log object instead of text: every other
+    line on stderr is one, and a log pipeline must be able to parse the line that says why
+    the process stopped. Its ``message`` is the text line, word for word.
+    """
+    line = f"krill {command}: error: {exc}"
+    if log_format_from_env() is LogFormat.JSON:
+        _log_error_as_json(line)
+    else:
+        sys.stderr.write(line + "\n")
     return getattr(exc, "code", 2)
+
+
+def _log_error_as_json(line: str) -> None:
+    """``line`` as one error-level JSON log object, through ``krill.logs``'s own formatter
+    (so it has the shape of every other line, whether or not the command set up logging).
+
+    Logging is set up for this one record and then put back: ``main`` also runs inside
+    tests and tools, whose handlers and levels must survive it. ``krill.logs`` loads only
+    here, on the error path of a JSON-logging process (issue 15: not at every start).
+    """
+    import logging
+
+    from krill.logs import setup_logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        setup_logging("error", LogFormat.JSON)
+        logging.getLogger("krill.cli").error(line)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def run() -> NoReturn:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterable
+from pathlib import Path
 
-__all__ = ["CliError", "ConfigError", "listen_failure", "user_error_in"]
+__all__ = ["CliError", "ConfigError", "listen_failure", "unwritable", "user_error_in"]
 
 
 class CliError(Exception):
@@ -42,6 +44,26 @@ def listen_failure(exc: OSError, address: str, flag: str) -> CliError | None:
     if advice is None:
         return None
     return CliError(f"cannot listen on {address} ({flag}): {os.strerror(exc.errno or 0)}; {advice}")
+
+
+def unwritable(
+    exc: OSError, directory: Path, what: str, inputs: Iterable[Path] = ()
+) -> CliError | None:
+    """``exc`` as "cannot write WHAT" when it is about ``directory`` or a path under it
+    other than ``inputs``; None for any other error (a caller words or re-raises those).
+
+    Commands write into temporary files there and rename them into place, so the error
+    names a file the user never gave (``.krill-tar-x1y2.tmp``): the line names what they
+    gave (``what``: "OUT out.krd", "--data /srv/krill") and says what to do.
+    """
+    names = [n for n in (exc.filename, exc.filename2) if isinstance(n, str)]
+    root, given = os.path.abspath(directory), {os.path.abspath(p) for p in inputs}
+    for name in map(os.path.abspath, names):
+        if name not in given and Path(name).is_relative_to(root):
+            return CliError(
+                f"cannot write {what}: {exc.strerror or exc}; choose a directory you can write"
+            )
+    return None
 
 
 def user_error_in(group: BaseExceptionGroup) -> CliError | ConfigError | None:

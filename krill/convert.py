@@ -17,20 +17,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
 from krill import oci
-from krill.clierror import CliError
+from krill.clierror import CliError, unwritable
 from krill.delta.recipes import Recipe, RecipeError, gzip_recipe, iter_tar_chunks, zstd_recipe
 from krill.digests import Digest, DigestError, sha256_file
 from krill.progress import Progress, format_share
@@ -91,23 +93,14 @@ class ImageRef:
 # --- image stores ----------------------------------------------------------------------------
 
 
-class ImageStore:
+class ImageStore(Protocol):
     """Read and write manifests and blobs, wherever an image lives."""
 
-    async def get_manifest(self, reference: str) -> tuple[bytes, str]:
-        raise NotImplementedError
-
-    async def get_blob(self, digest: str, dest: Path) -> None:
-        raise NotImplementedError
-
-    async def has_blob(self, digest: str) -> bool:
-        raise NotImplementedError
-
-    async def put_blob(self, path: Path, digest: str) -> None:
-        raise NotImplementedError
-
-    async def put_manifest(self, body: bytes, media_type: str, reference: str) -> None:
-        raise NotImplementedError
+    async def get_manifest(self, reference: str) -> tuple[bytes, str]: ...
+    async def get_blob(self, digest: str, dest: Path) -> None: ...
+    async def has_blob(self, digest: str) -> bool: ...
+    async def put_blob(self, path: Path, digest: str) -> None: ...
+    async def put_manifest(self, body: bytes, media_type: str, reference: str) -> None: ...
 
 
 class LayoutStore(ImageStore):
@@ -129,6 +122,9 @@ class LayoutStore(ImageStore):
         if reference.startswith("sha256:"):
             body = self._blob_path(reference).read_bytes()
             return body, oci.parse_manifest(body, None).media_type
+        if not (self.root / "index.json").is_file():  # not "lacks the tag": there is no layout
+            what = "has no index.json" if self.root.is_dir() else "does not exist"
+            raise ConvertError(f"{self.root} {what}; SRC oci:DIR must name an OCI image layout")
         try:
             entries = self._index()["manifests"]
         except (OSError, ValueError, KeyError) as exc:
@@ -293,6 +289,7 @@ class Converter:
 
     async def convert(self, reference: str, dest_reference: str) -> ConvertReport:
         body, media_type = await self.source.get_manifest(reference)
+        self.work.mkdir(parents=True, exist_ok=True)  # only now: a bad SRC leaves nothing
         self.report.top_old = str(Digest.of_bytes(body))
         new_body = await self._convert_manifest(body, media_type)
         await self.dest.put_manifest(new_body, media_type, dest_reference)
@@ -312,10 +309,9 @@ class Converter:
         if media_type == oci.DOCKER_MANIFEST and self.media_type != oci.OCI_LAYER_GZIP:
             raise ConvertError("Docker schema 2 manifests cannot carry zstd layers; use --gzip")
         config = doc["config"]
-        config_path = await self._fetch(config["digest"])
-        diff_ids = json.loads(config_path.read_bytes()).get("rootfs", {}).get("diff_ids", [])
-        await self.dest.put_blob(config_path, config["digest"])
-        config_path.unlink()
+        async with self._fetched(config["digest"]) as config_path:
+            diff_ids = json.loads(config_path.read_bytes()).get("rootfs", {}).get("diff_ids", [])
+            await self.dest.put_blob(config_path, config["digest"])
         self.report.configs.append(config["digest"])
         for i, layer in enumerate(doc["layers"]):
             expected = diff_ids[i] if i < len(diff_ids) else None
@@ -325,12 +321,19 @@ class Converter:
         self.report.manifests.append((str(Digest.of_bytes(body)), str(Digest.of_bytes(new_body))))
         return new_body
 
-    async def _fetch(self, digest: str) -> Path:
+    @contextlib.asynccontextmanager
+    async def _fetched(self, digest: str) -> AsyncIterator[Path]:
+        """``digest`` in a temporary file in ``work`` (DST's directory); it and its ``.new``
+        (the layer recompressed) are removed however the block ends: no litter in DST."""
         fd, name = tempfile.mkstemp(prefix=".krill-convert-", dir=self.work)
         os.close(fd)
         path = Path(name)
-        await self.source.get_blob(digest, path)
-        return path
+        try:
+            await self.source.get_blob(digest, path)
+            yield path
+        finally:
+            for leftover in (path, path.with_suffix(".new")):
+                await asyncio.to_thread(leftover.unlink, missing_ok=True)
 
     async def _convert_layer(
         self, layer: dict[str, Any], diff_id: str | None, docker: bool, label: str = "layer"
@@ -341,9 +344,8 @@ class Converter:
                 "only tar, gzip and zstd layers can be converted"
             )
         self.progress.update(f"{label}: fetching", force=True)
-        old = await self._fetch(layer["digest"])
-        new = old.with_suffix(".new")
-        try:
+        async with self._fetched(layer["digest"]) as old:
+            new = old.with_suffix(".new")
             tar_digest, digest, size = await asyncio.to_thread(self._recompress, old, new, label)
             if diff_id is not None and tar_digest != diff_id:
                 raise ConvertError(
@@ -351,9 +353,6 @@ class Converter:
                     f"lists diff_id {diff_id}"
                 )
             await self.dest.put_blob(new, digest)
-        finally:
-            old.unlink(missing_ok=True)
-            new.unlink(missing_ok=True)
         self.report.layers.append(LayerChange(layer["digest"], digest, layer["size"], size))
         layer["digest"], layer["size"] = digest, size
         layer["mediaType"] = oci.DOCKER_LAYER_GZIP if docker else self.media_type
@@ -402,13 +401,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument(
         "--gzip", dest="compression", action="store_const", const="gzip", help="zlib gzip (default)"
     )
-    group.add_argument(
-        "--zstd",
-        dest="compression",
-        action="store_const",
-        const="zstd",
-        help="zstd by the pinned libzstd (faster to rebuild on nodes)",
-    )
+    group.add_argument("--zstd", dest="compression", action="store_const", const="zstd",
+                       help="zstd by the pinned libzstd (faster to rebuild on nodes)")  # fmt: skip
     parser.add_argument(
         "--level", type=int, default=None, help="compression level (gzip default 6, zstd default 3)"
     )
@@ -481,10 +475,15 @@ def run(args: argparse.Namespace) -> int:
         recipe, media_type = _recipe(args.compression, args.level)
         recipe.check_usable()
         work = Path(dst.location) if dst.kind == "oci" else Path(tempfile.gettempdir())
-        work.mkdir(parents=True, exist_ok=True)
-        with Progress() as progress:  # erased before the report is printed
-            converting = convert_image(src, dst, recipe, media_type, work, args.insecure, progress)
-            report = asyncio.run(converting)
+        created = next((d for d in (*reversed(work.parents), work) if not os.path.lexists(d)), None)
+        try:
+            with Progress() as progress:  # erased before the report is printed
+                job = convert_image(src, dst, recipe, media_type, work, args.insecure, progress)
+                report = asyncio.run(job)
+        except BaseException:  # remove the outermost dir this run made (None: DST existed)
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            raise
     except (ConvertError, RecipeError, oci.ManifestError, DigestError) as exc:
         raise CliError(str(exc)) from exc
     except aiohttp.ClientConnectorSSLError as exc:  # not a certificate's: TLS to plain HTTP
@@ -494,5 +493,8 @@ def run(args: argparse.Namespace) -> int:
         ) from exc
     except aiohttp.ClientError as exc:
         raise CliError(f"registry connection failed: {exc}") from exc
+    except OSError as exc:  # after aiohttp's: its connection errors are OSErrors too
+        failure = unwritable(exc, Path(dst.location), f"DST {dst}") if dst.kind == "oci" else None
+        raise failure or CliError(f"convert failed: {exc}") from exc
     sys.stdout.write(_describe(report, recipe, dst))
     return 0

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import get_args
 
-from krill.clierror import CliError
+from krill.clierror import CliError, unwritable
 from krill.delta.apply import apply_delta
 from krill.delta.format import DeltaFormatError
 from krill.delta.options import DiffEngine, EncodeOptions
@@ -85,6 +85,14 @@ def _check_files(out: Path, *inputs: Path) -> None:
             raise CliError(f"OUT {out} is the input {path}: writing it would destroy the input")
 
 
+def _out_failure(exc: Exception, out: Path, *inputs: Path) -> CliError | None:
+    """An OSError about OUT's directory (where OUT is built in a temporary file, then
+    renamed) as one line naming OUT; None for any other error."""
+    if not isinstance(exc, OSError):
+        return None
+    return unwritable(exc, out.parent, f"OUT {out}", inputs)
+
+
 def _check_workers(workers: int | None) -> None:
     if workers is not None and workers < 1:
         raise CliError(f"--workers must be at least 1, got {workers}")
@@ -126,7 +134,8 @@ def run_create(args: argparse.Namespace) -> int:
     except (DeltaFormatError, OSError) as exc:
         if published:  # a delta that does not rebuild its target is not left behind
             args.out.unlink(missing_ok=True)
-        raise CliError(f"delta failed: {exc}") from exc
+        failure = _out_failure(exc, args.out, args.base, args.target)
+        raise failure or CliError(f"delta failed: {exc}") from exc
     percent = 100.0 * result.size / max(1, result.target_size)
     sys.stdout.write(
         f"{args.out}: {result.size} bytes ({percent:.1f}% of the "
@@ -154,7 +163,8 @@ def run_apply(args: argparse.Namespace) -> int:
     try:
         result = apply_delta(args.base, args.delta, args.out, workers=args.workers)
     except (DeltaFormatError, RecipeError, OSError) as exc:
-        raise CliError(f"cannot apply {args.delta}: {exc}") from exc
+        failure = _out_failure(exc, args.out, args.base, args.delta)
+        raise failure or CliError(f"cannot apply {args.delta}: {exc}") from exc
     sys.stdout.write(
         f"{result.path}: {result.size} bytes, {result.digest} (verified), "
         f"tar {result.tar_size} bytes, {time.monotonic() - started:.3f}s\n"
