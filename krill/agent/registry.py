@@ -41,7 +41,7 @@ from krill.httpmetrics import latency_middleware
 from krill.names import InvalidNameError, image_reference
 from krill.originclient import OriginClient
 from krill.registry_errors import RegistryError, error_middleware
-from krill.registry_params import API_HEADERS, parse_digest
+from krill.registry_params import API_HEADERS, lookup_reference, parse_digest
 from krill.requestid import install_request_ids
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,7 @@ async def _manifest(
     request: web.Request, node: AgentNode, name: str, reference: str
 ) -> web.Response:
     repository = origin_repository(request, node, name)
+    lookup_reference(reference)  # a bad digest or tag is the client's error, before any asking
     accept = ", ".join(request.headers.getall("Accept", [])) or None
     # A client's credentials go to the origin only from an agent that checks every
     # later reader (node credentials): otherwise a manifest one client's password

@@ -267,9 +267,12 @@ def _agent_only(known: Known) -> Iterator[Probe]:
             f"/v2/{REPO}/blobs/{known.layer}",
         ):
             yield Probe("registry", "push to agent", method, path, ERROR, (), b"{}")
-    for path in ("/v2/team/app/tags", "/v2/_catalog", "/v2/team/app", "/v2/%2e%2e/",
-                 "/v2/team/app/referrers/" + known.manifest, "/nothing"):
+    for path in ("/v2/team/app/tags", "/v2/_catalog", "/v2/team/app", "/v2/%2e%2e/", "/nothing"):
         yield Probe("registry", "unknown path", "GET", path, ERROR)
+    for digest in (known.manifest, "sha256:xyz", "nodigest", UNKNOWN):  # the origin's, filtered
+        query = "?artifactType=" + "x" * 300
+        for target in (f"/v2/{REPO}/referrers/{digest}", f"/v2/{REPO}/referrers/{digest}{query}"):
+            yield Probe("registry", "referrers", "GET", target, ANY)
     for query in ("n=-1", "n=x", "last=" + "z" * 5000, "n=" + "9" * 5000, "ns=..", "ns=%00"):
         yield Probe("registry", "listing", "GET", f"/v2/{REPO}/tags/list?{query}", ANY)
     for ns in ("..", "%00", "Docker.IO", "a" * 300, "host:99999", "evil.example/../x"):
