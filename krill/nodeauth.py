@@ -26,6 +26,7 @@ error messages (``NodeCredentials`` hides it).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import tomllib
@@ -39,6 +40,8 @@ from aiohttp import hdrs
 from yarl import URL
 
 from krill.config import ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "NodeCredentials",
@@ -157,7 +160,31 @@ def node_middlewares(
     """The middlewares of a node's client session: none without a credentials file."""
     if credentials_file is None:
         return ()
+    origins = list(origins)
+    _warn_if_in_the_clear(origins)
     return (node_auth_middleware(load_node_credentials(credentials_file), origins),)
+
+
+def _warn_if_in_the_clear(origins: list[str]) -> None:
+    """Say so when the node's password goes to an origin over plain http off this host:
+    every blob, metainfo and piece request carries it (the origin warns of its side)."""
+    exposed = [
+        url for url in origins
+        if url.startswith("http://") and not _loopback(URL(url).host or "")
+    ]  # fmt: skip
+    if exposed:
+        log.warning(
+            "node.credentials_over_http origins=%s detail=%r", ",".join(exposed),
+            "the node's password crosses the network in the clear with every request: "
+            "give the origin https (--tls-cert on it, --ca here) unless a TLS proxy is between",
+        )  # fmt: skip
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _wants_node_credentials(request: aiohttp.ClientRequest, targets: set[URL]) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,7 @@ import pytest
 from pytest_aiohttp import AiohttpServer
 
 from krill.config import ConfigError
-from krill.nodeauth import keyed_announce_url, load_node_credentials
+from krill.nodeauth import keyed_announce_url, load_node_credentials, node_middlewares
 from krill.tracker.config import TrackerConfig
 from krill.tracker.server import create_app as create_tracker_app
 from tests import imagebuild
@@ -281,3 +282,19 @@ def test_an_agent_without_credentials_gets_no_swarm_from_an_auth_origin(tmp_path
         assert "refused this node's last announce" in tracker_check["detail"], tracker_check
         assert "announce key" in tracker_check["detail"], tracker_check
     assert "tracker.announce_unauthorized" in (tmp_path / "tracker" / "tracker.log").read_text()
+
+
+def test_node_credentials_sent_over_plain_http_off_this_host_are_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The origin warns that its passwords cross the network in the clear; an agent or
+    tracker sending the node's password to an http origin said nothing (security review)."""
+    credentials = write_credentials(tmp_path / "node1.toml", "node1")
+    with caplog.at_level(logging.WARNING, logger="krill.nodeauth"):
+        node_middlewares(credentials, ["http://127.0.0.1:5000", "https://origin:5000"])
+        assert not caplog.records, "loopback and https carry it safely"
+        node_middlewares(credentials, ["http://origin.krill:5000", "http://[::1]:5000"])
+    [record] = caplog.records
+    message = record.getMessage()
+    assert "node.credentials_over_http origins=http://origin.krill:5000 " in message
+    assert "in the clear" in message
