@@ -283,3 +283,21 @@ async def test_health_and_metrics(http: aiohttp.ClientSession) -> None:
         assert values['krill_tracker_announces_total{event="invalid",result="failure"}'] == 1
         assert values["krill_tracker_swarms"] == 1
         assert values["krill_tracker_peer_store_up"] == 1
+
+
+async def test_past_max_swarms_a_new_swarm_waits_and_known_ones_go_on(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Announces for random info-hashes made one swarm each, without bound (200,000 took
+    350 MB in 30 s in a review). Past ``max_swarms`` a new one gets a failure with when
+    to retry, on the fast path and the slow one alike; swarms already held still answer."""
+    async with running_tracker(max_swarms=2) as base:
+        for n in (1, 2):
+            await announce(http, base, info_hash=bytes([n]) * 20, port=7000 + n)
+        for params in ({}, {"compact": 0}):  # the fast path (compact) and the slow one
+            refused = await announce(http, base, info_hash=b"\x03" * 20, port=7003, **params)
+            reason = refused[b"failure reason"].decode()
+            assert "holds 2 swarms, its max_swarms" in reason
+            assert refused[b"interval"] == 5
+        again = await announce(http, base, info_hash=b"\x01" * 20, port=7004)
+        assert ports_of(again) == [7001], "a swarm already held is answered as before"

@@ -38,6 +38,10 @@ class TrackerConfig(SecuritySettings):
     # Peers handed out when the client does not say; and the cap whatever it asks for.
     default_numwant: int = 50
     max_numwant: int = 200
+    # Live swarms (one per blob being pulled or seeded) the in-memory peer store holds; an
+    # announce that would start one more is refused until some expire (a flood of random
+    # info-hashes otherwise grows memory without bound). Redis has its own memory limit.
+    max_swarms: int = 100_000
     # Metainfo documents kept in memory (each is ~20 bytes per piece, at most ~40 KB).
     metainfo_cache_entries: int = 4096
     # Seconds one origin gets to answer a metainfo request before the next is asked. Short:
@@ -55,6 +59,7 @@ class TrackerConfig(SecuritySettings):
         check_hostport(self.listen, "listen")
         check_more_than_zero(self, "seconds", "interval", "min_interval", "peer_ttl")
         check_more_than_zero(self, "peers", "default_numwant", "max_numwant")
+        check_more_than_zero(self, "swarms", "max_swarms")
         check_more_than_zero(self, "documents", "metainfo_cache_entries")
         check_more_than_zero(self, "seconds", "metainfo_timeout")
         if self.peer_ttl < self.interval:

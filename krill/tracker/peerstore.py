@@ -118,16 +118,44 @@ class _Swarm:
 _EMPTY = SwarmView([])
 
 
+class SwarmLimitReached(PeerStoreUnavailable):
+    """The memory store holds ``max_swarms`` live swarms: a new one must wait."""
+
+
+# Live swarms a memory store holds. A cluster has one per blob being pulled or seeded
+# (thousands); announces for random info-hashes made one each, 200,000 took 350 MB in
+# 30 s (security review, stop 39), so past this a new swarm is refused until some expire.
+DEFAULT_MAX_SWARMS = 100_000
+
+
 class MemoryPeerStore:
     """Peers in a dict; lost on restart (clients re-announce within one interval)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_swarms: int = DEFAULT_MAX_SWARMS) -> None:
         self._swarms: dict[bytes, _Swarm] = {}
+        self._max_swarms = max_swarms
+        self._next_sweep_when_full = 0.0
+
+    def _new_swarm(self, info_hash: bytes, now: float) -> _Swarm:
+        """A swarm for a new info-hash; SwarmLimitReached when ``max_swarms`` are live.
+
+        At the limit, expired peers are swept first, at most once a second (a sweep
+        walks every swarm: not once per announce of a flood)."""
+        if len(self._swarms) >= self._max_swarms and now >= self._next_sweep_when_full:
+            self._next_sweep_when_full = now + 1.0
+            self._sweep_at(now)
+        if len(self._swarms) >= self._max_swarms:
+            raise SwarmLimitReached(
+                f"this tracker holds {len(self._swarms)} swarms, its max_swarms; a new one "
+                "must wait until others expire"
+            )
+        swarm = self._swarms[info_hash] = _Swarm()
+        return swarm
 
     async def upsert(self, info_hash: bytes, entry: PeerEntry, ttl: int) -> None:
         swarm = self._swarms.get(info_hash)
         if swarm is None:
-            swarm = self._swarms[info_hash] = _Swarm()
+            swarm = self._new_swarm(info_hash, time.time())
         swarm.put(entry)
 
     async def record(self, info_hash: bytes, entry: PeerEntry, ttl: int) -> SwarmView:
@@ -138,7 +166,7 @@ class MemoryPeerStore:
         changes nothing but the expiry comes back with the cached view, inline."""
         swarm = self._swarms.get(info_hash)
         if swarm is None:
-            swarm = self._swarms[info_hash] = _Swarm()
+            swarm = self._new_swarm(info_hash, now)
         swarm.put(entry)
         view = swarm.view
         if view is not None and now < swarm.next_expiry:
@@ -170,7 +198,9 @@ class MemoryPeerStore:
 
     async def sweep(self) -> int:
         """Forget expired peers, and swarms left empty, everywhere; returns how many peers."""
-        now = time.time()
+        return self._sweep_at(time.time())
+
+    def _sweep_at(self, now: float) -> int:
         before = sum(len(swarm.entries) for swarm in self._swarms.values())
         for info_hash, swarm in list(self._swarms.items()):
             self._live(info_hash, swarm, now)

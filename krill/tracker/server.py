@@ -58,6 +58,7 @@ from krill.tracker.peerstore import (
     PeerStore,
     PeerStoreUnavailable,
     RedisPeerStore,
+    SwarmLimitReached,
     sweep_interval,
 )
 from krill.tracker.readiness import tracker_checks
@@ -192,7 +193,7 @@ async def _peer_store_context(app: web.Application) -> AsyncIterator[None]:
         await redis_store.ping()  # fail at start-up, not on the first announce
         store = redis_store
     else:
-        store = MemoryPeerStore()
+        store = MemoryPeerStore(config.max_swarms)
     state = app[ANNOUNCE_STATE_KEY]
     app[STORE_KEY] = state.store = store
     state.memory = store if isinstance(store, MemoryPeerStore) else None
@@ -349,7 +350,10 @@ def plain_answer(request: web.Request, state: AnnounceState) -> web.Response | N
     now = time.time()
     origin = peer_id[:3] == ORIGIN_PEER_ID_PREFIX
     entry = _new_entry(PeerEntry, (ip, port, seeder, origin, now + state.peer_ttl))
-    view = store.record_now(info_hash, entry, now)
+    try:
+        view = store.record_now(info_hash, entry, now)
+    except PeerStoreUnavailable:  # a new swarm past max_swarms: the slow path's failure
+        return None
     body, handed = view.compact_answer(
         ip, port, seeder,
         state.default_numwant if numwant < 0 else min(numwant, state.max_numwant),
@@ -387,7 +391,10 @@ async def answer_announce(request: web.Request, state: AnnounceState) -> web.Res
     except PeerStoreUnavailable as exc:
         # A bencoded failure, not a 500 page: libtorrent logs the reason and retries.
         metrics.announced(announce.event or "none", "failure")
-        log.warning("tracker.peer_store_unavailable error=%s", exc)
+        if isinstance(exc, SwarmLimitReached):  # a flood: one line per announce would be another
+            log.debug("tracker.swarm_limit_reached error=%s", exc)
+        else:
+            log.warning("tracker.peer_store_unavailable error=%s", exc)
         return failure(f"{exc}; announce again later", config.min_interval)
     if announce.event == "stopped":
         v4 = v6 = b""
