@@ -259,3 +259,33 @@ async def test_preheat_of_an_index_with_a_malformed_platform_is_a_clear_error(
             assert r.status == 400
             error = (await r.json())["errors"][0]
     assert error["code"] in ("UNSUPPORTED", "MANIFEST_INVALID")
+
+
+async def test_a_range_short_of_the_end_waits_for_the_digest_and_gets_no_bad_bytes(
+    tmp_path: Path,
+) -> None:
+    """A range that stops before a blob's end was served from an in-flight HTTP transfer
+    as a complete 206 of bytes nobody had checked (security review, stop 39): every
+    source holds back only the last byte. The origin here sends other bytes under the
+    digest, slowly; the range request must not get them."""
+    good = os.urandom(256 * 1024)
+    digest = str(Digest.of_bytes(good))
+    bad = bytes(b ^ 0xFF for b in good[:1000]) + good[1000:]
+    sent_everything = asyncio.Event()
+
+    async def blob(request: web.Request) -> web.StreamResponse:
+        response = await trickle(request, bad, pieces=8)
+        sent_everything.set()
+        return response
+
+    async with (
+        fake_origin({f"/v2/{REPO}/blobs/{{digest}}": blob}) as origin,
+        in_process_agent(tmp_path / "agent", origin) as agent,
+        aiohttp.ClientSession() as session,
+    ):
+        url = f"{agent.registry}/v2/{REPO}/blobs/{digest}"
+        with pytest.raises(aiohttp.ClientError):  # aborted: the digest did not match
+            async with session.get(url, headers={"Range": "bytes=0-999"}) as response:
+                body = await response.read()
+                pytest.fail(f"answered {response.status} with {len(body)} unchecked bytes")
+        assert sent_everything.is_set(), "it waited for the whole blob before answering"

@@ -171,6 +171,8 @@ async def _stream(
     fd = await _open_blob_file(blob)
     raw = raw_socket(request)
     try:
+        if byte_range.end < blob.size:
+            await _wait_verified(blob, stall_timeout)
         await response.prepare(request)
         position = byte_range.start
         while position < byte_range.end:
@@ -197,6 +199,20 @@ async def _stream(
     finally:
         os.close(fd)
     return response
+
+
+async def _wait_verified(blob: InflightBlob, stall_timeout: float) -> None:
+    """Until the whole blob has hashed to its digest (its last byte is out).
+
+    Every source holds back a blob's last byte until then, which keeps a streamed
+    whole body from ever being complete and wrong. A range that stops short of
+    the end would not wait for that: its bytes are only piece-checked (the swarm)
+    or not checked at all (the origin over HTTP), yet the client gets them as a
+    complete 206 (security review, stop 39). So such a range waits for the digest.
+    """
+    position = 0
+    while position < blob.size:
+        position = await wait_progress(blob, position, stall_timeout)
 
 
 async def _send_verified(
