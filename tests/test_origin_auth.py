@@ -215,6 +215,23 @@ async def test_a_mount_from_an_unreadable_repository_becomes_an_upload(
         assert resp.status == 201  # alice may read private/app: mounted
 
 
+async def test_one_writer_cannot_hold_every_upload_session(
+    start_origin: StartOrigin, auth_file: Path
+) -> None:
+    """carol opening sessions in a loop took all of max_upload_sessions, and alice's push
+    got 429 (security review, stop 39). A user holds at most a quarter now."""
+    origin = Origin(await start_origin(auth=auth_file, max_upload_sessions=8))
+    async with aiohttp.ClientSession() as session:
+        start = f"{origin.url}/v2/team/x/app/blobs/uploads/"
+        statuses = [(await session.post(start, headers=basic("carol"))).status for _ in range(3)]
+        assert statuses == [202, 202, 429]
+        refused = await session.post(start, headers=basic("carol"))
+        assert "carol has 2 uploads in progress" in (await refused.text())
+        alice = await session.post(f"{origin.url}/v2/private/app/blobs/uploads/",
+                                   headers=basic("alice"))  # fmt: skip
+        assert alice.status == 202, "another user still pushes"
+
+
 async def test_bcrypt_runs_once_per_credential_not_per_request(
     origin: Origin, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -47,6 +47,9 @@ TagMovedHook = Callable[[str, str, Digest | None, Digest], Awaitable[None]]
 BlobPushedHook = Callable[[Digest], None]
 
 CONFIG = web.AppKey("krill_origin_config", OriginConfig)
+# The signed-in user a request acts for (set by the auth middleware; absent: anonymous),
+# so a user's upload sessions can be counted against their share (origin.uploads).
+CALLER_USER = web.RequestKey("krill_origin_caller_user", str)
 STORE = web.AppKey("krill_origin_store", BlobStore)
 REPOSITORIES = web.AppKey("krill_origin_repositories", Repositories)
 TAG_HISTORY = web.AppKey("krill_origin_tag_history", TagHistory)

@@ -51,7 +51,7 @@ from aiohttp import hdrs, web
 
 from krill.clock import SYSTEM_CLOCK, Clock
 from krill.origin import auth_endpoint
-from krill.origin.appkeys import CONFIG, REPOSITORIES
+from krill.origin.appkeys import CALLER_USER, CONFIG, REPOSITORIES
 from krill.origin.auth_callers import AUTH, Caller, CallerOutcome, OriginAuth, Via, identify
 from krill.origin.auth_config import load_auth_settings
 from krill.origin.auth_passwords import PasswordChecker
@@ -177,7 +177,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise denied(need, caller)
     if decision is Decision.UNAUTHENTICATED:
         raise unauthorized(request, need, insufficient_scope=token_lacks_scope(auth, caller, need))
-    return await handler(without_unreadable_mount(request, auth, caller))
+    checked = without_unreadable_mount(request, auth, caller)
+    if caller.user is not None:
+        checked[CALLER_USER] = caller.user
+    return await handler(checked)
 
 
 def is_node(auth: OriginAuth, caller: Caller) -> bool:

@@ -18,7 +18,7 @@ from aiohttp import web
 from krill.blobstore import BlobWriter, DigestMismatchError, SizeMismatchError
 from krill.digests import Digest
 from krill.names import is_valid_name
-from krill.origin.appkeys import BLOB_PUSHED, REPOSITORIES, STORE, UPLOADS
+from krill.origin.appkeys import BLOB_PUSHED, CALLER_USER, REPOSITORIES, STORE, UPLOADS
 from krill.origin.batching import Batches, BodyIdle
 from krill.origin.uploads import UploadSession
 from krill.registry_errors import RegistryError
@@ -114,7 +114,7 @@ async def start_upload(request: web.Request) -> web.Response:
             return blob_created(repo, mounted)
     if "digest" in request.query:
         return await monolithic_upload(request, repo, parse_digest(request.query["digest"]))
-    session = app[UPLOADS].start(repo)
+    session = app[UPLOADS].start(repo, request.get(CALLER_USER))
     return web.Response(status=202, headers=session_headers(session))
 
 

@@ -30,6 +30,7 @@ class UploadSession:
     repo: str
     store: BlobStore
     writer: BlobWriter | None = None  # opened with the first bytes
+    user: str | None = None  # who began it (signed in), counted against their share
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     touched: float = field(default_factory=time.monotonic)
 
@@ -59,7 +60,14 @@ class UploadSessions:
         self._max_sessions = max_sessions
         self._sessions: dict[str, UploadSession] = {}
 
-    def start(self, repo: str) -> UploadSession:
+    def start(self, repo: str, user: str | None = None) -> UploadSession:
+        """A new session; 429 when the origin, or this signed-in ``user``, has too many.
+
+        One user may hold a quarter of ``max_sessions``: a writer who opened sessions
+        in a loop took every one, and every other user's pushes got 429 (security
+        review, stop 39). Anonymous pushers share the whole (an origin without
+        --auth lets anyone push anyway, and says so at start).
+        """
         if len(self._sessions) >= self._max_sessions:
             raise RegistryError(
                 "TOOMANYREQUESTS",
@@ -67,7 +75,17 @@ class UploadSessions:
                 "retry later (or raise max_upload_sessions)",
                 headers={"Retry-After": "10"},
             )
-        session = UploadSession(str(uuid.uuid4()), repo, self._store)
+        if user is not None:
+            share = max(1, self._max_sessions // 4)
+            held = sum(1 for s in self._sessions.values() if s.user == user)
+            if held >= share:
+                raise RegistryError(
+                    "TOOMANYREQUESTS",
+                    f"{user} has {held} uploads in progress, a user's most here (a quarter "
+                    "of max_upload_sessions); finish or cancel some, or retry later",
+                    headers={"Retry-After": "10"},
+                )
+        session = UploadSession(str(uuid.uuid4()), repo, self._store, user=user)
         self._sessions[session.id] = session
         log.debug("upload.started repo=%s id=%s", repo, session.id)
         return session
