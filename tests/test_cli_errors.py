@@ -77,6 +77,8 @@ def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
         (["origin", "--tracker", "127.0.0.1:7000"], "--tracker must be an http:// or https:// URL"),
         (["origin", "--peer-port", "70000"], "--peer-port must be 0-65535"),
         (["tracker", "--redis", "http://x"], "--redis must be a redis://HOST:PORT/DB URL"),
+        (["tracker", "--redis", "redis://h:abc/0"],
+         "--redis is not a URL redis can use (Port could not be cast to integer value"),
         (["agent", "--listen", "127.0.0.1:7555", "--registry-listen", "0.0.0.0:7555",
           "--origin", "http://o"], "need different ports"),
         (["agent", "containerd-config", "--registry", "docker.io", "--agent", "garbage",

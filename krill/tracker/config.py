@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from redis.connection import parse_url as parse_redis_url
+
 from krill.config import (
     ConfigError,
     SettingError,
@@ -69,10 +71,21 @@ class TrackerConfig(SecuritySettings):
             )
         self.origin = [check_http_url(url, "origin") for url in self.origin]
         self.log_level = check_log_level(self.log_level)
-        if self.redis is not None and not self.redis.startswith(_REDIS_SCHEMES):
-            raise SettingError(
-                f"--redis must be a redis://HOST:PORT/DB URL (rediss:// for TLS, unix:// "
-                f"for a socket), got {self.redis!r}",
-                "redis",
-            )
+        if self.redis is not None:
+            self._check_redis_url(self.redis)
         self.check_security()
+
+    @staticmethod
+    def _check_redis_url(url: str) -> None:
+        """The scheme, and what redis-py makes of the rest (a port of "abc" or 99999 was
+        taken here and failed at the first connection)."""
+        problem = None
+        if not url.startswith(_REDIS_SCHEMES):
+            problem = "must be a redis://HOST:PORT/DB URL (rediss:// for TLS, unix:// for a socket)"
+        else:
+            try:
+                parse_redis_url(url)
+            except ValueError as exc:
+                problem = f"is not a URL redis can use ({exc})"
+        if problem is not None:
+            raise SettingError(f"--redis {problem}, got {url!r}", "redis")
