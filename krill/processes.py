@@ -72,13 +72,16 @@ def wait_http(
 ) -> None:
     """Poll ``url`` until it answers any HTTP status.
 
-    Fails early, with the end of the process's log, if ``proc`` exits first.
+    Fails early if ``proc`` exits first, with one line: the last line of its log
+    (a Krill service's last line says why it stopped) and where the rest is.
     """
     what = name or url
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            detail = f"; last lines of {log_path}:\n{tail(log_path)}" if log_path else ""
+            detail = ""
+            if log_path is not None:
+                detail = f" ({last_line(log_path)}); see {log_path}"
             raise ProcessFailed(f"{what} exited with status {proc.returncode}{detail}")
         try:
             with urllib.request.urlopen(url, timeout=1):
@@ -89,6 +92,12 @@ def wait_http(
             time.sleep(0.05)
     where = f"; see {log_path}" if log_path else ""
     raise ProcessFailed(f"{what} did not answer {url} within {timeout:.0f}s{where}")
+
+
+def last_line(path: Path) -> str:
+    """The last non-empty line of a log file, for a one-line error message."""
+    lines = [line for line in tail(path, 50).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "its log is empty"
 
 
 def tail(path: Path, lines: int = 15) -> str:
