@@ -1,6 +1,7 @@
 """Agent and tracker fixtures shared by the suite (see tests/conftest.py).
 
 * ``http``: an aiohttp client session for the test's own requests.
+* ``taken_port``: a port a listening socket holds (for "port in use" errors).
 * ``redis_url``: an empty database on a real redis-server. One server runs for
   the whole session (starting one takes a noticeable part of a second) and is
   flushed before each test, so tests never see each other's swarms.
@@ -19,6 +20,7 @@ And helpers several agent test modules use:
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,3 +221,12 @@ async def rebuild_with(tmp_path: Path, v1: Image, v2: Image, delta: bytes) -> Re
     async with rebuilder_offering(tmp_path, v1, v2, delta, metrics) as offered:
         ok = await offered.rebuilder.rebuild(offered.target, DELTA_REPO, offered.ensure)
     return Rebuilt(ok, metrics, offered.store, offered.cache)
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port another process (here: a socket listening on every interface) holds."""
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        yield holder.getsockname()[1]

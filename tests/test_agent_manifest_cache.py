@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -31,6 +32,19 @@ MANIFEST = json.dumps(
 ).encode()
 
 
+MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+
+
+async def origin_with(
+    aiohttp_server: AiohttpServer, manifest: Callable[[web.Request], Awaitable[web.Response]]
+) -> str:
+    """A stand-in origin answering manifest GETs with ``manifest``; its base URL."""
+    app = web.Application()
+    app.router.add_get("/v2/{repo:.+}/manifests/{ref}", manifest)
+    server = await aiohttp_server(app)
+    return str(server.make_url("")).rstrip("/")
+
+
 async def test_a_stale_tag_is_reused_while_the_origin_stays_unreachable(
     tmp_path: Path, aiohttp_server: AiohttpServer
 ) -> None:
@@ -43,15 +57,12 @@ async def test_a_stale_tag_is_reused_while_the_origin_stays_unreachable(
         asked += 1
         if hung.is_set():
             await never.wait()
-        media_type = "application/vnd.oci.image.manifest.v1+json"
-        return web.Response(body=MANIFEST, content_type=media_type)
+        return web.Response(body=MANIFEST, content_type=MEDIA_TYPE)
 
-    app = web.Application()
-    app.router.add_get("/v2/{repo:.+}/manifests/{ref}", manifest)
-    server = await aiohttp_server(app)
+    origin = await origin_with(aiohttp_server, manifest)
     async with aiohttp.ClientSession() as session:
         cache = ManifestCache(
-            OriginClient(session, str(server.make_url("")).rstrip("/")),
+            OriginClient(session, origin),
             BlobStore(tmp_path / "manifests"),
             tag_ttl=0.0,  # every request asks the origin again while it answers
             timeout=0.2,
@@ -85,15 +96,12 @@ async def test_a_cached_digest_is_served_only_under_a_repository_the_origin_serv
             raise web.HTTPServiceUnavailable()
         if request.match_info["repo"] != "team/app":
             raise web.HTTPNotFound()
-        media_type = "application/vnd.oci.image.manifest.v1+json"
-        return web.Response(body=MANIFEST, content_type=media_type)
+        return web.Response(body=MANIFEST, content_type=MEDIA_TYPE)
 
-    app = web.Application()
-    app.router.add_get("/v2/{repo:.+}/manifests/{ref}", manifest)
-    server = await aiohttp_server(app)
+    origin = await origin_with(aiohttp_server, manifest)
     async with aiohttp.ClientSession() as session:
         cache = ManifestCache(
-            OriginClient(session, str(server.make_url("")).rstrip("/")),
+            OriginClient(session, origin),
             BlobStore(tmp_path / "manifests"),
             tag_ttl=60.0,
             timeout=2.0,
@@ -111,7 +119,7 @@ async def test_a_cached_digest_is_served_only_under_a_repository_the_origin_serv
         assert unavailable.value.status in (502, 503)
         assert (await cache.get("team/app", digest)).digest == cached, "its own repo: cached"
         restarted = ManifestCache(
-            OriginClient(session, str(server.make_url("")).rstrip("/")),
+            OriginClient(session, origin),
             BlobStore(tmp_path / "manifests"), tag_ttl=60.0, timeout=2.0,
         )
         assert (await restarted.get("team/app", digest)).digest == cached, "kept across restarts"

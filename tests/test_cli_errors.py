@@ -8,9 +8,7 @@ agent subcommands' ``--agent``.
 
 from __future__ import annotations
 
-import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,14 +22,6 @@ from tests.components import free_port, krill_command
 
 DIGEST = "sha256:" + "a" * 64
 
-
-@pytest.fixture
-def taken_port() -> Iterator[int]:
-    """A port another process (here: a listening socket) holds."""
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        yield holder.getsockname()[1]
 
 
 def krill_fails(*args: str) -> str:

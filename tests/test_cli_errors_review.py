@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,14 +28,6 @@ from tests.test_delta_cli import _layer, _layers
 
 LOG_KEYS = {"time", "level", "logger", "message", "request_id"}
 
-
-@pytest.fixture
-def taken_port() -> Iterator[int]:
-    """A port another process (here: a listening socket) holds."""
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        yield holder.getsockname()[1]
 
 
 def krill_fails(*args: str | Path) -> str:

@@ -9,9 +9,7 @@ line at info or error level, and a node whose swarm no peer could reach
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,14 +18,6 @@ from krill.blobstore import BlobStore
 from krill.swarm import SwarmEngine, SwarmSettings
 from krill.swarm.session import PeerPortUnavailable
 from tests.components import free_port, krill_command
-
-
-@pytest.fixture
-def taken_port() -> Iterator[int]:
-    with socket.socket() as holder:
-        holder.bind(("0.0.0.0", 0))
-        holder.listen()
-        yield holder.getsockname()[1]
 
 
 async def test_a_taken_peer_port_is_refused_not_swapped(taken_port: int, tmp_path: Path) -> None:
