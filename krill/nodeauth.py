@@ -26,6 +26,7 @@ error messages (``NodeCredentials`` hides it).
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import logging
 import re
@@ -67,8 +68,11 @@ class NodeCredentials:
     password: str = field(repr=False)
     announce_key: str | None = field(default=None, repr=False)
 
-    def basic_auth(self) -> aiohttp.BasicAuth:
-        return aiohttp.BasicAuth(self.user, self.password)
+    def basic_auth(self) -> str:
+        """The ``Authorization`` value: ``Basic`` and the base64 of ``user:password``
+        (latin-1, as aiohttp's deprecated ``BasicAuth`` encoded it)."""
+        pair = f"{self.user}:{self.password}".encode("latin-1")
+        return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
 def load_node_credentials(path: Path) -> NodeCredentials:
@@ -142,7 +146,7 @@ def node_auth_middleware(
 ) -> aiohttp.ClientMiddlewareType:
     """A client-session middleware: the node's Basic credentials where the origin needs them."""
     targets = {URL(url).origin() for url in origins if url}
-    header = credentials.basic_auth().encode()
+    header = credentials.basic_auth()
 
     async def add_credentials(
         request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
