@@ -280,6 +280,21 @@ async def bucket_digests(bucket: S3Backend) -> set[str]:
     return {str(info.digest) async for info in bucket.list()}
 
 
+async def run_gc(
+    seaweedfs: SeaweedFS, location: S3Location, tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    """``krill origin gc --grace 0`` of the test origin's data and bucket, as a process."""
+    config = tmp_path / "gc.toml"
+    config.write_text(f's3_credentials = "{credentials_file(seaweedfs, tmp_path)}"\n')
+    args = ["origin", "gc", "--config", str(config), "--data", str(tmp_path / "origin")]
+    args += ["--storage", storage_url(location), "--grace", "0"]
+    done = await asyncio.to_thread(
+        subprocess.run, krill_command(*args), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 async def test_gc_removes_from_the_bucket_what_no_repository_links(
     start_s3_origin: StartS3Origin,
     seaweedfs: SeaweedFS,
@@ -305,14 +320,7 @@ async def test_gc_removes_from_the_bucket_what_no_repository_links(
     everything = {b.digest for img in (kept, deleted) for b in (*img.blobs(), img.manifest)}
     assert await bucket_digests(bucket) == everything | {digest_of(orphan)}
 
-    config = tmp_path / "gc.toml"
-    config.write_text(f's3_credentials = "{credentials_file(seaweedfs, tmp_path)}"\n')
-    args = ["origin", "gc", "--config", str(config), "--data", str(tmp_path / "origin")]
-    args += ["--storage", storage_url(s3_location), "--grace", "0"]
-    done = await asyncio.to_thread(
-        subprocess.run, krill_command(*args), capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
+    done = await run_gc(seaweedfs, s3_location, tmp_path)
     gone = {deleted.config.digest, deleted.layers[1].digest, deleted.manifest.digest}
     gone_bytes = sum(len(b.data) for b in (deleted.config, deleted.layers[1], deleted.manifest))
     assert f"bucket: removed 4 objects, {gone_bytes + len(orphan)} bytes" in done.stdout

@@ -8,14 +8,11 @@ manifest, so the public image's layers left the bucket (security review, stop 39
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
 from pathlib import Path
 
 from krill import oci
 from krill.s3backend import S3Backend, S3Location
-from tests.components import krill_command
 from tests.fixtures_origin import digest_of
 from tests.imagebuild import build_image, random_files
 from tests.s3_fixtures import SeaweedFS
@@ -23,11 +20,10 @@ from tests.test_origin_s3 import (  # noqa: F401  (fixtures by name)
     StartS3Origin,
     bucket,
     bucket_digests,
-    credentials_file,
     push,
     push_image,
+    run_gc,
     start_s3_origin,
-    storage_url,
 )
 
 
@@ -56,13 +52,6 @@ async def test_a_manifest_pushed_as_a_layer_keeps_its_own_layers_in_the_bucket(
     assert put.status == 201, await put.text()
     before = await bucket_digests(bucket)
 
-    settings = tmp_path / "gc.toml"
-    settings.write_text(f's3_credentials = "{credentials_file(seaweedfs, tmp_path)}"\n')
-    args = ["origin", "gc", "--config", str(settings), "--data", str(tmp_path / "origin")]
-    args += ["--storage", storage_url(s3_location), "--grace", "0"]
-    done = await asyncio.to_thread(
-        subprocess.run, krill_command(*args), capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
+    await run_gc(seaweedfs, s3_location, tmp_path)
     assert await bucket_digests(bucket) == before, "every object is still named by a manifest"
     assert {b.digest for b in public.blobs()} <= before
