@@ -45,6 +45,15 @@ async def origin_with(
     return str(server.make_url("")).rstrip("/")
 
 
+def cache_of(
+    session: aiohttp.ClientSession, origin: str, store: Path, *, tag_ttl: float, timeout: float
+) -> ManifestCache:
+    """A manifest cache in ``store`` asking ``origin``."""
+    return ManifestCache(
+        OriginClient(session, origin), BlobStore(store), tag_ttl=tag_ttl, timeout=timeout
+    )
+
+
 async def test_a_stale_tag_is_reused_while_the_origin_stays_unreachable(
     tmp_path: Path, aiohttp_server: AiohttpServer
 ) -> None:
@@ -61,12 +70,8 @@ async def test_a_stale_tag_is_reused_while_the_origin_stays_unreachable(
 
     origin = await origin_with(aiohttp_server, manifest)
     async with aiohttp.ClientSession() as session:
-        cache = ManifestCache(
-            OriginClient(session, origin),
-            BlobStore(tmp_path / "manifests"),
-            tag_ttl=0.0,  # every request asks the origin again while it answers
-            timeout=0.2,
-        )
+        # tag_ttl 0: every request asks the origin again while it answers
+        cache = cache_of(session, origin, tmp_path / "manifests", tag_ttl=0.0, timeout=0.2)
         fresh = await cache.get("team/app", "v1")
         assert asked == 1
         hung.set()
@@ -100,12 +105,7 @@ async def test_a_cached_digest_is_served_only_under_a_repository_the_origin_serv
 
     origin = await origin_with(aiohttp_server, manifest)
     async with aiohttp.ClientSession() as session:
-        cache = ManifestCache(
-            OriginClient(session, origin),
-            BlobStore(tmp_path / "manifests"),
-            tag_ttl=60.0,
-            timeout=2.0,
-        )
+        cache = cache_of(session, origin, tmp_path / "manifests", tag_ttl=60.0, timeout=2.0)
         cached = (await cache.get("team/app", "v1")).digest
         digest = str(cached)
         assert (await cache.get("team/app", digest)).digest == cached
@@ -118,20 +118,14 @@ async def test_a_cached_digest_is_served_only_under_a_repository_the_origin_serv
             await cache.get("other/repo", digest)
         assert unavailable.value.status in (502, 503)
         assert (await cache.get("team/app", digest)).digest == cached, "its own repo: cached"
-        restarted = ManifestCache(
-            OriginClient(session, origin),
-            BlobStore(tmp_path / "manifests"), tag_ttl=60.0, timeout=2.0,
-        )
+        restarted = cache_of(session, origin, tmp_path / "manifests", tag_ttl=60.0, timeout=2.0)
         assert (await restarted.get("team/app", digest)).digest == cached, "kept across restarts"
 
 
 async def test_an_invalid_tag_is_an_unknown_manifest(tmp_path: Path) -> None:
     """``.INVALID_MANIFEST_NAME``: 404 MANIFEST_UNKNOWN (the OCI conformance suite), not 400."""
     async with aiohttp.ClientSession() as session:
-        cache = ManifestCache(
-            OriginClient(session, "http://127.0.0.1:9"), BlobStore(tmp_path / "m"),
-            tag_ttl=60.0, timeout=2.0,
-        )
+        cache = cache_of(session, "http://127.0.0.1:9", tmp_path / "m", tag_ttl=60.0, timeout=2.0)
         with pytest.raises(RegistryError) as error:
             await cache.get("team/app", ".INVALID_MANIFEST_NAME")
         assert (error.value.code, error.value.status) == ("MANIFEST_UNKNOWN", 404)
