@@ -1,7 +1,8 @@
 """Typed configuration: one dataclass per service, filled from file, env and flags.
 
 Precedence, lowest first: the dataclass defaults, a TOML file (``--config``),
-environment variables (``KRILL_<SERVICE>_<FIELD>``), command-line flags. Every
+environment variables (``KRILL_<SERVICE>_<FIELD>``; one with the prefix that names no
+setting is warned about, ``krill.configenv``), command-line flags. Every
 value is converted to the field's declared type here, strictly (a TOML ``10.7``
 or ``true`` for a whole number is refused, not truncated), so a typo fails at
 start-up with one line naming the setting and where it was set, not deep in a
@@ -27,6 +28,7 @@ from urllib.parse import urlsplit
 
 # Defined beside CliError so that krill.cli catches it without importing this module.
 from krill.clierror import ConfigError as ConfigError
+from krill.configenv import UnknownVariable, find_unknown_variables, service_link_in_setting
 from krill.logformat import LOG_LEVELS
 
 T = TypeVar("T")
@@ -39,11 +41,17 @@ def load_config(
     env_prefix: str,
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    held_warnings: list[UnknownVariable] | None = None,
 ) -> T:
     """Build ``cls`` (a dataclass) from defaults < file < env < flags.
 
     A setting its class refuses (a ``SettingError``) is reported with where its value
     came from: the file and key, the variable or the flag that set it last.
+
+    Each variable with ``env_prefix`` that names no field and is no service link is
+    warned about (``krill.configenv``): logged now, or added to ``held_warnings`` for
+    the caller to log with ``UnknownVariable.log`` once logging is set up (the CLIs
+    load the settings first: the log level is one of them).
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
@@ -60,11 +68,18 @@ def load_config(
         values[name] = _coerce(value, hints[name], where)
         sources[name] = where
     try:
-        return cls(**values)
+        config = cls(**values)
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
     except SettingError as exc:
         raise exc.set_by(sources.get(exc.setting)) from None
+    unknown = find_unknown_variables(env_prefix, hints, environ)
+    if held_warnings is None:
+        for warning in unknown:
+            warning.log()
+    else:
+        held_warnings.extend(unknown)
+    return config
 
 
 class SettingError(ConfigError):
@@ -87,13 +102,18 @@ def _from_environment(
 ) -> list[tuple[str, Any, str]]:
     """(field, value, variable) for each field's ``PREFIX_FIELD`` variable that is set.
 
-    Only the fields' own names are looked up: other ``KRILL_*`` variables (Kubernetes
-    service links make ``KRILL_AGENT_PORT`` and the like) are none of our business.
+    Only the fields' own names are read; the others with the prefix are warned about by
+    ``load_config``, not refused (see ``krill.configenv``). A field's variable that holds a
+    Kubernetes service link's ``tcp://IP:PORT`` (``KRILL_AGENT_PEER_PORT``, made for a
+    Service named ``krill-agent-peer``) is refused with a message saying so.
     """
     found = []
     for field in dataclasses.fields(cls):
         env_name = f"{env_prefix}{field.name.upper()}"
         if env_name in environ:
+            link = service_link_in_setting(env_name, environ[env_name])
+            if link is not None:
+                raise SettingError(link, field.name)
             found.append((field.name, environ[env_name], env_name))
     return found
 

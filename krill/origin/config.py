@@ -30,6 +30,7 @@ from krill.config import (
     load_config,
     parse_hostport,
 )
+from krill.configenv import UnknownVariable
 from krill.oci import MAX_MANIFEST_BYTES
 from krill.origin.cacheretention import CacheLimits
 from krill.origin.storage_url import parse_storage_url
@@ -240,5 +241,9 @@ def load_origin_config(
     file: str | os.PathLike[str] | None = None,
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    held_warnings: list[UnknownVariable] | None = None,
 ) -> OriginConfig:
-    return load_config(OriginConfig, file=file, env_prefix=ENV_PREFIX, flags=flags, environ=environ)
+    return load_config(
+        OriginConfig, file=file, env_prefix=ENV_PREFIX, flags=flags, environ=environ,
+        held_warnings=held_warnings,
+    )  # fmt: skip
