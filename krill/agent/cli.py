@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # imported where used: the CLI starts without loading aiohttp
 
     import aiohttp
 
+    from krill.configenv import UnknownVariable
+
 DEFAULT_AGENT_API = "http://127.0.0.1:7400"
 
 
@@ -118,8 +120,13 @@ def run(args: argparse.Namespace) -> int:
         "delta_policy": args.delta_policy,
         **{name: getattr(args, name) for name in SECURITY_FLAGS},
     }
-    config = load_config(AgentConfig, file=args.config, env_prefix="KRILL_AGENT_", flags=flags)
+    held: list[UnknownVariable] = []  # logged once logging is set up, by the log level
+    config = load_config(
+        AgentConfig, file=args.config, env_prefix="KRILL_AGENT_", flags=flags, held_warnings=held
+    )
     setup_logging(config.log_level)
+    for warning in held:
+        warning.log()
     if not config.origin:
 
         raise CliError("--origin URL is required (where manifests and fallback blobs come from)")

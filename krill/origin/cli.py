@@ -11,12 +11,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from krill.clierror import CliError, listen_failure
 from krill.logformat import LOG_LEVELS
 from krill.logs import setup_logging
 from krill.storageflags import add_storage_flags
+
+if TYPE_CHECKING:
+    from krill.configenv import UnknownVariable
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +159,11 @@ def run_gc(args: argparse.Namespace) -> int:
         "gc_grace": args.grace,
         "log_level": args.log_level,
     }
-    config = load_origin_config(file=args.config, flags=flags)
+    held: list[UnknownVariable] = []  # logged once logging is set up, by the log level
+    config = load_origin_config(file=args.config, flags=flags, held_warnings=held)
     setup_logging(config.log_level)
+    for warning in held:
+        warning.log()
     if not (config.data / "blobs").is_dir():
         raise CliError(
             f"{config.data} holds no origin store (no blobs/ directory); "
@@ -205,10 +211,14 @@ def run(args: argparse.Namespace) -> int:
     from krill.origin.config import load_origin_config
     from krill.origin.server import create_app
 
+    held: list[UnknownVariable] = []  # logged once logging is set up, by the log level
     config = load_origin_config(
-        file=args.config, flags={name: getattr(args, name) for name in CONFIG_FLAGS}
-    )
+        file=args.config, flags={name: getattr(args, name) for name in CONFIG_FLAGS},
+        held_warnings=held,
+    )  # fmt: skip
     setup_logging(config.log_level)
+    for warning in held:
+        warning.log()
     hold_data_dir(config.data, "origin")  # held until this process ends
     host, port = config.listen_address
     ssl_context = server_ssl_context(config)

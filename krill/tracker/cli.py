@@ -8,6 +8,7 @@ from pathlib import Path
 
 from krill.clierror import CliError, listen_failure
 from krill.config import load_config, parse_hostport
+from krill.configenv import UnknownVariable
 from krill.logformat import LOG_LEVELS
 from krill.logs import setup_logging
 from krill.securityflags import SECURITY_FLAGS, add_security_flags
@@ -43,10 +44,14 @@ def run(args: argparse.Namespace) -> int:
         "announce_keys": args.announce_keys,
         **{name: getattr(args, name) for name in SECURITY_FLAGS},
     }
+    held: list[UnknownVariable] = []  # logged once logging is set up, by the log level
     config = load_config(
-        TrackerConfig, file=args.config, env_prefix="KRILL_TRACKER_", flags=flags
-    )
+        TrackerConfig, file=args.config, env_prefix="KRILL_TRACKER_", flags=flags,
+        held_warnings=held,
+    )  # fmt: skip
     setup_logging(config.log_level)
+    for warning in held:
+        warning.log()
     # Imported here, not at the top: every `krill` command builds this parser.
     from aiohttp import web
     from redis.exceptions import RedisError
