@@ -10,7 +10,9 @@ out, asked over real HTTP of a real origin (and, for pulls, a real agent).
   ``FRAMINGS`` names the two, for parametrized fixtures.
 * ``Answer``: a response read whole, with ``assert_error`` for the spec's error
   JSON.
-* ``descriptor`` and ``manifest_bytes``: the suite's kind of test content.
+* ``origin_registry``: a ``Registry`` of a new origin.
+* ``image``, ``push_image``, ``referrer_bytes`` (built on ``descriptor`` and
+  ``manifest_bytes``): the suite's kind of test content.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ KRILL_ERROR_CODES = SPEC_ERROR_CODES | {"RANGE_INVALID"}
 
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 EMPTY_JSON = b"{}"
+ANNOTATION = "org.opencontainers.conformance.test"  # the suite's annotation key
 # The suite's tag that is not a valid tag (a leading dot): it names no manifest.
 INVALID_TAG = ".INVALID_MANIFEST_NAME"
 
@@ -239,7 +242,7 @@ def referrer_bytes(
         "subject": descriptor(oci.OCI_MANIFEST, subject.manifest),
     }
     if annotation is not None:
-        fields["annotations"] = {"org.opencontainers.conformance.test": annotation}
+        fields["annotations"] = {ANNOTATION: annotation}
     layers = [descriptor(artifact_type, blob)]
     return manifest_bytes(descriptor(OCI_EMPTY, EMPTY_JSON), layers, **fields)
 

@@ -19,6 +19,7 @@ import pytest
 from krill import oci
 from tests.fixtures_origin import StartOrigin
 from tests.oci_conformance import (
+    ANNOTATION,
     EMPTY_JSON,
     FRAMINGS,
     OCI_EMPTY,
@@ -31,6 +32,7 @@ from tests.oci_conformance import (
     manifest_bytes,
     origin_registry,
     push_image,
+    referrer_bytes,
 )
 
 REPO = "oci/conformance"
@@ -38,7 +40,6 @@ TAGS = ["TEST0", "TEST1", "TEST2", "TEST3", "test0", "test1", "test2", "test3"] 
 BAGEL = "application/vnd.nhl.peanut.butter.bagel"
 CROISSANT = "application/vnd.nba.strawberry.jam.croissant"
 FOOD_STAND = "application/vnd.food.stand"
-ANNOTATION = "org.opencontainers.conformance.test"
 
 
 @pytest.fixture(params=FRAMINGS)
@@ -116,16 +117,6 @@ def typed_by_config(subject: Image, kind: str, blob: bytes, note: str) -> bytes:
     )
 
 
-def typed_by_artifact_type(subject: Image, kind: str, blob: bytes, note: str | None) -> bytes:
-    fields: dict[str, Any] = {
-        "artifactType": kind,
-        "subject": descriptor(oci.OCI_MANIFEST, subject.manifest),
-    }
-    if note is not None:
-        fields["annotations"] = {ANNOTATION: note}
-    return manifest_bytes(descriptor(OCI_EMPTY, EMPTY_JSON), [descriptor(kind, blob)], **fields)
-
-
 async def pushed_referrer(registry: Registry, body: bytes, subject: Image, media_type: str) -> str:
     answer = await registry.put_manifest(digest_of(body), body, media_type)
     assert answer.status == 201, answer.describe()
@@ -144,7 +135,7 @@ async def push_referrers(registry: Registry) -> Referrers:
         await registry.upload(blob)
     manifests = [
         (BAGEL, "test config a", typed_by_config(subject, BAGEL, bagel, "test config a")),
-        (BAGEL, "test layer a", typed_by_artifact_type(subject, BAGEL, bagel, "test layer a")),
+        (BAGEL, "test layer a", referrer_bytes(subject, BAGEL, bagel, "test layer a")),
         (
             CROISSANT,
             "test config b",
@@ -153,7 +144,7 @@ async def push_referrers(registry: Registry) -> Referrers:
         (
             CROISSANT,
             "test layer b",
-            typed_by_artifact_type(subject, CROISSANT, croissant, "test layer b"),
+            referrer_bytes(subject, CROISSANT, croissant, "test layer b"),
         ),
     ]
     of_subject = {}
@@ -176,7 +167,7 @@ async def push_referrers(registry: Registry) -> Referrers:
     # The subject is pushed after its referrers, the other image before its one.
     await push_image(registry, "subject", subject)
     await push_image(registry, "other", other)
-    body = typed_by_artifact_type(other, CROISSANT, croissant, None)
+    body = referrer_bytes(other, CROISSANT, croissant)
     of_other = await pushed_referrer(registry, body, other, oci.OCI_MANIFEST)
     return Referrers(subject, other, of_subject, of_other)
 
