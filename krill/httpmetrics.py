@@ -25,26 +25,74 @@ work it out again.
 The middleware also leaves a ``Stopwatch`` on the request (``stopwatch``):
 code deeper down that reports a phase of the same request (the agent's time
 to first byte of a blob) measures from the same start on the same clock.
+
+Complete, aborted or client gone
+--------------------------------
+
+A streamed body can end short after its headers (with their status) went
+out: the client went away, or the server cut the connection (the agent's
+transfer failed its digest or stalled, the origin's upstream or bucket broke
+off). Each request's line says how its body ended, ``outcome=`` an
+``Outcome``: ``complete``, ``aborted`` (the server cut it; ``reason=`` a
+``CutReason``) or ``client_gone``, with ``sent=`` body bytes sent against
+``promised=`` (the Content-Length; ``-`` where unknown: chunked, or bytes
+that went out with sendfile before an unmarked cut). A complete answer and a
+client that went away are normal and logged at debug; an aborted one is
+logged at WARNING (one line: route, path, status, reason, sent of promised,
+and the request id ``krill.logs`` adds).
+
+How it is known, without per-chunk work: code that cuts a response, or
+catches the client's disconnect, says so once with ``mark_cut(request,
+reason, sent)`` (first mark wins). Else a handler's ``ConnectionError`` (or
+its cancellation, where the server cancels handlers whose client left) is
+the client gone, and a response returned before its end (no EOF written, or
+its connection closed, or bytes promised but never written) was cut for an
+``unspecified`` reason. A response sent after the handler returned
+(``krill.sendfile.ThreadedFileResponse``: cached and stored blobs) reports
+its own end (``reports_its_send``, ``settle``): its line is written after
+its last byte (or the client's disconnect), with the request id bound again
+from its ``X-Request-Id``.
+
+Decided: ``on_answer`` still receives the status sent, the one the client saw
+in the headers, aborted or not; a fake status (499, 500) would claim an
+answer nobody sent, and the status label set stays as it was. Cut responses
+are counted apart, in ``<service>_aborted_responses_total{route,reason}``
+(``request_histogram(..., aborted=name)`` registers it beside the
+histogram; client_gone included, it is a reason like the others), so "pulls
+that failed after their 200" is ``aborted_responses`` and needs no log
+search. The exception: a handler that lets a client's disconnect escape
+leaves no response to read a status from, so ``on_answer`` gets 500 there,
+as before (the line says ``outcome=client_gone``); in-tree blob streams mark
+and return instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from enum import StrEnum
+from typing import Any, NamedTuple
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from krill.clock import SYSTEM_CLOCK, Clock
+from krill.requestcontext import HEADER, bind_request_id, unbind_request_id
 
 __all__ = [
     "REQUEST_BUCKETS",
+    "Cut",
+    "CutReason",
+    "Outcome",
+    "RequestHistogram",
     "Stopwatch",
     "latency_middleware",
+    "mark_cut",
     "request_histogram",
     "route_of",
+    "settle",
     "stopwatch",
 ]
 
@@ -54,6 +102,35 @@ REQUEST_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     30.0, 60.0, 120.0, 300.0,
 )  # fmt: skip
+
+
+class Outcome(StrEnum):
+    """How a response's body ended (``outcome=`` of the request's line)."""
+
+    COMPLETE = "complete"
+    ABORTED = "aborted"  # the server cut it short
+    CLIENT_GONE = "client_gone"
+
+
+class CutReason(StrEnum):
+    """Why a body ended short (``reason=``; the ``reason`` label of aborted_responses)."""
+
+    CLIENT_GONE = "client_gone"  # the client closed the connection
+    TRANSFER_FAILED = "transfer_failed"  # agent: the blob's transfer broke, stalled or mismatched
+    UPSTREAM_FAILED = "upstream_failed"  # origin: the pull-through download broke or mismatched
+    STORAGE_FAILED = "storage_failed"  # origin: the bucket's stream broke off
+    UNSPECIFIED = "unspecified"  # the handler returned before the body's end, saying nothing
+
+
+class Cut(NamedTuple):
+    """A body that ended short: why, and its body bytes sent when known."""
+
+    reason: CutReason
+    sent: int | None = None
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome.CLIENT_GONE if self.reason is CutReason.CLIENT_GONE else Outcome.ABORTED
 
 
 class Stopwatch:
@@ -74,6 +151,9 @@ log = logging.getLogger(__name__)
 # Distinct (method, route) pairs whose histogram child a latency middleware keeps.
 _MAX_CACHED_CHILDREN = 1024
 _STOPWATCH = web.RequestKey("stopwatch", Stopwatch)
+_CUT = web.RequestKey("cut", Cut)
+# What a response that reports its own send calls once it is over (``settle``).
+_SETTLE: web.RequestKey[Callable[[web.StreamResponse], None]] = web.RequestKey("settle")
 
 
 def stopwatch(request: web.Request) -> Stopwatch:
@@ -82,22 +162,96 @@ def stopwatch(request: web.Request) -> Stopwatch:
     return found if found is not None else Stopwatch()
 
 
+def mark_cut(request: web.BaseRequest, reason: CutReason, sent: int | None = None) -> None:
+    """Say why ``request``'s body ends short (``sent``: its body bytes out so far, if known).
+
+    Call where the connection is cut or the client's disconnect is caught, once
+    per response, not per chunk. The first mark stands: a cut that then surfaces
+    as a ``ConnectionError`` stays the cut it was.
+    """
+    if _CUT not in request:
+        request[_CUT] = Cut(reason, sent)
+
+
+def settle(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """A response that ``reports_its_send`` is sent, or ended short (then ``mark_cut`` first)."""
+    report = request.get(_SETTLE)
+    if report is not None:
+        del request[_SETTLE]
+        report(response)
+
+
+class RequestHistogram(Histogram):
+    """The request histogram, with the counter of its service's cut responses, if any."""
+
+    aborted: Counter | None = None
+
+
 def request_histogram(
-    name: str, registry: CollectorRegistry, buckets: Sequence[float] = REQUEST_BUCKETS
-) -> Histogram:
-    return Histogram(
+    name: str,
+    registry: CollectorRegistry,
+    buckets: Sequence[float] = REQUEST_BUCKETS,
+    *,
+    aborted: str | None = None,
+) -> RequestHistogram:
+    """The request histogram; ``aborted`` names a counter of cut responses beside it."""
+    histogram = RequestHistogram(
         name,
         "Seconds from a request's arrival to its handler's answer, by method and route pattern",
         ["method", "route"],
         registry=registry,
         buckets=buckets,
     )
+    if aborted is not None:
+        histogram.aborted = Counter(
+            aborted,
+            "Responses whose body ended short after their headers went out, by route "
+            "pattern and reason (client_gone, transfer_failed, upstream_failed, ...)",
+            ["route", "reason"],
+            registry=registry,
+        )
+    return histogram
 
 
 def route_of(request: web.Request) -> str:
     """The canonical pattern of the route that matched, or ``unmatched``."""
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
+
+
+def _cut_of(request: web.Request, response: web.StreamResponse | None, gone: bool) -> Cut | None:
+    """How a handler's answer ended: None if whole (or still to be sent by aiohttp)."""
+    cut = request.get(_CUT)
+    if cut is not None:
+        return cut
+    if gone:
+        return Cut(CutReason.CLIENT_GONE)
+    if response is None or not response.prepared or response._eof_sent:
+        return None
+    # Returned before its EOF: aiohttp writes that, unless the connection is gone
+    # or the body is shorter than its Content-Length (``writer.length``: bytes owed).
+    transport = request.transport
+    owed = request.writer.length
+    if transport is None or transport.is_closing() or owed:
+        return Cut(CutReason.UNSPECIFIED)
+    return None
+
+
+def _sent(request: web.BaseRequest, promised: int | None, cut: Cut | None) -> int | None:
+    """Body bytes sent: all promised if whole, else as marked or as counted by aiohttp."""
+    if request.method == "HEAD":
+        return 0
+    if cut is None:
+        return promised
+    if cut.sent is not None:
+        return cut.sent
+    owed = request.writer.length
+    # Bytes sent with sendfile bypass aiohttp's count; a marked cut says how many.
+    return None if promised is None or owed is None else promised - owed
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 def latency_middleware(
@@ -110,24 +264,63 @@ def latency_middleware(
 
     Failed requests are observed too: a slow 503 is exactly what the latency
     panel should show. ``on_answer(request, status)`` is called for every
-    request, after the observation.
+    request, after the observation. A response cut short is counted in the
+    ``aborted`` counter of a ``RequestHistogram`` that has one.
     """
 
     # The labelled child per (method, route): a dict lookup instead of prometheus'
     # label validation and lock on every request. Bounded, as clients choose methods.
     children: dict[tuple[str, str], Any] = {}
+    aborted = histogram.aborted if isinstance(histogram, RequestHistogram) else None
     debug = log.isEnabledFor
+
+    def report(
+        request: web.Request, route: str, status: int, cut: Cut | None, promised: int | None
+    ) -> None:
+        seconds = stopwatch(request).elapsed()
+        if cut is not None and aborted is not None:
+            aborted.labels(route, cut.reason).inc()
+        level = logging.WARNING if cut is not None and cut.outcome is Outcome.ABORTED else 0
+        if level or debug(logging.DEBUG):
+            log.log(
+                level or logging.DEBUG,
+                "http.request method=%s route=%s path=%s status=%d outcome=%s%s sent=%s "
+                "promised=%s seconds=%.4f",
+                request.method, route, request.path, status,
+                Outcome.COMPLETE if cut is None else cut.outcome,
+                "" if cut is None else f" reason={cut.reason}",
+                _count(_sent(request, promised, cut)), _count(promised), seconds,
+            )  # fmt: skip
+
+    def later(request: web.Request, route: str) -> Callable[[web.StreamResponse], None]:
+        def settled(response: web.StreamResponse) -> None:
+            # After the handler: its request-id context is gone; bind the id it echoed.
+            request_id = response.headers.get(HEADER)
+            token = None if request_id is None else bind_request_id(request_id)
+            try:
+                cut = request.get(_CUT)
+                report(request, route, response.status, cut, response.content_length)
+            finally:
+                if token is not None:
+                    unbind_request_id(token)
+
+        return settled
 
     @web.middleware
     async def time_request(request: web.Request, handler: Handler) -> web.StreamResponse:
         watch = request[_STOPWATCH] = Stopwatch(clock)
         status = 500  # unless the handler answers or raises an HTTP error
+        response: web.StreamResponse | None = None
+        gone = False
         try:
             response = await handler(request)
             status = response.status
             return response
         except web.HTTPException as exc:
             status = exc.status
+            raise
+        except (ConnectionError, asyncio.CancelledError):
+            gone = True  # cancelled: aiohttp's handler_cancellation, on the connection's loss
             raise
         finally:
             seconds = watch.elapsed()
@@ -141,10 +334,16 @@ def latency_middleware(
             child.observe(seconds)
             if on_answer is not None:
                 on_answer(request, status)
-            if debug(logging.DEBUG):
-                log.debug(
-                    "http.request method=%s route=%s path=%s status=%d seconds=%.4f",
-                    request.method, route, request.path, status, seconds,
-                )  # fmt: skip
+            if response is not None and not response.prepared and _reports_its_send(response):
+                request[_SETTLE] = later(request, route)
+            else:
+                cut = _cut_of(request, response, gone)
+                promised = None if response is None else response.content_length
+                report(request, route, status, cut, promised)
 
     return time_request
+
+
+def _reports_its_send(response: web.StreamResponse) -> bool:
+    """Whether ``response`` sends its body after its handler and ``settle``s when done."""
+    return getattr(response, "reports_its_send", False) is True

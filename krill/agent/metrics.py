@@ -8,7 +8,8 @@ HTTP piece claims (its share of a herd's pull, ``krill.piecefeed``);
 ``origin_http_bytes`` is what the fallback pulled from the origin directly.
 
 Histograms (seconds): ``request_seconds`` per route of both HTTP APIs
-(``krill.httpmetrics``); ``pull_first_byte_seconds`` and ``pull_seconds`` per
+(``krill.httpmetrics``, with ``aborted_responses``: bodies cut short, by route
+and reason); ``pull_first_byte_seconds`` and ``pull_seconds`` per
 whole-blob GET, from the request's arrival to its first body byte and to its
 last, by where the blob came from (``PullSource``): the time containerd waits,
 source choice and the swarm deadline included. ``swarm_download_seconds`` and
@@ -50,7 +51,9 @@ PULL_BUCKETS = (*REQUEST_BUCKETS, 600.0)
 class AgentMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.request_seconds = request_histogram("krill_agent_request_seconds", self.registry)
+        self.request_seconds = request_histogram(
+            "krill_agent_request_seconds", self.registry, aborted="krill_agent_aborted_responses"
+        )
         self.pull_first_byte_seconds = Histogram(
             "krill_agent_pull_first_byte_seconds",
             "Seconds from a blob GET's arrival to its first body byte, by source",

@@ -17,7 +17,10 @@ __all__ = ["DeltaMetrics", "OriginMetrics", "PieceTurnMetrics"]
 class OriginMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.request_seconds = request_histogram("krill_origin_request_seconds", self.registry)
+        # Beside it, krill_origin_aborted_responses{route,reason}: bodies cut short.
+        self.request_seconds = request_histogram(
+            "krill_origin_request_seconds", self.registry, aborted="krill_origin_aborted_responses"
+        )
         self.requests = Counter(
             "krill_origin_requests",
             "HTTP requests answered, by method, route kind and status.",
