@@ -26,10 +26,12 @@ from __future__ import annotations
 import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, ClassVar, NamedTuple
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+
+from krill.httpmetrics import CutReason, mark_cut, settle
 
 __all__ = [
     "BURST_LIMIT",
@@ -132,7 +134,23 @@ async def send_file_range(raw: RawSocket, file_fd: int, offset: int, count: int)
 
 
 class ThreadedFileResponse(web.FileResponse):
-    """``web.FileResponse`` whose body is sent by ``send_file_range``."""
+    """``web.FileResponse`` whose body is sent by ``send_file_range``.
+
+    It is sent after its handler returned, so it tells the latency middleware
+    itself how its send ended (``krill.httpmetrics.settle``): whole, or the
+    client gone.
+    """
+
+    reports_its_send: ClassVar[bool] = True
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        try:
+            return await super().prepare(request)
+        except ConnectionError:
+            mark_cut(request, CutReason.CLIENT_GONE)
+            raise
+        finally:
+            settle(request, self)
 
     async def _sendfile(
         self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int

@@ -39,7 +39,7 @@ from krill.agent.fetcher import CachedBlob, InflightBlob, wait_progress
 from krill.agent.metrics import PullSource
 from krill.agent.ranges import ByteRange, parse_range
 from krill.agent.sources import OriginHttpTransfer, TransferFailed
-from krill.httpmetrics import Stopwatch, stopwatch
+from krill.httpmetrics import CutReason, Stopwatch, mark_cut, stopwatch
 from krill.registry_errors import API_HEADERS, RegistryError
 from krill.sendfile import RawSocket, ThreadedFileResponse, raw_socket, send_file_range
 
@@ -170,11 +170,11 @@ async def _stream(
     response.content_length = byte_range.length
     fd = await _open_blob_file(blob)
     raw = raw_socket(request)
+    position = byte_range.start
     try:
         if byte_range.end < blob.size:
             await _wait_verified(blob, stall_timeout)
         await response.prepare(request)
-        position = byte_range.start
         while position < byte_range.end:
             available = await wait_progress(blob, position, stall_timeout)
             if raw is not None:
@@ -194,8 +194,11 @@ async def _stream(
         timer.done()
     except TransferFailed as exc:
         log.warning("serve.aborted digest=%s error=%s", blob.digest, exc)
+        mark_cut(request, CutReason.TRANSFER_FAILED, position - byte_range.start)
         if request.transport is not None:
             request.transport.abort()
+    except ConnectionError:  # the client went away: nobody to answer
+        mark_cut(request, CutReason.CLIENT_GONE, position - byte_range.start)
     finally:
         os.close(fd)
     return response

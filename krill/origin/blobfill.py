@@ -30,6 +30,7 @@ from aiohttp import web
 from krill.blobstore import BlobStore, BlobWriter, DigestMismatchError, SizeMismatchError
 from krill.digests import Digest
 from krill.errortext import error_text
+from krill.httpmetrics import CutReason, mark_cut
 from krill.origin.batching import Batches
 from krill.registry_errors import RegistryError
 
@@ -160,6 +161,7 @@ class BlobFill:
             await self._send_from(fd, request, response)
             await response.write_eof()
         except ConnectionError as exc:  # gone, or cut by us: the fetch goes on regardless
+            mark_cut(request, CutReason.CLIENT_GONE)  # unless marked as cut by us
             log.info("upstream.client_gone digest=%s reason=%s", self.digest, exc)
         finally:
             os.close(fd)
@@ -170,6 +172,7 @@ class BlobFill:
         while True:
             progress = self._progress
             if self.done.done() and not self.committed:
+                mark_cut(request, CutReason.UPSTREAM_FAILED, offset)
                 _cut(request)
                 raise ConnectionResetError(f"fetching {self.digest} from upstream failed")
             # Hold the last byte back until the blob is verified.

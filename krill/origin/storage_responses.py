@@ -30,6 +30,7 @@ from aiohttp import web
 
 from krill.blobbackend import BlobMissingError
 from krill.digests import Digest
+from krill.httpmetrics import CutReason, mark_cut
 from krill.origin.blobresponses import blob_head_response, blob_headers
 from krill.origin.storage import ObjectStore
 from krill.origin.storage_fill import Filled, FillEnd, FillTap, Opened
@@ -74,6 +75,7 @@ async def bucket_blob_response(
         async with object_store.open(digest, start, count) as reader:
             await response.prepare(request)
             if not await _relay(reader.chunks, response, digest):
+                mark_cut(request, CutReason.STORAGE_FAILED)
                 _cut_short(request)
                 return response
     except BlobMissingError:  # deleted between the size and the read
@@ -120,12 +122,14 @@ async def _tapped_response(
                 item.outcome.value,
                 item.reason,
             )
+            mark_cut(request, CutReason.STORAGE_FAILED)
             _cut_short(request)
             return response
         if held is not None:
             await response.write(held)
         await response.write_eof()
     except ConnectionError:  # the client went away
+        mark_cut(request, CutReason.CLIENT_GONE)
         log.debug("origin.bucket_stream_client_gone digest=%s", digest)
         return response
     finally:
