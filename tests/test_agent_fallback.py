@@ -235,6 +235,7 @@ def test_a_stalled_transfer_aborts_the_client_instead_of_hanging(tmp_path: Path)
         finally:
             server.close()
     assert "stalled at byte" in (tmp_path / "agent" / "agent.log").read_text()
+    assert "outcome=aborted reason=transfer" in (tmp_path / "agent" / "agent.log").read_text()
 
 
 def test_concurrent_requests_for_one_blob_share_one_origin_transfer(tmp_path: Path) -> None:
