@@ -16,7 +16,9 @@ pasted twice. Certificates are read once at start; a file that cannot be
 loaded is a ``ConfigError`` naming it and the reason, so a service with a
 broken certificate does not start rather than refusing every client later.
 
-Contexts accept TLS 1.2 and newer with Python's default ciphers.
+Contexts accept TLS 1.2 and newer with Python's default ciphers. A server
+context logs and counts the handshakes that fail on it (``krill.tlslog``);
+each service exports the count in its registry (``register_handshake_metrics``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from krill.config import ConfigError
+from krill.tlslog import observe_handshakes
 
 __all__ = [
     "ClientTls",
@@ -82,6 +85,7 @@ def server_ssl_context(tls: ServerTls) -> ssl.SSLContext | None:
     if tls.client_ca is not None:
         _load_ca(context, tls.client_ca, "client_ca")
         context.verify_mode = ssl.CERT_REQUIRED
+    observe_handshakes(context)  # a failed handshake is logged and counted (krill.tlslog)
     return context
 
 
