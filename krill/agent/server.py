@@ -15,6 +15,7 @@ from krill.agent.registry import build_registry_app
 from krill.clierror import listen_failure
 from krill.config import parse_hostport
 from krill.tls import server_ssl_context
+from krill.tlslog import register_handshake_metrics
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
                 # The control API speaks TLS when configured; the registry endpoint is for
                 # this node's containerd over loopback and stays http.
                 tls = server_ssl_context(config.server_tls) if name == "control" else None
+                register_handshake_metrics(
+                    node.metrics.registry, tls, "krill_agent_tls_handshake_failures"
+                )
                 site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=tls)
                 try:
                     await site.start()

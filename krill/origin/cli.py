@@ -207,9 +207,11 @@ def run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from krill.datadir import hold_data_dir
+    from krill.origin.appkeys import METRICS
     from krill.origin.auth_tls import server_ssl_context
     from krill.origin.config import load_origin_config
     from krill.origin.server import create_app
+    from krill.tlslog import register_handshake_metrics
 
     held: list[UnknownVariable] = []  # logged once logging is set up, by the log level
     config = load_origin_config(
@@ -229,6 +231,9 @@ def run(args: argparse.Namespace) -> int:
             "(--tls-cert/--tls-key) unless a TLS proxy is in front",
         )  # fmt: skip
     app = create_app(config)  # with storage = s3://...: write-through, read-through
+    register_handshake_metrics(
+        app[METRICS].registry, ssl_context, "krill_origin_tls_handshake_failures"
+    )
     log.info(
         "origin.starting listen=%s:%d tls=%s data=%s storage=%s upstream=%s",
         host,

@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
     from krill.tls import server_ssl_context
-    from krill.tracker.server import create_app  # after logging is set up
+    from krill.tlslog import register_handshake_metrics
+    from krill.tracker.server import METRICS_KEY, create_app  # after logging is set up
 
     host, port = parse_hostport(config.listen)
     ssl_context = server_ssl_context(config.server_tls)
@@ -67,8 +68,12 @@ def run(args: argparse.Namespace) -> int:
         "redis" if config.redis else "memory", ",".join(config.origin) or "none",
     )  # fmt: skip
     try:
+        app = create_app(config)
+        register_handshake_metrics(
+            app[METRICS_KEY].registry, ssl_context, "krill_tracker_tls_handshake_failures"
+        )
         web.run_app(
-            create_app(config), host=host, port=port, ssl_context=ssl_context,
+            app, host=host, port=port, ssl_context=ssl_context,
             print=None, access_log=None,
         )  # fmt: skip
     except RedisError as exc:
