@@ -96,7 +96,7 @@ _NO_CIPHER = {"NO_SHARED_CIPHER", "NO_SUITABLE_SIGNATURE_ALGORITHM", "NO_SHARED_
 
 def classify(exc: ssl.SSLError) -> tuple[Reason, str]:
     """The reason a handshake failed and what to do about it, in words."""
-    code = str(exc.reason or "")
+    code = str(getattr(exc, "reason", None) or "")
     if isinstance(exc, ssl.SSLCertVerificationError):
         verify = exc.verify_code
         if verify in _UNTRUSTED_ISSUER:
