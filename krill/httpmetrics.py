@@ -275,9 +275,13 @@ def latency_middleware(
     debug = log.isEnabledFor
 
     def report(
-        request: web.Request, route: str, status: int, cut: Cut | None, promised: int | None
+        request: web.Request,
+        route: str,
+        status: int,
+        cut: Cut | None,
+        promised: int | None,
+        seconds: float,
     ) -> None:
-        seconds = stopwatch(request).elapsed()
         if cut is not None and aborted is not None:
             aborted.labels(route, cut.reason).inc()
         level = logging.WARNING if cut is not None and cut.outcome is Outcome.ABORTED else 0
@@ -299,7 +303,8 @@ def latency_middleware(
             token = None if request_id is None else bind_request_id(request_id)
             try:
                 cut = request.get(_CUT)
-                report(request, route, response.status, cut, response.content_length)
+                seconds = stopwatch(request).elapsed()  # to the send's end
+                report(request, route, response.status, cut, response.content_length, seconds)
             finally:
                 if token is not None:
                     unbind_request_id(token)
@@ -334,12 +339,17 @@ def latency_middleware(
             child.observe(seconds)
             if on_answer is not None:
                 on_answer(request, status)
-            if response is not None and not response.prepared and _reports_its_send(response):
-                request[_SETTLE] = later(request, route)
-            else:
-                cut = _cut_of(request, response, gone)
+            if gone or (response is not None and response.prepared):
+                # The headers went out (or the client left): the body may have ended short.
                 promised = None if response is None else response.content_length
-                report(request, route, status, cut, promised)
+                report(request, route, status, _cut_of(request, response, gone), promised, seconds)
+            elif response is not None and _reports_its_send(response):
+                request[_SETTLE] = later(request, route)
+            elif debug(logging.DEBUG):
+                # An answer aiohttp writes whole after this returns, or an HTTP error: the
+                # hot path (announces, manifests) pays for no more than this check.
+                promised = None if response is None else response.content_length
+                report(request, route, status, None, promised, seconds)
 
     return time_request
 
