@@ -29,41 +29,27 @@ to first byte of a blob) measures from the same start on the same clock.
 Complete, aborted or client gone
 --------------------------------
 
-A streamed body can end short after its headers (with their status) went
-out: the client went away, or the server cut the connection (the agent's
-transfer failed its digest or stalled, the origin's upstream or bucket broke
-off). Each request's line says how its body ended, ``outcome=`` an
-``Outcome``: ``complete``, ``aborted`` (the server cut it; ``reason=`` a
-``CutReason``) or ``client_gone``, with ``sent=`` body bytes sent against
-``promised=`` (the Content-Length; ``-`` where unknown: chunked, or bytes
-that went out with sendfile before an unmarked cut). A complete answer and a
-client that went away are normal and logged at debug; an aborted one is
-logged at WARNING (one line: route, path, status, reason, sent of promised,
-and the request id ``krill.logs`` adds).
+A body can end short after its headers (and their 200) went out. Each line
+says how it ended: ``outcome=`` ``complete``, ``client_gone`` (normal: debug)
+or ``aborted`` (the server cut it: WARNING whatever the level), a
+``CutReason``, and ``sent=`` body bytes against ``promised=`` (Content-Length;
+``-`` where unknown). Cut responses are counted in
+``<service>_aborted_responses_total{route,reason}`` (``request_histogram(...,
+aborted=name)``), so "pulls that failed after their 200" needs no log search.
 
-How it is known, without per-chunk work: code that cuts a response, or
-catches the client's disconnect, says so once with ``mark_cut(request,
-reason, sent)`` (first mark wins). Else a handler's ``ConnectionError`` (or
-its cancellation, where the server cancels handlers whose client left) is
-the client gone, and a response returned before its end (no EOF written, or
-its connection closed, or bytes promised but never written) was cut for an
-``unspecified`` reason. A response sent after the handler returned
-(``krill.sendfile.ThreadedFileResponse``: cached and stored blobs) reports
-its own end (``reports_its_send``, ``settle``): its line is written after
-its last byte (or the client's disconnect), with the request id bound again
-from its ``X-Request-Id``.
+How it is known, with no per-chunk work: code that cuts a response or catches
+the client's disconnect says so once, ``mark_cut`` (first mark wins; its
+``sent`` is a lower bound). Otherwise the middleware reads how the handler
+ended (``Ended``): a ``ConnectionError`` is the client gone only if the
+client's connection is closed (else an outgoing connection failed), an error
+after the headers went out is ``handler_failed``, a cancellation is
+``shutdown``, and a response returned before its end is ``unspecified``. A
+``ThreadedFileResponse`` (cached and stored blobs) is sent after its handler
+returned; it reports its own end (``settle``), and its line and
+``on_answer`` come then, with the status it really sent (206, 304, 416).
 
-Decided: ``on_answer`` still receives the status sent, the one the client saw
-in the headers, aborted or not; a fake status (499, 500) would claim an
-answer nobody sent, and the status label set stays as it was. Cut responses
-are counted apart, in ``<service>_aborted_responses_total{route,reason}``
-(``request_histogram(..., aborted=name)`` registers it beside the
-histogram; client_gone included, it is a reason like the others), so "pulls
-that failed after their 200" is ``aborted_responses`` and needs no log
-search. The exception: a handler that lets a client's disconnect escape
-leaves no response to read a status from, so ``on_answer`` gets 500 there,
-as before (the line says ``outcome=client_gone``); in-tree blob streams mark
-and return instead.
+Decided: ``on_answer`` gets the status sent, aborted or not; a fake status
+(499) would claim an answer nobody sent and change the status label set.
 """
 
 from __future__ import annotations
@@ -71,7 +57,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from enum import StrEnum
+from enum import Enum, StrEnum, auto
 from typing import Any, NamedTuple
 
 from aiohttp import web
@@ -88,6 +74,7 @@ __all__ = [
     "Outcome",
     "RequestHistogram",
     "Stopwatch",
+    "client_gone",
     "latency_middleware",
     "mark_cut",
     "request_histogram",
@@ -119,7 +106,22 @@ class CutReason(StrEnum):
     TRANSFER_FAILED = "transfer_failed"  # agent: the blob's transfer broke, stalled or mismatched
     UPSTREAM_FAILED = "upstream_failed"  # origin: the pull-through download broke or mismatched
     STORAGE_FAILED = "storage_failed"  # origin: the bucket's stream broke off
+    HANDLER_FAILED = "handler_failed"  # the handler raised after the headers went out
+    SHUTDOWN = "shutdown"  # the service stopped (its handlers cancelled) mid-answer
     UNSPECIFIED = "unspecified"  # the handler returned before the body's end, saying nothing
+
+
+class Ended(Enum):
+    """How the handler itself ended, as the middleware saw it."""
+
+    RETURNED = auto()  # with a response (which may have been cut: ``mark_cut``)
+    RAISED = auto()  # an error (an HTTP error is an answer, and RETURNED)
+    CLIENT_GONE = auto()  # a ConnectionError with the client's connection closed
+    CANCELLED = auto()  # the service is stopping
+
+
+# Statuses that carry no body whatever their Content-Length says.
+_NO_BODY = frozenset({204, 304})
 
 
 class Cut(NamedTuple):
@@ -163,7 +165,7 @@ def stopwatch(request: web.Request) -> Stopwatch:
 
 
 def mark_cut(request: web.BaseRequest, reason: CutReason, sent: int | None = None) -> None:
-    """Say why ``request``'s body ends short (``sent``: its body bytes out so far, if known).
+    """Say why ``request``'s body ends short (``sent``: at least that many body bytes went out).
 
     Call where the connection is cut or the client's disconnect is caught, once
     per response, not per chunk. The first mark stands: a cut that then surfaces
@@ -219,34 +221,64 @@ def route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def _cut_of(request: web.Request, response: web.StreamResponse | None, gone: bool) -> Cut | None:
+def _reports_its_send(response: web.StreamResponse) -> bool:
+    """Whether ``response`` sends its body after its handler and ``settle``s when done."""
+    return getattr(response, "reports_its_send", False) is True
+
+
+def client_gone(request: web.BaseRequest) -> bool:
+    """Whether the client's connection is closed (or closing)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _headers_sent(request: web.BaseRequest) -> bool:
+    """Whether a status line went out: aiohttp's own test before it answers an error."""
+    return request.writer.output_size > 0
+
+
+def _cut_of(request: web.Request, response: web.StreamResponse | None, ended: Ended) -> Cut | None:
     """How a handler's answer ended: None if whole (or still to be sent by aiohttp)."""
     cut = request.get(_CUT)
     if cut is not None:
         return cut
-    if gone:
+    if ended is Ended.CLIENT_GONE:
         return Cut(CutReason.CLIENT_GONE)
+    if ended is Ended.CANCELLED:
+        return Cut(CutReason.SHUTDOWN)
+    if ended is Ended.RAISED:
+        # Before its headers aiohttp answers 500 whole; after them it can only cut.
+        return Cut(CutReason.HANDLER_FAILED) if _headers_sent(request) else None
     if response is None or not response.prepared or response._eof_sent:
         return None
+    if request.method == "HEAD" or response.status in _NO_BODY:
+        return None  # nothing was owed
     # Returned before its EOF: aiohttp writes that, unless the connection is gone
     # or the body is shorter than its Content-Length (``writer.length``: bytes owed).
     transport = request.transport
-    owed = request.writer.length
-    if transport is None or transport.is_closing() or owed:
+    if transport is None or transport.is_closing() or request.writer.length:
         return Cut(CutReason.UNSPECIFIED)
     return None
 
 
-def _sent(request: web.BaseRequest, promised: int | None, cut: Cut | None) -> int | None:
+def _sent(
+    request: web.BaseRequest,
+    response: web.StreamResponse | None,
+    promised: int | None,
+    cut: Cut | None,
+) -> int | None:
     """Body bytes sent: all promised if whole, else as marked or as counted by aiohttp."""
-    if request.method == "HEAD":
+    if request.method == "HEAD" or (response is not None and response.status in _NO_BODY):
         return 0
     if cut is None:
         return promised
     if cut.sent is not None:
         return cut.sent
+    if response is None or not response.prepared:
+        return 0
+    if _reports_its_send(response):
+        return None  # sendfile bypasses aiohttp's count
     owed = request.writer.length
-    # Bytes sent with sendfile bypass aiohttp's count; a marked cut says how many.
     return None if promised is None or owed is None else promised - owed
 
 
@@ -278,14 +310,15 @@ def latency_middleware(
         request: web.Request,
         route: str,
         status: int,
+        response: web.StreamResponse | None,
         cut: Cut | None,
-        promised: int | None,
         seconds: float,
     ) -> None:
         if cut is not None and aborted is not None:
             aborted.labels(route, cut.reason).inc()
         level = logging.WARNING if cut is not None and cut.outcome is Outcome.ABORTED else 0
         if level or debug(logging.DEBUG):
+            promised = None if response is None else response.content_length
             log.log(
                 level or logging.DEBUG,
                 "http.request method=%s route=%s path=%s status=%d outcome=%s%s sent=%s "
@@ -293,7 +326,7 @@ def latency_middleware(
                 request.method, route, request.path, status,
                 Outcome.COMPLETE if cut is None else cut.outcome,
                 "" if cut is None else f" reason={cut.reason}",
-                _count(_sent(request, promised, cut)), _count(promised), seconds,
+                _count(_sent(request, response, promised, cut)), _count(promised), seconds,
             )  # fmt: skip
 
     def later(request: web.Request, route: str) -> Callable[[web.StreamResponse], None]:
@@ -302,9 +335,10 @@ def latency_middleware(
             request_id = response.headers.get(HEADER)
             token = None if request_id is None else bind_request_id(request_id)
             try:
-                cut = request.get(_CUT)
+                if on_answer is not None:
+                    on_answer(request, response.status)  # 206, 304, 416: known only now
                 seconds = stopwatch(request).elapsed()  # to the send's end
-                report(request, route, response.status, cut, response.content_length, seconds)
+                report(request, route, response.status, response, request.get(_CUT), seconds)
             finally:
                 if token is not None:
                     unbind_request_id(token)
@@ -316,7 +350,7 @@ def latency_middleware(
         watch = request[_STOPWATCH] = Stopwatch(clock)
         status = 500  # unless the handler answers or raises an HTTP error
         response: web.StreamResponse | None = None
-        gone = False
+        ended = Ended.RETURNED
         try:
             response = await handler(request)
             status = response.status
@@ -324,8 +358,17 @@ def latency_middleware(
         except web.HTTPException as exc:
             status = exc.status
             raise
-        except (ConnectionError, asyncio.CancelledError):
-            gone = True  # cancelled: aiohttp's handler_cancellation, on the connection's loss
+        except ConnectionError:
+            # The client's, or an outgoing connection's (then the client is still there).
+            ended = Ended.CLIENT_GONE if client_gone(request) else Ended.RAISED
+            raise
+        except asyncio.CancelledError:
+            # aiohttp cancels a handler when its client leaves (handler_cancellation)
+            # and when the service stops (its connection still open).
+            ended = Ended.CLIENT_GONE if client_gone(request) else Ended.CANCELLED
+            raise
+        except Exception:
+            ended = Ended.RAISED
             raise
         finally:
             seconds = watch.elapsed()
@@ -337,23 +380,18 @@ def latency_middleware(
                 if len(children) < _MAX_CACHED_CHILDREN:
                     children[key] = child
             child.observe(seconds)
-            if on_answer is not None:
-                on_answer(request, status)
-            if gone or (response is not None and response.prepared):
-                # The headers went out (or the client left): the body may have ended short.
-                promised = None if response is None else response.content_length
-                report(request, route, status, _cut_of(request, response, gone), promised, seconds)
-            elif response is not None and _reports_its_send(response):
-                request[_SETTLE] = later(request, route)
-            elif debug(logging.DEBUG):
-                # An answer aiohttp writes whole after this returns, or an HTTP error: the
-                # hot path (announces, manifests) pays for no more than this check.
-                promised = None if response is None else response.content_length
-                report(request, route, status, None, promised, seconds)
+            if (
+                ended is Ended.RETURNED
+                and response is not None
+                and not response.prepared
+                and _reports_its_send(response)
+            ):
+                request[_SETTLE] = later(request, route)  # its send tells how it ended
+            else:
+                if on_answer is not None:
+                    on_answer(request, status)
+                cut = _cut_of(request, response, ended)
+                if cut is not None or debug(logging.DEBUG):
+                    report(request, route, status, response, cut, seconds)
 
     return time_request
-
-
-def _reports_its_send(response: web.StreamResponse) -> bool:
-    """Whether ``response`` sends its body after its handler and ``settle``s when done."""
-    return getattr(response, "reports_its_send", False) is True

@@ -31,7 +31,7 @@ from typing import IO, Any, ClassVar, NamedTuple
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from krill.httpmetrics import CutReason, mark_cut, settle
+from krill.httpmetrics import CutReason, client_gone, mark_cut, settle
 
 __all__ = [
     "BURST_LIMIT",
@@ -137,8 +137,8 @@ class ThreadedFileResponse(web.FileResponse):
     """``web.FileResponse`` whose body is sent by ``send_file_range``.
 
     It is sent after its handler returned, so it tells the latency middleware
-    itself how its send ended (``krill.httpmetrics.settle``): whole, or the
-    client gone.
+    itself how its send ended (``krill.httpmetrics.settle``): whole, the
+    client gone, the service stopping, or an error cutting it short.
     """
 
     reports_its_send: ClassVar[bool] = True
@@ -148,6 +148,12 @@ class ThreadedFileResponse(web.FileResponse):
             return await super().prepare(request)
         except ConnectionError:
             mark_cut(request, CutReason.CLIENT_GONE)
+            raise
+        except asyncio.CancelledError:
+            mark_cut(request, CutReason.CLIENT_GONE if client_gone(request) else CutReason.SHUTDOWN)
+            raise
+        except Exception:  # a stuck peer's ETIMEDOUT, a read error: the body stops here
+            mark_cut(request, CutReason.UNSPECIFIED)
             raise
         finally:
             settle(request, self)

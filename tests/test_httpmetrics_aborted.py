@@ -97,6 +97,43 @@ async def endless(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def cut_before_prepare(request: web.Request) -> web.StreamResponse:
+    """The agent's range wait: the transfer fails before any header went out."""
+    mark_cut(request, CutReason.TRANSFER_FAILED, 0)
+    assert request.transport is not None
+    request.transport.abort()
+    response = web.StreamResponse()
+    response.content_length = PROMISED
+    return response
+
+
+async def raise_after_headers(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse()
+    response.content_length = PROMISED
+    await response.prepare(request)
+    await response.write(b"x" * 10)
+    raise RuntimeError("the upstream's bytes did not match their digest")
+
+
+async def upstream_reset(request: web.Request) -> web.StreamResponse:
+    """An outgoing connection's reset, before any header: the client is still there."""
+    raise ConnectionResetError("upstream closed the connection")
+
+
+async def head_without_eof(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse()
+    response.content_length = PROMISED
+    await response.prepare(request)
+    return response
+
+
+class StuckPeerFile(ThreadedFileResponse):
+    """A file whose send fails as on a peer that stopped acknowledging."""
+
+    async def _send_body(self, *args: object) -> None:
+        raise TimeoutError(110, "Connection timed out")
+
+
 @pytest.fixture
 def big_file(tmp_path: Path) -> Path:
     path = tmp_path / "blob"
@@ -106,16 +143,31 @@ def big_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def answers() -> list[tuple[str, int]]:
+    """(path, status) as ``on_answer`` received them."""
+    return []
+
+
+@pytest.fixture
 async def served(
-    aiohttp_client: object, big_file: Path
+    aiohttp_client: object, big_file: Path, answers: list[tuple[str, int]]
 ) -> tuple[aiohttp.test_utils.TestClient, CollectorRegistry]:
     registry = CollectorRegistry()
     histogram = request_histogram("t_request_seconds", registry, aborted="t_aborted_responses")
-    app = web.Application(middlewares=[latency_middleware(histogram)])
+
+    def on_answer(request: web.Request, status: int) -> None:
+        answers.append((request.path, status))
+
+    app = web.Application(middlewares=[latency_middleware(histogram, on_answer=on_answer)])
     install_request_ids(app)
 
     async def file(request: web.Request) -> web.StreamResponse:
         return ThreadedFileResponse(big_file)
+
+    async def stuck_file(request: web.Request) -> web.StreamResponse:
+        return StuckPeerFile(big_file)
+
+    app.router.add_head("/head_without_eof", head_without_eof)
 
     for path, handler in (
         ("/half", half),
@@ -123,6 +175,10 @@ async def served(
         ("/whole", whole),
         ("/endless", endless),
         ("/file", file),
+        ("/stuck_file", stuck_file),
+        ("/cut_before_prepare", cut_before_prepare),
+        ("/raise_after_headers", raise_after_headers),
+        ("/upstream_reset", upstream_reset),
     ):
         app.router.add_get(path, handler)
     client = await aiohttp_client(app)  # type: ignore[operator]
@@ -192,7 +248,6 @@ async def test_a_complete_stream_is_complete_and_not_counted(
         assert level == logging.DEBUG
         assert f"status=200 outcome=complete sent={len(body)} promised={len(body)}" in line
         assert logged_id == request_id  # the file's line too, written after its handler
-    assert registry.get_sample_value("t_aborted_responses_total", {}) is None
     assert not [r for r in registry.collect() if r.name == "t_aborted_responses" and r.samples]
 
 
@@ -208,6 +263,93 @@ async def test_a_client_that_leaves_mid_body_is_client_gone_at_debug(
     assert level == logging.DEBUG  # a client that goes away is nothing to warn about
     assert "outcome=client_gone reason=client_gone" in line
     if path == "/file":  # the streamed one's escaping disconnect leaves no response to read
-        assert f"promised={BIG}" in line
+        assert f"sent=- promised={BIG}" in line  # sendfile's bytes are not counted
     assert logged_id is not None
     assert aborted(registry, path, "client_gone") == 1
+
+
+async def test_a_cut_marked_before_the_headers_is_aborted_with_nothing_sent(
+    served: tuple[aiohttp.test_utils.TestClient, CollectorRegistry], lines: Lines
+) -> None:
+    client, registry = served
+    with pytest.raises(aiohttp.ClientError):
+        async with client.get("/cut_before_prepare") as response:
+            await response.read()
+    await until(lambda: lines.about("/cut_before_prepare"), "the request's line")
+    [(level, line, _)] = lines.about("/cut_before_prepare")
+    assert level == logging.WARNING
+    assert "outcome=aborted reason=transfer_failed sent=0 promised=1000" in line
+    assert aborted(registry, "/cut_before_prepare", "transfer_failed") == 1
+
+
+async def test_a_handler_that_fails_after_its_headers_is_aborted_not_complete(
+    served: tuple[aiohttp.test_utils.TestClient, CollectorRegistry], lines: Lines
+) -> None:
+    client, registry = served
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with client.get("/raise_after_headers") as response:
+            assert response.status == 200
+            await response.read()
+    await until(lambda: lines.about("/raise_after_headers"), "the request's line")
+    [(level, line, _)] = lines.about("/raise_after_headers")
+    assert level == logging.WARNING
+    assert "outcome=aborted reason=handler_failed" in line
+    assert aborted(registry, "/raise_after_headers", "handler_failed") == 1
+
+
+async def test_an_outgoing_connections_reset_is_a_500_not_a_client_gone(
+    served: tuple[aiohttp.test_utils.TestClient, CollectorRegistry],
+    lines: Lines,
+    answers: list[tuple[str, int]],
+) -> None:
+    client, registry = served
+    async with client.get("/upstream_reset") as response:
+        assert response.status == 500  # the client was there to be answered
+    await until(lambda: lines.about("/upstream_reset"), "the request's line")
+    [(level, line, _)] = lines.about("/upstream_reset")
+    assert level == logging.DEBUG
+    assert "status=500 outcome=complete" in line
+    assert aborted(registry, "/upstream_reset", "client_gone") == 0
+    assert ("/upstream_reset", 500) in answers
+
+
+async def test_a_file_send_that_fails_is_aborted_not_complete(
+    served: tuple[aiohttp.test_utils.TestClient, CollectorRegistry], lines: Lines
+) -> None:
+    client, registry = served
+    with pytest.raises(aiohttp.ClientError):
+        async with client.get("/stuck_file") as response:
+            await response.read()
+    await until(lambda: lines.about("/stuck_file"), "the request's line")
+    [(level, line, _)] = lines.about("/stuck_file")
+    assert level == logging.WARNING
+    assert f"outcome=aborted reason=unspecified sent=- promised={BIG}" in line
+    assert aborted(registry, "/stuck_file", "unspecified") == 1
+
+
+async def test_a_head_answer_without_an_eof_owes_no_body(
+    served: tuple[aiohttp.test_utils.TestClient, CollectorRegistry], lines: Lines
+) -> None:
+    client, registry = served
+    async with client.head("/head_without_eof") as response:
+        assert response.status == 200
+    await until(lambda: lines.about("/head_without_eof"), "the request's line")
+    [(level, line, _)] = lines.about("/head_without_eof")
+    assert level == logging.DEBUG
+    assert "outcome=complete sent=0 promised=1000" in line
+    assert aborted(registry, "/head_without_eof", "unspecified") == 0
+
+
+async def test_a_file_answer_is_counted_under_the_status_it_sent(
+    served: tuple[aiohttp.test_utils.TestClient, CollectorRegistry],
+    lines: Lines,
+    answers: list[tuple[str, int]],
+) -> None:
+    client, _ = served
+    async with client.get("/file", headers={"Range": "bytes=0-99"}) as response:
+        assert response.status == 206
+        assert len(await response.read()) == 100
+    await until(lambda: lines.about("/file"), "the request's line")
+    [(_, line, _)] = lines.about("/file")
+    assert "status=206 outcome=complete sent=100 promised=100" in line
+    assert answers == [("/file", 206)]  # not the 200 its handler returned
