@@ -51,35 +51,63 @@ def load_config(
     Each variable with ``env_prefix`` that names no field and is no service link is
     warned about (``krill.configenv``): logged now, or added to ``held_warnings`` for
     the caller to log with ``UnknownVariable.log`` once logging is set up (the CLIs
-    load the settings first: the log level is one of them).
+    load the settings first: the log level is one of them). When a setting is refused,
+    they are added to the error's one line instead ("(also: ...)"): a misspelled
+    ``KRILL_AGENT_CACHE_HIGH_WATERMARKS`` is what explains a watermark refused.
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
     environ = os.environ if environ is None else environ
     hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    given = [
-        *(_read_file(Path(file), hints) if file is not None else []),
-        *_from_environment(cls, env_prefix, environ),
-        *_from_flags(flags or {}, hints),
-    ]
-    for name, value, where in given:  # lowest precedence first: later ones win
-        values[name] = _coerce(value, hints[name], where)
-        sources[name] = where
-    try:
-        config = cls(**values)
-    except TypeError as exc:
-        raise ConfigError(str(exc)) from None
-    except SettingError as exc:
-        raise exc.set_by(sources.get(exc.setting)) from None
     unknown = find_unknown_variables(env_prefix, hints, environ)
+    try:
+        config = _build(cls, hints, file, env_prefix, flags or {}, environ)
+    except ConfigError as exc:
+        if not unknown:
+            raise
+        raise _with_unknown(exc, unknown) from None
     if held_warnings is None:
         for warning in unknown:
             warning.log()
     else:
         held_warnings.extend(unknown)
     return config
+
+
+def _build(
+    cls: type[T],
+    hints: Mapping[str, Any],
+    file: str | os.PathLike[str] | None,
+    env_prefix: str,
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+) -> T:
+    """``cls`` from defaults < file < env < flags; a ConfigError names what was refused."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    given = [
+        *(_read_file(Path(file), hints) if file is not None else []),
+        *_from_environment(cls, env_prefix, environ),
+        *_from_flags(flags, hints),
+    ]
+    for name, value, where in given:  # lowest precedence first: later ones win
+        values[name] = _coerce(value, hints[name], where)
+        sources[name] = where
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+    except SettingError as exc:
+        raise exc.set_by(sources.get(exc.setting)) from None
+
+
+def _with_unknown(exc: ConfigError, unknown: list[UnknownVariable]) -> ConfigError:
+    """``exc`` with the unknown variables added to its message, of the same kind (a
+    SettingError keeps its ``setting``): the CLI shows a ConfigError as one line."""
+    message = f"{exc} (also: {'; '.join(str(warning) for warning in unknown)})"
+    if isinstance(exc, SettingError):
+        return SettingError(message, exc.setting)
+    return ConfigError(message)
 
 
 class SettingError(ConfigError):

@@ -16,7 +16,8 @@ Warned, not refused (unlike a bad value, which stops the service): the environme
 not Krill's alone as its TOML file is. One Deployment's env may serve two versions of
 Krill during a rolling upgrade or a rollback, and a setting only the newer one has must
 not stop the older one; refusing would turn a harmless leftover into an outage at the
-worst moment. A typo still shows as a warning at start, next to the error it may cause.
+worst moment. A typo still shows at start: as a warning, or, when a setting is refused,
+in that error's one line (``load_config`` adds "(also: ...)"), which it may explain.
 
 Kubernetes service links are left alone. For each Service in the namespace every pod
 gets ``<NAME>_SERVICE_HOST``, ``<NAME>_SERVICE_PORT``, ``<NAME>_SERVICE_PORT_<PORTNAME>``,

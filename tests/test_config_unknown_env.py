@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from krill.agent.config import AgentConfig
-from krill.config import ConfigError, load_config
+from krill.config import ConfigError, SettingError, load_config
 from krill.configenv import UnknownVariable
 from krill.origin.config import OriginConfig, load_origin_config
 from krill.tracker.config import TrackerConfig
@@ -209,3 +209,69 @@ def test_the_origin_gc_cli_logs_it_as_json_with_log_format_json(tmp_path: Path) 
         "config.unknown_variable variable=KRILL_ORIGIN_STORAGE_URl meant=KRILL_ORIGIN_STORAGE "
     )
     assert "holds no origin store" in error["message"]
+
+
+WATERMARK_TYPO = {
+    "KRILL_AGENT_CACHE_LOW_WATERMARK": "0.95",
+    "KRILL_AGENT_CACHE_HIGH_WATERMARKS": "0.99",  # meant ..._HIGH_WATERMARK: left at 0.9
+}
+ALSO = (
+    " (also: KRILL_AGENT_CACHE_HIGH_WATERMARKS is not a setting of krill agent; "
+    "did you mean KRILL_AGENT_CACHE_HIGH_WATERMARK?)"
+)
+
+
+def test_a_refused_setting_says_the_typo_that_may_explain_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The warning used to come only after a successful build: lost when it mattered."""
+    held: list[UnknownVariable] = []
+    with caplog.at_level(logging.WARNING), pytest.raises(ConfigError) as refused:
+        load_config(
+            AgentConfig, env_prefix="KRILL_AGENT_", environ=WATERMARK_TYPO, held_warnings=held
+        )
+    assert str(refused.value) == (
+        "cache watermarks must satisfy 0 < cache_low_watermark < cache_high_watermark <= 1 "
+        "(got 0.95, 0.9)" + ALSO
+    )
+    assert type(refused.value) is ConfigError
+    assert held == [] and caplog.records == []  # said once: in the error
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "start"),
+    [
+        # Refused by the class: a SettingError that keeps its setting and says where.
+        ("KRILL_AGENT_CACHE_BUDGET", "0", "cache_budget"),
+        # Refused while converting, before the class sees it.
+        ("KRILL_AGENT_CACHE_BUDGET", "lots", "KRILL_AGENT_CACHE_BUDGET: expected a whole number"),
+        # A service link in a setting's variable, refused while reading the environment.
+        ("KRILL_AGENT_PEER_PORT", "tcp://10.0.0.9:6881", "KRILL_AGENT_PEER_PORT = "),
+    ],
+)
+def test_each_kind_of_refusal_keeps_its_type_and_adds_the_typo(
+    variable: str, value: str, start: str
+) -> None:
+    environ = {variable: value, "KRILL_AGENT_CACHE_HIGH_WATERMARKS": "0.99"}
+    with pytest.raises(ConfigError) as without:
+        load_config(AgentConfig, env_prefix="KRILL_AGENT_", environ={variable: value})
+    with pytest.raises(ConfigError) as refused:
+        load_config(AgentConfig, env_prefix="KRILL_AGENT_", environ=environ)
+    assert str(refused.value).startswith(start)
+    assert str(refused.value) == str(without.value) + ALSO
+    assert type(refused.value) is type(without.value)
+    if isinstance(without.value, SettingError):
+        assert isinstance(refused.value, SettingError)
+        assert refused.value.setting == without.value.setting
+
+
+def test_the_agent_cli_shows_the_typo_in_its_one_error_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        krill_command("agent", "--data", str(tmp_path), "--origin", "http://origin:5000"),
+        env=_env(**WATERMARK_TYPO),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    [line] = proc.stderr.splitlines()
+    assert line.startswith("krill agent: error: cache watermarks must satisfy ")
+    assert line.endswith(ALSO)
