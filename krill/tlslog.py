@@ -176,8 +176,13 @@ class _ObservedSSLObject(ssl.SSLObject):
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             raise  # waiting for the peer: asyncio calls again
         except ssl.SSLError as exc:
-            self.failures.failed(exc)
-            raise
+            # asyncio's SSLProtocol expects only an SSLError here: anything else would end
+            # the connection as "Fatal error: protocol.buffer_updated()", not a failed handshake.
+            try:
+                self.failures.failed(exc)
+            except Exception:
+                log.exception("tls.handshake_log_failed error=%r", error_text(exc))
+            raise  # the handshake's SSLError, whatever the logging did
 
 
 def observe_handshakes(context: ssl.SSLContext) -> HandshakeFailures:

@@ -281,3 +281,30 @@ def test_a_real_tracker_logs_the_failure_and_counts_it_on_metrics(
     assert "plain http to an https port" in line
     assert 'krill_tracker_tls_handshake_failures_total{reason="not_tls"} 1.0' in metrics
     assert 'krill_tracker_tls_handshake_failures_total{reason="unknown_ca"} 0.0' in metrics
+
+
+async def test_a_failure_while_logging_a_failure_leaves_the_handshake_failed_cleanly(
+    server: Server, pkis: tuple[Pki, Pki], caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The SSLError, not the tracker's error, reaches asyncio: else a "Fatal error" line."""
+    ours, _ = pkis
+    caplog.set_level(logging.DEBUG)
+
+    def broken(exc: ssl.SSLError) -> None:
+        raise RuntimeError("tracker broke")
+
+    monkeypatch.setattr(server.failures, "failed", broken)
+    assert not await get(server.port, client_context(ours.ca))  # no client certificate
+    await until(
+        lambda: any("tls.handshake_log_failed" in r.getMessage() for r in caplog.records),
+        "the tracker's error logged",
+    )
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.name == "krill.tlslog" and record.getMessage().startswith(
+        "tls.handshake_log_failed error="
+    )
+    assert record.exc_info is not None and str(record.exc_info[1]) == "tracker broke"
+    assert "Fatal error" not in caplog.text
+    good = client_context(ours.ca, ours.client_cert, ours.client_key)
+    assert await get(server.port, good)  # the server serves on
