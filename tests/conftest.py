@@ -6,4 +6,9 @@ the session's one SeaweedFS. Keeping them in
 plugin modules lets each area own its fixtures without one long file.
 """
 
-pytest_plugins = ["tests.fixtures_origin", "tests.fixtures_agent", "tests.s3_fixtures"]
+pytest_plugins = [
+    "tests.fixtures_origin",
+    "tests.fixtures_agent",
+    "tests.s3_fixtures",
+    "tests.oci_conformance",
+]

@@ -10,7 +10,6 @@ origin test wrote for itself.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,6 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from krill.clock import SYSTEM_CLOCK, Clock
+from krill.digests import Digest
 from krill.origin.config import OriginConfig
 from krill.origin.server import create_app
 
@@ -64,7 +64,7 @@ async def origin_client(origin_server: TestServer, aiohttp_client: AiohttpClient
 
 def digest_of(data: bytes) -> str:
     """``sha256:<hex>`` of ``data``, as the registry API names a blob."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    return str(Digest.of_bytes(data))
 
 
 async def error_code(resp: ClientResponse) -> str:

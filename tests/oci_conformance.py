@@ -10,7 +10,10 @@ out, asked over real HTTP of a real origin (and, for pulls, a real agent).
   ``FRAMINGS`` names the two, for parametrized fixtures.
 * ``Answer``: a response read whole, with ``assert_error`` for the spec's error
   JSON.
-* ``origin_registry``: a ``Registry`` of a new origin.
+* ``REPO``: the repository the tests push to and pull from.
+* ``start_origin_registry``: a ``Registry`` of a new origin; the fixture
+  ``origin_registry`` is one about ``REPO``, once per framing (a test taking it
+  runs twice). This module is a plugin (tests/conftest.py) for that fixture.
 * ``image``, ``push_image``, ``referrer_bytes`` (built on ``descriptor`` and
   ``manifest_bytes``): the suite's kind of test content.
 """
@@ -18,7 +21,6 @@ out, asked over real HTTP of a real origin (and, for pulls, a real agent).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import tarfile
@@ -28,13 +30,15 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDictProxy
 
 from krill import oci
-from tests.fixtures_origin import StartOrigin
+from tests.fixtures_origin import StartOrigin, digest_of
 
 FRAMINGS = ("content-length", "chunked")
+REPO = "oci/conformance"
 
 # spec.md "Error Codes" (code-1..code-14), and the one code Krill adds on purpose
 # (docs/architecture.md, "OCI Distribution conformance"): 416 RANGE_INVALID.
@@ -63,10 +67,6 @@ EMPTY_JSON = b"{}"
 ANNOTATION = "org.opencontainers.conformance.test"  # the suite's annotation key
 # The suite's tag that is not a valid tag (a leading dot): it names no manifest.
 INVALID_TAG = ".INVALID_MANIFEST_NAME"
-
-
-def digest_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 # A digest of content no test pushes.
@@ -252,7 +252,7 @@ def base_url(server: TestServer) -> str:
     return str(server.make_url("")).rstrip("/")
 
 
-async def origin_registry(
+async def start_origin_registry(
     start_origin: StartOrigin, session: aiohttp.ClientSession, repo: str, framing: str
 ) -> Registry:
     """A client of a new origin (in this process, on loopback) about ``repo``.
@@ -262,3 +262,11 @@ async def origin_registry(
     these tests' time.
     """
     return Registry(session, base_url(await start_origin(deltas=False)), repo, framing)
+
+
+@pytest.fixture(params=FRAMINGS)
+async def origin_registry(
+    request: pytest.FixtureRequest, start_origin: StartOrigin, http: aiohttp.ClientSession
+) -> Registry:
+    """A client of a new origin about ``REPO``, once with each of the ``FRAMINGS``."""
+    return await start_origin_registry(start_origin, http, REPO, request.param)

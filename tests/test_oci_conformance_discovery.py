@@ -13,40 +13,27 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
-import pytest
-
 from krill import oci
-from tests.fixtures_origin import StartOrigin
+from tests.fixtures_origin import digest_of
 from tests.oci_conformance import (
     ANNOTATION,
     EMPTY_JSON,
-    FRAMINGS,
     OCI_EMPTY,
+    REPO,
     UNKNOWN_DIGEST,
     Image,
     Registry,
     descriptor,
-    digest_of,
     image,
     manifest_bytes,
-    origin_registry,
     push_image,
     referrer_bytes,
 )
 
-REPO = "oci/conformance"
 TAGS = ["TEST0", "TEST1", "TEST2", "TEST3", "test0", "test1", "test2", "test3"]  # byte order
 BAGEL = "application/vnd.nhl.peanut.butter.bagel"
 CROISSANT = "application/vnd.nba.strawberry.jam.croissant"
 FOOD_STAND = "application/vnd.food.stand"
-
-
-@pytest.fixture(params=FRAMINGS)
-async def registry(
-    request: pytest.FixtureRequest, start_origin: StartOrigin, http: aiohttp.ClientSession
-) -> Registry:
-    return await origin_registry(start_origin, http, REPO, request.param)
 
 
 async def tagged_eight_times(registry: Registry) -> None:
@@ -60,41 +47,41 @@ def listed_tags(body: bytes) -> list[str]:
     return tags
 
 
-async def test_the_tags_list_is_sorted(registry: Registry) -> None:
-    await tagged_eight_times(registry)
-    answer = await registry.call("GET", "tags/list")
+async def test_the_tags_list_is_sorted(origin_registry: Registry) -> None:
+    await tagged_eight_times(origin_registry)
+    answer = await origin_registry.call("GET", "tags/list")
     assert answer.status == 200, answer.describe()
     assert answer.json() == {"name": REPO, "tags": TAGS}
     assert "Link" not in answer.headers
 
 
 async def test_n_limits_the_tags_listed_and_a_link_names_the_next_page(
-    registry: Registry,
+    origin_registry: Registry,
 ) -> None:
-    await tagged_eight_times(registry)
-    answer = await registry.call("GET", "tags/list", params={"n": "4"})
+    await tagged_eight_times(origin_registry)
+    answer = await origin_registry.call("GET", "tags/list", params={"n": "4"})
     assert answer.status == 200, answer.describe()
     assert listed_tags(answer.body) == TAGS[:4]
     link = answer.headers["Link"]
     assert link.endswith('>; rel="next"')
     target = urlsplit(link[link.index("<") + 1 : link.index(">")])
-    following = await registry.call("GET", f"{target.path}?{target.query}")
+    following = await origin_registry.call("GET", f"{target.path}?{target.query}")
     assert following.status == 200, following.describe()
     assert listed_tags(following.body) == TAGS[4:]
     assert "Link" not in following.headers
 
 
-async def test_last_starts_the_tags_list_after_that_tag(registry: Registry) -> None:
-    await tagged_eight_times(registry)
-    answer = await registry.call("GET", "tags/list", params={"n": "2", "last": "TEST3"})
+async def test_last_starts_the_tags_list_after_that_tag(origin_registry: Registry) -> None:
+    await tagged_eight_times(origin_registry)
+    answer = await origin_registry.call("GET", "tags/list", params={"n": "2", "last": "TEST3"})
     assert listed_tags(answer.body) == ["test0", "test1"]
-    answer = await registry.call("GET", "tags/list", params={"last": "test1"})
+    answer = await origin_registry.call("GET", "tags/list", params={"last": "test1"})
     assert listed_tags(answer.body) == ["test2", "test3"]
 
 
-async def test_n_zero_lists_no_tags(registry: Registry) -> None:
-    await tagged_eight_times(registry)
-    answer = await registry.call("GET", "tags/list", params={"n": "0"})
+async def test_n_zero_lists_no_tags(origin_registry: Registry) -> None:
+    await tagged_eight_times(origin_registry)
+    answer = await origin_registry.call("GET", "tags/list", params={"n": "0"})
     assert answer.status == 200, answer.describe()
     assert answer.json() == {"name": REPO, "tags": []}
 
@@ -186,9 +173,9 @@ async def index_of(registry: Registry, subject: str, **params: str) -> list[dict
     return manifests
 
 
-async def test_referrers_list_every_manifest_naming_the_subject(registry: Registry) -> None:
-    referrers = await push_referrers(registry)
-    listed = await index_of(registry, referrers.subject.digest)
+async def test_referrers_list_every_manifest_naming_the_subject(origin_registry: Registry) -> None:
+    referrers = await push_referrers(origin_registry)
+    listed = await index_of(origin_registry, referrers.subject.digest)
     assert sorted(entry["digest"] for entry in listed) == sorted(referrers.of_subject)
     for entry in listed:
         kind, note = referrers.of_subject[entry["digest"]]
@@ -198,28 +185,30 @@ async def test_referrers_list_every_manifest_naming_the_subject(registry: Regist
 
 
 async def test_referrers_filtered_by_artifact_type_list_only_that_type(
-    registry: Registry,
+    origin_registry: Registry,
 ) -> None:
-    referrers = await push_referrers(registry)
-    listed = await index_of(registry, referrers.subject.digest, artifactType=BAGEL)
+    referrers = await push_referrers(origin_registry)
+    listed = await index_of(origin_registry, referrers.subject.digest, artifactType=BAGEL)
     wanted = {digest for digest, (kind, _) in referrers.of_subject.items() if kind == BAGEL}
     assert len(wanted) == 2
     assert {entry["digest"] for entry in listed} == wanted
 
 
-async def test_referrers_of_another_subject_list_only_its_own(registry: Registry) -> None:
-    referrers = await push_referrers(registry)
-    listed = await index_of(registry, referrers.other.digest)
+async def test_referrers_of_another_subject_list_only_its_own(origin_registry: Registry) -> None:
+    referrers = await push_referrers(origin_registry)
+    listed = await index_of(origin_registry, referrers.other.digest)
     assert [entry["digest"] for entry in listed] == [referrers.of_other]
     assert "annotations" not in listed[0]
 
 
-async def test_referrers_of_an_unknown_digest_are_an_empty_index(registry: Registry) -> None:
-    await push_referrers(registry)
-    assert await index_of(registry, UNKNOWN_DIGEST) == []
+async def test_referrers_of_an_unknown_digest_are_an_empty_index(origin_registry: Registry) -> None:
+    await push_referrers(origin_registry)
+    assert await index_of(origin_registry, UNKNOWN_DIGEST) == []
 
 
-async def test_referrers_of_a_malformed_digest_are_400_digest_invalid(registry: Registry) -> None:
+async def test_referrers_of_a_malformed_digest_are_400_digest_invalid(
+    origin_registry: Registry,
+) -> None:
     # The spec allows 400 or 404 here; Krill's is a 400 with the error JSON.
-    answer = await registry.call("GET", "referrers/sha256:totallywrong")
+    answer = await origin_registry.call("GET", "referrers/sha256:totallywrong")
     answer.assert_error(400, "DIGEST_INVALID")

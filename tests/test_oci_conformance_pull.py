@@ -17,21 +17,20 @@ import aiohttp
 import pytest
 
 from krill import oci
-from tests.fixtures_origin import StartOrigin
+from tests.fixtures_origin import StartOrigin, digest_of
 from tests.oci_conformance import (
     INVALID_TAG,
+    REPO,
     UNKNOWN_DIGEST,
     Image,
     Registry,
-    digest_of,
     image,
-    origin_registry,
     push_image,
     referrer_bytes,
+    start_origin_registry,
 )
 from tests.test_agent_faults import in_process_agent
 
-REPO = "oci/conformance"
 TAG = "tagtest0"
 SIGNATURE = "application/vnd.example.signature"
 SBOM = "application/vnd.example.sbom"
@@ -53,7 +52,7 @@ async def pulled(
     http: aiohttp.ClientSession,
     tmp_path: Path,
 ) -> AsyncIterator[Pulled]:
-    origin = await origin_registry(start_origin, http, REPO, "content-length")
+    origin = await start_origin_registry(start_origin, http, REPO, "content-length")
     tagged, by_digest = image("pull-0"), image("pull-1")
     await push_image(origin, TAG, tagged)
     await push_image(origin, by_digest.digest, by_digest)
