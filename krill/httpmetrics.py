@@ -106,7 +106,7 @@ class CutReason(StrEnum):
     TRANSFER_FAILED = "transfer_failed"  # agent: the blob's transfer broke, stalled or mismatched
     UPSTREAM_FAILED = "upstream_failed"  # origin: the pull-through download broke or mismatched
     STORAGE_FAILED = "storage_failed"  # origin: the bucket's stream broke off
-    HANDLER_FAILED = "handler_failed"  # the handler raised after the headers went out
+    HANDLER_FAILED = "handler_failed"  # raised after the headers (logged as status=500)
     SHUTDOWN = "shutdown"  # the service stopped (its handlers cancelled) mid-answer
     UNSPECIFIED = "unspecified"  # the handler returned before the body's end, saying nothing
 
@@ -274,7 +274,9 @@ def _sent(
         return promised
     if cut.sent is not None:
         return cut.sent
-    if response is None or not response.prepared:
+    if response is None:
+        return None  # the handler raised: its response is gone with it
+    if not response.prepared:
         return 0
     if _reports_its_send(response):
         return None  # sendfile bypasses aiohttp's count

@@ -42,6 +42,12 @@ class Lines(logging.Handler):
     def about(self, path: str) -> list[tuple[int, str, str | None]]:
         return [line for line in self.seen if f" path={path} " in line[1]]
 
+    async def only(self, path: str) -> tuple[int, str, str | None]:
+        """The one line of ``path``'s request, once it is written."""
+        await until(lambda: self.about(path), f"the line of {path}")
+        [found] = self.about(path)
+        return found
+
 
 @pytest.fixture
 def lines() -> Iterator[Lines]:
@@ -192,6 +198,13 @@ def aborted(registry: CollectorRegistry, route: str, reason: str) -> float:
     return found or 0.0
 
 
+async def cut_short(client: aiohttp.test_utils.TestClient, path: str) -> None:
+    """GET ``path``, whose answer the server cuts before its end."""
+    with pytest.raises(aiohttp.ClientError):
+        async with client.get(path) as response:
+            await response.read()
+
+
 async def leave_mid_body(port: int, path: str) -> None:
     """GET ``path``, read a little of the body, and reset the connection."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -212,26 +225,11 @@ async def test_a_body_aborted_halfway_is_a_warning_and_counted_not_a_success(
             assert response.status == 200  # the headers went out before the abort
             request_id = response.headers[HEADER]
             await response.read()
-    await until(lambda: lines.about("/half"), "the request's line")
-    [(level, line, logged_id)] = lines.about("/half")
+    level, line, logged_id = await lines.only("/half")
     assert level == logging.WARNING
     assert "status=200 outcome=aborted reason=unspecified sent=500 promised=1000" in line
     assert logged_id == request_id
     assert aborted(registry, "/half", "unspecified") == 1
-
-
-async def test_an_abort_that_says_why_is_logged_with_its_reason(
-    served: tuple[aiohttp.test_utils.TestClient, CollectorRegistry], lines: Lines
-) -> None:
-    client, registry = served
-    with pytest.raises(aiohttp.ClientPayloadError):
-        async with client.get("/half_marked") as response:
-            await response.read()
-    await until(lambda: lines.about("/half_marked"), "the request's line")
-    [(level, line, _)] = lines.about("/half_marked")
-    assert level == logging.WARNING
-    assert "outcome=aborted reason=transfer_failed sent=500 promised=1000" in line
-    assert aborted(registry, "/half_marked", "transfer_failed") == 1
 
 
 async def test_a_complete_stream_is_complete_and_not_counted(
@@ -243,8 +241,7 @@ async def test_a_complete_stream_is_complete_and_not_counted(
             body = await response.read()
             request_id = response.headers[HEADER]
         assert len(body) == (PROMISED if path == "/whole" else BIG)
-        await until(lambda path=path: lines.about(path), f"the line of {path}")
-        [(level, line, logged_id)] = lines.about(path)
+        level, line, logged_id = await lines.only(path)
         assert level == logging.DEBUG
         assert f"status=200 outcome=complete sent={len(body)} promised={len(body)}" in line
         assert logged_id == request_id  # the file's line too, written after its handler
@@ -258,43 +255,13 @@ async def test_a_client_that_leaves_mid_body_is_client_gone_at_debug(
     client, registry = served
     assert client.port is not None
     await leave_mid_body(client.port, path)
-    await until(lambda: lines.about(path), "the request's line")
-    [(level, line, logged_id)] = lines.about(path)
+    level, line, logged_id = await lines.only(path)
     assert level == logging.DEBUG  # a client that goes away is nothing to warn about
     assert "outcome=client_gone reason=client_gone" in line
     if path == "/file":  # the streamed one's escaping disconnect leaves no response to read
         assert f"sent=- promised={BIG}" in line  # sendfile's bytes are not counted
     assert logged_id is not None
     assert aborted(registry, path, "client_gone") == 1
-
-
-async def test_a_cut_marked_before_the_headers_is_aborted_with_nothing_sent(
-    served: tuple[aiohttp.test_utils.TestClient, CollectorRegistry], lines: Lines
-) -> None:
-    client, registry = served
-    with pytest.raises(aiohttp.ClientError):
-        async with client.get("/cut_before_prepare") as response:
-            await response.read()
-    await until(lambda: lines.about("/cut_before_prepare"), "the request's line")
-    [(level, line, _)] = lines.about("/cut_before_prepare")
-    assert level == logging.WARNING
-    assert "outcome=aborted reason=transfer_failed sent=0 promised=1000" in line
-    assert aborted(registry, "/cut_before_prepare", "transfer_failed") == 1
-
-
-async def test_a_handler_that_fails_after_its_headers_is_aborted_not_complete(
-    served: tuple[aiohttp.test_utils.TestClient, CollectorRegistry], lines: Lines
-) -> None:
-    client, registry = served
-    with pytest.raises(aiohttp.ClientPayloadError):
-        async with client.get("/raise_after_headers") as response:
-            assert response.status == 200
-            await response.read()
-    await until(lambda: lines.about("/raise_after_headers"), "the request's line")
-    [(level, line, _)] = lines.about("/raise_after_headers")
-    assert level == logging.WARNING
-    assert "outcome=aborted reason=handler_failed" in line
-    assert aborted(registry, "/raise_after_headers", "handler_failed") == 1
 
 
 async def test_an_outgoing_connections_reset_is_a_500_not_a_client_gone(
@@ -305,26 +272,11 @@ async def test_an_outgoing_connections_reset_is_a_500_not_a_client_gone(
     client, registry = served
     async with client.get("/upstream_reset") as response:
         assert response.status == 500  # the client was there to be answered
-    await until(lambda: lines.about("/upstream_reset"), "the request's line")
-    [(level, line, _)] = lines.about("/upstream_reset")
+    level, line, _ = await lines.only("/upstream_reset")
     assert level == logging.DEBUG
     assert "status=500 outcome=complete" in line
     assert aborted(registry, "/upstream_reset", "client_gone") == 0
     assert ("/upstream_reset", 500) in answers
-
-
-async def test_a_file_send_that_fails_is_aborted_not_complete(
-    served: tuple[aiohttp.test_utils.TestClient, CollectorRegistry], lines: Lines
-) -> None:
-    client, registry = served
-    with pytest.raises(aiohttp.ClientError):
-        async with client.get("/stuck_file") as response:
-            await response.read()
-    await until(lambda: lines.about("/stuck_file"), "the request's line")
-    [(level, line, _)] = lines.about("/stuck_file")
-    assert level == logging.WARNING
-    assert f"outcome=aborted reason=unspecified sent=- promised={BIG}" in line
-    assert aborted(registry, "/stuck_file", "unspecified") == 1
 
 
 async def test_a_head_answer_without_an_eof_owes_no_body(
@@ -333,8 +285,7 @@ async def test_a_head_answer_without_an_eof_owes_no_body(
     client, registry = served
     async with client.head("/head_without_eof") as response:
         assert response.status == 200
-    await until(lambda: lines.about("/head_without_eof"), "the request's line")
-    [(level, line, _)] = lines.about("/head_without_eof")
+    level, line, _ = await lines.only("/head_without_eof")
     assert level == logging.DEBUG
     assert "outcome=complete sent=0 promised=1000" in line
     assert aborted(registry, "/head_without_eof", "unspecified") == 0
@@ -349,7 +300,31 @@ async def test_a_file_answer_is_counted_under_the_status_it_sent(
     async with client.get("/file", headers={"Range": "bytes=0-99"}) as response:
         assert response.status == 206
         assert len(await response.read()) == 100
-    await until(lambda: lines.about("/file"), "the request's line")
-    [(_, line, _)] = lines.about("/file")
+    _, line, _ = await lines.only("/file")
     assert "status=206 outcome=complete sent=100 promised=100" in line
     assert answers == [("/file", 206)]  # not the 200 its handler returned
+
+
+@pytest.mark.parametrize(
+    ("path", "reason", "told"),
+    [
+        ("/half_marked", "transfer_failed", "sent=500 promised=1000"),  # the abort says why
+        ("/cut_before_prepare", "transfer_failed", "sent=0 promised=1000"),
+        ("/raise_after_headers", "handler_failed", "sent=- promised=-"),  # response lost
+        ("/stuck_file", "unspecified", f"sent=- promised={BIG}"),  # a file send that fails
+    ],
+)
+async def test_an_answer_cut_short_is_a_warning_with_its_reason_and_counted(
+    served: tuple[aiohttp.test_utils.TestClient, CollectorRegistry],
+    lines: Lines,
+    path: str,
+    reason: str,
+    told: str,
+) -> None:
+    client, registry = served
+    await cut_short(client, path)
+    level, line, _ = await lines.only(path)
+    assert level == logging.WARNING
+    assert f"outcome=aborted reason={reason} " in line
+    assert told in line
+    assert aborted(registry, path, reason) == 1
