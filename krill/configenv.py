@@ -98,8 +98,11 @@ def _closest(setting: str, known: Iterable[str]) -> str | None:
 
 def is_service_link(name: str, value: str) -> bool:
     """Whether ``name=value`` is one Kubernetes makes for a Service (see the module's doc)."""
-    if _LINK_NAME.fullmatch(name):
-        return True
+    return _LINK_NAME.fullmatch(name) is not None or _is_port_link(name, value)
+
+
+def _is_port_link(name: str, value: str) -> bool:
+    """A ``<NAME>_PORT=tcp://IP:PORT`` link (a bare ``_PORT`` name alone says nothing)."""
     return name.endswith("_PORT") and _LINK_ADDRESS.fullmatch(value) is not None
 
 
@@ -110,7 +113,7 @@ def service_link_in_setting(name: str, value: str) -> str | None:
     named ``krill-agent-peer``: Kubernetes sets it (``tcp://10.0.0.9:6881``) in every pod
     of the namespace unless the pod turns links off or sets the variable itself.
     """
-    if not (name.endswith("_PORT") and _LINK_ADDRESS.fullmatch(value)):
+    if not _is_port_link(name, value):
         return None
     service = name.removesuffix("_PORT").lower().replace("_", "-")
     return (
