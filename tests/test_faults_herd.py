@@ -3,7 +3,11 @@
 Real processes on loopback: a seeding origin on a fixed port (so it can be
 started again where everyone expects it), a tracker, agents whose downloads
 are held to 4 MiB/s (``download_rate_limit``, which paces the origin's piece
-feed too), so a 16 MiB blob takes seconds and the kill provably lands mid-pull.
+feed too), so an 8 MiB blob takes two seconds or more and the kill provably
+lands mid-pull: the test kills as soon as a metrics poll shows the first bytes
+(well under a second even on a loaded machine), and asserts the pull had not
+finished. 8 MiB still has 64 pieces of 128 KiB (``krill.metainfo``: as every
+blob from 8 MiB up), four of the origin feed's 16-piece claims.
 
 * One agent already holds the blob: the others finish from it (and from each
   other) with the origin gone.
@@ -18,6 +22,7 @@ feed too), so a 16 MiB blob takes seconds and the kill provably lands mid-pull.
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +40,7 @@ from tests.agent_cluster import (
 from tests.components import free_port
 from tests.faults import (
     RestartableOrigin,
+    SilentPeer,
     announce,
     blob_infohash,
     get_body,
@@ -46,7 +52,7 @@ pytestmark = pytest.mark.slow
 
 MiB = 1024 * 1024
 REPO = "team/app"
-BLOB_SIZE = 16 * MiB
+BLOB_SIZE = 8 * MiB
 PACED: dict[str, object] = {
     "download_rate_limit": 4 * MiB,
     "swarm_deadline": 60.0,
@@ -80,8 +86,16 @@ def herd(tmp_path: Path, agents: int, settings: list[dict[str, object]]) -> Iter
         free_port(), tmp_path / "origin" / "data", tmp_path, ("--tracker", tracker)
     )
     with contextlib.ExitStack() as stack:
-        stack.enter_context(origin.running("origin-1"))
-        stack.enter_context(tracker_process(tmp_path / "tracker", origin.url, port=tracker_port))
+        # Origin and tracker only need each other's address (fixed above) to start:
+        # they meet at the first push, so they start together.
+        stack.enter_context(
+            started_together(
+                [
+                    origin.running("origin-1"),
+                    tracker_process(tmp_path / "tracker", origin.url, port=tracker_port),
+                ]
+            )
+        )
         started = stack.enter_context(
             started_together(
                 [
@@ -91,6 +105,22 @@ def herd(tmp_path: Path, agents: int, settings: list[dict[str, object]]) -> Iter
             )
         )
         yield Herd(origin, tracker, started)
+
+
+@contextlib.contextmanager
+def promptly_closed_silent_peer() -> Iterator[SilentPeer]:
+    """``silent_peer()``, whose listener is shut down before ``SilentPeer.close``.
+
+    ``close`` closes the listener and joins the thread accepting on it, but on Linux
+    a close() from another thread does not wake an accept() blocked on the socket:
+    the join waited out its full 10 s after every run. shutdown() does wake it.
+    """
+    with silent_peer() as peer:
+        try:
+            yield peer
+        finally:
+            with contextlib.suppress(OSError):  # already shut down or closed
+                peer._listener.shutdown(socket.SHUT_RDWR)
 
 
 def start_pulls(pool: ThreadPoolExecutor, agents: list[Agent], digest: str) -> list[Future[bytes]]:
@@ -145,7 +175,7 @@ def test_a_peer_that_accepts_and_never_sends_does_not_hold_up_a_pull(tmp_path: P
     data = bytes(range(256)) * (BLOB_SIZE // 256)
     with (
         herd(tmp_path, 1, [PACED]) as h,
-        silent_peer() as silent,
+        promptly_closed_silent_peer() as silent,
         ThreadPoolExecutor(1) as pool,
     ):
         (puller,) = h.agents
