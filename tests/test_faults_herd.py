@@ -6,8 +6,8 @@ are held to 4 MiB/s (``download_rate_limit``, which paces the origin's piece
 feed too), so an 8 MiB blob takes two seconds or more and the kill provably
 lands mid-pull: the test kills as soon as a metrics poll shows the first bytes
 (well under a second even on a loaded machine), and asserts the pull had not
-finished. 8 MiB still has 64 pieces of 128 KiB (``krill.metainfo``: as every
-blob from 8 MiB up), four of the origin feed's 16-piece claims.
+finished. 8 MiB still has pieces of 128 KiB, as 16 MiB had (``krill.metainfo``),
+64 of them: four of the origin feed's 16-piece claims.
 
 * One agent already holds the blob: the others finish from it (and from each
   other) with the origin gone.
