@@ -89,8 +89,13 @@ def cluster() -> Iterator[Callable[[float], Cluster]]:
 
 
 @contextlib.contextmanager
-def readme_services(net: Cluster, work: Path) -> Iterator[None]:
-    """README's tracker and origin on h0, README's agent on h1 and h2, until the block ends."""
+def readme_services(
+    net: Cluster, work: Path, agent_env: dict[int, dict[str, str]] | None = None
+) -> Iterator[None]:
+    """README's tracker and origin on h0, README's agent on h1 and h2, until the block ends.
+
+    ``agent_env``: settings for one host's agent, in the environment (the command stays
+    the README's)."""
     server_ip = net.ip(ORIGIN_HOST)
     addresses = {
         "http://tracker:7000": f"http://{server_ip}:7000",
@@ -109,9 +114,10 @@ def readme_services(net: Cluster, work: Path) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         for name, (host, words) in services.items():
             assert words[0] == "krill"
+            extra = (agent_env or {}).get(host, {}) if name.startswith("agent") else {}
             stack.enter_context(logged_process(
                 in_ns(net.ns(host), *krill_command(*words[1:])), work / f"{name}.log",
-                grace=10, env=env,
+                grace=10, env={**env, **extra},
             ))
             if name == "origin":  # the agents need both servers up
                 net.wait_http(ORIGIN_HOST, f"http://{server_ip}:7000/health")
@@ -198,14 +204,18 @@ def test_a_node_whose_peer_port_a_firewall_closes_says_so(
     cluster: Callable[[float], Cluster], tmp_path: Path
 ) -> None:
     """h2 drops connections to its peer port. It still pulls (it dials h1 and the origin),
-    but nobody can dial it: after 10 s of download with h1 holding pieces it warns, once.
-    h1, which h2 dialled, does not. Links of 10 Mbit/s make each pull last over 13 s."""
+    but nobody can dial it: after 3 s of download with h1 holding pieces it warns, once.
+    h1, which h2 dialled, does not, with 5 s (h2 dials it about a second after its start).
+    Links of 20 Mbit/s make each pull last about 7 s, past both thresholds (agents' own
+    ``unreachable_after``; the default 10 s made this test wait out 13 s pulls)."""
     firewalled, reachable = AGENT_HOSTS[1], AGENT_HOSTS[0]
-    net = cluster(10.0)
+    thresholds = {firewalled: "3", reachable: "5"}
+    net = cluster(20.0)
     net.run(firewalled, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "6882", "-j", "DROP")
     tracker = f"http://{net.ip(ORIGIN_HOST)}:7000"
     announced = 'krill_tracker_announces_total{event="started",result="ok"}'
-    with readme_services(net, tmp_path):
+    agent_env = {host: {"KRILL_AGENT_UNREACHABLE_AFTER": t} for host, t in thresholds.items()}
+    with readme_services(net, tmp_path, agent_env):
         digest = push_random_blob(net, tmp_path)
         first = start_pull(net, reachable, digest, tmp_path)
         # h1 and the origin's seed in the tracker first: h2 then dials h1 itself.

@@ -182,6 +182,7 @@ def test_zero_is_refused_where_it_would_break_every_request(cls: type[Any], name
     [
         (AgentConfig, "tag_ttl"),
         (AgentConfig, "seed_ttl"),
+        (AgentConfig, "unreachable_after"),
         (AgentConfig, "origin_resume_attempts"),
         (AgentConfig, "upload_rate_limit"),
         (AgentConfig, "download_rate_limit"),

@@ -22,7 +22,6 @@ finished. 8 MiB still has pieces of 128 KiB, as 16 MiB had (``krill.metainfo``),
 from __future__ import annotations
 
 import contextlib
-import socket
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,7 +39,6 @@ from tests.agent_cluster import (
 from tests.components import free_port
 from tests.faults import (
     RestartableOrigin,
-    SilentPeer,
     announce,
     blob_infohash,
     get_body,
@@ -107,22 +105,6 @@ def herd(tmp_path: Path, agents: int, settings: list[dict[str, object]]) -> Iter
         yield Herd(origin, tracker, started)
 
 
-@contextlib.contextmanager
-def promptly_closed_silent_peer() -> Iterator[SilentPeer]:
-    """``silent_peer()``, whose listener is shut down before ``SilentPeer.close``.
-
-    ``close`` closes the listener and joins the thread accepting on it, but on Linux
-    a close() from another thread does not wake an accept() blocked on the socket:
-    the join waited out its full 10 s after every run. shutdown() does wake it.
-    """
-    with silent_peer() as peer:
-        try:
-            yield peer
-        finally:
-            with contextlib.suppress(OSError):  # already shut down or closed
-                peer._listener.shutdown(socket.SHUT_RDWR)
-
-
 def start_pulls(pool: ThreadPoolExecutor, agents: list[Agent], digest: str) -> list[Future[bytes]]:
     return [pool.submit(get_body, f"{agent.registry}/v2/{REPO}/blobs/{digest}") for agent in agents]
 
@@ -175,7 +157,7 @@ def test_a_peer_that_accepts_and_never_sends_does_not_hold_up_a_pull(tmp_path: P
     data = bytes(range(256)) * (BLOB_SIZE // 256)
     with (
         herd(tmp_path, 1, [PACED]) as h,
-        promptly_closed_silent_peer() as silent,
+        silent_peer() as silent,
         ThreadPoolExecutor(1) as pool,
     ):
         (puller,) = h.agents

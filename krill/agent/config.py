@@ -88,6 +88,11 @@ class AgentConfig(SecuritySettings):
     # docstring says what it does and doesn't protect): "off", "allowed" (libtorrent's
     # default) or "required".
     peer_encryption: str = "allowed"
+    # Seconds a download may run, with other peers holding pieces, in a session no peer
+    # has ever connected in to, before the agent warns that its peer port looks
+    # unreachable (swarm.peer_port_unreachable); 0: never warn. Longer on links where
+    # a herd's first pull takes longer to bring its peers in.
+    unreachable_after: float = 10.0
     # Seconds the swarm gets to deliver its first verified bytes before the agent
     # falls back to plain HTTP from the origin.
     swarm_deadline: float = 5.0
@@ -170,6 +175,7 @@ class AgentConfig(SecuritySettings):
         check_more_than_zero(self, "bytes", "cache_budget")
         check_zero_or_more(self, "seconds; 0: ask the origin every time", "tag_ttl")
         check_zero_or_more(self, "seconds; 0: drop a torrent once it has no peers", "seed_ttl")
+        check_zero_or_more(self, "seconds; 0: never warn", "unreachable_after")
         check_zero_or_more(self, "0: never resume", "origin_resume_attempts")
         rates = ("upload_rate_limit", "download_rate_limit")
         check_zero_or_more(self, "bytes/s; 0: unlimited", *rates)

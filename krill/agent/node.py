@@ -202,6 +202,7 @@ async def _start_swarm(
         upload_rate_limit=config.upload_rate_limit,
         download_rate_limit=config.download_rate_limit,
         seed_ttl=config.seed_ttl,
+        unreachable_after=config.unreachable_after,
         # Claim pieces from the origin over HTTP so a herd's nodes take different
         # ones from it (krill.piecefeed); the rest comes from peers. With replicas, each
         # blob's from its owner, ranked and demoted as for the HTTP fallback.
