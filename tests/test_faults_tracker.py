@@ -112,24 +112,25 @@ class Herd:
 
 @contextlib.contextmanager
 def herd(tmp_path: Path, redis: str | None = None) -> Iterator[Herd]:
-    """Origin (seeding), tracker and three agents; the tracker runs until the test kills it."""
-    tracker_port = free_port()
-    tracker_url = f"http://127.0.0.1:{tracker_port}"
-    with contextlib.ExitStack() as stack:
-        origin = stack.enter_context(origin_process(tmp_path / "origin", "--tracker", tracker_url))
-        tracker = RestartableTracker(tracker_port, tmp_path / "tracker", origin, redis)
-        stack.enter_context(tracker.running("tracker-1"))
-        agents = stack.enter_context(
-            started_together(
-                [
-                    agent_process(
-                        tmp_path / f"agent{i}", origin, tracker_url, settings=AGENT_SETTINGS
-                    )
-                    for i in range(3)
-                ]
-            )
-        )
-        yield Herd(origin, tracker, agents)
+    """Origin (seeding), tracker and three agents; the tracker runs until the test kills it.
+
+    Origin and tracker start at once (each needs only the other's address, fixed up
+    front), then the agents at once: 0.4 s less than one by one. All five at once
+    is no faster on two cores (the agents' start-ups are mostly CPU).
+    """
+    origin_port = free_port()
+    origin = f"http://127.0.0.1:{origin_port}"
+    tracker = RestartableTracker(free_port(), tmp_path / "tracker", origin, redis)
+    agents = [
+        agent_process(tmp_path / f"agent{i}", origin, tracker.url, settings=AGENT_SETTINGS)
+        for i in range(3)
+    ]
+    services = [
+        origin_process(tmp_path / "origin", "--tracker", tracker.url, port=origin_port),
+        tracker.running("tracker-1"),
+    ]
+    with started_together(services), started_together(agents) as started:
+        yield Herd(origin, tracker, started)
 
 
 def swarm_of(herd: Herd, digest: str) -> bytes:
@@ -226,13 +227,20 @@ def test_a_seed_refused_while_redis_was_down_is_in_the_swarm_soon_after_it_is_ba
     (and this file's Redis restart test failed in CI when an announce hit the gap).
     The agent says it is refused (``/ready``) until the tracker takes it again.
     """
-    redis_port = free_port()
+    redis_port, origin_port = free_port(), free_port()
+    origin = f"http://127.0.0.1:{origin_port}"
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(redis_server(tmp_path / "redis-1", redis_port))
-        tracker = RestartableTracker(free_port(), tmp_path / "tracker", "", redis)
-        origin = stack.enter_context(origin_process(tmp_path / "origin", "--tracker", tracker.url))
-        tracker.origin = origin
-        stack.enter_context(tracker.running("tracker"))
+        tracker = RestartableTracker(free_port(), tmp_path / "tracker", origin, redis)
+        # Origin and tracker at once: each needs only the other's address to come up.
+        stack.enter_context(
+            started_together(
+                [
+                    origin_process(tmp_path / "origin", "--tracker", tracker.url, port=origin_port),
+                    tracker.running("tracker"),
+                ]
+            )
+        )
         agent = stack.enter_context(
             agent_process(tmp_path / "agent", origin, tracker.url, settings=AGENT_SETTINGS)
         )
