@@ -239,8 +239,8 @@ def failure(reason: str, retry_in: int) -> web.Response:
     libtorrent reads ``interval`` from a failure too, and takes 1800 s when it is
     missing: one announce refused during a Redis restart kept that peer out of the
     new Redis for half an hour (a CI failure of test_faults_tracker). With it, the
-    peer retries after the larger of ``retry_in`` and its own backoff (17, 55,
-    117 s ... at libtorrent's default ``tracker_backoff``).
+    peer retries after the larger of ``retry_in`` and its own backoff (7.5, 15,
+    27.5 s ... at the ``tracker_backoff`` of 50 that Krill's engines set).
     """
     return bencoded({"failure reason": reason, "interval": retry_in, "min interval": retry_in})
 
