@@ -289,9 +289,8 @@ def krill_services(
             "origin", "--listen", f"0.0.0.0:{ORIGIN_PORT}", "--data", str(work / "origin"),
             "--tracker", tracker,
         ], work / "origin.log"))  # fmt: skip
-        net.wait_http(server, f"{tracker}/health")
-        net.wait_http(server, f"{services.origin}/v2/")
         agents = list(agents)
+        # The agents start alongside: nothing at their start asks origin or tracker.
         for host in agents:
             stack.enter_context(net.krill(host, [
                 "agent", "--listen", f"127.0.0.1:{AGENT_PORT}",
@@ -299,6 +298,8 @@ def krill_services(
                 "--data", str(work / f"agent{host}"), "--origin", services.origin,
                 "--tracker", tracker, "--config", str(work / "agent.toml"),
             ], work / f"agent{host}.log"))  # fmt: skip
+        net.wait_http(server, f"{tracker}/health")
+        net.wait_http(server, f"{services.origin}/v2/")
         for host in agents:
             net.wait_http(host, f"http://127.0.0.1:{AGENT_PORT}/health")
         yield services
