@@ -24,8 +24,10 @@ Faults and processes for the tests that break the network under a pull
   ``Cluster.fetch(i, url, out)``: curl on host i, in the background;
   ``Cluster.metrics(i, url)``: a service's Prometheus samples, read from host i;
 * ``krill_services``: origin and tracker on one host, an agent on each of
-  others (``KrillServices.push`` a blob, ``.pull`` it through an agent), and
-  ``received``: the blob bytes an agent has taken in, by any path.
+  others (``KrillServices.push`` a blob, ``.pull`` it through an agent,
+  ``.agent_logged`` an event), ``received``: the blob bytes an agent has
+  taken in, by any path, and ``hold_until_swarms_gave_up``: a partition's
+  length, until the swarms cut off have given up on their requests to the origin.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ __all__ = [
     "Cluster",
     "KrillServices",
     "finish",
+    "hold_until_swarms_gave_up",
     "in_ns",
     "krill_services",
     "received",
@@ -253,10 +256,12 @@ ORIGIN_PORT, TRACKER_PORT, AGENT_PORT, REGISTRY_PORT = 5000, 7000, 7400, 7401
 
 @dataclass(frozen=True)
 class KrillServices:
-    """Origin and tracker on host ``server``; agents (API :7400, registry :7401) on the rest."""
+    """Origin and tracker on host ``server``; agents (API :7400, registry :7401) on the rest,
+    their logs in ``work``."""
 
     net: Cluster
     server: int
+    work: Path
     repository: str = "netns/app"
 
     @property
@@ -271,6 +276,10 @@ class KrillServices:
         url = f"http://127.0.0.1:{REGISTRY_PORT}/v2/{self.repository}/blobs/{digest}"
         return self.net.fetch(host, url, out)
 
+    def agent_logged(self, host: int, text: str) -> bool:
+        """Whether the agent on ``host`` has logged a line containing ``text`` (an event)."""
+        return text in (self.work / f"agent{host}.log").read_text()
+
 
 @contextlib.contextmanager
 def krill_services(
@@ -278,7 +287,7 @@ def krill_services(
 ) -> Iterator[KrillServices]:
     """Start origin (seeding through the tracker) and tracker on ``server``, an agent on each
     of ``agents``; all stopped when the block ends, their logs in ``work``."""
-    services = KrillServices(net, server)
+    services = KrillServices(net, server, work)
     tracker = f"http://{net.ip(server)}:{TRACKER_PORT}"
     (work / "agent.toml").write_text(agent_config)
     with contextlib.ExitStack() as stack:
@@ -314,6 +323,36 @@ def received(net: Cluster, host: int) -> float:
         + metrics.get("krill_agent_swarm_origin_feed_bytes", 0.0)
         + metrics.get("krill_agent_origin_http_bytes_total", 0.0)
     )
+
+
+# How long the swarm waits on a silent request before it gives up on it: the read
+# timeout of its piece feed from the origin (krill.piecefeed); libtorrent's request and
+# piece timeouts towards peers (krill.swarm.settings) are no longer.
+SWARM_REQUEST_TIMEOUT = 10.0
+# Beyond it, for a loaded machine's timers, before a partition is healed regardless.
+PARTITION_MARGIN = 2.0
+
+
+def hold_until_swarms_gave_up(
+    services: KrillServices, hosts: Iterable[int], digest: str, cut_at: float
+) -> None:
+    """A partition's length, from ``cut_at`` (``time.monotonic``): the swarm's request
+    timeouts, and until the swarm of the agent on each of ``hosts`` has given up on its
+    request to the origin's piece feed for ``digest`` (``krill.swarm.feed`` logs
+    ``swarm.origin_claims_failed``); ``PARTITION_MARGIN`` s more at most, should an agent
+    never log it (no request in flight at the cut). So the swarm's own retries must
+    outlast the partition, not only TCP's."""
+    event = f"swarm.origin_claims_failed digest={digest}"
+    hosts = list(hosts)
+    timed_out_at = cut_at + SWARM_REQUEST_TIMEOUT
+
+    def over() -> bool:
+        now = time.monotonic()
+        if now >= timed_out_at + PARTITION_MARGIN:
+            return True
+        return now >= timed_out_at and all(services.agent_logged(h, event) for h in hosts)
+
+    until_sync(over, "the end of the partition", interval=0.1)
 
 
 def finish(fetch: subprocess.Popen[str], timeout: float = 300) -> None:

@@ -1,7 +1,7 @@
 """A partition between two groups of nodes in the middle of a pull.
 
 Five network namespaces on one bridge (``tests/netns.py``), links shaped to
-20 Mbit/s so a 12 MiB blob takes seconds to cross: h0 runs origin and
+32 Mbit/s so an 8 MiB blob takes seconds to cross: h0 runs origin and
 tracker, group A is h1 and h2, group B h3 and h4, an agent on each. All four
 pull the same blob at once, through the swarm. Once every agent of B has its
 first bytes, packets between B and the others are dropped (iptables, both
@@ -11,9 +11,15 @@ still hands each group the other's members; connecting to them hangs.
 * **B cut from A and from the origin at once**, healed: A's pulls complete
   during the partition (from the origin and each other); B's cannot (its two
   agents can only trade what they had), and complete once the partition
-  heals. ``PARTITION_SECONDS`` after A finished is the fault's length, not a
-  wait for something to happen: longer than the swarm's request timeouts,
-  shorter than the agent's stall timeout.
+  heals. It heals 10 s after the cut, once the swarm of each agent of B has
+  given up on the origin (its request to the origin's piece feed, in flight
+  at the cut, timed out), 12 s at most (``netns.hold_until_swarms_gave_up``).
+  That length is the fault's, not a
+  wait for the pulls: longer than the swarm's request timeouts (the piece
+  feed's 10 s read timeout, ``krill.piecefeed``; libtorrent's request and
+  piece timeouts, ``krill.swarm.settings``, are no longer), so B recovers
+  through the swarm's own retries rather than TCP's, and far shorter than
+  the agent's stall timeout (120 s, ``AGENT_CONFIG`` in ``tests/netns.py``).
 * **B cut from A only**, never healed during the pulls: B still reaches the
   origin, so every pull completes during the partition.
 
@@ -35,7 +41,15 @@ from pathlib import Path
 import pytest
 
 from tests.faults import incoming_files, stored_blobs
-from tests.netns import Cluster, KrillServices, finish, krill_services, received, sha256_file
+from tests.netns import (
+    Cluster,
+    KrillServices,
+    finish,
+    hold_until_swarms_gave_up,
+    krill_services,
+    received,
+    sha256_file,
+)
 from tests.polling import until_sync
 
 pytestmark = [
@@ -48,9 +62,8 @@ pytestmark = [
     ),
 ]
 
-BLOB_SIZE = 12 * 1024 * 1024
-RATE_MBIT = 20.0
-PARTITION_SECONDS = 8.0
+BLOB_SIZE = 8 * 1024 * 1024
+RATE_MBIT = 32.0
 SERVER = 0
 GROUP_A, GROUP_B = (1, 2), (3, 4)
 HOSTS = GROUP_A + GROUP_B
@@ -120,11 +133,12 @@ def test_a_group_cut_from_the_rest_and_the_origin_finishes_after_the_heal(
     digest, got, pulls = start_pulls(net, services, tmp_path)
     until_sync(lambda: all(got(h) > 0 for h in GROUP_B), "group B's first bytes", interval=0.1)
     with net.cut(GROUP_B, (SERVER, *GROUP_A)):
+        cut_at = time.monotonic()
         at_cut = max(got(h) for h in GROUP_B)
         for host in GROUP_A:  # the group that still reaches the origin is not held up
             finish(pulls[host])
         assert all(pulls[h].poll() is None for h in GROUP_B), "B finished without the origin"
-        time.sleep(PARTITION_SECONDS)  # the partition's length (see the module doc)
+        hold_until_swarms_gave_up(services, GROUP_B, digest, cut_at)  # the partition's length
     assert at_cut < BLOB_SIZE, "the partition came after B had the whole blob"
     for host in GROUP_B:
         finish(pulls[host])
