@@ -48,16 +48,23 @@ def _c_source(functions: int, inserted: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _build(tmp: Path, name: str, inserted: int, stripped: bool, relr: bool = False) -> bytes:
-    src = tmp / f"{name}.c"
-    out = tmp / f"{name}.so"
+def _compile(tmp: Path, inserted: int) -> subprocess.Popen[bytes]:
+    """Start compiling the library with ``inserted`` extra functions to ``lib{inserted}.o``."""
+    src = tmp / f"lib{inserted}.c"
     src.write_text(_c_source(600, inserted))
     # Hidden visibility: calls go straight to the callee, not through the PLT, as in most
     # real libraries' internal code.
-    gcc: list[str | Path] = ["gcc", "-O1", "-shared", "-fPIC", "-fvisibility=hidden"]
-    gcc += ["-Wl,-z,pack-relative-relocs"] if relr else []  # .relr.dyn, as glibc's own
-    gcc += ["-o", out, src]
-    subprocess.run(gcc, check=True)
+    gcc = ["gcc", "-O1", "-c", "-fPIC", "-fvisibility=hidden", "-o", f"{src}.o", str(src)]
+    return subprocess.Popen(gcc)
+
+
+def _link(tmp: Path, inserted: int, stripped: bool, relr: bool = False) -> bytes:
+    """The shared library of ``lib{inserted}.o``; the same bytes ``gcc -shared`` makes from
+    the source in one step (compiling is all of its cost, linking is milliseconds)."""
+    out = tmp / f"lib{inserted}{'-relr' if relr else ''}{'-stripped' if stripped else ''}.so"
+    relr_flags = ["-Wl,-z,pack-relative-relocs"] if relr else []  # .relr.dyn, as glibc's own
+    subprocess.run(["gcc", "-shared", *relr_flags, "-o", out, tmp / f"lib{inserted}.c.o"],
+                   check=True)
     if stripped:
         subprocess.run(["strip", out], check=True)
     return out.read_bytes()
@@ -65,13 +72,20 @@ def _build(tmp: Path, name: str, inserted: int, stripped: bool, relr: bool = Fal
 
 @pytest.fixture(scope="module")
 def x86_pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[bytes, bytes]]:
+    """(old, new) of the same library stripped, not stripped, and stripped with .relr.dyn.
+
+    Three sources are compiled, side by side (it is most of this module's time), and each
+    object linked as each kind needs: a stripped library is its unstripped one after strip, as
+    distributions ship them, and relr differs only at link time."""
     tmp = tmp_path_factory.mktemp("elf")
+    # relr: enough new code to move .rodata by pages, so every RELR slot changes
+    compiles = [_compile(tmp, inserted) for inserted in (0, 3, 150)]
+    for compiling in compiles:
+        assert compiling.wait() == 0, compiling.args
     return {
-        kind: (_build(tmp, f"{kind}-a", 0, kind != "unstripped", kind == "relr"),
-               # relr: enough new code to move .rodata by pages, so every RELR slot changes
-               _build(tmp, f"{kind}-b", 150 if kind == "relr" else 3, kind != "unstripped",
-                      kind == "relr"))
-        for kind in ("stripped", "unstripped", "relr")
+        "stripped": (_link(tmp, 0, True), _link(tmp, 3, True)),
+        "unstripped": (_link(tmp, 0, False), _link(tmp, 3, False)),
+        "relr": (_link(tmp, 0, True, relr=True), _link(tmp, 150, True, relr=True)),
     }
 
 
