@@ -484,7 +484,14 @@ def test_agents_pull_through_the_swarm_from_an_origin_on_a_bucket(
         blobs = tmp_path / "origin/data/blobs/sha256"
         for layer in (layer for img in image.images for layer in img.layers):
             (blobs / layer.digest[7:9] / layer.digest[7:]).unlink()
-        late = stack.enter_context(agent_process(tmp_path / "agent-late", origin, tracker))
+        # No peer holds the layers now and the origin cannot seed them: the swarm cannot
+        # deliver, so its deadline is only the wait before the fallback this case is about
+        # (5 s by default, for each blob in turn; the config's too).
+        late = stack.enter_context(
+            agent_process(
+                tmp_path / "agent-late", origin, tracker, settings={"swarm_deadline": 1.0}
+            )
+        )
         assert pull(late, "late") == image.digests
         layers = [layer for img in image.images for layer in img.layers]
         until_sync(
