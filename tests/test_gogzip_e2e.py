@@ -11,9 +11,9 @@ bytes, and serve them to containerd (which unpacks them) and to skopeo.
 
 from __future__ import annotations
 
+import functools
 import io
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ import pytest
 from krill.delta.format import read_header
 from tests.agent_cluster import agent_process, origin_and_tracker, push
 from tests.goflate.oracle import GoOracle, go_oracle
-from tests.imagebuild import build_image, realistic_files
+from tests.imagebuild import Image, build_image, realistic_files
 from tests.test_agent_containerd import containerd_through
 from tests.test_agent_delta_e2e import (
     Versions,
@@ -43,12 +43,29 @@ pytest.importorskip("krill._goflate", reason="the C extension is not built")
 REPOSITORY = "team/goapp"
 
 
-def go_versions(root: Path, gzip: Callable[[bytes], bytes]) -> Versions:
-    """v1 and v2 of a two-layer image (the big layer changed in v2), layers gzipped by ``gzip``."""
-    runtime = realistic_files(3, count=10)
+@functools.cache
+def _layer_files() -> tuple[dict[str, bytes], dict[str, bytes], dict[str, bytes]]:
+    """(the runtime layer's files, the big layer's in v1, in v2): the same at every level."""
     big = _big_layer_files()
-    v1 = build_image([runtime, big], compressor=gzip)
-    v2 = build_image([runtime, _patched(big)], compressor=gzip)
+    return realistic_files(3, count=10), big, _patched(big)
+
+
+# Level -> (v1, v2). Go's gzip is deterministic, so the images (about 1 s of generating
+# files and 1 s of Go gzipping 10 MB twice, at level 6) are built once a session for all
+# the tests here and in test_gogzip_mirror; each test writes its own layouts.
+_GO_IMAGES: dict[int, tuple[Image, Image]] = {}
+
+
+def go_versions(root: Path, go_oracle: GoOracle, level: int) -> Versions:
+    """v1 and v2 of a two-layer image (the big layer changed in v2), layers gzipped by Go."""
+    if level not in _GO_IMAGES:
+        runtime, big_v1, big_v2 = _layer_files()
+        gzip = functools.partial(go_oracle.gzip, level=level)
+        _GO_IMAGES[level] = (
+            build_image([runtime, big_v1], compressor=gzip),
+            build_image([runtime, big_v2], compressor=gzip),
+        )
+    v1, v2 = _GO_IMAGES[level]
     return Versions(_layout(root / "v1", v1), _layout(root / "v2", v2))
 
 
@@ -64,7 +81,7 @@ def test_go_gzipped_v2_is_rebuilt_from_a_delta_and_unpacked_by_containerd(
     tmp_path: Path, go_oracle: GoOracle, level: int
 ) -> None:
     """Level 6 is gzip.NewWriter's default (Docker, BuildKit); crane and ko write level 1."""
-    versions = go_versions(tmp_path / "images", lambda tar: go_oracle.gzip(tar, level))
+    versions = go_versions(tmp_path / "images", go_oracle, level)
     base, target = versions.changed
     layer = versions.v2.images[0].layers[1]
     config_v2 = versions.v2.images[0].config

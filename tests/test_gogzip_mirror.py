@@ -52,7 +52,7 @@ def v1_on_a_node_then_the_tag_moves_upstream(
 ) -> Iterator[Mirror]:
     """Upstream has v1 as ``MIRRORED:TAG``; a node pulls it through the mirror; then the tag
     moves to v2 upstream (nothing has asked the mirror about it yet)."""
-    versions = go_versions(tmp_path / "images", lambda tar: go_oracle.gzip(tar, 6))
+    versions = go_versions(tmp_path / "images", go_oracle, 6)
     with docker_registry(tmp_path / "upstream") as upstream:
         push(versions.v1, upstream, f"{MIRRORED}:{TAG}")
         with (
