@@ -489,7 +489,7 @@ def test_agents_pull_through_the_swarm_from_an_origin_on_a_bucket(
         # (5 s by default, for each blob in turn; the config's too).
         late = stack.enter_context(
             agent_process(
-                tmp_path / "agent-late", origin, tracker, settings={"swarm_deadline": 1.0}
+                tmp_path / "agent-late", origin, tracker, settings={"swarm_deadline": 0.5}
             )
         )
         assert pull(late, "late") == image.digests
