@@ -199,6 +199,21 @@ async def test_manifest_naming_unknown_blobs(origin_client: TestClient) -> None:
     assert (await origin_client.get("/v2/team/app/manifests/v1")).status == 404
 
 
+async def test_a_missing_blob_named_many_times_is_named_once(origin_client: TestClient) -> None:
+    image = build_image([random_files(1, 1, 256)])
+    await origin_client.post(
+        f"/v2/team/app/blobs/uploads/?digest={image.config.digest}", data=image.config.data
+    )
+    manifest = json.loads(image.manifest.data)
+    manifest["layers"] = manifest["layers"] * 50
+    resp = await origin_client.put(
+        "/v2/team/app/manifests/v1", data=json.dumps(manifest),
+        headers={"Content-Type": oci.OCI_MANIFEST},
+    )
+    assert await error_of(resp) == (400, "MANIFEST_BLOB_UNKNOWN")
+    assert (await resp.json())["errors"][0]["detail"]["missing"] == [image.layers[0].digest]
+
+
 async def test_manifest_whose_bytes_do_not_match_the_digest_in_the_url(
     origin_client: TestClient,
 ) -> None:
