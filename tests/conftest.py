@@ -12,4 +12,5 @@ pytest_plugins = [
     "tests.fixtures_agent",
     "tests.s3_fixtures",
     "tests.oci_conformance",
+    "tests.goflate.oracle",  # go_oracle: one `go build` per session, not one per module
 ]

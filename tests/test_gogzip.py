@@ -22,9 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from krill.delta.gogzip import GO_LEVELS, GoGzipWriter, go_header
-from tests.goflate.oracle import GoOracle, go_oracle
-
-__all__ = ["go_oracle"]
+from tests.goflate.oracle import GoOracle
 
 _goflate = pytest.importorskip("krill._goflate", reason="the C extension is not built")
 

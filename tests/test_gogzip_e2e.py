@@ -20,7 +20,7 @@ import pytest
 
 from krill.delta.format import read_header
 from tests.agent_cluster import agent_process, origin_and_tracker, push
-from tests.goflate.oracle import GoOracle, go_oracle
+from tests.goflate.oracle import GoOracle
 from tests.imagebuild import Image, build_image, realistic_files
 from tests.test_agent_containerd import containerd_through
 from tests.test_agent_delta_e2e import (
@@ -33,8 +33,6 @@ from tests.test_agent_delta_e2e import (
     wait_for_delta,
     wire_bytes,
 )
-
-__all__ = ["go_oracle"]
 
 pytestmark = pytest.mark.slow
 

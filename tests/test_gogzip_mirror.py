@@ -20,12 +20,10 @@ import pytest
 
 from tests.agent_cluster import Agent, agent_process, origin_process, push
 from tests.components import docker_registry
-from tests.goflate.oracle import GoOracle, go_oracle
+from tests.goflate.oracle import GoOracle
 from tests.metrics_text import read_metrics
 from tests.test_agent_delta_e2e import Versions, metric, skopeo_copy_from, wait_for_delta
 from tests.test_gogzip_e2e import delta_recipe, go_versions
-
-__all__ = ["go_oracle"]
 
 pytestmark = pytest.mark.slow
 

@@ -36,10 +36,8 @@ from krill.delta.restarts import (
     thin_points,
 )
 from tests.delta_crafting import Pair, join
-from tests.goflate.oracle import GoOracle, go_oracle
+from tests.goflate.oracle import GoOracle
 from tests.test_gogzip import layer_like, mixed, python_tar, text
-
-__all__ = ["go_oracle"]
 
 _goflate = pytest.importorskip("krill._goflate", reason="the C extension is not built")
 

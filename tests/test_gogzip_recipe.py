@@ -14,11 +14,9 @@ from krill.delta.detect import detect_recipe
 from krill.delta.gogzip import GO_LEVELS, go_header
 from krill.delta.recipes import Recipe, RecipeError, go_gzip_recipe
 from tests.components import krill_command
-from tests.goflate.oracle import GoOracle, go_oracle
+from tests.goflate.oracle import GoOracle
 from tests.imagebuild import make_tar, realistic_files
 from tests.test_delta_support import compress, mutated_bytes
-
-__all__ = ["go_oracle"]
 
 pytest.importorskip("krill._goflate", reason="the C extension is not built")
 
