@@ -14,13 +14,13 @@ delta below it.
 1. Link unshaped (a veth: hundreds of MB/s). The agent pulls v1 (its big layer is
    the first rate sample, 120-160 MB/s), then v2: the full layer, reason ``full_faster``.
 2. Both directions of h1's link shaped to 10 Mbit/s with ``tc tbf``. The agent pulls
-   one 2 MiB blob, a real download that moves its measured rate down, then v3: the
+   one 1.25 MiB blob, a real download that moves its measured rate down, then v3: the
    delta, reason ``delta_faster``, rebuilt from v2's layer and served while rebuilt.
 
 One slow sample is enough, whatever the fast ones measured: the estimate is a moving
 average of seconds per byte with the newest sample weighing ``SMOOTHING`` (0.4), so
-even after infinitely fast samples it ends at most 1.25 MB/s / 0.4 = ~3 MB/s, five
-times under the threshold. v3 is pushed (from h0, untouched by the shaping) right after
+even after infinitely fast samples it ends at most ~1.4 MB/s / 0.4 = ~3.5 MB/s, over
+four times under the threshold. v3 is pushed (from h0, untouched by the shaping) right after
 v2, so the origin computes its two deltas while the agent pulls v2 and the slow blob.
 
 Nothing here reads or moves the agent's clock: the rates are what the agent measured
@@ -40,6 +40,7 @@ from pathlib import Path
 
 import pytest
 
+from krill.agent.deltachoice import MIN_SAMPLE_BYTES
 from krill.processes import logged_process
 from tests.components import krill_command
 from tests.imagebuild import Image, build_image, random_files
@@ -62,9 +63,9 @@ REPOSITORY = "team/app"
 FILLERS = "team/filler"
 SLOW_MBIT = 10.0
 # The blob pulled over the slow link: over MIN_SAMPLE_BYTES (1 MiB, the smallest download
-# the agent counts as a rate sample) by enough that tbf's 128 KiB burst and the request's
-# round trips do not make it look faster than the link.
-SLOW_SAMPLE_BYTES = 2 << 20
+# the agent counts as a rate sample) by a quarter, so that tbf's 128 KiB burst (sent at
+# once) leaves the measured rate within ~10 % of the link's.
+SLOW_SAMPLE_BYTES = MIN_SAMPLE_BYTES + (256 << 10)
 AGENT_API, AGENT_REGISTRY = "http://127.0.0.1:7400", "http://127.0.0.1:7401"
 CHOICE = "krill_agent_delta_choice_total"
 
@@ -200,17 +201,18 @@ def origin_and_agent(net: Cluster, root: Path) -> Iterator[Node]:
         "agent", "--listen", "127.0.0.1:7400", "--registry-listen", "127.0.0.1:7401",
         "--data", str(root / "agent"), "--origin", node.origin, "--config", str(config),
     ]  # fmt: skip
+    # All three start at once (the agent needs no origin to come up, only to pull), so
+    # their interpreters load side by side; each is waited for before the first push.
     with contextlib.ExitStack() as stack:
-        for name, words in (("tracker", tracker), ("origin", origin)):
+        for ns, name, words in (
+            (ORIGIN, "tracker", tracker), (ORIGIN, "origin", origin), (NODE, "agent", agent)
+        ):
             stack.enter_context(logged_process(
-                in_ns(net.ns(ORIGIN), *krill_command(*words)), root / f"{name}.log",
+                in_ns(net.ns(ns), *krill_command(*words)), root / f"{name}.log",
                 grace=10, env=env,
             ))  # fmt: skip
         net.wait_http(ORIGIN, f"{tracker_url}/health")
         net.wait_http(ORIGIN, f"{node.origin}/v2/")
-        stack.enter_context(logged_process(
-            in_ns(net.ns(NODE), *krill_command(*agent)), root / "agent.log", grace=10, env=env
-        ))  # fmt: skip
         net.wait_http(NODE, f"{AGENT_API}/health")
         yield node
 
