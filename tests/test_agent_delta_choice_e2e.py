@@ -4,24 +4,27 @@ its measured link is fast and the delta once the link is slow.
 Two network namespaces on a bridge (``tests/netns.py``): h0 runs a real origin (with
 its tracker, so it serves every blob's metainfo), h1 a real agent (default
 ``delta_policy``, "fastest"; no tracker, so every blob comes over the origin's HTTP
-API and every download is a rate sample). The big layer is ~10 MB of tar, ~4 MB of
-gzip; its delta is a few KB, and before it has rebuilt anything the agent reckons a
-gzip rebuild at its default rate (``DEFAULT_REBUILD_RATES``: 40 MB/s of tar on one
-core, 53 MB/s on two; ~0.2 s). So the full layer wins while the agent's link
-estimate is above ~0.38x that rebuild rate (~15-20 MB/s, 120-160 Mbit/s), the
-delta below it.
+API and every download is a rate sample). The big layer is ~10 MB of tar, ~2.9 MB
+of gzip; its delta is a few KB, and before it has rebuilt anything the agent reckons
+a gzip rebuild at its default rate (``DEFAULT_REBUILD_RATES``: 40 MB/s of tar on one
+core, 53 MB/s on two): ~0.2 s. With one sample of the same size, the full layer wins
+while that download took less than the reckoned rebuild, the delta once it takes more.
 
 1. Link unshaped (a veth: hundreds of MB/s). The agent pulls v1 (its big layer is
-   the first rate sample, 120-160 MB/s), then v2: the full layer, reason ``full_faster``.
-2. Both directions of h1's link shaped to 10 Mbit/s with ``tc tbf``. The agent pulls
+   the first rate sample: ~20 ms, ten times under 0.2 s), then v2: the full layer,
+   reason ``full_faster``.
+2. Both directions of h1's link shaped to 5 Mbit/s with ``tc tbf``. The agent pulls
    one 1.25 MiB blob, a real download that moves its measured rate down, then v3: the
    delta, reason ``delta_faster``, rebuilt from v2's layer and served while rebuilt.
 
 One slow sample is enough, whatever the fast ones measured: the estimate is a moving
 average of seconds per byte with the newest sample weighing ``SMOOTHING`` (0.4), so
-even after infinitely fast samples it ends at most ~1.4 MB/s / 0.4 = ~3.5 MB/s, over
-four times under the threshold. v3 is pushed (from h0, untouched by the shaping) right after
-v2, so the origin computes its two deltas while the agent pulls v2 and the slow blob.
+even after infinitely fast samples it ends at most ~0.7 MB/s / 0.4 = ~1.8 MB/s, and the
+full layer reckoned at 1.6 s, eight times the rebuild. The text compresses ~3.6x so
+that both margins are wide at once: the fast one needs the layer small next to its
+tar, the slow one needs it big next to what the slow link moves. v3 is pushed (from
+h0, untouched by the shaping) right after v2, so the origin computes its two deltas
+while the agent pulls v2 and the slow blob (the slow blob's ~1.9 s hide behind them).
 
 Nothing here reads or moves the agent's clock: the rates are what the agent measured
 on the link. Every blob pulled is checked against its digest.
@@ -61,7 +64,7 @@ pytestmark = [
 ORIGIN, NODE = 0, 1
 REPOSITORY = "team/app"
 FILLERS = "team/filler"
-SLOW_MBIT = 10.0
+SLOW_MBIT = 5.0
 # The blob pulled over the slow link: over MIN_SAMPLE_BYTES (1 MiB, the smallest download
 # the agent counts as a rate sample) by a quarter, so that tbf's 128 KiB burst (sent at
 # once) leaves the measured rate within ~10 % of the link's.
@@ -71,15 +74,14 @@ CHOICE = "krill_agent_delta_choice_total"
 
 
 def _text_tree(seed: int) -> dict[str, bytes]:
-    """~10 MB of text in 120 files that gzip ~2.6x (a vocabulary of 3,000 hex words).
+    """~10 MB of text in 120 files that gzip ~3.6x (a vocabulary of 1,000 hex words).
 
-    Big enough that the unshaped download is a rate sample well above the threshold
-    (4 MB in ~30 ms); the threshold itself does not depend on the size, only on the
-    gzip ratio. Twice this (it was 240 files) only made the origin's three deltas and
-    the image builds take twice as long.
+    Big enough that the reckoned rebuild (~0.2 s) is ten times the unshaped download
+    of its ~2.9 MB of gzip; twice this (it was 240 files) only made the origin's three
+    deltas and the image builds take twice as long.
     """
     rng = random.Random(seed)
-    words = [rng.randbytes(rng.randint(2, 6)).hex() for _ in range(3000)]
+    words = [rng.randbytes(rng.randint(2, 6)).hex() for _ in range(1000)]
     return {
         f"usr/share/pkg{i:03d}/data.txt": "\n".join(
             " ".join(rng.choices(words, k=12)) for _ in range(800)
@@ -241,7 +243,7 @@ def test_a_fast_link_takes_the_full_layer_and_a_slow_one_the_delta(
         http = fast["krill_agent_origin_http_bytes_total"]
         assert http >= len(v1.layers[1].data) + len(v2.layers[1].data)  # both came whole
 
-        # The link slows to 10 Mbit/s both ways; one download shows the agent.
+        # The link slows to 5 Mbit/s both ways; one download shows the agent.
         shape(cluster.ns(NODE), "eth0", SLOW_MBIT)
         shape(cluster.switch, f"p{NODE}", SLOW_MBIT)
         filler = random.Random(0).randbytes(SLOW_SAMPLE_BYTES)
