@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import random
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
 
 from krill.delta import detect, recipes
+from krill.delta.blobread import CHUNK
+from krill.delta.compressors import Compressor
 from krill.delta.detect import detect_recipe
 from krill.delta.gogzip import GO_LEVELS, go_header
 from krill.delta.recipes import Recipe, RecipeError, go_gzip_recipe
@@ -130,3 +133,31 @@ def test_cli_rebuilds_a_go_made_layer(go_oracle: GoOracle, tmp_path: Path, level
     applied = krill("delta", "apply", base, tmp_path / "d.krd", tmp_path / "out.tgz")
     assert applied.returncode == 0, applied.stderr
     assert (tmp_path / "out.tgz").read_bytes() == target.read_bytes()
+
+
+class _CountingCompressor(Compressor):
+    """A wrong candidate for the blob (zlib level 1 against a level-6 blob); counts its input."""
+
+    def __init__(self) -> None:
+        self.fed = 0
+        self._inner = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS, 8, 0)
+
+    def feed(self, data: bytes) -> bytes:
+        self.fed += len(data)
+        return self._inner.compress(data)
+
+    def finish(self) -> bytes:
+        return self._inner.flush()
+
+
+def test_a_wrong_candidate_is_refused_before_a_whole_chunk_is_fed(tmp_path: Path) -> None:
+    """Detection feeds doubling reads, so a wrong setting stops at its first block: less
+    than one 1 MiB read's worth of tar, where a 64 KiB probe and then 1 MiB reads cost
+    every wrong candidate over 1 MiB (74 of them to refuse a GNU gzip layer)."""
+    tar = _layer(5, count=200)
+    assert len(tar) > 2 * CHUNK
+    (tmp_path / "t.tar").write_bytes(tar)
+    (tmp_path / "b.gz").write_bytes(compress(tar, "gzip6"))
+    wrong = _CountingCompressor()
+    assert not detect._reproduces(tmp_path / "b.gz", tmp_path / "t.tar", wrong)
+    assert 0 < wrong.fed < CHUNK
